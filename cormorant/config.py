@@ -1,0 +1,62 @@
+"""Frozen settings for one engine: model, cache and scheduler. Importable from every layer."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The architecture facts the engine needs, read from config.json or GGUF metadata."""
+
+    architecture: str  # registry key, e.g. "LlamaForCausalLM"
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    max_position_embeddings: int
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: tuple[tuple[str, object], ...] | None = None  # frozen dict items
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False  # Qwen2: bias on q, k, v
+    qk_norm: bool = False  # Qwen3: RMSNorm on q and k per head
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+
+    @property
+    def rope_scaling_dict(self) -> dict | None:
+        return dict(self.rope_scaling) if self.rope_scaling else None
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    block_size: int = 16
+    # Fraction of the memory left after the weights that the KV cache may take
+    # (GPU: of total device memory, as vLLM; CPU: of available RAM).
+    memory_fraction: float = 0.5
+    num_blocks: int | None = None  # set to override the memory-based sizing (tests)
+    enable_prefix_caching: bool = True
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    max_model_len: int = 4096
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model: str  # HF directory or .gguf file
+    dtype: str = "auto"  # auto | float32 | float16 | bfloat16
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 0
+    cache: CacheConfig = CacheConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    normalize_nfc: bool = False
+    strip_control_chars: bool = False
+    attention_backend: str = "auto"  # auto | torch | triton
+    enforce_eager: bool = False  # GPU: skip CUDA graphs

@@ -1,0 +1,1 @@
+"""Model building blocks: linear, attention backends, norms, rotary embeddings, activations."""

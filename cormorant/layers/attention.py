@@ -1,0 +1,102 @@
+"""Paged attention: the metadata the runner builds each step and the attention backends.
+
+KV cache layout, one tensor per layer: [2, num_blocks, block_size, num_kv_heads, head_dim]
+(index 0 keys, 1 values). A token's slot is block_id * block_size + offset in its block.
+The batch is packed ("varlen"): sequence i owns query rows query_start_loc[i]:query_start_loc[i+1]
+and those rows are the last query_len tokens of its seq_lens[i]-token context. Prefill chunks with
+a cached prefix and decodes (query_len 1) mix freely in one batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AttentionMetadata:
+    slot_mapping: torch.Tensor  # [num_tokens] int64; -1 marks padding tokens (not written)
+    query_start_loc: torch.Tensor  # [num_seqs + 1] int32
+    seq_lens: torch.Tensor  # [num_seqs] int32: context length including this step's tokens
+    block_tables: torch.Tensor  # [num_seqs, max_num_blocks] int32, padded with 0
+    max_query_len: int
+    max_seq_len: int
+    # Host copies, so backends that loop in Python never synchronise with the device.
+    query_lens_cpu: list[int]
+    seq_lens_cpu: list[int]
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.seq_lens_cpu)
+
+
+class AttentionBackend(Protocol):
+    def forward(
+        self,
+        q: torch.Tensor,  # [num_tokens, num_heads, head_dim]
+        k: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+        v: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+        kv_cache: torch.Tensor,  # [2, num_blocks, block_size, num_kv_heads, head_dim]
+        meta: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
+        ...
+
+
+def write_kv_cache(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
+                   slot_mapping: torch.Tensor) -> None:
+    """Scatter this step's keys and values into their slots (reference implementation)."""
+    num_kv_heads, head_dim = kv_cache.shape[-2:]
+    flat = kv_cache.view(2, -1, num_kv_heads, head_dim)  # [2, num_slots, Hkv, D]
+    valid = slot_mapping >= 0
+    if not bool(valid.all()):
+        slot_mapping, k, v = slot_mapping[valid], k[valid], v[valid]
+    flat[0].index_copy_(0, slot_mapping, k.to(kv_cache.dtype))
+    flat[1].index_copy_(0, slot_mapping, v.to(kv_cache.dtype))
+
+
+def gather_kv(kv_cache: torch.Tensor, block_table: torch.Tensor, seq_len: int
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first seq_len keys and values of one sequence: two [seq_len, Hkv, D] tensors."""
+    block_size = kv_cache.shape[2]
+    num_blocks = (seq_len + block_size - 1) // block_size
+    blocks = block_table[:num_blocks].long()
+    k = kv_cache[0, blocks].flatten(0, 1)[:seq_len]
+    v = kv_cache[1, blocks].flatten(0, 1)[:seq_len]
+    return k, v
+
+
+class TorchAttention:
+    """Reference backend: one scaled_dot_product_attention call per sequence. Correct
+    everywhere (CPU and GPU); the Triton backend is the fast path on GPUs."""
+
+    def forward(self, q, k, v, kv_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+        write_kv_cache(k, v, kv_cache, meta.slot_mapping)
+        num_heads, num_kv_heads = q.shape[1], kv_cache.shape[3]
+        out = torch.empty_like(q)
+        start = 0
+        for i, (query_len, seq_len) in enumerate(zip(meta.query_lens_cpu, meta.seq_lens_cpu)):
+            keys, values = gather_kv(kv_cache, meta.block_tables[i], seq_len)
+            out[start:start + query_len] = _attend(
+                q[start:start + query_len], keys, values, scale, num_heads // num_kv_heads)
+            start += query_len
+        return out
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+            group: int) -> torch.Tensor:
+    """Causal attention of the last len(q) positions of a len(k) context."""
+    query_len, seq_len = q.shape[0], k.shape[0]
+    if group > 1:
+        k = k.repeat_interleave(group, dim=1)
+        v = v.repeat_interleave(group, dim=1)
+    mask = None
+    if query_len > 1:
+        rows = torch.arange(seq_len - query_len, seq_len, device=q.device)[:, None]
+        mask = torch.arange(seq_len, device=q.device)[None, :] <= rows  # [Q, S]
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1), k.transpose(0, 1).to(q.dtype), v.transpose(0, 1).to(q.dtype),
+        attn_mask=mask, scale=scale)
+    return out.transpose(0, 1)
