@@ -34,9 +34,10 @@ class ModelConfig:
 @dataclass(frozen=True)
 class CacheConfig:
     block_size: int = 16
-    # Fraction of the memory left after the weights that the KV cache may take
-    # (GPU: of total device memory, as vLLM; CPU: of available RAM).
-    memory_fraction: float = 0.5
+    # GPU: the fraction of total device memory the engine may use, weights included (as vLLM's
+    # gpu_memory_utilization); CPU: the fraction of available RAM the KV cache may take.
+    # None: 0.9 on a GPU, 0.1 on the CPU (a laptop keeps room for everything else).
+    memory_fraction: float | None = None
     num_blocks: int | None = None  # set to override the memory-based sizing (tests)
     enable_prefix_caching: bool = True
 
@@ -45,7 +46,7 @@ class CacheConfig:
 class SchedulerConfig:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
-    max_model_len: int = 4096
+    max_model_len: int | None = None  # None: the model's own context length
 
 
 @dataclass(frozen=True)

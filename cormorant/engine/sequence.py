@@ -37,6 +37,11 @@ class Sequence:
     num_preemptions: int = 0
     # Set by the engine for the first step that scheduled this sequence (queue time, TTFT).
     first_scheduled_time: float | None = None
+    # Block manager bookkeeping: chained hashes of the full blocks of token_ids (memoised,
+    # valid across preemptions since tokens never change) and how many leading blocks of
+    # block_table have already been offered to the prefix cache.
+    block_hashes: list[int] = field(default_factory=list)
+    num_hashed_blocks: int = 0
 
     def __post_init__(self) -> None:
         self.prompt_token_ids = list(self.prompt_token_ids)

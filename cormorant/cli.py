@@ -1,0 +1,122 @@
+"""The composition root: `cormorant serve | generate | chat | bench`.
+
+Parses arguments, builds the pieces and wires them together; no logic of its own.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None,
+                   help="Hugging Face model directory or .gguf file "
+                        "(default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--dtype", default="auto", help="auto | float32 | float16 | bfloat16")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--max-num-seqs", type=int, default=64)
+    p.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    p.add_argument("--memory-fraction", type=float, default=None,
+                   help="GPU: share of device memory to use (default 0.9); "
+                        "CPU: share of free RAM for the KV cache (default 0.1)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+
+
+def _llm(args):
+    from cormorant import LLM
+
+    return LLM(args.model, dtype=args.dtype, device=args.device, seed=args.seed,
+               max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
+               max_num_batched_tokens=args.max_num_batched_tokens,
+               memory_fraction=args.memory_fraction)
+
+
+def _params(args):
+    from cormorant import SamplingParams
+
+    return SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature,
+                          top_p=args.top_p, top_k=args.top_k)
+
+
+def cmd_generate(args) -> int:
+    llm = _llm(args)
+    params = _params(args)
+    for prompt in args.prompts:
+        if args.chat:
+            prompt = llm.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
+        for out in llm.stream(prompt, params):
+            print(out.outputs[0].text_delta, end="", flush=True)
+        print()
+    return 0
+
+
+def cmd_chat(args) -> int:
+    llm = _llm(args)
+    params = _params(args)
+    history: list[dict] = []
+    if args.system:
+        history.append({"role": "system", "content": args.system})
+    print("cormorant chat — empty line or Ctrl-D to quit", file=sys.stderr)
+    while True:
+        try:
+            line = input("> ").strip()
+        except EOFError:
+            break
+        if not line:
+            break
+        history.append({"role": "user", "content": line})
+        ids = llm.tokenizer.apply_chat_template(history)
+        reply = ""
+        for out in llm.stream(ids, params):
+            delta = out.outputs[0].text_delta
+            reply += delta
+            print(delta, end="", flush=True)
+        print()
+        history.append({"role": "assistant", "content": reply})
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cormorant", description=__doc__)
+    parser.add_argument("--log-level", default="WARNING")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="complete prompts and print the text")
+    _add_engine_args(gen)
+    _add_sampling_args(gen)
+    gen.add_argument("--chat", action="store_true", help="wrap each prompt in the chat template")
+    gen.add_argument("prompts", nargs="+")
+    gen.set_defaults(func=cmd_generate)
+
+    chat = sub.add_parser("chat", help="interactive chat in the terminal, streamed")
+    _add_engine_args(chat)
+    _add_sampling_args(chat)
+    chat.add_argument("--system", default=None, help="a system message")
+    chat.set_defaults(func=cmd_chat)
+
+    try:
+        from cormorant.server.launch import add_serve_args, run_server
+    except ImportError:
+        add_serve_args = None
+    if add_serve_args is not None:
+        serve = sub.add_parser("serve", help="serve the OpenAI-compatible HTTP API")
+        add_serve_args(serve)
+        serve.set_defaults(func=run_server)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

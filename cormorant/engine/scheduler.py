@@ -1,0 +1,319 @@
+"""Scheduler: decides, each step, which sequences compute how many tokens (vLLM v1 style).
+
+Plain Python, no torch. Imports: the standard library, `cormorant.config`,
+`cormorant.engine.{sequence, types, block_manager}`.
+
+There is no prefill or decode phase. Every sequence has `num_computed_tokens` and a target
+(`seq.num_tokens`: prompt plus generated tokens); a per-step token budget closes the gaps.
+Running sequences go first in admission order (a decode needs 1 token, an unfinished prefill
+gets a chunk), then waiting ones are admitted through the prefix cache. Chunked prefill,
+prefix caching and recompute preemption all fall out of that one rule.
+
+Samples of one request (n > 1) share the prompt's KV: only the first sibling (the "leader") is
+queued; the others are parked until the leader's prompt is computed and its full blocks are
+registered, then they go to the front of the queue and hit the prefix cache, recomputing only
+the last partial block.
+
+Engine call order per step: `schedule()` -> run the batch -> `update_after_step(batch)` ->
+append sampled tokens, decide stops -> `finish(seq, reason)`. The engine must stop a sequence
+once `seq.num_tokens >= scheduler.max_seq_len`.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Protocol
+
+from cormorant.config import SchedulerConfig
+from cormorant.engine.block_manager import BlockManager
+from cormorant.engine.sequence import Sequence, SequenceStatus
+from cormorant.engine.types import ScheduledBatch
+
+
+class CannotScheduleError(ValueError):
+    """The request can never run here (empty, longer than the context or the whole cache)."""
+
+
+class WaitingQueue(Protocol):
+    """The admission order of waiting sequences. FIFO by default; the production layer can
+    plug in a fair queue across tenants. `push_front` is for sequences that were already
+    admitted once (preempted ones, released siblings) and should be resumed first."""
+
+    def push(self, seq: Sequence) -> None: ...
+    def push_front(self, seq: Sequence) -> None: ...
+    def peek(self) -> Sequence: ...
+    def pop(self) -> Sequence: ...
+    def remove(self, seq: Sequence) -> bool: ...
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[Sequence]: ...
+
+
+class FifoQueue:
+    """First come, first served. An ordered dict gives O(1) push_front and remove (aborts)."""
+
+    def __init__(self) -> None:
+        self._seqs: OrderedDict[Sequence, None] = OrderedDict()
+
+    def push(self, seq: Sequence) -> None:
+        self._seqs[seq] = None
+
+    def push_front(self, seq: Sequence) -> None:
+        self._seqs[seq] = None
+        self._seqs.move_to_end(seq, last=False)
+
+    def peek(self) -> Sequence:
+        return next(iter(self._seqs))
+
+    def pop(self) -> Sequence:
+        return self._seqs.popitem(last=False)[0]
+
+    def remove(self, seq: Sequence) -> bool:
+        if seq not in self._seqs:
+            return False
+        del self._seqs[seq]
+        return True
+
+    def __len__(self) -> int:
+        return len(self._seqs)
+
+    def __iter__(self) -> Iterator[Sequence]:
+        return iter(self._seqs)
+
+
+class Scheduler:
+    """Continuous batching over one BlockManager. Owns the running list and waiting queue."""
+
+    def __init__(self, config: SchedulerConfig, block_manager: BlockManager,
+                 waiting: WaitingQueue | None = None, *,
+                 max_model_len: int | None = None) -> None:
+        """max_model_len: the resolved context length; overrides config.max_model_len, which
+        may be None ("the model's own"). If both are None only the cache size limits."""
+        if config.max_num_seqs < 1 or config.max_num_batched_tokens < 1:
+            raise ValueError("max_num_seqs and max_num_batched_tokens must be at least 1")
+        self.config = config
+        self.max_model_len = max_model_len if max_model_len is not None else config.max_model_len
+        self.block_manager = block_manager
+        self.running: list[Sequence] = []  # admission order; the last one is the victim
+        self.waiting: WaitingQueue = waiting if waiting is not None else FifoQueue()
+        # n > 1: req_id -> the sibling whose prompt the others wait for, and those others.
+        self._leaders: dict[str, Sequence] = {}
+        self._parked: dict[str, list[Sequence]] = {}
+        self.num_preemptions = 0  # total over the scheduler's life
+
+    # ---- limits and counters -------------------------------------------------------------
+
+    @property
+    def max_seq_len(self) -> int:
+        """Longest a sequence may grow (prompt + output): the model's context, or the whole
+        cache if that is smaller. The engine stops sequences here with reason "length"."""
+        bm = self.block_manager
+        cache_len = bm.num_total_blocks * bm.block_size
+        return cache_len if self.max_model_len is None else min(self.max_model_len, cache_len)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting) + sum(len(p) for p in self._parked.values())
+
+    @property
+    def num_waiting_prompt_tokens(self) -> int:
+        """Tokens queued for prefill (a preempted sequence recomputes all of its tokens)."""
+        return sum(s.num_tokens for s in self._iter_waiting())
+
+    @property
+    def has_unfinished(self) -> bool:
+        return bool(self.running) or self.num_waiting > 0
+
+    def _iter_waiting(self) -> Iterator[Sequence]:
+        yield from self.waiting
+        for parked in self._parked.values():
+            yield from parked
+
+    # ---- admission and removal -----------------------------------------------------------
+
+    def check_prompt(self, seq: Sequence) -> str | None:
+        """Why seq can never be scheduled, or None if it can."""
+        if seq.num_tokens == 0:
+            return "the prompt is empty"
+        if self.max_model_len is not None and seq.num_tokens > self.max_model_len:
+            return (f"the prompt has {seq.num_tokens} tokens, more than the model's maximum "
+                    f"context length of {self.max_model_len}")
+        if seq.num_tokens > self.max_seq_len:
+            return (f"the prompt has {seq.num_tokens} tokens but the KV cache holds only "
+                    f"{self.max_seq_len}")
+        return None
+
+    def add(self, seq: Sequence) -> None:
+        """Queue seq. Raises CannotScheduleError (a ValueError, message fit for a client) at
+        once if it can never fit; seq is then left unqueued and untouched."""
+        error = self.check_prompt(seq)
+        if error is not None:
+            raise CannotScheduleError(error)
+        seq.status = SequenceStatus.WAITING
+        if seq.req_id in self._leaders:
+            self._parked[seq.req_id].append(seq)
+            return None
+        if self._shares_prompt_with_siblings(seq):
+            self._leaders[seq.req_id] = seq
+            self._parked[seq.req_id] = []
+        self.waiting.push(seq)
+        return None
+
+    def _shares_prompt_with_siblings(self, seq: Sequence) -> bool:
+        # Parking siblings only pays if the prompt has a full block the cache can serve.
+        bm = self.block_manager
+        return (seq.sampling_params.n > 1 and bm.enable_prefix_caching
+                and (seq.num_prompt_tokens - 1) // bm.block_size >= 1)
+
+    def finish(self, seq: Sequence, finish_reason: str | None = None) -> None:
+        """Remove seq from whichever queue holds it and free its blocks now. Idempotent."""
+        if seq.status is SequenceStatus.FINISHED:
+            return
+        if seq.status is SequenceStatus.RUNNING:
+            self.running.remove(seq)
+        elif not self.waiting.remove(seq):
+            parked = self._parked.get(seq.req_id, [])
+            if seq in parked:
+                parked.remove(seq)
+        self.block_manager.free(seq)
+        seq.status = SequenceStatus.FINISHED
+        if finish_reason is not None:
+            seq.finish_reason = finish_reason
+        if self._leaders.get(seq.req_id) is seq:
+            self._release_siblings(seq.req_id, keep_leader=True)
+
+    def abort(self, seq: Sequence) -> None:
+        self.finish(seq, "abort")
+
+    def _release_siblings(self, req_id: str, keep_leader: bool) -> None:
+        """Move parked siblings to the front of the queue (they keep their index order).
+
+        keep_leader: the leader left before its prompt was computed, so the first parked
+        sibling takes its place and the rest stay parked behind it.
+        """
+        del self._leaders[req_id]
+        parked = self._parked.pop(req_id)
+        if keep_leader and parked:
+            new_leader, rest = parked[0], parked[1:]
+            self._leaders[req_id] = new_leader
+            self._parked[req_id] = rest
+            self.waiting.push_front(new_leader)
+            return
+        for seq in reversed(parked):
+            self.waiting.push_front(seq)
+
+    # ---- the step ------------------------------------------------------------------------
+
+    def schedule(self) -> ScheduledBatch:
+        """Pick this step's work within max_num_batched_tokens and the free blocks."""
+        seqs: list[Sequence] = []
+        num_new: list[int] = []
+        budget = self.config.max_num_batched_tokens
+        num_preempted = 0
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            # Leave one token of budget per running sequence behind this one, so an earlier
+            # long prefill cannot stall their decodes for its whole length.
+            num_behind = len(self.running) - i - 1
+            n = min(self._num_remaining(seq), max(1, budget - num_behind))
+            scheduled, victims = self._grow_or_preempt(seq, n)
+            num_preempted += victims
+            if not scheduled:
+                break  # seq preempted itself: everything after it is gone too
+            seqs.append(seq)
+            num_new.append(n)
+            budget -= n
+            i += 1
+        # Admitting after a preemption would only thrash: the cache is already short.
+        if num_preempted == 0:
+            budget = self._admit_waiting(seqs, num_new, budget)
+        do_sample = [s.num_computed_tokens + n == s.num_tokens for s, n in zip(seqs, num_new)]
+        return ScheduledBatch(seqs, num_new, do_sample, num_preempted=num_preempted)
+
+    def _num_remaining(self, seq: Sequence) -> int:
+        # The hook for speculative decoding: a target beyond num_tokens would include drafts.
+        remaining = seq.num_tokens - seq.num_computed_tokens
+        assert remaining > 0 and seq.num_tokens <= self.max_seq_len, (
+            f"seq {seq.seq_id} has nothing to compute or outgrew max_seq_len: the engine "
+            "must append each sampled token and stop sequences at max_seq_len")
+        return remaining
+
+    def _grow_or_preempt(self, seq: Sequence, num_new_tokens: int) -> tuple[bool, int]:
+        """Make room for seq's next chunk by preempting the most recently admitted running
+        sequences, seq itself last. Returns (seq keeps running, number preempted)."""
+        num_victims = 0
+        while not self.block_manager.ensure_slots(seq, num_new_tokens):
+            victim = self.running[-1]
+            self._preempt(victim)
+            num_victims += 1
+            if victim is seq:
+                return False, num_victims
+        return True, num_victims
+
+    def _preempt(self, seq: Sequence) -> None:
+        """Recompute preemption: drop the KV, requeue at the front; generated tokens stay in
+        seq.token_ids and are recomputed (mostly from the prefix cache) on re-admission."""
+        self.running.remove(seq)
+        self.block_manager.free(seq)
+        seq.num_computed_tokens = 0
+        seq.status = SequenceStatus.WAITING
+        seq.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.push_front(seq)
+
+    def _admit_waiting(self, seqs: list[Sequence], num_new: list[int], budget: int) -> int:
+        bm = self.block_manager
+        while (self.waiting and budget > 0
+               and len(self.running) < self.config.max_num_seqs):
+            seq = self.waiting.peek()
+            num_cached = bm.num_cached_prefix_tokens(seq)
+            n = min(seq.num_tokens - num_cached, budget)
+            if not bm.allocate_prompt(seq, n):
+                break  # FIFO: nobody overtakes the head for lack of blocks
+            self.waiting.pop()
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            seqs.append(seq)
+            num_new.append(n)
+            budget -= n
+        return budget
+
+    def update_after_step(self, batch: ScheduledBatch) -> None:
+        """Advance num_computed_tokens by what the step computed, register newly full blocks
+        in the prefix cache and release siblings whose leader finished its prompt.
+
+        Call before finishing any sequence of the batch, so its last blocks get cached.
+        Sequences finished or aborted while the step ran are skipped.
+        """
+        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+            if seq.status is not SequenceStatus.RUNNING:
+                continue
+            seq.num_computed_tokens += n
+            self.block_manager.mark_computed(seq)
+            if self._leaders.get(seq.req_id) is seq and seq.is_prefill_done:
+                self._release_siblings(seq.req_id, keep_leader=False)
+
+    # ---- invariants (tests) --------------------------------------------------------------
+
+    def check_invariants(self) -> None:
+        """Raise AssertionError if queues, statuses or block references are inconsistent."""
+        assert len(self.running) <= self.config.max_num_seqs
+        assert len(set(self.running)) == len(self.running), "a sequence runs twice"
+        for seq in self.running:
+            assert seq.status is SequenceStatus.RUNNING
+            assert 0 <= seq.num_computed_tokens <= seq.num_tokens <= self.max_seq_len + 1
+            assert seq.block_table, f"running seq {seq.seq_id} holds no blocks"
+        waiting = list(self._iter_waiting())
+        assert len(set(waiting)) == len(waiting), "a sequence waits twice"
+        assert not set(waiting) & set(self.running), "a sequence both waits and runs"
+        for seq in waiting:
+            assert seq.status is SequenceStatus.WAITING
+            assert not seq.block_table and seq.num_computed_tokens == 0
+        for req_id, leader in self._leaders.items():
+            assert leader.req_id == req_id and not leader.is_finished
+            assert req_id in self._parked
+        self.block_manager.check_invariants(self.running)

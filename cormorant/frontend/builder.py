@@ -1,0 +1,73 @@
+"""Build one engine from an EngineConfig: tokenizer, model weights, KV cache, engine core.
+
+An engine is an object, never a module-level singleton, so one process can hold several.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+
+from cormorant.config import EngineConfig, ModelConfig
+from cormorant.engine.core import EngineCore
+from cormorant.layers.attention import TorchAttention
+from cormorant.models.loader import load_model
+from cormorant.runner.device import resolve_device, resolve_dtype
+from cormorant.runner.model_runner import ModelRunner
+from cormorant.text.tokenizer import Tokenizer, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BuiltEngine:
+    config: EngineConfig  # with max_model_len resolved
+    core: EngineCore
+    tokenizer: Tokenizer
+    model_config: ModelConfig
+    runner: ModelRunner
+    load_seconds: float
+
+
+def attention_backend(name: str, device: torch.device):
+    if name == "torch" or (name == "auto" and device.type != "cuda"):
+        return TorchAttention()
+    try:
+        from cormorant.layers.triton_attention import TritonAttention
+    except ImportError as e:
+        if name == "triton":
+            raise ValueError(f"attention backend 'triton' is not available: {e}") from e
+        log.warning("Triton is not available (%s); using the PyTorch attention backend", e)
+        return TorchAttention()
+    return TritonAttention()
+
+
+def build_engine(config: EngineConfig) -> BuiltEngine:
+    start = time.perf_counter()
+    if config.seed is not None:
+        torch.manual_seed(config.seed)
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    tokenizer = load_tokenizer(config.model)
+    model, model_config = load_model(config.model, dtype, device,
+                                     attention_backend(config.attention_backend, device))
+    config = _resolve_lengths(config, model_config)
+    eos = tuple(sorted(set(model_config.eos_token_ids) | set(tokenizer.eos_token_ids)))
+    runner = ModelRunner(config, model_config, model, device, dtype, eos)
+    core = EngineCore(config, runner, eos)
+    seconds = time.perf_counter() - start
+    log.info("loaded %s (%s, %s) in %.1f s", config.model, device, dtype, seconds)
+    return BuiltEngine(config, core, tokenizer, model_config, runner, seconds)
+
+
+def _resolve_lengths(config: EngineConfig, model_config: ModelConfig) -> EngineConfig:
+    sched = config.scheduler
+    max_len = sched.max_model_len or model_config.max_position_embeddings
+    if max_len > model_config.max_position_embeddings:
+        raise ValueError(f"max_model_len {max_len} exceeds the model's context length "
+                         f"{model_config.max_position_embeddings}")
+    sched = dataclasses.replace(sched, max_model_len=max_len)
+    return dataclasses.replace(config, scheduler=sched)

@@ -1,0 +1,148 @@
+"""LLM: the offline Python API. `LLM(model).generate(prompts, params)` and `LLM.chat(...)`.
+
+Runs the engine core synchronously in the caller's thread. The core is exposed as
+`llm.engine` (add_request / abort_request / step) for callers that drive steps themselves.
+"""
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence as Seq
+
+from cormorant.config import CacheConfig, EngineConfig, SchedulerConfig
+from cormorant.engine.types import EngineRequest
+from cormorant.frontend.builder import build_engine
+from cormorant.frontend.default_model import default_model_path
+from cormorant.frontend.output_processor import RequestState
+from cormorant.frontend.outputs import RequestOutput
+from cormorant.sampling_params import SamplingParams
+from cormorant.text.normalize import normalize_text
+
+Prompt = str | list[int]
+
+
+class LLM:
+    def __init__(self, model: str | None = None, *, dtype: str = "auto", device: str = "auto",
+                 seed: int = 0, block_size: int = 16, num_kv_blocks: int | None = None,
+                 memory_fraction: float | None = None, enable_prefix_caching: bool = True,
+                 max_num_seqs: int = 64, max_num_batched_tokens: int = 2048,
+                 max_model_len: int | None = None, attention_backend: str = "auto",
+                 normalize_nfc: bool = False, strip_control_chars: bool = False,
+                 enforce_eager: bool = False):
+        config = EngineConfig(
+            model=model or default_model_path(), dtype=dtype, device=device, seed=seed,
+            cache=CacheConfig(block_size=block_size, memory_fraction=memory_fraction,
+                              num_blocks=num_kv_blocks,
+                              enable_prefix_caching=enable_prefix_caching),
+            scheduler=SchedulerConfig(max_num_seqs=max_num_seqs,
+                                      max_num_batched_tokens=max_num_batched_tokens,
+                                      max_model_len=max_model_len),
+            normalize_nfc=normalize_nfc, strip_control_chars=strip_control_chars,
+            attention_backend=attention_backend, enforce_eager=enforce_eager)
+        built = build_engine(config)
+        self.config = built.config
+        self.engine = built.core
+        self.tokenizer = built.tokenizer
+        self.model_config = built.model_config
+        self._ids = itertools.count()
+
+    @property
+    def max_model_len(self) -> int:
+        return self.config.scheduler.max_model_len
+
+    # -- prompts ----------------------------------------------------------------------------
+    def encode(self, prompt: Prompt) -> list[int]:
+        if isinstance(prompt, str):
+            text = normalize_text(prompt, nfc=self.config.normalize_nfc,
+                                  strip_control=self.config.strip_control_chars)
+            return self.tokenizer.encode(text)
+        return list(prompt)
+
+    # -- generation -------------------------------------------------------------------------
+    def generate(self, prompts: Prompt | Seq[Prompt],
+                 sampling_params: SamplingParams | Seq[SamplingParams] | None = None
+                 ) -> list[RequestOutput]:
+        """Complete every prompt (a string or a list of token ids); outputs in prompt order."""
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]  # type: ignore[list-item]
+        params = _per_prompt(sampling_params, len(prompts))
+        states = [self._add(self.encode(p), sp, p if isinstance(p, str) else None)
+                  for p, sp in zip(prompts, params)]
+        self._run(states)
+        return [s.snapshot() for s in states]
+
+    def chat(self, messages: list[dict] | list[list[dict]],
+             sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
+             add_generation_prompt: bool = True) -> list[RequestOutput]:
+        """Apply the model's chat template to one conversation or a list of them."""
+        conversations = [messages] if messages and isinstance(messages[0], dict) else messages
+        prompts = [self.tokenizer.apply_chat_template(c, add_generation_prompt)
+                   for c in conversations]  # type: ignore[arg-type]
+        return self.generate(prompts, sampling_params)
+
+    def stream(self, prompt: Prompt, sampling_params: SamplingParams | None = None):
+        """Yield a RequestOutput (with text_delta) after every step for one prompt."""
+        state = self._add(self.encode(prompt), sampling_params or SamplingParams(),
+                          prompt if isinstance(prompt, str) else None)
+        try:
+            while not state.finished:
+                for eo in self.engine.step():
+                    if eo.req_id == state.req_id and state.update(eo):
+                        self.engine.stop_sequence(eo.req_id, eo.index)
+                yield state.snapshot()
+        finally:
+            if not state.finished:
+                self.engine.abort_request(state.req_id)
+
+    def beam_search(self, prompts: Prompt | Seq[Prompt], params: SamplingParams):
+        from cormorant.frontend.beam_search import beam_search
+
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]  # type: ignore[list-item]
+        return [beam_search(self, self.encode(p), params) for p in prompts]
+
+    # -- the loop ---------------------------------------------------------------------------
+    def _add(self, prompt_ids: list[int], params: SamplingParams,
+             prompt: str | None) -> RequestState:
+        if not prompt_ids:
+            raise ValueError("the prompt is empty")
+        params.validate(self.tokenizer.vocab_size)
+        if params.max_tokens is None:
+            params = _with_max_tokens(params, self.max_model_len - len(prompt_ids))
+        req_id = str(next(self._ids))
+        state = RequestState(req_id, prompt_ids, params, self.tokenizer, prompt)
+        for eo in self.engine.add_request(EngineRequest(req_id, prompt_ids, params)):
+            state.update(eo)
+        return state
+
+    def _run(self, states: list[RequestState]) -> None:
+        by_id = {s.req_id: s for s in states if not s.finished}
+        while by_id:
+            for eo in self.engine.step():
+                state = by_id.get(eo.req_id)
+                if state is None:
+                    continue
+                if state.update(eo):
+                    self.engine.stop_sequence(eo.req_id, eo.index)
+                if state.finished:
+                    del by_id[eo.req_id]
+            if not self.engine.has_unfinished_requests():
+                for state in by_id.values():  # defensive: never spin on a lost request
+                    state.abort()
+                break
+
+
+def _per_prompt(params: SamplingParams | Seq[SamplingParams] | None,
+                n: int) -> list[SamplingParams]:
+    if params is None:
+        return [SamplingParams() for _ in range(n)]
+    if isinstance(params, SamplingParams):
+        return [params] * n
+    if len(params) != n:
+        raise ValueError(f"got {len(params)} sampling params for {n} prompts")
+    return list(params)
+
+
+def _with_max_tokens(params: SamplingParams, max_tokens: int) -> SamplingParams:
+    import dataclasses
+
+    return dataclasses.replace(params, max_tokens=max(1, max_tokens))

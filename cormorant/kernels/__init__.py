@@ -1,0 +1,21 @@
+"""Triton kernels for the GPU fast path, each with a plain PyTorch reference beside it.
+
+Modules (each imports only torch and triton):
+  paged_attention  one-launch paged attention for packed prefill-with-prefix + decode batches
+                   (GQA-grouped tiles, optional split-KV with a reduction pass)
+  kv_cache         scatter of this step's keys and values into the paged cache
+  rmsnorm          RMSNorm and residual-add + RMSNorm
+  rotary           neox-style rotary embedding of q and k, in place
+  activation       SiLU-and-multiply of a packed gate/up projection
+
+This package file imports nothing heavy, so `import cormorant.kernels` works on machines
+without Triton; import the submodules only where `triton_available()` is true.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+
+def triton_available() -> bool:
+    """True when Triton can be imported (it may still lack a GPU: see TRITON_INTERPRET)."""
+    return importlib.util.find_spec("triton") is not None

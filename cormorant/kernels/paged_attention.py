@@ -1,0 +1,291 @@
+"""Paged attention in one launch for a packed batch of prefill chunks and decodes.
+
+Imports only torch and triton. Layout and conventions are those of cormorant.layers.attention:
+the cache is [2, num_blocks, block_size, num_kv_heads, head_dim] (pass its [0] and [1]); sequence
+i owns query rows query_start_loc[i]:query_start_loc[i+1], which are the last query_len tokens of
+its seq_lens[i]-token context (causal against the tail of the context).
+
+Design (the "unified" layout of vLLM's Triton backend, own code):
+- One program per (query block, KV head). A tile's BLOCK_M rows are BLOCK_Q query tokens times
+  the num_heads // num_kv_heads query heads that share a KV head, so each K/V tile is read once
+  for the whole GQA group; decode is bandwidth bound, and this is where its speed comes from.
+- Query blocks never straddle sequences: sequence i starts at block query_start_loc[i] // BLOCK_Q
+  + i, so the grid (num_tokens // BLOCK_Q + num_seqs) depends only on tensor shapes, and each
+  program finds its sequence by binary search on the device: no host sync, CUDA-graph safe.
+- Online softmax (base 2) over KV tiles of TILE keys gathered through the block table, so TILE
+  need not equal the cache block size.
+- Split-KV (flash-decoding): with NUM_SEGMENTS > 1 a third grid axis splits each program's KV
+  tiles into segments that write unnormalised partials; `_reduce_segments_kernel` merges them.
+  Used for decode batches too small to fill the GPU.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+_LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _find_seq(query_start_loc_ptr, q_block_idx, num_seqs, BLOCK_Q: tl.constexpr):
+    """Largest i with query_start_loc[i] // BLOCK_Q + i <= q_block_idx (binary search)."""
+    # Tensors from the start: an int argument equal to 1 arrives as a constexpr, and loop-carried
+    # values must keep one type.
+    lo = q_block_idx * 0
+    hi = lo + num_seqs
+    while lo < hi:
+        mid = (lo + hi) // 2
+        first_block = tl.load(query_start_loc_ptr + mid) // BLOCK_Q + mid
+        if first_block <= q_block_idx:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo - 1
+
+
+@triton.jit
+def _attend_tiles(acc, m_i, l_i, Q, q_pos, k_cache_ptr, v_cache_ptr, bt_row_ptr, kv_head,
+                  tile_lo, tile_hi, kv_end, scale_log2, stride_cb, stride_cs, stride_ch,
+                  BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
+                  TILE: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Online-softmax accumulation of KV tiles [tile_lo, tile_hi) into (acc, m_i, l_i)."""
+    dims = tl.arange(0, HEAD_DIM_P)
+    dim_ok = dims < HEAD_DIM
+    for tile in range(tile_lo, tile_hi):
+        keys = tile * TILE + tl.arange(0, TILE)  # absolute key positions
+        key_ok = keys < kv_end
+        block_ids = tl.load(bt_row_ptr + keys // BLOCK_SIZE, mask=key_ok, other=0)
+        # int64: caches over 2**31 elements are routine on 80 GB cards.
+        slot_offs = (block_ids.to(tl.int64) * stride_cb + (keys % BLOCK_SIZE) * stride_cs
+                     + kv_head * stride_ch)  # [TILE]
+        K = tl.load(k_cache_ptr + slot_offs[None, :] + dims[:, None],
+                    mask=key_ok[None, :] & dim_ok[:, None], other=0.0)  # [HEAD_DIM_P, TILE]
+        V = tl.load(v_cache_ptr + slot_offs[:, None] + dims[None, :],
+                    mask=key_ok[:, None] & dim_ok[None, :], other=0.0)  # [TILE, HEAD_DIM_P]
+        S = tl.dot(Q, K.to(Q.dtype), input_precision=DOT_PRECISION) * scale_log2
+        visible = key_ok[None, :] & (keys[None, :] <= q_pos[:, None])
+        S = tl.where(visible, S, float("-inf"))  # [BLOCK_M, TILE]
+        m_new = tl.maximum(m_i, tl.max(S, axis=1))
+        P = tl.exp2(S - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(P, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(P.to(Q.dtype), V.to(Q.dtype),
+                                            input_precision=DOT_PRECISION)
+        m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.jit
+def _paged_attention_kernel(
+        out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr,
+        q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_loc_ptr,
+        scale_log2, num_seqs, num_heads,
+        stride_qt, stride_qh, stride_ot, stride_oh, stride_cb, stride_cs, stride_ch, stride_bt,
+        QUERIES_PER_KV: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
+        HEAD_DIM_P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr,
+        TILE: tl.constexpr, NUM_SEGMENTS: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    q_block_idx = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    segment = tl.program_id(2)
+    seq = _find_seq(query_start_loc_ptr, q_block_idx, num_seqs, BLOCK_Q)
+    q_start = tl.load(query_start_loc_ptr + seq)
+    q_len = tl.load(query_start_loc_ptr + seq + 1) - q_start
+    q_block = q_block_idx - (q_start // BLOCK_Q + seq)  # block index within the sequence
+    if q_block * BLOCK_Q >= q_len:
+        return
+    seq_len = tl.load(seq_lens_ptr + seq)
+    context_len = seq_len - q_len  # keys before this step's first query
+
+    rows = tl.arange(0, BLOCK_M)
+    q_tok = q_block * BLOCK_Q + rows // QUERIES_PER_KV  # query index within the sequence
+    head = kv_head * QUERIES_PER_KV + rows % QUERIES_PER_KV
+    row_ok = (q_tok < q_len) & (rows < BLOCK_Q * QUERIES_PER_KV)
+    dims = tl.arange(0, HEAD_DIM_P)
+    dim_ok = dims < HEAD_DIM
+    tok = (q_start + q_tok).to(tl.int64)
+    Q = tl.load(q_ptr + tok[:, None] * stride_qt + head[:, None] * stride_qh + dims[None, :],
+                mask=row_ok[:, None] & dim_ok[None, :], other=0.0)  # [BLOCK_M, HEAD_DIM_P]
+    q_pos = context_len + q_tok  # absolute position: the last key each row may see
+
+    # Keys past the last query of this block are invisible to all its rows: stop there.
+    kv_end = tl.minimum(seq_len, context_len + (q_block + 1) * BLOCK_Q)
+    num_tiles = tl.cdiv(kv_end, TILE)
+    tiles_per_segment = tl.cdiv(num_tiles, NUM_SEGMENTS)
+    tile_lo = segment * tiles_per_segment
+    tile_hi = tl.minimum(tile_lo + tiles_per_segment, num_tiles)
+
+    acc = tl.zeros([BLOCK_M, HEAD_DIM_P], dtype=tl.float32)
+    # Finite "minus infinity" for the running max: a row that sees no key in a tile (or in a
+    # whole split segment) keeps exp2(m_old - m_new) = 1 and l = 0 instead of turning NaN.
+    m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    bt_row_ptr = block_tables_ptr + seq.to(tl.int64) * stride_bt
+    acc, m_i, l_i = _attend_tiles(acc, m_i, l_i, Q, q_pos, k_cache_ptr, v_cache_ptr, bt_row_ptr,
+                                  kv_head, tile_lo, tile_hi, kv_end, scale_log2,
+                                  stride_cb, stride_cs, stride_ch,
+                                  BLOCK_SIZE, HEAD_DIM, HEAD_DIM_P, TILE, DOT_PRECISION)
+
+    store_ok = row_ok[:, None] & dim_ok[None, :]
+    if NUM_SEGMENTS == 1:
+        out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+        tl.store(out_ptr + tok[:, None] * stride_ot + head[:, None] * stride_oh + dims[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=store_ok)
+    else:
+        # Partials: [num_tokens, num_heads, NUM_SEGMENTS] (+ [HEAD_DIM_P] for acc), fp32.
+        part = (tok * num_heads + head) * NUM_SEGMENTS + segment
+        tl.store(part_max_ptr + part, m_i, mask=row_ok)
+        tl.store(part_sum_ptr + part, l_i, mask=row_ok)
+        tl.store(part_acc_ptr + part[:, None] * HEAD_DIM_P + dims[None, :], acc, mask=store_ok)
+
+
+@triton.jit
+def _reduce_segments_kernel(out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr,
+                            query_start_loc_ptr, num_seqs, num_heads, stride_ot, stride_oh,
+                            HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
+                            NUM_SEGMENTS: tl.constexpr):
+    tok = tl.program_id(0)
+    head = tl.program_id(1)
+    # Padding rows after the last sequence were never written by the main kernel.
+    if tok >= tl.load(query_start_loc_ptr + num_seqs):
+        return
+    segs = tl.arange(0, NUM_SEGMENTS)
+    dims = tl.arange(0, HEAD_DIM_P)
+    part = (tok.to(tl.int64) * num_heads + head) * NUM_SEGMENTS + segs  # [NUM_SEGMENTS]
+    m = tl.load(part_max_ptr + part)
+    weight = tl.exp2(m - tl.max(m, axis=0))  # empty segments: m = -1e30 -> weight 0
+    denom = tl.sum(weight * tl.load(part_sum_ptr + part), axis=0)
+    acc = tl.load(part_acc_ptr + part[:, None] * HEAD_DIM_P + dims[None, :])
+    out = tl.sum(acc * weight[:, None], axis=0) / tl.where(denom == 0.0, 1.0, denom)
+    tl.store(out_ptr + tok.to(tl.int64) * stride_ot + head * stride_oh + dims,
+             out.to(out_ptr.dtype.element_ty), mask=dims < HEAD_DIM)
+
+
+@dataclass(frozen=True)
+class PagedAttentionConfig:
+    """Launch shape. block_m: query rows per tile (tokens x GQA group); tile_size: keys per
+    inner step; num_segments: split-KV factor (1 = no split, no reduction pass)."""
+
+    block_m: int = 16
+    tile_size: int = 32
+    num_segments: int = 1
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+def choose_config(num_heads: int, num_kv_heads: int, max_query_len: int, num_seqs: int,
+                  num_sms: int = 132) -> PagedAttentionConfig:
+    """Heuristic launch shape from host-known facts only, so a captured CUDA graph (fixed
+    num_seqs, max_query_len 1) always gets the same choice. Not tuned yet on an H100:
+    benchmarks/gpu_kernel_check.py --sweep compares the alternatives."""
+    group = num_heads // num_kv_heads
+    min_m = max(16, triton.next_power_of_2(group))
+    if max_query_len <= 1:
+        # Split the KV only when (seq, kv head) programs cannot fill the SMs twice over.
+        programs = num_seqs * num_kv_heads
+        segments = 1
+        while programs * segments < 2 * num_sms and segments < 16:
+            segments *= 2
+        return PagedAttentionConfig(block_m=min_m, tile_size=64, num_segments=segments,
+                                    num_warps=4, num_stages=2)
+    if max_query_len >= 256:
+        return PagedAttentionConfig(block_m=max(128, min_m), tile_size=64, num_warps=8,
+                                    num_stages=2)
+    return PagedAttentionConfig(block_m=max(64, min_m), tile_size=64, num_warps=4,
+                                num_stages=2)
+
+
+def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                    query_start_loc: torch.Tensor, seq_lens: torch.Tensor,
+                    block_tables: torch.Tensor, scale: float, max_query_len: int,
+                    out: torch.Tensor | None = None,
+                    config: PagedAttentionConfig | None = None) -> torch.Tensor:
+    """Attention of packed queries q [num_tokens, num_heads, head_dim] against the paged
+    cache (k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_dim]).
+
+    query_start_loc [num_seqs + 1], seq_lens [num_seqs] and block_tables [num_seqs, max_blocks]
+    live on the device; max_query_len (host int) only picks the launch shape. Rows of out past
+    query_start_loc[-1] are left untouched. No host synchronisation.
+    """
+    num_tokens, num_heads, head_dim = q.shape
+    _, block_size, num_kv_heads, _ = k_cache.shape
+    num_seqs = seq_lens.shape[0]
+    assert num_heads % num_kv_heads == 0, "num_heads must be a multiple of num_kv_heads"
+    assert q.stride(2) == 1 and k_cache.stride(3) == 1 and k_cache.stride() == v_cache.stride()
+    if out is None:
+        out = torch.empty_like(q)
+    assert out.shape == q.shape and out.stride(2) == 1
+    if num_tokens == 0 or num_seqs == 0:
+        return out
+    if config is None:
+        config = choose_config(num_heads, num_kv_heads, max_query_len, num_seqs, _num_sms(q))
+    group = num_heads // num_kv_heads
+    assert config.block_m >= group and config.tile_size >= 16
+    block_q = config.block_m // group
+    head_dim_p = triton.next_power_of_2(head_dim)
+    segments = config.num_segments
+    if segments > 1:
+        part_acc = torch.empty(num_tokens, num_heads, segments, head_dim_p,
+                               dtype=torch.float32, device=q.device)
+        part_max = torch.empty(num_tokens, num_heads, segments, dtype=torch.float32,
+                               device=q.device)
+        part_sum = torch.empty_like(part_max)
+    else:
+        part_acc = part_max = part_sum = out  # unused by the kernel when NUM_SEGMENTS == 1
+    grid = (num_tokens // block_q + num_seqs, num_kv_heads, segments)
+    _paged_attention_kernel[grid](
+        out, part_acc, part_max, part_sum, q, k_cache, v_cache, block_tables, seq_lens,
+        query_start_loc, scale * _LOG2E, num_seqs, num_heads,
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
+        QUERIES_PER_KV=group, BLOCK_SIZE=block_size, HEAD_DIM=head_dim, HEAD_DIM_P=head_dim_p,
+        BLOCK_M=config.block_m, BLOCK_Q=block_q, TILE=config.tile_size,
+        NUM_SEGMENTS=segments, DOT_PRECISION=_dot_precision(q.dtype),
+        num_warps=config.num_warps, num_stages=config.num_stages)
+    if segments > 1:
+        _reduce_segments_kernel[(num_tokens, num_heads)](
+            out, part_acc, part_max, part_sum, query_start_loc, num_seqs, num_heads,
+            out.stride(0), out.stride(1), HEAD_DIM=head_dim, HEAD_DIM_P=head_dim_p,
+            NUM_SEGMENTS=segments, num_warps=4)
+    return out
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    # fp32 models should get fp32 answers; TF32 would cost ~1e-3 relative error.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _num_sms(t: torch.Tensor) -> int:
+    if t.is_cuda:
+        return torch.cuda.get_device_properties(t.device).multi_processor_count
+    return 132  # interpreter runs: pretend an H100 so the same configs get exercised
+
+
+def paged_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                        query_start_loc: torch.Tensor, seq_lens: torch.Tensor,
+                        block_tables: torch.Tensor, scale: float,
+                        out: torch.Tensor | None = None) -> torch.Tensor:
+    """Plain PyTorch reference of paged_attention: explicit fp32 softmax per sequence
+    (independent of SDPA, which the TorchAttention backend uses). Synchronises freely."""
+    num_heads, group = q.shape[1], q.shape[1] // k_cache.shape[2]
+    block_size = k_cache.shape[1]
+    if out is None:
+        out = torch.empty_like(q)
+    starts, lens = query_start_loc.tolist(), seq_lens.tolist()
+    for i, seq_len in enumerate(lens):
+        lo, hi = starts[i], starts[i + 1]
+        if hi == lo:
+            continue
+        blocks = block_tables[i, :math.ceil(seq_len / block_size)].long()
+        k = k_cache[blocks].flatten(0, 1)[:seq_len].float().repeat_interleave(group, dim=1)
+        v = v_cache[blocks].flatten(0, 1)[:seq_len].float().repeat_interleave(group, dim=1)
+        scores = torch.einsum("qhd,khd->hqk", q[lo:hi].float(), k) * scale  # [H, Q, S]
+        q_pos = torch.arange(seq_len - (hi - lo), seq_len, device=q.device)
+        visible = torch.arange(seq_len, device=q.device)[None, :] <= q_pos[:, None]
+        scores = scores.masked_fill(~visible, float("-inf"))
+        out[lo:hi] = torch.einsum("hqk,khd->qhd", scores.softmax(-1), v).to(out.dtype)
+    assert num_heads == group * k_cache.shape[2]
+    return out

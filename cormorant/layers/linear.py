@@ -1,0 +1,145 @@
+"""Linear layers shaped for tensor parallelism, with the weight format behind a method object.
+
+Column-parallel layers split their output features across ranks, row-parallel layers split
+their input features and sum the partial results; with a world size of 1 (the default) both
+are plain linears. Each layer's `weight_loader(param, tensor[, shard_id])` copies
+a full checkpoint tensor into this rank's part of one of its parameters; fused projections
+(QKV, gate_up) take each checkpoint shard ("q"/"k"/"v", or 0/1) into its slice.
+
+A layer owns no weight format: a LinearMethod creates its parameters and does its matmul.
+Only DenseLinearMethod exists now; int8 / fp8 / GGUF-block formats become new method classes.
+Parameters are created uninitialised (torch.empty): the loader fills every one of them.
+Imports: torch, cormorant.layers.parallel.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cormorant.layers.parallel import all_reduce, tp_rank_and_size
+
+
+class LinearMethod(Protocol):
+    def create_weights(self, layer: nn.Module, input_size: int, output_size: int) -> None:
+        """Register the layer's weight parameter(s) for this rank's [output, input] slice."""
+
+    def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None
+              ) -> torch.Tensor:
+        """x [..., input] -> [..., output]."""
+
+
+class DenseLinearMethod:
+    """An unquantized weight in the model dtype."""
+
+    def create_weights(self, layer: nn.Module, input_size: int, output_size: int) -> None:
+        weight = torch.empty(output_size, input_size)  # [out, in]
+        layer.weight = nn.Parameter(weight, requires_grad=False)
+
+    def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None
+              ) -> torch.Tensor:
+        return F.linear(x, layer.weight, bias)
+
+
+class LinearBase(nn.Module):
+    """Holds this rank's slice; `tp_dim` is the weight dim split across ranks (0 for
+    column-parallel, 1 for row-parallel)."""
+
+    tp_dim: int = 0
+
+    def __init__(self, input_size: int, output_size: int, bias: bool,
+                 method: LinearMethod | None = None) -> None:
+        super().__init__()
+        self.tp_rank, self.tp_size = tp_rank_and_size()
+        self.input_size = input_size
+        self.output_size = output_size
+        self.method = method or DenseLinearMethod()
+        self.method.create_weights(self, self._local_in(), self._local_out())
+        self.bias = None
+        if bias:
+            # Column-parallel biases are split like the outputs; row-parallel ones are whole.
+            size = self._local_out()
+            self.bias = nn.Parameter(torch.empty(size), requires_grad=False)  # [out]
+
+    def _local_in(self) -> int:
+        return self.input_size // self.tp_size if self.tp_dim == 1 else self.input_size
+
+    def _local_out(self) -> int:
+        return self.output_size // self.tp_size if self.tp_dim == 0 else self.output_size
+
+    def _shard(self, loaded: torch.Tensor, dim: int) -> torch.Tensor:
+        """This rank's part of a full checkpoint tensor along `dim`."""
+        if self.tp_size == 1:
+            return loaded
+        return loaded.chunk(self.tp_size, dim)[self.tp_rank]
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor) -> None:
+        if not (param is self.bias and self.tp_dim == 1):  # a row-parallel bias is whole
+            loaded = self._shard(loaded, self.tp_dim)
+        _copy_checked(param.data, loaded)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.method.apply(self, x, self.bias)
+
+
+class ColumnParallelLinear(LinearBase):
+    tp_dim = 0
+
+
+class MergedColumnParallelLinear(ColumnParallelLinear):
+    """Several projections of the same input, concatenated along the output (gate_up)."""
+
+    def __init__(self, input_size: int, output_sizes: list[int], bias: bool = False,
+                 method: LinearMethod | None = None) -> None:
+        self.output_sizes = list(output_sizes)
+        super().__init__(input_size, sum(output_sizes), bias, method)
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: int) -> None:
+        offset = sum(self.output_sizes[:shard_id]) // self.tp_size
+        size = self.output_sizes[shard_id] // self.tp_size
+        _copy_checked(param.data.narrow(0, offset, size), self._shard(loaded, 0))
+
+
+class QKVParallelLinear(ColumnParallelLinear):
+    """q, k and v projections in one matmul; rows ordered [q heads | k heads | v heads]."""
+
+    def __init__(self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int,
+                 bias: bool = False, method: LinearMethod | None = None) -> None:
+        tp_size = tp_rank_and_size()[1]
+        if num_heads % tp_size or num_kv_heads % tp_size:
+            raise ValueError(f"{num_heads} heads / {num_kv_heads} kv heads do not divide "
+                             f"across {tp_size} tensor-parallel ranks")
+        self.head_dim = head_dim
+        self.num_heads = num_heads // tp_size  # per rank
+        self.num_kv_heads = num_kv_heads // tp_size
+        output_size = (num_heads + 2 * num_kv_heads) * head_dim
+        super().__init__(hidden_size, output_size, bias, method)
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: str) -> None:
+        q_size = self.num_heads * self.head_dim
+        kv_size = self.num_kv_heads * self.head_dim
+        offset, size = {"q": (0, q_size), "k": (q_size, kv_size),
+                        "v": (q_size + kv_size, kv_size)}[shard_id]
+        _copy_checked(param.data.narrow(0, offset, size), self._shard(loaded, 0))
+
+
+class RowParallelLinear(LinearBase):
+    """Input features split across ranks; partial outputs are summed (all-reduce)."""
+
+    tp_dim = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Only rank 0 adds the bias, so the all-reduce counts it once.
+        bias = self.bias if self.tp_rank == 0 else None
+        return all_reduce(self.method.apply(self, x, bias))
+
+
+def _copy_checked(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """Copy with dtype/device conversion; a shape mismatch means a checkpoint that does not
+    match the config, which must fail loudly rather than broadcast."""
+    if dst.shape != src.shape:
+        raise ValueError(f"checkpoint tensor of shape {tuple(src.shape)} does not fit "
+                         f"parameter slice of shape {tuple(dst.shape)}")
+    dst.copy_(src)

@@ -1,0 +1,1 @@
+"""The model runner: input preparation, KV cache allocation, forward pass and sampling."""
