@@ -107,8 +107,8 @@ class BlockManager:
         Never the whole sequence: the last token is always recomputed so the step that
         finishes the prompt has logits to sample from.
         """
-        if not self.enable_prefix_caching:
-            return []
+        if not self.enable_prefix_caching or seq.sampling_params.prompt_logprobs is not None:
+            return []  # prompt logprobs need every prompt position computed
         max_blocks = (seq.num_tokens - 1) // self.block_size
         hits: list[int] = []
         for i in range(max_blocks):

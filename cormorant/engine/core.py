@@ -45,12 +45,11 @@ class EngineCore:
         self.max_model_len = config.scheduler.max_model_len
         self.block_manager = BlockManager(runner.num_blocks, config.cache.block_size,
                                           config.cache.enable_prefix_caching)
-        self.scheduler = Scheduler(config.scheduler, self.block_manager)
+        self.scheduler = Scheduler(config.scheduler, self.block_manager,
+                                   max_model_len=self.max_model_len)
         self.requests: dict[str, list[Sequence]] = {}
         self.steps = 0
         self.num_preemptions = 0
-        self.prefix_cache_queries = 0
-        self.prefix_cache_hits = 0
 
     # -- requests ---------------------------------------------------------------------------
     def add_request(self, req: EngineRequest) -> list[EngineOutput]:
@@ -90,8 +89,6 @@ class EngineCore:
         for seq in batch.seqs:
             if seq.first_scheduled_time is None:
                 seq.first_scheduled_time = now
-                self.prefix_cache_queries += seq.num_prompt_tokens
-                self.prefix_cache_hits += seq.num_cached_tokens
         samples = self.runner.execute(batch)
         self.scheduler.update_after_step(batch)
         self.steps += 1
@@ -124,7 +121,7 @@ class EngineCore:
                 return "stop"
         if params.max_tokens is not None and seq.num_output_tokens >= params.max_tokens:
             return "length"
-        if seq.num_tokens >= self.max_model_len:
+        if seq.num_tokens >= self.scheduler.max_seq_len:
             return "length"
         return None
 
@@ -146,8 +143,8 @@ class EngineCore:
             num_total_blocks=self.runner.num_blocks,
             steps=self.steps,
             num_preemptions=self.num_preemptions,
-            prefix_cache_queries=self.prefix_cache_queries,
-            prefix_cache_hits=self.prefix_cache_hits,
+            prefix_cache_queries=bm.num_prefix_queried_tokens,
+            prefix_cache_hits=bm.num_prefix_hit_tokens,
         )
 
     def stop_sequence(self, req_id: str, index: int) -> None:

@@ -155,12 +155,11 @@ class Scheduler:
         seq.status = SequenceStatus.WAITING
         if seq.req_id in self._leaders:
             self._parked[seq.req_id].append(seq)
-            return None
+            return
         if self._shares_prompt_with_siblings(seq):
             self._leaders[seq.req_id] = seq
             self._parked[seq.req_id] = []
         self.waiting.push(seq)
-        return None
 
     def _shares_prompt_with_siblings(self, seq: Sequence) -> bool:
         # Parking siblings only pays if the prompt has a full block the cache can serve.
@@ -216,10 +215,7 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            # Leave one token of budget per running sequence behind this one, so an earlier
-            # long prefill cannot stall their decodes for its whole length.
-            num_behind = len(self.running) - i - 1
-            n = min(self._num_remaining(seq), max(1, budget - num_behind))
+            n = min(self._num_remaining(seq), budget)
             scheduled, victims = self._grow_or_preempt(seq, n)
             num_preempted += victims
             if not scheduled:

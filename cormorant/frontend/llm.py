@@ -105,7 +105,7 @@ class LLM:
              prompt: str | None) -> RequestState:
         if not prompt_ids:
             raise ValueError("the prompt is empty")
-        params.validate(self.tokenizer.vocab_size)
+        params.validate(self.model_config.vocab_size)
         if params.max_tokens is None:
             params = _with_max_tokens(params, self.max_model_len - len(prompt_ids))
         req_id = str(next(self._ids))

@@ -45,7 +45,12 @@ class _SampleState:
                 out.logprobs.append(_to_logprob(token_id, entry))
                 out.cumulative_logprob += entry[0]
         delta = self.detok.add(eo.new_token_ids)
-        emit, matched = self.stops.feed(delta)
+        if eo.finish_reason is not None:
+            delta += self.detok.flush()  # a character still incomplete at the end
+        if len(out.token_ids) > self.params.min_tokens:
+            emit, matched = self.stops.feed(delta)
+        else:  # as vLLM: stop strings count only once min_tokens are out
+            emit, matched = delta, None
         if matched is not None:
             self._emit(emit)
             out.finish_reason, out.stop_reason = "stop", matched

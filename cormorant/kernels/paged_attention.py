@@ -20,6 +20,7 @@ Design (the "unified" layout of vLLM's Triton backend, own code):
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -177,7 +178,8 @@ class PagedAttentionConfig:
 
 
 def choose_config(num_heads: int, num_kv_heads: int, max_query_len: int, num_seqs: int,
-                  num_sms: int = 132) -> PagedAttentionConfig:
+                  num_sms: int = 132, dtype: torch.dtype = torch.bfloat16
+                  ) -> PagedAttentionConfig:
     """Heuristic launch shape from host-known facts only, so a captured CUDA graph (fixed
     num_seqs, max_query_len 1) always gets the same choice. Not tuned yet on an H100:
     benchmarks/gpu_kernel_check.py --sweep compares the alternatives."""
@@ -189,8 +191,11 @@ def choose_config(num_heads: int, num_kv_heads: int, max_query_len: int, num_seq
         segments = 1
         while programs * segments < 2 * num_sms and segments < 16:
             segments *= 2
-        return PagedAttentionConfig(block_m=min_m, tile_size=64, num_segments=segments,
-                                    num_warps=4, num_stages=2)
+        return PagedAttentionConfig(block_m=min_m, tile_size=64 if dtype != torch.float32
+                                    else 32, num_segments=segments, num_warps=4, num_stages=2)
+    if dtype == torch.float32:
+        # IEEE fp32 dots run on FMA units with blocked layouts: big tiles spill registers.
+        return PagedAttentionConfig(block_m=max(32, min_m), tile_size=32, num_warps=8)
     if max_query_len >= 256:
         return PagedAttentionConfig(block_m=max(128, min_m), tile_size=64, num_warps=8,
                                     num_stages=2)
@@ -221,9 +226,11 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     if num_tokens == 0 or num_seqs == 0:
         return out
     if config is None:
-        config = choose_config(num_heads, num_kv_heads, max_query_len, num_seqs, _num_sms(q))
+        config = choose_config(num_heads, num_kv_heads, max_query_len, num_seqs, _num_sms(q),
+                               q.dtype)
     group = num_heads // num_kv_heads
     assert config.block_m >= group and config.tile_size >= 16
+    assert config.num_segments & (config.num_segments - 1) == 0, "num_segments: a power of 2"
     block_q = config.block_m // group
     head_dim_p = triton.next_power_of_2(head_dim)
     segments = config.num_segments
@@ -260,8 +267,15 @@ def _dot_precision(dtype: torch.dtype) -> str:
 
 def _num_sms(t: torch.Tensor) -> int:
     if t.is_cuda:
-        return torch.cuda.get_device_properties(t.device).multi_processor_count
+        return _cuda_sm_count(t.device.index if t.device.index is not None
+                              else torch.cuda.current_device())
     return 132  # interpreter runs: pretend an H100 so the same configs get exercised
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_sm_count(index: int) -> int:
+    # Called once per layer per step: keep it off the hot path.
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def paged_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

@@ -2,9 +2,7 @@
 
 Supported `rope_scaling` types: default (None), "linear", "llama3" (Llama 3.1+), and
 "freq_factors" (per-frequency divisors stored by llama.cpp in a GGUF's rope_freqs tensor).
-cos/sin are computed once per forward from the positions rather than looked up in a
-[max_positions, head_dim] cache: it costs a few element-wise ops on [num_tokens, head_dim]
-and needs no cap on positions. Imports: torch only.
+Imports: torch only.
 """
 from __future__ import annotations
 
@@ -59,33 +57,42 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
 
 
 class RotaryEmbedding(nn.Module):
-    """Turns positions into (cos, sin); one instance per model, shared by its layers."""
+    """Rotates q and k by their positions. One instance per model, shared by its layers.
 
-    def __init__(self, head_dim: int, base: float, scaling: dict | None = None) -> None:
+    cos_sin_cache [max_position, head_dim] float32 holds cos(pos * inv_freq) in its first half
+    and sin in its second (vLLM's layout, which cormorant.kernels.rotary also reads), so a
+    fused kernel can replace `forward` without changing the cache or the callers."""
+
+    def __init__(self, head_dim: int, max_position: int, base: float,
+                 scaling: dict | None = None) -> None:
         super().__init__()
         self.head_dim = head_dim
+        self.max_position = max_position
         self.base = base
         self.scaling = scaling
         compute_inv_freq(head_dim, base, scaling, device="cpu")  # fail early on a bad type
         self.init_buffers()
 
     def init_buffers(self) -> None:
-        """(Re)compute inv_freq in float32 on the module's device. Models are built on the
-        meta device and materialised empty (models.registry), which calls this again."""
-        device = self.inv_freq.device if hasattr(self, "inv_freq") else None
+        """(Re)compute the cache on the module's device. Models are built on the meta device
+        and materialised empty (models.registry), which calls this again."""
+        device = self.cos_sin_cache.device if hasattr(self, "cos_sin_cache") else None
         inv_freq = compute_inv_freq(self.head_dim, self.base, self.scaling, device)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        positions = torch.arange(self.max_position, dtype=torch.float32, device=device)
+        freqs = positions[:, None] * inv_freq[None, :]  # [max_position, head_dim // 2]
+        cache = torch.cat((freqs.cos(), freqs.sin()), dim=-1)  # [max_position, head_dim]
+        self.register_buffer("cos_sin_cache", cache, persistent=False)
 
-    def forward(self, positions: torch.Tensor, dtype: torch.dtype
+    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions [num_tokens] -> cos, sin [num_tokens, head_dim] in `dtype`."""
-        freqs = positions.float()[:, None] * self.inv_freq[None, :]  # [T, head_dim // 2]
-        emb = torch.cat((freqs, freqs), dim=-1)  # [T, head_dim]
-        return emb.cos().to(dtype), emb.sin().to(dtype)
+        """q [T, H, D], k [T, Hkv, D] rotated at positions [T]; returns new tensors."""
+        # cos/sin rounded to the activation dtype before the multiply, as transformers does.
+        cos, sin = self.cos_sin_cache[positions].to(q.dtype).chunk(2, dim=-1)  # [T, D/2] each
+        cos = torch.cat((cos, cos), dim=-1)[:, None, :]  # [T, 1, D]
+        sin = torch.cat((sin, sin), dim=-1)[:, None, :]
+        return _rotate(q, cos, sin), _rotate(k, cos, sin)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x [num_tokens, num_heads, head_dim] by cos/sin [num_tokens, head_dim]."""
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
-    rotated = torch.cat((-x2, x1), dim=-1)
-    return x * cos[:, None, :] + rotated * sin[:, None, :]
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin

@@ -18,12 +18,12 @@ from cormorant.layers.attention import AttentionBackend, AttentionMetadata
 from cormorant.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from cormorant.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from cormorant.layers.norm import RMSNorm
-from cormorant.layers.rotary import RotaryEmbedding, apply_rotary
+from cormorant.layers.rotary import RotaryEmbedding
 
 
 class LlamaAttention(nn.Module):
     def __init__(self, config: ModelConfig, attn_backend: AttentionBackend,
-                 o_proj_bias: bool) -> None:
+                 rotary_emb: RotaryEmbedding, o_proj_bias: bool) -> None:
         super().__init__()
         self.qkv_proj = QKVParallelLinear(config.hidden_size, config.head_dim, config.num_heads,
                                           config.num_kv_heads, bias=config.attention_bias)
@@ -36,11 +36,12 @@ class LlamaAttention(nn.Module):
         if config.qk_norm:
             self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps)
             self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps)
+        self.rotary_emb = rotary_emb  # the model's one instance, shared by every layer
         self.attn_backend = attn_backend
         self.scale = config.head_dim ** -0.5
 
-    def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                kv_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, kv_cache: torch.Tensor,
+                meta: AttentionMetadata) -> torch.Tensor:
         qkv = self.qkv_proj(hidden)  # [T, (H + 2 * Hkv) * D]
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
@@ -49,7 +50,7 @@ class LlamaAttention(nn.Module):
         v = v.view(-1, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
         if self.q_norm is not None:  # Qwen3 normalises each head before the rotation
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k = self.rotary_emb(positions, q, k)
         out = self.attn_backend.forward(q, k, v, kv_cache, meta, self.scale)  # [T, H, D]
         return self.o_proj(out.flatten(1))  # [T, hidden]
 
@@ -68,22 +69,22 @@ class LlamaMLP(nn.Module):
 
 class LlamaDecoderLayer(nn.Module):
     def __init__(self, config: ModelConfig, attn_backend: AttentionBackend,
-                 o_proj_bias: bool) -> None:
+                 rotary_emb: RotaryEmbedding, o_proj_bias: bool) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = LlamaAttention(config, attn_backend, o_proj_bias)
+        self.self_attn = LlamaAttention(config, attn_backend, rotary_emb, o_proj_bias)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = LlamaMLP(config)
 
-    def forward(self, hidden: torch.Tensor, residual: torch.Tensor | None, cos: torch.Tensor,
-                sin: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata
+    def forward(self, positions: torch.Tensor, hidden: torch.Tensor,
+                residual: torch.Tensor | None, kv_cache: torch.Tensor, meta: AttentionMetadata
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         # The residual stream is carried separately so each norm can fuse the add before it.
         if residual is None:
             residual, hidden = hidden, self.input_layernorm(hidden)
         else:
             hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(hidden, cos, sin, kv_cache, meta)
+        hidden = self.self_attn(positions, hidden, kv_cache, meta)
         hidden, residual = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden), residual
 
@@ -93,20 +94,19 @@ class LlamaModel(nn.Module):
                  o_proj_bias: bool) -> None:
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
-        self.rotary_emb = RotaryEmbedding(config.head_dim, config.rope_theta,
-                                          config.rope_scaling_dict)
+        self.rotary_emb = RotaryEmbedding(config.head_dim, config.max_position_embeddings,
+                                          config.rope_theta, config.rope_scaling_dict)
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, attn_backend, o_proj_bias)
+            LlamaDecoderLayer(config, attn_backend, self.rotary_emb, o_proj_bias)
             for _ in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 kv_caches: list[torch.Tensor], meta: AttentionMetadata) -> torch.Tensor:
         hidden = self.embed_tokens(input_ids)  # [T, hidden]
-        cos, sin = self.rotary_emb(positions, hidden.dtype)  # [T, head_dim] each
         residual = None
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
-            hidden, residual = layer(hidden, residual, cos, sin, kv_cache, meta)
+            hidden, residual = layer(positions, hidden, residual, kv_cache, meta)
         hidden, _ = self.norm(hidden, residual)
         return hidden
 

@@ -145,7 +145,7 @@ def apply_penalties(logits: torch.Tensor, pen: PenaltyTensors) -> torch.Tensor:
     output_counts = _token_counts(pen.output_ids, vocab)  # [N, V]
     seen = (output_counts > 0) | (_token_counts(pen.prompt_ids, vocab) > 0)  # [N, V]
     rep = pen.repetition.unsqueeze(1)  # [N, 1]
-    penalised = logits / rep
+    penalised = torch.where(logits < 0, logits * rep, logits / rep)
     logits = torch.where(seen, penalised, logits)
     logits = logits - pen.frequency.unsqueeze(1) * output_counts
     return logits - pen.presence.unsqueeze(1) * (output_counts > 0).to(logits.dtype)

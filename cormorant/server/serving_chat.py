@@ -1,0 +1,131 @@
+"""POST /v1/chat/completions: messages -> chat template -> one engine request (n choices).
+
+Streaming follows OpenAI's shape exactly: per choice, a first chunk with the assistant role,
+then content deltas, then a chunk with an empty delta and the finish reason; with
+stream_options.include_usage, a last chunk with no choices and the usage.
+Imports server modules and frontend.outputs types.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass, field
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from cormorant.frontend.outputs import CompletionOutput, RequestOutput
+from cormorant.server.body import read_request
+from cormorant.server.generation import EngineStream, Job, collect_unless_disconnected
+from cormorant.server.logprobs import TokenText, chat_logprobs
+from cormorant.server.params import chat_params
+from cormorant.server.prompts import chat_prompt
+from cormorant.server.protocol import ChatCompletionRequest
+from cormorant.server.responses import (client_gone, finals_usage, finish_reason,
+                                        json_response, new_id, usage)
+from cormorant.server.sse import SSEResponse, sse_body
+from cormorant.server.state import ServerState
+
+
+@dataclass
+class _Ctx:
+    id: str
+    model: str
+    fingerprint: str
+    n: int
+    top_logprobs: int | None  # None: no logprobs
+    include_usage: bool
+    prompt_len: int
+    token_text: TokenText
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def chunk(self, choices: list[dict]) -> dict:
+        body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                "model": self.model, "system_fingerprint": self.fingerprint,
+                "choices": choices}
+        if self.include_usage:
+            body["usage"] = None
+        return body
+
+
+async def create_chat_completion(request: Request, state: ServerState) -> Response:
+    req = await read_request(request, ChatCompletionRequest, state.validation_context)
+    engine = state.resolve_model(req.model)
+    state.lifecycle.check_accepting()
+    prompt = await chat_prompt(req.messages, engine.tokenizer, state.tokenize_pool)
+    params = chat_params(req, len(prompt.token_ids), engine.max_model_len, state.vocab_size)
+    ticket = state.admission.admit([len(prompt.token_ids)])
+    ctx = _Ctx(id=new_id("chatcmpl"), model=state.model_name, fingerprint=state.fingerprint,
+               n=req.n, top_logprobs=params.logprobs,
+               include_usage=bool(req.stream_options and req.stream_options.include_usage),
+               prompt_len=len(prompt.token_ids), token_text=state.token_text)
+    stream = EngineStream(engine, [Job(ctx.id, prompt.token_ids, params)], ticket,
+                          state.lifecycle)
+    if req.stream:
+        return SSEResponse(sse_body(_chunks(ctx, stream), state.config.max_error_chars),
+                           on_close=stream.aclose)
+    try:
+        finals = await collect_unless_disconnected(request.receive, stream.collect())
+    finally:
+        await stream.aclose()
+    return client_gone() if finals is None else json_response(_response(ctx, finals[0]))
+
+
+def _logprobs(ctx: _Ctx, o: CompletionOutput, num_new: int | None = None) -> dict | None:
+    if ctx.top_logprobs is None:
+        return None
+    entries = list(o.logprobs or [])
+    if num_new is not None:
+        entries = entries[len(entries) - num_new:] if num_new else []
+    return chat_logprobs(entries, ctx.token_text, ctx.top_logprobs)
+
+
+def _response(ctx: _Ctx, out: RequestOutput) -> dict:
+    choices = [{"index": o.index,
+                "message": {"role": "assistant", "content": o.text, "refusal": None},
+                "logprobs": _logprobs(ctx, o),
+                "finish_reason": finish_reason(o.finish_reason)}
+               for o in sorted(out.outputs, key=lambda o: o.index)]
+    return {"id": ctx.id, "object": "chat.completion", "created": ctx.created,
+            "model": ctx.model, "system_fingerprint": ctx.fingerprint, "choices": choices,
+            "usage": finals_usage([out])}
+
+
+def _delta_chunks(ctx: _Ctx, o: CompletionOutput) -> list[dict]:
+    choices = []
+    if o.text_delta or (o.num_new_tokens and ctx.top_logprobs is not None):
+        choices.append({"index": o.index, "delta": {"content": o.text_delta},
+                        "logprobs": _logprobs(ctx, o, o.num_new_tokens),
+                        "finish_reason": None})
+    reason = finish_reason(o.finish_reason)
+    if reason is not None:
+        choices.append({"index": o.index, "delta": {}, "logprobs": None,
+                        "finish_reason": reason})
+    return choices
+
+
+async def _chunks(ctx: _Ctx, stream: EngineStream) -> AsyncIterator[list[dict]]:
+    # The role chunks go out before the engine's first token: headers and a first event
+    # reach the client at once, which is what OpenAI clients expect to see first.
+    yield [ctx.chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
+                       "logprobs": None, "finish_reason": None}]) for i in range(ctx.n)]
+    finished: set[int] = set()
+    num_tokens: dict[int, int] = {}
+    num_cached = 0
+    async with aclosing(stream.outputs()) as outputs:
+        async for _, out in outputs:
+            num_cached = out.num_cached_tokens
+            batch = []
+            for o in out.outputs:
+                if o.index in finished:
+                    continue
+                num_tokens[o.index] = len(o.token_ids)
+                if o.finish_reason is not None:
+                    finished.add(o.index)
+                # One choice per chunk, as OpenAI sends them.
+                batch.extend(ctx.chunk([choice]) for choice in _delta_chunks(ctx, o))
+            yield batch
+    if ctx.include_usage:
+        yield [{**ctx.chunk([]), "usage": usage([ctx.prompt_len], sum(num_tokens.values()),
+                                                      num_cached)}]

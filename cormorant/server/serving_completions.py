@@ -1,0 +1,164 @@
+"""POST /v1/completions: request -> engine requests -> a JSON body or an SSE stream.
+
+One engine request per prompt (its n choices live inside it); choice index = prompt index * n
++ choice. Echo prepends the prompt (and, with logprobs, the prompt tokens' logprobs, the first
+being null as in OpenAI's API). Imports server modules and frontend.outputs types.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass, field
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from cormorant.frontend.outputs import CompletionOutput, RequestOutput
+from cormorant.server.body import read_request
+from cormorant.server.errors import APIError
+from cormorant.server.generation import EngineStream, Job, collect_unless_disconnected
+from cormorant.server.logprobs import TokenText, completion_logprobs
+from cormorant.server.params import completion_params
+from cormorant.server.prompts import Prompt, completion_prompts
+from cormorant.server.protocol import CompletionRequest
+from cormorant.server.responses import (client_gone, finals_usage, finish_reason,
+                                        json_response, new_id, usage)
+from cormorant.server.sse import SSEResponse, sse_body
+from cormorant.server.state import ServerState
+
+
+@dataclass
+class _Ctx:
+    id: str
+    model: str
+    fingerprint: str
+    n: int
+    echo: bool
+    logprobs: int | None
+    include_usage: bool
+    prompts: list[Prompt]
+    token_text: TokenText
+    decode: object  # tokenizer.decode, for echoing prompts sent as token ids
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def echo_text(self, index: int) -> str:
+        prompt = self.prompts[index]
+        if prompt.text is None:
+            prompt.text = self.decode(prompt.token_ids, skip_special_tokens=False)
+        return prompt.text
+
+    def envelope(self, choices: list[dict]) -> dict:
+        body = {"id": self.id, "object": "text_completion", "created": self.created,
+                "model": self.model, "system_fingerprint": self.fingerprint, "choices": choices}
+        return body
+
+
+async def create_completion(request: Request, state: ServerState) -> Response:
+    req = await read_request(request, CompletionRequest, state.validation_context)
+    engine = state.resolve_model(req.model)
+    state.lifecycle.check_accepting()
+    prompts = await completion_prompts(req.prompt, engine.tokenizer, state.vocab_size,
+                                       state.tokenize_pool)
+    if len(prompts) * req.n > state.config.max_choices:
+        raise APIError(400, f"{len(prompts)} prompts x n={req.n} exceeds the limit of "
+                       f"{state.config.max_choices} choices per request.", param="n",
+                       code="invalid_value")
+    params = [completion_params(req, len(p.token_ids), engine.max_model_len, state.vocab_size)
+              for p in prompts]
+    ticket = state.admission.admit([len(p.token_ids) for p in prompts])
+    ctx = _Ctx(id=new_id("cmpl"), model=state.model_name, fingerprint=state.fingerprint,
+               n=req.n, echo=req.echo, logprobs=req.logprobs,
+               include_usage=bool(req.stream_options and req.stream_options.include_usage),
+               prompts=prompts, token_text=state.token_text, decode=engine.tokenizer.decode)
+    jobs = [Job(f"{ctx.id}-{i}", p.token_ids, sp) for i, (p, sp) in enumerate(zip(prompts, params))]
+    stream = EngineStream(engine, jobs, ticket, state.lifecycle)
+    if req.stream:
+        return SSEResponse(sse_body(_chunks(ctx, stream), state.config.max_error_chars),
+                           on_close=stream.aclose)
+    try:
+        finals = await collect_unless_disconnected(request.receive, stream.collect())
+    finally:
+        await stream.aclose()
+    return client_gone() if finals is None else json_response(_response(ctx, finals))
+
+
+def _ids_and_entries(ctx: _Ctx, index: int, out: RequestOutput, token_ids: list[int],
+                     entries: list, with_prompt: bool) -> tuple[list[int], list]:
+    if not with_prompt:
+        return token_ids, entries
+    prompt_ids = ctx.prompts[index].token_ids
+    prompt_entries = list(out.prompt_logprobs or [None] * len(prompt_ids))
+    return prompt_ids + token_ids, prompt_entries + entries
+
+
+def _response(ctx: _Ctx, finals: list[RequestOutput]) -> dict:
+    choices = []
+    for index, out in enumerate(finals):
+        for o in sorted(out.outputs, key=lambda o: o.index):
+            text = ctx.echo_text(index) + o.text if ctx.echo else o.text
+            logprobs = None
+            if ctx.logprobs is not None:
+                ids, entries = _ids_and_entries(ctx, index, out, list(o.token_ids),
+                                                list(o.logprobs or []), ctx.echo)
+                logprobs, _ = completion_logprobs(entries, ids, ctx.token_text, ctx.logprobs, 0)
+            choices.append({"index": index * ctx.n + o.index, "text": text,
+                            "logprobs": logprobs, "finish_reason": finish_reason(o.finish_reason)})
+    return {**ctx.envelope(choices), "usage": finals_usage(finals)}
+
+
+class _ChoiceState:
+    __slots__ = ("started", "finished", "offset", "num_tokens")
+
+    def __init__(self) -> None:
+        self.started = False
+        self.finished = False
+        self.offset = 0  # text_offset of the next token
+        self.num_tokens = 0
+
+
+def _stream_choice(ctx: _Ctx, index: int, out: RequestOutput, o: CompletionOutput,
+                   st: _ChoiceState) -> dict | None:
+    first = not st.started
+    st.started = True
+    text = o.text_delta
+    new_ids = list(o.token_ids[len(o.token_ids) - o.num_new_tokens:]) if o.num_new_tokens else []
+    st.num_tokens = len(o.token_ids)
+    reason = finish_reason(o.finish_reason)
+    st.finished = reason is not None
+    with_prompt = first and ctx.echo
+    if with_prompt:
+        text = ctx.echo_text(index) + text
+    if not text and not new_ids and reason is None:
+        return None
+    logprobs = None
+    if ctx.logprobs is not None:
+        entries = list(o.logprobs[len(o.logprobs) - len(new_ids):]) if new_ids and o.logprobs \
+            else []
+        ids, entries = _ids_and_entries(ctx, index, out, new_ids, entries, with_prompt)
+        logprobs, st.offset = completion_logprobs(entries, ids, ctx.token_text, ctx.logprobs,
+                                                  st.offset)
+    return {"index": index * ctx.n + o.index, "text": text, "logprobs": logprobs,
+            "finish_reason": reason}
+
+
+async def _chunks(ctx: _Ctx, stream: EngineStream) -> AsyncIterator[list[dict]]:
+    states: dict[int, _ChoiceState] = {}
+    cached: dict[int, int] = {}
+    null_usage = {"usage": None} if ctx.include_usage else {}
+    async with aclosing(stream.outputs()) as outputs:
+        async for index, out in outputs:
+            choices = []
+            for o in out.outputs:
+                st = states.setdefault(index * ctx.n + o.index, _ChoiceState())
+                if not st.finished:
+                    choice = _stream_choice(ctx, index, out, o, st)
+                    if choice is not None:
+                        choices.append(choice)
+            cached[index] = out.num_cached_tokens
+            # One choice per chunk, as OpenAI sends them; one write per engine step.
+            yield [{**ctx.envelope([choice]), **null_usage} for choice in choices]
+    if ctx.include_usage:
+        completion_tokens = sum(st.num_tokens for st in states.values())
+        yield [{**ctx.envelope([]), "usage": usage([len(p.token_ids) for p in ctx.prompts],
+                                                   completion_tokens, sum(cached.values()))}]

@@ -1,0 +1,186 @@
+"""Ahead-of-time compile of every kernel launch shape for an H100 (sm_90), without a GPU.
+
+Run as a script (`python tests/kernels/sm90_compile.py [--full]`, TRITON_INTERPRET unset); the
+test in test_kernels_compile.py runs it in a subprocess. The launchers in cormorant.kernels are
+called with CPU tensors while their Triton kernels are swapped for recorders; each recorded
+launch is then specialised exactly as JITFunction.run would (same binder, same _pack_args) and
+compiled to a cubin for sm_90 with the ptxas bundled in Triton. This catches what the
+interpreter cannot: type errors in loop-carried values, unsupported ops, shared memory over
+the H100's 227 KiB. It uses Triton internals (create_function_from_signature, _pack_args),
+checked to exist in 3.6 and 3.7; a mismatch exits with status 3 (the test skips).
+Imports torch, triton and cormorant.kernels.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+MAX_SHARED = 227 * 1024  # H100 per-block shared memory limit (opt-in maximum)
+
+
+class _Recorder:
+    """Stands in for a JITFunction: `kernel[grid](*args, **kwargs)` records the launch."""
+
+    def __init__(self, jit_fn, calls):
+        self.jit_fn, self.calls = jit_fn, calls
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.calls.append((self.jit_fn, grid, args, kwargs))
+
+
+def _record(launches):
+    """Run each (label, thunk) with the kernel modules' kernels replaced by recorders."""
+    from cormorant.kernels import activation, kv_cache, paged_attention, rmsnorm, rotary
+    modules = (activation, kv_cache, paged_attention, rmsnorm, rotary)
+    recorded = []
+    originals = {}
+    for module in modules:
+        for name in dir(module):
+            if name.endswith("_kernel") and hasattr(getattr(module, name), "params"):
+                originals[(module, name)] = getattr(module, name)
+    for label, thunk in launches:
+        calls = []
+        for (module, name), fn in originals.items():
+            setattr(module, name, _Recorder(fn, calls))
+        try:
+            thunk()
+        finally:
+            for (module, name), fn in originals.items():
+                setattr(module, name, fn)
+        recorded += [(label, *call) for call in calls]
+    return recorded
+
+
+def _compile(jit_fn, args, kwargs, target):
+    from triton import knobs
+    from triton.compiler import ASTSource, compile, make_backend
+    from triton.runtime.jit import create_function_from_signature
+    backend = make_backend(target)
+    kwargs = dict(kwargs, debug=False)
+    mode = getattr(getattr(knobs, "compilation", None), "instrumentation_mode", None)
+    if mode is not None:
+        kwargs["instrumentation_mode"] = mode
+    binder = create_function_from_signature(jit_fn.signature, jit_fn.params, backend)
+    bound_args, specialization, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = jit_fn._pack_args(backend, kwargs, bound_args,
+                                                              specialization, options)
+    return compile(ASTSource(jit_fn, signature, constexprs, attrs), target=target,
+                   options=options.__dict__)
+
+
+def _ptxas_usage(ptx: str) -> str:
+    """'regs N, spill B' from the bundled ptxas -v, or '' if it cannot be run."""
+    import triton
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    if not os.path.exists(ptxas):
+        return ""
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+        f.write(ptx)
+    try:
+        log = subprocess.run([ptxas, "-arch=sm_90a", "-v", f.name, "-o", os.devnull],
+                             capture_output=True, text=True, timeout=120).stderr
+    finally:
+        os.unlink(f.name)
+    regs = re.search(r"Used (\d+) registers", log)
+    spill = re.search(r"(\d+) bytes spill stores", log)
+    return f"regs {regs.group(1) if regs else '?'}, spill {spill.group(1) if spill else '?'}B"
+
+
+def _launches(full: bool):
+    from cormorant.kernels import activation, kv_cache, paged_attention, rmsnorm, rotary
+    models = [("qwen3-0.6b", 16, 8, 128), ("llama-8b", 32, 8, 128), ("smollm2", 9, 3, 64)]
+    dtypes = [torch.bfloat16, torch.float32] if full else [torch.bfloat16]
+    out = []
+    for (name, heads, kv_heads, head_dim) in models:
+        for dtype in dtypes:
+            tag = f"{name} {str(dtype)[6:]}"
+            # (query_lens, seq_len) per mode; the launch shape depends on these alone.
+            for mode, q_lens in (("decode-split", [1] * 4), ("decode", [1] * 64),
+                                 ("mixed", [1] * 8 + [100]), ("prefill", [512])):
+                out.append((f"attn {mode} {tag}",
+                            _attention_thunk(paged_attention, q_lens, heads, kv_heads, head_dim,
+                                             dtype)))
+    for dtype in dtypes:
+        out += _small_kernel_thunks(rotary, rmsnorm, kv_cache, activation, dtype)
+    return out
+
+
+def _small_kernel_thunks(rotary, rmsnorm, kv_cache, activation, dtype):
+    """Llama-8B-sized launches of the small kernels (own scope: the lambdas run later)."""
+    tag, t = str(dtype)[6:], 8
+    x = torch.randn(t, 4096, dtype=dtype)
+    w = torch.randn(4096, dtype=dtype)
+    qkv = torch.randn(t, 48 * 128, dtype=dtype)
+    q, k = qkv[:, :32 * 128].view(t, 32, 128), qkv[:, 32 * 128:40 * 128].view(t, 8, 128)
+    v = qkv[:, 40 * 128:].view(t, 8, 128)
+    cache = torch.empty(2, 4, 16, 8, 128, dtype=dtype)
+    positions = torch.zeros(t, dtype=torch.int64)
+    return [
+        (f"store_kv {tag}", lambda: kv_cache.store_kv_cache(k, v, cache, positions)),
+        (f"rms_norm {tag}", lambda: rmsnorm.rms_norm(x, w, 1e-6)),
+        (f"rms_norm heads {tag}", lambda: rmsnorm.rms_norm(q, w[:128], 1e-6, out=q)),
+        (f"add_rms_norm {tag}", lambda: rmsnorm.fused_add_rms_norm(x, x.clone(), w, 1e-6)),
+        (f"rotary {tag}", lambda: rotary.rotary_embedding(positions, q, k,
+                                                          torch.randn(64, 128))),
+        (f"silu_and_mul {tag}", lambda: activation.silu_and_mul(
+            torch.randn(t, 2 * 14336, dtype=dtype))),
+    ]
+
+
+def _attention_thunk(pa, query_lens, heads, kv_heads, head_dim, dtype):
+    num_seqs, num_tokens = len(query_lens), sum(query_lens)
+    q = torch.randn(num_tokens, heads, head_dim, dtype=dtype)
+    cache = torch.empty(2, 64, 16, kv_heads, head_dim, dtype=dtype)
+    starts = torch.tensor([0] + query_lens, dtype=torch.int32).cumsum(0).to(torch.int32)
+    seq_lens = torch.full((num_seqs,), 600, dtype=torch.int32)
+    tables = torch.zeros(num_seqs, 40, dtype=torch.int32)
+    return lambda: pa.paged_attention(q, cache[0], cache[1], starts, seq_lens, tables,
+                                      head_dim ** -0.5, max(query_lens))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="fp32 variants too")
+    parser.add_argument("--arch", type=int, default=90)
+    args = parser.parse_args()
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        print("unset TRITON_INTERPRET: this compiles real kernels")
+        return 2
+    try:
+        import triton
+        from triton.backends.compiler import GPUTarget
+        from triton.runtime.jit import create_function_from_signature  # noqa: F401
+    except ImportError as exc:
+        print(f"triton internals unavailable: {exc}")
+        return 3
+    target = GPUTarget("cuda", args.arch, 32)
+    failures = 0
+    print(f"triton {triton.__version__}, target sm_{args.arch}")
+    for label, jit_fn, grid, kargs, kwargs in _record(_launches(args.full)):
+        start = time.time()
+        try:
+            kernel = _compile(jit_fn, kargs, kwargs, target)
+        except Exception as exc:  # report every failing variant, then fail at the end
+            failures += 1
+            print(f"FAIL {label} [{jit_fn.__name__}]: {type(exc).__name__}: {exc}"[:2000])
+            continue
+        shared = kernel.metadata.shared
+        too_big = shared > MAX_SHARED
+        failures += too_big
+        print(f"{'FAIL' if too_big else 'ok  '} {label:34s} {jit_fn.__name__:26s} "
+              f"smem {shared / 1024:6.1f} KiB  {_ptxas_usage(kernel.asm['ptx']):22s} "
+              f"grid {grid}  {time.time() - start:.1f}s")
+    print("all compiled" if not failures else f"{failures} failure(s)")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+    sys.exit(main())

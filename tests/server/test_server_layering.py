@@ -1,0 +1,37 @@
+"""server/ is HTTP only: it never imports engine internals, the runner, models or torch, and
+only the launcher names the engine implementation (so apps can front any engine object)."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import cormorant.server
+
+SERVER_DIR = Path(cormorant.server.__file__).parent
+FORBIDDEN = ("torch", "cormorant.engine", "cormorant.runner", "cormorant.models",
+             "cormorant.layers", "cormorant.kernels")
+LAUNCH_ONLY = ("cormorant.frontend.async_llm", "cormorant.frontend.default_model")
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_server_imports_stay_in_their_layer():
+    files = sorted(SERVER_DIR.glob("*.py"))
+    assert len(files) > 10
+    for path in files:
+        imports = _imports(path)
+        bad = sorted(name for name in imports if name.startswith(FORBIDDEN))
+        assert not bad, f"{path.name} imports {bad}"
+        if path.name != "launch.py":
+            assert not imports & set(LAUNCH_ONLY), path.name
+        source = path.read_text()
+        assert source.startswith('"""'), f"{path.name} lacks a module docstring"
+        assert source.count("\n") <= 400, f"{path.name} is longer than 400 lines"
