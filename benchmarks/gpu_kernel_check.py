@@ -6,7 +6,8 @@ Run from the repository root on a CUDA machine:  python benchmarks/gpu_kernel_ch
 
 For each model (Qwen3-0.6B 16/8/128, Llama-3.1-8B 32/8/128, SmolLM2-135M 9/3/64) and dtype
 (bf16, fp32): fresh random inputs, the output poisoned with NaN before the kernel runs and then
-checked fully written, relative error ||out - ref|| / ||ref|| in fp64; times are medians of
+checked fully written (in-place ops: checked NaN-free, neighbours untouched), relative error
+||out - ref|| / ||ref|| in fp64 ("wr" column: fully written); times are medians of
 triton.testing.do_bench (L2 flushed between runs). Decode attention reports GB/s of KV read
 against a measured device-to-device copy; the reference path (TorchAttention: SDPA per
 sequence) is timed beside it. A CUDA-graph capture/replay of a decode step with changed
@@ -430,8 +431,9 @@ def main() -> int:
 
 def _summary(rows: list[Row], copy_gbps: float, elapsed: float) -> int:
     bad = [r for r in rows if r.status != "ok"]
-    print(f"\n==== summary ({elapsed:.0f} s, copy {copy_gbps:.0f} GB/s; ref = PyTorch reference "
-          f"path, attention ref = TorchAttention / SDPA per sequence) ====")
+    print(f"\n==== summary ({elapsed:.0f} s, copy {copy_gbps:.0f} GB/s; ms = Triton kernel; "
+          f"ref ms = PyTorch reference; for attention TorchAttention.forward, SDPA per "
+          f"sequence, incl. its KV write; %cp = share of copy bandwidth) ====")
     print(f"{'variant':46s} {'rel err':>9s} {'wr':3s} {'ms':>8s} {'throughput':21s} "
           f"{'ref ms':>9s} {'speedup':7s} status")
     for r in rows:

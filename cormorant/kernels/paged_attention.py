@@ -159,7 +159,9 @@ def _reduce_segments_kernel(out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr,
     m = tl.load(part_max_ptr + part)
     weight = tl.exp2(m - tl.max(m, axis=0))  # empty segments: m = -1e30 -> weight 0
     denom = tl.sum(weight * tl.load(part_sum_ptr + part), axis=0)
-    acc = tl.load(part_acc_ptr + part[:, None] * HEAD_DIM_P + dims[None, :])
+    # Padding dims (head_dim not a power of 2) were never written: mask them.
+    acc = tl.load(part_acc_ptr + part[:, None] * HEAD_DIM_P + dims[None, :],
+                  mask=(dims < HEAD_DIM)[None, :], other=0.0)
     out = tl.sum(acc * weight[:, None], axis=0) / tl.where(denom == 0.0, 1.0, denom)
     tl.store(out_ptr + tok.to(tl.int64) * stride_ot + head * stride_oh + dims,
              out.to(out_ptr.dtype.element_ty), mask=dims < HEAD_DIM)
@@ -229,8 +231,9 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         config = choose_config(num_heads, num_kv_heads, max_query_len, num_seqs, _num_sms(q),
                                q.dtype)
     group = num_heads // num_kv_heads
-    assert config.block_m >= group and config.tile_size >= 16
-    assert config.num_segments & (config.num_segments - 1) == 0, "num_segments: a power of 2"
+    assert config.block_m >= group and config.tile_size >= 16  # tl.dot needs 16+ per dim
+    for n in (config.block_m, config.tile_size, config.num_segments):
+        assert n & (n - 1) == 0, f"launch sizes must be powers of 2: {config}"
     block_q = config.block_m // group
     head_dim_p = triton.next_power_of_2(head_dim)
     segments = config.num_segments

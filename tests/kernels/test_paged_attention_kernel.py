@@ -76,6 +76,13 @@ def test_padding_rows_untouched_and_empty_sequences(config, device, make_batch, 
     assert rel_err(out[:real], _ref(batch, 0.125)[:real]) < TOL
 
 
+@pytest.mark.parametrize("config", [None, SPLIT], ids=["auto", "split4"])
+def test_head_dim_not_power_of_two(config, device, make_batch, rel_err):
+    # head_dim 80 runs padded to 128 lanes; the padding must never leak into the output.
+    batch = make_batch([2, 1, 1], [41, 18, 60], 4, 2, 80, device=device, seed=13)
+    assert rel_err(_run(batch, 0.11, config), _ref(batch, 0.11)) < TOL
+
+
 def test_single_sequence_long_prefill_with_prefix(device, make_batch, rel_err):
     # num_seqs == 1 arrives in the kernel as a specialised constant; 70 queries span several
     # query blocks of the auto (block_m 64) shape, all causal against a 60-token prefix.

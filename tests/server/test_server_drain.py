@@ -13,6 +13,7 @@ import time
 
 import httpx
 import openai
+import pytest
 
 from server_helpers import assert_openai_error
 
@@ -25,25 +26,43 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _launch(model: str, grace_s: float) -> tuple[subprocess.Popen, str]:
+def _spawn(model: str, grace_s: float) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "cormorant.server.launch", "--model", model, "--port", str(port),
          "--max-model-len", "1024", "--num-kv-blocks", "512", "--drain-grace-s", str(grace_s),
          "--log-level", "warning"], cwd=ROOT, env=env)
-    url = f"http://127.0.0.1:{port}"
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _wait_ready(proc: subprocess.Popen, url: str) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert proc.poll() is None, "server exited during start-up"
         try:
             if httpx.get(url + "/ready", timeout=1).status_code == 200:
-                return proc, url
+                return
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
-    proc.kill()
     raise AssertionError("server did not become ready")
+
+
+@pytest.fixture(scope="module")
+def servers(tiny_llama):
+    """Two servers, started side by side to halve the start-up wait: a long grace period and
+    one far too short for the streams it will have open."""
+    spawned = {"patient": _spawn(tiny_llama, grace_s=60), "hasty": _spawn(tiny_llama, 0.5)}
+    try:
+        for proc, url in spawned.values():
+            _wait_ready(proc, url)
+        yield spawned
+    finally:
+        for proc, _ in spawned.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def _consume(stream, out: dict, key: int) -> None:
@@ -76,44 +95,36 @@ def _open_streams(url: str, model: str, max_tokens: int, count: int):
     return client, results, threads
 
 
-def test_sigterm_lets_streams_finish(tiny_llama):
-    proc, url = _launch(tiny_llama, grace_s=60)
-    try:
-        model = httpx.get(url + "/v1/models").json()["data"][0]["id"]
-        client, results, threads = _open_streams(url, model, max_tokens=400, count=3)
-        proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while httpx.get(url + "/ready").status_code != 503:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        assert httpx.get(url + "/health").status_code == 200  # alive while draining
-        refused = httpx.post(url + "/v1/chat/completions", json={
-            "model": model, "messages": [{"role": "user", "content": "hi"}]})
-        assert_openai_error(refused, 503)
-        assert "retry-after" in refused.headers
-        for t in threads:
-            t.join(timeout=60)
-        assert results == {0: "length", 1: "length", 2: "length"}
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+def test_sigterm_lets_streams_finish(servers):
+    proc, url = servers["patient"]
+    model = httpx.get(url + "/v1/models").json()["data"][0]["id"]
+    client, results, threads = _open_streams(url, model, max_tokens=150, count=3)
+    proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while httpx.get(url + "/ready").status_code != 503:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert httpx.get(url + "/health").status_code == 200  # alive while draining
+    refused = httpx.post(url + "/v1/chat/completions", json={
+        "model": model, "messages": [{"role": "user", "content": "hi"}]})
+    assert_openai_error(refused, 503)
+    assert "retry-after" in refused.headers
+    for t in threads:
+        t.join(timeout=60)
+    assert results == {0: "length", 1: "length", 2: "length"}
+    assert proc.wait(timeout=30) == 0
 
 
-def test_sigterm_past_grace_ends_streams_with_error(tiny_llama):
-    proc, url = _launch(tiny_llama, grace_s=0.5)
-    try:
-        model = httpx.get(url + "/v1/models").json()["data"][0]["id"]
-        # Far more tokens than the grace period allows on this model.
-        client, results, threads = _open_streams(url, model, max_tokens=1000, count=2)
-        started = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        for t in threads:
-            t.join(timeout=30)
-        assert all(isinstance(r, openai.APIError) for r in results.values()), results
-        assert "shut down" in str(results[0])
-        assert proc.wait(timeout=30) == 0
-        assert time.monotonic() - started < 15
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+def test_sigterm_past_grace_ends_streams_with_error(servers):
+    proc, url = servers["hasty"]
+    model = httpx.get(url + "/v1/models").json()["data"][0]["id"]
+    # Far more tokens than the grace period allows on this model.
+    client, results, threads = _open_streams(url, model, max_tokens=1000, count=2)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join(timeout=30)
+    assert all(isinstance(r, openai.APIError) for r in results.values()), results
+    assert "shut down" in str(results[0])
+    assert proc.wait(timeout=30) == 0
+    assert time.monotonic() - started < 15

@@ -25,7 +25,7 @@ def test_paris(smollm2_server):
 def test_seeded_sampling_stream_equals_non_stream(smollm2_server):
     client = smollm2_server.client()
     kwargs = dict(model=smollm2_server.model, messages=PARIS, max_tokens=16, temperature=0.8,
-                  top_p=0.9, top_k=40, seed=2024, n=2)
+                  top_p=0.9, seed=2024, n=2, extra_body={"top_k": 40, "min_p": 0.02})
     full = client.chat.completions.create(**kwargs)
     texts = {0: "", 1: ""}
     for chunk in client.chat.completions.create(stream=True, **kwargs):
@@ -49,6 +49,6 @@ def test_completions_with_penalties(smollm2_server):
     out = client.completions.create(model=smollm2_server.model,
                                     prompt="The capital of France is", max_tokens=8,
                                     temperature=0, frequency_penalty=0.5, presence_penalty=0.5,
-                                    repetition_penalty=1.1, echo=True)
+                                    echo=True, extra_body={"repetition_penalty": 1.1})
     assert out.choices[0].text.startswith("The capital of France is")
     assert out.usage.completion_tokens <= 8
