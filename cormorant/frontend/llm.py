@@ -15,7 +15,7 @@ from cormorant.frontend.default_model import default_model_path
 from cormorant.frontend.output_processor import RequestState
 from cormorant.frontend.outputs import RequestOutput
 from cormorant.sampling_params import SamplingParams
-from cormorant.text.normalize import normalize_text
+from cormorant.text.normalize import normalize_messages, normalize_text
 
 Prompt = str | list[int]
 
@@ -75,7 +75,9 @@ class LLM:
              add_generation_prompt: bool = True) -> list[RequestOutput]:
         """Apply the model's chat template to one conversation or a list of them."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
-        prompts = [self.tokenizer.apply_chat_template(c, add_generation_prompt)
+        flags = dict(nfc=self.config.normalize_nfc, strip_control=self.config.strip_control_chars)
+        prompts = [self.tokenizer.apply_chat_template(normalize_messages(c, **flags),
+                                                      add_generation_prompt)
                    for c in conversations]  # type: ignore[arg-type]
         return self.generate(prompts, sampling_params)
 
