@@ -92,14 +92,14 @@ def from_validation_error(exc: ValidationError) -> APIError:
     param = loc_to_param(loc) or None
     kind, msg = first.get("type", ""), str(first.get("msg", "invalid value"))
     if kind == "extra_forbidden":
-        message = f"Unrecognized request argument supplied: {param}"
+        message, code = f"Unrecognized request argument supplied: {param}", "unknown_parameter"
     elif kind == "missing":
-        message = f"Missing required parameter: '{param}'."
+        message, code = f"Missing required parameter: '{param}'.", "missing_required_parameter"
     else:
         msg = msg.removeprefix("Value error, ")
         message = f"Invalid value for '{param}': {msg}" if param else msg
-    return APIError(400, message, param=param, code="invalid_value"
-                    if kind != "missing" else "missing_required_parameter")
+        code = "invalid_value"
+    return APIError(400, message, param=param, code=code)
 
 
 def _is_union_tag(part: str | int) -> bool:
@@ -116,15 +116,14 @@ def install_error_handlers(app: FastAPI, max_chars: int) -> None:
     async def on_api_error(_: Request, exc: APIError) -> Response:
         return error_response(exc, max_chars)
 
-    async def on_validation(_: Request, exc: Exception) -> Response:
-        if isinstance(exc, RequestValidationError):
-            errors = exc.errors()
-            first = errors[0] if errors else {}
-            param = loc_to_param([p for p in first.get("loc", ()) if p not in ("body", "path")])
-            err = APIError(400, f"Invalid value for '{param}': {first.get('msg', 'invalid')}",
-                           param=param or None, code="invalid_value")
-        else:
-            err = from_validation_error(exc)  # type: ignore[arg-type]
+    async def on_validation(_: Request, exc: RequestValidationError) -> Response:
+        # Only path and query parameters reach FastAPI's own validation: bodies are parsed
+        # by server.body.
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        param = loc_to_param([p for p in first.get("loc", ()) if p not in ("query", "path")])
+        err = APIError(400, f"Invalid value for '{param}': {first.get('msg', 'invalid')}",
+                       param=param or None, code="invalid_value")
         return error_response(err, max_chars)
 
     async def on_http(request: Request, exc: StarletteHTTPException) -> Response:
@@ -145,6 +144,5 @@ def install_error_handlers(app: FastAPI, max_chars: int) -> None:
 
     app.add_exception_handler(APIError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation)
-    app.add_exception_handler(ValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(Exception, on_unexpected)

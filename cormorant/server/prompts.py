@@ -43,15 +43,21 @@ def check_token_ids(token_ids: list[int], vocab_size: int, param: str) -> list[i
     return token_ids
 
 
+def _prompt_items(prompt: str | list) -> list:
+    """The four OpenAI prompt shapes (already validated by protocol) as a list of prompts."""
+    if isinstance(prompt, str) or all(isinstance(x, int) for x in prompt):
+        return [prompt]
+    return prompt
+
+
+def count_prompts(prompt: str | list) -> int:
+    return len(_prompt_items(prompt))
+
+
 async def completion_prompts(prompt: str | list, tokenizer: TokenizerLike, vocab_size: int,
                              executor: Executor) -> list[Prompt]:
-    """The four OpenAI prompt shapes, each prompt as ids (validated by protocol already)."""
-    if isinstance(prompt, str):
-        items: list = [prompt]
-    elif all(isinstance(x, int) for x in prompt):
-        items = [prompt]
-    else:
-        items = prompt
+    """Each prompt as token ids: text tokenized, client ids checked against the vocabulary."""
+    items = _prompt_items(prompt)
     out = []
     for i, item in enumerate(items):
         param = "prompt" if len(items) == 1 else f"prompt[{i}]"

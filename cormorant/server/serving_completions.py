@@ -7,7 +7,7 @@ being null as in OpenAI's API). Imports server modules and frontend.outputs type
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
@@ -20,7 +20,7 @@ from cormorant.server.errors import APIError
 from cormorant.server.generation import EngineStream, Job, collect_unless_disconnected
 from cormorant.server.logprobs import TokenText, completion_logprobs
 from cormorant.server.params import completion_params
-from cormorant.server.prompts import Prompt, completion_prompts
+from cormorant.server.prompts import Prompt, completion_prompts, count_prompts
 from cormorant.server.protocol import CompletionRequest
 from cormorant.server.responses import (client_gone, finals_usage, finish_reason,
                                         json_response, new_id, usage)
@@ -39,7 +39,7 @@ class _Ctx:
     include_usage: bool
     prompts: list[Prompt]
     token_text: TokenText
-    decode: object  # tokenizer.decode, for echoing prompts sent as token ids
+    decode: Callable[..., str]  # tokenizer.decode, to echo prompts sent as token ids
     created: int = field(default_factory=lambda: int(time.time()))
 
     def echo_text(self, index: int) -> str:
@@ -49,21 +49,21 @@ class _Ctx:
         return prompt.text
 
     def envelope(self, choices: list[dict]) -> dict:
-        body = {"id": self.id, "object": "text_completion", "created": self.created,
+        return {"id": self.id, "object": "text_completion", "created": self.created,
                 "model": self.model, "system_fingerprint": self.fingerprint, "choices": choices}
-        return body
 
 
 async def create_completion(request: Request, state: ServerState) -> Response:
     req = await read_request(request, CompletionRequest, state.validation_context)
     engine = state.resolve_model(req.model)
     state.lifecycle.check_accepting()
-    prompts = await completion_prompts(req.prompt, engine.tokenizer, state.vocab_size,
-                                       state.tokenize_pool)
-    if len(prompts) * req.n > state.config.max_choices:
-        raise APIError(400, f"{len(prompts)} prompts x n={req.n} exceeds the limit of "
+    num_prompts = count_prompts(req.prompt)
+    if num_prompts * req.n > state.config.max_choices:  # bounded before any tokenization
+        raise APIError(400, f"{num_prompts} prompts x n={req.n} exceeds the limit of "
                        f"{state.config.max_choices} choices per request.", param="n",
                        code="invalid_value")
+    prompts = await completion_prompts(req.prompt, engine.tokenizer, state.vocab_size,
+                                       state.tokenize_pool)
     params = [completion_params(req, len(p.token_ids), engine.max_model_len, state.vocab_size)
               for p in prompts]
     ticket = state.admission.admit([len(p.token_ids) for p in prompts])

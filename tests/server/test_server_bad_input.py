@@ -69,6 +69,10 @@ JSON_CASES = [
     ("max-tokens-past-context", COMP, comp(max_tokens=TINY_MAX_MODEL_LEN), 400, "max_tokens"),
     ("prompt-past-context", COMP, comp(prompt=[1] * TINY_MAX_MODEL_LEN, max_tokens=None), 400,
      "prompt"),
+    # Long enough to be tokenized off the event loop, on the tokenizer pool.
+    ("text-prompt-past-context", COMP, comp(prompt="hello there " * 20_000), 400, "prompt"),
+    ("chat-past-context", CHAT, chat(messages=[{"role": "user", "content": "hi " * 20_000}]),
+     400, "messages"),
     ("seed-too-large", COMP, comp(seed=2**64), 400, "seed"),
     ("stream-options-without-stream", COMP, comp(stream_options={"include_usage": True}), 400,
      "stream_options"),

@@ -148,6 +148,7 @@ def test_request_id_header_and_raw_sse(tiny_server):
                       headers={"x-request-id": "my-trace-42"}) as response:
         assert response.status_code == 200
         assert response.headers["x-request-id"] == "my-trace-42"
+        assert response.headers["x-system-fingerprint"].startswith(tiny_server.model + ":")
         assert response.headers["content-type"].startswith("text/event-stream")
         lines = [line for line in response.iter_lines() if line]
     assert all(line.startswith("data: ") for line in lines)
