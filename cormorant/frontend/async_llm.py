@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from cormorant.config import EngineConfig
 from cormorant.engine.core import EngineStats
+from cormorant.engine.scheduler import WaitingQueue
 from cormorant.engine.types import EngineOutput, EngineRequest
 from cormorant.frontend.builder import BuiltEngine, build_engine
 from cormorant.frontend.default_model import DEFAULT_MODEL_NAME
@@ -62,8 +63,9 @@ class AsyncLLM:
         self._thread.start()
 
     @classmethod
-    def from_config(cls, config: EngineConfig, model_name: str | None = None) -> "AsyncLLM":
-        return cls(build_engine(config), model_name)
+    def from_config(cls, config: EngineConfig, model_name: str | None = None,
+                    waiting: WaitingQueue | None = None) -> "AsyncLLM":
+        return cls(build_engine(config, waiting), model_name)
 
     @property
     def max_model_len(self) -> int:
@@ -71,9 +73,11 @@ class AsyncLLM:
 
     # -- the asyncio side -------------------------------------------------------------------
     async def generate(self, request_id: str, prompt_token_ids: list[int],
-                       params: SamplingParams, prompt: str | None = None
+                       params: SamplingParams, prompt: str | None = None, *,
+                       tenant: str = "", priority: int = 0, weight: float = 1.0
                        ) -> AsyncIterator[RequestOutput]:
-        """Yield a RequestOutput after each engine step with news; the last has finished."""
+        """Yield a RequestOutput after each engine step with news; the last has finished.
+        tenant, priority, weight: the request's place in a fair waiting queue."""
         if self.error is not None or not self._thread.is_alive():
             raise EngineDeadError("the engine loop is not running")
         if request_id in self._streams:
@@ -81,7 +85,9 @@ class AsyncLLM:
         state = RequestState(request_id, list(prompt_token_ids), params, self.tokenizer, prompt)
         inbox: asyncio.Queue = asyncio.Queue()
         self._streams[request_id] = (asyncio.get_running_loop(), inbox)
-        self._inbox.put(("add", EngineRequest(request_id, state.prompt_token_ids, params)))
+        self._inbox.put(("add", EngineRequest(request_id, state.prompt_token_ids, params,
+                                              tenant=tenant, priority=priority,
+                                              weight=weight)))
         try:
             while not state.finished:
                 batch = [await inbox.get()]
@@ -109,9 +115,15 @@ class AsyncLLM:
         return dataclasses.replace(stats, is_loop_alive=alive, has_pending_work=pending)
 
     def shutdown(self, timeout: float = 5.0) -> None:
+        """Stop the loop; streams still open end with EngineDeadError."""
         self._stop.set()
         self._inbox.put(("wake",))
         self._thread.join(timeout)
+        self._fail_streams(EngineDeadError("the engine was shut down"))
+
+    def _fail_streams(self, error: BaseException) -> None:
+        for loop, inbox in list(self._streams.values()):
+            loop.call_soon_threadsafe(inbox.put_nowait, error)
 
     # -- the engine thread ------------------------------------------------------------------
     def _loop(self) -> None:
@@ -125,8 +137,7 @@ class AsyncLLM:
         except BaseException as e:  # the loop must report, never die silently
             log.exception("engine loop failed")
             self.error = e
-            for loop, inbox in list(self._streams.values()):
-                loop.call_soon_threadsafe(inbox.put_nowait, e)
+            self._fail_streams(e)
 
     def _apply_commands(self, block: bool) -> None:
         try:

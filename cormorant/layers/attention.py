@@ -69,20 +69,53 @@ def gather_kv(kv_cache: torch.Tensor, block_table: torch.Tensor, seq_len: int
 
 
 class TorchAttention:
-    """Reference backend: one scaled_dot_product_attention call per sequence. Correct
-    everywhere (CPU and GPU); the Triton backend is the fast path on GPUs."""
+    """Reference backend, correct everywhere (CPU and GPU); the Triton backend is the fast
+    path on GPUs. Decode rows (query_len 1) are attended in one padded batch; prefill chunks
+    one scaled_dot_product_attention call per sequence."""
 
     def forward(self, q, k, v, kv_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
         write_kv_cache(k, v, kv_cache, meta.slot_mapping)
-        num_heads, num_kv_heads = q.shape[1], kv_cache.shape[3]
+        group = q.shape[1] // kv_cache.shape[3]
         out = torch.empty_like(q)
+        starts, decodes = [], []
         start = 0
-        for i, (query_len, seq_len) in enumerate(zip(meta.query_lens_cpu, meta.seq_lens_cpu)):
-            keys, values = gather_kv(kv_cache, meta.block_tables[i], seq_len)
-            out[start:start + query_len] = _attend(
-                q[start:start + query_len], keys, values, scale, num_heads // num_kv_heads)
+        for i, query_len in enumerate(meta.query_lens_cpu):
+            starts.append(start)
+            if query_len == 1:
+                decodes.append(i)
+            elif query_len > 1:
+                seq_len = meta.seq_lens_cpu[i]
+                keys, values = gather_kv(kv_cache, meta.block_tables[i], seq_len)
+                out[start:start + query_len] = _attend(
+                    q[start:start + query_len], keys, values, scale, group)
             start += query_len
+        # Small groups keep the gathered K/V in cache (measured: 8 beats 1 and 32 on a CPU).
+        for first in range(0, len(decodes), 8):
+            chunk = decodes[first:first + 8]
+            rows = torch.tensor([starts[i] for i in chunk], device=q.device)
+            out[rows] = _attend_decodes(q[rows], kv_cache, meta, chunk, scale, group)
         return out
+
+
+def _attend_decodes(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata,
+                    seqs: list[int], scale: float, group: int) -> torch.Tensor:
+    """One query per sequence against its whole context, as one padded batch."""
+    block_size = kv_cache.shape[2]
+    seq_lens = [meta.seq_lens_cpu[i] for i in seqs]
+    max_blocks = -(-max(seq_lens) // block_size)
+    tables = meta.block_tables[seqs, :max_blocks].long()  # [B, max_blocks]
+    keys = kv_cache[0, tables].flatten(1, 2).to(q.dtype)  # [B, S, Hkv, D]
+    values = kv_cache[1, tables].flatten(1, 2).to(q.dtype)
+    num_seqs, num_heads, head_dim = q.shape
+    # Group the query heads of each KV head instead of repeating K/V (GQA).
+    grouped = q.view(num_seqs, num_heads // group, group, head_dim)  # [B, Hkv, G, D]
+    scores = torch.matmul(grouped, keys.permute(0, 2, 3, 1)) * scale  # [B, Hkv, G, S]
+    lens = torch.tensor(seq_lens, device=q.device)
+    pad = torch.arange(keys.shape[1], device=q.device)[None, :] >= lens[:, None]  # [B, S]
+    scores.masked_fill_(pad[:, None, None, :], float("-inf"))
+    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    out = torch.matmul(probs, values.transpose(1, 2))  # [B, Hkv, G, D]
+    return out.reshape(num_seqs, num_heads, head_dim)
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
