@@ -112,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
         add_serve_args(serve)
         serve.set_defaults(func=run_server)
 
+    from cormorant.bench.cli import add_bench_args, run_bench
+
+    bench = sub.add_parser("bench", help="benchmarks B1-B4 against the card's limits and peers")
+    add_bench_args(bench)
+    bench.set_defaults(func=run_bench)
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

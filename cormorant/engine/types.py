@@ -23,7 +23,8 @@ class EngineRequest:
     arrival_time: float = field(default_factory=time.monotonic)
     # Fair queueing (production layer): requests are ordered by (tenant share, priority).
     tenant: str = ""
-    priority: int = 0
+    priority: int = 0  # lower first, inside the tenant's share
+    weight: float = 1.0  # the tenant's share relative to the others
 
 
 @dataclass
@@ -68,6 +69,7 @@ class EngineOutput:
     num_prompt_tokens: int = 0
     num_cached_tokens: int = 0
     stop_token_id: int | None = None
+    first_scheduled_time: float | None = None  # monotonic; queue time = this - arrival
     error: str | None = None  # the request was rejected (e.g. prompt can never fit)
 
     @property

@@ -13,6 +13,7 @@ import torch
 
 from cormorant.config import EngineConfig, ModelConfig
 from cormorant.engine.core import EngineCore
+from cormorant.engine.scheduler import WaitingQueue
 from cormorant.layers.attention import TorchAttention
 from cormorant.models.loader import load_model
 from cormorant.runner.device import resolve_device, resolve_dtype
@@ -45,7 +46,9 @@ def attention_backend(name: str, device: torch.device):
     return TritonAttention()
 
 
-def build_engine(config: EngineConfig) -> BuiltEngine:
+def build_engine(config: EngineConfig, waiting: WaitingQueue | None = None) -> BuiltEngine:
+    """waiting: the scheduler's waiting queue, e.g. a gateway.fair_queue.FairQueue (default
+    FIFO)."""
     start = time.perf_counter()
     if config.seed is not None:
         torch.manual_seed(config.seed)
@@ -57,7 +60,7 @@ def build_engine(config: EngineConfig) -> BuiltEngine:
     config = _resolve_lengths(config, model_config)
     eos = tuple(sorted(set(model_config.eos_token_ids) | set(tokenizer.eos_token_ids)))
     runner = ModelRunner(config, model_config, model, device, dtype, eos)
-    core = EngineCore(config, runner, eos)
+    core = EngineCore(config, runner, eos, waiting)
     seconds = time.perf_counter() - start
     log.info("loaded %s (%s, %s) in %.1f s", config.model, device, dtype, seconds)
     return BuiltEngine(config, core, tokenizer, model_config, runner, seconds)

@@ -94,6 +94,7 @@ class RequestState:
         self.num_cached_tokens = 0
         self.error: str | None = None
         self.arrival_time = arrival_time if arrival_time is not None else time.monotonic()
+        self.first_scheduled_time: float | None = None
         self.first_token_time: float | None = None
         self.finished_time: float | None = None
 
@@ -110,6 +111,8 @@ class RequestState:
                 s.out.finish_reason = s.out.finish_reason or "abort"
             return False
         self.num_cached_tokens = eo.num_cached_tokens
+        if self.first_scheduled_time is None:
+            self.first_scheduled_time = eo.first_scheduled_time
         if eo.prompt_logprobs and self.prompt_logprobs is not None:
             start = len(self.prompt_logprobs)
             for offset, entry in enumerate(eo.prompt_logprobs):
@@ -134,5 +137,6 @@ class RequestState:
             outputs=[s.take_delta() for s in self.samples],
             prompt_logprobs=list(self.prompt_logprobs) if self.prompt_logprobs else None,
             num_cached_tokens=self.num_cached_tokens, finished=self.finished, error=self.error,
-            arrival_time=self.arrival_time, first_token_time=self.first_token_time,
+            arrival_time=self.arrival_time, first_scheduled_time=self.first_scheduled_time,
+            first_token_time=self.first_token_time,
             finished_time=self.finished_time)

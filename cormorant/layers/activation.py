@@ -1,14 +1,48 @@
-"""Activations. SiluAndMul consumes the fused gate_up projection. Imports: torch only."""
+"""Activations. SiluAndMul consumes the fused gate_up projection.
+
+On CUDA tensors (with Triton installed) it runs cormorant.kernels.activation.silu_and_mul: one
+launch, fp32 math, one rounding. Elsewhere the PyTorch code runs (CPU path and reference).
+Imports: torch, cormorant.kernels (lazily).
+"""
 from __future__ import annotations
+
+import functools
+import logging
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from cormorant.kernels import triton_available
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _triton_activation() -> ModuleType | None:
+    """The kernel module, imported once; None without Triton (then PyTorch runs)."""
+    if not triton_available():
+        return None
+    try:
+        from cormorant.kernels import activation
+    except Exception as e:  # a broken Triton install must not stop the reference path
+        log.warning("Triton activation kernel unavailable (%s); using PyTorch", e)
+        return None
+    return activation
+
+
+def activation_kernels(x: torch.Tensor) -> ModuleType | None:
+    """The dispatch rule, in one place: the kernel for CUDA tensors, else None (reference)."""
+    return _triton_activation() if x.is_cuda else None
 
 
 class SiluAndMul(nn.Module):
     """silu(gate) * up, where the input is [..., 2 * intermediate] = cat(gate, up)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kernels = activation_kernels(x)
+        if kernels is not None and x.dim() == 2 and x.stride(-1) == 1:
+            return kernels.silu_and_mul(x)  # [T, intermediate]
         gate, up = x.chunk(2, dim=-1)
         return F.silu(gate) * up  # [..., intermediate]

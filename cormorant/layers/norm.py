@@ -1,8 +1,39 @@
-"""RMSNorm, optionally fused with the residual add that precedes it. Imports: torch only."""
+"""RMSNorm, optionally fused with the residual add that precedes it.
+
+On CUDA tensors (with Triton installed) the forward runs cormorant.kernels.rmsnorm: one launch
+for the add and the norm, in place. Everywhere else the PyTorch code below runs; it is also the
+reference the kernels are tested against. Imports: torch, cormorant.kernels (lazily).
+"""
 from __future__ import annotations
+
+import functools
+import logging
+from types import ModuleType
 
 import torch
 from torch import nn
+
+from cormorant.kernels import triton_available
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _triton_rmsnorm() -> ModuleType | None:
+    """The kernel module, imported once; None without Triton (then PyTorch runs)."""
+    if not triton_available():
+        return None
+    try:
+        from cormorant.kernels import rmsnorm
+    except Exception as e:  # a broken Triton install must not stop the reference path
+        log.warning("Triton RMSNorm kernels unavailable (%s); using PyTorch", e)
+        return None
+    return rmsnorm
+
+
+def norm_kernels(x: torch.Tensor) -> ModuleType | None:
+    """The dispatch rule, in one place: kernels for CUDA tensors, else None (reference)."""
+    return _triton_rmsnorm() if x.is_cuda else None
 
 
 class RMSNorm(nn.Module):
@@ -23,7 +54,16 @@ class RMSNorm(nn.Module):
                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """norm(x), or with a residual: (norm(x + residual), x + residual) - the
         pre-norm decoder's add-then-normalise step in one call, so a fused kernel can
-        replace it without touching the models."""
+        replace it without touching the models.
+
+        The kernel path overwrites x and residual with the two results (the decoder never
+        reads either input again); norm(x) alone returns a new tensor on both paths."""
+        kernels = norm_kernels(x)
+        if kernels is not None and x.dim() in (2, 3) and x.stride(-1) == 1:
+            if residual is None:
+                return kernels.rms_norm(x, self.weight, self.eps)
+            if x.dim() == 2 and residual.stride(-1) == 1:
+                return kernels.fused_add_rms_norm(x, residual, self.weight, self.eps)
         if residual is None:
             return self._norm(x)
         x = x + residual

@@ -2,14 +2,23 @@
 
 Supported `rope_scaling` types: default (None), "linear", "llama3" (Llama 3.1+), and
 "freq_factors" (per-frequency divisors stored by llama.cpp in a GGUF's rope_freqs tensor).
-Imports: torch only.
+On CUDA tensors (with Triton installed) the rotation runs cormorant.kernels.rotary, in place,
+one launch for q and k; the PyTorch code here is the CPU path and the reference.
+Imports: torch, cormorant.kernels (lazily).
 """
 from __future__ import annotations
 
+import functools
+import logging
 import math
+from types import ModuleType
 
 import torch
 from torch import nn
+
+from cormorant.kernels import triton_available
+
+log = logging.getLogger(__name__)
 
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "freq_factors")
 
@@ -56,6 +65,24 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
     return torch.where(is_medium, smoothed, scaled)
 
 
+@functools.cache
+def _triton_rotary() -> ModuleType | None:
+    """The kernel module, imported once; None without Triton (then PyTorch runs)."""
+    if not triton_available():
+        return None
+    try:
+        from cormorant.kernels import rotary
+    except Exception as e:  # a broken Triton install must not stop the reference path
+        log.warning("Triton rotary kernel unavailable (%s); using PyTorch", e)
+        return None
+    return rotary
+
+
+def rotary_kernels(x: torch.Tensor) -> ModuleType | None:
+    """The dispatch rule, in one place: the kernel for CUDA tensors, else None (reference)."""
+    return _triton_rotary() if x.is_cuda else None
+
+
 class RotaryEmbedding(nn.Module):
     """Rotates q and k by their positions. One instance per model, shared by its layers.
 
@@ -85,7 +112,13 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """q [T, H, D], k [T, Hkv, D] rotated at positions [T]; returns new tensors."""
+        """q [T, H, D], k [T, Hkv, D] rotated at positions [T]. The kernel path rotates q and k
+        in place (they are fresh slices of this layer's qkv projection) and returns them; the
+        reference path returns new tensors."""
+        kernels = rotary_kernels(q)
+        if kernels is not None and q.stride(-1) == 1 and k.stride(-1) == 1:
+            kernels.rotary_embedding(positions, q, k, self.cos_sin_cache)
+            return q, k
         # cos/sin rounded to the activation dtype before the multiply, as transformers does.
         cos, sin = self.cos_sin_cache[positions].to(q.dtype).chunk(2, dim=-1)  # [T, D/2] each
         cos = torch.cat((cos, cos), dim=-1)[:, None, :]  # [T, 1, D]

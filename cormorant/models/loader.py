@@ -2,7 +2,8 @@
 
 `path` is a Hugging Face directory (config.json + *.safetensors) or a .gguf file.
 load_model_config(path) reads only the architecture facts (no weights) so the caller can
-size the KV cache and scheduler before paying for the weights.
+size the KV cache and scheduler before paying for the weights. load_encoder(path, dtype,
+device) -> (model, EncoderConfig) is the same for encoder models (BERT family, safetensors).
 Imports: torch, config, cormorant.layers, this package's loaders and registry.
 """
 from __future__ import annotations
@@ -15,7 +16,8 @@ from torch import nn
 from cormorant.config import ModelConfig
 from cormorant.layers.attention import AttentionBackend, TorchAttention
 from cormorant.models import gguf_loader, hf_loader
-from cormorant.models.registry import build_model, get_model_class
+from cormorant.models.bert import EncoderConfig, encoder_config_from_hf
+from cormorant.models.registry import build_encoder, build_model, get_model_class
 from cormorant.models.weights import load_weights
 
 _DTYPES = {
@@ -81,4 +83,20 @@ def load_model(path: str, dtype: torch.dtype | str = "auto", device: torch.devic
         weights = hf_loader.iter_safetensors(path)
     with torch.no_grad():
         load_weights(model, weights)
+    return model, config
+
+
+def load_encoder(path: str, dtype: torch.dtype | str = "auto", device: torch.device | str = "cpu"
+                 ) -> tuple[nn.Module, EncoderConfig]:
+    """An encoder model directory (config.json + *.safetensors) -> (model in eval mode,
+    EncoderConfig). "auto" dtype: float32 on every device (encoders are small, and
+    embeddings are compared by cosine distances that half precision blurs)."""
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise ValueError(f"{path!r} is not a directory with config.json")
+    device = resolve_device(device)
+    dtype = torch.float32 if dtype == "auto" else resolve_dtype(dtype, path, device)
+    config = encoder_config_from_hf(hf_loader.read_json(os.path.join(path, "config.json")))
+    model = build_encoder(config, dtype, device)
+    with torch.no_grad():
+        load_weights(model, hf_loader.iter_safetensors(path))
     return model, config

@@ -1,5 +1,6 @@
 """Architecture name (config.json "architectures"[0]) -> model class, and model construction.
 
+Decoders go through build_model; encoders (BERT family) through build_encoder.
 Imports: torch, config, cormorant.layers, the model modules of this package.
 """
 from __future__ import annotations
@@ -9,6 +10,7 @@ from torch import nn
 
 from cormorant.config import ModelConfig
 from cormorant.layers.attention import AttentionBackend
+from cormorant.models.bert import BertForSequenceClassification, BertModel, EncoderConfig
 from cormorant.models.llama import LlamaForCausalLM
 from cormorant.models.qwen import Qwen2ForCausalLM, Qwen3ForCausalLM
 
@@ -19,6 +21,13 @@ _MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "MistralForCausalLM": LlamaForCausalLM,
     "Qwen2ForCausalLM": Qwen2ForCausalLM,
     "Qwen3ForCausalLM": Qwen3ForCausalLM,
+}
+
+# Encoder models (embeddings, classification heads): no KV cache and no runner; served by
+# frontend.embedder, built by build_encoder.
+_ENCODER_CLASSES: dict[str, type[nn.Module]] = {
+    "BertModel": BertModel,
+    "BertForSequenceClassification": BertForSequenceClassification,
 }
 
 
@@ -32,6 +41,22 @@ def get_model_class(architecture: str) -> type[nn.Module]:
     except KeyError:
         raise ValueError(f"unsupported model architecture {architecture!r}; supported: "
                          f"{', '.join(supported_architectures())}") from None
+
+
+def is_encoder_architecture(architecture: str) -> bool:
+    return architecture in _ENCODER_CLASSES
+
+
+def build_encoder(config: EncoderConfig, dtype: torch.dtype, device: torch.device | str
+                  ) -> nn.Module:
+    """An encoder model with uninitialised weights (see build_model), in eval mode."""
+    if config.architecture not in _ENCODER_CLASSES:
+        raise ValueError(f"unsupported encoder architecture {config.architecture!r}; "
+                         f"supported: {', '.join(sorted(_ENCODER_CLASSES))}")
+    with torch.device("meta"):
+        model = _ENCODER_CLASSES[config.architecture](config)
+    _materialize(model, dtype, torch.device(device))
+    return model.eval()
 
 
 def build_model(model_config: ModelConfig, attn_backend: AttentionBackend,

@@ -1,11 +1,26 @@
 """Turn a ScheduledBatch (ids and ints) into the packed tensors of one forward pass.
 
-Imports torch, the engine's plain types and layers.attention's metadata type.
+The per-step ints are written with numpy into one staging buffer (pinned on CUDA, so the copy
+is truly asynchronous) in a fixed layout, `Layout`: the int64 fields first (input_ids, positions,
+slot_mapping, sample_rows), then the int32 ones (query_start_loc, seq_lens, block_tables). One
+host-to-device copy per step moves it all; the device tensors are views of that one buffer.
+A CUDA-graph replay (runner.cuda_graphs) copies the same head bytes straight into its static
+buffers instead, so the eager and the graph paths share every line of the packing.
+
+Block tables are the bulk of the ints (a row per sequence of up to max_model_len / block_size
+ids). `BlockTableRows` keeps every live sequence's row in one persistent numpy array and
+copies only the blocks a sequence gained since the last step, so a step costs one fancy-index
+gather instead of rebuilding thousands of Python ints.
+
+Imports numpy, torch, the engine's plain types and layers.attention's metadata type.
 """
 from __future__ import annotations
 
+import functools
+import itertools
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from cormorant.engine.sequence import Sequence
@@ -28,65 +43,348 @@ class ModelInputs:
     input_ids: torch.Tensor  # [num_tokens] int64
     positions: torch.Tensor  # [num_tokens] int64
     attn: AttentionMetadata
-    sample_rows: torch.Tensor  # [num_sampling] int64: the last row of each sampling sequence
+    sample_rows: torch.Tensor | None  # [num_sampling] int64; None: every row samples, in order
     sampling_seqs: list[Sequence]  # in sample_rows order
     prompt_logprob_rows: list[PromptLogprobRows]
 
 
-def prepare_inputs(batch: ScheduledBatch, block_size: int, device: torch.device) -> ModelInputs:
-    input_ids: list[int] = []
-    positions: list[int] = []
-    slots: list[int] = []
-    query_lens: list[int] = []
-    seq_lens: list[int] = []
+# ------------------------------------------------------------------------------- layout
+_INT64_FIELDS = ("input_ids", "positions", "slot_mapping", "sample_rows")
+_INT32_FIELDS = ("query_start_loc", "seq_lens", "block_tables")
+
+
+class Layout:
+    """Byte offsets of each field in the packed buffer. int64 fields come first, so every
+    offset is aligned to its element size with no padding; `head_bytes` ends at seq_lens
+    (everything a decode graph needs apart from the block tables). Build with `layout()`,
+    which reuses the object for repeated shapes (a decode batch keeps its shape for steps)."""
+
+    def __init__(self, num_tokens: int, num_seqs: int, num_sample_rows: int, table_rows: int,
+                 table_width: int) -> None:
+        self.num_tokens, self.num_seqs = num_tokens, num_seqs
+        self.num_sample_rows = num_sample_rows
+        self.table_rows, self.table_width = table_rows, table_width
+        self.int64_counts = [num_tokens, num_tokens, num_tokens, num_sample_rows]
+        self.int32_counts = [num_seqs + 1, num_seqs, table_rows * table_width]
+        self.int32_start = 8 * sum(self.int64_counts)  # byte offset of the int32 fields
+        self.nbytes = self.int32_start + 4 * sum(self.int32_counts)
+        self.head_bytes = self.nbytes - 4 * self.int32_counts[-1]  # where block_tables starts
+
+
+@functools.lru_cache(maxsize=256)
+def layout(num_tokens: int, num_seqs: int, num_sample_rows: int, table_rows: int,
+           table_width: int) -> Layout:
+    return Layout(num_tokens, num_seqs, num_sample_rows, table_rows, table_width)
+
+
+def numpy_views(buf: np.ndarray, lay: Layout) -> dict[str, np.ndarray]:
+    """Typed views of a uint8 host buffer; block_tables as [table_rows, table_width]."""
+    views = {}
+    for names, counts, array in (
+            (_INT64_FIELDS, lay.int64_counts, buf[:lay.int32_start].view(np.int64)),
+            (_INT32_FIELDS, lay.int32_counts, buf[lay.int32_start:lay.nbytes].view(np.int32))):
+        offset = 0
+        for name, count in zip(names, counts):
+            views[name] = array[offset:offset + count]
+            offset += count
+    views["block_tables"] = views["block_tables"].reshape(lay.table_rows, lay.table_width)
+    return views
+
+
+def tensor_views(buf: torch.Tensor, lay: Layout) -> dict[str, torch.Tensor]:
+    """The same views of a uint8 torch buffer (device or host), in few torch calls: each
+    call costs microseconds of host time on the step's critical path."""
+    int64 = buf[:lay.int32_start].view(torch.int64)
+    int32 = buf[lay.int32_start:lay.nbytes].view(torch.int32)
+    views = dict(zip(_INT64_FIELDS, int64.split_with_sizes(lay.int64_counts)))
+    views.update(zip(_INT32_FIELDS, int32.split_with_sizes(lay.int32_counts)))
+    views["block_tables"] = views["block_tables"].view(lay.table_rows, lay.table_width)
+    return views
+
+
+# ------------------------------------------------------------------------- block tables
+class BlockTableRows:
+    """seq_id -> a row of one persistent [capacity, max_blocks] int32 array.
+
+    Relies on the block manager's one way of changing a table: a sequence's `block_table`
+    list only grows by `extend`, and is replaced by a new list object when its blocks are
+    freed (preemption). Each entry keeps the list object it copied (so its identity cannot be
+    reused) and how many ids it copied; anything else forces a full copy of the row."""
+
+    def __init__(self, capacity: int, max_blocks: int) -> None:
+        self.table = np.zeros((capacity, max_blocks), dtype=np.int32)
+        self._entries: dict[int, list] = {}  # seq_id -> [row, list object, ids copied]
+        self._free_rows = list(range(capacity - 1, -1, -1))
+
+    def rows_for(self, seqs: list[Sequence]) -> np.ndarray:
+        """The row index of each sequence ([S] int64), with its row brought up to date."""
+        entries = self._entries
+        rows = []
+        for seq in seqs:
+            entry = entries.get(seq.seq_id)
+            ids = seq.block_table
+            if entry is None or entry[1] is not ids or entry[2] != len(ids):
+                entry = self._refresh(seq, entry, seqs)
+            rows.append(entry[0])
+        return np.array(rows, dtype=np.int64)
+
+    def _refresh(self, seq: Sequence, entry: list | None, batch: list[Sequence]) -> list:
+        ids = seq.block_table
+        if len(ids) > self.table.shape[1]:
+            raise ValueError(f"sequence {seq.seq_id} holds {len(ids)} blocks, more than "
+                             f"max_model_len allows ({self.table.shape[1]})")
+        if entry is None:
+            entry = self._entries[seq.seq_id] = [self._take_row(batch), ids, 0]
+        elif entry[1] is not ids or entry[2] > len(ids):  # a new list: copy it whole
+            entry[1], entry[2] = ids, 0
+        self.table[entry[0], entry[2]:len(ids)] = ids[entry[2]:]
+        entry[2] = len(ids)
+        return entry
+
+    def release(self, seq_id: int) -> None:
+        entry = self._entries.pop(seq_id, None)
+        if entry is not None:
+            self._free_rows.append(entry[0])
+
+    def _take_row(self, batch: list[Sequence]) -> int:
+        if not self._free_rows:
+            # Sequences that were never released (an engine that skipped release()) would
+            # leak rows: drop everyone not in this batch; they rebuild on their next step.
+            keep = {seq.seq_id for seq in batch}
+            for seq_id in [s for s in self._entries if s not in keep]:
+                self.release(seq_id)
+        return self._free_rows.pop()
+
+
+# ------------------------------------------------------------------------------ staging
+class StagingBuffers:
+    """Two host buffers used in turn (pinned on CUDA). A buffer is rewritten only after the
+    copy that last read it has finished (an event per buffer), so a non_blocking copy can
+    never see the next step's bytes."""
+
+    def __init__(self, device: torch.device, nbytes: int = 1 << 16) -> None:
+        self.device = device
+        self._pin = device.type == "cuda"
+        self._bufs = [self._alloc(nbytes), self._alloc(nbytes)]
+        self._events: list[torch.cuda.Event | None] = [None, None]
+        self._current = 0
+
+    def _alloc(self, nbytes: int) -> torch.Tensor:
+        return torch.empty(nbytes, dtype=torch.uint8, pin_memory=self._pin)
+
+    def acquire(self, nbytes: int) -> torch.Tensor:
+        self._current ^= 1
+        event = self._events[self._current]
+        if event is not None:
+            event.synchronize()
+        if self._bufs[self._current].numel() < nbytes:
+            self._bufs[self._current] = self._alloc(max(nbytes, 2 * self._bufs[self._current]
+                                                        .numel()))
+        return self._bufs[self._current]
+
+    def mark_copied(self) -> None:
+        """Call after issuing the copies that read the current buffer."""
+        if self._pin:
+            event = self._events[self._current] or torch.cuda.Event()
+            event.record()
+            self._events[self._current] = event
+
+
+# ------------------------------------------------------------------------------ packing
+@dataclass
+class HostInputs:
+    """One step's ints packed on the host, before any copy."""
+
+    layout: Layout
+    staging: torch.Tensor  # uint8 host buffer holding layout.nbytes packed bytes
+    views: dict[str, np.ndarray]
+    num_real_seqs: int  # sequences of the batch; rows past it are graph padding
+    query_lens: list[int]  # per (padded) sequence
+    seq_lens: list[int]
+    max_query_len: int
+    max_seq_len: int
+    samples_all_rows: bool  # every row samples, in row order (pure decode)
+    sample_rows: list[int]  # the hidden-state row of each sampling sequence
+    sample_indices: list[int]  # its index in the batch
+    sampling_seqs: list[Sequence]
+    prompt_logprob_rows: list[PromptLogprobRows]
+
+    @property
+    def is_decode(self) -> bool:
+        return self.max_query_len == 1
+
+
+class InputPreparer:
+    """Packs batches (prepare) and moves them to the device (to_device); one per runner."""
+
+    def __init__(self, block_size: int, max_model_len: int, max_num_seqs: int,
+                 device: torch.device) -> None:
+        self.block_size = block_size
+        self.device = device
+        max_blocks = -(-max_model_len // block_size)
+        self.block_tables = BlockTableRows(2 * max_num_seqs + 16, max_blocks)
+        self.staging = StagingBuffers(device)
+        self._device_buf = torch.empty(1 << 16, dtype=torch.uint8, device=device)
+        self._device_views: dict[Layout, dict[str, torch.Tensor]] = {}
+
+    def release(self, seq_id: int) -> None:
+        self.block_tables.release(seq_id)
+
+    def prepare(self, batch: ScheduledBatch, pad_to: int | None = None) -> HostInputs:
+        """Pack the batch. pad_to (decode batches only) adds padding sequences up to that
+        size: one token each, slot -1 (never written), context length 1, position 0."""
+        seqs, query_lens = batch.seqs, batch.num_new_tokens
+        num_seqs, num_tokens = len(seqs), sum(query_lens)
+        starts = np.fromiter((seq.num_computed_tokens for seq in seqs), np.int64, num_seqs)
+        q = np.asarray(query_lens, dtype=np.int64)  # [S]
+        seq_lens = starts + q  # [S]
+        max_query_len, max_seq_len = max(query_lens), int(seq_lens.max())
+        is_decode = max_query_len == 1
+        width = -(-max_seq_len // self.block_size)  # blocks the longest context touches
+        rows = self.block_tables.rows_for(seqs)
+        sample_rows, sample_indices, sampling_seqs, prompt_rows = _sampling_rows(batch)
+        samples_all_rows = is_decode and len(sample_rows) == num_seqs
+        padded = pad_to if pad_to is not None else num_seqs
+        assert padded >= num_seqs and (pad_to is None or is_decode)
+        # A graph's static head has no sample_rows field: its rare partial case gets its own
+        # copy (runner.cuda_graphs), so the packed head bytes match the static layout.
+        packed_rows = 0 if samples_all_rows or pad_to is not None else len(sample_rows)
+        lay = layout(num_tokens + padded - num_seqs, padded, packed_rows, num_seqs, width)
+        staging = self.staging.acquire(lay.nbytes)
+        v = numpy_views(staging.numpy(), lay)
+        tables = v["block_tables"]  # [S, W]
+        tables[:] = self.block_tables.table[rows, :width]
+        v["seq_lens"][:num_seqs] = seq_lens
+        v["query_start_loc"][0] = 0
+        np.cumsum(q, out=v["query_start_loc"][1:num_seqs + 1])
+        if is_decode:
+            positions = starts
+            v["input_ids"][:num_seqs] = [seq.token_ids[seq.num_computed_tokens] for seq in seqs]
+            block_idx = tables[np.arange(num_seqs), positions // self.block_size]
+        else:
+            first = np.repeat(starts - (np.cumsum(q) - q), q)  # [T]: start - row offset
+            positions = first + np.arange(num_tokens)
+            v["input_ids"][:num_tokens] = np.fromiter(itertools.chain.from_iterable(
+                seq.token_ids[seq.num_computed_tokens:seq.num_computed_tokens + n]
+                for seq, n in zip(seqs, query_lens)), np.int64, num_tokens)
+            owner = np.repeat(np.arange(num_seqs), q)  # [T]: the sequence of each row
+            block_idx = tables[owner, positions // self.block_size]
+        v["positions"][:num_tokens] = positions
+        # int64 before the multiply: block_id * block_size may pass 2**31 on big caches.
+        np.add(block_idx.astype(np.int64) * self.block_size, positions % self.block_size,
+               out=v["slot_mapping"][:num_tokens])
+        if lay.num_sample_rows:
+            v["sample_rows"][:] = sample_rows
+        q_list, s_list = list(query_lens), seq_lens.tolist()
+        if padded > num_seqs:
+            _pad_decode(v, num_seqs, padded)
+            q_list += [1] * (padded - num_seqs)
+            s_list += [1] * (padded - num_seqs)
+        return HostInputs(lay, staging, v, num_seqs, q_list, s_list, max_query_len,
+                          max_seq_len, samples_all_rows, sample_rows, sample_indices,
+                          sampling_seqs, prompt_rows)
+
+    def to_device(self, host: HostInputs) -> ModelInputs:
+        """One copy of the packed bytes into the persistent device buffer; the tensors are
+        views of it, cached per layout (a decode batch keeps its layout for many steps).
+
+        Reusing one device buffer is safe: the copy and every kernel that reads the buffer
+        are queued on the same stream, so a step's copy cannot overtake the previous step's
+        reads. ModelInputs are therefore valid until the next to_device."""
+        lay = host.layout
+        if self._device_buf.numel() < lay.nbytes:
+            self._device_buf = torch.empty(max(lay.nbytes, 2 * self._device_buf.numel()),
+                                           dtype=torch.uint8, device=self.device)
+            self._device_views.clear()
+        self._device_buf[:lay.nbytes].copy_(host.staging[:lay.nbytes], non_blocking=True)
+        self.staging.mark_copied()
+        t = self._device_views.get(lay)
+        if t is None:
+            if len(self._device_views) > 64:  # many shapes (prefill chunks): start over
+                self._device_views.clear()
+            t = self._device_views[lay] = tensor_views(self._device_buf, lay)
+        return model_inputs(host, t["input_ids"], t["positions"], t["slot_mapping"],
+                            t["query_start_loc"], t["seq_lens"], t["block_tables"],
+                            t["sample_rows"] if lay.num_sample_rows else None)
+
+
+def model_inputs(host: HostInputs, input_ids: torch.Tensor, positions: torch.Tensor,
+                 slot_mapping: torch.Tensor, query_start_loc: torch.Tensor,
+                 seq_lens: torch.Tensor, block_tables: torch.Tensor,
+                 sample_rows: torch.Tensor | None, max_seq_len: int | None = None
+                 ) -> ModelInputs:
+    attn = AttentionMetadata(
+        slot_mapping=slot_mapping, query_start_loc=query_start_loc, seq_lens=seq_lens,
+        block_tables=block_tables, max_query_len=host.max_query_len,
+        max_seq_len=host.max_seq_len if max_seq_len is None else max_seq_len,
+        query_lens_cpu=host.query_lens, seq_lens_cpu=host.seq_lens)
+    return ModelInputs(input_ids, positions, attn, sample_rows, host.sampling_seqs,
+                       host.prompt_logprob_rows)
+
+
+def _pad_decode(v: dict[str, np.ndarray], num_seqs: int, padded: int) -> None:
+    """Padding sequences: token 0 at position 0, slot -1 (the KV write skips it), one query
+    row each and a context of 1 key, so attention reads one valid (stale) slot and every real
+    row's result is untouched."""
+    v["input_ids"][num_seqs:] = 0
+    v["positions"][num_seqs:] = 0
+    v["slot_mapping"][num_seqs:] = -1
+    v["seq_lens"][num_seqs:] = 1
+    last = v["query_start_loc"][num_seqs]
+    v["query_start_loc"][num_seqs + 1:] = np.arange(last + 1, last + 1 + padded - num_seqs)
+
+
+def _sampling_rows(batch: ScheduledBatch
+                   ) -> tuple[list[int], list[int], list[Sequence], list[PromptLogprobRows]]:
+    """(row and batch index of each sampling sequence, those sequences, prompt-logprob
+    rows)."""
     sample_rows: list[int] = []
+    sample_indices: list[int] = []
     sampling_seqs: list[Sequence] = []
     prompt_rows: list[PromptLogprobRows] = []
+    end = 0
     for i, (seq, num_new, do_sample) in enumerate(
             zip(batch.seqs, batch.num_new_tokens, batch.do_sample)):
-        start = seq.num_computed_tokens
-        end = start + num_new
-        first_row = len(input_ids)
-        input_ids.extend(seq.token_ids[start:end])
-        positions.extend(range(start, end))
-        table = seq.block_table
-        slots.extend(table[p // block_size] * block_size + p % block_size for p in range(start, end))
-        query_lens.append(num_new)
-        seq_lens.append(end)
+        end += num_new
         if do_sample:
-            sample_rows.append(len(input_ids) - 1)
+            sample_rows.append(end - 1)
+            sample_indices.append(i)
             sampling_seqs.append(seq)
-        if seq.sampling_params.prompt_logprobs is not None and start < seq.num_prompt_tokens - 1:
-            last = min(end, seq.num_prompt_tokens - 1)  # the last prompt token predicts nothing
-            prompt_rows.append(PromptLogprobRows(
-                i, [first_row + p - start for p in range(start, last)],
-                seq.prompt_token_ids[start + 1:last + 1], seq.sampling_params.prompt_logprobs))
+        if seq.sampling_params.prompt_logprobs is not None:
+            rows = _prompt_logprob_rows(i, seq, num_new, end - num_new)
+            if rows is not None:
+                prompt_rows.append(rows)
+    return sample_rows, sample_indices, sampling_seqs, prompt_rows
 
-    max_blocks = max(len(seq.block_table) for seq in batch.seqs)
-    tables = [seq.block_table + [0] * (max_blocks - len(seq.block_table)) for seq in batch.seqs]
-    query_start = [0]
-    for n in query_lens:
-        query_start.append(query_start[-1] + n)
 
-    def tensor(values, dtype):
-        return torch.tensor(values, dtype=dtype, pin_memory=device.type == "cuda").to(
-            device, non_blocking=True)
+def _prompt_logprob_rows(index: int, seq: Sequence, num_new: int, first_row: int
+                         ) -> PromptLogprobRows | None:
+    start = seq.num_computed_tokens
+    if start >= seq.num_prompt_tokens - 1:
+        return None
+    last = min(start + num_new, seq.num_prompt_tokens - 1)  # the last one predicts nothing
+    return PromptLogprobRows(index, [first_row + p - start for p in range(start, last)],
+                             seq.prompt_token_ids[start + 1:last + 1],
+                             seq.sampling_params.prompt_logprobs)
 
+
+def dummy_prefill_inputs(num_tokens: int, max_model_len: int, block_size: int,
+                         device: torch.device) -> ModelInputs:
+    """Prompt chunks totalling num_tokens (each at most max_model_len long, so positions stay
+    inside the rotary table) that write nothing (slots -1) and read only block 0: the
+    largest forward a step can run, for the memory profile."""
+    lens = [max_model_len] * (num_tokens // max_model_len)
+    if num_tokens % max_model_len:
+        lens.append(num_tokens % max_model_len)
+    width = -(-max(lens) // block_size)
+    starts = np.concatenate([[0], np.cumsum(lens)])
+    positions = np.concatenate([np.arange(n) for n in lens])
     attn = AttentionMetadata(
-        slot_mapping=tensor(slots, torch.int64),
-        query_start_loc=tensor(query_start, torch.int32),
-        seq_lens=tensor(seq_lens, torch.int32),
-        block_tables=tensor(tables, torch.int32),
-        max_query_len=max(query_lens),
-        max_seq_len=max(seq_lens),
-        query_lens_cpu=query_lens,
-        seq_lens_cpu=seq_lens,
-    )
-    return ModelInputs(
-        input_ids=tensor(input_ids, torch.int64),
-        positions=tensor(positions, torch.int64),
-        attn=attn,
-        sample_rows=tensor(sample_rows, torch.int64),
-        sampling_seqs=sampling_seqs,
-        prompt_logprob_rows=prompt_rows,
-    )
+        slot_mapping=torch.full((num_tokens,), -1, dtype=torch.int64, device=device),
+        query_start_loc=torch.tensor(starts, dtype=torch.int32, device=device),
+        seq_lens=torch.tensor(lens, dtype=torch.int32, device=device),
+        block_tables=torch.zeros(len(lens), width, dtype=torch.int32, device=device),
+        max_query_len=max(lens), max_seq_len=max(lens), query_lens_cpu=lens,
+        seq_lens_cpu=list(lens))
+    return ModelInputs(torch.zeros(num_tokens, dtype=torch.int64, device=device),
+                       torch.from_numpy(positions).to(device), attn, None, [], [])

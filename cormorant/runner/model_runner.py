@@ -1,19 +1,36 @@
 """ModelRunner: owns the model, the KV cache and the sampler; runs one ScheduledBatch.
 
-Imports torch, config, engine types, layers and models. Returns plain token ids (and
-logprobs) to the engine: tensors never leave the runner.
+Start-up on a GPU: a profile run (the largest forward plus a sampler pass with every stage
+on) measures the activation peak, the KV cache is sized from what is left and allocated, then
+the decode CUDA graphs are captured (runner.cuda_graphs; skipped with enforce_eager or a
+backend that cannot be captured).
+
+A step: pack the batch's ints on the host (runner.inputs) and copy them in one go; replay a
+graph for a pure-decode batch that fits a bucket, else run the model eagerly; build the
+sampling metadata on the host while the GPU works; sample; copy the sampled ids (and
+logprobs, when asked) to the host in one non_blocking copy into pinned memory, then wait on
+its event: the step's only host synchronisation.
+
+Imports torch, numpy, config, engine types, layers (through the model) and this package.
+Returns plain token ids (and logprobs) to the engine: tensors never leave the runner.
 """
 from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 
 from cormorant.config import EngineConfig, ModelConfig
+from cormorant.engine.sequence import Sequence
 from cormorant.engine.types import SampleOutput, ScheduledBatch, TokenLogprobs
-from cormorant.runner.inputs import ModelInputs, PromptLogprobRows, prepare_inputs
-from cormorant.runner.kv_cache import allocate_kv_caches, num_kv_blocks
-from cormorant.runner.sampler import Sampler, SamplingMetadata
+from cormorant.runner.cuda_graphs import (DecodeGraphs, find_attention_backend,
+                                          graph_batch_sizes, is_capturable)
+from cormorant.runner.inputs import (HostInputs, PromptLogprobRows, InputPreparer,
+                                     dummy_prefill_inputs)
+from cormorant.runner.kv_cache import allocate_kv_caches, module_bytes, num_kv_blocks
+from cormorant.runner.sampler import Sampler, SamplerOutput, SamplingMetadata
+from cormorant.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -28,56 +45,169 @@ class ModelRunner:
         self.dtype = dtype
         self.eos_token_ids = eos_token_ids
         self.block_size = config.cache.block_size
+        sched = config.scheduler
+        self.max_model_len = sched.max_model_len or model_config.max_position_embeddings
         self.sampler = Sampler()
-        self.num_blocks = num_kv_blocks(model_config, config.cache, config.scheduler,
-                                        dtype, device)
+        self.inputs = InputPreparer(self.block_size, self.max_model_len, sched.max_num_seqs,
+                                    device)
+        self._host_copy = HostCopy(device)
+        activation_bytes = None
+        if device.type == "cuda" and config.cache.num_blocks is None:
+            activation_bytes = self.profile_activations()
+        self.num_blocks = num_kv_blocks(model_config, config.cache, sched, dtype, device,
+                                        weight_bytes=module_bytes(model),
+                                        activation_bytes=activation_bytes)
         self.kv_caches = allocate_kv_caches(model_config, self.num_blocks, self.block_size,
                                             dtype, device)
+        self.graphs: DecodeGraphs | None = self._build_graphs()
 
+    # -- start-up ---------------------------------------------------------------------------
+    def _build_graphs(self) -> DecodeGraphs | None:
+        if self.device.type != "cuda" or self.config.enforce_eager:
+            return None
+        backend = find_attention_backend(self.model)
+        if not is_capturable(backend):
+            log.info("CUDA graphs off: attention backend %s cannot be captured",
+                     type(backend).__name__)
+            return None
+        graphs = self.new_decode_graphs()
+        graphs.capture()
+        return graphs
+
+    def new_decode_graphs(self) -> DecodeGraphs:
+        """Static decode buffers for this runner's buckets (capture or use_eager them)."""
+        sizes = graph_batch_sizes(self.config.scheduler.max_num_seqs)
+        return DecodeGraphs(self.model, self.kv_caches, sizes, self.max_model_len,
+                            self.block_size, self.device)
+
+    def profile_activations(self) -> int:
+        """Bytes the largest step adds on top of the weights (vLLM's profile_run), measured
+        as the CUDA allocator's peak over `profile_step`."""
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        base = torch.cuda.memory_allocated(self.device)
+        self.profile_step()
+        torch.cuda.synchronize(self.device)
+        return max(0, torch.cuda.max_memory_allocated(self.device) - base)
+
+    @torch.inference_mode()
+    def profile_step(self) -> None:
+        """The largest step the scheduler can send: a forward over max_num_batched_tokens
+        prompt tokens against a one-block dummy cache (nothing written), then logits and a
+        sampler pass for max_num_seqs rows with every optional stage on."""
+        sched, cfg = self.config.scheduler, self.model_config
+        num_tokens = max(sched.max_num_batched_tokens, sched.max_num_seqs)
+        inputs = dummy_prefill_inputs(num_tokens, self.max_model_len, self.block_size,
+                                      self.device)
+        caches = [torch.zeros(2, 1, self.block_size, cfg.num_kv_heads, cfg.head_dim,
+                              dtype=self.dtype, device=self.device)
+                  for _ in range(cfg.num_layers)]
+        hidden = self.model(inputs.input_ids, inputs.positions, caches, inputs.attn)
+        rows = torch.arange(sched.max_num_seqs, device=self.device) % num_tokens
+        logits = self.model.compute_logits(hidden[rows])
+        self.sampler(logits, _profile_sampling_metadata(sched.max_num_seqs, self.device))
+
+    # -- steps ------------------------------------------------------------------------------
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> list[SampleOutput]:
         """One forward pass; a SampleOutput per sequence of the batch, in batch order."""
-        inputs = prepare_inputs(batch, self.block_size, self.device)
-        hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.attn)
+        bucket = self.graphs.bucket(batch) if self.graphs is not None else None
+        host = self.inputs.prepare(batch, pad_to=bucket)
+        if bucket is None:
+            inputs = self.inputs.to_device(host)
+            hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.attn)
+            sample_rows = inputs.sample_rows
+        else:
+            hidden, sample_rows = self.graphs.run(host)
+            self.inputs.staging.mark_copied()
         outputs = [SampleOutput(token_id=None) for _ in batch.seqs]
-        for rows in inputs.prompt_logprob_rows:
+        if host.sampling_seqs:
+            self._sample(hidden, sample_rows, host, outputs)
+        for rows in host.prompt_logprob_rows:
             outputs[rows.batch_index].prompt_logprobs = self._prompt_logprobs(hidden, rows)
-        if inputs.sampling_seqs:
-            self._sample(hidden, inputs, batch, outputs)
         return outputs
 
     def release(self, seq_id: int) -> None:
-        """Forget per-sequence sampler state (seeded generators) of a finished sequence."""
+        """Forget per-sequence state (sampler generator, block-table row) of a finished
+        sequence."""
         self.sampler.release(seq_id)
+        self.inputs.release(seq_id)
 
-    def _sample(self, hidden: torch.Tensor, inputs: ModelInputs, batch: ScheduledBatch,
+    def _sample(self, hidden: torch.Tensor, sample_rows: torch.Tensor | None, host: HostInputs,
                 outputs: list[SampleOutput]) -> None:
-        logits = self.model.compute_logits(hidden[inputs.sample_rows])  # [N, vocab] fp32
-        meta = SamplingMetadata.build(inputs.sampling_seqs, self.device, self.eos_token_ids)
+        # hidden rows = sampling rows, in order, when sample_rows is None (pure decode).
+        logits = self.model.compute_logits(
+            hidden if sample_rows is None else hidden[sample_rows])  # [N, vocab] fp32
+        # Host work while the forward runs on the GPU: nothing above waited for it.
+        meta = SamplingMetadata.build(host.sampling_seqs, self.device, self.eos_token_ids)
         result = self.sampler(logits, meta)
-        # The one device-to-host copy of the step.
-        token_ids = result.token_ids.tolist()
-        chosen = result.logprobs.tolist() if result.logprobs is not None else None
-        top_ids = result.topk_ids.tolist() if result.topk_ids is not None else None
-        top_values = result.topk_values.tolist() if result.topk_values is not None else None
-        position = {seq.seq_id: i for i, seq in enumerate(batch.seqs)}
-        for row, seq in enumerate(inputs.sampling_seqs):
-            out = outputs[position[seq.seq_id]]
+        token_ids, chosen, top_ids, top_values = self._host_copy.fetch(result)
+        for row, (index, seq) in enumerate(zip(host.sample_indices, host.sampling_seqs)):
+            out = outputs[index]
             out.token_id = token_ids[row]
             k = seq.sampling_params.logprobs
             if k is not None and chosen is not None:
                 top = {} if top_ids is None else dict(zip(top_ids[row][:k], top_values[row][:k]))
                 out.logprobs = (chosen[row], top)
 
-    def _prompt_logprobs(self, hidden: torch.Tensor, rows: PromptLogprobRows) -> list[TokenLogprobs]:
-        logits = self.model.compute_logits(hidden[torch.tensor(rows.rows, device=self.device)])
-        logprobs = torch.log_softmax(logits.float(), dim=-1)  # [R, vocab]
+    def _prompt_logprobs(self, hidden: torch.Tensor, rows: PromptLogprobRows
+                         ) -> list[TokenLogprobs]:
+        index = torch.tensor(rows.rows, device=self.device)
+        logprobs = torch.log_softmax(self.model.compute_logits(hidden[index]).float(), dim=-1)
         targets = torch.tensor(rows.target_ids, device=self.device)
-        chosen = logprobs.gather(1, targets[:, None])[:, 0].tolist()
+        parts = [logprobs.gather(1, targets[:, None]).double()]  # [R, 1]
         k = rows.num_top
-        top_values, top_ids = logprobs.topk(k, dim=-1) if k else (None, None)
-        result = []
-        for r, value in enumerate(chosen):
-            top = dict(zip(top_ids[r].tolist(), top_values[r].tolist())) if k else {}
-            result.append((value, top))
-        return result
+        if k:
+            top_values, top_ids = logprobs.topk(k, dim=-1)
+            parts += [top_ids.double(), top_values.double()]
+        # float64 holds token ids and float32 logprobs exactly: one copy for the group.
+        table = torch.cat(parts, dim=1).tolist()  # [R, 1 + 2k]
+        return [(r[0], dict(zip((int(t) for t in r[1:1 + k]), r[1 + k:]))) for r in table]
+
+
+class HostCopy:
+    """The step's one device-to-host copy: sampled ids, and when asked the chosen logprobs
+    and top-k, packed into one tensor, copied non_blocking into a pinned buffer that is
+    reused every step, then waited for on an event."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._buf: torch.Tensor | None = None
+        self._event = torch.cuda.Event() if device.type == "cuda" else None
+
+    def fetch(self, result: SamplerOutput) -> tuple[list, list | None, list | None, list | None]:
+        """(token ids, chosen logprobs, top-k ids, top-k values) as Python lists."""
+        if result.logprobs is None:
+            return self._to_host(result.token_ids).tolist(), None, None, None
+        parts = [result.token_ids[:, None].double(), result.logprobs[:, None].double()]
+        k = 0
+        if result.topk_ids is not None:
+            k = result.topk_ids.shape[1]
+            parts += [result.topk_ids.double(), result.topk_values.double()]
+        # float64 holds token ids and float32 logprobs exactly.
+        table = self._to_host(torch.cat(parts, dim=1))  # [N, 2 + 2k]
+        top_ids = table[:, 2:2 + k].astype(np.int64).tolist() if k else None
+        top_values = table[:, 2 + k:].tolist() if k else None
+        return table[:, 0].astype(np.int64).tolist(), table[:, 1].tolist(), top_ids, top_values
+
+    def _to_host(self, t: torch.Tensor) -> np.ndarray:
+        if self._event is None:
+            return t.numpy()
+        nbytes = t.numel() * t.element_size()
+        if self._buf is None or self._buf.numel() < nbytes:
+            self._buf = torch.empty(max(nbytes, 4096), dtype=torch.uint8, pin_memory=True)
+        host = self._buf[:nbytes].view(t.dtype).view(t.shape)
+        host.copy_(t, non_blocking=True)
+        self._event.record()
+        self._event.synchronize()
+        return host.numpy()
+
+
+def _profile_sampling_metadata(num_rows: int, device: torch.device) -> SamplingMetadata:
+    """Rows that switch on every sampler stage (penalties, top-k/p, min-p, logprobs), so the
+    profile sees the sampler's largest temporaries."""
+    params = SamplingParams(temperature=0.8, top_k=50, top_p=0.9, min_p=0.01,
+                            repetition_penalty=1.1, presence_penalty=0.1,
+                            frequency_penalty=0.1, logprobs=20, max_tokens=1)
+    seqs = [Sequence(f"profile-{i}", [0], params) for i in range(num_rows)]
+    return SamplingMetadata.build(seqs, device)

@@ -1,67 +1,115 @@
-"""Admission control: refuse new work (503 + Retry-After) while the wait queue is full.
+"""Admission: the door every generation request passes after tokenization, two checks deep.
 
-Two budgets, both configurable: requests waiting for their first output, and the prompt tokens
-they carry. The server's own count (admitted here, no output yet) is exact and race-free on
-the event loop; the engine's view adds requests it has pushed back to waiting (preemption).
-A request is "waiting" until its first output arrives; its Ticket then gives the slot back.
-This is the seam the gateway's quotas and fair queueing will grow from.
-Imports server.config, server.errors and server.engine_client (types only).
+1. Engine state (gateway.admission): 503 + Retry-After when the queue holds too many
+   requests, prompt tokens or KV blocks, or would take longer than max_queue_delay_s (or the
+   request's x-request-timeout) to drain at the measured rate.
+2. The caller's quotas (gateway.quotas): rpm, tpm (prompt + n * max_tokens reserved now,
+   settled with the real usage when the request ends) and concurrent requests; 429 +
+   Retry-After. The key's own limits, the server's defaults where it sets none.
+
+The engine check runs first because it is local and charges nothing, so an overloaded server
+does not eat its callers' quota; it runs again after the reservation (an await, on Redis
+perhaps) since the queue may have grown meanwhile, and a refusal then cancels the
+reservation. The Ticket (gateway.admission) carries the caller's tenant, priority
+(x-request-priority) and weight to the engine's fair queue, its deadline, and settles the
+quota when it is released, however the request ends.
+Imports starlette, sampling_params, gateway.{admission, quotas, keys} and server modules.
 """
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
+from starlette.requests import Request
+
+from cormorant.gateway.admission import (PRIORITY_HEADER, TIMEOUT_HEADER, AdmissionConfig,
+                                         AdmissionController, EngineStatsLike, Refusal, Ticket,
+                                         parse_priority, parse_timeout)
+from cormorant.gateway.keys import Principal
+from cormorant.gateway.quotas import (STATE_HEADERS, QuotaLimits, Quotas, Reservation,
+                                      limits_of)
+from cormorant.sampling_params import SamplingParams
 from cormorant.server.config import ServerConfig
-from cormorant.server.engine_client import EngineStatsLike
 from cormorant.server.errors import APIError
 
+__all__ = ["Admission", "Ticket"]
 
-class Ticket:
-    """The admitted share of one HTTP request: one entry per engine request (prompt)."""
 
-    def __init__(self, admission: "Admission", prompt_lens: list[int]) -> None:
-        self._admission = admission
-        self._pending = dict(enumerate(prompt_lens))
-
-    def mark_started(self, index: int) -> None:
-        num_tokens = self._pending.pop(index, None)
-        if num_tokens is not None:
-            self._admission._release(1, num_tokens)
-
-    def release(self) -> None:
-        for index in list(self._pending):
-            self.mark_started(index)
+def quota_defaults(config: ServerConfig) -> QuotaLimits:
+    return QuotaLimits(config.default_rpm, config.default_tpm, config.default_max_concurrent)
 
 
 class Admission:
-    def __init__(self, config: ServerConfig, stats: Callable[[], EngineStatsLike]) -> None:
-        self.config = config
-        self._stats = stats
-        self.num_waiting = 0
-        self.num_waiting_prompt_tokens = 0
+    def __init__(self, config: ServerConfig, stats: Callable[[], EngineStatsLike],
+                 quotas: Quotas, block_size: int = 16) -> None:
+        self.controller = AdmissionController(AdmissionConfig(
+            max_waiting_requests=config.max_waiting_requests,
+            max_waiting_prompt_tokens=config.max_waiting_prompt_tokens,
+            max_waiting_kv_caches=config.max_waiting_kv_caches,
+            max_queue_delay_s=config.max_queue_delay_s, retry_after_s=config.retry_after_s,
+            block_size=block_size), stats)
+        self.quotas = quotas
+        self.defaults = quota_defaults(config)
+        self._settling: set[asyncio.Task] = set()
 
-    def admit(self, prompt_lens: list[int]) -> Ticket:
-        cfg = self.config
-        stats = self._stats()
-        waiting = max(self.num_waiting, stats.num_waiting)
-        waiting_tokens = max(self.num_waiting_prompt_tokens, stats.num_waiting_prompt_tokens)
-        if waiting + len(prompt_lens) > cfg.max_waiting_requests:
-            raise self._overloaded(f"{waiting} requests are already waiting (limit "
-                                   f"{cfg.max_waiting_requests})")
-        # An empty queue always admits, or a prompt larger than the token budget would be
-        # refused forever with a Retry-After that can never come true.
-        if waiting and waiting_tokens + sum(prompt_lens) > cfg.max_waiting_prompt_tokens:
-            raise self._overloaded(f"{waiting_tokens} prompt tokens are already waiting (limit "
-                                   f"{cfg.max_waiting_prompt_tokens})")
-        self.num_waiting += len(prompt_lens)
-        self.num_waiting_prompt_tokens += sum(prompt_lens)
-        return Ticket(self, prompt_lens)
+    @property
+    def num_waiting(self) -> int:
+        """Requests admitted here that have not started yet."""
+        return self.controller.num_waiting
 
-    def _release(self, num_requests: int, num_tokens: int) -> None:
-        self.num_waiting -= num_requests
-        self.num_waiting_prompt_tokens -= num_tokens
+    @property
+    def num_waiting_prompt_tokens(self) -> int:
+        return self.controller.num_waiting_prompt_tokens
 
-    def _overloaded(self, why: str) -> APIError:
-        return APIError(503, f"The server is overloaded: {why}. Please retry later.",
-                        code="server_overloaded",
-                        headers={"retry-after": str(self.config.retry_after_s)})
+    async def admit(self, request: Request, prompt_lens: list[int],
+                    params: list[SamplingParams]) -> Ticket:
+        """A Ticket for the request's prompts (one SamplingParams each), or an APIError."""
+        state = request.scope.setdefault("state", {})
+        principal: Principal = state.get("principal") or Principal.anonymous()
+        deadline_s, priority = _request_headers(request)
+        refusal = self.controller.check(prompt_lens, deadline_s)
+        if refusal is not None:
+            raise _error(refusal)
+        num_tokens = sum(prompt_lens) + sum(p.n * (p.max_tokens or 0) for p in params)
+        reservation = await self.quotas.reserve(
+            principal.key_id, limits_of(principal, self.defaults), num_tokens)
+        if isinstance(reservation, Refusal):
+            raise _error(reservation)
+        state[STATE_HEADERS] = reservation.headers
+        ticket = self.controller.admit(prompt_lens, deadline_s)
+        if isinstance(ticket, Refusal):
+            await self.quotas.cancel(reservation)
+            raise _error(ticket)
+        ticket.engine_args = {"tenant": principal.tenant, "priority": priority,
+                              "weight": principal.weight}
+        ticket.on_release(lambda used: self._settle(reservation, used))
+        return ticket
+
+    def _settle(self, reservation: Reservation, num_tokens_used: int) -> None:
+        # Release runs in cleanup paths that cannot await; the task is kept until it is done.
+        task = asyncio.ensure_future(self.quotas.settle(reservation, num_tokens_used))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+
+def deadline_error() -> APIError:
+    return APIError(504, f"The request was still queued when its {TIMEOUT_HEADER} passed.",
+                    code="deadline_exceeded")
+
+
+def _request_headers(request: Request) -> tuple[float | None, int]:
+    try:
+        deadline_s = parse_timeout(request.headers.get(TIMEOUT_HEADER))
+    except ValueError:
+        raise APIError(400, f"The {TIMEOUT_HEADER} header must be a positive number of "
+                       "seconds.", code="invalid_header") from None
+    try:
+        priority = parse_priority(request.headers.get(PRIORITY_HEADER))
+    except ValueError as exc:
+        raise APIError(400, str(exc), code="invalid_header") from None
+    return deadline_s, priority
+
+
+def _error(refusal: Refusal) -> APIError:
+    return APIError(refusal.status, refusal.message, code=refusal.code,
+                    headers=dict(refusal.headers))

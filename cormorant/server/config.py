@@ -20,8 +20,14 @@ class ServerConfig:
     # --- binding and auth -------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = 8000
-    api_key: str | None = None
+    api_key: str | None = None  # one static key with every scope (gateway.auth)
     insecure: bool = False  # allow a non-loopback bind without an API key
+    keys_db: str | None = None  # SQLite key database (`cormorant keys`); None: not used
+    keys_file: str | None = None  # read-only JSON/TOML key file; None: not used
+    keys_refresh_s: float = 1.0  # how soon created/revoked keys take effect
+    metrics_public: bool = False  # /metrics without the metrics scope
+    ssl_certfile: str | None = None  # TLS: both set, or neither
+    ssl_keyfile: str | None = None
 
     # --- transport bounds (checked before the body is parsed) --------------------------------
     max_body_bytes: int = 4 * MiB
@@ -43,12 +49,28 @@ class ServerConfig:
     # --- admission (backpressure) ------------------------------------------------------------
     max_waiting_requests: int = 512
     max_waiting_prompt_tokens: int = 1 << 20
-    retry_after_s: int = 1
+    retry_after_s: int = 1  # until a drain rate is measured (then Retry-After comes from it)
+    max_waiting_kv_caches: float = 4.0  # 503 when the queue needs more KV than this many caches
+    max_queue_delay_s: float = 60.0  # 503 when the queue takes longer to drain (measured rate)
+
+    # --- quotas (gateway.quotas): per key; these fill in what a key leaves unset ------------
+    default_rpm: int | None = None  # None: unlimited
+    default_tpm: int | None = None
+    default_max_concurrent: int | None = None
+    redis_url: str | None = None  # quota counters shared in Redis; None: in this process
 
     # --- lifecycle -------------------------------------------------------------------------
     drain_grace_s: float = 30.0  # SIGTERM: how long in-flight requests may keep running
     health_stall_s: float = 30.0  # /health is 503 when pending work saw no step for this long
     warmup: bool = True  # /ready waits for one short generation to succeed
+    # Stalled (health_stall_s) this much longer -> exit 70 so an orchestrator restarts us.
+    # Negative: never. Off here so an embedded app never kills its host; `serve` turns it on.
+    watchdog_exit_grace_s: float = -1.0
+
+    # --- observability (gateway.metrics / usage / request_log / tracing) -------------------
+    log_prompts: bool = False  # the request log carries prompt and completion text
+    usage_db: str | None = None  # SQLite file of per-key usage; None: in memory
+    otlp_endpoint: str | None = None  # OTLP/HTTP collector for request spans; None: no tracing
 
     # --- error messages ----------------------------------------------------------------------
     max_error_chars: int = 512
@@ -61,3 +83,5 @@ class ServerConfig:
                 raise ValueError(f"ServerConfig.{name} must be at least 1")
         if self.drain_grace_s < 0 or self.health_stall_s <= 0:
             raise ValueError("ServerConfig.drain_grace_s must be >= 0 and health_stall_s > 0")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ServerConfig.ssl_certfile and ssl_keyfile go together")

@@ -45,8 +45,11 @@ class EngineClient(Protocol):
     max_model_len: int
     model_name: str
 
-    def generate(self, request_id: str, prompt_token_ids: list[int],
-                 params: SamplingParams) -> AsyncIterator[RequestOutput]: ...
+    def generate(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+                 *, tenant: str = "", priority: int = 0, weight: float = 1.0
+                 ) -> AsyncIterator[RequestOutput]:
+        """tenant, priority, weight: the request's place in a fair waiting queue."""
+        ...
 
     async def abort(self, request_id: str) -> None: ...
 

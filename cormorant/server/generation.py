@@ -20,7 +20,7 @@ from starlette.types import Receive
 
 from cormorant.frontend.outputs import RequestOutput
 from cormorant.sampling_params import SamplingParams
-from cormorant.server.admission import Ticket
+from cormorant.server.admission import Ticket, deadline_error
 from cormorant.server.engine_client import EngineClient
 from cormorant.server.errors import APIError
 from cormorant.server.lifecycle import Lifecycle
@@ -52,10 +52,14 @@ class EngineStream:
         # Start now: the engine sees the requests before the response even begins.
         self._tasks = [asyncio.ensure_future(self._feed(i, job)) for i, job in enumerate(jobs)]
         lifecycle.register(self)
+        # x-request-timeout: still queued at the deadline -> 504, which aborts the requests.
+        ticket.on_expire(lambda: self.fail(deadline_error()))
 
     async def _feed(self, index: int, job: Job) -> None:
         try:
-            gen = self._engine.generate(job.request_id, job.prompt_token_ids, job.params)
+            # engine_args: the caller's tenant, priority and weight in the fair queue.
+            gen = self._engine.generate(job.request_id, job.prompt_token_ids, job.params,
+                                        **self._ticket.engine_args)
             async with aclosing(gen) as outputs:  # closing it aborts the engine request
                 async for out in outputs:
                     self._queue.put_nowait((index, out))
@@ -94,7 +98,7 @@ class EngineStream:
                 if out is _DONE:
                     remaining -= 1
                     continue
-                self._ticket.mark_started(index)
+                self._ticket.observe(index, out)  # started (queue slot back) and usage
                 if out.error:
                     raise self._rejected(out.error)
                 yield index, out

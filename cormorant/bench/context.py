@@ -1,0 +1,75 @@
+"""RunContext: what every benchmark of one `cormorant bench` run shares.
+
+The device, the dtype, the ceilings measured once at the start, the scale (full | quick |
+tiny), the output folder and a deadline that peers and B4's sweep respect; and the
+environment of the suite's child processes.
+Imports bench.configs, bench.floors, bench.random_engine, runner.device; torch.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from cormorant.bench.configs import resolve_name
+from cormorant.bench.floors import Ceilings, measure_ceilings
+from cormorant.bench.random_engine import EngineSettings, release
+from cormorant.runner.device import resolve_device, resolve_dtype
+
+
+@dataclass
+class RunContext:
+    scale: str
+    device: torch.device
+    dtype: torch.dtype
+    ceilings: Ceilings
+    out_dir: Path
+    deadline: float | None = None  # time.monotonic() after which optional work is skipped
+    profile: bool = False  # profile decode steps after each timed run (bench.profiling)
+    env: dict = field(default_factory=dict)
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.scale == "tiny"
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
+    @property
+    def dtype_bytes(self) -> int:
+        return torch.tensor([], dtype=self.dtype).element_size()
+
+    def model(self, name: str) -> str:
+        """The configuration to run for `name`: itself, or its tiny stand-in in a tiny run."""
+        return resolve_name(name, self.is_tiny)
+
+    def settings(self, **engine) -> EngineSettings:
+        return EngineSettings(dtype=self.dtype_name, device=str(self.device), **engine)
+
+    def seconds_left(self) -> float:
+        return float("inf") if self.deadline is None else self.deadline - time.monotonic()
+
+
+def make_context(scale: str, device: str, dtype: str, out_dir: Path,
+                 budget_s: float | None, profile: bool = False) -> RunContext:
+    dev = resolve_device(device)
+    # bf16 is what the issue's floors and targets assume; "auto" keeps float32 on the CPU,
+    # where smoke runs only prove that the suite works.
+    dt = resolve_dtype(dtype, dev)
+    deadline = None if budget_s is None else time.monotonic() + budget_s
+    ceilings = measure_ceilings(dev, dt)
+    release()  # the measurement's GiB buffers must not count against the first KV cache
+    return RunContext(scale, dev, dt, ceilings, out_dir, deadline, profile)
+
+
+def child_env() -> dict[str, str]:
+    """The environment for the peer and server subprocesses: this checkout importable from any
+    working directory, output unbuffered (their logs are read while they run)."""
+    root = str(Path(__file__).resolve().parents[2])
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1",
+            "TOKENIZERS_PARALLELISM": "false"}

@@ -1,0 +1,82 @@
+"""The real HTTP server over a random-weight engine, for B4:
+`python -m cormorant.bench.serve_random --model-config qwen3-0.6b --port 8123 ...`.
+
+Same app (server.app.build_app), same engine client (frontend.async_llm.AsyncLLM) and the same
+uvicorn set-up (server.launch.uvicorn_config, DrainingServer) as `cormorant serve`; only the
+weights are random and the tokenizer synthetic (bench.random_engine), so no checkpoint is
+needed. Admission limits are raised so that the benchmark measures queueing in the engine,
+not 503s from the admission controller. Binds loopback only (no API key).
+Imports bench, server, frontend; uvicorn.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+
+from cormorant.bench.random_engine import EngineSettings, build_random_engine
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m cormorant.bench.serve_random")
+    p.add_argument("--model-config", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--max-num-seqs", type=int, default=256)
+    p.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    p.add_argument("--max-model-len", type=int, default=2048)
+    p.add_argument("--num-kv-blocks", type=int, default=None)
+    p.add_argument("--log-level", default="warning")
+    return p.parse_args(argv)
+
+
+def _known_fields(cls, values: dict) -> dict:
+    """The server's settings are still growing: pass only the fields this version has."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in values.items() if k in names}
+
+
+def _configure_request_log() -> None:
+    """As `cormorant serve` does, so B4 pays the per-request log line that production pays."""
+    try:
+        from cormorant.gateway.request_log import configure_request_log
+    except ImportError:
+        return
+    configure_request_log()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from cormorant.frontend.async_llm import AsyncLLM
+    from cormorant.server.app import build_app
+    from cormorant.server.config import ServerConfig
+    from cormorant.server.launch import uvicorn_config
+    from cormorant.server.uvicorn_server import DrainingServer
+
+    settings = EngineSettings(dtype=args.dtype, device=args.device,
+                              max_num_seqs=args.max_num_seqs,
+                              max_num_batched_tokens=args.max_num_batched_tokens,
+                              max_model_len=args.max_model_len, num_kv_blocks=args.num_kv_blocks)
+    built = build_random_engine(args.model_config, settings)
+    llm = AsyncLLM(built, model_name=f"random-{args.model_config}")
+    try:
+        config = ServerConfig(**_known_fields(ServerConfig, dict(
+            host="127.0.0.1", port=args.port, model_version="random",
+            max_waiting_requests=1 << 20, max_waiting_prompt_tokens=1 << 30, drain_grace_s=5.0,
+            usage_db=":memory:")))  # no usage file left behind in the user's home
+        _configure_request_log()
+        app = build_app(llm, config)
+        server = DrainingServer(uvicorn_config(app, config, args.log_level),
+                                app.state.cormorant.lifecycle)
+        server.run()
+    finally:
+        llm.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""API keys: the record (`ApiKey`), the authenticated caller (`Principal`), the token format
+and the secret hashing. Pure stdlib; importable from anywhere in gateway/ and server/.
+
+Token format: ``crm-<key_id>-<secret>``. The id is 12 hex digits, so lookup is by id; the
+secret is 43 random letters and digits (256 bits; no '-' or '_', so a double click in a
+terminal selects the whole token). The digest covers the *whole* token, so
+a token with a wrong prefix or id fails the same single comparison as one with a wrong secret
+(no parse step whose early exit would time differently).
+
+Why HMAC-SHA256 with a per-key salt rather than scrypt/PBKDF2: slow hashes protect *guessable*
+secrets (passwords). A 256-bit random secret cannot be brute-forced whatever the hash speed, so
+a slow hash would only add milliseconds to every request (or force a cache of verified
+secrets, itself a thing to protect). The salt keeps equal secrets from having equal digests
+and makes precomputed tables useless; the database never holds a secret in clear.
+
+Other gateway modules (quotas, admission, metrics, usage) read `ApiKey`/`Principal` fields;
+they must log and label by `key_id`, never by the token.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import string
+import time
+from dataclasses import dataclass, field
+
+SCOPE_INFERENCE = "inference"
+SCOPE_ADMIN = "admin"
+SCOPE_METRICS = "metrics"
+ALL_SCOPES = frozenset({SCOPE_INFERENCE, SCOPE_ADMIN, SCOPE_METRICS})
+
+TOKEN_PREFIX = "crm"
+KEY_ID_HEX = 12
+SECRET_CHARS = 43  # 43 * log2(62) > 256 bits
+_ALPHANUMERIC = string.ascii_letters + string.digits
+SALT_BYTES = 16
+ANONYMOUS_ID = "anonymous"
+STATIC_ID = "static"
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """One key's settings. Quotas are None for unlimited; `weight` is its fair-queue share."""
+
+    key_id: str
+    name: str
+    scopes: frozenset[str]
+    allowed_models: frozenset[str] | None = None  # None: every model
+    expires_at: float | None = None  # unix seconds; None: never
+    rpm: int | None = None  # requests per minute
+    tpm: int | None = None  # tokens per minute
+    max_concurrent: int | None = None
+    weight: float = 1.0
+    tenant: str = ""  # "" means "the key is its own tenant" (set to key_id below)
+    created_at: float = field(default_factory=time.time)
+    revoked: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.tenant:
+            object.__setattr__(self, "tenant", self.key_id)
+        object.__setattr__(self, "scopes", frozenset(self.scopes))
+        if self.allowed_models is not None:
+            object.__setattr__(self, "allowed_models", frozenset(self.allowed_models))
+
+    def is_expired(self, now: float | None = None) -> bool:
+        return self.expires_at is not None and (now or time.time()) >= self.expires_at
+
+    def is_active(self, now: float | None = None) -> bool:
+        return not self.revoked and not self.is_expired(now)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller of one request, on `scope["state"]["principal"]`."""
+
+    key_id: str
+    tenant: str
+    scopes: frozenset[str]
+    allowed_models: frozenset[str] | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    max_concurrent: int | None = None
+    weight: float = 1.0
+    name: str = ""
+    is_anonymous: bool = False
+
+    @classmethod
+    def from_key(cls, key: ApiKey) -> Principal:
+        return cls(key_id=key.key_id, tenant=key.tenant, scopes=key.scopes,
+                   allowed_models=key.allowed_models, rpm=key.rpm, tpm=key.tpm,
+                   max_concurrent=key.max_concurrent, weight=key.weight, name=key.name)
+
+    @classmethod
+    def anonymous(cls) -> Principal:
+        """The caller when auth is disabled: every scope, no quota of its own."""
+        return cls(key_id=ANONYMOUS_ID, tenant=ANONYMOUS_ID, scopes=ALL_SCOPES,
+                   name=ANONYMOUS_ID, is_anonymous=True)
+
+    @classmethod
+    def unauthenticated(cls) -> Principal:
+        """A caller without a valid key on a public route (probes) while auth is enabled."""
+        return cls(key_id=ANONYMOUS_ID, tenant=ANONYMOUS_ID, scopes=frozenset(),
+                   name=ANONYMOUS_ID, is_anonymous=True)
+
+    @classmethod
+    def static(cls) -> Principal:
+        """The caller holding the single --api-key: every scope, no quota of its own."""
+        return cls(key_id=STATIC_ID, tenant=STATIC_ID, scopes=ALL_SCOPES, name=STATIC_ID)
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in self.scopes
+
+    def may_use_model(self, model: str) -> bool:
+        return self.allowed_models is None or model in self.allowed_models
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """What the key store holds per key: the settings plus the salted digest of the secret."""
+
+    key: ApiKey
+    salt: bytes = field(repr=False)
+    digest: bytes = field(repr=False)
+
+
+def new_key_id() -> str:
+    return secrets.token_hex(KEY_ID_HEX // 2)
+
+
+def new_secret() -> str:
+    return "".join(secrets.choice(_ALPHANUMERIC) for _ in range(SECRET_CHARS))
+
+
+def format_token(key_id: str, secret: str) -> str:
+    return f"{TOKEN_PREFIX}-{key_id}-{secret}"
+
+
+def parse_token(token: str) -> tuple[str, str] | None:
+    """(key_id, secret), or None when malformed. For display and the CLI, not the hot path."""
+    prefix, _, rest = token.partition("-")
+    key_id, _, secret = rest.partition("-")
+    if prefix != TOKEN_PREFIX or len(key_id) != KEY_ID_HEX or not secret:
+        return None
+    return key_id, secret
+
+
+def lookup_id(token: str) -> str:
+    """The key id's position in a token, sliced without validating anything (see above)."""
+    start = len(TOKEN_PREFIX) + 1
+    return token[start:start + KEY_ID_HEX]
+
+
+def hash_token(token: str, salt: bytes) -> bytes:
+    return hmac.new(salt, token.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
+
+
+def make_record(key: ApiKey, token: str) -> KeyRecord:
+    salt = secrets.token_bytes(SALT_BYTES)
+    return KeyRecord(key=key, salt=salt, digest=hash_token(token, salt))
+
+
+def verify_token(record: KeyRecord, token: str) -> bool:
+    return hmac.compare_digest(hash_token(token, record.salt), record.digest)
+
+
+def create_key(name: str, scopes: frozenset[str] | set[str] = frozenset({SCOPE_INFERENCE}),
+               **settings) -> tuple[KeyRecord, str]:
+    """A fresh key with a new id and secret; returns (record, token). The token is shown once."""
+    unknown = set(scopes) - ALL_SCOPES
+    if unknown:
+        raise ValueError(f"unknown scope(s): {', '.join(sorted(unknown))}")
+    key = ApiKey(key_id=new_key_id(), name=name, scopes=frozenset(scopes), **settings)
+    token = format_token(key.key_id, new_secret())
+    return make_record(key, token), token
+
+
+def rotate_key(record: KeyRecord) -> tuple[KeyRecord, str]:
+    """Same id and settings, new secret: the old token stops working once the store reloads."""
+    token = format_token(record.key.key_id, new_secret())
+    return make_record(record.key, token), token

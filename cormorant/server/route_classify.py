@@ -1,0 +1,44 @@
+"""POST /v1/classify: a sequence-classification head (e.g. sentiment) over each input.
+
+Not part of OpenAI's API; the body is vLLM's: {"model", "input"} in, and per input
+{"index", "label", "probs", "num_classes"} out, with probs indexed by class id and label the
+most probable class's id2label name. Imports starlette, fastapi and server modules.
+"""
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from cormorant.server.body import read_request
+from cormorant.server.embedding_protocol import (ClassificationRequest, encoder_inputs,
+                                                 get_encoder)
+from cormorant.server.errors import APIError, bound
+from cormorant.server.openapi import ERROR_RESPONSES
+from cormorant.server.responses import json_response, new_id
+from cormorant.server.state import get_state
+
+router = APIRouter()
+
+
+@router.post("/v1/classify", responses=ERROR_RESPONSES, summary="Classify texts")
+async def classify(request: Request) -> Response:
+    state = get_state(request)
+    req = await read_request(request, ClassificationRequest, state.validation_context)
+    encoder = get_encoder(request, req.model)
+    if not encoder.is_classifier:
+        raise APIError(400, f"The model '{bound(encoder.model_name, 128)}' has no "
+                       "classification head; use /v1/embeddings.", param="model",
+                       code="invalid_value")
+    seqs = await encoder_inputs(req.input, encoder, state.tokenize_pool)
+    results = await encoder.classify(seqs)
+    num_tokens = sum(map(len, seqs))
+    return json_response({
+        "id": new_id("classify"), "object": "list", "created": int(time.time()),
+        "model": encoder.model_name,
+        "data": [{"index": i, "label": r.label, "probs": r.probs, "num_classes": len(r.probs)}
+                 for i, r in enumerate(results)],
+        "usage": {"prompt_tokens": num_tokens, "total_tokens": num_tokens,
+                  "completion_tokens": 0}})
