@@ -1,30 +1,29 @@
-"""GPU check of the engine's fast path: greedy parity with transformers on CUDA, batch-1 decode
-speed on random weights, and the cost of input preparation.
+"""GPU check of the engine's fast path: greedy parity with transformers, batch-1 decode speed
+on random weights, and the host cost of input preparation. Run once from the repository root on
+a CUDA machine (about 3 minutes, no network):
+    python benchmarks/gpu_engine_check.py [--parts parity,decode,prep] [--budget S]
+    python benchmarks/gpu_engine_check.py --smoke      (CPU, tiny models: checks the script)
 
-Run once from the repository root on a CUDA machine (about 3 minutes, no network):
-    python benchmarks/gpu_engine_check.py            [--parts parity,decode,prep] [--budget S]
-    python benchmarks/gpu_engine_check.py --smoke    (CPU, tiny models: checks the script only)
+parity  Tiny random Llama (head_dim 64, GQA 2, 3 layers), Qwen2 (128, GQA 4, q/k/v bias, tied)
+        and Qwen3 (128, q/k norm), made with transformers in a temp dir. cormorant's LLM API
+        (prefill chunks of 64 tokens; 5 prompts with different max_tokens, so decode batches
+        shrink through graph buckets 8, 4, 2, 1; then one prompt alone) vs transformers on the
+        same device (eager attention, a full forward per token), fp32 then bf16, for Triton
+        attention + CUDA graphs, Triton eager and torch attention (eager: it cannot be
+        captured). fp32: tokens must be equal. bf16: each cormorant token is scored by the
+        reference under teacher forcing (tf gap = (best logit - its logit) / max |logit|);
+        ok if every gap <= 3% ("ok~" if a near-tie flipped; first divergence and the
+        reference's top-2 gap there are listed).
+decode  Qwen3-0.6B and Llama-3.1-8B configurations (cormorant.bench.configs), random bf16
+        weights built on the GPU (models.random_init), KV cache sized by the profile run
+        (memory_fraction 0.6). One request (prompt 512, 256 new tokens) through EngineCore:
+        ms/token of the step loop; then the runner's forward alone and a whole runner step
+        at batch 1 and 8 (CUDA events over 50 back-to-back calls); CUDA graphs vs eager.
+        GB/s = (weights read + KV read) / time, against a device-to-device copy.
+prep    runner.inputs packing + copy, 256 decode sequences (contexts 100-1500) and 1.
 
-parity  Tiny random Llama (head_dim 64, GQA 2), Qwen2 (head_dim 128, GQA 4, q/k/v bias, tied)
-        and Qwen3 (head_dim 128, q/k norm) are made with transformers and saved to a temp dir.
-        cormorant (LLM API, chunked prefill of 64 tokens, 5 prompts with different max_tokens
-        so decode batches shrink through graph buckets 8, 4, 2, 1, then one prompt alone) vs
-        transformers on the same GPU (eager attention, one full forward per token), fp32 and
-        bf16, for Triton attention + CUDA graphs, Triton eager and torch attention (eager; the
-        reference backend cannot be captured). fp32: tokens must be equal. bf16: the first
-        divergence is reported with the reference's top-2 logit gap there, and every cormorant
-        token is scored by the reference under teacher forcing ("tf gap": how far below the
-        reference's best logit it is, relative to the row's max |logit|); ok if <= 3%.
-decode  Qwen3-0.6B and Llama-3.1-8B configurations (cormorant.bench.configs) with random bf16
-        weights built on the GPU (models.random_init.build_random_model), KV cache sized by the
-        profile run, one request (prompt 512, 256 new tokens) through EngineCore: ms/token of
-        the engine step loop, then the runner's forward alone (events over 50 back-to-back
-        calls), eager vs CUDA graphs; GB/s = (weights read + KV read) / time, against a
-        device-to-device copy. Batch 8 is timed at the runner level too.
-prep    runner.inputs packing + copy for 256 decode sequences (contexts 100-1500) and for 1.
-
-A failing case is reported and the rest go on. A table is printed last; with $OUT set the rows
-are also written to $OUT/gpu_engine_check.json. Imports torch, transformers, cormorant, tests/tiny.
+Each case is caught on its own; the summary table comes last; with $OUT set the rows are
+also written to $OUT/gpu_engine_check.json. Imports torch, transformers, cormorant, tests/tiny.
 """
 from __future__ import annotations
 
@@ -32,6 +31,7 @@ import argparse
 import dataclasses
 import gc
 import json
+import logging
 import os
 import random
 import sys
@@ -155,7 +155,7 @@ def compare(ours: list[int], ref: list[int], gaps: list[float]) -> tuple[int | N
     return (None, float("nan")) if len(ours) == len(ref) else (min(len(ours), len(ref)), 0.0)
 
 
-def parity_case(path: str, reference: list, dtype: str, variant: str, device: str) -> Row:
+def parity_case(path: str, ref: dict, dtype: str, variant: str, device: str) -> Row:
     from cormorant import LLM
 
     backend, eager = VARIANTS[variant]
@@ -163,6 +163,8 @@ def parity_case(path: str, reference: list, dtype: str, variant: str, device: st
               max_num_seqs=8, max_num_batched_tokens=64, max_model_len=512,
               attention_backend=backend, enforce_eager=eager)
     runner = llm.engine.runner
+    if variant == "triton+graphs" and runner.graphs is None:
+        raise RuntimeError("CUDA graphs were not captured (see the log above)")
     if variant == "torch padded":
         runner.graphs = runner.new_decode_graphs()
         runner.graphs.use_eager()
@@ -172,10 +174,10 @@ def parity_case(path: str, reference: list, dtype: str, variant: str, device: st
     alone = llm.generate([PROMPTS[3]], params[3])[0].outputs[0].token_ids
     row = Row("", "", detail={"graph_replays": replays[0], "graphs": runner.graphs is not None})
     worst_tf, report = 0.0, []
-    for prompt, got, (ref, gaps) in zip(PROMPTS + [PROMPTS[3]], batched + [alone],
-                                        reference + [reference[3]]):
-        first, gap = compare(got, ref, gaps)
-        tf = teacher_forced_gap(reference_model(), prompt, got, device)
+    outputs = ref["outputs"] + [ref["outputs"][3]]
+    for prompt, got, (want, gaps) in zip(PROMPTS + [PROMPTS[3]], batched + [alone], outputs):
+        first, gap = compare(got, want, gaps)
+        tf = teacher_forced_gap(ref["model"], prompt, got, device)
         worst_tf = max(worst_tf, tf)
         report.append({"first_divergence": first, "ref_top2_gap": gap, "tf_gap": tf,
                        "num_tokens": len(got)})
@@ -207,41 +209,35 @@ def count_replays(runner) -> list[int]:
     return count
 
 
-_REFERENCE: dict = {}
 _SHORT = {"float32": "fp32", "bfloat16": "bf16"}
-
-
-def reference_model():
-    return _REFERENCE["model"]
 
 
 def parity_part(cases: Cases, dtypes: list[str], variants: list[str], device: str) -> None:
     tmp = tempfile.mkdtemp(prefix="cormorant-parity-")
     for dtype in dtypes:
         for name, (family, overrides) in TINY_MODELS.items():
-            tag = f"{name} {_SHORT[dtype]}"
-            path = str(Path(tmp) / name)
-            ref = cases.run("parity", f"{tag} reference", lambda: build_reference(
-                path, family, overrides, dtype, device))
-            for variant in variants if ref.status == "ok" else []:
+            tag, path, ref = f"{name} {_SHORT[dtype]}", str(Path(tmp) / name), {}
+            row = cases.run("parity", f"{tag} reference", lambda: build_reference(
+                ref, path, family, overrides, dtype, device))
+            for variant in variants if row.status == "ok" else []:
                 cases.run("parity", f"{tag} {variant}", lambda: parity_case(
-                    path, _REFERENCE["outputs"], dtype, variant, device))
-            _REFERENCE.clear()
+                    path, ref, dtype, variant, device))
 
 
-def build_reference(path: str, family: str, overrides: dict, dtype: str, device: str) -> Row:
+def build_reference(ref: dict, path: str, family: str, overrides: dict, dtype: str,
+                    device: str) -> Row:
     """Save the tiny model (once per family) and run transformers greedy on it."""
     import tiny
     import transformers
 
     if not Path(path, "config.json").exists():
         tiny.save_model(Path(path), family, seed=1, **overrides)
-    _REFERENCE["model"] = transformers.AutoModelForCausalLM.from_pretrained(
+    ref["model"] = transformers.AutoModelForCausalLM.from_pretrained(
         path, dtype=getattr(torch, dtype), attn_implementation="eager").to(device).eval()
-    _REFERENCE["outputs"] = [reference_run(reference_model(), p, n, device)
-                             for p, n in zip(PROMPTS, MAX_TOKENS)]
-    gaps = [min(g) for _, g in _REFERENCE["outputs"]]
-    return Row("", "", summary=f"smallest top-2 gap per prompt {[round(g, 4) for g in gaps]}")
+    ref["outputs"] = [reference_run(ref["model"], p, n, device)
+                      for p, n in zip(PROMPTS, MAX_TOKENS)]
+    gaps = [round(min(g), 4) for _, g in ref["outputs"]]
+    return Row("", "", summary=f"smallest top-2 gap per prompt {gaps}")
 
 
 # ---------------------------------------------------------------------------- decode
@@ -255,9 +251,15 @@ def copy_bandwidth() -> float:
 
 
 def cuda_ms(fn, iters: int) -> float:
-    """Mean ms per call over back-to-back calls (GPU idle gaps from slow launches count)."""
+    """Mean ms per call over back-to-back calls (GPU idle gaps from slow launches count);
+    wall-clock on the CPU (--smoke)."""
     for _ in range(3):
         fn()
+    if not torch.cuda.is_available():
+        start = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        return (time.perf_counter() - start) / iters * 1e3
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
@@ -314,17 +316,19 @@ def engine_ms_per_token(config, runner, prompt_len: int, num_new: int) -> float:
     return (time.perf_counter() - start) / steps * 1e3
 
 
-def decode_batch(prompt_len: int, num_seqs: int, block_base: int) -> ScheduledBatch:
-    """A decode step of num_seqs sequences with prompt_len tokens cached (blocks assigned)."""
-    seqs = []
-    for i in range(num_seqs):
-        seq = Sequence(f"t{i}", [1 + (i + j) % 1000 for j in range(prompt_len)],
+def decode_batch(context_lens: list[int]) -> ScheduledBatch:
+    """A decode step of sequences whose contexts (all but the newest token cached, blocks
+    assigned side by side) have the given lengths."""
+    seqs, next_block = [], 0
+    for i, n in enumerate(context_lens):
+        seq = Sequence(f"d{i}", [1 + (i + j) % 1000 for j in range(n)],
                        SamplingParams(temperature=0.0, max_tokens=8))
-        seq.num_computed_tokens = prompt_len - 1
-        blocks = -(-prompt_len // 16)
-        seq.block_table = list(range(block_base + i * blocks, block_base + (i + 1) * blocks))
+        seq.num_computed_tokens = n - 1
+        blocks = -(-n // 16)
+        seq.block_table = list(range(next_block, next_block + blocks))
+        next_block += blocks
         seqs.append(seq)
-    return ScheduledBatch(seqs, [1] * num_seqs, [True] * num_seqs)
+    return ScheduledBatch(seqs, [1] * len(seqs), [True] * len(seqs))
 
 
 def forward_ms(runner, batch: ScheduledBatch, iters: int = 50) -> tuple[float, float]:
@@ -341,8 +345,13 @@ def forward_ms(runner, batch: ScheduledBatch, iters: int = 50) -> tuple[float, f
         return cuda_ms(forward, iters), cuda_ms(lambda: runner.execute(batch), iters)
 
 
-def decode_case(model, cfg, eager: bool, copy_gbps: float, device: str, smoke: bool) -> Row:
-    config, runner, start_s = build_runner(model, cfg, eager, device, smoke)
+def decode_case(model, cfg, mode: str, copy_gbps: float, device: str, smoke: bool) -> Row:
+    config, runner, start_s = build_runner(model, cfg, mode != "cuda graphs", device, smoke)
+    if mode == "cuda graphs" and runner.graphs is None:
+        raise RuntimeError("CUDA graphs were not captured (see the log above)")
+    if mode == "padded":  # --smoke: the graph path's buffers and padding, run eagerly
+        runner.graphs = runner.new_decode_graphs()
+        runner.graphs.use_eager()
     prompt_len, num_new = (64, 16) if smoke else (512, 256)
     engine_ms_per_token(config, runner, 32, 8)  # warm-up: compiles every kernel once
     ms_token = engine_ms_per_token(config, runner, prompt_len, num_new)
@@ -352,10 +361,10 @@ def decode_case(model, cfg, eager: bool, copy_gbps: float, device: str, smoke: b
     row = Row("", "", detail={"ms_per_token_engine": ms_token, "weight_bytes": weights,
                               "kv_bytes_mean": kv, "num_kv_blocks": runner.num_blocks,
                               "runner_start_s": start_s, "graphs": runner.graphs is not None})
+    for bs in (1, 8):
+        fwd, step = forward_ms(runner, decode_batch([prompt_len] * bs), 5 if smoke else 50)
+        row.detail[f"bs{bs}_forward_ms"], row.detail[f"bs{bs}_runner_step_ms"] = fwd, step
     if device == "cuda":
-        for bs in (1, 8):
-            fwd, step = forward_ms(runner, decode_batch(prompt_len, bs, block_base=0))
-            row.detail[f"bs{bs}_forward_ms"], row.detail[f"bs{bs}_runner_step_ms"] = fwd, step
         gbps = (weights + kv) / ms_token / 1e6
         kv_fwd = kv_bytes_per_token(cfg, dtype) * prompt_len  # decode_batch's context
         fwd_gbps = (weights + kv_fwd) / row.detail["bs1_forward_ms"] / 1e6
@@ -367,7 +376,8 @@ def decode_case(model, cfg, eager: bool, copy_gbps: float, device: str, smoke: b
                        f"{row.detail['bs8_runner_step_ms']:.3f} ms; "
                        f"{runner.num_blocks} KV blocks")
     else:
-        row.summary = f"{ms_token:.3f} ms/token (CPU smoke run)"
+        row.summary = (f"{ms_token:.3f} ms/token, bs8 runner step "
+                       f"{row.detail['bs8_runner_step_ms']:.3f} ms (CPU smoke run)")
     del runner
     return row
 
@@ -391,11 +401,9 @@ def decode_part(cases: Cases, presets: list[str], device: str, smoke: bool) -> N
             return Row("", "", summary=f"built in {time.perf_counter() - start:.1f} s")
         if cases.run("decode", f"{preset} build", build).status != "ok":
             continue
-        for mode in ("cuda graphs", "eager"):
-            if device != "cuda" and mode == "cuda graphs":
-                continue
+        for mode in ("cuda graphs", "eager") if device == "cuda" else ("eager", "padded"):
             cases.run("decode", f"{preset} {mode}", lambda: decode_case(
-                holder["model"], holder["cfg"], mode == "eager", copy_gbps, device, smoke))
+                holder["model"], holder["cfg"], mode, copy_gbps, device, smoke))
         holder.clear()
 
 
@@ -403,21 +411,10 @@ def decode_part(cases: Cases, presets: list[str], device: str, smoke: bool) -> N
 def prep_part(cases: Cases, device: str) -> None:
     def case(num_seqs: int) -> Row:
         rng = random.Random(0)
-        seqs = []
-        for i in range(num_seqs):
-            seq = Sequence(f"p{i}", [rng.randrange(1000) for _ in range(rng.randint(100, 1024))],
-                           SamplingParams(temperature=0.0))
-            for _ in range(rng.randint(1, 500)):
-                seq.append_token(rng.randrange(1000))
-            seq.num_computed_tokens = seq.num_tokens - 1
-            seq.block_table = list(range(i * 100, i * 100 + -(-seq.num_tokens // 16)))
-            seqs.append(seq)
-        batch = ScheduledBatch(seqs, [1] * num_seqs, [True] * num_seqs)
-        detail = {}
+        batch = decode_batch([rng.randint(100, 1500) for _ in range(num_seqs)])
+        detail, steps = {}, (2000 if num_seqs == 1 else 200)
         for dev in sorted({"cpu", device}):
-            prep = InputPreparer(16, 4096, 256, torch.device(dev))
-            steps = 2000 if num_seqs == 1 else 200
-            trials = []
+            prep, trials = InputPreparer(16, 4096, 256, torch.device(dev)), []
             for _ in range(5):
                 start = time.perf_counter()
                 for _ in range(steps):
@@ -440,7 +437,7 @@ def sync(device: torch.device) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", default="parity,decode,prep")
-    parser.add_argument("--budget", type=float, default=200.0,
+    parser.add_argument("--budget", type=float, default=190.0,
                         help="seconds; later cases are skipped, not half-run")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny models")
     args = parser.parse_args()
@@ -449,6 +446,8 @@ def main() -> int:
         print("no CUDA device: run with --smoke to check the script on the CPU")
         return 2
     device = "cuda" if cuda else "cpu"
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("cormorant.runner").setLevel(logging.INFO)  # KV sizing, graph capture
     # fp32 references must be fp32: no TF32 anywhere.
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False

@@ -1,4 +1,4 @@
-"""The composition root: `cormorant serve | generate | chat | bench`.
+"""The composition root: `cormorant serve | generate | chat | keys | bench`.
 
 Parses arguments, builds the pieces and wires them together; no logic of its own.
 """
@@ -111,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
         serve = sub.add_parser("serve", help="serve the OpenAI-compatible HTTP API")
         add_serve_args(serve)
         serve.set_defaults(func=run_server)
+
+    from cormorant.gateway.keys_cli import add_keys_args, run_keys
+
+    keys = sub.add_parser("keys", help="manage API keys: create | list | revoke | rotate")
+    add_keys_args(keys)
+    keys.set_defaults(func=run_keys)
 
     from cormorant.bench.cli import add_bench_args, run_bench
 

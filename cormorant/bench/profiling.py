@@ -47,7 +47,10 @@ def profile_decode(llm, batch: int, context: int, out_path: Path, num_steps: int
     activities = [ProfilerActivity.CPU]
     if llm.device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
-    start_decode(llm, prompts, num_steps)  # the prefill stays outside the profile
+    # Sequences admitted in the first prefill chunks decode while later ones still prefill,
+    # and finish that many steps earlier: ask for enough steps that the full batch decodes.
+    prefill_steps = -(-batch * context // llm.config.scheduler.max_num_batched_tokens)
+    start_decode(llm, prompts, num_steps + prefill_steps)  # the prefill stays outside
     t0 = time.perf_counter()
     with profile(activities=activities) as prof:
         times = timed_steps(llm, batch)

@@ -33,7 +33,7 @@ import torch
 
 from cormorant.engine.types import ScheduledBatch
 from cormorant.layers.attention import AttentionMetadata
-from cormorant.runner.inputs import HostInputs, Layout, tensor_views
+from cormorant.runner.inputs import HostInputs, layout, tensor_views
 
 log = logging.getLogger(__name__)
 
@@ -83,15 +83,11 @@ class DecodeGraphs:
         self.device = device
         max_bs = batch_sizes[-1]
         self.max_blocks = -(-max_model_len // block_size)
-        self._head = torch.zeros(Layout(max_bs, max_bs, 0, 0, 0).head_bytes,
+        self._head = torch.zeros(layout(max_bs, max_bs, 0, 0, 0).head_bytes,
                                  dtype=torch.uint8, device=device)
         self._block_tables = torch.zeros(max_bs, self.max_blocks, dtype=torch.int32,
                                          device=device)
         self._forward: dict[int, Callable[[HostInputs], torch.Tensor]] = {}
-
-    @property
-    def max_batch_size(self) -> int:
-        return self.batch_sizes[-1]
 
     def bucket(self, batch: ScheduledBatch) -> int | None:
         """The padded size a batch replays at, or None to run it eagerly."""
@@ -119,7 +115,7 @@ class DecodeGraphs:
             self._forward[bs] = self._eager_forward(bs)
 
     def _static(self, bs: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        return tensor_views(self._head, Layout(bs, bs, 0, 0, 0)), self._block_tables[:bs]
+        return tensor_views(self._head, layout(bs, bs, 0, 0, 0)), self._block_tables[:bs]
 
     def _capture_one(self, bs: int, pool) -> Callable[[HostInputs], torch.Tensor]:
         v, tables = self._static(bs)
@@ -134,8 +130,13 @@ class DecodeGraphs:
         meta = AttentionMetadata(v["slot_mapping"], v["query_start_loc"], v["seq_lens"], tables,
                                  max_query_len=1, max_seq_len=self.max_model_len,
                                  query_lens_cpu=[1] * bs, seq_lens_cpu=[1] * bs)
-        # Warm-up outside the capture: Triton compiles, cuBLAS picks its kernels.
-        self.model(v["input_ids"], v["positions"], self.kv_caches, meta)
+        # Warm-up outside the capture, on a side stream as torch.cuda.graph's docs advise:
+        # Triton compiles, cuBLAS picks its kernels and sets up its per-stream workspace.
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            self.model(v["input_ids"], v["positions"], self.kv_caches, meta)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
         torch.cuda.synchronize(self.device)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=pool):

@@ -209,10 +209,6 @@ class HostInputs:
     sampling_seqs: list[Sequence]
     prompt_logprob_rows: list[PromptLogprobRows]
 
-    @property
-    def is_decode(self) -> bool:
-        return self.max_query_len == 1
-
 
 class InputPreparer:
     """Packs batches (prepare) and moves them to the device (to_device); one per runner."""
@@ -252,27 +248,11 @@ class InputPreparer:
         lay = layout(num_tokens + padded - num_seqs, padded, packed_rows, num_seqs, width)
         staging = self.staging.acquire(lay.nbytes)
         v = numpy_views(staging.numpy(), lay)
-        tables = v["block_tables"]  # [S, W]
-        tables[:] = self.block_tables.table[rows, :width]
+        v["block_tables"][:] = self.block_tables.table[rows, :width]  # [S, W]
         v["seq_lens"][:num_seqs] = seq_lens
         v["query_start_loc"][0] = 0
         np.cumsum(q, out=v["query_start_loc"][1:num_seqs + 1])
-        if is_decode:
-            positions = starts
-            v["input_ids"][:num_seqs] = [seq.token_ids[seq.num_computed_tokens] for seq in seqs]
-            block_idx = tables[np.arange(num_seqs), positions // self.block_size]
-        else:
-            first = np.repeat(starts - (np.cumsum(q) - q), q)  # [T]: start - row offset
-            positions = first + np.arange(num_tokens)
-            v["input_ids"][:num_tokens] = np.fromiter(itertools.chain.from_iterable(
-                seq.token_ids[seq.num_computed_tokens:seq.num_computed_tokens + n]
-                for seq, n in zip(seqs, query_lens)), np.int64, num_tokens)
-            owner = np.repeat(np.arange(num_seqs), q)  # [T]: the sequence of each row
-            block_idx = tables[owner, positions // self.block_size]
-        v["positions"][:num_tokens] = positions
-        # int64 before the multiply: block_id * block_size may pass 2**31 on big caches.
-        np.add(block_idx.astype(np.int64) * self.block_size, positions % self.block_size,
-               out=v["slot_mapping"][:num_tokens])
+        self._fill_tokens(v, seqs, query_lens, starts, is_decode)
         if lay.num_sample_rows:
             v["sample_rows"][:] = sample_rows
         q_list, s_list = list(query_lens), seq_lens.tolist()
@@ -283,6 +263,29 @@ class InputPreparer:
         return HostInputs(lay, staging, v, num_seqs, q_list, s_list, max_query_len,
                           max_seq_len, samples_all_rows, sample_rows, sample_indices,
                           sampling_seqs, prompt_rows)
+
+    def _fill_tokens(self, v: dict[str, np.ndarray], seqs: list[Sequence],
+                     query_lens: list[int], starts: np.ndarray, is_decode: bool) -> None:
+        """input_ids, positions and slot_mapping of the real rows; tables already filled."""
+        num_seqs, tables = len(seqs), v["block_tables"]
+        if is_decode:  # one token per sequence: no per-token Python at all
+            positions = starts
+            v["input_ids"][:num_seqs] = [seq.token_ids[seq.num_computed_tokens] for seq in seqs]
+            block_idx = tables[np.arange(num_seqs), positions // self.block_size]
+        else:
+            q = np.asarray(query_lens, dtype=np.int64)
+            num_tokens = int(q.sum())
+            first = np.repeat(starts - (np.cumsum(q) - q), q)  # [T]: start - row offset
+            positions = first + np.arange(num_tokens)
+            v["input_ids"][:num_tokens] = np.fromiter(itertools.chain.from_iterable(
+                seq.token_ids[seq.num_computed_tokens:seq.num_computed_tokens + n]
+                for seq, n in zip(seqs, query_lens)), np.int64, num_tokens)
+            owner = np.repeat(np.arange(num_seqs), q)  # [T]: the sequence of each row
+            block_idx = tables[owner, positions // self.block_size]
+        v["positions"][:len(positions)] = positions
+        # int64 before the multiply: block_id * block_size may pass 2**31 on big caches.
+        np.add(block_idx.astype(np.int64) * self.block_size, positions % self.block_size,
+               out=v["slot_mapping"][:len(positions)])
 
     def to_device(self, host: HostInputs) -> ModelInputs:
         """One copy of the packed bytes into the persistent device buffer; the tensors are
@@ -311,13 +314,12 @@ class InputPreparer:
 def model_inputs(host: HostInputs, input_ids: torch.Tensor, positions: torch.Tensor,
                  slot_mapping: torch.Tensor, query_start_loc: torch.Tensor,
                  seq_lens: torch.Tensor, block_tables: torch.Tensor,
-                 sample_rows: torch.Tensor | None, max_seq_len: int | None = None
-                 ) -> ModelInputs:
+                 sample_rows: torch.Tensor | None) -> ModelInputs:
     attn = AttentionMetadata(
         slot_mapping=slot_mapping, query_start_loc=query_start_loc, seq_lens=seq_lens,
         block_tables=block_tables, max_query_len=host.max_query_len,
-        max_seq_len=host.max_seq_len if max_seq_len is None else max_seq_len,
-        query_lens_cpu=host.query_lens, seq_lens_cpu=host.seq_lens)
+        max_seq_len=host.max_seq_len, query_lens_cpu=host.query_lens,
+        seq_lens_cpu=host.seq_lens)
     return ModelInputs(input_ids, positions, attn, sample_rows, host.sampling_seqs,
                        host.prompt_logprob_rows)
 

@@ -26,7 +26,7 @@ from cormorant.engine.sequence import Sequence
 from cormorant.engine.types import SampleOutput, ScheduledBatch, TokenLogprobs
 from cormorant.runner.cuda_graphs import (DecodeGraphs, find_attention_backend,
                                           graph_batch_sizes, is_capturable)
-from cormorant.runner.inputs import (HostInputs, PromptLogprobRows, InputPreparer,
+from cormorant.runner.inputs import (HostInputs, InputPreparer, PromptLogprobRows,
                                      dummy_prefill_inputs)
 from cormorant.runner.kv_cache import allocate_kv_caches, module_bytes, num_kv_blocks
 from cormorant.runner.sampler import Sampler, SamplerOutput, SamplingMetadata
@@ -71,7 +71,12 @@ class ModelRunner:
                      type(backend).__name__)
             return None
         graphs = self.new_decode_graphs()
-        graphs.capture()
+        try:
+            graphs.capture()
+        except Exception:  # a backend or driver that cannot capture: still serve, eagerly
+            log.exception("CUDA graph capture failed; decode steps will run eagerly")
+            torch.cuda.synchronize(self.device)
+            return None
         return graphs
 
     def new_decode_graphs(self) -> DecodeGraphs:

@@ -206,15 +206,16 @@ def test_spans_reach_an_otlp_collector(engine):
         receiver.close()
     ours = [s for s in receiver.spans if s.trace_id.hex() == trace_id]
     by_name = {s.name: s for s in ours}
-    assert set(by_name) == {"cormorant.request", "admission", "prefill", "decode"}
+    assert set(by_name) == {"cormorant.request", "admission", "queue", "prefill", "decode"}
     root = by_name["cormorant.request"]
     assert root.parent_span_id.hex() == parent_id  # joined the caller's trace
-    for name in ("admission", "prefill", "decode"):
+    for name in ("admission", "queue", "prefill", "decode"):
         span = by_name[name]
         assert span.parent_span_id == root.span_id
         assert root.start_time_unix_nano <= span.start_time_unix_nano <= span.end_time_unix_nano
         assert span.end_time_unix_nano <= root.end_time_unix_nano
-    assert by_name["admission"].end_time_unix_nano <= by_name["prefill"].start_time_unix_nano
+    assert by_name["admission"].end_time_unix_nano <= by_name["queue"].start_time_unix_nano
+    assert by_name["queue"].end_time_unix_nano <= by_name["prefill"].start_time_unix_nano
     assert by_name["prefill"].end_time_unix_nano <= by_name["decode"].start_time_unix_nano
     attributes = {a.key: a.value for a in root.attributes}
     assert attributes["http.response.status_code"].int_value == 200

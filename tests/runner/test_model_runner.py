@@ -7,6 +7,7 @@ real row exactly what the unpadded batch gives it, and write nothing else into t
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import numpy as np
@@ -18,7 +19,7 @@ from cormorant.engine.sequence import Sequence
 from cormorant.engine.types import ScheduledBatch
 from cormorant.layers.attention import TorchAttention
 from cormorant.models.random_init import build_random_model
-from cormorant.runner.cuda_graphs import DecodeGraphs, graph_batch_sizes
+from cormorant.runner.cuda_graphs import graph_batch_sizes
 from cormorant.runner.inputs import BlockTableRows, InputPreparer, dummy_prefill_inputs
 from cormorant.runner.model_runner import HostCopy, ModelRunner
 from cormorant.runner.sampler import SamplerOutput
@@ -291,3 +292,30 @@ def test_profile_inputs_split_at_max_model_len_and_write_nothing():
     assert np.isfinite(hidden.sum().item())
     runner.profile_step()  # the memory profile's step runs (sizes only measured on CUDA)
     assert runner.sampler.num_generators == 0  # unseeded profile rows left no state
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (captures graphs)")
+def test_captured_graphs_match_eager_on_cuda():
+    """On a GPU: the real capture and replay give the eager runner's greedy tokens."""
+    from cormorant.layers.triton_attention import TritonAttention
+
+    config = EngineConfig(model="<random>", dtype="float32", device="cuda",
+                          cache=CacheConfig(block_size=BLOCK, num_blocks=200),
+                          scheduler=SchedulerConfig(max_num_seqs=16, max_num_batched_tokens=128,
+                                                    max_model_len=128))
+    model = build_random_model(TINY, torch.float32, "cuda", seed=0, std=0.2,
+                               attn_backend=TritonAttention())
+    device = torch.device("cuda")
+    runners = [ModelRunner(config, TINY, model, device, torch.float32, ()),
+               ModelRunner(dataclasses.replace(config, enforce_eager=True), TINY, model, device,
+                           torch.float32, ())]
+    assert runners[0].graphs is not None and runners[1].graphs is None
+    tokens = []
+    for runner in runners:
+        blocks, seqs = Blocks(200), [make_seq(3 + 4 * i, 70 + i) for i in range(5)]
+        got = []
+        for _ in range(8):
+            batch = schedule(seqs, [s.num_tokens - s.num_computed_tokens for s in seqs], blocks)
+            got.append(advance(batch, runner.execute(batch)))
+        tokens.append(got)
+    assert tokens[0] == tokens[1]

@@ -30,10 +30,15 @@ from cormorant.layers.triton_attention import TritonAttention  # noqa: E402
 from cormorant.models.random_init import build_random_model  # noqa: E402
 from test_model_runner import TINY, Blocks, _decode_batch, make_runner  # noqa: E402
 
-INTERPRETED = type(k_rmsnorm._rms_norm_kernel).__name__ == "InterpretedFunction"
+# Triton must have been imported with the interpreter on: a test module collected earlier that
+# imports transformers' model classes imports triton too (then run this file on its own, or
+# set TRITON_INTERPRET=1 for the whole session, as tests/kernels/conftest.py does).
+INTERPRETED = all(type(f).__name__ == "InterpretedFunction"
+                  for f in (k_rmsnorm._rms_norm_kernel, triton.language.sum))
 needs_interpreter = pytest.mark.skipif(
     torch.cuda.is_available() or not INTERPRETED,
-    reason="forcing CPU tensors through the kernels needs TRITON_INTERPRET=1 at import")
+    reason="forcing CPU tensors through the kernels needs TRITON_INTERPRET=1 before triton "
+           "is first imported")
 
 
 def force_kernels(monkeypatch, on: bool = True) -> None:

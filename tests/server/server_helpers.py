@@ -36,7 +36,7 @@ class ServerThread:
     """uvicorn serving `build_app(engine, config)` on 127.0.0.1:<free port>, in a thread."""
 
     def __init__(self, engine, **config) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP_NODELAY
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))  # our socket: no race for a "free" port
         self.port = self.sock.getsockname()[1]
