@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import platform
+import os
 import subprocess
 from pathlib import Path
 
@@ -18,7 +19,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def git_commit() -> str:
-    """Short commit of the checkout, '+dirty' with uncommitted changes; 'unknown' without git."""
+    """Short commit of the checkout, '+dirty' with uncommitted changes; 'unknown' without git.
+    $CORMORANT_COMMIT names it where the tree travelled without its .git (a lent GPU)."""
+    if os.environ.get("CORMORANT_COMMIT"):
+        return os.environ["CORMORANT_COMMIT"]
     try:
         head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO_ROOT,
                               capture_output=True, text=True, timeout=10, check=True).stdout
