@@ -294,11 +294,24 @@ class TelemetryMiddleware:
             self.telemetry.finish(record)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at emit time (it may be replaced after start-up, by a
+    test runner's capture or a daemon wrapper), never to a stream that was since closed."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def configure_request_log(stream: Any = None) -> logging.Logger:
     """Send `cormorant.requests` lines, bare JSON, to `stream` (stderr by default) whatever
     the root logger's format and level: an access log is not debugging output."""
     if not any(getattr(h, "_cormorant_requests", False) for h in request_logger.handlers):
-        handler = logging.StreamHandler(stream or sys.stderr)
+        handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         handler._cormorant_requests = True  # type: ignore[attr-defined]
         request_logger.addHandler(handler)
