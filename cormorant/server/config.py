@@ -69,7 +69,7 @@ class ServerConfig:
 
     # --- observability (gateway.metrics / usage / request_log / tracing) -------------------
     log_prompts: bool = False  # the request log carries prompt and completion text
-    usage_db: str | None = None  # SQLite file of per-key usage; None: in memory
+    usage_db: str | None = None  # SQLite file or postgresql:// URL; None: in memory
     otlp_endpoint: str | None = None  # OTLP/HTTP collector for request spans; None: no tracing
 
     # --- error messages ----------------------------------------------------------------------

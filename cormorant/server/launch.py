@@ -85,7 +85,7 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     obs.add_argument("--log-prompts", action="store_true",
                      help="put prompt and completion text in the request log (default: counts)")
     obs.add_argument("--usage-db", default=DEFAULT_USAGE_DB,
-                     help="SQLite file of per-key usage, or :memory: (Postgres: not yet)")
+                     help="per-key usage: a SQLite file, :memory:, or a postgresql:// URL")
     obs.add_argument("--otlp-endpoint", default=None,
                      help="OTLP/HTTP collector URL for request spans (needs opentelemetry-sdk "
                           "and opentelemetry-exporter-otlp-proto-http)")

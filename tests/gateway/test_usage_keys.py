@@ -1,6 +1,7 @@
 """Usage, request log and rate-limit metrics attributed to real API keys (a key database the
 server reads), over real HTTP: each key's tokens land on its own usage rows, GET /v1/usage
-needs the admin scope, the log line names the key, and 429s are counted by key id."""
+needs the admin scope, the log line names the key, and 429s are counted by key id. Each test
+runs against a server keeping usage in SQLite (in memory) and in a real PostgreSQL."""
 from __future__ import annotations
 
 import json
@@ -17,6 +18,7 @@ from cormorant.gateway.keystore import SqliteKeyStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
 from server_helpers import ServerThread, start_engine, tiny_engine_config  # noqa: E402
+from postgres_fixture import create_database, postgres_server  # noqa: E402,F401
 
 MODEL = "tiny-keys"
 
@@ -30,10 +32,12 @@ class _Lines(logging.Handler):
         self.seen.append(record.getMessage())
 
 
-@pytest.fixture(scope="module")
-def keyed(tiny_llama, tmp_path_factory):
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def keyed(request, tiny_llama, tmp_path_factory):
     """A server reading a key database with an admin key, two inference keys (one limited to
-    one request a minute) and a metrics-only key."""
+    one request a minute) and a metrics-only key; usage in SQLite or in Postgres."""
+    usage_db = None if request.param == "sqlite" else \
+        create_database(request.getfixturevalue("postgres_server"))
     db = tmp_path_factory.mktemp("keys") / "keys.db"
     store = SqliteKeyStore(db, refresh_s=0.0)
     tokens, ids = {}, {}
@@ -46,7 +50,8 @@ def keyed(tiny_llama, tmp_path_factory):
         store.add(record)
     store.close()
     llm = start_engine(tiny_engine_config(tiny_llama))
-    server = ServerThread(llm, served_model_name=MODEL, keys_db=str(db)).start()
+    server = ServerThread(llm, served_model_name=MODEL, keys_db=str(db),
+                          usage_db=usage_db).start()
     yield server, tokens, ids
     server.stop()
     llm.shutdown()
