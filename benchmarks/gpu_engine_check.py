@@ -65,6 +65,8 @@ TINY_MODELS = {  # name -> (tests/tiny.py family, config overrides)
 }
 VARIANTS = {"triton+graphs": ("triton", False), "triton eager": ("triton", True),
             "torch eager": ("torch", True),
+            # async scheduling (step n+1 scheduled while step n runs) with graphs on
+            "triton+graphs+async": ("triton", False),
             # --smoke only: the decode-graph buffers and padding, run eagerly on the CPU.
             "torch padded": ("torch", True)}
 BF16_TF_GAP = 0.03
@@ -161,9 +163,10 @@ def parity_case(path: str, ref: dict, dtype: str, variant: str, device: str) -> 
     backend, eager = VARIANTS[variant]
     llm = LLM(path, dtype=dtype, device=device, block_size=16, num_kv_blocks=512,
               max_num_seqs=8, max_num_batched_tokens=64, max_model_len=512,
-              attention_backend=backend, enforce_eager=eager)
+              attention_backend=backend, enforce_eager=eager,
+              async_scheduling=variant.endswith("+async"))
     runner = llm.engine.runner
-    if variant == "triton+graphs" and runner.graphs is None:
+    if variant.startswith("triton+graphs") and runner.graphs is None:
         raise RuntimeError("CUDA graphs were not captured (see the log above)")
     if variant == "torch padded":
         runner.graphs = runner.new_decode_graphs()
@@ -456,7 +459,7 @@ def main() -> int:
     print(f"{torch.cuda.get_device_name() if cuda else 'CPU'}  torch {torch.__version__}  "
           f"triton {triton.__version__}  transformers {transformers.__version__}", flush=True)
     cases, parts, start = Cases(args.budget, cuda), args.parts.split(","), time.time()
-    variants = list(VARIANTS)[:3] if cuda else ["torch eager", "torch padded"]
+    variants = list(VARIANTS)[:4] if cuda else ["torch eager", "torch padded"]
     if args.smoke:  # the CPU is slow at full forwards per token: fewer tokens
         MAX_TOKENS[:] = [max(2, n // 6) for n in MAX_TOKENS]
     presets = ["qwen3-0.6b", "llama-3.1-8b"] if cuda else ["tiny-qwen3", "tiny-llama"]

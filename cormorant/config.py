@@ -61,3 +61,5 @@ class EngineConfig:
     strip_control_chars: bool = False
     attention_backend: str = "auto"  # auto | torch | triton
     enforce_eager: bool = False  # GPU: skip CUDA graphs
+    # Schedule and launch step n+1 before reading step n's sampled ids (engine.core).
+    async_scheduling: bool = False

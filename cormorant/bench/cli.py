@@ -35,6 +35,8 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
     add("--profile", action="store_true",
         help="after each timed run, profile a few decode steps at its batch size and context "
              "(OUT/*_profile.txt: device vs host time, top operators)")
+    add("--async-scheduling", action="store_true",
+        help="engines schedule step n+1 while step n runs on the GPU (EngineConfig flag)")
     add("--device", default="auto", help="auto | cuda | cuda:N | cpu")
     add("--dtype", default="auto", help="auto (bf16 on GPUs) | bfloat16 | float16 | float32")
     add("--budget-s", type=float, default=DEFAULT_BUDGET_S,
@@ -62,6 +64,7 @@ def run_bench(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     ctx = make_context(scale, args.device, args.dtype, out_dir, budget, args.profile)
+    ctx.async_scheduling = args.async_scheduling
     ctx.env = environment(ctx.ceilings.device_name)
     header = {"env": ctx.env, "ceilings": ctx.ceilings.to_dict(), "scale": scale,
               "args": {k: v for k, v in vars(args).items() if not callable(v)}}

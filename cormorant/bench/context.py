@@ -29,6 +29,7 @@ class RunContext:
     out_dir: Path
     deadline: float | None = None  # time.monotonic() after which optional work is skipped
     profile: bool = False  # profile decode steps after each timed run (bench.profiling)
+    async_scheduling: bool = False  # engines overlap scheduling step n+1 with step n's GPU work
     env: dict = field(default_factory=dict)
 
     @property
@@ -48,6 +49,7 @@ class RunContext:
         return resolve_name(name, self.is_tiny)
 
     def settings(self, **engine) -> EngineSettings:
+        engine.setdefault("async_scheduling", self.async_scheduling)
         return EngineSettings(dtype=self.dtype_name, device=str(self.device), **engine)
 
     def seconds_left(self) -> float:

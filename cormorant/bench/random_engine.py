@@ -44,6 +44,7 @@ class EngineSettings:
     memory_fraction: float | None = None
     enable_prefix_caching: bool = True
     attention_backend: str = "auto"
+    async_scheduling: bool = False
 
     def engine_config(self, name: str) -> EngineConfig:
         return EngineConfig(
@@ -53,7 +54,7 @@ class EngineSettings:
             scheduler=SchedulerConfig(max_num_seqs=self.max_num_seqs,
                                       max_num_batched_tokens=self.max_num_batched_tokens,
                                       max_model_len=self.max_model_len),
-            attention_backend=self.attention_backend)
+            attention_backend=self.attention_backend, async_scheduling=self.async_scheduling)
 
 
 def synthetic_tokenizer(vocab_size: int, eos_token_ids: tuple[int, ...] = ()) -> Tokenizer:

@@ -2,24 +2,41 @@
 
 Imports the scheduler, block manager and seam types; talks to the runner through the small
 `Runner` protocol so that the loop itself stays free of torch.
+
+Async scheduling (config.async_scheduling; vLLM v1's): `step()` schedules and launches step
+n+1 while step n still runs on the device, and only then collects step n's ids. Every sequence
+that samples at step n carries a placeholder token (PLACEHOLDER_TOKEN_ID) until its real id is
+collected, so the scheduler gives it exactly one more token; the runner fills that input id on
+the device from step n's sampled ids. A sequence that finished (or was aborted) at step n may
+already run in step n+1: its extra token is discarded at collection, and its blocks are freed
+at once (the device reuses them only in steps launched later, on the same stream). Penalties
+read the token history on the host, so a batch holding one collects step n before it launches.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from cormorant.config import EngineConfig
 from cormorant.engine.block_manager import BlockManager
 from cormorant.engine.scheduler import Scheduler, WaitingQueue
-from cormorant.engine.sequence import Sequence
+from cormorant.engine.sequence import Sequence, SequenceStatus
 from cormorant.engine.types import EngineOutput, EngineRequest, SampleOutput, ScheduledBatch
+
+# Stands for a token the in-flight step is still sampling (async scheduling only).
+PLACEHOLDER_TOKEN_ID = -1
 
 
 class Runner(Protocol):
     num_blocks: int
 
     def execute(self, batch: ScheduledBatch) -> list[SampleOutput]: ...
+
+    # Async scheduling: execute in two halves (launch returns without waiting the device).
+    def launch(self, batch: ScheduledBatch) -> Any: ...
+
+    def collect(self, handle: Any) -> list[SampleOutput]: ...
 
     def release(self, seq_id: int) -> None: ...
 
@@ -53,6 +70,7 @@ class EngineCore:
         self.requests: dict[str, list[Sequence]] = {}
         self.steps = 0
         self.num_preemptions = 0
+        self._in_flight: tuple[ScheduledBatch, Any] | None = None  # launched, not collected
 
     # -- requests ---------------------------------------------------------------------------
     def add_request(self, req: EngineRequest) -> list[EngineOutput]:
@@ -79,25 +97,70 @@ class EngineCore:
                 seq.finish_reason = "abort"
                 self.scheduler.abort(seq)
                 self.runner.release(seq.seq_id)
+                _drop_placeholder(seq)
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests)
 
     # -- the step ---------------------------------------------------------------------------
     def step(self) -> list[EngineOutput]:
+        if self.config.async_scheduling:
+            return self._step_async()
         batch = self.scheduler.schedule()
         self.num_preemptions += batch.num_preempted
         if not batch.seqs:
             return []
+        self._mark_scheduled(batch)
+        samples = self.runner.execute(batch)
+        self.scheduler.update_after_step(batch)
+        return [out for seq, sample in zip(batch.seqs, samples)
+                if (out := self._process(seq, sample)) is not None]
+
+    def _step_async(self) -> list[EngineOutput]:
+        """Launch step n+1, then collect step n (outputs of step n, none of n+1 yet)."""
+        batch = self.scheduler.schedule()
+        self.num_preemptions += batch.num_preempted
+        outputs: list[EngineOutput] = []
+        if self._in_flight is not None and _reads_history(batch):
+            outputs = self._collect()  # penalties need the real ids on the host
+            batch = _without_finished(batch)
+        handle = None
+        if batch.seqs:
+            self._mark_scheduled(batch)
+            handle = self.runner.launch(batch)
+        outputs += self._collect()
+        if handle is not None:
+            # After the collect: blocks registered now hold real ids, not placeholders.
+            self.scheduler.update_after_step(batch)
+            for seq, do_sample in zip(batch.seqs, batch.do_sample):
+                if do_sample and seq.status is SequenceStatus.RUNNING:
+                    seq.append_token(PLACEHOLDER_TOKEN_ID)
+            self._in_flight = (batch, handle)
+        return outputs
+
+    def _collect(self) -> list[EngineOutput]:
+        """Wait for the in-flight step; put its ids in place of the placeholders, stop."""
+        if self._in_flight is None:
+            return []
+        batch, handle = self._in_flight
+        self._in_flight = None
+        outputs = []
+        for seq, sample in zip(batch.seqs, self.runner.collect(handle)):
+            if seq.is_finished:
+                continue  # finished or aborted while the step ran: its token is discarded
+            if sample.token_id is not None:
+                assert seq.token_ids[-1] == PLACEHOLDER_TOKEN_ID
+                seq.token_ids.pop()
+            if (out := self._process(seq, sample)) is not None:
+                outputs.append(out)
+        return outputs
+
+    def _mark_scheduled(self, batch: ScheduledBatch) -> None:
         now = time.monotonic()
         for seq in batch.seqs:
             if seq.first_scheduled_time is None:
                 seq.first_scheduled_time = now
-        samples = self.runner.execute(batch)
-        self.scheduler.update_after_step(batch)
         self.steps += 1
-        return [out for seq, sample in zip(batch.seqs, samples)
-                if (out := self._process(seq, sample)) is not None]
 
     def _process(self, seq: Sequence, sample: SampleOutput) -> EngineOutput | None:
         out = EngineOutput(seq.req_id, seq.index, [], prompt_logprobs=sample.prompt_logprobs,
@@ -134,6 +197,7 @@ class EngineCore:
         seq.finish_reason = reason
         self.scheduler.finish(seq)
         self.runner.release(seq.seq_id)
+        _drop_placeholder(seq)
         siblings = self.requests.get(seq.req_id, [])
         if all(s.is_finished for s in siblings):
             self.requests.pop(seq.req_id, None)
@@ -158,3 +222,25 @@ class EngineCore:
             if seq.index == index and not seq.is_finished:
                 self.finish(seq, "stop")
                 return
+
+
+def _reads_history(batch: ScheduledBatch) -> bool:
+    """Whether a sequence of the batch samples with penalties over a placeholder token."""
+    return any(seq.sampling_params.has_penalties and seq.token_ids[-1] == PLACEHOLDER_TOKEN_ID
+               for seq in batch.seqs)
+
+
+def _without_finished(batch: ScheduledBatch) -> ScheduledBatch:
+    """The batch less the sequences that finished since it was scheduled (their blocks are
+    already free, so they must not run)."""
+    keep = [i for i, seq in enumerate(batch.seqs) if not seq.is_finished]
+    if len(keep) == len(batch.seqs):
+        return batch
+    return ScheduledBatch([batch.seqs[i] for i in keep], [batch.num_new_tokens[i] for i in keep],
+                          [batch.do_sample[i] for i in keep], batch.num_preempted)
+
+
+def _drop_placeholder(seq: Sequence) -> None:
+    """A sequence finished while a step was sampling for it keeps only its real tokens."""
+    if seq.token_ids and seq.token_ids[-1] == PLACEHOLDER_TOKEN_ID:
+        seq.token_ids.pop()

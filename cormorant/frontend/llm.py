@@ -27,7 +27,7 @@ class LLM:
                  max_num_seqs: int = 64, max_num_batched_tokens: int = 2048,
                  max_model_len: int | None = None, attention_backend: str = "auto",
                  normalize_nfc: bool = False, strip_control_chars: bool = False,
-                 enforce_eager: bool = False):
+                 enforce_eager: bool = False, async_scheduling: bool = False):
         config = EngineConfig(
             model=model or default_model_path(), dtype=dtype, device=device, seed=seed,
             cache=CacheConfig(block_size=block_size, memory_fraction=memory_fraction,
@@ -37,7 +37,8 @@ class LLM:
                                       max_num_batched_tokens=max_num_batched_tokens,
                                       max_model_len=max_model_len),
             normalize_nfc=normalize_nfc, strip_control_chars=strip_control_chars,
-            attention_backend=attention_backend, enforce_eager=enforce_eager)
+            attention_backend=attention_backend, enforce_eager=enforce_eager,
+            async_scheduling=async_scheduling)
         built = build_engine(config)
         self.config = built.config
         self.engine = built.core

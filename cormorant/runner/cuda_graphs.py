@@ -159,16 +159,20 @@ class DecodeGraphs:
         return forward
 
     # -- running ----------------------------------------------------------------------------
-    def run(self, host: HostInputs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def run(self, host: HostInputs, fill_input_ids: Callable[[torch.Tensor], None] | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(hidden [n, hidden] of the real rows, sample rows or None when all rows sample).
         `host` must be prepared with pad_to=bucket(batch); the caller marks its staging
-        buffer copied afterwards."""
+        buffer copied afterwards. fill_input_ids (async scheduling) patches the static
+        input_ids on the device after the copies, before the replay."""
         bs, n = host.layout.num_seqs, host.num_real_seqs
         width, head = host.layout.table_width, host.layout.head_bytes
         assert bs in self._forward and width <= self.max_blocks
         self._head[:head].copy_(host.staging[:head], non_blocking=True)
         tables = host.staging[head:head + 4 * n * width].view(torch.int32).view(n, width)
         self._block_tables[:n, :width].copy_(tables, non_blocking=True)
+        if fill_input_ids is not None:
+            fill_input_ids(self._head[:8 * bs].view(torch.int64))  # input_ids: offset 0
         hidden = self._forward[bs](host)[:n]
         sample_rows = None
         if not host.samples_all_rows:  # a prompt chunk of one token: rare, its own copy

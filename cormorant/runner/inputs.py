@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -208,6 +208,10 @@ class HostInputs:
     sample_indices: list[int]  # its index in the batch
     sampling_seqs: list[Sequence]
     prompt_logprob_rows: list[PromptLogprobRows]
+    # Async scheduling: rows whose input id is a placeholder (negative) for the token the
+    # previous launch is sampling, and their sequences (model_runner.fill_placeholders).
+    placeholder_rows: list[int] = field(default_factory=list)
+    placeholder_seq_ids: list[int] = field(default_factory=list)
 
 
 class InputPreparer:
@@ -253,6 +257,7 @@ class InputPreparer:
         v["query_start_loc"][0] = 0
         np.cumsum(q, out=v["query_start_loc"][1:num_seqs + 1])
         self._fill_tokens(v, seqs, query_lens, starts, is_decode)
+        placeholder_rows = np.flatnonzero(v["input_ids"][:num_tokens] < 0)
         if lay.num_sample_rows:
             v["sample_rows"][:] = sample_rows
         q_list, s_list = list(query_lens), seq_lens.tolist()
@@ -260,9 +265,15 @@ class InputPreparer:
             _pad_decode(v, num_seqs, padded)
             q_list += [1] * (padded - num_seqs)
             s_list += [1] * (padded - num_seqs)
-        return HostInputs(lay, staging, v, num_seqs, q_list, s_list, max_query_len,
+        host = HostInputs(lay, staging, v, num_seqs, q_list, s_list, max_query_len,
                           max_seq_len, samples_all_rows, sample_rows, sample_indices,
                           sampling_seqs, prompt_rows)
+        if len(placeholder_rows):
+            owners = (placeholder_rows if is_decode else np.searchsorted(
+                v["query_start_loc"][1:num_seqs + 1], placeholder_rows, side="right"))
+            host.placeholder_rows = placeholder_rows.tolist()
+            host.placeholder_seq_ids = [seqs[i].seq_id for i in owners.tolist()]
+        return host
 
     def _fill_tokens(self, v: dict[str, np.ndarray], seqs: list[Sequence],
                      query_lens: list[int], starts: np.ndarray, is_decode: bool) -> None:

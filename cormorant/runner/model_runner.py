@@ -11,19 +11,27 @@ sampling metadata on the host while the GPU works; sample; copy the sampled ids 
 logprobs, when asked) to the host in one non_blocking copy into pinned memory, then wait on
 its event: the step's only host synchronisation.
 
+Two halves (async scheduling, engine.core): `launch(batch)` queues all of the above and returns
+a `StepHandle` without waiting; `collect(handle)` waits for the copy and builds the
+SampleOutputs; `execute` is the two back to back. Between them the engine launches the next
+step, whose decode rows may carry a placeholder input id (negative) for the token the previous
+launch is still sampling: `fill_placeholders` writes it on the device, a gather by row from
+that launch's sampled-ids tensor, so no host round-trip sits between the steps.
+
 Imports torch, numpy, config, engine types, layers (through the model) and this package.
 Returns plain token ids (and logprobs) to the engine: tensors never leave the runner.
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from cormorant.config import EngineConfig, ModelConfig
 from cormorant.engine.sequence import Sequence
-from cormorant.engine.types import SampleOutput, ScheduledBatch, TokenLogprobs
+from cormorant.engine.types import SampleOutput, ScheduledBatch
 from cormorant.runner.cuda_graphs import (DecodeGraphs, find_attention_backend,
                                           graph_batch_sizes, is_capturable)
 from cormorant.runner.inputs import (HostInputs, InputPreparer, PromptLogprobRows,
@@ -51,6 +59,7 @@ class ModelRunner:
         self.inputs = InputPreparer(self.block_size, self.max_model_len, sched.max_num_seqs,
                                     device)
         self._host_copy = HostCopy(device)
+        self._last_sampled: LastSampled | None = None  # for the next launch's placeholders
         activation_bytes = None
         if device.type == "cuda" and config.cache.num_blocks is None:
             activation_bytes = self.profile_activations()
@@ -113,23 +122,64 @@ class ModelRunner:
         self.sampler(logits, _profile_sampling_metadata(sched.max_num_seqs, self.device))
 
     # -- steps ------------------------------------------------------------------------------
-    @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> list[SampleOutput]:
         """One forward pass; a SampleOutput per sequence of the batch, in batch order."""
+        return self.collect(self.launch(batch))
+
+    @torch.inference_mode()
+    def launch(self, batch: ScheduledBatch) -> StepHandle:
+        """Queue the step (forward, sampling, the copy of the sampled ids to the host) and
+        return without waiting for the device. Placeholder input ids (negative: the token
+        the previous launch is sampling for that sequence) are filled on the device."""
         bucket = self.graphs.bucket(batch) if self.graphs is not None else None
         host = self.inputs.prepare(batch, pad_to=bucket)
+        fill = None
+        if host.placeholder_rows:
+            last = self._last_sampled
+
+            def fill(input_ids: torch.Tensor) -> None:
+                fill_placeholders(input_ids, host.placeholder_rows, host.placeholder_seq_ids,
+                                  last)
         if bucket is None:
             inputs = self.inputs.to_device(host)
+            if fill is not None:
+                fill(inputs.input_ids)
             hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.attn)
             sample_rows = inputs.sample_rows
         else:
-            hidden, sample_rows = self.graphs.run(host)
+            hidden, sample_rows = (self.graphs.run(host) if fill is None
+                                   else self.graphs.run(host, fill))
             self.inputs.staging.mark_copied()
-        outputs = [SampleOutput(token_id=None) for _ in batch.seqs]
+        handle = StepHandle(num_seqs=len(batch.seqs))
+        self._last_sampled = None
         if host.sampling_seqs:
-            self._sample(hidden, sample_rows, host, outputs)
-        for rows in host.prompt_logprob_rows:
-            outputs[rows.batch_index].prompt_logprobs = self._prompt_logprobs(hidden, rows)
+            result = self._sample(hidden, sample_rows, host)
+            handle.copy = self._host_copy.start(result)
+            handle.sample_indices = host.sample_indices
+            handle.num_logprobs = [seq.sampling_params.logprobs for seq in host.sampling_seqs]
+            self._last_sampled = LastSampled(result.token_ids,
+                                             [seq.seq_id for seq in host.sampling_seqs])
+        handle.prompt_logprobs = [(rows.batch_index, rows.num_top,
+                                   self._prompt_logprob_table(hidden, rows))
+                                  for rows in host.prompt_logprob_rows]
+        return handle
+
+    def collect(self, handle: StepHandle) -> list[SampleOutput]:
+        """Wait for a launched step's ids (and logprobs): a SampleOutput per sequence."""
+        outputs = [SampleOutput(token_id=None) for _ in range(handle.num_seqs)]
+        if handle.copy is not None:
+            token_ids, chosen, top_ids, top_values = handle.copy.wait()
+            for row, (index, k) in enumerate(zip(handle.sample_indices, handle.num_logprobs)):
+                out = outputs[index]
+                out.token_id = token_ids[row]
+                if k is not None and chosen is not None:
+                    top = ({} if top_ids is None
+                           else dict(zip(top_ids[row][:k], top_values[row][:k])))
+                    out.logprobs = (chosen[row], top)
+        for index, k, table in handle.prompt_logprobs:
+            outputs[index].prompt_logprobs = [
+                (r[0], dict(zip((int(t) for t in r[1:1 + k]), r[1 + k:])))
+                for r in table.tolist()]  # [R, 1 + 2k]
         return outputs
 
     def release(self, seq_id: int) -> None:
@@ -138,25 +188,19 @@ class ModelRunner:
         self.sampler.release(seq_id)
         self.inputs.release(seq_id)
 
-    def _sample(self, hidden: torch.Tensor, sample_rows: torch.Tensor | None, host: HostInputs,
-                outputs: list[SampleOutput]) -> None:
+    def _sample(self, hidden: torch.Tensor, sample_rows: torch.Tensor | None,
+                host: HostInputs) -> SamplerOutput:
         # hidden rows = sampling rows, in order, when sample_rows is None (pure decode).
         logits = self.model.compute_logits(
             hidden if sample_rows is None else hidden[sample_rows])  # [N, vocab] fp32
         # Host work while the forward runs on the GPU: nothing above waited for it.
         meta = SamplingMetadata.build(host.sampling_seqs, self.device, self.eos_token_ids)
-        result = self.sampler(logits, meta)
-        token_ids, chosen, top_ids, top_values = self._host_copy.fetch(result)
-        for row, (index, seq) in enumerate(zip(host.sample_indices, host.sampling_seqs)):
-            out = outputs[index]
-            out.token_id = token_ids[row]
-            k = seq.sampling_params.logprobs
-            if k is not None and chosen is not None:
-                top = {} if top_ids is None else dict(zip(top_ids[row][:k], top_values[row][:k]))
-                out.logprobs = (chosen[row], top)
+        return self.sampler(logits, meta)
 
-    def _prompt_logprobs(self, hidden: torch.Tensor, rows: PromptLogprobRows
-                         ) -> list[TokenLogprobs]:
+    def _prompt_logprob_table(self, hidden: torch.Tensor, rows: PromptLogprobRows
+                              ) -> torch.Tensor:
+        """[R, 1 + 2k] float64 on the device: the target's logprob, then top-k ids and values
+        (float64 holds token ids and float32 logprobs exactly: one copy for the group)."""
         index = torch.tensor(rows.rows, device=self.device)
         logprobs = torch.log_softmax(self.model.compute_logits(hidden[index]).float(), dim=-1)
         targets = torch.tensor(rows.target_ids, device=self.device)
@@ -165,47 +209,118 @@ class ModelRunner:
         if k:
             top_values, top_ids = logprobs.topk(k, dim=-1)
             parts += [top_ids.double(), top_values.double()]
-        # float64 holds token ids and float32 logprobs exactly: one copy for the group.
-        table = torch.cat(parts, dim=1).tolist()  # [R, 1 + 2k]
-        return [(r[0], dict(zip((int(t) for t in r[1:1 + k]), r[1 + k:]))) for r in table]
+        return torch.cat(parts, dim=1)
 
 
 class HostCopy:
-    """The step's one device-to-host copy: sampled ids, and when asked the chosen logprobs
-    and top-k, packed into one tensor, copied non_blocking into a pinned buffer that is
-    reused every step, then waited for on an event."""
+    """A step's one device-to-host copy: sampled ids, and when asked the chosen logprobs and
+    top-k, packed into one tensor and copied non_blocking into a pinned buffer. Two buffers
+    used in turn, so step n+1's copy can be queued before step n's is read (async
+    scheduling); `start` returns the pending copy, `fetch` waits at once."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self._buf: torch.Tensor | None = None
-        self._event = torch.cuda.Event() if device.type == "cuda" else None
+        self._bufs: list[torch.Tensor | None] = [None, None]
+        self._events = ([torch.cuda.Event(), torch.cuda.Event()] if device.type == "cuda"
+                        else None)
+        self._current = 0
 
     def fetch(self, result: SamplerOutput) -> tuple[list, list | None, list | None, list | None]:
         """(token ids, chosen logprobs, top-k ids, top-k values) as Python lists."""
+        return self.start(result).wait()
+
+    def start(self, result: SamplerOutput) -> PendingCopy:
+        """Queue the copy; the buffer it fills is reused two starts later, so wait() on it
+        before then."""
         if result.logprobs is None:
-            return self._to_host(result.token_ids).tolist(), None, None, None
+            return self._copy(result.token_ids, False, 0)
         parts = [result.token_ids[:, None].double(), result.logprobs[:, None].double()]
         k = 0
         if result.topk_ids is not None:
             k = result.topk_ids.shape[1]
             parts += [result.topk_ids.double(), result.topk_values.double()]
         # float64 holds token ids and float32 logprobs exactly.
-        table = self._to_host(torch.cat(parts, dim=1))  # [N, 2 + 2k]
+        return self._copy(torch.cat(parts, dim=1), True, k)  # [N, 2 + 2k]
+
+    def _copy(self, t: torch.Tensor, has_logprobs: bool, k: int) -> PendingCopy:
+        if self._events is None:
+            return PendingCopy(t, None, has_logprobs, k)
+        self._current ^= 1
+        buf, event = self._bufs[self._current], self._events[self._current]
+        nbytes = t.numel() * t.element_size()
+        if buf is None or buf.numel() < nbytes:
+            buf = self._bufs[self._current] = torch.empty(max(nbytes, 4096), dtype=torch.uint8,
+                                                          pin_memory=True)
+        host = buf[:nbytes].view(t.dtype).view(t.shape)
+        host.copy_(t, non_blocking=True)
+        event.record()
+        return PendingCopy(host, event, has_logprobs, k)
+
+
+# ------------------------------------------------------------- async scheduling: the handle
+class PendingCopy:
+    """A device-to-host copy of one step's packed sample table, started but not waited for.
+    `wait()` returns (token ids, chosen logprobs, top-k ids, top-k values) as Python lists."""
+
+    def __init__(self, host: torch.Tensor, event: torch.cuda.Event | None, has_logprobs: bool,
+                 num_top: int) -> None:
+        self._host = host  # pinned (CUDA) or the CPU result itself
+        self._event = event
+        self._has_logprobs = has_logprobs
+        self._num_top = num_top
+
+    def wait(self) -> tuple[list, list | None, list | None, list | None]:
+        if self._event is not None:
+            self._event.synchronize()
+        table = self._host.numpy()
+        if not self._has_logprobs:
+            return table.tolist(), None, None, None
+        k = self._num_top
         top_ids = table[:, 2:2 + k].astype(np.int64).tolist() if k else None
         top_values = table[:, 2 + k:].tolist() if k else None
         return table[:, 0].astype(np.int64).tolist(), table[:, 1].tolist(), top_ids, top_values
 
-    def _to_host(self, t: torch.Tensor) -> np.ndarray:
-        if self._event is None:
-            return t.numpy()
-        nbytes = t.numel() * t.element_size()
-        if self._buf is None or self._buf.numel() < nbytes:
-            self._buf = torch.empty(max(nbytes, 4096), dtype=torch.uint8, pin_memory=True)
-        host = self._buf[:nbytes].view(t.dtype).view(t.shape)
-        host.copy_(t, non_blocking=True)
-        self._event.record()
-        self._event.synchronize()
-        return host.numpy()
+
+@dataclass
+class LastSampled:
+    """The sampled ids of the most recent launch, still on the device, by sequence."""
+
+    token_ids: torch.Tensor  # [N] int64 on the device
+    seq_ids: list[int]  # the sequence of each row
+    _rows: dict[int, int] | None = None
+
+    def row_of(self, seq_id: int) -> int:
+        if self._rows is None:
+            self._rows = {s: row for row, s in enumerate(self.seq_ids)}
+        return self._rows[seq_id]
+
+
+@dataclass
+class StepHandle:
+    """One launched step: everything `collect` needs, nothing the host has to wait for."""
+
+    num_seqs: int
+    copy: PendingCopy | None = None  # None: no sequence sampled
+    sample_indices: list[int] = field(default_factory=list)  # batch index of each sample row
+    num_logprobs: list[int | None] = field(default_factory=list)  # per sample row
+    # (batch index, top-k count, [R, 1 + 2k] float64 table on the device) per prompt chunk.
+    prompt_logprobs: list[tuple[int, int, torch.Tensor]] = field(default_factory=list)
+
+
+def fill_placeholders(input_ids: torch.Tensor, dst_rows: list[int], seq_ids: list[int],
+                      last: LastSampled | None) -> None:
+    """input_ids[dst_rows[i]] = the id `last` sampled for seq_ids[i], on the device's stream
+    (no host sync). Batches that keep their order (steady decode) need no index copy."""
+    assert last is not None, "placeholder input ids but no earlier launch sampled them"
+    src_rows = [last.row_of(seq_id) for seq_id in seq_ids]
+    k = len(dst_rows)
+    if dst_rows == src_rows == list(range(k)):
+        input_ids[:k].copy_(last.token_ids[:k])
+        return
+    index = torch.tensor([dst_rows, src_rows], dtype=torch.int64)  # [2, K]
+    if input_ids.device.type == "cuda":
+        index = index.pin_memory().to(input_ids.device, non_blocking=True)
+    input_ids.index_copy_(0, index[0], last.token_ids.index_select(0, index[1]))
 
 
 def _profile_sampling_metadata(num_rows: int, device: torch.device) -> SamplingMetadata:
