@@ -205,9 +205,9 @@ def count_replays(runner) -> list[int]:
     if runner.graphs is not None:
         run = runner.graphs.run
 
-        def counting(host):
+        def counting(*args, **kwargs):
             count[0] += 1
-            return run(host)
+            return run(*args, **kwargs)
         runner.graphs.run = counting
     return count
 
@@ -440,6 +440,8 @@ def sync(device: torch.device) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", default="parity,decode,prep")
+    parser.add_argument("--variants", default=None,
+                        help="comma-separated parity variants (default: all for the device)")
     parser.add_argument("--budget", type=float, default=190.0,
                         help="seconds; later cases are skipped, not half-run")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny models")
@@ -460,6 +462,8 @@ def main() -> int:
           f"triton {triton.__version__}  transformers {transformers.__version__}", flush=True)
     cases, parts, start = Cases(args.budget, cuda), args.parts.split(","), time.time()
     variants = list(VARIANTS)[:4] if cuda else ["torch eager", "torch padded"]
+    if args.variants:
+        variants = args.variants.split(",")
     if args.smoke:  # the CPU is slow at full forwards per token: fewer tokens
         MAX_TOKENS[:] = [max(2, n // 6) for n in MAX_TOKENS]
     presets = ["qwen3-0.6b", "llama-3.1-8b"] if cuda else ["tiny-qwen3", "tiny-llama"]

@@ -62,4 +62,5 @@ class EngineConfig:
     attention_backend: str = "auto"  # auto | torch | triton
     enforce_eager: bool = False  # GPU: skip CUDA graphs
     # Schedule and launch step n+1 before reading step n's sampled ids (engine.core).
-    async_scheduling: bool = False
+    # None: on where the runner computes asynchronously (CUDA), off on the CPU.
+    async_scheduling: bool | None = None

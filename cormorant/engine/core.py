@@ -30,6 +30,7 @@ PLACEHOLDER_TOKEN_ID = -1
 
 class Runner(Protocol):
     num_blocks: int
+    is_asynchronous: bool  # launches return before the device is done (CUDA): overlap pays
 
     def execute(self, batch: ScheduledBatch) -> list[SampleOutput]: ...
 
@@ -61,6 +62,8 @@ class EngineCore:
         here, from the composition root, so the engine never imports it)."""
         self.config = config
         self.runner = runner
+        self.async_scheduling = (runner.is_asynchronous if config.async_scheduling is None
+                                 else config.async_scheduling)
         self.eos_token_ids = frozenset(eos_token_ids)
         self.max_model_len = config.scheduler.max_model_len
         self.block_manager = BlockManager(runner.num_blocks, config.cache.block_size,
@@ -104,7 +107,7 @@ class EngineCore:
 
     # -- the step ---------------------------------------------------------------------------
     def step(self) -> list[EngineOutput]:
-        if self.config.async_scheduling:
+        if self.async_scheduling:
             return self._step_async()
         batch = self.scheduler.schedule()
         self.num_preemptions += batch.num_preempted

@@ -50,6 +50,7 @@ class ModelRunner:
         self.model_config = model_config
         self.model = model
         self.device = device
+        self.is_asynchronous = device.type == "cuda"  # see engine.core's async scheduling
         self.dtype = dtype
         self.eos_token_ids = eos_token_ids
         self.block_size = config.cache.block_size
