@@ -27,7 +27,7 @@ class LLM:
                  max_num_seqs: int = 64, max_num_batched_tokens: int = 2048,
                  max_model_len: int | None = None, attention_backend: str = "auto",
                  normalize_nfc: bool = False, strip_control_chars: bool = False,
-                 enforce_eager: bool = False, async_scheduling: bool | None = None):
+                 enforce_eager: bool = False, async_scheduling: bool | None = False):
         config = EngineConfig(
             model=model or default_model_path(), dtype=dtype, device=device, seed=seed,
             cache=CacheConfig(block_size=block_size, memory_fraction=memory_fraction,
