@@ -267,16 +267,21 @@ class SQLiteUsageStore(_BatchWriter):
         return _select_sqlite(conn, q)
 
 
-def _select_sqlite(conn: sqlite3.Connection, q: UsageQuery) -> list[dict]:
+def _where(q: UsageQuery, placeholder: str) -> tuple[str, list]:
+    """The WHERE clause (with the driver's placeholder) and its arguments for a query."""
     where, args = [], []
     for column, op, value in (("key_id", "=", q.key_id), ("model", "=", q.model),
                               ("day", ">=", q.start_day), ("day", "<=", q.end_day)):
         if value is not None:
-            where.append(f"{column} {op} ?")
+            where.append(f"{column} {op} {placeholder}")
             args.append(value)
+    return (" WHERE " + " AND ".join(where) if where else ""), args
+
+
+def _select_sqlite(conn: sqlite3.Connection, q: UsageQuery) -> list[dict]:
+    where, args = _where(q, "?")
     sql = ("SELECT day, key_id, model, SUM(requests), SUM(failed_requests), SUM(prompt_tokens),"
-           " SUM(completion_tokens), SUM(cached_tokens) FROM usage_daily"
-           + (" WHERE " + " AND ".join(where) if where else "")
+           " SUM(completion_tokens), SUM(cached_tokens) FROM usage_daily" + where
            + " GROUP BY day, key_id, model ORDER BY day, key_id, model LIMIT ?")
     return [dict(zip(_COLUMNS, row)) for row in conn.execute(sql, (*args, q.limit))]
 
@@ -367,16 +372,10 @@ class PostgresUsageStore(_BatchWriter):
                 cur.executemany(_PG_UPSERT, rows)
 
     def _select(self, conn: Any, q: UsageQuery) -> list[dict]:
-        where, args = [], []
-        for column, op, value in (("key_id", "=", q.key_id), ("model", "=", q.model),
-                                  ("day", ">=", q.start_day), ("day", "<=", q.end_day)):
-            if value is not None:
-                where.append(f"{column} {op} %s")
-                args.append(value)
+        where, args = _where(q, "%s")
         sql = ("SELECT day, key_id, model, SUM(requests)::bigint, SUM(failed_requests)::bigint,"
                " SUM(prompt_tokens)::bigint, SUM(completion_tokens)::bigint,"
-               " SUM(cached_tokens)::bigint FROM usage_daily"
-               + (" WHERE " + " AND ".join(where) if where else "")
+               " SUM(cached_tokens)::bigint FROM usage_daily" + where
                + " GROUP BY day, key_id, model ORDER BY day, key_id, model LIMIT %s")
         return [dict(zip(_COLUMNS, row)) for row in self._live().execute(sql, (*args, q.limit))]
 

@@ -6,65 +6,40 @@ engine's fair queue receives the caller's tenant and priority."""
 from __future__ import annotations
 
 import asyncio
-import socket
+import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from cormorant.config import CacheConfig, EngineConfig, SchedulerConfig
 from cormorant.gateway.fair_queue import FairQueue
 from cormorant.sampling_params import SamplingParams
-from cormorant.server.app import build_app
-from cormorant.server.config import ServerConfig
-from cormorant.server.launch import uvicorn_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
+from server_helpers import ServerThread  # noqa: E402
 
 LONG = 2000  # tokens: a stream that surely outlives the test's next few requests
 RATE_HEADERS = [f"x-ratelimit-{kind}-{what}" for what in ("requests", "tokens")
                 for kind in ("limit", "remaining", "reset")]
 
 
-class AppServer:
-    """build_app(engine, ServerConfig(**config)) served by uvicorn in a thread."""
-
-    def __init__(self, engine, **config) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.app = build_app(engine, ServerConfig(usage_db=None, **config))
-        self.server = uvicorn.Server(uvicorn_config(self.app, self.app.state.cormorant.config,
-                                                    "warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       daemon=True)
+class AppServer(ServerThread):
+    """The server tests' ServerThread, as a context manager."""
 
     def __enter__(self) -> "AppServer":
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError("server did not become ready")
+        return self.start()
 
     def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=15)
-        self.sock.close()
+        self.stop()
 
     def complete(self, prompt="Hello", max_tokens: int = 4, headers=None, **body
                  ) -> httpx.Response:
         return httpx.post(self.url + "/v1/completions", headers=headers, timeout=60,
                           json={"model": self.model, "prompt": prompt,
                                 "max_tokens": max_tokens, **body})
-
-    @property
-    def model(self) -> str:
-        return self.app.state.cormorant.model_name
 
     def remaining(self, what: str) -> int:
         """x-ratelimit-remaining-<what> as it stands (read from a response that charges
