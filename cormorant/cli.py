@@ -1,4 +1,4 @@
-"""The composition root: `cormorant serve | generate | chat | keys | bench`.
+"""The composition root: `cormorant serve | generate | chat | keys | models | bench`.
 
 Parses arguments, builds the pieces and wires them together; no logic of its own.
 """
@@ -117,6 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     keys = sub.add_parser("keys", help="manage API keys: create | list | revoke | rotate")
     add_keys_args(keys)
     keys.set_defaults(func=run_keys)
+
+    from cormorant.gateway.models_cli import add_models_args, run_models
+
+    models = sub.add_parser("models", help="manage a running server's models and aliases: "
+                            "list | register | load | unload | reload | remove | alias | unalias")
+    add_models_args(models)
+    models.set_defaults(func=run_models)
 
     from cormorant.bench.cli import add_bench_args, run_bench
 

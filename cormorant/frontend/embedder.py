@@ -24,6 +24,7 @@ import torch
 from cormorant.models.bert import EncoderConfig, mean_pool, pad_batch
 from cormorant.models.loader import load_encoder
 from cormorant.runner.device import resolve_device
+from cormorant.runner.kv_cache import module_bytes
 from cormorant.text.tokenizer import Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,10 @@ class Embedder:
         log.info("loaded encoder %s (%s) in %.1f s", path, config.architecture,
                  time.perf_counter() - start)
         return cls(model, config, tokenizer, name, device_, **kwargs)
+
+    @property
+    def memory_bytes(self) -> int:
+        return module_bytes(self.model)
 
     def tokenize(self, text: str) -> list[int]:
         """With [CLS] ... [SEP]: what the model was trained on."""

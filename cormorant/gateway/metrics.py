@@ -45,7 +45,7 @@ REQUEST_LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 2
                            40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
 N_BUCKETS = (1, 2, 5, 10, 20)
 FINISH_REASONS = ("stop", "length", "abort")
-MODEL = ["model_name"]
+MODEL = ["model_name", "model_version"]  # version "" for an unversioned model
 
 
 def build_1_2_5_buckets(max_value: int) -> list[int]:
@@ -151,15 +151,20 @@ class Metrics:
 
     # --- feeds --------------------------------------------------------------------------------
 
-    def add_engine(self, model_name: str, engine: Any) -> None:
-        """Scrapes read `engine.stats()` under this model name. Every per-model series is
-        created now, at zero, as vLLM does: a dashboard shows 0, not "no data", before the
-        first request (and a rate() over a series born later misses its first increment)."""
-        self._engines[model_name] = engine
+    def add_engine(self, labels: tuple[str, str], engine: Any) -> None:
+        """Scrapes read `engine.stats()` under these (model name, version) labels. Every
+        per-model series is created now, at zero, as vLLM does: a dashboard shows 0, not "no
+        data", before the first request (and a rate() over a series born later misses its
+        first increment)."""
+        self._engines[labels] = engine
         for family in self._per_model:
-            family.labels(model_name)
+            family.labels(*labels)
         for reason in FINISH_REASONS:
-            self.request_success.labels(model_name, reason)
+            self.request_success.labels(*labels, reason)
+
+    def remove_engine(self, labels: tuple[str, str]) -> None:
+        """An unloaded model's gauges stop; its counters stay (Prometheus expects that)."""
+        self._engines.pop(labels, None)
 
     def observe_http(self, status: int, reason: str | None, key_id: str | None) -> None:
         """One finished HTTP response. 499 (client gone) is no rejection: nobody refused."""
@@ -169,11 +174,11 @@ class Metrics:
         if status == 429:
             self.rate_limited.labels(key_id or "anonymous").inc()
 
-    def observe_response_cache(self, model_name: str, hit: bool) -> None:
-        """For the response cache (not built yet): one lookup, and whether it hit."""
-        self.response_cache_lookups.labels(model_name).inc()
+    def observe_response_cache(self, labels: tuple[str, str], hit: bool) -> None:
+        """One response-cache lookup of a (model name, version), and whether it hit."""
+        self.response_cache_lookups.labels(*labels).inc()
         if hit:
-            self.response_cache_hits.labels(model_name).inc()
+            self.response_cache_hits.labels(*labels).inc()
 
     def render(self, accept_header: str = "") -> tuple[bytes, str]:
         encoder, content_type = choose_encoder(accept_header)
@@ -222,19 +227,19 @@ class EngineStatsCollector:
                                              "Prompt tokens of the waiting requests.",
                                              labels=MODEL),
         }
-        for name, engine in list(self._engines()):
+        for labels, engine in list(self._engines()):
             try:
                 stats = engine.stats()
             except Exception:  # a scrape must still answer; the loop gauge says what broke
                 logger.exception("engine stats failed during a metrics scrape")
-                fams["alive"].add_metric([name], 0.0)
+                fams["alive"].add_metric(list(labels), 0.0)
                 continue
-            self._add(fams, name, stats)
+            self._add(fams, labels, stats)
         return list(fams.values())
 
     @staticmethod
-    def _add(fams: dict, name: str, stats: Any) -> None:
-        labels = [name]
+    def _add(fams: dict, model_labels: tuple[str, str], stats: Any) -> None:
+        labels = list(model_labels)
         total = max(1, stats.num_total_blocks)
         usage = 1.0 - stats.num_free_blocks / total
         fams["running"].add_metric(labels, stats.num_running)
@@ -253,9 +258,9 @@ class EngineStatsCollector:
 class RequestTracker:
     """The metrics of one engine request, fed each RequestOutput as it passes."""
 
-    def __init__(self, metrics: Metrics, model_name: str, params: Any) -> None:
+    def __init__(self, metrics: Metrics, labels: tuple[str, str], params: Any) -> None:
         self.m = metrics
-        self.model = model_name
+        self.model = labels  # (model name, version)
         self.params = params
         self.has_first_token = False
         self.last_token_times: dict[int, float] = {}  # per choice, as vLLM times each child
@@ -269,13 +274,13 @@ class RequestTracker:
             if out.finished and out.error is None:
                 self._finish(out)
             return
-        m.generation_tokens.labels(model).inc(num_new)
+        m.generation_tokens.labels(*model).inc(num_new)
         is_first_output = not self.has_first_token
         if is_first_output:
             self.has_first_token = True
-            m.prompt_tokens.labels(model).inc(len(out.prompt_token_ids))
+            m.prompt_tokens.labels(*model).inc(len(out.prompt_token_ids))
             if out.first_token_time is not None:
-                m.ttft.labels(model).observe(out.first_token_time - out.arrival_time)
+                m.ttft.labels(*model).observe(out.first_token_time - out.arrival_time)
         for o in out.outputs:
             num_steps = o.num_new_tokens  # several when a slow reader got steps coalesced
             if not num_steps:
@@ -287,8 +292,8 @@ class RequestTracker:
             if num_steps > 0:  # spread the gap evenly over the coalesced steps
                 interval = max(0.0, now - last) / num_steps
                 for _ in range(num_steps):
-                    m.itl.labels(model).observe(interval)
-                    m.tpot.labels(model).observe(interval)
+                    m.itl.labels(*model).observe(interval)
+                    m.tpot.labels(*model).observe(interval)
             self.last_token_times[o.index] = now if num_steps > 0 else last
         if out.finished and out.error is None:
             self._finish(out)
@@ -297,31 +302,31 @@ class RequestTracker:
         m, model = self.m, self.model
         for o in out.outputs:
             reason = o.finish_reason if o.finish_reason in FINISH_REASONS else "abort"
-            m.request_success.labels(model, reason).inc()
+            m.request_success.labels(*model, reason).inc()
         end, first_token = out.finished_time, out.first_token_time
         scheduled = out.first_scheduled_time
         if end is not None:
-            m.e2e.labels(model).observe(end - out.arrival_time)
+            m.e2e.labels(*model).observe(end - out.arrival_time)
         if scheduled is not None:  # only when the frontend reports when the engine began
-            m.queue_time.labels(model).observe(scheduled - out.arrival_time)
+            m.queue_time.labels(*model).observe(scheduled - out.arrival_time)
             if end is not None:
-                m.inference_time.labels(model).observe(end - scheduled)
+                m.inference_time.labels(*model).observe(end - scheduled)
             if first_token is not None:
-                m.prefill_time.labels(model).observe(first_token - scheduled)
+                m.prefill_time.labels(*model).observe(first_token - scheduled)
         num_generated = out.num_generated_tokens
         if end is not None and first_token is not None:
-            m.decode_time.labels(model).observe(end - first_token)
+            m.decode_time.labels(*model).observe(end - first_token)
             if num_generated > len(out.outputs):
                 per_token = (end - first_token) / (num_generated - len(out.outputs))
-                m.request_tpot.labels(model).observe(per_token)
-        m.request_prompt_tokens.labels(model).observe(len(out.prompt_token_ids))
-        m.request_generation_tokens.labels(model).observe(num_generated)
-        m.request_max_generation_tokens.labels(model).observe(
+                m.request_tpot.labels(*model).observe(per_token)
+        m.request_prompt_tokens.labels(*model).observe(len(out.prompt_token_ids))
+        m.request_generation_tokens.labels(*model).observe(num_generated)
+        m.request_max_generation_tokens.labels(*model).observe(
             max((len(o.token_ids) for o in out.outputs), default=0))
-        m.request_params_n.labels(model).observe(getattr(self.params, "n", 1))
+        m.request_params_n.labels(*model).observe(getattr(self.params, "n", 1))
         max_tokens = getattr(self.params, "max_tokens", None)
         if max_tokens:
-            m.request_params_max_tokens.labels(model).observe(max_tokens)
+            m.request_params_max_tokens.labels(*model).observe(max_tokens)
 
     def close(self) -> None:
         """The consumer stopped early (client gone, drain, engine death): count aborts."""
@@ -330,23 +335,23 @@ class RequestTracker:
             return
         for o in last.outputs:
             if not o.finished:
-                self.m.request_success.labels(self.model, "abort").inc()
+                self.m.request_success.labels(*self.model, "abort").inc()
 
 
-OutputHook = Callable[[str, RequestOutput], None]
+OutputHook = Callable[[tuple[str, str], RequestOutput], None]
 
 
 class InstrumentedEngine:
     """An engine client that feeds metrics (and an optional per-output hook) with everything
     `generate` yields. The rest of the EngineClient protocol is passed through unchanged."""
 
-    def __init__(self, engine: Any, metrics: Metrics, model_name: str,
+    def __init__(self, engine: Any, metrics: Metrics, labels: tuple[str, str],
                  on_output: OutputHook | None = None) -> None:
         self.inner = engine
         self.metrics = metrics
-        self.served_name = model_name
+        self.labels = labels  # (served model name, version)
         self._on_output = on_output
-        metrics.add_engine(model_name, engine)
+        metrics.add_engine(labels, engine)
 
     # The EngineClient protocol, delegated.
     tokenizer = property(lambda self: self.inner.tokenizer)
@@ -361,17 +366,18 @@ class InstrumentedEngine:
         await self.inner.abort(request_id)
 
     def shutdown(self, *args, **kwargs) -> None:
+        self.metrics.remove_engine(self.labels)
         self.inner.shutdown(*args, **kwargs)
 
     async def generate(self, request_id: str, prompt_token_ids: list[int], params: Any,
                        *args, **kwargs) -> AsyncIterator[RequestOutput]:
-        tracker = RequestTracker(self.metrics, self.served_name, params)
+        tracker = RequestTracker(self.metrics, self.labels, params)
         outputs = self.inner.generate(request_id, prompt_token_ids, params, *args, **kwargs)
         try:
             async for out in outputs:
                 tracker.observe(out, time.monotonic())
                 if self._on_output is not None:
-                    self._on_output(self.served_name, out)
+                    self._on_output(self.labels, out)
                 yield out
         finally:
             tracker.close()

@@ -41,11 +41,11 @@ CURRENT: contextvars.ContextVar["RequestRecord | None"] = contextvars.ContextVar
     "cormorant_request_record", default=None)
 
 
-def observe_current(model_name: str, out: RequestOutput) -> None:
+def observe_current(labels: tuple[str, str], out: RequestOutput) -> None:
     """The InstrumentedEngine hook: hand an engine output to the request being served."""
     record = CURRENT.get()
     if record is not None:
-        record.observe(model_name, out)
+        record.observe(labels, out)
 
 
 def _secs(value: float | None) -> float | None:
@@ -73,8 +73,8 @@ class RequestRecord:
         self.model_version = ""
         self.outputs: dict[str, RequestOutput] = {}  # engine request id -> latest output
 
-    def observe(self, model_name: str, out: RequestOutput) -> None:
-        self.model = model_name
+    def observe(self, labels: tuple[str, str], out: RequestOutput) -> None:
+        self.model, self.model_version = labels
         self.outputs[out.req_id] = out
 
     @property
@@ -164,25 +164,24 @@ class RequestRecord:
 class Telemetry:
     """The per-app sinks a finished RequestRecord goes to."""
 
-    def __init__(self, metrics: Metrics, model_name: str, model_version: str = "",
-                 usage: UsageStore | None = None, tracing: Tracing | None = None,
-                 log_prompts: bool = False) -> None:
+    def __init__(self, metrics: Metrics, usage: UsageStore | None = None,
+                 tracing: Tracing | None = None, log_prompts: bool = False) -> None:
         self.metrics = metrics
-        self.model_name = model_name
-        self.model_version = model_version
         self.usage = usage
         self.tracing = tracing
         self.log_prompts = log_prompts
         self._tokenizers: dict[str, Any] = {}
 
-    def instrument(self, engine: Any) -> InstrumentedEngine:
-        """The engine client the server should use: feeds metrics and request records."""
-        self._tokenizers[self.model_name] = engine.tokenizer
-        return InstrumentedEngine(engine, self.metrics, self.model_name, observe_current)
+    def instrument(self, engine: Any, model_name: str, model_version: str = ""
+                   ) -> InstrumentedEngine:
+        """The engine client the server should use for this model version: feeds metrics
+        (labelled with name and version) and request records."""
+        self._tokenizers[model_name] = engine.tokenizer
+        return InstrumentedEngine(engine, self.metrics, (model_name, model_version),
+                                  observe_current)
 
     def finish(self, record: RequestRecord) -> None:
         try:
-            record.model_version = self.model_version if record.model else ""
             self.metrics.observe_http(record.status or 500, record.error_code, record.key_id)
             self._log(record)
             if self.usage is not None and record.outputs:
@@ -201,7 +200,7 @@ class Telemetry:
     def _usage_event(self, record: RequestRecord) -> UsageEvent:
         prompt_tokens, completion_tokens, cached_tokens = record.tokens()
         return UsageEvent(day=utc_day(), key_id=record.key_id or ANONYMOUS,
-                          model=record.model or self.model_name,
+                          model=record.model or "",
                           model_version=record.model_version, prompt_tokens=prompt_tokens,
                           completion_tokens=completion_tokens, cached_tokens=cached_tokens,
                           failed=record.failed)
@@ -226,9 +225,8 @@ class TelemetryConfigError(ValueError):
     """A telemetry setting the server cannot honour (bad usage database, tracing missing)."""
 
 
-def build_telemetry(model_name: str, model_version: str, max_model_len: int, *,
-                    usage_db: str | None = None, otlp_endpoint: str | None = None,
-                    log_prompts: bool = False) -> Telemetry:
+def build_telemetry(max_model_len: int, *, usage_db: str | None = None,
+                    otlp_endpoint: str | None = None, log_prompts: bool = False) -> Telemetry:
     """Everything one app needs; a setting that cannot work fails here, before serving."""
     try:
         usage = open_usage_store(usage_db)
@@ -241,8 +239,7 @@ def build_telemetry(model_name: str, model_version: str, max_model_len: int, *,
     except TracingUnavailable as exc:
         usage.close()
         raise TelemetryConfigError(str(exc)) from exc
-    return Telemetry(Metrics(max_model_len), model_name, model_version, usage, tracing,
-                     log_prompts)
+    return Telemetry(Metrics(max_model_len), usage, tracing, log_prompts)
 
 
 def _error_code(body: bytes) -> str | None:

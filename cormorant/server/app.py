@@ -8,17 +8,21 @@ Imports fastapi, server modules and the gateway's auth and telemetry (middleware
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from fastapi import FastAPI
 
 from cormorant import __version__
 from cormorant.gateway.auth import AuthMiddleware, build_authenticator
 from cormorant.gateway.metrics import metrics_router
+from cormorant.gateway.model_registry import ModelSpec, Registry
 from cormorant.gateway.quotas import RateLimitHeaders
 from cormorant.gateway.request_log import TelemetryMiddleware
+from cormorant.gateway.response_cache import ResponseCache, ResponseCacheConfig
 from cormorant.gateway.routes import RouteTable
+from cormorant.gateway.semantic_cache import SemanticCache, SemanticCacheConfig
 from cormorant.gateway.usage import usage_router
-from cormorant.server import (route_chat, route_classify, route_completions, route_detokenize,
+from cormorant.server import (route_admin, route_chat, route_classify, route_completions, route_detokenize,
                               route_embeddings, route_health, route_models, route_ready,
                               route_tokenize)
 from cormorant.server.config import ServerConfig
@@ -27,9 +31,11 @@ from cormorant.server.engine_client import EngineClient
 from cormorant.server.errors import install_error_handlers
 from cormorant.server.middleware import LimitsMiddleware, RequestIdMiddleware
 from cormorant.server.openapi import install_openapi
-from cormorant.server.state import ServerState
+from cormorant.server.state import RawLoader, ServerState
 
-ROUTERS = (route_completions, route_chat, route_models, route_tokenize, route_detokenize,
+FIXED_SOURCE = "fixed:"  # a model handed to build_app: it cannot be reloaded from anywhere
+
+ROUTERS = (route_admin, route_completions, route_chat, route_models, route_tokenize, route_detokenize,
            route_health, route_ready, route_embeddings, route_classify)
 
 
@@ -42,7 +48,7 @@ def _middleware(state: ServerState) -> list[tuple[type, dict]]:
     auth."""
     cfg = state.config
     stack: list[tuple[type, dict]] = [
-        (RequestIdMiddleware, {"static_headers": {"x-system-fingerprint": state.fingerprint}}),
+        (RequestIdMiddleware, {}),
         (TelemetryMiddleware, {"telemetry": state.telemetry}),
         (LimitsMiddleware, {"config": cfg}),
     ]
@@ -54,19 +60,26 @@ def _middleware(state: ServerState) -> list[tuple[type, dict]]:
                                    "routes": RouteTable(metrics_public=cfg.metrics_public)}))
     # Inside auth: it reads the caller's principal to put x-ratelimit headers on responses.
     stack.append((RateLimitHeaders, {"quotas": state.quotas,
-                                     "defaults": state.admission.defaults}))
+                                     "defaults": state.quota_defaults}))
     return stack
 
 
-def build_app(engine: EngineClient, config: ServerConfig | None = None,
-              encoders: Sequence[EncoderLike] = ()) -> FastAPI:
-    """encoders: embedding / classification models served beside `engine`, by model_name."""
-    state = ServerState(engine, config or ServerConfig())
+def build_app(engine: EngineClient | None = None, config: ServerConfig | None = None,
+              encoders: Sequence[EncoderLike] = (), *, registry: Registry | None = None,
+              loaded: dict[str, tuple[Any, str]] | None = None,
+              loader: RawLoader | None = None) -> FastAPI:
+    """Either one engine (and encoders beside it, by model_name), or a model registry with
+    the models already built (`loaded`: id -> (object, weights digest)) and a loader for
+    the rest (server.model_loader)."""
+    config = config or ServerConfig()
+    if registry is None:
+        registry, loaded = fixed_registry(engine, config, encoders)
+    state = ServerState(registry, config, loaded, loader)
+    _install_caches(state, config)
     app = FastAPI(title="cormorant", version=__version__, lifespan=state.lifespan,
                   description="OpenAI-compatible API of the cormorant inference engine.",
                   docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.state.cormorant = state
-    app.state.encoders = {encoder.model_name: encoder for encoder in encoders}
     install_error_handlers(app, state.config.max_error_chars)
     for module in ROUTERS:
         app.include_router(module.router)
@@ -77,3 +90,33 @@ def build_app(engine: EngineClient, config: ServerConfig | None = None,
     for cls, kwargs in reversed(_middleware(state)):
         app.add_middleware(cls, **kwargs)
     return app
+
+
+def fixed_registry(engine: EngineClient | None, config: ServerConfig,
+                   encoders: Sequence[EncoderLike]) -> tuple[Registry, dict]:
+    """A registry of exactly the objects given (nothing loads on demand)."""
+    registry, loaded = Registry(), {}
+    if engine is not None:
+        spec = ModelSpec(name=config.served_model_name or engine.model_name, version="",
+                         source=FIXED_SOURCE)
+        registry.add(spec)
+        loaded[spec.id] = (engine, config.model_version)
+    for encoder in encoders:
+        spec = ModelSpec(name=encoder.model_name, version="", source=FIXED_SOURCE,
+                         kind="embed")
+        registry.add(spec)
+        loaded[spec.id] = (encoder, "")
+    if not registry.specs:
+        raise ValueError("build_app needs an engine, an encoder or a registry")
+    return registry, loaded
+
+
+def _install_caches(state: ServerState, config: ServerConfig) -> None:
+    if config.response_cache:
+        state.response_cache = ResponseCache(ResponseCacheConfig(
+            ttl_s=config.response_cache_ttl_s, max_entries=config.response_cache_max_entries,
+            redis_url=config.response_cache_redis_url))
+    if config.semantic_cache_model:
+        state.semantic_cache = SemanticCache(SemanticCacheConfig(
+            threshold=config.semantic_cache_threshold,
+            max_entries=config.response_cache_max_entries, ttl_s=config.response_cache_ttl_s))

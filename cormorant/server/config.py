@@ -72,6 +72,14 @@ class ServerConfig:
     usage_db: str | None = None  # SQLite file or postgresql:// URL; None: in memory
     otlp_endpoint: str | None = None  # OTLP/HTTP collector for request spans; None: no tracing
 
+    # --- response cache (server.response_caching) ------------------------------------------
+    response_cache: bool = False  # `cormorant serve` turns it on (--no-response-cache: off)
+    response_cache_ttl_s: float = 600.0
+    response_cache_max_entries: int = 10_000
+    response_cache_redis_url: str | None = None  # None: in this process
+    semantic_cache_model: str | None = None  # a served embedding model; None: no semantic cache
+    semantic_cache_threshold: float = 0.95  # cosine similarity of a semantic hit
+
     # --- error messages ----------------------------------------------------------------------
     max_error_chars: int = 512
 

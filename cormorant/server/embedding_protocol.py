@@ -1,12 +1,11 @@
-"""Request models of /v1/embeddings and /v1/classify, the encoder seam the routes use, and
-the one place a request's `model` becomes an encoder.
+"""Request models of /v1/embeddings and /v1/classify, and the encoder seam the routes use.
 
 `input` takes OpenAI's four shapes: a string, a list of strings, a list of token ids or a
 list of token-id lists. Counts are bounded here by ServerConfig.max_prompts (before items are
 validated); lengths, which depend on the model, are checked by `encoder_inputs` after
 tokenization, with a 400 naming both numbers. Token ids are taken as the whole sequence
 (the client adds [CLS]/[SEP] itself, as with any token-id input).
-Imports pydantic, starlette and server modules (protocol, errors, prompts, state).
+Imports pydantic and server modules (protocol, errors, prompts).
 """
 from __future__ import annotations
 
@@ -14,9 +13,7 @@ from concurrent.futures import Executor
 from typing import Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
-from starlette.requests import Request
 
-from cormorant.gateway.auth import current_principal
 from cormorant.server.errors import APIError, bound
 from cormorant.server.prompts import check_token_ids, off_loop
 from cormorant.server.protocol import limits
@@ -104,15 +101,3 @@ async def encoder_inputs(value: EncoderInput, encoder: EncoderLike, executor: Ex
                            code="context_length_exceeded")
         out.append(ids)
     return out
-
-
-def get_encoder(request: Request, name: str) -> EncoderLike:
-    """The encoder served under `name` (see server.app: app.state.encoders); an unknown
-    model, or one the caller's key may not use, is OpenAI's 404."""
-    encoders: dict[str, EncoderLike] = getattr(request.app.state, "encoders", {})
-    principal = current_principal()
-    encoder = encoders.get(name)
-    if encoder is None or not (principal is None or principal.may_use_model(name)):
-        raise APIError(404, f"The model '{bound(name, 128)}' does not exist or you do not "
-                       "have access to it.", param="model", code="model_not_found")
-    return encoder

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import TypeVar
@@ -41,8 +41,11 @@ _DONE = object()
 
 class EngineStream:
     def __init__(self, engine: EngineClient, jobs: list[Job], ticket: Ticket,
-                 lifecycle: Lifecycle) -> None:
+                 lifecycle: Lifecycle, on_close: Callable[[], None] | None = None) -> None:
+        """on_close: runs once when the stream is closed (the model lease's release)."""
         self._engine = engine
+        self._on_close = on_close
+        self._peeked: tuple | None = None
         self._ticket = ticket
         self._lifecycle = lifecycle
         self._queue: asyncio.Queue = asyncio.Queue()
@@ -71,6 +74,22 @@ class EngineStream:
             return
         self._queue.put_nowait((index, _DONE))
 
+    @property
+    def engine(self) -> EngineClient:
+        return self._engine
+
+    async def first(self) -> None:
+        """Wait for the first output; raise the APIError if the stream fails before it.
+        outputs() still yields that output: it is only looked at here (fallbacks decide on
+        it whether to try another model)."""
+        if self._peeked is None:
+            self._peeked = await self._queue.get()
+        if self._failure is not None:
+            raise self._failure
+        index, out = self._peeked
+        if out is not _DONE and out.error:
+            raise self._rejected(out.error)
+
     def _engine_failure(self) -> APIError:
         if not self._engine.stats().is_loop_alive:
             return APIError(503, "The engine stopped while serving the request.",
@@ -91,7 +110,7 @@ class EngineStream:
         remaining = self._num_jobs
         try:
             while remaining:
-                item = await self._queue.get()
+                item, self._peeked = self._peeked or await self._queue.get(), None
                 if self._failure is not None:
                     raise self._failure
                 index, out = item
@@ -122,6 +141,8 @@ class EngineStream:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._ticket.release()
         self._lifecycle.unregister(self)
+        if self._on_close is not None:
+            self._on_close()
 
     async def collect(self) -> list[RequestOutput]:
         """The final output of each prompt, in prompt order."""

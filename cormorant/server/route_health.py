@@ -16,5 +16,6 @@ router = APIRouter()
 @router.get("/health", summary="Liveness probe")
 async def health(request: Request) -> Response:
     state = get_state(request)
-    status, body = state.lifecycle.health(state.engine)
+    status, body = state.lifecycle.health(state.stats())
+    body["models"] = sorted(state.pool.deployments)
     return json_response(body, status=status)

@@ -1,5 +1,4 @@
-"""GET /v1/models and /v1/models/{id}: the models this server serves: the
-generation model and any encoders (embeddings / classification) beside it."""
+"""GET /v1/models and /v1/models/{id}: every model version the server can answer with (loaded or loaded on demand) and every alias, with versions, kinds and canary weights."""
 from __future__ import annotations
 
 from fastapi import APIRouter
@@ -7,7 +6,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cormorant.gateway.auth import get_principal
-from cormorant.server.embedding_protocol import EncoderLike, get_encoder
+from cormorant.gateway.keys import Principal
+from cormorant.gateway.model_registry import ModelSpec
+from cormorant.server.errors import APIError, bound
 from cormorant.server.openapi import ERROR_RESPONSES
 from cormorant.server.responses import json_response
 from cormorant.server.state import ServerState, get_state
@@ -15,35 +16,44 @@ from cormorant.server.state import ServerState, get_state
 router = APIRouter()
 
 
-def _card(state: ServerState) -> dict:
-    return {"id": state.model_name, "object": "model", "created": state.created,
-            "owned_by": "cormorant", "max_model_len": state.engine.max_model_len}
+def _model_card(state: ServerState, spec: ModelSpec) -> dict:
+    deployment = state.pool.deployments.get(spec.id)
+    card = {"id": spec.id, "object": "model", "created": state.created,
+            "owned_by": "cormorant", "name": spec.name, "version": spec.version,
+            "kind": spec.kind, "loaded": deployment is not None}
+    if deployment is not None:
+        card["max_model_len"] = deployment.served.max_model_len
+    return card
+
+
+def _alias_card(state: ServerState, alias: str, targets: dict[str, float]) -> dict:
+    total = sum(targets.values()) or 1.0
+    return {"id": alias, "object": "model", "created": state.created, "owned_by": "cormorant",
+            "alias_of": {t: round(w / total, 6) for t, w in targets.items()}}
+
+
+def _cards(state: ServerState, principal: Principal | None) -> list[dict]:
+    def allowed(*names: str) -> bool:
+        return principal is None or any(principal.may_use_model(n) for n in names)
+
+    registry = state.registry
+    cards = [_model_card(state, spec) for spec in registry.specs.values()
+             if allowed(spec.id, spec.name)]
+    cards += [_alias_card(state, alias, targets) for alias, targets in registry.aliases.items()
+              if allowed(alias)]
+    return cards
 
 
 @router.get("/v1/models", summary="List models")
 async def list_models(request: Request) -> Response:
-    state = get_state(request)
-    principal = get_principal(request)  # a key limited to some models sees only those
-    cards = [_card(state)] if principal is None or principal.may_use_model(state.model_name) \
-        else []
-    cards += [_encoder_card(state, encoder) for name, encoder in _encoders(request).items()
-              if principal is None or principal.may_use_model(name)]
+    cards = _cards(get_state(request), get_principal(request))
     return json_response({"object": "list", "data": cards})
 
 
 @router.get("/v1/models/{model_id:path}", responses=ERROR_RESPONSES, summary="Retrieve a model")
 async def retrieve_model(request: Request, model_id: str) -> Response:
-    state = get_state(request)
-    if model_id in _encoders(request):
-        return json_response(_encoder_card(state, get_encoder(request, model_id)))
-    state.resolve_model(model_id)
-    return json_response(_card(state))
-
-
-def _encoders(request: Request) -> dict:
-    return getattr(request.app.state, "encoders", {})
-
-
-def _encoder_card(state: ServerState, encoder: EncoderLike) -> dict:
-    return {"id": encoder.model_name, "object": "model", "created": state.created,
-            "owned_by": "cormorant", "max_model_len": encoder.max_model_len}
+    for card in _cards(get_state(request), get_principal(request)):
+        if card["id"] == model_id:
+            return json_response(card)
+    raise APIError(404, f"The model '{bound(model_id, 128)}' does not exist or you do not "
+                   "have access to it.", param="model", code="model_not_found")

@@ -20,13 +20,14 @@ router = APIRouter()
 async def tokenize(request: Request) -> Response:
     state = get_state(request)
     req = await read_request(request, TokenizeRequest, state.validation_context)
-    engine = state.resolve_model(req.model)
-    if req.prompt is not None:
-        ids = await off_loop(state.tokenize_pool, len(req.prompt), engine.tokenizer.encode,
-                             req.prompt, req.add_special_tokens)
-    else:
-        prompt = await chat_prompt(req.messages or [], engine.tokenizer, state.tokenize_pool,
-                                   req.add_generation_prompt)
-        ids = prompt.token_ids
-    return json_response({"count": len(ids), "max_model_len": engine.max_model_len,
-                          "tokens": list(ids)})
+    async with await state.acquire(req.model) as deployment:
+        served = deployment.served
+        if req.prompt is not None:
+            ids = await off_loop(state.tokenize_pool, len(req.prompt), served.tokenizer.encode,
+                                 req.prompt, req.add_special_tokens)
+        else:
+            prompt = await chat_prompt(req.messages or [], served.tokenizer,
+                                       state.tokenize_pool, req.add_generation_prompt)
+            ids = prompt.token_ids
+    return json_response({"count": len(ids), "max_model_len": served.max_model_len,
+                          "tokens": list(ids)}, headers=served.headers())

@@ -16,14 +16,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cormorant.frontend.outputs import CompletionOutput, RequestOutput
+from cormorant.gateway.response_cache import is_deterministic
 from cormorant.server.body import read_request
+from cormorant.server.dispatch import Prepared, Started, start_generation
 from cormorant.server.generation import EngineStream, Job, collect_unless_disconnected
 from cormorant.server.logprobs import TokenText, chat_logprobs
 from cormorant.server.params import chat_params
 from cormorant.server.prompts import chat_prompt
 from cormorant.server.protocol import ChatCompletionRequest
+from cormorant.server.response_caching import normalized, replay, store
 from cormorant.server.responses import (client_gone, finals_usage, finish_reason,
                                         json_response, new_id, usage)
+from cormorant.server.served import ServedGenerator
 from cormorant.server.sse import SSEResponse, sse_body
 from cormorant.server.state import ServerState
 
@@ -51,25 +55,45 @@ class _Ctx:
 
 async def create_chat_completion(request: Request, state: ServerState) -> Response:
     req = await read_request(request, ChatCompletionRequest, state.validation_context)
-    engine = state.resolve_model(req.model)
-    state.lifecycle.check_accepting()
-    prompt = await chat_prompt(req.messages, engine.tokenizer, state.tokenize_pool)
-    params = chat_params(req, len(prompt.token_ids), engine.max_model_len, state.vocab_size)
-    ticket = await state.admission.admit(request, [len(prompt.token_ids)], [params])
-    ctx = _Ctx(id=new_id("chatcmpl"), model=state.model_name, fingerprint=state.fingerprint,
-               n=req.n, top_logprobs=params.logprobs,
-               include_usage=bool(req.stream_options and req.stream_options.include_usage),
-               prompt_len=len(prompt.token_ids), token_text=state.token_text)
-    stream = EngineStream(engine, [Job(ctx.id, prompt.token_ids, params)], ticket,
-                          state.lifecycle)
+
+    async def prepare(served: ServedGenerator) -> Prepared:
+        prompt = await chat_prompt(req.messages, served.tokenizer, state.tokenize_pool)
+        params = chat_params(req, len(prompt.token_ids), served.max_model_len,
+                             served.vocab_size)
+        return Prepared([Job(new_id("chatcmpl"), prompt.token_ids, params)],
+                        [len(prompt.token_ids)], [params], extra=prompt,
+                        deterministic=is_deterministic(req.temperature, req.seed)
+                        and not req.logprobs, cache_request=normalized(req),
+                        cache_text=_messages_text(req))
+
+    started = await start_generation(request, state, req.model, req.user, "chat", prepare)
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    if started.cached is not None:
+        return replay(started.cached, "chat", req.stream, include_usage, started.headers,
+                      state.config.max_error_chars)
+    served, job = started.served, started.prepared.jobs[0]
+    ctx = _Ctx(id=job.request_id, model=served.model_id, fingerprint=served.fingerprint,
+               n=req.n, top_logprobs=job.params.logprobs, include_usage=include_usage,
+               prompt_len=len(job.prompt_token_ids), token_text=served.token_text)
+    stream = started.stream
+    assert stream is not None
     if req.stream:
-        return SSEResponse(sse_body(_chunks(ctx, stream), state.config.max_error_chars),
-                           on_close=stream.aclose)
+        return SSEResponse(sse_body(_chunks(ctx, stream, started, state), state.config.max_error_chars),
+                           headers=started.headers, on_close=stream.aclose)
     try:
         finals = await collect_unless_disconnected(request.receive, stream.collect())
     finally:
         await stream.aclose()
-    return client_gone() if finals is None else json_response(_response(ctx, finals[0]))
+    if finals is None:
+        return client_gone()
+    body = _response(ctx, finals[0])
+    await store(state, started.cache, body)
+    return json_response(body, headers=started.headers)
+
+
+def _messages_text(req: ChatCompletionRequest) -> str:
+    """The conversation as one text, for the semantic cache's embedding."""
+    return "\n".join(f"{m.role}: {m.text()}" for m in req.messages)
 
 
 def _logprobs(ctx: _Ctx, o: CompletionOutput, num_new: int | None = None) -> dict | None:
@@ -105,7 +129,8 @@ def _delta_chunks(ctx: _Ctx, o: CompletionOutput) -> list[dict]:
     return choices
 
 
-async def _chunks(ctx: _Ctx, stream: EngineStream) -> AsyncIterator[list[dict]]:
+async def _chunks(ctx: _Ctx, stream: EngineStream, started: Started, state: ServerState
+                  ) -> AsyncIterator[list[dict]]:
     # The role chunks go out before the engine's first token: headers and a first event
     # reach the client at once, which is what OpenAI clients expect to see first.
     yield [ctx.chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
@@ -113,6 +138,7 @@ async def _chunks(ctx: _Ctx, stream: EngineStream) -> AsyncIterator[list[dict]]:
     finished: set[int] = set()
     num_tokens: dict[int, int] = {}
     num_cached = 0
+    last: RequestOutput | None = None
     async with aclosing(stream.outputs()) as outputs:
         async for _, out in outputs:
             num_cached = out.num_cached_tokens
@@ -126,6 +152,9 @@ async def _chunks(ctx: _Ctx, stream: EngineStream) -> AsyncIterator[list[dict]]:
                 # One choice per chunk, as OpenAI sends them.
                 batch.extend(ctx.chunk([choice]) for choice in _delta_chunks(ctx, o))
             yield batch
+            last = out
     if ctx.include_usage:
         yield [{**ctx.chunk([]), "usage": usage([ctx.prompt_len], sum(num_tokens.values()),
                                                       num_cached)}]
+    if last is not None:  # complete: the stream was not cut short
+        await store(state, started.cache, _response(ctx, last))

@@ -15,15 +15,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cormorant.frontend.outputs import CompletionOutput, RequestOutput
+from cormorant.gateway.response_cache import is_deterministic
 from cormorant.server.body import read_request
+from cormorant.server.dispatch import Prepared, Started, start_generation
 from cormorant.server.errors import APIError
 from cormorant.server.generation import EngineStream, Job, collect_unless_disconnected
 from cormorant.server.logprobs import TokenText, completion_logprobs
 from cormorant.server.params import completion_params
 from cormorant.server.prompts import Prompt, completion_prompts, count_prompts
 from cormorant.server.protocol import CompletionRequest
+from cormorant.server.response_caching import normalized, replay, store
 from cormorant.server.responses import (client_gone, finals_usage, finish_reason,
                                         json_response, new_id, usage)
+from cormorant.server.served import ServedGenerator
 from cormorant.server.sse import SSEResponse, sse_body
 from cormorant.server.state import ServerState
 
@@ -55,32 +59,52 @@ class _Ctx:
 
 async def create_completion(request: Request, state: ServerState) -> Response:
     req = await read_request(request, CompletionRequest, state.validation_context)
-    engine = state.resolve_model(req.model)
-    state.lifecycle.check_accepting()
     num_prompts = count_prompts(req.prompt)
     if num_prompts * req.n > state.config.max_choices:  # bounded before any tokenization
         raise APIError(400, f"{num_prompts} prompts x n={req.n} exceeds the limit of "
                        f"{state.config.max_choices} choices per request.", param="n",
                        code="invalid_value")
-    prompts = await completion_prompts(req.prompt, engine.tokenizer, state.vocab_size,
-                                       state.tokenize_pool)
-    params = [completion_params(req, len(p.token_ids), engine.max_model_len, state.vocab_size)
-              for p in prompts]
-    ticket = await state.admission.admit(request, [len(p.token_ids) for p in prompts], params)
-    ctx = _Ctx(id=new_id("cmpl"), model=state.model_name, fingerprint=state.fingerprint,
-               n=req.n, echo=req.echo, logprobs=req.logprobs,
-               include_usage=bool(req.stream_options and req.stream_options.include_usage),
-               prompts=prompts, token_text=state.token_text, decode=engine.tokenizer.decode)
-    jobs = [Job(f"{ctx.id}-{i}", p.token_ids, sp) for i, (p, sp) in enumerate(zip(prompts, params))]
-    stream = EngineStream(engine, jobs, ticket, state.lifecycle)
+
+    async def prepare(served: ServedGenerator) -> Prepared:
+        prompts = await completion_prompts(req.prompt, served.tokenizer, served.vocab_size,
+                                           state.tokenize_pool)
+        params = [completion_params(req, len(p.token_ids), served.max_model_len,
+                                    served.vocab_size) for p in prompts]
+        request_id = new_id("cmpl")
+        jobs = [Job(f"{request_id}-{i}", p.token_ids, sp)
+                for i, (p, sp) in enumerate(zip(prompts, params))]
+        text = req.prompt if isinstance(req.prompt, str) else None
+        return Prepared(jobs, [len(p.token_ids) for p in prompts], params, extra=prompts,
+                        deterministic=is_deterministic(req.temperature, req.seed)
+                        and req.logprobs is None, cache_request=normalized(req),
+                        cache_text=text)
+
+    started = await start_generation(request, state, req.model, req.user, "completions",
+                                     prepare)
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    if started.cached is not None:
+        return replay(started.cached, "completions", req.stream, include_usage, started.headers,
+                      state.config.max_error_chars)
+    served, stream = started.served, started.stream
+    assert stream is not None
+    ctx = _Ctx(id=started.prepared.jobs[0].request_id.rsplit("-", 1)[0],
+               model=served.model_id, fingerprint=served.fingerprint, n=req.n,
+               echo=req.echo, logprobs=req.logprobs, include_usage=include_usage,
+               prompts=started.prepared.extra, token_text=served.token_text,
+               decode=served.tokenizer.decode)
     if req.stream:
-        return SSEResponse(sse_body(_chunks(ctx, stream), state.config.max_error_chars),
-                           on_close=stream.aclose)
+        return SSEResponse(sse_body(_chunks(ctx, stream, started, state),
+                                    state.config.max_error_chars),
+                           headers=started.headers, on_close=stream.aclose)
     try:
         finals = await collect_unless_disconnected(request.receive, stream.collect())
     finally:
         await stream.aclose()
-    return client_gone() if finals is None else json_response(_response(ctx, finals))
+    if finals is None:
+        return client_gone()
+    body = _response(ctx, finals)
+    await store(state, started.cache, body)
+    return json_response(body, headers=started.headers)
 
 
 def _ids_and_entries(ctx: _Ctx, index: int, out: RequestOutput, token_ids: list[int],
@@ -142,8 +166,10 @@ def _stream_choice(ctx: _Ctx, index: int, out: RequestOutput, o: CompletionOutpu
             "finish_reason": reason}
 
 
-async def _chunks(ctx: _Ctx, stream: EngineStream) -> AsyncIterator[list[dict]]:
+async def _chunks(ctx: _Ctx, stream: EngineStream, started: Started, state: ServerState
+                  ) -> AsyncIterator[list[dict]]:
     states: dict[int, _ChoiceState] = {}
+    finals: dict[int, RequestOutput] = {}
     cached: dict[int, int] = {}
     null_usage = {"usage": None} if ctx.include_usage else {}
     async with aclosing(stream.outputs()) as outputs:
@@ -156,9 +182,12 @@ async def _chunks(ctx: _Ctx, stream: EngineStream) -> AsyncIterator[list[dict]]:
                     if choice is not None:
                         choices.append(choice)
             cached[index] = out.num_cached_tokens
+            finals[index] = out
             # One choice per chunk, as OpenAI sends them; one write per engine step.
             yield [{**ctx.envelope([choice]), **null_usage} for choice in choices]
     if ctx.include_usage:
         completion_tokens = sum(st.num_tokens for st in states.values())
         yield [{**ctx.envelope([]), "usage": usage([len(p.token_ids) for p in ctx.prompts],
                                                    completion_tokens, sum(cached.values()))}]
+    if len(finals) == len(ctx.prompts):  # complete: the stream was not cut short
+        await store(state, started.cache, _response(ctx, [finals[i] for i in sorted(finals)]))

@@ -1,82 +1,151 @@
 """ServerState: what every route needs, built once per app and reached via request.app.state.
 
-It holds the engine the app was given, the served model name and fingerprint, admission and
-lifecycle, the tokenization pool, the token-text cache and the telemetry (metrics, usage,
-request log, tracing; the engine it holds is wrapped to feed them) with the engine watchdog.
-`resolve_model` is the one place a request's `model` becomes an engine: a registry of several
-models replaces it later.
-Imports server modules, gateway telemetry and the package version; never the engine
-implementation.
+It holds the model pool (gateway.model_pool: the registry's models, loaded ones wrapped as
+server.served objects), lifecycle, quotas, the tokenization pool, the response cache and the
+telemetry with the engine watchdog. `acquire` is the one place a request's `model` becomes a
+served model version: routed by the registry (aliases, canary splits sticky per `user`),
+checked against the caller's key, loaded on demand. Its Lease is released when the response
+is over, which is what lets a swapped-out version drain.
+Imports server modules and the gateway; never the engine implementation.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
 from starlette.requests import Request
 
-from cormorant import __version__
 from cormorant.gateway.auth import current_principal
-from cormorant.gateway.request_log import build_telemetry
-from cormorant.gateway.watchdog import Watchdog
+from cormorant.gateway.model_pool import Deployment, Lease, LoadError, ModelNotFound, ModelPool
+from cormorant.gateway.model_registry import ModelSpec, Registry
 from cormorant.gateway.quotas import Quotas
 from cormorant.gateway.redis_store import RedisStore
+from cormorant.gateway.request_log import build_telemetry
 from cormorant.gateway.store import MemoryStore
-from cormorant.server.admission import Admission
+from cormorant.gateway.watchdog import Watchdog
+from cormorant.server.admission import quota_defaults
 from cormorant.server.config import ServerConfig
-from cormorant.server.engine_client import EngineClient, vocab_size_of
 from cormorant.server.errors import APIError, bound
 from cormorant.server.lifecycle import Lifecycle
-from cormorant.server.logprobs import TokenText
+from cormorant.server.served import CombinedStats, ServedEncoder, ServedGenerator
+
+logger = logging.getLogger("cormorant.server")
+
+# (spec, resolved source) -> (engine or encoder object, weights digest). Blocking; a thread.
+RawLoader = Callable[[ModelSpec, "Path | str"], tuple[Any, str]]
+METRICS_TOKEN_BUCKET_MAX = 1 << 17  # histogram buckets of token counts go up to here
+IDLE_CHECK_S = 5.0
 
 
-def make_fingerprint(model_name: str, model_version: str) -> str:
-    """Names the model, its version and the server build; safe to put in a header."""
-    text = f"{model_name}:{model_version or 'unversioned'}:cormorant-{__version__}"
-    return "".join(ch if 0x20 < ord(ch) < 0x7F else "_" for ch in text)
+def _no_loader(spec: ModelSpec, source: Path | str) -> tuple[Any, str]:
+    raise LoadError(f"this server was built with fixed models; {spec.id} cannot be loaded")
 
 
 class ServerState:
-    def __init__(self, engine: EngineClient, config: ServerConfig) -> None:
+    def __init__(self, registry: Registry, config: ServerConfig,
+                 loaded: dict[str, tuple[Any, str]] | None = None,
+                 loader: RawLoader | None = None) -> None:
+        """loaded: model id -> (engine or encoder, digest) built before the app (these are
+        warmed in the lifespan); loader: builds the others on demand."""
         self.config = config
-        self.model_name = config.served_model_name or engine.model_name
-        self.telemetry = build_telemetry(
-            self.model_name, config.model_version, engine.max_model_len,
-            usage_db=config.usage_db, otlp_endpoint=config.otlp_endpoint,
-            log_prompts=config.log_prompts)
-        self.engine: EngineClient = self.telemetry.instrument(engine)
-        self.fingerprint = make_fingerprint(self.model_name, config.model_version)
+        self.telemetry = build_telemetry(METRICS_TOKEN_BUCKET_MAX, usage_db=config.usage_db,
+                                         otlp_endpoint=config.otlp_endpoint,
+                                         log_prompts=config.log_prompts)
         self.created = int(time.time())
-        self.vocab_size = vocab_size_of(engine)
         self.lifecycle = Lifecycle(config)
         # Quota counters: shared through Redis by every process given the same URL.
         self.quotas = Quotas(RedisStore.from_url(config.redis_url) if config.redis_url
                              else MemoryStore())
-        self.admission = Admission(config, engine.stats, self.quotas, _block_size(engine))
-        self.token_text = TokenText(engine.tokenizer)
+        self.quota_defaults = quota_defaults(config)
+        raw_loader = loader or _no_loader
+        self.pool = ModelPool(registry, lambda spec, source, _instance:
+                              self.wrap(spec, *raw_loader(spec, source)))
+        self.pool.on_unloaded.append(self._forget)
+        for model_id, (obj, digest) in (loaded or {}).items():
+            spec = registry.specs[model_id]
+            self.pool.deployments[model_id] = Deployment(spec, self.wrap(spec, obj, digest),
+                                                         instance=f"{model_id}:{id(obj):x}")
+        self.response_cache: Any = None  # set by server.app when configured
+        self.semantic_cache: Any = None
         self.tokenize_pool = ThreadPoolExecutor(max_workers=2,
                                                 thread_name_prefix="cormorant-tokenize")
-        # Passed to request validation: config-driven bounds run before items are validated.
-        self.validation_context = {"config": config, "max_tokens": engine.max_model_len}
+        # Passed to request validation: config-driven bounds run before items are validated;
+        # max_tokens is bounded per model after routing.
+        self.validation_context = {"config": config, "max_tokens": 1 << 20}
         self._tasks: list[asyncio.Task] = []
 
-    def resolve_model(self, name: str | None) -> EngineClient:
-        # A key limited to other models gets the unknown model's 404: it learns nothing about
-        # what else is served. The caller is the request's, set by gateway.auth.
-        principal = current_principal()
-        is_allowed = principal is None or principal.may_use_model(name or self.model_name)
-        if is_allowed and (name is None or name == self.model_name):
-            return self.engine
-        raise APIError(404, f"The model '{bound(name or self.model_name, 128)}' does not exist "
-                       "or you do not have access to it.", param="model", code="model_not_found")
+    def wrap(self, spec: ModelSpec, obj: Any, digest: str) -> ServedGenerator | ServedEncoder:
+        if spec.kind == "embed":
+            return ServedEncoder(spec, obj, digest)
+        return ServedGenerator(spec, obj, digest, self.telemetry, self.quotas, self.config)
+
+    def _forget(self, deployment: Deployment) -> None:
+        if self.response_cache is not None:
+            logger.debug("entries of %s are unreachable now", deployment.instance)
+
+    # --- models ------------------------------------------------------------------------------
+
+    @property
+    def registry(self) -> Registry:
+        return self.pool.registry
+
+    @property
+    def default_model(self) -> str:
+        """What a request without `model` gets: the first registered model's name."""
+        return next(iter(self.registry.specs.values())).name
+
+    def generators(self) -> list[ServedGenerator]:
+        return [d.served for d in self.pool.deployments.values() if d.spec.kind == "generate"]
+
+    def stats(self) -> CombinedStats:
+        return CombinedStats.of([g.engine for g in self.generators()])
+
+    def fallbacks(self, name: str | None, user: str | None) -> list[str]:
+        """The names to try for a request: its own model first, then that model's fallbacks."""
+        name = name or self.default_model
+        model_id = self.registry.route(name, user)
+        spec = self.registry.specs.get(model_id) if model_id else None
+        return [name, *(spec.fallbacks if spec else ())]
+
+    async def acquire(self, name: str | None, user: str | None = None,
+                      kind: str = "generate") -> Lease:
+        """A lease on the model version that answers `name` for this caller (or an APIError:
+        404 unknown or not allowed, 400 wrong kind, 503 could not be loaded)."""
+        name = name or self.default_model
+        model_id = self.registry.route(name, user)
+        spec = self.registry.specs.get(model_id) if model_id else None
+        principal = current_principal()  # the request's, set by gateway.auth
+        allowed = spec is not None and (principal is None or any(
+            principal.may_use_model(n) for n in {name, spec.name, spec.id}))
+        if not allowed:
+            raise _not_found(name)
+        if spec.kind != kind:
+            what = "an embedding model" if spec.kind == "embed" else "a generation model"
+            raise APIError(400, f"The model '{bound(name, 128)}' is {what}; it cannot serve "
+                           "this endpoint.", param="model", code="model_not_supported")
+        try:
+            return await self.pool.acquire_id(spec.id)
+        except ModelNotFound:
+            raise _not_found(name) from None
+        except LoadError as exc:
+            raise APIError(503, f"The model '{bound(name, 128)}' is not available: {exc}",
+                           code="model_unavailable",
+                           headers={"retry-after": str(self.config.retry_after_s)}) from None
+
+    # --- life --------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app) -> AsyncIterator[None]:
-        self._tasks = [asyncio.ensure_future(self.lifecycle.warm_up(self.engine)),
-                       asyncio.ensure_future(self.lifecycle.watch_engine(self.engine))]
+        self._tasks = [asyncio.ensure_future(self._warm_up()),
+                       asyncio.ensure_future(self.lifecycle.watch_engines(
+                           lambda: [g.engine for g in self.generators()])),
+                       asyncio.ensure_future(self._expire_idle())]
         watchdog = self._start_watchdog(asyncio.get_running_loop())
         try:
             yield
@@ -88,11 +157,24 @@ class ServerState:
             self.tokenize_pool.shutdown(wait=False, cancel_futures=True)
             self.telemetry.close()
             await self.quotas.store.aclose()
+            if self.response_cache is not None:
+                await self.response_cache.aclose()
+
+    async def _warm_up(self) -> None:
+        await self.lifecycle.warm_up([d.served for d in self.pool.deployments.values()])
+
+    async def _expire_idle(self) -> None:
+        while True:
+            await asyncio.sleep(IDLE_CHECK_S)
+            try:
+                await self.pool.expire_idle()
+            except Exception:
+                logger.exception("unloading idle models failed")
 
     def _start_watchdog(self, loop: asyncio.AbstractEventLoop) -> Watchdog:
         """Same stall threshold as /health; before exiting, in-flight requests get a 503 and
         usage records are written."""
-        watchdog = Watchdog(self.engine.stats, self.config.health_stall_s,
+        watchdog = Watchdog(self.stats, self.config.health_stall_s,
                             self.config.watchdog_exit_grace_s)
 
         def fail_in_flight() -> None:
@@ -105,10 +187,11 @@ class ServerState:
         return watchdog.start()
 
 
-def _block_size(engine: EngineClient) -> int:
-    """The KV block size, for admission's block estimates (engines without one: 16)."""
-    cache = getattr(getattr(engine, "config", None), "cache", None)
-    return int(getattr(cache, "block_size", 16))
+def _not_found(name: str) -> APIError:
+    # A key limited to other models gets the unknown model's 404: it learns nothing about
+    # what else is served.
+    return APIError(404, f"The model '{bound(name, 128)}' does not exist or you do not have "
+                    "access to it.", param="model", code="model_not_found")
 
 
 def get_state(request: Request) -> ServerState:

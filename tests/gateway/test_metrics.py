@@ -77,6 +77,7 @@ def scrape(server, **headers) -> dict[str, float]:
 def value(samples: dict, name: str, **labels) -> float:
     if not name.startswith(HTTP_SERIES):
         labels.setdefault("model_name", MODEL)
+        labels.setdefault("model_version", "")  # the test's app is unversioned
     key = f"{name}{{{','.join(f'{k}={v}' for k, v in sorted(labels.items()))}}}"
     return samples.get(key, 0.0)
 
@@ -90,7 +91,7 @@ def test_vllm_metric_names_are_exported_from_the_start(server):
     assert 0.0 <= value(samples, "vllm:kv_cache_usage_perc") <= 1.0
     # vLLM's bucket boundaries, so the dashboards' quantiles mean the same thing.
     assert value(samples, "vllm:time_to_first_token_seconds_bucket", le="0.001") >= 0
-    assert "vllm:e2e_request_latency_seconds_bucket{le=7680.0,model_name=tiny-metrics}" in samples
+    assert "vllm:e2e_request_latency_seconds_bucket{le=7680.0,model_name=tiny-metrics,model_version=}" in samples
     text = httpx.get(server.url + "/metrics").headers["content-type"]
     assert text.startswith("text/plain")
 

@@ -226,14 +226,14 @@ def test_spans_reach_an_otlp_collector(engine):
 CHECK_LAZY = """
 import sys
 from cormorant.gateway.request_log import TelemetryConfigError, build_telemetry
-telemetry = build_telemetry("m", "", 128)
+telemetry = build_telemetry(128)
 assert telemetry.tracing is None
 # (opentelemetry-api itself may be loaded: recent FastAPI imports it when present.)
 print("sdk imported:", any(m.startswith(("opentelemetry.sdk", "opentelemetry.exporter"))
                            for m in sys.modules))
 sys.modules["opentelemetry.sdk"] = None  # as if the SDK were not installed
 try:
-    build_telemetry("m", "", 128, otlp_endpoint="http://127.0.0.1:4318")
+    build_telemetry(128, otlp_endpoint="http://127.0.0.1:4318")
 except TelemetryConfigError as exc:
     print("refused:", exc)
 """

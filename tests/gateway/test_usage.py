@@ -170,7 +170,7 @@ def test_an_unreachable_postgres_fails_fast_and_hides_the_password():
     assert failure.value.__cause__ is None and failure.value.__context__ is None
     # What `cormorant serve` prints before exiting 2 is that same message, unwrapped.
     with pytest.raises(TelemetryConfigError) as served:
-        build_telemetry(MODEL, "v1", 64, usage_db=url)
+        build_telemetry(64, usage_db=url)
     assert str(served.value) == message
 
 

@@ -43,3 +43,24 @@ def smollm2_server(smollm2_path):
     llm.shutdown()
 
 
+
+
+@pytest.fixture(scope="session")
+def multi_keys(tmp_path_factory):
+    from multi_model import Keys
+
+    return Keys(tmp_path_factory.mktemp("multi-keys") / "keys.json")
+
+
+@pytest.fixture(scope="session")
+def multi_server(tmp_path_factory, tiny_llama, tiny_qwen3, multi_keys):
+    """SmolLM2, tiny models and MiniLM in one server (tests/server/multi_model.py)."""
+    from models.test_bert import minilm_dir
+    from multi_model import make_root, start_multi_server
+
+    root = make_root(tmp_path_factory.mktemp("model-root"), tiny_llama, tiny_qwen3,
+                     minilm_dir())
+    server = start_multi_server(root, multi_keys)
+    yield server
+    server.stop()
+    server.app.state.cormorant.pool.shutdown_now()

@@ -33,9 +33,10 @@ def start_engine(config: EngineConfig):
 
 
 class ServerThread:
-    """uvicorn serving `build_app(engine, config)` on 127.0.0.1:<free port>, in a thread."""
+    """uvicorn serving `build_app(...)` on 127.0.0.1:<free port>, in a thread."""
 
-    def __init__(self, engine, **config) -> None:
+    def __init__(self, engine, registry=None, loaded=None, loader=None, **config) -> None:
+        """engine: one model; or registry (+ loaded, loader): a multi-model app."""
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP_NODELAY
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))  # our socket: no race for a "free" port
@@ -43,14 +44,15 @@ class ServerThread:
         self.url = f"http://127.0.0.1:{self.port}"
         self.engine = engine
         self.server_config = ServerConfig(port=self.port, **config)
-        self.app = build_app(engine, self.server_config)
+        self.app = build_app(engine, self.server_config, registry=registry, loaded=loaded,
+                             loader=loader)
         self.server = uvicorn.Server(uvicorn_config(self.app, self.server_config, "warning"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
                                        daemon=True, name=f"uvicorn-{self.port}")
 
     @property
     def model(self) -> str:
-        return self.app.state.cormorant.model_name
+        return self.app.state.cormorant.default_model
 
     def start(self, timeout: float = 60.0) -> "ServerThread":
         self.thread.start()

@@ -60,7 +60,9 @@ def test_fifty_streams_half_dropped(tiny_server, tiny_llm):
     assert (end.num_running, end.num_waiting) == (0, 0)
     assert end.num_free_blocks == num_free
     assert tiny_server.app.state.cormorant.lifecycle.num_in_flight == 0
-    admission = tiny_server.app.state.cormorant.admission
+    state = tiny_server.app.state.cormorant
+    admission = state.generators()[0].admission
+    assert [d.in_flight for d in state.pool.deployments.values()] == [0]  # leases back
     assert (admission.num_waiting, admission.num_waiting_prompt_tokens) == (0, 0)
 
 

@@ -1,5 +1,5 @@
 """server/ is HTTP only: it never imports engine internals, the runner, models or torch, and
-only the launcher names the engine implementation (so apps can front any engine object)."""
+only the launcher and the model loader name the engine implementation (so apps can front any engine object)."""
 from __future__ import annotations
 
 import ast
@@ -30,7 +30,7 @@ def test_server_imports_stay_in_their_layer():
         imports = _imports(path)
         bad = sorted(name for name in imports if name.startswith(FORBIDDEN))
         assert not bad, f"{path.name} imports {bad}"
-        if path.name != "launch.py":
+        if path.name not in ("launch.py", "model_loader.py"):
             assert not imports & set(LAUNCH_ONLY), path.name
         source = path.read_text()
         assert source.startswith('"""'), f"{path.name} lacks a module docstring"

@@ -1,0 +1,100 @@
+"""Starting one generation request on a model version: route, cache lookup, admission, the engine stream, and the fallbacks when the model refuses or fails first.
+
+`start_generation` tries the request's model, then that model's fallbacks in order (registry
+`fallbacks`). A candidate is skipped when it cannot be loaded, when admission refuses it
+(503: overloaded, or 504), or when its engine fails before the first output: with another
+candidate left, the first output is awaited before the response starts, so a failure there
+can still be retried once on the next one. 4xx errors (bad input, quotas) are the caller's and
+are never retried. The response names the version that answered (`x-model-version`) and, when
+it was a fallback, the model it stood in for (`x-fallback-from`).
+Imports server modules and the gateway's model pool lease.
+"""
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import Request
+
+from cormorant.gateway.model_pool import Lease
+from cormorant.server.errors import APIError
+from cormorant.server.generation import EngineStream, Job
+from cormorant.server.response_caching import CachePlan, plan_cache
+from cormorant.server.served import ServedGenerator
+from cormorant.server.state import ServerState
+
+FALLBACK_HEADER = "x-fallback-from"
+RETRYABLE = frozenset({500, 503, 504})
+
+
+@dataclass
+class Prepared:
+    """What a route makes of its request for one model: engine jobs and what it needs later
+    to shape the response (prompts, params, ...)."""
+    jobs: list[Job]
+    prompt_lens: list[int]
+    params: list[Any]
+    extra: Any = None
+    deterministic: bool = False
+    cache_request: dict | None = None  # the normalized request for the cache key
+    cache_text: str | None = None  # the prompt text for the semantic cache
+
+
+@dataclass
+class Started:
+    served: ServedGenerator
+    prepared: Prepared
+    cache: CachePlan
+    stream: EngineStream | None = None  # None: answered from the cache
+    cached: dict | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+async def start_generation(request: Request, state: ServerState, model: str | None,
+                           user: str | None, endpoint: str,
+                           prepare: Callable[[ServedGenerator], Awaitable[Prepared]]
+                           ) -> Started:
+    names = state.fallbacks(model, user)
+    for i, name in enumerate(names):
+        is_last = i == len(names) - 1
+        try:
+            started = await _try(request, state, name, user, endpoint, prepare, is_last)
+        except APIError as err:
+            if is_last or err.status not in RETRYABLE:
+                raise
+            continue
+        if i > 0:
+            started.headers[FALLBACK_HEADER] = names[0]
+        return started
+    raise AssertionError("unreachable: the last candidate raises or returns")
+
+
+async def _try(request: Request, state: ServerState, name: str, user: str | None,
+               endpoint: str, prepare: Callable[[ServedGenerator], Awaitable[Prepared]],
+               is_last: bool) -> Started:
+    state.lifecycle.check_accepting()
+    lease: Lease = await state.acquire(name, user, "generate")
+    try:
+        served: ServedGenerator = lease.deployment.served
+        prepared = await prepare(served)
+        cache = await plan_cache(request, state, lease.deployment, endpoint, prepared)
+        headers = served.headers()
+        if cache.hit is not None:
+            lease.release()
+            return Started(served, prepared, cache, cached=cache.hit,
+                           headers={**headers, **cache.headers()})
+        ticket = await served.admission.admit(request, prepared.prompt_lens, prepared.params)
+        stream = EngineStream(served.engine, prepared.jobs, ticket, state.lifecycle,
+                              on_close=lease.release)
+    except BaseException:
+        lease.release()
+        raise
+    if not is_last:
+        try:
+            await stream.first()
+        except APIError:
+            await stream.aclose()
+            raise
+    return Started(served, prepared, cache, stream=stream,
+                   headers={**headers, **cache.headers()})

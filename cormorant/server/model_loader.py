@@ -1,0 +1,69 @@
+"""Building a registry entry's model: a ModelSpec and its resolved source -> an AsyncLLM engine or an Embedder, with the weights digest that names the build.
+
+The model pool calls `load_object` in a worker thread when a model is loaded at start-up, on
+demand, or by the admin API. With server.launch, the only server module that names the
+engine implementation (frontend), imported lazily because it pulls in torch.
+Imports config, gateway.model_registry and gateway.fair_queue; frontend lazily.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from cormorant.config import CacheConfig, EngineConfig, SchedulerConfig
+from cormorant.gateway.fair_queue import FairQueue
+from cormorant.gateway.model_registry import BUILTIN_PREFIX, ModelSpec
+
+
+def model_version(path: str | Path) -> str:
+    """A short digest of the model's identity: file names, sizes and modification times plus
+    the config files (or a GGUF's header), cheap to compute even for large weights. Files
+    rewritten in place (new weights, same shapes) change it through their mtime."""
+    digest = hashlib.sha256()
+    root = Path(path)
+    files = sorted(f for f in root.iterdir() if f.is_file()) if root.is_dir() else [root]
+    for f in files:
+        stat = f.stat()
+        digest.update(f"{f.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+        if f.suffix in (".json", ".gguf"):
+            with open(f, "rb") as fh:
+                digest.update(fh.read(1 << 20))
+    return digest.hexdigest()[:12]
+
+
+def source_path(source: Path | str) -> Path:
+    if isinstance(source, str) and source.startswith(BUILTIN_PREFIX):
+        from cormorant.frontend.default_model import default_model_path
+
+        return Path(default_model_path())
+    return Path(source)
+
+
+def spec_engine_config(spec: ModelSpec, path: Path) -> EngineConfig:
+    options = dict(spec.engine)
+    scheduler = dataclasses.replace(SchedulerConfig(), **{
+        k: options.pop(k) for k in ("max_num_seqs", "max_model_len", "max_num_batched_tokens")
+        if k in options})
+    cache_fields = {f.name for f in dataclasses.fields(CacheConfig)}
+    cache = {"num_blocks": options.pop("num_kv_blocks", None),
+             **{k: options.pop(k) for k in list(options) if k in cache_fields}}
+    return EngineConfig(model=str(path), dtype=spec.dtype, device=spec.device,
+                        cache=CacheConfig(**cache), scheduler=scheduler, **options)
+
+
+def load_object(spec: ModelSpec, source: Path | str, fair: bool = True) -> tuple[Any, str]:
+    """(engine or encoder, weights digest) for one registry entry. Blocking."""
+    path = source_path(source)
+    digest = model_version(path)
+    if spec.kind == "embed":
+        from cormorant.frontend.embedder import Embedder
+
+        return Embedder.from_path(str(path), name=spec.name, dtype=spec.dtype,
+                                  device=spec.device), digest
+    from cormorant.frontend.async_llm import AsyncLLM
+
+    config = spec_engine_config(spec, path)
+    return AsyncLLM.from_config(config, model_name=spec.name,
+                                waiting=FairQueue() if fair else None), digest

@@ -1,0 +1,143 @@
+"""What the server keeps per loaded model version: ServedGenerator (an engine for completions and chat, with its own admission, fingerprint and token text) and ServedEncoder (embeddings and classification).
+
+Both satisfy gateway.model_pool.Served (memory_bytes, warm, shutdown), so the model pool can
+load, swap and unload them without knowing what they are. `CombinedStats` folds the engine
+stats of every loaded generator into one view for /health and the watchdog.
+Imports the gateway (admission, quotas, registry, telemetry), server modules and the package
+version; never the engine implementation.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import uuid
+from typing import Any
+
+from cormorant import __version__
+from cormorant.gateway.model_registry import ModelSpec
+from cormorant.gateway.quotas import Quotas
+from cormorant.gateway.request_log import Telemetry
+from cormorant.sampling_params import SamplingParams
+from cormorant.server.admission import Admission
+from cormorant.server.config import ServerConfig
+from cormorant.server.embedding_protocol import EncoderLike
+from cormorant.server.engine_client import EngineClient, vocab_size_of
+from cormorant.server.logprobs import TokenText
+
+VERSION_HEADER = "x-model-version"  # the exact model id (name@version) that answered
+
+
+def make_fingerprint(model_id: str, digest: str) -> str:
+    """Names the model version, its weights digest and the server build; header-safe."""
+    text = f"{model_id}:{digest or 'unversioned'}:cormorant-{__version__}"
+    return "".join(ch if 0x20 < ord(ch) < 0x7F else "_" for ch in text)
+
+
+class _Served:
+    kind = ""
+
+    def __init__(self, spec: ModelSpec, digest: str) -> None:
+        self.spec = spec
+        self.model_id = spec.id  # what responses name as their `model`
+        self.fingerprint = make_fingerprint(spec.id, digest)
+        # Metrics and usage: the version label is the registry's, else the weights digest.
+        self.labels = (spec.name, spec.version or digest)
+        # Response-cache entries are shared by every load of the same version, weights and
+        # settings (replicas sharing a Redis, a reload of unchanged files), and by nothing
+        # else: a swap to another version, or a reload of changed files, starts afresh.
+        settings = json.dumps([spec.dtype, spec.device, spec.engine], sort_keys=True)
+        self.cache_namespace = f"{spec.id}:{digest}:{settings}"
+
+    def headers(self) -> dict[str, str]:
+        return {VERSION_HEADER: self.model_id, "x-system-fingerprint": self.fingerprint}
+
+
+class ServedGenerator(_Served):
+    kind = "generate"
+
+    def __init__(self, spec: ModelSpec, engine: EngineClient, digest: str,
+                 telemetry: Telemetry, quotas: Quotas, config: ServerConfig) -> None:
+        super().__init__(spec, digest)
+        self.raw = engine
+        self.engine: EngineClient = telemetry.instrument(engine, *self.labels)
+        self.tokenizer = engine.tokenizer
+        self.max_model_len = engine.max_model_len
+        self.vocab_size = vocab_size_of(engine)
+        self.token_text = TokenText(engine.tokenizer)
+        limits = {k: v for k, v in spec.limits.items() if hasattr(config, k)}
+        self.admission = Admission(dataclasses.replace(config, **limits), engine.stats, quotas,
+                                   _block_size(engine))
+
+    @property
+    def memory_bytes(self) -> int:
+        return int(getattr(self.raw, "memory_bytes", 0))
+
+    async def warm(self) -> None:
+        """One short greedy generation through the whole stack; raises if it fails."""
+        prompt_ids = self.tokenizer.encode("Hello", add_special_tokens=True) or [0]
+        params = SamplingParams(max_tokens=1, temperature=0.0)
+        async for out in self.engine.generate(f"warmup-{uuid.uuid4().hex}", prompt_ids,
+                                              params):
+            if out.error:
+                raise RuntimeError(out.error)
+
+    def shutdown(self) -> None:
+        self.engine.shutdown()
+
+
+class ServedEncoder(_Served):
+    kind = "embed"
+
+    def __init__(self, spec: ModelSpec, encoder: EncoderLike, digest: str) -> None:
+        super().__init__(spec, digest)
+        self.encoder = encoder
+        self.max_model_len = encoder.max_model_len
+
+    @property
+    def memory_bytes(self) -> int:
+        return int(getattr(self.encoder, "memory_bytes", 0))
+
+    async def warm(self) -> None:
+        await self.encoder.embed([self.encoder.tokenize("Hello")])
+
+    def shutdown(self) -> None:
+        self.encoder.shutdown()
+
+
+def _block_size(engine: EngineClient) -> int:
+    """The KV block size, for admission's block estimates (engines without one: 16)."""
+    cache = getattr(getattr(engine, "config", None), "cache", None)
+    return int(getattr(cache, "block_size", 16))
+
+
+@dataclasses.dataclass
+class CombinedStats:
+    """The engines of all loaded generators as one: alive only if every loop is, stalled if
+    any engine with work has not stepped (its last step is the oldest such)."""
+    num_running: int = 0
+    num_waiting: int = 0
+    num_waiting_prompt_tokens: int = 0
+    num_free_blocks: int = 0
+    num_total_blocks: int = 0
+    steps: int = 0
+    last_step_time: float = dataclasses.field(default_factory=time.monotonic)
+    is_loop_alive: bool = True
+    has_pending_work: bool = False
+
+    @classmethod
+    def of(cls, engines: list[Any]) -> "CombinedStats":
+        combined = cls()
+        stalled_since: list[float] = []
+        for engine in engines:
+            s = engine.stats()
+            for name in ("num_running", "num_waiting", "num_waiting_prompt_tokens",
+                         "num_free_blocks", "num_total_blocks", "steps"):
+                setattr(combined, name, getattr(combined, name) + getattr(s, name))
+            combined.is_loop_alive &= bool(s.is_loop_alive)
+            if s.has_pending_work:
+                combined.has_pending_work = True
+                stalled_since.append(s.last_step_time)
+        if stalled_since:
+            combined.last_step_time = min(stalled_since)
+        return combined
