@@ -80,7 +80,11 @@ def _attend_tiles(acc, m_i, l_i, Q, q_pos, k_cache_ptr, v_cache_ptr, bt_row_ptr,
     return acc, m_i, l_i
 
 
-@triton.jit
+# Ints that change from step to step are not specialised: Triton would otherwise compile a
+# new variant the first time num_seqs or the block-table width is 1, a multiple of 16 or
+# neither, stalling that step by a second or more (measured: the first B3 run on an H100
+# spent 2.3 s of 2.9 s compiling, which read as an async-scheduling regression).
+@triton.jit(do_not_specialize=["num_seqs", "stride_bt"])
 def _paged_attention_kernel(
         out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr,
         q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_loc_ptr,
@@ -143,7 +147,7 @@ def _paged_attention_kernel(
         tl.store(part_acc_ptr + part[:, None] * HEAD_DIM_P + dims[None, :], acc, mask=store_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_seqs"])
 def _reduce_segments_kernel(out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr,
                             query_start_loc_ptr, num_seqs, num_heads, stride_ot, stride_oh,
                             HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,

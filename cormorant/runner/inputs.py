@@ -54,10 +54,12 @@ _INT32_FIELDS = ("query_start_loc", "seq_lens", "block_tables")
 
 
 class Layout:
-    """Byte offsets of each field in the packed buffer. int64 fields come first, so every
-    offset is aligned to its element size with no padding; `head_bytes` ends at seq_lens
-    (everything a decode graph needs apart from the block tables). Build with `layout()`,
-    which reuses the object for repeated shapes (a decode batch keeps its shape for steps)."""
+    """Byte offsets of each field in the packed buffer. int64 fields come first; every field
+    starts on a 16-byte boundary, so the pointers kernels get are always 16-byte aligned
+    (Triton specialises on pointer alignment: an offset that depended on the batch would
+    compile a new kernel variant mid-serving). `head_bytes` ends at seq_lens (everything a
+    decode graph needs apart from the block tables). Build with `layout()`, which reuses the
+    object for repeated shapes (a decode batch keeps its shape for steps)."""
 
     def __init__(self, num_tokens: int, num_seqs: int, num_sample_rows: int, table_rows: int,
                  table_width: int) -> None:
@@ -66,9 +68,20 @@ class Layout:
         self.table_rows, self.table_width = table_rows, table_width
         self.int64_counts = [num_tokens, num_tokens, num_tokens, num_sample_rows]
         self.int32_counts = [num_seqs + 1, num_seqs, table_rows * table_width]
-        self.int32_start = 8 * sum(self.int64_counts)  # byte offset of the int32 fields
-        self.nbytes = self.int32_start + 4 * sum(self.int32_counts)
-        self.head_bytes = self.nbytes - 4 * self.int32_counts[-1]  # where block_tables starts
+        self.int64_sizes = _with_padding(self.int64_counts, 2)  # [count, pad, count, pad, ...]
+        self.int32_sizes = _with_padding(self.int32_counts, 4)
+        self.int32_sizes[-1] = 0  # nothing follows the block tables
+        self.int32_start = 8 * sum(self.int64_sizes)  # byte offset of the int32 fields
+        self.nbytes = self.int32_start + 4 * sum(self.int32_sizes)
+        self.head_bytes = self.int32_start + 4 * sum(self.int32_sizes[:4])  # block_tables
+
+
+def _with_padding(counts: list[int], per_16_bytes: int) -> list[int]:
+    """Each count followed by the elements that pad it to a 16-byte boundary."""
+    out = []
+    for count in counts:
+        out += [count, -count % per_16_bytes]
+    return out
 
 
 @functools.lru_cache(maxsize=256)
@@ -80,13 +93,13 @@ def layout(num_tokens: int, num_seqs: int, num_sample_rows: int, table_rows: int
 def numpy_views(buf: np.ndarray, lay: Layout) -> dict[str, np.ndarray]:
     """Typed views of a uint8 host buffer; block_tables as [table_rows, table_width]."""
     views = {}
-    for names, counts, array in (
-            (_INT64_FIELDS, lay.int64_counts, buf[:lay.int32_start].view(np.int64)),
-            (_INT32_FIELDS, lay.int32_counts, buf[lay.int32_start:lay.nbytes].view(np.int32))):
+    for names, sizes, array in (
+            (_INT64_FIELDS, lay.int64_sizes, buf[:lay.int32_start].view(np.int64)),
+            (_INT32_FIELDS, lay.int32_sizes, buf[lay.int32_start:lay.nbytes].view(np.int32))):
         offset = 0
-        for name, count in zip(names, counts):
+        for name, count, pad in zip(names, sizes[::2], sizes[1::2]):
             views[name] = array[offset:offset + count]
-            offset += count
+            offset += count + pad
     views["block_tables"] = views["block_tables"].reshape(lay.table_rows, lay.table_width)
     return views
 
@@ -96,8 +109,8 @@ def tensor_views(buf: torch.Tensor, lay: Layout) -> dict[str, torch.Tensor]:
     call costs microseconds of host time on the step's critical path."""
     int64 = buf[:lay.int32_start].view(torch.int64)
     int32 = buf[lay.int32_start:lay.nbytes].view(torch.int32)
-    views = dict(zip(_INT64_FIELDS, int64.split_with_sizes(lay.int64_counts)))
-    views.update(zip(_INT32_FIELDS, int32.split_with_sizes(lay.int32_counts)))
+    views = dict(zip(_INT64_FIELDS, int64.split_with_sizes(lay.int64_sizes)[::2]))
+    views.update(zip(_INT32_FIELDS, int32.split_with_sizes(lay.int32_sizes)[::2]))
     views["block_tables"] = views["block_tables"].view(lay.table_rows, lay.table_width)
     return views
 
