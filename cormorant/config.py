@@ -62,7 +62,8 @@ class EngineConfig:
     attention_backend: str = "auto"  # auto | torch | triton
     enforce_eager: bool = False  # GPU: skip CUDA graphs
     # Schedule and launch step n+1 before reading step n's sampled ids (engine.core).
-    # None: on where the runner computes asynchronously (CUDA). Off by default: on an H100 it
-    # cut batch-1 decode 1.61 -> 1.42 ms/token and serving ITL p50 27.7 -> 9.1 ms, but halved
-    # prefill-heavy B3 shapes (benchmarks/RESULTS.md); on by default once that is understood.
-    async_scheduling: bool | None = False
+    # None (default): on where the runner computes asynchronously (CUDA), off on the CPU. On
+    # an H100 it cuts batch-1 decode and serving ITL and speeds up B3's prefill-heavy shapes
+    # once kernels are compiled (benchmarks/RESULTS.md; an earlier "regression" was Triton
+    # compiling mid-run, since fixed).
+    async_scheduling: bool | None = None

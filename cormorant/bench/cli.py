@@ -35,8 +35,8 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
     add("--profile", action="store_true",
         help="after each timed run, profile a few decode steps at its batch size and context "
              "(OUT/*_profile.txt: device vs host time, top operators)")
-    add("--async-scheduling", action=argparse.BooleanOptionalAction, default=False,
-        help="engines schedule step n+1 while step n runs on the GPU (default: off)")
+    add("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
+        help="engines schedule step n+1 while step n runs on the GPU (default: on for CUDA)")
     add("--device", default="auto", help="auto | cuda | cuda:N | cpu")
     add("--dtype", default="auto", help="auto (bf16 on GPUs) | bfloat16 | float16 | float32")
     add("--budget-s", type=float, default=DEFAULT_BUDGET_S,

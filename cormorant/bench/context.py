@@ -29,7 +29,7 @@ class RunContext:
     out_dir: Path
     deadline: float | None = None  # time.monotonic() after which optional work is skipped
     profile: bool = False  # profile decode steps after each timed run (bench.profiling)
-    async_scheduling: bool | None = False  # None: on for CUDA
+    async_scheduling: bool | None = None  # None: on for CUDA
     env: dict = field(default_factory=dict)
 
     @property

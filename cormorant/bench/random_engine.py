@@ -44,7 +44,7 @@ class EngineSettings:
     memory_fraction: float | None = None
     enable_prefix_caching: bool = True
     attention_backend: str = "auto"
-    async_scheduling: bool | None = False  # None: on for CUDA
+    async_scheduling: bool | None = None  # None: on for CUDA
 
     def engine_config(self, name: str) -> EngineConfig:
         return EngineConfig(

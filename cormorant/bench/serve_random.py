@@ -28,6 +28,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-num-batched-tokens", type=int, default=8192)
     p.add_argument("--max-model-len", type=int, default=2048)
     p.add_argument("--num-kv-blocks", type=int, default=None)
+    p.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--log-level", default="warning")
     return p.parse_args(argv)
 
@@ -60,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = EngineSettings(dtype=args.dtype, device=args.device,
                               max_num_seqs=args.max_num_seqs,
                               max_num_batched_tokens=args.max_num_batched_tokens,
-                              max_model_len=args.max_model_len, num_kv_blocks=args.num_kv_blocks)
+                              max_model_len=args.max_model_len, num_kv_blocks=args.num_kv_blocks,
+                              async_scheduling=args.async_scheduling)
     built = build_random_engine(args.model_config, settings)
     llm = AsyncLLM(built, model_name=f"random-{args.model_config}")
     try:

@@ -69,8 +69,9 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     engine.add_argument("--max-num-batched-tokens", type=int, default=None)
     engine.add_argument("--num-kv-blocks", type=int, default=None,
                         help="KV cache size in blocks (default: sized from free memory)")
-    engine.add_argument("--async-scheduling", action="store_true",
-                        help="GPU: schedule step n+1 while step n runs (lower ITL when serving)")
+    engine.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction,
+                        default=None, help="schedule step n+1 while step n runs (default: on "
+                                           "for CUDA, off on the CPU)")
     limits = parser.add_argument_group("server limits")
     for name, help_text in (("max_body_bytes", "413 above this request body size"),
                             ("max_n", "largest n accepted"),
@@ -183,7 +184,7 @@ def engine_config(args: argparse.Namespace, model: str) -> EngineConfig:
     cache = CacheConfig(num_blocks=args.num_kv_blocks)
     return EngineConfig(model=model, dtype=args.dtype, device=args.device, seed=args.seed,
                         cache=cache, scheduler=scheduler,
-                        async_scheduling=getattr(args, "async_scheduling", False))
+                        async_scheduling=getattr(args, "async_scheduling", None))
 
 
 def server_config(args: argparse.Namespace, version: str) -> ServerConfig:
