@@ -37,6 +37,8 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
              "(OUT/*_profile.txt: device vs host time, top operators)")
     add("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
         help="engines schedule step n+1 while step n runs on the GPU (default: on for CUDA)")
+    add("--engine-process", action="store_true",
+        help="B4: the server runs its engine core in its own process (serve --engine-process)")
     add("--device", default="auto", help="auto | cuda | cuda:N | cpu")
     add("--dtype", default="auto", help="auto (bf16 on GPUs) | bfloat16 | float16 | float32")
     add("--budget-s", type=float, default=DEFAULT_BUDGET_S,
@@ -65,6 +67,7 @@ def run_bench(args: argparse.Namespace) -> int:
     start = time.monotonic()
     ctx = make_context(scale, args.device, args.dtype, out_dir, budget, args.profile)
     ctx.async_scheduling = args.async_scheduling
+    ctx.engine_process = args.engine_process
     ctx.env = environment(ctx.ceilings.device_name)
     header = {"env": ctx.env, "ceilings": ctx.ceilings.to_dict(), "scale": scale,
               "args": {k: v for k, v in vars(args).items() if not callable(v)}}

@@ -26,8 +26,10 @@ ITL_OVER_STEP_LIMIT = 1.3
 DRAIN_ALLOWANCE_S = 30.0  # per rate, on top of the arrivals: the last requests' decode
 
 
-def _engine_args(async_scheduling: bool | None) -> list[str]:
+def _engine_args(async_scheduling: bool | None, engine_process: bool = False) -> list[str]:
     args = [f"--{k.replace('_', '-')}={v}" for k, v in B4_ENGINE.items()]
+    if engine_process:
+        args.append("--engine-process")
     if async_scheduling is not None:
         args.append("--async-scheduling" if async_scheduling else "--no-async-scheduling")
     return args
@@ -91,7 +93,7 @@ def run_b4(ctx: RunContext) -> dict:
     name = ctx.model(workload.model)
     notes: list[str] = []
     server = start_server(name, str(ctx.device), ctx.dtype_name, ctx.out_dir / "b4_server.log",
-                          _engine_args(ctx.async_scheduling), ready_timeout_s=min(300.0, ctx.seconds_left()))
+                          _engine_args(ctx.async_scheduling, ctx.engine_process), ready_timeout_s=min(300.0, ctx.seconds_left()))
     try:
         summaries = _sweep(ctx, server, workload, notes)
     finally:

@@ -71,6 +71,12 @@ def synthetic_tokenizer(vocab_size: int, eos_token_ids: tuple[int, ...] = ()) ->
     return Tokenizer(fast, eos_token_ids=eos_token_ids, name="synthetic")
 
 
+def build_from_spec(args: dict) -> BuiltEngine:
+    """frontend.engine_process's "random" factory: build_random_engine in the child process,
+    from {"name": configuration name, "settings": EngineSettings fields}."""
+    return build_random_engine(args["name"], EngineSettings(**args["settings"]))
+
+
 def build_random_engine(name: str, settings: EngineSettings) -> BuiltEngine:
     """A complete engine (runner, KV cache, core) on random weights of configuration `name`."""
     start = time.perf_counter()

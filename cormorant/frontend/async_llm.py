@@ -85,16 +85,15 @@ class AsyncLLM:
                        ) -> AsyncIterator[RequestOutput]:
         """Yield a RequestOutput after each engine step with news; the last has finished.
         tenant, priority, weight: the request's place in a fair waiting queue."""
-        if self.error is not None or not self._thread.is_alive():
+        if not self._alive():
             raise EngineDeadError("the engine loop is not running")
         if request_id in self._streams:
             raise ValueError(f"request id {request_id!r} is already in flight")
         state = RequestState(request_id, list(prompt_token_ids), params, self.tokenizer, prompt)
         inbox: asyncio.Queue = asyncio.Queue()
         self._streams[request_id] = (asyncio.get_running_loop(), inbox)
-        self._inbox.put(("add", EngineRequest(request_id, state.prompt_token_ids, params,
-                                              tenant=tenant, priority=priority,
-                                              weight=weight)))
+        self._send(("add", EngineRequest(request_id, state.prompt_token_ids, params,
+                                         tenant=tenant, priority=priority, weight=weight)))
         try:
             while not state.finished:
                 batch = [await inbox.get()]
@@ -105,15 +104,21 @@ class AsyncLLM:
                         raise EngineDeadError("the engine loop failed") from item
                     for eo in item:
                         if state.update(eo):
-                            self._inbox.put(("stop", request_id, eo.index))
+                            self._send(("stop", request_id, eo.index))
                 yield state.snapshot()
         finally:
             self._streams.pop(request_id, None)
             if not state.finished:
-                self._inbox.put(("abort", request_id))
+                self._send(("abort", request_id))
 
     async def abort(self, request_id: str) -> None:
-        self._inbox.put(("abort", request_id))
+        self._send(("abort", request_id))
+
+    def _send(self, command: tuple) -> None:
+        self._inbox.put(command)
+
+    def _alive(self) -> bool:
+        return self.error is None and self._thread.is_alive()
 
     def stats(self) -> LoopStats:
         stats = self._stats

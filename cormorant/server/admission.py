@@ -18,7 +18,8 @@ Imports starlette, sampling_params, gateway.{admission, quotas, keys} and server
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 
 from starlette.requests import Request
 
@@ -90,6 +91,25 @@ class Admission:
         task = asyncio.ensure_future(self.quotas.settle(reservation, num_tokens_used))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
+
+
+@contextlib.asynccontextmanager
+async def metered(request: Request, quotas: Quotas, defaults: QuotaLimits, num_tokens: int
+                  ) -> AsyncIterator[None]:
+    """The caller's quotas for work outside the generation engines (embeddings,
+    classification): one request and `num_tokens` charged up front (429 + Retry-After when
+    over), the concurrency slot held while the block runs."""
+    state = request.scope.setdefault("state", {})
+    principal: Principal = state.get("principal") or Principal.anonymous()
+    reservation = await quotas.reserve(principal.key_id, limits_of(principal, defaults),
+                                       num_tokens)
+    if isinstance(reservation, Refusal):
+        raise _error(reservation)
+    state[STATE_HEADERS] = reservation.headers
+    try:
+        yield
+    finally:
+        await quotas.settle(reservation, None)
 
 
 def deadline_error() -> APIError:

@@ -69,6 +69,9 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     engine.add_argument("--max-num-batched-tokens", type=int, default=None)
     engine.add_argument("--num-kv-blocks", type=int, default=None,
                         help="KV cache size in blocks (default: sized from free memory)")
+    engine.add_argument("--engine-process", action="store_true",
+                        help="run the engine core in its own process (msgpack over a pipe): "
+                             "HTTP and detokenization no longer share a GIL with it")
     engine.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction,
                         default=None, help="schedule step n+1 while step n runs (default: on "
                                            "for CUDA, off on the CPU)")
@@ -260,7 +263,13 @@ def run_server(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"cormorant serve: --embedding-model: {exc}", file=sys.stderr)
         return 2
-    llm = AsyncLLM.from_config(engine_config(args, args.model), waiting=waiting)
+    if getattr(args, "engine_process", False):
+        from cormorant.frontend.process_llm import ProcessLLM
+
+        llm = ProcessLLM.from_config(engine_config(args, args.model),
+                                     scheduling=args.scheduling)
+    else:
+        llm = AsyncLLM.from_config(engine_config(args, args.model), waiting=waiting)
     try:
         config = server_config(args, model_version(args.model))
         return _run(lambda: build_app(llm, config, encoders), config, log_level)

@@ -53,6 +53,16 @@ def spec_engine_config(spec: ModelSpec, path: Path) -> EngineConfig:
                         cache=CacheConfig(**cache), scheduler=scheduler, **options)
 
 
+def build_for_process(args: dict):
+    """frontend.engine_process's "serve" factory: the engine of an EngineConfig dict, with the
+    server's waiting queue (weighted fair across tenants, or FIFO), built in the child."""
+    from cormorant.frontend.builder import build_engine
+    from cormorant.frontend.engine_process import engine_config_from_dict
+
+    waiting = FairQueue() if args.get("scheduling", "fair") == "fair" else None
+    return build_engine(engine_config_from_dict(args["config"]), waiting)
+
+
 def load_object(spec: ModelSpec, source: Path | str, fair: bool = True) -> tuple[Any, str]:
     """(engine or encoder, weights digest) for one registry entry. Blocking."""
     path = source_path(source)

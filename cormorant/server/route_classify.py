@@ -12,6 +12,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from cormorant.server.admission import metered
 from cormorant.server.body import read_request
 from cormorant.server.embedding_protocol import ClassificationRequest, encoder_inputs
 from cormorant.server.errors import APIError, bound
@@ -33,7 +34,8 @@ async def classify(request: Request) -> Response:
                            "classification head; use /v1/embeddings.", param="model",
                            code="invalid_value")
         seqs = await encoder_inputs(req.input, served.encoder, state.tokenize_pool)
-        results = await served.encoder.classify(seqs)
+        async with metered(request, state.quotas, state.quota_defaults, sum(map(len, seqs))):
+            results = await served.encoder.classify(seqs)
     num_tokens = sum(map(len, seqs))
     return json_response({
         "id": new_id("classify"), "object": "list", "created": int(time.time()),

@@ -14,6 +14,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from cormorant.server.admission import metered
 from cormorant.server.body import read_request
 from cormorant.server.embedding_protocol import EmbeddingRequest, encoder_inputs
 from cormorant.server.openapi import ERROR_RESPONSES
@@ -34,7 +35,8 @@ async def create_embeddings(request: Request) -> Response:
     async with await state.acquire(req.model, req.user, "embed") as deployment:
         served = deployment.served
         seqs = await encoder_inputs(req.input, served.encoder, state.tokenize_pool)
-        vectors = await served.encoder.embed(seqs)
+        async with metered(request, state.quotas, state.quota_defaults, sum(map(len, seqs))):
+            vectors = await served.encoder.embed(seqs)
     pack = encode_base64 if req.encoding_format == "base64" else list
     num_tokens = sum(map(len, seqs))
     return json_response({

@@ -35,8 +35,9 @@ def start_engine(config: EngineConfig):
 class ServerThread:
     """uvicorn serving `build_app(...)` on 127.0.0.1:<free port>, in a thread."""
 
-    def __init__(self, engine, registry=None, loaded=None, loader=None, **config) -> None:
-        """engine: one model; or registry (+ loaded, loader): a multi-model app."""
+    def __init__(self, engine, registry=None, loaded=None, loader=None, encoders=(),
+                 **config) -> None:
+        """engine (+ encoders beside it); or registry (+ loaded, loader): a multi-model app."""
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP_NODELAY
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))  # our socket: no race for a "free" port
@@ -44,8 +45,8 @@ class ServerThread:
         self.url = f"http://127.0.0.1:{self.port}"
         self.engine = engine
         self.server_config = ServerConfig(port=self.port, **config)
-        self.app = build_app(engine, self.server_config, registry=registry, loaded=loaded,
-                             loader=loader)
+        self.app = build_app(engine, self.server_config, encoders, registry=registry,
+                             loaded=loaded, loader=loader)
         self.server = uvicorn.Server(uvicorn_config(self.app, self.server_config, "warning"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
                                        daemon=True, name=f"uvicorn-{self.port}")

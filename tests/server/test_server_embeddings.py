@@ -5,32 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import threading
 
 import httpx
 import numpy as np
 import openai
 import pytest
-import uvicorn
 
 from cormorant.frontend.embedder import Embedder
-from cormorant.server.app import build_app
-from cormorant.server.launch import uvicorn_config
 from models.test_bert import (LABELS, TEXTS, cosine_distance, minilm_dir,
                               save_tiny_bert_classifier, sentence_transformers_reference,
                               transformers_probs)
 from server_helpers import ServerThread, assert_openai_error
-
-
-class EncoderServer(ServerThread):
-    """ServerThread whose app also serves encoders."""
-
-    def __init__(self, engine, encoders) -> None:
-        super().__init__(engine)
-        self.app = build_app(engine, self.server_config, encoders)
-        self.server = uvicorn.Server(uvicorn_config(self.app, self.server_config, "warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       daemon=True, name=f"uvicorn-{self.port}")
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +34,7 @@ def encoders(classifier_path):
 
 @pytest.fixture(scope="module")
 def server(tiny_llm, encoders):
-    srv = EncoderServer(tiny_llm, encoders).start()
+    srv = ServerThread(tiny_llm, encoders=encoders).start()
     yield srv
     srv.stop()
 
@@ -178,3 +163,21 @@ def test_serve_flag_loads_named_encoders(classifier_path):
             encoder.shutdown()
     with pytest.raises(ValueError, match="config.json"):
         load_encoders(["/nonexistent/dir"], "auto", "cpu")
+
+
+def test_embeddings_and_classify_count_against_the_quotas(tiny_llm, encoders):
+    """Encoder requests are metered like generations: over rpm -> 429 with Retry-After and
+    the rate-limit headers, and the server stays up."""
+    limited = ServerThread(tiny_llm, encoders=encoders, default_rpm=2).start()
+    try:
+        body = {"model": "all-MiniLM-L6-v2", "input": "quota"}
+        first = _post(limited, "/v1/embeddings", body)
+        assert first.status_code == 200 and first.headers["x-ratelimit-limit-requests"] == "2"
+        assert _post(limited, "/v1/classify", {"model": "tiny-sentiment", "input": "x"}) \
+            .status_code == 200
+        refused = _post(limited, "/v1/embeddings", body)
+        assert_openai_error(refused, 429)
+        assert int(refused.headers["retry-after"]) >= 1
+        assert httpx.get(limited.url + "/health").status_code == 200
+    finally:
+        limited.stop()

@@ -10,7 +10,8 @@ import cormorant.server
 SERVER_DIR = Path(cormorant.server.__file__).parent
 FORBIDDEN = ("torch", "cormorant.engine", "cormorant.runner", "cormorant.models",
              "cormorant.layers", "cormorant.kernels")
-LAUNCH_ONLY = ("cormorant.frontend.async_llm", "cormorant.frontend.default_model")
+LAUNCH_ONLY = ("cormorant.frontend.async_llm", "cormorant.frontend.default_model",
+               "cormorant.frontend.process_llm")
 
 
 def _imports(path: Path) -> set[str]:
