@@ -37,8 +37,9 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
              "(OUT/*_profile.txt: device vs host time, top operators)")
     add("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
         help="engines schedule step n+1 while step n runs on the GPU (default: on for CUDA)")
-    add("--engine-process", action="store_true",
-        help="B4: the server runs its engine core in its own process (serve --engine-process)")
+    add("--engine-process", action=argparse.BooleanOptionalAction, default=None,
+        help="B4: the server runs its engine core in its own process (default: as `cormorant "
+             "serve`, on for CUDA)")
     add("--device", default="auto", help="auto | cuda | cuda:N | cpu")
     add("--dtype", default="auto", help="auto (bf16 on GPUs) | bfloat16 | float16 | float32")
     add("--budget-s", type=float, default=DEFAULT_BUDGET_S,

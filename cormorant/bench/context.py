@@ -30,7 +30,8 @@ class RunContext:
     deadline: float | None = None  # time.monotonic() after which optional work is skipped
     profile: bool = False  # profile decode steps after each timed run (bench.profiling)
     async_scheduling: bool | None = None  # None: on for CUDA
-    engine_process: bool = False  # B4: the server's engine core in its own process
+    engine_process: bool | None = None  # B4's server: engine core in its own process (None:
+    # as `cormorant serve` decides: on for CUDA)
     env: dict = field(default_factory=dict)
 
     @property

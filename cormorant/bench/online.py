@@ -26,10 +26,11 @@ ITL_OVER_STEP_LIMIT = 1.3
 DRAIN_ALLOWANCE_S = 30.0  # per rate, on top of the arrivals: the last requests' decode
 
 
-def _engine_args(async_scheduling: bool | None, engine_process: bool = False) -> list[str]:
+def _engine_args(async_scheduling: bool | None, engine_process: bool | None = None
+                 ) -> list[str]:
     args = [f"--{k.replace('_', '-')}={v}" for k, v in B4_ENGINE.items()]
-    if engine_process:
-        args.append("--engine-process")
+    if engine_process is not None:
+        args.append("--engine-process" if engine_process else "--no-engine-process")
     if async_scheduling is not None:
         args.append("--async-scheduling" if async_scheduling else "--no-async-scheduling")
     return args

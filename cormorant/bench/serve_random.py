@@ -29,7 +29,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-model-len", type=int, default=2048)
     p.add_argument("--num-kv-blocks", type=int, default=None)
     p.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--engine-process", action="store_true")
+    p.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--log-level", default="warning")
     return p.parse_args(argv)
 
@@ -64,12 +64,13 @@ def main(argv: list[str] | None = None) -> int:
                               max_num_batched_tokens=args.max_num_batched_tokens,
                               max_model_len=args.max_model_len, num_kv_blocks=args.num_kv_blocks,
                               async_scheduling=args.async_scheduling)
+    from cormorant.frontend.process_llm import ProcessLLM, wants_engine_process
+
     name = f"random-{args.model_config}"
-    if args.engine_process:  # the engine core in a child process, as `serve --engine-process`
+    if wants_engine_process(args.device, args.engine_process):  # as `cormorant serve` does
         from cormorant.bench.configs import model_config
         from cormorant.bench.random_engine import synthetic_tokenizer
         from cormorant.frontend.engine_process import EngineSpec
-        from cormorant.frontend.process_llm import ProcessLLM
 
         mconfig = model_config(args.model_config)
         tokenizer = synthetic_tokenizer(mconfig.vocab_size, tuple(mconfig.eos_token_ids))

@@ -20,7 +20,6 @@ from pathlib import Path
 import uvicorn
 
 from cormorant.config import CacheConfig, EngineConfig, SchedulerConfig
-from cormorant.gateway.fair_queue import FairQueue
 from cormorant.gateway.keystore import DEFAULT_KEYS_DB
 from cormorant.gateway.model_registry import (Registry, RegistryError, load_registry_file,
                                                resolve_source)
@@ -28,7 +27,7 @@ from cormorant.gateway.redis_store import check_redis
 from cormorant.gateway.request_log import TelemetryConfigError, configure_request_log
 from cormorant.server.app import build_app
 from cormorant.server.config import ServerConfig
-from cormorant.server.model_loader import load_object, model_version
+from cormorant.server.model_loader import load_object, make_engine, model_version
 from cormorant.server.uvicorn_server import DrainingServer, JSONErrorH11Protocol
 
 logger = logging.getLogger("cormorant.server")
@@ -69,9 +68,11 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     engine.add_argument("--max-num-batched-tokens", type=int, default=None)
     engine.add_argument("--num-kv-blocks", type=int, default=None,
                         help="KV cache size in blocks (default: sized from free memory)")
-    engine.add_argument("--engine-process", action="store_true",
-                        help="run the engine core in its own process (msgpack over a pipe): "
-                             "HTTP and detokenization no longer share a GIL with it")
+    engine.add_argument("--engine-process", action=argparse.BooleanOptionalAction,
+                        default=None,
+                        help="run the engine core in its own process (msgpack over a pipe), so "
+                             "HTTP and detokenization do not share a GIL with it (default: on "
+                             "for CUDA, off on the CPU)")
     engine.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction,
                         default=None, help="schedule step n+1 while step n runs (default: on "
                                            "for CUDA, off on the CPU)")
@@ -255,21 +256,13 @@ def run_server(args: argparse.Namespace) -> int:
     if args.model is None:
         from cormorant.frontend.default_model import default_model_path
         args.model = str(default_model_path())
-    from cormorant.frontend.async_llm import AsyncLLM
-
-    waiting = FairQueue() if args.scheduling == "fair" else None
     try:  # before the generation model: a wrong encoder path fails in seconds
         encoders = load_encoders(args.embedding_model, args.dtype, args.device)
     except (OSError, ValueError) as exc:
         print(f"cormorant serve: --embedding-model: {exc}", file=sys.stderr)
         return 2
-    if getattr(args, "engine_process", False):
-        from cormorant.frontend.process_llm import ProcessLLM
-
-        llm = ProcessLLM.from_config(engine_config(args, args.model),
-                                     scheduling=args.scheduling)
-    else:
-        llm = AsyncLLM.from_config(engine_config(args, args.model), waiting=waiting)
+    llm = make_engine(engine_config(args, args.model), None, args.scheduling == "fair",
+                      getattr(args, "engine_process", None))
     try:
         config = server_config(args, model_version(args.model))
         return _run(lambda: build_app(llm, config, encoders), config, log_level)
@@ -291,25 +284,27 @@ def _serve_registry(args: argparse.Namespace, log_level: str) -> int:
     loaded: dict[str, tuple] = {}
     try:
         try:
-            _load_startup(registry, loaded, fair)
+            _load_startup(registry, loaded, fair, args.engine_process)
         except (OSError, ValueError, RuntimeError) as exc:
             print(f"cormorant serve: --models: {exc}", file=sys.stderr)
             return 2
         config = server_config(args, "")
         return _run(lambda: build_app(config=config, registry=registry, loaded=loaded,
-                                      loader=lambda spec, src: load_object(spec, src, fair)),
+                                      loader=lambda spec, src: load_object(
+                                          spec, src, fair, args.engine_process)),
                     config, log_level)
     finally:
         for obj, _ in loaded.values():
             obj.shutdown()
 
 
-def _load_startup(registry: Registry, loaded: dict, fair: bool) -> None:
+def _load_startup(registry: Registry, loaded: dict, fair: bool,
+                  engine_process: bool | None) -> None:
     for spec in registry.specs.values():
         if spec.load == "startup":
             try:
                 source = resolve_source(spec.source, registry.settings.roots)
-                loaded[spec.id] = load_object(spec, source, fair)
+                loaded[spec.id] = load_object(spec, source, fair, engine_process)
             except (OSError, ValueError, RuntimeError) as exc:
                 raise RuntimeError(f"{spec.id}: {exc}") from exc
 

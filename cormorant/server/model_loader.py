@@ -63,7 +63,21 @@ def build_for_process(args: dict):
     return build_engine(engine_config_from_dict(args["config"]), waiting)
 
 
-def load_object(spec: ModelSpec, source: Path | str, fair: bool = True) -> tuple[Any, str]:
+def make_engine(config: EngineConfig, name: str | None, fair: bool,
+                engine_process: bool | None = None):
+    """An engine client for `config`: ProcessLLM (engine core in a child) or AsyncLLM."""
+    from cormorant.frontend.process_llm import ProcessLLM, wants_engine_process
+
+    if wants_engine_process(config.device, engine_process):
+        return ProcessLLM.from_config(config, model_name=name,
+                                      scheduling="fair" if fair else "fifo")
+    from cormorant.frontend.async_llm import AsyncLLM
+
+    return AsyncLLM.from_config(config, model_name=name, waiting=FairQueue() if fair else None)
+
+
+def load_object(spec: ModelSpec, source: Path | str, fair: bool = True,
+                engine_process: bool | None = None) -> tuple[Any, str]:
     """(engine or encoder, weights digest) for one registry entry. Blocking."""
     path = source_path(source)
     digest = model_version(path)
@@ -72,8 +86,4 @@ def load_object(spec: ModelSpec, source: Path | str, fair: bool = True) -> tuple
 
         return Embedder.from_path(str(path), name=spec.name, dtype=spec.dtype,
                                   device=spec.device), digest
-    from cormorant.frontend.async_llm import AsyncLLM
-
-    config = spec_engine_config(spec, path)
-    return AsyncLLM.from_config(config, model_name=spec.name,
-                                waiting=FairQueue() if fair else None), digest
+    return make_engine(spec_engine_config(spec, path), spec.name, fair, engine_process), digest
