@@ -8,7 +8,8 @@ prompts and ignore_eos, and timestamps every SSE event on arrival:
   benchmark_serving counts them: tokens of several engine steps read together show as 0 gaps);
   TPOT = (end - first token) / (output tokens - 1);  output tokens from the usage chunk.
 A probe task measures the client's own event-loop lag: a large p99 lag means the client, not
-the server, set the pace, and the report says so. Imports workloads; httpx, numpy.
+the server, set the pace, and the report says so. At high rates the requests are split over
+several client processes (drive_sharded, bench.load_client). Imports workloads; httpx, numpy.
 """
 from __future__ import annotations
 
@@ -112,7 +113,7 @@ async def _one_request(client, url: str, body: dict, result: RequestResult) -> N
                 return
             buffer = b""
             async for chunk in resp.aiter_bytes():
-                now = time.perf_counter()
+                now = time.monotonic()
                 buffer += chunk
                 *events, buffer = buffer.split(b"\n\n")
                 for event in events:
@@ -120,7 +121,7 @@ async def _one_request(client, url: str, body: dict, result: RequestResult) -> N
     except Exception as e:  # noqa: BLE001 - a failed request is a result, not a crash
         result.error = f"{type(e).__name__}: {e}"
     finally:
-        result.end = time.perf_counter()
+        result.end = time.monotonic()
 
 
 def _take_event(event: bytes, now: float, result: RequestResult) -> None:
@@ -144,38 +145,69 @@ def _take_event(event: bytes, now: float, result: RequestResult) -> None:
 
 async def _lag_probe(samples: list[float], stop: asyncio.Event, period: float = 0.01) -> None:
     while not stop.is_set():
-        t0 = time.perf_counter()
+        t0 = time.monotonic()
         await asyncio.sleep(period)
-        samples.append(time.perf_counter() - t0 - period)
+        samples.append(time.monotonic() - t0 - period)
 
 
-async def drive(base_url: str, model_name: str, run: ServingRun,
-                temperature: float) -> tuple[list[RequestResult], float, list[float]]:
-    """Send run's requests at their arrival times; (results, wall seconds, loop lags)."""
+async def drive(base_url: str, model_name: str, run: ServingRun, temperature: float,
+                indices: list[int] | None = None, t0: float | None = None
+                ) -> tuple[list[RequestResult], float, list[float]]:
+    """Send run's requests (those in `indices`, default all) at their arrival times after t0
+    (time.monotonic(), default now); (results, wall seconds, loop lags)."""
     import httpx
 
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     url = base_url + "/v1/completions"
     lags: list[float] = []
     stop = asyncio.Event()
+    chosen = range(len(run.prompts)) if indices is None else indices
     async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(None)) as client:
         probe = asyncio.create_task(_lag_probe(lags, stop))
-        t0 = time.perf_counter()
+        t0 = time.monotonic() if t0 is None else t0
         tasks, results = [], []
-        for prompt, offset in zip(run.prompts, run.arrival_offsets):
-            delay = t0 + offset - time.perf_counter()
+        for i in chosen:
+            delay = t0 + run.arrival_offsets[i] - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            body = {"model": model_name, "prompt": prompt, "max_tokens": run.max_tokens,
+            body = {"model": model_name, "prompt": run.prompts[i], "max_tokens": run.max_tokens,
                     "temperature": temperature, "ignore_eos": True, "stream": True,
                     "stream_options": {"include_usage": True}}
-            result = RequestResult(send=time.perf_counter())
+            result = RequestResult(send=time.monotonic())
             results.append(result)
             tasks.append(asyncio.create_task(_one_request(client, url, body, result)))
         await asyncio.gather(*tasks)
-        wall = time.perf_counter() - t0
+        wall = time.monotonic() - t0
         stop.set()
         await probe
+    return results, wall, lags
+
+
+def drive_sharded(base_url: str, model_name: str, run: ServingRun, temperature: float,
+                  shards: int, work_dir: Path) -> tuple[list[RequestResult], float, list[float]]:
+    """drive() split over `shards` client processes (bench.load_client; request i goes to
+    shard i % shards), so that the load generator's Python does not set the pace. Times are
+    time.monotonic(), one clock for every process on the host."""
+    run_file = work_dir / "b4_run.json"
+    run_file.write_text(json.dumps({"rate": run.rate, "prompts": run.prompts,
+                                    "arrival_offsets": run.arrival_offsets,
+                                    "max_tokens": run.max_tokens}))
+    t0 = time.monotonic() + 2.0  # time for the workers to start
+    procs = []
+    for k in range(shards):
+        out = work_dir / f"b4_shard{k}.json"
+        procs.append((out, subprocess.Popen(
+            [sys.executable, "-m", "cormorant.bench.load_client", str(run_file), str(out),
+             base_url, model_name, str(temperature), str(k), str(shards), repr(t0)],
+            env=child_env())))
+    results, lags = [], []
+    for out, proc in procs:
+        if proc.wait() != 0:
+            raise RuntimeError(f"load client shard exited with {proc.returncode}")
+        data = json.loads(out.read_text())
+        results += [RequestResult(**r) for r in data["results"]]
+        lags += data["lags"]
+    wall = max((r.end for r in results), default=t0) - t0
     return results, wall, lags
 
 

@@ -71,3 +71,30 @@ def test_generate_peer_runs_on_the_same_workload(tmp_path):
         pytest.skip(f"transformers peer unavailable here: {peer.get('reason')}")
     assert [c["model"] for c in peer["cases"]] == ["tiny-qwen3", "tiny-llama"]
     assert all(c["ms_per_token"] > 0 for c in peer["cases"])
+
+
+def test_b4_load_split_over_client_processes(tmp_path):
+    """drive_sharded: the same Poisson run sent by two client processes (bench.load_client)
+    against the real random-weight server; every request completes and the merged results
+    summarise like a single client's."""
+    from cormorant.bench.online import client_shards
+    from cormorant.bench.serving import drive_sharded, start_server, summarize
+
+    assert [client_shards(r) for r in (2, 8, 16, 32, 64, 200)] == [1, 1, 1, 2, 4, 8]
+    workload = b4_workload("tiny")
+    server = start_server("tiny-qwen3", "cpu", "float32", tmp_path / "server.log",
+                          ["--max-num-seqs=16", "--max-model-len=256", "--num-kv-blocks=256"])
+    try:
+        run = workload.run(8.0)
+        results, wall, lags = drive_sharded(server.base_url, server.model_name, run,
+                                            workload.temperature, 2, tmp_path)
+    finally:
+        server.stop()
+    summary = summarize(run, results, wall, lags)
+    assert summary["completed"] == summary["num_requests"] == len(run.prompts)
+    assert summary["output_tokens"] == len(run.prompts) * run.max_tokens
+    # Both shards kept the run's clock: sends span the Poisson offsets.
+    spread = max(r.send for r in results) - min(r.send for r in results)
+    offsets = run.arrival_offsets
+    assert abs(spread - (max(offsets) - min(offsets))) < 0.5
+    assert all(r.first_token >= r.send for r in results) and wall > 0

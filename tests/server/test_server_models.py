@@ -191,3 +191,30 @@ def test_overloaded_primary_is_answered_by_its_fallback(multi_server, multi_keys
     for r in responses:
         if r.headers["x-model-version"] == "tiny@1":
             assert r.headers["x-fallback-from"] == "busy@1" and r.json()["model"] == "tiny@1"
+
+
+def test_a_primary_that_fails_before_its_first_token_is_retried_on_the_fallback(
+        multi_server, multi_keys):
+    """The primary's engine dies (shut down under the server): the request is retried once on
+    the next candidate, and the answer says which model stood in."""
+    made = admin(multi_server, multi_keys, "POST", "/admin/models",
+                 {"name": "doomed", "version": "1", "source": "tiny-llama", "dtype": "float32",
+                  "device": "cpu", "engine": {"num_kv_blocks": 64, "max_model_len": 256},
+                  "fallbacks": ["tiny@1"]})
+    assert made.status_code == 201, made.text
+    multi_server.app.state.cormorant.pool.deployments["doomed@1"].served.raw.shutdown()
+    for stream in (False, True):
+        response = _post(multi_server, multi_keys.alice, "/v1/completions",
+                         {"model": "doomed@1", "prompt": "hello", "max_tokens": 4,
+                          "stream": stream})
+        assert response.status_code == 200, response.text
+        assert response.headers["x-fallback-from"] == "doomed@1"
+        assert response.headers["x-model-version"] == "tiny@1"
+    # No fallback configured: the dead engine's 503 reaches the client as it is.
+    admin(multi_server, multi_keys, "POST", "/admin/models",
+          {"name": "doomed2", "version": "1", "source": "tiny-llama", "dtype": "float32",
+           "device": "cpu", "engine": {"num_kv_blocks": 64, "max_model_len": 256}})
+    multi_server.app.state.cormorant.pool.deployments["doomed2@1"].served.raw.shutdown()
+    response = _post(multi_server, multi_keys.alice, "/v1/completions",
+                     {"model": "doomed2@1", "prompt": "hello", "max_tokens": 4})
+    assert response.status_code == 503
