@@ -107,7 +107,9 @@ def run_b4(ctx: RunContext) -> dict:
     name = ctx.model(workload.model)
     notes: list[str] = []
     server = start_server(name, str(ctx.device), ctx.dtype_name, ctx.out_dir / "b4_server.log",
-                          _engine_args(ctx.async_scheduling, ctx.engine_process),
+                          _engine_args(ctx.async_scheduling, ctx.engine_process)
+                          + ([f"--profile-out={ctx.out_dir / 'b4_server_profile.txt'}"]
+                             if ctx.profile else []),
                           ready_timeout_s=min(300.0, ctx.seconds_left()))
     try:
         summaries = _sweep(ctx, server, workload, notes)

@@ -30,6 +30,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-kv-blocks", type=int, default=None)
     p.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--profile-out", default=None,
+                   help="cProfile the server's event-loop thread; write the top functions here")
     p.add_argument("--log-level", default="warning")
     return p.parse_args(argv)
 
@@ -88,10 +90,31 @@ def main(argv: list[str] | None = None) -> int:
         app = build_app(llm, config)
         server = DrainingServer(uvicorn_config(app, config, args.log_level),
                                 app.state.cormorant.lifecycle)
-        server.run()
+        _run_profiled(server.run, args.profile_out)
     finally:
         llm.shutdown()
     return 0
+
+
+def _run_profiled(run, out: str | None) -> None:
+    """Where the HTTP process spends its time under load (B4 --profile): pstats as text."""
+    if out is None:
+        run()
+        return
+    import cProfile
+    import io
+    import pstats
+
+    profiler = cProfile.Profile()
+    try:
+        profiler.runcall(run)
+    finally:
+        text = io.StringIO()
+        stats = pstats.Stats(profiler, stream=text)
+        stats.sort_stats("tottime").print_stats(45)
+        stats.sort_stats("cumulative").print_stats(45)
+        with open(out, "w") as fh:
+            fh.write(text.getvalue())
 
 
 if __name__ == "__main__":
