@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from types import SimpleNamespace
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
@@ -45,7 +46,12 @@ REQUEST_LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 2
                            40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
 N_BUCKETS = (1, 2, 5, 10, 20)
 FINISH_REASONS = ("stop", "length", "abort")
-MODEL = ["model_name", "model_version"]  # version "" for an unversioned model
+MODEL = ["model_name", "model_version"]
+PER_MODEL_SERIES = ("prompt_tokens", "generation_tokens", "ttft", "itl", "tpot", "request_tpot",
+                    "e2e", "queue_time", "inference_time", "prefill_time", "decode_time",
+                    "request_prompt_tokens", "request_generation_tokens",
+                    "request_max_generation_tokens", "request_params_n",
+                    "request_params_max_tokens")  # version "" for an unversioned model
 
 
 def build_1_2_5_buckets(max_value: int) -> list[int]:
@@ -73,6 +79,7 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         self._engines: dict[str, Any] = {}
         self._per_model: list[Counter | Histogram] = []  # families labelled by model_name only
+        self._bound: dict[tuple[str, str], SimpleNamespace] = {}
         self.registry.register(EngineStatsCollector(lambda: self._engines.items()))
         self.prompt_tokens = self._counter("vllm:prompt_tokens",
                                            "Number of prefill tokens processed.")
@@ -161,6 +168,18 @@ class Metrics:
             family.labels(*labels)
         for reason in FINISH_REASONS:
             self.request_success.labels(*labels, reason)
+
+    def bound(self, labels: tuple[str, str]) -> SimpleNamespace:
+        """The per-model series of one (model name, version), resolved once: `.labels()` costs
+        microseconds (a lock and a dict lookup), and the trackers call it on every token."""
+        children = self._bound.get(labels)
+        if children is None:
+            children = SimpleNamespace(**{name: getattr(self, name).labels(*labels)
+                                          for name in PER_MODEL_SERIES})
+            children.success = {reason: self.request_success.labels(*labels, reason)
+                                for reason in FINISH_REASONS}
+            self._bound[labels] = children
+        return children
 
     def remove_engine(self, labels: tuple[str, str]) -> None:
         """An unloaded model's gauges stop; its counters stay (Prometheus expects that)."""
@@ -259,8 +278,7 @@ class RequestTracker:
     """The metrics of one engine request, fed each RequestOutput as it passes."""
 
     def __init__(self, metrics: Metrics, labels: tuple[str, str], params: Any) -> None:
-        self.m = metrics
-        self.model = labels  # (model name, version)
+        self.m = metrics.bound(labels)  # the series of this (model name, version)
         self.params = params
         self.has_first_token = False
         self.last_token_times: dict[int, float] = {}  # per choice, as vLLM times each child
@@ -268,19 +286,19 @@ class RequestTracker:
 
     def observe(self, out: RequestOutput, now: float) -> None:
         self.last = out
-        m, model = self.m, self.model
+        m = self.m
         num_new = sum(o.num_new_tokens for o in out.outputs)
         if not num_new:
             if out.finished and out.error is None:
                 self._finish(out)
             return
-        m.generation_tokens.labels(*model).inc(num_new)
+        m.generation_tokens.inc(num_new)
         is_first_output = not self.has_first_token
         if is_first_output:
             self.has_first_token = True
-            m.prompt_tokens.labels(*model).inc(len(out.prompt_token_ids))
+            m.prompt_tokens.inc(len(out.prompt_token_ids))
             if out.first_token_time is not None:
-                m.ttft.labels(*model).observe(out.first_token_time - out.arrival_time)
+                m.ttft.observe(out.first_token_time - out.arrival_time)
         for o in out.outputs:
             num_steps = o.num_new_tokens  # several when a slow reader got steps coalesced
             if not num_steps:
@@ -292,41 +310,41 @@ class RequestTracker:
             if num_steps > 0:  # spread the gap evenly over the coalesced steps
                 interval = max(0.0, now - last) / num_steps
                 for _ in range(num_steps):
-                    m.itl.labels(*model).observe(interval)
-                    m.tpot.labels(*model).observe(interval)
+                    m.itl.observe(interval)
+                    m.tpot.observe(interval)
             self.last_token_times[o.index] = now if num_steps > 0 else last
         if out.finished and out.error is None:
             self._finish(out)
 
     def _finish(self, out: RequestOutput) -> None:
-        m, model = self.m, self.model
+        m = self.m
         for o in out.outputs:
             reason = o.finish_reason if o.finish_reason in FINISH_REASONS else "abort"
-            m.request_success.labels(*model, reason).inc()
+            m.success[reason].inc()
         end, first_token = out.finished_time, out.first_token_time
         scheduled = out.first_scheduled_time
         if end is not None:
-            m.e2e.labels(*model).observe(end - out.arrival_time)
+            m.e2e.observe(end - out.arrival_time)
         if scheduled is not None:  # only when the frontend reports when the engine began
-            m.queue_time.labels(*model).observe(scheduled - out.arrival_time)
+            m.queue_time.observe(scheduled - out.arrival_time)
             if end is not None:
-                m.inference_time.labels(*model).observe(end - scheduled)
+                m.inference_time.observe(end - scheduled)
             if first_token is not None:
-                m.prefill_time.labels(*model).observe(first_token - scheduled)
+                m.prefill_time.observe(first_token - scheduled)
         num_generated = out.num_generated_tokens
         if end is not None and first_token is not None:
-            m.decode_time.labels(*model).observe(end - first_token)
+            m.decode_time.observe(end - first_token)
             if num_generated > len(out.outputs):
                 per_token = (end - first_token) / (num_generated - len(out.outputs))
-                m.request_tpot.labels(*model).observe(per_token)
-        m.request_prompt_tokens.labels(*model).observe(len(out.prompt_token_ids))
-        m.request_generation_tokens.labels(*model).observe(num_generated)
-        m.request_max_generation_tokens.labels(*model).observe(
+                m.request_tpot.observe(per_token)
+        m.request_prompt_tokens.observe(len(out.prompt_token_ids))
+        m.request_generation_tokens.observe(num_generated)
+        m.request_max_generation_tokens.observe(
             max((len(o.token_ids) for o in out.outputs), default=0))
-        m.request_params_n.labels(*model).observe(getattr(self.params, "n", 1))
+        m.request_params_n.observe(getattr(self.params, "n", 1))
         max_tokens = getattr(self.params, "max_tokens", None)
         if max_tokens:
-            m.request_params_max_tokens.labels(*model).observe(max_tokens)
+            m.request_params_max_tokens.observe(max_tokens)
 
     def close(self) -> None:
         """The consumer stopped early (client gone, drain, engine death): count aborts."""
@@ -335,7 +353,7 @@ class RequestTracker:
             return
         for o in last.outputs:
             if not o.finished:
-                self.m.request_success.labels(*self.model, "abort").inc()
+                self.m.success["abort"].inc()
 
 
 OutputHook = Callable[[tuple[str, str], RequestOutput], None]
