@@ -42,6 +42,8 @@ _OUTPUT_FIELDS = [f.name for f in dataclasses.fields(EngineOutput)]
 class EngineSpec:
     factory: str  # a key of FACTORIES
     args: dict[str, Any] = field(default_factory=dict)  # msgpack-able
+    # The child logs to stderr at the parent's level (a spawned process starts unconfigured).
+    log_level: int = field(default_factory=lambda: logging.getLogger().getEffectiveLevel())
 
 
 # --- codec ------------------------------------------------------------------------------------
@@ -101,6 +103,8 @@ def build_from_config(args: dict):
 
 def _child_main(conn, spec: dict) -> None:
     """The engine process: build, warm up, report ready, then loop until told to stop."""
+    logging.basicConfig(level=spec.get("log_level", logging.WARNING),
+                        format="%(asctime)s %(levelname)s %(name)s [engine]: %(message)s")
     try:
         module, _, name = FACTORIES[spec["factory"]].partition(":")
         built = getattr(importlib.import_module(module), name)(spec["args"])
