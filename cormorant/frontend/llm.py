@@ -66,8 +66,9 @@ class LLM:
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]  # type: ignore[list-item]
         params = _per_prompt(sampling_params, len(prompts))
-        states = [self._add(self.encode(p), sp, p if isinstance(p, str) else None)
-                  for p, sp in zip(prompts, params)]
+        # Only the final outputs are read: text is decoded once per sample (no stop strings).
+        states = [self._add(self.encode(p), sp, p if isinstance(p, str) else None,
+                            incremental=False) for p, sp in zip(prompts, params)]
         self._run(states)
         return [s.snapshot() for s in states]
 
@@ -105,14 +106,15 @@ class LLM:
 
     # -- the loop ---------------------------------------------------------------------------
     def _add(self, prompt_ids: list[int], params: SamplingParams,
-             prompt: str | None) -> RequestState:
+             prompt: str | None, incremental: bool = True) -> RequestState:
         if not prompt_ids:
             raise ValueError("the prompt is empty")
         params.validate(self.model_config.vocab_size)
         if params.max_tokens is None:
             params = _with_max_tokens(params, self.max_model_len - len(prompt_ids))
         req_id = str(next(self._ids))
-        state = RequestState(req_id, prompt_ids, params, self.tokenizer, prompt)
+        state = RequestState(req_id, prompt_ids, params, self.tokenizer, prompt,
+                             incremental=incremental)
         for eo in self.engine.add_request(EngineRequest(req_id, prompt_ids, params)):
             state.update(eo)
         return state

@@ -139,3 +139,24 @@ def test_beam_search_returns_best_beams_in_order(llm):
     greedy_ids = llm.generate([[80, 81, 82]], greedy(6, logprobs=0))[0].outputs[0]
     greedy_logprob = sum(lp.logprob for lp in greedy_ids.logprobs)
     assert beams[0].cumulative_logprob >= greedy_logprob - 1e-5
+
+
+def test_offline_generate_decodes_once_with_the_same_text_as_streaming(tiny_llama):
+    """LLM.generate decodes each sample's text once at the end (no stop strings); the text
+    equals what the incremental, streamed path builds token by token, on random tiny-model
+    output full of partial UTF-8 byte tokens; with stop strings it stays incremental."""
+    from cormorant import LLM
+    from cormorant.sampling_params import SamplingParams
+
+    llm = LLM(tiny_llama, num_kv_blocks=256)
+    prompts = ["Café crème brûlée", "中文字符", "Emoji: 🦜", "def add(a, b):"]
+    for seed in range(3):
+        params = SamplingParams(max_tokens=40, temperature=1.0, seed=seed, ignore_eos=True)
+        offline = [o.outputs[0] for o in llm.generate(prompts, params)]
+        for prompt, out in zip(prompts, offline):
+            streamed = "".join(o.outputs[0].text_delta for o in llm.stream(prompt, params))
+            assert out.text == streamed and out.finish_reason == "length"
+            assert out.text == llm.tokenizer.decode(out.token_ids) or "\ufffd" in out.text
+    stopped = llm.generate(prompts[0], SamplingParams(max_tokens=40, temperature=0.0,
+                                                      stop=[" "]))[0].outputs[0]
+    assert " " not in stopped.text
