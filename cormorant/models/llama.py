@@ -48,6 +48,13 @@ class LlamaAttention(nn.Module):
         q = q.view(-1, self.num_heads, self.head_dim)  # [T, H, D]
         k = k.view(-1, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
         v = v.view(-1, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
+        prepped = getattr(self.attn_backend, "forward_prepped", None)
+        if prepped is not None:  # q/k norm + rotary + KV write fused into one kernel
+            norms = (None, None, 0.0) if self.q_norm is None else (
+                self.q_norm.weight, self.k_norm.weight, self.q_norm.eps)
+            out = prepped(q, k, v, kv_cache, meta, self.scale, positions,
+                          self.rotary_emb.cos_sin_cache, *norms)
+            return self.o_proj(out.flatten(1))
         if self.q_norm is not None:  # Qwen3 normalises each head before the rotation
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.rotary_emb(positions, q, k)
