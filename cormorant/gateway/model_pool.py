@@ -37,7 +37,7 @@ class Served(Protocol):
     def shutdown(self) -> None: ...
 
 
-Loader = Callable[[ModelSpec, "Path | str", str], Served]  # (spec, source, instance) -> Served
+Loader = Callable[[ModelSpec, Path | str, str], Served]  # (spec, source, instance) -> Served
 
 
 class ModelNotFound(LookupError):

@@ -35,7 +35,7 @@ def _prep_heads(x_ptr, tok, stride_t, stride_h, w_ptr, eps, cos, sin,
     return x1 * cos - x2 * sin, x2 * cos + x1 * sin
 
 
-@triton.jit(do_not_specialize=["eps"])
+@triton.jit
 def _qk_prep_kernel(q_ptr, k_ptr, v_ptr, positions_ptr, cos_sin_ptr, qw_ptr, kw_ptr,
                     cache_ptr, slot_mapping_ptr, eps,
                     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,

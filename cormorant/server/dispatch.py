@@ -20,7 +20,7 @@ from starlette.requests import Request
 from cormorant.gateway.model_pool import Lease
 from cormorant.server.errors import APIError
 from cormorant.server.generation import EngineStream, Job
-from cormorant.server.response_caching import CachePlan, plan_cache
+from cormorant.server.response_caching import CachePlan, CacheQuery, plan_cache
 from cormorant.server.served import ServedGenerator
 from cormorant.server.state import ServerState
 
@@ -36,9 +36,6 @@ class Prepared:
     prompt_lens: list[int]
     params: list[Any]
     extra: Any = None
-    deterministic: bool = False
-    cache_request: dict | None = None  # the normalized request for the cache key
-    cache_text: str | None = None  # the prompt text for the semantic cache
 
 
 @dataclass
@@ -53,32 +50,35 @@ class Started:
 
 async def start_generation(request: Request, state: ServerState, model: str | None,
                            user: str | None, endpoint: str,
-                           prepare: Callable[[ServedGenerator], Awaitable[Prepared]]
-                           ) -> Started:
-    names = state.fallbacks(model, user)
-    for i, name in enumerate(names):
-        is_last = i == len(names) - 1
+                           prepare: Callable[[ServedGenerator], Awaitable[Prepared]],
+                           query: CacheQuery | None = None) -> Started:
+    """query: the request as the caches see it (server.response_caching.cache_query)."""
+    candidates = state.candidates(model, user)
+    for i, (name, model_id) in enumerate(candidates):
+        is_last = i == len(candidates) - 1
         try:
-            started = await _try(request, state, name, user, endpoint, prepare, is_last)
+            started = await _try(request, state, name, model_id, user, endpoint, prepare,
+                                 query, is_last)
         except APIError as err:
             if is_last or err.status not in RETRYABLE:
                 raise
             continue
         if i > 0:
-            started.headers[FALLBACK_HEADER] = names[0]
+            started.headers[FALLBACK_HEADER] = candidates[0][0]
         return started
     raise AssertionError("unreachable: the last candidate raises or returns")
 
 
-async def _try(request: Request, state: ServerState, name: str, user: str | None,
-               endpoint: str, prepare: Callable[[ServedGenerator], Awaitable[Prepared]],
-               is_last: bool) -> Started:
+async def _try(request: Request, state: ServerState, name: str, model_id: str | None,
+               user: str | None, endpoint: str,
+               prepare: Callable[[ServedGenerator], Awaitable[Prepared]],
+               query: CacheQuery | None, is_last: bool) -> Started:
     state.lifecycle.check_accepting()
-    lease: Lease = await state.acquire(name, user, "generate")
+    lease: Lease = await state.acquire(name, user, "generate", model_id)
     try:
         served: ServedGenerator = lease.deployment.served
         prepared = await prepare(served)
-        cache = await plan_cache(request, state, lease.deployment, endpoint, prepared)
+        cache = await plan_cache(request, state, lease.deployment, endpoint, query)
         headers = served.headers()
         if cache.hit is not None:
             lease.release()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +47,12 @@ class CachePlan:
     similarity: float | None = None
     labels: tuple[str, str] = ("", "")
 
+    @property
+    def stores(self) -> bool:
+        """Whether the complete response goes into a cache (so is worth assembling)."""
+        return self.hit is None and self.write and (self.key is not None
+                                                    or self.semantic is not None)
+
     def headers(self) -> dict[str, str]:
         out = {CACHE_HEADER: "hit" if self.hit is not None else "miss"}
         if self.similarity is not None:
@@ -54,23 +60,36 @@ class CachePlan:
         return out
 
 
-def normalized(req: Any) -> dict:
-    """The request as the cache sees it: every field with its default, minus NOT_IN_KEY."""
-    return req.model_dump(mode="json", exclude=set(NOT_IN_KEY))
+@dataclass
+class CacheQuery:
+    """What the caches need of one request, whatever model answers it: made once."""
+    request: dict  # normalized: every field with its default, minus NOT_IN_KEY
+    deterministic: bool
+    text: str | None  # the prompt text, for the semantic cache
+
+
+def cache_query(request: Request, state: Any, req: Any, deterministic: bool,
+                text: Callable[[], str | None]) -> CacheQuery | None:
+    """None when no cache can be involved: nothing is normalized on the hot path."""
+    if state.response_cache is None and state.semantic_cache is None \
+            and SEMANTIC_HEADER not in request.headers:
+        return None
+    return CacheQuery(req.model_dump(mode="json", exclude=set(NOT_IN_KEY)), deterministic,
+                      text())
 
 
 async def plan_cache(request: Request, state: Any, deployment: Deployment, endpoint: str,
-                     prepared: Any) -> CachePlan:
+                     query: CacheQuery | None) -> CachePlan:
     directives = {d.strip().lower() for d in
                   request.headers.get("cache-control", "").split(",")}
     plan = CachePlan(labels=deployment.served.labels)
     principal = current_principal()
     tenant = principal.tenant if principal is not None else ""
-    body = prepared.cache_request
-    if body is None:
+    if query is None:
         return plan
+    body = query.request
     cache = state.response_cache
-    if cache is not None and prepared.deterministic:
+    if cache is not None and query.deterministic:
         plan.key = cache_key(tenant=tenant, model_instance=deployment.served.cache_namespace,
                              endpoint=endpoint, request=body)
         plan.write = "no-store" not in directives
@@ -78,9 +97,9 @@ async def plan_cache(request: Request, state: Any, deployment: Deployment, endpo
             plan.hit = await cache.get(plan.key)
             state.telemetry.metrics.observe_response_cache(plan.labels, plan.hit is not None)
     threshold = _semantic_threshold(request)
-    if plan.hit is None and threshold is not None and prepared.cache_text:
-        await _plan_semantic(state, plan, tenant, deployment, endpoint, body,
-                             prepared.cache_text, threshold, directives)
+    if plan.hit is None and threshold is not None and query.text:
+        await _plan_semantic(state, plan, tenant, deployment, endpoint, body, query.text,
+                             threshold, directives)
     return plan
 
 
@@ -127,7 +146,7 @@ async def _plan_semantic(state: Any, plan: CachePlan, tenant: str, deployment: D
 
 async def store(state: Any, plan: CachePlan, body: dict) -> None:
     """Keep a complete response for later hits (never one that failed or was cut short)."""
-    if plan.hit is not None or not plan.write:
+    if not plan.stores:
         return
     entry = {k: v for k, v in body.items() if k not in ("id", "created")}
     try:

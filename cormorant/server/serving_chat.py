@@ -24,7 +24,7 @@ from cormorant.server.logprobs import TokenText, chat_logprobs
 from cormorant.server.params import chat_params
 from cormorant.server.prompts import chat_prompt
 from cormorant.server.protocol import ChatCompletionRequest
-from cormorant.server.response_caching import normalized, replay, store
+from cormorant.server.response_caching import cache_query, replay, store
 from cormorant.server.responses import (client_gone, finals_usage, finish_reason,
                                         json_response, new_id, usage)
 from cormorant.server.served import ServedGenerator
@@ -61,12 +61,12 @@ async def create_chat_completion(request: Request, state: ServerState) -> Respon
         params = chat_params(req, len(prompt.token_ids), served.max_model_len,
                              served.vocab_size)
         return Prepared([Job(new_id("chatcmpl"), prompt.token_ids, params)],
-                        [len(prompt.token_ids)], [params], extra=prompt,
-                        deterministic=is_deterministic(req.temperature, req.seed)
-                        and not req.logprobs, cache_request=normalized(req),
-                        cache_text=_messages_text(req))
+                        [len(prompt.token_ids)], [params], extra=prompt)
 
-    started = await start_generation(request, state, req.model, req.user, "chat", prepare)
+    query = cache_query(request, state, req, is_deterministic(req.temperature, req.seed)
+                        and not req.logprobs, lambda: _messages_text(req))
+    started = await start_generation(request, state, req.model, req.user, "chat", prepare,
+                                     query)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     if started.cached is not None:
         return replay(started.cached, "chat", req.stream, include_usage, started.headers,
@@ -156,5 +156,5 @@ async def _chunks(ctx: _Ctx, stream: EngineStream, started: Started, state: Serv
     if ctx.include_usage:
         yield [{**ctx.chunk([]), "usage": usage([ctx.prompt_len], sum(num_tokens.values()),
                                                       num_cached)}]
-    if last is not None:  # complete: the stream was not cut short
+    if last is not None and started.cache.stores:  # complete: not cut short
         await store(state, started.cache, _response(ctx, last))

@@ -24,7 +24,7 @@ from cormorant.server.logprobs import TokenText, completion_logprobs
 from cormorant.server.params import completion_params
 from cormorant.server.prompts import Prompt, completion_prompts, count_prompts
 from cormorant.server.protocol import CompletionRequest
-from cormorant.server.response_caching import normalized, replay, store
+from cormorant.server.response_caching import cache_query, replay, store
 from cormorant.server.responses import (client_gone, finals_usage, finish_reason,
                                         json_response, new_id, usage)
 from cormorant.server.served import ServedGenerator
@@ -73,14 +73,13 @@ async def create_completion(request: Request, state: ServerState) -> Response:
         request_id = new_id("cmpl")
         jobs = [Job(f"{request_id}-{i}", p.token_ids, sp)
                 for i, (p, sp) in enumerate(zip(prompts, params))]
-        text = req.prompt if isinstance(req.prompt, str) else None
-        return Prepared(jobs, [len(p.token_ids) for p in prompts], params, extra=prompts,
-                        deterministic=is_deterministic(req.temperature, req.seed)
-                        and req.logprobs is None, cache_request=normalized(req),
-                        cache_text=text)
+        return Prepared(jobs, [len(p.token_ids) for p in prompts], params, extra=prompts)
 
+    query = cache_query(request, state, req, is_deterministic(req.temperature, req.seed)
+                        and req.logprobs is None,
+                        lambda: req.prompt if isinstance(req.prompt, str) else None)
     started = await start_generation(request, state, req.model, req.user, "completions",
-                                     prepare)
+                                     prepare, query)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     if started.cached is not None:
         return replay(started.cached, "completions", req.stream, include_usage, started.headers,
@@ -189,5 +188,5 @@ async def _chunks(ctx: _Ctx, stream: EngineStream, started: Started, state: Serv
         completion_tokens = sum(st.num_tokens for st in states.values())
         yield [{**ctx.envelope([]), "usage": usage([len(p.token_ids) for p in ctx.prompts],
                                                    completion_tokens, sum(cached.values()))}]
-    if len(finals) == len(ctx.prompts):  # complete: the stream was not cut short
+    if len(finals) == len(ctx.prompts) and started.cache.stores:  # complete: not cut short
         await store(state, started.cache, _response(ctx, [finals[i] for i in sorted(finals)]))

@@ -66,7 +66,6 @@ class ServerState:
         raw_loader = loader or _no_loader
         self.pool = ModelPool(registry, lambda spec, source, _instance:
                               self.wrap(spec, *raw_loader(spec, source)))
-        self.pool.on_unloaded.append(self._forget)
         for model_id, (obj, digest) in (loaded or {}).items():
             spec = registry.specs[model_id]
             self.pool.deployments[model_id] = Deployment(spec, self.wrap(spec, obj, digest),
@@ -85,10 +84,6 @@ class ServerState:
             return ServedEncoder(spec, obj, digest)
         return ServedGenerator(spec, obj, digest, self.telemetry, self.quotas, self.config)
 
-    def _forget(self, deployment: Deployment) -> None:
-        if self.response_cache is not None:
-            logger.debug("entries of %s are unreachable now", deployment.instance)
-
     # --- models ------------------------------------------------------------------------------
 
     @property
@@ -106,19 +101,23 @@ class ServerState:
     def stats(self) -> CombinedStats:
         return CombinedStats.of([g.engine for g in self.generators()])
 
-    def fallbacks(self, name: str | None, user: str | None) -> list[str]:
-        """The names to try for a request: its own model first, then that model's fallbacks."""
+    def candidates(self, name: str | None, user: str | None
+                   ) -> list[tuple[str, str | None]]:
+        """(name, model id or None) to try for a request: its own model, routed once here (a
+        split picks one version, whose fallbacks follow), then those fallbacks (routed when
+        tried)."""
         name = name or self.default_model
         model_id = self.registry.route(name, user)
         spec = self.registry.specs.get(model_id) if model_id else None
-        return [name, *(spec.fallbacks if spec else ())]
+        return [(name, model_id), *((f, None) for f in (spec.fallbacks if spec else ()))]
 
     async def acquire(self, name: str | None, user: str | None = None,
-                      kind: str = "generate") -> Lease:
+                      kind: str = "generate", model_id: str | None = None) -> Lease:
         """A lease on the model version that answers `name` for this caller (or an APIError:
-        404 unknown or not allowed, 400 wrong kind, 503 could not be loaded)."""
+        404 unknown or not allowed, 400 wrong kind, 503 could not be loaded). model_id: the
+        version `name` was already routed to (see candidates)."""
         name = name or self.default_model
-        model_id = self.registry.route(name, user)
+        model_id = model_id or self.registry.route(name, user)
         spec = self.registry.specs.get(model_id) if model_id else None
         principal = current_principal()  # the request's, set by gateway.auth
         allowed = spec is not None and (principal is None or any(
