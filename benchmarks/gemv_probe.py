@@ -1,0 +1,163 @@
+"""Decode GEMV probe: cormorant.kernels.gemv against cuBLAS (F.linear) on the projection shapes
+of Qwen3-0.6B and Llama-3.1-8B at M = 1..16 rows, and a sweep of the kernel's tile settings.
+
+How a time is made, to match a decode step inside a CUDA graph: the weight is cold (each call
+reads a different copy of it, enough copies to overflow the 50 MB L2), R calls are captured in
+one CUDA graph and replayed; time per call = replay time / R (median of 5). GB/s counts the
+weight's bytes only. Every config's output is checked against skinny_gemm_ref before it is
+timed. Run from the repository root on a CUDA machine:
+    python benchmarks/gemv_probe.py [--budget S] [--ms 1,4,16] [--out FILE.json]
+Imports torch, triton and cormorant (repo on path).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+
+from cormorant.kernels.gemv import pick_config, skinny_gemm, skinny_gemm_ref  # noqa: E402
+
+# (model, projection) -> (N, K) of the weight [N, K]
+SHAPES = {
+    ("qwen3-0.6b", "qkv"): (4096, 1024), ("qwen3-0.6b", "o"): (1024, 2048),
+    ("qwen3-0.6b", "gate_up"): (6144, 1024), ("qwen3-0.6b", "down"): (1024, 3072),
+    ("qwen3-0.6b", "lm_head"): (151936, 1024),
+    ("llama3.1-8b", "qkv"): (6144, 4096), ("llama3.1-8b", "o"): (4096, 4096),
+    ("llama3.1-8b", "gate_up"): (28672, 4096), ("llama3.1-8b", "down"): (4096, 14336),
+    ("llama3.1-8b", "lm_head"): (128256, 4096),
+}
+TINY = {("tiny", "a"): (64, 128), ("tiny", "b"): (40, 96)}
+
+
+def sweep_configs(m: int) -> list[dict]:
+    if m == 1:
+        grid = itertools.product([4, 8, 16, 32], [256, 512, 1024], [2, 4, 8], [1, 2, 4])
+        return [dict(BLOCK_M=1, BLOCK_N=bn, BLOCK_K=bk, num_warps=w, num_stages=s)
+                for bn, bk, w, s in grid]
+    grid = itertools.product([16, 32, 64], [64, 128, 256], [4, 8], [2, 4])
+    return [dict(BLOCK_M=16, BLOCK_N=bn, BLOCK_K=bk, num_warps=w, num_stages=s)
+            for bn, bk, w, s in grid]
+
+
+def graph_time_us(fn_for_copy, copies: int, reps: int = 5) -> float:
+    """Median time per call of fn_for_copy(i) over a CUDA graph of calls cycling the copies."""
+    calls = max(copies, 8)
+    for i in range(copies):  # warm-up (compiles) outside the capture
+        fn_for_copy(i)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        with torch.cuda.graph(graph):
+            for i in range(calls):
+                fn_for_copy(i % copies)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / calls)
+    return sorted(times)[len(times) // 2]
+
+
+def cpu_time_us(fn_for_copy, copies: int) -> float:
+    t0 = time.perf_counter()
+    fn_for_copy(0)
+    return (time.perf_counter() - t0) * 1e6
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--budget", type=float, default=240.0)
+    parser.add_argument("--ms", default="1,4,16")
+    parser.add_argument("--sweep", default="1", help="rows M to sweep configs for")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    cuda = torch.cuda.is_available()
+    dtype = torch.bfloat16 if cuda else torch.float32
+    device = "cuda" if cuda else "cpu"
+    shapes = SHAPES if cuda else TINY
+    timer = graph_time_us if cuda else cpu_time_us
+    sweep_ms = {int(v) for v in args.sweep.split(",") if v}
+    ms = [int(v) for v in args.ms.split(",")]
+    slice_s = args.budget / max(1, len(shapes) * len(sweep_ms & set(ms)))  # per swept shape
+    if cuda:
+        print(torch.cuda.get_device_name(), torch.__version__, flush=True)
+    results = []
+    gen = torch.Generator(device=device).manual_seed(0)
+    for m in ms:
+        for (model, proj), (n, k) in shapes.items():
+            deadline = time.time() + slice_s
+            nbytes = n * k * 2
+            copies = max(1, min(16, -(-256 * 2**20 // nbytes))) if cuda else 1
+            ws = [(torch.randn(n, k, device=device, generator=gen) * 0.02).to(dtype)
+                  for _ in range(copies)]
+            x = torch.randn(m, k, device=device, generator=gen).to(dtype)
+            out = torch.empty(m, n, device=device, dtype=dtype)
+            ref = skinny_gemm_ref(x, ws[0])
+            t_cublas = timer(lambda i: torch.matmul(x, ws[i].t(), out=out), copies)
+            default = pick_config(m, n, k)
+            t_default = timer(lambda i: skinny_gemm(x, ws[i], out=out), copies)
+            err_default = (skinny_gemm(x, ws[0]).float() - ref.float()).abs().max().item()
+            best = (t_default, default)
+            swept = 0
+            if m in sweep_ms:
+                for cfg in sweep_configs(m):
+                    if time.time() > deadline:
+                        break
+                    try:
+                        y = skinny_gemm(x, ws[0], config=cfg)
+                        err = (y.float() - ref.float()).abs().max().item()
+                        if not err <= 2e-2 * max(1.0, ref.float().abs().max().item()):
+                            print(f"  WRONG {cfg}: err {err}", flush=True)
+                            continue
+                        t = timer(lambda i, c=cfg: skinny_gemm(x, ws[i], out=out, config=c),
+                                  copies)
+                    except Exception as e:  # a config Triton cannot build: skip it
+                        print(f"  skip {cfg}: {type(e).__name__}: {str(e)[:80]}", flush=True)
+                        continue
+                    swept += 1
+                    if t < best[0]:
+                        best = (t, cfg)
+            row = dict(model=model, proj=proj, m=m, n=n, k=k, mbytes=nbytes / 1e6,
+                       cublas_us=t_cublas, default_us=t_default, default_err=err_default,
+                       best_us=best[0], best_cfg=best[1], swept=swept,
+                       cublas_gbps=nbytes / t_cublas / 1e3, default_gbps=nbytes / t_default / 1e3,
+                       best_gbps=nbytes / best[0] / 1e3)
+            results.append(row)
+            print(f"M={m:2d} {model:12s} {proj:8s} {n:6d}x{k:5d} {nbytes / 1e6:7.1f} MB | "
+                  f"cuBLAS {t_cublas:7.2f} us {row['cublas_gbps']:6.0f} GB/s | default "
+                  f"{t_default:7.2f} us {row['default_gbps']:6.0f} GB/s err {err_default:.3g} | "
+                  f"best {best[0]:7.2f} us {row['best_gbps']:6.0f} GB/s {best[1]} ({swept})",
+                  flush=True)
+            del ws
+    for m in sorted({r["m"] for r in results}):
+        rows = [r for r in results if r["m"] == m]
+        for model in sorted({r["model"] for r in rows}):
+            sel = [r for r in rows if r["model"] == model and r["proj"] != "lm_head"]
+            print(f"M={m} {model} per layer (no lm_head): cuBLAS "
+                  f"{sum(r['cublas_us'] for r in sel):.1f} us, default "
+                  f"{sum(r['default_us'] for r in sel):.1f} us, best "
+                  f"{sum(r['best_us'] for r in sel):.1f} us", flush=True)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
