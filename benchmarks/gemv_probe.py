@@ -17,13 +17,16 @@ import json
 import os
 import sys
 import time
+import traceback
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
-from cormorant.kernels.gemv import pick_config, skinny_gemm, skinny_gemm_ref  # noqa: E402
+from cormorant.kernels import activation, rmsnorm  # noqa: E402
+from cormorant.kernels.gemv import (add_rms_norm_gemm, block_m_for, pick_config,  # noqa: E402
+                                    silu_mul_gemm, skinny_gemm, skinny_gemm_ref)
 
 # (model, projection) -> (N, K) of the weight [N, K]
 SHAPES = {
@@ -34,14 +37,19 @@ SHAPES = {
     ("llama3.1-8b", "gate_up"): (28672, 4096), ("llama3.1-8b", "down"): (4096, 14336),
     ("llama3.1-8b", "lm_head"): (128256, 4096),
 }
-TINY = {("tiny", "a"): (64, 128), ("tiny", "b"): (40, 96)}
+TINY = {("tiny", "qkv"): (128, 64), ("tiny", "o"): (64, 96), ("tiny", "gate_up"): (160, 64),
+        ("tiny", "down"): (64, 80), ("tiny", "lm_head"): (200, 64)}
 
 
 def sweep_configs(m: int) -> list[dict]:
     if m == 1:
-        grid = itertools.product([4, 8, 16, 32], [256, 512, 1024], [2, 4, 8], [1, 2, 4])
+        grid = itertools.product([1, 2, 4, 8], [512, 1024, 2048], [2, 4, 8], [1, 2, 3, 4])
         return [dict(BLOCK_M=1, BLOCK_N=bn, BLOCK_K=bk, num_warps=w, num_stages=s)
                 for bn, bk, w, s in grid]
+    if block_m_for(m) < 16:
+        grid = itertools.product([1, 2, 4, 8], [256, 512, 1024], [4, 8], [2, 3])
+        return [dict(BLOCK_M=block_m_for(m), BLOCK_N=bn, BLOCK_K=bk, num_warps=w,
+                     num_stages=s) for bn, bk, w, s in grid]
     grid = itertools.product([16, 32, 64], [64, 128, 256], [4, 8], [2, 4])
     return [dict(BLOCK_M=16, BLOCK_N=bn, BLOCK_K=bk, num_warps=w, num_stages=s)
             for bn, bk, w, s in grid]
@@ -97,7 +105,7 @@ def main() -> int:
     slice_s = args.budget / max(1, len(shapes) * len(sweep_ms & set(ms)))  # per swept shape
     if cuda:
         print(torch.cuda.get_device_name(), torch.__version__, flush=True)
-    results = []
+    results, all_times = [], []
     gen = torch.Generator(device=device).manual_seed(0)
     for m in ms:
         for (model, proj), (n, k) in shapes.items():
@@ -131,6 +139,7 @@ def main() -> int:
                         print(f"  skip {cfg}: {type(e).__name__}: {str(e)[:80]}", flush=True)
                         continue
                     swept += 1
+                    all_times.append(dict(model=model, proj=proj, m=m, us=t, **cfg))
                     if t < best[0]:
                         best = (t, cfg)
             row = dict(model=model, proj=proj, m=m, n=n, k=k, mbytes=nbytes / 1e6,
@@ -153,10 +162,66 @@ def main() -> int:
                   f"{sum(r['cublas_us'] for r in sel):.1f} us, default "
                   f"{sum(r['default_us'] for r in sel):.1f} us, best "
                   f"{sum(r['best_us'] for r in sel):.1f} us", flush=True)
+    chains = []
+    for m in (m for m in ms if m <= 4):
+        for model in sorted({model for model, _ in shapes}):
+            try:
+                chains.append(layer_chain(shapes, model, m, device, dtype, timer))
+            except Exception:  # report and go on: the sweep's results still get written
+                traceback.print_exc()
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=1)
+            json.dump({"results": results, "sweep": all_times, "chains": chains}, f, indent=1)
     return 0
+
+
+def layer_chain(shapes: dict, model: str, m: int, device, dtype, timer) -> dict:
+    """One decoder layer's projections with the small ops between them (attention left out),
+    cold weights (a copy per layer), in a CUDA graph over `layers` layers: unfused (add+norm
+    kernel, cuBLAS, SiLU kernel) against fused (kernels.gemv prologues), outputs compared."""
+    (n_qkv, hidden), (_, n_attn) = shapes[(model, "qkv")], shapes[(model, "o")]
+    n_gu, inter = shapes[(model, "gate_up")][0], shapes[(model, "down")][1]
+    layers = 28 if model.startswith("qwen") else 32 if model.startswith("llama") else 2
+    gen = torch.Generator(device=device).manual_seed(5)
+
+    def rnd(*shape, scale=0.02):
+        return (torch.randn(*shape, device=device, generator=gen) * scale).to(dtype)
+    ws = [dict(qkv=rnd(n_qkv, hidden), o=rnd(hidden, n_attn), gu=rnd(n_gu, hidden),
+               down=rnd(hidden, inter), n1=rnd(hidden, scale=0.1) + 1, n2=rnd(hidden, scale=0.1) + 1)
+          for _ in range(layers)]
+    attn_in = rnd(m, n_attn, scale=1.0)  # stands for the attention output of every layer
+    h0, r0 = rnd(m, hidden, scale=1.0), rnd(m, hidden, scale=1.0)
+
+    def unfused(i):
+        w = ws[i]
+        h, r = rmsnorm.fused_add_rms_norm(unfused.h.clone(), unfused.r.clone(), w["n1"], 1e-6)
+        qkv = F.linear(h, w["qkv"])
+        h = F.linear(attn_in, w["o"])
+        h, r = rmsnorm.fused_add_rms_norm(h, r, w["n2"], 1e-6)
+        out = F.linear(activation.silu_and_mul(F.linear(h, w["gu"])), w["down"])
+        unfused.h, unfused.r = out, r
+
+    def fused(i):
+        w = ws[i]
+        qkv, r = add_rms_norm_gemm(fused.h, fused.r, w["n1"], 1e-6, w["qkv"])
+        h = skinny_gemm(attn_in, w["o"])
+        gu, r = add_rms_norm_gemm(h, r, w["n2"], 1e-6, w["gu"])
+        fused.h, fused.r = silu_mul_gemm(gu, w["down"]), r
+
+    result = {"model": model, "m": m, "layers": layers}
+    for name, fn in (("unfused", unfused), ("fused", fused)):
+        fn.h, fn.r = h0, r0
+        result[f"{name}_us_per_layer"] = timer(fn, layers)
+        fn.h, fn.r = h0, r0
+        for i in range(layers):
+            fn(i)
+        result[f"{name}_out"] = fn.h.float()
+    diff = (result.pop("fused_out") - result.pop("unfused_out")).abs().max().item()
+    result["max_abs_diff_after_all_layers"] = diff
+    print(f"chain {model} M={m}: unfused {result['unfused_us_per_layer']:.2f} us/layer, fused "
+          f"{result['fused_us_per_layer']:.2f} us/layer, max |diff| after {layers} layers "
+          f"{diff:.3g}", flush=True)
+    return result
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 With a world size of 1 they are a plain embedding lookup and a plain matmul. With several
 ranks each holds vocab_size / world rows: lookups outside the local range read zeros and an
-all-reduce sums the parts; logits are gathered along the vocabulary.
-Imports: torch, cormorant.layers.parallel.
+all-reduce sums the parts; logits are gathered along the vocabulary. The LM head of a decode
+step of a few rows runs the skinny GEMM (layers.linear's dispatch rule).
+Imports: torch, cormorant.layers.parallel, cormorant.layers.linear.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cormorant.layers.linear import decode_gemv_kernels
 from cormorant.layers.parallel import all_gather_last_dim, all_reduce, tp_rank_and_size
 
 
@@ -48,5 +50,7 @@ class ParallelLMHead(VocabParallelEmbedding):
     weight the embedding's parameter instead of loading its own."""
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = F.linear(hidden, self.weight)  # [N, local_vocab]
+        kernels = decode_gemv_kernels(hidden, self.weight)
+        logits = (F.linear(hidden, self.weight) if kernels is None  # [N, local_vocab]
+                  else kernels.skinny_gemm(hidden, self.weight))
         return all_gather_last_dim(logits)  # [N, vocab]

@@ -9,17 +9,60 @@ a full checkpoint tensor into this rank's part of one of its parameters; fused p
 A layer owns no weight format: a LinearMethod creates its parameters and does its matmul.
 Only DenseLinearMethod exists now; int8 / fp8 / GGUF-block formats become new method classes.
 Parameters are created uninitialised (torch.empty): the loader fills every one of them.
-Imports: torch, cormorant.layers.parallel.
+
+Decode-sized inputs (`decode_gemv_kernels`: at most DECODE_MAX_ROWS rows, bf16/fp16, CUDA)
+run the skinny GEMM of cormorant.kernels.gemv instead of cuBLAS, which reads these weights
+closer to the memory bandwidth (benchmarks/RESULTS.md); layers.fused_decode folds the norm or
+activation before a projection into that same launch.
+Imports: torch, cormorant.layers.parallel, cormorant.kernels (lazily).
 """
 from __future__ import annotations
 
+import functools
+import logging
+from types import ModuleType
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cormorant.kernels import triton_available
 from cormorant.layers.parallel import all_reduce, tp_rank_and_size
+
+log = logging.getLogger(__name__)
+
+# Rows up to which a projection runs the skinny GEMM (measured: benchmarks/gemv_probe.py).
+DECODE_MAX_ROWS = 4
+# Where it runs. fp32 stays on cuBLAS: its results are the parity reference. (Tests widen
+# these to run the kernels on the CPU under TRITON_INTERPRET.)
+GEMV_DEVICE_TYPES = ("cuda",)
+GEMV_DTYPES = (torch.bfloat16, torch.float16)
+
+
+@functools.cache
+def _triton_gemv() -> ModuleType | None:
+    """The kernel module, imported once; None without Triton (then cuBLAS runs)."""
+    if not triton_available():
+        return None
+    try:
+        from cormorant.kernels import gemv
+    except Exception as e:  # a broken Triton install must not stop the reference path
+        log.warning("Triton GEMV kernel unavailable (%s); using cuBLAS", e)
+        return None
+    return gemv
+
+
+def decode_gemv_kernels(x: torch.Tensor, weight: torch.Tensor) -> ModuleType | None:
+    """The dispatch rule, in one place: kernels.gemv for a decode-sized input x [M, K]
+    (1 <= M <= DECODE_MAX_ROWS) on CUDA in bf16/fp16 with a weight of the same dtype, else
+    None (F.linear)."""
+    if not (x.device.type in GEMV_DEVICE_TYPES and x.dim() == 2
+            and 1 <= x.shape[0] <= DECODE_MAX_ROWS
+            and x.dtype in GEMV_DTYPES and weight.dtype == x.dtype
+            and x.stride(1) == 1 and weight.stride(1) == 1):
+        return None
+    return _triton_gemv()
 
 
 class LinearMethod(Protocol):
@@ -40,6 +83,9 @@ class DenseLinearMethod:
 
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None
               ) -> torch.Tensor:
+        kernels = decode_gemv_kernels(x, layer.weight)
+        if kernels is not None:
+            return kernels.skinny_gemm(x, layer.weight, bias)
         return F.linear(x, layer.weight, bias)
 
 
@@ -130,10 +176,13 @@ class RowParallelLinear(LinearBase):
 
     tp_dim = 1
 
+    @property
+    def rank_bias(self) -> torch.Tensor | None:
+        """Only rank 0 adds the bias, so the all-reduce counts it once."""
+        return self.bias if self.tp_rank == 0 else None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Only rank 0 adds the bias, so the all-reduce counts it once.
-        bias = self.bias if self.tp_rank == 0 else None
-        return all_reduce(self.method.apply(self, x, bias))
+        return all_reduce(self.method.apply(self, x, self.rank_bias))
 
 
 def _copy_checked(dst: torch.Tensor, src: torch.Tensor) -> None:

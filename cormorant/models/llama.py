@@ -16,6 +16,7 @@ from cormorant.config import ModelConfig
 from cormorant.layers.activation import SiluAndMul
 from cormorant.layers.attention import AttentionBackend, AttentionMetadata
 from cormorant.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from cormorant.layers.fused_decode import act_then_linear, norm_then_linear
 from cormorant.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from cormorant.layers.norm import RMSNorm
 from cormorant.layers.rotary import RotaryEmbedding
@@ -40,9 +41,10 @@ class LlamaAttention(nn.Module):
         self.attn_backend = attn_backend
         self.scale = config.head_dim ** -0.5
 
-    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, kv_cache: torch.Tensor,
+    def forward(self, positions: torch.Tensor, qkv: torch.Tensor, kv_cache: torch.Tensor,
                 meta: AttentionMetadata) -> torch.Tensor:
-        qkv = self.qkv_proj(hidden)  # [T, (H + 2 * Hkv) * D]
+        """qkv: this layer's qkv_proj output [T, (H + 2 * Hkv) * D] (the decoder layer runs
+        the projection, fused with the norm before it) -> [T, hidden]."""
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)  # [T, H, D]
@@ -70,8 +72,10 @@ class LlamaMLP(nn.Module):
         self.down_proj = RowParallelLinear(size, config.hidden_size, bias=False)
         self.act = SiluAndMul()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_up_proj(x)))
+    def forward(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """gate_up: this layer's gate_up_proj output (the decoder layer runs the projection,
+        fused with the norm before it) -> [T, hidden]."""
+        return act_then_linear(self.act, self.down_proj, gate_up)
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -86,14 +90,14 @@ class LlamaDecoderLayer(nn.Module):
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor,
                 residual: torch.Tensor | None, kv_cache: torch.Tensor, meta: AttentionMetadata
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        # The residual stream is carried separately so each norm can fuse the add before it.
-        if residual is None:
-            residual, hidden = hidden, self.input_layernorm(hidden)
-        else:
-            hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(positions, hidden, kv_cache, meta)
-        hidden, residual = self.post_attention_layernorm(hidden, residual)
-        return self.mlp(hidden), residual
+        # The residual stream is carried separately so each norm can fuse the add before it,
+        # and on decode-sized batches the projection after it (layers.fused_decode).
+        attn = self.self_attn
+        qkv, residual = norm_then_linear(self.input_layernorm, attn.qkv_proj, hidden, residual)
+        hidden = attn(positions, qkv, kv_cache, meta)
+        gate_up, residual = norm_then_linear(self.post_attention_layernorm,
+                                             self.mlp.gate_up_proj, hidden, residual)
+        return self.mlp(gate_up), residual
 
 
 class LlamaModel(nn.Module):

@@ -1,0 +1,76 @@
+"""The decode GEMV wired into the models (layers.linear's rule, layers.fused_decode, the LM
+head): tiny Llama, Qwen2 (qkv bias) and Qwen3 (q/k norm) decode steps of 1 and 3 sequences
+give the logits of the unfused layers, and longer batches never take the kernel path.
+
+The rule admits only CUDA and bf16/fp16; here it is widened to the CPU in fp32 so the kernels
+run under the Triton interpreter (the GPU runs, benchmarks/gpu_engine_check.py, check bf16
+greedy output against transformers)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cormorant.config import ModelConfig
+from cormorant.layers import linear
+from cormorant.layers.attention import TorchAttention
+from cormorant.models.random_init import build_random_model
+from tests.models.model_test_utils import PagedRunner
+
+ARCHS = {
+    "llama": dict(architecture="LlamaForCausalLM"),
+    "qwen2": dict(architecture="Qwen2ForCausalLM", attention_bias=True),
+    "qwen3": dict(architecture="Qwen3ForCausalLM", qk_norm=True, tie_word_embeddings=True),
+}
+
+
+def _config(arch: str) -> ModelConfig:
+    return ModelConfig(vocab_size=96, hidden_size=64, intermediate_size=80, num_layers=2,
+                       num_heads=4, num_kv_heads=2, head_dim=16, max_position_embeddings=128,
+                       **ARCHS[arch])
+
+
+def _run(model, config, monkeypatch, widen: bool):
+    """Prefill 3 prompts, then decode steps of 1 and 3 sequences; logits per step."""
+    if widen:
+        monkeypatch.setattr(linear, "GEMV_DEVICE_TYPES", ("cuda", "cpu"))
+        monkeypatch.setattr(linear, "GEMV_DTYPES", (torch.float32,))
+    calls = []
+    gemv = linear._triton_gemv()
+    for name in ("skinny_gemm", "add_rms_norm_gemm", "silu_mul_gemm"):
+        real = getattr(gemv, name)
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            calls.append((_name, args[0].shape[0]))
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(gemv, name, spy)
+    runner = PagedRunner(model, config, num_seqs=3, max_len=24)
+    gen = torch.Generator().manual_seed(3)
+    prompts = {s: torch.randint(0, config.vocab_size, (5 + s,), generator=gen).tolist()
+               for s in range(3)}
+    out = [runner.step(prompts)]  # 18 rows: never the kernel path
+    steps = [{0: [7]}, {0: [8], 1: [9], 2: [10]}, {1: [11]}]
+    for step in steps:
+        out.append(runner.step(step))
+    monkeypatch.undo()
+    return out, calls
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_decode_steps_through_the_gemv_match_the_unfused_layers(arch, monkeypatch):
+    config = _config(arch)
+    model = build_random_model(config, torch.float32, "cpu", seed=1, std=0.2,
+                               attn_backend=TorchAttention())
+    reference, none = _run(model, config, monkeypatch, widen=False)
+    assert none == []  # the rule keeps fp32 CPU runs on F.linear
+    fused, calls = _run(model, config, monkeypatch, widen=True)
+    for ref_step, step in zip(reference, fused):
+        for seq in ref_step:
+            torch.testing.assert_close(step[seq], ref_step[seq], atol=2e-5, rtol=2e-5)
+    rows = {m for _, m in calls}
+    assert rows == {1, 3}  # the decode steps only, never the 18-row prefill
+    per_step = config.num_layers * 2  # two norm+projection fusions per layer
+    names = [n for n, _ in calls]
+    assert names.count("add_rms_norm_gemm") == 3 * per_step
+    assert names.count("silu_mul_gemm") == 3 * config.num_layers
+    # o_proj in every layer, plus the LM head of every step
+    assert names.count("skinny_gemm") == 3 * (config.num_layers + 1)
