@@ -37,6 +37,9 @@ SHAPES = {
     ("llama3.1-8b", "gate_up"): (28672, 4096), ("llama3.1-8b", "down"): (4096, 14336),
     ("llama3.1-8b", "lm_head"): (128256, 4096),
 }
+# Prologue (norm / SiLU) kernels' settings tried in the layer chain at M = 1.
+PROLOGUE_SWEEP = [(2, 1024, 2, 4), (4, 1024, 4, 2), (4, 1024, 2, 4), (8, 1024, 4, 2),
+                  (8, 1024, 8, 3), (4, 2048, 4, 2), (8, 512, 4, 3), (16, 512, 4, 3)]
 TINY = {("tiny", "qkv"): (128, 64), ("tiny", "o"): (64, 96), ("tiny", "gate_up"): (160, 64),
         ("tiny", "down"): (64, 80), ("tiny", "lm_head"): (200, 64)}
 
@@ -201,21 +204,32 @@ def layer_chain(shapes: dict, model: str, m: int, device, dtype, timer) -> dict:
         out = F.linear(activation.silu_and_mul(F.linear(h, w["gu"])), w["down"])
         unfused.h, unfused.r = out, r
 
-    def fused(i):
-        w = ws[i]
-        qkv, r = add_rms_norm_gemm(fused.h, fused.r, w["n1"], 1e-6, w["qkv"])
-        h = skinny_gemm(attn_in, w["o"])
-        gu, r = add_rms_norm_gemm(h, r, w["n2"], 1e-6, w["gu"])
-        fused.h, fused.r = silu_mul_gemm(gu, w["down"]), r
+    def fused_with(cfg):
+        def fused(i):
+            w = ws[i]
+            qkv, r = add_rms_norm_gemm(fused.h, fused.r, w["n1"], 1e-6, w["qkv"], config=cfg)
+            h = skinny_gemm(attn_in, w["o"])
+            gu, r = add_rms_norm_gemm(h, r, w["n2"], 1e-6, w["gu"], config=cfg)
+            fused.h, fused.r = silu_mul_gemm(gu, w["down"], config=cfg), r
+        return fused
 
     result = {"model": model, "m": m, "layers": layers}
-    for name, fn in (("unfused", unfused), ("fused", fused)):
+    variants = [("unfused", unfused), ("fused", fused_with(None))]
+    if m == 1:
+        for bn, bk, warps, stages in PROLOGUE_SWEEP:
+            cfg = dict(BLOCK_M=1, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
+            variants.append((f"fused n{bn} k{bk} w{warps} s{stages}", fused_with(cfg)))
+    for name, fn in variants:
         fn.h, fn.r = h0, r0
         result[f"{name}_us_per_layer"] = timer(fn, layers)
         fn.h, fn.r = h0, r0
         for i in range(layers):
             fn(i)
         result[f"{name}_out"] = fn.h.float()
+    for name, _ in variants[2:]:
+        print(f"chain {model} M={m} {name}: {result[name + '_us_per_layer']:.2f} us/layer",
+              flush=True)
+        result.pop(name + "_out")
     diff = (result.pop("fused_out") - result.pop("unfused_out")).abs().max().item()
     result["max_abs_diff_after_all_layers"] = diff
     print(f"chain {model} M={m}: unfused {result['unfused_us_per_layer']:.2f} us/layer, fused "

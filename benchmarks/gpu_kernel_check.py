@@ -123,6 +123,8 @@ def attention_cases(gen: torch.Generator):
         return torch.randint(lo, hi, (n,), generator=gen).tolist()
     dec = ctx(32, 1024, 3072)
     return {
+        "decode b1 ctx256": ([1], [256]),
+        "decode b1 ctx2k": ([1], [2048]),
         "decode b64 ctx~2k": ([1] * 64, ctx(64, 1024, 3072)),
         "decode b4 ctx8k": ([1] * 4, ctx(4, 7000, 9000)),
         "mixed 4x256+pfx1k,32dec": ([256] * 4 + [1] * 32, [1280] * 4 + dec),
@@ -362,7 +364,10 @@ def sweep_configs(m: Model):
     prefill = [pa.PagedAttentionConfig(b, t, 1, w, s) for (b, t, w, s) in
                ((64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 2), (128, 64, 8, 2),
                 (128, 64, 8, 3), (128, 32, 8, 2), (128, 128, 8, 2), (128, 64, 4, 2))]
-    return {"decode b64 ctx~2k": decode, "decode b4 ctx8k": split, "prefill 2x1024": prefill}
+    single = [pa.PagedAttentionConfig(bm, t, g, w, 2) for t in (32, 64) for g in (1, 2, 4, 8, 16)
+              for w in (2, 4)]
+    return {"decode b1 ctx256": single, "decode b1 ctx2k": single, "decode b64 ctx~2k": decode,
+            "decode b4 ctx8k": split, "prefill 2x1024": prefill}
 
 
 def check_model(runner: Runner, name: str, m: Model, dtype, copy_gbps: float, tokens: int):

@@ -108,19 +108,22 @@ def block_m_for(m: int) -> int:
     return 1 if m == 1 else 2 if m == 2 else 4 if m <= 4 else MAX_ROWS
 
 
-def pick_config(m: int, n: int, k: int) -> dict:
-    """Tile sizes and launch settings for one shape (from benchmarks/gemv_probe.py sweeps on
-    an H100: RESULTS.md). Few output columns -> more warps per program to keep loads in
-    flight."""
+def pick_config(m: int, n: int, k: int, prologue: int = PROLOGUE_NONE) -> dict:
+    """Tile sizes and launch settings for one shape, from benchmarks/gemv_probe.py sweeps on
+    an H100 (RESULTS.md). M = 1, plain: one weight row per program (within 5% of the best
+    config of every Qwen3-0.6B and Llama-3.1-8B projection). With a prologue each program
+    re-reads the input rows, so it takes four weight rows to amortise them. M > 1 rows are
+    served but, as measured, no faster than cuBLAS (layers.linear routes only M = 1 here)."""
     block_m = block_m_for(m)
+    block_k = min(1024, triton.next_power_of_2(k))
     if block_m == 1:
-        return dict(BLOCK_M=1, BLOCK_N=4, BLOCK_K=min(1024, triton.next_power_of_2(k)),
-                    num_warps=8 if n <= 1024 else 4, num_stages=2)
+        if prologue == PROLOGUE_NONE:
+            return dict(BLOCK_M=1, BLOCK_N=1, BLOCK_K=block_k, num_warps=2, num_stages=4)
+        return dict(BLOCK_M=1, BLOCK_N=4, BLOCK_K=block_k, num_warps=4, num_stages=2)
     if block_m < MAX_ROWS:
-        return dict(BLOCK_M=block_m, BLOCK_N=4, BLOCK_K=min(512, triton.next_power_of_2(k)),
-                    num_warps=4, num_stages=2)
-    return dict(BLOCK_M=MAX_ROWS, BLOCK_N=32, BLOCK_K=min(256, triton.next_power_of_2(k)),
-                num_warps=4, num_stages=4)
+        return dict(BLOCK_M=block_m, BLOCK_N=8, BLOCK_K=block_k, num_warps=4, num_stages=3)
+    return dict(BLOCK_M=MAX_ROWS, BLOCK_N=32, BLOCK_K=min(256, block_k), num_warps=4,
+                num_stages=4)
 
 
 def _launch(prologue: int, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -133,7 +136,7 @@ def _launch(prologue: int, x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     assert x.stride(1) == 1 and weight.stride(1) == 1
     if out is None:
         out = torch.empty(m, n, dtype=x.dtype, device=x.device)
-    cfg = dict(config or pick_config(m, n, k))
+    cfg = dict(config or pick_config(m, n, k, prologue))
     block_n, block_k = cfg["BLOCK_N"], cfg["BLOCK_K"]
     assert cfg["BLOCK_M"] >= m
     _skinny_gemm_kernel[(triton.cdiv(n, block_n),)](

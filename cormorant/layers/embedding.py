@@ -3,7 +3,7 @@
 With a world size of 1 they are a plain embedding lookup and a plain matmul. With several
 ranks each holds vocab_size / world rows: lookups outside the local range read zeros and an
 all-reduce sums the parts; logits are gathered along the vocabulary. The LM head of a decode
-step of a few rows runs the skinny GEMM (layers.linear's dispatch rule).
+step of one row runs the skinny GEMM (layers.linear's dispatch rule).
 Imports: torch, cormorant.layers.parallel, cormorant.layers.linear.
 """
 from __future__ import annotations

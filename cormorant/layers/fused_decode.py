@@ -3,8 +3,8 @@
     qkv, residual = norm_then_linear(input_layernorm, qkv_proj, hidden, residual)
     out = act_then_linear(act, down_proj, gate_up)
 
-On a decode step of a few sequences (layers.linear.decode_gemv_kernels: at most
-DECODE_MAX_ROWS rows, bf16/fp16, CUDA, a dense weight) each call is one launch of
+On a decode step of DECODE_MAX_ROWS sequences (layers.linear.decode_gemv_kernels: batch 1,
+bf16/fp16, CUDA, a dense weight) each call is one launch of
 kernels.gemv: the residual add + RMSNorm, or the SiLU-and-multiply, is computed by the GEMV
 as it reads its input (two launches fewer per layer, and no round trip of the normalised row
 through memory). Everywhere else the same two calls run the unfused layers, so the models

@@ -32,8 +32,10 @@ from cormorant.layers.parallel import all_reduce, tp_rank_and_size
 
 log = logging.getLogger(__name__)
 
-# Rows up to which a projection runs the skinny GEMM (measured: benchmarks/gemv_probe.py).
-DECODE_MAX_ROWS = 4
+# Rows up to which a projection runs the skinny GEMM. Measured on an H100
+# (benchmarks/gemv_probe.py, RESULTS.md): at 1 row it beats cuBLAS on every projection of
+# Qwen3-0.6B and Llama-3.1-8B; at 2 and 4 rows it is no faster, so those stay on cuBLAS.
+DECODE_MAX_ROWS = 1
 # Where it runs. fp32 stays on cuBLAS: its results are the parity reference. (Tests widen
 # these to run the kernels on the CPU under TRITON_INTERPRET.)
 GEMV_DEVICE_TYPES = ("cuda",)

@@ -2,8 +2,8 @@
 head): tiny Llama, Qwen2 (qkv bias) and Qwen3 (q/k norm) decode steps of 1 and 3 sequences
 give the logits of the unfused layers, and longer batches never take the kernel path.
 
-The rule admits only CUDA and bf16/fp16; here it is widened to the CPU in fp32 so the kernels
-run under the Triton interpreter (the GPU runs, benchmarks/gpu_engine_check.py, check bf16
+The rule admits only CUDA, bf16/fp16 and batch 1; here it is widened to the CPU in fp32 and to
+4 rows so the kernels (and their multi-row paths) run under the Triton interpreter (the GPU runs, benchmarks/gpu_engine_check.py, check bf16
 greedy output against transformers)."""
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ def _run(model, config, monkeypatch, widen: bool):
     if widen:
         monkeypatch.setattr(linear, "GEMV_DEVICE_TYPES", ("cuda", "cpu"))
         monkeypatch.setattr(linear, "GEMV_DTYPES", (torch.float32,))
+        monkeypatch.setattr(linear, "DECODE_MAX_ROWS", 4)
     calls = []
     gemv = linear._triton_gemv()
     for name in ("skinny_gemm", "add_rms_norm_gemm", "silu_mul_gemm"):
