@@ -112,14 +112,17 @@ def pick_config(m: int, n: int, k: int, prologue: int = PROLOGUE_NONE) -> dict:
     """Tile sizes and launch settings for one shape, from benchmarks/gemv_probe.py sweeps on
     an H100 (RESULTS.md). M = 1, plain: one weight row per program (within 5% of the best
     config of every Qwen3-0.6B and Llama-3.1-8B projection). With a prologue each program
-    re-reads the input rows, so it takes four weight rows to amortise them. M > 1 rows are
+    re-reads the input rows, so it takes several weight rows to amortise them (the best of
+    eight settings in a layer chain: 4 x 2048 for K >= 4096, 8 x 1024 below). M > 1 rows are
     served but, as measured, no faster than cuBLAS (layers.linear routes only M = 1 here)."""
     block_m = block_m_for(m)
     block_k = min(1024, triton.next_power_of_2(k))
     if block_m == 1:
         if prologue == PROLOGUE_NONE:
             return dict(BLOCK_M=1, BLOCK_N=1, BLOCK_K=block_k, num_warps=2, num_stages=4)
-        return dict(BLOCK_M=1, BLOCK_N=4, BLOCK_K=block_k, num_warps=4, num_stages=2)
+        if k >= 4096:
+            return dict(BLOCK_M=1, BLOCK_N=4, BLOCK_K=2048, num_warps=4, num_stages=2)
+        return dict(BLOCK_M=1, BLOCK_N=8, BLOCK_K=block_k, num_warps=8, num_stages=3)
     if block_m < MAX_ROWS:
         return dict(BLOCK_M=block_m, BLOCK_N=8, BLOCK_K=block_k, num_warps=4, num_stages=3)
     return dict(BLOCK_M=MAX_ROWS, BLOCK_N=32, BLOCK_K=min(256, block_k), num_warps=4,
