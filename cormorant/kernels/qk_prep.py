@@ -44,7 +44,10 @@ def _qk_prep_kernel(q_ptr, k_ptr, v_ptr, positions_ptr, cos_sin_ptr, qw_ptr, kw_
                     BLOCK_QH: tl.constexpr, BLOCK_KH: tl.constexpr, HALF: tl.constexpr,
                     BLOCK_HALF: tl.constexpr, BLOCK_SIZE: tl.constexpr,
                     HAS_NORM: tl.constexpr):
+    # Program (token, 0) does q, (token, 1) k and v: at batch 1 the two halves run side by
+    # side instead of one after the other in a single program.
     tok = tl.program_id(0).to(tl.int64)
+    part = tl.program_id(1)
     pos = tl.load(positions_ptr + tok).to(tl.int64)
     dims = tl.arange(0, BLOCK_HALF)
     act = q_ptr.dtype.element_ty
@@ -52,16 +55,17 @@ def _qk_prep_kernel(q_ptr, k_ptr, v_ptr, positions_ptr, cos_sin_ptr, qw_ptr, kw_
     cos = tl.load(row, mask=dims < HALF, other=0.0).to(act).to(tl.float32)[None, :]
     sin = tl.load(row + HALF, mask=dims < HALF, other=0.0).to(act).to(tl.float32)[None, :]
 
-    q1, q2 = _prep_heads(q_ptr, tok, stride_qt, stride_qh, qw_ptr, eps, cos, sin,
-                         NUM_Q_HEADS, BLOCK_QH, HALF, BLOCK_HALF, HAS_NORM)
-    qh = tl.arange(0, BLOCK_QH)
-    qmask = (qh[:, None] < NUM_Q_HEADS) & (dims[None, :] < HALF)
-    qdst = q_ptr + tok * stride_qt + qh[:, None] * stride_qh + dims[None, :]
-    tl.store(qdst, q1.to(act), mask=qmask)
-    tl.store(qdst + HALF, q2.to(act), mask=qmask)
+    if part == 0:
+        q1, q2 = _prep_heads(q_ptr, tok, stride_qt, stride_qh, qw_ptr, eps, cos, sin,
+                             NUM_Q_HEADS, BLOCK_QH, HALF, BLOCK_HALF, HAS_NORM)
+        qh = tl.arange(0, BLOCK_QH)
+        qmask = (qh[:, None] < NUM_Q_HEADS) & (dims[None, :] < HALF)
+        qdst = q_ptr + tok * stride_qt + qh[:, None] * stride_qh + dims[None, :]
+        tl.store(qdst, q1.to(act), mask=qmask)
+        tl.store(qdst + HALF, q2.to(act), mask=qmask)
 
     slot = tl.load(slot_mapping_ptr + tok).to(tl.int64)
-    if slot >= 0:  # padding rows of a CUDA graph write nothing
+    if (part == 1) & (slot >= 0):  # padding rows of a CUDA graph write nothing
         k1, k2 = _prep_heads(k_ptr, tok, stride_kt, stride_kh, kw_ptr, eps, cos, sin,
                              NUM_K_HEADS, BLOCK_KH, HALF, BLOCK_HALF, HAS_NORM)
         kh = tl.arange(0, BLOCK_KH)
@@ -101,7 +105,7 @@ def qk_prep(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.
     block_kh = triton.next_power_of_2(num_k_heads)
     qw = q_norm_weight if has_norm else q  # unused pointer when HAS_NORM is False
     kw = k_norm_weight if has_norm else k
-    _qk_prep_kernel[(num_tokens,)](
+    _qk_prep_kernel[(num_tokens, 2)](
         q, k, v, positions, cos_sin_cache, qw, kw, kv_cache, slot_mapping, eps,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         cos_sin_cache.stride(0), kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2),
