@@ -97,7 +97,14 @@ def main() -> int:
     parser.add_argument("--ms", default="1,4,16")
     parser.add_argument("--sweep", default="1", help="rows M to sweep configs for")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--model-check", default="",
+                        help="comma-separated bench model names: batch-1 decode logits with "
+                             "and without the GEMV path against an fp32 copy, then exit")
     args = parser.parse_args()
+    if args.model_check:
+        for name in args.model_check.split(","):
+            model_check(name)
+        return 0
     cuda = torch.cuda.is_available()
     dtype = torch.bfloat16 if cuda else torch.float32
     device = "cuda" if cuda else "cpu"
@@ -236,6 +243,84 @@ def layer_chain(shapes: dict, model: str, m: int, device, dtype, timer) -> dict:
           f"{result['fused_us_per_layer']:.2f} us/layer, max |diff| after {layers} layers "
           f"{diff:.3g}", flush=True)
     return result
+
+
+
+def model_check(name: str, prompt_len: int = 128, steps: int = 8) -> dict:
+    """A real configuration with random bf16 weights: one prompt, then `steps` batch-1 decode
+    steps, each run with the skinny-GEMM path (layers.linear rule: batch 1) and without it
+    (DECODE_MAX_ROWS = 0: cuBLAS and the unfused norm/SiLU kernels), both scored against an
+    fp32 copy of the same weights. Tokens are teacher-forced from the unfused run."""
+    import copy
+
+    from cormorant.bench.configs import model_config
+    from cormorant.layers import linear
+    from cormorant.layers.attention import AttentionMetadata
+    from cormorant.models.random_init import build_random_model
+
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    cfg = model_config(name)
+    bf16 = build_random_model(cfg, torch.bfloat16 if cuda else torch.float32, device, seed=3)
+    ref = copy.deepcopy(bf16).float()
+    block = 16
+    blocks = -(-(prompt_len + steps) // block)
+
+    def caches(dtype):
+        return [torch.zeros(2, blocks, block, cfg.num_kv_heads, cfg.head_dim, dtype=dtype,
+                            device=device) for _ in range(cfg.num_layers)]
+
+    def meta(start: int, n: int) -> AttentionMetadata:
+        i32 = dict(dtype=torch.int32, device=device)
+        return AttentionMetadata(
+            torch.arange(start, start + n, dtype=torch.int64, device=device),
+            torch.tensor([0, n], **i32), torch.tensor([start + n], **i32),
+            torch.arange(blocks, **i32)[None, :], max_query_len=n, max_seq_len=start + n,
+            query_lens_cpu=[n], seq_lens_cpu=[start + n])
+
+    gen = torch.Generator(device=device).manual_seed(1)
+    prompt = torch.randint(0, cfg.vocab_size, (prompt_len,), device=device, generator=gen)
+    kv = {"bf16": caches(bf16.lm_head.weight.dtype), "fp32": caches(torch.float32)}
+    models = {"bf16": bf16, "fp32": ref}
+    positions = torch.arange(prompt_len, device=device)
+    last = {}
+    with torch.inference_mode():
+        for key, model in models.items():
+            hidden = model(prompt, positions, kv[key], meta(0, prompt_len))
+            last[key] = model.compute_logits(hidden[-1:])
+        token = last["bf16"].argmax(-1)
+        rows = []
+        saved = linear.DECODE_MAX_ROWS
+        for step in range(steps):
+            pos = prompt_len + step
+            args = (token, torch.tensor([pos], device=device))
+            logits = {"fp32": ref.compute_logits(ref(*args, kv["fp32"], meta(pos, 1)))}
+            try:
+                for label, rows_allowed in (("gemv", 1), ("cublas", 0)):
+                    linear.DECODE_MAX_ROWS = rows_allowed
+                    logits[label] = bf16.compute_logits(bf16(*args, kv["bf16"], meta(pos, 1)))
+            finally:
+                linear.DECODE_MAX_ROWS = saved
+            exact = logits["fp32"]
+            scale = exact.abs().max().item()
+            row = {"step": step,
+                   "gemv_err": (logits["gemv"] - exact).abs().max().item() / scale,
+                   "cublas_err": (logits["cublas"] - exact).abs().max().item() / scale,
+                   "gemv_vs_cublas": (logits["gemv"] - logits["cublas"]).abs().max().item()
+                   / scale,
+                   "argmax": [int(logits[k].argmax()) for k in ("fp32", "gemv", "cublas")]}
+            rows.append(row)
+            token = logits["cublas"].argmax(-1)
+    worst = {k: max(r[k] for r in rows) for k in ("gemv_err", "cublas_err", "gemv_vs_cublas")}
+    agree = sum(r["argmax"][1] == r["argmax"][2] for r in rows)
+    print(f"model-check {name}: max |logit error| / max |logit| vs fp32 over {steps} steps: "
+          f"gemv {worst['gemv_err']:.2e}, cublas {worst['cublas_err']:.2e}; gemv vs cublas "
+          f"{worst['gemv_vs_cublas']:.2e}; argmax gemv == cublas {agree}/{steps}; "
+          f"argmax (fp32, gemv, cublas) {[r['argmax'] for r in rows]}", flush=True)
+    del bf16, ref, kv
+    if cuda:
+        torch.cuda.empty_cache()
+    return {"model": name, "rows": rows, **worst}
 
 
 if __name__ == "__main__":
