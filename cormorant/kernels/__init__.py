@@ -7,6 +7,8 @@ Modules (each imports only torch and triton):
   rmsnorm          RMSNorm and residual-add + RMSNorm
   rotary           neox-style rotary embedding of q and k, in place
   activation       SiLU-and-multiply of a packed gate/up projection
+  qk_prep          q/k RMSNorm + rotary + KV-cache write in one launch
+  gemv             batch-1 decode GEMV, optionally with an add + RMSNorm or SiLU prologue
 
 This package file imports nothing heavy, so `import cormorant.kernels` works on machines
 without Triton; import the submodules only where `triton_available()` is true.
