@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")
 import triton  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
-from cormorant.kernels import activation, kv_cache, paged_attention as pa, rmsnorm, rotary  # noqa: E402,E501
+from cormorant.kernels import activation, gemv, kv_cache, paged_attention as pa, qk_prep, rmsnorm, rotary  # noqa: E402,E501
 from cormorant.layers.attention import AttentionMetadata, TorchAttention  # noqa: E402
 from cormorant.layers.triton_attention import TritonAttention  # noqa: E402
 
@@ -222,10 +222,12 @@ def _finish(row: Row, dtype, kernel, ref, nbytes: float, copy_gbps: float) -> Ro
     return row
 
 
-def _qkv_views(m: Model, dtype, tokens: int):
-    """A fused qkv projection output and its q, k, v views [T, heads, head_dim] (strided)."""
-    qkv = torch.randn(tokens, (m.heads + 2 * m.kv_heads) * m.head_dim, device=DEVICE,
-                      dtype=dtype)
+def _qkv_views(m: Model, dtype, tokens: int, qkv: torch.Tensor | None = None):
+    """A fused qkv projection output (new, or the given one) and its q, k, v views
+    [T, heads, head_dim] (strided)."""
+    if qkv is None:
+        qkv = torch.randn(tokens, (m.heads + 2 * m.kv_heads) * m.head_dim, device=DEVICE,
+                          dtype=dtype)
     q_end, k_end = m.heads * m.head_dim, (m.heads + m.kv_heads) * m.head_dim
     return (qkv, qkv[:, :q_end].view(tokens, m.heads, m.head_dim),
             qkv[:, q_end:k_end].view(tokens, m.kv_heads, m.head_dim),
@@ -310,7 +312,73 @@ def check_silu(m: Model, dtype, tokens: int, copy_gbps: float) -> Row:
                    copy_gbps)
 
 
-SMALL_CHECKS = {"store_kv": check_store_kv, "rms_norm": check_rms_norm,
+def check_qk_prep(m: Model, dtype, tokens: int, copy_gbps: float) -> Row:
+    """q/k RMSNorm (Qwen3) + rotary + KV write in one launch, against the unfused reference."""
+    qkv, q, k, v = _qkv_views(m, dtype, tokens)
+    num_blocks = tokens // 16 + 8
+    slots = torch.randperm(num_blocks * 16, device=DEVICE)[:tokens]
+    slots[::97] = -1  # CUDA-graph padding rows write nothing
+    cos_sin = rotary.build_cos_sin_cache(m.head_dim, 32768, 1e6, device=DEVICE)
+    positions = torch.randint(0, 32768, (tokens,), device=DEVICE)
+    qw, kw = (torch.rand(m.head_dim, device=DEVICE, dtype=dtype) + 0.5 for _ in range(2))
+    cache = torch.full((2, num_blocks, 16, m.kv_heads, m.head_dim), NAN, device=DEVICE,
+                       dtype=dtype)
+    ref_cache = cache.clone()
+    _, ref_q, ref_k, ref_v = _qkv_views(m, dtype, tokens, qkv.clone())
+    args = (positions, cos_sin, qw, kw, 1e-6)
+    qk_prep.qk_prep_ref(ref_q, ref_k, ref_v, *args, ref_cache, slots)
+    qk_prep.qk_prep(q, k, v, *args, cache, slots)
+    filled = ~ref_cache.isnan()
+    row = Row("", max(rel_err(q, ref_q), rel_err(cache[filled], ref_cache[filled])),
+              torch.equal(cache.isnan(), ref_cache.isnan()))
+    nbytes = (2 * q.numel() + 4 * k.numel()) * q.element_size()
+    return _finish(row, dtype, lambda: qk_prep.qk_prep(q, k, v, *args, cache, slots),
+                   lambda: qk_prep.qk_prep_ref(ref_q, ref_k, ref_v, *args, ref_cache, slots),
+                   nbytes, copy_gbps)
+
+
+def _gemv_check(dtype, copy_gbps, weight_shape, make_input, kernel, ref) -> Row:
+    w = (torch.randn(*weight_shape, device=DEVICE) * 0.02).to(dtype)
+    inputs = make_input()
+    out = kernel(w, *inputs)
+    out = out[0] if isinstance(out, tuple) else out
+    expected = ref(w, *inputs)
+    expected = expected[0] if isinstance(expected, tuple) else expected
+    row = Row("", rel_err(out, expected), not bool(out.isnan().any()))
+    return _finish(row, dtype, lambda: kernel(w, *inputs), lambda: ref(w, *inputs),
+                   w.numel() * w.element_size(), copy_gbps)
+
+
+def check_gemv(m: Model, dtype, tokens: int, copy_gbps: float) -> Row:
+    """Batch-1 decode GEMV, o_proj shape (`tokens` does not apply: one row)."""
+    return _gemv_check(dtype, copy_gbps, (m.hidden, m.heads * m.head_dim),
+                       lambda: (torch.randn(1, m.heads * m.head_dim, device=DEVICE,
+                                            dtype=dtype),),
+                       lambda w, x: gemv.skinny_gemm(x, w),
+                       lambda w, x: gemv.skinny_gemm_ref(x, w))
+
+
+def check_gemv_add_norm(m: Model, dtype, tokens: int, copy_gbps: float) -> Row:
+    """Batch-1 residual add + RMSNorm + gate_up GEMV in one launch."""
+    def inputs():
+        return tuple(torch.randn(1, m.hidden, device=DEVICE, dtype=dtype) for _ in range(2)) \
+            + (torch.rand(m.hidden, device=DEVICE, dtype=dtype) + 0.5,)
+    return _gemv_check(dtype, copy_gbps, (2 * m.inter, m.hidden), inputs,
+                       lambda w, h, r, nw: gemv.add_rms_norm_gemm(h, r, nw, 1e-6, w),
+                       lambda w, h, r, nw: gemv.add_rms_norm_gemm_ref(h, r, nw, 1e-6, w))
+
+
+def check_gemv_silu(m: Model, dtype, tokens: int, copy_gbps: float) -> Row:
+    """Batch-1 SiLU-and-multiply + down_proj GEMV in one launch."""
+    return _gemv_check(dtype, copy_gbps, (m.hidden, m.inter),
+                       lambda: (torch.randn(1, 2 * m.inter, device=DEVICE, dtype=dtype),),
+                       lambda w, gu: gemv.silu_mul_gemm(gu, w),
+                       lambda w, gu: gemv.silu_mul_gemm_ref(gu, w))
+
+
+SMALL_CHECKS = {"qk_prep": check_qk_prep, "gemv b1 o_proj": check_gemv,
+                "gemv b1 add+norm gate_up": check_gemv_add_norm,
+                "gemv b1 silu down": check_gemv_silu, "store_kv": check_store_kv, "rms_norm": check_rms_norm,
                 "rms_norm heads": check_head_norm, "add_rms_norm": check_add_rms_norm,
                 "rotary": check_rotary, "silu_and_mul": check_silu}
 
