@@ -9,8 +9,9 @@ knows its memory footprint, how to warm up and how to shut down.
 A swap (`set_alias`, `reload`) loads and warms the new version first, and only then changes
 the route, in one step on the event loop; a load that fails changes nothing. Memory: before a
 load the least recently used idle models are unloaded until the expected footprint fits the
-budget; after it, the measured footprint is checked again. Idle models unload after the
-registry's TTL (`expire_idle`, run periodically by the server).
+budget; after it, the measured footprint is checked again. With a budget, loads of different
+models run one at a time (each check sees every model loaded before it). Idle models unload
+after the registry's TTL (`expire_idle`, run periodically by the server).
 Imports the stdlib and gateway.model_registry only.
 """
 from __future__ import annotations
@@ -95,9 +96,12 @@ class ModelPool:
         self.deployments: dict[str, Deployment] = {}  # model id -> the serving deployment
         self._loading: dict[str, asyncio.Future] = {}
         self._retiring: set[asyncio.Task] = set()
-        self._footprints: dict[str, int] = {}
-        self.draining: set[Deployment] = set()  # replaced or unloaded, not yet shut down  # model id -> bytes measured at its last load
+        self._footprints: dict[str, int] = {}  # model id -> bytes measured at its last load
+        self.draining: set[Deployment] = set()  # replaced or unloaded, not yet shut down
         self.on_unloaded: list[Callable[[Deployment], None]] = []
+        # Held from a budgeted load's first memory check until its deployment is published,
+        # so two loads never both fit against the same free memory.
+        self._budget_lock = asyncio.Lock()
 
     # --- requests ----------------------------------------------------------------------------
 
@@ -138,7 +142,15 @@ class ModelPool:
         return deployment
 
     async def _load(self, model_id: str) -> Deployment:
-        """Load and warm a new instance of `model_id` without publishing it."""
+        """Load and warm a new instance of `model_id` without publishing it. With a memory
+        budget, one at a time: the caller publishes the result before any other load's check
+        runs (no await lies between this return and the publication)."""
+        if self.registry.settings.memory_budget is None:
+            return await self._load_unlocked(model_id)
+        async with self._budget_lock:
+            return await self._load_unlocked(model_id)
+
+    async def _load_unlocked(self, model_id: str) -> Deployment:
         spec = self.registry.specs.get(model_id)
         if spec is None:
             raise ModelNotFound(model_id)

@@ -305,6 +305,40 @@ async def test_budget_never_evicts_a_leased_model_and_refuses_when_nothing_fits(
     assert loader.loads("big@1") == 0 and set(pool.deployments) == {"a@1", "c@1"}
 
 
+@async_test
+async def test_concurrent_loads_of_different_models_never_share_the_free_memory() -> None:
+    """Budget 150, models of 100 and no footprint known in advance: two loads started together
+    must not both pass their checks against the same free memory while both warm up."""
+    clock = Clock()
+    pool, loader = make_pool("a@1", "b@1", clock=clock, memory_budget=150)
+    loader.warm_gates = {"a@1": asyncio.Event(), "b@1": asyncio.Event()}
+    first = asyncio.create_task(pool.ensure_loaded("a@1"))
+    second = asyncio.create_task(pool.ensure_loaded("b@1"))
+    await until(lambda: ("warm", "a@1") in loader.log)
+    await asyncio.sleep(0.05)
+    assert loader.loads("b@1") == 0  # b waits: a holds the budget until it is published
+    loader.warm_gates["a@1"].set()
+    await first
+    await until(lambda: ("warm", "b@1") in loader.log)
+    loader.warm_gates["b@1"].set()
+    await second
+    assert set(pool.deployments) == {"b@1"} and pool.memory_used == 100  # a (idle) evicted
+    await pool.shutdown()
+
+
+@async_test
+async def test_without_a_budget_different_models_load_side_by_side() -> None:
+    pool, loader = make_pool("a@1", "b@1")
+    loader.warm_gates = {"a@1": asyncio.Event(), "b@1": asyncio.Event()}
+    tasks = [asyncio.create_task(pool.ensure_loaded(m)) for m in ("a@1", "b@1")]
+    await until(lambda: ("warm", "a@1") in loader.log and ("warm", "b@1") in loader.log)
+    for gate in loader.warm_gates.values():
+        gate.set()
+    await asyncio.gather(*tasks)
+    assert set(pool.deployments) == {"a@1", "b@1"}
+    await pool.shutdown()
+
+
 # --- idle TTL
 
 @async_test
