@@ -26,7 +26,6 @@ from cormorant.frontend.builder import BuiltEngine, build_engine
 from cormorant.frontend.default_model import DEFAULT_MODEL_NAME
 from cormorant.frontend.output_processor import RequestState
 from cormorant.frontend.outputs import RequestOutput
-from cormorant.runner.kv_cache import module_bytes
 from cormorant.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -75,8 +74,7 @@ class AsyncLLM:
     @property
     def memory_bytes(self) -> int:
         """Weights plus KV cache: what this engine holds on its device."""
-        runner = self.built.runner
-        return module_bytes(runner.model) + sum(t.nbytes for t in runner.kv_caches)
+        return self.built.runner.memory_bytes
 
     # -- the asyncio side -------------------------------------------------------------------
     async def generate(self, request_id: str, prompt_token_ids: list[int],

@@ -110,13 +110,10 @@ def _child_main(conn, spec: dict) -> None:
         built = getattr(importlib.import_module(module), name)(spec["args"])
         core = built.core
         _warm_up(core)
-        from cormorant.runner.kv_cache import module_bytes
-
         conn.send_bytes(pack(["ready", {
             "config": engine_config_to_dict(built.config),
             "model_config": dataclasses.asdict(built.model_config),
-            "memory_bytes": module_bytes(built.runner.model)
-            + sum(t.nbytes for t in built.runner.kv_caches)}]))
+            "memory_bytes": built.runner.memory_bytes}]))
         _serve(conn, core)
     except BaseException as exc:  # report, then die: the parent fails its streams
         log.exception("engine process failed")

@@ -11,13 +11,33 @@ Modules (each imports only torch and triton):
   gemv             batch-1 decode GEMV, optionally with an add + RMSNorm or SiLU prologue
 
 This package file imports nothing heavy, so `import cormorant.kernels` works on machines
-without Triton; import the submodules only where `triton_available()` is true.
+without Triton; layers get a submodule through `load(name)`, which is None where it cannot be
+imported (then they run their PyTorch reference).
 """
 from __future__ import annotations
 
+import functools
+import importlib
 import importlib.util
+import logging
+from types import ModuleType
+
+log = logging.getLogger(__name__)
 
 
 def triton_available() -> bool:
     """True when Triton can be imported (it may still lack a GPU: see TRITON_INTERPRET)."""
     return importlib.util.find_spec("triton") is not None
+
+
+@functools.cache
+def load(name: str) -> ModuleType | None:
+    """The kernel submodule `name` (e.g. "rmsnorm"), imported once; None without Triton, or
+    when importing it fails (a broken Triton install must not stop the reference path)."""
+    if not triton_available():
+        return None
+    try:
+        return importlib.import_module(f"{__name__}.{name}")
+    except Exception as e:
+        log.warning("Triton kernels %r unavailable (%s); using the PyTorch path", name, e)
+        return None

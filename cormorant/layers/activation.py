@@ -6,35 +6,18 @@ Imports: torch, cormorant.kernels (lazily).
 """
 from __future__ import annotations
 
-import functools
-import logging
 from types import ModuleType
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cormorant.kernels import triton_available
-
-log = logging.getLogger(__name__)
-
-
-@functools.cache
-def _triton_activation() -> ModuleType | None:
-    """The kernel module, imported once; None without Triton (then PyTorch runs)."""
-    if not triton_available():
-        return None
-    try:
-        from cormorant.kernels import activation
-    except Exception as e:  # a broken Triton install must not stop the reference path
-        log.warning("Triton activation kernel unavailable (%s); using PyTorch", e)
-        return None
-    return activation
+from cormorant.kernels import load as load_kernels
 
 
 def activation_kernels(x: torch.Tensor) -> ModuleType | None:
     """The dispatch rule, in one place: the kernel for CUDA tensors, else None (reference)."""
-    return _triton_activation() if x.is_cuda else None
+    return load_kernels("activation") if x.is_cuda else None
 
 
 class SiluAndMul(nn.Module):

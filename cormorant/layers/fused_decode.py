@@ -6,8 +6,8 @@
 On a decode step of DECODE_MAX_ROWS sequences (layers.linear.decode_gemv_kernels: batch 1,
 bf16/fp16, CUDA, a dense weight) each call is one launch of
 kernels.gemv: the residual add + RMSNorm, or the SiLU-and-multiply, is computed by the GEMV
-as it reads its input (two launches fewer per layer, and no round trip of the normalised row
-through memory). Everywhere else the same two calls run the unfused layers, so the models
+as it reads its input (with the plain GEMVs, 4 launches per layer instead of 8-9, and no
+round trip of the normalised row through memory). Everywhere else the same two calls run the unfused layers, so the models
 have one code path and the CPU, fp32 parity runs and large batches are unchanged.
 Imports: torch, cormorant.layers.
 """

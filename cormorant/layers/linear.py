@@ -18,8 +18,6 @@ Imports: torch, cormorant.layers.parallel, cormorant.kernels (lazily).
 """
 from __future__ import annotations
 
-import functools
-import logging
 from types import ModuleType
 from typing import Protocol
 
@@ -27,10 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cormorant.kernels import triton_available
+from cormorant.kernels import load as load_kernels
 from cormorant.layers.parallel import all_reduce, tp_rank_and_size
-
-log = logging.getLogger(__name__)
 
 # Rows up to which a projection runs the skinny GEMM. Measured on an H100
 # (benchmarks/gemv_probe.py, RESULTS.md): at 1 row it beats cuBLAS on every projection of
@@ -42,19 +38,6 @@ GEMV_DEVICE_TYPES = ("cuda",)
 GEMV_DTYPES = (torch.bfloat16, torch.float16)
 
 
-@functools.cache
-def _triton_gemv() -> ModuleType | None:
-    """The kernel module, imported once; None without Triton (then cuBLAS runs)."""
-    if not triton_available():
-        return None
-    try:
-        from cormorant.kernels import gemv
-    except Exception as e:  # a broken Triton install must not stop the reference path
-        log.warning("Triton GEMV kernel unavailable (%s); using cuBLAS", e)
-        return None
-    return gemv
-
-
 def decode_gemv_kernels(x: torch.Tensor, weight: torch.Tensor) -> ModuleType | None:
     """The dispatch rule, in one place: kernels.gemv for a decode-sized input x [M, K]
     (1 <= M <= DECODE_MAX_ROWS) on CUDA in bf16/fp16 with a weight of the same dtype, else
@@ -64,7 +47,7 @@ def decode_gemv_kernels(x: torch.Tensor, weight: torch.Tensor) -> ModuleType | N
             and x.dtype in GEMV_DTYPES and weight.dtype == x.dtype
             and x.stride(1) == 1 and weight.stride(1) == 1):
         return None
-    return _triton_gemv()
+    return load_kernels("gemv")
 
 
 class LinearMethod(Protocol):

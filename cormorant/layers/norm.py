@@ -6,34 +6,17 @@ reference the kernels are tested against. Imports: torch, cormorant.kernels (laz
 """
 from __future__ import annotations
 
-import functools
-import logging
 from types import ModuleType
 
 import torch
 from torch import nn
 
-from cormorant.kernels import triton_available
-
-log = logging.getLogger(__name__)
-
-
-@functools.cache
-def _triton_rmsnorm() -> ModuleType | None:
-    """The kernel module, imported once; None without Triton (then PyTorch runs)."""
-    if not triton_available():
-        return None
-    try:
-        from cormorant.kernels import rmsnorm
-    except Exception as e:  # a broken Triton install must not stop the reference path
-        log.warning("Triton RMSNorm kernels unavailable (%s); using PyTorch", e)
-        return None
-    return rmsnorm
+from cormorant.kernels import load as load_kernels
 
 
 def norm_kernels(x: torch.Tensor) -> ModuleType | None:
     """The dispatch rule, in one place: kernels for CUDA tensors, else None (reference)."""
-    return _triton_rmsnorm() if x.is_cuda else None
+    return load_kernels("rmsnorm") if x.is_cuda else None
 
 
 class RMSNorm(nn.Module):

@@ -8,17 +8,13 @@ Imports: torch, cormorant.kernels (lazily).
 """
 from __future__ import annotations
 
-import functools
-import logging
 import math
 from types import ModuleType
 
 import torch
 from torch import nn
 
-from cormorant.kernels import triton_available
-
-log = logging.getLogger(__name__)
+from cormorant.kernels import load as load_kernels
 
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "freq_factors")
 
@@ -65,22 +61,9 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
     return torch.where(is_medium, smoothed, scaled)
 
 
-@functools.cache
-def _triton_rotary() -> ModuleType | None:
-    """The kernel module, imported once; None without Triton (then PyTorch runs)."""
-    if not triton_available():
-        return None
-    try:
-        from cormorant.kernels import rotary
-    except Exception as e:  # a broken Triton install must not stop the reference path
-        log.warning("Triton rotary kernel unavailable (%s); using PyTorch", e)
-        return None
-    return rotary
-
-
 def rotary_kernels(x: torch.Tensor) -> ModuleType | None:
     """The dispatch rule, in one place: the kernel for CUDA tensors, else None (reference)."""
-    return _triton_rotary() if x.is_cuda else None
+    return load_kernels("rotary") if x.is_cuda else None
 
 
 class RotaryEmbedding(nn.Module):

@@ -71,6 +71,11 @@ class ModelRunner:
                                             dtype, device)
         self.graphs: DecodeGraphs | None = self._build_graphs()
 
+    @property
+    def memory_bytes(self) -> int:
+        """Weights plus KV cache: what this runner holds on its device."""
+        return module_bytes(self.model) + sum(t.nbytes for t in self.kv_caches)
+
     # -- start-up ---------------------------------------------------------------------------
     def _build_graphs(self) -> DecodeGraphs | None:
         if self.device.type != "cuda" or self.config.enforce_eager:
