@@ -47,11 +47,17 @@ class SchedulerConfig:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
     max_model_len: int | None = None  # None: the model's own context length
+    # The waiting queue's order: "fifo" (arrival), or "fair" (weighted fair share across
+    # tenants, priority inside a tenant).
+    policy: str = "fifo"
 
 
 @dataclass(frozen=True)
 class EngineConfig:
     model: str  # HF directory or .gguf file
+    # "auto": the checkpoint's weights; "random": seeded random weights of the checkpoint's
+    # config.json (benchmarks, tests), with a synthetic tokenizer when there are no tokenizer files.
+    load_format: str = "auto"
     dtype: str = "auto"  # auto | float32 | float16 | bfloat16
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0

@@ -25,6 +25,9 @@ class EngineRequest:
     tenant: str = ""
     priority: int = 0  # lower first, inside the tenant's share
     weight: float = 1.0  # the tenant's share relative to the others
+    # Mixed into the prefix-cache block hashes: requests share cached KV blocks only when
+    # their salts are equal (tenant isolation; "" for the unsalted namespace).
+    cache_salt: str = ""
 
 
 @dataclass
