@@ -97,6 +97,7 @@ def start_server(model: str, device: str, dtype: str, log_path: Path, engine_arg
 @dataclass
 class RequestResult:
     send: float
+    scheduled: float = 0.0  # the arrival time the run asked for (t0 + its offset)
     end: float = 0.0
     first_token: float | None = None
     event_times: list[float] = field(default_factory=list)
@@ -173,7 +174,7 @@ async def drive(base_url: str, model_name: str, run: ServingRun, temperature: fl
             body = {"model": model_name, "prompt": run.prompts[i], "max_tokens": run.max_tokens,
                     "temperature": temperature, "ignore_eos": True, "stream": True,
                     "stream_options": {"include_usage": True}}
-            result = RequestResult(send=time.monotonic())
+            result = RequestResult(send=time.monotonic(), scheduled=t0 + run.arrival_offsets[i])
             results.append(result)
             tasks.append(asyncio.create_task(_one_request(client, url, body, result)))
         await asyncio.gather(*tasks)

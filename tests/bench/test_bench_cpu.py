@@ -93,8 +93,12 @@ def test_b4_load_split_over_client_processes(tmp_path):
     summary = summarize(run, results, wall, lags)
     assert summary["completed"] == summary["num_requests"] == len(run.prompts)
     assert summary["output_tokens"] == len(run.prompts) * run.max_tokens
-    # Both shards kept the run's clock: sends span the Poisson offsets.
-    spread = max(r.send for r in results) - min(r.send for r in results)
-    offsets = run.arrival_offsets
-    assert abs(spread - (max(offsets) - min(offsets))) < 0.5
+    # Both shards kept the run's one clock: no request left before its arrival time, and the
+    # arrival times are the run's offsets from one t0. (How late a send is depends on the
+    # machine's load, so it is not asserted: a busy 2-core CI machine delays processes by
+    # seconds.)
+    assert all(r.send >= r.scheduled for r in results)
+    t0 = min(r.scheduled for r in results) - min(run.arrival_offsets)
+    assert sorted(round(r.scheduled - t0, 6) for r in results) == \
+        sorted(round(o, 6) for o in run.arrival_offsets)
     assert all(r.first_token >= r.send for r in results) and wall > 0
