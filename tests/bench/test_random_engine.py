@@ -82,3 +82,32 @@ def test_unknown_load_format_is_refused_by_name():
     config = dataclasses.replace(SETTINGS.engine_config("tiny-qwen3"), load_format="dummy")
     with pytest.raises(ValueError, match=r"unknown load_format 'dummy'; use one of auto, random"):
         LLM.from_config(config)
+
+
+def test_b4_server_with_its_engine_in_another_process(tmp_path):
+    """serve_random --engine-process: the child builds the engine from the EngineConfig alone
+    (the "config" factory), the parent detokenizes with the same synthetic tokenizer."""
+    import openai
+
+    from cormorant.bench.serving import start_server
+
+    server = start_server("tiny-qwen3", "cpu", "float32", tmp_path / "server.log",
+                          ["--engine-process", "--max-num-seqs=4", "--max-model-len=256",
+                           "--num-kv-blocks=64"], ready_timeout_s=120)
+    try:
+        client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused")
+        outs = [client.completions.create(model=server.model_name, prompt=[5, 17, 99],
+                                          max_tokens=5, temperature=0.0,
+                                          extra_body={"ignore_eos": True})
+                for _ in range(2)]
+    finally:
+        server.stop()
+    assert server.model_name == "random-tiny-qwen3"
+    words = outs[0].choices[0].text.split()
+    assert len(words) == 5 and all(w[0] == "t" and w[1:].isdigit() for w in words)
+    assert outs[1].choices[0].text == outs[0].choices[0].text
+    # The same tokens as the offline engine on the same config and seed.
+    llm = LLM.from_config(SETTINGS.engine_config("tiny-qwen3"))
+    offline = llm.generate([[5, 17, 99]], SamplingParams(max_tokens=5, temperature=0.0,
+                                                         ignore_eos=True))[0]
+    assert offline.outputs[0].text.split() == words
