@@ -18,18 +18,19 @@ from pathlib import Path
 
 import torch
 
+from cormorant.bench.context import EngineSettings
 from cormorant.bench.offline import B3_ENGINE, _sync, time_offline
-from cormorant.bench.random_engine import EngineSettings, RandomLLM, build_random_engine
 from cormorant.bench.workloads import b3_workloads
+from cormorant.frontend.llm import LLM
 
 
 class StepClock:
     """Host seconds spent in schedule / launch / collect, and the number of steps."""
 
-    def __init__(self, llm: RandomLLM) -> None:
+    def __init__(self, llm: LLM) -> None:
         self.totals: dict[str, float] = defaultdict(float)
         self.counts: dict[str, int] = defaultdict(int)
-        core, runner = llm.engine, llm.runner
+        core, runner = llm.engine, llm.engine.runner
         for owner, name in ((core.scheduler, "schedule"), (runner, "launch"),
                             (runner, "collect"), (runner, "execute")):
             setattr(owner, name, self._timed(getattr(owner, name), name))
@@ -52,7 +53,7 @@ class StepClock:
         return out
 
 
-def profile(llm: RandomLLM, workload, out: Path, tag: str) -> str:
+def profile(llm: LLM, workload, out: Path, tag: str) -> str:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -76,7 +77,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = EngineSettings(async_scheduling=False, **B3_ENGINE)
-    llm = RandomLLM(build_random_engine(args.model, settings))
+    llm = LLM.from_config(settings.engine_config(args.model))
     clock = StepClock(llm)
     shapes = [w for w in b3_workloads(args.scale) if w.name in ("b3-128/128", "b3-2048/128")]
     results = []

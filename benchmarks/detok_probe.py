@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 
+from cormorant.bench.context import EngineSettings
 from cormorant.bench.offline import B1_ENGINE, time_offline
-from cormorant.bench.random_engine import EngineSettings, RandomLLM, build_random_engine
 from cormorant.bench.workloads import b1_workload
 from cormorant.frontend.llm import LLM
 
 
 def main() -> None:
-    llm = RandomLLM(build_random_engine("qwen3-0.6b", EngineSettings(**B1_ENGINE)))
+    llm = LLM.from_config(EngineSettings(**B1_ENGINE).engine_config("qwen3-0.6b"))
     workload = b1_workload("quick")
     original = LLM._add
     for incremental in (False, True, False, True):

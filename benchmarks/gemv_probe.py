@@ -253,15 +253,17 @@ def model_check(name: str, prompt_len: int = 128, steps: int = 8) -> dict:
     fp32 copy of the same weights. Tokens are teacher-forced from the unfused run."""
     import copy
 
-    from cormorant.bench.configs import model_config
+    from cormorant.bench.configs import config_dir
     from cormorant.layers import linear
     from cormorant.layers.attention import AttentionMetadata
-    from cormorant.models.random_init import build_random_model
+    from cormorant.models.loader import load_model
+    from cormorant.models.random_init import default_attention_backend
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
-    cfg = model_config(name)
-    bf16 = build_random_model(cfg, torch.bfloat16 if cuda else torch.float32, device, seed=3)
+    bf16, cfg = load_model(str(config_dir(name)), torch.bfloat16 if cuda else torch.float32,
+                           device, default_attention_backend(torch.device(device)),
+                           load_format="random", seed=3)
     ref = copy.deepcopy(bf16).float()
     block = 16
     blocks = -(-(prompt_len + steps) // block)

@@ -386,8 +386,9 @@ def decode_case(model, cfg, mode: str, copy_gbps: float, device: str, smoke: boo
 
 
 def decode_part(cases: Cases, presets: list[str], device: str, smoke: bool) -> None:
-    from cormorant.bench.configs import model_config
-    from cormorant.models.random_init import build_random_model
+    from cormorant.bench.configs import config_dir
+    from cormorant.models.loader import load_model
+    from cormorant.models.random_init import default_attention_backend
 
     copy_gbps = copy_bandwidth() if device == "cuda" else float("nan")
     print(f"device-to-device copy: {copy_gbps:.0f} GB/s (read + write)", flush=True)
@@ -395,11 +396,11 @@ def decode_part(cases: Cases, presets: list[str], device: str, smoke: bool) -> N
         holder = {}
 
         def build():
-            cfg = model_config(preset)
             start = time.perf_counter()
             dtype = torch.bfloat16 if device == "cuda" else torch.float32
-            holder["model"] = build_random_model(cfg, dtype, device, seed=0)
-            holder["cfg"] = cfg
+            holder["model"], holder["cfg"] = load_model(
+                str(config_dir(preset)), dtype, device,
+                default_attention_backend(torch.device(device)), load_format="random", seed=0)
             sync(torch.device(device))
             return Row("", "", summary=f"built in {time.perf_counter() - start:.1f} s")
         if cases.run("decode", f"{preset} build", build).status != "ok":

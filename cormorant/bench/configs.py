@@ -1,13 +1,18 @@
-"""Named model configurations for the benchmarks, as Hugging Face config.json dictionaries.
+"""Named model configurations for the benchmarks: config.json dictionaries and directories.
 
-One dictionary feeds both sides: cormorant's ModelConfig (through hf_loader's translation, so
-the benchmark sees exactly what a real checkpoint of that model would give) and the
-transformers peer's AutoConfig. The `tiny-*` entries are for the CPU smoke tests.
+One dictionary feeds both sides: cormorant, through `config_dir(name)` (a directory holding
+that config.json and nothing else, so EngineConfig(model=config_dir(name),
+load_format="random") builds the engine a real checkpoint would give, on random weights),
+and the transformers peer's AutoConfig. The `tiny-*` entries are for the CPU smoke tests.
 Imports config and models.hf_loader only.
 """
 from __future__ import annotations
 
 import copy
+import json
+import os
+import tempfile
+from pathlib import Path
 
 from cormorant.config import ModelConfig
 from cormorant.models.hf_loader import model_config_from_hf_dict
@@ -62,6 +67,36 @@ def hf_config_dict(name: str) -> dict:
     except KeyError:
         raise ValueError(f"unknown benchmark model configuration {name!r}; "
                          f"known: {', '.join(sorted(CONFIGS))}") from None
+
+
+def config_dir(name: str) -> Path:
+    """A directory holding configuration `name`'s config.json, written once per user cache
+    (rewritten when the dictionary above changes; atomically, since the benchmark's
+    subprocesses may ask at the same time)."""
+    text = json.dumps(hf_config_dict(name), indent=1, sort_keys=True) + "\n"
+    directory = _cache_root() / name
+    path = directory / "config.json"
+    if not (path.is_file() and path.read_text(encoding="utf-8") == text):
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".config-", suffix=".json")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    return directory
+
+
+def _cache_root() -> Path:
+    """The user's cache ($XDG_CACHE_HOME or ~/.cache), else (read-only home) the temp dir."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    for root in (Path(base) / "cormorant" / "bench-configs",
+                 Path(tempfile.gettempdir()) / f"cormorant-bench-configs-{os.getuid()}"):
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(root, os.W_OK):
+            return root
+    raise OSError("no writable cache directory for the benchmark configurations")
 
 
 def model_config(name: str) -> ModelConfig:

@@ -1,12 +1,15 @@
 """RunContext: what every benchmark of one `cormorant bench` run shares.
 
 The device, the dtype, the ceilings measured once at the start, the scale (full | quick |
-tiny), the output folder and a deadline that peers and B4's sweep respect; and the
-environment of the suite's child processes.
-Imports bench.configs, bench.floors, bench.random_engine, runner.device; torch.
+tiny), the output folder and a deadline that peers and B4's sweep respect; the engine
+settings a benchmark sets (EngineSettings -> an EngineConfig on random weights of a named
+configuration); `release()` between engines; and the environment of the suite's child
+processes.
+Imports config, bench.configs, bench.floors, runner.device; torch.
 """
 from __future__ import annotations
 
+import gc
 import os
 import time
 from dataclasses import dataclass, field
@@ -14,10 +17,50 @@ from pathlib import Path
 
 import torch
 
-from cormorant.bench.configs import resolve_name
+from cormorant.bench.configs import config_dir, resolve_name
 from cormorant.bench.floors import Ceilings, measure_ceilings
-from cormorant.bench.random_engine import EngineSettings, release
+from cormorant.config import CacheConfig, EngineConfig, SchedulerConfig
 from cormorant.runner.device import resolve_device, resolve_dtype
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """The engine knobs a benchmark sets; the rest keep EngineConfig's defaults."""
+
+    dtype: str = "auto"
+    device: str = "auto"
+    seed: int = 0
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    max_model_len: int | None = None
+    num_kv_blocks: int | None = None
+    memory_fraction: float | None = None
+    enable_prefix_caching: bool = True
+    attention_backend: str = "auto"
+    async_scheduling: bool | None = None  # None: on for CUDA
+
+    def engine_config(self, name: str) -> EngineConfig:
+        """Configuration `name` (bench.configs) on seeded random weights."""
+        return EngineConfig(
+            model=str(config_dir(name)), load_format="random", dtype=self.dtype,
+            device=self.device, seed=self.seed,
+            cache=CacheConfig(num_blocks=self.num_kv_blocks, memory_fraction=self.memory_fraction,
+                              enable_prefix_caching=self.enable_prefix_caching),
+            scheduler=SchedulerConfig(max_num_seqs=self.max_num_seqs,
+                                      max_num_batched_tokens=self.max_num_batched_tokens,
+                                      max_model_len=self.max_model_len),
+            attention_backend=self.attention_backend, async_scheduling=self.async_scheduling)
+
+
+def release() -> None:
+    """Give the device memory of engines the caller has dropped (del) back before the next one
+    is sized. The peak-memory counter is reset too: runner.kv_cache sizes the KV cache from
+    total memory minus max_memory_reserved, which would still count the freed engine."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
 
 
 @dataclass

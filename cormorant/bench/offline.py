@@ -1,10 +1,12 @@
 """B1, B2 and B3 on cormorant: build a random-weight engine, time the workload, price its floor.
 
+The engine is the offline `LLM` built from an EngineConfig with load_format "random"
+(bench.context.EngineSettings), the same builder every cormorant engine goes through.
 Throughput (B1, B3) is output tokens / wall time of one `LLM.generate` call over the whole
 workload, after a short warm-up, as nano-vllm's bench.py measures it. Decode latency (B2, and
 B4's step time at a batch size) times engine steps one by one once every sequence has its
 first token: each step ends with the sampled ids on the host, so wall time per step is real.
-Imports bench modules, engine types, sampling_params; torch.
+Imports bench modules, engine types, frontend.llm, sampling_params; torch.
 """
 from __future__ import annotations
 
@@ -13,12 +15,12 @@ import time
 
 import torch
 
-from cormorant.bench.context import RunContext
+from cormorant.bench.context import RunContext, release
 from cormorant.bench.floors import Limits, StepCost, simulate
-from cormorant.bench.random_engine import RandomLLM, build_random_engine, release
 from cormorant.bench.report import fmt, fraction
 from cormorant.bench.workloads import OfflineWorkload, b1_workload, b2_workload, b3_workloads
 from cormorant.engine.types import EngineRequest
+from cormorant.frontend.llm import LLM
 from cormorant.sampling_params import SamplingParams
 
 _ids = itertools.count()
@@ -27,16 +29,17 @@ B2_TARGET_MS = {"llama-3.1-8b": 5.9, "qwen3-0.6b": 0.8}
 B3_TARGET_FRACTION = 0.75
 
 
-def _sync(llm: RandomLLM) -> None:
-    if llm.device.type == "cuda":
-        torch.cuda.synchronize(llm.device)
+def _sync(llm: LLM) -> None:
+    device = llm.engine.runner.device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
-def kv_capacity_tokens(llm: RandomLLM) -> int:
-    return llm.runner.num_blocks * llm.config.cache.block_size
+def kv_capacity_tokens(llm: LLM) -> int:
+    return llm.engine.runner.num_blocks * llm.config.cache.block_size
 
 
-def time_offline(llm: RandomLLM, workload: OfflineWorkload) -> dict:
+def time_offline(llm: LLM, workload: OfflineWorkload) -> dict:
     """One generate() over the whole workload; checks every sequence got all its tokens."""
     # Warm-up over the workload's own prompt shapes (a full batch, prefill chunks at the
     # token budget, the first decode steps), offset by one token so the timed run gets no
@@ -59,7 +62,7 @@ def time_offline(llm: RandomLLM, workload: OfflineWorkload) -> dict:
             "preemptions": after.num_preemptions - before.num_preemptions}
 
 
-def start_decode(llm: RandomLLM, prompts: list[list[int]], num_steps: int) -> None:
+def start_decode(llm: LLM, prompts: list[list[int]], num_steps: int) -> None:
     """Queue the prompts for num_steps decode steps after their first token; run the prefill
     until every sequence has that token, so the next steps are all pure decode."""
     core = llm.engine
@@ -72,7 +75,7 @@ def start_decode(llm: RandomLLM, prompts: list[list[int]], num_steps: int) -> No
         started.update(eo.req_id for eo in core.step() if eo.new_token_ids)
 
 
-def timed_steps(llm: RandomLLM, batch: int) -> list[float]:
+def timed_steps(llm: LLM, batch: int) -> list[float]:
     """Seconds of each engine step that decoded the whole batch, until the decode finishes.
 
     With a chunked prefill the sequences that got their first token early also finish early,
@@ -88,17 +91,18 @@ def timed_steps(llm: RandomLLM, batch: int) -> list[float]:
     return times
 
 
-def decode_step_times(llm: RandomLLM, prompts: list[list[int]], num_steps: int) -> list[float]:
+def decode_step_times(llm: LLM, prompts: list[list[int]], num_steps: int) -> list[float]:
     """Seconds of each of num_steps decode steps with len(prompts) sequences decoding."""
     start_decode(llm, prompts, num_steps)
     return timed_steps(llm, len(prompts))
 
 
-def engine_for(ctx: RunContext, name: str, **settings) -> RandomLLM:
-    return RandomLLM(build_random_engine(name, ctx.settings(**settings)))
+def engine_for(ctx: RunContext, name: str, **settings) -> LLM:
+    """The offline LLM on random weights of configuration `name` (load_format "random")."""
+    return LLM.from_config(ctx.settings(**settings).engine_config(name))
 
 
-def _profile(ctx: RunContext, llm: RandomLLM, tag: str, workload: OfflineWorkload):
+def _profile(ctx: RunContext, llm: LLM, tag: str, workload: OfflineWorkload):
     """--profile for an offline workload: its full batch at its mean decode context."""
     from cormorant.bench.profiling import maybe_profile
 

@@ -12,11 +12,10 @@ from __future__ import annotations
 import asyncio
 import math
 
-from cormorant.bench.context import RunContext
+from cormorant.bench.context import RunContext, release
 from cormorant.bench.floors import StepCost
 from cormorant.bench.offline import decode_step_times, engine_for
 from cormorant.bench.profiling import maybe_profile
-from cormorant.bench.random_engine import release
 from cormorant.bench.report import fmt, fraction
 from cormorant.bench.serving import best_rate, drive, drive_sharded, start_server, summarize
 from cormorant.bench.workloads import b4_workload, random_prompts

@@ -45,7 +45,7 @@ def profile_decode(llm, batch: int, context: int, out_path: Path, num_steps: int
     prompts = random_prompts(batch, context, seed=77)
     decode_step_times(llm, [p[:16] for p in prompts[:2]], 2)  # warm the shapes' kernels
     activities = [ProfilerActivity.CPU]
-    if llm.device.type == "cuda":
+    if llm.engine.runner.device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
     # Sequences admitted in the first prefill chunks decode while later ones still prefill,
     # and finish that many steps earlier: ask for enough steps that the full batch decodes.
@@ -70,7 +70,7 @@ def profile_decode(llm, batch: int, context: int, out_path: Path, num_steps: int
              "== by device time ==", _table(averages, _DEVICE_KEYS, 30), "",
              "== by host time ==", _table(averages, ("self_cpu_time_total",), 30)]
     out_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    if llm.device.type == "cuda":
+    if llm.engine.runner.device.type == "cuda":
         torch.cuda.synchronize()
     return summary
 

@@ -1,10 +1,11 @@
 """The real HTTP server over a random-weight engine, for B4:
 `python -m cormorant.bench.serve_random --model-config qwen3-0.6b --port 8123 ...`.
 
-Same app (server.app.build_app), same engine client (frontend.async_llm.AsyncLLM) and the same
-uvicorn set-up (server.launch.uvicorn_config, DrainingServer) as `cormorant serve`; only the
-weights are random and the tokenizer synthetic (bench.random_engine), so no checkpoint is
-needed. Admission limits are raised so that the benchmark measures queueing in the engine,
+Same app (server.app.build_app), same engine client (frontend.async_llm.AsyncLLM, or
+ProcessLLM with the engine core in its own process) and the same uvicorn set-up
+(server.launch.uvicorn_config, DrainingServer) as `cormorant serve`; only the engine's
+EngineConfig names a configuration directory with load_format "random" (bench.context), so
+the weights are random, the tokenizer synthetic and no checkpoint is needed. Admission limits are raised so that the benchmark measures queueing in the engine,
 not 503s from the admission controller. Binds loopback only (no API key).
 Imports bench, server, frontend; uvicorn.
 """
@@ -15,7 +16,7 @@ import dataclasses
 import logging
 import sys
 
-from cormorant.bench.random_engine import EngineSettings, build_random_engine
+from cormorant.bench.context import EngineSettings
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -66,21 +67,17 @@ def main(argv: list[str] | None = None) -> int:
                               max_num_batched_tokens=args.max_num_batched_tokens,
                               max_model_len=args.max_model_len, num_kv_blocks=args.num_kv_blocks,
                               async_scheduling=args.async_scheduling)
+    engine_config = settings.engine_config(args.model_config)
+    from cormorant.frontend.builder import load_engine_tokenizer
+    from cormorant.frontend.engine_process import EngineSpec, engine_config_to_dict
     from cormorant.frontend.process_llm import ProcessLLM, wants_engine_process
 
     name = f"random-{args.model_config}"
     if wants_engine_process(args.device, args.engine_process):  # as `cormorant serve` does
-        from cormorant.bench.configs import model_config
-        from cormorant.bench.random_engine import synthetic_tokenizer
-        from cormorant.frontend.engine_process import EngineSpec
-
-        mconfig = model_config(args.model_config)
-        tokenizer = synthetic_tokenizer(mconfig.vocab_size, tuple(mconfig.eos_token_ids))
-        llm = ProcessLLM(EngineSpec("random", {"name": args.model_config,
-                                               "settings": dataclasses.asdict(settings)}),
-                         tokenizer, name)
+        spec = EngineSpec("config", {"config": engine_config_to_dict(engine_config)})
+        llm = ProcessLLM(spec, load_engine_tokenizer(engine_config), name)
     else:
-        llm = AsyncLLM(build_random_engine(args.model_config, settings), model_name=name)
+        llm = AsyncLLM.from_config(engine_config, model_name=name)
     try:
         config = ServerConfig(**_known_fields(ServerConfig, dict(
             host="127.0.0.1", port=args.port, model_version="random",

@@ -1,6 +1,9 @@
 """Build one engine from an EngineConfig: tokenizer, model weights, KV cache, engine core.
 
 An engine is an object, never a module-level singleton, so one process can hold several.
+With load_format "random" the weights are seeded random draws of the checkpoint's
+architecture (models.loader), and the tokenizer is the directory's own when it has one, else
+a synthetic word-level one (text.synthetic): a directory with only config.json is an engine.
 """
 from __future__ import annotations
 
@@ -15,9 +18,10 @@ from cormorant.config import EngineConfig, ModelConfig
 from cormorant.engine.core import EngineCore
 from cormorant.engine.scheduler import WaitingQueue
 from cormorant.layers.attention import TorchAttention
-from cormorant.models.loader import load_model
+from cormorant.models.loader import check_load_format, load_model, load_model_config
 from cormorant.runner.device import resolve_device, resolve_dtype
 from cormorant.runner.model_runner import ModelRunner
+from cormorant.text.synthetic import has_tokenizer_files, synthetic_tokenizer
 from cormorant.text.tokenizer import Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -54,9 +58,10 @@ def build_engine(config: EngineConfig, waiting: WaitingQueue | None = None) -> B
         torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
-    tokenizer = load_tokenizer(config.model)
+    tokenizer = load_engine_tokenizer(config)  # first: it also validates load_format
     model, model_config = load_model(config.model, dtype, device,
-                                     attention_backend(config.attention_backend, device))
+                                     attention_backend(config.attention_backend, device),
+                                     load_format=config.load_format, seed=config.seed or 0)
     config = _resolve_lengths(config, model_config)
     eos = tuple(sorted(set(model_config.eos_token_ids) | set(tokenizer.eos_token_ids)))
     runner = ModelRunner(config, model_config, model, device, dtype, eos)
@@ -64,6 +69,17 @@ def build_engine(config: EngineConfig, waiting: WaitingQueue | None = None) -> B
     seconds = time.perf_counter() - start
     log.info("loaded %s (%s, %s) in %.1f s", config.model, device, dtype, seconds)
     return BuiltEngine(config, core, tokenizer, model_config, runner, seconds)
+
+
+def load_engine_tokenizer(config: EngineConfig) -> Tokenizer:
+    """The tokenizer an engine of `config` uses (also for a client in another process): the
+    model's own, or, for random weights without tokenizer files, a synthetic one over the
+    config's vocabulary that ends on the config's eos ids."""
+    if check_load_format(config.load_format) == "random" and not has_tokenizer_files(
+            config.model):
+        model_config = load_model_config(config.model)
+        return synthetic_tokenizer(model_config.vocab_size, tuple(model_config.eos_token_ids))
+    return load_tokenizer(config.model)
 
 
 def _resolve_lengths(config: EngineConfig, model_config: ModelConfig) -> EngineConfig:

@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 FACTORIES = {
     "config": "cormorant.frontend.engine_process:build_from_config",
     "serve": "cormorant.server.model_loader:build_for_process",  # + the fair waiting queue
-    "random": "cormorant.bench.random_engine:build_from_spec",
 }
 HEARTBEAT_S = 1.0
 _OUTPUT_FIELDS = [f.name for f in dataclasses.fields(EngineOutput)]

@@ -2,6 +2,7 @@
 
 Runs the engine core synchronously in the caller's thread. The core is exposed as
 `llm.engine` (add_request / abort_request / step) for callers that drive steps themselves.
+`LLM.from_config(engine_config)` builds the same API from a whole EngineConfig.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Sequence as Seq
 
 from cormorant.config import CacheConfig, EngineConfig, SchedulerConfig
 from cormorant.engine.types import EngineRequest
-from cormorant.frontend.builder import build_engine
+from cormorant.frontend.builder import BuiltEngine, build_engine
 from cormorant.frontend.default_model import default_model_path
 from cormorant.frontend.output_processor import RequestState
 from cormorant.frontend.outputs import RequestOutput
@@ -39,7 +40,17 @@ class LLM:
             normalize_nfc=normalize_nfc, strip_control_chars=strip_control_chars,
             attention_backend=attention_backend, enforce_eager=enforce_eager,
             async_scheduling=async_scheduling)
-        built = build_engine(config)
+        self._attach(build_engine(config))
+
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> LLM:
+        """An LLM over the engine `config` describes, every field honoured (load_format
+        "random" included): the path for callers that hold an EngineConfig already."""
+        llm = cls.__new__(cls)
+        llm._attach(build_engine(config))
+        return llm
+
+    def _attach(self, built: BuiltEngine) -> None:
         self.config = built.config
         self.engine = built.core
         self.tokenizer = built.tokenizer

@@ -1,6 +1,10 @@
 """The one way in: load_model(path, dtype, device, attn_backend) -> (model, ModelConfig).
 
 `path` is a Hugging Face directory (config.json + *.safetensors) or a .gguf file.
+`load_format` (EngineConfig.load_format) picks where the weights come from: "auto" reads the
+checkpoint's; "random" reads only the architecture (config.json or the GGUF metadata) and
+fills the model with seeded random weights (models.random_init), so a directory holding
+nothing but config.json is enough (benchmarks, tests).
 load_model_config(path) reads only the architecture facts (no weights) so the caller can
 size the KV cache and scheduler before paying for the weights. load_encoder(path, dtype,
 device) -> (model, EncoderConfig) is the same for encoder models (BERT family, safetensors).
@@ -17,6 +21,7 @@ from cormorant.config import ModelConfig
 from cormorant.layers.attention import AttentionBackend, TorchAttention
 from cormorant.models import gguf_loader, hf_loader
 from cormorant.models.bert import EncoderConfig, encoder_config_from_hf
+from cormorant.models.random_init import build_random_model
 from cormorant.models.registry import build_encoder, build_model, get_model_class
 from cormorant.models.weights import load_weights
 
@@ -25,6 +30,15 @@ _DTYPES = {
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
 }
+
+LOAD_FORMATS = ("auto", "random")
+
+
+def check_load_format(load_format: str) -> str:
+    if load_format not in LOAD_FORMATS:
+        raise ValueError(f"unknown load_format {load_format!r}; use one of "
+                         f"{', '.join(LOAD_FORMATS)}")
+    return load_format
 
 
 def is_gguf(path: str) -> bool:
@@ -66,12 +80,17 @@ def resolve_dtype(dtype: torch.dtype | str, path: str, device: torch.device) -> 
 
 
 def load_model(path: str, dtype: torch.dtype | str = "auto", device: torch.device | str = "cpu",
-               attn_backend: AttentionBackend | None = None
-               ) -> tuple[nn.Module, ModelConfig]:
-    """Build the model for `path` and fill its weights; returns (model in eval mode, config)."""
+               attn_backend: AttentionBackend | None = None, *, load_format: str = "auto",
+               seed: int = 0) -> tuple[nn.Module, ModelConfig]:
+    """Build the model for `path` and fill its weights; returns (model in eval mode, config).
+    load_format "random": weights drawn from `seed` instead of read (same seed, same weights)."""
+    check_load_format(load_format)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, path, device)
     attn_backend = attn_backend or TorchAttention()
+    if load_format == "random":
+        config = load_model_config(path)
+        return build_random_model(config, dtype, device, seed, attn_backend=attn_backend), config
     if is_gguf(path):
         reader = gguf_loader.open_gguf(path)  # opened once: parsing the metadata is not free
         config = gguf_loader.gguf_model_config(reader)

@@ -7,8 +7,9 @@ so the matmuls, norms and attention do the same work, at the same speed, as with
 Projections and embeddings get N(0, std) (std 0.02, the usual initializer range), norm
 weights N(1, 0.02), biases N(0, 0.02).
 
-The benchmarks' named configurations (Qwen3-0.6B, Llama-3.1-8B, ...) live in
-cormorant.bench.configs; `model_config(name)` there gives the ModelConfig to pass here.
+Engines reach it through the config: EngineConfig(model=a directory with config.json,
+load_format="random") -> models.loader.load_model -> here. The benchmarks' named
+configurations (Qwen3-0.6B, Llama-3.1-8B, ...) are such directories (bench.configs.config_dir).
 Imports: torch, config, cormorant.layers, this package's registry.
 """
 from __future__ import annotations

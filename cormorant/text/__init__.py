@@ -3,7 +3,8 @@ incremental detokenization, stop strings and input normalization.
 
 Modules: tokenizer (Tokenizer, load_tokenizer), gguf_metadata / gguf_tokenizer (GGUF header ->
 tokenizer, no tensors), detokenizer (IncrementalDetokenizer), stop (StopStringMatcher),
-normalize (normalize_text). text/ may import config, sampling_params and third-party libraries,
+normalize (normalize_text), synthetic (a word-level tokenizer for models without
+tokenizer files). text/ may import config, sampling_params and third-party libraries,
 never torch or engine code. Names are re-exported lazily so that `import cormorant.text.stop`
 does not pay for importing transformers.
 """
@@ -22,6 +23,7 @@ _EXPORTS = {
     "normalize_text": "normalize",
     "normalize_messages": "normalize",
     "normalizer_from_config": "normalize",
+    "synthetic_tokenizer": "synthetic",
 }
 
 __all__ = sorted(_EXPORTS)

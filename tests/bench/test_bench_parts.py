@@ -1,6 +1,6 @@
 """Unit tests of the benchmark's parts that need no engine: the transformers-peer token
 accounting (against a fake continuous-batching manager), the serving statistics, the peer
-process's timeout path, and the random-weight engine."""
+process's timeout path."""
 from __future__ import annotations
 
 import contextlib
@@ -12,7 +12,6 @@ import torch
 
 from cormorant.bench.hf_peer import run_cb
 from cormorant.bench.peers import run_peer_process
-from cormorant.bench.random_engine import EngineSettings, build_random_engine
 from cormorant.bench.serving import RequestResult, best_rate, summarize
 from cormorant.bench.workloads import OfflineWorkload, ServingRun
 
@@ -118,10 +117,3 @@ def test_serving_summary():
     ok = {**s, "completed": 3, "rate": 1.0}
     assert best_rate([ok, {**ok, "rate": 4.0, "ttft_ms": {"p99": 2000.0}}])["rate"] == 1.0
 
-
-def test_random_engine_weights_are_never_zero():
-    built = build_random_engine("tiny-qwen3", EngineSettings(device="cpu", num_kv_blocks=64,
-                                                             max_model_len=256))
-    params = list(built.runner.model.parameters())
-    assert params and all(bool((p != 0).all()) for p in params)
-    assert built.tokenizer.decode([5, 7]) == "t5 t7"
