@@ -29,9 +29,6 @@ DEFAULT_KEYS_DB = Path.home() / ".cormorant" / "keys.db"
 DEFAULT_REFRESH_S = 1.0
 HASH_SCHEME = "hmac-sha256"
 _UNLOADED = object()  # the stamp before the first successful load
-_COLUMNS = ("key_id", "name", "scopes", "allowed_models", "expires_at", "rpm", "tpm",
-            "max_concurrent", "weight", "tenant", "created_at", "revoked", "scheme", "salt",
-            "digest", "cache_group")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
     key_id TEXT PRIMARY KEY, name TEXT NOT NULL, scopes TEXT NOT NULL, allowed_models TEXT,
@@ -171,7 +168,8 @@ class SqliteKeyStore(_Snapshot):
         return (inode, self._conn.execute("PRAGMA data_version").fetchone()[0])
 
     def _load(self) -> list[KeyRecord]:
-        rows = self._conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM api_keys").fetchall()
+        # *: a database not yet given a newer column (_ADDED_COLUMNS) still loads.
+        rows = self._conn.execute("SELECT * FROM api_keys").fetchall()
         return [row_to_record(dict(row)) for row in rows]
 
     # --- writes (the CLI); each is one transaction ------------------------------------------
@@ -208,9 +206,9 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
             continue
         try:
             conn.execute(f"ALTER TABLE api_keys ADD COLUMN {name} {definition}")
-        except sqlite3.OperationalError:  # another process added it first
-            if name not in {row[1] for row in conn.execute("PRAGMA table_info(api_keys)")}:
-                raise
+        except sqlite3.OperationalError as exc:  # read-only, or another process was first
+            # Readers still work (_load selects *; a missing column reads as its default).
+            logger.warning("key database: could not add column %s: %s", name, exc)
 
 
 class FileKeyStore(_Snapshot):

@@ -67,8 +67,8 @@ def test_stores_keep_the_group(tmp_path):
     again.close()
 
 
-def test_an_older_database_gains_the_column(tmp_path):
-    path = tmp_path / "old.db"
+def old_database(path) -> None:
+    """A key database as cormorant made it before cache groups."""
     conn = sqlite3.connect(path)
     conn.execute("""CREATE TABLE api_keys (
         key_id TEXT PRIMARY KEY, name TEXT NOT NULL, scopes TEXT NOT NULL, allowed_models TEXT,
@@ -81,6 +81,20 @@ def test_an_older_database_gains_the_column(tmp_path):
                  " x'00')")
     conn.commit()
     conn.close()
+
+
+def test_an_older_database_gains_the_column(tmp_path, caplog):
+    path = tmp_path / "old.db"
+    old_database(path)
+    # A writer holding the lock: the column cannot be added yet, the keys still load.
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    locked = SqliteKeyStore(path, refresh_s=0.0)
+    assert locked.get("0123456789ab").key.cache_group == ""
+    assert "could not add column cache_group" in caplog.text
+    writer.execute("COMMIT")
+    writer.close()
+    locked.close()
     store = SqliteKeyStore(path, refresh_s=0.0)
     assert store.get("0123456789ab").key.cache_group == ""
     record, _ = create_key("new", cache_group="g")
