@@ -11,6 +11,10 @@ Model (vLLM v1 / nano-vllm):
 - Automatic prefix caching: once a FULL block's KV has been written, its chained hash
   hash(parent_hash, tokens_of_block) is registered. A later sequence whose tokens produce the
   same chain takes a reference to those blocks instead of recomputing them.
+- Tenant isolation: the chain starts from `salt_root_hash(seq.cache_salt)`, so sequences share
+  cached blocks only when their salts are equal ("" is today's unsalted chain).
+  `prefix_block_hashes` is the one function anything outside the engine (a prefix-aware
+  router) must use to name a prompt's blocks, so both agree on every salted hash.
 - Free blocks live in two pools: plain blocks (no hash) and evictable cached blocks (hash kept,
   LRU order). Allocation takes plain blocks first and only then evicts the least recently
   used cached block, so cached prefixes survive as long as possible.
@@ -25,7 +29,8 @@ from collections.abc import Iterable
 from cormorant.engine.sequence import Sequence
 
 _HASH_BYTES = 16  # 128-bit chain hashes: collisions are not a practical concern
-_ROOT_HASH = 0  # parent of a sequence's first block
+_ROOT_HASH = 0  # parent of an unsalted sequence's first block
+_SALT_DOMAIN = b"cormorant-prefix-cache-salt\0"  # salted roots never equal a block's hash input
 
 
 def chain_hash(parent_hash: int, token_ids: Iterable[int]) -> int:
@@ -38,6 +43,33 @@ def chain_hash(parent_hash: int, token_ids: Iterable[int]) -> int:
     digest.update(parent_hash.to_bytes(_HASH_BYTES, "little"))
     digest.update(array("q", token_ids).tobytes())
     return int.from_bytes(digest.digest(), "little")
+
+
+def salt_root_hash(salt: str) -> int:
+    """The parent hash of a chain's first block: 0 for "" (unsalted), else a hash of the salt,
+    so every block of a salted chain differs from every block of any other salt's chain."""
+    if not salt:
+        return _ROOT_HASH
+    digest = hashlib.blake2b(_SALT_DOMAIN, digest_size=_HASH_BYTES)
+    digest.update(salt.encode("utf-8", "surrogatepass"))
+    return int.from_bytes(digest.digest(), "little")
+
+
+def prefix_block_hashes(token_ids: Iterable[int], block_size: int, salt: str = "") -> list[int]:
+    """The prefix-cache hashes of the full blocks of `token_ids` under `salt`, first block first.
+
+    The block manager names a sequence's blocks with exactly these values (the engine's
+    block_size, the request's cache_salt), so a prefix-aware router that calls this with the
+    same arguments can tell which replica holds how many of a prompt's leading blocks.
+    A trailing partial block has no hash.
+    """
+    ids = list(token_ids)
+    hashes: list[int] = []
+    parent = salt_root_hash(salt)
+    for start in range(0, len(ids) - block_size + 1, block_size):
+        parent = chain_hash(parent, ids[start:start + block_size])
+        hashes.append(parent)
+    return hashes
 
 
 class BlockManager:
@@ -91,13 +123,14 @@ class BlockManager:
     # ---- prefix cache lookup -------------------------------------------------------------
 
     def _seq_block_hash(self, seq: Sequence, index: int) -> int:
-        """Chained hash of seq's full block `index`, memoised on the sequence (tokens of a
-        full block never change, so the hash stays valid across preemptions)."""
+        """Chained hash of seq's full block `index` under seq's salt (as prefix_block_hashes),
+        memoised on the sequence (tokens of a full block never change, so the hash stays valid
+        across preemptions)."""
         hashes = seq.block_hashes
         size = self.block_size
         while len(hashes) <= index:
             i = len(hashes)
-            parent = hashes[-1] if hashes else _ROOT_HASH
+            parent = hashes[-1] if hashes else salt_root_hash(seq.cache_salt)
             hashes.append(chain_hash(parent, seq.token_ids[i * size:(i + 1) * size]))
         return hashes[index]
 

@@ -80,7 +80,8 @@ class EngineCore:
         """Queue the request's n samples; returns error outputs at once if it can never run."""
         seqs = [Sequence(req.req_id, req.prompt_token_ids, req.sampling_params, index=i,
                          arrival_time=req.arrival_time, tenant=req.tenant,
-                         priority=req.priority, weight=req.weight)
+                         priority=req.priority, weight=req.weight,
+                         cache_salt=req.cache_salt)
                 for i in range(req.sampling_params.n)]
         try:
             for seq in seqs:

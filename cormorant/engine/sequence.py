@@ -42,6 +42,8 @@ class Sequence:
     tenant: str = ""
     priority: int = 0
     weight: float = 1.0
+    # The prefix-cache namespace (block_manager.salt_root_hash); from the EngineRequest.
+    cache_salt: str = ""
     # Block manager bookkeeping: chained hashes of the full blocks of token_ids (memoised,
     # valid across preemptions since tokens never change) and how many leading blocks of
     # block_table have already been offered to the prefix cache.

@@ -79,10 +79,11 @@ class AsyncLLM:
     # -- the asyncio side -------------------------------------------------------------------
     async def generate(self, request_id: str, prompt_token_ids: list[int],
                        params: SamplingParams, prompt: str | None = None, *,
-                       tenant: str = "", priority: int = 0, weight: float = 1.0
-                       ) -> AsyncIterator[RequestOutput]:
+                       tenant: str = "", priority: int = 0, weight: float = 1.0,
+                       cache_salt: str = "") -> AsyncIterator[RequestOutput]:
         """Yield a RequestOutput after each engine step with news; the last has finished.
-        tenant, priority, weight: the request's place in a fair waiting queue."""
+        tenant, priority, weight: the request's place in a fair waiting queue; cache_salt:
+        its prefix-cache namespace (EngineRequest.cache_salt)."""
         if not self._alive():
             raise EngineDeadError("the engine loop is not running")
         if request_id in self._streams:
@@ -91,7 +92,8 @@ class AsyncLLM:
         inbox: asyncio.Queue = asyncio.Queue()
         self._streams[request_id] = (asyncio.get_running_loop(), inbox)
         self._send(("add", EngineRequest(request_id, state.prompt_token_ids, params,
-                                         tenant=tenant, priority=priority, weight=weight)))
+                                         tenant=tenant, priority=priority, weight=weight,
+                                         cache_salt=cache_salt)))
         try:
             while not state.finished:
                 batch = [await inbox.get()]

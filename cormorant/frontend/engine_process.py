@@ -56,13 +56,13 @@ def unpack(data: bytes) -> Any:
 
 def request_to_wire(req: EngineRequest) -> list:
     return [req.req_id, req.prompt_token_ids, dataclasses.asdict(req.sampling_params),
-            req.arrival_time, req.tenant, req.priority, req.weight]
+            req.arrival_time, req.tenant, req.priority, req.weight, req.cache_salt]
 
 
 def request_from_wire(row: list) -> EngineRequest:
-    req_id, ids, params, arrival, tenant, priority, weight = row
+    req_id, ids, params, arrival, tenant, priority, weight, cache_salt = row
     return EngineRequest(req_id, ids, SamplingParams(**params), arrival, tenant, priority,
-                         weight)
+                         weight, cache_salt)
 
 
 def outputs_to_wire(outputs: list[EngineOutput]) -> list:

@@ -71,15 +71,17 @@ class LLM:
 
     # -- generation -------------------------------------------------------------------------
     def generate(self, prompts: Prompt | Seq[Prompt],
-                 sampling_params: SamplingParams | Seq[SamplingParams] | None = None
-                 ) -> list[RequestOutput]:
-        """Complete every prompt (a string or a list of token ids); outputs in prompt order."""
+                 sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
+                 cache_salt: str = "") -> list[RequestOutput]:
+        """Complete every prompt (a string or a list of token ids); outputs in prompt order.
+        cache_salt: the prefix-cache namespace (only equal salts share cached blocks)."""
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]  # type: ignore[list-item]
         params = _per_prompt(sampling_params, len(prompts))
         # Only the final outputs are read: text is decoded once per sample (no stop strings).
         states = [self._add(self.encode(p), sp, p if isinstance(p, str) else None,
-                            incremental=False) for p, sp in zip(prompts, params)]
+                            incremental=False, cache_salt=cache_salt)
+                  for p, sp in zip(prompts, params)]
         self._run(states)
         return [s.snapshot() for s in states]
 
@@ -117,7 +119,8 @@ class LLM:
 
     # -- the loop ---------------------------------------------------------------------------
     def _add(self, prompt_ids: list[int], params: SamplingParams,
-             prompt: str | None, incremental: bool = True) -> RequestState:
+             prompt: str | None, incremental: bool = True, cache_salt: str = ""
+             ) -> RequestState:
         if not prompt_ids:
             raise ValueError("the prompt is empty")
         params.validate(self.model_config.vocab_size)
@@ -126,7 +129,8 @@ class LLM:
         req_id = str(next(self._ids))
         state = RequestState(req_id, prompt_ids, params, self.tokenizer, prompt,
                              incremental=incremental)
-        for eo in self.engine.add_request(EngineRequest(req_id, prompt_ids, params)):
+        request = EngineRequest(req_id, prompt_ids, params, cache_salt=cache_salt)
+        for eo in self.engine.add_request(request):
             state.update(eo)
         return state
 

@@ -15,11 +15,16 @@ and makes precomputed tables useless; the database never holds a secret in clear
 
 Other gateway modules (quotas, admission, metrics, usage) read `ApiKey`/`Principal` fields;
 they must log and label by `key_id`, never by the token.
+
+Prefix-cache namespaces (`prefix_cache_salt`): every key has its own, named after its id
+(never its secret), so no key can detect another's cached prompts; keys given the same
+`cache_group` share one (a common system prompt). No keys configured: one shared namespace.
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import secrets
 import string
 import time
@@ -37,6 +42,8 @@ _ALPHANUMERIC = string.ascii_letters + string.digits
 SALT_BYTES = 16
 ANONYMOUS_ID = "anonymous"
 STATIC_ID = "static"
+CACHE_GROUP_MAX_CHARS = 64
+_CACHE_GROUP_CHARS = frozenset(_ALPHANUMERIC + "._-")
 
 
 @dataclass(frozen=True)
@@ -55,10 +62,12 @@ class ApiKey:
     tenant: str = ""  # "" means "the key is its own tenant" (set to key_id below)
     created_at: float = field(default_factory=time.time)
     revoked: bool = False
+    cache_group: str = ""  # "" its own prefix-cache namespace; else shared with the group's keys
 
     def __post_init__(self) -> None:
         if not self.tenant:
             object.__setattr__(self, "tenant", self.key_id)
+        check_cache_group(self.cache_group)
         object.__setattr__(self, "scopes", frozenset(self.scopes))
         if self.allowed_models is not None:
             object.__setattr__(self, "allowed_models", frozenset(self.allowed_models))
@@ -84,12 +93,15 @@ class Principal:
     weight: float = 1.0
     name: str = ""
     is_anonymous: bool = False
+    cache_namespace: str = ""  # see prefix_cache_salt; "" is the shared (keyless) namespace
 
     @classmethod
     def from_key(cls, key: ApiKey) -> Principal:
+        namespace = f"group:{key.cache_group}" if key.cache_group else f"key:{key.key_id}"
         return cls(key_id=key.key_id, tenant=key.tenant, scopes=key.scopes,
                    allowed_models=key.allowed_models, rpm=key.rpm, tpm=key.tpm,
-                   max_concurrent=key.max_concurrent, weight=key.weight, name=key.name)
+                   max_concurrent=key.max_concurrent, weight=key.weight, name=key.name,
+                   cache_namespace=namespace)
 
     @classmethod
     def anonymous(cls) -> Principal:
@@ -106,13 +118,34 @@ class Principal:
     @classmethod
     def static(cls) -> Principal:
         """The caller holding the single --api-key: every scope, no quota of its own."""
-        return cls(key_id=STATIC_ID, tenant=STATIC_ID, scopes=ALL_SCOPES, name=STATIC_ID)
+        return cls(key_id=STATIC_ID, tenant=STATIC_ID, scopes=ALL_SCOPES, name=STATIC_ID,
+                   cache_namespace=f"key:{STATIC_ID}")
 
     def has_scope(self, scope: str) -> bool:
         return scope in self.scopes
 
     def may_use_model(self, model: str) -> bool:
         return self.allowed_models is None or model in self.allowed_models
+
+
+def check_cache_group(name: str) -> str:
+    """A cache group name: "" (none) or up to 64 letters, digits, '.', '_' and '-'."""
+    if len(name) > CACHE_GROUP_MAX_CHARS or not _CACHE_GROUP_CHARS.issuperset(name):
+        raise ValueError(f"cache group names have at most {CACHE_GROUP_MAX_CHARS} letters, "
+                         f"digits, '.', '_' or '-'; got {name[:80]!r}")
+    return name
+
+
+def prefix_cache_salt(principal: Principal, request_salt: str | None = None) -> str:
+    """EngineRequest.cache_salt of a request: the caller's namespace, narrowed by the request's
+    own `cache_salt` if it sends one. The request's salt is combined with the namespace, never
+    replaces it, so no salt a caller can send lands in another key's namespace; "" (no keys, no
+    request salt) is the engine's shared unsalted namespace. A prefix-aware router must hash
+    prompts with this value (engine.block_manager.prefix_block_hashes)."""
+    if not principal.cache_namespace and not request_salt:
+        return ""
+    pair = json.dumps([principal.cache_namespace, request_salt or ""])  # injective
+    return hashlib.blake2b(pair.encode("ascii"), digest_size=16).hexdigest()
 
 
 @dataclass(frozen=True)

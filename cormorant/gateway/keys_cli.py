@@ -2,8 +2,10 @@
 JSON key file). A running server picks the change up within its refresh interval, no restart.
 
 `create` and `rotate` print the token once; nothing else ever prints it, and the store keeps
-only its salted digest. `add_keys_args(parser)` and `run_keys(args) -> int` are what
-cormorant.cli wires in; `python -m cormorant.gateway.keys_cli` runs it alone.
+only its salted digest. `set-cache-group` moves a key into a shared prefix-cache namespace
+(gateway.keys.prefix_cache_salt) or back to its own. `add_keys_args(parser)` and
+`run_keys(args) -> int` are what cormorant.cli wires in; `python -m cormorant.gateway.keys_cli`
+runs it alone.
 Imports the stdlib and gateway.{keys,keystore}.
 """
 from __future__ import annotations
@@ -43,6 +45,9 @@ def add_keys_args(parser: argparse.ArgumentParser) -> None:
     create.add_argument("--max-concurrent", type=int, default=None)
     create.add_argument("--weight", type=float, default=1.0, help="fair-queue share")
     create.add_argument("--tenant", default="", help="group keys for quotas (default: key id)")
+    create.add_argument("--cache-group", default="", metavar="NAME",
+                        help="share a prefix-cache namespace with the other keys of this group "
+                        "(default: the key's own; docs/operations.md)")
     create.add_argument("--json", action="store_true", help="print one JSON object")
     listing = sub.add_parser("list", help="list keys (never their secrets)")
     listing.add_argument("--json", action="store_true", help="print one JSON object per line")
@@ -51,6 +56,10 @@ def add_keys_args(parser: argparse.ArgumentParser) -> None:
     rotate = sub.add_parser("rotate", help="new secret, same id and settings")
     rotate.add_argument("key_id")
     rotate.add_argument("--json", action="store_true")
+    group = sub.add_parser("set-cache-group", help="move a key to a prefix-cache group "
+                           "('' for its own namespace)")
+    group.add_argument("key_id")
+    group.add_argument("cache_group", metavar="NAME")
 
 
 def parse_duration(text: str) -> float:
@@ -132,7 +141,7 @@ def _cmd_create(store, args: argparse.Namespace) -> int:
         args.name, _scopes(args.scope),
         allowed_models=frozenset(args.model) if args.model else None, expires_at=expires_at,
         rpm=args.rpm, tpm=args.tpm, max_concurrent=args.max_concurrent, weight=args.weight,
-        tenant=args.tenant)
+        tenant=args.tenant, cache_group=args.cache_group)
     store.add(record)
     _print_token(record, token, args.json, "created")
     return 0
@@ -183,8 +192,20 @@ def _cmd_rotate(store, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_set_cache_group(store, args: argparse.Namespace) -> int:
+    record = store.get(args.key_id)
+    if record is None:
+        print(f"cormorant keys: no key with id {args.key_id!r}", file=sys.stderr)
+        return 1
+    key = dataclasses.replace(record.key, cache_group=args.cache_group)
+    store.replace(dataclasses.replace(record, key=key))
+    print(f"key {args.key_id}: prefix-cache namespace "
+          f"{'group ' + args.cache_group if args.cache_group else 'of its own'}")
+    return 0
+
+
 _COMMANDS = {"create": _cmd_create, "list": _cmd_list, "revoke": _cmd_revoke,
-             "rotate": _cmd_rotate}
+             "rotate": _cmd_rotate, "set-cache-group": _cmd_set_cache_group}
 
 
 def run_keys(args: argparse.Namespace) -> int:

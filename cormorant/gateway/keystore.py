@@ -29,17 +29,16 @@ DEFAULT_KEYS_DB = Path.home() / ".cormorant" / "keys.db"
 DEFAULT_REFRESH_S = 1.0
 HASH_SCHEME = "hmac-sha256"
 _UNLOADED = object()  # the stamp before the first successful load
-_COLUMNS = ("key_id", "name", "scopes", "allowed_models", "expires_at", "rpm", "tpm",
-            "max_concurrent", "weight", "tenant", "created_at", "revoked", "scheme", "salt",
-            "digest")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
     key_id TEXT PRIMARY KEY, name TEXT NOT NULL, scopes TEXT NOT NULL, allowed_models TEXT,
     expires_at REAL, rpm INTEGER, tpm INTEGER, max_concurrent INTEGER,
     weight REAL NOT NULL DEFAULT 1.0, tenant TEXT NOT NULL, created_at REAL NOT NULL,
     revoked INTEGER NOT NULL DEFAULT 0, scheme TEXT NOT NULL, salt BLOB NOT NULL,
-    digest BLOB NOT NULL)
+    digest BLOB NOT NULL, cache_group TEXT NOT NULL DEFAULT '')
 """
+# Columns added since the first schema: (name, definition) for ALTER TABLE on older databases.
+_ADDED_COLUMNS = (("cache_group", "TEXT NOT NULL DEFAULT ''"),)
 
 
 class KeyStore(Protocol):
@@ -55,7 +54,7 @@ def record_to_row(rec: KeyRecord) -> dict:
             "allowed_models": models, "expires_at": k.expires_at, "rpm": k.rpm, "tpm": k.tpm,
             "max_concurrent": k.max_concurrent, "weight": k.weight, "tenant": k.tenant,
             "created_at": k.created_at, "revoked": int(k.revoked), "scheme": HASH_SCHEME,
-            "salt": rec.salt, "digest": rec.digest}
+            "salt": rec.salt, "digest": rec.digest, "cache_group": k.cache_group}
 
 
 def row_to_record(row: dict) -> KeyRecord:
@@ -70,7 +69,8 @@ def row_to_record(row: dict) -> KeyRecord:
                  expires_at=row.get("expires_at"), rpm=row.get("rpm"), tpm=row.get("tpm"),
                  max_concurrent=row.get("max_concurrent"), weight=float(row.get("weight", 1.0)),
                  tenant=row.get("tenant") or "", created_at=float(row.get("created_at", 0.0)),
-                 revoked=bool(row.get("revoked", False)))
+                 revoked=bool(row.get("revoked", False)),
+                 cache_group=row.get("cache_group") or "")
     salt, digest = row["salt"], row["digest"]
     # The key file is text: there the salt and digest are hex.
     salt = bytes.fromhex(salt) if isinstance(salt, str) else bytes(salt)
@@ -146,6 +146,7 @@ class SqliteKeyStore(_Snapshot):
         self._inode = self.path.stat().st_ino
         conn.row_factory = sqlite3.Row
         conn.execute(_SCHEMA)
+        _add_missing_columns(conn)
         return conn
 
     def describe(self) -> str:
@@ -167,7 +168,8 @@ class SqliteKeyStore(_Snapshot):
         return (inode, self._conn.execute("PRAGMA data_version").fetchone()[0])
 
     def _load(self) -> list[KeyRecord]:
-        rows = self._conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM api_keys").fetchall()
+        # *: a database not yet given a newer column (_ADDED_COLUMNS) still loads.
+        rows = self._conn.execute("SELECT * FROM api_keys").fetchall()
         return [row_to_record(dict(row)) for row in rows]
 
     # --- writes (the CLI); each is one transaction ------------------------------------------
@@ -194,6 +196,19 @@ class SqliteKeyStore(_Snapshot):
         # data_version only moves for *other* connections' commits; our own need a nudge.
         self._stamp = _UNLOADED
         self.refresh(force=True)
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """Bring a database made by an older cormorant up to the current columns."""
+    for name, definition in _ADDED_COLUMNS:
+        present = {row[1] for row in conn.execute("PRAGMA table_info(api_keys)")}
+        if name in present:
+            continue
+        try:
+            conn.execute(f"ALTER TABLE api_keys ADD COLUMN {name} {definition}")
+        except sqlite3.OperationalError as exc:  # read-only, or another process was first
+            # Readers still work (_load selects *; a missing column reads as its default).
+            logger.warning("key database: could not add column %s: %s", name, exc)
 
 
 class FileKeyStore(_Snapshot):

@@ -6,8 +6,10 @@
 candidate left, the first output is awaited before the response starts, so a failure there
 can still be retried once on the next one. 4xx errors (bad input, quotas) are the caller's and
 are never retried. The response names the version that answered (`x-model-version`) and, when
-it was a fallback, the model it stood in for (`x-fallback-from`).
-Imports server modules and the gateway's model pool lease.
+it was a fallback, the model it stood in for (`x-fallback-from`). The engine requests carry the
+caller's prefix-cache salt (gateway.keys.prefix_cache_salt: the key's namespace and the
+request's own `cache_salt`), so keys never share cached prompt blocks unless grouped.
+Imports server modules, the gateway's model pool lease and its key namespaces.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from typing import Any
 
 from starlette.requests import Request
 
+from cormorant.gateway.auth import get_principal
+from cormorant.gateway.keys import Principal, prefix_cache_salt
 from cormorant.gateway.model_pool import Lease
 from cormorant.server.errors import APIError
 from cormorant.server.generation import EngineStream, Job
@@ -51,14 +55,18 @@ class Started:
 async def start_generation(request: Request, state: ServerState, model: str | None,
                            user: str | None, endpoint: str,
                            prepare: Callable[[ServedGenerator], Awaitable[Prepared]],
-                           query: CacheQuery | None = None) -> Started:
-    """query: the request as the caches see it (server.response_caching.cache_query)."""
+                           query: CacheQuery | None = None,
+                           cache_salt: str | None = None) -> Started:
+    """query: the request as the caches see it (server.response_caching.cache_query);
+    cache_salt: the request's own prefix-cache salt, if it sent one."""
+    principal = get_principal(request) or Principal.anonymous()
+    salt = prefix_cache_salt(principal, cache_salt)
     candidates = state.candidates(model, user)
     for i, (name, model_id) in enumerate(candidates):
         is_last = i == len(candidates) - 1
         try:
             started = await _try(request, state, name, model_id, user, endpoint, prepare,
-                                 query, is_last)
+                                 query, is_last, salt)
         except APIError as err:
             if is_last or err.status not in RETRYABLE:
                 raise
@@ -72,7 +80,7 @@ async def start_generation(request: Request, state: ServerState, model: str | No
 async def _try(request: Request, state: ServerState, name: str, model_id: str | None,
                user: str | None, endpoint: str,
                prepare: Callable[[ServedGenerator], Awaitable[Prepared]],
-               query: CacheQuery | None, is_last: bool) -> Started:
+               query: CacheQuery | None, is_last: bool, cache_salt: str) -> Started:
     state.lifecycle.check_accepting()
     lease: Lease = await state.acquire(name, user, "generate", model_id)
     try:
@@ -86,7 +94,7 @@ async def _try(request: Request, state: ServerState, name: str, model_id: str | 
                            headers={**headers, **cache.headers()})
         ticket = await served.admission.admit(request, prepared.prompt_lens, prepared.params)
         stream = EngineStream(served.engine, prepared.jobs, ticket, state.lifecycle,
-                              on_close=lease.release)
+                              on_close=lease.release, cache_salt=cache_salt)
     except BaseException:
         lease.release()
         raise

@@ -46,9 +46,10 @@ class EngineClient(Protocol):
     model_name: str
 
     def generate(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
-                 *, tenant: str = "", priority: int = 0, weight: float = 1.0
-                 ) -> AsyncIterator[RequestOutput]:
-        """tenant, priority, weight: the request's place in a fair waiting queue."""
+                 *, tenant: str = "", priority: int = 0, weight: float = 1.0,
+                 cache_salt: str = "") -> AsyncIterator[RequestOutput]:
+        """tenant, priority, weight: the request's place in a fair waiting queue; cache_salt:
+        its prefix-cache namespace."""
         ...
 
     async def abort(self, request_id: str) -> None: ...

@@ -41,9 +41,12 @@ _DONE = object()
 
 class EngineStream:
     def __init__(self, engine: EngineClient, jobs: list[Job], ticket: Ticket,
-                 lifecycle: Lifecycle, on_close: Callable[[], None] | None = None) -> None:
-        """on_close: runs once when the stream is closed (the model lease's release)."""
+                 lifecycle: Lifecycle, on_close: Callable[[], None] | None = None,
+                 cache_salt: str = "") -> None:
+        """on_close: runs once when the stream is closed (the model lease's release);
+        cache_salt: every job's prefix-cache namespace (gateway.keys.prefix_cache_salt)."""
         self._engine = engine
+        self._cache_salt = cache_salt
         self._on_close = on_close
         self._peeked: tuple | None = None
         self._ticket = ticket
@@ -62,7 +65,8 @@ class EngineStream:
         try:
             # engine_args: the caller's tenant, priority and weight in the fair queue.
             gen = self._engine.generate(job.request_id, job.prompt_token_ids, job.params,
-                                        **self._ticket.engine_args)
+                                        **self._ticket.engine_args,
+                                        cache_salt=self._cache_salt)
             async with aclosing(gen) as outputs:  # closing it aborts the engine request
                 async for out in outputs:
                     self._queue.put_nowait((index, out))

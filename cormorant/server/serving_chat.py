@@ -66,7 +66,7 @@ async def create_chat_completion(request: Request, state: ServerState) -> Respon
     query = cache_query(request, state, req, is_deterministic(req.temperature, req.seed)
                         and not req.logprobs, lambda: _messages_text(req))
     started = await start_generation(request, state, req.model, req.user, "chat", prepare,
-                                     query)
+                                     query, req.cache_salt)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     if started.cached is not None:
         return replay(started.cached, "chat", req.stream, include_usage, started.headers,

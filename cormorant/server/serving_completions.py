@@ -79,7 +79,7 @@ async def create_completion(request: Request, state: ServerState) -> Response:
                         and req.logprobs is None,
                         lambda: req.prompt if isinstance(req.prompt, str) else None)
     started = await start_generation(request, state, req.model, req.user, "completions",
-                                     prepare, query)
+                                     prepare, query, req.cache_salt)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     if started.cached is not None:
         return replay(started.cached, "completions", req.stream, include_usage, started.headers,

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from cormorant.engine.block_manager import BlockManager, chain_hash
+from cormorant.engine.block_manager import BlockManager, chain_hash, prefix_block_hashes
 
 BS = 4
 
@@ -101,6 +101,45 @@ def test_chain_hash_covers_the_whole_prefix(make_seq):
     assert bm.num_cached_prefix_tokens(make_seq([9] * BS + [2] * BS + [3])) == 0
     assert chain_hash(0, [1, 2]) != chain_hash(1, [1, 2]) != chain_hash(0, [2, 1])
     assert chain_hash(7, [1, 2]) == chain_hash(7, (1, 2))  # stable, type-agnostic
+
+
+def salted(make_seq, prompt: list[int], salt: str):
+    seq = make_seq(prompt)
+    seq.cache_salt = salt
+    return seq
+
+
+def test_salts_are_separate_prefix_namespaces(make_seq):
+    """Equal salts share blocks as before; different salts (or salted vs unsalted) never do."""
+    bm = BlockManager(num_blocks=32, block_size=BS)
+    prompt = list(range(3 * BS + 1))
+    compute_all(bm, salted(make_seq, prompt, "tenant-a"))
+    assert bm.num_cached_prefix_tokens(salted(make_seq, prompt, "tenant-a")) == 3 * BS
+    assert bm.num_cached_prefix_tokens(salted(make_seq, prompt, "tenant-b")) == 0
+    assert bm.num_cached_prefix_tokens(make_seq(prompt)) == 0  # the unsalted namespace
+    compute_all(bm, make_seq(prompt))
+    assert bm.num_cached_prefix_tokens(make_seq(prompt)) == 3 * BS
+    assert bm.num_cached_prefix_tokens(salted(make_seq, prompt, "tenant-b")) == 0
+    b = salted(make_seq, prompt, "tenant-b")
+    assert bm.allocate_prompt(b, b.num_tokens)
+    assert b.num_cached_tokens == 0 and bm.num_cached_blocks == 6
+    bm.check_invariants()
+
+
+def test_prefix_block_hashes_are_the_block_managers_own(make_seq):
+    """The router-facing function names exactly the blocks the block manager registers."""
+    bm = BlockManager(num_blocks=32, block_size=BS)
+    prompt = list(range(100, 100 + 3 * BS + 2))
+    for salt in ("", "tenant-a"):
+        seq = salted(make_seq, prompt, salt)
+        compute_all(bm, seq)
+        hashes = prefix_block_hashes(prompt, BS, salt)
+        assert len(hashes) == 3 and hashes == seq.block_hashes[:3]
+        assert [bm._hash_to_block[h] for h in hashes] == seq.block_table[:3]
+    assert prefix_block_hashes(prompt, BS) == prefix_block_hashes(prompt, BS, "")
+    assert prefix_block_hashes(prompt, BS, "a")[0] != prefix_block_hashes(prompt, BS, "b")[0]
+    assert prefix_block_hashes(prompt[:BS - 1], BS, "a") == []
+    assert prefix_block_hashes(prompt, BS, "\ud800")  # a lone surrogate still hashes
 
 
 def test_freed_cached_blocks_stay_and_plain_blocks_go_first(make_seq):
