@@ -15,7 +15,7 @@ Imports: torch, cormorant.layers (norm, rotary: the QKPrep parts).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +58,7 @@ class QKPrep:
         return self.rotary_emb(positions, q, k)
 
 
+@runtime_checkable
 class AttentionBackend(Protocol):
     # Safe to capture in a CUDA graph: no host synchronisation, and a launch shape that does
     # not depend on context lengths (runner.cuda_graphs).
