@@ -5,14 +5,23 @@ KV cache layout, one tensor per layer: [2, num_blocks, block_size, num_kv_heads,
 The batch is packed ("varlen"): sequence i owns query rows query_start_loc[i]:query_start_loc[i+1]
 and those rows are the last query_len tokens of its seq_lens[i]-token context. Prefill chunks with
 a cached prefix and decodes (query_len 1) mix freely in one batch.
+
+A backend offers two paths (AttentionBackend): `forward` takes q and k ready to attend, and
+`forward_prepped` takes them as the projection made them plus a QKPrep (per-head q/k norm,
+rotary), so a backend may prepare them and write the cache in one launch (TritonAttention);
+TorchAttention answers it with the layers' own norm and rotary, then `forward`.
+Imports: torch, cormorant.layers (norm, rotary: the QKPrep parts).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
+
+from cormorant.layers.norm import RMSNorm
+from cormorant.layers.rotary import RotaryEmbedding
 
 
 @dataclass
@@ -32,16 +41,54 @@ class AttentionMetadata:
         return len(self.seq_lens_cpu)
 
 
+@dataclass(frozen=True)
+class QKPrep:
+    """What turns a layer's raw q and k into attention inputs: the per-head RMSNorm of q and
+    k (Qwen3; None elsewhere), then the rotary embedding. The modules are the layer's own."""
+
+    rotary_emb: RotaryEmbedding
+    q_norm: RMSNorm | None = None
+    k_norm: RMSNorm | None = None
+
+    def apply(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The unfused preparation: q [T, H, D], k [T, Hkv, D] normalised and rotated."""
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return self.rotary_emb(positions, q, k)
+
+
+@runtime_checkable
 class AttentionBackend(Protocol):
+    # Safe to capture in a CUDA graph: no host synchronisation, and a launch shape that does
+    # not depend on context lengths (runner.cuda_graphs).
+    supports_cuda_graphs: bool
+
     def forward(
         self,
-        q: torch.Tensor,  # [num_tokens, num_heads, head_dim]
-        k: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+        q: torch.Tensor,  # [num_tokens, num_heads, head_dim], normalised and rotated
+        k: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim], likewise
         v: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
         kv_cache: torch.Tensor,  # [2, num_blocks, block_size, num_kv_heads, head_dim]
         meta: AttentionMetadata,
         scale: float,
     ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
+        """Write k and v into the cache, then attend."""
+        ...
+
+    def forward_prepped(
+        self,
+        q: torch.Tensor,  # [num_tokens, num_heads, head_dim], as projected (may be a view)
+        k: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim], as projected
+        v: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+        kv_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        scale: float,
+        positions: torch.Tensor,  # [num_tokens]
+        prep: QKPrep,
+    ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
+        """forward() of q and k prepared by `prep` at `positions` (the backend may fuse the
+        preparation and the cache write)."""
         ...
 
 
@@ -71,7 +118,16 @@ def gather_kv(kv_cache: torch.Tensor, block_table: torch.Tensor, seq_len: int
 class TorchAttention:
     """Reference backend, correct everywhere (CPU and GPU); the Triton backend is the fast
     path on GPUs. Decode rows (query_len 1) are attended in one padded batch; prefill chunks
-    one scaled_dot_product_attention call per sequence."""
+    one scaled_dot_product_attention call per sequence. It synchronises with the host (and
+    loops over host lists), so it is never captured in a CUDA graph."""
+
+    supports_cuda_graphs = False
+
+    def forward_prepped(self, q, k, v, kv_cache, meta: AttentionMetadata, scale: float,
+                        positions: torch.Tensor, prep: QKPrep) -> torch.Tensor:
+        """No fused preparation here: the layers' norm and rotary (their kernels on CUDA)."""
+        q, k = prep.apply(positions, q, k)
+        return self.forward(q, k, v, kv_cache, meta, scale)
 
     def forward(self, q, k, v, kv_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
         write_kv_cache(k, v, kv_cache, meta.slot_mapping)

@@ -12,21 +12,28 @@ Parameters are created uninitialised (torch.empty): the loader fills every one o
 
 Decode-sized inputs (`decode_gemv_kernels`: at most DECODE_MAX_ROWS rows, bf16/fp16, CUDA)
 run the skinny GEMM of cormorant.kernels.gemv instead of cuBLAS, which reads these weights
-closer to the memory bandwidth (benchmarks/RESULTS.md); layers.fused_decode folds the norm or
-activation before a projection into that same launch.
-Imports: torch, cormorant.layers.parallel, cormorant.kernels (lazily).
+closer to the memory bandwidth (benchmarks/RESULTS.md). A layer's input may also be deferred:
+a NormedInput (layers.norm) or a SiluMulInput (layers.activation). Where the layer's method
+offers the fused prologue paths for it (`offers_fused_prologue`; the dense method does where
+the skinny GEMM runs) the residual add + RMSNorm or the SiLU-and-multiply is computed by the
+GEMV as it reads its input, one launch instead of two; otherwise the deferred op runs unfused
+first. A quantized method takes part by implementing the same three methods.
+Imports: torch, cormorant.layers (parallel, norm, activation), cormorant.kernels (lazily).
 """
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Protocol
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from cormorant.kernels import load as load_kernels
+from cormorant.layers.activation import SiluMulInput
+from cormorant.layers.norm import NormedInput, RMSNorm
 from cormorant.layers.parallel import all_reduce, tp_rank_and_size
+
+# What a linear layer's forward accepts: a tensor, or an op left for its matmul to fold in.
+LinearInput = torch.Tensor | NormedInput | SiluMulInput
 
 # Rows up to which a projection runs the skinny GEMM. Measured on an H100
 # (benchmarks/gemv_probe.py, RESULTS.md): at 1 row it beats cuBLAS on every projection of
@@ -50,16 +57,41 @@ def decode_gemv_kernels(x: torch.Tensor, weight: torch.Tensor) -> ModuleType | N
     return load_kernels("gemv")
 
 
-class LinearMethod(Protocol):
+class LinearMethod:
+    """A weight format: creates a layer's parameters and multiplies by them. Formats
+    implement create_weights and apply; one with a fused decode GEMV also answers
+    offers_fused_prologue and implements apply_add_norm and apply_silu_mul."""
+
     def create_weights(self, layer: nn.Module, input_size: int, output_size: int) -> None:
         """Register the layer's weight parameter(s) for this rank's [output, input] slice."""
+        raise NotImplementedError
 
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None
               ) -> torch.Tensor:
         """x [..., input] -> [..., output]."""
+        raise NotImplementedError
+
+    def offers_fused_prologue(self, layer: nn.Module, x: torch.Tensor) -> bool:
+        """Whether apply_add_norm / apply_silu_mul may run for input rows x ([M, input] or the
+        packed [M, 2 * input] gate_up). False (the default): the layer computes the deferred
+        norm or activation unfused and calls apply."""
+        return False
+
+    def apply_add_norm(self, layer: nn.Module, hidden: torch.Tensor,
+                       residual: torch.Tensor | None, norm: RMSNorm, bias: torch.Tensor | None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(RMSNorm(hidden + residual) @ W^T (+ bias), hidden + residual) in one pass; with
+        residual None, (RMSNorm(hidden) @ W^T (+ bias), hidden). norm: the RMSNorm layer
+        (its weight and eps). Inputs are not modified."""
+        raise NotImplementedError
+
+    def apply_silu_mul(self, layer: nn.Module, gate_up: torch.Tensor,
+                       bias: torch.Tensor | None) -> torch.Tensor:
+        """(silu(gate) * up) @ W^T (+ bias) for gate_up [M, 2 * input] = cat(gate, up)."""
+        raise NotImplementedError
 
 
-class DenseLinearMethod:
+class DenseLinearMethod(LinearMethod):
     """An unquantized weight in the model dtype."""
 
     def create_weights(self, layer: nn.Module, input_size: int, output_size: int) -> None:
@@ -72,6 +104,19 @@ class DenseLinearMethod:
         if kernels is not None:
             return kernels.skinny_gemm(x, layer.weight, bias)
         return F.linear(x, layer.weight, bias)
+
+    def offers_fused_prologue(self, layer: nn.Module, x: torch.Tensor) -> bool:
+        return decode_gemv_kernels(x, layer.weight) is not None
+
+    def apply_add_norm(self, layer: nn.Module, hidden: torch.Tensor,
+                       residual: torch.Tensor | None, norm: RMSNorm, bias: torch.Tensor | None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        return load_kernels("gemv").add_rms_norm_gemm(hidden, residual, norm.weight, norm.eps,
+                                                      layer.weight, bias)
+
+    def apply_silu_mul(self, layer: nn.Module, gate_up: torch.Tensor,
+                       bias: torch.Tensor | None) -> torch.Tensor:
+        return load_kernels("gemv").silu_mul_gemm(gate_up, layer.weight, bias)
 
 
 class LinearBase(nn.Module):
@@ -111,8 +156,24 @@ class LinearBase(nn.Module):
             loaded = self._shard(loaded, self.tp_dim)
         _copy_checked(param.data, loaded)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.method.apply(self, x, self.bias)
+    def forward(self, x: LinearInput) -> torch.Tensor:
+        return self._project(x, self.bias)
+
+    def _project(self, x: LinearInput, bias: torch.Tensor | None) -> torch.Tensor:
+        """This rank's x @ W^T (+ bias). A deferred input is folded into the matmul where the
+        method offers that for it, else computed unfused first."""
+        method = self.method
+        if isinstance(x, NormedInput):
+            if x.is_pending and method.offers_fused_prologue(self, x.hidden):
+                y, total = method.apply_add_norm(self, x.hidden, x.residual_in, x.norm, bias)
+                x.folded(total)
+                return y
+            x = x.tensor()
+        elif isinstance(x, SiluMulInput):
+            if method.offers_fused_prologue(self, x.gate_up):
+                return method.apply_silu_mul(self, x.gate_up, bias)
+            x = x.tensor()
+        return method.apply(self, x, bias)
 
 
 class ColumnParallelLinear(LinearBase):
@@ -166,8 +227,8 @@ class RowParallelLinear(LinearBase):
         """Only rank 0 adds the bias, so the all-reduce counts it once."""
         return self.bias if self.tp_rank == 0 else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return all_reduce(self.method.apply(self, x, self.rank_bias))
+    def forward(self, x: LinearInput) -> torch.Tensor:
+        return all_reduce(self._project(x, self.rank_bias))
 
 
 def _copy_checked(dst: torch.Tensor, src: torch.Tensor) -> None:

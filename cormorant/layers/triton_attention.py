@@ -6,8 +6,8 @@ this module needs Triton, so backend selection should import it only when Triton
 
 Each forward is two launches (three for split-KV decode) with no host synchronisation:
 store_kv_cache scatters k/v by slot_mapping, then paged_attention serves the whole packed batch.
-`forward_prepped` (what the Llama-family attention calls when the backend has it) also takes
-the raw q/k: kernels.qk_prep normalises (Qwen3), rotates and writes the cache in one launch.
+`forward_prepped` (the path the Llama-family attention calls) takes the raw q/k and a QKPrep:
+kernels.qk_prep normalises (Qwen3), rotates and writes the cache in one launch.
 From AttentionMetadata it reads slot_mapping, query_start_loc, seq_lens and block_tables (device)
 and max_query_len (host int, only to pick the launch shape); nothing else. The choice depends on
 num_seqs and max_query_len alone, so a CUDA graph captured for a padded decode batch replays
@@ -20,12 +20,14 @@ import torch
 from cormorant.kernels.kv_cache import store_kv_cache
 from cormorant.kernels.paged_attention import PagedAttentionConfig, paged_attention
 from cormorant.kernels.qk_prep import qk_prep
-from cormorant.layers.attention import AttentionMetadata
+from cormorant.layers.attention import AttentionMetadata, QKPrep
 
 
 class TritonAttention:
     """Paged attention through the Triton kernels. `config` pins the launch shape (tests,
     tuning); by default the kernel module picks it per batch."""
+
+    supports_cuda_graphs = True
 
     def __init__(self, config: PagedAttentionConfig | None = None) -> None:
         self.config = config
@@ -39,12 +41,13 @@ class TritonAttention:
 
     def forward_prepped(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                         kv_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
-                        positions: torch.Tensor, cos_sin_cache: torch.Tensor,
-                        q_norm_weight: torch.Tensor | None, k_norm_weight: torch.Tensor | None,
-                        eps: float) -> torch.Tensor:
-        """forward() with the q/k preparation fused in: the raw q, k, v of the projection;
-        per-head RMSNorm (when weights are given), rotary and the KV write in one launch."""
-        qk_prep(q, k, v, positions, cos_sin_cache, q_norm_weight, k_norm_weight, eps, kv_cache,
+                        positions: torch.Tensor, prep: QKPrep) -> torch.Tensor:
+        """forward() with the q/k preparation fused in: per-head RMSNorm (when prep has
+        one), rotary and the KV write in one launch; q is rotated in place."""
+        q_norm, k_norm = prep.q_norm, prep.k_norm
+        norms = (None, None, 0.0) if q_norm is None else (q_norm.weight, k_norm.weight,
+                                                          q_norm.eps)
+        qk_prep(q, k, v, positions, prep.rotary_emb.cos_sin_cache, *norms, kv_cache,
                 meta.slot_mapping)
         return self._attend(q, kv_cache, meta, scale)
 

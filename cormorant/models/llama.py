@@ -5,6 +5,9 @@ per-head q/k norm, which ModelConfig already describes (attention_bias, qk_norm)
 Forward contract used by the runner, for a packed batch of T tokens:
     hidden = model(input_ids [T], positions [T], kv_caches, meta)  # [T, hidden]
     logits = model.compute_logits(hidden[rows])                    # [N, vocab] float32
+The layers read like Hugging Face's; fusions are the layers' business: the two norms and the
+SiLU are deferred into the projection after them (layers.norm, layers.activation,
+layers.linear), q/k norm + rotary are handed to the attention backend (forward_prepped).
 Imports: torch, config, cormorant.layers.
 """
 from __future__ import annotations
@@ -14,10 +17,10 @@ from torch import nn
 
 from cormorant.config import ModelConfig
 from cormorant.layers.activation import SiluAndMul
-from cormorant.layers.attention import AttentionBackend, AttentionMetadata
+from cormorant.layers.attention import AttentionBackend, AttentionMetadata, QKPrep
 from cormorant.layers.embedding import ParallelLMHead, VocabParallelEmbedding
-from cormorant.layers.fused_decode import act_then_linear, norm_then_linear
-from cormorant.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from cormorant.layers.linear import (LinearInput, MergedColumnParallelLinear, QKVParallelLinear,
+                                     RowParallelLinear)
 from cormorant.layers.norm import RMSNorm
 from cormorant.layers.rotary import RotaryEmbedding
 
@@ -38,29 +41,22 @@ class LlamaAttention(nn.Module):
             self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps)
             self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps)
         self.rotary_emb = rotary_emb  # the model's one instance, shared by every layer
+        # Norm (Qwen3) and rotary of q and k, done by the backend (fused where it can).
+        self.qk_prep = QKPrep(rotary_emb, self.q_norm, self.k_norm)
         self.attn_backend = attn_backend
         self.scale = config.head_dim ** -0.5
 
-    def forward(self, positions: torch.Tensor, qkv: torch.Tensor, kv_cache: torch.Tensor,
-                meta: AttentionMetadata) -> torch.Tensor:
-        """qkv: this layer's qkv_proj output [T, (H + 2 * Hkv) * D] (the decoder layer runs
-        the projection, fused with the norm before it) -> [T, hidden]."""
+    def forward(self, positions: torch.Tensor, hidden_states: LinearInput,
+                kv_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """hidden_states [T, hidden] (or the deferred norm before it) -> [T, hidden]."""
+        qkv = self.qkv_proj(hidden_states)  # [T, (H + 2 * Hkv) * D]
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)  # [T, H, D]
         k = k.view(-1, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
         v = v.view(-1, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
-        prepped = getattr(self.attn_backend, "forward_prepped", None)
-        if prepped is not None:  # q/k norm + rotary + KV write fused into one kernel
-            norms = (None, None, 0.0) if self.q_norm is None else (
-                self.q_norm.weight, self.k_norm.weight, self.q_norm.eps)
-            out = prepped(q, k, v, kv_cache, meta, self.scale, positions,
-                          self.rotary_emb.cos_sin_cache, *norms)
-            return self.o_proj(out.flatten(1))
-        if self.q_norm is not None:  # Qwen3 normalises each head before the rotation
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary_emb(positions, q, k)
-        out = self.attn_backend.forward(q, k, v, kv_cache, meta, self.scale)  # [T, H, D]
+        out = self.attn_backend.forward_prepped(q, k, v, kv_cache, meta, self.scale, positions,
+                                                self.qk_prep)  # [T, H, D]
         return self.o_proj(out.flatten(1))  # [T, hidden]
 
 
@@ -70,34 +66,34 @@ class LlamaMLP(nn.Module):
         size = config.intermediate_size
         self.gate_up_proj = MergedColumnParallelLinear(config.hidden_size, [size, size])
         self.down_proj = RowParallelLinear(size, config.hidden_size, bias=False)
-        self.act = SiluAndMul()
+        self.act_fn = SiluAndMul(deferred=True)  # computed by down_proj (fused where it can)
 
-    def forward(self, gate_up: torch.Tensor) -> torch.Tensor:
-        """gate_up: this layer's gate_up_proj output (the decoder layer runs the projection,
-        fused with the norm before it) -> [T, hidden]."""
-        return act_then_linear(self.act, self.down_proj, gate_up)
+    def forward(self, x: LinearInput) -> torch.Tensor:
+        gate_up = self.gate_up_proj(x)  # [T, 2 * intermediate]
+        return self.down_proj(self.act_fn(gate_up))  # [T, hidden]
 
 
 class LlamaDecoderLayer(nn.Module):
     def __init__(self, config: ModelConfig, attn_backend: AttentionBackend,
                  rotary_emb: RotaryEmbedding, o_proj_bias: bool) -> None:
         super().__init__()
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        # Both norms are deferred: the projection after each computes it (layers.norm).
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, deferred=True)
         self.self_attn = LlamaAttention(config, attn_backend, rotary_emb, o_proj_bias)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps,
+                                                deferred=True)
         self.mlp = LlamaMLP(config)
 
-    def forward(self, positions: torch.Tensor, hidden: torch.Tensor,
+    def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor,
                 residual: torch.Tensor | None, kv_cache: torch.Tensor, meta: AttentionMetadata
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        # The residual stream is carried separately so each norm can fuse the add before it,
-        # and on decode-sized batches the projection after it (layers.fused_decode).
-        attn = self.self_attn
-        qkv, residual = norm_then_linear(self.input_layernorm, attn.qkv_proj, hidden, residual)
-        hidden = attn(positions, qkv, kv_cache, meta)
-        gate_up, residual = norm_then_linear(self.post_attention_layernorm,
-                                             self.mlp.gate_up_proj, hidden, residual)
-        return self.mlp(gate_up), residual
+        # The residual stream is carried beside the hidden states so each norm adds it in;
+        # x.residual is hidden + residual once x's consumer has run.
+        x = self.input_layernorm(hidden_states, residual)
+        hidden_states = self.self_attn(positions, x, kv_cache, meta)
+        x = self.post_attention_layernorm(hidden_states, x.residual)
+        hidden_states = self.mlp(x)
+        return hidden_states, x.residual
 
 
 class LlamaModel(nn.Module):
