@@ -8,9 +8,8 @@ A CUDA-graph replay (runner.cuda_graphs) copies the same head bytes straight int
 buffers instead, so the eager and the graph paths share every line of the packing.
 
 Block tables are the bulk of the ints (a row per sequence of up to max_model_len / block_size
-ids). `BlockTableRows` keeps every live sequence's row in one persistent numpy array and
-copies only the blocks a sequence gained since the last step, so a step costs one fancy-index
-gather instead of rebuilding thousands of Python ints.
+ids): `runner.request_state.BlockTableRows` keeps them in one persistent numpy array, so a
+step costs one fancy-index gather instead of rebuilding thousands of Python ints.
 
 Imports numpy, torch, the engine's plain types, runner.request_state and layers.attention's
 metadata type.
@@ -26,7 +25,7 @@ import torch
 
 from cormorant.engine.types import ScheduledBatch
 from cormorant.layers.attention import AttentionMetadata
-from cormorant.runner.request_state import RequestState
+from cormorant.runner.request_state import BlockTableRows, RequestState
 
 
 @dataclass
@@ -114,62 +113,6 @@ def tensor_views(buf: torch.Tensor, lay: Layout) -> dict[str, torch.Tensor]:
     views.update(zip(_INT32_FIELDS, int32.split_with_sizes(lay.int32_sizes)[::2]))
     views["block_tables"] = views["block_tables"].view(lay.table_rows, lay.table_width)
     return views
-
-
-# ------------------------------------------------------------------------- block tables
-class BlockTableRows:
-    """seq_id -> a row of one persistent [capacity, max_blocks] int32 array.
-
-    Relies on the one way a table changes (runner.request_state): a sequence's `block_table`
-    list only grows by `extend`, and is a new list object when the sequence is rebuilt
-    (resumed after a preemption). Each entry keeps the list object it copied (so its
-    identity cannot be reused) and how many ids it copied; anything else forces a full copy
-    of the row."""
-
-    def __init__(self, capacity: int, max_blocks: int) -> None:
-        self.table = np.zeros((capacity, max_blocks), dtype=np.int32)
-        self._entries: dict[int, list] = {}  # seq_id -> [row, list object, ids copied]
-        self._free_rows = list(range(capacity - 1, -1, -1))
-
-    def rows_for(self, seqs: list[RequestState]) -> np.ndarray:
-        """The row index of each sequence ([S] int64), with its row brought up to date."""
-        entries = self._entries
-        rows = []
-        for seq in seqs:
-            entry = entries.get(seq.seq_id)
-            ids = seq.block_table
-            if entry is None or entry[1] is not ids or entry[2] != len(ids):
-                entry = self._refresh(seq, entry, seqs)
-            rows.append(entry[0])
-        return np.array(rows, dtype=np.int64)
-
-    def _refresh(self, seq: RequestState, entry: list | None, batch: list[RequestState]
-                 ) -> list:
-        ids = seq.block_table
-        if len(ids) > self.table.shape[1]:
-            raise ValueError(f"sequence {seq.seq_id} holds {len(ids)} blocks, more than "
-                             f"max_model_len allows ({self.table.shape[1]})")
-        if entry is None:
-            entry = self._entries[seq.seq_id] = [self._take_row(batch), ids, 0]
-        elif entry[1] is not ids or entry[2] > len(ids):  # a new list: copy it whole
-            entry[1], entry[2] = ids, 0
-        self.table[entry[0], entry[2]:len(ids)] = ids[entry[2]:]
-        entry[2] = len(ids)
-        return entry
-
-    def release(self, seq_id: int) -> None:
-        entry = self._entries.pop(seq_id, None)
-        if entry is not None:
-            self._free_rows.append(entry[0])
-
-    def _take_row(self, batch: list[RequestState]) -> int:
-        if not self._free_rows:
-            # Sequences never released (finished ones whose ids have not arrived yet) hold
-            # rows: drop everyone not in this batch; they rebuild on their next step.
-            keep = {seq.seq_id for seq in batch}
-            for seq_id in [s for s in self._entries if s not in keep]:
-                self.release(seq_id)
-        return self._free_rows.pop()
 
 
 # ------------------------------------------------------------------------------ staging

@@ -8,9 +8,10 @@ backend that cannot be captured).
 A step: bring the runner's own per-sequence state up to date from the batch (plain data:
 new sequences whole, then diffs; runner.request_state), pack its ints on the host
 (runner.inputs) and copy them in one go; replay a graph for a pure-decode batch that fits a
-bucket, else run the model eagerly; build the sampling metadata on the host while the GPU works; sample; copy the sampled ids (and
-logprobs, when asked) to the host in one non_blocking copy into pinned memory, then wait on
-its event: the step's only host synchronisation.
+bucket, else run the model eagerly; build the sampling metadata on the host while the GPU
+works; sample; copy the sampled ids (and logprobs, when asked) to the host in one
+non_blocking copy into pinned memory, then wait on its event: the step's only host
+synchronisation.
 
 Two halves (async scheduling, engine.core): `launch(batch)` queues all of the above and returns
 a `StepHandle` without waiting; `collect(handle)` waits for the copy and builds the

@@ -26,9 +26,9 @@ from cormorant.engine.types import ScheduledBatch
 from cormorant.layers.attention import TorchAttention
 from cormorant.models.random_init import build_random_model
 from cormorant.runner.cuda_graphs import graph_batch_sizes
-from cormorant.runner.inputs import BlockTableRows, InputPreparer, dummy_prefill_inputs
+from cormorant.runner.inputs import InputPreparer, dummy_prefill_inputs
 from cormorant.runner.model_runner import HostCopy, ModelRunner
-from cormorant.runner.request_state import RequestState, RequestStates
+from cormorant.runner.request_state import BlockTableRows, RequestState, RequestStates
 from cormorant.runner.sampler import SamplerOutput
 from cormorant.sampling_params import SamplingParams
 
