@@ -48,10 +48,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from cormorant.config import CacheConfig, EngineConfig, SchedulerConfig  # noqa: E402
+from cormorant.engine.batch_builder import BatchBuilder  # noqa: E402
 from cormorant.engine.core import EngineCore  # noqa: E402
+from cormorant.engine.scheduler import SchedulerOutput  # noqa: E402
 from cormorant.engine.sequence import Sequence  # noqa: E402
 from cormorant.engine.types import EngineRequest, ScheduledBatch  # noqa: E402
 from cormorant.runner.inputs import InputPreparer  # noqa: E402
+from cormorant.runner.request_state import RequestStates  # noqa: E402
 from cormorant.sampling_params import SamplingParams  # noqa: E402
 
 PROMPTS = [[5, 6, 7], [11, 200, 37, 45, 99, 8, 301, 17, 64], list(range(30, 70)),
@@ -319,9 +322,10 @@ def engine_ms_per_token(config, runner, prompt_len: int, num_new: int) -> float:
     return (time.perf_counter() - start) / steps * 1e3
 
 
-def decode_batch(context_lens: list[int]) -> ScheduledBatch:
+def decode_batch(context_lens: list[int]) -> tuple[ScheduledBatch, ScheduledBatch]:
     """A decode step of sequences whose contexts (all but the newest token cached, blocks
-    assigned side by side) have the given lengths."""
+    assigned side by side) have the given lengths: (the batch that sends them whole, the
+    same step again as diffs, which repeats for free)."""
     seqs, next_block = [], 0
     for i, n in enumerate(context_lens):
         seq = Sequence(f"d{i}", [1 + (i + j) % 1000 for j in range(n)],
@@ -331,18 +335,23 @@ def decode_batch(context_lens: list[int]) -> ScheduledBatch:
         seq.block_table = list(range(next_block, next_block + blocks))
         next_block += blocks
         seqs.append(seq)
-    return ScheduledBatch(seqs, [1] * len(seqs), [True] * len(seqs))
+    scheduled, builder = SchedulerOutput(seqs, [1] * len(seqs), [True] * len(seqs)), BatchBuilder()
+    return builder.build(scheduled), builder.build(scheduled)
 
 
-def forward_ms(runner, batch: ScheduledBatch, iters: int = 50) -> tuple[float, float]:
+def forward_ms(runner, batches: tuple[ScheduledBatch, ScheduledBatch], iters: int = 50
+               ) -> tuple[float, float]:
     """(ms of the runner's forward alone, ms of the whole runner step) for one batch."""
+    seqs, batch = runner.requests.update(batches[0]), batches[1]
+    bucket = runner.graphs.bucket(batch.num_new_tokens) if runner.graphs is not None else None
+
     def forward():
-        if runner.graphs is not None and runner.graphs.bucket(batch) is not None:
-            host = runner.inputs.prepare(batch, pad_to=runner.graphs.bucket(batch))
+        if bucket is not None:
+            host = runner.inputs.prepare(seqs, batch, pad_to=bucket)
             runner.graphs.run(host)
             runner.inputs.staging.mark_copied()
         else:
-            inputs = runner.inputs.to_device(runner.inputs.prepare(batch))
+            inputs = runner.inputs.to_device(runner.inputs.prepare(seqs, batch))
             runner.model(inputs.input_ids, inputs.positions, runner.kv_caches, inputs.attn)
     with torch.inference_mode():
         return cuda_ms(forward, iters), cuda_ms(lambda: runner.execute(batch), iters)
@@ -415,14 +424,15 @@ def decode_part(cases: Cases, presets: list[str], device: str, smoke: bool) -> N
 def prep_part(cases: Cases, device: str) -> None:
     def case(num_seqs: int) -> Row:
         rng = random.Random(0)
-        batch = decode_batch([rng.randint(100, 1500) for _ in range(num_seqs)])
+        first, batch = decode_batch([rng.randint(100, 1500) for _ in range(num_seqs)])
+        seqs = RequestStates().update(first)
         detail, steps = {}, (2000 if num_seqs == 1 else 200)
         for dev in sorted({"cpu", device}):
             prep, trials = InputPreparer(16, 4096, 256, torch.device(dev)), []
             for _ in range(5):
                 start = time.perf_counter()
                 for _ in range(steps):
-                    prep.to_device(prep.prepare(batch))
+                    prep.to_device(prep.prepare(seqs, batch))
                 sync(torch.device(dev))
                 trials.append((time.perf_counter() - start) / steps * 1e6)
             detail[f"{dev}_us_per_step"] = min(trials)

@@ -1,16 +1,19 @@
 """EngineCore: the step loop. Schedule, run, append, stop, free — one plain list at a time.
 
-Imports the scheduler, block manager and seam types; talks to the runner through the small
-`Runner` protocol so that the loop itself stays free of torch.
+Imports the scheduler, block manager, batch builder and seam types; talks to the runner
+through the small `Runner` protocol, in plain data only (ScheduledBatch: new sequences once,
+then diffs; finished ones with the next batch), so that the loop itself stays free of torch
+and the batch could be broadcast to other processes.
 
 Async scheduling (config.async_scheduling; vLLM v1's): `step()` schedules and launches step
 n+1 while step n still runs on the device, and only then collects step n's ids. Every sequence
 that samples at step n carries a placeholder token (PLACEHOLDER_TOKEN_ID) until its real id is
 collected, so the scheduler gives it exactly one more token; the runner fills that input id on
-the device from step n's sampled ids. A sequence that finished (or was aborted) at step n may
-already run in step n+1: its extra token is discarded at collection, and its blocks are freed
-at once (the device reuses them only in steps launched later, on the same stream). Penalties
-read the token history on the host, so a batch holding one collects step n before it launches.
+the device from step n's sampled ids (the real id reaches its host copy with the next batch).
+A sequence that finished (or was aborted) at step n may already run in step n+1: its extra
+token is discarded at collection, and its blocks are freed at once (the device reuses them
+only in steps launched later, on the same stream). Penalties read the token history on the
+host, so a batch holding one collects step n before it launches.
 """
 from __future__ import annotations
 
@@ -19,13 +22,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cormorant.config import EngineConfig
+from cormorant.engine.batch_builder import BatchBuilder
 from cormorant.engine.block_manager import BlockManager
-from cormorant.engine.scheduler import Scheduler, WaitingQueue
+from cormorant.engine.scheduler import Scheduler, SchedulerOutput, WaitingQueue
 from cormorant.engine.sequence import Sequence, SequenceStatus
-from cormorant.engine.types import EngineOutput, EngineRequest, SampleOutput, ScheduledBatch
-
-# Stands for a token the in-flight step is still sampling (async scheduling only).
-PLACEHOLDER_TOKEN_ID = -1
+from cormorant.engine.types import (PLACEHOLDER_TOKEN_ID, EngineOutput, EngineRequest,
+                                    SampleOutput, ScheduledBatch)
 
 
 class Runner(Protocol):
@@ -38,8 +40,6 @@ class Runner(Protocol):
     def launch(self, batch: ScheduledBatch) -> Any: ...
 
     def collect(self, handle: Any) -> list[SampleOutput]: ...
-
-    def release(self, seq_id: int) -> None: ...
 
 
 @dataclass
@@ -70,10 +70,11 @@ class EngineCore:
                                           config.cache.enable_prefix_caching)
         self.scheduler = Scheduler(config.scheduler, self.block_manager, waiting,
                                    max_model_len=self.max_model_len)
+        self.batches = BatchBuilder()
         self.requests: dict[str, list[Sequence]] = {}
         self.steps = 0
         self.num_preemptions = 0
-        self._in_flight: tuple[ScheduledBatch, Any] | None = None  # launched, not collected
+        self._in_flight: tuple[SchedulerOutput, Any] | None = None  # launched, not collected
 
     # -- requests ---------------------------------------------------------------------------
     def add_request(self, req: EngineRequest) -> list[EngineOutput]:
@@ -100,7 +101,7 @@ class EngineCore:
             if not seq.is_finished:
                 seq.finish_reason = "abort"
                 self.scheduler.abort(seq)
-                self.runner.release(seq.seq_id)
+                self.batches.finish(seq.seq_id)
                 _drop_placeholder(seq)
 
     def has_unfinished_requests(self) -> bool:
@@ -114,8 +115,7 @@ class EngineCore:
         self.num_preemptions += batch.num_preempted
         if not batch.seqs:
             return []
-        self._mark_scheduled(batch)
-        samples = self.runner.execute(batch)
+        samples = self.runner.execute(self._batch(batch))
         self.scheduler.update_after_step(batch)
         return [out for seq, sample in zip(batch.seqs, samples)
                 if (out := self._process(seq, sample)) is not None]
@@ -130,8 +130,7 @@ class EngineCore:
             batch = _without_finished(batch)
         handle = None
         if batch.seqs:
-            self._mark_scheduled(batch)
-            handle = self.runner.launch(batch)
+            handle = self.runner.launch(self._batch(batch))
         outputs += self._collect()
         if handle is not None:
             # After the collect: blocks registered now hold real ids, not placeholders.
@@ -159,12 +158,14 @@ class EngineCore:
                 outputs.append(out)
         return outputs
 
-    def _mark_scheduled(self, batch: ScheduledBatch) -> None:
+    def _batch(self, scheduled: SchedulerOutput) -> ScheduledBatch:
+        """Stamp first-scheduled times; the runner's plain-data batch."""
         now = time.monotonic()
-        for seq in batch.seqs:
+        for seq in scheduled.seqs:
             if seq.first_scheduled_time is None:
                 seq.first_scheduled_time = now
         self.steps += 1
+        return self.batches.build(scheduled)
 
     def _process(self, seq: Sequence, sample: SampleOutput) -> EngineOutput | None:
         out = EngineOutput(seq.req_id, seq.index, [], prompt_logprobs=sample.prompt_logprobs,
@@ -200,7 +201,7 @@ class EngineCore:
     def finish(self, seq: Sequence, reason: str) -> None:
         seq.finish_reason = reason
         self.scheduler.finish(seq)
-        self.runner.release(seq.seq_id)
+        self.batches.finish(seq.seq_id)
         _drop_placeholder(seq)
         siblings = self.requests.get(seq.req_id, [])
         if all(s.is_finished for s in siblings):
@@ -228,20 +229,21 @@ class EngineCore:
                 return
 
 
-def _reads_history(batch: ScheduledBatch) -> bool:
+def _reads_history(batch: SchedulerOutput) -> bool:
     """Whether a sequence of the batch samples with penalties over a placeholder token."""
     return any(seq.sampling_params.has_penalties and seq.token_ids[-1] == PLACEHOLDER_TOKEN_ID
                for seq in batch.seqs)
 
 
-def _without_finished(batch: ScheduledBatch) -> ScheduledBatch:
+def _without_finished(batch: SchedulerOutput) -> SchedulerOutput:
     """The batch less the sequences that finished since it was scheduled (their blocks are
     already free, so they must not run)."""
     keep = [i for i, seq in enumerate(batch.seqs) if not seq.is_finished]
     if len(keep) == len(batch.seqs):
         return batch
-    return ScheduledBatch([batch.seqs[i] for i in keep], [batch.num_new_tokens[i] for i in keep],
-                          [batch.do_sample[i] for i in keep], batch.num_preempted)
+    return SchedulerOutput([batch.seqs[i] for i in keep],
+                           [batch.num_new_tokens[i] for i in keep],
+                           [batch.do_sample[i] for i in keep], batch.num_preempted)
 
 
 def _drop_placeholder(seq: Sequence) -> None:

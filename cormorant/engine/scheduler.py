@@ -1,7 +1,7 @@
 """Scheduler: decides, each step, which sequences compute how many tokens (vLLM v1 style).
 
 Plain Python, no torch. Imports: the standard library, `cormorant.config`,
-`cormorant.engine.{sequence, types, block_manager}`.
+`cormorant.engine.{sequence, block_manager}`.
 
 There is no prefill or decode phase. Every sequence has `num_computed_tokens` and a target
 (`seq.num_tokens`: prompt plus generated tokens); a per-step token budget closes the gaps.
@@ -14,7 +14,8 @@ queued; the others are parked until the leader's prompt is computed and its full
 registered, then they go to the front of the queue and hit the prefix cache, recomputing only
 the last partial block.
 
-Engine call order per step: `schedule()` -> run the batch -> `update_after_step(batch)` ->
+Engine call order per step: `schedule()` -> run it (engine.batch_builder turns it into the
+runner's plain ScheduledBatch) -> `update_after_step(scheduled)` ->
 append sampled tokens, decide stops -> `finish(seq, reason)`. The engine must stop a sequence
 once `seq.num_tokens >= scheduler.max_seq_len`.
 """
@@ -22,12 +23,31 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 from cormorant.config import SchedulerConfig
 from cormorant.engine.block_manager import BlockManager
 from cormorant.engine.sequence import Sequence, SequenceStatus
-from cormorant.engine.types import ScheduledBatch
+
+
+@dataclass
+class SchedulerOutput:
+    """This step's choice, on the live sequences (engine-side only): compute
+    `num_new_tokens[i]` tokens of `seqs[i]` from its num_computed_tokens; sample where
+    `do_sample` (the chunk reaches the end of the sequence's known tokens)."""
+
+    seqs: list[Sequence]
+    num_new_tokens: list[int]
+    do_sample: list[bool]
+    num_preempted: int = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(self.num_new_tokens)
+
+    def __len__(self) -> int:
+        return len(self.seqs)
 
 
 class CannotScheduleError(ValueError):
@@ -206,7 +226,7 @@ class Scheduler:
 
     # ---- the step ------------------------------------------------------------------------
 
-    def schedule(self) -> ScheduledBatch:
+    def schedule(self) -> SchedulerOutput:
         """Pick this step's work within max_num_batched_tokens and the free blocks."""
         seqs: list[Sequence] = []
         num_new: list[int] = []
@@ -228,7 +248,7 @@ class Scheduler:
         if num_preempted == 0:
             budget = self._admit_waiting(seqs, num_new, budget)
         do_sample = [s.num_computed_tokens + n == s.num_tokens for s, n in zip(seqs, num_new)]
-        return ScheduledBatch(seqs, num_new, do_sample, num_preempted=num_preempted)
+        return SchedulerOutput(seqs, num_new, do_sample, num_preempted=num_preempted)
 
     def _num_remaining(self, seq: Sequence) -> int:
         # The hook for speculative decoding: a target beyond num_tokens would include drafts.
@@ -278,7 +298,7 @@ class Scheduler:
             budget -= n
         return budget
 
-    def update_after_step(self, batch: ScheduledBatch) -> None:
+    def update_after_step(self, batch: SchedulerOutput) -> None:
         """Advance num_computed_tokens by what the step computed, register newly full blocks
         in the prefix cache and release siblings whose leader finished its prompt.
 

@@ -1,15 +1,18 @@
 """The plain types that cross the engine's seams (no torch).
 
-frontend -> engine: EngineRequest; scheduler -> runner: ScheduledBatch;
+frontend -> engine: EngineRequest; engine -> runner: ScheduledBatch (plain data: new
+sequences once, then diffs; engine.batch_builder makes it, runner.request_state reads it);
 runner -> engine: SampleOutput per sampled sequence; engine -> frontend: EngineOutput.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
-from cormorant.engine.sequence import Sequence
 from cormorant.sampling_params import SamplingParams
+
+# Stands for a token the in-flight step is still sampling (async scheduling, engine.core).
+PLACEHOLDER_TOKEN_ID = -1
 
 # One position's logprobs: the logprob of the chosen token and {token_id: logprob} of the top-k.
 TokenLogprobs = tuple[float, dict[int, float]]
@@ -31,14 +34,47 @@ class EngineRequest:
 
 
 @dataclass
-class ScheduledBatch:
-    """One forward pass: for each sequence, compute `num_new_tokens` tokens starting at its
-    num_computed_tokens; sample the next token where `do_sample` (the chunk reaches the end of
-    the sequence's known tokens)."""
+class NewSeq:
+    """A sequence the runner has not seen, or must rebuild (resumed after preemption):
+    everything it needs, once."""
 
-    seqs: list[Sequence]
+    seq_id: int
+    index: int  # which of the request's n samples (seeded streams)
+    token_ids: list[int]  # prompt + generated so far (a placeholder may end it)
+    num_prompt_tokens: int
+    sampling_params: SamplingParams
+    block_ids: list[int]
+    num_computed_tokens: int
+
+
+@dataclass
+class CachedSeqs:
+    """Sequences the runner already holds: only what changed since they last ran, one list
+    per field (vLLM v1's CachedRequestData)."""
+
+    seq_ids: list[int] = field(default_factory=list)
+    # new_token_ids[i] replaces the runner's tokens from token_starts[i] on: tokens it has
+    # not seen, and again any placeholder it holds (async scheduling) now that it is known.
+    token_starts: list[int] = field(default_factory=list)
+    new_token_ids: list[list[int]] = field(default_factory=list)
+    new_block_ids: list[list[int]] = field(default_factory=list)  # appended to the table
+    num_computed_tokens: list[int] = field(default_factory=list)
+
+
+@dataclass
+class ScheduledBatch:
+    """One forward pass as plain data (msgpack-able, for tensor-parallel ranks): for the
+    sequence of row i (`seq_ids[i]`), compute `num_new_tokens[i]` tokens from its
+    num_computed_tokens; sample the next token where `do_sample` (the chunk reaches the end
+    of its known tokens). The runner first drops `finished_seq_ids`, then takes `new_seqs`
+    whole and applies `cached` as diffs to the state it keeps per sequence."""
+
+    seq_ids: list[int]
     num_new_tokens: list[int]
     do_sample: list[bool]
+    new_seqs: list[NewSeq] = field(default_factory=list)
+    cached: CachedSeqs = field(default_factory=CachedSeqs)
+    finished_seq_ids: list[int] = field(default_factory=list)
     num_preempted: int = 0
 
     @property
@@ -46,7 +82,26 @@ class ScheduledBatch:
         return sum(self.num_new_tokens)
 
     def __len__(self) -> int:
-        return len(self.seqs)
+        return len(self.seq_ids)
+
+    def to_wire(self) -> dict:
+        """Nested dicts and lists of ints, floats, strings and bools (msgpack, JSON)."""
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: dict) -> ScheduledBatch:
+        data = dict(data)
+        data["new_seqs"] = [NewSeq(**{**seq, "sampling_params": _params(seq["sampling_params"])})
+                            for seq in data["new_seqs"]]
+        data["cached"] = CachedSeqs(**data["cached"])
+        return cls(**data)
+
+
+def _params(data: dict) -> SamplingParams:
+    bias = data.get("logit_bias")
+    if bias is not None:  # msgpack keeps int keys; JSON turns them into strings
+        data = {**data, "logit_bias": {int(k): v for k, v in bias.items()}}
+    return SamplingParams(**data)
 
 
 @dataclass

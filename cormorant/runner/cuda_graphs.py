@@ -31,7 +31,6 @@ from collections.abc import Callable
 
 import torch
 
-from cormorant.engine.types import ScheduledBatch
 from cormorant.layers.attention import AttentionMetadata
 from cormorant.runner.inputs import HostInputs, layout, tensor_views
 
@@ -89,10 +88,11 @@ class DecodeGraphs:
                                          device=device)
         self._forward: dict[int, Callable[[HostInputs], torch.Tensor]] = {}
 
-    def bucket(self, batch: ScheduledBatch) -> int | None:
-        """The padded size a batch replays at, or None to run it eagerly."""
-        num_seqs = len(batch.seqs)
-        if num_seqs > self.batch_sizes[-1] or max(batch.num_new_tokens) != 1:
+    def bucket(self, num_new_tokens: list[int]) -> int | None:
+        """The padded size a batch (its tokens per row) replays at, or None to run it
+        eagerly."""
+        num_seqs = len(num_new_tokens)
+        if num_seqs > self.batch_sizes[-1] or max(num_new_tokens) != 1:
             return None
         return self.batch_sizes[bisect.bisect_left(self.batch_sizes, num_seqs)]
 
@@ -162,7 +162,7 @@ class DecodeGraphs:
     def run(self, host: HostInputs, fill_input_ids: Callable[[torch.Tensor], None] | None = None
             ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(hidden [n, hidden] of the real rows, sample rows or None when all rows sample).
-        `host` must be prepared with pad_to=bucket(batch); the caller marks its staging
+        `host` must be prepared with pad_to=bucket(num_new_tokens); the caller marks its staging
         buffer copied afterwards. fill_input_ids (async scheduling) patches the static
         input_ids on the device after the copies, before the replay."""
         bs, n = host.layout.num_seqs, host.num_real_seqs

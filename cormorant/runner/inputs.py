@@ -1,4 +1,4 @@
-"""Turn a ScheduledBatch (ids and ints) into the packed tensors of one forward pass.
+"""Turn a ScheduledBatch's rows (the runner's RequestStates) into one forward's packed tensors.
 
 The per-step ints are written with numpy into one staging buffer (pinned on CUDA, so the copy
 is truly asynchronous) in a fixed layout, `Layout`: the int64 fields first (input_ids, positions,
@@ -8,11 +8,11 @@ A CUDA-graph replay (runner.cuda_graphs) copies the same head bytes straight int
 buffers instead, so the eager and the graph paths share every line of the packing.
 
 Block tables are the bulk of the ints (a row per sequence of up to max_model_len / block_size
-ids). `BlockTableRows` keeps every live sequence's row in one persistent numpy array and
-copies only the blocks a sequence gained since the last step, so a step costs one fancy-index
-gather instead of rebuilding thousands of Python ints.
+ids): `runner.request_state.BlockTableRows` keeps them in one persistent numpy array, so a
+step costs one fancy-index gather instead of rebuilding thousands of Python ints.
 
-Imports numpy, torch, the engine's plain types and layers.attention's metadata type.
+Imports numpy, torch, the engine's plain types, runner.request_state and layers.attention's
+metadata type.
 """
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from cormorant.engine.sequence import Sequence
 from cormorant.engine.types import ScheduledBatch
 from cormorant.layers.attention import AttentionMetadata
+from cormorant.runner.request_state import BlockTableRows, RequestState
 
 
 @dataclass
@@ -44,7 +44,7 @@ class ModelInputs:
     positions: torch.Tensor  # [num_tokens] int64
     attn: AttentionMetadata
     sample_rows: torch.Tensor | None  # [num_sampling] int64; None: every row samples, in order
-    sampling_seqs: list[Sequence]  # in sample_rows order
+    sampling_seqs: list[RequestState]  # in sample_rows order
     prompt_logprob_rows: list[PromptLogprobRows]
 
 
@@ -115,60 +115,6 @@ def tensor_views(buf: torch.Tensor, lay: Layout) -> dict[str, torch.Tensor]:
     return views
 
 
-# ------------------------------------------------------------------------- block tables
-class BlockTableRows:
-    """seq_id -> a row of one persistent [capacity, max_blocks] int32 array.
-
-    Relies on the block manager's one way of changing a table: a sequence's `block_table`
-    list only grows by `extend`, and is replaced by a new list object when its blocks are
-    freed (preemption). Each entry keeps the list object it copied (so its identity cannot be
-    reused) and how many ids it copied; anything else forces a full copy of the row."""
-
-    def __init__(self, capacity: int, max_blocks: int) -> None:
-        self.table = np.zeros((capacity, max_blocks), dtype=np.int32)
-        self._entries: dict[int, list] = {}  # seq_id -> [row, list object, ids copied]
-        self._free_rows = list(range(capacity - 1, -1, -1))
-
-    def rows_for(self, seqs: list[Sequence]) -> np.ndarray:
-        """The row index of each sequence ([S] int64), with its row brought up to date."""
-        entries = self._entries
-        rows = []
-        for seq in seqs:
-            entry = entries.get(seq.seq_id)
-            ids = seq.block_table
-            if entry is None or entry[1] is not ids or entry[2] != len(ids):
-                entry = self._refresh(seq, entry, seqs)
-            rows.append(entry[0])
-        return np.array(rows, dtype=np.int64)
-
-    def _refresh(self, seq: Sequence, entry: list | None, batch: list[Sequence]) -> list:
-        ids = seq.block_table
-        if len(ids) > self.table.shape[1]:
-            raise ValueError(f"sequence {seq.seq_id} holds {len(ids)} blocks, more than "
-                             f"max_model_len allows ({self.table.shape[1]})")
-        if entry is None:
-            entry = self._entries[seq.seq_id] = [self._take_row(batch), ids, 0]
-        elif entry[1] is not ids or entry[2] > len(ids):  # a new list: copy it whole
-            entry[1], entry[2] = ids, 0
-        self.table[entry[0], entry[2]:len(ids)] = ids[entry[2]:]
-        entry[2] = len(ids)
-        return entry
-
-    def release(self, seq_id: int) -> None:
-        entry = self._entries.pop(seq_id, None)
-        if entry is not None:
-            self._free_rows.append(entry[0])
-
-    def _take_row(self, batch: list[Sequence]) -> int:
-        if not self._free_rows:
-            # Sequences that were never released (an engine that skipped release()) would
-            # leak rows: drop everyone not in this batch; they rebuild on their next step.
-            keep = {seq.seq_id for seq in batch}
-            for seq_id in [s for s in self._entries if s not in keep]:
-                self.release(seq_id)
-        return self._free_rows.pop()
-
-
 # ------------------------------------------------------------------------------ staging
 class StagingBuffers:
     """Two host buffers used in turn (pinned on CUDA). A buffer is rewritten only after the
@@ -219,7 +165,7 @@ class HostInputs:
     samples_all_rows: bool  # every row samples, in row order (pure decode)
     sample_rows: list[int]  # the hidden-state row of each sampling sequence
     sample_indices: list[int]  # its index in the batch
-    sampling_seqs: list[Sequence]
+    sampling_seqs: list[RequestState]
     prompt_logprob_rows: list[PromptLogprobRows]
     # Async scheduling: rows whose input id is a placeholder (negative) for the token the
     # previous launch is sampling, and their sequences (model_runner.fill_placeholders).
@@ -243,10 +189,12 @@ class InputPreparer:
     def release(self, seq_id: int) -> None:
         self.block_tables.release(seq_id)
 
-    def prepare(self, batch: ScheduledBatch, pad_to: int | None = None) -> HostInputs:
-        """Pack the batch. pad_to (decode batches only) adds padding sequences up to that
-        size: one token each, slot -1 (never written), context length 1, position 0."""
-        seqs, query_lens = batch.seqs, batch.num_new_tokens
+    def prepare(self, seqs: list[RequestState], batch: ScheduledBatch,
+                pad_to: int | None = None) -> HostInputs:
+        """Pack the batch, whose rows' states are `seqs`. pad_to (decode batches only) adds
+        padding sequences up to that size: one token each, slot -1 (never written), context
+        length 1, position 0."""
+        query_lens = batch.num_new_tokens
         num_seqs, num_tokens = len(seqs), sum(query_lens)
         starts = np.fromiter((seq.num_computed_tokens for seq in seqs), np.int64, num_seqs)
         q = np.asarray(query_lens, dtype=np.int64)  # [S]
@@ -255,7 +203,7 @@ class InputPreparer:
         is_decode = max_query_len == 1
         width = -(-max_seq_len // self.block_size)  # blocks the longest context touches
         rows = self.block_tables.rows_for(seqs)
-        sample_rows, sample_indices, sampling_seqs, prompt_rows = _sampling_rows(batch)
+        sample_rows, sample_indices, sampling_seqs, prompt_rows = _sampling_rows(seqs, batch)
         samples_all_rows = is_decode and len(sample_rows) == num_seqs
         padded = pad_to if pad_to is not None else num_seqs
         assert padded >= num_seqs and (pad_to is None or is_decode)
@@ -288,7 +236,7 @@ class InputPreparer:
             host.placeholder_seq_ids = [seqs[i].seq_id for i in owners.tolist()]
         return host
 
-    def _fill_tokens(self, v: dict[str, np.ndarray], seqs: list[Sequence],
+    def _fill_tokens(self, v: dict[str, np.ndarray], seqs: list[RequestState],
                      query_lens: list[int], starts: np.ndarray, is_decode: bool) -> None:
         """input_ids, positions and slot_mapping of the real rows; tables already filled."""
         num_seqs, tables = len(seqs), v["block_tables"]
@@ -360,17 +308,17 @@ def _pad_decode(v: dict[str, np.ndarray], num_seqs: int, padded: int) -> None:
     v["query_start_loc"][num_seqs + 1:] = np.arange(last + 1, last + 1 + padded - num_seqs)
 
 
-def _sampling_rows(batch: ScheduledBatch
-                   ) -> tuple[list[int], list[int], list[Sequence], list[PromptLogprobRows]]:
+def _sampling_rows(seqs: list[RequestState], batch: ScheduledBatch
+                   ) -> tuple[list[int], list[int], list[RequestState], list[PromptLogprobRows]]:
     """(row and batch index of each sampling sequence, those sequences, prompt-logprob
     rows)."""
     sample_rows: list[int] = []
     sample_indices: list[int] = []
-    sampling_seqs: list[Sequence] = []
+    sampling_seqs: list[RequestState] = []
     prompt_rows: list[PromptLogprobRows] = []
     end = 0
     for i, (seq, num_new, do_sample) in enumerate(
-            zip(batch.seqs, batch.num_new_tokens, batch.do_sample)):
+            zip(seqs, batch.num_new_tokens, batch.do_sample)):
         end += num_new
         if do_sample:
             sample_rows.append(end - 1)
@@ -383,14 +331,15 @@ def _sampling_rows(batch: ScheduledBatch
     return sample_rows, sample_indices, sampling_seqs, prompt_rows
 
 
-def _prompt_logprob_rows(index: int, seq: Sequence, num_new: int, first_row: int
+def _prompt_logprob_rows(index: int, seq: RequestState, num_new: int, first_row: int
                          ) -> PromptLogprobRows | None:
     start = seq.num_computed_tokens
-    if start >= seq.num_prompt_tokens - 1:
+    num_prompt = seq.num_prompt_tokens
+    if start >= num_prompt - 1:
         return None
-    last = min(start + num_new, seq.num_prompt_tokens - 1)  # the last one predicts nothing
+    last = min(start + num_new, num_prompt - 1)  # the last one predicts nothing
     return PromptLogprobRows(index, [first_row + p - start for p in range(start, last)],
-                             seq.prompt_token_ids[start + 1:last + 1],
+                             seq.token_ids[start + 1:last + 1],
                              seq.sampling_params.prompt_logprobs)
 
 

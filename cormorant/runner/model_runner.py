@@ -5,11 +5,13 @@ on) measures the activation peak, the KV cache is sized from what is left and al
 the decode CUDA graphs are captured (runner.cuda_graphs; skipped with enforce_eager or a
 backend that cannot be captured).
 
-A step: pack the batch's ints on the host (runner.inputs) and copy them in one go; replay a
-graph for a pure-decode batch that fits a bucket, else run the model eagerly; build the
-sampling metadata on the host while the GPU works; sample; copy the sampled ids (and
-logprobs, when asked) to the host in one non_blocking copy into pinned memory, then wait on
-its event: the step's only host synchronisation.
+A step: bring the runner's own per-sequence state up to date from the batch (plain data:
+new sequences whole, then diffs; runner.request_state), pack its ints on the host
+(runner.inputs) and copy them in one go; replay a graph for a pure-decode batch that fits a
+bucket, else run the model eagerly; build the sampling metadata on the host while the GPU
+works; sample; copy the sampled ids (and logprobs, when asked) to the host in one
+non_blocking copy into pinned memory, then wait on its event: the step's only host
+synchronisation.
 
 Two halves (async scheduling, engine.core): `launch(batch)` queues all of the above and returns
 a `StepHandle` without waiting; `collect(handle)` waits for the copy and builds the
@@ -30,13 +32,13 @@ import numpy as np
 import torch
 
 from cormorant.config import EngineConfig, ModelConfig
-from cormorant.engine.sequence import Sequence
 from cormorant.engine.types import SampleOutput, ScheduledBatch
 from cormorant.runner.cuda_graphs import (DecodeGraphs, find_attention_backend,
                                           graph_batch_sizes, is_capturable)
 from cormorant.runner.inputs import (HostInputs, InputPreparer, PromptLogprobRows,
                                      dummy_prefill_inputs)
 from cormorant.runner.kv_cache import allocate_kv_caches, module_bytes, num_kv_blocks
+from cormorant.runner.request_state import RequestState, RequestStates
 from cormorant.runner.sampler import Sampler, SamplerOutput, SamplingMetadata
 from cormorant.sampling_params import SamplingParams
 
@@ -57,6 +59,7 @@ class ModelRunner:
         sched = config.scheduler
         self.max_model_len = sched.max_model_len or model_config.max_position_embeddings
         self.sampler = Sampler()
+        self.requests = RequestStates()
         self.inputs = InputPreparer(self.block_size, self.max_model_len, sched.max_num_seqs,
                                     device)
         self._host_copy = HostCopy(device)
@@ -137,8 +140,11 @@ class ModelRunner:
         """Queue the step (forward, sampling, the copy of the sampled ids to the host) and
         return without waiting for the device. Placeholder input ids (negative: the token
         the previous launch is sampling for that sequence) are filled on the device."""
-        bucket = self.graphs.bucket(batch) if self.graphs is not None else None
-        host = self.inputs.prepare(batch, pad_to=bucket)
+        for seq_id in batch.finished_seq_ids:
+            self.release(seq_id)
+        seqs = self.requests.update(batch)
+        bucket = self.graphs.bucket(batch.num_new_tokens) if self.graphs is not None else None
+        host = self.inputs.prepare(seqs, batch, pad_to=bucket)
         fill = None
         if host.placeholder_rows:
             last = self._last_sampled
@@ -156,7 +162,7 @@ class ModelRunner:
             hidden, sample_rows = (self.graphs.run(host) if fill is None
                                    else self.graphs.run(host, fill))
             self.inputs.staging.mark_copied()
-        handle = StepHandle(num_seqs=len(batch.seqs))
+        handle = StepHandle(num_seqs=len(batch))
         self._last_sampled = None
         if host.sampling_seqs:
             result = self._sample(hidden, sample_rows, host)
@@ -189,8 +195,9 @@ class ModelRunner:
         return outputs
 
     def release(self, seq_id: int) -> None:
-        """Forget per-sequence state (sampler generator, block-table row) of a finished
-        sequence."""
+        """Forget a finished sequence (its state, sampler generator and block-table row); the
+        engine sends these ids with the next batch."""
+        self.requests.states.pop(seq_id, None)
         self.sampler.release(seq_id)
         self.inputs.release(seq_id)
 
@@ -335,5 +342,5 @@ def _profile_sampling_metadata(num_rows: int, device: torch.device) -> SamplingM
     params = SamplingParams(temperature=0.8, top_k=50, top_p=0.9, min_p=0.01,
                             repetition_penalty=1.1, presence_penalty=0.1,
                             frequency_penalty=0.1, logprobs=20, max_tokens=1)
-    seqs = [Sequence(f"profile-{i}", [0], params) for i in range(num_rows)]
+    seqs = [RequestState(-1 - i, 0, params, [0], 1) for i in range(num_rows)]
     return SamplingMetadata.build(seqs, device)

@@ -1,12 +1,13 @@
 """SamplingMetadata: the per-row sampling settings of one step, as device tensors.
 
-Built once per step from the sequences that sample (in row order) and handed to the Sampler
-with the logits. Everything is decided here, on the host, from plain Python values: which
-optional stages the batch needs (`needs_*` flags), padded token histories for the penalties,
-sparse (row, token) lists for logit_bias and min_tokens. The Sampler then never has to ask
-the device a question (no host sync).
+Built once per step from the runner's states of the sequences that sample (in row order)
+and handed to the Sampler with the logits. Everything is decided here, on the host, from
+plain Python values: which optional stages the batch needs (`needs_*` flags), padded token
+histories for the penalties, sparse (row, token) lists for logit_bias and min_tokens. The
+Sampler then never has to ask the device a question (no host sync).
 
-Imports: numpy, torch, sampling_params and engine types only (never text/ or frontend/).
+Imports: numpy, torch, sampling_params and runner.request_state only (never text/ or
+frontend/).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cormorant.engine.sequence import Sequence
+from cormorant.runner.request_state import RequestState
 from cormorant.sampling_params import SamplingParams
 
 _MASK64 = (1 << 64) - 1
@@ -72,7 +73,7 @@ class SamplingMetadata:
                 and self.ban_rows is None and self.max_num_logprobs is None)
 
     @classmethod
-    def build(cls, seqs: list[Sequence], device: torch.device | str,
+    def build(cls, seqs: list[RequestState], device: torch.device | str,
               eos_token_ids: Iterable[int] = ()) -> SamplingMetadata:
         """`seqs` are the sequences sampling this step, in the row order of the logits."""
         device = torch.device(device)
@@ -170,7 +171,8 @@ def _logit_bias_entries(params: list[SamplingParams]) -> tuple[list, list, list]
     return rows, tokens, values
 
 
-def _min_tokens_entries(seqs: list[Sequence], eos: frozenset[int]) -> tuple[list, list]:
+def _min_tokens_entries(seqs: list[RequestState], eos: frozenset[int]
+                        ) -> tuple[list, list]:
     """(row, token) pairs to ban: EOS (unless ignore_eos, where it stops nothing) and the
     stop_token_ids, while the sequence has fewer than min_tokens output tokens."""
     rows, tokens = [], []
@@ -185,7 +187,7 @@ def _min_tokens_entries(seqs: list[Sequence], eos: frozenset[int]) -> tuple[list
     return rows, tokens
 
 
-def _penalty_tensors(seqs: list[Sequence], rows: torch.Tensor,
+def _penalty_tensors(seqs: list[RequestState], rows: torch.Tensor,
                      device: torch.device) -> PenaltyTensors:
     params = [seq.sampling_params for seq in seqs]
     empty: list[int] = []

@@ -13,9 +13,8 @@ import pytest
 
 from cormorant.config import SchedulerConfig
 from cormorant.engine.block_manager import BlockManager
-from cormorant.engine.scheduler import Scheduler
+from cormorant.engine.scheduler import Scheduler, SchedulerOutput
 from cormorant.engine.sequence import Sequence, SequenceStatus
-from cormorant.engine.types import ScheduledBatch
 from cormorant.sampling_params import SamplingParams
 
 _req_ids = itertools.count()
@@ -51,7 +50,7 @@ class FakeEngine:
         for seq in seqs:
             self.scheduler.add(seq)
 
-    def step(self) -> ScheduledBatch:
+    def step(self) -> SchedulerOutput:
         was_running = set(self.scheduler.running)
         batch = self.scheduler.schedule()
         self.check_batch(batch)
@@ -77,7 +76,7 @@ class FakeEngine:
             self.scheduler.check_invariants()
         raise AssertionError(f"not done after {max_steps} steps")
 
-    def check_batch(self, batch: ScheduledBatch) -> None:
+    def check_batch(self, batch: SchedulerOutput) -> None:
         config, bs = self.scheduler.config, self.bm.block_size
         assert batch.num_tokens <= config.max_num_batched_tokens
         assert len(batch) <= config.max_num_seqs
@@ -89,7 +88,7 @@ class FakeEngine:
             assert len(seq.block_table) * bs >= end, "scheduled tokens without slots"
             assert do_sample == (end == seq.num_tokens)
 
-    def forward(self, batch: ScheduledBatch) -> None:
+    def forward(self, batch: SchedulerOutput) -> None:
         """Write each scheduled token's fake KV, then check what each sequence would read."""
         bs = self.bm.block_size
         for seq, n in zip(batch.seqs, batch.num_new_tokens):

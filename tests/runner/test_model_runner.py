@@ -1,6 +1,9 @@
 """ModelRunner on the CPU: input packing, block-table rows, decode-graph buckets and padding,
 the one-copy sampled-output path and the memory-profile inputs.
 
+Tests play the engine with live Sequences and hand the runner what the engine hands it: the
+plain ScheduledBatch of engine.batch_builder (full data once, then diffs).
+
 The CUDA-graph code runs here with `DecodeGraphs.use_eager()`: the same static buffers, packed
 head copies and padding rows as a replay, minus the capture. The padded batch must give every
 real row exactly what the unpadded batch gives it, and write nothing else into the KV cache.
@@ -9,19 +12,23 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import weakref
 
 import numpy as np
 import pytest
 import torch
 
 from cormorant.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+from cormorant.engine.batch_builder import BatchBuilder
+from cormorant.engine.scheduler import SchedulerOutput
 from cormorant.engine.sequence import Sequence
 from cormorant.engine.types import ScheduledBatch
 from cormorant.layers.attention import TorchAttention
 from cormorant.models.random_init import build_random_model
 from cormorant.runner.cuda_graphs import graph_batch_sizes
-from cormorant.runner.inputs import BlockTableRows, InputPreparer, dummy_prefill_inputs
+from cormorant.runner.inputs import InputPreparer, dummy_prefill_inputs
 from cormorant.runner.model_runner import HostCopy, ModelRunner
+from cormorant.runner.request_state import BlockTableRows, RequestState, RequestStates
 from cormorant.runner.sampler import SamplerOutput
 from cormorant.sampling_params import SamplingParams
 
@@ -50,14 +57,38 @@ def make_seq(prompt_len: int, seed: int, **params) -> Sequence:
                     SamplingParams(**params))
 
 
-def schedule(seqs: list[Sequence], num_new: list[int], blocks: Blocks) -> ScheduledBatch:
+def schedule(seqs: list[Sequence], num_new: list[int], blocks: Blocks) -> SchedulerOutput:
     for seq, n in zip(seqs, num_new):
         blocks.cover(seq, seq.num_computed_tokens + n)
     do_sample = [s.num_computed_tokens + n >= s.num_tokens for s, n in zip(seqs, num_new)]
-    return ScheduledBatch(seqs, list(num_new), do_sample)
+    return SchedulerOutput(seqs, list(num_new), do_sample)
 
 
-def advance(batch: ScheduledBatch, outputs) -> list[int | None]:
+_builders: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def builder_of(runner: ModelRunner) -> BatchBuilder:
+    """The engine side of one runner's seam: what that runner has been sent."""
+    return _builders.setdefault(runner, BatchBuilder())
+
+
+def execute(runner: ModelRunner, scheduled: SchedulerOutput):
+    return runner.execute(builder_of(runner).build(scheduled))
+
+
+def prepare(runner: ModelRunner, scheduled: SchedulerOutput, pad_to: int | None = None):
+    """Pack a step's inputs as launch does (the runner's states updated from the batch)."""
+    batch = builder_of(runner).build(scheduled)
+    return runner.inputs.prepare(runner.requests.update(batch), batch, pad_to=pad_to)
+
+
+def plain(scheduled: SchedulerOutput) -> tuple[list[RequestState], ScheduledBatch]:
+    """A fresh runner's view of one batch: (row states, the plain batch)."""
+    batch = BatchBuilder().build(scheduled)
+    return RequestStates().update(batch), batch
+
+
+def advance(batch: SchedulerOutput, outputs) -> list[int | None]:
     """What the engine does after a step: count computed tokens, append sampled ones."""
     for seq, n, out in zip(batch.seqs, batch.num_new_tokens, outputs):
         seq.num_computed_tokens += n
@@ -91,14 +122,13 @@ def test_graph_batch_sizes_cover_every_batch_up_to_max_num_seqs():
 def test_bucket_picks_smallest_fitting_size_and_refuses_prefill():
     graphs = make_runner(max_num_seqs=20).new_decode_graphs()
     seqs = [make_seq(3, i) for i in range(21)]
-    decode = lambda n: ScheduledBatch(seqs[:n], [1] * n, [True] * n)  # noqa: E731
-    assert [graphs.bucket(decode(n)) for n in (1, 3, 8, 9, 17, 20)] == [1, 4, 8, 16, 20, 20]
-    assert graphs.bucket(decode(21)) is None  # larger than the largest bucket: eager
-    assert graphs.bucket(ScheduledBatch(seqs[:2], [1, 3], [True, True])) is None
+    assert [graphs.bucket([1] * n) for n in (1, 3, 8, 9, 17, 20)] == [1, 4, 8, 16, 20, 20]
+    assert graphs.bucket([1] * 21) is None  # larger than the largest bucket: eager
+    assert graphs.bucket([1, 3]) is None
 
 
 # ------------------------------------------------------------------ input packing
-def reference_inputs(batch: ScheduledBatch):
+def reference_inputs(batch: SchedulerOutput):
     """The plain per-token construction the packed path must reproduce."""
     ids, positions, slots, qsl, lens, tables = [], [], [], [0], [], []
     width = -(-max(s.num_computed_tokens + n for s, n in zip(batch.seqs, batch.num_new_tokens))
@@ -123,7 +153,7 @@ def test_packed_inputs_match_per_token_construction():
     seqs[0].num_computed_tokens = 4  # a prompt chunk after a cached prefix
     batch = schedule(seqs, [5, 6, 1, 1], blocks)  # seqs[1]'s chunk stops short of its prompt
     prep = InputPreparer(BLOCK, 128, 8, torch.device("cpu"))
-    inputs = prep.to_device(prep.prepare(batch))
+    inputs = prep.to_device(prep.prepare(*plain(batch)))
     ids, positions, slots, qsl, lens, tables = reference_inputs(batch)
     assert inputs.input_ids.tolist() == ids and inputs.input_ids.dtype == torch.int64
     assert inputs.positions.tolist() == positions
@@ -147,7 +177,7 @@ def test_decode_packing_with_padding_rows():
         seq.num_computed_tokens = seq.num_prompt_tokens - 1
     batch = schedule(seqs, [1, 1, 1], blocks)
     prep = InputPreparer(BLOCK, 128, 8, torch.device("cpu"))
-    host = prep.prepare(batch, pad_to=8)
+    host = prep.prepare(*plain(batch), pad_to=8)
     v = host.views
     assert v["input_ids"].tolist()[:3] == [s.token_ids[-1] for s in seqs]
     assert v["slot_mapping"].tolist()[3:] == [-1] * 5
@@ -186,11 +216,11 @@ def test_block_table_rows_follow_growth_replacement_and_release():
 
 
 # ------------------------------------------------------------------ padded decode graphs
-def _decode_batch(num_seqs: int, blocks: Blocks, runner: ModelRunner) -> ScheduledBatch:
+def _decode_batch(num_seqs: int, blocks: Blocks, runner: ModelRunner) -> SchedulerOutput:
     """Prefill num_seqs prompts of different lengths eagerly, then schedule one decode."""
     seqs = [make_seq(3 + 5 * i % 17, 10 + i) for i in range(num_seqs)]
     batch = schedule(seqs, [s.num_prompt_tokens for s in seqs], blocks)
-    advance(batch, runner.execute(batch))
+    advance(batch, execute(runner, batch))
     return schedule(seqs, [1] * num_seqs, blocks)
 
 
@@ -200,17 +230,17 @@ def test_padded_decode_changes_no_real_row_and_writes_no_extra_slot(num_seqs):
     graphs = runner.new_decode_graphs()
     graphs.use_eager()
     batch = _decode_batch(num_seqs, Blocks(200), runner)
-    bucket = graphs.bucket(batch)
+    bucket = graphs.bucket(batch.num_new_tokens)
     assert bucket > num_seqs  # the batch really is padded
     before = [c.clone() for c in runner.kv_caches]
     with torch.inference_mode():
-        inputs = runner.inputs.to_device(runner.inputs.prepare(batch))
+        inputs = runner.inputs.to_device(prepare(runner, batch))
         expected = runner.model(inputs.input_ids, inputs.positions, runner.kv_caches,
                                 inputs.attn)
         cache_eager = [c.clone() for c in runner.kv_caches]
         for cache, saved in zip(runner.kv_caches, before):
             cache.copy_(saved)
-        hidden, sample_rows = graphs.run(runner.inputs.prepare(batch, pad_to=bucket))
+        hidden, sample_rows = graphs.run(prepare(runner, batch, pad_to=bucket))
     assert sample_rows is None and hidden.shape == expected.shape
     torch.testing.assert_close(hidden, expected, rtol=1e-5, atol=1e-5)
     for got, want, old in zip(runner.kv_caches, cache_eager, before):
@@ -223,7 +253,7 @@ def test_padded_decode_changes_no_real_row_and_writes_no_extra_slot(num_seqs):
 def test_runner_with_graph_path_matches_eager_runner_over_many_steps():
     """Greedy tokens and logprobs of two runners sharing weights, one taking the padded
     decode path, across prefills, then decode batches that grow and shrink (buckets 4, 8,
-    4, 2, 1) as sequences join and finish (and free their block-table rows)."""
+    4, 2, 1) as sequences join and finish (and the next batch frees their rows)."""
     eager = make_runner()
     padded = make_runner(model=eager.model)
     padded.graphs = padded.new_decode_graphs()
@@ -241,27 +271,30 @@ def test_runner_with_graph_path_matches_eager_runner_over_many_steps():
         blocks = Blocks(200)
         seqs = [make_seq(4 + 3 * i, 50 + i, logprobs=2 if i == 1 else None) for i in range(6)]
         max_out = [3 + 2 * i for i in range(6)]
-        tokens, logprobs = [], []
+        tokens, logprobs, done = [], [], set()
         for step in range(30):
             live = [s for s, m in zip(seqs[:3] if step < 2 else seqs, max_out)
                     if s.num_output_tokens < m]
             if not live:
                 break
             batch = schedule(live, [s.num_tokens - s.num_computed_tokens for s in live], blocks)
-            outputs = runner.execute(batch)
+            outputs = execute(runner, batch)
             tokens.append(advance(batch, outputs))
             logprobs += [o.logprobs for o in outputs if o.logprobs]
-            for seq, m in zip(seqs, max_out):
-                if seq.num_output_tokens == m:
-                    runner.release(seq.seq_id)
+            newly = {s.seq_id for s, m in zip(seqs, max_out) if s.num_output_tokens == m} - done
+            for seq_id in newly:
+                builder_of(runner).finish(seq_id)  # the next batch drops it
+            done |= newly
         results.append((tokens, logprobs))
+        # Every finished sequence left the runner with the next batch; those of the last
+        # step wait for one more.
+        assert set(runner.inputs.block_tables._entries) == set(runner.requests.states) == newly
     assert results[0][0] == results[1][0]
     sizes = [len(t) for t in results[0][0]]
     assert sizes[:3] == [3, 3, 6] and {1, 2, 3, 4, 5} <= set(sizes[3:])
     assert replays == len(sizes) - 2  # all but the prefill and the mixed step replayed
     for (value, top), (value2, top2) in zip(results[0][1], results[1][1]):
         assert value == pytest.approx(value2, abs=1e-5) and top.keys() == top2.keys()
-    assert len(eager.inputs.block_tables._entries) == 0  # every finished row was freed
 
 
 # ------------------------------------------------------------------ output copy, profile
@@ -316,6 +349,6 @@ def test_captured_graphs_match_eager_on_cuda():
         got = []
         for _ in range(8):
             batch = schedule(seqs, [s.num_tokens - s.num_computed_tokens for s in seqs], blocks)
-            got.append(advance(batch, runner.execute(batch)))
+            got.append(advance(batch, execute(runner, batch)))
         tokens.append(got)
     assert tokens[0] == tokens[1]

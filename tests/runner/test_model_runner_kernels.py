@@ -28,7 +28,8 @@ from cormorant.kernels import rotary as k_rotary  # noqa: E402
 from cormorant.layers.attention import TorchAttention  # noqa: E402
 from cormorant.layers.triton_attention import TritonAttention  # noqa: E402
 from cormorant.models.random_init import build_random_model  # noqa: E402
-from test_model_runner import TINY, Blocks, _decode_batch, make_runner  # noqa: E402
+from test_model_runner import (TINY, Blocks, _decode_batch, make_runner,  # noqa: E402
+                               prepare)
 
 # Triton must have been imported with the interpreter on: a test module collected earlier that
 # imports transformers' model classes imports triton too (then run this file on its own, or
@@ -129,7 +130,7 @@ def test_forced_kernel_model_matches_reference_model(monkeypatch):
         for runner in (fast, reference):
             force_kernels(monkeypatch, on=runner is fast)
             batch = _decode_batch(3, Blocks(200), runner)  # prefill through execute()
-            inputs = runner.inputs.to_device(runner.inputs.prepare(batch))
+            inputs = runner.inputs.to_device(prepare(runner, batch))
             hidden.append(runner.model(inputs.input_ids, inputs.positions, runner.kv_caches,
                                        inputs.attn))
     torch.testing.assert_close(hidden[0], hidden[1], rtol=1e-4, atol=1e-4)
@@ -148,12 +149,12 @@ def test_padded_decode_through_triton_attention(monkeypatch):
     batch = _decode_batch(3, Blocks(200), runner)
     before = [c.clone() for c in runner.kv_caches]
     with torch.inference_mode():
-        inputs = runner.inputs.to_device(runner.inputs.prepare(batch))
+        inputs = runner.inputs.to_device(prepare(runner, batch))
         expected = model(inputs.input_ids, inputs.positions, runner.kv_caches, inputs.attn)
         cache_eager = [c.clone() for c in runner.kv_caches]
         for cache, saved in zip(runner.kv_caches, before):
             cache.copy_(saved)
-        hidden, _ = graphs.run(runner.inputs.prepare(batch, pad_to=graphs.bucket(batch)))
+        hidden, _ = graphs.run(prepare(runner, batch, pad_to=graphs.bucket(batch.num_new_tokens)))
     torch.testing.assert_close(hidden, expected, rtol=1e-5, atol=1e-5)
     for got, want in zip(runner.kv_caches, cache_eager):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -5,26 +5,26 @@ sampling is checked for reproducibility across batch compositions and row positi
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
 import torch
 from transformers import RepetitionPenaltyLogitsProcessor
 
-from cormorant.engine.sequence import Sequence
+from cormorant.runner.request_state import RequestState
 from cormorant.runner.sampler import Sampler, apply_bias_penalties_bans
 from cormorant.runner.sampling_metadata import SamplingMetadata, stream_seed
 from cormorant.sampling_params import SamplingParams
 
 VOCAB = 32
+_seq_ids = itertools.count()
 
 
-def make_seq(prompt=(1, 2, 3), output=(), index=0, **params) -> Sequence:
-    seq = Sequence(req_id="r", prompt_token_ids=list(prompt),
-                   sampling_params=SamplingParams(**params), index=index)
-    for token_id in output:
-        seq.append_token(token_id)
-    return seq
+def make_seq(prompt=(1, 2, 3), output=(), index=0, **params) -> RequestState:
+    """The runner's state of one sequence, as runner.request_state keeps it."""
+    return RequestState(next(_seq_ids), index, SamplingParams(**params),
+                        [*prompt, *output], len(prompt))
 
 
 def sample(seqs, logits, sampler=None, eos=()):
@@ -36,7 +36,7 @@ def random_logits(rows, vocab=VOCAB, seed=0):
     return torch.randn(rows, vocab, generator=torch.Generator().manual_seed(seed)) * 3
 
 
-def fake_model_logits(seq: Sequence, vocab=VOCAB) -> torch.Tensor:
+def fake_model_logits(seq: RequestState, vocab=VOCAB) -> torch.Tensor:
     """Deterministic logits that depend on the sequence's whole history, like a model's."""
     key = hash(tuple(seq.token_ids)) & 0xFFFFFFFF
     return torch.randn(vocab, generator=torch.Generator().manual_seed(key)) * 2  # [V]
@@ -131,7 +131,7 @@ def test_top_k_with_top_p_renormalises_within_the_kept_set():
 # ---------------------------------------------------------------- penalties, bias, bans
 
 
-def _processed_logits(seq: Sequence, logits: torch.Tensor) -> torch.Tensor:
+def _processed_logits(seq: RequestState, logits: torch.Tensor) -> torch.Tensor:
     """The whole processed row (bias, penalties, bans), not just the argmax it leads to."""
     return apply_bias_penalties_bans(logits, SamplingMetadata.build([seq], "cpu"))
 
@@ -236,7 +236,7 @@ def _run(batch_factory, steps, sampler):
         logits = torch.stack([fake_model_logits(s) for s in seqs])  # [N, V]
         out = sample(seqs, logits, sampler)
         for seq, token_id in zip(seqs, out.token_ids.tolist()):
-            seq.append_token(token_id)
+            seq.token_ids.append(token_id)
     return seqs
 
 
@@ -269,10 +269,13 @@ def test_generator_survives_preemption_and_is_released_at_the_end():
     straight = _run(lambda: [make_seq(**params)], 6, Sampler())[0].output_token_ids
     sampler = Sampler()
     seq = _run(lambda: [make_seq(**params)], 3, sampler)[0]
-    seq.num_preemptions += 1  # recompute keeps tokens; the stream just continues
+    # A preemption keeps the runner's generator (only finished ids release it): the
+    # resumed sequence's stream just continues.
+    seq = RequestState(seq.seq_id, 0, seq.sampling_params, list(seq.token_ids),
+                       seq.num_prompt_tokens)
     for _ in range(3):
         out = sample([seq], fake_model_logits(seq).unsqueeze(0), sampler)
-        seq.append_token(out.token_ids.item())
+        seq.token_ids.append(out.token_ids.item())
     assert seq.output_token_ids == straight
     assert sampler.num_generators == 1
     sampler.release(seq.seq_id)
