@@ -72,6 +72,7 @@ def _config_default(path: str | None) -> Any:
 
 _OFFLINE = ("generate", "chat", "llm")
 _BENCH_NOTE = "bench: each benchmark sets its own (bench/offline.py B1_ENGINE ...)"
+_AS_SERVED = "bench: the default, so that benchmarks measure what `serve` runs"
 _NORMALIZE_NOTE = "offline only: the server tokenizes prompts as sent (server.prompts)"
 
 ENGINE_ARGS: tuple[EngineArg, ...] = (
@@ -93,7 +94,7 @@ ENGINE_ARGS: tuple[EngineArg, ...] = (
               note="registry: the model entry's own device key"),
     EngineArg("seed", int, "seeds the weights of random models and the sampling of requests "
               "that bring no seed of their own", "seed",
-              commands=("serve", "generate", "chat", "llm", "registry")),
+              commands=("serve", "generate", "chat", "llm", "registry"), note=_BENCH_NOTE),
     EngineArg("max_model_len", int, "longest prompt + completion in tokens",
               "scheduler.max_model_len", optional=True, none_means="the model's context length",
               commands=("serve", "generate", "chat", "llm", "registry"), note=_BENCH_NOTE),
@@ -121,9 +122,9 @@ ENGINE_ARGS: tuple[EngineArg, ...] = (
               commands=("serve", "generate", "chat", "llm", "registry"), note=_BENCH_NOTE),
     EngineArg("attention_backend", str, "auto: Triton on CUDA, PyTorch on the CPU",
               "attention_backend", choices=("auto", "torch", "triton"),
-              commands=("serve", "generate", "chat", "llm", "registry")),
+              commands=("serve", "generate", "chat", "llm", "registry"), note=_AS_SERVED),
     EngineArg("enforce_eager", bool, "GPU: no CUDA graphs", "enforce_eager",
-              commands=("serve", "generate", "chat", "llm", "registry")),
+              commands=("serve", "generate", "chat", "llm", "registry"), note=_AS_SERVED),
     EngineArg("async_scheduling", bool, "schedule step n+1 while step n runs",
               "async_scheduling", optional=True, none_means="on for CUDA, off on the CPU",
               defaults={c: False for c in _OFFLINE},
