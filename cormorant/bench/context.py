@@ -3,7 +3,7 @@
 The device, the dtype, the ceilings measured once at the start, the scale (full | quick |
 tiny), the output folder and a deadline that peers and B4's sweep respect; and the
 environment of the suite's child processes.
-Imports bench.configs, bench.floors, bench.random_engine, runner.device; torch.
+Imports bench.configs, bench.floors, bench.random_engine, models.loader; torch.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import torch
 from cormorant.bench.configs import resolve_name
 from cormorant.bench.floors import Ceilings, measure_ceilings
 from cormorant.bench.random_engine import EngineSettings, release
-from cormorant.runner.device import resolve_device, resolve_dtype
+from cormorant.models.loader import resolve_device, resolve_dtype
 
 
 @dataclass
@@ -63,7 +63,7 @@ def make_context(scale: str, device: str, dtype: str, out_dir: Path,
     dev = resolve_device(device)
     # bf16 is what the issue's floors and targets assume; "auto" keeps float32 on the CPU,
     # where smoke runs only prove that the suite works.
-    dt = resolve_dtype(dtype, dev)
+    dt = resolve_dtype(dtype, None, dev)
     deadline = None if budget_s is None else time.monotonic() + budget_s
     ceilings = measure_ceilings(dev, dt)
     release()  # the measurement's GiB buffers must not count against the first KV cache

@@ -23,7 +23,7 @@ from cormorant.engine.core import EngineCore
 from cormorant.frontend.builder import BuiltEngine, attention_backend
 from cormorant.frontend.llm import LLM
 from cormorant.models.random_init import build_random_model
-from cormorant.runner.device import resolve_device, resolve_dtype
+from cormorant.models.loader import resolve_device, resolve_dtype
 from cormorant.runner.model_runner import ModelRunner
 from cormorant.text.tokenizer import Tokenizer
 
@@ -83,7 +83,7 @@ def build_random_engine(name: str, settings: EngineSettings) -> BuiltEngine:
     config = settings.engine_config(name)
     torch.manual_seed(settings.seed)
     device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype, device)
+    dtype = resolve_dtype(config.dtype, None, device)
     mconfig = model_config(name)
     # The builder's backend choice, so a benchmark runs the attention `cormorant serve` runs.
     model = build_random_model(mconfig, dtype, device, settings.seed,

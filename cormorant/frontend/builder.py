@@ -16,7 +16,7 @@ from cormorant.engine.core import EngineCore
 from cormorant.engine.scheduler import WaitingQueue
 from cormorant.layers.attention import TorchAttention
 from cormorant.models.loader import load_model
-from cormorant.runner.device import resolve_device, resolve_dtype
+from cormorant.models.loader import resolve_device, resolve_dtype
 from cormorant.runner.model_runner import ModelRunner
 from cormorant.text.tokenizer import Tokenizer, load_tokenizer
 
@@ -53,7 +53,7 @@ def build_engine(config: EngineConfig, waiting: WaitingQueue | None = None) -> B
     if config.seed is not None:
         torch.manual_seed(config.seed)
     device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype, device)
+    dtype = resolve_dtype(config.dtype, config.model, device)
     tokenizer = load_tokenizer(config.model)
     model, model_config = load_model(config.model, dtype, device,
                                      attention_backend(config.attention_backend, device))
