@@ -158,3 +158,15 @@ def test_generate_seed_flag_changes_sampled_text(tiny_llama):
     first = cli(1)
     assert first == expected + "\n"
     assert cli(2) != first
+
+
+def test_the_docs_list_the_tables_names():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    readme, models = (root / "README.md").read_text(), (root / "docs" / "models.md").read_text()
+    for arg in ENGINE_ARGS:
+        flag = arg.flag if arg.type is not bool else "--[no-]" + arg.flag[2:]
+        assert flag in readme, flag
+    for name in names_for("registry"):
+        assert f"`{name}`" in models, name
