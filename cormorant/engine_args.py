@@ -47,7 +47,6 @@ class EngineArg:
     defaults: dict[str, Any] = dataclasses.field(default_factory=dict)  # per command
     note: str = ""  # why some command leaves it out or changes its default
     none_means: str = ""  # what a None default means, for the help
-    flags: tuple[str, ...] = ()  # extra flag spellings, kept for old command lines
 
     def default_for(self, command: str) -> Any:
         if command in self.defaults:
@@ -152,7 +151,7 @@ def names_for(command: str) -> tuple[str, ...]:
     return tuple(arg.name for arg in args_for(command))
 
 
-def add_engine_args(parser: argparse.ArgumentParser | Any, command: str) -> None:
+def add_engine_args(parser: argparse.ArgumentParser, command: str) -> None:
     """The command's engine flags, in a group of their own (bools get --no-... too)."""
     group = parser.add_argument_group("engine")
     for arg in args_for(command):
@@ -165,7 +164,7 @@ def add_engine_args(parser: argparse.ArgumentParser | Any, command: str) -> None
             kwargs["type"] = arg.type
             if arg.choices:
                 kwargs["choices"] = arg.choices
-        group.add_argument(arg.flag, *arg.flags, dest=arg.name, **kwargs)
+        group.add_argument(arg.flag, dest=arg.name, **kwargs)
 
 
 def engine_config_from(options: Mapping[str, Any] | argparse.Namespace, command: str,
