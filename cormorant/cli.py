@@ -8,20 +8,7 @@ import argparse
 import logging
 import sys
 
-
-def _add_engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None,
-                   help="Hugging Face model directory or .gguf file "
-                        "(default: the embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--dtype", default="auto", help="auto | float32 | float16 | bfloat16")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--max-model-len", type=int, default=None)
-    p.add_argument("--max-num-seqs", type=int, default=64)
-    p.add_argument("--max-num-batched-tokens", type=int, default=2048)
-    p.add_argument("--memory-fraction", type=float, default=None,
-                   help="GPU: share of device memory to use (default 0.9); "
-                        "CPU: share of free RAM for the KV cache (default 0.1)")
-    p.add_argument("--seed", type=int, default=0)
+from cormorant.engine_args import add_engine_args
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -33,11 +20,9 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
 
 def _llm(args):
     from cormorant import LLM
+    from cormorant.engine_args import names_for
 
-    return LLM(args.model, dtype=args.dtype, device=args.device, seed=args.seed,
-               max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
-               max_num_batched_tokens=args.max_num_batched_tokens,
-               memory_fraction=args.memory_fraction)
+    return LLM(args.model, **{name: getattr(args, name) for name in names_for("llm")})
 
 
 def _params(args):
@@ -85,20 +70,20 @@ def cmd_chat(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cormorant", description=__doc__)
     parser.add_argument("--log-level", default="WARNING")
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="complete prompts and print the text")
-    _add_engine_args(gen)
+    add_engine_args(gen, "generate")
     _add_sampling_args(gen)
     gen.add_argument("--chat", action="store_true", help="wrap each prompt in the chat template")
     gen.add_argument("prompts", nargs="+")
     gen.set_defaults(func=cmd_generate)
 
     chat = sub.add_parser("chat", help="interactive chat in the terminal, streamed")
-    _add_engine_args(chat)
+    add_engine_args(chat, "chat")
     _add_sampling_args(chat)
     chat.add_argument("--system", default=None, help="a system message")
     chat.set_defaults(func=cmd_chat)
@@ -131,7 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     add_bench_args(bench)
     bench.set_defaults(func=run_bench)
 
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return args.func(args)

@@ -8,13 +8,22 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-_EPS = 1e-5
+# OpenAI's default; a request that leaves temperature out gets it (server.params, the cache).
+DEFAULT_TEMPERATURE = 1.0
+# Below this the sampler takes the argmax: dividing logits by ~0 would overflow.
+_GREEDY_BELOW = 1e-5
+
+
+def is_greedy(temperature: float | None) -> bool:
+    """The one definition of greedy, for the engine and the response cache alike. None: the
+    default temperature."""
+    return (DEFAULT_TEMPERATURE if temperature is None else temperature) < _GREEDY_BELOW
 
 
 @dataclass
 class SamplingParams:
     n: int = 1
-    temperature: float = 1.0
+    temperature: float = DEFAULT_TEMPERATURE
     top_p: float = 1.0
     top_k: int = 0  # 0 or -1: disabled
     min_p: float = 0.0
@@ -47,7 +56,7 @@ class SamplingParams:
 
     @property
     def is_greedy(self) -> bool:
-        return self.temperature < _EPS
+        return is_greedy(self.temperature)
 
     @property
     def has_penalties(self) -> bool:

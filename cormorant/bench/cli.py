@@ -5,7 +5,7 @@ module also runs alone (`python -m cormorant.bench.cli b1 --quick`). The order o
 ceilings once; then cormorant's runs of every benchmark asked for (each writes its JSON as it
 finishes); then the transformers peers with whatever time budget is left, so a tight budget
 costs peer numbers, never cormorant's. The table is printed last.
-Imports bench modules and the standard library.
+Imports bench modules, cormorant.engine_args and the standard library.
 """
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ import os
 import sys
 import time
 from pathlib import Path
+
+from cormorant.engine_args import add_engine_args
 
 BENCHES = ("b1", "b2", "b3", "b4")
 # `all` on an H100 at --quick: ~4 min of cormorant work (at the targets) + ~4 min of peers;
@@ -35,16 +37,12 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
     add("--profile", action="store_true",
         help="after each timed run, profile a few decode steps at its batch size and context "
              "(OUT/*_profile.txt: device vs host time, top operators)")
-    add("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
-        help="engines schedule step n+1 while step n runs on the GPU (default: on for CUDA)")
-    add("--engine-process", action=argparse.BooleanOptionalAction, default=None,
-        help="B4: the server runs its engine core in its own process (default: as `cormorant "
-             "serve`, on for CUDA)")
-    add("--device", default="auto", help="auto | cuda | cuda:N | cpu")
-    add("--dtype", default="auto", help="auto (bf16 on GPUs) | bfloat16 | float16 | float32")
     add("--budget-s", type=float, default=DEFAULT_BUDGET_S,
         help="time budget in seconds (0: none); peers and B4 rates that would overrun it are "
              "skipped, cormorant's own runs never (default: %(default).0f)")
+    # The engine flags a benchmark run takes (device, dtype, async scheduling, B4's engine
+    # process); the rest each benchmark sets itself (cormorant.engine_args says which).
+    add_engine_args(parser, "bench")
 
 
 def _runners():

@@ -5,7 +5,7 @@ tiny), the output folder and a deadline that peers and B4's sweep respect; the e
 settings a benchmark sets (EngineSettings -> an EngineConfig on random weights of a named
 configuration); `release()` between engines; and the environment of the suite's child
 processes.
-Imports config, bench.configs, bench.floors, runner.device; torch.
+Imports config, bench.configs, bench.floors, models.loader; torch.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import torch
 from cormorant.bench.configs import config_dir, resolve_name
 from cormorant.bench.floors import Ceilings, measure_ceilings
 from cormorant.config import CacheConfig, EngineConfig, SchedulerConfig
-from cormorant.runner.device import resolve_device, resolve_dtype
+from cormorant.models.loader import resolve_device, resolve_dtype
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ def make_context(scale: str, device: str, dtype: str, out_dir: Path,
     dev = resolve_device(device)
     # bf16 is what the issue's floors and targets assume; "auto" keeps float32 on the CPU,
     # where smoke runs only prove that the suite works.
-    dt = resolve_dtype(dtype, dev)
+    dt = resolve_dtype(dtype, None, dev)
     deadline = None if budget_s is None else time.monotonic() + budget_s
     ceilings = measure_ceilings(dev, dt)
     release()  # the measurement's GiB buffers must not count against the first KV cache

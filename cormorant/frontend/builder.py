@@ -18,8 +18,8 @@ from cormorant.config import EngineConfig, ModelConfig
 from cormorant.engine.core import EngineCore
 from cormorant.engine.scheduler import WaitingQueue
 from cormorant.layers.attention import TorchAttention
-from cormorant.models.loader import check_load_format, load_model, load_model_config
-from cormorant.runner.device import resolve_device, resolve_dtype
+from cormorant.models.loader import (check_load_format, load_model, load_model_config,
+                                     resolve_device, resolve_dtype)
 from cormorant.runner.model_runner import ModelRunner
 from cormorant.text.synthetic import has_tokenizer_files, synthetic_tokenizer
 from cormorant.text.tokenizer import Tokenizer, load_tokenizer
@@ -57,7 +57,7 @@ def build_engine(config: EngineConfig, waiting: WaitingQueue | None = None) -> B
     if config.seed is not None:
         torch.manual_seed(config.seed)
     device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype, device)
+    dtype = resolve_dtype(config.dtype, config.model, device)
     tokenizer = load_engine_tokenizer(config)  # first: it also validates load_format
     model, model_config = load_model(config.model, dtype, device,
                                      attention_backend(config.attention_backend, device),

@@ -8,7 +8,7 @@ requests that arrive together, or while a forward runs, cost one forward rather 
 Embeddings are mean-pooled over the real tokens and L2-normalised (sentence-transformers'
 Pooling + Normalize); classification returns the head's probabilities (softmax; sigmoid for
 multi-label heads) with the config's id2label names.
-Imports: torch, text.tokenizer, models (loader, bert) and runner.device.
+Imports: torch, text.tokenizer, models (loader, bert).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import torch
 
 from cormorant.models.bert import EncoderConfig, mean_pool, pad_batch
 from cormorant.models.loader import load_encoder
-from cormorant.runner.device import resolve_device
+from cormorant.models.loader import resolve_device
 from cormorant.runner.kv_cache import module_bytes
 from cormorant.text.tokenizer import Tokenizer, load_tokenizer
 

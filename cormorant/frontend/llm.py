@@ -9,8 +9,9 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence as Seq
 
-from cormorant.config import CacheConfig, EngineConfig, SchedulerConfig
+from cormorant.config import EngineConfig
 from cormorant.engine.types import EngineRequest
+from cormorant.engine_args import engine_config_from
 from cormorant.frontend.builder import BuiltEngine, build_engine
 from cormorant.frontend.default_model import default_model_path
 from cormorant.frontend.output_processor import RequestState
@@ -22,24 +23,11 @@ Prompt = str | list[int]
 
 
 class LLM:
-    def __init__(self, model: str | None = None, *, dtype: str = "auto", device: str = "auto",
-                 seed: int = 0, block_size: int = 16, num_kv_blocks: int | None = None,
-                 memory_fraction: float | None = None, enable_prefix_caching: bool = True,
-                 max_num_seqs: int = 64, max_num_batched_tokens: int = 2048,
-                 max_model_len: int | None = None, attention_backend: str = "auto",
-                 normalize_nfc: bool = False, strip_control_chars: bool = False,
-                 enforce_eager: bool = False, async_scheduling: bool | None = False):
-        config = EngineConfig(
-            model=model or default_model_path(), dtype=dtype, device=device, seed=seed,
-            cache=CacheConfig(block_size=block_size, memory_fraction=memory_fraction,
-                              num_blocks=num_kv_blocks,
-                              enable_prefix_caching=enable_prefix_caching),
-            scheduler=SchedulerConfig(max_num_seqs=max_num_seqs,
-                                      max_num_batched_tokens=max_num_batched_tokens,
-                                      max_model_len=max_model_len),
-            normalize_nfc=normalize_nfc, strip_control_chars=strip_control_chars,
-            attention_backend=attention_backend, enforce_eager=enforce_eager,
-            async_scheduling=async_scheduling)
+    def __init__(self, model: str | None = None, **engine_args):
+        """engine_args: any `llm` argument of cormorant.engine_args (dtype, device, seed,
+        num_kv_blocks, max_num_seqs, ...); an unknown keyword is a TypeError naming the valid
+        ones, a value of the wrong kind a ValueError."""
+        config = engine_config_from(engine_args, "llm", model=model or default_model_path())
         self._attach(build_engine(config))
 
     @classmethod

@@ -4,7 +4,7 @@ Tokenization, detokenization and stop strings stay in this process (AsyncLLM's a
 unchanged); only EngineRequests go out and EngineOutputs come back, over msgpack. When the
 engine process dies, every open stream ends with EngineDeadError and stats() says the loop is
 not alive, which /health and the watchdog already act on.
-Imports frontend modules, the engine's plain types and runner.device.
+Imports frontend modules, the engine's plain types and models.loader (resolve_device).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from cormorant.frontend.async_llm import AsyncLLM, EngineDeadError, LoopStats
 from cormorant.frontend.engine_process import (EngineProcess, EngineSpec,
                                                engine_config_from_dict, model_config_from_dict,
                                                outputs_from_wire, request_to_wire)
-from cormorant.runner.device import resolve_device
+from cormorant.models.loader import resolve_device
 from cormorant.text.tokenizer import Tokenizer
 
 

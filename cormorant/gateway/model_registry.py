@@ -10,7 +10,7 @@ Routing (`Registry.route`): an alias first; then an exact `name@version`; then a
 name, which means its most recently registered version. A split picks a version by weight;
 with a `user` the pick is a hash of (alias, user), so one user stays on one version while the
 weights do not change. Plain Python, no engine or HTTP: the model pool and the server build
-on it. Imports the stdlib only (tomllib on 3.11+, tomli before).
+on it. Imports the stdlib (tomllib on 3.11+, tomli before) and cormorant.engine_args.
 """
 from __future__ import annotations
 
@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cormorant.engine_args import BY_NAME, EngineArgError, check_value, names_for
+
 BUILTIN_PREFIX = "builtin:"
 KINDS = ("generate", "embed")
 LOAD_POLICIES = ("startup", "on_demand")
-ENGINE_OPTIONS = ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "num_kv_blocks",
-                  "memory_fraction", "block_size", "enable_prefix_caching", "seed",
-                  "async_scheduling", "attention_backend", "enforce_eager")
+ENGINE_OPTIONS = names_for("registry")  # cormorant.engine_args: the one table
 LIMIT_OPTIONS = ("max_waiting_requests", "max_waiting_prompt_tokens", "max_queue_delay_s")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _UNITS = {"": 1, "b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
@@ -107,9 +107,16 @@ class ModelSpec:
             raise RegistryError(f"{where}: kind must be one of {KINDS}")
         if self.load not in LOAD_POLICIES:
             raise RegistryError(f"{where}: load must be one of {LOAD_POLICIES}")
-        for table, allowed in ((self.engine, ENGINE_OPTIONS), (self.limits, LIMIT_OPTIONS)):
-            if bad := sorted(set(table) - set(allowed)):
-                raise RegistryError(f"{where}: unknown settings {bad}; known: {list(allowed)}")
+        if bad := sorted(set(self.limits) - set(LIMIT_OPTIONS)):
+            raise RegistryError(f"{where}: unknown settings {bad}; known: {list(LIMIT_OPTIONS)}")
+        if bad := sorted(set(self.engine) - set(ENGINE_OPTIONS)):
+            raise RegistryError(f"{where}: unknown settings {bad} in engine; known: "
+                                f"{list(ENGINE_OPTIONS)}")
+        try:
+            for name, value in self.engine.items():
+                check_value(BY_NAME[name], value)
+        except EngineArgError as exc:
+            raise RegistryError(f"{where}: {exc}") from None
         if not all(isinstance(f, str) and f for f in self.fallbacks):
             raise RegistryError(f"{where}: fallbacks must be a list of model names")
 

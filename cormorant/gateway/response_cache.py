@@ -6,7 +6,8 @@ Values are JSON bodies stored as UTF-8 bytes, with a TTL; a value over `max_entr
 stored. The Redis backend treats every Redis error as a miss (get) or a no-op (set) and logs it:
 the cache must never break serving. One RedisCacheBackend per event loop (the asyncio client's
 connections belong to the loop that opened them).
-Imports the stdlib only; redis (the asyncio client) lazily, when a Redis backend is built.
+Imports the stdlib and sampling_params; redis (the asyncio client) lazily, when a Redis
+backend is built.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Protocol
+
+from cormorant.sampling_params import is_greedy
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +51,9 @@ def cache_key(*, tenant: str, model_instance: str, endpoint: str, request: dict)
 
 
 def is_deterministic(temperature: float | None, seed: int | None) -> bool:
-    """True when the output is repeatable: greedy (temperature 0) or seeded. None means the
-    default temperature, 1.0."""
-    return seed is not None or (temperature if temperature is not None else 1.0) == 0
+    """True when the output is repeatable: greedy (as the engine decides it,
+    sampling_params.is_greedy; None is the default temperature) or seeded."""
+    return seed is not None or is_greedy(temperature)
 
 
 class CacheBackend(Protocol):

@@ -5,6 +5,8 @@
 checkpoint's; "random" reads only the architecture (config.json or the GGUF metadata) and
 fills the model with seeded random weights (models.random_init), so a directory holding
 nothing but config.json is enough (benchmarks, tests).
+resolve_device and resolve_dtype are the one place where "auto" becomes a device and a dtype
+(the engine builder, the benchmarks and the embedder call them too).
 load_model_config(path) reads only the architecture facts (no weights) so the caller can
 size the KV cache and scheduler before paying for the weights. load_encoder(path, dtype,
 device) -> (model, EncoderConfig) is the same for encoder models (BERT family, safetensors).
@@ -59,14 +61,21 @@ def load_model_config(path: str) -> ModelConfig:
 
 
 def resolve_device(device: torch.device | str) -> torch.device:
-    if device == "auto":
+    """"auto": the GPU when there is one, else the CPU. Asking for CUDA without one fails."""
+    if isinstance(device, str) and device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} asked for, but no CUDA device is available")
+    return device
 
 
-def resolve_dtype(dtype: torch.dtype | str, path: str, device: torch.device) -> torch.dtype:
-    """An explicit dtype wins. "auto": float32 on CPU (most CPUs lack fast half-precision
-    matmuls); on GPUs the checkpoint's half dtype, else bfloat16 (GGUF, float32 checkpoints)."""
+def resolve_dtype(dtype: torch.dtype | str, path: str | None, device: torch.device
+                  ) -> torch.dtype:
+    """An explicit dtype wins. "auto": float32 on the CPU (most CPUs lack fast half-precision
+    matmuls, and references are compared in float32); on GPUs the half dtype the checkpoint at
+    `path` was saved in, else bfloat16 (GGUF, float32 checkpoints, no path) where the GPU
+    supports it, else float16."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype != "auto":
@@ -75,8 +84,11 @@ def resolve_dtype(dtype: torch.dtype | str, path: str, device: torch.device) -> 
         return _DTYPES[dtype]
     if device.type == "cpu":
         return torch.float32
-    saved = None if is_gguf(path) else hf_loader.checkpoint_dtype(path)
-    return saved if saved in (torch.float16, torch.bfloat16) else torch.bfloat16
+    half = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    saved = None
+    if path is not None and os.path.isfile(os.path.join(path, "config.json")):
+        saved = hf_loader.checkpoint_dtype(path)
+    return saved if saved in (torch.float16, half) else half
 
 
 def load_model(path: str, dtype: torch.dtype | str = "auto", device: torch.device | str = "cpu",

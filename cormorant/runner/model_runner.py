@@ -58,7 +58,7 @@ class ModelRunner:
         self.block_size = config.cache.block_size
         sched = config.scheduler
         self.max_model_len = sched.max_model_len or model_config.max_position_embeddings
-        self.sampler = Sampler()
+        self.sampler = Sampler(config.seed)  # seeds the requests that bring no seed
         self.requests = RequestStates()
         self.inputs = InputPreparer(self.block_size, self.max_model_len, sched.max_num_seqs,
                                     device)

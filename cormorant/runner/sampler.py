@@ -13,7 +13,8 @@ which is an exact sample from probs and needs no cumulative sums or host syncs. 
 sequence owns a torch.Generator (keyed by seq_id, advanced once per sampled token by one [V]
 draw), so its tokens depend only on its own logits and seed: not on the batch, its row or
 preemption (a recomputed sequence keeps its tokens and simply continues the same stream).
-Unseeded rows share one generator. Call `release(seq_id)` when a sequence finishes.
+Unseeded rows share one generator, seeded with the engine's seed (EngineConfig.seed, the
+`--seed` flag). Call `release(seq_id)` when a sequence finishes.
 
 Host syncs: none in `__call__`. No .item()/.tolist()/boolean indexing; every shape is known on
 the host. The only host->device copies happen in SamplingMetadata.build (pinned, non-blocking).
@@ -50,6 +51,7 @@ class Sampler:
     """Stateful only in its generators: one shared for unseeded rows, one per seeded seq_id."""
 
     def __init__(self, seed: int = 0) -> None:
+        """seed: the shared generator's, for rows whose request brings no seed."""
         self._seed = seed
         self._shared: torch.Generator | None = None
         self._generators: dict[int, torch.Generator] = {}

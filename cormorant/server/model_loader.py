@@ -7,12 +7,12 @@ Imports config, gateway.model_registry and gateway.fair_queue; frontend lazily.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from pathlib import Path
 from typing import Any
 
-from cormorant.config import CacheConfig, EngineConfig, SchedulerConfig
+from cormorant.config import EngineConfig
+from cormorant.engine_args import engine_config_from
 from cormorant.gateway.fair_queue import FairQueue
 from cormorant.gateway.model_registry import BUILTIN_PREFIX, ModelSpec
 
@@ -42,15 +42,10 @@ def source_path(source: Path | str) -> Path:
 
 
 def spec_engine_config(spec: ModelSpec, path: Path) -> EngineConfig:
-    options = dict(spec.engine)
-    scheduler = dataclasses.replace(SchedulerConfig(), **{
-        k: options.pop(k) for k in ("max_num_seqs", "max_model_len", "max_num_batched_tokens")
-        if k in options})
-    cache_fields = {f.name for f in dataclasses.fields(CacheConfig)}
-    cache = {"num_blocks": options.pop("num_kv_blocks", None),
-             **{k: options.pop(k) for k in list(options) if k in cache_fields}}
-    return EngineConfig(model=str(path), dtype=spec.dtype, device=spec.device,
-                        cache=CacheConfig(**cache), scheduler=scheduler, **options)
+    """The entry's `engine` options (checked against cormorant.engine_args' table when the
+    registry was read) with its dtype and device."""
+    return engine_config_from(spec.engine, "registry", model=str(path), dtype=spec.dtype,
+                              device=spec.device)
 
 
 def build_for_process(args: dict):

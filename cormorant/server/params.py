@@ -7,7 +7,7 @@ Imports sampling_params and server modules (protocol, errors).
 """
 from __future__ import annotations
 
-from cormorant.sampling_params import SamplingParams, SamplingParamsError
+from cormorant.sampling_params import DEFAULT_TEMPERATURE, SamplingParams, SamplingParamsError
 from cormorant.server.errors import APIError, from_sampling_error
 from cormorant.server.protocol import (ChatCompletionRequest, CompletionRequest,
                                        SamplingFields)
@@ -39,7 +39,7 @@ def _common(req: SamplingFields, max_tokens: int, logprobs: int | None,
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     return SamplingParams(
         n=req.n,
-        temperature=1.0 if req.temperature is None else req.temperature,
+        temperature=DEFAULT_TEMPERATURE if req.temperature is None else req.temperature,
         top_p=1.0 if req.top_p is None else req.top_p,
         top_k=0 if req.top_k is None else req.top_k,
         min_p=0.0 if req.min_p is None else req.min_p,
