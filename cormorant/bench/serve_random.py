@@ -66,21 +66,23 @@ def main(argv: list[str] | None = None) -> int:
                               max_num_batched_tokens=args.max_num_batched_tokens,
                               max_model_len=args.max_model_len, num_kv_blocks=args.num_kv_blocks,
                               async_scheduling=args.async_scheduling)
-    from cormorant.frontend.process_llm import ProcessLLM, wants_engine_process
+    from cormorant.frontend.core_client import (ProcessCoreClient, ThreadCoreClient,
+                                                wants_engine_process)
 
     name = f"random-{args.model_config}"
     if wants_engine_process(args.device, args.engine_process):  # as `cormorant serve` does
         from cormorant.bench.configs import model_config
         from cormorant.bench.random_engine import synthetic_tokenizer
-        from cormorant.frontend.engine_process import EngineSpec
 
         mconfig = model_config(args.model_config)
         tokenizer = synthetic_tokenizer(mconfig.vocab_size, tuple(mconfig.eos_token_ids))
-        llm = ProcessLLM(EngineSpec("random", {"name": args.model_config,
-                                               "settings": dataclasses.asdict(settings)}),
-                         tokenizer, name)
+        # Built in the child from the config alone: random weights through load_format.
+        config = dataclasses.replace(settings.engine_config(args.model_config),
+                                     load_format="random")
+        llm = AsyncLLM(ProcessCoreClient(config), tokenizer, name)
     else:
-        llm = AsyncLLM(build_random_engine(args.model_config, settings), model_name=name)
+        built = build_random_engine(args.model_config, settings)
+        llm = AsyncLLM(ThreadCoreClient(built), built.tokenizer, name)
     try:
         config = ServerConfig(**_known_fields(ServerConfig, dict(
             host="127.0.0.1", port=args.port, model_version="random",

@@ -13,7 +13,6 @@ import torch
 
 from cormorant.config import EngineConfig, ModelConfig
 from cormorant.engine.core import EngineCore
-from cormorant.engine.scheduler import WaitingQueue
 from cormorant.layers.attention import TorchAttention
 from cormorant.models.loader import load_model
 from cormorant.runner.device import resolve_device, resolve_dtype
@@ -46,21 +45,26 @@ def attention_backend(name: str, device: torch.device):
     return TritonAttention()
 
 
-def build_engine(config: EngineConfig, waiting: WaitingQueue | None = None) -> BuiltEngine:
-    """waiting: the scheduler's waiting queue, e.g. a gateway.fair_queue.FairQueue (default
-    FIFO)."""
+def build_tokenizer(config: EngineConfig) -> Tokenizer:
+    """The engine's tokenizer; also what the serving process loads when the engine itself
+    runs in another process."""
+    return load_tokenizer(config.model)
+
+
+def build_engine(config: EngineConfig) -> BuiltEngine:
+    """Everything from the config alone; the waiting queue is config.scheduler.policy's."""
     start = time.perf_counter()
     if config.seed is not None:
         torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
-    tokenizer = load_tokenizer(config.model)
+    tokenizer = build_tokenizer(config)
     model, model_config = load_model(config.model, dtype, device,
                                      attention_backend(config.attention_backend, device))
     config = _resolve_lengths(config, model_config)
     eos = tuple(sorted(set(model_config.eos_token_ids) | set(tokenizer.eos_token_ids)))
     runner = ModelRunner(config, model_config, model, device, dtype, eos)
-    core = EngineCore(config, runner, eos, waiting)
+    core = EngineCore(config, runner, eos)
     seconds = time.perf_counter() - start
     log.info("loaded %s (%s, %s) in %.1f s", config.model, device, dtype, seconds)
     return BuiltEngine(config, core, tokenizer, model_config, runner, seconds)

@@ -387,6 +387,12 @@ class InstrumentedEngine:
         self.metrics.remove_engine(self.labels)
         self.inner.shutdown(*args, **kwargs)
 
+    def add_request(self, request_id: str, prompt_token_ids: list[int], params: Any,
+                    sink: Any, **kwargs) -> "InstrumentedHandle":
+        handle = self.inner.add_request(request_id, prompt_token_ids, params, sink, **kwargs)
+        return InstrumentedHandle(handle, RequestTracker(self.metrics, self.labels, params),
+                                  self)
+
     async def generate(self, request_id: str, prompt_token_ids: list[int], params: Any,
                        *args, **kwargs) -> AsyncIterator[RequestOutput]:
         tracker = RequestTracker(self.metrics, self.labels, params)
@@ -400,6 +406,34 @@ class InstrumentedEngine:
         finally:
             tracker.close()
             await outputs.aclose()  # closing the inner generator aborts the engine request
+
+
+class InstrumentedHandle:
+    """An engine request handle (add_request's) that feeds the metrics with what it takes."""
+
+    def __init__(self, handle: Any, tracker: RequestTracker, engine: InstrumentedEngine):
+        self.inner = handle
+        self.request_id = handle.request_id
+        self._tracker = tracker
+        self._engine = engine
+        self._closed = False
+
+    @property
+    def finished(self) -> bool:
+        return self.inner.finished
+
+    def take(self) -> RequestOutput:
+        out = self.inner.take()
+        self._tracker.observe(out, time.monotonic())
+        if self._engine._on_output is not None:
+            self._engine._on_output(self._engine.labels, out)
+        return out
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._tracker.close()
+            self.inner.close()  # aborts the engine request unless it finished
 
 
 def metrics_router(metrics: Metrics) -> APIRouter:

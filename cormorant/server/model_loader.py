@@ -3,7 +3,7 @@
 The model pool calls `load_object` in a worker thread when a model is loaded at start-up, on
 demand, or by the admin API. With server.launch, the only server module that names the
 engine implementation (frontend), imported lazily because it pulls in torch.
-Imports config, gateway.model_registry and gateway.fair_queue; frontend lazily.
+Imports config and gateway.model_registry; frontend lazily.
 """
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from cormorant.config import CacheConfig, EngineConfig, SchedulerConfig
-from cormorant.gateway.fair_queue import FairQueue
 from cormorant.gateway.model_registry import BUILTIN_PREFIX, ModelSpec
 
 
@@ -53,27 +52,17 @@ def spec_engine_config(spec: ModelSpec, path: Path) -> EngineConfig:
                         cache=CacheConfig(**cache), scheduler=scheduler, **options)
 
 
-def build_for_process(args: dict):
-    """frontend.engine_process's "serve" factory: the engine of an EngineConfig dict, with the
-    server's waiting queue (weighted fair across tenants, or FIFO), built in the child."""
-    from cormorant.frontend.builder import build_engine
-    from cormorant.frontend.engine_process import engine_config_from_dict
-
-    waiting = FairQueue() if args.get("scheduling", "fair") == "fair" else None
-    return build_engine(engine_config_from_dict(args["config"]), waiting)
-
-
 def make_engine(config: EngineConfig, name: str | None, fair: bool,
                 engine_process: bool | None = None):
-    """An engine client for `config`: ProcessLLM (engine core in a child) or AsyncLLM."""
-    from cormorant.frontend.process_llm import ProcessLLM, wants_engine_process
-
-    if wants_engine_process(config.device, engine_process):
-        return ProcessLLM.from_config(config, model_name=name,
-                                      scheduling="fair" if fair else "fifo")
+    """An AsyncLLM for `config`, its engine core in a child process or a thread
+    (engine_process; None: a process on CUDA). fair: the weighted fair waiting queue across
+    tenants (SchedulerConfig.policy "fair"), else FIFO."""
     from cormorant.frontend.async_llm import AsyncLLM
 
-    return AsyncLLM.from_config(config, model_name=name, waiting=FairQueue() if fair else None)
+    policy = "fair" if fair else "fifo"
+    config = dataclasses.replace(
+        config, scheduler=dataclasses.replace(config.scheduler, policy=policy))
+    return AsyncLLM.from_config(config, model_name=name, engine_process=engine_process)
 
 
 def load_object(spec: ModelSpec, source: Path | str, fair: bool = True,
