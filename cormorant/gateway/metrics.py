@@ -15,6 +15,7 @@ Imports prometheus_client, starlette/fastapi (the /metrics route) and plain fron
 """
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 from types import SimpleNamespace
@@ -409,13 +410,16 @@ class InstrumentedEngine:
 
 
 class InstrumentedHandle:
-    """An engine request handle (add_request's) that feeds the metrics with what it takes."""
+    """An engine request handle (add_request's) that feeds the metrics with what it takes.
+    The output hook runs in the context the request was added in (the HTTP request's record
+    is a context variable there), wherever the outputs are taken."""
 
     def __init__(self, handle: Any, tracker: RequestTracker, engine: InstrumentedEngine):
         self.inner = handle
         self.request_id = handle.request_id
         self._tracker = tracker
         self._engine = engine
+        self._context = contextvars.copy_context()
         self._closed = False
 
     @property
@@ -426,7 +430,7 @@ class InstrumentedHandle:
         out = self.inner.take()
         self._tracker.observe(out, time.monotonic())
         if self._engine._on_output is not None:
-            self._engine._on_output(self._engine.labels, out)
+            self._context.run(self._engine._on_output, self._engine.labels, out)
         return out
 
     def close(self) -> None:
