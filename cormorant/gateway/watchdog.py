@@ -29,7 +29,7 @@ from cormorant.engine.messages import EngineStats
 logger = logging.getLogger("cormorant.watchdog")
 
 EXIT_CODE = 70  # EX_SOFTWARE (sysexits.h): the process is broken, restart it
-ENGINE_THREAD_NAME = "cormorant-engine"  # frontend.async_llm names its loop thread so
+ENGINE_THREAD_NAME = "cormorant-engine"  # frontend.core_client names its loop thread so
 HOOK_TIMEOUT_S = 2.0
 
 
