@@ -1,4 +1,4 @@
-"""AsyncLLM: the engine client the server uses, over an engine-core client in a thread or in a process.
+"""AsyncLLM: the engine client the server uses, over a core client in a thread or a process.
 
 The engine core runs behind an EngineCoreClient (frontend.core_client): a thread of this
 process, or its own process. The asyncio side tokenizes, detokenizes and matches stop strings,

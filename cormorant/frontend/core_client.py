@@ -1,4 +1,4 @@
-"""The engine-core client AsyncLLM drives: one protocol, an in-thread and an in-process implementation.
+"""Engine-core clients: one protocol, an in-thread and an in-process implementation.
 
 `ThreadCoreClient` runs the EngineCore's step loop in a thread of this process (a laptop, the
 CPU); `ProcessCoreClient` runs it in its own process (frontend.engine_process), so that on a

@@ -1,4 +1,7 @@
-"""The engine core in its own process: the serving process keeps HTTP, tokenization and detokenization, the engine process only schedules and runs steps, so the two never wait on one GIL.
+"""The engine core in its own process, so the engine and the HTTP side never wait on one GIL.
+
+The serving process keeps HTTP, tokenization and detokenization; the engine process only
+schedules and runs steps.
 
 The child is a plain `python -m cormorant.frontend.engine_process` (no multiprocessing: no
 pickled bootstrap, no resource-tracker process left behind) joined to the parent by a socket

@@ -19,6 +19,7 @@ from cormorant.engine.messages import (AbortRequest, AddRequest, EngineReady, En
                                        StepOutputs, StopSequence, decode, encode)
 from cormorant.engine.types import EngineOutput, EngineRequest
 from cormorant.frontend.async_llm import AsyncLLM, EngineDeadError
+from cormorant.frontend.builder import build_engine, build_tokenizer
 from cormorant.frontend.core_client import ProcessCoreClient, ThreadCoreClient
 from cormorant.sampling_params import SamplingParams
 
@@ -76,13 +77,35 @@ def test_same_tokens_as_the_in_thread_engine(process_llm, tiny_llama):
                        SamplingParams(max_tokens=10, temperature=0.8, seed=3, n=2)):
             assert asyncio.run(_run(process_llm, PROMPTS, params)) == \
                 asyncio.run(_run(local, PROMPTS, params))
-        greedy = SamplingParams(max_tokens=6, temperature=0.0)
-        assert asyncio.run(_run(local, PROMPTS[:1], greedy, cache_salt="s")) == \
-            asyncio.run(_run(local, PROMPTS[:1], greedy))
     finally:
         local.shutdown()
     assert process_llm.max_model_len == 256 and process_llm.memory_bytes > 0
     assert process_llm.model_config == local.model_config
+
+
+class RecordingClient(ThreadCoreClient):
+    """The in-thread client, keeping the requests it was given."""
+
+    def add(self, request: EngineRequest) -> None:
+        self.added.append(request)
+        super().add(request)
+
+
+def test_generate_passes_the_cache_salt_and_fair_queue_fields(tiny_llama):
+    client = RecordingClient(build_engine(_config(tiny_llama)))
+    client.added = []
+    llm = AsyncLLM(client, build_tokenizer(_config(tiny_llama)))
+    greedy = SamplingParams(max_tokens=6, temperature=0.0)
+    try:
+        salted = asyncio.run(_run(llm, PROMPTS[:1], greedy, cache_salt="tenant-a",
+                                  tenant="a", priority=3, weight=2.0))
+        assert salted == asyncio.run(_run(llm, PROMPTS[:1], greedy))  # same answer
+    finally:
+        llm.shutdown()
+    first, second = client.added
+    assert (first.cache_salt, first.tenant, first.priority, first.weight) == ("tenant-a", "a",
+                                                                               3, 2.0)
+    assert second.cache_salt == ""
 
 
 def test_abort_frees_the_blocks(process_llm):
