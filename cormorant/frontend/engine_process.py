@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         conn.send_bytes(encode(EngineReady(built.config, built.model_config,
                                            built.runner.memory_bytes)))
         _serve(conn, built.core)
-    except EOFError:
+    except (EOFError, BrokenPipeError, ConnectionResetError):
         pass  # the parent went away: nobody is left to tell
     except BaseException as exc:  # report, then die: the parent fails its streams
         log.exception("engine process failed")

@@ -9,7 +9,10 @@ import asyncio
 import logging
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -23,6 +26,7 @@ from cormorant.frontend.builder import build_engine, build_tokenizer
 from cormorant.frontend.core_client import ProcessCoreClient, ThreadCoreClient
 from cormorant.sampling_params import SamplingParams
 
+ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = [[5, 6, 7, 8], list(range(10, 50)), [3] * 17]
 
 
@@ -167,3 +171,25 @@ def test_a_model_that_cannot_load_fails_the_start(tmp_path):
     (tmp_path / "config.json").write_text('{"architectures": ["NoSuchForCausalLM"]}')
     with pytest.raises(RuntimeError, match="failed to start"):
         ProcessCoreClient(_config(str(tmp_path)), start_timeout_s=120)
+
+
+def test_the_engine_process_exits_when_its_parent_dies(tiny_llama, tmp_path):
+    """A server killed hard (SIGKILL: no shutdown runs) leaves no engine process behind."""
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import sys, time\n"
+        "from cormorant.config import CacheConfig, EngineConfig\n"
+        "from cormorant.frontend.core_client import ProcessCoreClient\n"
+        "client = ProcessCoreClient(EngineConfig(model=sys.argv[1],\n"
+        "                                        cache=CacheConfig(num_blocks=64)))\n"
+        "print(client.pid, flush=True)\n"
+        "time.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, str(script), tiny_llama], stdout=subprocess.PIPE,
+                              text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        engine = psutil.Process(int(parent.stdout.readline()))
+    finally:
+        parent.kill()
+        parent.wait()
+    engine.wait(timeout=30)  # raises psutil.TimeoutExpired if the engine lives on
+    assert not engine.is_running()
