@@ -1,8 +1,8 @@
 """The real HTTP server over a random-weight engine, for B4:
 `python -m cormorant.bench.serve_random --model-config qwen3-0.6b --port 8123 ...`.
 
-Same app (server.app.build_app), same engine client (frontend.async_llm.AsyncLLM, or
-ProcessLLM with the engine core in its own process) and the same uvicorn set-up
+Same app (server.app.build_app), same engine client (frontend.async_llm.AsyncLLM, its core
+in a thread or in its own process) and the same uvicorn set-up
 (server.launch.uvicorn_config, DrainingServer) as `cormorant serve`; only the engine's
 EngineConfig names a configuration directory with load_format "random" (bench.context), so
 the weights are random, the tokenizer synthetic and no checkpoint is needed. Admission limits are raised so that the benchmark measures queueing in the engine,
@@ -67,17 +67,10 @@ def main(argv: list[str] | None = None) -> int:
                               max_num_batched_tokens=args.max_num_batched_tokens,
                               max_model_len=args.max_model_len, num_kv_blocks=args.num_kv_blocks,
                               async_scheduling=args.async_scheduling)
-    engine_config = settings.engine_config(args.model_config)
-    from cormorant.frontend.builder import load_engine_tokenizer
-    from cormorant.frontend.engine_process import EngineSpec, engine_config_to_dict
-    from cormorant.frontend.process_llm import ProcessLLM, wants_engine_process
-
-    name = f"random-{args.model_config}"
-    if wants_engine_process(args.device, args.engine_process):  # as `cormorant serve` does
-        spec = EngineSpec("config", {"config": engine_config_to_dict(engine_config)})
-        llm = ProcessLLM(spec, load_engine_tokenizer(engine_config), name)
-    else:
-        llm = AsyncLLM.from_config(engine_config, model_name=name)
+    engine_config = settings.engine_config(args.model_config)  # random weights, by config
+    # As `cormorant serve` decides: the engine core in its own process on CUDA.
+    llm = AsyncLLM.from_config(engine_config, model_name=f"random-{args.model_config}",
+                               engine_process=args.engine_process)
     try:
         config = ServerConfig(**_known_fields(ServerConfig, dict(
             host="127.0.0.1", port=args.port, model_version="random",

@@ -18,16 +18,17 @@ host, so a batch holding one collects step n before it launches.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cormorant.config import EngineConfig
 from cormorant.engine.batch_builder import BatchBuilder
 from cormorant.engine.block_manager import BlockManager
+from cormorant.engine.messages import EngineStats
 from cormorant.engine.scheduler import Scheduler, SchedulerOutput, WaitingQueue
 from cormorant.engine.sequence import Sequence, SequenceStatus
 from cormorant.engine.types import (PLACEHOLDER_TOKEN_ID, EngineOutput, EngineRequest,
                                     SampleOutput, ScheduledBatch)
+from cormorant.sampling_params import SamplingParams
 
 
 class Runner(Protocol):
@@ -42,24 +43,10 @@ class Runner(Protocol):
     def collect(self, handle: Any) -> list[SampleOutput]: ...
 
 
-@dataclass
-class EngineStats:
-    num_running: int
-    num_waiting: int
-    num_waiting_prompt_tokens: int
-    num_free_blocks: int
-    num_total_blocks: int
-    steps: int
-    num_preemptions: int
-    prefix_cache_queries: int  # prompt tokens looked up in the prefix cache
-    prefix_cache_hits: int  # of those, tokens served from it
-
-
 class EngineCore:
     def __init__(self, config: EngineConfig, runner: Runner, eos_token_ids: tuple[int, ...],
                  waiting: WaitingQueue | None = None):
-        """waiting: the scheduler's waiting queue (default FIFO; gateway.fair_queue plugs in
-        here, from the composition root, so the engine never imports it)."""
+        """waiting: the scheduler's waiting queue (default: config.scheduler.policy's)."""
         self.config = config
         self.runner = runner
         self.async_scheduling = (runner.is_asynchronous if config.async_scheduling is None
@@ -207,7 +194,8 @@ class EngineCore:
         if all(s.is_finished for s in siblings):
             self.requests.pop(seq.req_id, None)
 
-    def stats(self) -> EngineStats:
+    def stats(self, now: float | None = None) -> EngineStats:
+        """The counters now; `now`: when the loop last stepped (default: the call's time)."""
         bm = self.block_manager
         return EngineStats(
             num_running=self.scheduler.num_running,
@@ -219,7 +207,16 @@ class EngineCore:
             num_preemptions=self.num_preemptions,
             prefix_cache_queries=bm.num_prefix_queried_tokens,
             prefix_cache_hits=bm.num_prefix_hit_tokens,
+            last_step_time=time.monotonic() if now is None else now,
+            has_pending_work=bool(self.requests),
         )
+
+    def warm_up(self) -> None:
+        """One short greedy request through the whole step, before the engine says ready."""
+        self.add_request(EngineRequest("__warmup__", [1, 2, 3],
+                                       SamplingParams(max_tokens=2, temperature=0.0)))
+        while self.has_unfinished_requests():
+            self.step()
 
     def stop_sequence(self, req_id: str, index: int) -> None:
         """Finish one sample early (the frontend matched a stop string in its text)."""

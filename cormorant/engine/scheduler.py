@@ -1,7 +1,7 @@
 """Scheduler: decides, each step, which sequences compute how many tokens (vLLM v1 style).
 
 Plain Python, no torch. Imports: the standard library, `cormorant.config`,
-`cormorant.engine.{sequence, block_manager}`.
+`cormorant.engine.{sequence, block_manager, policies}`.
 
 There is no prefill or decode phase. Every sequence has `num_computed_tokens` and a target
 (`seq.num_tokens`: prompt plus generated tokens); a per-step token budget closes the gaps.
@@ -21,13 +21,12 @@ once `seq.num_tokens >= scheduler.max_seq_len`.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
 
 from cormorant.config import SchedulerConfig
 from cormorant.engine.block_manager import BlockManager
+from cormorant.engine.policies import WaitingQueue, waiting_queue
 from cormorant.engine.sequence import Sequence, SequenceStatus
 
 
@@ -54,52 +53,6 @@ class CannotScheduleError(ValueError):
     """The request can never run here (empty, longer than the context or the whole cache)."""
 
 
-class WaitingQueue(Protocol):
-    """The admission order of waiting sequences. FIFO by default; the production layer can
-    plug in a fair queue across tenants. `push_front` is for sequences that were already
-    admitted once (preempted ones, released siblings) and should be resumed first."""
-
-    def push(self, seq: Sequence) -> None: ...
-    def push_front(self, seq: Sequence) -> None: ...
-    def peek(self) -> Sequence: ...
-    def pop(self) -> Sequence: ...
-    def remove(self, seq: Sequence) -> bool: ...
-    def __len__(self) -> int: ...
-    def __iter__(self) -> Iterator[Sequence]: ...
-
-
-class FifoQueue:
-    """First come, first served. An ordered dict gives O(1) push_front and remove (aborts)."""
-
-    def __init__(self) -> None:
-        self._seqs: OrderedDict[Sequence, None] = OrderedDict()
-
-    def push(self, seq: Sequence) -> None:
-        self._seqs[seq] = None
-
-    def push_front(self, seq: Sequence) -> None:
-        self._seqs[seq] = None
-        self._seqs.move_to_end(seq, last=False)
-
-    def peek(self) -> Sequence:
-        return next(iter(self._seqs))
-
-    def pop(self) -> Sequence:
-        return self._seqs.popitem(last=False)[0]
-
-    def remove(self, seq: Sequence) -> bool:
-        if seq not in self._seqs:
-            return False
-        del self._seqs[seq]
-        return True
-
-    def __len__(self) -> int:
-        return len(self._seqs)
-
-    def __iter__(self) -> Iterator[Sequence]:
-        return iter(self._seqs)
-
-
 class Scheduler:
     """Continuous batching over one BlockManager. Owns the running list and waiting queue."""
 
@@ -114,7 +67,9 @@ class Scheduler:
         self.max_model_len = max_model_len if max_model_len is not None else config.max_model_len
         self.block_manager = block_manager
         self.running: list[Sequence] = []  # admission order; the last one is the victim
-        self.waiting: WaitingQueue = waiting if waiting is not None else FifoQueue()
+        # The waiting queue's order: config.policy's (engine.policies), unless one is given.
+        self.waiting: WaitingQueue = (waiting if waiting is not None
+                                      else waiting_queue(config.policy))
         # n > 1: req_id -> the sibling whose prompt the others wait for, and those others.
         self._leaders: dict[str, Sequence] = {}
         self._parked: dict[str, list[Sequence]] = {}

@@ -37,7 +37,7 @@ class Sequence:
     num_preemptions: int = 0
     # Set by the engine for the first step that scheduled this sequence (queue time, TTFT).
     first_scheduled_time: float | None = None
-    # Fair queueing (gateway.fair_queue): whose share this sequence draws on, its rank inside
+    # Fair queueing (engine.policies): whose share this sequence draws on, its rank inside
     # that share (lower first) and the share's weight. Copied from the EngineRequest.
     tenant: str = ""
     priority: int = 0

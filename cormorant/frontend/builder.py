@@ -16,7 +16,6 @@ import torch
 
 from cormorant.config import EngineConfig, ModelConfig
 from cormorant.engine.core import EngineCore
-from cormorant.engine.scheduler import WaitingQueue
 from cormorant.layers.attention import TorchAttention
 from cormorant.models.loader import (check_load_format, load_model, load_model_config,
                                      resolve_device, resolve_dtype)
@@ -50,28 +49,27 @@ def attention_backend(name: str, device: torch.device):
     return TritonAttention()
 
 
-def build_engine(config: EngineConfig, waiting: WaitingQueue | None = None) -> BuiltEngine:
-    """waiting: the scheduler's waiting queue, e.g. a gateway.fair_queue.FairQueue (default
-    FIFO)."""
+def build_engine(config: EngineConfig) -> BuiltEngine:
+    """Everything from the config alone; the waiting queue is config.scheduler.policy's."""
     start = time.perf_counter()
     if config.seed is not None:
         torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, config.model, device)
-    tokenizer = load_engine_tokenizer(config)  # first: it also validates load_format
+    tokenizer = build_tokenizer(config)  # first: it also validates load_format
     model, model_config = load_model(config.model, dtype, device,
                                      attention_backend(config.attention_backend, device),
                                      load_format=config.load_format, seed=config.seed or 0)
     config = _resolve_lengths(config, model_config)
     eos = tuple(sorted(set(model_config.eos_token_ids) | set(tokenizer.eos_token_ids)))
     runner = ModelRunner(config, model_config, model, device, dtype, eos)
-    core = EngineCore(config, runner, eos, waiting)
+    core = EngineCore(config, runner, eos)
     seconds = time.perf_counter() - start
     log.info("loaded %s (%s, %s) in %.1f s", config.model, device, dtype, seconds)
     return BuiltEngine(config, core, tokenizer, model_config, runner, seconds)
 
 
-def load_engine_tokenizer(config: EngineConfig) -> Tokenizer:
+def build_tokenizer(config: EngineConfig) -> Tokenizer:
     """The tokenizer an engine of `config` uses (also for a client in another process): the
     model's own, or, for random weights without tokenizer files, a synthetic one over the
     config's vocabulary that ends on the config's eos ids."""

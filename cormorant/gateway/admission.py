@@ -20,7 +20,8 @@ any of its prompts is still queued when it passes, the ticket's expiry handler r
 server fails the request with 504, which aborts it and frees its place in the engine queue).
 Once generation has started the deadline no longer applies; a client that leaves is dropped
 by the server's disconnect watch, queued or not.
-Engine-agnostic: the engine's stats come in through a callable. Imports the standard library.
+Engine-agnostic: the engine's stats (engine.messages.EngineStats) come in through a callable.
+Imports the standard library and engine.messages.
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+
+from cormorant.engine.messages import EngineStats
 
 TIMEOUT_HEADER = "x-request-timeout"
 PRIORITY_HEADER = "x-request-priority"
@@ -46,13 +48,6 @@ class Refusal:
     message: str
     code: str
     headers: dict[str, str] = field(default_factory=dict)
-
-
-class EngineStatsLike(Protocol):
-    num_waiting: int
-    num_waiting_prompt_tokens: int
-    num_free_blocks: int
-    num_total_blocks: int
 
 
 @dataclass(frozen=True)
@@ -195,7 +190,7 @@ class Ticket:
 
 
 class AdmissionController:
-    def __init__(self, config: AdmissionConfig, stats: Callable[[], EngineStatsLike],
+    def __init__(self, config: AdmissionConfig, stats: Callable[[], EngineStats],
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.clock = clock
@@ -237,7 +232,7 @@ class AdmissionController:
             return refusal
         return self._check_delay(backlog, deadline_s)
 
-    def _check_kv(self, stats: EngineStatsLike, backlog: int,
+    def _check_kv(self, stats: EngineStats, backlog: int,
                   prompt_lens: list[int]) -> Refusal | None:
         bs = self.config.block_size
         queued_blocks = math.ceil(backlog / bs)

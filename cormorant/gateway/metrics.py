@@ -15,6 +15,7 @@ Imports prometheus_client, starlette/fastapi (the /metrics route) and plain fron
 """
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 from types import SimpleNamespace
@@ -387,6 +388,12 @@ class InstrumentedEngine:
         self.metrics.remove_engine(self.labels)
         self.inner.shutdown(*args, **kwargs)
 
+    def add_request(self, request_id: str, prompt_token_ids: list[int], params: Any,
+                    sink: Any, **kwargs) -> "InstrumentedHandle":
+        handle = self.inner.add_request(request_id, prompt_token_ids, params, sink, **kwargs)
+        return InstrumentedHandle(handle, RequestTracker(self.metrics, self.labels, params),
+                                  self)
+
     async def generate(self, request_id: str, prompt_token_ids: list[int], params: Any,
                        *args, **kwargs) -> AsyncIterator[RequestOutput]:
         tracker = RequestTracker(self.metrics, self.labels, params)
@@ -400,6 +407,37 @@ class InstrumentedEngine:
         finally:
             tracker.close()
             await outputs.aclose()  # closing the inner generator aborts the engine request
+
+
+class InstrumentedHandle:
+    """An engine request handle (add_request's) that feeds the metrics with what it takes.
+    The output hook runs in the context the request was added in (the HTTP request's record
+    is a context variable there), wherever the outputs are taken."""
+
+    def __init__(self, handle: Any, tracker: RequestTracker, engine: InstrumentedEngine):
+        self.inner = handle
+        self.request_id = handle.request_id
+        self._tracker = tracker
+        self._engine = engine
+        self._context = contextvars.copy_context()
+        self._closed = False
+
+    @property
+    def finished(self) -> bool:
+        return self.inner.finished
+
+    def take(self) -> RequestOutput:
+        out = self.inner.take()
+        self._tracker.observe(out, time.monotonic())
+        if self._engine._on_output is not None:
+            self._context.run(self._engine._on_output, self._engine.labels, out)
+        return out
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._tracker.close()
+            self.inner.close()  # aborts the engine request unless it finished
 
 
 def metrics_router(metrics: Metrics) -> APIRouter:

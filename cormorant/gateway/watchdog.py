@@ -11,7 +11,7 @@ the before-exit hooks (flush usage records, fail in-flight requests), each bound
 
 `name_native_threads` gives our threads their names at the OS level (/proc/.../comm), so
 `top -H`, py-spy and gdb show "cormorant-engin" instead of "python".
-Imports the standard library only.
+Imports the standard library and engine.messages.
 """
 from __future__ import annotations
 
@@ -22,22 +22,18 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
+
+from cormorant.engine.messages import EngineStats
 
 logger = logging.getLogger("cormorant.watchdog")
 
 EXIT_CODE = 70  # EX_SOFTWARE (sysexits.h): the process is broken, restart it
-ENGINE_THREAD_NAME = "cormorant-engine"  # frontend.async_llm names its loop thread so
+ENGINE_THREAD_NAME = "cormorant-engine"  # frontend.core_client names its loop thread so
 HOOK_TIMEOUT_S = 2.0
 
 
-class LoopStatsLike(Protocol):
-    last_step_time: float  # time.monotonic() of the loop's latest iteration
-    is_loop_alive: bool
-    has_pending_work: bool
-
-
-def stall_reason(stats: LoopStatsLike, stall_s: float, now: float | None = None) -> str | None:
+def stall_reason(stats: EngineStats, stall_s: float, now: float | None = None) -> str | None:
     """Why the engine is not making progress, or None while it is (or has nothing to do)."""
     if not stats.is_loop_alive:
         return "engine loop is not running"
@@ -74,7 +70,7 @@ class Watchdog:
     """Checks `stats()` every `interval_s`; stalled for `exit_grace_s` -> exit. A negative
     grace never exits (the probe still turns 503)."""
 
-    def __init__(self, stats: Callable[[], LoopStatsLike], stall_s: float,
+    def __init__(self, stats: Callable[[], EngineStats], stall_s: float,
                  exit_grace_s: float, *, interval_s: float = 0.5, exit_code: int = EXIT_CODE,
                  exit_fn: Callable[[int], Any] = os._exit) -> None:
         self._stats = stats

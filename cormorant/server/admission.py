@@ -23,8 +23,9 @@ from collections.abc import AsyncIterator, Callable
 
 from starlette.requests import Request
 
+from cormorant.engine.messages import EngineStats
 from cormorant.gateway.admission import (PRIORITY_HEADER, TIMEOUT_HEADER, AdmissionConfig,
-                                         AdmissionController, EngineStatsLike, Refusal, Ticket,
+                                         AdmissionController, Refusal, Ticket,
                                          parse_priority, parse_timeout)
 from cormorant.gateway.keys import Principal
 from cormorant.gateway.quotas import (STATE_HEADERS, QuotaLimits, Quotas, Reservation,
@@ -41,7 +42,7 @@ def quota_defaults(config: ServerConfig) -> QuotaLimits:
 
 
 class Admission:
-    def __init__(self, config: ServerConfig, stats: Callable[[], EngineStatsLike],
+    def __init__(self, config: ServerConfig, stats: Callable[[], EngineStats],
                  quotas: Quotas, block_size: int = 16) -> None:
         self.controller = AdmissionController(AdmissionConfig(
             max_waiting_requests=config.max_waiting_requests,

@@ -4,13 +4,15 @@ The server is handed an object with this shape (today `cormorant.frontend.async_
 later a model registry entry, an engine in another process or a remote replica). Keeping the
 contract here, as a typing.Protocol, means no server module imports the engine implementation
 and the app factory can be composed with whatever provides these members.
-Imports only typing, sampling_params and frontend.outputs.
+Imports only asyncio, typing, sampling_params, engine.messages (EngineStats) and frontend.outputs.
 """
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
+from cormorant.engine.messages import EngineStats
 from cormorant.frontend.outputs import RequestOutput
 from cormorant.sampling_params import SamplingParams
 
@@ -27,16 +29,19 @@ class TokenizerLike(Protocol):
                             ) -> list[int]: ...
 
 
-class EngineStatsLike(Protocol):
-    num_running: int
-    num_waiting: int
-    num_waiting_prompt_tokens: int
-    num_free_blocks: int
-    num_total_blocks: int
-    steps: int
-    last_step_time: float  # time.monotonic() of the latest loop iteration
-    is_loop_alive: bool
-    has_pending_work: bool
+class RequestHandleLike(Protocol):
+    """One engine request started by `add_request`: its index goes into the caller's queue
+    each time it has news, which `take()` returns (raising if the engine died)."""
+    request_id: str
+
+    @property
+    def finished(self) -> bool: ...
+
+    def take(self) -> RequestOutput: ...
+
+    def close(self) -> None:
+        """Abort the request unless it finished; idempotent."""
+        ...
 
 
 class EngineClient(Protocol):
@@ -45,16 +50,20 @@ class EngineClient(Protocol):
     max_model_len: int
     model_name: str
 
+    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+                    sink: asyncio.Queue, *, index: int = 0, tenant: str = "",
+                    priority: int = 0, weight: float = 1.0, cache_salt: str = ""
+                    ) -> RequestHandleLike:
+        """tenant, priority, weight: the request's place in a fair waiting queue."""
+        ...
+
     def generate(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
                  *, tenant: str = "", priority: int = 0, weight: float = 1.0,
-                 cache_salt: str = "") -> AsyncIterator[RequestOutput]:
-        """tenant, priority, weight: the request's place in a fair waiting queue; cache_salt:
-        its prefix-cache namespace."""
-        ...
+                 cache_salt: str = "") -> AsyncIterator[RequestOutput]: ...
 
     async def abort(self, request_id: str) -> None: ...
 
-    def stats(self) -> EngineStatsLike: ...
+    def stats(self) -> EngineStats: ...
 
     def shutdown(self) -> None: ...
 

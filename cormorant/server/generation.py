@@ -1,9 +1,12 @@
 """Running one HTTP request's engine requests and watching the client while they run.
 
-`EngineStream` enqueues every prompt of a request at once (one engine request each), merges
-their outputs in arrival order, hands admission slots back as first outputs arrive, and
-guarantees that however it ends (finished, client gone, drain, engine death) every engine
-request is closed, which aborts it in the engine and frees its KV blocks.
+`EngineStream` starts every prompt of a request at once (one engine request each, through
+`engine.add_request`) with one asyncio queue for the whole HTTP request: the engine side puts
+a prompt's index into it when that prompt has news, and the stream takes the news from the
+prompt's handle, so a token crosses one queue between the engine loop and the response.
+It hands admission slots back as first outputs arrive, and guarantees that however it ends
+(finished, client gone, drain, engine death) every engine request is closed, which aborts it
+in the engine and frees its KV blocks.
 `collect_unless_disconnected` is the non-streaming counterpart of SSEResponse's disconnect
 watch. Imports asyncio, starlette, frontend.outputs, sampling_params and server modules.
 """
@@ -14,7 +17,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from starlette.types import Receive
 
@@ -36,62 +39,65 @@ class Job:
     params: SamplingParams
 
 
-_DONE = object()
-
-
 class EngineStream:
     def __init__(self, engine: EngineClient, jobs: list[Job], ticket: Ticket,
-                 lifecycle: Lifecycle, on_close: Callable[[], None] | None = None,
-                 cache_salt: str = "") -> None:
-        """on_close: runs once when the stream is closed (the model lease's release);
-        cache_salt: every job's prefix-cache namespace (gateway.keys.prefix_cache_salt)."""
+                 lifecycle: Lifecycle, on_close: Callable[[], None] | None = None) -> None:
+        """on_close: runs once when the stream is closed (the model lease's release)."""
         self._engine = engine
-        self._cache_salt = cache_salt
         self._on_close = on_close
-        self._peeked: tuple | None = None
+        self._peeked: tuple[int, RequestOutput] | None = None
         self._ticket = ticket
         self._lifecycle = lifecycle
+        # Prompt indexes with news (None: woken by fail()); the only queue a token crosses.
         self._queue: asyncio.Queue = asyncio.Queue()
         self._failure: APIError | None = None
         self._closed = False
-        self._num_jobs = len(jobs)
+        self._handles: list[Any] = []
         # Start now: the engine sees the requests before the response even begins.
-        self._tasks = [asyncio.ensure_future(self._feed(i, job)) for i, job in enumerate(jobs)]
+        try:
+            for index, job in enumerate(jobs):
+                # engine_args: the caller's tenant, priority and weight in the fair queue.
+                self._handles.append(engine.add_request(
+                    job.request_id, job.prompt_token_ids, job.params, self._queue, index=index,
+                    **ticket.engine_args))
+        except Exception:
+            logger.exception("engine request %s failed", jobs[len(self._handles)].request_id)
+            self.fail(self._engine_failure())
+        self._num_jobs = len(jobs)
         lifecycle.register(self)
         # x-request-timeout: still queued at the deadline -> 504, which aborts the requests.
         ticket.on_expire(lambda: self.fail(deadline_error()))
 
-    async def _feed(self, index: int, job: Job) -> None:
-        try:
-            # engine_args: the caller's tenant, priority and weight in the fair queue.
-            gen = self._engine.generate(job.request_id, job.prompt_token_ids, job.params,
-                                        **self._ticket.engine_args,
-                                        cache_salt=self._cache_salt)
-            async with aclosing(gen) as outputs:  # closing it aborts the engine request
-                async for out in outputs:
-                    self._queue.put_nowait((index, out))
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            logger.exception("engine request %s failed", job.request_id)
-            self.fail(self._engine_failure())
-            return
-        self._queue.put_nowait((index, _DONE))
-
     @property
     def engine(self) -> EngineClient:
         return self._engine
+
+    async def _next(self) -> tuple[int, RequestOutput]:
+        """The next prompt's news; raises the APIError the stream failed with."""
+        if self._peeked is not None:
+            item, self._peeked = self._peeked, None
+            return item
+        index = await self._queue.get()
+        if self._failure is not None:
+            raise self._failure
+        handle = self._handles[index]
+        try:
+            return index, handle.take()
+        except Exception:
+            logger.exception("engine request %s failed", handle.request_id)
+            self.fail(self._engine_failure())
+            raise self._failure from None
 
     async def first(self) -> None:
         """Wait for the first output; raise the APIError if the stream fails before it.
         outputs() still yields that output: it is only looked at here (fallbacks decide on
         it whether to try another model)."""
         if self._peeked is None:
-            self._peeked = await self._queue.get()
+            self._peeked = await self._next()
         if self._failure is not None:
             raise self._failure
-        index, out = self._peeked
-        if out is not _DONE and out.error:
+        out = self._peeked[1]
+        if out.error:
             raise self._rejected(out.error)
 
     def _engine_failure(self) -> APIError:
@@ -106,24 +112,20 @@ class EngineStream:
         if self._failure is None:
             self._failure = err
             self._queue.put_nowait(None)  # wake the consumer
-            for task in self._tasks:
-                task.cancel()
 
     async def outputs(self) -> AsyncIterator[tuple[int, RequestOutput]]:
         """(prompt index, RequestOutput) as the engine produces them, until all finish."""
         remaining = self._num_jobs
         try:
             while remaining:
-                item, self._peeked = self._peeked or await self._queue.get(), None
+                index, out = await self._next()
                 if self._failure is not None:
                     raise self._failure
-                index, out = item
-                if out is _DONE:
-                    remaining -= 1
-                    continue
                 self._ticket.observe(index, out)  # started (queue slot back) and usage
                 if out.error:
                     raise self._rejected(out.error)
+                if out.finished:
+                    remaining -= 1
                 yield index, out
         finally:
             await self.aclose()
@@ -140,9 +142,8 @@ class EngineStream:
         if self._closed:
             return
         self._closed = True
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for handle in self._handles:
+            handle.close()
         self._ticket.release()
         self._lifecycle.unregister(self)
         if self._on_close is not None:

@@ -236,7 +236,7 @@ def run_server(args: argparse.Namespace) -> int:
         print(f"cormorant serve: --embedding-model: {exc}", file=sys.stderr)
         return 2
     engine = engine_config(args, args.model)
-    llm = make_engine(engine, None, engine.scheduler.policy == "fair", args.engine_process)
+    llm = make_engine(engine, None, args.engine_process)
     try:
         config = server_config(args, model_version(args.model))
         return _run(lambda: build_app(llm, config, encoders), config, log_level)
@@ -254,31 +254,31 @@ def _serve_registry(args: argparse.Namespace, log_level: str) -> int:
     except RegistryError as exc:
         print(f"cormorant serve: --models: {exc}", file=sys.stderr)
         return 2
-    fair = args.scheduling == "fair"
+    policy = args.scheduling
     loaded: dict[str, tuple] = {}
     try:
         try:
-            _load_startup(registry, loaded, fair, args.engine_process)
+            _load_startup(registry, loaded, policy, args.engine_process)
         except (OSError, ValueError, RuntimeError) as exc:
             print(f"cormorant serve: --models: {exc}", file=sys.stderr)
             return 2
         config = server_config(args, "")
         return _run(lambda: build_app(config=config, registry=registry, loaded=loaded,
                                       loader=lambda spec, src: load_object(
-                                          spec, src, fair, args.engine_process)),
+                                          spec, src, policy, args.engine_process)),
                     config, log_level)
     finally:
         for obj, _ in loaded.values():
             obj.shutdown()
 
 
-def _load_startup(registry: Registry, loaded: dict, fair: bool,
+def _load_startup(registry: Registry, loaded: dict, policy: str,
                   engine_process: bool | None) -> None:
     for spec in registry.specs.values():
         if spec.load == "startup":
             try:
                 source = resolve_source(spec.source, registry.settings.roots)
-                loaded[spec.id] = load_object(spec, source, fair, engine_process)
+                loaded[spec.id] = load_object(spec, source, policy, engine_process)
             except (OSError, ValueError, RuntimeError) as exc:
                 raise RuntimeError(f"{spec.id}: {exc}") from exc
 

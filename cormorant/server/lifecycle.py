@@ -14,8 +14,9 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from cormorant.engine.messages import EngineStats
 from cormorant.server.config import ServerConfig
-from cormorant.server.engine_client import EngineClient, EngineStatsLike
+from cormorant.server.engine_client import EngineClient
 from cormorant.server.errors import APIError
 
 logger = logging.getLogger("cormorant.server")
@@ -99,7 +100,7 @@ class Lifecycle:
             self.is_ready = True
             logger.info("ready")
 
-    def health(self, stats: EngineStatsLike) -> tuple[int, dict]:
+    def health(self, stats: EngineStats) -> tuple[int, dict]:
         since_step = max(0.0, time.monotonic() - stats.last_step_time)
         body = {"status": "ok", "engine": {
             "is_loop_alive": stats.is_loop_alive, "steps": stats.steps,

@@ -3,17 +3,17 @@
 The model pool calls `load_object` in a worker thread when a model is loaded at start-up, on
 demand, or by the admin API. With server.launch, the only server module that names the
 engine implementation (frontend), imported lazily because it pulls in torch.
-Imports config, gateway.model_registry and gateway.fair_queue; frontend lazily.
+Imports config and gateway.model_registry; frontend lazily.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 from typing import Any
 
 from cormorant.config import EngineConfig
 from cormorant.engine_args import engine_config_from
-from cormorant.gateway.fair_queue import FairQueue
 from cormorant.gateway.model_registry import BUILTIN_PREFIX, ModelSpec
 
 
@@ -48,32 +48,18 @@ def spec_engine_config(spec: ModelSpec, path: Path) -> EngineConfig:
                               device=spec.device)
 
 
-def build_for_process(args: dict):
-    """frontend.engine_process's "serve" factory: the engine of an EngineConfig dict, with the
-    server's waiting queue (weighted fair across tenants, or FIFO), built in the child."""
-    from cormorant.frontend.builder import build_engine
-    from cormorant.frontend.engine_process import engine_config_from_dict
-
-    waiting = FairQueue() if args.get("scheduling", "fair") == "fair" else None
-    return build_engine(engine_config_from_dict(args["config"]), waiting)
-
-
-def make_engine(config: EngineConfig, name: str | None, fair: bool,
-                engine_process: bool | None = None):
-    """An engine client for `config`: ProcessLLM (engine core in a child) or AsyncLLM."""
-    from cormorant.frontend.process_llm import ProcessLLM, wants_engine_process
-
-    if wants_engine_process(config.device, engine_process):
-        return ProcessLLM.from_config(config, model_name=name,
-                                      scheduling="fair" if fair else "fifo")
+def make_engine(config: EngineConfig, name: str | None, engine_process: bool | None = None):
+    """An AsyncLLM for `config`, its engine core in a child process or a thread
+    (engine_process; None: a process on CUDA)."""
     from cormorant.frontend.async_llm import AsyncLLM
 
-    return AsyncLLM.from_config(config, model_name=name, waiting=FairQueue() if fair else None)
+    return AsyncLLM.from_config(config, model_name=name, engine_process=engine_process)
 
 
-def load_object(spec: ModelSpec, source: Path | str, fair: bool = True,
+def load_object(spec: ModelSpec, source: Path | str, policy: str = "fair",
                 engine_process: bool | None = None) -> tuple[Any, str]:
-    """(engine or encoder, weights digest) for one registry entry. Blocking."""
+    """(engine or encoder, weights digest) for one registry entry. Blocking. policy: the
+    server's waiting-queue order (SchedulerConfig.policy) for every model it serves."""
     path = source_path(source)
     digest = model_version(path)
     if spec.kind == "embed":
@@ -81,4 +67,7 @@ def load_object(spec: ModelSpec, source: Path | str, fair: bool = True,
 
         return Embedder.from_path(str(path), name=spec.name, dtype=spec.dtype,
                                   device=spec.device), digest
-    return make_engine(spec_engine_config(spec, path), spec.name, fair, engine_process), digest
+    config = spec_engine_config(spec, path)
+    config = dataclasses.replace(config,
+                                 scheduler=dataclasses.replace(config.scheduler, policy=policy))
+    return make_engine(config, spec.name, engine_process), digest

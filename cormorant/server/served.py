@@ -1,7 +1,7 @@
 """What the server keeps per loaded model version: ServedGenerator (an engine for completions and chat, with its own admission, fingerprint and token text) and ServedEncoder (embeddings and classification).
 
 Both satisfy gateway.model_pool.Served (memory_bytes, warm, shutdown), so the model pool can
-load, swap and unload them without knowing what they are. `CombinedStats` folds the engine
+load, swap and unload them without knowing what they are. `combined_stats` folds the engine
 stats of every loaded generator into one view for /health and the watchdog.
 Imports the gateway (admission, quotas, registry, telemetry), server modules and the package
 version; never the engine implementation.
@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 import uuid
 from typing import Any
 
 from cormorant import __version__
+from cormorant.engine.messages import EngineStats
 from cormorant.gateway.model_registry import ModelSpec
 from cormorant.gateway.quotas import Quotas
 from cormorant.gateway.request_log import Telemetry
@@ -111,33 +111,20 @@ def _block_size(engine: EngineClient) -> int:
     return int(getattr(cache, "block_size", 16))
 
 
-@dataclasses.dataclass
-class CombinedStats:
+def combined_stats(engines: list[Any]) -> EngineStats:
     """The engines of all loaded generators as one: alive only if every loop is, stalled if
     any engine with work has not stepped (its last step is the oldest such)."""
-    num_running: int = 0
-    num_waiting: int = 0
-    num_waiting_prompt_tokens: int = 0
-    num_free_blocks: int = 0
-    num_total_blocks: int = 0
-    steps: int = 0
-    last_step_time: float = dataclasses.field(default_factory=time.monotonic)
-    is_loop_alive: bool = True
-    has_pending_work: bool = False
-
-    @classmethod
-    def of(cls, engines: list[Any]) -> "CombinedStats":
-        combined = cls()
-        stalled_since: list[float] = []
-        for engine in engines:
-            s = engine.stats()
-            for name in ("num_running", "num_waiting", "num_waiting_prompt_tokens",
-                         "num_free_blocks", "num_total_blocks", "steps"):
-                setattr(combined, name, getattr(combined, name) + getattr(s, name))
-            combined.is_loop_alive &= bool(s.is_loop_alive)
-            if s.has_pending_work:
-                combined.has_pending_work = True
-                stalled_since.append(s.last_step_time)
-        if stalled_since:
-            combined.last_step_time = min(stalled_since)
-        return combined
+    combined = EngineStats()
+    stalled_since: list[float] = []
+    for engine in engines:
+        s = engine.stats()
+        for f in dataclasses.fields(EngineStats):
+            if f.type == "int":
+                setattr(combined, f.name, getattr(combined, f.name) + getattr(s, f.name))
+        combined.is_loop_alive &= bool(s.is_loop_alive)
+        if s.has_pending_work:
+            combined.has_pending_work = True
+            stalled_since.append(s.last_step_time)
+    if stalled_since:
+        combined.last_step_time = min(stalled_since)
+    return combined

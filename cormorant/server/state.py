@@ -21,6 +21,7 @@ from typing import Any
 
 from starlette.requests import Request
 
+from cormorant.engine.messages import EngineStats
 from cormorant.gateway.auth import current_principal
 from cormorant.gateway.model_pool import Deployment, Lease, LoadError, ModelNotFound, ModelPool
 from cormorant.gateway.model_registry import ModelSpec, Registry
@@ -33,7 +34,7 @@ from cormorant.server.admission import quota_defaults
 from cormorant.server.config import ServerConfig
 from cormorant.server.errors import APIError, bound
 from cormorant.server.lifecycle import Lifecycle
-from cormorant.server.served import CombinedStats, ServedEncoder, ServedGenerator
+from cormorant.server.served import ServedEncoder, ServedGenerator, combined_stats
 
 logger = logging.getLogger("cormorant.server")
 
@@ -98,8 +99,8 @@ class ServerState:
     def generators(self) -> list[ServedGenerator]:
         return [d.served for d in self.pool.deployments.values() if d.spec.kind == "generate"]
 
-    def stats(self) -> CombinedStats:
-        return CombinedStats.of([g.engine for g in self.generators()])
+    def stats(self) -> EngineStats:
+        return combined_stats([g.engine for g in self.generators()])
 
     def candidates(self, name: str | None, user: str | None
                    ) -> list[tuple[str, str | None]]:

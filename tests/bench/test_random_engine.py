@@ -12,7 +12,7 @@ import pytest
 from cormorant.bench.configs import config_dir, hf_config_dict, model_config
 from cormorant.bench.context import EngineSettings
 from cormorant.config import EngineConfig
-from cormorant.frontend.builder import build_engine, load_engine_tokenizer
+from cormorant.frontend.builder import build_engine, build_tokenizer
 from cormorant.frontend.llm import LLM
 from cormorant.sampling_params import SamplingParams
 
@@ -65,7 +65,7 @@ def test_same_seed_same_tokens_run_to_run():
 
 def test_random_weights_keep_the_directory_tokenizer(tiny_qwen3):
     config = EngineConfig(model=tiny_qwen3, load_format="random", device="cpu")
-    tokenizer = load_engine_tokenizer(config)
+    tokenizer = build_tokenizer(config)
     assert tokenizer.name == tiny_qwen3 and tokenizer.name != "synthetic"
     real = LLM(tiny_qwen3, device="cpu", num_kv_blocks=32)
     rand = LLM.from_config(dataclasses.replace(

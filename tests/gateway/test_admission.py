@@ -1,7 +1,7 @@
 """Admission control on its own: budgets, the KV-block estimate, the measured drain rate and the
 Retry-After it gives, deadlines, and the ticket's life (started, released, expired).
 
-The engine's state comes in as a plain stats value (the same fields AsyncLLM.stats() has) and
+The engine's state comes in as the one EngineStats value (what AsyncLLM.stats() returns) and
 time from an injected clock, so every number here is exact."""
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from cormorant.engine.messages import EngineStats
 from cormorant.gateway.admission import (AdmissionConfig, AdmissionController, DrainMeter,
                                          Refusal, Ticket, parse_priority, parse_timeout)
 
@@ -22,12 +23,8 @@ class FakeClock:
         return self.now
 
 
-@dataclass
-class Stats:
-    num_waiting: int = 0
-    num_waiting_prompt_tokens: int = 0
-    num_free_blocks: int = 1000
-    num_total_blocks: int = 1000
+def Stats(**fields) -> EngineStats:  # noqa: N802 - reads like the value it builds
+    return EngineStats(**{"num_free_blocks": 1000, "num_total_blocks": 1000, **fields})
 
 
 @dataclass

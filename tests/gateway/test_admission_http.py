@@ -15,7 +15,6 @@ import httpx
 import pytest
 
 from cormorant.config import CacheConfig, EngineConfig, SchedulerConfig
-from cormorant.gateway.fair_queue import FairQueue
 from cormorant.sampling_params import SamplingParams
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
@@ -76,8 +75,9 @@ def engine(tiny_llama):
     from cormorant.frontend.async_llm import AsyncLLM
 
     config = EngineConfig(model=tiny_llama, seed=0, cache=CacheConfig(num_blocks=512),
-                          scheduler=SchedulerConfig(max_model_len=2048, max_num_seqs=2))
-    llm = AsyncLLM.from_config(config, waiting=FairQueue())
+                          scheduler=SchedulerConfig(max_model_len=2048, max_num_seqs=2,
+                                                    policy="fair"))
+    llm = AsyncLLM.from_config(config)
     yield llm
     llm.shutdown()
 
@@ -179,7 +179,7 @@ def test_tenant_and_priority_reach_the_fair_queue(engine):
         wait_until(lambda: engine.stats().num_waiting == 1)
         threads[1].start()
         wait_until(lambda: engine.stats().num_waiting == 2)
-        waiting = engine.core.scheduler.waiting
+        waiting = engine.client.core.scheduler.waiting
         assert waiting.num_waiting_by_tenant() == {"anonymous": 2}
         assert waiting.peek().priority == -5
         for response in running:
@@ -231,7 +231,7 @@ def _per_key(engine, server: AppServer, heavy: str, light: str) -> None:
         waiter = threading.Thread(target=complete, args=(light,))
         waiter.start()
         wait_until(lambda: engine.stats().num_waiting == 1)
-        waiting = engine.core.scheduler.waiting
+        waiting = engine.client.core.scheduler.waiting
         (tenant,) = waiting.num_waiting_by_tenant()
         head = waiting.peek()
         assert head.tenant == tenant and tenant != "anonymous" and head.weight == 3.0

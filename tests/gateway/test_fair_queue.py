@@ -9,9 +9,8 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cormorant.engine.scheduler import FifoQueue
+from cormorant.engine.policies import FairQueue, FifoQueue
 from cormorant.engine.sequence import Sequence
-from cormorant.gateway.fair_queue import FairQueue
 from cormorant.sampling_params import SamplingParams
 
 _ids = itertools.count()

@@ -15,10 +15,10 @@ import statistics
 import pytest
 
 from cormorant.config import CacheConfig, EngineConfig, SchedulerConfig
+from cormorant.engine.policies import FairQueue, FifoQueue
 from cormorant.engine.sequence import SequenceStatus
 from cormorant.engine.types import EngineRequest
 from cormorant.frontend.builder import build_engine
-from cormorant.gateway.fair_queue import FairQueue
 from cormorant.sampling_params import SamplingParams
 
 BLOCK = 8
@@ -41,9 +41,12 @@ def engines(tiny_llama):
     """build(fair, num_blocks=512, **scheduler) -> a fresh EngineCore (a tiny model loads in
     well under a second)."""
     def build(fair: bool, num_blocks: int = 512, **scheduler):
-        config = dataclasses.replace(engine_config(tiny_llama, **scheduler),
-                                     cache=CacheConfig(block_size=BLOCK, num_blocks=num_blocks))
-        return build_engine(config, FairQueue() if fair else None).core
+        config = engine_config(tiny_llama, policy="fair" if fair else "fifo", **scheduler)
+        config = dataclasses.replace(
+            config, cache=CacheConfig(block_size=BLOCK, num_blocks=num_blocks))
+        core = build_engine(config).core
+        assert isinstance(core.scheduler.waiting, FairQueue if fair else FifoQueue)
+        return core
     return build
 
 

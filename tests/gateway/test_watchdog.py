@@ -202,7 +202,7 @@ def test_stalled_engine_loop_turns_health_503_then_exits(server):
     log = stderr.read()
     assert "watchdog: engine loop is stuck" in log
     assert f"exiting with status {EXIT_CODE}" in log
-    assert "async_llm.py" in log  # the stuck engine thread's stack, for the post-mortem
+    assert "core_client.py" in log  # the stuck engine thread's stack, for the post-mortem
     request_lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     assert any(line["status"] == 503 and line["error_code"] == "engine_unavailable"
                for line in request_lines)  # the request log was flushed before exiting

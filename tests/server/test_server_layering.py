@@ -1,5 +1,6 @@
-"""server/ is HTTP only: it never imports engine internals, the runner, models or torch, and
-only the launcher and the model loader name the engine implementation (so apps can front any engine object)."""
+"""server/ is HTTP only: it never imports engine internals, the runner, models or torch (the
+engine's boundary messages, plain data such as EngineStats, are no internals), and only the
+launcher and the model loader name the engine implementation (so apps can front any engine object)."""
 from __future__ import annotations
 
 import ast
@@ -10,8 +11,9 @@ import cormorant.server
 SERVER_DIR = Path(cormorant.server.__file__).parent
 FORBIDDEN = ("torch", "cormorant.engine", "cormorant.runner", "cormorant.models",
              "cormorant.layers", "cormorant.kernels")
+SEAMS = {"cormorant.engine.messages"}
 LAUNCH_ONLY = ("cormorant.frontend.async_llm", "cormorant.frontend.default_model",
-               "cormorant.frontend.process_llm")
+               "cormorant.frontend.core_client")
 
 
 def _imports(path: Path) -> set[str]:
@@ -29,7 +31,7 @@ def test_server_imports_stay_in_their_layer():
     assert len(files) > 10
     for path in files:
         imports = _imports(path)
-        bad = sorted(name for name in imports if name.startswith(FORBIDDEN))
+        bad = sorted(name for name in imports - SEAMS if name.startswith(FORBIDDEN))
         assert not bad, f"{path.name} imports {bad}"
         if path.name not in ("launch.py", "model_loader.py"):
             assert not imports & set(LAUNCH_ONLY), path.name

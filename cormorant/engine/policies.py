@@ -1,28 +1,76 @@
-"""A weighted fair waiting queue across tenants, with priority inside a tenant.
+"""Scheduling policies: the waiting queue's order, chosen by SchedulerConfig.policy.
 
-Implements the engine's `WaitingQueue` protocol (cormorant.engine.scheduler), so the scheduler
-admits waiting sequences in this order instead of first come, first served. One heavy tenant
-cannot starve the others: each tenant gets a share of admissions in proportion to its weight.
+"fifo" (FifoQueue): first come, first served. "fair" (FairQueue): a weighted fair queue
+across tenants, with priority inside a tenant. Both implement `WaitingQueue`, the order in
+which the scheduler admits waiting sequences.
 
-Start-time fair queueing with virtual time: every tenant has a virtual clock `vtime`, which
-serving one of its sequences advances by cost / weight (cost: the tokens the sequence asked
-for, prompt plus max_tokens). The tenant whose head would finish first in virtual time goes
-next. A tenant that was idle restarts at the global virtual time (that of the last sequence
-served), so idleness earns no credit to burst with later. Inside a tenant, lower `priority`
-first (vLLM's convention), then arrival order.
-
-Sequences pushed to the front (preempted ones, released n > 1 siblings) were admitted once
-already and come back before anything else, in the order the scheduler pushed them.
-Sequences need `tenant: str`, `priority: int` and `weight: float` (engine.sequence has them).
-The queue lives in the engine thread: no locking. Imports the standard library only.
+FairQueue: start-time fair queueing with virtual time: every tenant has a virtual clock
+`vtime`, which serving one of its sequences advances by cost / weight (cost: the tokens the
+sequence asked for, prompt plus max_tokens). The tenant whose head would finish first in
+virtual time goes next, so one heavy tenant cannot starve the others. A tenant that was idle
+restarts at the global virtual time (that of the last sequence served), so idleness earns no
+credit to burst with later. Inside a tenant, lower `priority` first (vLLM's convention), then
+arrival order. Sequences pushed to the front (preempted ones, released n > 1 siblings) were
+admitted once already and come back before anything else, in the order the scheduler pushed
+them. Sequences need `tenant`, `priority` and `weight` (engine.sequence has them).
+The queues live in the engine thread: no locking. Imports the standard library and
+engine.sequence.
 """
 from __future__ import annotations
 
 import heapq
 import itertools
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
+
+from cormorant.engine.sequence import Sequence
+
+
+class WaitingQueue(Protocol):
+    """The admission order of waiting sequences. FIFO by default; the production layer can
+    use the fair queue across tenants. `push_front` is for sequences that were already
+    admitted once (preempted ones, released siblings) and should be resumed first."""
+
+    def push(self, seq: Sequence) -> None: ...
+    def push_front(self, seq: Sequence) -> None: ...
+    def peek(self) -> Sequence: ...
+    def pop(self) -> Sequence: ...
+    def remove(self, seq: Sequence) -> bool: ...
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[Sequence]: ...
+
+
+class FifoQueue:
+    """First come, first served. An ordered dict gives O(1) push_front and remove (aborts)."""
+
+    def __init__(self) -> None:
+        self._seqs: OrderedDict[Sequence, None] = OrderedDict()
+
+    def push(self, seq: Sequence) -> None:
+        self._seqs[seq] = None
+
+    def push_front(self, seq: Sequence) -> None:
+        self._seqs[seq] = None
+        self._seqs.move_to_end(seq, last=False)
+
+    def peek(self) -> Sequence:
+        return next(iter(self._seqs))
+
+    def pop(self) -> Sequence:
+        return self._seqs.popitem(last=False)[0]
+
+    def remove(self, seq: Sequence) -> bool:
+        if seq not in self._seqs:
+            return False
+        del self._seqs[seq]
+        return True
+
+    def __len__(self) -> int:
+        return len(self._seqs)
+
+    def __iter__(self) -> Iterator[Sequence]:
+        return iter(self._seqs)
 
 
 class FairSeq(Protocol):
@@ -162,3 +210,15 @@ class FairQueue:
         if self._next is None:
             raise IndexError("peek/pop from an empty FairQueue")
         return self._next
+
+
+POLICIES = {"fifo": FifoQueue, "fair": FairQueue}
+
+
+def waiting_queue(policy: str) -> WaitingQueue:
+    """The waiting queue of SchedulerConfig.policy."""
+    try:
+        return POLICIES[policy]()
+    except KeyError:
+        raise ValueError(f"unknown scheduling policy {policy!r}; "
+                         f"expected one of {sorted(POLICIES)}") from None
