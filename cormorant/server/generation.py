@@ -41,8 +41,10 @@ class Job:
 
 class EngineStream:
     def __init__(self, engine: EngineClient, jobs: list[Job], ticket: Ticket,
-                 lifecycle: Lifecycle, on_close: Callable[[], None] | None = None) -> None:
-        """on_close: runs once when the stream is closed (the model lease's release)."""
+                 lifecycle: Lifecycle, on_close: Callable[[], None] | None = None,
+                 cache_salt: str = "") -> None:
+        """on_close: runs once when the stream is closed (the model lease's release);
+        cache_salt: every job's prefix-cache namespace (gateway.keys.prefix_cache_salt)."""
         self._engine = engine
         self._on_close = on_close
         self._peeked: tuple[int, RequestOutput] | None = None
@@ -59,7 +61,7 @@ class EngineStream:
                 # engine_args: the caller's tenant, priority and weight in the fair queue.
                 self._handles.append(engine.add_request(
                     job.request_id, job.prompt_token_ids, job.params, self._queue, index=index,
-                    **ticket.engine_args))
+                    cache_salt=cache_salt, **ticket.engine_args))
         except Exception:
             logger.exception("engine request %s failed", jobs[len(self._handles)].request_id)
             self.fail(self._engine_failure())

@@ -11,7 +11,7 @@ from cormorant import LLM, SamplingParams
 from cormorant.config import CacheConfig, EngineConfig, SchedulerConfig
 from cormorant.engine.types import EngineRequest
 from cormorant.frontend.async_llm import AsyncLLM
-from cormorant.frontend.engine_process import pack, request_from_wire, request_to_wire, unpack
+from cormorant.engine.messages import AddRequest, decode, encode
 
 BLOCK = 8
 PROMPT = [(i * 11) % 400 + 3 for i in range(3 * BLOCK + 2)]  # 3 full blocks + 2 tokens
@@ -62,5 +62,5 @@ def test_async_engine_carries_the_salt(tiny_llama):
 
 def test_the_engine_process_wire_carries_the_salt():
     req = EngineRequest("a", [1, 2], greedy(), 1.5, "t", 1, 2.0, cache_salt="ns\ntenant")
-    back = request_from_wire(unpack(pack(request_to_wire(req))))
+    back = decode(encode(AddRequest(req))).request
     assert back == req and back.cache_salt == "ns\ntenant"
