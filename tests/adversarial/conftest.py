@@ -1,0 +1,46 @@
+"""Fixtures of the adversarial suite: one real server on the tiny model with tight transport
+limits (short header/body deadlines, a small per-address connection cap), and the canary that
+every case ends with: a real generation through the official client still succeeds."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "server"))
+
+from server_helpers import ServerThread, start_engine, tiny_engine_config  # noqa: E402
+
+HEADER_TIMEOUT_S = 1.0
+BODY_TIMEOUT_S = 1.5
+MAX_CONNECTIONS_PER_CLIENT = 24
+
+
+@pytest.fixture(scope="session")
+def adv_llm(tiny_llama):
+    llm = start_engine(tiny_engine_config(tiny_llama))
+    yield llm
+    llm.shutdown()
+
+
+@pytest.fixture(scope="session")
+def adv_server(adv_llm):
+    server = ServerThread(adv_llm, header_timeout_s=HEADER_TIMEOUT_S,
+                          body_timeout_s=BODY_TIMEOUT_S,
+                          max_connections_per_client=MAX_CONNECTIONS_PER_CLIENT).start()
+    yield server
+    server.stop()
+
+
+def canary(server) -> None:
+    """The server still serves: a generation through the official client succeeds."""
+    out = server.client(timeout=30).completions.create(model=server.model, prompt="Hello",
+                                                       max_tokens=2)
+    assert out.choices[0].finish_reason in ("length", "stop")
+
+
+@pytest.fixture
+def alive(adv_server):
+    yield adv_server
+    canary(adv_server)
