@@ -25,8 +25,18 @@ def adv_llm(tiny_llama):
 
 
 @pytest.fixture(scope="session")
-def adv_server(adv_llm):
-    server = ServerThread(adv_llm, header_timeout_s=HEADER_TIMEOUT_S,
+def adv_encoder(tmp_path_factory):
+    """A tiny random BERT classifier, so /v1/embeddings and /v1/classify are served too."""
+    from cormorant.frontend.embedder import Embedder
+    from models.test_bert import save_tiny_bert_classifier
+
+    path = save_tiny_bert_classifier(tmp_path_factory.mktemp("adv-bert-cls"))
+    return Embedder.from_path(str(path), name="tiny-classifier", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def adv_server(adv_llm, adv_encoder):
+    server = ServerThread(adv_llm, encoders=[adv_encoder], header_timeout_s=HEADER_TIMEOUT_S,
                           body_timeout_s=BODY_TIMEOUT_S,
                           max_connections_per_client=MAX_CONNECTIONS_PER_CLIENT).start()
     yield server
