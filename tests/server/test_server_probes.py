@@ -51,6 +51,15 @@ def test_openapi_document(tiny_server):
     ref = body["content"]["application/json"]["schema"]["$ref"].split("/")[-1]
     assert "messages" in doc["components"]["schemas"][ref]["properties"]
     assert "ErrorResponse" in doc["components"]["schemas"]
+    # What the server really answers: auth, limits, quotas, overload; SSE when streaming.
+    for path in ("/v1/completions", "/v1/chat/completions", "/tokenize", "/v1/models"):
+        operation = next(iter(doc["paths"][path].values()))
+        assert {"400", "401", "403", "413", "415", "429", "503"} <= set(operation["responses"])
+        assert "422" not in operation["responses"]
+    for path in ("/v1/completions", "/v1/chat/completions"):
+        ok = doc["paths"][path]["post"]["responses"]["200"]["content"]
+        assert {"application/json", "text/event-stream"} <= set(ok)
+    assert "Retry-After" in doc["paths"]["/v1/completions"]["post"]["responses"]["503"]["headers"]
 
 
 @pytest.fixture(scope="module")
