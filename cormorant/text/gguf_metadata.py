@@ -76,7 +76,8 @@ def _parse(buf: mmap.mmap, path: str, string_arrays: Container[str] | None) -> d
                                ("tensor_count", num_tensors, 24)):
         if count * size > len(buf) - pos:
             raise GGUFMetadataError(f"{path}: GGUF header field {field} is {count}, which "
-                                    f"cannot fit in a {len(buf)}-byte file")
+                                    f"cannot fit in a {len(buf)}-byte file (truncated or "
+                                    "corrupt)")
     metadata: dict = {}
     for i in range(num_kv):
         field = f"metadata[{i}]"
