@@ -162,8 +162,9 @@ class JSONErrorH11Protocol(H11Protocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        # IDLE: no pipelined request is already under way (that one has its body deadline).
-        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:  # the next request's headers have a deadline too
+        # The next request's headers have a deadline too. IDLE: no pipelined request is
+        # already under way (that one has its body deadline).
+        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
             self._arm(self.limits.header_timeout_s + self.timeout_keep_alive,
                       self._on_header_timeout)
 
