@@ -1,9 +1,9 @@
 """Prompts to token ids: completion prompts (text or ids, one or many) and chat messages.
 
 Tokenization and chat templating never run on the event loop: they go to a small thread pool
-(at most MAX_PENDING jobs queued per pool; past that a 503), so a megabyte prompt never stalls
-/health or other requests (and never touches the engine loop's thread). Before that, a text
-whose UTF-8 size alone proves it longer than the context is refused without tokenizing it.
+(at most MAX_PENDING jobs queued per pool; past that a 503), never the engine loop's thread.
+Before that, a text whose UTF-8 size alone proves it longer than the context is refused
+without tokenizing it, so an oversized prompt costs no tokenizer time at all.
 Token ids from the client are checked against the vocabulary before they reach the engine.
 Imports server modules (protocol, errors, engine_client).
 """

@@ -8,13 +8,14 @@ import sys
 
 import pytest
 
+sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "server"))
 
+from adversarial_helpers import (BODY_TIMEOUT_S, HEADER_TIMEOUT_S,  # noqa: E402
+                                 MAX_CONNECTIONS_PER_CLIENT, canary)
 from server_helpers import ServerThread, start_engine, tiny_engine_config  # noqa: E402
 
-HEADER_TIMEOUT_S = 1.0
-BODY_TIMEOUT_S = 1.5
-MAX_CONNECTIONS_PER_CLIENT = 24
+__all__ = ["BODY_TIMEOUT_S", "HEADER_TIMEOUT_S", "MAX_CONNECTIONS_PER_CLIENT", "canary"]
 
 
 @pytest.fixture(scope="session")
@@ -41,13 +42,6 @@ def adv_server(adv_llm, adv_encoder):
                           max_connections_per_client=MAX_CONNECTIONS_PER_CLIENT).start()
     yield server
     server.stop()
-
-
-def canary(server) -> None:
-    """The server still serves: a generation through the official client succeeds."""
-    out = server.client(timeout=30).completions.create(model=server.model, prompt="Hello",
-                                                       max_tokens=2)
-    assert out.choices[0].finish_reason in ("length", "stop")
 
 
 @pytest.fixture

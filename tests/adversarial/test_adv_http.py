@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from conftest import BODY_TIMEOUT_S, HEADER_TIMEOUT_S, MAX_CONNECTIONS_PER_CLIENT
+from adversarial_helpers import BODY_TIMEOUT_S, HEADER_TIMEOUT_S, MAX_CONNECTIONS_PER_CLIENT
 
 
 def connect(server) -> socket.socket:

@@ -13,7 +13,7 @@ from schemathesis.specs.openapi.checks import (content_type_conformance,
                                               status_code_conformance)
 from schemathesis.checks import not_a_server_error
 
-from conftest import canary
+from adversarial_helpers import canary
 
 FUZZED = (r"^/(v1/(completions|chat/completions|embeddings|classify|models|usage)|tokenize|"
           r"detokenize|health|ready)$")
