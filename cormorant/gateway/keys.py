@@ -30,6 +30,25 @@ import string
 import time
 from dataclasses import dataclass, field
 
+# A static --api-key guarding a non-loopback bind: at least this long, and not trivially weak.
+MIN_STATIC_KEY_CHARS = 16
+MIN_STATIC_KEY_DISTINCT = 6
+
+
+def static_key_weakness(key: str) -> str | None:
+    """Why a static API key is too weak to guard a network-reachable server, or None."""
+    if key != key.strip() or any(ch.isspace() or not ch.isprintable() for ch in key):
+        return "the API key contains whitespace or control characters"
+    if len(key) < MIN_STATIC_KEY_CHARS:
+        return (f"the API key has {len(key)} characters; at least {MIN_STATIC_KEY_CHARS} are "
+                "required (generate one with `cormorant keys create` or "
+                "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
+    if len(set(key)) < MIN_STATIC_KEY_DISTINCT:
+        return (f"the API key uses fewer than {MIN_STATIC_KEY_DISTINCT} distinct characters; "
+                "use a random key")
+    return None
+
+
 SCOPE_INFERENCE = "inference"
 SCOPE_ADMIN = "admin"
 SCOPE_METRICS = "metrics"

@@ -350,7 +350,10 @@ class RequestTracker:
     def close(self) -> None:
         """The consumer stopped early (client gone, drain, engine death): count aborts."""
         last = self.last
-        if last is None or last.finished:
+        if last is None:  # gone before the first output (e.g. during a long prefill)
+            self.m.success["abort"].inc(max(1, int(getattr(self.params, "n", 1) or 1)))
+            return
+        if last.finished:
             return
         for o in last.outputs:
             if not o.finished:

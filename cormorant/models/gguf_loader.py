@@ -10,7 +10,9 @@ Imports: gguf, numpy, torch, config.
 """
 from __future__ import annotations
 
+import mmap
 import re
+import struct
 from collections.abc import Iterator
 
 import numpy as np
@@ -46,8 +48,147 @@ _BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 _ROPE_FREQS = "rope_freqs.weight"  # Llama 3.1 rope scaling, as per-frequency divisors
 
 
+class GGUFFormatError(ValueError):
+    """A malformed GGUF: the message names the file and the header field at fault."""
+
+
 def open_gguf(path: str) -> GGUFReader:
-    return GGUFReader(path, "r")
+    """The gguf package's reader, after every header field was checked against the file size
+    (the reader itself trusts them: absurd counts or offsets raise raw numpy errors)."""
+    check_gguf_layout(path)
+    try:
+        return GGUFReader(path, "r")
+    except (ValueError, IndexError, KeyError, OverflowError, MemoryError) as exc:
+        raise GGUFFormatError(f"{path}: not a readable GGUF file ({exc})") from None
+
+
+_MAX_DIMS = 4  # GGML_MAX_DIMS
+_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_STRING, _ARRAY = 8, 9
+
+
+class _Cursor:
+    """Little-endian reads over the file's bytes; a read past the end names the field."""
+
+    def __init__(self, path: str, data: mmap.mmap) -> None:
+        self.path, self.data, self.pos = path, data, 0
+
+    def fail(self, field: str, why: str) -> GGUFFormatError:
+        return GGUFFormatError(f"{self.path}: GGUF header field {field}: {why} (file is "
+                               f"{len(self.data)} bytes)")
+
+    def take(self, fmt: str, field: str):
+        size = struct.calcsize("<" + fmt)
+        if self.pos + size > len(self.data):
+            raise self.fail(field, f"truncated at byte {self.pos}")
+        values = struct.unpack_from("<" + fmt, self.data, self.pos)
+        self.pos += size
+        return values[0] if len(values) == 1 else values
+
+    def count(self, field: str, min_item_bytes: int) -> int:
+        n = self.take("Q", field)
+        if n * min_item_bytes > len(self.data) - self.pos:
+            raise self.fail(field, f"{n} entries cannot fit in the rest of the file")
+        return n
+
+    def string(self, field: str) -> bytes:
+        n = self.count(field, 1)
+        self.pos += n
+        return bytes(self.data[self.pos - n:self.pos])
+
+    def skip_value(self, value_type: int, field: str) -> None:
+        if value_type in _SCALAR_SIZES:
+            self.take(f"{_SCALAR_SIZES[value_type]}s", field)
+        elif value_type == _STRING:
+            self.string(field)
+        elif value_type == _ARRAY:
+            elem_type = self.take("I", field)
+            n = self.count(field, _SCALAR_SIZES.get(elem_type, 8))
+            if elem_type in _SCALAR_SIZES:
+                self.pos += n * _SCALAR_SIZES[elem_type]  # count() checked it fits
+            elif elem_type == _STRING:  # vocabularies: the hot loop, kept tight
+                unpack, data, pos = struct.Struct("<Q").unpack_from, self.data, self.pos
+                for _ in range(n):
+                    if pos + 8 > len(data):
+                        break
+                    pos += 8 + unpack(data, pos)[0]
+                if pos > len(data):
+                    raise self.fail(field, "string array runs past the end of the file")
+                self.pos = pos
+            else:
+                for _ in range(n):
+                    self.skip_value(elem_type, field)
+        else:
+            raise self.fail(field, f"unknown value type {value_type}")
+
+
+def check_gguf_layout(path: str) -> None:
+    """Every count, dimension and offset of the header against the file size, before the
+    gguf package trusts them; a clear GGUFFormatError naming the file and field otherwise."""
+    with open(path, "rb") as f:
+        try:
+            blob = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError:
+            raise GGUFFormatError(f"{path}: empty file, not a GGUF") from None
+    try:
+        _check(_Cursor(path, blob))
+    finally:
+        blob.close()
+
+
+def _check(cur: _Cursor) -> None:
+    data = cur.data
+    if cur.take("4s", "magic") != b"GGUF":
+        raise cur.fail("magic", "not a GGUF file")
+    version = cur.take("I", "version")
+    if version not in (2, 3):
+        raise cur.fail("version", f"{version} is not supported (need v2 or v3)")
+    num_tensors = cur.take("Q", "tensor_count")
+    num_kv = cur.count("metadata_kv_count", 13)  # key length + type + one byte at least
+    if num_tensors * 24 > len(data):  # name length + n_dims + type + offset
+        raise cur.fail("tensor_count", f"{num_tensors} tensors cannot fit in the file")
+    alignment = 32
+    for i in range(num_kv):
+        key = cur.string(f"metadata[{i}].key").decode("utf-8", "replace")
+        value_type = cur.take("I", f"metadata {key!r} type")
+        if key == "general.alignment" and value_type == 4:
+            alignment = cur.take("I", "general.alignment")
+            if alignment == 0 or alignment & (alignment - 1):
+                raise cur.fail("general.alignment", f"{alignment} is not a power of two")
+        else:
+            cur.skip_value(value_type, f"metadata {key!r}")
+    tensors = [_tensor_info(cur, i) for i in range(num_tensors)]
+    data_start = -(-cur.pos // alignment) * alignment
+    for name, nbytes, offset in tensors:
+        if data_start + offset + nbytes > len(data):
+            raise cur.fail(f"tensor {name!r} offset", f"data at {data_start + offset}..."
+                           f"{data_start + offset + nbytes} runs past the end of the file")
+
+
+def _tensor_info(cur: _Cursor, i: int) -> tuple[str, int, int]:
+    from gguf.constants import GGML_QUANT_SIZES
+
+    name = cur.string(f"tensor[{i}].name").decode("utf-8", "replace")
+    n_dims = cur.take("I", f"tensor {name!r} n_dims")
+    if not 1 <= n_dims <= _MAX_DIMS:
+        raise cur.fail(f"tensor {name!r} n_dims", f"{n_dims} (must be 1..{_MAX_DIMS})")
+    dims = [cur.take("Q", f"tensor {name!r} dims[{d}]") for d in range(n_dims)]
+    type_id = cur.take("I", f"tensor {name!r} type")
+    offset = cur.take("Q", f"tensor {name!r} offset")
+    try:
+        block, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType(type_id)]
+    except (ValueError, KeyError):
+        raise cur.fail(f"tensor {name!r} type", f"unknown tensor type {type_id}") from None
+    num_elements = 1
+    for d, n in enumerate(dims):
+        num_elements *= n
+        if n == 0 or num_elements * block_bytes // block > len(cur.data):
+            raise cur.fail(f"tensor {name!r} dims[{d}]", f"{n} makes the tensor {dims} "
+                           "larger than the file")
+    if dims[0] % block:
+        raise cur.fail(f"tensor {name!r} dims[0]", f"{dims[0]} is not a multiple of the "
+                       f"type's block size {block}")
+    return name, num_elements // block * block_bytes, offset
 
 
 def gguf_model_config(reader: GGUFReader) -> ModelConfig:

@@ -3,22 +3,28 @@
 The body arrives already capped in size by the limits middleware. Here: the content type must
 be JSON, the bytes strict UTF-8, the JSON an object without NaN/Infinity, without numbers of
 absurd length (Python would happily build a 4-million-digit int) and without nesting deep
-enough to exhaust the parser's recursion. Imports starlette, pydantic and server.errors.
+enough to exhaust the parser's recursion, and without lone UTF-16 surrogates ("\\ud800" is
+valid JSON but not Unicode text: no tokenizer, template or stop matcher can take it).
+Imports starlette, pydantic and server.errors.
 """
 from __future__ import annotations
 
 import json
+import re
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
-from cormorant.server.errors import APIError, from_validation_error
+from cormorant.server.errors import APIError, from_validation_error, loc_to_param
 
 M = TypeVar("M", bound=BaseModel)
 
 # Long enough for any int64/uint64 and any float repr, short enough that parsing is trivial.
 MAX_NUMBER_CHARS = 40
+# A \u escape of a UTF-16 surrogate; only bodies that have one are searched for a lone one.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class _BadNumber(ValueError):
@@ -81,7 +87,33 @@ def parse_json_object(raw: bytes) -> dict:
     if not isinstance(obj, dict):
         raise APIError(400, "The request body must be a JSON object, "
                        f"not a JSON {type(obj).__name__}.", code="invalid_json")
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            _reject_lone_surrogates(obj, [])
+        except RecursionError:
+            raise APIError(400, "The request is nested too deeply.",
+                           code="invalid_json") from None
     return obj
+
+
+def _reject_lone_surrogates(value: object, path: list[str | int]) -> None:
+    """400 naming the first string (or key) that holds a lone surrogate; pairs were combined
+    by the JSON parser, so any surrogate left is unpaired."""
+    if isinstance(value, str):
+        match = _LONE_SURROGATE.search(value)
+        if match is not None:
+            param = loc_to_param(path) or None
+            raise APIError(400, f"Invalid value for '{param or 'body'}': the text contains an "
+                           f"unpaired UTF-16 surrogate (\\u{ord(match.group()):04x} at "
+                           f"character {match.start()}), which is not valid Unicode.",
+                           param=param, code="invalid_encoding")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _reject_lone_surrogates(key, path)
+            _reject_lone_surrogates(item, [*path, key])
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _reject_lone_surrogates(item, [*path, index])
 
 
 async def read_json_object(request: Request) -> dict:

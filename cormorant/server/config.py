@@ -33,6 +33,10 @@ class ServerConfig:
     max_body_bytes: int = 4 * MiB
     max_header_bytes: int = 16 * 1024  # all header names and values together
     max_header_count: int = 100
+    header_timeout_s: float = 10.0  # request line + headers, from connect or the last response
+    body_timeout_s: float = 60.0  # the whole body, from the end of the headers
+    max_connections: int = 2048  # open HTTP connections, idle ones included
+    max_connections_per_client: int = 256  # the same, per client IP address
 
     # --- request field bounds ---------------------------------------------------------------
     max_n: int = 16
@@ -89,6 +93,11 @@ class ServerConfig:
                      "max_waiting_requests", "max_waiting_prompt_tokens", "max_error_chars"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ServerConfig.{name} must be at least 1")
+        for name in ("max_connections", "max_connections_per_client"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ServerConfig.{name} must be at least 1")
+        if self.header_timeout_s <= 0 or self.body_timeout_s <= 0:
+            raise ValueError("ServerConfig.header_timeout_s and body_timeout_s must be > 0")
         if self.drain_grace_s < 0 or self.health_stall_s <= 0:
             raise ValueError("ServerConfig.drain_grace_s must be >= 0 and health_stall_s > 0")
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):

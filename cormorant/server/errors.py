@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from cormorant.sampling_params import SamplingParamsError
@@ -25,6 +25,7 @@ from cormorant.sampling_params import SamplingParamsError
 logger = logging.getLogger("cormorant.server")
 
 DEFAULT_MAX_CHARS = 512
+DEFAULT_RETRY_AFTER_S = 5  # a 503/429 whose raiser named no delay (a restarting engine, ...)
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
 _UNION_TAGS = {"str", "int", "float", "bool", "dict", "list", "none", "function-after",
                "function-before", "function-plain", "function-wrap"}
@@ -66,7 +67,12 @@ def bound(text: str, max_chars: int = DEFAULT_MAX_CHARS) -> str:
 
 def error_response(err: APIError, max_chars: int = DEFAULT_MAX_CHARS) -> Response:
     content = json.dumps(err.body(max_chars), ensure_ascii=False, separators=(",", ":"))
-    return Response(content, status_code=err.status, headers=err.headers,
+    headers = err.headers
+    if err.status in (429, 503) and not any(k.lower() == "retry-after" for k in headers):
+        # Every refusal a client may retry says when (the engine died, a model failed to load,
+        # ...); the callers that know better (admission, quotas, drain) set their own.
+        headers = {**headers, "retry-after": str(DEFAULT_RETRY_AFTER_S)}
+    return Response(content, status_code=err.status, headers=headers,
                     media_type="application/json")
 
 
@@ -137,6 +143,16 @@ def install_error_handlers(app: FastAPI, max_chars: int) -> None:
         err = APIError(exc.status_code, message, code=code, headers=dict(exc.headers or {}))
         return error_response(err, max_chars)
 
+    async def on_client_disconnect(request: Request, _: ClientDisconnect) -> Response:
+        # The client left while sending its body (or took too long: the transport's body
+        # deadline): not a server error. 499 is nginx's "client closed request"; nobody
+        # receives this response, but the request log and metrics count it as such.
+        logger.info("client disconnected while sending the body of %s %s", request.method,
+                    request.url.path)
+        return error_response(APIError(499, "The client closed the connection before the "
+                                       "request body was complete.",
+                                       code="client_disconnected"), max_chars)
+
     async def on_unexpected(_: Request, exc: Exception) -> Response:
         logger.exception("unexpected error while serving a request", exc_info=exc)
         return error_response(APIError(500, "The server had an internal error while processing "
@@ -145,4 +161,5 @@ def install_error_handlers(app: FastAPI, max_chars: int) -> None:
     app.add_exception_handler(APIError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(ClientDisconnect, on_client_disconnect)
     app.add_exception_handler(Exception, on_unexpected)

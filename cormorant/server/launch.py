@@ -10,6 +10,7 @@ Imports config, server modules, frontend (lazily), uvicorn.
 from __future__ import annotations
 
 import argparse
+import functools
 import ipaddress
 import logging
 import os
@@ -20,6 +21,7 @@ import uvicorn
 
 from cormorant.config import EngineConfig
 from cormorant.engine_args import add_engine_args, engine_config_from
+from cormorant.gateway.keys import static_key_weakness
 from cormorant.gateway.keystore import DEFAULT_KEYS_DB
 from cormorant.gateway.model_registry import (Registry, RegistryError, load_registry_file,
                                                resolve_source)
@@ -63,9 +65,15 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
                             ("max_n", "largest n accepted"),
                             ("max_waiting_requests", "503 above this many waiting requests"),
                             ("max_waiting_prompt_tokens", "503 above this many queued prompt "
-                                                          "tokens")):
+                                                          "tokens"),
+                            ("max_connections", "open HTTP connections (idle ones too)"),
+                            ("max_connections_per_client", "the same, per client address")):
         limits.add_argument("--" + name.replace("_", "-"), type=int,
                             default=getattr(_DEFAULTS, name), help=help_text)
+    limits.add_argument("--header-timeout-s", type=float, default=_DEFAULTS.header_timeout_s,
+                        help="408 and close when the request headers take longer")
+    limits.add_argument("--body-timeout-s", type=float, default=_DEFAULTS.body_timeout_s,
+                        help="408 and close when the request body takes longer")
     limits.add_argument("--drain-grace-s", type=float, default=_DEFAULTS.drain_grace_s,
                         help="on SIGTERM, how long in-flight requests may run on")
     limits.add_argument("--health-stall-s", "--watchdog-stall-seconds", dest="health_stall_s",
@@ -147,15 +155,21 @@ def auth_args_error(args: argparse.Namespace) -> str | None:
     return None
 
 
-def bind_error(host: str, api_key: str | None, insecure: bool) -> str | None:
-    """A non-loopback bind without a key would hand the model to the whole network."""
-    if api_key or insecure:
-        return None
+def bind_error(host: str, api_key: str | None, insecure: bool,
+               static_key: str | None = None) -> str | None:
+    """A non-loopback bind without a key (or with a guessable static --api-key) would hand
+    the model to the whole network."""
+    if static_key and not static_key.strip():
+        return "--api-key is empty or whitespace"
     try:
         is_loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
         is_loopback = host == "localhost"
-    if is_loopback:
+    if static_key is not None and not is_loopback and not insecure:
+        weakness = static_key_weakness(static_key)
+        if weakness:
+            return f"refusing to bind {host} with a weak --api-key: {weakness}"
+    if api_key or insecure or is_loopback:
         return None
     return (f"refusing to bind {host} without an API key: pass --keys-db or --api-key (or "
             "set CORMORANT_API_KEY), bind 127.0.0.1, or pass --insecure")
@@ -174,6 +188,9 @@ def server_config(args: argparse.Namespace, version: str) -> ServerConfig:
         max_body_bytes=args.max_body_bytes, max_n=args.max_n,
         max_waiting_requests=args.max_waiting_requests,
         max_waiting_prompt_tokens=args.max_waiting_prompt_tokens,
+        max_connections=args.max_connections,
+        max_connections_per_client=args.max_connections_per_client,
+        header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s,
         drain_grace_s=args.drain_grace_s, health_stall_s=args.health_stall_s,
         watchdog_exit_grace_s=args.watchdog_exit_grace, log_prompts=args.log_prompts,
         usage_db=args.usage_db, otlp_endpoint=args.otlp_endpoint,
@@ -204,7 +221,7 @@ def load_encoders(specs: list[str], dtype: str, device: str) -> list:
 def uvicorn_config(app, config: ServerConfig, log_level: str) -> uvicorn.Config:
     return uvicorn.Config(
         app, host=config.host, port=config.port, log_level=log_level, lifespan="on",
-        http=JSONErrorH11Protocol,  # type: ignore[arg-type]
+        http=functools.partial(JSONErrorH11Protocol, limits=config),  # type: ignore[arg-type]
         h11_max_incomplete_event_size=config.max_header_bytes + H11_SLACK_BYTES,
         # Our drain already let in-flight work finish; this only closes idle connections.
         timeout_graceful_shutdown=3, server_header=False,
@@ -218,7 +235,7 @@ def run_server(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     configure_request_log()  # one bare JSON line per request on stderr, whatever the level
     error = auth_args_error(args) or bind_error(
-        args.host, args.api_key or args.keys_db or args.keys_file, args.insecure)
+        args.host, args.api_key or args.keys_db or args.keys_file, args.insecure, args.api_key)
     if error:
         print(f"cormorant serve: {error}", file=sys.stderr)
         return 2

@@ -1,14 +1,16 @@
 """Prompts to token ids: completion prompts (text or ids, one or many) and chat messages.
 
-Tokenization and chat templating run on a small thread pool when the input is long, so a
-megabyte prompt never stalls the event loop (and never touches the engine loop's thread);
-short inputs are tokenized inline because the thread hop would cost more than the work.
+Tokenization and chat templating never run on the event loop: they go to a small thread pool
+(at most MAX_PENDING jobs queued per pool; past that a 503), never the engine loop's thread.
+Before that, a text whose UTF-8 size alone proves it longer than the context is refused
+without tokenizing it, so an oversized prompt costs no tokenizer time at all.
 Token ids from the client are checked against the vocabulary before they reach the engine.
 Imports server modules (protocol, errors, engine_client).
 """
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -19,7 +21,11 @@ from cormorant.server.errors import APIError, bound
 from cormorant.server.protocol import ChatMessage
 
 T = TypeVar("T")
-INLINE_CHARS = 2048
+MAX_PENDING = 256  # tokenize/template jobs waiting for one pool
+# Normalisers (NFKC, composition) can shrink a text before it is split into tokens; no
+# normaliser of a generation tokenizer shrinks it by more than this factor.
+NORMALIZE_SLACK = 4
+_pending: weakref.WeakKeyDictionary[Executor, int] = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -29,9 +35,38 @@ class Prompt:
 
 
 async def off_loop(executor: Executor, num_chars: int, fn: Callable[..., T], *args) -> T:
-    if num_chars <= INLINE_CHARS:
-        return fn(*args)
-    return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+    """fn(*args) on the pool, always (num_chars: kept for the callers; every size goes)."""
+    pending = _pending.get(executor, 0)
+    if pending >= MAX_PENDING:
+        raise APIError(503, "The server is busy tokenizing other requests; retry shortly.",
+                       code="server_overloaded")
+    _pending[executor] = pending + 1
+    try:
+        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+    finally:
+        _pending[executor] -= 1
+
+
+def min_tokens(text: str, tokenizer: TokenizerLike) -> int:
+    """A lower bound of len(tokenizer.encode(text)) from the bytes alone (0: unknown)."""
+    max_token_bytes = getattr(tokenizer, "max_token_bytes", None)
+    if not isinstance(max_token_bytes, int) or max_token_bytes < 1:
+        return 0
+    per_token = max_token_bytes * NORMALIZE_SLACK
+    if len(text) * 4 < per_token:  # UTF-8 takes at most 4 bytes a character
+        return 0
+    return len(text.encode("utf-8", "surrogatepass")) // per_token
+
+
+def refuse_oversized(text: str, tokenizer: TokenizerLike, max_model_len: int,
+                     param: str) -> None:
+    """400 before tokenizing when the text's size alone proves it leaves no room to generate."""
+    at_least = min_tokens(text, tokenizer)
+    if at_least >= max_model_len:
+        raise APIError(400, f"This model's maximum context length is {max_model_len} tokens. "
+                       f"However, your {param} is {len(text)} characters long, which is "
+                       f"at least {at_least} tokens. Please reduce the length of the "
+                       f"{param}.", param=param, code="context_length_exceeded")
 
 
 def check_token_ids(token_ids: list[int], vocab_size: int, param: str) -> list[int]:
@@ -55,13 +90,16 @@ def count_prompts(prompt: str | list) -> int:
 
 
 async def completion_prompts(prompt: str | list, tokenizer: TokenizerLike, vocab_size: int,
-                             executor: Executor) -> list[Prompt]:
+                             executor: Executor, max_model_len: int | None = None
+                             ) -> list[Prompt]:
     """Each prompt as token ids: text tokenized, client ids checked against the vocabulary."""
     items = _prompt_items(prompt)
     out = []
     for i, item in enumerate(items):
         param = "prompt" if len(items) == 1 else f"prompt[{i}]"
         if isinstance(item, str):
+            if max_model_len is not None:
+                refuse_oversized(item, tokenizer, max_model_len, param)
             ids = await off_loop(executor, len(item), tokenizer.encode, item)
             if not ids:
                 raise APIError(400, "The prompt tokenizes to no tokens.", param=param,
@@ -85,9 +123,13 @@ def _template_messages(messages: list[ChatMessage]) -> list[dict]:
 
 
 async def chat_prompt(messages: list[ChatMessage], tokenizer: TokenizerLike,
-                      executor: Executor, add_generation_prompt: bool = True) -> Prompt:
+                      executor: Executor, add_generation_prompt: bool = True,
+                      max_model_len: int | None = None) -> Prompt:
     entries = _template_messages(messages)
     num_chars = sum(len(entry["content"]) for entry in entries)
+    if max_model_len is not None:  # the template only adds text: the contents are a bound
+        refuse_oversized("".join(entry["content"] for entry in entries), tokenizer,
+                         max_model_len, "messages")
     try:
         ids = await off_loop(executor, num_chars, tokenizer.apply_chat_template, entries,
                              add_generation_prompt)

@@ -16,14 +16,15 @@ from cormorant.server.admission import metered
 from cormorant.server.body import read_request
 from cormorant.server.embedding_protocol import ClassificationRequest, encoder_inputs
 from cormorant.server.errors import APIError, bound
-from cormorant.server.openapi import ERROR_RESPONSES
+from cormorant.server.openapi import ERROR_RESPONSES, request_body
 from cormorant.server.responses import json_response, new_id
 from cormorant.server.state import get_state
 
 router = APIRouter()
 
 
-@router.post("/v1/classify", responses=ERROR_RESPONSES, summary="Classify texts")
+@router.post("/v1/classify", openapi_extra=request_body("ClassificationRequest"),
+             responses=ERROR_RESPONSES, summary="Classify texts")
 async def classify(request: Request) -> Response:
     state = get_state(request)
     req = await read_request(request, ClassificationRequest, state.validation_context)

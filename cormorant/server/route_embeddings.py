@@ -17,7 +17,7 @@ from starlette.responses import Response
 from cormorant.server.admission import metered
 from cormorant.server.body import read_request
 from cormorant.server.embedding_protocol import EmbeddingRequest, encoder_inputs
-from cormorant.server.openapi import ERROR_RESPONSES
+from cormorant.server.openapi import ERROR_RESPONSES, request_body
 from cormorant.server.responses import json_response
 from cormorant.server.state import get_state
 
@@ -28,7 +28,8 @@ def encode_base64(vector: list[float]) -> str:
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
 
 
-@router.post("/v1/embeddings", responses=ERROR_RESPONSES, summary="Create embeddings")
+@router.post("/v1/embeddings", openapi_extra=request_body("EmbeddingRequest"),
+             responses=ERROR_RESPONSES, summary="Create embeddings")
 async def create_embeddings(request: Request) -> Response:
     state = get_state(request)
     req = await read_request(request, EmbeddingRequest, state.validation_context)

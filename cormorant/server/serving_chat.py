@@ -57,7 +57,8 @@ async def create_chat_completion(request: Request, state: ServerState) -> Respon
     req = await read_request(request, ChatCompletionRequest, state.validation_context)
 
     async def prepare(served: ServedGenerator) -> Prepared:
-        prompt = await chat_prompt(req.messages, served.tokenizer, state.tokenize_pool)
+        prompt = await chat_prompt(req.messages, served.tokenizer, state.tokenize_pool,
+                                   max_model_len=served.max_model_len)
         params = chat_params(req, len(prompt.token_ids), served.max_model_len,
                              served.vocab_size)
         return Prepared([Job(new_id("chatcmpl"), prompt.token_ids, params)],

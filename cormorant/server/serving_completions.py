@@ -67,7 +67,7 @@ async def create_completion(request: Request, state: ServerState) -> Response:
 
     async def prepare(served: ServedGenerator) -> Prepared:
         prompts = await completion_prompts(req.prompt, served.tokenizer, served.vocab_size,
-                                           state.tokenize_pool)
+                                           state.tokenize_pool, served.max_model_len)
         params = [completion_params(req, len(p.token_ids), served.max_model_len,
                                     served.vocab_size) for p in prompts]
         request_id = new_id("cmpl")

@@ -69,14 +69,27 @@ def _parse(buf: mmap.mmap, path: str, string_arrays: Container[str] | None) -> d
         # A big-endian file reads as a huge little-endian version number.
         raise GGUFMetadataError(
             f"{path}: GGUF version {version} is not supported (need little-endian v2 or v3)")
-    _num_tensors, num_kv = struct.unpack_from("<QQ", buf, 8)
+    num_tensors, num_kv = struct.unpack_from("<QQ", buf, 8)
     pos = 24
+    # Each entry takes 13 bytes at least (key length, type, a byte), each tensor info 24.
+    for field, count, size in (("metadata_kv_count", num_kv, 13),
+                               ("tensor_count", num_tensors, 24)):
+        if count * size > len(buf) - pos:
+            raise GGUFMetadataError(f"{path}: GGUF header field {field} is {count}, which "
+                                    f"cannot fit in a {len(buf)}-byte file (truncated or "
+                                    "corrupt)")
     metadata: dict = {}
-    for _ in range(num_kv):
-        key, pos = _read_str(buf, pos)
-        (value_type,) = struct.unpack_from("<I", buf, pos)
-        keep = string_arrays is None or key in string_arrays
-        metadata[key], pos = _read_value(buf, pos + 4, value_type, keep)
+    for i in range(num_kv):
+        field = f"metadata[{i}]"
+        try:
+            key, pos = _read_str(buf, pos)
+            field = f"metadata {key!r}"
+            (value_type,) = struct.unpack_from("<I", buf, pos)
+            keep = string_arrays is None or key in string_arrays
+            metadata[key], pos = _read_value(buf, pos + 4, value_type, keep)
+        except (struct.error, IndexError, UnicodeDecodeError, GGUFMetadataError) as exc:
+            raise GGUFMetadataError(f"{path}: GGUF header field {field}: truncated or corrupt "
+                                    f"({exc})") from None
     return metadata
 
 
@@ -113,6 +126,8 @@ def _read_array(buf: mmap.mmap, pos: int, elem_type: int, count: int, keep_strin
             values.byteswap()  # GGUF is little-endian; only matters on a big-endian host
         out = values.tolist()
         return ([bool(v) for v in out] if fmt == "?" else out), pos + nbytes
+    if count * (8 if elem_type == _TYPE_STRING else 12) > len(buf) - pos:
+        raise GGUFMetadataError(f"an array of {count} entries cannot fit in the file")
     if elem_type == _TYPE_STRING:
         return _read_str_array(buf, pos, count, keep_strings)
     if elem_type == _TYPE_ARRAY:

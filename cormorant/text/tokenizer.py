@@ -11,6 +11,7 @@ own GGUF path imports torch, so it is only the fallback for tokenizer types we d
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -58,6 +59,16 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer({self.name!r}, vocab_size={self.vocab_size})"
+
+    @functools.cached_property
+    def max_token_bytes(self) -> int:
+        """The UTF-8 length of the longest vocabulary entry (added tokens included). In every
+        vocabulary form we load (byte-level symbols, SentencePiece pieces with '▁', byte
+        fallback '<0x..>') an entry's UTF-8 form is at least as long as the input bytes it
+        stands for, so a text of B bytes has at least B / max_token_bytes tokens (before
+        normalisation; see server.prompts for the slack)."""
+        vocab = self.hf.get_vocab()
+        return max((len(token.encode("utf-8", "surrogatepass")) for token in vocab), default=1)
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         if self._backend is not None:

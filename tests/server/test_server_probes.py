@@ -51,6 +51,15 @@ def test_openapi_document(tiny_server):
     ref = body["content"]["application/json"]["schema"]["$ref"].split("/")[-1]
     assert "messages" in doc["components"]["schemas"][ref]["properties"]
     assert "ErrorResponse" in doc["components"]["schemas"]
+    # What the server really answers: auth, limits, quotas, overload; SSE when streaming.
+    for path in ("/v1/completions", "/v1/chat/completions", "/tokenize", "/v1/models"):
+        operation = next(iter(doc["paths"][path].values()))
+        assert {"400", "401", "403", "413", "415", "429", "503"} <= set(operation["responses"])
+        assert "422" not in operation["responses"]
+    for path in ("/v1/completions", "/v1/chat/completions"):
+        ok = doc["paths"][path]["post"]["responses"]["200"]["content"]
+        assert {"application/json", "text/event-stream"} <= set(ok)
+    assert "Retry-After" in doc["paths"]["/v1/completions"]["post"]["responses"]["503"]["headers"]
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +91,28 @@ def test_refuses_public_bind_without_key(host, capsys):
     assert "refusing to bind" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("key", ["   ", "x", "short-key-123", "aaaaaaaaaaaaaaaaaaaaaaaa",
+                                 " padded-but-long-enough-key-1234 "])
+def test_refuses_public_bind_with_weak_key(key, capsys):
+    assert launch_main(["--host", "0.0.0.0", "--api-key", key, "--model", "/nonexistent"]) == 2
+    err = capsys.readouterr().err
+    assert "weak --api-key" in err or "--api-key is empty or whitespace" in err
+    assert key.strip() not in err or len(key.strip()) <= 1  # the key itself is never echoed
+
+
+def test_whitespace_key_is_refused_even_on_loopback(capsys):
+    assert launch_main(["--api-key", "  ", "--model", "/nonexistent"]) == 2
+    assert "--api-key is empty or whitespace" in capsys.readouterr().err
+
+
+def test_strong_key_passes_the_bind_check(capsys):
+    # Past the bind check, the missing model is what fails.
+    with pytest.raises(Exception, match="neither a model directory nor a GGUF file"):
+        launch_main(["--host", "0.0.0.0", "--api-key", "Zq8-vT3kP0wLm2Xr9sYb", "--model",
+                     "/nonexistent"])
+    assert "refusing to bind" not in capsys.readouterr().err
+
+
 def test_dead_engine_is_reported_and_fails_requests(tiny_llama):
     llm = start_engine(tiny_engine_config(tiny_llama))
     server = ServerThread(llm).start()
@@ -100,6 +131,7 @@ def test_dead_engine_is_reported_and_fails_requests(tiny_llama):
         response = httpx.post(server.url + "/v1/completions",
                               json={"model": server.model, "prompt": "x", "max_tokens": 2})
         assert_openai_error(response, 503)
+        assert int(response.headers["retry-after"]) >= 1  # a client knows when to come back
     finally:
         server.stop()
         llm.shutdown()

@@ -1,0 +1,57 @@
+"""Schema-driven fuzzing (schemathesis) of the inference routes of a real server, against its
+own /openapi.json: every answer is documented (status, content type, schema), none is a 5xx,
+and the server serves afterwards. Bounded: a fixed number of examples per operation."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.specs.openapi.checks import (content_type_conformance,
+                                              response_schema_conformance,
+                                              status_code_conformance)
+from schemathesis.checks import not_a_server_error
+
+from adversarial_helpers import canary
+
+FUZZED = (r"^/(v1/(completions|chat/completions|embeddings|classify|models|usage)|tokenize|"
+          r"detokenize|health|ready)$")
+EXAMPLES_PER_OPERATION = 15
+
+
+@pytest.fixture(scope="module")
+def fuzz_schema(adv_server):
+    return schemathesis.openapi.from_url(adv_server.url + "/openapi.json")
+
+
+schema = schemathesis.pytest.from_fixture("fuzz_schema").include(path_regex=FUZZED)
+
+
+def _aim(case, server) -> None:
+    """Half the bodies name a served model, so validation past the model lookup is reached;
+    generations are kept short so the pass stays within its time budget."""
+    body = case.body
+    if not isinstance(body, dict) or random.random() < 0.5:
+        return
+    body["model"] = "tiny-classifier" if case.path in ("/v1/embeddings", "/v1/classify") \
+        else server.model
+    if isinstance(body.get("max_tokens"), int) and body["max_tokens"] > 8:
+        body["max_tokens"] = 8
+    body.pop("max_completion_tokens", None)
+
+
+@schema.parametrize()
+@settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, derandomize=True,
+          suppress_health_check=list(HealthCheck))
+def test_fuzzed_requests_get_documented_answers(case, adv_server):
+    _aim(case, adv_server)
+    response = case.call(timeout=60)
+    assert response.status_code < 500, (response.status_code, response.text[:300])
+    case.validate_response(response, checks=(not_a_server_error, status_code_conformance,
+                                             content_type_conformance,
+                                             response_schema_conformance))
+
+
+def test_server_serves_after_fuzzing(adv_server):
+    canary(adv_server)
