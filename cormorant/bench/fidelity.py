@@ -200,3 +200,49 @@ def judge(ours: Stats, hf: Stats, kl_ratio: float = KL_RATIO, kl_floor: float = 
     if ours.top1 < hf.top1 - margin:
         problems.append(f"top-1 {ours.top1:.4f} < transformers' {hf.top1:.4f} - {margin}")
     return problems
+
+
+# ------------------------------------------------------------------ engine variants (GPU check)
+# name -> (attention backend, eager, one sequence per batch). "padded" runs the decode graphs'
+# buffers and padding eagerly (the CPU stand-in for graphs); "bs1" decodes each sequence alone,
+# which on CUDA takes the fused norm/activation + GEMV path (layers.fused_decode).
+VARIANTS = {"triton+graphs": ("triton", False, False), "triton eager": ("triton", True, False),
+            "triton+graphs bs1": ("triton", False, True), "torch eager": ("torch", True, False),
+            "torch padded": ("torch", True, False)}
+
+
+def build_runner(model, model_config, device: str, eager: bool, num_seqs: int, length: int,
+                 block_size: int = 16):
+    """A ModelRunner over `model` with KV room for num_seqs sequences of `length` tokens."""
+    from cormorant.config import CacheConfig, EngineConfig, SchedulerConfig
+    from cormorant.runner.model_runner import ModelRunner
+
+    dtype = next(model.parameters()).dtype
+    config = EngineConfig(
+        model="fidelity", dtype=str(dtype)[6:], device=device,
+        cache=CacheConfig(block_size=block_size,
+                          num_blocks=num_seqs * -(-length // block_size) + 1),
+        scheduler=SchedulerConfig(max_num_seqs=max(num_seqs, 1),
+                                  max_num_batched_tokens=max(num_seqs * length, 64),
+                                  max_model_len=max(length, 64)),
+        enforce_eager=eager)
+    return ModelRunner(config, model_config, model, torch.device(device), dtype, ())
+
+
+def variant_logits(path: str, variant: str, seqs: list[list[int]], prefill: int,
+                   device: str, dtype: torch.dtype = torch.bfloat16) -> list[torch.Tensor]:
+    """Teacher-forced logits of cormorant (checkpoint `path`) run as VARIANTS[variant]."""
+    from cormorant.frontend.builder import attention_backend
+    from cormorant.models.loader import load_model
+
+    backend, eager, alone = VARIANTS[variant]
+    model, config = load_model(path, dtype, device, attention_backend(backend,
+                                                                      torch.device(device)))
+    batches = [[s] for s in seqs] if alone else [seqs]
+    runner = build_runner(model, config, device, eager, len(batches[0]), len(seqs[0]))
+    if variant.startswith("triton+graphs") and runner.graphs is None:
+        raise RuntimeError("CUDA graphs were not captured")
+    if variant == "torch padded":
+        runner.graphs = runner.new_decode_graphs()
+        runner.graphs.use_eager()
+    return [out for batch in batches for out in runner_logits(runner, batch, prefill)]
