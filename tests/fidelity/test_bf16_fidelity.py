@@ -3,7 +3,9 @@ to the fp32 reference as transformers' own bf16 run, for every family and the GG
 
 Tiny random models (cormorant.bench.fidelity.FAMILIES: the GPU check's shapes), 4 fixed
 sequences of 48 tokens scored under teacher forcing: 24 prefilled, 24 decoded one at a time.
-A deliberate regression (rotary angles computed in bf16) must fail the same check. The real SmolLM2 GGUF is checked too (marked slow).
+A deliberate regression (rotary angles computed in bf16) must fail the same check; the runner
+path (input packing, padded decode-graph buffers) is checked for Qwen2. The real SmolLM2 GGUF
+is in test_smollm2_fidelity.py (slow).
 """
 from __future__ import annotations
 
@@ -79,3 +81,14 @@ def test_a_regression_fails_the_check(case):
     _rotary_angles_in_bf16(model)
     ours = fidelity.compare(fidelity.paged_logits(model, config, seqs, PREFILL), ref)
     assert fidelity.judge(ours, hf_bf16), f"{name}: regression not caught: {ours}"
+
+
+def test_runner_path_with_padded_decode_graph_buffers(case):
+    """The same check through a ModelRunner (its input packing, and its decode graphs'
+    padded buffers run eagerly, as the GPU check's "torch padded" variant does)."""
+    name, path, seqs, ref, hf_bf16 = case
+    if name != "qwen2":
+        pytest.skip("one family is enough for the runner path on the CPU")
+    ours = fidelity.compare(fidelity.variant_logits(path, "torch padded", seqs, PREFILL, "cpu"),
+                            ref)
+    assert not fidelity.judge(ours, hf_bf16), f"{name}: ours {ours}; transformers {hf_bf16}"
