@@ -1,7 +1,7 @@
 """GPU check of the engine's fast path: greedy parity with transformers, batch-1 decode speed
 on random weights, and the host cost of input preparation. Run once from the repository root on
 a CUDA machine (about 3 minutes, no network):
-    python benchmarks/gpu_engine_check.py [--parts parity,decode,prep] [--budget S]
+    python benchmarks/gpu_engine_check.py [--parts parity,fidelity,decode,prep] [--budget S]
     python benchmarks/gpu_engine_check.py --smoke      (CPU, tiny models: checks the script)
 
 parity  Tiny random Llama (head_dim 64, GQA 2, 3 layers), Qwen2 (128, GQA 4, q/k/v bias, tied)
@@ -14,6 +14,14 @@ parity  Tiny random Llama (head_dim 64, GQA 2, 3 layers), Qwen2 (128, GQA 4, q/k
         reference under teacher forcing (tf gap = (best logit - its logit) / max |logit|);
         ok if every gap <= 3% ("ok~" if a near-tie flipped; first divergence and the
         reference's top-2 gap there are listed).
+fidelity  bf16 against an fp32 reference (issue #20, cormorant.bench.fidelity): tiny random
+        Llama, Qwen2, Qwen3 (shapes as above, biases and norms random too) and the Llama from a
+        GGUF; 4 fixed sequences of 48 tokens scored under teacher forcing (24 prefilled, 24
+        decoded one per step), top-1 agreement and KL(fp32 || run). cormorant bf16 in each
+        engine variant (Triton + graphs, Triton eager, Triton + graphs at batch 1: the fused
+        GEMV path, torch eager) must be as close to fp32 as transformers' own bf16 run on the
+        same device (fidelity.judge: KL <= 1.5x + 1e-4, top-1 >= transformers' - 0.03); fp32
+        must match (KL < 1e-4). benchmarks/fidelity_probe.py bisects a failure per op.
 decode  Qwen3-0.6B and Llama-3.1-8B configurations (cormorant.bench.configs), random bf16
         weights built on the GPU (models.random_init), KV cache sized by the profile run
         (memory_fraction 0.6). One request (prompt 512, 256 new tokens) through EngineCore:
@@ -246,6 +254,60 @@ def build_reference(ref: dict, path: str, family: str, overrides: dict, dtype: s
     return Row("", "", summary=f"smallest top-2 gap per prompt {gaps}")
 
 
+# ---------------------------------------------------------------------------- fidelity
+FIDELITY_CASES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "llama-gguf": "llama"}
+
+
+def fidelity_part(cases: Cases, variants: list[str], device: str) -> None:
+    from cormorant.bench import fidelity
+
+    tmp = tempfile.mkdtemp(prefix="cormorant-fidelity-")
+    for case, family in FIDELITY_CASES.items():
+        state: dict = {}
+
+        def reference() -> Row:
+            hf = fidelity.make_hf_model(family, seed=0)
+            path = Path(tmp) / case
+            if case.endswith("-gguf"):
+                sys.path.insert(0, str(ROOT / "tests" / "models"))
+                from gguf_test_utils import write_gguf
+                path.mkdir()
+                write_gguf(hf, path / "tiny.gguf", "llama")
+                state["path"] = str(path / "tiny.gguf")
+            else:
+                state["path"] = fidelity.save_checkpoint(hf, path)
+            hf = hf.to(device)
+            seqs = state["seqs"] = fidelity.fixed_sequences(hf.config.vocab_size)
+            state["ref"] = fidelity.hf_logits(hf, seqs, device)
+            hf16 = fidelity.hf_logits(hf.to(torch.bfloat16), seqs, device)
+            state["hf"] = fidelity.compare(hf16, state["ref"])
+            return Row("", "", summary=f"transformers bf16: {state['hf']}",
+                       detail={"hf_bf16": vars(state["hf"])})
+        if cases.run("fidelity", f"{case} reference", reference).status != "ok":
+            continue
+        for variant in variants:
+            cases.run("fidelity", f"{case} {variant}",
+                      lambda: fidelity_case(state, variant, device))
+
+
+def fidelity_case(state: dict, variant: str, device: str) -> Row:
+    from cormorant.bench import fidelity
+
+    seqs, ref = state["seqs"], state["ref"]
+    prefill = len(seqs[0]) // 2
+    runs = {name: fidelity.compare(fidelity.variant_logits(
+        state["path"], variant, seqs, prefill, device, getattr(torch, name)), ref)
+        for name in ("float32", "bfloat16")}
+    problems = fidelity.judge(runs["bfloat16"], state["hf"])
+    if runs["float32"].kl_mean >= 1e-4:
+        problems.append(f"fp32 KL mean {runs['float32'].kl_mean:.2e} >= 1e-4")
+    return Row("", "", "FAIL" if problems else "ok",
+               f"bf16 {runs['bfloat16']} (transformers bf16 KL {state['hf'].kl_mean:.2e}, "
+               f"top-1 {state['hf'].top1:.4f}); fp32 KL {runs['float32'].kl_mean:.1e}"
+               + (f"; {problems}" if problems else ""),
+               {name: vars(stats) for name, stats in runs.items()})
+
+
 # ---------------------------------------------------------------------------- decode
 def copy_bandwidth() -> float:
     """Device-to-device copy GB/s (read + write) of a 1 GiB buffer: the practical floor."""
@@ -450,7 +512,7 @@ def sync(device: torch.device) -> None:
 # ---------------------------------------------------------------------------- driver
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="parity,decode,prep")
+    parser.add_argument("--parts", default="parity,fidelity,decode,prep")
     parser.add_argument("--variants", default=None,
                         help="comma-separated parity variants (default: all for the device)")
     parser.add_argument("--budget", type=float, default=190.0,
@@ -480,6 +542,10 @@ def main() -> int:
     presets = ["qwen3-0.6b", "llama-3.1-8b"] if cuda else ["tiny-qwen3", "tiny-llama"]
     if "parity" in parts:  # fp32 first: the exact check matters most
         parity_part(cases, ["float32"], variants, device)
+    if "fidelity" in parts:
+        fidelity_part(cases, ["triton+graphs", "triton eager", "triton+graphs bs1",
+                              "torch eager"] if cuda else ["torch eager", "torch padded"],
+                      device)
     if "decode" in parts:
         decode_part(cases, presets, device, args.smoke)
     if "prep" in parts:
