@@ -2,7 +2,7 @@
 // the latest values also written as text next to the chart for screen readers and tests.
 
 const COLORS = ["#0b6e99", "#c2410c", "#6d28d9", "#15803d"];
-const WINDOW = 120;
+const WINDOW = 90;
 
 export class Chart {
   constructor(figure, series, format) {
@@ -54,7 +54,7 @@ export class Chart {
       let started = false;
       points.forEach((v, i) => {
         if (v === null || !Number.isFinite(v)) { started = false; return; }
-        const x = (i / (WINDOW - 1)) * width;
+        const x = width - ((points.length - 1 - i) / (WINDOW - 1)) * width;  // newest on the right
         const y = height - 2 - (v / top) * (height - 4);
         if (started) ctx.lineTo(x, y); else ctx.moveTo(x, y);
         started = true;
