@@ -108,3 +108,16 @@ def keyed_server(tmp_path_factory, tiny_llama):
     yield server
     server.stop()
     server.app.state.cormorant.pool.shutdown_now()
+
+
+@pytest.fixture(scope="module")
+def smollm2_server(smollm2_path):
+    """The real SmolLM2-135M-Instruct (the embedded GGUF): answers worth a screenshot."""
+    from cormorant.config import EngineConfig, SchedulerConfig
+
+    llm = start_engine(EngineConfig(model=smollm2_path, seed=0,
+                                    scheduler=SchedulerConfig(max_model_len=1024)))
+    server = ServerThread(llm).start(timeout=300)
+    yield server
+    server.stop()
+    llm.shutdown()

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from conftest import PHONE
-from web_helpers import (axe_violations, describe, enter_key, last_answer, send, wait_idle,
+from web_helpers import (axe_violations, describe, enter_key, fits_width, send, wait_idle,
                          wait_models)
 
 
@@ -139,11 +139,11 @@ def test_the_swap_button_moves_an_alias_and_rollback_moves_it_back(keyed_server,
     row = page.locator("#aliases-table tbody tr", has_text="live")
     page.select_option("#swap-live", "chat@2")
     page.click("button[aria-label='Swap live']")
-    page.wait_for_selector("text=live now points at chat@2", timeout=120_000)
+    row.get_by_text("chat@2 (100%)").wait_for(timeout=120_000)
     assert list(aliases(keyed_server)["live"]) == ["chat@2"]
-    assert "chat@2 (100%)" in row.inner_text()
+    assert page.inner_text("#status") == "live now points at chat@2."
     page.click("button[aria-label='Roll back live']")
-    page.wait_for_selector("text=live now points at chat@1", timeout=120_000)
+    row.get_by_text("chat@1 (100%)").wait_for(timeout=120_000)
     assert list(aliases(keyed_server)["live"]) == ["chat@1"]
     assert page.errors == []
 
@@ -165,6 +165,7 @@ def test_console_screenshots_and_accessibility(keyed_server, browser, artifacts,
         stop.set()
         worker.join(timeout=60)
     page.screenshot(path=str(artifacts / f"console-{name}.png"), full_page=True)
+    assert fits_width(page), name
     violations = axe_violations(page)
     assert violations == [], describe(violations)
     context.close()

@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 
 from conftest import PHONE
-from web_helpers import (axe_violations, describe, last_answer, metric, send, wait_blocks_free,
-                         wait_idle, wait_models)
+from web_helpers import (axe_violations, describe, fits_width, last_answer, metric, send,
+                         wait_blocks_free, wait_idle, wait_models)
 
 
 def test_a_message_streams_its_answer_into_the_page(open_server, page):
     page.goto(open_server.url + "/")
     assert wait_models(page) == [open_server.model]
-    page.fill("#max_tokens", "120")
+    page.fill("#max_tokens", "300")
     page.check("#ignore_eos")
     send(page, "Hello there")
     assert page.inner_text(".msg.user .body") == "Hello there"
@@ -26,7 +26,7 @@ def test_a_message_streams_its_answer_into_the_page(open_server, page):
     wait_idle(page)
     assert len(last_answer(page)) > first_seen
     meta = page.inner_text(".msg.assistant .meta")
-    assert meta.startswith("120 tokens · TTFT ") and "tokens/s" in meta, meta
+    assert meta.startswith("300 tokens · TTFT ") and "tokens/s" in meta, meta
     # The conversation is kept in the browser: a reload shows it again.
     page.reload()
     assert page.inner_text(".msg.user .body") == "Hello there"
@@ -112,6 +112,7 @@ def test_playground_screenshots_and_accessibility(open_server, browser, artifact
         send(page, "Write a haiku about **cormorants**.")
         wait_idle(page)
         page.screenshot(path=str(artifacts / f"playground-{name}.png"))
+        assert fits_width(page), name
         violations = axe_violations(page)
         assert violations == [], describe(violations)
         if name == "phone":  # the check can fail: an unlabelled field is reported
@@ -126,3 +127,19 @@ def test_playground_screenshots_and_accessibility(open_server, browser, artifact
         wait_idle(page)
         assert page.locator(".msg.user").count() == 2
         context.close()
+
+
+def test_a_refused_request_shows_the_servers_reason(open_server, page):
+    page.goto(open_server.url + "/")
+    wait_models(page)
+    page.select_option("#format", "json_schema")
+    page.fill("#schema", '{"type": "object", "properties": {"x": {"type": "integer"}}}')
+    requests = []
+    page.on("request", lambda r: r.url.endswith("/v1/chat/completions") and requests.append(r))
+    send(page, "Give me JSON")
+    wait_idle(page)
+    sent = requests[0].post_data_json["response_format"]
+    assert sent["type"] == "json_schema" and sent["json_schema"]["schema"]["type"] == "object"
+    meta = page.inner_text(".msg.assistant .meta")
+    assert "error: response_format type 'json_schema' is not supported" in meta, meta
+    assert page.inner_text("#status").startswith("error: ")

@@ -84,5 +84,10 @@ def axe_violations(page, impacts=("serious", "critical")) -> list[dict]:
     return [v for v in result if v["impact"] in impacts]
 
 
+def fits_width(page) -> bool:
+    """No horizontal scrolling of the page itself (what scrolls is inside a region)."""
+    return page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+
+
 def describe(violations: list[dict]) -> str:
     return json.dumps(violations, indent=1)

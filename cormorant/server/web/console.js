@@ -23,9 +23,14 @@ const charts = {
   errors: new Chart($("chart-errors"), ["429", "503"], per),
 };
 
-let previous = null, previousAt = 0, blocked = false;
+let previous = null, previousAt = 0, blocked = false, failing = false;
 
 function setStatus(text) { $("status").textContent = text; }
+
+function setError(text) {
+  failing = true;
+  setStatus(text);
+}
 
 async function guarded(work) {
   if (blocked) return;
@@ -34,13 +39,13 @@ async function guarded(work) {
   } catch (err) {
     if (err.status === 401 || err.status === 403) {
       blocked = true;
-      setStatus(err.message);
+      setError(err.message);
       const ok = await askForKey(err.status === 403 ? "The console needs a key with the admin scope."
                                                     : "The console needs an admin API key.");
       blocked = false;
       if (ok) refreshAll();
     } else {
-      setStatus(err.message);
+      setError(err.message);
     }
   }
 }
@@ -69,7 +74,8 @@ async function scrape() {
   const limited = (cur.get("cormorant_rate_limited_requests_total") || [])
     .map((s) => [s.labels.key_id || "", s.value.toFixed(0)]);
   fillTable("limited-table", limited);
-  setStatus("");
+  if (failing) setStatus("");  // the data flows again: the last error is over
+  failing = false;
 }
 
 async function health() {
@@ -139,6 +145,8 @@ function aliasRow(alias, targets, versions) {
 
 async function models() {
   const data = await getJSON("/admin/models");
+  const chosen = {};  // keep what the operator picked across refreshes
+  for (const select of document.querySelectorAll("#aliases-table select")) chosen[select.id] = select.value;
   const mib = (b) => (b ? (b / 1048576).toFixed(0) + " MiB" : "–");
   fillTable("models-table", data.models.map((m) => {
     const actions = document.createElement("div");
@@ -153,6 +161,10 @@ async function models() {
   const versions = data.models.filter((m) => m.kind === "generate").map((m) => m.id);
   fillTable("aliases-table", Object.entries(data.aliases)
     .map(([alias, targets]) => aliasRow(alias, targets, versions)));
+  for (const [id, value] of Object.entries(chosen)) {
+    const select = document.getElementById(id);
+    if (select && [...select.options].some((o) => o.value === value)) select.value = value;
+  }
 }
 
 async function usage() {
@@ -171,5 +183,9 @@ function refreshAll() {
 bindKeyButton(refreshAll);
 refreshAll();
 setInterval(() => { guarded(scrape); health().catch(() => {}); }, INTERVAL_MS);
-setInterval(() => guarded(usage), Math.max(INTERVAL_MS, 5000));
+setInterval(() => {
+  guarded(usage);
+  // Not while the operator is using the tables (a refresh would replace what has focus).
+  if (!document.querySelector("#models-table :focus, #aliases-table :focus")) guarded(models);
+}, Math.max(INTERVAL_MS, 5000));
 window.addEventListener("resize", () => Object.values(charts).forEach((c) => c.draw()));

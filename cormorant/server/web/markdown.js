@@ -30,7 +30,11 @@ export function renderInline(text, parent) {
 function codeBlock(lines, lang) {
   const pre = el("pre", undefined, "code");
   const code = el("code", lines.join("\n"));
-  if (/^[A-Za-z0-9_+-]{1,32}$/.test(lang)) code.dataset.lang = lang;
+  const known = /^[A-Za-z0-9_+-]{1,32}$/.test(lang);
+  if (known) code.dataset.lang = lang;
+  pre.tabIndex = 0;  // a wide block scrolls: the keyboard must reach it
+  pre.setAttribute("role", "region");
+  pre.setAttribute("aria-label", known ? "Code, " + lang : "Code");
   pre.append(code);
   return pre;
 }
