@@ -23,7 +23,7 @@ const charts = {
   errors: new Chart($("chart-errors"), ["429", "503"], per),
 };
 
-let previous = null, previousAt = 0, blocked = false, failing = false;
+let previous = null, previousAt = 0, blocked = false, failing = false, noMetrics = false;
 
 function setStatus(text) { $("status").textContent = text; }
 
@@ -51,8 +51,18 @@ async function guarded(work) {
 }
 
 async function scrape() {
+  if (noMetrics) return;
   const now = performance.now();
-  const cur = parse(await getText("/metrics"));
+  let text;
+  try {
+    text = await getText("/metrics");
+  } catch (err) {
+    if (err.status !== 403) throw err;
+    noMetrics = true;  // an admin key without the metrics scope: tables yes, charts no
+    setError("This key lacks the metrics scope, so the charts stay empty.");
+    return;
+  }
+  const cur = parse(text);
   const dt = previous ? (now - previousAt) / 1000 : 0;
   const status = (code) => (l) => l.status === code;
   charts.requests.push([sum(cur, "vllm:num_requests_running"), sum(cur, "vllm:num_requests_waiting")]);
@@ -174,6 +184,7 @@ async function usage() {
 }
 
 function refreshAll() {
+  noMetrics = false;
   guarded(scrape);
   guarded(models);
   guarded(usage);

@@ -130,7 +130,12 @@ async function send(text) {
   setBusy(true);
   setStatus("Generating…");
   const started = performance.now();
-  let first = 0, usage = null, chunks = 0, note = "";
+  let first = 0, usage = null, chunks = 0, note = "", drawing = false;
+  const draw = () => {  // at most once a frame, however fast the tokens come
+    if (drawing) return;
+    drawing = true;
+    requestAnimationFrame(() => { drawing = false; show(item, answer.content, "assistant"); });
+  };
   try {
     await streamChat(body, controller.signal, (chunk) => {
       if (chunk.usage) usage = chunk.usage;
@@ -139,7 +144,7 @@ async function send(text) {
         if (!first) first = performance.now();
         chunks += 1;
         answer.content += delta.content;
-        show(item, answer.content, "assistant");
+        draw();
       }
     });
   } catch (err) {
@@ -147,6 +152,7 @@ async function send(text) {
     else if (err.needsKey) { note = " · needs an API key"; askForKey(err.message).then(loadModels); }
     else note = " · error: " + err.message;
   }
+  show(item, answer.content, "assistant");
   answer.meta = stats(started, first, usage, chunks) + note;
   item.querySelector(".meta").textContent = answer.meta;
   messages.push(answer);
