@@ -16,15 +16,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "server"))
 
 from server_helpers import ServerThread, start_engine, tiny_engine_config  # noqa: E402
+from web_helpers import CHROMIUM, CHROMIUM_ARGS, DESKTOP  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 ARTIFACTS = Path(os.environ.get("CORMORANT_WEB_ARTIFACTS",
                                 Path(__file__).resolve().parent / "artifacts"))
-DESKTOP = {"width": 1280, "height": 800}
-PHONE = {"width": 390, "height": 844}
 
 
 @pytest.fixture(scope="session")
@@ -87,18 +82,34 @@ def _registry(root: Path) -> dict:
             "aliases": {"live": "chat@1"}}
 
 
+class WebKeys:
+    """Keys in a key file: alice and bob (inference), admin (inference, admin, metrics) and
+    ops (admin only: the console's tables but not its charts)."""
+
+    def __init__(self, path: Path) -> None:
+        from cormorant.gateway.keys import create_key
+        from cormorant.gateway.keystore import write_key_file
+
+        records = []
+        for name, scopes in (("alice", {"inference"}), ("bob", {"inference"}),
+                             ("admin", {"inference", "admin", "metrics"}), ("ops", {"admin"})):
+            record, token = create_key(name, frozenset(scopes), tenant=name)
+            records.append(record)
+            setattr(self, name, token)
+        write_key_file(path, records)
+        self.path = str(path)
+
+
 @pytest.fixture(scope="session")
 def keyed_server(tmp_path_factory, tiny_llama):
-    """Keys in a key file (multi_model.Keys: alice and bob with inference, admin with admin),
-    two versions of a tiny model and the alias `live` pointing at the first."""
-    from multi_model import Keys
-
+    """Keys in a key file (WebKeys), two versions of a tiny model and the alias `live`
+    pointing at the first."""
     from cormorant.gateway.model_registry import registry_from_dict, resolve_source
     from cormorant.server.model_loader import load_object
 
     root = tmp_path_factory.mktemp("web-root")
     shutil.copytree(tiny_llama, root / "tiny-llama")
-    keys = Keys(tmp_path_factory.mktemp("web-keys") / "keys.json")
+    keys = WebKeys(tmp_path_factory.mktemp("web-keys") / "keys.json")
     registry = registry_from_dict(_registry(root))
     loaded = {spec.id: load_object(spec, resolve_source(spec.source, registry.settings.roots))
               for spec in registry.specs.values() if spec.load == "startup"}

@@ -12,9 +12,8 @@ import threading
 import httpx
 import pytest
 
-from conftest import PHONE
-from web_helpers import (axe_violations, describe, enter_key, fits_width, send, wait_idle,
-                         wait_models)
+from web_helpers import (PHONE, axe_violations, describe, enter_key, fits_width, send,
+                         wait_idle, wait_models)
 
 
 def aliases(server) -> dict:
@@ -103,6 +102,15 @@ def test_the_console_needs_the_admin_scope(keyed_server, page):
     page.wait_for_selector("#key-dialog[open]")
     assert "admin scope" in page.inner_text("#key-reason")
     assert page.locator("#aliases-table tbody tr").count() == 0
+
+
+def test_an_admin_key_without_the_metrics_scope_gets_the_tables_only(keyed_server, page):
+    page.goto(keyed_server.url + "/console")
+    enter_key(page, keyed_server.keys.ops)
+    page.wait_for_selector("#aliases-table tbody tr")
+    page.wait_for_selector("text=This key lacks the metrics scope")
+    assert page.locator("#key-dialog[open]").count() == 0
+    assert page.get_attribute("#chart-tokens", "data-points") is None
 
 
 def test_the_console_charts_follow_live_traffic(keyed_server, page):

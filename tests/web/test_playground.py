@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import json
 
-from conftest import PHONE
-from web_helpers import (axe_violations, describe, fits_width, last_answer, metric, send,
-                         wait_blocks_free, wait_idle, wait_models)
+from web_helpers import (PHONE, axe_violations, describe, fits_width, last_answer, metric,
+                         send, wait_blocks_free, wait_idle, wait_models)
 
 
 def test_a_message_streams_its_answer_into_the_page(open_server, page):
@@ -120,8 +119,14 @@ def test_playground_screenshots_and_accessibility(open_server, browser, artifact
                           "Object.assign(document.createElement('select'), {id: 'bare'}))")
             assert "select-name" in {v["id"] for v in axe_violations(page)}
             page.evaluate("() => document.getElementById('bare').remove()")
-        # Keyboard only: Tab reaches the message box and Enter sends.
-        page.focus("#prompt")
+        # Keyboard only: the first Tab reaches the skip link, which leads to the message box;
+        # typing there and Enter sends.
+        page.reload()  # the conversation stays (local storage); focus starts at the top
+        wait_models(page)
+        page.keyboard.press("Tab")
+        assert page.evaluate("() => document.activeElement.className") == "skip"
+        page.keyboard.press("Enter")
+        assert page.evaluate("() => document.activeElement.id") == "prompt"
         page.keyboard.type("And another")
         page.keyboard.press("Enter")
         wait_idle(page)

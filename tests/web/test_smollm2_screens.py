@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import DESKTOP, PHONE
-from web_helpers import (axe_violations, describe, fits_width, last_answer, send, wait_idle,
-                         wait_models)
+from web_helpers import (DESKTOP, PHONE, axe_violations, describe, fits_width, last_answer,
+                         send, wait_idle, wait_models)
 
 pytestmark = pytest.mark.slow
 
