@@ -21,9 +21,12 @@ export class Chart {
       if (this.points[i].length > WINDOW) this.points[i].shift();
     });
     this.count += 1;
-    this.output.textContent = this.series
-      .map((name, i) => (this.series.length > 1 ? name + " " : "") + this.format(values[i]))
-      .join(" · ");
+    this.output.replaceChildren(...this.series.map((name, i) => {
+      const part = document.createElement("span");
+      part.className = "s" + i;  // its line's colour as a legend mark (app.css)
+      part.textContent = (this.series.length > 1 ? name + " " : "") + this.format(values[i]);
+      return part;
+    }));
     this.figure.dataset.points = String(this.count);
     this.figure.dataset.last = JSON.stringify(values);
     this.draw();
