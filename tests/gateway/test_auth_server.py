@@ -93,7 +93,8 @@ def test_every_route_of_the_app_declares_a_scope(engine):
     assert not missing, f"routes without a scope in gateway/routes.py: {missing}"
     assert not [p for p, kind in routes if "WebSocket" in kind]  # none is declared for them
     public = {path for path, _ in routes if table.match(path).scope == PUBLIC}
-    assert public == {"/health", "/ready"}
+    # The probes, and the browser pages' static shells (server.route_web: no data in them).
+    assert public == {"/health", "/ready", "/", "/playground", "/console", "/web/{name}"}
     assert table.match("/metrics").scope == "metrics"
     assert RouteTable(metrics_public=True).match("/metrics").scope == PUBLIC
     # And the test has teeth: a route added without a rule is reported.
