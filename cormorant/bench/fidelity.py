@@ -132,8 +132,9 @@ def runner_logits(runner, seqs: list[list[int]], prefill: int) -> list[torch.Ten
     """As paged_logits, through a ModelRunner: its input packing, and its decode graphs
     (runner.graphs: captured on CUDA, or graphs.use_eager() to run their padded buffers
     eagerly) for the one-token steps."""
+    from cormorant.engine.batch_builder import BatchBuilder
+    from cormorant.engine.scheduler import SchedulerOutput
     from cormorant.engine.sequence import Sequence
-    from cormorant.engine.types import ScheduledBatch
     from cormorant.sampling_params import SamplingParams
 
     block_size = runner.config.cache.block_size
@@ -144,14 +145,17 @@ def runner_logits(runner, seqs: list[list[int]], prefill: int) -> list[torch.Ten
         seq.block_table = list(range(i * per_seq, (i + 1) * per_seq))
         states.append(seq)
     out: list[list[torch.Tensor]] = [[] for _ in seqs]
-    done = 0
+    builder, done = BatchBuilder(), 0
     with torch.inference_mode():
         while done < len(seqs[0]):
             q = prefill if done == 0 else 1
             last = done + q == len(seqs[0])
-            batch = ScheduledBatch(states, [q] * len(states), [last] * len(states))
-            bucket = runner.graphs.bucket(batch) if runner.graphs is not None else None
-            host = runner.inputs.prepare(batch, pad_to=bucket)
+            batch = builder.build(SchedulerOutput(states, [q] * len(states),
+                                                  [last] * len(states)))
+            rows = runner.requests.update(batch)
+            bucket = (runner.graphs.bucket(batch.num_new_tokens)
+                      if runner.graphs is not None else None)
+            host = runner.inputs.prepare(rows, batch, pad_to=bucket)
             if bucket is None:
                 inputs = runner.inputs.to_device(host)
                 hidden = runner.model(inputs.input_ids, inputs.positions, runner.kv_caches,
@@ -165,8 +169,6 @@ def runner_logits(runner, seqs: list[list[int]], prefill: int) -> list[torch.Ten
             for seq in states:
                 seq.num_computed_tokens += q
             done += q
-    for seq in states:
-        runner.release(seq.seq_id)
     return [torch.cat(parts) for parts in out]
 
 

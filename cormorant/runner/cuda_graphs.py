@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 import torch
 
-from cormorant.layers.attention import AttentionMetadata
+from cormorant.layers.attention import AttentionBackend, AttentionMetadata
 from cormorant.runner.inputs import HostInputs, layout, tensor_views
 
 log = logging.getLogger(__name__)
@@ -47,17 +47,10 @@ def graph_batch_sizes(max_num_seqs: int, cap: int = MAX_GRAPH_BATCH) -> list[int
     return sorted({s for s in sizes if s < limit} | {limit})
 
 
-def is_capturable(backend: object) -> bool:
-    """Backends declare `supports_cuda_graphs`; TritonAttention is known to be safe, the
-    reference TorchAttention synchronises (and loops over host lists), so it is not."""
-    declared = getattr(backend, "supports_cuda_graphs", None)
-    if declared is not None:
-        return bool(declared)
-    try:
-        from cormorant.layers.triton_attention import TritonAttention
-    except ImportError:
-        return False
-    return isinstance(backend, TritonAttention)
+def is_capturable(backend: AttentionBackend | None) -> bool:
+    """The backend protocol declares it: TritonAttention is safe to capture; the reference
+    TorchAttention synchronises (and loops over host lists), so it is not."""
+    return backend is not None and bool(backend.supports_cuda_graphs)
 
 
 def find_attention_backend(model: torch.nn.Module) -> object | None:

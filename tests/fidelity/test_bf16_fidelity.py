@@ -83,12 +83,11 @@ def test_a_regression_fails_the_check(case):
     assert fidelity.judge(ours, hf_bf16), f"{name}: regression not caught: {ours}"
 
 
+@pytest.mark.parametrize("case", ["qwen2"], indirect=True)  # one family is enough on the CPU
 def test_runner_path_with_padded_decode_graph_buffers(case):
     """The same check through a ModelRunner (its input packing, and its decode graphs'
     padded buffers run eagerly, as the GPU check's "torch padded" variant does)."""
     name, path, seqs, ref, hf_bf16 = case
-    if name != "qwen2":
-        pytest.skip("one family is enough for the runner path on the CPU")
     ours = fidelity.compare(fidelity.variant_logits(path, "torch padded", seqs, PREFILL, "cpu"),
                             ref)
     assert not fidelity.judge(ours, hf_bf16), f"{name}: ours {ours}; transformers {hf_bf16}"
