@@ -46,7 +46,7 @@ def _known_fields(cls, values: dict) -> dict:
 def _configure_request_log() -> None:
     """As `cormorant serve` does, so B4 pays the per-request log line that production pays."""
     try:
-        from cormorant.gateway.request_log import configure_request_log
+        from cormorant.gateway.telemetry.request_log import configure_request_log
     except ImportError:
         return
     configure_request_log()

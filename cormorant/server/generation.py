@@ -23,10 +23,10 @@ from starlette.types import Receive
 
 from cormorant.frontend.outputs import RequestOutput
 from cormorant.sampling_params import SamplingParams
-from cormorant.server.admission import Ticket, deadline_error
 from cormorant.server.engine_client import EngineClient
 from cormorant.server.errors import APIError
 from cormorant.server.lifecycle import Lifecycle
+from cormorant.server.request_admission import Ticket, deadline_error
 
 logger = logging.getLogger("cormorant.server")
 T = TypeVar("T")

@@ -21,22 +21,21 @@ import uvicorn
 
 from cormorant.config import EngineConfig
 from cormorant.engine_args import add_engine_args, engine_config_from
-from cormorant.gateway.keys import static_key_weakness
-from cormorant.gateway.keystore import DEFAULT_KEYS_DB
-from cormorant.gateway.model_registry import (Registry, RegistryError, load_registry_file,
-                                               resolve_source)
-from cormorant.gateway.redis_store import check_redis
-from cormorant.gateway.request_log import TelemetryConfigError, configure_request_log
+from cormorant.gateway.auth.keys import static_key_weakness
+from cormorant.gateway.auth.keystore import DEFAULT_KEYS_DB
+from cormorant.gateway.quotas.redis_store import check_redis
+from cormorant.gateway.telemetry.request_log import TelemetryConfigError, configure_request_log
+from cormorant.hosting.loader import load_object, make_engine, model_version
+from cormorant.hosting.registry import Registry, RegistryError, load_registry_file, resolve_source
 from cormorant.server.app import build_app
 from cormorant.server.config import ServerConfig
-from cormorant.server.model_loader import load_object, make_engine, model_version
 from cormorant.server.uvicorn_server import DrainingServer, JSONErrorH11Protocol
 
 logger = logging.getLogger("cormorant.server")
 # Room for the request line and framing on top of the header budget; past this h11 answers 431.
 H11_SLACK_BYTES = 8192
 _DEFAULTS = ServerConfig()
-# Beside the keys database's default (gateway.keystore.DEFAULT_KEYS_DB): one folder of state.
+# Beside the keys database's default (gateway.auth.keystore.DEFAULT_KEYS_DB): one folder of state.
 DEFAULT_USAGE_DB = str(Path.home() / ".cormorant" / "usage.db")
 # A served process exits when stalled this long past --health-stall-s (ServerConfig: never).
 DEFAULT_WATCHDOG_EXIT_GRACE_S = 60.0

@@ -5,7 +5,7 @@ warmed first, then the alias switches in one step, then versions nothing routes 
 drain and unload. Anything that fails (a bad source, not enough memory, a model that does not
 load) answers 4xx/5xx with the reason and leaves what was serving untouched. Sources are
 registry ids resolved under the configured model roots, never client paths.
-`cormorant models ...` (gateway.models_cli) is the command-line client of these routes.
+`cormorant models ...` (hosting.admin_cli) is the command-line client of these routes.
 Imports fastapi, pydantic, server modules and the gateway's registry and pool.
 """
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cormorant.gateway.model_pool import LoadError, ModelNotFound
-from cormorant.gateway.model_registry import ModelSpec, RegistryError
+from cormorant.hosting.pool import LoadError, ModelNotFound
+from cormorant.hosting.registry import ModelSpec, RegistryError
 from cormorant.server.body import read_request
 from cormorant.server.errors import APIError, bound
 from cormorant.server.openapi import ERROR_RESPONSES

@@ -5,9 +5,9 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cormorant.gateway.auth import get_principal
-from cormorant.gateway.keys import Principal
-from cormorant.gateway.model_registry import ModelSpec
+from cormorant.gateway.auth.keys import Principal
+from cormorant.gateway.auth.middleware import get_principal
+from cormorant.hosting.registry import ModelSpec
 from cormorant.server.errors import APIError, bound
 from cormorant.server.openapi import ERROR_RESPONSES
 from cormorant.server.responses import json_response

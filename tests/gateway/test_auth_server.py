@@ -13,8 +13,8 @@ import openai
 import pytest
 from starlette.routing import Mount
 
-from cormorant.gateway.keys import create_key
-from cormorant.gateway.routes import PUBLIC, RouteTable
+from cormorant.gateway.auth.keys import create_key
+from cormorant.gateway.auth.routes import PUBLIC, RouteTable
 from cormorant.server.app import build_app
 from cormorant.server.config import ServerConfig
 from cormorant.server.launch import uvicorn_config
@@ -35,7 +35,7 @@ def engine(tiny_llama):
 @pytest.fixture(scope="module")
 def real_server(engine, tmp_path_factory, server_thread):
     """The real app with a key database; `.keys` maps a role to its token."""
-    from cormorant.gateway.keystore import SqliteKeyStore
+    from cormorant.gateway.auth.keystore import SqliteKeyStore
 
     db = tmp_path_factory.mktemp("auth-server") / "keys.db"
     store = SqliteKeyStore(db, refresh_s=0.0)

@@ -8,9 +8,9 @@ import sqlite3
 
 import pytest
 
-from cormorant.gateway.keys import (ApiKey, Principal, create_key, parse_token,
-                                    prefix_cache_salt)
-from cormorant.gateway.keystore import FileKeyStore, SqliteKeyStore, write_key_file
+from cormorant.gateway.auth.keys import (ApiKey, Principal, create_key, parse_token,
+                                         prefix_cache_salt)
+from cormorant.gateway.auth.keystore import FileKeyStore, SqliteKeyStore, write_key_file
 
 
 def principal(key_id: str, group: str = "") -> Principal:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from cormorant.gateway.keys import parse_token
+from cormorant.gateway.auth.keys import parse_token
 
 TOKEN = re.compile(r"crm-[0-9a-f]{12}-[A-Za-z0-9]{43}")
 

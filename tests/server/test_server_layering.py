@@ -1,6 +1,7 @@
 """server/ is HTTP only: it never imports engine internals, the runner, models or torch (the
 engine's boundary messages, plain data such as EngineStats, are no internals), and only the
-launcher and the model loader name the engine implementation (so apps can front any engine object)."""
+launcher names the engine implementation (so apps can front any engine object); the model
+loader that builds engines lives in hosting/."""
 from __future__ import annotations
 
 import ast
@@ -31,9 +32,10 @@ def test_server_imports_stay_in_their_layer():
     assert len(files) > 10
     for path in files:
         imports = _imports(path)
-        bad = sorted(name for name in imports - SEAMS if name.startswith(FORBIDDEN))
+        bad = sorted(name for name in imports - SEAMS
+                     if any(name == f or name.startswith(f + ".") for f in FORBIDDEN))
         assert not bad, f"{path.name} imports {bad}"
-        if path.name not in ("launch.py", "model_loader.py"):
+        if path.name != "launch.py":
             assert not imports & set(LAUNCH_ONLY), path.name
         source = path.read_text()
         assert source.startswith('"""'), f"{path.name} lacks a module docstring"

@@ -11,13 +11,13 @@ import sys
 
 import pytest
 
-from cormorant.gateway.model_registry import registry_from_dict
-from cormorant.gateway.models_cli import (add_models_args, format_split, parse_targets,
-                                          parse_value, run_models)
+from cormorant.hosting.admin_cli import (add_models_args, format_split, parse_targets, parse_value,
+                                         run_models)
+from cormorant.hosting.loader import load_object
+from cormorant.hosting.registry import registry_from_dict
 from cormorant.server.app import build_app
 from cormorant.server.config import ServerConfig
 from cormorant.server.launch import uvicorn_config
-from cormorant.server.model_loader import load_object
 
 ADMIN_KEY = "sk-admin-test"
 TINY = {"source": "tiny-llama", "engine": {"num_kv_blocks": 64, "max_model_len": 256},
@@ -56,7 +56,7 @@ def cli(url: str, *argv: str, key: str | None = ADMIN_KEY, capsys=None) -> tuple
 
 
 def cli_process(url: str, *argv: str, key: str = ADMIN_KEY) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cormorant.gateway.models_cli", "--url", url,
+    return subprocess.run([sys.executable, "-m", "cormorant.hosting.admin_cli", "--url", url,
                            "--api-key", key, *argv], capture_output=True, text=True,
                           timeout=300)
 

@@ -8,7 +8,7 @@ Three feeds:
   scrape always sees the engine's current state and nothing polls in between.
 - `InstrumentedEngine`: wraps an engine client; every RequestOutput that passes through feeds
   the token counters and the latency histograms (vLLM's bucket boundaries), and an optional
-  hook (the per-HTTP-request record of gateway.request_log).
+  hook (the per-HTTP-request record of gateway.telemetry.request_log).
 - `Metrics.observe_http`: status, rejections by reason and rate-limited requests by key id,
   fed by the request-log middleware once a response is complete.
 Imports prometheus_client, starlette/fastapi (the /metrics route) and plain frontend types.

@@ -3,7 +3,7 @@
 The model pool calls `load_object` in a worker thread when a model is loaded at start-up, on
 demand, or by the admin API. With server.launch, the only server module that names the
 engine implementation (frontend), imported lazily because it pulls in torch.
-Imports config and gateway.model_registry; frontend lazily.
+Imports config and hosting.registry; frontend lazily.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 
 from cormorant.config import EngineConfig
 from cormorant.engine_args import engine_config_from
-from cormorant.gateway.model_registry import BUILTIN_PREFIX, ModelSpec
+from cormorant.hosting.registry import BUILTIN_PREFIX, ModelSpec
 
 
 def model_version(path: str | Path) -> str:

@@ -1,4 +1,4 @@
-"""Unit tests of gateway.model_registry: registry files, specs, sizes, sources, aliases, routing."""
+"""Unit tests of hosting.registry: registry files, specs, sizes, sources, aliases, routing."""
 from __future__ import annotations
 
 import json
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from cormorant.gateway.model_registry import (ModelSpec, Registry, RegistryError, RegistrySettings,
-                                              load_registry_file, parse_bytes,
-                                              registry_from_dict, resolve_source)
+from cormorant.hosting.registry import (ModelSpec, Registry, RegistryError, RegistrySettings,
+                                        load_registry_file, parse_bytes, registry_from_dict,
+                                        resolve_source)
 
 
 @pytest.fixture

@@ -24,12 +24,12 @@ from collections.abc import AsyncIterator, Callable
 from starlette.requests import Request
 
 from cormorant.engine.messages import EngineStats
-from cormorant.gateway.admission import (PRIORITY_HEADER, TIMEOUT_HEADER, AdmissionConfig,
-                                         AdmissionController, Refusal, Ticket,
-                                         parse_priority, parse_timeout)
-from cormorant.gateway.keys import Principal
-from cormorant.gateway.quotas import (STATE_HEADERS, QuotaLimits, Quotas, Reservation,
-                                      limits_of)
+from cormorant.gateway.auth.keys import Principal
+from cormorant.gateway.engine_admission import (PRIORITY_HEADER, TIMEOUT_HEADER, AdmissionConfig,
+                                                AdmissionController, Refusal, Ticket,
+                                                parse_priority, parse_timeout)
+from cormorant.gateway.quotas.quotas import (STATE_HEADERS, QuotaLimits, Quotas, Reservation,
+                                             limits_of)
 from cormorant.sampling_params import SamplingParams
 from cormorant.server.config import ServerConfig
 from cormorant.server.errors import APIError

@@ -1,10 +1,8 @@
-"""What the server keeps per loaded model version: ServedGenerator (an engine for completions and chat, with its own admission, fingerprint and token text) and ServedEncoder (embeddings and classification).
+"""One loaded model version: ServedGenerator (an engine) or ServedEncoder (embeddings, classification).
 
-Both satisfy gateway.model_pool.Served (memory_bytes, warm, shutdown), so the model pool can
-load, swap and unload them without knowing what they are. `combined_stats` folds the engine
-stats of every loaded generator into one view for /health and the watchdog.
-Imports the gateway (admission, quotas, registry, telemetry), server modules and the package
-version; never the engine implementation.
+Both satisfy hosting.pool.Served (memory_bytes, warm, shutdown). Server-only per-model state
+(a generator's HTTP admission and token text) is set by the server (server.state), so hosting
+never imports the server. `combined_stats` folds the engines of every loaded generator into one.
 """
 from __future__ import annotations
 
@@ -15,15 +13,9 @@ from typing import Any
 
 from cormorant import __version__
 from cormorant.engine.messages import EngineStats
-from cormorant.gateway.model_registry import ModelSpec
-from cormorant.gateway.quotas import Quotas
-from cormorant.gateway.request_log import Telemetry
+from cormorant.gateway.telemetry.request_log import Telemetry
+from cormorant.hosting.registry import ModelSpec
 from cormorant.sampling_params import SamplingParams
-from cormorant.server.admission import Admission
-from cormorant.server.config import ServerConfig
-from cormorant.server.embedding_protocol import EncoderLike
-from cormorant.server.engine_client import EngineClient, vocab_size_of
-from cormorant.server.logprobs import TokenText
 
 VERSION_HEADER = "x-model-version"  # the exact model id (name@version) that answered
 
@@ -56,18 +48,21 @@ class _Served:
 class ServedGenerator(_Served):
     kind = "generate"
 
-    def __init__(self, spec: ModelSpec, engine: EngineClient, digest: str,
-                 telemetry: Telemetry, quotas: Quotas, config: ServerConfig) -> None:
+    admission: Any = None  # server.request_admission.Admission, set by the server
+    token_text: Any = None  # server.logprobs.TokenText, set by the server
+
+    def __init__(self, spec: ModelSpec, engine: Any, digest: str, telemetry: Telemetry) -> None:
         super().__init__(spec, digest)
         self.raw = engine
-        self.engine: EngineClient = telemetry.instrument(engine, *self.labels)
+        self.engine = telemetry.instrument(engine, *self.labels)
         self.tokenizer = engine.tokenizer
         self.max_model_len = engine.max_model_len
-        self.vocab_size = vocab_size_of(engine)
-        self.token_text = TokenText(engine.tokenizer)
-        limits = {k: v for k, v in spec.limits.items() if hasattr(config, k)}
-        self.admission = Admission(dataclasses.replace(config, **limits), engine.stats, quotas,
-                                   _block_size(engine))
+        # Token ids the model can take: the logits width, which may exceed the tokenizer's.
+        size = getattr(engine.model_config, "vocab_size", None)
+        self.vocab_size = int(size) if size else int(engine.tokenizer.vocab_size)
+        # The KV block size, for admission's block estimates (engines without one: 16).
+        cache = getattr(getattr(engine, "config", None), "cache", None)
+        self.block_size = int(getattr(cache, "block_size", 16))
 
     @property
     def memory_bytes(self) -> int:
@@ -89,7 +84,7 @@ class ServedGenerator(_Served):
 class ServedEncoder(_Served):
     kind = "embed"
 
-    def __init__(self, spec: ModelSpec, encoder: EncoderLike, digest: str) -> None:
+    def __init__(self, spec: ModelSpec, encoder: Any, digest: str) -> None:
         super().__init__(spec, digest)
         self.encoder = encoder
         self.max_model_len = encoder.max_model_len
@@ -103,12 +98,6 @@ class ServedEncoder(_Served):
 
     def shutdown(self) -> None:
         self.encoder.shutdown()
-
-
-def _block_size(engine: EngineClient) -> int:
-    """The KV block size, for admission's block estimates (engines without one: 16)."""
-    cache = getattr(getattr(engine, "config", None), "cache", None)
-    return int(getattr(cache, "block_size", 16))
 
 
 def combined_stats(engines: list[Any]) -> EngineStats:

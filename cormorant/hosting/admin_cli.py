@@ -7,7 +7,7 @@ Exit status: 0 done; 1 the server refused (its status and message on stderr); 2 
 error or a server that cannot be reached (one line, never a traceback). Redirects are not
 followed, so the key is never sent anywhere but `--url`. `add_models_args(parser)` and
 `run_models(args) -> int` are what cormorant.cli wires in; `python -m
-cormorant.gateway.models_cli` runs it alone. Imports the stdlib only.
+cormorant.hosting.admin_cli` runs it alone. Imports the stdlib only.
 """
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ class TracingUnavailable(RuntimeError):
 
 
 class SpanSource(Protocol):
-    """What a finished request tells the tracer (gateway.request_log.RequestRecord)."""
+    """What a finished request tells the tracer (gateway.telemetry.request_log.RequestRecord)."""
 
     start_mono: float
     start_wall_ns: int

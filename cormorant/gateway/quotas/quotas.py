@@ -1,6 +1,6 @@
 """Per-key quotas: requests per minute, tokens per minute and concurrent requests.
 
-One limiter, written once against gateway.store's CounterStore (in-process or Redis):
+One limiter, written once against gateway.quotas.store's CounterStore (in-process or Redis):
 
 - `reserve(key_id, limits, num_tokens)` charges 1 request, `num_tokens` tokens (the server
   passes prompt + max_tokens, the most the request can use) and one concurrency lease, all
@@ -26,10 +26,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cormorant.gateway.admission import Refusal
-from cormorant.gateway.keys import Principal
-from cormorant.gateway.store import (CounterStore, LeaseClaim, Window, WindowCharge,
-                                     WindowState)
+from cormorant.gateway.auth.keys import Principal
+from cormorant.gateway.engine_admission import Refusal
+from cormorant.gateway.quotas.store import (CounterStore, LeaseClaim, Window, WindowCharge,
+                                            WindowState)
 
 logger = logging.getLogger("cormorant.gateway")
 
@@ -249,7 +249,7 @@ def _charges(key_id: str, limits: QuotaLimits, num_requests: int,
 
 
 def limits_of(principal, defaults: QuotaLimits) -> QuotaLimits:
-    """A caller's limits (a gateway.keys.Principal): its key's own, the server's defaults
+    """A caller's limits (a gateway.auth.keys.Principal): its key's own, the server's defaults
     where the key sets none."""
     return QuotaLimits(principal.rpm, principal.tpm,
                        principal.max_concurrent).or_defaults(defaults)

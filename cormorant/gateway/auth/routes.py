@@ -9,7 +9,7 @@ Authorization looks at `canonical_path(raw_path)`: percent-decoded until stable 
 %252F are slashes), backslashes as slashes, `//` collapsed, `.`/`..` resolved, trailing slash
 dropped; rules match it case-folded. The middleware then requires that this canonical path
 is exactly what Starlette will route (`route_path(scope)`), so a path that is authorized as
-one thing cannot be routed as another. Imports the stdlib and gateway.keys only.
+one thing cannot be routed as another. Imports the stdlib and gateway.auth.keys only.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from cormorant.gateway.keys import SCOPE_ADMIN, SCOPE_INFERENCE, SCOPE_METRICS
+from cormorant.gateway.auth.keys import SCOPE_ADMIN, SCOPE_INFERENCE, SCOPE_METRICS
 
 PUBLIC = "public"
 MAX_DECODE_ROUNDS = 4

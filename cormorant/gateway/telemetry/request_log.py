@@ -5,7 +5,7 @@ made from one `RequestRecord` when the response is complete.
 `TelemetryMiddleware` (pure ASGI, outside auth so refusals are seen too) opens the record,
 notes the response status, the error code of error bodies and whether it streamed, and
 closes it. Engine outputs reach the record through a context variable: the engine wrapper
-(gateway.metrics.InstrumentedEngine) runs inside the tasks the request's handler starts,
+(gateway.telemetry.metrics.InstrumentedEngine) runs inside the tasks the request's handler starts,
 which inherit the request's context, so no serving code has to pass the record along.
 No prompt or completion text is logged unless `log_prompts` is on.
 The probes and /metrics are not logged: an orchestrator polling them would drown the log.
@@ -26,9 +26,10 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cormorant.frontend.outputs import RequestOutput
-from cormorant.gateway.metrics import InstrumentedEngine, Metrics
-from cormorant.gateway.tracing import Tracing, TracingUnavailable
-from cormorant.gateway.usage import ANONYMOUS, UsageEvent, UsageStore, open_usage_store, utc_day
+from cormorant.gateway.telemetry.metrics import InstrumentedEngine, Metrics
+from cormorant.gateway.telemetry.tracing import Tracing, TracingUnavailable
+from cormorant.gateway.telemetry.usage import (ANONYMOUS, UsageEvent, UsageStore, open_usage_store,
+                                               utc_day)
 
 request_logger = logging.getLogger("cormorant.requests")
 logger = logging.getLogger("cormorant.gateway")
@@ -231,7 +232,7 @@ def build_telemetry(max_model_len: int, *, usage_db: str | None = None,
     try:
         usage = open_usage_store(usage_db)
     except (NotImplementedError, sqlite3.Error, OSError) as exc:
-        from cormorant.gateway.usage import redact_url
+        from cormorant.gateway.telemetry.usage import redact_url
 
         raise TelemetryConfigError(f"usage database {redact_url(usage_db)!r}: {exc}") from None
     try:

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import pytest
 
 from cormorant.engine.messages import EngineStats
-from cormorant.gateway.admission import (AdmissionConfig, AdmissionController, DrainMeter,
-                                         Refusal, Ticket, parse_priority, parse_timeout)
+from cormorant.gateway.engine_admission import (AdmissionConfig, AdmissionController, DrainMeter,
+                                                Refusal, Ticket, parse_priority, parse_timeout)
 
 
 class FakeClock:

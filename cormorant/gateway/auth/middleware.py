@@ -3,7 +3,7 @@
 `scope["state"]["principal"]` (`request.state.principal` in a route).
 
 Decision order, so that a caller without a valid key learns nothing about the app:
-  1. canonical path + route rule (gateway.routes); a path whose canonical form differs from
+  1. canonical path + route rule (gateway.auth.routes); a path whose canonical form differs from
      what Starlette will route, or that no rule declares, is never public;
   2. a public rule on a canonical path passes (with the caller's principal if it sent a
      valid key, else `Principal.unauthenticated()`);
@@ -28,11 +28,10 @@ from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from urllib.parse import quote
 
-from cormorant.gateway.keys import (KeyRecord, Principal, hash_token, lookup_id,
-                                    verify_token)
-from cormorant.gateway.keystore import (DEFAULT_REFRESH_S, FileKeyStore, KeyStore,
-                                        SqliteKeyStore)
-from cormorant.gateway.routes import PUBLIC, RouteTable, canonical_path, route_path
+from cormorant.gateway.auth.keys import KeyRecord, Principal, hash_token, lookup_id, verify_token
+from cormorant.gateway.auth.keystore import (DEFAULT_REFRESH_S, FileKeyStore, KeyStore,
+                                             SqliteKeyStore)
+from cormorant.gateway.auth.routes import PUBLIC, RouteTable, canonical_path, route_path
 
 logger = logging.getLogger("cormorant.gateway.auth")
 

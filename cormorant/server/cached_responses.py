@@ -1,12 +1,12 @@
 """The response cache at the HTTP edge: when a request may be answered from the cache, the lookup, the store once a response is complete, and replaying a cached response as JSON or as SSE.
 
-Exact cache (gateway.response_cache): deterministic requests only (temperature 0 or a seed)
+Exact cache (gateway.caching.response_cache): deterministic requests only (temperature 0 or a seed)
 without logprobs; the key is the normalized request (defaults filled in; stream, user and
 model left out) with the endpoint, the caller's tenant and the cache namespace of the model
 that answers (its name@version, weights digest and engine settings: a swapped-out version,
 or a reload of changed files, is never served from the cache; replicas of the same weights
 share entries through Redis). `Cache-Control: no-cache` skips the lookup, `no-store` the store.
-Semantic cache (gateway.semantic_cache), opt-in per request with `x-semantic-cache: on` (or a
+Semantic cache (gateway.caching.semantic_cache), opt-in per request with `x-semantic-cache: on` (or a
 similarity threshold in (0, 1]): the prompt text is embedded by the configured embedding
 model and a stored answer to a similar prompt, for the same tenant, instance, endpoint and
 parameters, is reused. Every generation response says `x-cache: hit` or `miss`.
@@ -23,9 +23,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cormorant.gateway.auth import current_principal
-from cormorant.gateway.model_pool import Deployment
-from cormorant.gateway.response_cache import cache_key
+from cormorant.gateway.auth.middleware import current_principal
+from cormorant.gateway.caching.response_cache import cache_key
+from cormorant.hosting.pool import Deployment
 from cormorant.server.errors import APIError
 from cormorant.server.responses import json_response, new_id
 from cormorant.server.sse import SSEResponse, sse_body

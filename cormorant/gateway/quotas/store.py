@@ -12,9 +12,9 @@ several server processes, with the Redis store) can never both take the last uni
   that died come back by themselves after the lease TTL.
 
 The limiter logic (which counters a request charges, the x-ratelimit headers, Retry-After)
-lives once in gateway.quotas; a store only implements `acquire` (all-or-nothing charge),
+lives once in gateway.quotas.quotas; a store only implements `acquire` (all-or-nothing charge),
 `adjust` (settle a reservation) and `release` (give a lease back). `MemoryStore` does them
-under a lock; gateway.redis_store does them in Lua scripts on one Redis server.
+under a lock; gateway.quotas.redis_store does them in Lua scripts on one Redis server.
 
 Callers pass bucket indices, not times, so no store does clock arithmetic of its own: every
 process uses the clock the caller injected (tests: a fake one; servers: wall time).

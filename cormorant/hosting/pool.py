@@ -12,7 +12,7 @@ load the least recently used idle models are unloaded until the expected footpri
 budget; after it, the measured footprint is checked again. With a budget, loads of different
 models run one at a time (each check sees every model loaded before it). Idle models unload
 after the registry's TTL (`expire_idle`, run periodically by the server).
-Imports the stdlib and gateway.model_registry only.
+Imports the stdlib and hosting.registry only.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from cormorant.gateway.model_registry import ModelSpec, Registry, RegistryError, resolve_source
+from cormorant.hosting.registry import ModelSpec, Registry, RegistryError, resolve_source
 
 logger = logging.getLogger("cormorant.gateway")
 

@@ -1,4 +1,4 @@
-"""Unit tests of gateway.model_pool.ModelPool with a small real loader (no engine): on-demand
+"""Unit tests of hosting.pool.ModelPool with a small real loader (no engine): on-demand
 single-flight loads, leases, swaps, reloads, drains, the memory budget and the idle TTL."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cormorant.gateway.model_pool import LoadError, ModelNotFound, ModelPool
-from cormorant.gateway.model_registry import ModelSpec, Registry, RegistryError, RegistrySettings
+from cormorant.hosting.pool import LoadError, ModelNotFound, ModelPool
+from cormorant.hosting.registry import ModelSpec, Registry, RegistryError, RegistrySettings
 
 
 class Served:

@@ -8,7 +8,7 @@ rotated by another process takes effect without a restart. SQLite change detecti
 mtime, size and inode. A failed reload (a half-edited file, a writer holding the lock) keeps
 the previous snapshot and logs a warning, so nobody is locked out by accident; a deleted
 source, though, takes its keys with it (deleting the file must be a way to revoke).
-Imports the stdlib and gateway.keys only.
+Imports the stdlib and gateway.auth.keys only.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from cormorant.gateway.keys import ApiKey, KeyRecord
+from cormorant.gateway.auth.keys import ApiKey, KeyRecord
 
 logger = logging.getLogger("cormorant.gateway")
 

@@ -3,8 +3,8 @@ JSON key file). A running server picks the change up within its refresh interval
 
 `create` and `rotate` print the token once; nothing else ever prints it, and the store keeps
 only its salted digest. `set-cache-group` moves a key into a shared prefix-cache namespace
-(gateway.keys.prefix_cache_salt) or back to its own. `add_keys_args(parser)` and
-`run_keys(args) -> int` are what cormorant.cli wires in; `python -m cormorant.gateway.keys_cli`
+(gateway.auth.keys.prefix_cache_salt) or back to its own. `add_keys_args(parser)` and
+`run_keys(args) -> int` are what cormorant.cli wires in; `python -m cormorant.gateway.auth.cli`
 runs it alone.
 Imports the stdlib and gateway.{keys,keystore}.
 """
@@ -18,9 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-from cormorant.gateway.keys import ALL_SCOPES, SCOPE_INFERENCE, KeyRecord, create_key, rotate_key
-from cormorant.gateway.keystore import (DEFAULT_KEYS_DB, FileKeyStore, SqliteKeyStore,
-                                        write_key_file)
+from cormorant.gateway.auth.keys import (ALL_SCOPES, SCOPE_INFERENCE, KeyRecord, create_key,
+                                         rotate_key)
+from cormorant.gateway.auth.keystore import (DEFAULT_KEYS_DB, FileKeyStore, SqliteKeyStore,
+                                             write_key_file)
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 

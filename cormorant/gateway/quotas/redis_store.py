@@ -1,14 +1,14 @@
 """The counter store in Redis, for quotas shared by several server processes or replicas.
 
-Same semantics as gateway.store.MemoryStore, op for op; each op is one Lua script, which Redis
+Same semantics as gateway.quotas.store.MemoryStore, op for op; each op is one Lua script, which Redis
 runs atomically, so two processes can never both take the last unit of a quota. A window
 counter is a hash {bucket index: amount}; a lease set is a sorted set {lease id: expiry}.
 Every key gets a TTL a little past its last use, so idle keys vanish from Redis by themselves.
 
-Times come from the caller's clock (see gateway.store), so the processes sharing a quota
+Times come from the caller's clock (see gateway.quotas.store), so the processes sharing a quota
 need roughly synchronised clocks (NTP); an error of e.g. 50 ms shifts a bucket boundary by
 that much, which the bucketed window absorbs.
-Imports redis (the asyncio client) and gateway.store. One RedisStore per event loop: the
+Imports redis (the asyncio client) and gateway.quotas.store. One RedisStore per event loop: the
 asyncio client's connections belong to the loop that opened them.
 """
 from __future__ import annotations
@@ -17,7 +17,8 @@ import asyncio
 import math
 from urllib.parse import urlsplit, urlunsplit
 
-from cormorant.gateway.store import AcquireResult, LeaseClaim, Window, WindowCharge, WindowState
+from cormorant.gateway.quotas.store import (AcquireResult, LeaseClaim, Window, WindowCharge,
+                                            WindowState)
 
 # KEYS: window counters, then lease sets.
 # ARGV: #windows, #leases, bucket, min_live, window ttl ms, now, lease expiry, lease ttl ms,

@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cormorant.gateway.watchdog import EXIT_CODE
+from cormorant.server.watchdog import EXIT_CODE
 
 ROOT = Path(__file__).resolve().parents[2]
 PTRACE_DETACH, PTRACE_SEIZE, PTRACE_INTERRUPT = 17, 0x4206, 0x4207
