@@ -1,6 +1,6 @@
-"""The real HTTP server over a random-weight engine, for B4:
-`python -m cormorant.bench.serve_random --model-config qwen3-0.6b --port 8123 ...`.
+"""The real HTTP server over a random-weight engine, for B4.
 
+`python -m cormorant.bench.serve_random --model-config qwen3-0.6b --port 8123 ...`.
 Same app (server.app.build_app), same engine client (frontend.async_llm.AsyncLLM, its core
 in a thread or in its own process) and the same uvicorn set-up
 (server.launch.uvicorn_config, DrainingServer) as `cormorant serve`; only the engine's

@@ -1,5 +1,7 @@
-"""`cormorant models list | register | load | unload | reload | remove | alias | unalias`: the command-line client of a running server's admin API (/admin/models, /admin/aliases).
+"""`cormorant models ...`: the command-line client of a running server's admin API.
 
+Subcommands list, register, load, unload, reload, remove, alias and unalias call /admin/models
+and /admin/aliases.
 It talks HTTP to the server named by `--url` (default `$CORMORANT_URL`, else
 http://127.0.0.1:8000) with an admin-scope key (`--api-key`, default `$CORMORANT_API_KEY`).
 `alias chat smollm2@2` is a swap; `alias chat smollm2@1=90 smollm2@2=10` is a canary split.

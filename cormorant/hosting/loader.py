@@ -1,9 +1,8 @@
-"""Building a registry entry's model: a ModelSpec and its resolved source -> an AsyncLLM engine or an Embedder, with the weights digest that names the build.
+"""Building a registry entry's model: an AsyncLLM engine or an Embedder, and its weights digest.
 
 The model pool calls `load_object` in a worker thread when a model is loaded at start-up, on
-demand, or by the admin API. With server.launch, the only server module that names the
-engine implementation (frontend), imported lazily because it pulls in torch.
-Imports config and hosting.registry; frontend lazily.
+demand, or by the admin API; `cormorant serve` without a registry builds through it too. The
+only module that names the engine implementation (frontend), imported lazily: it pulls in torch.
 """
 from __future__ import annotations
 
@@ -33,8 +32,9 @@ def model_version(path: str | Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def source_path(source: Path | str) -> Path:
-    if isinstance(source, str) and source.startswith(BUILTIN_PREFIX):
+def source_path(source: Path | str | None) -> Path:
+    """A resolved source's path; a builtin (or no source) is the embedded default model."""
+    if source is None or isinstance(source, str) and source.startswith(BUILTIN_PREFIX):
         from cormorant.frontend.default_model import default_model_path
 
         return Path(default_model_path())
@@ -56,6 +56,13 @@ def make_engine(config: EngineConfig, name: str | None, engine_process: bool | N
     return AsyncLLM.from_config(config, model_name=name, engine_process=engine_process)
 
 
+def make_encoder(path: Path | str, name: str | None, dtype: str, device: str):
+    """An Embedder (embeddings and classification) for the encoder model at `path`."""
+    from cormorant.frontend.embedder import Embedder
+
+    return Embedder.from_path(str(path), name=name, dtype=dtype, device=device)
+
+
 def load_object(spec: ModelSpec, source: Path | str, policy: str = "fair",
                 engine_process: bool | None = None) -> tuple[Any, str]:
     """(engine or encoder, weights digest) for one registry entry. Blocking. policy: the
@@ -63,10 +70,7 @@ def load_object(spec: ModelSpec, source: Path | str, policy: str = "fair",
     path = source_path(source)
     digest = model_version(path)
     if spec.kind == "embed":
-        from cormorant.frontend.embedder import Embedder
-
-        return Embedder.from_path(str(path), name=spec.name, dtype=spec.dtype,
-                                  device=spec.device), digest
+        return make_encoder(path, spec.name, spec.dtype, spec.device), digest
     config = spec_engine_config(spec, path)
     config = dataclasses.replace(config,
                                  scheduler=dataclasses.replace(config.scheduler, policy=policy))

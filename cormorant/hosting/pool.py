@@ -1,5 +1,7 @@
-"""ModelPool: the loaded models of one server: load on demand, swap without downtime, drain and unload, and keep weights plus KV caches inside a memory budget.
+"""ModelPool: the loaded models of one server, inside a memory budget.
 
+Load on demand, swap without downtime, drain and unload, and keep weights plus KV caches inside
+the budget.
 Every request takes a `Lease` on the deployment its `model` routes to (`acquire`), and gives
 it back when its response is over; a deployment is shut down only when it has no lease left
 (or its drain timeout passed). The pool never builds an engine itself: a `Loader` (given by

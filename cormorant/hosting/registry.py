@@ -1,4 +1,4 @@
-"""The model registry: which models and versions a server knows, where their weights come from, and which version answers a request's `model`.
+"""The model registry: known model versions, their sources, and which one answers a `model`.
 
 A registry file (TOML, or JSON with the same shape) lists models as name@version with their
 source, engine settings and fallbacks, and aliases that route a name to one version or to

@@ -1,4 +1,4 @@
-"""One loaded model version: ServedGenerator (an engine) or ServedEncoder (embeddings, classification).
+"""One loaded model version: ServedGenerator (an engine) or ServedEncoder (an encoder).
 
 Both satisfy hosting.pool.Served (memory_bytes, warm, shutdown). Server-only per-model state
 (a generator's HTTP admission and token text) is set by the server (server.state), so hosting

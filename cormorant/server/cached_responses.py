@@ -1,4 +1,4 @@
-"""The response cache at the HTTP edge: when a request may be answered from the cache, the lookup, the store once a response is complete, and replaying a cached response as JSON or as SSE.
+"""The response cache at the HTTP edge: lookup, store when complete, replay as JSON or SSE.
 
 Exact cache (gateway.caching.response_cache): deterministic requests only (temperature 0 or a seed)
 without logprobs; the key is the normalized request (defaults filled in; stream, user and

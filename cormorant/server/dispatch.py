@@ -1,5 +1,7 @@
-"""Starting one generation request on a model version: route, cache lookup, admission, the engine stream, and the fallbacks when the model refuses or fails first.
+"""Starting one generation request on a model version, with its fallbacks.
 
+Route, cache lookup, admission, the engine stream, and the fallbacks when the model refuses or
+fails first.
 `start_generation` tries the request's model, then that model's fallbacks in order (registry
 `fallbacks`). A candidate is skipped when it cannot be loaded, when admission refuses it
 (503: overloaded, or 504), or when its engine fails before the first output: with another

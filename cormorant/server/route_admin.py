@@ -1,5 +1,7 @@
-"""/admin/models and /admin/aliases (admin scope): register, load, unload and reload model versions, and point aliases at versions (a swap, or a canary split), all at run time.
+"""/admin/models and /admin/aliases (admin scope): model versions and aliases at run time.
 
+Register, load, unload and reload model versions, and point aliases at versions (a swap, or a
+canary split).
 A swap is `PUT /admin/aliases/{alias}` with the new targets: every target is loaded and
 warmed first, then the alias switches in one step, then versions nothing routes to any more
 drain and unload. Anything that fails (a bad source, not enough memory, a model that does not

@@ -1,4 +1,7 @@
-"""GET /v1/models and /v1/models/{id}: every model version the server can answer with (loaded or loaded on demand) and every alias, with versions, kinds and canary weights."""
+"""GET /v1/models and /v1/models/{id}: every model version and alias the server answers with.
+
+Versions loaded or loaded on demand, with their kinds and canary weights.
+"""
 from __future__ import annotations
 
 from fastapi import APIRouter

@@ -1,1 +1,1 @@
-"""Authentication and authorization: API keys, their stores, the route table, the middleware, `cormorant keys`."""
+"""Authentication and authorization: API keys, key stores, route table, middleware, CLI."""

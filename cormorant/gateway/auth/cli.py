@@ -1,6 +1,7 @@
-"""`cormorant keys create | list | revoke | rotate`: manage API keys in the key database (or a
-JSON key file). A running server picks the change up within its refresh interval, no restart.
+"""`cormorant keys create | list | revoke | rotate`: manage API keys.
 
+In the key database (or a JSON key file). A running server picks the change up within its
+refresh interval, no restart.
 `create` and `rotate` print the token once; nothing else ever prints it, and the store keeps
 only its salted digest. `set-cache-group` moves a key into a shared prefix-cache namespace
 (gateway.auth.keys.prefix_cache_salt) or back to its own. `add_keys_args(parser)` and

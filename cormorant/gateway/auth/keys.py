@@ -1,6 +1,6 @@
-"""API keys: the record (`ApiKey`), the authenticated caller (`Principal`), the token format
-and the secret hashing. Pure stdlib; importable from anywhere in gateway/ and server/.
+"""API keys: the record, the authenticated caller, the token format and the secret hashing.
 
+`ApiKey` and `Principal`. Pure stdlib; importable from anywhere in gateway/ and server/.
 Token format: ``crm-<key_id>-<secret>``. The id is 12 hex digits, so lookup is by id; the
 secret is 43 random letters and digits (256 bits; no '-' or '_', so a double click in a
 terminal selects the whole token). The digest covers the *whole* token, so

@@ -1,6 +1,7 @@
-"""Where key records live: an SQLite database (read-write, for `cormorant keys`) and a key file
-(JSON or TOML, read-only to the server). Both hold salted digests, never a secret in clear.
+"""Where key records live: an SQLite database (read-write) and a key file (read-only).
 
+The database is what `cormorant keys` writes; the key file (JSON or TOML) is read-only to the
+server. Both hold salted digests, never a secret in clear.
 The server keeps an in-memory snapshot `{key_id: KeyRecord}` per store and re-reads it when
 the source changed, checked at most every `refresh_s` seconds, so a key created, revoked or
 rotated by another process takes effect without a restart. SQLite change detection uses

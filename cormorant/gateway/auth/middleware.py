@@ -1,7 +1,8 @@
-"""Authentication and authorization: `Authenticator` (token -> Principal) and `AuthMiddleware`
-(pure ASGI), which decides every HTTP request before routing and puts the caller on
-`scope["state"]["principal"]` (`request.state.principal` in a route).
+"""Authentication and authorization: the Authenticator and the AuthMiddleware (pure ASGI).
 
+`Authenticator` maps a token to a Principal; `AuthMiddleware` decides every HTTP request before
+routing and puts the caller on `scope["state"]["principal"]` (`request.state.principal` in a
+route).
 Decision order, so that a caller without a valid key learns nothing about the app:
   1. canonical path + route rule (gateway.auth.routes); a path whose canonical form differs from
      what Starlette will route, or that no rule declares, is never public;

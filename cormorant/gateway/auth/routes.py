@@ -1,6 +1,6 @@
-"""The route table (every path the server answers and the scope it needs) and the one path
-normalisation that authorization and routing are both checked against.
+"""The route table (every path and the scope it needs) and the one path normalisation.
 
+Authorization and routing are both checked against that normalisation.
 Deny by default: a path no rule matches is refused before it reaches the app, and a test
 enumerates every route of the real app and fails if one is missing here. A new endpoint
 therefore needs one line in `DEFAULT_RULES`.

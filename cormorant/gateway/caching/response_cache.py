@@ -1,4 +1,4 @@
-"""A response cache for deterministic generation requests (temperature 0 or a seed), in this process or in Redis.
+"""Response cache for deterministic requests (temperature 0 or a seed): in process or Redis.
 
 The key is a sha256 over a canonical JSON of tenant, model instance, endpoint and the
 normalized request, so two tenants never share an entry and any changed field is a new key.

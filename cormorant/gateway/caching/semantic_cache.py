@@ -1,4 +1,4 @@
-"""An in-process semantic cache: a response is reused for a prompt whose embedding is close (cosine) to a cached one.
+"""An in-process semantic cache: a response reused for a prompt of close embedding (cosine).
 
 Entries are (unit-normalized embedding, JSON-able value) in namespaces; the caller builds a
 namespace from tenant, model instance, endpoint and every request parameter but the prompt,

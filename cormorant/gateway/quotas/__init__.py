@@ -1,1 +1,1 @@
-"""Per-key quotas (rpm, tpm, concurrency) and the counter stores behind them (in-process, Redis)."""
+"""Per-key quotas (rpm, tpm, concurrency) and their counter stores (in process, Redis)."""

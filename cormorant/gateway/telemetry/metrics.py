@@ -1,7 +1,7 @@
-"""Prometheus metrics under vLLM's names (so existing vLLM Grafana dashboards work) plus
-cormorant's own, in one CollectorRegistry per app, never the process-global default: several
-apps (and tests) in one process must not collide.
+"""Prometheus metrics under vLLM's names plus cormorant's own, one CollectorRegistry per app.
 
+vLLM's names keep existing vLLM Grafana dashboards working. Never the process-global registry:
+several apps (and tests) in one process must not collide.
 Three feeds:
 - `EngineStatsCollector`: gauges and engine counters read from `engine.stats()` at scrape
   time (running/waiting, KV usage as a 0-1 fraction, preemptions, prefix-cache tokens), so a

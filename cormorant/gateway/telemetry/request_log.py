@@ -1,7 +1,7 @@
-"""Per-request telemetry: one structured JSON log line per HTTP request on the
-`cormorant.requests` logger, the usage record, the HTTP metrics and the trace spans, all
-made from one `RequestRecord` when the response is complete.
+"""Per-request telemetry, made from one `RequestRecord` when the response is complete.
 
+One structured JSON log line per HTTP request on the `cormorant.requests` logger, the usage
+record, the HTTP metrics and the trace spans.
 `TelemetryMiddleware` (pure ASGI, outside auth so refusals are seen too) opens the record,
 notes the response status, the error code of error bodies and whether it streamed, and
 closes it. Engine outputs reach the record through a context variable: the engine wrapper

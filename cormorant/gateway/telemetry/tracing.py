@@ -1,6 +1,6 @@
-"""OpenTelemetry spans per request (admission -> queue -> prefill -> decode), exported over
-OTLP/HTTP when an endpoint is configured, and nothing at all (not even an import) otherwise.
+"""OpenTelemetry spans per request (admission -> queue -> prefill -> decode), over OTLP/HTTP.
 
+Exported when an endpoint is configured, and nothing at all (not even an import) otherwise.
 The spans are made after the fact, when the response is complete, from timestamps the
 request record already holds; so tracing adds no work to the hot path, no context has to
 flow through the engine, and a request that never reached the engine still gets its root
