@@ -1,16 +1,11 @@
 """The response cache at the HTTP edge: lookup, store when complete, replay as JSON or SSE.
 
-Exact cache (gateway.caching.response_cache): deterministic requests only (temperature 0 or a seed)
-without logprobs; the key is the normalized request (defaults filled in; stream, user and
-model left out) with the endpoint, the caller's tenant and the cache namespace of the model
-that answers (its name@version, weights digest and engine settings: a swapped-out version,
-or a reload of changed files, is never served from the cache; replicas of the same weights
-share entries through Redis). `Cache-Control: no-cache` skips the lookup, `no-store` the store.
-Semantic cache (gateway.caching.semantic_cache), opt-in per request with `x-semantic-cache: on` (or a
-similarity threshold in (0, 1]): the prompt text is embedded by the configured embedding
-model and a stored answer to a similar prompt, for the same tenant, instance, endpoint and
-parameters, is reused. Every generation response says `x-cache: hit` or `miss`.
-Imports starlette, server modules and the gateway caches and model pool.
+Exact cache (gateway.caching.response_cache): deterministic requests without logprobs, keyed
+by the normalized request, the endpoint, the caller's tenant and the answering model's cache
+namespace (a swapped-out version or a reload of changed files never hits old entries).
+`Cache-Control: no-cache` skips the lookup, `no-store` the store. Semantic cache
+(gateway.caching.semantic_cache): opt-in per request (`x-semantic-cache: on`, or a similarity
+threshold in (0, 1]). Every generation response says `x-cache: hit` or `miss`.
 """
 from __future__ import annotations
 

@@ -175,8 +175,8 @@ def gateway_server(keys_db):
 
 
 @pytest.fixture
-def keys_cli(tmp_path):
-    """keys_cli(*args, db=...) -> CompletedProcess of `python -m cormorant.gateway.auth.cli`,
+def keys_command(tmp_path):
+    """keys_command(*args, db=...) -> CompletedProcess of `python -m cormorant.gateway.auth.cli`,
     a separate process like an operator's shell."""
 
     def run(*args: str, db=None, check: bool = True) -> subprocess.CompletedProcess:

@@ -90,7 +90,7 @@ def test_every_route_of_the_app_declares_a_scope(engine):
     routes = app_routes(app.routes)
     assert len(routes) >= 10  # the enumeration found the app's routes, not nothing
     missing = [path for path, _ in routes if not table.declares(path)]
-    assert not missing, f"routes without a scope in gateway/routes.py: {missing}"
+    assert not missing, f"routes without a scope in gateway/auth/routes.py: {missing}"
     assert not [p for p, kind in routes if "WebSocket" in kind]  # none is declared for them
     public = {path for path, _ in routes if table.match(path).scope == PUBLIC}
     assert public == {"/health", "/ready"}

@@ -1,5 +1,5 @@
 """API keys at rest: the token format, digests only in the stores, the key file formats, and
-reloads that see another process's writes. The CLI itself is in test_keys_cli.py; the HTTP
+reloads that see another process's writes. The CLI itself is in test_auth_cli.py; the HTTP
 rules in test_auth*.py."""
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The counter store in Redis, for quotas shared by several server processes or replicas.
 
-Same semantics as gateway.quotas.store.MemoryStore, op for op; each op is one Lua script, which Redis
+Same semantics as quotas.store.MemoryStore, op for op; each op is one Lua script, which Redis
 runs atomically, so two processes can never both take the last unit of a quota. A window
 counter is a hash {bucket index: amount}; a lease set is a sorted set {lease id: expiry}.
 Every key gets a TTL a little past its last use, so idle keys vanish from Redis by themselves.

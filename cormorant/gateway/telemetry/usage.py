@@ -383,7 +383,8 @@ class PostgresUsageStore(_BatchWriter):
 def _open_postgres(url: str) -> PostgresUsageStore:
     """A clean start error (TelemetryConfigError: `cormorant serve` exits 2) naming the URL
     without its password, instead of a traceback that might carry it."""
-    from cormorant.gateway.telemetry.request_log import TelemetryConfigError  # it imports this module
+    # request_log imports this module
+    from cormorant.gateway.telemetry.request_log import TelemetryConfigError
 
     shown = redact_url(url)
     try:
