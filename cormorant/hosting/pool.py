@@ -1,20 +1,15 @@
 """ModelPool: the loaded models of one server, inside a memory budget.
 
-Load on demand, swap without downtime, drain and unload, and keep weights plus KV caches inside
-the budget.
-Every request takes a `Lease` on the deployment its `model` routes to (`acquire`), and gives
-it back when its response is over; a deployment is shut down only when it has no lease left
-(or its drain timeout passed). The pool never builds an engine itself: a `Loader` (given by
-the composition root) turns a ModelSpec and its resolved source into a `Served` object that
-knows its memory footprint, how to warm up and how to shut down.
+Every request takes a `Lease` on the deployment its `model` routes to (`acquire`) and gives it
+back when its response is over; a deployment is shut down only when no lease is left (or its
+drain timeout passed). The pool never builds an engine: a `Loader` (from the composition root)
+turns a ModelSpec and its source into a `Served` object (footprint, warm-up, shutdown).
 
-A swap (`set_alias`, `reload`) loads and warms the new version first, and only then changes
-the route, in one step on the event loop; a load that fails changes nothing. Memory: before a
-load the least recently used idle models are unloaded until the expected footprint fits the
-budget; after it, the measured footprint is checked again. With a budget, loads of different
-models run one at a time (each check sees every model loaded before it). Idle models unload
-after the registry's TTL (`expire_idle`, run periodically by the server).
-Imports the stdlib and hosting.registry only.
+A swap (`set_alias`, `reload`) loads and warms the new version first, then changes the route in
+one step on the event loop; a failed load changes nothing. Before a load, the least recently
+used idle models are unloaded until the expected footprint fits the budget; after it, the
+measured footprint is checked again; with a budget, loads run one at a time. Idle models unload
+after the registry's TTL (`expire_idle`). Imports the stdlib and hosting.registry only.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 The engine is an object passed in (anything shaped like server.engine_client.EngineClient),
 never created or looked up here, so one process can build several apps or, later, hand a
 registry in its place. The middleware order is decided in `_middleware` and nowhere else.
-Imports fastapi, server modules and the gateway's auth and telemetry (middleware and routes).
+Imports fastapi, server modules, hosting's registry and the gateway's middleware and routes.
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ are never retried. The response names the version that answered (`x-model-versio
 it was a fallback, the model it stood in for (`x-fallback-from`). The engine requests carry the
 caller's prefix-cache salt (gateway.auth.keys.prefix_cache_salt: the key's namespace and the
 request's own `cache_salt`), so keys never share cached prompt blocks unless grouped.
-Imports server modules, the gateway's model pool lease and its key namespaces.
+Imports server modules, hosting's pool lease and the gateway's key namespaces.
 """
 from __future__ import annotations
 

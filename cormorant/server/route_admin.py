@@ -8,7 +8,7 @@ drain and unload. Anything that fails (a bad source, not enough memory, a model 
 load) answers 4xx/5xx with the reason and leaves what was serving untouched. Sources are
 registry ids resolved under the configured model roots, never client paths.
 `cormorant models ...` (hosting.admin_cli) is the command-line client of these routes.
-Imports fastapi, pydantic, server modules and the gateway's registry and pool.
+Imports fastapi, pydantic, server modules and hosting's registry and pool.
 """
 from __future__ import annotations
 

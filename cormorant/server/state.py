@@ -6,7 +6,7 @@ telemetry with the engine watchdog. `acquire` is the one place a request's `mode
 served model version: routed by the registry (aliases, canary splits sticky per `user`),
 checked against the caller's key, loaded on demand. Its Lease is released when the response
 is over, which is what lets a swapped-out version drain.
-Imports server modules and the gateway; never the engine implementation.
+Imports server modules, hosting and the gateway; never the engine implementation.
 """
 from __future__ import annotations
 

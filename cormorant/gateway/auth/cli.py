@@ -7,7 +7,7 @@ only its salted digest. `set-cache-group` moves a key into a shared prefix-cache
 (gateway.auth.keys.prefix_cache_salt) or back to its own. `add_keys_args(parser)` and
 `run_keys(args) -> int` are what cormorant.cli wires in; `python -m cormorant.gateway.auth.cli`
 runs it alone.
-Imports the stdlib and gateway.{keys,keystore}.
+Imports the stdlib and gateway.auth.{keys,keystore}.
 """
 from __future__ import annotations
 

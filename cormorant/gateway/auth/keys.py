@@ -1,20 +1,11 @@
-"""API keys: the record, the authenticated caller, the token format and the secret hashing.
+"""API keys: the record (ApiKey), the caller (Principal), the token format, the secret hashing.
 
-`ApiKey` and `Principal`. Pure stdlib; importable from anywhere in gateway/ and server/.
-Token format: ``crm-<key_id>-<secret>``. The id is 12 hex digits, so lookup is by id; the
-secret is 43 random letters and digits (256 bits; no '-' or '_', so a double click in a
-terminal selects the whole token). The digest covers the *whole* token, so
-a token with a wrong prefix or id fails the same single comparison as one with a wrong secret
-(no parse step whose early exit would time differently).
-
-Why HMAC-SHA256 with a per-key salt rather than scrypt/PBKDF2: slow hashes protect *guessable*
-secrets (passwords). A 256-bit random secret cannot be brute-forced whatever the hash speed, so
-a slow hash would only add milliseconds to every request (or force a cache of verified
-secrets, itself a thing to protect). The salt keeps equal secrets from having equal digests
-and makes precomputed tables useless; the database never holds a secret in clear.
-
-Other gateway modules (quotas, admission, metrics, usage) read `ApiKey`/`Principal` fields;
-they must log and label by `key_id`, never by the token.
+Token format: ``crm-<key_id>-<secret>``: a 12-hex-digit id (lookup is by id) and a secret of
+43 letters and digits (256 bits; no '-' or '_', so a double click selects the whole token). The
+digest covers the *whole* token, so a wrong prefix or id fails the same single comparison as a
+wrong secret. HMAC-SHA256 with a per-key salt, not a slow hash: a 256-bit random secret cannot
+be brute-forced, so a slow hash would only slow every request; the salt defeats precomputed
+tables. Log and label by `key_id`, never by the token. Pure stdlib.
 
 Prefix-cache namespaces (`prefix_cache_salt`): every key has its own, named after its id
 (never its secret), so no key can detect another's cached prompts; keys given the same

@@ -1,8 +1,8 @@
 """Authentication and authorization: the Authenticator and the AuthMiddleware (pure ASGI).
 
 `Authenticator` maps a token to a Principal; `AuthMiddleware` decides every HTTP request before
-routing and puts the caller on `scope["state"]["principal"]` (`request.state.principal` in a
-route).
+routing and puts the caller on `scope["state"]["principal"]` (`request.state.principal`).
+
 Decision order, so that a caller without a valid key learns nothing about the app:
   1. canonical path + route rule (gateway.auth.routes); a path whose canonical form differs from
      what Starlette will route, or that no rule declares, is never public;
@@ -15,7 +15,7 @@ With auth disabled (no --api-key, key database or key file) every caller is
 
 Tokens never reach a log line, an error body or a metric: logs name the key id, and only of a
 key that exists (an unknown token's would-be id may be part of someone's secret).
-Imports the stdlib and gateway.{keys,keystore,routes}.
+Imports the stdlib and gateway.auth.{keys,keystore,routes}.
 """
 from __future__ import annotations
 

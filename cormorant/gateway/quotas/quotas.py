@@ -1,6 +1,6 @@
 """Per-key quotas: requests per minute, tokens per minute and concurrent requests.
 
-One limiter, written once against gateway.quotas.store's CounterStore (in-process or Redis):
+One limiter, written once against quotas.store's CounterStore (in-process or Redis):
 
 - `reserve(key_id, limits, num_tokens)` charges 1 request, `num_tokens` tokens (the server
   passes prompt + max_tokens, the most the request can use) and one concurrency lease, all
@@ -14,8 +14,8 @@ from the counter state the store returned. Limits that are None are not enforced
 headers. `RateLimitHeaders` is the ASGI middleware that puts them on every response.
 The clock is injected (wall time by default; tests pass a fake one): every process sharing a
 Redis quota must read the same kind of clock.
-Imports the standard library and gateway.{store, admission, keys} (the middleware is plain
-ASGI).
+Imports the standard library, quotas.store, gateway.engine_admission (Refusal) and
+gateway.auth.keys; the middleware is plain ASGI.
 """
 from __future__ import annotations
 
