@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,9 +16,9 @@ from cormorant.hosting.admin_cli import (add_models_args, format_split, parse_ta
                                          run_models)
 from cormorant.hosting.loader import load_object
 from cormorant.hosting.registry import registry_from_dict
-from cormorant.server.app import build_app
-from cormorant.server.config import ServerConfig
-from cormorant.server.launch import uvicorn_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
+from server_helpers import ServerThread  # noqa: E402
 
 ADMIN_KEY = "sk-admin-test"
 TINY = {"source": "tiny-llama", "engine": {"num_kv_blocks": 64, "max_model_len": 256},
@@ -25,18 +26,17 @@ TINY = {"source": "tiny-llama", "engine": {"num_kv_blocks": 64, "max_model_len":
 
 
 @pytest.fixture(scope="module")
-def admin_server(tiny_llama, tmp_path_factory, server_thread):
+def admin_server(tiny_llama, tmp_path_factory):
     """A real server whose registry knows tiny@1 (not loaded); yields its URL."""
     root = tmp_path_factory.mktemp("model-root")
     # A copy, not a symlink: a link out of the root resolves outside it and is refused.
     shutil.copytree(tiny_llama, root / "tiny-llama")
     registry = registry_from_dict({"server": {"roots": [str(root)]},
                                    "models": [{"name": "tiny", "version": "1", **TINY}]})
-    config = ServerConfig(api_key=ADMIN_KEY)
-    app = build_app(config=config, registry=registry, loaded={}, loader=load_object)
-    server = server_thread(config=uvicorn_config(app, config, "warning")).start()
+    server = ServerThread(None, registry=registry, loaded={}, loader=load_object,
+                          api_key=ADMIN_KEY).start()
     yield server.url
-    pool = app.state.cormorant.pool
+    pool = server.app.state.cormorant.pool
     server.stop()
     for deployment in list(pool.deployments.values()):  # engine threads of what is loaded
         deployment.served.shutdown()
