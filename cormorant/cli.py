@@ -97,13 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
         add_serve_args(serve)
         serve.set_defaults(func=run_server)
 
-    from cormorant.gateway.keys_cli import add_keys_args, run_keys
+    from cormorant.gateway.auth.cli import add_keys_args, run_keys
 
     keys = sub.add_parser("keys", help="manage API keys: create | list | revoke | rotate")
     add_keys_args(keys)
     keys.set_defaults(func=run_keys)
 
-    from cormorant.gateway.models_cli import add_models_args, run_models
+    from cormorant.hosting.admin_cli import add_models_args, run_models
 
     models = sub.add_parser("models", help="manage a running server's models and aliases: "
                             "list | register | load | unload | reload | remove | alias | unalias")

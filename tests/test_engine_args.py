@@ -101,8 +101,8 @@ def test_llm_refuses_an_unknown_keyword_before_loading(tiny_llama):
 
 
 def test_registry_entries_use_the_table(tmp_path):
-    from cormorant.gateway.model_registry import RegistryError, registry_from_dict
-    from cormorant.server.model_loader import spec_engine_config
+    from cormorant.hosting.loader import spec_engine_config
+    from cormorant.hosting.registry import RegistryError, registry_from_dict
 
     entry = {"name": "m", "source": "builtin:smollm2", "dtype": "float32",
              "engine": {"num_kv_blocks": 9, "enforce_eager": True, "memory_fraction": 0.25}}

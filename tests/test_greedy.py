@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cormorant.gateway.response_cache import is_deterministic
+from cormorant.gateway.caching.response_cache import is_deterministic
 from cormorant.sampling_params import DEFAULT_TEMPERATURE, SamplingParams, is_greedy
 
 

@@ -1,15 +1,15 @@
-"""Imports point one way: server -> gateway -> frontend -> text -> engine -> runner -> models
--> layers -> kernels. config, sampling_params, the seam types and the composition roots are exempt.
-Imports by string count too: importlib.import_module / __import__ of a cormorant module, and
-"package.module:attribute" strings (the form a factory table would name)."""
+"""Imports point one way: server -> hosting -> gateway -> frontend -> text -> engine -> runner
+-> models -> layers -> kernels. config, sampling_params, the seam types and the composition
+roots are exempt. Imports by string count too: importlib.import_module / __import__ of a
+cormorant module, and "package.module:attribute" strings (the form a factory table would name)."""
 from __future__ import annotations
 
 import ast
 import re
 from pathlib import Path
 
-ORDER = ["server", "gateway", "frontend", "text", "engine", "runner", "models", "layers",
-         "kernels"]
+ORDER = ["server", "hosting", "gateway", "frontend", "text", "engine", "runner", "models",
+         "layers", "kernels"]
 # The seam types are shared by both sides of their seam (plain Python, no torch).
 SHARED = {"cormorant.engine.types"}
 PACKAGE = Path(__file__).resolve().parent.parent / "cormorant"
@@ -77,13 +77,13 @@ def test_imports_by_string_are_caught():
     source = (
         "import importlib\n"
         "def f():\n"
-        "    importlib.import_module('cormorant.server.model_loader')\n"
+        "    importlib.import_module('cormorant.hosting.loader')\n"
         "    __import__('cormorant.bench.random_engine')\n"
-        "    return {'serve': 'cormorant.gateway.model_registry:build'}\n"
+        "    return {'serve': 'cormorant.hosting.registry:build'}\n"
         "'cormorant.server.app, named in prose, is no import'\n")
     names = _imports_in(source)
-    assert _upward("frontend", names) == ["cormorant.server.model_loader",
-                                          "cormorant.gateway.model_registry"]
+    assert _upward("frontend", names) == ["cormorant.hosting.loader",
+                                          "cormorant.hosting.registry"]
     assert "cormorant.bench.random_engine" in names  # seen, though bench is not a layer
 
 

@@ -1,5 +1,6 @@
-"""One shard of B4's load generator, in its own process: `python -m cormorant.bench.load_client RUN_JSON OUT_JSON URL MODEL TEMPERATURE SHARD SHARDS T0`.
+"""One shard of B4's load generator, in its own process.
 
+`python -m cormorant.bench.load_client RUN_JSON OUT_JSON URL MODEL TEMPERATURE SHARD SHARDS T0`.
 Sends the run's requests i with i % SHARDS == SHARD at T0 (time.monotonic()) + their arrival
 offsets, and writes their RequestResults and its event-loop lags as JSON.
 Imports bench.serving and bench.workloads.

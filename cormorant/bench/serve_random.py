@@ -1,6 +1,6 @@
-"""The real HTTP server over a random-weight engine, for B4:
-`python -m cormorant.bench.serve_random --model-config qwen3-0.6b --port 8123 ...`.
+"""The real HTTP server over a random-weight engine, for B4.
 
+`python -m cormorant.bench.serve_random --model-config qwen3-0.6b --port 8123 ...`.
 Same app (server.app.build_app), same engine client (frontend.async_llm.AsyncLLM, its core
 in a thread or in its own process) and the same uvicorn set-up
 (server.launch.uvicorn_config, DrainingServer) as `cormorant serve`; only the engine's
@@ -46,7 +46,7 @@ def _known_fields(cls, values: dict) -> dict:
 def _configure_request_log() -> None:
     """As `cormorant serve` does, so B4 pays the per-request log line that production pays."""
     try:
-        from cormorant.gateway.request_log import configure_request_log
+        from cormorant.gateway.telemetry.request_log import configure_request_log
     except ImportError:
         return
     configure_request_log()

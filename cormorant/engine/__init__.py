@@ -1,1 +1,1 @@
-"""The engine: sequence state, block manager and scheduler (plain Python, no torch) and the step loop."""
+"""The engine: sequence state, block manager, scheduler (no torch) and the step loop."""

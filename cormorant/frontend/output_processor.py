@@ -1,6 +1,6 @@
-"""Turn EngineOutputs (token ids) into RequestOutputs (text): incremental detokenization,
-stop strings and logprobs bookkeeping, one RequestState per request.
+"""Turn EngineOutputs (token ids) into RequestOutputs (text), one RequestState per request.
 
+Incremental detokenization, stop strings and logprobs bookkeeping.
 Imports text/ and the engine's plain types; never torch.
 """
 from __future__ import annotations

@@ -1,5 +1,7 @@
-"""Attention input preparation in one launch: optional per-head RMSNorm of q and k (Qwen3), rotary embedding of q and k, and the write of k and v into the paged KV cache.
+"""Attention input preparation in one launch: q/k norm, rotary and the KV-cache write.
 
+Optional per-head RMSNorm of q and k (Qwen3), rotary embedding of q and k, and the write of k
+and v into the paged KV cache.
 Three or four launches per layer become one (batch-1 decode is bound by launch count: ~300
 small kernels per Qwen3-0.6B step). The rounding follows the unfused kernels exactly: the
 norm's output is rounded to the activation dtype before the weight multiply and again after

@@ -1,4 +1,4 @@
-"""RMSNorm, optionally fused with the residual add before it or deferred into the projection after it.
+"""RMSNorm, optionally fused with the prior residual add or deferred into the next projection.
 
 On CUDA tensors (with Triton installed) the forward runs cormorant.kernels.rmsnorm: one launch
 for the add and the norm, in place. Everywhere else the PyTorch code below runs; it is also the

@@ -3,7 +3,7 @@
 The engine is an object passed in (anything shaped like server.engine_client.EngineClient),
 never created or looked up here, so one process can build several apps or, later, hand a
 registry in its place. The middleware order is decided in `_middleware` and nowhere else.
-Imports fastapi, server modules and the gateway's auth and telemetry (middleware and routes).
+Imports fastapi, server modules, hosting's registry and the gateway's middleware and routes.
 """
 from __future__ import annotations
 
@@ -13,18 +13,18 @@ from typing import Any
 from fastapi import FastAPI
 
 from cormorant import __version__
-from cormorant.gateway.auth import AuthMiddleware, build_authenticator
-from cormorant.gateway.metrics import metrics_router
-from cormorant.gateway.model_registry import ModelSpec, Registry
-from cormorant.gateway.quotas import RateLimitHeaders
-from cormorant.gateway.request_log import TelemetryMiddleware
-from cormorant.gateway.response_cache import ResponseCache, ResponseCacheConfig
-from cormorant.gateway.routes import RouteTable
-from cormorant.gateway.semantic_cache import SemanticCache, SemanticCacheConfig
-from cormorant.gateway.usage import usage_router
-from cormorant.server import (route_admin, route_chat, route_classify, route_completions, route_detokenize,
-                              route_embeddings, route_health, route_models, route_ready,
-                              route_tokenize, route_web)
+from cormorant.gateway.auth.middleware import AuthMiddleware, build_authenticator
+from cormorant.gateway.auth.routes import RouteTable
+from cormorant.gateway.caching.response_cache import ResponseCache, ResponseCacheConfig
+from cormorant.gateway.caching.semantic_cache import SemanticCache, SemanticCacheConfig
+from cormorant.gateway.quotas.quotas import RateLimitHeaders
+from cormorant.gateway.telemetry.metrics import metrics_router
+from cormorant.gateway.telemetry.request_log import TelemetryMiddleware
+from cormorant.gateway.telemetry.usage import usage_router
+from cormorant.hosting.registry import ModelSpec, Registry
+from cormorant.server import (route_admin, route_chat, route_classify, route_completions,
+                              route_detokenize, route_embeddings, route_health, route_models,
+                              route_ready, route_tokenize, route_web)
 from cormorant.server.config import ServerConfig
 from cormorant.server.embedding_protocol import EncoderLike
 from cormorant.server.engine_client import EngineClient
@@ -71,7 +71,7 @@ def build_app(engine: EngineClient | None = None, config: ServerConfig | None = 
               loader: RawLoader | None = None) -> FastAPI:
     """Either one engine (and encoders beside it, by model_name), or a model registry with
     the models already built (`loaded`: id -> (object, weights digest)) and a loader for
-    the rest (server.model_loader)."""
+    the rest (hosting.loader)."""
     config = config or ServerConfig()
     if registry is None:
         registry, loaded = fixed_registry(engine, config, encoders)

@@ -20,7 +20,7 @@ class ServerConfig:
     # --- binding and auth -------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = 8000
-    api_key: str | None = None  # one static key with every scope (gateway.auth)
+    api_key: str | None = None  # one static key with every scope (gateway.auth.middleware)
     insecure: bool = False  # allow a non-loopback bind without an API key
     keys_db: str | None = None  # SQLite key database (`cormorant keys`); None: not used
     keys_file: str | None = None  # read-only JSON/TOML key file; None: not used
@@ -71,12 +71,12 @@ class ServerConfig:
     # Negative: never. Off here so an embedded app never kills its host; `serve` turns it on.
     watchdog_exit_grace_s: float = -1.0
 
-    # --- observability (gateway.metrics / usage / request_log / tracing) -------------------
+    # --- observability (gateway.telemetry: metrics, usage, request_log, tracing) ----------
     log_prompts: bool = False  # the request log carries prompt and completion text
     usage_db: str | None = None  # SQLite file or postgresql:// URL; None: in memory
     otlp_endpoint: str | None = None  # OTLP/HTTP collector for request spans; None: no tracing
 
-    # --- response cache (server.response_caching) ------------------------------------------
+    # --- response cache (server.cached_responses) ------------------------------------------
     response_cache: bool = False  # `cormorant serve` turns it on (--no-response-cache: off)
     response_cache_ttl_s: float = 600.0
     response_cache_max_entries: int = 10_000

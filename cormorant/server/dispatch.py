@@ -1,5 +1,7 @@
-"""Starting one generation request on a model version: route, cache lookup, admission, the engine stream, and the fallbacks when the model refuses or fails first.
+"""Starting one generation request on a model version, with its fallbacks.
 
+Route, cache lookup, admission, the engine stream, and the fallbacks when the model refuses or
+fails first.
 `start_generation` tries the request's model, then that model's fallbacks in order (registry
 `fallbacks`). A candidate is skipped when it cannot be loaded, when admission refuses it
 (503: overloaded, or 504), or when its engine fails before the first output: with another
@@ -7,9 +9,9 @@ candidate left, the first output is awaited before the response starts, so a fai
 can still be retried once on the next one. 4xx errors (bad input, quotas) are the caller's and
 are never retried. The response names the version that answered (`x-model-version`) and, when
 it was a fallback, the model it stood in for (`x-fallback-from`). The engine requests carry the
-caller's prefix-cache salt (gateway.keys.prefix_cache_salt: the key's namespace and the
+caller's prefix-cache salt (gateway.auth.keys.prefix_cache_salt: the key's namespace and the
 request's own `cache_salt`), so keys never share cached prompt blocks unless grouped.
-Imports server modules, the gateway's model pool lease and its key namespaces.
+Imports server modules, hosting's pool lease and the gateway's key namespaces.
 """
 from __future__ import annotations
 
@@ -19,13 +21,13 @@ from typing import Any
 
 from starlette.requests import Request
 
-from cormorant.gateway.auth import get_principal
-from cormorant.gateway.keys import Principal, prefix_cache_salt
-from cormorant.gateway.model_pool import Lease
+from cormorant.gateway.auth.keys import Principal, prefix_cache_salt
+from cormorant.gateway.auth.middleware import get_principal
+from cormorant.hosting.pool import Lease
+from cormorant.hosting.served import ServedGenerator
+from cormorant.server.cached_responses import CachePlan, CacheQuery, plan_cache
 from cormorant.server.errors import APIError
 from cormorant.server.generation import EngineStream, Job
-from cormorant.server.response_caching import CachePlan, CacheQuery, plan_cache
-from cormorant.server.served import ServedGenerator
 from cormorant.server.state import ServerState
 
 FALLBACK_HEADER = "x-fallback-from"
@@ -57,7 +59,7 @@ async def start_generation(request: Request, state: ServerState, model: str | No
                            prepare: Callable[[ServedGenerator], Awaitable[Prepared]],
                            query: CacheQuery | None = None,
                            cache_salt: str | None = None) -> Started:
-    """query: the request as the caches see it (server.response_caching.cache_query);
+    """query: the request as the caches see it (server.cached_responses.cache_query);
     cache_salt: the request's own prefix-cache salt, if it sent one."""
     principal = get_principal(request) or Principal.anonymous()
     salt = prefix_cache_salt(principal, cache_salt)

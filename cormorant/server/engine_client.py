@@ -66,9 +66,3 @@ class EngineClient(Protocol):
     def stats(self) -> EngineStats: ...
 
     def shutdown(self) -> None: ...
-
-
-def vocab_size_of(engine: EngineClient) -> int:
-    """Token ids the model can take: the logits width, which may exceed the tokenizer's."""
-    size = getattr(engine.model_config, "vocab_size", None)
-    return int(size) if size else int(engine.tokenizer.vocab_size)

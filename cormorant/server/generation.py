@@ -23,10 +23,10 @@ from starlette.types import Receive
 
 from cormorant.frontend.outputs import RequestOutput
 from cormorant.sampling_params import SamplingParams
-from cormorant.server.admission import Ticket, deadline_error
 from cormorant.server.engine_client import EngineClient
 from cormorant.server.errors import APIError
 from cormorant.server.lifecycle import Lifecycle
+from cormorant.server.request_admission import Ticket, deadline_error
 
 logger = logging.getLogger("cormorant.server")
 T = TypeVar("T")
@@ -44,7 +44,7 @@ class EngineStream:
                  lifecycle: Lifecycle, on_close: Callable[[], None] | None = None,
                  cache_salt: str = "") -> None:
         """on_close: runs once when the stream is closed (the model lease's release);
-        cache_salt: every job's prefix-cache namespace (gateway.keys.prefix_cache_salt)."""
+        cache_salt: every job's prefix-cache namespace (gateway.auth.keys.prefix_cache_salt)."""
         self._engine = engine
         self._on_close = on_close
         self._peeked: tuple[int, RequestOutput] | None = None

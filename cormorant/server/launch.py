@@ -3,9 +3,8 @@
 `add_serve_args(parser)` and `run_server(args) -> int` are what cormorant.cli wires in; this
 module also runs alone (`python -m cormorant.server.launch`) for tests and debugging.
 Order matters: the bind is checked before the model is loaded, so a refused configuration
-fails in milliseconds. This is the one server module that names the engine implementation
-(frontend.async_llm), imported lazily because it pulls in torch.
-Imports config, server modules, frontend (lazily), uvicorn.
+fails in milliseconds. Engines and encoders are built by hosting.loader, so no server module
+names the engine implementation.
 """
 from __future__ import annotations
 
@@ -21,22 +20,22 @@ import uvicorn
 
 from cormorant.config import EngineConfig
 from cormorant.engine_args import add_engine_args, engine_config_from
-from cormorant.gateway.keys import static_key_weakness
-from cormorant.gateway.keystore import DEFAULT_KEYS_DB
-from cormorant.gateway.model_registry import (Registry, RegistryError, load_registry_file,
-                                               resolve_source)
-from cormorant.gateway.redis_store import check_redis
-from cormorant.gateway.request_log import TelemetryConfigError, configure_request_log
+from cormorant.gateway.auth.keys import static_key_weakness
+from cormorant.gateway.auth.keystore import DEFAULT_KEYS_DB
+from cormorant.gateway.quotas.redis_store import check_redis
+from cormorant.gateway.telemetry.request_log import TelemetryConfigError, configure_request_log
+from cormorant.hosting.loader import (load_object, make_encoder, make_engine, model_version,
+                                      source_path)
+from cormorant.hosting.registry import Registry, RegistryError, load_registry_file, resolve_source
 from cormorant.server.app import build_app
 from cormorant.server.config import ServerConfig
-from cormorant.server.model_loader import load_object, make_engine, model_version
 from cormorant.server.uvicorn_server import DrainingServer, JSONErrorH11Protocol
 
 logger = logging.getLogger("cormorant.server")
 # Room for the request line and framing on top of the header budget; past this h11 answers 431.
 H11_SLACK_BYTES = 8192
 _DEFAULTS = ServerConfig()
-# Beside the keys database's default (gateway.keystore.DEFAULT_KEYS_DB): one folder of state.
+# Beside the keys database's default (gateway.auth.keystore.DEFAULT_KEYS_DB): one folder of state.
 DEFAULT_USAGE_DB = str(Path.home() / ".cormorant" / "usage.db")
 # A served process exits when stalled this long past --health-stall-s (ServerConfig: never).
 DEFAULT_WATCHDOG_EXIT_GRACE_S = 60.0
@@ -206,16 +205,9 @@ def server_config(args: argparse.Namespace, version: str) -> ServerConfig:
 
 
 def load_encoders(specs: list[str], dtype: str, device: str) -> list:
-    """--embedding-model PATH[=NAME] values -> frontend.embedder.Embedder objects."""
-    if not specs:
-        return []
-    from cormorant.frontend.embedder import Embedder
-
-    encoders = []
-    for spec in specs:
-        path, _, name = spec.partition("=")
-        encoders.append(Embedder.from_path(path, name=name or None, dtype=dtype, device=device))
-    return encoders
+    """--embedding-model PATH[=NAME] values -> encoder objects (hosting.loader.make_encoder)."""
+    return [make_encoder(path, name or None, dtype, device)
+            for path, _, name in (spec.partition("=") for spec in specs)]
 
 
 def uvicorn_config(app, config: ServerConfig, log_level: str) -> uvicorn.Config:
@@ -245,8 +237,7 @@ def run_server(args: argparse.Namespace) -> int:
     if args.models:
         return _serve_registry(args, log_level)
     if args.model is None:
-        from cormorant.frontend.default_model import default_model_path
-        args.model = str(default_model_path())
+        args.model = str(source_path(None))
     try:  # before the generation model: a wrong encoder path fails in seconds
         encoders = load_encoders(args.embedding_model, args.dtype, args.device)
     except (OSError, ValueError) as exc:

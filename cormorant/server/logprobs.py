@@ -1,6 +1,7 @@
-"""Logprobs in the two OpenAI shapes: legacy completions (parallel lists plus text offsets) and
-chat (a list of {token, logprob, bytes, top_logprobs}).
+"""Logprobs in the two OpenAI shapes: legacy completions and chat.
 
+Completions: parallel lists plus text offsets; chat: a list of {token, logprob, bytes,
+top_logprobs}.
 Token strings come from decoding one id at a time (cached: the vocabulary is finite). A token
 that is only part of a UTF-8 character decodes to U+FFFD; `bytes` then reflects the
 replacement, not the raw byte (see the note to the engine side in the report). -inf and NaN

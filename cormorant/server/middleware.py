@@ -1,6 +1,6 @@
-"""Pure-ASGI middleware of the HTTP layer (no BaseHTTPMiddleware: it would buffer streams and
-hide client disconnects). The order they wrap the app is decided in server.app, nowhere else.
+"""Pure-ASGI middleware of the HTTP layer; the order they wrap the app is decided in server.app.
 
+No BaseHTTPMiddleware: it would buffer streams and hide client disconnects.
 - RequestIdMiddleware: every response carries x-request-id (the client's when it sent a sane
   one) plus static identity headers such as x-system-fingerprint.
 - LimitsMiddleware: header count and size (431), body size (413) before the body is read when

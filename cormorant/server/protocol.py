@@ -73,7 +73,7 @@ class SamplingFields(BaseModel):
     stream_options: StreamOptions | None = None
     user: str | None = Field(None, max_length=256)
     # vLLM's prefix-cache salt: only requests with equal salts share cached prompt blocks; the
-    # server combines it with the caller's key namespace (gateway.keys.prefix_cache_salt).
+    # server combines it with the caller's key namespace (gateway.auth.keys.prefix_cache_salt).
     cache_salt: str | None = Field(None, min_length=1, max_length=256)
     # Engine extensions (vLLM spells them the same way).
     min_tokens: int = Field(0, ge=0, le=1 << 30)

@@ -1,12 +1,14 @@
-"""/admin/models and /admin/aliases (admin scope): register, load, unload and reload model versions, and point aliases at versions (a swap, or a canary split), all at run time.
+"""/admin/models and /admin/aliases (admin scope): model versions and aliases at run time.
 
+Register, load, unload and reload model versions, and point aliases at versions (a swap, or a
+canary split).
 A swap is `PUT /admin/aliases/{alias}` with the new targets: every target is loaded and
 warmed first, then the alias switches in one step, then versions nothing routes to any more
 drain and unload. Anything that fails (a bad source, not enough memory, a model that does not
 load) answers 4xx/5xx with the reason and leaves what was serving untouched. Sources are
 registry ids resolved under the configured model roots, never client paths.
-`cormorant models ...` (gateway.models_cli) is the command-line client of these routes.
-Imports fastapi, pydantic, server modules and the gateway's registry and pool.
+`cormorant models ...` (hosting.admin_cli) is the command-line client of these routes.
+Imports fastapi, pydantic, server modules and hosting's registry and pool.
 """
 from __future__ import annotations
 
@@ -17,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cormorant.gateway.model_pool import LoadError, ModelNotFound
-from cormorant.gateway.model_registry import ModelSpec, RegistryError
+from cormorant.hosting.pool import LoadError, ModelNotFound
+from cormorant.hosting.registry import ModelSpec, RegistryError
 from cormorant.server.body import read_request
 from cormorant.server.errors import APIError, bound
 from cormorant.server.openapi import ERROR_RESPONSES

@@ -12,11 +12,11 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cormorant.server.admission import metered
 from cormorant.server.body import read_request
 from cormorant.server.embedding_protocol import ClassificationRequest, encoder_inputs
 from cormorant.server.errors import APIError, bound
 from cormorant.server.openapi import ERROR_RESPONSES, request_body
+from cormorant.server.request_admission import metered
 from cormorant.server.responses import json_response, new_id
 from cormorant.server.state import get_state
 

@@ -14,10 +14,10 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cormorant.server.admission import metered
 from cormorant.server.body import read_request
 from cormorant.server.embedding_protocol import EmbeddingRequest, encoder_inputs
 from cormorant.server.openapi import ERROR_RESPONSES, request_body
+from cormorant.server.request_admission import metered
 from cormorant.server.responses import json_response
 from cormorant.server.state import get_state
 

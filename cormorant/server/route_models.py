@@ -1,13 +1,16 @@
-"""GET /v1/models and /v1/models/{id}: every model version the server can answer with (loaded or loaded on demand) and every alias, with versions, kinds and canary weights."""
+"""GET /v1/models and /v1/models/{id}: every model version and alias the server answers with.
+
+Versions loaded or loaded on demand, with their kinds and canary weights.
+"""
 from __future__ import annotations
 
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cormorant.gateway.auth import get_principal
-from cormorant.gateway.keys import Principal
-from cormorant.gateway.model_registry import ModelSpec
+from cormorant.gateway.auth.keys import Principal
+from cormorant.gateway.auth.middleware import get_principal
+from cormorant.hosting.registry import ModelSpec
 from cormorant.server.errors import APIError, bound
 from cormorant.server.openapi import ERROR_RESPONSES
 from cormorant.server.responses import json_response

@@ -1,5 +1,8 @@
-"""GET /ready: readiness. 200 once the model is loaded and a warm-up generation went through;
-503 before that and from the moment a drain (SIGTERM) begins."""
+"""GET /ready: readiness of the model and of the process.
+
+200 once the model is loaded and a warm-up generation went through; 503 before that and from the
+moment a drain (SIGTERM) begins.
+"""
 from __future__ import annotations
 
 from fastapi import APIRouter

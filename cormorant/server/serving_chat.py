@@ -16,18 +16,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cormorant.frontend.outputs import CompletionOutput, RequestOutput
-from cormorant.gateway.response_cache import is_deterministic
+from cormorant.gateway.caching.response_cache import is_deterministic
+from cormorant.hosting.served import ServedGenerator
 from cormorant.server.body import read_request
+from cormorant.server.cached_responses import cache_query, replay, store
 from cormorant.server.dispatch import Prepared, Started, start_generation
 from cormorant.server.generation import EngineStream, Job, collect_unless_disconnected
 from cormorant.server.logprobs import TokenText, chat_logprobs
 from cormorant.server.params import chat_params
 from cormorant.server.prompts import chat_prompt
 from cormorant.server.protocol import ChatCompletionRequest
-from cormorant.server.response_caching import cache_query, replay, store
-from cormorant.server.responses import (client_gone, finals_usage, finish_reason,
-                                        json_response, new_id, usage)
-from cormorant.server.served import ServedGenerator
+from cormorant.server.responses import (client_gone, finals_usage, finish_reason, json_response,
+                                        new_id, usage)
 from cormorant.server.sse import SSEResponse, sse_body
 from cormorant.server.state import ServerState
 

@@ -1,17 +1,18 @@
 """ServerState: what every route needs, built once per app and reached via request.app.state.
 
-It holds the model pool (gateway.model_pool: the registry's models, loaded ones wrapped as
-server.served objects), lifecycle, quotas, the tokenization pool, the response cache and the
+It holds the model pool (hosting.pool: the registry's models, loaded ones wrapped as
+hosting.served objects), lifecycle, quotas, the tokenization pool, the response cache and the
 telemetry with the engine watchdog. `acquire` is the one place a request's `model` becomes a
 served model version: routed by the registry (aliases, canary splits sticky per `user`),
 checked against the caller's key, loaded on demand. Its Lease is released when the response
 is over, which is what lets a swapped-out version drain.
-Imports server modules and the gateway; never the engine implementation.
+Imports server modules, hosting and the gateway; never the engine implementation.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -22,19 +23,20 @@ from typing import Any
 from starlette.requests import Request
 
 from cormorant.engine.messages import EngineStats
-from cormorant.gateway.auth import current_principal
-from cormorant.gateway.model_pool import Deployment, Lease, LoadError, ModelNotFound, ModelPool
-from cormorant.gateway.model_registry import ModelSpec, Registry
-from cormorant.gateway.quotas import Quotas
-from cormorant.gateway.redis_store import RedisStore
-from cormorant.gateway.request_log import build_telemetry
-from cormorant.gateway.store import MemoryStore
-from cormorant.gateway.watchdog import Watchdog
-from cormorant.server.admission import quota_defaults
+from cormorant.gateway.auth.middleware import current_principal
+from cormorant.gateway.quotas.quotas import Quotas
+from cormorant.gateway.quotas.redis_store import RedisStore
+from cormorant.gateway.quotas.store import MemoryStore
+from cormorant.gateway.telemetry.request_log import build_telemetry
+from cormorant.hosting.pool import Deployment, Lease, LoadError, ModelNotFound, ModelPool
+from cormorant.hosting.registry import ModelSpec, Registry
+from cormorant.hosting.served import ServedEncoder, ServedGenerator, combined_stats
 from cormorant.server.config import ServerConfig
 from cormorant.server.errors import APIError, bound
 from cormorant.server.lifecycle import Lifecycle
-from cormorant.server.served import ServedEncoder, ServedGenerator, combined_stats
+from cormorant.server.logprobs import TokenText
+from cormorant.server.request_admission import Admission, quota_defaults
+from cormorant.server.watchdog import Watchdog
 
 logger = logging.getLogger("cormorant.server")
 
@@ -81,9 +83,15 @@ class ServerState:
         self._tasks: list[asyncio.Task] = []
 
     def wrap(self, spec: ModelSpec, obj: Any, digest: str) -> ServedGenerator | ServedEncoder:
+        """A loaded model as the pool holds it, with the server's own per-model state."""
         if spec.kind == "embed":
             return ServedEncoder(spec, obj, digest)
-        return ServedGenerator(spec, obj, digest, self.telemetry, self.quotas, self.config)
+        served = ServedGenerator(spec, obj, digest, self.telemetry)
+        limits = {k: v for k, v in spec.limits.items() if hasattr(self.config, k)}
+        served.admission = Admission(dataclasses.replace(self.config, **limits), obj.stats,
+                                     self.quotas, served.block_size)
+        served.token_text = TokenText(obj.tokenizer)
+        return served
 
     # --- models ------------------------------------------------------------------------------
 
@@ -120,7 +128,7 @@ class ServerState:
         name = name or self.default_model
         model_id = model_id or self.registry.route(name, user)
         spec = self.registry.specs.get(model_id) if model_id else None
-        principal = current_principal()  # the request's, set by gateway.auth
+        principal = current_principal()  # the request's, set by gateway.auth.middleware
         allowed = spec is not None and (principal is None or any(
             principal.may_use_model(n) for n in {name, spec.name, spec.id}))
         if not allowed:

@@ -1,6 +1,7 @@
-"""Text handling above the engine: tokenizer loading (HF directories, GGUF), chat templates,
-incremental detokenization, stop strings and input normalization.
+"""Text handling above the engine: tokenizers, chat templates, detokenization, stop strings.
 
+Tokenizer loading (HF directories, GGUF), chat templates, incremental detokenization, stop
+strings and input normalization.
 Modules: tokenizer (Tokenizer, load_tokenizer), gguf_metadata / gguf_tokenizer (GGUF header ->
 tokenizer, no tensors), detokenizer (IncrementalDetokenizer), stop (StopStringMatcher),
 normalize (normalize_text), synthetic (a word-level tokenizer for models without

@@ -7,7 +7,7 @@ from __future__ import annotations
 def test_request_closed_before_any_output_counts_its_choices_as_aborts():
     # The path a client takes when it leaves while its request has produced nothing yet
     # (e.g. during a long prefill): the tracker never saw an output.
-    from cormorant.gateway.metrics import Metrics, RequestTracker
+    from cormorant.gateway.telemetry.metrics import Metrics, RequestTracker
     from cormorant.sampling_params import SamplingParams
 
     metrics = Metrics(max_model_len=512)

@@ -21,10 +21,10 @@ import uvicorn
 from fastapi import FastAPI
 from starlette.requests import Request
 
-from cormorant.gateway.auth import AuthMiddleware, Authenticator, get_principal
-from cormorant.gateway.keys import create_key
-from cormorant.gateway.keystore import SqliteKeyStore
-from cormorant.gateway.routes import RouteTable
+from cormorant.gateway.auth.keys import create_key
+from cormorant.gateway.auth.keystore import SqliteKeyStore
+from cormorant.gateway.auth.middleware import AuthMiddleware, Authenticator, get_principal
+from cormorant.gateway.auth.routes import RouteTable
 
 
 def echo_app() -> FastAPI:
@@ -175,15 +175,15 @@ def gateway_server(keys_db):
 
 
 @pytest.fixture
-def keys_cli(tmp_path):
-    """keys_cli(*args, db=...) -> CompletedProcess of `python -m cormorant.gateway.keys_cli`,
+def keys_command(tmp_path):
+    """keys_command(*args, db=...) -> CompletedProcess of `python -m cormorant.gateway.auth.cli`,
     a separate process like an operator's shell."""
 
     def run(*args: str, db=None, check: bool = True) -> subprocess.CompletedProcess:
         target = ["--keys-db", str(db or tmp_path / "keys.db")]
         if args and args[0] == "--keys-file":
             target, args = list(args[:2]), args[2:]
-        proc = subprocess.run([sys.executable, "-m", "cormorant.gateway.keys_cli", *target,
+        proc = subprocess.run([sys.executable, "-m", "cormorant.gateway.auth.cli", *target,
                                *args], capture_output=True, text=True, timeout=60)
         if check:
             assert proc.returncode == 0, proc.stderr

@@ -189,7 +189,7 @@ def test_tenant_and_priority_reach_the_fair_queue(engine):
     assert set(results) == {"low", "high"}
 
 
-# ---- with real API keys (the app's own gateway.auth, reading a key database) ---------------
+# ---- with real API keys (the app's own auth middleware, reading a key database) ----------
 
 def test_each_key_has_its_own_quota_and_queue_share(engine, make_key, keys_db):
     """Quotas are per key (one key's 429 leaves another untouched), and the engine's fair

@@ -89,14 +89,14 @@ def test_auth_disabled_is_anonymous_but_still_deny_by_default(gateway_server, ch
     check_error(server.get("//v1/models"), 404, "not_found")
 
 
-def test_cli_changes_apply_without_restart(gateway_server, keys_cli, tmp_path, check_error):
+def test_cli_changes_apply_without_restart(gateway_server, keys_command, tmp_path, check_error):
     server = gateway_server()  # reads tmp_path/keys.db, the CLI's target
-    info = json.loads(keys_cli("create", "--name", "ops", "--json").stdout)
+    info = json.loads(keys_command("create", "--name", "ops", "--json").stdout)
     assert server.get("/v1/models", info["key"]).status_code == 200
-    rotated = json.loads(keys_cli("rotate", info["key_id"], "--json").stdout)
+    rotated = json.loads(keys_command("rotate", info["key_id"], "--json").stdout)
     check_error(server.get("/v1/models", info["key"]), 401, "invalid_api_key")
     assert server.get("/v1/models", rotated["key"]).status_code == 200
-    keys_cli("revoke", info["key_id"])
+    keys_command("revoke", info["key_id"])
     check_error(server.get("/v1/models", rotated["key"]), 401, "invalid_api_key")
 
 

@@ -13,8 +13,8 @@ import openai
 import pytest
 from starlette.routing import Mount
 
-from cormorant.gateway.keys import create_key
-from cormorant.gateway.routes import PUBLIC, RouteTable
+from cormorant.gateway.auth.keys import create_key
+from cormorant.gateway.auth.routes import PUBLIC, RouteTable
 from cormorant.server.app import build_app
 from cormorant.server.config import ServerConfig
 from cormorant.server.launch import uvicorn_config
@@ -35,7 +35,7 @@ def engine(tiny_llama):
 @pytest.fixture(scope="module")
 def real_server(engine, tmp_path_factory, server_thread):
     """The real app with a key database; `.keys` maps a role to its token."""
-    from cormorant.gateway.keystore import SqliteKeyStore
+    from cormorant.gateway.auth.keystore import SqliteKeyStore
 
     db = tmp_path_factory.mktemp("auth-server") / "keys.db"
     store = SqliteKeyStore(db, refresh_s=0.0)
@@ -90,7 +90,7 @@ def test_every_route_of_the_app_declares_a_scope(engine):
     routes = app_routes(app.routes)
     assert len(routes) >= 10  # the enumeration found the app's routes, not nothing
     missing = [path for path, _ in routes if not table.declares(path)]
-    assert not missing, f"routes without a scope in gateway/routes.py: {missing}"
+    assert not missing, f"routes without a scope in gateway/auth/routes.py: {missing}"
     assert not [p for p, kind in routes if "WebSocket" in kind]  # none is declared for them
     public = {path for path, _ in routes if table.match(path).scope == PUBLIC}
     # The probes, and the browser pages' static shells (server.route_web: no data in them).

@@ -14,8 +14,8 @@ import time
 
 import httpx
 
-from cormorant.gateway.auth import Authenticator
-from cormorant.gateway.keys import Principal
+from cormorant.gateway.auth.keys import Principal
+from cormorant.gateway.auth.middleware import Authenticator
 
 SAMPLES = 400  # per group; interleaved at random so drift hits both groups alike
 TRIM = 0.1  # drop the slowest 10% of each group: GC and scheduler spikes, not the code

@@ -1,5 +1,5 @@
 """API keys at rest: the token format, digests only in the stores, the key file formats, and
-reloads that see another process's writes. The CLI itself is in test_keys_cli.py; the HTTP
+reloads that see another process's writes. The CLI itself is in test_auth_cli.py; the HTTP
 rules in test_auth*.py."""
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from cormorant.gateway.auth import Authenticator
-from cormorant.gateway.keys import (ALL_SCOPES, ApiKey, Principal, create_key, parse_token,
-                                    rotate_key, verify_token)
-from cormorant.gateway.keystore import FileKeyStore, SqliteKeyStore
+from cormorant.gateway.auth.keys import (ALL_SCOPES, ApiKey, Principal, create_key, parse_token,
+                                         rotate_key, verify_token)
+from cormorant.gateway.auth.keystore import FileKeyStore, SqliteKeyStore
+from cormorant.gateway.auth.middleware import Authenticator
 
 TOKEN = re.compile(r"^crm-[0-9a-f]{12}-[A-Za-z0-9]{43}$")
 
@@ -94,7 +94,7 @@ def test_refresh_interval_bounds_how_often_the_store_is_read(tmp_path):
 def test_json_key_file_reload_and_bad_edit_keeps_last_good(tmp_path):
     path = tmp_path / "keys.json"
     record, token = create_key("frank", {"inference"}, expires_at=time.time() + 3600)
-    from cormorant.gateway.keystore import write_key_file
+    from cormorant.gateway.auth.keystore import write_key_file
     write_key_file(path, [record])
     text = path.read_text()
     assert parse_token(token)[1] not in text and json.loads(text)["keys"][0]["salt"]
@@ -159,7 +159,7 @@ def test_static_key_has_every_scope_and_coexists_with_stores(tmp_path):
 
 
 def test_a_deleted_or_replaced_store_takes_its_keys_with_it(tmp_path):
-    from cormorant.gateway.keystore import write_key_file
+    from cormorant.gateway.auth.keystore import write_key_file
 
     record, token = create_key("kim", {"inference"})
     path = tmp_path / "keys.json"

@@ -8,9 +8,9 @@ import sqlite3
 
 import pytest
 
-from cormorant.gateway.keys import (ApiKey, Principal, create_key, parse_token,
-                                    prefix_cache_salt)
-from cormorant.gateway.keystore import FileKeyStore, SqliteKeyStore, write_key_file
+from cormorant.gateway.auth.keys import (ApiKey, Principal, create_key, parse_token,
+                                         prefix_cache_salt)
+from cormorant.gateway.auth.keystore import FileKeyStore, SqliteKeyStore, write_key_file
 
 
 def principal(key_id: str, group: str = "") -> Principal:
@@ -103,17 +103,17 @@ def test_an_older_database_gains_the_column(tmp_path, caplog):
     store.close()
 
 
-def test_cli_creates_and_moves_keys_between_groups(keys_cli):
-    info = json.loads(keys_cli("create", "--name", "a", "--cache-group", "team-a",
+def test_cli_creates_and_moves_keys_between_groups(keys_command):
+    info = json.loads(keys_command("create", "--name", "a", "--cache-group", "team-a",
                                "--json").stdout)
     assert info["cache_group"] == "team-a" and parse_token(info["key"])
-    keys_cli("set-cache-group", info["key_id"], "team-b")
-    listed = [json.loads(line) for line in keys_cli("list", "--json").stdout.splitlines()]
+    keys_command("set-cache-group", info["key_id"], "team-b")
+    listed = [json.loads(line) for line in keys_command("list", "--json").stdout.splitlines()]
     assert [k["cache_group"] for k in listed if k["key_id"] == info["key_id"]] == ["team-b"]
-    keys_cli("set-cache-group", info["key_id"], "")
-    listed = [json.loads(line) for line in keys_cli("list", "--json").stdout.splitlines()]
+    keys_command("set-cache-group", info["key_id"], "")
+    listed = [json.loads(line) for line in keys_command("list", "--json").stdout.splitlines()]
     assert [k["cache_group"] for k in listed if k["key_id"] == info["key_id"]] == [""]
-    refused = keys_cli("create", "--name", "b", "--cache-group", "no spaces", check=False)
+    refused = keys_command("create", "--name", "b", "--cache-group", "no spaces", check=False)
     assert refused.returncode == 2 and "cache group" in refused.stderr
-    missing = keys_cli("set-cache-group", "ffffffffffff", "g", check=False)
+    missing = keys_command("set-cache-group", "ffffffffffff", "g", check=False)
     assert missing.returncode == 1

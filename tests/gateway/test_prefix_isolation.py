@@ -12,8 +12,8 @@ import httpx
 import openai
 import pytest
 
-from cormorant.gateway.keys import create_key
-from cormorant.gateway.keystore import SqliteKeyStore
+from cormorant.gateway.auth.keys import create_key
+from cormorant.gateway.auth.keystore import SqliteKeyStore
 from cormorant.server.app import build_app
 from cormorant.server.config import ServerConfig
 from cormorant.server.launch import uvicorn_config

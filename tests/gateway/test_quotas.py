@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from cormorant.gateway.admission import Refusal
-from cormorant.gateway.quotas import QuotaLimits, Quotas, Reservation, format_duration
-from cormorant.gateway.redis_store import RedisStore
-from cormorant.gateway.store import MemoryStore
+from cormorant.gateway.engine_admission import Refusal
+from cormorant.gateway.quotas.quotas import QuotaLimits, Quotas, Reservation, format_duration
+from cormorant.gateway.quotas.redis_store import RedisStore
+from cormorant.gateway.quotas.store import MemoryStore
 from redis_fixture import free_port, redis_prefix, redis_server, redis_url  # noqa: F401
 
 HEADERS = [f"x-ratelimit-{kind}-{what}" for what in ("requests", "tokens")

@@ -9,16 +9,16 @@ import subprocess
 import sys
 import time
 
-from cormorant.gateway.redis_store import RedisStore
-from cormorant.gateway.store import LeaseClaim, MemoryStore, Window, WindowCharge
+from cormorant.gateway.quotas.redis_store import RedisStore
+from cormorant.gateway.quotas.store import LeaseClaim, MemoryStore, Window, WindowCharge
 from redis_fixture import redis_prefix, redis_server, redis_url  # noqa: F401
 
 # Each process: `attempts` reservations as fast as it can, holding each concurrency slot for a
 # moment; prints how many were admitted and the most leases it ever saw held.
 RACER = """
 import asyncio, json, sys, time
-from cormorant.gateway.quotas import QuotaLimits, Quotas, Reservation
-from cormorant.gateway.redis_store import RedisStore
+from cormorant.gateway.quotas.quotas import QuotaLimits, Quotas, Reservation
+from cormorant.gateway.quotas.redis_store import RedisStore
 
 async def main(url, prefix, attempts, start_at):
     store = RedisStore.from_url(url, prefix=prefix)

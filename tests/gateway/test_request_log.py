@@ -225,7 +225,7 @@ def test_spans_reach_an_otlp_collector(engine):
 
 CHECK_LAZY = """
 import sys
-from cormorant.gateway.request_log import TelemetryConfigError, build_telemetry
+from cormorant.gateway.telemetry.request_log import TelemetryConfigError, build_telemetry
 telemetry = build_telemetry(128)
 assert telemetry.tracing is None
 # (opentelemetry-api itself may be loaded: recent FastAPI imports it when present.)

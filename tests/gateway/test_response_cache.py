@@ -7,9 +7,9 @@ import logging
 
 import pytest
 
-from cormorant.gateway.response_cache import (MemoryCacheBackend, RedisCacheBackend,
-                                              ResponseCache, ResponseCacheConfig, cache_key,
-                                              is_deterministic)
+from cormorant.gateway.caching.response_cache import (MemoryCacheBackend, RedisCacheBackend,
+                                                      ResponseCache, ResponseCacheConfig, cache_key,
+                                                      is_deterministic)
 from redis_fixture import redis_prefix, redis_server, redis_url  # noqa: F401
 
 REQUEST = {"model": "m", "prompt": "Hello", "max_tokens": 16, "temperature": 0.0,
@@ -160,7 +160,7 @@ def test_unreachable_redis_gives_misses_without_raising(caplog):
         await cache.aclose()
         return cache
 
-    with caplog.at_level(logging.WARNING, logger="cormorant.gateway.response_cache"):
+    with caplog.at_level(logging.WARNING, logger="cormorant.gateway.caching.response_cache"):
         cache = asyncio.run(go())
     assert cache.hits == 0 and cache.misses == 2
     assert cache.backend.num_errors == 3

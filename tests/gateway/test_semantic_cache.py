@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cormorant.gateway.semantic_cache import SemanticCache, SemanticCacheConfig
+from cormorant.gateway.caching.semantic_cache import SemanticCache, SemanticCacheConfig
 
 NS = "acme|smol@1|/v1/completions|{max_tokens:16}"
 

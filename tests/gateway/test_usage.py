@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cormorant.gateway.request_log import TelemetryConfigError, build_telemetry
-from cormorant.gateway.usage import (PostgresUsageStore, SQLiteUsageStore, UsageEvent,
-                                     UsageQuery, open_usage_store, redact_url, utc_day)
+from cormorant.gateway.telemetry.request_log import TelemetryConfigError, build_telemetry
+from cormorant.gateway.telemetry.usage import (PostgresUsageStore, SQLiteUsageStore, UsageEvent,
+                                               UsageQuery, open_usage_store, redact_url, utc_day)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
 from server_helpers import ServerThread, assert_openai_error, start_engine  # noqa: E402

@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cormorant.gateway.keys import create_key
-from cormorant.gateway.keystore import SqliteKeyStore
+from cormorant.gateway.auth.keys import create_key
+from cormorant.gateway.auth.keystore import SqliteKeyStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
 from server_helpers import ServerThread, start_engine, tiny_engine_config  # noqa: E402

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import httpx
 
-from cormorant.gateway.keys import create_key
-from cormorant.gateway.keystore import write_key_file
-from cormorant.gateway.model_registry import registry_from_dict
-from cormorant.server.model_loader import load_object
+from cormorant.gateway.auth.keys import create_key
+from cormorant.gateway.auth.keystore import write_key_file
+from cormorant.hosting.loader import load_object
+from cormorant.hosting.registry import registry_from_dict
 from server_helpers import ServerThread
 
 TINY_ENGINE = {"num_kv_blocks": 512, "max_model_len": 512, "max_num_seqs": 32}
@@ -76,7 +76,7 @@ def start_multi_server(root: Path, keys: Keys, **config) -> ServerThread:
 
 
 def _source(registry, spec):
-    from cormorant.gateway.model_registry import resolve_source
+    from cormorant.hosting.registry import resolve_source
 
     return resolve_source(spec.source, registry.settings.roots)
 

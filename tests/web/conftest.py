@@ -87,8 +87,8 @@ class WebKeys:
     ops (admin only: the console's tables but not its charts)."""
 
     def __init__(self, path: Path) -> None:
-        from cormorant.gateway.keys import create_key
-        from cormorant.gateway.keystore import write_key_file
+        from cormorant.gateway.auth.keys import create_key
+        from cormorant.gateway.auth.keystore import write_key_file
 
         records = []
         for name, scopes in (("alice", {"inference"}), ("bob", {"inference"}),
@@ -104,8 +104,8 @@ class WebKeys:
 def keyed_server(tmp_path_factory, tiny_llama):
     """Keys in a key file (WebKeys), two versions of a tiny model and the alias `live`
     pointing at the first."""
-    from cormorant.gateway.model_registry import registry_from_dict, resolve_source
-    from cormorant.server.model_loader import load_object
+    from cormorant.hosting.registry import registry_from_dict, resolve_source
+    from cormorant.hosting.loader import load_object
 
     root = tmp_path_factory.mktemp("web-root")
     shutil.copytree(tiny_llama, root / "tiny-llama")

@@ -1,0 +1,1 @@
+"""Authentication and authorization: API keys, key stores, route table, middleware, CLI."""

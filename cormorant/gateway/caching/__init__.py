@@ -1,0 +1,1 @@
+"""Response caches: exact (deterministic requests) and semantic (close prompt embeddings)."""

@@ -1,0 +1,1 @@
+"""Per-key quotas (rpm, tpm, concurrency) and their counter stores (in process, Redis)."""

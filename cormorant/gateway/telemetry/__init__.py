@@ -1,0 +1,1 @@
+"""Telemetry: Prometheus metrics, usage accounting, the per-request log line, tracing."""
