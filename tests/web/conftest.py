@@ -22,7 +22,7 @@ ARTIFACTS = Path(os.environ.get("CORMORANT_WEB_ARTIFACTS",
                                 Path(__file__).resolve().parent / "artifacts"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # the sync API holds an event loop: end it with the module
 def browser():
     if not Path(CHROMIUM).exists():
         pytest.skip("needs Debian's chromium (scripts/setup.sh --test installs it)")
