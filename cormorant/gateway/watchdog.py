@@ -1,6 +1,8 @@
-"""The engine watchdog: notices an engine loop that is stuck while work is pending (or died),
-and, if that lasts past a grace period, logs why and exits the process with a non-zero status
-so that an orchestrator restarts it.
+"""The engine watchdog: a stuck (or dead) engine loop with work pending ends the process.
+
+It notices an engine loop that is stuck while work is pending (or died), and, if that lasts
+past a grace period, logs why and exits the process with a non-zero status so that an
+orchestrator restarts it.
 
 Stuck is not slow: a step that computes (the engine's CPU time grows, see
 frontend.core_client.Liveness) is progress, however long it takes, so a long prefill on a slow
