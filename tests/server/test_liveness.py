@@ -2,7 +2,8 @@
 engine in a thread behind the real server: a model forward that blocks (no CPU) right after an
 idle spell turns /health 503 and the watchdog fires within its stall threshold; a forward that
 computes far longer than that threshold is not a stall (health 200, no exit); and a request
-whose x-request-timeout passes while it runs ends alone with a 504 while another completes.
+whose x-request-timeout passes while it runs ends alone with a 504 (streamed: an error event
+after the tokens so far) while another completes.
 
 The forward is slowed or held by wrapping the runner's real model (the engine, scheduler and
 runner are the real ones). The watchdog under test gets an exit function that records instead
@@ -143,7 +144,7 @@ def test_a_step_that_hangs_after_an_idle_spell_is_a_stall(gated):
     gate.release()  # the step goes on: the request completes and health recovers
     request.join(60)
     assert not isinstance(out["response"], Exception), out["response"]
-    assert out["response"].choices[0].text is not None
+    assert out["response"].usage.completion_tokens == 3
     _wait_for(lambda: httpx.get(server.url + "/health").status_code == 200, 30, "a 200")
 
 
@@ -161,25 +162,43 @@ def test_a_step_that_computes_longer_than_the_threshold_is_not_a_stall(gated):
     request.join()
     assert gate.entered.is_set(), "the long step never ran"
     assert not isinstance(out["response"], Exception), out["response"]
-    assert len(out["response"].choices[0].text) > 0
+    assert out["response"].usage.completion_tokens == 4
     assert set(statuses) == {200}, statuses
     assert not exits and watchdog.reason is None
+
+
+def _stream(server: ServerThread, out: dict, **headers) -> None:
+    chunks = []
+    try:
+        for chunk in server.client().completions.create(
+                model=server.model, prompt="Stream on", max_tokens=400, stream=True,
+                extra_body={"ignore_eos": True}, extra_headers=headers, timeout=120):
+            chunks.append(chunk)
+        out["response"] = chunks
+    except openai.APIError as exc:
+        out["response"], out["chunks"] = exc, chunks
 
 
 def test_a_running_request_past_its_deadline_ends_alone(gated):
     server, gate, watchdog, exits = gated
     gate.sleep_s = 0.02  # every step takes a while: 400 tokens can't finish in 1 s
     late: dict = {}
+    late_stream: dict = {}
     on_time: dict = {}
-    first = _in_thread(_complete, server, late, max_tokens=400, **{"x-request-timeout": "1"})
-    second = _in_thread(_complete, server, on_time, max_tokens=20)
-    first.join(120)
-    second.join(120)
+    threads = [_in_thread(_complete, server, late, max_tokens=400, **{"x-request-timeout": "1"}),
+               _in_thread(_stream, server, late_stream, **{"x-request-timeout": "1"}),
+               _in_thread(_complete, server, on_time, max_tokens=20)]
+    for thread in threads:
+        thread.join(120)
     error = late["response"]
     assert isinstance(error, openai.APIStatusError), error
     assert error.status_code == 504
     assert error.body["code"] == "deadline_exceeded" and "stopped" in error.body["message"]
-    assert len(on_time["response"].choices[0].text) > 0  # the other request completed
+    # Streaming: the tokens so far went out, then the error event ends the stream.
+    assert isinstance(late_stream["response"], openai.APIError), late_stream["response"]
+    assert late_stream["response"].body["code"] == "deadline_exceeded"
+    assert 0 < len(late_stream["chunks"]) < 400
+    assert on_time["response"].usage.completion_tokens == 20  # the other request completed
     gate.sleep_s = 0.0
     # The stopped request's blocks are freed; the server is up and serves.
     engine = _wait_for(lambda: (e := httpx.get(server.url + "/health").json()["engine"])
@@ -187,5 +206,5 @@ def test_a_running_request_past_its_deadline_ends_alone(gated):
     assert engine["num_running"] == 0
     canary: dict = {}
     _complete(server, canary)
-    assert len(canary["response"].choices[0].text) > 0
+    assert canary["response"].usage.completion_tokens == 3
     assert not exits
