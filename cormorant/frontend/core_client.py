@@ -97,7 +97,7 @@ class Liveness:
     last advanced (a step finished, or `cpu_time()` grew since the previous look)."""
 
     def __init__(self, cpu_time: Callable[[], float | None]) -> None:
-        self._cpu_time = cpu_time
+        self.cpu_time = cpu_time
         self._lock = threading.Lock()
         self._unfinished: dict[str, set[int]] = {}
         self._aborted: dict[str, float] = {}  # sent at
@@ -122,21 +122,24 @@ class Liveness:
             self._finish(req_id, index)
             self._settle()
 
-    def stepped(self, outputs: list[EngineOutput], at: float) -> None:
-        """A step ended at `at` with `outputs`: progress; aborts sent before it are applied."""
+    def stepped(self, outputs: list[EngineOutput], at: float,
+                applied: float | None = None) -> None:
+        """A step ended at `at` with `outputs`: progress. Aborts sent before `applied` (when
+        the step's commands were taken; default `at`) are applied."""
+        applied = at if applied is None else applied
         with self._lock:
             self._progress_at = max(self._progress_at, at)
             for eo in outputs:
                 if eo.finish_reason is not None:
                     self._finish(eo.req_id, eo.index)
             for req_id, sent in list(self._aborted.items()):
-                if sent <= at:
+                if sent <= applied:
                     del self._aborted[req_id]
             self._settle()
 
     def apply(self, stats: EngineStats) -> EngineStats:
         """`stats` (the engine's last snapshot) with the client's pending work and progress."""
-        cpu, now = self._cpu_time(), time.monotonic()
+        cpu, now = self.cpu_time(), time.monotonic()
         with self._lock:
             if cpu is not None and cpu != self._cpu_seen:
                 if self._cpu_seen is not None:
@@ -205,7 +208,7 @@ class ThreadCoreClient(_Client):
     def start(self, on_outputs: OnOutputs) -> None:
         self._on_outputs = on_outputs
         self._thread.start()
-        self.liveness._cpu_time = thread_cpu_time(self._thread)
+        self.liveness.cpu_time = thread_cpu_time(self._thread)
 
     def _send(self, command: Command) -> None:
         self._inbox.put(command)
@@ -227,10 +230,11 @@ class ThreadCoreClient(_Client):
         try:
             while not self._stopping.is_set():
                 errors = self._apply_commands(block=not self.core.has_unfinished_requests())
+                applied = time.monotonic()
                 outputs = errors + self.core.step()
                 now = time.monotonic()
                 self._stats = self.core.stats(now)
-                self.liveness.stepped(outputs, now)
+                self.liveness.stepped(outputs, now, applied)
                 if outputs:
                     self._on_outputs(outputs)
         except BaseException as e:  # the loop must report, never die silently
