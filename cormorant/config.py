@@ -42,10 +42,27 @@ class CacheConfig:
     enable_prefix_caching: bool = True
 
 
+# The per-step token budget when none is set: a step's prompt chunk (chunked prefill is exact,
+# so outputs are token-identical) is sized so one step stays short. On the CPU a forward's
+# time grows with its tokens, and a 2048-token chunk of a small model took over a minute on a
+# busy 2-core machine (issue #21); 512 keeps a step to seconds there, interleaves decodes of
+# other requests between a long prompt's chunks, and costs little throughput (the CPU is
+# compute-bound well below 512 tokens). On a GPU larger steps are nearly free.
+GPU_MAX_NUM_BATCHED_TOKENS = 2048
+CPU_MAX_NUM_BATCHED_TOKENS = 512
+
+
+def default_max_num_batched_tokens(device_type: str) -> int:
+    """The token budget of a step on `device_type` ("cpu", "cuda", ...) when none is set."""
+    return CPU_MAX_NUM_BATCHED_TOKENS if device_type == "cpu" else GPU_MAX_NUM_BATCHED_TOKENS
+
+
 @dataclass(frozen=True)
 class SchedulerConfig:
     max_num_seqs: int = 64
-    max_num_batched_tokens: int = 2048
+    # None: by device (default_max_num_batched_tokens), resolved when the engine is built;
+    # a scheduler given None uses the GPU value.
+    max_num_batched_tokens: int | None = None
     max_model_len: int | None = None  # None: the model's own context length
     # The waiting queue's order: "fifo" (arrival), or "fair" (weighted fair share across
     # tenants, priority inside a tenant).

@@ -99,8 +99,10 @@ ENGINE_ARGS: tuple[EngineArg, ...] = (
               commands=("serve", "generate", "chat", "llm", "registry"), note=_BENCH_NOTE),
     EngineArg("max_num_seqs", int, "most sequences in one step", "scheduler.max_num_seqs",
               commands=("serve", "generate", "chat", "llm", "registry"), note=_BENCH_NOTE),
-    EngineArg("max_num_batched_tokens", int, "most tokens computed in one step",
-              "scheduler.max_num_batched_tokens",
+    EngineArg("max_num_batched_tokens", int, "most tokens computed in one step (a long "
+              "prompt is prefilled in chunks of this size)", "scheduler.max_num_batched_tokens",
+              optional=True, none_means="512 on the CPU, so that one step stays short; 2048 "
+              "on a GPU",
               commands=("serve", "generate", "chat", "llm", "registry"), note=_BENCH_NOTE),
     EngineArg("scheduling", str, "the waiting queue: weighted fair across tenants, or FIFO",
               "scheduler.policy", choices=("fair", "fifo"), commands=("serve",),

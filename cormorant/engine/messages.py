@@ -38,6 +38,11 @@ class EngineStats:
     last_step_time: float = field(default_factory=time.monotonic)  # of the loop's last step
     is_loop_alive: bool = True
     has_pending_work: bool = False
+    # Liveness as the client sees it (frontend.core_client), all time.monotonic():
+    # when the oldest work still pending arrived (None: nothing pending), and when the engine
+    # was last seen advancing: a step finished or its CPU time grew (a step computing).
+    pending_since: float | None = None
+    last_progress_time: float = field(default_factory=time.monotonic)
 
 
 # --- commands ---------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from cormorant.config import SchedulerConfig
+from cormorant.config import GPU_MAX_NUM_BATCHED_TOKENS, SchedulerConfig
 from cormorant.engine.block_manager import BlockManager
 from cormorant.engine.policies import WaitingQueue, waiting_queue
 from cormorant.engine.sequence import Sequence, SequenceStatus
@@ -61,7 +61,10 @@ class Scheduler:
                  max_model_len: int | None = None) -> None:
         """max_model_len: the resolved context length; overrides config.max_model_len, which
         may be None ("the model's own"). If both are None only the cache size limits."""
-        if config.max_num_seqs < 1 or config.max_num_batched_tokens < 1:
+        # None: the builder resolves it by device; a scheduler built without it, the GPU's.
+        self.token_budget = (GPU_MAX_NUM_BATCHED_TOKENS if config.max_num_batched_tokens is None
+                             else config.max_num_batched_tokens)
+        if config.max_num_seqs < 1 or self.token_budget < 1:
             raise ValueError("max_num_seqs and max_num_batched_tokens must be at least 1")
         self.config = config
         self.max_model_len = max_model_len if max_model_len is not None else config.max_model_len
@@ -185,7 +188,7 @@ class Scheduler:
         """Pick this step's work within max_num_batched_tokens and the free blocks."""
         seqs: list[Sequence] = []
         num_new: list[int] = []
-        budget = self.config.max_num_batched_tokens
+        budget = self.token_budget
         num_preempted = 0
         i = 0
         while i < len(self.running) and budget > 0:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cormorant.config import EngineConfig, ModelConfig
+from cormorant.config import EngineConfig, ModelConfig, default_max_num_batched_tokens
 from cormorant.engine.core import EngineCore
 from cormorant.layers.attention import TorchAttention
 from cormorant.models.loader import (check_load_format, load_model, load_model_config,
@@ -60,7 +60,7 @@ def build_engine(config: EngineConfig) -> BuiltEngine:
     model, model_config = load_model(config.model, dtype, device,
                                      attention_backend(config.attention_backend, device),
                                      load_format=config.load_format, seed=config.seed or 0)
-    config = _resolve_lengths(config, model_config)
+    config = _resolve_lengths(config, model_config, device.type)
     eos = tuple(sorted(set(model_config.eos_token_ids) | set(tokenizer.eos_token_ids)))
     runner = ModelRunner(config, model_config, model, device, dtype, eos)
     core = EngineCore(config, runner, eos)
@@ -80,11 +80,16 @@ def build_tokenizer(config: EngineConfig) -> Tokenizer:
     return load_tokenizer(config.model)
 
 
-def _resolve_lengths(config: EngineConfig, model_config: ModelConfig) -> EngineConfig:
+def _resolve_lengths(config: EngineConfig, model_config: ModelConfig,
+                     device_type: str) -> EngineConfig:
+    """max_model_len (the model's own) and the step's token budget (by device) when unset."""
     sched = config.scheduler
     max_len = sched.max_model_len or model_config.max_position_embeddings
     if max_len > model_config.max_position_embeddings:
         raise ValueError(f"max_model_len {max_len} exceeds the model's context length "
                          f"{model_config.max_position_embeddings}")
-    sched = dataclasses.replace(sched, max_model_len=max_len)
+    budget = sched.max_num_batched_tokens
+    if budget is None:
+        budget = default_max_num_batched_tokens(device_type)
+    sched = dataclasses.replace(sched, max_model_len=max_len, max_num_batched_tokens=budget)
     return dataclasses.replace(config, scheduler=sched)

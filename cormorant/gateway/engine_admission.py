@@ -18,7 +18,8 @@ is the time the backlog needs to drain below the limit that refused, at that rat
 A request may carry a deadline (header `x-request-timeout`, seconds, see `parse_timeout`): if
 any of its prompts is still queued when it passes, the ticket's expiry handler runs (the
 server fails the request with 504, which aborts it and frees its place in the engine queue).
-Once generation has started the deadline no longer applies; a client that leaves is dropped
+Once generation has started, the server (server.generation) ends a request still running at
+its deadline alone (504, its blocks freed, `seconds_left`); a client that leaves is dropped
 by the server's disconnect watch, queued or not.
 Engine-agnostic: the engine's stats (engine.messages.EngineStats) come in through a callable.
 Imports the standard library and engine.messages.
@@ -139,6 +140,11 @@ class Ticket:
     @property
     def is_queued(self) -> bool:
         return bool(self._pending)
+
+    @property
+    def seconds_left(self) -> float | None:
+        """Until the request's deadline (negative once past); None: it has none."""
+        return None if self._expires_at is None else self._expires_at - self._controller.clock()
 
     def mark_started(self, index: int) -> None:
         num_tokens = self._pending.pop(index, None)

@@ -102,9 +102,10 @@ class ServedEncoder(_Served):
 
 def combined_stats(engines: list[Any]) -> EngineStats:
     """The engines of all loaded generators as one: alive only if every loop is, stalled if
-    any engine with work has not stepped (its last step is the oldest such)."""
+    any engine with work is (the oldest step and progress of those with work pending)."""
     combined = EngineStats()
     stalled_since: list[float] = []
+    progress: list[float] = []
     for engine in engines:
         s = engine.stats()
         for f in dataclasses.fields(EngineStats):
@@ -113,7 +114,9 @@ def combined_stats(engines: list[Any]) -> EngineStats:
         combined.is_loop_alive &= bool(s.is_loop_alive)
         if s.has_pending_work:
             combined.has_pending_work = True
-            stalled_since.append(s.last_step_time)
+            stalled_since.append(max(s.last_step_time, s.pending_since or 0.0))
+            progress.append(s.last_progress_time)
     if stalled_since:
         combined.last_step_time = min(stalled_since)
+        combined.last_progress_time = min(progress)
     return combined

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from cormorant.config import EngineConfig, ModelConfig
+from cormorant.config import GPU_MAX_NUM_BATCHED_TOKENS, EngineConfig, ModelConfig
 from cormorant.engine.types import SampleOutput, ScheduledBatch
 from cormorant.runner.cuda_graphs import (DecodeGraphs, find_attention_backend,
                                           graph_batch_sizes, is_capturable)
@@ -119,7 +119,8 @@ class ModelRunner:
         prompt tokens against a one-block dummy cache (nothing written), then logits and a
         sampler pass for max_num_seqs rows with every optional stage on."""
         sched, cfg = self.config.scheduler, self.model_config
-        num_tokens = max(sched.max_num_batched_tokens, sched.max_num_seqs)
+        num_tokens = max(sched.max_num_batched_tokens or GPU_MAX_NUM_BATCHED_TOKENS,
+                         sched.max_num_seqs)
         inputs = dummy_prefill_inputs(num_tokens, self.max_model_len, self.block_size,
                                       self.device)
         caches = [torch.zeros(2, 1, self.block_size, cfg.num_kv_heads, cfg.head_dim,

@@ -65,7 +65,10 @@ class ServerConfig:
 
     # --- lifecycle -------------------------------------------------------------------------
     drain_grace_s: float = 30.0  # SIGTERM: how long in-flight requests may keep running
-    health_stall_s: float = 30.0  # /health is 503 when pending work saw no step for this long
+    # /health is 503 when pending work saw no engine progress (a step, or engine CPU time)
+    # for this long, or one step has run longer than health_max_step_s (0: no ceiling).
+    health_stall_s: float = 30.0
+    health_max_step_s: float = 600.0
     warmup: bool = True  # /ready waits for one short generation to succeed
     # Stalled (health_stall_s) this much longer -> exit 70 so an orchestrator restarts us.
     # Negative: never. Off here so an embedded app never kills its host; `serve` turns it on.

@@ -5,8 +5,9 @@
 a prompt's index into it when that prompt has news, and the stream takes the news from the
 prompt's handle, so a token crosses one queue between the engine loop and the response.
 It hands admission slots back as first outputs arrive, and guarantees that however it ends
-(finished, client gone, drain, engine death) every engine request is closed, which aborts it
-in the engine and frees its KV blocks.
+(finished, client gone, drain, engine death, its x-request-timeout passing while queued or
+running: 504) every engine request is closed, which aborts it in the engine and frees its KV
+blocks; the other requests and the server run on.
 `collect_unless_disconnected` is the non-streaming counterpart of SSEResponse's disconnect
 watch. Imports asyncio, starlette, frontend.outputs, sampling_params and server modules.
 """
@@ -67,8 +68,12 @@ class EngineStream:
             self.fail(self._engine_failure())
         self._num_jobs = len(jobs)
         lifecycle.register(self)
-        # x-request-timeout: still queued at the deadline -> 504, which aborts the requests.
-        ticket.on_expire(lambda: self.fail(deadline_error()))
+        # x-request-timeout: queued or running at the deadline -> 504, which aborts the
+        # requests (and frees their blocks) when the stream closes.
+        self._deadline: asyncio.TimerHandle | None = None
+        if ticket.seconds_left is not None:
+            self._deadline = asyncio.get_running_loop().call_later(
+                max(0.0, ticket.seconds_left), self._expire)
 
     @property
     def engine(self) -> EngineClient:
@@ -109,6 +114,11 @@ class EngineStream:
         return APIError(500, "The engine failed while serving the request.",
                         code="internal_error")
 
+    def _expire(self) -> None:
+        self._deadline = None
+        if not self._closed:
+            self.fail(deadline_error(running=not self._ticket.is_queued))
+
     def fail(self, err: APIError) -> None:
         """End the stream with `err` (drain deadline, engine death); safe to call twice."""
         if self._failure is None:
@@ -144,6 +154,9 @@ class EngineStream:
         if self._closed:
             return
         self._closed = True
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
         for handle in self._handles:
             handle.close()
         self._ticket.release()

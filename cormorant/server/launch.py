@@ -77,7 +77,12 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
                         help="on SIGTERM, how long in-flight requests may run on")
     limits.add_argument("--health-stall-s", "--watchdog-stall-seconds", dest="health_stall_s",
                         type=float, default=_DEFAULTS.health_stall_s,
-                        help="/health turns 503 when pending work saw no engine step this long")
+                        help="/health turns 503 when pending work saw no engine progress (a "
+                             "step ending, or the engine using CPU) this long")
+    limits.add_argument("--health-max-step-s", type=float,
+                        default=_DEFAULTS.health_max_step_s,
+                        help="one engine step running longer than this is stuck even while it "
+                             "computes; 0: no ceiling")
     limits.add_argument("--watchdog-exit-grace", type=float,
                         default=DEFAULT_WATCHDOG_EXIT_GRACE_S,
                         help="exit with status 70 (for a restart) when the engine stays stalled "
@@ -191,6 +196,7 @@ def server_config(args: argparse.Namespace, version: str) -> ServerConfig:
         max_connections_per_client=args.max_connections_per_client,
         header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s,
         drain_grace_s=args.drain_grace_s, health_stall_s=args.health_stall_s,
+        health_max_step_s=args.health_max_step_s,
         watchdog_exit_grace_s=args.watchdog_exit_grace, log_prompts=args.log_prompts,
         usage_db=args.usage_db, otlp_endpoint=args.otlp_endpoint,
         redis_url=args.redis, default_rpm=args.default_rpm, default_tpm=args.default_tpm,

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from cormorant.engine.messages import EngineStats
+from cormorant.server.watchdog import stall_reason
 from cormorant.server.config import ServerConfig
 from cormorant.server.engine_client import EngineClient
 from cormorant.server.errors import APIError
@@ -101,17 +102,20 @@ class Lifecycle:
             logger.info("ready")
 
     def health(self, stats: EngineStats) -> tuple[int, dict]:
-        since_step = max(0.0, time.monotonic() - stats.last_step_time)
+        """200, or 503 with the reason: the watchdog's own definition of stuck (stall_reason)
+        with the same thresholds, so the probe and the watchdog never disagree."""
+        now = time.monotonic()
         body = {"status": "ok", "engine": {
             "is_loop_alive": stats.is_loop_alive, "steps": stats.steps,
-            "seconds_since_step": round(since_step, 3), "num_running": stats.num_running,
+            "seconds_since_step": round(max(0.0, now - stats.last_step_time), 3),
+            "seconds_since_progress": round(max(0.0, now - stats.last_progress_time), 3),
+            "has_pending_work": stats.has_pending_work, "num_running": stats.num_running,
             "num_waiting": stats.num_waiting, "num_free_blocks": stats.num_free_blocks,
             "num_total_blocks": stats.num_total_blocks}, "num_in_flight": self.num_in_flight}
-        if not stats.is_loop_alive:
-            body["status"] = "engine loop is not running"
-            return 503, body
-        if stats.has_pending_work and since_step > self.config.health_stall_s:
-            body["status"] = f"engine loop is stuck: no step for {since_step:.0f}s"
+        reason = stall_reason(stats, self.config.health_stall_s, now,
+                              self.config.health_max_step_s)
+        if reason is not None:
+            body["status"] = reason
             return 503, body
         return 200, body
 

@@ -113,7 +113,12 @@ async def metered(request: Request, quotas: Quotas, defaults: QuotaLimits, num_t
         await quotas.settle(reservation, None)
 
 
-def deadline_error() -> APIError:
+def deadline_error(running: bool = False) -> APIError:
+    """504 for a request whose x-request-timeout passed: still queued, or still running (then
+    it was stopped, alone: the server and the other requests run on)."""
+    if running:
+        return APIError(504, f"The request did not finish before its {TIMEOUT_HEADER} passed; "
+                        "it was stopped.", code="deadline_exceeded")
     return APIError(504, f"The request was still queued when its {TIMEOUT_HEADER} passed.",
                     code="deadline_exceeded")
 

@@ -1,6 +1,8 @@
-"""GET /health: liveness. 200 while the process is up and the engine loop steps; 503 when the
-loop died, or has work and has not stepped for ServerConfig.health_stall_s. The body carries
-the engine's queue and block counts for operators."""
+"""GET /health: liveness, 200 while the process is up and the engine makes progress.
+
+503 when the engine loop died, or is stuck with work pending (server.watchdog.stall_reason:
+no progress, neither a step nor engine CPU time, for ServerConfig.health_stall_s; or one step
+past health_max_step_s). The body carries the engine's queue and block counts for operators."""
 from __future__ import annotations
 
 from fastapi import APIRouter

@@ -183,7 +183,8 @@ class ServerState:
         """Same stall threshold as /health; before exiting, in-flight requests get a 503 and
         usage records are written."""
         watchdog = Watchdog(self.stats, self.config.health_stall_s,
-                            self.config.watchdog_exit_grace_s)
+                            self.config.watchdog_exit_grace_s,
+                            max_step_s=self.config.health_max_step_s)
 
         def fail_in_flight() -> None:
             err = APIError(503, "The engine stopped making progress; the server is restarting.",

@@ -1,6 +1,15 @@
-"""The engine watchdog: notices an engine loop that stopped stepping while work is pending
-(or died), and, if that lasts past a grace period, logs why and exits the process with a
-non-zero status so that an orchestrator restarts it.
+"""The engine watchdog: a stuck (or dead) engine loop with work pending ends the process.
+
+It notices an engine loop that is stuck while work is pending (or died), and, if that lasts
+past a grace period, logs why and exits the process with a non-zero status so that an
+orchestrator restarts it.
+
+Stuck is not slow: a step that computes (the engine's CPU time grows, see
+frontend.core_client.Liveness) is progress, however long it takes, so a long prefill on a slow
+CPU never gets the server killed. Stuck is (1) no progress at all for `stall_s` since work
+arrived or since the last progress, whatever came before (an idle spell included), or (2) one
+step running past the hard ceiling `max_step_s` (default MAX_STEP_S, 0: none) even while it
+burns CPU (a spin-wait in a driver looks like computing).
 
 /health's 503 and this exit share one definition of "stalled" (`stall_reason`) and one
 threshold, so the probe and the watchdog never disagree. The watchdog is a thread, not an
@@ -31,15 +40,24 @@ logger = logging.getLogger("cormorant.watchdog")
 EXIT_CODE = 70  # EX_SOFTWARE (sysexits.h): the process is broken, restart it
 ENGINE_THREAD_NAME = "cormorant-engine"  # frontend.core_client names its loop thread so
 HOOK_TIMEOUT_S = 2.0
+MAX_STEP_S = 600.0  # one step computing longer than this is stuck anyway
 
 
-def stall_reason(stats: EngineStats, stall_s: float, now: float | None = None) -> str | None:
+def stall_reason(stats: EngineStats, stall_s: float, now: float | None = None,
+                 max_step_s: float = MAX_STEP_S) -> str | None:
     """Why the engine is not making progress, or None while it is (or has nothing to do)."""
     if not stats.is_loop_alive:
         return "engine loop is not running"
-    since_step = (time.monotonic() if now is None else now) - stats.last_step_time
-    if stats.has_pending_work and since_step > stall_s:
-        return f"engine loop is stuck: no step for {since_step:.0f}s with work pending"
+    if not stats.has_pending_work:
+        return None
+    now = time.monotonic() if now is None else now
+    quiet = now - stats.last_progress_time
+    if quiet > stall_s:
+        return f"engine loop is stuck: no progress for {quiet:.0f}s with work pending"
+    in_step = now - max(stats.last_step_time, stats.pending_since or 0.0)
+    if max_step_s > 0 and in_step > max_step_s:
+        return (f"engine loop is stuck: one step has run for {in_step:.0f}s, over the "
+                f"{max_step_s:.0f}s ceiling, with work pending")
     return None
 
 
@@ -72,9 +90,11 @@ class Watchdog:
 
     def __init__(self, stats: Callable[[], EngineStats], stall_s: float,
                  exit_grace_s: float, *, interval_s: float = 0.5, exit_code: int = EXIT_CODE,
-                 exit_fn: Callable[[int], Any] = os._exit) -> None:
+                 exit_fn: Callable[[int], Any] = os._exit,
+                 max_step_s: float = MAX_STEP_S) -> None:
         self._stats = stats
         self.stall_s = stall_s
+        self.max_step_s = max_step_s
         self.exit_grace_s = exit_grace_s
         self.interval_s = interval_s
         self.exit_code = exit_code
@@ -108,7 +128,7 @@ class Watchdog:
     def check(self, now: float | None = None) -> str | None:
         """One look at the engine; exits the process when the stall outlived the grace."""
         now = time.monotonic() if now is None else now
-        reason = stall_reason(self._stats(), self.stall_s, now)
+        reason = stall_reason(self._stats(), self.stall_s, now, self.max_step_s)
         if reason is None:
             if self.stalled_since is not None:
                 logger.warning("watchdog: engine loop recovered after %.1fs",

@@ -1,7 +1,8 @@
 """AsyncLLM over its two engine-core clients: the engine core in a child process (msgpack over
 a socket) answers exactly as the in-thread one does; aborts free blocks; a dead engine process
-ends open streams with EngineDeadError and shows in stats(); a model that cannot load fails the
-start clearly; a clean shutdown logs no error and leaves no process behind; the messages
+ends open streams with EngineDeadError and shows in stats(); a stopped engine process is a
+stall once work arrives, one using CPU is progress; a model that cannot load fails the start
+clearly; a clean shutdown logs no error and leaves no process behind; the messages
 round-trip through the one codec."""
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ from cormorant.engine.messages import (AbortRequest, AddRequest, EngineReady, En
 from cormorant.engine.types import EngineOutput, EngineRequest
 from cormorant.frontend.async_llm import AsyncLLM, EngineDeadError
 from cormorant.frontend.builder import build_engine, build_tokenizer
-from cormorant.frontend.core_client import ProcessCoreClient, ThreadCoreClient
+from cormorant.frontend.core_client import (Liveness, ProcessCoreClient, ThreadCoreClient,
+                                            process_cpu_time)
+from cormorant.server.watchdog import stall_reason
 from cormorant.sampling_params import SamplingParams
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -193,3 +196,53 @@ def test_the_engine_process_exits_when_its_parent_dies(tiny_llama, tmp_path):
         parent.wait()
     engine.wait(timeout=30)  # raises psutil.TimeoutExpired if the engine lives on
     assert not engine.is_running()
+
+
+STALL_S = 2.0
+
+
+def test_a_stopped_engine_process_is_a_stall_once_work_arrives(process_llm):
+    """The engine process stopped (SIGSTOP: no step, no CPU) right after an idle spell: a
+    request arrives and liveness reports the stall within the threshold; once the process
+    runs again the request completes and the stall is gone."""
+    time.sleep(STALL_S + 0.5)  # idle longer than the threshold: not a stall
+    assert stall_reason(process_llm.stats(), STALL_S) is None
+    pid = process_llm.client.pid
+
+    async def stop_then_request():
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            task = asyncio.ensure_future(_run(process_llm, PROMPTS[:1],
+                                              SamplingParams(max_tokens=3, temperature=0.0)))
+            while (reason := stall_reason(process_llm.stats(), STALL_S)) is None:
+                assert not task.done()
+                await asyncio.sleep(0.1)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        return reason, await task
+
+    reason, tokens = asyncio.run(asyncio.wait_for(stop_then_request(), 60))
+    assert "no progress" in reason
+    assert len(tokens[0][0]) == 3
+    assert stall_reason(process_llm.stats(), STALL_S) is None
+
+
+@pytest.mark.parametrize("busy", [True, False])
+def test_an_engine_process_using_cpu_is_progress(busy):
+    """The process client's progress signal: another process's CPU time (/proc). Pending work
+    and no step for 2x the threshold is a stall only if that process used no CPU meanwhile."""
+    code = "while True: pass" if busy else "import time; time.sleep(60)"
+    other = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        liveness = Liveness(lambda: process_cpu_time(other.pid))
+        liveness.apply(EngineStats())  # first look
+        liveness.added(EngineRequest("r", [1, 2], SamplingParams()))
+        reasons = []
+        for _ in range(int(2 * STALL_S / 0.25)):
+            time.sleep(0.25)
+            reasons.append(stall_reason(liveness.apply(EngineStats(last_step_time=0.0)),
+                                        STALL_S))
+        assert (set(reasons) == {None}) if busy else (reasons[-1] is not None), reasons
+    finally:
+        other.kill()
+        other.wait()

@@ -9,6 +9,10 @@ driver call looks from inside. The watchdog names our threads in /proc, which is
 finds the engine loop's thread. The thread is stopped while it idles in its command queue's
 wait, where it holds no GIL; the test checks that the server still answers, and retries the
 stop otherwise.
+
+stall_reason's rule on its own: no progress since work arrived (or since the last progress)
+for stall_s is a stall, whatever came before; progress without a finished step is not, until
+the hard ceiling max_step_s.
 """
 from __future__ import annotations
 
@@ -25,7 +29,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cormorant.server.watchdog import EXIT_CODE
+from cormorant.engine.messages import EngineStats
+from cormorant.server.watchdog import EXIT_CODE, Watchdog, stall_reason
 
 ROOT = Path(__file__).resolve().parents[2]
 PTRACE_DETACH, PTRACE_SEIZE, PTRACE_INTERRUPT = 17, 0x4206, 0x4207
@@ -206,3 +211,37 @@ def test_stalled_engine_loop_turns_health_503_then_exits(server):
     request_lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     assert any(line["status"] == 503 and line["error_code"] == "engine_unavailable"
                for line in request_lines)  # the request log was flushed before exiting
+
+
+def test_stall_reason_is_no_progress_since_work_arrived_or_a_step_past_the_ceiling():
+    now = 1000.0
+    idle = EngineStats(last_step_time=now - 500, last_progress_time=now - 500)
+    assert stall_reason(idle, 2.0, now) is None  # nothing pending: not a stall
+    # Work arrived 1 s ago after a long idle spell: not yet; 3 s ago with nothing since: stuck.
+    fresh = EngineStats(last_step_time=now - 500, has_pending_work=True, pending_since=now - 1,
+                        last_progress_time=now - 1)
+    assert stall_reason(fresh, 2.0, now) is None
+    stuck = EngineStats(last_step_time=now - 500, has_pending_work=True, pending_since=now - 3,
+                        last_progress_time=now - 3)
+    assert "no progress for 3s" in stall_reason(stuck, 2.0, now)
+    # A step computing (progress now) for 100 s: fine under the ceiling, stuck past it.
+    computing = EngineStats(last_step_time=now - 100, has_pending_work=True,
+                            pending_since=now - 100, last_progress_time=now)
+    assert stall_reason(computing, 2.0, now, max_step_s=600) is None
+    assert "over the 60s ceiling" in stall_reason(computing, 2.0, now, max_step_s=60)
+    assert stall_reason(computing, 2.0, now, max_step_s=0) is None  # 0: no ceiling
+    dead = EngineStats(is_loop_alive=False)
+    assert stall_reason(dead, 2.0, now) == "engine loop is not running"
+
+
+def test_watchdog_exits_after_the_grace_and_not_before():
+    stats = EngineStats(has_pending_work=True, pending_since=0.0, last_progress_time=0.0,
+                        last_step_time=0.0)
+    exits: list[int] = []
+    watchdog = Watchdog(lambda: stats, 2.0, 5.0, exit_fn=exits.append)
+    assert watchdog.check(now=1.0) is None
+    assert "stuck" in watchdog.check(now=3.0) and not exits  # stalled, within the grace
+    watchdog.check(now=7.0)
+    assert not exits
+    watchdog.check(now=8.5)
+    assert exits == [EXIT_CODE]
