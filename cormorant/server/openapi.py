@@ -42,9 +42,13 @@ ERROR_RESPONSES: dict = {
                          (413, "Body too large"), (415, "Not JSON"),
                          (429, "Rate limit or quota exceeded"),
                          (503, "Overloaded, shutting down, or the engine is down"))}
+# One server-sent event (as OpenAPI 3.2's itemSchema describes an event stream): its `data`
+# is a JSON chunk, the last one the literal [DONE] (with "stream": true).
 _SSE_CONTENT = {"text/event-stream": {"schema": {
-    "type": "string", "description": "Server-sent events: 'data: <JSON chunk>' lines, "
-    "then 'data: [DONE]' (with \"stream\": true)"}}}
+    "type": "object", "required": ["data"],
+    "description": "Server-sent events: 'data: <JSON chunk>' lines, then 'data: [DONE]'",
+    "properties": {"data": {"type": "string"}, "event": {"type": "string"},
+                   "id": {"type": "string"}, "retry": {"type": "integer"}}}}}
 
 
 def request_body(model_name: str) -> dict:
