@@ -122,13 +122,36 @@ def keyed_server(tmp_path_factory, tiny_llama):
 
 
 @pytest.fixture(scope="module")
-def smollm2_server(smollm2_path):
-    """The real SmolLM2-135M-Instruct (the embedded GGUF): answers worth a screenshot."""
-    from cormorant.config import EngineConfig, SchedulerConfig
+def smollm2_server():
+    """The README's main command, `python -m cormorant serve`, as its own process on the
+    embedded SmolLM2-135M-Instruct: answers worth a screenshot."""
+    import signal
+    import socket
+    import subprocess
+    import time
+    from types import SimpleNamespace
 
-    llm = start_engine(EngineConfig(model=smollm2_path, seed=0,
-                                    scheduler=SchedulerConfig(max_model_len=1024)))
-    server = ServerThread(llm).start(timeout=300)
-    yield server
-    server.stop()
-    llm.shutdown()
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "cormorant", "serve", "--port", str(port),
+                             "--seed", "0", "--max-model-len", "1024"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while True:
+        assert proc.poll() is None, f"cormorant serve exited: {proc.stderr.read()[-2000:]}"
+        try:
+            if httpx.get(url + "/ready", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "cormorant serve was not ready within 300 s"
+        time.sleep(0.5)
+    yield SimpleNamespace(url=url)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0
