@@ -15,7 +15,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "server"))
 
-from server_helpers import ServerThread, start_engine, tiny_engine_config  # noqa: E402
+from server_helpers import (ServerThread, running_engine, running_model_server,  # noqa: E402
+                            running_server)
 from web_helpers import CHROMIUM, CHROMIUM_ARGS, DESKTOP  # noqa: E402
 
 ARTIFACTS = Path(os.environ.get("CORMORANT_WEB_ARTIFACTS",
@@ -63,11 +64,8 @@ def web_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def open_server(web_model):
     """No keys (the playground is public), the exact response cache on."""
-    llm = start_engine(tiny_engine_config(web_model))
-    server = ServerThread(llm, response_cache=True).start()
-    yield server
-    server.stop()
-    llm.shutdown()
+    with running_engine(web_model) as llm, running_server(llm, response_cache=True) as server:
+        yield server
 
 
 def _registry(root: Path) -> dict:
@@ -124,11 +122,5 @@ def keyed_server(tmp_path_factory, tiny_llama):
 @pytest.fixture(scope="module")
 def smollm2_server(smollm2_path):
     """The real SmolLM2-135M-Instruct (the embedded GGUF): answers worth a screenshot."""
-    from cormorant.config import EngineConfig, SchedulerConfig
-
-    llm = start_engine(EngineConfig(model=smollm2_path, seed=0,
-                                    scheduler=SchedulerConfig(max_model_len=1024)))
-    server = ServerThread(llm).start(timeout=300)
-    yield server
-    server.stop()
-    llm.shutdown()
+    with running_model_server(smollm2_path, max_model_len=1024) as server:
+        yield server
