@@ -41,14 +41,11 @@ LLAMA_3_1_8B = {
 
 # CPU smoke-test stand-ins: same families, a few MB. Vocab above 10000 because the B1 workload
 # draws its prompt tokens from [0, 10000].
-TINY_QWEN3 = {**QWEN3_0_6B, "vocab_size": 10240, "hidden_size": 64, "intermediate_size": 128,
-              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-              "head_dim": 16, "max_position_embeddings": 4096, "bos_token_id": 1,
-              "eos_token_id": 2}
-TINY_LLAMA = {**LLAMA_3_1_8B, "vocab_size": 10240, "hidden_size": 64, "intermediate_size": 128,
-              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-              "head_dim": 16, "max_position_embeddings": 16384, "bos_token_id": 1,
-              "eos_token_id": 2}
+_TINY_SHAPE = {"vocab_size": 10240, "hidden_size": 64, "intermediate_size": 128,
+               "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+               "head_dim": 16, "bos_token_id": 1, "eos_token_id": 2}
+TINY_QWEN3 = {**QWEN3_0_6B, **_TINY_SHAPE, "max_position_embeddings": 4096}
+TINY_LLAMA = {**LLAMA_3_1_8B, **_TINY_SHAPE, "max_position_embeddings": 16384}
 
 CONFIGS: dict[str, dict] = {
     "qwen3-0.6b": QWEN3_0_6B,

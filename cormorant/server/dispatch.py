@@ -15,19 +15,22 @@ Imports server modules, hosting's pool lease and the gateway's key namespaces.
 """
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.requests import Request
+from starlette.responses import Response
 
 from cormorant.gateway.auth.keys import Principal, prefix_cache_salt
 from cormorant.gateway.auth.middleware import get_principal
 from cormorant.hosting.pool import Lease
 from cormorant.hosting.served import ServedGenerator
-from cormorant.server.cached_responses import CachePlan, CacheQuery, plan_cache
+from cormorant.server.cached_responses import CachePlan, CacheQuery, plan_cache, store
 from cormorant.server.errors import APIError
-from cormorant.server.generation import EngineStream, Job
+from cormorant.server.generation import EngineStream, Job, collect_unless_disconnected
+from cormorant.server.responses import client_gone, json_response
+from cormorant.server.sse import SSEResponse, sse_body
 from cormorant.server.state import ServerState
 
 FALLBACK_HEADER = "x-fallback-from"
@@ -108,3 +111,24 @@ async def _try(request: Request, state: ServerState, name: str, model_id: str | 
             raise
     return Started(served, prepared, cache, stream=stream,
                    headers={**headers, **cache.headers()})
+
+
+async def respond(request: Request, state: ServerState, started: Started, streaming: bool,
+                  chunks: Callable[[], AsyncIterator[list[dict]]],
+                  response: Callable[[list], dict]) -> Response:
+    """The answer to a started (not cached) generation: an SSE stream of `chunks()`, or the
+    JSON body `response(finals)`, stored in the response cache; nothing if the client left."""
+    stream = started.stream
+    assert stream is not None
+    if streaming:
+        return SSEResponse(sse_body(chunks(), state.config.max_error_chars),
+                           headers=started.headers, on_close=stream.aclose)
+    try:
+        finals = await collect_unless_disconnected(request.receive, stream.collect())
+    finally:
+        await stream.aclose()
+    if finals is None:
+        return client_gone()
+    body = response(finals)
+    await store(state, started.cache, body)
+    return json_response(body, headers=started.headers)

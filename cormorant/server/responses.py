@@ -3,24 +3,43 @@
 Response bodies are built as plain dicts and serialized once (the hot path of a stream emits
 one per engine step; pydantic models here would only add latency). Their schema is fixed by
 the OpenAI API and checked by the official client in the tests.
-Imports starlette, frontend.outputs and server.errors.
+Imports starlette, frontend.outputs, server.errors and server.logprobs.
 """
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from starlette.responses import Response
 
 from cormorant.frontend.outputs import RequestOutput
 from cormorant.server.errors import APIError
+from cormorant.server.logprobs import TokenText
 
 CLIENT_GONE_STATUS = 499  # nginx's convention; nobody reads it, the access log does
 
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
+
+
+@dataclass(kw_only=True)
+class ResponseContext:
+    """What every body and chunk of one generation response carries (routes extend it)."""
+    id: str
+    model: str
+    fingerprint: str
+    n: int
+    include_usage: bool
+    token_text: TokenText
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def envelope(self, object_name: str, choices: list[dict]) -> dict:
+        return {"id": self.id, "object": object_name, "created": self.created,
+                "model": self.model, "system_fingerprint": self.fingerprint, "choices": choices}
 
 
 def json_response(body: dict, status: int = 200, headers: dict[str, str] | None = None

@@ -12,13 +12,12 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cormorant.server.body import read_request
 from cormorant.server.embedding_protocol import ClassificationRequest, encoder_inputs
 from cormorant.server.errors import APIError, bound
 from cormorant.server.openapi import ERROR_RESPONSES, request_body
 from cormorant.server.request_admission import metered
 from cormorant.server.responses import json_response, new_id
-from cormorant.server.state import get_state
+from cormorant.server.state import leased_request
 
 router = APIRouter()
 
@@ -26,10 +25,7 @@ router = APIRouter()
 @router.post("/v1/classify", openapi_extra=request_body("ClassificationRequest"),
              responses=ERROR_RESPONSES, summary="Classify texts")
 async def classify(request: Request) -> Response:
-    state = get_state(request)
-    req = await read_request(request, ClassificationRequest, state.validation_context)
-    async with await state.acquire(req.model, req.user, "embed") as deployment:
-        served = deployment.served
+    async with leased_request(request, ClassificationRequest, "embed") as (state, req, served):
         if not served.encoder.is_classifier:
             raise APIError(400, f"The model '{bound(served.model_id, 128)}' has no "
                            "classification head; use /v1/embeddings.", param="model",

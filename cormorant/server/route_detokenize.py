@@ -5,12 +5,11 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cormorant.server.body import read_request
 from cormorant.server.openapi import ERROR_RESPONSES, request_body
 from cormorant.server.prompts import check_token_ids, off_loop
 from cormorant.server.protocol import DetokenizeRequest
 from cormorant.server.responses import json_response
-from cormorant.server.state import get_state
+from cormorant.server.state import leased_request
 
 router = APIRouter()
 
@@ -18,10 +17,7 @@ router = APIRouter()
 @router.post("/detokenize", openapi_extra=request_body("DetokenizeRequest"),
              responses=ERROR_RESPONSES, summary="Detokenize token ids")
 async def detokenize(request: Request) -> Response:
-    state = get_state(request)
-    req = await read_request(request, DetokenizeRequest, state.validation_context)
-    async with await state.acquire(req.model) as deployment:
-        served = deployment.served
+    async with leased_request(request, DetokenizeRequest) as (state, req, served):
         ids = check_token_ids(req.tokens, served.vocab_size, "tokens")
         text = await off_loop(state.tokenize_pool, len(ids) * 4, served.tokenizer.decode, ids,
                               False)

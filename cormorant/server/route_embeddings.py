@@ -14,12 +14,11 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cormorant.server.body import read_request
 from cormorant.server.embedding_protocol import EmbeddingRequest, encoder_inputs
 from cormorant.server.openapi import ERROR_RESPONSES, request_body
 from cormorant.server.request_admission import metered
 from cormorant.server.responses import json_response
-from cormorant.server.state import get_state
+from cormorant.server.state import leased_request
 
 router = APIRouter()
 
@@ -31,10 +30,7 @@ def encode_base64(vector: list[float]) -> str:
 @router.post("/v1/embeddings", openapi_extra=request_body("EmbeddingRequest"),
              responses=ERROR_RESPONSES, summary="Create embeddings")
 async def create_embeddings(request: Request) -> Response:
-    state = get_state(request)
-    req = await read_request(request, EmbeddingRequest, state.validation_context)
-    async with await state.acquire(req.model, req.user, "embed") as deployment:
-        served = deployment.served
+    async with leased_request(request, EmbeddingRequest, "embed") as (state, req, served):
         seqs = await encoder_inputs(req.input, served.encoder, state.tokenize_pool)
         async with metered(request, state.quotas, state.quota_defaults, sum(map(len, seqs))):
             vectors = await served.encoder.embed(seqs)

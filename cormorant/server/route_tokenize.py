@@ -5,12 +5,11 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cormorant.server.body import read_request
 from cormorant.server.openapi import ERROR_RESPONSES, request_body
 from cormorant.server.prompts import chat_prompt, off_loop
 from cormorant.server.protocol import TokenizeRequest
 from cormorant.server.responses import json_response
-from cormorant.server.state import get_state
+from cormorant.server.state import leased_request
 
 router = APIRouter()
 
@@ -18,10 +17,7 @@ router = APIRouter()
 @router.post("/tokenize", openapi_extra=request_body("TokenizeRequest"),
              responses=ERROR_RESPONSES, summary="Tokenize a prompt or messages")
 async def tokenize(request: Request) -> Response:
-    state = get_state(request)
-    req = await read_request(request, TokenizeRequest, state.validation_context)
-    async with await state.acquire(req.model) as deployment:
-        served = deployment.served
+    async with leased_request(request, TokenizeRequest) as (state, req, served):
         if req.prompt is not None:
             ids = await off_loop(state.tokenize_pool, len(req.prompt), served.tokenizer.encode,
                                  req.prompt, req.add_special_tokens)

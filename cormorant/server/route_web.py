@@ -39,10 +39,19 @@ PAGES = {"/": "playground.html", "/playground": "playground.html", "/console": "
 # The assets under /web/: a fixed list, so no request can name any other file.
 ASSETS = ("app.css", "api.js", "markdown.js", "playground.js", "chat.js", "console.js",
           "charts.js", "prom.js", "icon.svg")
+# Markup both pages share, never served alone: a page's `<!-- part: NAME -->` line becomes it.
+PARTS = ("key-dialog.html",)
+
+
+def _read(name: str) -> bytes:
+    return resources.files("cormorant.server").joinpath("web", name).read_bytes()
 
 
 def _load(name: str) -> tuple[bytes, str]:
-    body = resources.files("cormorant.server").joinpath("web", name).read_bytes()
+    body = _read(name)
+    if name.endswith(".html"):
+        for part in PARTS:
+            body = body.replace(f"<!-- part: {part} -->\n".encode(), _read(part))
     return body, TYPES[name[name.rindex("."):]]
 
 

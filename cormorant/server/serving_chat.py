@@ -7,10 +7,9 @@ Imports server modules and frontend.outputs types.
 """
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -20,34 +19,24 @@ from cormorant.gateway.caching.response_cache import is_deterministic
 from cormorant.hosting.served import ServedGenerator
 from cormorant.server.body import read_request
 from cormorant.server.cached_responses import cache_query, replay, store
-from cormorant.server.dispatch import Prepared, Started, start_generation
-from cormorant.server.generation import EngineStream, Job, collect_unless_disconnected
-from cormorant.server.logprobs import TokenText, chat_logprobs
+from cormorant.server.dispatch import Prepared, Started, respond, start_generation
+from cormorant.server.generation import EngineStream, Job
+from cormorant.server.logprobs import chat_logprobs
 from cormorant.server.params import chat_params
 from cormorant.server.prompts import chat_prompt
 from cormorant.server.protocol import ChatCompletionRequest
-from cormorant.server.responses import (client_gone, finals_usage, finish_reason, json_response,
-                                        new_id, usage)
-from cormorant.server.sse import SSEResponse, sse_body
+from cormorant.server.responses import (ResponseContext, finals_usage, finish_reason, new_id,
+                                        usage)
 from cormorant.server.state import ServerState
 
 
-@dataclass
-class _Ctx:
-    id: str
-    model: str
-    fingerprint: str
-    n: int
+@dataclass(kw_only=True)
+class _Ctx(ResponseContext):
     top_logprobs: int | None  # None: no logprobs
-    include_usage: bool
     prompt_len: int
-    token_text: TokenText
-    created: int = field(default_factory=lambda: int(time.time()))
 
     def chunk(self, choices: list[dict]) -> dict:
-        body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                "model": self.model, "system_fingerprint": self.fingerprint,
-                "choices": choices}
+        body = self.envelope("chat.completion.chunk", choices)
         if self.include_usage:
             body["usage"] = None
         return body
@@ -76,20 +65,9 @@ async def create_chat_completion(request: Request, state: ServerState) -> Respon
     ctx = _Ctx(id=job.request_id, model=served.model_id, fingerprint=served.fingerprint,
                n=req.n, top_logprobs=job.params.logprobs, include_usage=include_usage,
                prompt_len=len(job.prompt_token_ids), token_text=served.token_text)
-    stream = started.stream
-    assert stream is not None
-    if req.stream:
-        return SSEResponse(sse_body(_chunks(ctx, stream, started, state), state.config.max_error_chars),
-                           headers=started.headers, on_close=stream.aclose)
-    try:
-        finals = await collect_unless_disconnected(request.receive, stream.collect())
-    finally:
-        await stream.aclose()
-    if finals is None:
-        return client_gone()
-    body = _response(ctx, finals[0])
-    await store(state, started.cache, body)
-    return json_response(body, headers=started.headers)
+    return await respond(request, state, started, req.stream,
+                         lambda: _chunks(ctx, started.stream, started, state),
+                         lambda finals: _response(ctx, finals[0]))
 
 
 def _messages_text(req: ChatCompletionRequest) -> str:
@@ -112,9 +90,7 @@ def _response(ctx: _Ctx, out: RequestOutput) -> dict:
                 "logprobs": _logprobs(ctx, o),
                 "finish_reason": finish_reason(o.finish_reason)}
                for o in sorted(out.outputs, key=lambda o: o.index)]
-    return {"id": ctx.id, "object": "chat.completion", "created": ctx.created,
-            "model": ctx.model, "system_fingerprint": ctx.fingerprint, "choices": choices,
-            "usage": finals_usage([out])}
+    return {**ctx.envelope("chat.completion", choices), "usage": finals_usage([out])}
 
 
 def _delta_chunks(ctx: _Ctx, o: CompletionOutput) -> list[dict]:

@@ -6,10 +6,9 @@ being null as in OpenAI's API). Imports server modules and frontend.outputs type
 """
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -19,32 +18,24 @@ from cormorant.gateway.caching.response_cache import is_deterministic
 from cormorant.hosting.served import ServedGenerator
 from cormorant.server.body import read_request
 from cormorant.server.cached_responses import cache_query, replay, store
-from cormorant.server.dispatch import Prepared, Started, start_generation
+from cormorant.server.dispatch import Prepared, Started, respond, start_generation
 from cormorant.server.errors import APIError
-from cormorant.server.generation import EngineStream, Job, collect_unless_disconnected
-from cormorant.server.logprobs import TokenText, completion_logprobs
+from cormorant.server.generation import EngineStream, Job
+from cormorant.server.logprobs import completion_logprobs
 from cormorant.server.params import completion_params
 from cormorant.server.prompts import Prompt, completion_prompts, count_prompts
 from cormorant.server.protocol import CompletionRequest
-from cormorant.server.responses import (client_gone, finals_usage, finish_reason, json_response,
-                                        new_id, usage)
-from cormorant.server.sse import SSEResponse, sse_body
+from cormorant.server.responses import (ResponseContext, finals_usage, finish_reason, new_id,
+                                        usage)
 from cormorant.server.state import ServerState
 
 
-@dataclass
-class _Ctx:
-    id: str
-    model: str
-    fingerprint: str
-    n: int
+@dataclass(kw_only=True)
+class _Ctx(ResponseContext):
     echo: bool
     logprobs: int | None
-    include_usage: bool
     prompts: list[Prompt]
-    token_text: TokenText
     decode: Callable[..., str]  # tokenizer.decode, to echo prompts sent as token ids
-    created: int = field(default_factory=lambda: int(time.time()))
 
     def echo_text(self, index: int) -> str:
         prompt = self.prompts[index]
@@ -52,9 +43,8 @@ class _Ctx:
             prompt.text = self.decode(prompt.token_ids, skip_special_tokens=False)
         return prompt.text
 
-    def envelope(self, choices: list[dict]) -> dict:
-        return {"id": self.id, "object": "text_completion", "created": self.created,
-                "model": self.model, "system_fingerprint": self.fingerprint, "choices": choices}
+    def body(self, choices: list[dict]) -> dict:
+        return self.envelope("text_completion", choices)
 
 
 async def create_completion(request: Request, state: ServerState) -> Response:
@@ -84,26 +74,15 @@ async def create_completion(request: Request, state: ServerState) -> Response:
     if started.cached is not None:
         return replay(started.cached, "completions", req.stream, include_usage, started.headers,
                       state.config.max_error_chars)
-    served, stream = started.served, started.stream
-    assert stream is not None
+    served = started.served
     ctx = _Ctx(id=started.prepared.jobs[0].request_id.rsplit("-", 1)[0],
                model=served.model_id, fingerprint=served.fingerprint, n=req.n,
                echo=req.echo, logprobs=req.logprobs, include_usage=include_usage,
                prompts=started.prepared.extra, token_text=served.token_text,
                decode=served.tokenizer.decode)
-    if req.stream:
-        return SSEResponse(sse_body(_chunks(ctx, stream, started, state),
-                                    state.config.max_error_chars),
-                           headers=started.headers, on_close=stream.aclose)
-    try:
-        finals = await collect_unless_disconnected(request.receive, stream.collect())
-    finally:
-        await stream.aclose()
-    if finals is None:
-        return client_gone()
-    body = _response(ctx, finals)
-    await store(state, started.cache, body)
-    return json_response(body, headers=started.headers)
+    return await respond(request, state, started, req.stream,
+                         lambda: _chunks(ctx, started.stream, started, state),
+                         lambda finals: _response(ctx, finals))
 
 
 def _ids_and_entries(ctx: _Ctx, index: int, out: RequestOutput, token_ids: list[int],
@@ -127,7 +106,7 @@ def _response(ctx: _Ctx, finals: list[RequestOutput]) -> dict:
                 logprobs, _ = completion_logprobs(entries, ids, ctx.token_text, ctx.logprobs, 0)
             choices.append({"index": index * ctx.n + o.index, "text": text,
                             "logprobs": logprobs, "finish_reason": finish_reason(o.finish_reason)})
-    return {**ctx.envelope(choices), "usage": finals_usage(finals)}
+    return {**ctx.body(choices), "usage": finals_usage(finals)}
 
 
 class _ChoiceState:
@@ -183,10 +162,10 @@ async def _chunks(ctx: _Ctx, stream: EngineStream, started: Started, state: Serv
             cached[index] = out.num_cached_tokens
             finals[index] = out
             # One choice per chunk, as OpenAI sends them; one write per engine step.
-            yield [{**ctx.envelope([choice]), **null_usage} for choice in choices]
+            yield [{**ctx.body([choice]), **null_usage} for choice in choices]
     if ctx.include_usage:
         completion_tokens = sum(st.num_tokens for st in states.values())
-        yield [{**ctx.envelope([]), "usage": usage([len(p.token_ids) for p in ctx.prompts],
-                                                   completion_tokens, sum(cached.values()))}]
+        yield [{**ctx.body([]), "usage": usage([len(p.token_ids) for p in ctx.prompts],
+                                               completion_tokens, sum(cached.values()))}]
     if len(finals) == len(ctx.prompts) and started.cache.stores:  # complete: not cut short
         await store(state, started.cache, _response(ctx, [finals[i] for i in sorted(finals)]))

@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 
@@ -31,6 +31,7 @@ from cormorant.gateway.telemetry.request_log import build_telemetry
 from cormorant.hosting.pool import Deployment, Lease, LoadError, ModelNotFound, ModelPool
 from cormorant.hosting.registry import ModelSpec, Registry
 from cormorant.hosting.served import ServedEncoder, ServedGenerator, combined_stats
+from cormorant.server.body import read_request
 from cormorant.server.config import ServerConfig
 from cormorant.server.errors import APIError, bound
 from cormorant.server.lifecycle import Lifecycle
@@ -205,3 +206,17 @@ def _not_found(name: str) -> APIError:
 
 def get_state(request: Request) -> ServerState:
     return request.app.state.cormorant
+
+
+R = TypeVar("R")
+
+
+@contextlib.asynccontextmanager
+async def leased_request(request: Request, model_cls: type[R], kind: str = "generate"
+                         ) -> AsyncIterator[tuple[ServerState, R, Any]]:
+    """A route's start: (state, its validated body, the served model the body names), the
+    lease on that model held inside the block (acquired for the body's `user`, if it has one)."""
+    state = get_state(request)
+    req = await read_request(request, model_cls, state.validation_context)
+    async with await state.acquire(req.model, getattr(req, "user", None), kind) as deployment:
+        yield state, req, deployment.served

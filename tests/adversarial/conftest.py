@@ -13,16 +13,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "ser
 
 from adversarial_helpers import (BODY_TIMEOUT_S, HEADER_TIMEOUT_S,  # noqa: E402
                                  MAX_CONNECTIONS_PER_CLIENT, canary)
-from server_helpers import ServerThread, start_engine, tiny_engine_config  # noqa: E402
+from server_helpers import running_server, tiny_engine_fixture  # noqa: E402
 
 __all__ = ["BODY_TIMEOUT_S", "HEADER_TIMEOUT_S", "MAX_CONNECTIONS_PER_CLIENT", "canary"]
 
 
-@pytest.fixture(scope="session")
-def adv_llm(tiny_llama):
-    llm = start_engine(tiny_engine_config(tiny_llama))
-    yield llm
-    llm.shutdown()
+adv_llm = tiny_engine_fixture("adv_llm", "session")
 
 
 @pytest.fixture(scope="session")
@@ -37,11 +33,10 @@ def adv_encoder(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def adv_server(adv_llm, adv_encoder):
-    server = ServerThread(adv_llm, encoders=[adv_encoder], header_timeout_s=HEADER_TIMEOUT_S,
-                          body_timeout_s=BODY_TIMEOUT_S,
-                          max_connections_per_client=MAX_CONNECTIONS_PER_CLIENT).start()
-    yield server
-    server.stop()
+    with running_server(adv_llm, encoders=[adv_encoder], header_timeout_s=HEADER_TIMEOUT_S,
+                        body_timeout_s=BODY_TIMEOUT_S,
+                        max_connections_per_client=MAX_CONNECTIONS_PER_CLIENT) as server:
+        yield server
 
 
 @pytest.fixture

@@ -13,40 +13,32 @@ import openai
 import pytest
 from starlette.routing import Mount
 
-from cormorant.gateway.auth.keys import create_key
 from cormorant.gateway.auth.routes import PUBLIC, RouteTable
 from cormorant.server.app import build_app
 from cormorant.server.config import ServerConfig
 from cormorant.server.launch import uvicorn_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
-from server_helpers import start_engine, tiny_engine_config  # noqa: E402
+from server_helpers import tiny_engine_fixture  # noqa: E402
+from support import store_keys  # noqa: E402
 
 MODEL = "tiny-auth"
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_llama):
-    llm = start_engine(tiny_engine_config(tiny_llama))
-    yield llm
-    llm.shutdown()
+engine = tiny_engine_fixture("engine")
 
 
 @pytest.fixture(scope="module")
 def real_server(engine, tmp_path_factory, server_thread):
     """The real app with a key database; `.keys` maps a role to its token."""
-    from cormorant.gateway.auth.keystore import SqliteKeyStore
-
     db = tmp_path_factory.mktemp("auth-server") / "keys.db"
-    store = SqliteKeyStore(db, refresh_s=0.0)
-    keys = {}
-    for role, scopes, models in (("inference", {"inference"}, None),
-                                 ("metrics", {"metrics"}, None),
-                                 ("admin", {"admin"}, None),
-                                 ("this_model", {"inference"}, {MODEL}),
-                                 ("other_model", {"inference"}, {"some-other-model"})):
-        record, keys[role] = create_key(role, scopes, allowed_models=models)
-        store.add(record)
+    store, keys, _ = store_keys(db, [
+        (role, scopes, {"allowed_models": models})
+        for role, scopes, models in (("inference", {"inference"}, None),
+                                     ("metrics", {"metrics"}, None),
+                                     ("admin", {"admin"}, None),
+                                     ("this_model", {"inference"}, {MODEL}),
+                                     ("other_model", {"inference"}, {"some-other-model"}))])
     config = ServerConfig(served_model_name=MODEL, keys_db=str(db), keys_refresh_s=0.0)
     server = server_thread(config=uvicorn_config(build_app(engine, config), config, "warning"))
     server.start()

@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
-from server_helpers import ServerThread, start_engine, tiny_engine_config  # noqa: E402
+from server_helpers import running_server, tiny_engine_fixture  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "tiny-metrics"
@@ -39,27 +39,21 @@ VLLM_SERIES = (
 )
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_llama):
-    llm = start_engine(tiny_engine_config(tiny_llama))
-    yield llm
-    llm.shutdown()
+engine = tiny_engine_fixture("engine")
 
 
 @pytest.fixture(scope="module")
 def server(engine):
-    server = ServerThread(engine, served_model_name=MODEL).start()
-    yield server
-    server.stop()
+    with running_server(engine, served_model_name=MODEL) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def strict_server(engine):
     """Same engine, its own app: an API key, one waiting request, 64 KiB bodies."""
-    server = ServerThread(engine, served_model_name=MODEL, api_key="sk-metrics",
-                          max_waiting_requests=1, max_body_bytes=64 * 1024).start()
-    yield server
-    server.stop()
+    with running_server(engine, served_model_name=MODEL, api_key="sk-metrics",
+                        max_waiting_requests=1, max_body_bytes=64 * 1024) as server:
+        yield server
 
 
 def scrape(server, **headers) -> dict[str, float]:

@@ -12,35 +12,27 @@ import httpx
 import openai
 import pytest
 
-from cormorant.gateway.auth.keys import create_key
-from cormorant.gateway.auth.keystore import SqliteKeyStore
 from cormorant.server.app import build_app
 from cormorant.server.config import ServerConfig
 from cormorant.server.launch import uvicorn_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
-from server_helpers import start_engine, tiny_engine_config  # noqa: E402
+from server_helpers import tiny_engine_fixture  # noqa: E402
+from support import store_keys  # noqa: E402
 
 MODEL = "tiny-salt"
 TEXT = "The quick brown fox jumps over the lazy dog. " * 6
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_llama):
-    llm = start_engine(tiny_engine_config(tiny_llama))
-    yield llm
-    llm.shutdown()
+engine = tiny_engine_fixture("engine")
 
 
 @pytest.fixture(scope="module")
 def server(engine, tmp_path_factory, server_thread):
     """`.keys`: role -> token; a and b have their own namespaces, g1 and g2 share "team"."""
     db = tmp_path_factory.mktemp("prefix-isolation") / "keys.db"
-    store = SqliteKeyStore(db, refresh_s=0.0)
-    keys = {}
-    for role, group in (("a", ""), ("b", ""), ("g1", "team"), ("g2", "team")):
-        record, keys[role] = create_key(role, {"inference"}, cache_group=group)
-        store.add(record)
+    store, keys, _ = store_keys(db, [(role, {"inference"}, {"cache_group": group}) for role, group
+                                     in (("a", ""), ("b", ""), ("g1", "team"), ("g2", "team"))])
     config = ServerConfig(served_model_name=MODEL, keys_db=str(db), keys_refresh_s=0.0,
                           response_cache=True)
     server = server_thread(config=uvicorn_config(build_app(engine, config), config, "warning"))

@@ -11,6 +11,7 @@ import time
 import httpx
 import pytest
 
+from support import wait_http_ready
 from redis_fixture import free_port, redis_server  # noqa: F401
 
 RPM = 6
@@ -24,20 +25,6 @@ def _serve(model: str, port: int, redis_url: str) -> subprocess.Popen:
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env=env)
-
-
-def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"serve exited ({proc.returncode}): {proc.stderr.read()[-2000:]}")
-        try:
-            if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("serve did not become ready")
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -61,7 +48,7 @@ def two_servers(tiny_llama, redis_server):
     urls = [f"http://127.0.0.1:{port}" for port in ports]
     try:
         for url, proc in zip(urls, procs):
-            _wait_ready(url, proc)
+            wait_http_ready(url, proc, timeout=180, interval=0.2)
         yield urls
     finally:
         for proc in procs:

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
-from server_helpers import ServerThread, start_engine, tiny_engine_config  # noqa: E402
+from server_helpers import ServerThread, running_server, tiny_engine_fixture  # noqa: E402
 
 MODEL = "tiny-log"
 FIELDS = {"ts", "event", "request_id", "method", "path", "status", "error_code", "key_id",
@@ -56,18 +56,13 @@ def lines():
     logger.setLevel(level)
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_llama):
-    llm = start_engine(tiny_engine_config(tiny_llama))
-    yield llm
-    llm.shutdown()
+engine = tiny_engine_fixture("engine")
 
 
 @pytest.fixture(scope="module")
 def server(engine):
-    server = ServerThread(engine, served_model_name=MODEL, model_version="abc123").start()
-    yield server
-    server.stop()
+    with running_server(engine, served_model_name=MODEL, model_version="abc123") as server:
+        yield server
 
 
 def post(server, path: str, body: dict, request_id: str) -> httpx.Response:

@@ -13,11 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cormorant.gateway.auth.keys import create_key
-from cormorant.gateway.auth.keystore import SqliteKeyStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
-from server_helpers import ServerThread, start_engine, tiny_engine_config  # noqa: E402
+from server_helpers import running_engine, running_server  # noqa: E402
+from support import store_keys  # noqa: E402
 from postgres_fixture import create_database, postgres_server  # noqa: E402,F401
 
 MODEL = "tiny-keys"
@@ -39,22 +38,14 @@ def keyed(request, tiny_llama, tmp_path_factory):
     usage_db = None if request.param == "sqlite" else \
         create_database(request.getfixturevalue("postgres_server"))
     db = tmp_path_factory.mktemp("keys") / "keys.db"
-    store = SqliteKeyStore(db, refresh_s=0.0)
-    tokens, ids = {}, {}
-    for name, scopes, settings in (("admin", {"admin", "inference"}, {}),
-                                   ("alice", {"inference"}, {}),
-                                   ("bob", {"inference"}, {"rpm": 1}),
-                                   ("scraper", {"metrics"}, {})):
-        record, tokens[name] = create_key(name, frozenset(scopes), **settings)
-        ids[name] = record.key.key_id
-        store.add(record)
+    store, tokens, ids = store_keys(db, (("admin", {"admin", "inference"}, {}),
+                                         ("alice", {"inference"}, {}),
+                                         ("bob", {"inference"}, {"rpm": 1}),
+                                         ("scraper", {"metrics"}, {})))
     store.close()
-    llm = start_engine(tiny_engine_config(tiny_llama))
-    server = ServerThread(llm, served_model_name=MODEL, keys_db=str(db),
-                          usage_db=usage_db).start()
-    yield server, tokens, ids
-    server.stop()
-    llm.shutdown()
+    with running_engine(tiny_llama) as llm, running_server(
+            llm, served_model_name=MODEL, keys_db=str(db), usage_db=usage_db) as server:
+        yield server, tokens, ids
 
 
 def call(server, token: str, path: str = "/v1/completions", **body) -> httpx.Response:

@@ -10,22 +10,16 @@ from __future__ import annotations
 import openai
 import pytest
 
-from cormorant.config import EngineConfig, SchedulerConfig
-from server_helpers import ServerThread, start_engine, tiny_engine_config
+from server_helpers import running_model_server, running_server, tiny_engine_fixture
 
 
-@pytest.fixture(scope="session")
-def tiny_llm(tiny_llama):
-    llm = start_engine(tiny_engine_config(tiny_llama))
-    yield llm
-    llm.shutdown()
+tiny_llm = tiny_engine_fixture("tiny_llm", "session")
 
 
 @pytest.fixture(scope="session")
 def tiny_server(tiny_llm):
-    server = ServerThread(tiny_llm).start()
-    yield server
-    server.stop()
+    with running_server(tiny_llm) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
@@ -35,14 +29,8 @@ def client(tiny_server) -> openai.OpenAI:
 
 @pytest.fixture(scope="session")
 def smollm2_server(smollm2_path):
-    llm = start_engine(EngineConfig(model=smollm2_path, seed=0,
-                                    scheduler=SchedulerConfig(max_model_len=2048)))
-    server = ServerThread(llm).start(timeout=300)
-    yield server
-    server.stop()
-    llm.shutdown()
-
-
+    with running_model_server(smollm2_path, max_model_len=2048) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 loopback socket in a thread, and the assertion every error response must pass."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import socket
 import threading
@@ -9,6 +10,7 @@ import time
 
 import httpx
 import openai
+import pytest
 import uvicorn
 
 from cormorant.config import CacheConfig, EngineConfig, SchedulerConfig
@@ -30,6 +32,45 @@ def start_engine(config: EngineConfig):
     from cormorant.frontend.async_llm import AsyncLLM
 
     return AsyncLLM.from_config(config)
+
+
+@contextlib.contextmanager
+def running_engine(config: EngineConfig | str, **scheduler):
+    """A started engine, shut down on exit; a model path gets `tiny_engine_config`."""
+    llm = start_engine(tiny_engine_config(config, **scheduler) if isinstance(config, str)
+                       else config)
+    try:
+        yield llm
+    finally:
+        llm.shutdown()
+
+
+@contextlib.contextmanager
+def running_model_server(model: str, max_model_len: int, timeout: float = 300.0):
+    """A real checkpoint (e.g. SmolLM2) behind a started ServerThread, both stopped on exit."""
+    config = EngineConfig(model=model, seed=0,
+                          scheduler=SchedulerConfig(max_model_len=max_model_len))
+    with running_engine(config) as llm, running_server(llm, timeout=timeout) as server:
+        yield server
+
+
+def tiny_engine_fixture(name: str, scope: str = "module"):
+    """A pytest fixture called `name`: an engine on the tiny Llama, shut down after `scope`."""
+    @pytest.fixture(scope=scope, name=name)
+    def fixture(tiny_llama):
+        with running_engine(tiny_llama) as llm:
+            yield llm
+    return fixture
+
+
+@contextlib.contextmanager
+def running_server(engine, timeout: float = 60.0, **config):
+    """A started `ServerThread(engine, **config)`, stopped on exit."""
+    server = ServerThread(engine, **config).start(timeout=timeout)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 class ServerThread:

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from cormorant.server.watchdog import Watchdog
+from support import wait_for
 from server_helpers import ServerThread, start_engine, tiny_engine_config
 
 STALL_S = 1.5
@@ -98,16 +99,6 @@ def gated(tiny_llama):
         llm.shutdown()
 
 
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _complete(server: ServerThread, out: dict, max_tokens: int = 3, **headers) -> None:
     client = server.client()
     try:
@@ -134,18 +125,18 @@ def test_a_step_that_hangs_after_an_idle_spell_is_a_stall(gated):
     out: dict = {}
     request = _in_thread(_complete, server, out)
     assert gate.entered.wait(30), "the request's forward never ran"
-    stalled = _wait_for(lambda: (r := httpx.get(server.url + "/health")).status_code == 503
+    stalled = wait_for(lambda: (r := httpx.get(server.url + "/health")).status_code == 503
                         and r, 30, "/health to turn 503")
     assert "no progress" in stalled.json()["status"]
     assert stalled.json()["engine"]["has_pending_work"] is True
-    _wait_for(lambda: exits, 30, "the watchdog to fire")
+    wait_for(lambda: exits, 30, "the watchdog to fire")
     assert "stuck" in watchdog.reason
 
     gate.release()  # the step goes on: the request completes and health recovers
     request.join(60)
     assert not isinstance(out["response"], Exception), out["response"]
     assert out["response"].usage.completion_tokens == 3
-    _wait_for(lambda: httpx.get(server.url + "/health").status_code == 200, 30, "a 200")
+    wait_for(lambda: httpx.get(server.url + "/health").status_code == 200, 30, "a 200")
 
 
 def test_a_step_that_computes_longer_than_the_threshold_is_not_a_stall(gated):
@@ -201,7 +192,7 @@ def test_a_running_request_past_its_deadline_ends_alone(gated):
     assert on_time["response"].usage.completion_tokens == 20  # the other request completed
     gate.sleep_s = 0.0
     # The stopped request's blocks are freed; the server is up and serves.
-    engine = _wait_for(lambda: (e := httpx.get(server.url + "/health").json()["engine"])
+    engine = wait_for(lambda: (e := httpx.get(server.url + "/health").json()["engine"])
                        ["num_free_blocks"] == e["num_total_blocks"] and e, 30, "free blocks")
     assert engine["num_running"] == 0
     canary: dict = {}

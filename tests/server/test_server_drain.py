@@ -15,6 +15,7 @@ import httpx
 import openai
 import pytest
 
+from support import wait_http_ready
 from server_helpers import assert_openai_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -36,19 +37,6 @@ def _spawn(model: str, grace_s: float) -> tuple[subprocess.Popen, str]:
     return proc, f"http://127.0.0.1:{port}"
 
 
-def _wait_ready(proc: subprocess.Popen, url: str) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "server exited during start-up"
-        try:
-            if httpx.get(url + "/ready", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("server did not become ready")
-
-
 @pytest.fixture(scope="module")
 def servers(tiny_llama):
     """Two servers, started side by side to halve the start-up wait: a long grace period and
@@ -56,7 +44,7 @@ def servers(tiny_llama):
     spawned = {"patient": _spawn(tiny_llama, grace_s=60), "hasty": _spawn(tiny_llama, 0.5)}
     try:
         for proc, url in spawned.values():
-            _wait_ready(proc, url)
+            wait_http_ready(url, proc, timeout=120, probe_timeout=1)
         yield spawned
     finally:
         for proc, _ in spawned.values():

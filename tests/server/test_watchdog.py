@@ -31,6 +31,7 @@ import pytest
 
 from cormorant.engine.messages import EngineStats
 from cormorant.server.watchdog import EXIT_CODE, Watchdog, stall_reason
+from support import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 PTRACE_DETACH, PTRACE_SEIZE, PTRACE_INTERRUPT = 17, 0x4206, 0x4207
@@ -99,16 +100,6 @@ def _health(url: str) -> httpx.Response:
     return httpx.get(url + "/health", timeout=2)
 
 
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _stop_idle_engine(stopper: ThreadStopper, url: str) -> None:
     """Stop the engine thread where it holds no GIL (its idle wait), checked by asking the
     server something: a thread stopped holding the GIL would freeze the whole process."""
@@ -151,7 +142,7 @@ def server(tiny_llama, tmp_path):
         except httpx.HTTPError:
             return False
 
-    _wait_for(ready, 120, "the server to be ready")
+    wait_for(ready, 120, "the server to be ready")
     stopper = ThreadStopper(_engine_tid(proc.pid))
     try:
         yield proc, url, stopper, stderr
@@ -178,13 +169,13 @@ def test_stalled_engine_loop_turns_health_503_then_exits(server):
     # Work arrives and the loop does not take it: 503, with the reason.
     first: dict = {}
     threading.Thread(target=_request, args=(url, model, first), daemon=True).start()
-    stalled = _wait_for(lambda: (r := _health(url)).status_code == 503 and r, 10, "a 503")
+    stalled = wait_for(lambda: (r := _health(url)).status_code == 503 and r, 10, "a 503")
     assert "stuck" in stalled.json()["status"]
     assert stalled.json()["engine"]["is_loop_alive"] is True
 
     # The thread runs again within the grace period: the request completes, health recovers.
     stopper.resume()
-    _wait_for(lambda: "response" in first, 30, "the first request")
+    wait_for(lambda: "response" in first, 30, "the first request")
     assert first["response"].status_code == 200, first["response"]
     assert _health(url).status_code == 200
     assert proc.poll() is None
@@ -193,9 +184,9 @@ def test_stalled_engine_loop_turns_health_503_then_exits(server):
     _stop_idle_engine(stopper, url)
     second: dict = {}
     threading.Thread(target=_request, args=(url, model, second), daemon=True).start()
-    _wait_for(lambda: _health(url).status_code == 503, 10, "the second 503")
+    wait_for(lambda: _health(url).status_code == 503, 10, "the second 503")
     stalled_at = time.monotonic()
-    _wait_for(lambda: "response" in second, STALL_S + EXIT_GRACE_S + 20, "the second request")
+    wait_for(lambda: "response" in second, STALL_S + EXIT_GRACE_S + 20, "the second request")
     stopper.reap()  # the traced thread died with its process
     assert proc.wait(timeout=30) == EXIT_CODE
     assert time.monotonic() - stalled_at >= EXIT_GRACE_S - 1.0  # it waited out the grace

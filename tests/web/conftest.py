@@ -15,7 +15,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "server"))
 
-from server_helpers import ServerThread, start_engine, tiny_engine_config  # noqa: E402
+from server_helpers import (ServerThread, running_engine,  # noqa: E402
+                            running_server)
 from web_helpers import CHROMIUM, CHROMIUM_ARGS, DESKTOP  # noqa: E402
 
 ARTIFACTS = Path(os.environ.get("CORMORANT_WEB_ARTIFACTS",
@@ -63,11 +64,8 @@ def web_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def open_server(web_model):
     """No keys (the playground is public), the exact response cache on."""
-    llm = start_engine(tiny_engine_config(web_model))
-    server = ServerThread(llm, response_cache=True).start()
-    yield server
-    server.stop()
-    llm.shutdown()
+    with running_engine(web_model) as llm, running_server(llm, response_cache=True) as server:
+        yield server
 
 
 def _registry(root: Path) -> dict:
@@ -128,10 +126,9 @@ def smollm2_server():
     import signal
     import socket
     import subprocess
-    import time
     from types import SimpleNamespace
 
-    import httpx
+    from support import wait_http_ready
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -142,16 +139,7 @@ def smollm2_server():
                              "--seed", "0", "--max-model-len", "1024"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while True:
-        assert proc.poll() is None, f"cormorant serve exited: {proc.stderr.read()[-2000:]}"
-        try:
-            if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "cormorant serve was not ready within 300 s"
-        time.sleep(0.5)
+    wait_http_ready(url, proc, timeout=300, interval=0.5)
     yield SimpleNamespace(url=url)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 0

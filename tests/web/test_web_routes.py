@@ -56,7 +56,7 @@ def test_only_the_listed_files_are_served(keyed_server, path):
 
 def test_every_shipped_file_is_served_and_listed():
     shipped = {p.name for p in WEB.iterdir() if p.is_file()}
-    assert shipped == set(route_web.ASSETS) | set(route_web.PAGES.values())
+    assert shipped == set(route_web.ASSETS) | set(route_web.PAGES.values()) | set(route_web.PARTS)
 
 
 def test_the_source_never_makes_html_from_text():

@@ -167,10 +167,17 @@ def _cmd_list(store, args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_revoke(store, args: argparse.Namespace) -> int:
-    record = store.get(args.key_id)
+def _find(store, key_id: str):
+    """The key's record, or None after saying on stderr that there is no such key."""
+    record = store.get(key_id)
     if record is None:
-        print(f"cormorant keys: no key with id {args.key_id!r}", file=sys.stderr)
+        print(f"cormorant keys: no key with id {key_id!r}", file=sys.stderr)
+    return record
+
+
+def _cmd_revoke(store, args: argparse.Namespace) -> int:
+    record = _find(store, args.key_id)
+    if record is None:
         return 1
     if not record.key.revoked:
         store.replace(dataclasses.replace(
@@ -180,9 +187,8 @@ def _cmd_revoke(store, args: argparse.Namespace) -> int:
 
 
 def _cmd_rotate(store, args: argparse.Namespace) -> int:
-    record = store.get(args.key_id)
+    record = _find(store, args.key_id)
     if record is None:
-        print(f"cormorant keys: no key with id {args.key_id!r}", file=sys.stderr)
         return 1
     if record.key.revoked:
         print(f"cormorant keys: key {args.key_id} is revoked; create a new one",
@@ -195,9 +201,8 @@ def _cmd_rotate(store, args: argparse.Namespace) -> int:
 
 
 def _cmd_set_cache_group(store, args: argparse.Namespace) -> int:
-    record = store.get(args.key_id)
+    record = _find(store, args.key_id)
     if record is None:
-        print(f"cormorant keys: no key with id {args.key_id!r}", file=sys.stderr)
         return 1
     key = dataclasses.replace(record.key, cache_group=args.cache_group)
     store.replace(dataclasses.replace(record, key=key))

@@ -205,6 +205,34 @@ class Metrics:
         return encoder(self.registry), content_type
 
 
+# The families EngineStatsCollector exports: (key, family type, name, help).
+_ENGINE_FAMILIES = (
+    ("running", GaugeMetricFamily, "vllm:num_requests_running",
+     "Number of requests in model execution batches."),
+    ("waiting", GaugeMetricFamily, "vllm:num_requests_waiting",
+     "Number of requests waiting to be processed."),
+    ("kv", GaugeMetricFamily, "vllm:kv_cache_usage_perc",
+     "KV-cache usage. 1 means 100 percent usage."),
+    # vLLM's pre-0.9 name of the same gauge; many deployed dashboards still plot it.
+    ("gpu_kv", GaugeMetricFamily, "vllm:gpu_cache_usage_perc",
+     "KV-cache usage. 1 means 100 percent usage. DEPRECATED: use vllm:kv_cache_usage_perc."),
+    ("preempt", CounterMetricFamily, "vllm:num_preemptions",
+     "Cumulative number of preemption from the engine."),
+    ("pc_queries", CounterMetricFamily, "vllm:prefix_cache_queries",
+     "Prefix cache queries, in terms of number of queried tokens."),
+    ("pc_hits", CounterMetricFamily, "vllm:prefix_cache_hits",
+     "Prefix cache hits, in terms of number of cached tokens."),
+    ("steps", CounterMetricFamily, "cormorant_engine_steps",
+     "Engine loop iterations that ran a batch."),
+    ("alive", GaugeMetricFamily, "cormorant_engine_loop_alive",
+     "1 while the engine loop thread runs."),
+    ("since", GaugeMetricFamily, "cormorant_engine_seconds_since_last_step",
+     "Seconds since the engine loop last iterated (an idle loop iterates about twice a second)."),
+    ("wait_tokens", GaugeMetricFamily, "cormorant_num_waiting_prompt_tokens",
+     "Prompt tokens of the waiting requests."),
+)
+
+
 class EngineStatsCollector:
     """Gauges and engine-side counters, computed from `stats()` when Prometheus scrapes."""
 
@@ -212,41 +240,8 @@ class EngineStatsCollector:
         self._engines = engines
 
     def collect(self):
-        fams = {
-            "running": GaugeMetricFamily("vllm:num_requests_running",
-                                         "Number of requests in model execution batches.",
-                                         labels=MODEL),
-            "waiting": GaugeMetricFamily("vllm:num_requests_waiting",
-                                         "Number of requests waiting to be processed.",
-                                         labels=MODEL),
-            "kv": GaugeMetricFamily("vllm:kv_cache_usage_perc",
-                                    "KV-cache usage. 1 means 100 percent usage.", labels=MODEL),
-            # vLLM's pre-0.9 name of the same gauge; many deployed dashboards still plot it.
-            "gpu_kv": GaugeMetricFamily("vllm:gpu_cache_usage_perc",
-                                        "KV-cache usage. 1 means 100 percent usage. "
-                                        "DEPRECATED: use vllm:kv_cache_usage_perc.",
-                                        labels=MODEL),
-            "preempt": CounterMetricFamily("vllm:num_preemptions",
-                                           "Cumulative number of preemption from the engine.",
-                                           labels=MODEL),
-            "pc_queries": CounterMetricFamily("vllm:prefix_cache_queries",
-                                              "Prefix cache queries, in terms of number of "
-                                              "queried tokens.", labels=MODEL),
-            "pc_hits": CounterMetricFamily("vllm:prefix_cache_hits",
-                                           "Prefix cache hits, in terms of number of cached "
-                                           "tokens.", labels=MODEL),
-            "steps": CounterMetricFamily("cormorant_engine_steps",
-                                         "Engine loop iterations that ran a batch.",
-                                         labels=MODEL),
-            "alive": GaugeMetricFamily("cormorant_engine_loop_alive",
-                                       "1 while the engine loop thread runs.", labels=MODEL),
-            "since": GaugeMetricFamily("cormorant_engine_seconds_since_last_step",
-                                       "Seconds since the engine loop last iterated (an idle "
-                                       "loop iterates about twice a second).", labels=MODEL),
-            "wait_tokens": GaugeMetricFamily("cormorant_num_waiting_prompt_tokens",
-                                             "Prompt tokens of the waiting requests.",
-                                             labels=MODEL),
-        }
+        fams = {key: family(name, doc, labels=MODEL)
+                for key, family, name, doc in _ENGINE_FAMILIES}
         for labels, engine in list(self._engines()):
             try:
                 stats = engine.stats()

@@ -4,6 +4,29 @@
 const COLORS = ["#0b6e99", "#c2410c", "#6d28d9", "#15803d"];
 const WINDOW = 90;
 
+// A chart's figure (ids chart-KEY and canvas-KEY): its title, its latest values and its canvas,
+// appended to `parent`.
+export function addFigure(parent, key, title) {
+  const label = document.createElement("span");
+  label.textContent = title;
+  const output = document.createElement("output");
+  output.setAttribute("for", "canvas-" + key);
+  output.setAttribute("aria-live", "off");
+  output.textContent = "–";
+  const caption = document.createElement("figcaption");
+  caption.append(label, " ", output);
+  const canvas = document.createElement("canvas");
+  canvas.id = "canvas-" + key;
+  canvas.setAttribute("role", "img");
+  canvas.setAttribute("aria-label", title + ", last two minutes");
+  const figure = document.createElement("figure");
+  figure.className = "chart";
+  figure.id = "chart-" + key;
+  figure.append(caption, canvas);
+  parent.append(figure);
+  return figure;
+}
+
 export class Chart {
   constructor(figure, series, format) {
     this.figure = figure;

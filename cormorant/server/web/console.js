@@ -1,7 +1,7 @@
 // The operator console: live charts from /metrics, models and aliases from /admin/models
 // (with swap and rollback through PUT /admin/aliases), usage from /v1/usage. Admin key needed.
 import { askForKey, bindKeyButton, getJSON, getText, request } from "/web/api.js";
-import { Chart } from "/web/charts.js";
+import { Chart, addFigure } from "/web/charts.js";
 import { max, parse, quantile, rate, ratio, sum } from "/web/prom.js";
 
 const $ = (id) => document.getElementById(id);
@@ -12,16 +12,18 @@ const ms = (v) => (v === null ? "–" : (v * 1000).toFixed(0) + " ms");
 const pct = (v) => (v === null ? "–" : (v * 100).toFixed(0) + "%");
 const per = (v) => v.toFixed(2) + "/s";
 
-const charts = {
-  requests: new Chart($("chart-requests"), ["running", "waiting"], (v) => v.toFixed(0)),
-  kv: new Chart($("chart-kv"), ["KV"], pct),
-  tokens: new Chart($("chart-tokens"), ["generated", "prompt"], (v) => v.toFixed(1) + "/s"),
-  ttft: new Chart($("chart-ttft"), ["p50", "p95"], ms),
-  itl: new Chart($("chart-itl"), ["p50", "p95"], ms),
-  preempt: new Chart($("chart-preempt"), ["preemptions"], per),
-  cache: new Chart($("chart-cache"), ["prefix", "response"], pct),
-  errors: new Chart($("chart-errors"), ["429", "503"], per),
-};
+const CHARTS = [  // key (ids chart-KEY, canvas-KEY), title, series, format
+  ["requests", "Requests running and waiting", ["running", "waiting"], (v) => v.toFixed(0)],
+  ["kv", "KV-cache use (%)", ["KV"], pct],
+  ["tokens", "Tokens per second", ["generated", "prompt"], (v) => v.toFixed(1) + "/s"],
+  ["ttft", "Time to first token (ms)", ["p50", "p95"], ms],
+  ["itl", "Inter-token latency (ms)", ["p50", "p95"], ms],
+  ["preempt", "Preemptions per second", ["preemptions"], per],
+  ["cache", "Cache hit rates (%)", ["prefix", "response"], pct],
+  ["errors", "Refusals per second (429, 503)", ["429", "503"], per],
+];
+const charts = Object.fromEntries(CHARTS.map(([key, title, series, format]) =>
+  [key, new Chart(addFigure($("charts"), key, title), series, format)]));
 
 let previous = null, previousAt = 0, blocked = false, failing = false, noMetrics = false;
 
