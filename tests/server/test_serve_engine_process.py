@@ -11,7 +11,8 @@ import openai
 import psutil
 
 from test_serve_registry import ENV
-from test_server_drain import ROOT, _free_port, _wait_ready
+from support import wait_http_ready
+from test_server_drain import ROOT, _free_port
 
 
 def _serve(model: str, *flags: str) -> tuple[subprocess.Popen, str]:
@@ -38,7 +39,7 @@ def test_engine_process_serves_the_same_answers(tiny_llama):
     for flags in ((), ("--engine-process",)):
         proc, url = _serve(tiny_llama, *flags)
         try:
-            _wait_ready(proc, url)
+            wait_http_ready(url, proc, timeout=120, probe_timeout=1)
             children = psutil.Process(proc.pid).children(recursive=True)
             assert bool(children) == bool(flags)  # the engine process exists only with it
             results[flags] = _greedy(url)

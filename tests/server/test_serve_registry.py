@@ -11,7 +11,8 @@ import sys
 
 import httpx
 
-from test_server_drain import ROOT, _free_port, _wait_ready
+from support import wait_http_ready
+from test_server_drain import ROOT, _free_port
 
 ENV = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
@@ -51,7 +52,7 @@ def test_serve_a_registry_file(tmp_path, tiny_llama):
     proc = subprocess.Popen(_serve("--models", str(tmp_path / "models.toml"), "--port",
                                    str(port), "--usage-db", ":memory:"), cwd=ROOT, env=ENV)
     try:
-        _wait_ready(proc, url)
+        wait_http_ready(url, proc, timeout=120, probe_timeout=1)
         ids = {m["id"] for m in httpx.get(url + "/v1/models").json()["data"]}
         assert ids == {"smollm2@1", "tiny@1", "chat"}
         answer = httpx.post(url + "/v1/chat/completions", timeout=120, json={
