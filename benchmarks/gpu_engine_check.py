@@ -11,9 +11,9 @@ parity  Tiny random Llama (head_dim 64, GQA 2, 3 layers), Qwen2 (128, GQA 4, q/k
         same device (eager attention, a full forward per token), fp32 then bf16, for Triton
         attention + CUDA graphs, Triton eager and torch attention (eager: it cannot be
         captured). fp32: tokens must be equal. bf16: each cormorant token is scored by the
-        reference under teacher forcing (tf gap = (best logit - its logit) / max |logit|);
-        ok if every gap <= 3% ("ok~" if a near-tie flipped; first divergence and the
-        reference's top-2 gap there are listed).
+        reference under teacher forcing (tf gap = (best logit - its logit) / max |logit|),
+        reported as "info" only: that reference is bf16 too, so the gap mixes both runs'
+        rounding (issue #20); the bf16 verdict is the fidelity part's, against fp32.
 fidelity  bf16 against an fp32 reference (issue #20, cormorant.bench.fidelity): tiny random
         Llama, Qwen2, Qwen3 (shapes as above, biases and norms random too) and the Llama from a
         GGUF; 4 fixed sequences of 48 tokens scored under teacher forcing (24 prefilled, 24
@@ -80,7 +80,6 @@ VARIANTS = {"triton+graphs": ("triton", False), "triton eager": ("triton", True)
             "triton+graphs+async": ("triton", False),
             # --smoke only: the decode-graph buffers and padding, run eagerly on the CPU.
             "torch padded": ("torch", True)}
-BF16_TF_GAP = 0.03
 
 
 @dataclasses.dataclass
@@ -200,9 +199,9 @@ def parity_case(path: str, ref: dict, dtype: str, variant: str, device: str) -> 
     if dtype == "float32":
         row.status = "ok" if not diverged else "FAIL"
     else:
-        row.status = "ok" if worst_tf <= BF16_TF_GAP else "FAIL"
-        if diverged and row.status == "ok":
-            row.status = "ok~"  # a near-tie flipped; the rest of that sequence differs
+        # Informational: bf16 tokens scored by transformers' bf16 model (two noisy runs of
+        # one model; issue #20). The bf16 verdict is the fidelity part's, against fp32.
+        row.status = "info"
     row.summary = (f"{len(report) - len(diverged)}/{len(report)} identical; worst tf gap "
                    f"{worst_tf:.2e}; first divergences "
                    f"{[(r['first_divergence'], round(r['ref_top2_gap'], 4)) for r in diverged]}"
@@ -559,7 +558,7 @@ def summary(rows: list[Row], elapsed: float) -> int:
     print(f"\n==== gpu_engine_check summary ({elapsed:.0f} s) ====")
     for r in rows:
         print(f"{r.part:7s} {r.name:36s} {r.status:10s} {r.summary}")
-    bad = [r for r in rows if not r.status.startswith("ok")]
+    bad = [r for r in rows if not r.status.startswith("ok") and r.status != "info"]
     print(f"{len(rows) - len(bad)}/{len(rows)} ok" +
           ("; not ok: " + ", ".join(f"{r.part}/{r.name}" for r in bad) if bad else ""))
     out = os.environ.get("OUT")
