@@ -21,6 +21,37 @@ def is_greedy(temperature: float | None) -> bool:
 
 
 @dataclass
+class StructuredOutputs:
+    """A constraint on what a request may generate: exactly one of the fields is set.
+
+    The seam between the server (which builds it from `response_format`, `structured_outputs`
+    or `tool_choice`) and the engine (which compiles it with the grammar engine and masks the
+    logits row by row). Fields follow vLLM's `structured_outputs` request extra.
+    """
+
+    json: str | None = None          # a JSON schema, as JSON text
+    json_object: bool = False        # any JSON object (OpenAI's response_format json_object)
+    regex: str | None = None
+    choice: list[str] | None = None  # the output is exactly one of these strings
+    grammar: str | None = None       # EBNF (GBNF) grammar text
+    disable_any_whitespace: bool = False
+
+    def kind(self) -> str:
+        """Which constraint is set; ValueError unless exactly one is."""
+        set_ = [name for name, on in (("json", self.json is not None),
+                                      ("json_object", self.json_object),
+                                      ("regex", self.regex is not None),
+                                      ("choice", self.choice is not None),
+                                      ("grammar", self.grammar is not None)) if on]
+        if len(set_) != 1:
+            raise SamplingParamsError(
+                "structured_outputs",
+                "structured_outputs needs exactly one of json, json_object, regex, choice, "
+                f"grammar (got {', '.join(set_) or 'none'})")
+        return set_[0]
+
+
+@dataclass
 class SamplingParams:
     n: int = 1
     temperature: float = DEFAULT_TEMPERATURE
@@ -45,6 +76,8 @@ class SamplingParams:
     use_beam_search: bool = False
     beam_width: int = 1
     length_penalty: float = 1.0
+    # Constrained decoding (JSON schema, regex, choice, grammar); None: unconstrained.
+    structured_outputs: StructuredOutputs | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -93,6 +126,8 @@ class SamplingParams:
             value = getattr(self, name)
             _check(value is None or value >= 0, name, f"{name} must be >= 0")
         _check(self.beam_width >= 1, "beam_width", "beam_width must be at least 1")
+        if self.structured_outputs is not None:
+            self.structured_outputs.kind()
         if self.logit_bias:
             for token_id, bias in self.logit_bias.items():
                 _check(isinstance(bias, (int, float)) and math.isfinite(bias), "logit_bias",

@@ -19,7 +19,7 @@ import msgpack
 
 from cormorant.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
 from cormorant.engine.types import EngineOutput, EngineRequest
-from cormorant.sampling_params import SamplingParams
+from cormorant.sampling_params import SamplingParams, StructuredOutputs
 
 
 @dataclass
@@ -104,8 +104,8 @@ def apply_command(core: Any, command: Command) -> list[EngineOutput]:
 # --- the codec ----------------------------------------------------------------------------------
 _TYPES: dict[str, type] = {cls.__name__: cls for cls in (
     EngineStats, AddRequest, AbortRequest, StopSequence, Shutdown, EngineReady, StepOutputs,
-    EngineFailed, EngineRequest, EngineOutput, SamplingParams, EngineConfig, CacheConfig,
-    SchedulerConfig, ModelConfig)}
+    EngineFailed, EngineRequest, EngineOutput, SamplingParams, StructuredOutputs, EngineConfig,
+    CacheConfig, SchedulerConfig, ModelConfig)}
 _FIELDS: dict[type, tuple[str, ...]] = {
     cls: tuple(f.name for f in dataclasses.fields(cls) if f.init) for cls in _TYPES.values()}
 _DATACLASS, _TUPLE = 1, 2
