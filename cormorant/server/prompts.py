@@ -5,20 +5,24 @@ Tokenization and chat templating never run on the event loop: they go to a small
 Before that, a text whose UTF-8 size alone proves it longer than the context is refused
 without tokenizing it, so an oversized prompt costs no tokenizer time at all.
 Token ids from the client are checked against the vocabulary before they reach the engine.
-Imports server modules (protocol, errors, engine_client).
+Imports server modules (protocol, errors, engine_client) and text's tool prompt helpers.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from typing import TypeVar
 
 from cormorant.server.engine_client import TokenizerLike
 from cormorant.server.errors import APIError, bound
 from cormorant.server.protocol import ChatMessage
+from cormorant.text.tool_parsers import template_knows_tools
+from cormorant.text.tool_prompt import inline_tools
 
 T = TypeVar("T")
 MAX_PENDING = 256  # tokenize/template jobs waiting for one pool
@@ -110,29 +114,70 @@ async def completion_prompts(prompt: str | list, tokenizer: TokenizerLike, vocab
     return out
 
 
+def _arguments(text: str) -> object:
+    """A call's arguments as templates want them: the object (they `tojson` it) when the
+    text is one, else the text."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, dict) else text
+
+
 def _template_messages(messages: list[ChatMessage]) -> list[dict]:
     out = []
     for message in messages:
         # "developer" is OpenAI's newer name for the system role; templates know "system".
-        entry = {"role": "system" if message.role == "developer" else message.role,
-                 "content": message.text()}
+        entry: dict = {"role": "system" if message.role == "developer" else message.role,
+                       "content": message.text()}
         if message.name is not None:
             entry["name"] = message.name
+        if message.tool_calls:  # the key only when there are calls: templates test `in`
+            entry["tool_calls"] = [
+                {"id": c.id, "type": "function",
+                 "function": {"name": c.function.name,
+                              "arguments": _arguments(c.function.arguments)}}
+                for c in message.tool_calls]
+        if message.tool_call_id is not None:
+            entry["tool_call_id"] = message.tool_call_id
         out.append(entry)
     return out
 
 
+@dataclass
+class ChatInputs:
+    """What the template gets beside the messages."""
+    tools: list[dict] | None = None
+    template_kwargs: dict = field(default_factory=dict)
+
+
+def template_entries(messages: list[ChatMessage], tokenizer: TokenizerLike,
+                     inputs: ChatInputs) -> tuple[list[dict], dict]:
+    """Messages and keyword arguments for the template; tools written into the messages
+    for templates that do not render them (text.tool_prompt)."""
+    entries = _template_messages(messages)
+    kwargs = dict(inputs.template_kwargs)
+    template = getattr(tokenizer, "chat_template", None)
+    if template_knows_tools(template):
+        if inputs.tools:
+            kwargs["tools"] = inputs.tools
+    elif inputs.tools or any(e.get("tool_calls") or e["role"] == "tool" for e in entries):
+        entries = inline_tools(entries, inputs.tools)
+    return entries, kwargs
+
+
 async def chat_prompt(messages: list[ChatMessage], tokenizer: TokenizerLike,
                       executor: Executor, add_generation_prompt: bool = True,
-                      max_model_len: int | None = None) -> Prompt:
-    entries = _template_messages(messages)
+                      max_model_len: int | None = None, inputs: ChatInputs | None = None
+                      ) -> Prompt:
+    entries, kwargs = template_entries(messages, tokenizer, inputs or ChatInputs())
     num_chars = sum(len(entry["content"]) for entry in entries)
     if max_model_len is not None:  # the template only adds text: the contents are a bound
         refuse_oversized("".join(entry["content"] for entry in entries), tokenizer,
                          max_model_len, "messages")
     try:
-        ids = await off_loop(executor, num_chars, tokenizer.apply_chat_template, entries,
-                             add_generation_prompt)
+        ids = await off_loop(executor, num_chars, partial(
+            tokenizer.apply_chat_template, entries, add_generation_prompt, **kwargs))
     except Exception as exc:  # jinja raises what the template author chose; all are input errors
         raise APIError(400, f"The messages could not be rendered with the model's chat "
                        f"template: {bound(exc, 200)}", param="messages",

@@ -1,0 +1,50 @@
+"""Tools and tool turns for chat templates that do not render them (SmolLM2, plain ChatML).
+
+Templates that know tools (Qwen, Llama 3.1+, Mistral) get `tools=` and messages with
+`tool_calls` / `tool_call_id` as transformers passes them. For the others the conversation
+is rewritten in the Hermes format those models were tuned on: the tools in a system prompt
+inside `<tools>`, each earlier call as `<tool_call>` text, each result as a user turn inside
+`<tool_response>`. Imports only the standard library.
+"""
+from __future__ import annotations
+
+import json
+
+TOOLS_SYSTEM = (
+    "You can call functions to answer the user. The functions are listed as JSON "
+    "signatures within <tools></tools>:\n<tools>\n{tools}\n</tools>\n\n"
+    "To call functions, reply with a JSON list of calls within <tool_call></tool_call> "
+    "tags, and nothing else:\n<tool_call>[{{\"name\": <function-name>, \"arguments\": "
+    "<args-json-object>}}]</tool_call>\nIf no function fits, answer in plain text.")
+
+
+def call_json(call: dict) -> str:
+    function = call["function"]
+    return json.dumps({"name": function["name"], "arguments": function["arguments"]},
+                      ensure_ascii=False)
+
+
+def inline_tools(messages: list[dict], tools: list[dict] | None) -> list[dict]:
+    """The conversation with tools and tool turns written as text (see the module doc)."""
+    out: list[dict] = []
+    if tools:
+        system = TOOLS_SYSTEM.format(tools="\n".join(json.dumps(t, ensure_ascii=False)
+                                                     for t in tools))
+        if messages and messages[0]["role"] == "system":
+            system = messages[0]["content"] + "\n\n" + system
+            messages = messages[1:]
+        out.append({"role": "system", "content": system})
+    for message in messages:
+        if message.get("tool_calls"):
+            calls = ", ".join(call_json(c) for c in message["tool_calls"])
+            text = (message["content"] + "\n" if message["content"] else "")
+            out.append({"role": "assistant", "content": f"{text}<tool_call>[{calls}]</tool_call>"})
+        elif message["role"] == "tool":
+            response = f"<tool_response>\n{message['content']}\n</tool_response>"
+            if out and out[-1].get("is_tool_turn"):
+                out[-1]["content"] += "\n" + response
+            else:
+                out.append({"role": "user", "content": response, "is_tool_turn": True})
+        else:
+            out.append(message)
+    return [{k: v for k, v in m.items() if k != "is_tool_turn"} for m in out]
