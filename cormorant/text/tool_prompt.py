@@ -11,11 +11,10 @@ from __future__ import annotations
 import json
 
 TOOLS_SYSTEM = (
-    "You can call functions to answer the user. The functions are listed as JSON "
-    "signatures within <tools></tools>:\n<tools>\n{tools}\n</tools>\n\n"
-    "To call functions, reply with a JSON list of calls within <tool_call></tool_call> "
-    "tags, and nothing else:\n<tool_call>[{{\"name\": <function-name>, \"arguments\": "
-    "<args-json-object>}}]</tool_call>\nIf no function fits, answer in plain text.")
+    "You can call these functions:\n<tools>\n{tools}\n</tools>\n"
+    "To call them, reply only with a JSON list of calls in <tool_call></tool_call> tags:\n"
+    "<tool_call>[{{\"name\": <function-name>, \"arguments\": <args-json-object>}}]"
+    "</tool_call>\nIf no function fits, answer in plain text.")
 
 
 def call_json(call: dict) -> str:

@@ -92,7 +92,7 @@ def test_mistral(tokenizer_dir):
 def test_smollm2_gets_tools_inline(tokenizer_dir):
     """A template that renders no tools: the server writes them into the conversation."""
     text = render(tokenizer_dir, SMOLLM2)
-    assert text.startswith("<|im_start|>system\nBe brief.\n\nYou can call functions")
+    assert text.startswith("<|im_start|>system\nBe brief.\n\nYou can call these functions")
     assert json.dumps(TOOLS[0]) in text
     assert ('<|im_start|>assistant\n<tool_call>[{"name": "get_weather", "arguments": '
             '{"city": "Paris"}}]</tool_call><|im_end|>') in text
