@@ -64,7 +64,11 @@ def grammar_for(spec: StructuredOutputs, limits: GrammarLimits = GrammarLimits()
         schema = spec.json if kind == "json" else '{"type": "object"}'
         _check_size("max_schema_bytes", schema, limits.max_schema_bytes)
         _check_depth(schema, limits.max_schema_depth)
-        options = {"whitespace_flexible": not spec.disable_any_whitespace}
+        # Fixed separators, never free whitespace: a small model can loop on whitespace
+        # forever (a known vLLM problem); disable_any_whitespace drops the spaces too.
+        compact = spec.disable_any_whitespace
+        options = {"whitespace_flexible": False, "item_separator": "," if compact else ", ",
+                   "key_separator": ":" if compact else ": "}
         try:
             return llguidance.LLMatcher.grammar_from_json_schema(schema, overrides=options)
         except ValueError as e:
