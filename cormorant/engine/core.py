@@ -26,6 +26,7 @@ from cormorant.engine.block_manager import BlockManager
 from cormorant.engine.messages import EngineStats
 from cormorant.engine.scheduler import Scheduler, SchedulerOutput, WaitingQueue
 from cormorant.engine.sequence import Sequence, SequenceStatus
+from cormorant.engine.structured import GrammarBackend, StructuredDecoding
 from cormorant.engine.types import (PLACEHOLDER_TOKEN_ID, EngineOutput, EngineRequest,
                                     SampleOutput, ScheduledBatch)
 from cormorant.sampling_params import SamplingParams
@@ -45,8 +46,9 @@ class Runner(Protocol):
 
 class EngineCore:
     def __init__(self, config: EngineConfig, runner: Runner, eos_token_ids: tuple[int, ...],
-                 waiting: WaitingQueue | None = None):
-        """waiting: the scheduler's waiting queue (default: config.scheduler.policy's)."""
+                 waiting: WaitingQueue | None = None, grammar: GrammarBackend | None = None):
+        """waiting: the scheduler's waiting queue (default: config.scheduler.policy's);
+        grammar: the grammar engine for constrained requests (None: they are refused)."""
         self.config = config
         self.runner = runner
         self.async_scheduling = (runner.is_asynchronous if config.async_scheduling is None
@@ -58,6 +60,7 @@ class EngineCore:
         self.scheduler = Scheduler(config.scheduler, self.block_manager, waiting,
                                    max_model_len=self.max_model_len)
         self.batches = BatchBuilder()
+        self.structured = StructuredDecoding(grammar)
         self.requests: dict[str, list[Sequence]] = {}
         self.steps = 0
         self.num_preemptions = 0
@@ -72,6 +75,8 @@ class EngineCore:
                          cache_salt=req.cache_salt)
                 for i in range(req.sampling_params.n)]
         try:
+            for seq in seqs:
+                self.structured.attach(seq)
             for seq in seqs:
                 self.scheduler.add(seq)
         except ValueError as e:
@@ -152,7 +157,9 @@ class EngineCore:
             if seq.first_scheduled_time is None:
                 seq.first_scheduled_time = now
         self.steps += 1
-        return self.batches.build(scheduled)
+        batch = self.batches.build(scheduled)
+        batch.mask_rows, batch.mask_bits = self.structured.masks(scheduled)
+        return batch
 
     def _process(self, seq: Sequence, sample: SampleOutput) -> EngineOutput | None:
         out = EngineOutput(seq.req_id, seq.index, [], prompt_logprobs=sample.prompt_logprobs,
@@ -164,7 +171,10 @@ class EngineCore:
         seq.append_token(sample.token_id)
         out.new_token_ids = [sample.token_id]
         out.new_logprobs = [sample.logprobs] if sample.logprobs is not None else None
+        grammar_ended = self.structured.advance(seq, sample.token_id)
         reason = self._stop_reason(seq, sample.token_id)
+        if reason is None and grammar_ended:
+            reason = "stop"
         if reason is not None:
             out.finish_reason = reason
             if reason == "stop" and sample.token_id in seq.sampling_params.stop_token_ids:
@@ -187,6 +197,7 @@ class EngineCore:
 
     def finish(self, seq: Sequence, reason: str) -> None:
         seq.finish_reason = reason
+        seq.grammar = None
         self.scheduler.finish(seq)
         self.batches.finish(seq.seq_id)
         _drop_placeholder(seq)
@@ -227,9 +238,10 @@ class EngineCore:
 
 
 def _reads_history(batch: SchedulerOutput) -> bool:
-    """Whether a sequence of the batch samples with penalties over a placeholder token."""
-    return any(seq.sampling_params.has_penalties and seq.token_ids[-1] == PLACEHOLDER_TOKEN_ID
-               for seq in batch.seqs)
+    """Whether a sequence of the batch samples with penalties or a grammar (its mask
+    depends on the token) over a placeholder token."""
+    return any((seq.sampling_params.has_penalties or seq.grammar is not None)
+               and seq.token_ids[-1] == PLACEHOLDER_TOKEN_ID for seq in batch.seqs)
 
 
 def _without_finished(batch: SchedulerOutput) -> SchedulerOutput:

@@ -166,7 +166,7 @@ class ModelRunner:
         handle = StepHandle(num_seqs=len(batch))
         self._last_sampled = None
         if host.sampling_seqs:
-            result = self._sample(hidden, sample_rows, host)
+            result = self._sample(hidden, sample_rows, host, _grammar_rows(batch, host))
             handle.copy = self._host_copy.start(result)
             handle.sample_indices = host.sample_indices
             handle.num_logprobs = [seq.sampling_params.logprobs for seq in host.sampling_seqs]
@@ -203,12 +203,13 @@ class ModelRunner:
         self.inputs.release(seq_id)
 
     def _sample(self, hidden: torch.Tensor, sample_rows: torch.Tensor | None,
-                host: HostInputs) -> SamplerOutput:
+                host: HostInputs, grammar: tuple[list[int], bytes] | None) -> SamplerOutput:
         # hidden rows = sampling rows, in order, when sample_rows is None (pure decode).
         logits = self.model.compute_logits(
             hidden if sample_rows is None else hidden[sample_rows])  # [N, vocab] fp32
         # Host work while the forward runs on the GPU: nothing above waited for it.
-        meta = SamplingMetadata.build(host.sampling_seqs, self.device, self.eos_token_ids)
+        meta = SamplingMetadata.build(host.sampling_seqs, self.device, self.eos_token_ids,
+                                      grammar)
         return self.sampler(logits, meta)
 
     def _prompt_logprob_table(self, hidden: torch.Tensor, rows: PromptLogprobRows
@@ -335,6 +336,15 @@ def fill_placeholders(input_ids: torch.Tensor, dst_rows: list[int], seq_ids: lis
     if input_ids.device.type == "cuda":
         index = index.pin_memory().to(input_ids.device, non_blocking=True)
     input_ids.index_copy_(0, index[0], last.token_ids.index_select(0, index[1]))
+
+
+def _grammar_rows(batch: ScheduledBatch, host: HostInputs
+                  ) -> tuple[list[int], bytes] | None:
+    """The batch's constrained rows as sampling rows (the logits' order), with their bits."""
+    if not batch.mask_rows:
+        return None
+    sampling_row = {index: row for row, index in enumerate(host.sample_indices)}
+    return [sampling_row[i] for i in batch.mask_rows], batch.mask_bits
 
 
 def _profile_sampling_metadata(num_rows: int, device: torch.device) -> SamplingMetadata:

@@ -46,10 +46,40 @@ class StreamOptions(BaseModel):
     include_usage: bool | None = None
 
 
+class JsonSchemaFormat(BaseModel):
+    """OpenAI's response_format.json_schema. The schema is enforced whether strict or not."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=True)
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")  # None: any JSON value
+    strict: bool | None = None
+
+
 class ResponseFormat(BaseModel):
-    # json_schema carries a schema object; we refuse the type, so its contents do not matter.
-    model_config = ConfigDict(strict=True, extra="allow")
+    model_config = ConfigDict(strict=True, extra="forbid")
     type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_iff_json_schema(self) -> "ResponseFormat":
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise _invalid("response_format", "response_format.json_schema is required for "
+                           "type 'json_schema' and allowed only there")
+        return self
+
+
+class StructuredOutputsField(BaseModel):
+    """vLLM's `structured_outputs` request extra: exactly one constraint (server.structured
+    checks it and its bounds)."""
+
+    model_config = _STRICT
+    json_: dict[str, Any] | str | None = Field(None, alias="json")
+    json_object: bool | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    disable_any_whitespace: bool = False
 
 
 class SamplingFields(BaseModel):
@@ -84,6 +114,9 @@ class SamplingFields(BaseModel):
     ignore_eos: bool = False
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    # Constrained decoding (server.structured): OpenAI's response_format and vLLM's extra.
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputsField | None = None
 
     @field_validator("n")
     @classmethod
@@ -265,7 +298,6 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(None, ge=1, le=1 << 30)
     logprobs: bool | None = False
     top_logprobs: int | None = Field(None, ge=0)
-    response_format: ResponseFormat | None = None
 
     @field_validator("messages", mode="before")
     @classmethod

@@ -26,6 +26,7 @@ from cormorant.server.dispatch import Prepared, Started, respond, start_generati
 from cormorant.server.generation import EngineStream, Job
 from cormorant.server.logprobs import chat_logprobs
 from cormorant.server.params import chat_params
+from cormorant.server.structured import checked_structured_outputs
 from cormorant.server.prompts import chat_prompt
 from cormorant.server.protocol import ChatCompletionRequest
 from cormorant.server.responses import (ResponseContext, finals_usage, finish_reason, new_id,
@@ -49,6 +50,7 @@ class _Ctx(ResponseContext):
 
 async def create_chat_completion(request: Request, state: ServerState) -> Response:
     req = await read_request(request, ChatCompletionRequest, state.validation_context)
+    structured = await checked_structured_outputs(req)
 
     async def prepare(served: ServedGenerator) -> Prepared:
         tokenizer = served.tokenizer
@@ -58,7 +60,7 @@ async def create_chat_completion(request: Request, state: ServerState) -> Respon
         prompt = await chat_prompt(req.messages, tokenizer, state.tokenize_pool,
                                    max_model_len=served.max_model_len, inputs=plan.inputs)
         params = chat_params(req, len(prompt.token_ids), served.max_model_len,
-                             served.vocab_size)
+                             served.vocab_size, structured)
         constrain(params, plan)
         opened = plan.reasoning and prompt_opens_thinking(prompt.token_ids, tokenizer.decode)
         return Prepared([Job(new_id("chatcmpl"), prompt.token_ids, params)],

@@ -105,10 +105,16 @@ JSON_CASES = [
     ("chat-template-kwargs", CHAT, chat(chat_template_kwargs={"add_generation_prompt": False}),
      400, "chat_template_kwargs"),
     ("chat-functions", CHAT, chat(functions=[{"name": "f"}]), 400, "functions"),
-    ("chat-json-object", CHAT, chat(response_format={"type": "json_object"}), 400,
-     "response_format"),
-    ("chat-json-schema", CHAT, chat(response_format={"type": "json_schema", "json_schema": {
-        "name": "x", "schema": {}}}), 400, "response_format"),
+    ("chat-json-schema-without-schema", CHAT, chat(response_format={"type": "json_schema"}),
+     400, "response_format"),
+    ("chat-json-schema-unimplemented-key", CHAT, chat(response_format={
+        "type": "json_schema", "json_schema": {"name": "x", "schema": {
+            "type": "array", "uniqueItems": True}}}), 400, "response_format"),
+    ("chat-format-and-structured-outputs", CHAT, chat(response_format={"type": "json_object"},
+                                                      structured_outputs={"regex": "a+"}), 400,
+     "structured_outputs"),
+    ("completions-two-constraints", COMP, comp(structured_outputs={
+        "regex": "a+", "choice": ["a"]}), 400, "structured_outputs"),
     ("chat-top-logprobs-above-20", CHAT, chat(logprobs=True, top_logprobs=21), 400,
      "top_logprobs"),
     ("chat-top-logprobs-without-logprobs", CHAT, chat(top_logprobs=2), 400, "top_logprobs"),
