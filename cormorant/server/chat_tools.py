@@ -38,7 +38,16 @@ class ChatPlan:
 
 
 def _parameters(tool: Tool) -> dict[str, Any]:
-    return tool.function.parameters if tool.function.parameters is not None else _ANY_OBJECT
+    """The arguments' schema for the constraint: an object schema that lists its properties
+    and says nothing of others is closed (additionalProperties false), so the model can only
+    write the declared arguments and must end the object (a subset of what the schema
+    allows, and what OpenAI's strict mode does)."""
+    schema = tool.function.parameters
+    if schema is None:
+        return _ANY_OBJECT
+    if "properties" in schema and "additionalProperties" not in schema:
+        return {**schema, "additionalProperties": False}
+    return schema
 
 
 def required_schema(tools: list[Tool], parallel: bool) -> dict[str, Any]:
