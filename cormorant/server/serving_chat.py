@@ -8,7 +8,7 @@ Imports server modules and frontend.outputs types.
 """
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
@@ -18,6 +18,7 @@ from starlette.responses import Response
 from cormorant.frontend.outputs import CompletionOutput, RequestOutput
 from cormorant.gateway.caching.response_cache import is_deterministic
 from cormorant.hosting.served import ServedGenerator
+from cormorant.sampling_params import StructuredOutputs
 from cormorant.server.body import read_request
 from cormorant.server.cached_responses import cache_query, replay, store
 from cormorant.server.chat_output import ChoiceDeltas, final_message, tool_finish_reason
@@ -48,10 +49,11 @@ class _Ctx(ResponseContext):
         return body
 
 
-async def create_chat_completion(request: Request, state: ServerState) -> Response:
-    req = await read_request(request, ChatCompletionRequest, state.validation_context)
-    structured = await checked_structured_outputs(req)
-
+def chat_preparer(req: ChatCompletionRequest, state: ServerState,
+                  structured: StructuredOutputs | None, id_prefix: str = "chatcmpl"
+                  ) -> Callable[[ServedGenerator], Awaitable[Prepared]]:
+    """The request as one engine job on a given model; extra: (ChatPlan, prompt opened a
+    think block). Shared with the Responses API (server.serving_responses)."""
     async def prepare(served: ServedGenerator) -> Prepared:
         tokenizer = served.tokenizer
         plan = chat_plan(req.tools, req.tool_choice, req.parallel_tool_calls,
@@ -63,9 +65,14 @@ async def create_chat_completion(request: Request, state: ServerState) -> Respon
                              served.vocab_size, structured)
         constrain(params, plan)
         opened = plan.reasoning and prompt_opens_thinking(prompt.token_ids, tokenizer.decode)
-        return Prepared([Job(new_id("chatcmpl"), prompt.token_ids, params)],
+        return Prepared([Job(new_id(id_prefix), prompt.token_ids, params)],
                         [len(prompt.token_ids)], [params], extra=(plan, opened))
+    return prepare
 
+
+async def create_chat_completion(request: Request, state: ServerState) -> Response:
+    req = await read_request(request, ChatCompletionRequest, state.validation_context)
+    prepare = chat_preparer(req, state, await checked_structured_outputs(req))
     query = cache_query(request, state, req, is_deterministic(req.temperature, req.seed)
                         and not req.logprobs, lambda: _messages_text(req))
     started = await start_generation(request, state, req.model, req.user, "chat", prepare,
