@@ -17,6 +17,7 @@ THINKING_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
     "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n"
     "{% else %}<think>\n{% endif %}{% endif %}")
+NO_EOS = {"ignore_eos": True}  # the random model may end at once; 12 tokens of text instead
 ASK = [{"role": "user", "content": "The quick brown fox"}]
 
 
@@ -35,20 +36,21 @@ def _raw_completion(server, **template_kwargs) -> str:
                      timeout=30).json()["tokens"]
     client = server.client()
     return client.completions.create(model=server.model, prompt=ids, max_tokens=12,
-                                     temperature=0).choices[0].text
+                                     temperature=0, extra_body=NO_EOS).choices[0].text
 
 
 def test_reasoning_content(server):
     client = server.client()
     out = client.chat.completions.create(model=server.model, messages=ASK, max_tokens=12,
-                                         temperature=0)
+                                         temperature=0, extra_body=NO_EOS)
     message = out.choices[0].message
     raw = _raw_completion(server)
     assert raw.strip() and "</think>" not in raw  # a random model never closes it: all of it is reasoning
     assert message.reasoning_content == raw.strip("\n") and message.content == ""
     reasoning = content = ""
     for chunk in client.chat.completions.create(model=server.model, messages=ASK,
-                                                max_tokens=12, temperature=0, stream=True):
+                                                max_tokens=12, temperature=0, stream=True,
+                                                extra_body=NO_EOS):
         for choice in chunk.choices:
             reasoning += getattr(choice.delta, "reasoning_content", None) or ""
             content += choice.delta.content or ""
@@ -59,7 +61,7 @@ def test_enable_thinking_false(server):
     client = server.client()
     out = client.chat.completions.create(
         model=server.model, messages=ASK, max_tokens=12, temperature=0,
-        extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+        extra_body={"chat_template_kwargs": {"enable_thinking": False}, **NO_EOS})
     message = out.choices[0].message
     assert getattr(message, "reasoning_content", None) is None
     thinking = client.chat.completions.create(model=server.model, messages=ASK, max_tokens=1)
