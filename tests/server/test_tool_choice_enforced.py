@@ -74,3 +74,31 @@ def test_round_trip(smollm2_server):
     answer = final.choices[0]
     assert answer.finish_reason in ("stop", "length")
     assert answer.message.tool_calls is None and answer.message.content.strip()
+
+
+def test_responses_api_function_round_trip(smollm2_server):
+    """The Responses API: a forced call as a function_call item (streamed as its events too),
+    then its output sent back with previous_response_id gives a message."""
+    client = smollm2_server.client()
+    tools = [{"type": "function", **{k: v for k, v in TOOLS[0]["function"].items()}}]
+    first = client.responses.create(model=smollm2_server.model, input=ASK[0]["content"],
+                                    tools=tools, tool_choice="required", temperature=0,
+                                    max_output_tokens=64)
+    assert first.status == "completed"
+    call = next(item for item in first.output if item.type == "function_call")
+    assert call.name == "get_weather" and call.call_id.startswith("call_")
+    jsonschema.validate(json.loads(call.arguments), WEATHER)
+    events = list(client.responses.create(model=smollm2_server.model,
+                                          input=ASK[0]["content"], tools=tools,
+                                          tool_choice="required", temperature=0,
+                                          max_output_tokens=64, stream=True))
+    arguments = "".join(e.delta for e in events
+                        if e.type == "response.function_call_arguments.delta")
+    assert json.loads(arguments) == json.loads(call.arguments)
+    assert events[-1].type == "response.completed"
+    final = client.responses.create(
+        model=smollm2_server.model, previous_response_id=first.id, tools=tools,
+        input=[{"type": "function_call_output", "call_id": call.call_id,
+                "output": json.dumps({"temperature": 18, "unit": "C"})}],
+        temperature=0, max_output_tokens=48)
+    assert final.output[0].type == "message" and final.output_text.strip()
