@@ -92,3 +92,24 @@ def test_forced_choices_build_schemas():
     assert json.loads(named.structured.json) == {"type": "object"}  # no properties: left open
     assert final_message(named, '{"tz": "UTC"}', False)["tool_calls"][0]["function"] == \
         {"name": "get_time", "arguments": '{"tz": "UTC"}'}
+
+
+def test_cached_replay_streams_tool_calls():
+    """A cached response with calls and reasoning, replayed as a stream (server.cached_responses)
+    reassembles to the same message in the SDK."""
+    from cormorant.server.cached_responses import replay_chat_chunks
+
+    plan = chat_plan(TOOLS, "auto", None, None, QWEN3_LIKE, "auto")
+    message = final_message(plan, OUTPUTS[0][1], opened=False)
+    entry = {"object": "chat.completion", "model": "m", "system_fingerprint": "fp",
+             "choices": [{"index": 0, "message": message, "logprobs": None,
+                          "finish_reason": "tool_calls"}], "usage": None}
+    state = ChatCompletionStreamState(input_tools=[t.model_dump() for t in TOOLS])
+    for chunk in replay_chat_chunks(entry, include_usage=False):
+        state.handle_chunk(ChatCompletionChunk.model_validate(chunk))
+    got = state.get_final_completion().choices[0]
+    assert [(c.id, c.function.name, c.function.arguments) for c in got.message.tool_calls] == \
+        [(c["id"], c["function"]["name"], c["function"]["arguments"])
+         for c in message["tool_calls"]]
+    assert got.message.reasoning_content == message["reasoning_content"]
+    assert got.finish_reason == "tool_calls"
