@@ -101,3 +101,19 @@ def test_linear_time_on_hostile_output(cls):
         start = time.perf_counter()
         cls().parse(text)
         assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize("cls", [HermesParser, Llama3JsonParser, MistralParser])
+def test_streaming_a_long_call_is_linear(cls):
+    """A call streamed in small deltas is not rescanned per delta: 50,000 deltas of a call
+    that never closes take well under a second."""
+    stream = StreamingToolParser(cls())
+    head = {"hermes": '<tool_call>{"name": "f", "arguments": {"x": "',
+            "llama3_json": '{"name": "f", "parameters": {"x": "',
+            "mistral": '[{"name": "f", "arguments": {"x": "'}[cls.name]
+    start = time.perf_counter()
+    stream.feed(head)
+    for _ in range(50_000):
+        assert stream.feed("abcd") == []
+    assert "".join(p for p in stream.finish() if isinstance(p, str)).startswith(head)
+    assert time.perf_counter() - start < 1.0

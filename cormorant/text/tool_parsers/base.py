@@ -75,6 +75,7 @@ class ToolParser(Protocol):
     markers: tuple[str, ...]
     leading_only: bool
     short_ids: bool  # the family's template wants 9-character call ids
+    end_marker: str | None  # what ends one call in a stream; None: calls end with the output
 
     def parse(self, text: str) -> ParsedOutput: ...
 

@@ -17,6 +17,7 @@ class RequiredParser:
     markers = ("",)  # the whole output is the tool section
     leading_only = True
     short_ids = False
+    end_marker: str | None = None
 
     def __init__(self, short_ids: bool = False) -> None:
         self.short_ids = short_ids

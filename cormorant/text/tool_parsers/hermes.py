@@ -20,6 +20,7 @@ class HermesParser:
     markers = (OPEN,)
     leading_only = False
     short_ids = False
+    end_marker: str | None = CLOSE
 
     def take_complete(self, buffer: str) -> tuple[list[ToolCall | str], str]:
         """Whole blocks at the head of `buffer` (which starts at a tool section)."""

@@ -36,6 +36,7 @@ class _LeadingJson:
     markers: tuple[str, ...] = ()
     leading_only = True
     short_ids = False
+    end_marker: str | None = None
 
     def take_complete(self, buffer: str) -> tuple[list[ToolCall | str], str]:
         return [], buffer  # the calls end with the output

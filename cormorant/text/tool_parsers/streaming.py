@@ -2,8 +2,9 @@
 
 Before a tool section starts, text goes out as content, less a tail that could still begin a
 marker (held until the next delta decides). Once a marker is seen, the rest is buffered and
-the parser hands back whole calls (Hermes: block by block; Llama/Mistral: at the end). Every
-character is scanned a bounded number of times, so a stream costs linear time.
+the parser hands back whole calls (Hermes: block by block, when a block's end marker arrives;
+Llama/Mistral: at the end). The buffer is joined and parsed only when a call may have ended,
+so a stream costs time linear in its length.
 Imports text.tool_parsers.base.
 """
 from __future__ import annotations
@@ -17,28 +18,42 @@ class StreamingToolParser:
     def __init__(self, parser: ToolParser) -> None:
         self.parser = parser
         self._pending = ""  # content not yet sent (a possible marker start)
-        self._buffer: str | None = None  # the tool section, once it began
+        self._parts: list[str] | None = None  # the tool section, once it began, in pieces
+        self._tail = ""  # its last characters: an end marker may straddle two deltas
         self._decided = False  # leading_only: the first visible text ruled out a tool section
 
     def feed(self, delta: str) -> list[ToolCall | str]:
-        if self._buffer is not None:
-            out, self._buffer = self.parser.take_complete(self._buffer + delta)
-            return out
+        if self._parts is not None:
+            return self._feed_section(delta)
         text = self._pending + delta
         if self._decided:
             self._pending = ""
             return [text] if text else []
         start, keep = self._find_marker(text)
         if start is not None:
-            self._buffer = ""
+            self._parts = []
             out: list[ToolCall | str] = [text[:start]] if text[:start] else []
             return out + self.feed(text[start:])
         self._pending = text[len(text) - keep:]
         return [text[:len(text) - keep]] if len(text) > keep else []
 
+    def _feed_section(self, delta: str) -> list[ToolCall | str]:
+        """The section is joined and handed to the parser only when a call may have ended
+        (its end marker arrived), so a long call costs linear time, not a rescan per delta."""
+        assert self._parts is not None
+        self._parts.append(delta)
+        end = self.parser.end_marker
+        window = self._tail + delta
+        self._tail = window[-len(end) + 1:] if end else ""
+        if not end or end not in window:
+            return []
+        out, rest = self.parser.take_complete("".join(self._parts))
+        self._parts, self._tail = [rest], rest[-len(end) + 1:]
+        return out
+
     def finish(self) -> list[ToolCall | str]:
-        if self._buffer is not None:
-            return self.parser.finish(self._buffer)  # type: ignore[attr-defined]
+        if self._parts is not None:
+            return self.parser.finish("".join(self._parts))  # type: ignore[attr-defined]
         return [self._pending] if self._pending else []
 
     def _find_marker(self, text: str) -> tuple[int | None, int]:
