@@ -7,10 +7,12 @@ JSON-schema constraint a forced choice needs, and whether `<think>` output is re
 `"required"` asks for a JSON array of `{"name", "arguments"}` calls (one at most without
 `parallel_tool_calls`), a named function for its arguments object alone; both are enforced
 by the engine's structured outputs (`SamplingParams.structured_outputs`).
-Imports sampling_params, server modules (errors, prompts, tool_protocol) and text's parsers.
+Imports sampling_params, server modules (errors, prompts, tool_protocol) and text's parsers
+and grammar check.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,12 +22,14 @@ from cormorant.sampling_params import SamplingParams, StructuredOutputs
 from cormorant.server.errors import APIError
 from cormorant.server.prompts import ChatInputs
 from cormorant.server.tool_protocol import NamedToolChoice, Tool, ToolChoice
+from cormorant.text.grammar import GrammarError, GrammarLimits, validate
 from cormorant.text.reasoning import OPEN as THINK_OPEN
 from cormorant.text.reasoning import reasoning_parser_for_template
 from cormorant.text.tool_parsers import (NamedParser, RequiredParser, ToolParser,
                                          parser_for_template)
 
 _ANY_OBJECT = {"type": "object"}
+GRAMMAR_LIMITS = GrammarLimits()
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,38 @@ def wants_reasoning(setting: str, chat_template: str | None) -> bool:
     return setting == "qwen3" or reasoning_parser_for_template(chat_template) is not None
 
 
+def tool_constraint(tools: list[Tool] | None, choice: ToolChoice | None,
+                    parallel: bool | None) -> StructuredOutputs | None:
+    """The JSON-schema constraint a forced tool choice needs (None: not forced)."""
+    if not tools or choice in (None, "none", "auto"):
+        return None
+    if isinstance(choice, NamedToolChoice):
+        tool = next(t for t in tools if t.function.name == choice.function.name)
+        return StructuredOutputs(json=json.dumps(_parameters(tool)))
+    return StructuredOutputs(json=json.dumps(required_schema(tools, parallel is not False)))
+
+
+async def check_tool_constraint(tools: list[Tool] | None, choice: ToolChoice | None,
+                                parallel: bool | None) -> None:
+    """Compile-check a forced choice's constraint off the event loop, within the grammar
+    limits' timeout (as response_format's are): a 400 naming the limit, never an engine
+    error later."""
+    spec = tool_constraint(tools, choice, parallel)
+    if spec is None:
+        return
+    try:
+        await asyncio.wait_for(asyncio.to_thread(validate, spec, GRAMMAR_LIMITS),
+                               GRAMMAR_LIMITS.compile_timeout_s)
+    except TimeoutError:
+        raise APIError(400, "compiling the tool_choice constraint took longer than the limit "
+                       f"compile_timeout_s={GRAMMAR_LIMITS.compile_timeout_s}",
+                       param="tool_choice", code="compile_timeout_s") from None
+    except GrammarError as e:
+        raise APIError(400, f"tool_choice: the tools' parameter schemas cannot be enforced: "
+                       f"{e}", param="tool_choice",
+                       code="invalid_value" if e.limit == "grammar" else e.limit) from None
+
+
 def chat_plan(tools: list[Tool] | None, choice: ToolChoice | None, parallel: bool | None,
               template_kwargs: dict | None, chat_template: str | None,
               reasoning_setting: str) -> ChatPlan:
@@ -80,15 +116,12 @@ def chat_plan(tools: list[Tool] | None, choice: ToolChoice | None, parallel: boo
     short = family.short_ids
     tool_dicts = [t.model_dump(exclude_none=True) for t in tools]
     inputs = ChatInputs(tool_dicts, kwargs)
+    forced = tool_constraint(tools, choice, parallel)
     if isinstance(choice, NamedToolChoice):
-        tool = next(t for t in tools if t.function.name == choice.function.name)
-        name = tool.function.name
-        return ChatPlan(inputs, lambda: NamedParser(name, short),
-                        StructuredOutputs(json=json.dumps(_parameters(tool))), reasoning, short)
+        name = choice.function.name
+        return ChatPlan(inputs, lambda: NamedParser(name, short), forced, reasoning, short)
     if choice == "required":
-        schema = required_schema(tools, parallel is not False)
-        return ChatPlan(inputs, lambda: RequiredParser(short),
-                        StructuredOutputs(json=json.dumps(schema)), reasoning, short)
+        return ChatPlan(inputs, lambda: RequiredParser(short), forced, reasoning, short)
     return ChatPlan(inputs, lambda: parser_for_template(chat_template), None, reasoning,
                     short)
 

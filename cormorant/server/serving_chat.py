@@ -22,7 +22,8 @@ from cormorant.sampling_params import StructuredOutputs
 from cormorant.server.body import read_request
 from cormorant.server.cached_responses import cache_query, replay, store
 from cormorant.server.chat_output import ChoiceDeltas, final_message, tool_finish_reason
-from cormorant.server.chat_tools import ChatPlan, chat_plan, constrain, prompt_opens_thinking
+from cormorant.server.chat_tools import (ChatPlan, chat_plan, check_tool_constraint, constrain,
+                                         prompt_opens_thinking)
 from cormorant.server.dispatch import Prepared, Started, respond, start_generation
 from cormorant.server.generation import EngineStream, Job
 from cormorant.server.logprobs import chat_logprobs
@@ -72,6 +73,7 @@ def chat_preparer(req: ChatCompletionRequest, state: ServerState,
 
 async def create_chat_completion(request: Request, state: ServerState) -> Response:
     req = await read_request(request, ChatCompletionRequest, state.validation_context)
+    await check_tool_constraint(req.tools, req.tool_choice, req.parallel_tool_calls)
     prepare = chat_preparer(req, state, await checked_structured_outputs(req))
     query = cache_query(request, state, req, is_deterministic(req.temperature, req.seed)
                         and not req.logprobs, lambda: _messages_text(req))

@@ -27,6 +27,7 @@ from cormorant.gateway.auth.keys import Principal
 from cormorant.gateway.auth.middleware import get_principal
 from cormorant.server.body import read_request, validate_model
 from cormorant.server.chat_output import ChoiceDeltas
+from cormorant.server.chat_tools import check_tool_constraint
 from cormorant.server.dispatch import Started, start_generation
 from cormorant.server.errors import APIError
 from cormorant.server.generation import collect_unless_disconnected
@@ -101,6 +102,8 @@ async def create_response(request: Request, state: ServerState) -> Response:
     chat_req = validate_model(ChatCompletionRequest,
                               {k: v for k, v in chat_body.items() if v is not None},
                               state.validation_context)
+    await check_tool_constraint(chat_req.tools, chat_req.tool_choice,
+                                chat_req.parallel_tool_calls)
     started = await start_generation(request, state, req.model, req.user, "responses",
                                      chat_preparer(chat_req, state, None, "resp"))
     turn.model, turn.created = started.served.model_id, int(time.time())

@@ -89,3 +89,18 @@ def test_schema_depth_bound(tools_server):
     error = assert_openai_error(response, 400, "tools[0]")
     assert f"at most {MAX_SCHEMA_DEPTH}" in error["message"]
     assert httpx.get(tools_server.url + "/health").status_code == 200
+
+
+def test_unenforceable_schema_is_400(tools_server):
+    """A forced choice whose parameters schema the grammar engine rejects: a 400 before the
+    engine sees it, the server unharmed."""
+    bad = [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"x": {"$ref": "#/nowhere"}}}}}]
+    response = _post(tools_server, {"model": tools_server.model, "messages": ROUND_TRIP[:1],
+                                     "tools": bad, "tool_choice": "required"})
+    error = assert_openai_error(response, 400, "tool_choice")
+    assert "cannot be enforced" in error["message"]
+    # tool_choice "auto" constrains nothing: the same tools are served.
+    ok = _post(tools_server, {"model": tools_server.model, "messages": ROUND_TRIP[:1],
+                              "tools": bad, "max_tokens": 2})
+    assert ok.status_code == 200
