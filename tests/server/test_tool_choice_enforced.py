@@ -70,7 +70,7 @@ def test_round_trip(smollm2_server):
                 {"role": "tool", "tool_call_id": call.id,
                  "content": json.dumps({"temperature": 18, "unit": "C", "sky": "sunny"})}]
     final = client.chat.completions.create(model=smollm2_server.model, messages=messages,
-                                           tools=TOOLS[:1], max_tokens=48, temperature=0)
+                                           tools=TOOLS[:1], max_tokens=24, temperature=0)
     answer = final.choices[0]
     assert answer.finish_reason in ("stop", "length")
     assert answer.message.tool_calls is None and answer.message.content.strip()
@@ -100,5 +100,5 @@ def test_responses_api_function_round_trip(smollm2_server):
         model=smollm2_server.model, previous_response_id=first.id, tools=tools,
         input=[{"type": "function_call_output", "call_id": call.call_id,
                 "output": json.dumps({"temperature": 18, "unit": "C"})}],
-        temperature=0, max_output_tokens=48)
+        temperature=0, max_output_tokens=24)
     assert final.output[0].type == "message" and final.output_text.strip()
