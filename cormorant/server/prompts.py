@@ -10,7 +10,6 @@ Imports server modules (protocol, errors, engine_client) and text's tool prompt 
 from __future__ import annotations
 
 import asyncio
-import json
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -21,8 +20,7 @@ from typing import TypeVar
 from cormorant.server.engine_client import TokenizerLike
 from cormorant.server.errors import APIError, bound
 from cormorant.server.protocol import ChatMessage
-from cormorant.text.tool_parsers import template_knows_tools
-from cormorant.text.tool_prompt import inline_tools
+from cormorant.text.tool_prompt import template_inputs
 
 T = TypeVar("T")
 MAX_PENDING = 256  # tokenize/template jobs waiting for one pool
@@ -114,16 +112,6 @@ async def completion_prompts(prompt: str | list, tokenizer: TokenizerLike, vocab
     return out
 
 
-def _arguments(text: str) -> object:
-    """A call's arguments as templates want them: the object (they `tojson` it) when the
-    text is one, else the text."""
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return text
-    return value if isinstance(value, dict) else text
-
-
 def _template_messages(messages: list[ChatMessage]) -> list[dict]:
     out = []
     for message in messages:
@@ -136,7 +124,7 @@ def _template_messages(messages: list[ChatMessage]) -> list[dict]:
             entry["tool_calls"] = [
                 {"id": c.id, "type": "function",
                  "function": {"name": c.function.name,
-                              "arguments": _arguments(c.function.arguments)}}
+                              "arguments": c.function.arguments}}
                 for c in message.tool_calls]
         if message.tool_call_id is not None:
             entry["tool_call_id"] = message.tool_call_id
@@ -155,15 +143,8 @@ def template_entries(messages: list[ChatMessage], tokenizer: TokenizerLike,
                      inputs: ChatInputs) -> tuple[list[dict], dict]:
     """Messages and keyword arguments for the template; tools written into the messages
     for templates that do not render them (text.tool_prompt)."""
-    entries = _template_messages(messages)
-    kwargs = dict(inputs.template_kwargs)
-    template = getattr(tokenizer, "chat_template", None)
-    if template_knows_tools(template):
-        if inputs.tools:
-            kwargs["tools"] = inputs.tools
-    elif inputs.tools or any(e.get("tool_calls") or e["role"] == "tool" for e in entries):
-        entries = inline_tools(entries, inputs.tools)
-    return entries, kwargs
+    return template_inputs(_template_messages(messages), inputs.tools,
+                           getattr(tokenizer, "chat_template", None), inputs.template_kwargs)
 
 
 async def chat_prompt(messages: list[ChatMessage], tokenizer: TokenizerLike,

@@ -4,7 +4,8 @@ Templates that know tools (Qwen, Llama 3.1+, Mistral) get `tools=` and messages 
 `tool_calls` / `tool_call_id` as transformers passes them. For the others the conversation
 is rewritten in the Hermes format those models were tuned on: the tools in a system prompt
 inside `<tools>`, each earlier call as `<tool_call>` text, each result as a user turn inside
-`<tool_response>`. Imports only the standard library.
+`<tool_response>`. `template_inputs` decides between the two for the server and `LLM.chat`.
+Imports only the standard library.
 """
 from __future__ import annotations
 
@@ -47,3 +48,34 @@ def inline_tools(messages: list[dict], tools: list[dict] | None) -> list[dict]:
         else:
             out.append(message)
     return [{k: v for k, v in m.items() if k != "is_tool_turn"} for m in out]
+
+
+def template_inputs(messages: list[dict], tools: list[dict] | None, chat_template: str | None,
+                    template_kwargs: dict | None = None) -> tuple[list[dict], dict]:
+    """Messages and keyword arguments for `apply_chat_template`: `tools=` for templates that
+    render tools, the conversation rewritten (inline_tools) for those that do not."""
+    kwargs = dict(template_kwargs or {})
+    messages = [_with_object_arguments(m) if m.get("tool_calls") else m for m in messages]
+    if chat_template and "tools" in chat_template:
+        if tools:
+            kwargs["tools"] = tools
+    elif tools or any(m.get("tool_calls") or m.get("role") == "tool" for m in messages):
+        messages = inline_tools(messages, tools)
+    return messages, kwargs
+
+
+def _with_object_arguments(message: dict) -> dict:
+    """Calls' arguments as templates want them: the object (they `tojson` it) when the JSON
+    text is one, else the text."""
+    calls = []
+    for call in message["tool_calls"]:
+        arguments = call["function"]["arguments"]
+        if isinstance(arguments, str):
+            try:
+                value = json.loads(arguments)
+            except ValueError:
+                value = None
+            if isinstance(value, dict):
+                arguments = value
+        calls.append({**call, "function": {**call["function"], "arguments": arguments}})
+    return {**message, "tool_calls": calls}
