@@ -81,6 +81,7 @@ class EngineCore:
                 self.scheduler.add(seq)
         except ValueError as e:
             for seq in seqs:
+                self.structured.release(seq)
                 self.scheduler.abort(seq)
             return [EngineOutput(req.req_id, seq.index, [], finish_reason="abort", error=str(e))
                     for seq in seqs]
@@ -92,6 +93,7 @@ class EngineCore:
         for seq in self.requests.pop(req_id, []):
             if not seq.is_finished:
                 seq.finish_reason = "abort"
+                self.structured.release(seq)
                 self.scheduler.abort(seq)
                 self.batches.finish(seq.seq_id)
                 _drop_placeholder(seq)
@@ -197,7 +199,7 @@ class EngineCore:
 
     def finish(self, seq: Sequence, reason: str) -> None:
         seq.finish_reason = reason
-        seq.grammar = None
+        self.structured.release(seq)
         self.scheduler.finish(seq)
         self.batches.finish(seq.seq_id)
         _drop_placeholder(seq)

@@ -32,6 +32,7 @@ def _run(llm: LLM) -> list[list[int]]:
     for out in outs:
         assert out.outputs[0].finish_reason == "stop"
         jsonschema.validate(json.loads(out.outputs[0].text), SCHEMA)
+    assert llm.engine.structured.num_active == 0  # every matcher released
     return [out.outputs[0].token_ids for out in outs]
 
 
