@@ -49,7 +49,13 @@ def test_preemption_and_async_scheduling_keep_the_tokens(tiny_llama, roomy):
     del tight
     asynchronous = LLM(tiny_llama, block_size=8, num_kv_blocks=24, max_model_len=512,
                        async_scheduling=True)
+    runner, deferred = asynchronous.engine.runner, []
+    launch = runner.launch
+    runner.launch = lambda batch, **kw: deferred.append(kw.get("defer_sampling")) or launch(
+        batch, **kw)
     assert _run(asynchronous) == expected
+    # Decode steps launched their forward before the masks existed (overlap).
+    assert deferred.count(True) > len(deferred) // 2
 
 
 def test_grammar_end_finishes_without_eos(roomy):
