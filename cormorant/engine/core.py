@@ -13,7 +13,10 @@ the device from step n's sampled ids (the real id reaches its host copy with the
 A sequence that finished (or was aborted) at step n may already run in step n+1: its extra
 token is discarded at collection, and its blocks are freed at once (the device reuses them
 only in steps launched later, on the same stream). Penalties read the token history on the
-host, so a batch holding one collects step n before it launches.
+host, so a batch holding one collects step n before it launches. A grammar mask also needs
+step n's token, but only for sampling: such a batch launches its forward alone
+(`defer_sampling`), collects step n while it runs, then computes the masks and queues the
+sampling (`runner.sample`), so the mask work overlaps the forward.
 """
 from __future__ import annotations
 
@@ -38,8 +41,11 @@ class Runner(Protocol):
 
     def execute(self, batch: ScheduledBatch) -> list[SampleOutput]: ...
 
-    # Async scheduling: execute in two halves (launch returns without waiting the device).
-    def launch(self, batch: ScheduledBatch) -> Any: ...
+    # Async scheduling: execute in two halves (launch returns without waiting the device);
+    # with defer_sampling, `sample` queues the sampling once the grammar masks are known.
+    def launch(self, batch: ScheduledBatch, defer_sampling: bool = False) -> Any: ...
+
+    def sample(self, handle: Any, mask_rows: list[int], mask_bits: bytes) -> None: ...
 
     def collect(self, handle: Any) -> list[SampleOutput]: ...
 
@@ -81,6 +87,7 @@ class EngineCore:
                 self.scheduler.add(seq)
         except ValueError as e:
             for seq in seqs:
+                self.structured.release(seq)
                 self.scheduler.abort(seq)
             return [EngineOutput(req.req_id, seq.index, [], finish_reason="abort", error=str(e))
                     for seq in seqs]
@@ -92,6 +99,7 @@ class EngineCore:
         for seq in self.requests.pop(req_id, []):
             if not seq.is_finished:
                 seq.finish_reason = "abort"
+                self.structured.release(seq)
                 self.scheduler.abort(seq)
                 self.batches.finish(seq.seq_id)
                 _drop_placeholder(seq)
@@ -120,10 +128,17 @@ class EngineCore:
         if self._in_flight is not None and _reads_history(batch):
             outputs = self._collect()  # penalties need the real ids on the host
             batch = _without_finished(batch)
+        # A grammar row over a placeholder: its mask needs step n's token, but the forward
+        # does not. Launch the forward, collect step n meanwhile, then mask and sample.
+        defer = self._in_flight is not None and _masks_wait(batch)
         handle = None
         if batch.seqs:
-            handle = self.runner.launch(self._batch(batch))
+            handle = (self.runner.launch(self._batch(batch, with_masks=False),
+                                         defer_sampling=True) if defer
+                      else self.runner.launch(self._batch(batch)))
         outputs += self._collect()
+        if handle is not None and defer:
+            self.runner.sample(handle, *self.structured.masks(batch))
         if handle is not None:
             # After the collect: blocks registered now hold real ids, not placeholders.
             self.scheduler.update_after_step(batch)
@@ -150,15 +165,17 @@ class EngineCore:
                 outputs.append(out)
         return outputs
 
-    def _batch(self, scheduled: SchedulerOutput) -> ScheduledBatch:
-        """Stamp first-scheduled times; the runner's plain-data batch."""
+    def _batch(self, scheduled: SchedulerOutput, with_masks: bool = True) -> ScheduledBatch:
+        """Stamp first-scheduled times; the runner's plain-data batch (with its grammar
+        masks unless the caller adds them later)."""
         now = time.monotonic()
         for seq in scheduled.seqs:
             if seq.first_scheduled_time is None:
                 seq.first_scheduled_time = now
         self.steps += 1
         batch = self.batches.build(scheduled)
-        batch.mask_rows, batch.mask_bits = self.structured.masks(scheduled)
+        if with_masks:
+            batch.mask_rows, batch.mask_bits = self.structured.masks(scheduled)
         return batch
 
     def _process(self, seq: Sequence, sample: SampleOutput) -> EngineOutput | None:
@@ -197,7 +214,7 @@ class EngineCore:
 
     def finish(self, seq: Sequence, reason: str) -> None:
         seq.finish_reason = reason
-        seq.grammar = None
+        self.structured.release(seq)
         self.scheduler.finish(seq)
         self.batches.finish(seq.seq_id)
         _drop_placeholder(seq)
@@ -238,10 +255,16 @@ class EngineCore:
 
 
 def _reads_history(batch: SchedulerOutput) -> bool:
-    """Whether a sequence of the batch samples with penalties or a grammar (its mask
-    depends on the token) over a placeholder token."""
-    return any((seq.sampling_params.has_penalties or seq.grammar is not None)
-               and seq.token_ids[-1] == PLACEHOLDER_TOKEN_ID for seq in batch.seqs)
+    """Whether a sequence of the batch samples with penalties over a placeholder token."""
+    return any(seq.sampling_params.has_penalties and seq.token_ids[-1] == PLACEHOLDER_TOKEN_ID
+               for seq in batch.seqs)
+
+
+def _masks_wait(batch: SchedulerOutput) -> bool:
+    """Whether a grammar row of the batch samples over a placeholder token (its mask
+    depends on that token)."""
+    return any(seq.grammar is not None and seq.token_ids[-1] == PLACEHOLDER_TOKEN_ID
+               for seq in batch.seqs)
 
 
 def _without_finished(batch: SchedulerOutput) -> SchedulerOutput:

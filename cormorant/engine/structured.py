@@ -46,6 +46,13 @@ class StructuredDecoding:
 
     def __init__(self, backend: GrammarBackend | None) -> None:
         self.backend = backend
+        self.num_active = 0  # live sequences with a matcher: 0 makes masks() free
+
+    def release(self, seq: Sequence) -> None:
+        """Drop a finished or aborted sequence's matcher."""
+        if seq.grammar is not None:
+            seq.grammar = None
+            self.num_active -= 1
 
     def attach(self, seq: Sequence) -> None:
         """Give a constrained sequence its matcher; ValueError when it cannot have one."""
@@ -55,9 +62,12 @@ class StructuredDecoding:
         if self.backend is None:
             raise ValueError("this engine has no grammar backend for structured outputs")
         seq.grammar = self.backend.new_matcher(spec)
+        self.num_active += 1
 
     def masks(self, scheduled: SchedulerOutput) -> tuple[list[int], bytes]:
         """(batch rows, their packed bitmasks) for the constrained rows that sample now."""
+        if not self.num_active:
+            return [], b""
         rows = [i for i, (seq, do_sample) in enumerate(zip(scheduled.seqs, scheduled.do_sample))
                 if do_sample and seq.grammar is not None]
         if not rows:

@@ -17,6 +17,7 @@ from cormorant.frontend.default_model import default_model_path
 from cormorant.frontend.output_processor import RequestState
 from cormorant.frontend.outputs import RequestOutput
 from cormorant.sampling_params import SamplingParams
+from cormorant.text.grammar import validate as validate_constraint
 from cormorant.text.normalize import normalize_messages, normalize_text
 from cormorant.text.tool_prompt import template_inputs
 
@@ -119,6 +120,8 @@ class LLM:
         if not prompt_ids:
             raise ValueError("the prompt is empty")
         params.validate(self.model_config.vocab_size)
+        if params.structured_outputs is not None:
+            validate_constraint(params.structured_outputs)  # GrammarError: a ValueError
         if params.max_tokens is None:
             params = _with_max_tokens(params, self.max_model_len - len(prompt_ids))
         req_id = str(next(self._ids))

@@ -62,6 +62,8 @@ def grammar_for(spec: StructuredOutputs, limits: GrammarLimits = GrammarLimits()
     kind = spec.kind()
     if kind in ("json", "json_object"):
         schema = spec.json if kind == "json" else '{"type": "object"}'
+        if not isinstance(schema, str):  # offline callers may pass the schema as a dict
+            schema = json.dumps(schema)
         _check_size("max_schema_bytes", schema, limits.max_schema_bytes)
         _check_depth(schema, limits.max_schema_depth)
         # Fixed separators, never free whitespace: a small model can loop on whitespace
