@@ -1,4 +1,6 @@
-"""`cormorant bench b1|b2|b3|b4|all [--quick] [--out DIR] [--peer/--no-peer] ...`.
+"""`cormorant bench b1|b2|b3|b4|b1s|all [--quick] [--out DIR] [--peer/--no-peer] ...`.
+
+b1s (B1 under a JSON schema, bench.structured) runs only when named; `all` is B1-B4.
 
 `add_bench_args(parser)` and `run_bench(args) -> int` are what cormorant.cli wires in; this
 module also runs alone (`python -m cormorant.bench.cli b1 --quick`). The order of work: the
@@ -26,7 +28,8 @@ DEFAULT_BUDGET_S = 540.0
 
 def add_bench_args(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("benches", nargs="+", choices=[*BENCHES, "all"], help="which benchmarks to run")
+    add("benches", nargs="+", choices=[*BENCHES, "b1s", "all"],
+        help="which benchmarks to run (b1s: B1 under a JSON schema vs unconstrained)")
     add("--quick", action="store_true",
         help="fewer prompts (B3), rates (B4) and shorter peer caps; B1 and B2 stay exact")
     add("--tiny", action="store_true",
@@ -48,8 +51,9 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
 def _runners():
     from cormorant.bench.offline import run_b1, run_b2, run_b3
     from cormorant.bench.online import run_b4
+    from cormorant.bench.structured import run_b1_structured
 
-    return {"b1": run_b1, "b2": run_b2, "b3": run_b3, "b4": run_b4}
+    return {"b1": run_b1, "b2": run_b2, "b3": run_b3, "b4": run_b4, "b1s": run_b1_structured}
 
 
 def run_bench(args: argparse.Namespace) -> int:

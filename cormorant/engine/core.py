@@ -13,7 +13,10 @@ the device from step n's sampled ids (the real id reaches its host copy with the
 A sequence that finished (or was aborted) at step n may already run in step n+1: its extra
 token is discarded at collection, and its blocks are freed at once (the device reuses them
 only in steps launched later, on the same stream). Penalties read the token history on the
-host, so a batch holding one collects step n before it launches.
+host, so a batch holding one collects step n before it launches. A grammar mask also needs
+step n's token, but only for sampling: such a batch launches its forward alone
+(`defer_sampling`), collects step n while it runs, then computes the masks and queues the
+sampling (`runner.sample`), so the mask work overlaps the forward.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from cormorant.engine.block_manager import BlockManager
 from cormorant.engine.messages import EngineStats
 from cormorant.engine.scheduler import Scheduler, SchedulerOutput, WaitingQueue
 from cormorant.engine.sequence import Sequence, SequenceStatus
+from cormorant.engine.structured import GrammarBackend, StructuredDecoding
 from cormorant.engine.types import (PLACEHOLDER_TOKEN_ID, EngineOutput, EngineRequest,
                                     SampleOutput, ScheduledBatch)
 from cormorant.sampling_params import SamplingParams
@@ -37,16 +41,20 @@ class Runner(Protocol):
 
     def execute(self, batch: ScheduledBatch) -> list[SampleOutput]: ...
 
-    # Async scheduling: execute in two halves (launch returns without waiting the device).
-    def launch(self, batch: ScheduledBatch) -> Any: ...
+    # Async scheduling: execute in two halves (launch returns without waiting the device);
+    # with defer_sampling, `sample` queues the sampling once the grammar masks are known.
+    def launch(self, batch: ScheduledBatch, defer_sampling: bool = False) -> Any: ...
+
+    def sample(self, handle: Any, mask_rows: list[int], mask_bits: bytes) -> None: ...
 
     def collect(self, handle: Any) -> list[SampleOutput]: ...
 
 
 class EngineCore:
     def __init__(self, config: EngineConfig, runner: Runner, eos_token_ids: tuple[int, ...],
-                 waiting: WaitingQueue | None = None):
-        """waiting: the scheduler's waiting queue (default: config.scheduler.policy's)."""
+                 waiting: WaitingQueue | None = None, grammar: GrammarBackend | None = None):
+        """waiting: the scheduler's waiting queue (default: config.scheduler.policy's);
+        grammar: the grammar engine for constrained requests (None: they are refused)."""
         self.config = config
         self.runner = runner
         self.async_scheduling = (runner.is_asynchronous if config.async_scheduling is None
@@ -58,6 +66,7 @@ class EngineCore:
         self.scheduler = Scheduler(config.scheduler, self.block_manager, waiting,
                                    max_model_len=self.max_model_len)
         self.batches = BatchBuilder()
+        self.structured = StructuredDecoding(grammar)
         self.requests: dict[str, list[Sequence]] = {}
         self.steps = 0
         self.num_preemptions = 0
@@ -73,9 +82,12 @@ class EngineCore:
                 for i in range(req.sampling_params.n)]
         try:
             for seq in seqs:
+                self.structured.attach(seq)
+            for seq in seqs:
                 self.scheduler.add(seq)
         except ValueError as e:
             for seq in seqs:
+                self.structured.release(seq)
                 self.scheduler.abort(seq)
             return [EngineOutput(req.req_id, seq.index, [], finish_reason="abort", error=str(e))
                     for seq in seqs]
@@ -87,6 +99,7 @@ class EngineCore:
         for seq in self.requests.pop(req_id, []):
             if not seq.is_finished:
                 seq.finish_reason = "abort"
+                self.structured.release(seq)
                 self.scheduler.abort(seq)
                 self.batches.finish(seq.seq_id)
                 _drop_placeholder(seq)
@@ -115,10 +128,17 @@ class EngineCore:
         if self._in_flight is not None and _reads_history(batch):
             outputs = self._collect()  # penalties need the real ids on the host
             batch = _without_finished(batch)
+        # A grammar row over a placeholder: its mask needs step n's token, but the forward
+        # does not. Launch the forward, collect step n meanwhile, then mask and sample.
+        defer = self._in_flight is not None and _masks_wait(batch)
         handle = None
         if batch.seqs:
-            handle = self.runner.launch(self._batch(batch))
+            handle = (self.runner.launch(self._batch(batch, with_masks=False),
+                                         defer_sampling=True) if defer
+                      else self.runner.launch(self._batch(batch)))
         outputs += self._collect()
+        if handle is not None and defer:
+            self.runner.sample(handle, *self.structured.masks(batch))
         if handle is not None:
             # After the collect: blocks registered now hold real ids, not placeholders.
             self.scheduler.update_after_step(batch)
@@ -145,14 +165,18 @@ class EngineCore:
                 outputs.append(out)
         return outputs
 
-    def _batch(self, scheduled: SchedulerOutput) -> ScheduledBatch:
-        """Stamp first-scheduled times; the runner's plain-data batch."""
+    def _batch(self, scheduled: SchedulerOutput, with_masks: bool = True) -> ScheduledBatch:
+        """Stamp first-scheduled times; the runner's plain-data batch (with its grammar
+        masks unless the caller adds them later)."""
         now = time.monotonic()
         for seq in scheduled.seqs:
             if seq.first_scheduled_time is None:
                 seq.first_scheduled_time = now
         self.steps += 1
-        return self.batches.build(scheduled)
+        batch = self.batches.build(scheduled)
+        if with_masks:
+            batch.mask_rows, batch.mask_bits = self.structured.masks(scheduled)
+        return batch
 
     def _process(self, seq: Sequence, sample: SampleOutput) -> EngineOutput | None:
         out = EngineOutput(seq.req_id, seq.index, [], prompt_logprobs=sample.prompt_logprobs,
@@ -164,7 +188,10 @@ class EngineCore:
         seq.append_token(sample.token_id)
         out.new_token_ids = [sample.token_id]
         out.new_logprobs = [sample.logprobs] if sample.logprobs is not None else None
+        grammar_ended = self.structured.advance(seq, sample.token_id)
         reason = self._stop_reason(seq, sample.token_id)
+        if reason is None and grammar_ended:
+            reason = "stop"
         if reason is not None:
             out.finish_reason = reason
             if reason == "stop" and sample.token_id in seq.sampling_params.stop_token_ids:
@@ -187,6 +214,7 @@ class EngineCore:
 
     def finish(self, seq: Sequence, reason: str) -> None:
         seq.finish_reason = reason
+        self.structured.release(seq)
         self.scheduler.finish(seq)
         self.batches.finish(seq.seq_id)
         _drop_placeholder(seq)
@@ -229,6 +257,13 @@ class EngineCore:
 def _reads_history(batch: SchedulerOutput) -> bool:
     """Whether a sequence of the batch samples with penalties over a placeholder token."""
     return any(seq.sampling_params.has_penalties and seq.token_ids[-1] == PLACEHOLDER_TOKEN_ID
+               for seq in batch.seqs)
+
+
+def _masks_wait(batch: SchedulerOutput) -> bool:
+    """Whether a grammar row of the batch samples over a placeholder token (its mask
+    depends on that token)."""
+    return any(seq.grammar is not None and seq.token_ids[-1] == PLACEHOLDER_TOKEN_ID
                for seq in batch.seqs)
 
 

@@ -8,6 +8,7 @@ import enum
 import itertools
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from cormorant.sampling_params import SamplingParams
 
@@ -49,6 +50,8 @@ class Sequence:
     # block_table have already been offered to the prefix cache.
     block_hashes: list[int] = field(default_factory=list)
     num_hashed_blocks: int = 0
+    # Constrained decoding: this sample's grammar matcher (engine.structured), None if free.
+    grammar: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.prompt_token_ids = list(self.prompt_token_ids)

@@ -76,6 +76,11 @@ class ScheduledBatch:
     cached: CachedSeqs = field(default_factory=CachedSeqs)
     finished_seq_ids: list[int] = field(default_factory=list)
     num_preempted: int = 0
+    # Constrained decoding (engine.structured): the batch rows whose sampling is masked and
+    # their bitmasks, [len(mask_rows), ceil(vocab / 32)] int32 little-endian, bit t of a row
+    # set when token t is allowed. Empty for a batch without constrained rows.
+    mask_rows: list[int] = field(default_factory=list)
+    mask_bits: bytes = b""
 
     @property
     def num_tokens(self) -> int:

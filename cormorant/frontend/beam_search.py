@@ -31,7 +31,11 @@ def _score(beam: Beam, length_penalty: float) -> float:
 
 
 def beam_search(llm: "LLM", prompt_ids: list[int], params: SamplingParams) -> list[Beam]:
-    """Return the best `params.beam_width` beams, best first."""
+    """Return the best `params.beam_width` beams, best first. A constraint is refused: each
+    round re-sends a beam's tokens as its prompt, where no grammar matcher would follow them."""
+    if params.structured_outputs is not None:
+        raise ValueError("beam search does not support structured_outputs (a constraint); "
+                         "use sampling or greedy decoding")
     width = params.beam_width
     max_tokens = params.max_tokens or llm.max_model_len - len(prompt_ids)
     step_params = dataclasses.replace(

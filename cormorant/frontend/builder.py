@@ -20,6 +20,7 @@ from cormorant.layers.attention import TorchAttention
 from cormorant.models.loader import (check_load_format, load_model, load_model_config,
                                      resolve_device, resolve_dtype)
 from cormorant.runner.model_runner import ModelRunner
+from cormorant.text.guidance_backend import GuidanceBackend
 from cormorant.text.synthetic import has_tokenizer_files, synthetic_tokenizer
 from cormorant.text.tokenizer import Tokenizer, load_tokenizer
 
@@ -63,7 +64,7 @@ def build_engine(config: EngineConfig) -> BuiltEngine:
     config = _resolve_lengths(config, model_config, device.type)
     eos = tuple(sorted(set(model_config.eos_token_ids) | set(tokenizer.eos_token_ids)))
     runner = ModelRunner(config, model_config, model, device, dtype, eos)
-    core = EngineCore(config, runner, eos)
+    core = EngineCore(config, runner, eos, grammar=GuidanceBackend(tokenizer))
     seconds = time.perf_counter() - start
     log.info("loaded %s (%s, %s) in %.1f s", config.model, device, dtype, seconds)
     return BuiltEngine(config, core, tokenizer, model_config, runner, seconds)

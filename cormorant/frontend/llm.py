@@ -17,7 +17,9 @@ from cormorant.frontend.default_model import default_model_path
 from cormorant.frontend.output_processor import RequestState
 from cormorant.frontend.outputs import RequestOutput
 from cormorant.sampling_params import SamplingParams
+from cormorant.text.grammar import validate as validate_constraint
 from cormorant.text.normalize import normalize_messages, normalize_text
+from cormorant.text.tool_prompt import template_inputs
 
 Prompt = str | list[int]
 
@@ -75,13 +77,19 @@ class LLM:
 
     def chat(self, messages: list[dict] | list[list[dict]],
              sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
-             add_generation_prompt: bool = True) -> list[RequestOutput]:
-        """Apply the model's chat template to one conversation or a list of them."""
+             add_generation_prompt: bool = True, *, tools: list[dict] | None = None,
+             chat_template_kwargs: dict | None = None) -> list[RequestOutput]:
+        """Apply the model's chat template to one conversation or a list of them. tools
+        (OpenAI function tools) and tool turns are rendered as the server renders them
+        (text.tool_prompt); the output text is returned unparsed."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         flags = dict(nfc=self.config.normalize_nfc, strip_control=self.config.strip_control_chars)
-        prompts = [self.tokenizer.apply_chat_template(normalize_messages(c, **flags),
-                                                      add_generation_prompt)
-                   for c in conversations]  # type: ignore[arg-type]
+        prompts = []
+        for conversation in conversations:
+            entries, kwargs = template_inputs(normalize_messages(conversation, **flags), tools,
+                                              self.tokenizer.chat_template, chat_template_kwargs)
+            prompts.append(self.tokenizer.apply_chat_template(entries, add_generation_prompt,
+                                                              **kwargs))
         return self.generate(prompts, sampling_params)
 
     def stream(self, prompt: Prompt, sampling_params: SamplingParams | None = None):
@@ -112,6 +120,8 @@ class LLM:
         if not prompt_ids:
             raise ValueError("the prompt is empty")
         params.validate(self.model_config.vocab_size)
+        if params.structured_outputs is not None:
+            validate_constraint(params.structured_outputs)  # GrammarError: a ValueError
         if params.max_tokens is None:
             params = _with_max_tokens(params, self.max_model_len - len(prompt_ids))
         req_id = str(next(self._ids))

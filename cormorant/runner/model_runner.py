@@ -137,10 +137,12 @@ class ModelRunner:
         return self.collect(self.launch(batch))
 
     @torch.inference_mode()
-    def launch(self, batch: ScheduledBatch) -> StepHandle:
+    def launch(self, batch: ScheduledBatch, defer_sampling: bool = False) -> StepHandle:
         """Queue the step (forward, sampling, the copy of the sampled ids to the host) and
         return without waiting for the device. Placeholder input ids (negative: the token
-        the previous launch is sampling for that sequence) are filled on the device."""
+        the previous launch is sampling for that sequence) are filled on the device.
+        defer_sampling: queue the forward only; `sample(handle, ...)` queues the rest once
+        the engine has the grammar masks (computed while this forward runs)."""
         for seq_id in batch.finished_seq_ids:
             self.release(seq_id)
         seqs = self.requests.update(batch)
@@ -165,17 +167,30 @@ class ModelRunner:
             self.inputs.staging.mark_copied()
         handle = StepHandle(num_seqs=len(batch))
         self._last_sampled = None
-        if host.sampling_seqs:
-            result = self._sample(hidden, sample_rows, host)
-            handle.copy = self._host_copy.start(result)
-            handle.sample_indices = host.sample_indices
-            handle.num_logprobs = [seq.sampling_params.logprobs for seq in host.sampling_seqs]
-            self._last_sampled = LastSampled(result.token_ids,
-                                             [seq.seq_id for seq in host.sampling_seqs])
         handle.prompt_logprobs = [(rows.batch_index, rows.num_top,
                                    self._prompt_logprob_table(hidden, rows))
                                   for rows in host.prompt_logprob_rows]
+        if host.sampling_seqs:
+            handle.deferred = (hidden, sample_rows, host)
+            if not defer_sampling:
+                self.sample(handle, batch.mask_rows, batch.mask_bits)
         return handle
+
+    @torch.inference_mode()
+    def sample(self, handle: StepHandle, mask_rows: list[int], mask_bits: bytes) -> None:
+        """Queue a launched step's sampling (under the grammar masks of its batch rows
+        `mask_rows`) and the copy of its ids to the host."""
+        if handle.deferred is None:
+            return  # no sequence samples in this step
+        hidden, sample_rows, host = handle.deferred
+        handle.deferred = None
+        result = self._sample(hidden, sample_rows, host, _grammar_rows(mask_rows, mask_bits,
+                                                                       host))
+        handle.copy = self._host_copy.start(result)
+        handle.sample_indices = host.sample_indices
+        handle.num_logprobs = [seq.sampling_params.logprobs for seq in host.sampling_seqs]
+        self._last_sampled = LastSampled(result.token_ids,
+                                         [seq.seq_id for seq in host.sampling_seqs])
 
     def collect(self, handle: StepHandle) -> list[SampleOutput]:
         """Wait for a launched step's ids (and logprobs): a SampleOutput per sequence."""
@@ -203,12 +218,13 @@ class ModelRunner:
         self.inputs.release(seq_id)
 
     def _sample(self, hidden: torch.Tensor, sample_rows: torch.Tensor | None,
-                host: HostInputs) -> SamplerOutput:
+                host: HostInputs, grammar: tuple[list[int], bytes] | None) -> SamplerOutput:
         # hidden rows = sampling rows, in order, when sample_rows is None (pure decode).
         logits = self.model.compute_logits(
             hidden if sample_rows is None else hidden[sample_rows])  # [N, vocab] fp32
         # Host work while the forward runs on the GPU: nothing above waited for it.
-        meta = SamplingMetadata.build(host.sampling_seqs, self.device, self.eos_token_ids)
+        meta = SamplingMetadata.build(host.sampling_seqs, self.device, self.eos_token_ids,
+                                      grammar)
         return self.sampler(logits, meta)
 
     def _prompt_logprob_table(self, hidden: torch.Tensor, rows: PromptLogprobRows
@@ -319,6 +335,8 @@ class StepHandle:
     num_logprobs: list[int | None] = field(default_factory=list)  # per sample row
     # (batch index, top-k count, [R, 1 + 2k] float64 table on the device) per prompt chunk.
     prompt_logprobs: list[tuple[int, int, torch.Tensor]] = field(default_factory=list)
+    # A forward whose sampling waits for `ModelRunner.sample`: (hidden, sample rows, inputs).
+    deferred: tuple | None = None
 
 
 def fill_placeholders(input_ids: torch.Tensor, dst_rows: list[int], seq_ids: list[int],
@@ -335,6 +353,15 @@ def fill_placeholders(input_ids: torch.Tensor, dst_rows: list[int], seq_ids: lis
     if input_ids.device.type == "cuda":
         index = index.pin_memory().to(input_ids.device, non_blocking=True)
     input_ids.index_copy_(0, index[0], last.token_ids.index_select(0, index[1]))
+
+
+def _grammar_rows(mask_rows: list[int], mask_bits: bytes, host: HostInputs
+                  ) -> tuple[list[int], bytes] | None:
+    """Constrained batch rows as sampling rows (the logits' order), with their bits."""
+    if not mask_rows:
+        return None
+    sampling_row = {index: row for row, index in enumerate(host.sample_indices)}
+    return [sampling_row[i] for i in mask_rows], mask_bits
 
 
 def _profile_sampling_metadata(num_rows: int, device: torch.device) -> SamplingMetadata:

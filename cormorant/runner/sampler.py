@@ -3,7 +3,9 @@
 Pipeline for the rows of one step (each stage is skipped when no row of the batch needs it;
 the decision is made on the host from SamplingMetadata's flags, never by reading the device):
 
-    raw logprobs  <- log_softmax(logits)            (before any processing: what OpenAI returns)
+    grammar mask  <- -inf outside each constrained row's allowed tokens (engine.structured)
+    raw logprobs  <- log_softmax(logits)            (before any processing: what OpenAI returns;
+                                                     of the masked distribution, as vLLM's)
     logit_bias -> repetition / frequency / presence penalties -> min_tokens ban
     greedy rows   <- argmax
     other rows    <- temperature -> min_p -> top_k -> top_p -> exponential race
@@ -32,6 +34,7 @@ from cormorant.runner.sampling_metadata import PenaltyTensors, SamplingMetadata
 
 # SamplingMetadata is re-exported: the runner imports both halves of the seam from here.
 __all__ = ["Sampler", "SamplerOutput", "SamplingMetadata", "apply_bias_penalties_bans",
+           "apply_grammar_mask",
            "apply_min_p", "apply_penalties", "apply_top_k_top_p"]
 
 # Keeps 0/0 out of the race: a token with zero probability can never win, even if its noise
@@ -68,6 +71,8 @@ class Sampler:
     def __call__(self, logits: torch.Tensor, meta: SamplingMetadata) -> SamplerOutput:
         # logits: [N, V] float32, row i belongs to meta.seq_ids[i]. Not modified in place.
         assert logits.dim() == 2 and logits.shape[0] == meta.num_rows
+        if meta.mask_rows is not None:
+            logits = apply_grammar_mask(logits.float(), meta.mask_rows, meta.mask_allowed)
         if meta.is_plain_greedy:
             return SamplerOutput(token_ids=logits.argmax(dim=-1))
         logits = logits.float()
@@ -131,6 +136,18 @@ def apply_bias_penalties_bans(logits: torch.Tensor, meta: SamplingMetadata) -> t
         flat = meta.ban_rows * vocab + meta.ban_tokens  # [M]
         logits = logits.reshape(-1).scatter(0, flat, float("-inf")).view(num_rows, vocab)
     return logits
+
+
+def apply_grammar_mask(logits: torch.Tensor, rows: torch.Tensor, allowed: torch.Tensor
+                       ) -> torch.Tensor:
+    """logits[rows[r], t] = -inf where not allowed[r, t]. The mask covers the tokenizer's
+    vocabulary rounded up to 32; logits past it (a padded embedding) are never allowed."""
+    vocab = logits.shape[1]
+    width = allowed.shape[1]
+    if width < vocab:
+        allowed = torch.nn.functional.pad(allowed, (0, vocab - width), value=False)
+    masked = logits.index_select(0, rows).masked_fill(~allowed[:, :vocab], float("-inf"))
+    return logits.index_copy(0, rows, masked)  # [N, V]
 
 
 def _token_counts(ids: torch.Tensor, vocab: int) -> torch.Tensor:

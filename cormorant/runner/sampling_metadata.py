@@ -65,6 +65,14 @@ class SamplingMetadata:
     # min_tokens: logits[row, token] = -inf while the row is below its min_tokens.
     ban_rows: torch.Tensor | None  # [M] int64
     ban_tokens: torch.Tensor | None  # [M] int64
+    # Constrained decoding: the rows under a grammar and their allowed tokens, unpacked from
+    # the engine's bitmask (bit t of a row: token t allowed). None: no constrained row.
+    mask_rows: torch.Tensor | None = None  # [R] int64
+    mask_allowed: torch.Tensor | None = None  # [R, 32 * words] bool
+
+    @property
+    def num_masked_rows(self) -> int:
+        return 0 if self.mask_rows is None else self.mask_rows.shape[0]
 
     @property
     def is_plain_greedy(self) -> bool:
@@ -74,9 +82,12 @@ class SamplingMetadata:
 
     @classmethod
     def build(cls, seqs: list[RequestState], device: torch.device | str,
-              eos_token_ids: Iterable[int] = ()) -> SamplingMetadata:
-        """`seqs` are the sequences sampling this step, in the row order of the logits."""
+              eos_token_ids: Iterable[int] = (),
+              grammar: tuple[list[int], bytes] | None = None) -> SamplingMetadata:
+        """`seqs` are the sequences sampling this step, in the row order of the logits;
+        `grammar`: (rows, packed int32 bitmasks) of the constrained rows, if any."""
         device = torch.device(device)
+        mask = _grammar_mask(grammar, device) if grammar and grammar[0] else (None, None)
         params = [seq.sampling_params for seq in seqs]
         random = [p for p in params if not p.is_greedy]
         num_logprobs = [p.logprobs for p in params]
@@ -108,6 +119,8 @@ class SamplingMetadata:
             bias_values=bias[2] if bias is not None else None,
             ban_rows=ban[0] if ban is not None else None,
             ban_tokens=ban[1] if ban is not None else None,
+            mask_rows=mask[0],
+            mask_allowed=mask[1],
         )
 
 
@@ -123,6 +136,19 @@ def stream_seed(seed: int, index: int) -> int:
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
     return z ^ (z >> 31)
+
+
+def _grammar_mask(grammar: tuple[list[int], bytes], device: torch.device
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows [R] int64, allowed [R, 32 * W] bool) from the engine's packed int32 rows: the
+    bits travel (V / 8 bytes a row), the unpacking runs on the device."""
+    rows, bits = grammar
+    words = np.frombuffer(bits, dtype="<i4").reshape(len(rows), -1)  # [R, W]
+    words = _to_device(torch.from_numpy(words.copy()), device)
+    shifts = torch.arange(32, dtype=torch.int32, device=device)  # [32]
+    allowed = ((words.unsqueeze(-1) >> shifts) & 1).bool()  # [R, W, 32]; bit t = token t
+    row_ids = _to_device(torch.tensor(rows, dtype=torch.int64), device)  # [R]
+    return row_ids, allowed.reshape(len(rows), -1)
 
 
 def _to_device(cpu_tensor: torch.Tensor, device: torch.device) -> torch.Tensor:

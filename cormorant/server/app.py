@@ -24,7 +24,7 @@ from cormorant.gateway.telemetry.usage import usage_router
 from cormorant.hosting.registry import ModelSpec, Registry
 from cormorant.server import (route_admin, route_chat, route_classify, route_completions,
                               route_detokenize, route_embeddings, route_health, route_models,
-                              route_ready, route_tokenize, route_web)
+                              route_ready, route_responses, route_tokenize, route_web)
 from cormorant.server.config import ServerConfig
 from cormorant.server.embedding_protocol import EncoderLike
 from cormorant.server.engine_client import EngineClient
@@ -35,7 +35,8 @@ from cormorant.server.state import RawLoader, ServerState
 
 FIXED_SOURCE = "fixed:"  # a model handed to build_app: it cannot be reloaded from anywhere
 
-ROUTERS = (route_admin, route_completions, route_chat, route_models, route_tokenize, route_detokenize,
+ROUTERS = (route_admin, route_completions, route_chat, route_responses, route_models,
+           route_tokenize, route_detokenize,
            route_health, route_ready, route_embeddings, route_classify,
            route_web)  # route_web: the playground and console pages (public shells, no data)
 

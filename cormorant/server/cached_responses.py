@@ -178,14 +178,32 @@ def replay_chat_chunks(entry: dict, include_usage: bool) -> list[dict]:
     chunks = []
     for c in entry["choices"]:
         i = c["index"]
-        for delta, reason in (({"role": "assistant", "content": ""}, None),
-                              ({"content": c["message"]["content"]}, None),
-                              ({}, c["finish_reason"])):
+        deltas = [*_message_deltas(c["message"]), {}]
+        for k, delta in enumerate(deltas):
+            reason = c["finish_reason"] if k == len(deltas) - 1 else None
             chunks.append({**base, "choices": [{"index": i, "delta": delta, "logprobs": None,
                                                 "finish_reason": reason}], **null_usage})
     if include_usage:
         chunks.append({**base, "choices": [], "usage": entry["usage"]})
     return chunks
+
+
+def _message_deltas(message: dict) -> list[dict]:
+    """A chat message as stream deltas: role, reasoning, content, then each tool call (its
+    header, then its arguments), as server.chat_output streams them."""
+    deltas: list[dict] = [{"role": "assistant", "content": ""}]
+    if message.get("reasoning_content"):
+        deltas.append({"reasoning_content": message["reasoning_content"]})
+    if message.get("content") is not None:
+        deltas.append({"content": message["content"]})
+    for k, call in enumerate(message.get("tool_calls") or []):
+        function = call["function"]
+        deltas.append({"tool_calls": [{"index": k, "id": call["id"], "type": "function",
+                                       "function": {"name": function["name"],
+                                                    "arguments": ""}}]})
+        deltas.append({"tool_calls": [{"index": k,
+                                       "function": {"arguments": function["arguments"]}}]})
+    return deltas
 
 
 def replay_completion_chunks(entry: dict, include_usage: bool) -> list[dict]:

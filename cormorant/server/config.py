@@ -15,6 +15,9 @@ MiB = 1024 * 1024
 class ServerConfig:
     # --- identity -----------------------------------------------------------------------
     served_model_name: str | None = None  # None: the engine's own model name
+    # "<think>" output to reasoning_content: "auto" (when the chat template knows the tags),
+    # "qwen3" (always), "none" (never).
+    reasoning_parser: str = "auto"
     model_version: str = ""  # short digest of the model files; part of system_fingerprint
 
     # --- binding and auth -------------------------------------------------------------------

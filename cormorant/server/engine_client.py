@@ -25,8 +25,10 @@ class TokenizerLike(Protocol):
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str: ...
 
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True
-                            ) -> list[int]: ...
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
+                            **kwargs: Any) -> list[int]:
+        """kwargs: `tools` and the whitelisted template switches (enable_thinking)."""
+        ...
 
 
 class RequestHandleLike(Protocol):

@@ -51,6 +51,10 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
         help="also serve this BERT-family encoder directory at /v1/embeddings (and "
              "/v1/classify for a classification head), as NAME (default: the directory's "
              "name); repeatable")
+    add("--reasoning-parser", choices=("auto", "qwen3", "none"),
+        default=_DEFAULTS.reasoning_parser,
+        help="split <think>...</think> output into reasoning_content: auto (when the chat "
+             "template knows the tags), qwen3 (always) or none")
     add("--host", default=_DEFAULTS.host)
     add("--port", type=int, default=_DEFAULTS.port)
     add("--api-key", default=os.environ.get("CORMORANT_API_KEY"),
@@ -186,6 +190,7 @@ def engine_config(args: argparse.Namespace, model: str) -> EngineConfig:
 def server_config(args: argparse.Namespace, version: str) -> ServerConfig:
     return ServerConfig(
         served_model_name=args.served_model_name, model_version=version, host=args.host,
+        reasoning_parser=args.reasoning_parser,
         port=args.port, api_key=args.api_key, insecure=args.insecure, keys_db=args.keys_db,
         keys_file=args.keys_file, metrics_public=args.metrics_public,
         ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,

@@ -16,10 +16,11 @@ from pydantic.json_schema import models_json_schema
 from cormorant.server.embedding_protocol import ClassificationRequest, EmbeddingRequest
 from cormorant.server.protocol import (ChatCompletionRequest, CompletionRequest,
                                        DetokenizeRequest, TokenizeRequest)
+from cormorant.server.responses_protocol import ResponsesRequest
 
 REQUEST_MODELS = (CompletionRequest, ChatCompletionRequest, TokenizeRequest, DetokenizeRequest,
-                  EmbeddingRequest, ClassificationRequest)
-STREAMING_PATHS = ("/v1/completions", "/v1/chat/completions")
+                  EmbeddingRequest, ClassificationRequest, ResponsesRequest)
+STREAMING_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/responses")
 _REF = "#/components/schemas/{model}"
 
 ERROR_SCHEMA = {

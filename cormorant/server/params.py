@@ -7,7 +7,8 @@ Imports sampling_params and server modules (protocol, errors).
 """
 from __future__ import annotations
 
-from cormorant.sampling_params import DEFAULT_TEMPERATURE, SamplingParams, SamplingParamsError
+from cormorant.sampling_params import (DEFAULT_TEMPERATURE, SamplingParams, SamplingParamsError,
+                                       StructuredOutputs)
 from cormorant.server.errors import APIError, from_sampling_error
 from cormorant.server.protocol import (ChatCompletionRequest, CompletionRequest,
                                        SamplingFields)
@@ -35,7 +36,8 @@ def resolve_max_tokens(requested: int | None, default: int | None, prompt_len: i
 
 
 def _common(req: SamplingFields, max_tokens: int, logprobs: int | None,
-            prompt_logprobs: int | None) -> SamplingParams:
+            prompt_logprobs: int | None, structured: StructuredOutputs | None
+            ) -> SamplingParams:
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     return SamplingParams(
         n=req.n,
@@ -58,6 +60,7 @@ def _common(req: SamplingFields, max_tokens: int, logprobs: int | None,
         logprobs=logprobs,
         prompt_logprobs=prompt_logprobs,
         skip_special_tokens=req.skip_special_tokens,
+        structured_outputs=structured,
     )
 
 
@@ -70,24 +73,25 @@ def _validated(params: SamplingParams, vocab_size: int) -> SamplingParams:
 
 
 def completion_params(req: CompletionRequest, prompt_len: int, max_model_len: int,
-                      vocab_size: int) -> SamplingParams:
+                      vocab_size: int, structured: StructuredOutputs | None = None
+                      ) -> SamplingParams:
+    """structured: the request's checked constraint (server.structured)."""
     max_tokens = resolve_max_tokens(req.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS, prompt_len,
                                     max_model_len, "prompt", "max_tokens")
     # echo + logprobs: OpenAI returns the prompt tokens' logprobs too.
     prompt_logprobs = req.logprobs if req.echo and req.logprobs is not None else None
-    return _validated(_common(req, max_tokens, req.logprobs, prompt_logprobs), vocab_size)
+    return _validated(_common(req, max_tokens, req.logprobs, prompt_logprobs, structured),
+                      vocab_size)
 
 
 def chat_params(req: ChatCompletionRequest, prompt_len: int, max_model_len: int,
-                vocab_size: int) -> SamplingParams:
-    if req.response_format is not None and req.response_format.type != "text":
-        raise APIError(400, f"response_format type '{req.response_format.type}' is not "
-                       "supported by this server; only 'text' is.", param="response_format",
-                       code="unsupported_parameter")
+                vocab_size: int, structured: StructuredOutputs | None = None
+                ) -> SamplingParams:
+    """structured: the request's checked constraint (server.structured)."""
     requested = req.max_completion_tokens if req.max_completion_tokens is not None \
         else req.max_tokens
     param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
     max_tokens = resolve_max_tokens(requested, None, prompt_len, max_model_len, "messages",
                                     param)
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
-    return _validated(_common(req, max_tokens, logprobs, None), vocab_size)
+    return _validated(_common(req, max_tokens, logprobs, None, structured), vocab_size)

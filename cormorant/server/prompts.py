@@ -5,7 +5,7 @@ Tokenization and chat templating never run on the event loop: they go to a small
 Before that, a text whose UTF-8 size alone proves it longer than the context is refused
 without tokenizing it, so an oversized prompt costs no tokenizer time at all.
 Token ids from the client are checked against the vocabulary before they reach the engine.
-Imports server modules (protocol, errors, engine_client).
+Imports server modules (protocol, errors, engine_client) and text's tool prompt helpers.
 """
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ import asyncio
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from typing import TypeVar
 
 from cormorant.server.engine_client import TokenizerLike
 from cormorant.server.errors import APIError, bound
 from cormorant.server.protocol import ChatMessage
+from cormorant.text.tool_prompt import template_inputs
 
 T = TypeVar("T")
 MAX_PENDING = 256  # tokenize/template jobs waiting for one pool
@@ -114,25 +116,49 @@ def _template_messages(messages: list[ChatMessage]) -> list[dict]:
     out = []
     for message in messages:
         # "developer" is OpenAI's newer name for the system role; templates know "system".
-        entry = {"role": "system" if message.role == "developer" else message.role,
-                 "content": message.text()}
+        entry: dict = {"role": "system" if message.role == "developer" else message.role,
+                       "content": message.text()}
         if message.name is not None:
             entry["name"] = message.name
+        if message.tool_calls:  # the key only when there are calls: templates test `in`
+            entry["tool_calls"] = [
+                {"id": c.id, "type": "function",
+                 "function": {"name": c.function.name,
+                              "arguments": c.function.arguments}}
+                for c in message.tool_calls]
+        if message.tool_call_id is not None:
+            entry["tool_call_id"] = message.tool_call_id
         out.append(entry)
     return out
 
 
+@dataclass
+class ChatInputs:
+    """What the template gets beside the messages."""
+    tools: list[dict] | None = None
+    template_kwargs: dict = field(default_factory=dict)
+
+
+def template_entries(messages: list[ChatMessage], tokenizer: TokenizerLike,
+                     inputs: ChatInputs) -> tuple[list[dict], dict]:
+    """Messages and keyword arguments for the template; tools written into the messages
+    for templates that do not render them (text.tool_prompt)."""
+    return template_inputs(_template_messages(messages), inputs.tools,
+                           getattr(tokenizer, "chat_template", None), inputs.template_kwargs)
+
+
 async def chat_prompt(messages: list[ChatMessage], tokenizer: TokenizerLike,
                       executor: Executor, add_generation_prompt: bool = True,
-                      max_model_len: int | None = None) -> Prompt:
-    entries = _template_messages(messages)
+                      max_model_len: int | None = None, inputs: ChatInputs | None = None
+                      ) -> Prompt:
+    entries, kwargs = template_entries(messages, tokenizer, inputs or ChatInputs())
     num_chars = sum(len(entry["content"]) for entry in entries)
     if max_model_len is not None:  # the template only adds text: the contents are a bound
         refuse_oversized("".join(entry["content"] for entry in entries), tokenizer,
                          max_model_len, "messages")
     try:
-        ids = await off_loop(executor, num_chars, tokenizer.apply_chat_template, entries,
-                             add_generation_prompt)
+        ids = await off_loop(executor, num_chars, partial(
+            tokenizer.apply_chat_template, entries, add_generation_prompt, **kwargs))
     except Exception as exc:  # jinja raises what the template author chose; all are input errors
         raise APIError(400, f"The messages could not be rendered with the model's chat "
                        f"template: {bound(exc, 200)}", param="messages",

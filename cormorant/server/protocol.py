@@ -6,7 +6,8 @@ Bounds that depend on configuration (list lengths, n, logprobs) read the ServerC
 as validation context, and run before the list items are validated. Checks that need the
 model (vocabulary, context length) live in server.params.
 Cross-field checks raise APIError directly (pydantic lets non-ValueError exceptions through)
-so that the 400 can name the parameter. Imports pydantic, server.config and server.errors.
+so that the 400 can name the parameter. Imports pydantic and server modules (config, errors,
+tool_protocol).
 """
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from cormorant.server.config import ServerConfig
 from cormorant.server.errors import APIError
+from cormorant.server.tool_protocol import (AssistantToolCall, Tool, ToolChoice,
+                                            check_template_kwargs, check_tool_choice,
+                                            check_tools_bounds)
 
 _STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 _DEFAULT_LIMITS = ServerConfig()
@@ -42,10 +46,40 @@ class StreamOptions(BaseModel):
     include_usage: bool | None = None
 
 
+class JsonSchemaFormat(BaseModel):
+    """OpenAI's response_format.json_schema. The schema is enforced whether strict or not."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=True)
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")  # None: any JSON value
+    strict: bool | None = None
+
+
 class ResponseFormat(BaseModel):
-    # json_schema carries a schema object; we refuse the type, so its contents do not matter.
-    model_config = ConfigDict(strict=True, extra="allow")
+    model_config = ConfigDict(strict=True, extra="forbid")
     type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_iff_json_schema(self) -> "ResponseFormat":
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise _invalid("response_format", "response_format.json_schema is required for "
+                           "type 'json_schema' and allowed only there")
+        return self
+
+
+class StructuredOutputsField(BaseModel):
+    """vLLM's `structured_outputs` request extra: exactly one constraint (server.structured
+    checks it and its bounds)."""
+
+    model_config = _STRICT
+    json_: dict[str, Any] | str | None = Field(None, alias="json")
+    json_object: bool | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    disable_any_whitespace: bool = False
 
 
 class SamplingFields(BaseModel):
@@ -80,6 +114,9 @@ class SamplingFields(BaseModel):
     ignore_eos: bool = False
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    # Constrained decoding (server.structured): OpenAI's response_format and vLLM's extra.
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputsField | None = None
 
     @field_validator("n")
     @classmethod
@@ -200,9 +237,23 @@ _ECHOED_MESSAGE_KEYS = ("refusal", "annotations", "audio", "function_call", "too
 
 class ChatMessage(BaseModel):
     model_config = _STRICT
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None  # None: an assistant turn of tool calls only
     name: str | None = Field(None, max_length=256)
+    tool_calls: list[AssistantToolCall] | None = None  # assistant turns only
+    tool_call_id: str | None = Field(None, min_length=1, max_length=256)  # tool turns only
+    reasoning_content: str | None = None  # echoed back by clients; templates drop it
+
+    @model_validator(mode="after")
+    def _roles(self) -> "ChatMessage":
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("only assistant messages may carry tool_calls")
+        if self.role == "tool" and self.tool_call_id is None:
+            raise ValueError("a tool message needs the tool_call_id it answers")
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content is required (it may be null only on an assistant "
+                             "message with tool_calls)")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -226,6 +277,8 @@ class ChatMessage(BaseModel):
         return value
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         if isinstance(self.content, str):
             return self.content
         return "\n".join(part.text for part in self.content)
@@ -233,15 +286,18 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(SamplingFields):
     UNSUPPORTED: ClassVar[tuple[str, ...]] = (
-        "tools", "tool_choice", "functions", "function_call", "parallel_tool_calls", "audio",
-        "modalities", "prediction", "web_search_options", "reasoning_effort")
+        "functions", "function_call", "audio", "modalities", "prediction",
+        "web_search_options", "reasoning_effort")
 
     messages: list[ChatMessage]
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
     max_tokens: int | None = Field(None, ge=1, le=1 << 30)
     max_completion_tokens: int | None = Field(None, ge=1, le=1 << 30)
     logprobs: bool | None = False
     top_logprobs: int | None = Field(None, ge=0)
-    response_format: ResponseFormat | None = None
 
     @field_validator("messages", mode="before")
     @classmethod
@@ -257,10 +313,21 @@ class ChatCompletionRequest(SamplingFields):
             raise ValueError(f"top_logprobs must be at most {limits(info).max_logprobs}")
         return value
 
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _tools(cls, value: Any) -> Any:
+        return check_tools_bounds(value)
+
+    @field_validator("chat_template_kwargs", mode="before")
+    @classmethod
+    def _template_kwargs(cls, value: Any) -> Any:
+        return check_template_kwargs(value)
+
     @model_validator(mode="after")
     def _cross_fields(self) -> "ChatCompletionRequest":
         if self.top_logprobs is not None and not self.logprobs:
             raise _invalid("top_logprobs", "top_logprobs requires logprobs to be true")
+        check_tool_choice(self.tools, self.tool_choice)
         return self
 
 
@@ -271,6 +338,18 @@ class TokenizeRequest(BaseModel):
     messages: list[ChatMessage] | None = None
     add_special_tokens: bool = True
     add_generation_prompt: bool = True
+    tools: list[Tool] | None = None  # with messages: rendered as chat requests render them
+    chat_template_kwargs: dict[str, Any] | None = None
+
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _tools(cls, value: Any) -> Any:
+        return check_tools_bounds(value)
+
+    @field_validator("chat_template_kwargs", mode="before")
+    @classmethod
+    def _template_kwargs(cls, value: Any) -> Any:
+        return check_template_kwargs(value)
 
     @field_validator("messages", mode="before")
     @classmethod

@@ -23,6 +23,7 @@ from cormorant.server.errors import APIError
 from cormorant.server.generation import EngineStream, Job
 from cormorant.server.logprobs import completion_logprobs
 from cormorant.server.params import completion_params
+from cormorant.server.structured import checked_structured_outputs
 from cormorant.server.prompts import Prompt, completion_prompts, count_prompts
 from cormorant.server.protocol import CompletionRequest
 from cormorant.server.responses import (ResponseContext, finals_usage, finish_reason, new_id,
@@ -54,12 +55,13 @@ async def create_completion(request: Request, state: ServerState) -> Response:
         raise APIError(400, f"{num_prompts} prompts x n={req.n} exceeds the limit of "
                        f"{state.config.max_choices} choices per request.", param="n",
                        code="invalid_value")
+    structured = await checked_structured_outputs(req)
 
     async def prepare(served: ServedGenerator) -> Prepared:
         prompts = await completion_prompts(req.prompt, served.tokenizer, served.vocab_size,
                                            state.tokenize_pool, served.max_model_len)
         params = [completion_params(req, len(p.token_ids), served.max_model_len,
-                                    served.vocab_size) for p in prompts]
+                                    served.vocab_size, structured) for p in prompts]
         request_id = new_id("cmpl")
         jobs = [Job(f"{request_id}-{i}", p.token_ids, sp)
                 for i, (p, sp) in enumerate(zip(prompts, params))]

@@ -28,6 +28,7 @@ from cormorant.gateway.quotas.quotas import Quotas
 from cormorant.gateway.quotas.redis_store import RedisStore
 from cormorant.gateway.quotas.store import MemoryStore
 from cormorant.gateway.telemetry.request_log import build_telemetry
+from cormorant.gateway.telemetry.response_store import ResponseStore
 from cormorant.hosting.pool import Deployment, Lease, LoadError, ModelNotFound, ModelPool
 from cormorant.hosting.registry import ModelSpec, Registry
 from cormorant.hosting.served import ServedEncoder, ServedGenerator, combined_stats
@@ -62,6 +63,8 @@ class ServerState:
                                          otlp_endpoint=config.otlp_endpoint,
                                          log_prompts=config.log_prompts)
         self.created = int(time.time())
+        # Responses API conversations (previous_response_id), beside the usage rows.
+        self.responses = ResponseStore(config.usage_db)
         self.lifecycle = Lifecycle(config)
         # Quota counters: shared through Redis by every process given the same URL.
         self.quotas = Quotas(RedisStore.from_url(config.redis_url) if config.redis_url
@@ -165,6 +168,7 @@ class ServerState:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             self.tokenize_pool.shutdown(wait=False, cancel_futures=True)
             self.telemetry.close()
+            self.responses.close()
             await self.quotas.store.aclose()
             if self.response_cache is not None:
                 await self.response_cache.aclose()

@@ -14,8 +14,8 @@ from schemathesis.checks import not_a_server_error
 
 from adversarial_helpers import canary
 
-FUZZED = (r"^/(v1/(completions|chat/completions|embeddings|classify|models|usage)|tokenize|"
-          r"detokenize|health|ready)$")
+FUZZED = (r"^/(v1/(completions|chat/completions|responses|embeddings|classify|models|usage)|"
+          r"tokenize|detokenize|health|ready)$")
 EXAMPLES_PER_OPERATION = 15
 
 
@@ -27,8 +27,9 @@ def _aim(case, server) -> None:
         return
     body["model"] = "tiny-classifier" if case.path in ("/v1/embeddings", "/v1/classify") \
         else server.model
-    if isinstance(body.get("max_tokens"), int) and body["max_tokens"] > 8:
-        body["max_tokens"] = 8
+    for name in ("max_tokens", "max_output_tokens"):
+        if isinstance(body.get(name), int) and body[name] > 8:
+            body[name] = 8
     body.pop("max_completion_tokens", None)
 
 

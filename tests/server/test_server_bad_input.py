@@ -86,7 +86,9 @@ JSON_CASES = [
     ("chat-empty-messages", CHAT, chat(messages=[]), 400, "messages"),
     ("chat-messages-not-list", CHAT, chat(messages="hi"), 400, "messages"),
     ("chat-too-many-messages", CHAT, chat(messages=USER * 1025), 400, "messages"),
-    ("chat-tool-role", CHAT, chat(messages=[{"role": "tool", "content": "x"}]), 400,
+    ("chat-tool-no-call-id", CHAT, chat(messages=[{"role": "tool", "content": "x"}]), 400,
+     "messages[0]"),
+    ("chat-bad-role", CHAT, chat(messages=[{"role": "robot", "content": "x"}]), 400,
      "messages[0].role"),
     ("chat-missing-role", CHAT, chat(messages=[{"content": "x"}]), 400, "messages[0].role"),
     ("chat-content-int", CHAT, chat(messages=[{"role": "user", "content": 5}]), 400,
@@ -96,15 +98,23 @@ JSON_CASES = [
      "messages[0].content"),
     ("chat-tool-calls", CHAT, chat(messages=[{"role": "assistant", "content": "x",
                                               "tool_calls": [{"id": "1"}]}]), 400,
-     "messages[0].tool_calls"),
-    ("chat-tools", CHAT, chat(tools=[{"type": "function", "function": {"name": "f"}}]), 400,
-     "tools"),
-    ("chat-tool-choice", CHAT, chat(tool_choice="auto"), 400, "tool_choice"),
+     "messages[0].tool_calls[0].function"),
+    ("chat-tool-name", CHAT, chat(tools=[{"type": "function", "function": {"name": "a b"}}]),
+     400, "tools[0].function.name"),
+    ("chat-tool-choice", CHAT, chat(tool_choice="required"), 400, "tool_choice"),
+    ("chat-template-kwargs", CHAT, chat(chat_template_kwargs={"add_generation_prompt": False}),
+     400, "chat_template_kwargs"),
     ("chat-functions", CHAT, chat(functions=[{"name": "f"}]), 400, "functions"),
-    ("chat-json-object", CHAT, chat(response_format={"type": "json_object"}), 400,
-     "response_format"),
-    ("chat-json-schema", CHAT, chat(response_format={"type": "json_schema", "json_schema": {
-        "name": "x", "schema": {}}}), 400, "response_format"),
+    ("chat-json-schema-without-schema", CHAT, chat(response_format={"type": "json_schema"}),
+     400, "response_format"),
+    ("chat-json-schema-unimplemented-key", CHAT, chat(response_format={
+        "type": "json_schema", "json_schema": {"name": "x", "schema": {
+            "type": "array", "uniqueItems": True}}}), 400, "response_format"),
+    ("chat-format-and-structured-outputs", CHAT, chat(response_format={"type": "json_object"},
+                                                      structured_outputs={"regex": "a+"}), 400,
+     "structured_outputs"),
+    ("completions-two-constraints", COMP, comp(structured_outputs={
+        "regex": "a+", "choice": ["a"]}), 400, "structured_outputs"),
     ("chat-top-logprobs-above-20", CHAT, chat(logprobs=True, top_logprobs=21), 400,
      "top_logprobs"),
     ("chat-top-logprobs-without-logprobs", CHAT, chat(top_logprobs=2), 400, "top_logprobs"),
@@ -264,8 +274,10 @@ def test_sdk_raises_typed_errors(client, tiny_server):
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model=tiny_server.model, messages=USER,
                                        tools=[{"type": "function",
-                                               "function": {"name": "f", "parameters": {}}}])
-    assert info.value.body["param"] == "tools"
+                                               "function": {"name": "f", "parameters": {}}}],
+                                       tool_choice={"type": "function",
+                                                    "function": {"name": "g"}})
+    assert info.value.body["param"] == "tool_choice"
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="nope", prompt="x")
     with pytest.raises(openai.BadRequestError) as info:

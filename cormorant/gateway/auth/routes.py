@@ -37,6 +37,7 @@ DEFAULT_RULES: tuple[RouteRule, ...] = (
     RouteRule("/openapi.json", SCOPE_INFERENCE),
     RouteRule("/v1/completions", SCOPE_INFERENCE),
     RouteRule("/v1/chat/completions", SCOPE_INFERENCE),
+    RouteRule("/v1/responses", SCOPE_INFERENCE),
     RouteRule("/v1/embeddings", SCOPE_INFERENCE),
     RouteRule("/v1/classify", SCOPE_INFERENCE),
     RouteRule("/v1/models", SCOPE_INFERENCE),

@@ -1,0 +1,90 @@
+"""Constrained decoding in the engine: one grammar matcher per sequence, a bitmask per step.
+
+Plain Python, no torch and no tokenizer: the grammar engine sits behind `GrammarBackend`
+(text.guidance_backend implements it with llguidance and the model's tokenizer; the frontend's
+builder injects it). The design:
+
+- `attach(seq)` gives each constrained sequence its own matcher when it is added (n > 1:
+  one per sample, the compiled grammar shared through the backend's cache).
+- `masks(scheduled)`: for the rows that sample this step and carry a matcher, the backend
+  fills one bitmask row each (bit t of row r: token t allowed); the ScheduledBatch carries
+  them as plain bytes with their batch rows, so the runner applies them without knowing any
+  grammar. A batch without constrained rows carries nothing and costs nothing.
+- `advance(seq, token_id)` after each accepted token; True when the grammar has ended (the
+  engine then finishes the sequence with "stop"). A matcher only ever consumes tokens the
+  sequence keeps, so after a preemption (recompute keeps the tokens) it is still in step.
+- `rollback`: matchers can undo tokens (GrammarMatcher.rollback), for callers that fork.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+from cormorant.engine.scheduler import SchedulerOutput
+from cormorant.engine.sequence import Sequence
+
+log = logging.getLogger(__name__)
+
+
+class GrammarMatcher(Protocol):
+    def accept(self, token_id: int) -> bool: ...  # False: the token breaks the grammar
+
+    def rollback(self, num_tokens: int) -> None: ...
+
+    @property
+    def is_terminated(self) -> bool: ...  # nothing but the end may follow
+
+
+class GrammarBackend(Protocol):
+    def new_matcher(self, spec) -> GrammarMatcher: ...  # ValueError for a bad constraint
+
+    def fill_bitmasks(self, matchers: list[GrammarMatcher]) -> bytes: ...  # [R, W] int32 LE
+
+
+class StructuredDecoding:
+    """The engine's side of constrained decoding; inert without constrained sequences."""
+
+    def __init__(self, backend: GrammarBackend | None) -> None:
+        self.backend = backend
+        self.num_active = 0  # live sequences with a matcher: 0 makes masks() free
+
+    def release(self, seq: Sequence) -> None:
+        """Drop a finished or aborted sequence's matcher."""
+        if seq.grammar is not None:
+            seq.grammar = None
+            self.num_active -= 1
+
+    def attach(self, seq: Sequence) -> None:
+        """Give a constrained sequence its matcher; ValueError when it cannot have one."""
+        spec = seq.sampling_params.structured_outputs
+        if spec is None:
+            return
+        if self.backend is None:
+            raise ValueError("this engine has no grammar backend for structured outputs")
+        seq.grammar = self.backend.new_matcher(spec)
+        self.num_active += 1
+
+    def masks(self, scheduled: SchedulerOutput) -> tuple[list[int], bytes]:
+        """(batch rows, their packed bitmasks) for the constrained rows that sample now."""
+        if not self.num_active:
+            return [], b""
+        rows = [i for i, (seq, do_sample) in enumerate(zip(scheduled.seqs, scheduled.do_sample))
+                if do_sample and seq.grammar is not None]
+        if not rows:
+            return [], b""
+        assert self.backend is not None
+        return rows, self.backend.fill_bitmasks([scheduled.seqs[i].grammar for i in rows])
+
+    @staticmethod
+    def advance(seq: Sequence, token_id: int) -> bool:
+        """Feed the sequence's new token to its matcher; True when the grammar has ended."""
+        matcher = seq.grammar
+        if matcher is None:
+            return False
+        if not matcher.accept(token_id):
+            # Only a stage after the mask (a min_tokens ban leaving no allowed token) gets
+            # here; the output so far is all the grammar admits.
+            log.warning("sequence %s: token %d rejected by its grammar; finishing",
+                        seq.seq_id, token_id)
+            return True
+        return matcher.is_terminated

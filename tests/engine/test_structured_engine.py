@@ -1,0 +1,76 @@
+"""Constrained decoding through the engine: matchers survive preemption (recompute keeps the
+tokens they consumed), async scheduling gives the synchronous engine's tokens, a grammar's
+end finishes the sequence, bad constraints are refused, and beam search refuses them."""
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+
+from cormorant import LLM, SamplingParams
+from cormorant.sampling_params import StructuredOutputs
+
+SCHEMA = {"type": "object", "properties": {
+    "id": {"type": "integer", "minimum": 0, "maximum": 999},
+    "words": {"type": "array", "items": {"type": "string", "pattern": "^[a-z]{1,5}$"},
+              "minItems": 2, "maxItems": 4},
+    "ok": {"type": "boolean"}}, "required": ["id", "words", "ok"],
+    "additionalProperties": False}
+SPEC = StructuredOutputs(json=json.dumps(SCHEMA))
+PROMPTS = [[(i * 13 + j) % 400 + 3 for j in range(20 + 9 * i)] for i in range(6)]
+
+
+def _params(i: int) -> SamplingParams:
+    if i % 2:
+        return SamplingParams(temperature=0.0, max_tokens=200, structured_outputs=SPEC)
+    return SamplingParams(temperature=1.0, seed=i, max_tokens=200, structured_outputs=SPEC)
+
+
+def _run(llm: LLM) -> list[list[int]]:
+    outs = llm.generate(PROMPTS, [_params(i) for i in range(len(PROMPTS))])
+    for out in outs:
+        assert out.outputs[0].finish_reason == "stop"
+        jsonschema.validate(json.loads(out.outputs[0].text), SCHEMA)
+    assert llm.engine.structured.num_active == 0  # every matcher released
+    return [out.outputs[0].token_ids for out in outs]
+
+
+@pytest.fixture(scope="module")
+def roomy(tiny_llama):
+    return LLM(tiny_llama, block_size=8, num_kv_blocks=256, max_model_len=512)
+
+
+def test_preemption_and_async_scheduling_keep_the_tokens(tiny_llama, roomy):
+    expected = _run(roomy)
+    tight = LLM(tiny_llama, block_size=8, num_kv_blocks=24, max_model_len=512)
+    assert _run(tight) == expected
+    assert tight.engine.stats().num_preemptions > 0
+    del tight
+    asynchronous = LLM(tiny_llama, block_size=8, num_kv_blocks=24, max_model_len=512,
+                       async_scheduling=True)
+    runner, deferred = asynchronous.engine.runner, []
+    launch = runner.launch
+    runner.launch = lambda batch, **kw: deferred.append(kw.get("defer_sampling")) or launch(
+        batch, **kw)
+    assert _run(asynchronous) == expected
+    # Decode steps launched their forward before the masks existed (overlap).
+    assert deferred.count(True) > len(deferred) // 2
+
+
+def test_grammar_end_finishes_without_eos(roomy):
+    out = roomy.generate([PROMPTS[0]], SamplingParams(
+        temperature=0.0, max_tokens=50, ignore_eos=True,
+        structured_outputs=StructuredOutputs(choice=["alpha", "beta"])))[0].outputs[0]
+    assert out.text in ("alpha", "beta") and out.finish_reason == "stop"
+
+
+def test_bad_constraint_is_an_error_and_beam_search_refuses(roomy):
+    bad = SamplingParams(max_tokens=5, structured_outputs=StructuredOutputs(regex="(" * 10))
+    with pytest.raises(Exception, match="invalid regex"):
+        roomy.generate([PROMPTS[0]], bad)
+    with pytest.raises(ValueError, match="beam search does not support structured_outputs"):
+        roomy.beam_search([PROMPTS[0]], SamplingParams(
+            beam_width=2, max_tokens=4, structured_outputs=StructuredOutputs(regex="a+")))
+    # The engine goes on serving.
+    assert roomy.generate([PROMPTS[0]], SamplingParams(max_tokens=3, temperature=0))

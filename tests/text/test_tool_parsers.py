@@ -1,0 +1,119 @@
+"""Tool-call parsers on controlled outputs: each family's format, malformed output (which stays
+content), streaming equal to the whole-text parse at every split, and linear time."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from cormorant.text.tool_parsers import (HermesParser, Llama3JsonParser, MistralParser,
+                                         NamedParser, RequiredParser, StreamingToolParser,
+                                         ToolCall)
+
+WEATHER = ToolCall("get_weather", '{"city": "Paris"}')
+TIME = ToolCall("get_time", '{"tz": "CET", "precise": true}')
+
+CASES = [  # (parser, output text, content, calls)
+    (HermesParser, '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n'
+     '</tool_call>', None, [WEATHER]),
+    (HermesParser, 'Let me check.\n<tool_call>{"name": "get_weather", "arguments": '
+     '{"city": "Paris"}}</tool_call>\n<tool_call>{"name": "get_time", "arguments": '
+     '"{\\"tz\\": \\"CET\\", \\"precise\\": true}"}</tool_call>', "Let me check.",
+     [WEATHER, TIME]),
+    # SmolLM2's training format: a list of calls in one block; EOS before the closing tag.
+    (HermesParser, '<tool_call>[{"name": "get_weather", "arguments": {"city": "Paris"}}, '
+     '{"name": "get_time", "arguments": {"tz": "CET", "precise": true}}]', None,
+     [WEATHER, TIME]),
+    (HermesParser, "No tools needed: 4.", "No tools needed: 4.", []),
+    (HermesParser, '<tool_call>{"name": "get_weather", "arguments": {"city": </tool_call>',
+     '<tool_call>{"name": "get_weather", "arguments": {"city": </tool_call>', []),
+    (HermesParser, '<tool_call>[]</tool_call>', '<tool_call>[]</tool_call>', []),
+    (HermesParser, '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}'
+     '</tool_call><tool_call>{broken}</tool_call>', '<tool_call>{broken}</tool_call>',
+     [WEATHER]),
+    (Llama3JsonParser, '{"name": "get_weather", "parameters": {"city": "Paris"}}', None,
+     [WEATHER]),
+    (Llama3JsonParser, '<|python_tag|>{"name": "get_weather", "parameters": {"city": '
+     '"Paris"}}; {"name": "get_time", "parameters": {"tz": "CET", "precise": true}}', None,
+     [WEATHER, TIME]),
+    (Llama3JsonParser, '{"name": "get_weather"} and then some text',
+     '{"name": "get_weather"} and then some text', []),
+    (Llama3JsonParser, '{"answer": 42}', '{"answer": 42}', []),
+    (Llama3JsonParser, 'Paris is sunny.', 'Paris is sunny.', []),
+    (MistralParser, ' [{"name": "get_weather", "arguments": {"city": "Paris"}}, {"name": '
+     '"get_time", "arguments": {"tz": "CET", "precise": true}}]', None, [WEATHER, TIME]),
+    (MistralParser, '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Paris"}}]',
+     None, [WEATHER]),
+    (MistralParser, '[1, 2, 3] are numbers', '[1, 2, 3] are numbers', []),
+    (MistralParser, ' [{"name": "get_weather", "arguments": [1]}]',
+     ' [{"name": "get_weather", "arguments": [1]}]', []),
+]
+
+
+@pytest.mark.parametrize("cls,text,content,calls", CASES)
+def test_parse(cls, text, content, calls):
+    parsed = cls().parse(text)
+    assert parsed.calls == calls
+    assert parsed.content == content
+
+
+@pytest.mark.parametrize("cls,text,content,calls", CASES)
+def test_streaming_matches_parse(cls, text, content, calls):
+    for step in (1, 2, 3, 5, 8, 13, len(text)):
+        stream = StreamingToolParser(cls())
+        pieces = []
+        for i in range(0, len(text), step):
+            pieces += stream.feed(text[i:i + step])
+        pieces += stream.finish()
+        got_calls = [p for p in pieces if isinstance(p, ToolCall)]
+        got_text = "".join(p for p in pieces if isinstance(p, str))
+        assert got_calls == calls, step
+        if calls:
+            assert (got_text.strip() or None) == content, step
+        else:
+            assert got_text == text, step  # no call: every character, in order
+
+
+def test_content_streams_before_the_calls():
+    stream = StreamingToolParser(HermesParser())
+    assert stream.feed("Checking <tool") == ["Checking "]  # "<tool" may open a block
+    assert stream.feed('_call>{"name": "get_weather", "arguments": {"city": ') == []
+    assert stream.feed('"Paris"}}</tool_call>') == [WEATHER]
+
+
+def test_forced_choices():
+    assert RequiredParser().parse('[{"name": "get_weather", "arguments": {"city": "Paris"}}]'
+                                  ).calls == [WEATHER]
+    assert RequiredParser().parse('not json').content == "not json"
+    named = NamedParser("get_weather").parse('{"city": "Paris"}')
+    assert named.calls == [WEATHER] and named.content is None
+    assert NamedParser("get_weather").parse('[1]').calls == []
+
+
+@pytest.mark.parametrize("cls", [HermesParser, Llama3JsonParser, MistralParser])
+def test_linear_time_on_hostile_output(cls):
+    """Megabytes of near-misses parse in well under a second (no backtracking, no eval)."""
+    hostile = ["<tool_call>{" * 100_000, "[" * 200_000, '{"name": "f", "parameters": '
+               + "[" * 100_000, "<tool_call>" + json.dumps({"name": "f", "arguments": {
+                   "x": "y" * 1_000_000}}) + "</tool_call>"]
+    for text in hostile:
+        start = time.perf_counter()
+        cls().parse(text)
+        assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize("cls", [HermesParser, Llama3JsonParser, MistralParser])
+def test_streaming_a_long_call_is_linear(cls):
+    """A call streamed in small deltas is not rescanned per delta: 50,000 deltas of a call
+    that never closes take well under a second."""
+    stream = StreamingToolParser(cls())
+    head = {"hermes": '<tool_call>{"name": "f", "arguments": {"x": "',
+            "llama3_json": '{"name": "f", "parameters": {"x": "',
+            "mistral": '[{"name": "f", "arguments": {"x": "'}[cls.name]
+    start = time.perf_counter()
+    stream.feed(head)
+    for _ in range(50_000):
+        assert stream.feed("abcd") == []
+    assert "".join(p for p in stream.finish() if isinstance(p, str)).startswith(head)
+    assert time.perf_counter() - start < 1.0
