@@ -82,28 +82,32 @@ class BatchWorker:
         assert doc is not None, batch_id
         return doc
 
-    async def _set(self, doc: dict, status: str) -> None:
-        doc["status"] = status
-        doc[f"{status}_at"] = int(time.time())
-        await self.store.call(self.store.save_batch, doc)
+    async def _move(self, doc: dict, status: str, expect: tuple[str, ...]) -> bool:
+        """The transition expect -> status, if the batch is still in one of `expect`."""
+        doc = {**doc, "status": status, f"{status}_at": int(time.time())}
+        return await self.store.call(self.store.save_batch, doc, expect)
 
     async def _run_batch(self, batch_id: str) -> None:
-        doc = await self._doc(batch_id)
-        if doc["status"] == "validating":
-            await self._set(doc, "in_progress")
-        if doc["status"] in ("in_progress", "cancelling"):
-            outcome = await self._run_lines(batch_id, doc)
+        """Take the batch from whatever status it is in to its end; each transition is
+        conditional, so a cancel arriving meanwhile is never overwritten (re-read, go on)."""
+        while True:
             doc = await self._doc(batch_id)
-            if outcome == "expired":
-                await self.store.call(self.store.fail_pending, batch_id, expired_line)
-                await self._finish(doc, "expired")
+            status = doc["status"]
+            if status == "validating":
+                await self._move(doc, "in_progress", ("validating",))
+            elif status == "in_progress":
+                outcome = await self._run_lines(batch_id, doc)
+                if outcome == "expired":
+                    await self.store.call(self.store.fail_pending, batch_id, expired_line)
+                    await self._finish(doc, "expired", ("in_progress", "cancelling"))
+                elif outcome == "done":
+                    await self._move(doc, "finalizing", ("in_progress",))
+            elif status == "cancelling":
+                await self._finish(doc, "cancelled", ("cancelling",))
+            elif status == "finalizing":
+                await self._finish(doc, "completed", ("finalizing",))
+            else:
                 return
-            if doc["status"] == "cancelling":
-                await self._finish(doc, "cancelled")
-                return
-            await self._set(doc, "finalizing")
-        if doc["status"] == "finalizing":
-            await self._finish(doc, "completed")
 
     async def _run_lines(self, batch_id: str, doc: dict) -> str:
         """Run the unanswered lines; "done", "cancelled" or "expired"."""
@@ -153,7 +157,7 @@ class BatchWorker:
                     return
             await asyncio.sleep(wait)
 
-    async def _finish(self, doc: dict, status: str) -> None:
+    async def _finish(self, doc: dict, status: str, expect: tuple[str, ...]) -> None:
         """Write the output and error files (ids derived from the batch id) and end it."""
         results = await self.store.call(self.store.results, doc["id"])
         suffix = doc["id"].removeprefix("batch_")
@@ -169,4 +173,4 @@ class BatchWorker:
             await self.store.call(self.store.put_file, file_doc(
                 file_id, f"{doc['id']}_{name}.jsonl", "batch_output", len(data)), doc["_owner"])
             doc[key] = file_id
-        await self._set(doc, status)
+        await self._move(doc, status, expect)

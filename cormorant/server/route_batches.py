@@ -124,7 +124,8 @@ async def cancel_batch(request: Request, batch_id: str) -> Response:
     jobs, doc = jobs_of(request), await _batch(request, batch_id)
     if doc["status"] in CANCELLABLE:
         doc["status"], doc["cancelling_at"] = "cancelling", int(time.time())
-        await jobs.store.call(jobs.store.save_batch, doc)
+        if not await jobs.store.call(jobs.store.save_batch, doc, CANCELLABLE):
+            doc = await _batch(request, batch_id)  # it moved on meanwhile
         jobs.worker.wake()
     elif doc["status"] not in ("cancelling", "cancelled"):
         raise APIError(400, f"The batch is {doc['status']}; only a batch that is validating "

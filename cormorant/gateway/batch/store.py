@@ -152,10 +152,14 @@ class BatchStore:
         return [self._with_counts(json.loads(r[0]))
                 for r in self._exec(sql, (*args, limit)).fetchall()]
 
-    def save_batch(self, doc: dict) -> None:
+    def save_batch(self, doc: dict, expect: tuple[str, ...]) -> bool:
+        """Store doc (its new status) if the stored status is still one of `expect`: a
+        transition, never a lost update between the worker and a cancel."""
         stored = {k: v for k, v in doc.items() if k != "request_counts"}
-        self._exec("UPDATE batch_jobs SET status = ?, doc = ? WHERE id = ?",
-                   (doc["status"], json.dumps(stored), doc["id"]))
+        marks = ", ".join("?" * len(expect))
+        return self._exec(f"UPDATE batch_jobs SET status = ?, doc = ? WHERE id = ? AND status "
+                          f"IN ({marks})", (doc["status"], json.dumps(stored), doc["id"],
+                                            *expect)).rowcount > 0
 
     def active_batch_ids(self) -> list[str]:
         marks = ", ".join("?" * len(ACTIVE))
