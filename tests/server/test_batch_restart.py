@@ -1,9 +1,9 @@
 """A batch survives SIGKILL: the real server process (`python -m cormorant.server.launch`) is
 killed twice while a job runs, restarted on the same database and files directory each time,
 and still finishes with exactly one result per line, each matching the same request sent one
-by one (temperature 0). N = 48 lines (CORMORANT_BATCH_RESTART_LINES to change it) keeps the test near 30 s on 2 idle
-CPU cores, most of it the three start-ups; the issue's 500
-lines were run once by hand (see the report of the batch branch)."""
+by one (temperature 0). N = 48 lines (CORMORANT_BATCH_RESTART_LINES changes it) keeps the
+test near 30 s on 2 idle CPU cores, most of it the three start-ups; the issue's 500 lines
+were run once by hand with that variable (see docs/operations.md, "Batch jobs")."""
 from __future__ import annotations
 
 import json
