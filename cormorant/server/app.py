@@ -17,6 +17,7 @@ from cormorant.gateway.auth.middleware import AuthMiddleware, build_authenticato
 from cormorant.gateway.auth.routes import RouteTable
 from cormorant.gateway.caching.response_cache import ResponseCache, ResponseCacheConfig
 from cormorant.gateway.caching.semantic_cache import SemanticCache, SemanticCacheConfig
+from cormorant.gateway.crypto import DataCipher
 from cormorant.gateway.quotas.quotas import RateLimitHeaders
 from cormorant.gateway.telemetry.metrics import metrics_router
 from cormorant.gateway.telemetry.request_log import TelemetryMiddleware
@@ -120,7 +121,7 @@ def _install_caches(state: ServerState, config: ServerConfig) -> None:
     if config.response_cache:
         state.response_cache = ResponseCache(ResponseCacheConfig(
             ttl_s=config.response_cache_ttl_s, max_entries=config.response_cache_max_entries,
-            redis_url=config.response_cache_redis_url))
+            redis_url=config.response_cache_redis_url), cipher=DataCipher(config.data_key))
     if config.semantic_cache_model:
         state.semantic_cache = SemanticCache(SemanticCacheConfig(
             threshold=config.semantic_cache_threshold,
