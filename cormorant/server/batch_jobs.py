@@ -35,6 +35,7 @@ class BatchJobs:
 
     def close(self) -> None:
         self.store.close()
+        self.vault.close()
 
 
 def jobs_of(request: Request) -> BatchJobs:

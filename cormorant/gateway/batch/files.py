@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -26,6 +27,7 @@ def new_file_id() -> str:
 class FileVault:
     def __init__(self, directory: str | Path | None, cipher: DataCipher | None = None) -> None:
         """directory None: a fresh private temporary directory (an embedded app's)."""
+        self._temporary = directory is None
         if directory is None:
             directory = tempfile.mkdtemp(prefix="cormorant-files-")
         self.dir = Path(directory).expanduser()
@@ -64,3 +66,8 @@ class FileVault:
 
     def delete(self, file_id: str) -> None:
         self._path(file_id).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """A temporary directory (no directory was given) goes with its app."""
+        if self._temporary:
+            shutil.rmtree(self.dir, ignore_errors=True)
