@@ -233,3 +233,32 @@ def test_files_are_private_and_encrypted_at_rest(tiny_llm, tmp_path):
         assert httpx.get(srv.url + "/health").status_code == 200
     assert base64.b64encode(key)  # the key itself never reached a file
     assert all(key not in p.read_bytes() for p in [*files.iterdir(), *tmp_path.glob("usage.db*")])
+
+
+def test_batch_tokens_count_in_usage_under_their_own_quota(tiny_llm, tmp_path):
+    """The key's interactive rpm (3) is untouched by a 6-line batch, which has its own
+    account; every batch token shows in /v1/usage."""
+    with running_server(tiny_llm, default_rpm=3, files_dir=str(tmp_path)) as srv:
+        client = srv.client()
+        lines = [chat_line(i, srv.model, max_tokens=5) for i in range(6)]
+        upload = client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
+        batch = wait_done(client, client.batches.create(
+            input_file_id=upload.id, endpoint="/v1/chat/completions",
+            completion_window="24h").id)
+        assert batch.status == "completed" and batch.request_counts.completed == 6
+        results = read_lines(client, batch.output_file_id)
+        expected = sum(r["response"]["body"]["usage"]["total_tokens"] for r in results)
+        for _ in range(3):  # the key's own minute is still whole
+            client.chat.completions.create(**lines[0]["body"])
+        with pytest.raises(openai.RateLimitError):
+            client.chat.completions.create(**lines[0]["body"])
+        deadline = time.monotonic() + 10
+        while True:
+            rows = httpx.get(srv.url + "/v1/usage").json()["data"]
+            total = sum(r["total_tokens"] for r in rows)
+            if total >= expected or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        # The batch's tokens plus the three interactive requests' (each that of line 0).
+        one = results[0]["response"]["body"]["usage"]["total_tokens"]
+        assert total == expected + 3 * one
