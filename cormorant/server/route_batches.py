@@ -11,10 +11,8 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from typing import Literal
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -24,20 +22,12 @@ from cormorant.server.batch_jobs import caller, data_key_error, jobs_of, not_fou
 from cormorant.server.batch_lines import principal_doc
 from cormorant.server.body import read_request
 from cormorant.server.errors import APIError
-from cormorant.server.openapi import ERROR_RESPONSES
+from cormorant.server.openapi import ERROR_RESPONSES, request_body
+from cormorant.server.protocol import BatchCreateRequest
 from cormorant.server.responses import json_response
 
 router = APIRouter()
 CANCELLABLE = ("validating", "in_progress")
-
-
-class BatchCreateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    input_file_id: str = Field(max_length=128)
-    endpoint: Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
-    completion_window: Literal["24h"]
-    metadata: dict[str, str] | None = Field(default=None, max_length=16)
 
 
 def _check_metadata(metadata: dict[str, str] | None) -> None:
@@ -70,7 +60,8 @@ async def _lines(request: Request, req: BatchCreateRequest) -> list[tuple[str, d
     return lines
 
 
-@router.post("/v1/batches", responses=ERROR_RESPONSES, summary="Create a batch")
+@router.post("/v1/batches", openapi_extra=request_body("BatchCreateRequest"),
+             responses=ERROR_RESPONSES, summary="Create a batch")
 async def create_batch(request: Request) -> Response:
     jobs, state = jobs_of(request), request.app.state.cormorant
     req = await read_request(request, BatchCreateRequest)

@@ -21,7 +21,7 @@ from cormorant.server.batch_input import parse_batch_file
 from cormorant.server.batch_jobs import caller, data_key_error, jobs_of, not_found, public
 from cormorant.server.batch_worker import file_doc
 from cormorant.server.errors import APIError
-from cormorant.server.openapi import ERROR_RESPONSES
+from cormorant.server.openapi import ERROR_RESPONSES, FILE_UPLOAD_BODY, JSONL_CONTENT
 from cormorant.server.responses import json_response
 
 router = APIRouter()
@@ -49,7 +49,8 @@ async def _upload(request: Request) -> tuple[bytes, str, str]:
     return data, (upload.filename or "upload.jsonl")[:256], purpose
 
 
-@router.post("/v1/files", responses=ERROR_RESPONSES, summary="Upload a batch input file")
+@router.post("/v1/files", openapi_extra=FILE_UPLOAD_BODY, responses=ERROR_RESPONSES,
+             summary="Upload a batch input file")
 async def create_file(request: Request) -> Response:
     jobs, owner = jobs_of(request), caller(request).key_id
     state = request.app.state.cormorant
@@ -76,7 +77,7 @@ async def get_file(request: Request, file_id: str) -> Response:
     return json_response(public(await _file(request, file_id)))
 
 
-@router.get("/v1/files/{file_id}/content", responses=ERROR_RESPONSES,
+@router.get("/v1/files/{file_id}/content", responses={**ERROR_RESPONSES, **JSONL_CONTENT},
             summary="A file's content")
 async def get_file_content(request: Request, file_id: str) -> Response:
     doc = await _file(request, file_id)

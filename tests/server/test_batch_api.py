@@ -262,3 +262,13 @@ def test_batch_tokens_count_in_usage_under_their_own_quota(tiny_llm, tmp_path):
         # The batch's tokens plus the three interactive requests' (each that of line 0).
         one = results[0]["response"]["body"]["usage"]["total_tokens"]
         assert total == expected + 3 * one
+
+
+def test_the_openapi_document_lists_the_batch_routes(server):
+    doc = httpx.get(server.url + "/openapi.json").json()
+    for path in ("/v1/files", "/v1/files/{file_id}", "/v1/files/{file_id}/content",
+                 "/v1/batches", "/v1/batches/{batch_id}", "/v1/batches/{batch_id}/cancel"):
+        assert path in doc["paths"], path
+    upload = doc["paths"]["/v1/files"]["post"]["requestBody"]["content"]
+    assert "multipart/form-data" in upload
+    assert "BatchCreateRequest" in doc["components"]["schemas"]
