@@ -264,8 +264,9 @@ def test_batch_tokens_count_in_usage_under_their_own_quota(tiny_llm, tmp_path):
         assert total == expected + 3 * one
 
 
-def test_the_openapi_document_lists_the_batch_routes(server):
-    doc = httpx.get(server.url + "/openapi.json").json()
+def test_the_openapi_document_lists_the_batch_routes(server, keys):
+    doc = httpx.get(server.url + "/openapi.json",
+                    headers={"authorization": f"Bearer {keys[1]['alice']}"}).json()
     for path in ("/v1/files", "/v1/files/{file_id}", "/v1/files/{file_id}/content",
                  "/v1/batches", "/v1/batches/{batch_id}", "/v1/batches/{batch_id}/cancel"):
         assert path in doc["paths"], path

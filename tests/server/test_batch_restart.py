@@ -37,7 +37,8 @@ def _spawn(model: str, workdir) -> tuple[subprocess.Popen, openai.OpenAI]:
          "--max-model-len", "1024", "--num-kv-blocks", "512", "--log-level", "warning",
          "--usage-db", str(workdir / "usage.db"), "--files-dir", str(workdir / "files"),
          "--batch-concurrency", "4",
-         "--no-response-cache", "--no-engine-process"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+         "--no-response-cache", "--no-engine-process"], cwd=ROOT, env=env,
+        stderr=open(workdir / "server.log", "a"))  # one JSON line per request: not a pipe
     url = f"http://127.0.0.1:{port}"
     wait_http_ready(url, proc, timeout=120, probe_timeout=1)
     return proc, openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0,
