@@ -273,3 +273,33 @@ def test_the_openapi_document_lists_the_batch_routes(server, keys):
     upload = doc["paths"]["/v1/files"]["post"]["requestBody"]["content"]
     assert "multipart/form-data" in upload
     assert "BatchCreateRequest" in doc["components"]["schemas"]
+
+
+def test_an_embeddings_batch_matches_the_route(tiny_llm, tmp_path):
+    from cormorant.frontend.embedder import Embedder
+    from models.test_bert import save_tiny_bert_classifier
+
+    encoder = Embedder.from_path(str(save_tiny_bert_classifier(tmp_path / "bert")),
+                                 name="tiny-bert", device="cpu")
+    try:
+        with running_server(tiny_llm, encoders=[encoder], files_dir=str(tmp_path / "f")) as srv:
+            client = srv.client()
+            inputs = ["a cat", ["two", "inputs"], "a longer sentence about dogs"]
+            lines = [{"custom_id": f"e{i}", "method": "POST", "url": "/v1/embeddings",
+                      "body": {"model": "tiny-bert", "input": text}}
+                     for i, text in enumerate(inputs)]
+            upload = client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
+            batch = wait_done(client, client.batches.create(
+                input_file_id=upload.id, endpoint="/v1/embeddings",
+                completion_window="24h").id)
+            assert batch.status == "completed" and batch.request_counts.completed == 3
+            for line, result in zip(lines, read_lines(client, batch.output_file_id)):
+                one = client.embeddings.create(**line["body"], encoding_format="float")
+                body = result["response"]["body"]
+                got = [x for d in body["data"] for x in d["embedding"]]
+                assert len(body["data"]) == len(one.data)
+                assert got == pytest.approx([x for d in one.data for x in d.embedding],
+                                            abs=1e-6)
+                assert body["usage"]["prompt_tokens"] == one.usage.prompt_tokens
+    finally:
+        encoder.shutdown()
