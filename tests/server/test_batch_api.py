@@ -12,6 +12,7 @@ import httpx
 import openai
 import pytest
 
+from cormorant.engine.types import is_background
 from cormorant.gateway.auth.keys import create_key
 from cormorant.gateway.auth.keystore import write_key_file
 from server_helpers import assert_openai_error, running_server
@@ -175,6 +176,12 @@ def test_cancel_stops_a_batch(server, keys):
     upload = client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
     batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
                                   completion_window="24h")
+    # Its lines run in the engine's background class (engine.scheduler).
+    scheduler = server.engine.client.core.scheduler
+    deadline = time.monotonic() + 30
+    while not any(is_background(s.priority) for s in list(scheduler.running)):
+        assert time.monotonic() < deadline, "no batch line ever ran as background work"
+        time.sleep(0.01)
     cancelling = client.batches.cancel(batch.id)
     assert cancelling.status in ("cancelling", "cancelled")
     batch = wait_done(client, batch.id)
