@@ -28,6 +28,8 @@ class BatchJobs:
         cipher = DataCipher(config.data_key)
         self.store = BatchStore(config.usage_db, cipher)
         self.vault = FileVault(config.files_dir, cipher)
+        if config.files_dir is not None:
+            _ = self.vault.dir  # made now: a directory we cannot use fails at start-up
         self.worker = BatchWorker(state, self.store, self.vault)
 
     def start(self) -> asyncio.Task:

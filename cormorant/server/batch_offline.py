@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import time
 from pathlib import Path
@@ -71,8 +72,6 @@ async def answer_lines(state: Any, lines: list[tuple[str, dict]], out: IO[str],
                        concurrency: int, progress: Progress) -> int:
     """Serve every line (at most `concurrency` at once), writing results in input order;
     returns how many failed."""
-    import json
-
     principal = Principal.anonymous()
     model = state.default_model
     slots = asyncio.Semaphore(max(1, concurrency))

@@ -28,12 +28,20 @@ class FileVault:
     def __init__(self, directory: str | Path | None, cipher: DataCipher | None = None) -> None:
         """directory None: a fresh private temporary directory (an embedded app's)."""
         self._temporary = directory is None
-        if directory is None:
-            directory = tempfile.mkdtemp(prefix="cormorant-files-")
-        self.dir = Path(directory).expanduser()
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.dir, 0o700)
+        self._dir = None if directory is None else Path(directory).expanduser()
+        self._ready = False
         self.cipher = cipher or DataCipher()
+
+    @property
+    def dir(self) -> Path:
+        """The directory, made (or tightened to) 0700 on first use."""
+        if self._dir is None:
+            self._dir = Path(tempfile.mkdtemp(prefix="cormorant-files-"))
+        if not self._ready:
+            self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(self._dir, 0o700)
+            self._ready = True
+        return self._dir
 
     def _path(self, file_id: str) -> Path:
         if not FILE_ID.match(file_id):
@@ -69,5 +77,5 @@ class FileVault:
 
     def close(self) -> None:
         """A temporary directory (no directory was given) goes with its app."""
-        if self._temporary:
-            shutil.rmtree(self.dir, ignore_errors=True)
+        if self._temporary and self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)

@@ -46,7 +46,8 @@ class BatchStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cormorant-batchdb")
         self._lock = threading.Lock()
         self._pg = is_postgres_url(target)
-        self._conn = self._executor.submit(self._open, target).result()
+        self._target = target
+        self._connection: Any = None  # opened on first use (an app never started opens none)
 
     # --- plumbing ----------------------------------------------------------------------------
     def _open(self, target: str | None) -> Any:
@@ -67,6 +68,13 @@ class BatchStore:
         for ddl in _SCHEMA:
             conn.execute(ddl.format(blob="BLOB"))
         return conn
+
+    @property
+    def _conn(self) -> Any:
+        with self._lock:
+            if self._connection is None:
+                self._connection = self._open(self._target)
+            return self._connection
 
     def _sql(self, sql: str) -> str:
         return sql.replace("?", "%s") if self._pg else sql
@@ -92,7 +100,9 @@ class BatchStore:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def close(self) -> None:
-        self._executor.submit(self._conn.close).result()
+        if self._connection is not None:
+            self._executor.submit(self._connection.close).result()
+            self._connection = None
         self._executor.shutdown(wait=True)
 
     def _seal(self, obj: Any, aad: str) -> bytes:
