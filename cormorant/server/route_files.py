@@ -1,4 +1,4 @@
-"""/v1/files: upload (purpose "batch", every line checked), metadata, content and delete.
+"""/v1/files: upload (purpose "batch", every line checked), list, metadata, content, delete.
 
 An upload is multipart form data with `file` and `purpose`, as the official clients send it.
 Only batch input files are accepted; each line is validated at once (server.batch_input), so a
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import Response
@@ -62,6 +62,16 @@ async def create_file(request: Request) -> Response:
     await asyncio.to_thread(jobs.vault.write, doc["id"], data)
     await jobs.store.call(jobs.store.put_file, doc, owner)
     return json_response(doc)
+
+
+@router.get("/v1/files", responses=ERROR_RESPONSES, summary="List your files")
+async def list_files(request: Request, purpose: str | None = Query(None, max_length=64),
+                     limit: int = Query(10_000, ge=1, le=10_000)) -> Response:
+    jobs = jobs_of(request)
+    docs = await jobs.store.call(jobs.store.list_files, caller(request).key_id, purpose,
+                                 limit + 1)
+    return json_response({"object": "list", "data": [public(d) for d in docs[:limit]],
+                          "has_more": len(docs) > limit})
 
 
 async def _file(request: Request, file_id: str) -> dict:

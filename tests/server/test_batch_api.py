@@ -160,6 +160,8 @@ def test_files_and_batches_belong_to_their_key(server, keys):
         with pytest.raises(openai.NotFoundError):
             call()
     assert batch.id not in [b.id for b in bob.batches.list().data]
+    assert upload.id in [f.id for f in alice.files.list(purpose="batch").data]
+    assert upload.id not in [f.id for f in bob.files.list().data]
     assert wait_done(alice, batch.id).status == "completed"
     assert alice.files.delete(upload.id).deleted
     with pytest.raises(openai.NotFoundError):

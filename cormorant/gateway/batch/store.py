@@ -122,6 +122,13 @@ class BatchStore:
                          (file_id, owner)).fetchone()
         return json.loads(row[0]) if row else None
 
+    def list_files(self, owner: str, purpose: str | None, limit: int) -> list[dict]:
+        """The owner's files, newest first."""
+        docs = [json.loads(r[0]) for r in self._exec(
+            "SELECT doc FROM batch_files WHERE owner = ?", (owner,)).fetchall()]
+        docs = [d for d in docs if purpose is None or d["purpose"] == purpose]
+        return sorted(docs, key=lambda d: (d["created_at"], d["id"]), reverse=True)[:limit]
+
     def delete_file(self, file_id: str, owner: str) -> bool:
         return self._exec("DELETE FROM batch_files WHERE id = ? AND owner = ?",
                           (file_id, owner)).rowcount > 0
