@@ -142,6 +142,28 @@ def test_upload_caps_and_bad_requests(server, keys):
                               completion_window="1h")
 
 
+def test_malformed_uploads_are_clear_400s(server, keys):
+    auth = {"authorization": f"Bearer {keys[1]['alice']}"}
+    url = server.url + "/v1/files"
+    assert_openai_error(httpx.post(url, json={"purpose": "batch"}, headers=auth), 415)
+    assert_openai_error(httpx.post(url, data={"purpose": "batch"}, headers={
+        **auth, "content-type": "multipart/form-data; boundary=x"}), 400)
+    error = assert_openai_error(httpx.post(url, files={"other": ("a", b"x")},
+                                           data={"purpose": "batch"}, headers=auth), 400)
+    assert error["param"] == "file"
+    error = assert_openai_error(httpx.post(url, files={"file": ("a", b"\xff\xfe\x00")},
+                                           data={"purpose": "batch"}, headers=auth), 400)
+    assert "UTF-8" in error["message"]
+    assert_openai_error(httpx.post(url, files={"file": ("a", b"\n\n")},
+                                   data={"purpose": "batch"}, headers=auth), 400)
+    assert_openai_error(httpx.post(server.url + "/v1/batches", json={
+        "input_file_id": "file-x", "endpoint": "/v1/chat/completions",
+        "completion_window": "24h", "extra": 1}, headers=auth), 400)
+    assert_openai_error(httpx.get(server.url + "/v1/batches?limit=0", headers=auth), 400)
+    assert_openai_error(httpx.get(server.url + "/v1/files/..%2F..%2Fetc", headers=auth), 404)
+    assert httpx.get(server.url + "/health").status_code == 200
+
+
 def test_files_and_batches_belong_to_their_key(server, keys):
     alice = server.client(api_key=keys[1]["alice"])
     bob = server.client(api_key=keys[1]["bob"])
