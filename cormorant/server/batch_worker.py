@@ -8,13 +8,16 @@ OpenAI does); or cancelling -> cancelled. Lines run through server.batch_lines, 
 (gateway.batch.store.put_result: once per line), so a server killed at any moment resumes
 with the lines that have no result and none is answered twice. Finalizing writes the output
 and error files under ids derived from the batch id, so doing it again after a crash
-overwrites rather than duplicates. Imports asyncio and server/gateway modules.
+overwrites rather than duplicates. A batch runs under this worker's lease in the store
+(ServerConfig.batch_lease_s, renewed at least every POLL_S), so servers sharing a database
+never run one batch twice; a killed server's batches resume when its lease runs out. Imports asyncio and server/gateway modules.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import secrets
 import time
 from typing import Any
 
@@ -47,6 +50,8 @@ class BatchWorker:
         self._tasks: dict[str, asyncio.Task] = {}
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(max(1, state.config.batch_concurrency))
+        self.instance = secrets.token_hex(8)  # this worker's name on the batches it leases
+        self.lease_s = state.config.batch_lease_s
 
     def wake(self) -> None:
         self._wake.set()
@@ -56,7 +61,7 @@ class BatchWorker:
         try:
             while True:
                 for batch_id in await self.store.call(self.store.active_batch_ids):
-                    if batch_id not in self._tasks:
+                    if batch_id not in self._tasks and await self._claim(batch_id):
                         task = asyncio.ensure_future(self._guarded(batch_id))
                         self._tasks[batch_id] = task
                         task.add_done_callback(lambda _t, b=batch_id: self._tasks.pop(b, None))
@@ -68,6 +73,9 @@ class BatchWorker:
                 task.cancel()
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
+    async def _claim(self, batch_id: str) -> bool:
+        return await self.store.call(self.store.claim, batch_id, self.instance, self.lease_s)
+
     async def _guarded(self, batch_id: str) -> None:
         try:
             await self._run_batch(batch_id)
@@ -76,6 +84,8 @@ class BatchWorker:
         except Exception:
             logger.exception("batch %s failed; it will be retried", batch_id)
             await asyncio.sleep(POLL_S)
+        finally:  # a graceful stop hands the batch on at once; a crash, when the lease ends
+            await asyncio.shield(self.store.call(self.store.release, batch_id, self.instance))
 
     async def _doc(self, batch_id: str) -> dict:
         doc = await self.store.call(self.store.get_batch, batch_id, None)
@@ -97,6 +107,8 @@ class BatchWorker:
                 await self._move(doc, "in_progress", ("validating",))
             elif status == "in_progress":
                 outcome = await self._run_lines(batch_id, doc)
+                if outcome == "lost":
+                    return  # another worker holds it now
                 if outcome == "expired":
                     await self.store.call(self.store.fail_pending, batch_id, expired_line)
                     await self._finish(doc, "expired", ("in_progress", "cancelling"))
@@ -110,12 +122,14 @@ class BatchWorker:
                 return
 
     async def _run_lines(self, batch_id: str, doc: dict) -> str:
-        """Run the unanswered lines; "done", "cancelled" or "expired"."""
+        """Run the unanswered lines; "done", "cancelled", "expired" or "lost" (the lease)."""
         principal = principal_of(doc["_principal"])
         limit = max(1, self.state.config.batch_concurrency)
         running: dict[asyncio.Task, int] = {}
         try:
             while True:
+                if not await self._claim(batch_id):  # renewed every pass (<= POLL_S)
+                    return "lost"
                 status = (await self.store.call(self.store.get_batch, batch_id, None))["status"]
                 if status == "cancelling":
                     return "cancelled"

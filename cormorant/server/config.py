@@ -69,6 +69,7 @@ class ServerConfig:
     batch_max_lines: int = 50_000
     batch_window_s: float = 24 * 3600.0  # what completion_window "24h" lasts
     batch_concurrency: int = 16  # batch lines in flight at once, over all batches
+    batch_lease_s: float = 15.0  # a killed server's batches pass on after this long
     batch_rpm: int | None = None  # the batch account of every key ("batch:<key id>")
     batch_tpm: int | None = None
     batch_max_concurrent: int | None = None

@@ -109,6 +109,7 @@ def add_batch_args(parser: argparse.ArgumentParser) -> None:
                        help="uploaded and produced files (made owner-only, 0700)")
     for name, kind in (("batch_max_file_bytes", int), ("batch_max_lines", int),
                        ("batch_window_s", float), ("batch_concurrency", int),
+                       ("batch_lease_s", float),
                        ("batch_rpm", int), ("batch_tpm", int), ("batch_max_concurrent", int)):
         batch.add_argument("--" + name.replace("_", "-"), type=kind,
                            default=getattr(_DEFAULTS, name))
@@ -121,7 +122,8 @@ def batch_settings(args: argparse.Namespace) -> dict:
     return {"files_dir": args.files_dir, "data_key": parse_data_key(key) if key else None,
             **{name: getattr(args, name) for name in (
                 "batch_max_file_bytes", "batch_max_lines", "batch_window_s",
-                "batch_concurrency", "batch_rpm", "batch_tpm", "batch_max_concurrent")}}
+                "batch_concurrency", "batch_lease_s", "batch_rpm", "batch_tpm",
+                "batch_max_concurrent")}}
 
 
 def add_cache_args(parser: argparse.ArgumentParser) -> None:

@@ -97,3 +97,19 @@ def test_the_response_cache_seals_its_bodies():
         other = ResponseCache(ResponseCacheConfig(), backend, cipher=DataCipher(os.urandom(32)))
         assert await other.get("k") is None  # another key: a miss, never an error
     asyncio.run(run())
+
+
+def test_one_worker_at_a_time_holds_a_batch(batch_db):
+    store = BatchStore(batch_db)
+    store.create_batch({"id": "batch_2", "created_at": 1, "status": "in_progress"}, "alice",
+                       [("c0", {"url": "/v1/completions", "body": {}})])
+    assert store.claim("batch_2", "worker-a", 30.0)
+    assert store.claim("batch_2", "worker-a", 30.0)  # renewed by its holder
+    assert not store.claim("batch_2", "worker-b", 30.0)  # held: another server keeps off
+    store.release("batch_2", "worker-b")  # not the holder: nothing happens
+    assert not store.claim("batch_2", "worker-b", 30.0)
+    store.release("batch_2", "worker-a")
+    assert store.claim("batch_2", "worker-b", -1.0)  # released: free to take (a lease
+    # that has already run out, as a dead server's has)
+    assert store.claim("batch_2", "worker-a", 30.0)  # b's ran out: a takes over
+    store.close()

@@ -36,7 +36,7 @@ def _spawn(model: str, workdir) -> tuple[subprocess.Popen, openai.OpenAI]:
         [sys.executable, "-m", "cormorant.server.launch", "--model", model, "--port", str(port),
          "--max-model-len", "1024", "--num-kv-blocks", "512", "--log-level", "warning",
          "--usage-db", str(workdir / "usage.db"), "--files-dir", str(workdir / "files"),
-         "--batch-concurrency", "4",
+         "--batch-concurrency", "4", "--batch-lease-s", "2",
          "--no-response-cache", "--no-engine-process"], cwd=ROOT, env=env,
         stderr=open(workdir / "server.log", "a"))  # one JSON line per request: not a pipe
     url = f"http://127.0.0.1:{port}"

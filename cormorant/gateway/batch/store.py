@@ -4,7 +4,9 @@ SQLite by default (the usage database file, or memory), PostgreSQL for a postgre
 (psycopg 3, the `postgres` extra): three tables, created if missing. Every line of a batch is
 a row; its result is written once, by `put_result`, whose UPDATE only fills a row that has no
 result yet, in one transaction: a line re-run after a crash cannot be answered twice, and a
-line whose result was committed is never run again. Request and result blobs are sealed with
+line whose result was committed is never run again. A batch runs under one worker's lease
+(`claim`, renewed while it runs), so servers sharing a database split batches between them
+and a dead server's batches pass to a live one once its lease runs out. Request and result blobs are sealed with
 the data key (gateway.crypto), bound to "<batch id>/<line>". One thread owns the connection;
 `call` runs a method there, so the event loop never waits on disk.
 Imports the stdlib, gateway.crypto and gateway.telemetry.usage (URL helpers); psycopg lazily.
@@ -15,6 +17,7 @@ import asyncio
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,7 +34,8 @@ _SCHEMA = (
         id TEXT PRIMARY KEY, owner TEXT NOT NULL, doc TEXT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS batch_jobs (
         id TEXT PRIMARY KEY, owner TEXT NOT NULL, created_at BIGINT NOT NULL,
-        status TEXT NOT NULL, doc TEXT NOT NULL)""",
+        status TEXT NOT NULL, doc TEXT NOT NULL, lease_owner TEXT,
+        lease_until DOUBLE PRECISION NOT NULL DEFAULT 0)""",
     """CREATE TABLE IF NOT EXISTS batch_lines (
         batch_id TEXT NOT NULL, line_no INTEGER NOT NULL, custom_id TEXT NOT NULL,
         request {blob} NOT NULL, result {blob}, is_error INTEGER NOT NULL DEFAULT 0,
@@ -177,6 +181,18 @@ class BatchStore:
         return self._exec(f"UPDATE batch_jobs SET status = ?, doc = ? WHERE id = ? AND status "
                           f"IN ({marks})", (doc["status"], json.dumps(stored), doc["id"],
                                             *expect)).rowcount > 0
+
+    def claim(self, batch_id: str, owner: str, ttl_s: float) -> bool:
+        """Take or renew the batch's lease for `owner` (a worker), unless another worker holds
+        one that has not run out: servers sharing one database never run a batch twice."""
+        now = time.time()
+        return self._exec("UPDATE batch_jobs SET lease_owner = ?, lease_until = ? WHERE id = ? "
+                          "AND (lease_owner IS NULL OR lease_owner = ? OR lease_until < ?)",
+                          (owner, now + ttl_s, batch_id, owner, now)).rowcount > 0
+
+    def release(self, batch_id: str, owner: str) -> None:
+        self._exec("UPDATE batch_jobs SET lease_owner = NULL, lease_until = 0 WHERE id = ? "
+                   "AND lease_owner = ?", (batch_id, owner))
 
     def active_batch_ids(self) -> list[str]:
         marks = ", ".join("?" * len(ACTIVE))
