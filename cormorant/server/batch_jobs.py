@@ -9,6 +9,7 @@ sealed with ServerConfig.data_key when it is set. Imports server and gateway mod
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from starlette.requests import Request
@@ -22,6 +23,8 @@ from cormorant.server.batch_worker import BatchWorker
 from cormorant.server.config import ServerConfig
 from cormorant.server.errors import APIError, bound
 
+logger = logging.getLogger("cormorant.server")
+
 
 class BatchJobs:
     def __init__(self, state: Any, config: ServerConfig) -> None:
@@ -29,7 +32,10 @@ class BatchJobs:
         self.store = BatchStore(config.usage_db, cipher)
         self.vault = FileVault(config.files_dir, cipher)
         if config.files_dir is not None:
-            _ = self.vault.dir  # made now: a directory we cannot use fails at start-up
+            try:
+                _ = self.vault.dir  # made now, so a directory we cannot use shows at once
+            except OSError as exc:  # the rest of the server serves on; uploads will fail
+                logger.error("batch files directory %s: %s", config.files_dir, exc)
         self.worker = BatchWorker(state, self.store, self.vault)
 
     def start(self) -> asyncio.Task:

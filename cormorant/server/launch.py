@@ -38,7 +38,7 @@ H11_SLACK_BYTES = 8192
 _DEFAULTS = ServerConfig()
 # Beside the keys database's default (gateway.auth.keystore.DEFAULT_KEYS_DB): one folder of state.
 DEFAULT_USAGE_DB = str(Path.home() / ".cormorant" / "usage.db")
-DEFAULT_FILES_DIR = str(Path.home() / ".cormorant" / "files")
+DEFAULT_FILES_DIR = str(Path.home() / ".cormorant" / "files")  # beside a Postgres usage db
 # A served process exits when stalled this long past --health-stall-s (ServerConfig: never).
 DEFAULT_WATCHDOG_EXIT_GRACE_S = 60.0
 
@@ -105,8 +105,9 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
 def add_batch_args(parser: argparse.ArgumentParser) -> None:
     batch = parser.add_argument_group("batch jobs (/v1/files, /v1/batches; jobs live in "
                                       "--usage-db; set CORMORANT_DATA_KEY to encrypt at rest)")
-    batch.add_argument("--files-dir", default=DEFAULT_FILES_DIR,
-                       help="uploaded and produced files (made owner-only, 0700)")
+    batch.add_argument("--files-dir", default=None,
+                       help="uploaded and produced files, made owner-only (0700); default: "
+                            "'files' beside a SQLite --usage-db, else ~/.cormorant/files")
     for name, kind in (("batch_max_file_bytes", int), ("batch_max_lines", int),
                        ("batch_window_s", float), ("batch_concurrency", int),
                        ("batch_lease_s", float),
@@ -119,7 +120,12 @@ def batch_settings(args: argparse.Namespace) -> dict:
     """The batch fields of ServerConfig, the data key read from the environment (a bad one
     raises gateway.crypto.DataKeyError)."""
     key = os.environ.get(DATA_KEY_ENV)
-    return {"files_dir": args.files_dir, "data_key": parse_data_key(key) if key else None,
+    files_dir = args.files_dir
+    if files_dir is None:
+        usage_db = args.usage_db or ":memory:"
+        files_dir = (DEFAULT_FILES_DIR if usage_db == ":memory:" or "://" in usage_db
+                     else str(Path(usage_db).expanduser().parent / "files"))
+    return {"files_dir": files_dir, "data_key": parse_data_key(key) if key else None,
             **{name: getattr(args, name) for name in (
                 "batch_max_file_bytes", "batch_max_lines", "batch_window_s",
                 "batch_concurrency", "batch_lease_s", "batch_rpm", "batch_tpm",

@@ -39,3 +39,20 @@ def test_batch_run_refuses_a_bad_file_naming_the_line(tiny_llama, tmp_path, caps
                  "--model", tiny_llama]) == 2
     assert "Line 2 of the batch file is invalid" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_serve_refuses_a_malformed_data_key_and_puts_files_beside_the_usage_db(
+        monkeypatch, capsys, tmp_path):
+    import argparse
+
+    from cormorant.server.launch import add_serve_args, batch_settings
+    from cormorant.server.launch import main as launch_main
+
+    monkeypatch.setenv("CORMORANT_DATA_KEY", "too-short")
+    assert launch_main(["--model", "/nonexistent"]) == 2  # before any model is loaded
+    assert "CORMORANT_DATA_KEY must be base64 of 32" in capsys.readouterr().err
+    monkeypatch.delenv("CORMORANT_DATA_KEY")
+    parser = argparse.ArgumentParser()
+    add_serve_args(parser)
+    args = parser.parse_args(["--usage-db", str(tmp_path / "usage.db")])
+    assert batch_settings(args)["files_dir"] == str(tmp_path / "files")
