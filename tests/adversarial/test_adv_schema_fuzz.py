@@ -14,7 +14,8 @@ from schemathesis.checks import not_a_server_error
 
 from adversarial_helpers import canary
 
-FUZZED = (r"^/(v1/(completions|chat/completions|embeddings|classify|models|usage)|tokenize|"
+FUZZED = (r"^/(v1/(completions|chat/completions|embeddings|classify|models|usage|files(/.*)?|"
+          r"batches(/.*)?)|tokenize|"
           r"detokenize|health|ready)$")
 EXAMPLES_PER_OPERATION = 15
 
