@@ -331,6 +331,8 @@ class Scheduler:
         """Raise AssertionError if queues, statuses or block references are inconsistent."""
         assert len(self.running) <= self.config.max_num_seqs
         assert len(set(self.running)) == len(self.running), "a sequence runs twice"
+        classes = [is_background(s.priority) for s in self.running]
+        assert classes == sorted(classes), "a background sequence runs ahead of interactive ones"
         for seq in self.running:
             assert seq.status is SequenceStatus.RUNNING
             assert 0 <= seq.num_computed_tokens <= seq.num_tokens <= self.max_seq_len + 1
