@@ -1,4 +1,4 @@
-"""The composition root: `cormorant serve | generate | chat | keys | models | bench`.
+"""The composition root: `cormorant serve | generate | chat | batch | keys | models | bench`.
 
 Parses arguments, builds the pieces and wires them together; no logic of its own.
 """
@@ -96,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
         serve = sub.add_parser("serve", help="serve the OpenAI-compatible HTTP API")
         add_serve_args(serve)
         serve.set_defaults(func=run_server)
+        from cormorant.server.batch_offline import add_batch_args, run_batch
+
+        batch = sub.add_parser("batch", help="run an OpenAI batch file offline: batch run "
+                               "input.jsonl -o output.jsonl")
+        add_batch_args(batch)
+        batch.set_defaults(func=run_batch)
 
     from cormorant.gateway.auth.cli import add_keys_args, run_keys
 

@@ -2,7 +2,9 @@
 
 "fifo" (FifoQueue): first come, first served. "fair" (FairQueue): a weighted fair queue
 across tenants, with priority inside a tenant. Both implement `WaitingQueue`, the order in
-which the scheduler admits waiting sequences.
+which the scheduler admits waiting sequences. Background sequences (batch jobs, priority
+>= engine.types.BATCH_PRIORITY) wait in a FifoQueue of their own beside the policy's queue,
+and are admitted only when it is empty (engine.scheduler).
 
 FairQueue: start-time fair queueing with virtual time: every tenant has a virtual clock
 `vtime`, which serving one of its sequences advances by cost / weight (cost: the tokens the

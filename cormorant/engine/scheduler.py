@@ -9,6 +9,15 @@ Running sequences go first in admission order (a decode needs 1 token, an unfini
 gets a chunk), then waiting ones are admitted through the prefix cache. Chunked prefill,
 prefix caching and recompute preemption all fall out of that one rule.
 
+Two classes: interactive sequences, and background ones (batch jobs: priority at or above
+engine.types.BATCH_PRIORITY) that wait in a queue of their own and fill only what interactive
+work leaves spare. Each step: interactive running sequences first, then waiting interactive
+ones (which take seats and KV blocks from running background sequences by preempting them,
+so an interactive request gives way to no batch, within the step it arrives in), then
+background running sequences with the token budget left, then, only when no interactive
+sequence waits, waiting background ones. `running` keeps interactive sequences before
+background ones, so the preemption victim (the last) is a background one while any runs.
+
 Samples of one request (n > 1) share the prompt's KV: only the first sibling (the "leader") is
 queued; the others are parked until the leader's prompt is computed and its full blocks are
 registered, then they go to the front of the queue and hit the prefix cache, recomputing only
@@ -26,8 +35,9 @@ from dataclasses import dataclass
 
 from cormorant.config import GPU_MAX_NUM_BATCHED_TOKENS, SchedulerConfig
 from cormorant.engine.block_manager import BlockManager
-from cormorant.engine.policies import WaitingQueue, waiting_queue
+from cormorant.engine.policies import FifoQueue, WaitingQueue, waiting_queue
 from cormorant.engine.sequence import Sequence, SequenceStatus
+from cormorant.engine.types import is_background
 
 
 @dataclass
@@ -73,10 +83,12 @@ class Scheduler:
         # The waiting queue's order: config.policy's (engine.policies), unless one is given.
         self.waiting: WaitingQueue = (waiting if waiting is not None
                                       else waiting_queue(config.policy))
+        self.background: WaitingQueue = FifoQueue()  # batch jobs: spare capacity only
         # n > 1: req_id -> the sibling whose prompt the others wait for, and those others.
         self._leaders: dict[str, Sequence] = {}
         self._parked: dict[str, list[Sequence]] = {}
         self.num_preemptions = 0  # total over the scheduler's life
+        self._num_interactive_preempted = 0  # this step's
 
     # ---- limits and counters -------------------------------------------------------------
 
@@ -94,7 +106,8 @@ class Scheduler:
 
     @property
     def num_waiting(self) -> int:
-        return len(self.waiting) + sum(len(p) for p in self._parked.values())
+        return (len(self.waiting) + len(self.background)
+                + sum(len(p) for p in self._parked.values()))
 
     @property
     def num_waiting_prompt_tokens(self) -> int:
@@ -107,6 +120,7 @@ class Scheduler:
 
     def _iter_waiting(self) -> Iterator[Sequence]:
         yield from self.waiting
+        yield from self.background
         for parked in self._parked.values():
             yield from parked
 
@@ -137,7 +151,10 @@ class Scheduler:
         if self._shares_prompt_with_siblings(seq):
             self._leaders[seq.req_id] = seq
             self._parked[seq.req_id] = []
-        self.waiting.push(seq)
+        self._queue_of(seq).push(seq)
+
+    def _queue_of(self, seq: Sequence) -> WaitingQueue:
+        return self.background if is_background(seq.priority) else self.waiting
 
     def _shares_prompt_with_siblings(self, seq: Sequence) -> bool:
         # Parking siblings only pays if the prompt has a full block the cache can serve.
@@ -151,7 +168,7 @@ class Scheduler:
             return
         if seq.status is SequenceStatus.RUNNING:
             self.running.remove(seq)
-        elif not self.waiting.remove(seq):
+        elif not self.waiting.remove(seq) and not self.background.remove(seq):
             parked = self._parked.get(seq.req_id, [])
             if seq in parked:
                 parked.remove(seq)
@@ -177,10 +194,10 @@ class Scheduler:
             new_leader, rest = parked[0], parked[1:]
             self._leaders[req_id] = new_leader
             self._parked[req_id] = rest
-            self.waiting.push_front(new_leader)
+            self._queue_of(new_leader).push_front(new_leader)
             return
         for seq in reversed(parked):
-            self.waiting.push_front(seq)
+            self._queue_of(seq).push_front(seq)
 
     # ---- the step ------------------------------------------------------------------------
 
@@ -188,25 +205,49 @@ class Scheduler:
         """Pick this step's work within max_num_batched_tokens and the free blocks."""
         seqs: list[Sequence] = []
         num_new: list[int] = []
-        budget = self.token_budget
-        num_preempted = 0
-        i = 0
+        self._num_interactive_preempted = 0
+        preempted_before = self.num_preemptions
+        budget = self._schedule_running(seqs, num_new, self.token_budget, background=False)
+        # Admitting after a preemption would only thrash: the cache is already short.
+        # Preempted batch sequences do not count: they are what gives way.
+        if self._num_interactive_preempted == 0:
+            budget = self._admit_waiting(self.waiting, seqs, num_new, budget, displace=True)
+        budget = self._schedule_running(seqs, num_new, budget, background=True)
+        if self.num_preemptions == preempted_before and not self.waiting:
+            budget = self._admit_waiting(self.background, seqs, num_new, budget,
+                                         displace=False)
+        do_sample = [s.num_computed_tokens + n == s.num_tokens for s, n in zip(seqs, num_new)]
+        return SchedulerOutput(seqs, num_new, do_sample,
+                               num_preempted=self.num_preemptions - preempted_before)
+
+    def _schedule_running(self, seqs: list[Sequence], num_new: list[int], budget: int,
+                          background: bool) -> int:
+        """Give the running sequences of one class their next chunk, in admission order."""
+        i = self._num_interactive_running() if background else 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
+            if is_background(seq.priority) != background:
+                break  # interactive ones all come first
             n = min(self._num_remaining(seq), budget)
-            scheduled, victims = self._grow_or_preempt(seq, n)
-            num_preempted += victims
+            scheduled, _ = self._grow_or_preempt(seq, n)
             if not scheduled:
                 break  # seq preempted itself: everything after it is gone too
             seqs.append(seq)
             num_new.append(n)
             budget -= n
             i += 1
-        # Admitting after a preemption would only thrash: the cache is already short.
-        if num_preempted == 0:
-            budget = self._admit_waiting(seqs, num_new, budget)
-        do_sample = [s.num_computed_tokens + n == s.num_tokens for s, n in zip(seqs, num_new)]
-        return SchedulerOutput(seqs, num_new, do_sample, num_preempted=num_preempted)
+        return budget
+
+    def _num_interactive_running(self) -> int:
+        return next((i for i, s in enumerate(self.running) if is_background(s.priority)),
+                    len(self.running))
+
+    def _displace_background(self) -> bool:
+        """Preempt the last running background sequence (none is scheduled yet this step)."""
+        if not self.running or not is_background(self.running[-1].priority):
+            return False
+        self._preempt(self.running[-1])
+        return True
 
     def _num_remaining(self, seq: Sequence) -> int:
         # The hook for speculative decoding: a target beyond num_tokens would include drafts.
@@ -237,20 +278,33 @@ class Scheduler:
         seq.status = SequenceStatus.WAITING
         seq.num_preemptions += 1
         self.num_preemptions += 1
-        self.waiting.push_front(seq)
+        if not is_background(seq.priority):
+            self._num_interactive_preempted += 1
+        self._queue_of(seq).push_front(seq)
 
-    def _admit_waiting(self, seqs: list[Sequence], num_new: list[int], budget: int) -> int:
+    def _admit_waiting(self, queue: WaitingQueue, seqs: list[Sequence], num_new: list[int],
+                       budget: int, displace: bool) -> int:
+        """Admit from `queue` in its order; displace: running background sequences give up
+        their seats and blocks to it."""
         bm = self.block_manager
-        while (self.waiting and budget > 0
-               and len(self.running) < self.config.max_num_seqs):
-            seq = self.waiting.peek()
+        while queue and budget > 0:
+            if len(self.running) >= self.config.max_num_seqs:
+                if displace and self._displace_background():
+                    continue
+                break
+            seq = queue.peek()
             num_cached = bm.num_cached_prefix_tokens(seq)
             n = min(seq.num_tokens - num_cached, budget)
             if not bm.allocate_prompt(seq, n):
+                if displace and self._displace_background():
+                    continue
                 break  # FIFO: nobody overtakes the head for lack of blocks
-            self.waiting.pop()
+            queue.pop()
             seq.status = SequenceStatus.RUNNING
-            self.running.append(seq)
+            if is_background(seq.priority):
+                self.running.append(seq)
+            else:
+                self.running.insert(self._num_interactive_running(), seq)
             seqs.append(seq)
             num_new.append(n)
             budget -= n
@@ -277,6 +331,8 @@ class Scheduler:
         """Raise AssertionError if queues, statuses or block references are inconsistent."""
         assert len(self.running) <= self.config.max_num_seqs
         assert len(set(self.running)) == len(self.running), "a sequence runs twice"
+        classes = [is_background(s.priority) for s in self.running]
+        assert classes == sorted(classes), "a background sequence runs ahead of interactive ones"
         for seq in self.running:
             assert seq.status is SequenceStatus.RUNNING
             assert 0 <= seq.num_computed_tokens <= seq.num_tokens <= self.max_seq_len + 1

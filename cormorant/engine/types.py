@@ -14,6 +14,16 @@ from cormorant.sampling_params import SamplingParams
 # Stands for a token the in-flight step is still sampling (async scheduling, engine.core).
 PLACEHOLDER_TOKEN_ID = -1
 
+# The background class (batch jobs): an EngineRequest priority at or above this fills only
+# capacity that interactive requests leave spare and gives way to them (engine.scheduler).
+# Above any x-request-priority a client may send (gateway.engine_admission.MAX_PRIORITY).
+BATCH_PRIORITY = 1 << 30
+
+
+def is_background(priority: int) -> bool:
+    return priority >= BATCH_PRIORITY
+
+
 # One position's logprobs: the logprob of the chosen token and {token_id: logprob} of the top-k.
 TokenLogprobs = tuple[float, dict[int, float]]
 

@@ -17,14 +17,17 @@ from cormorant.gateway.auth.middleware import AuthMiddleware, build_authenticato
 from cormorant.gateway.auth.routes import RouteTable
 from cormorant.gateway.caching.response_cache import ResponseCache, ResponseCacheConfig
 from cormorant.gateway.caching.semantic_cache import SemanticCache, SemanticCacheConfig
+from cormorant.gateway.crypto import DataCipher
 from cormorant.gateway.quotas.quotas import RateLimitHeaders
 from cormorant.gateway.telemetry.metrics import metrics_router
 from cormorant.gateway.telemetry.request_log import TelemetryMiddleware
 from cormorant.gateway.telemetry.usage import usage_router
 from cormorant.hosting.registry import ModelSpec, Registry
-from cormorant.server import (route_admin, route_chat, route_classify, route_completions,
-                              route_detokenize, route_embeddings, route_health, route_models,
-                              route_ready, route_responses, route_tokenize, route_web)
+from cormorant.server import (route_admin, route_batches, route_chat, route_classify,
+                              route_completions, route_detokenize, route_embeddings,
+                              route_files, route_health, route_models, route_ready,
+                              route_responses, route_tokenize, route_web)
+from cormorant.server.batch_jobs import BatchJobs
 from cormorant.server.config import ServerConfig
 from cormorant.server.embedding_protocol import EncoderLike
 from cormorant.server.engine_client import EngineClient
@@ -38,6 +41,7 @@ FIXED_SOURCE = "fixed:"  # a model handed to build_app: it cannot be reloaded fr
 ROUTERS = (route_admin, route_completions, route_chat, route_responses, route_models,
            route_tokenize, route_detokenize,
            route_health, route_ready, route_embeddings, route_classify,
+           route_files, route_batches,
            route_web)  # route_web: the playground and console pages (public shells, no data)
 
 
@@ -78,6 +82,7 @@ def build_app(engine: EngineClient | None = None, config: ServerConfig | None = 
         registry, loaded = fixed_registry(engine, config, encoders)
     state = ServerState(registry, config, loaded, loader)
     _install_caches(state, config)
+    state.batch_jobs = BatchJobs(state, config)  # /v1/files and /v1/batches
     app = FastAPI(title="cormorant", version=__version__, lifespan=state.lifespan,
                   description="OpenAI-compatible API of the cormorant inference engine.",
                   docs_url=None, redoc_url=None, openapi_url="/openapi.json")
@@ -117,7 +122,7 @@ def _install_caches(state: ServerState, config: ServerConfig) -> None:
     if config.response_cache:
         state.response_cache = ResponseCache(ResponseCacheConfig(
             ttl_s=config.response_cache_ttl_s, max_entries=config.response_cache_max_entries,
-            redis_url=config.response_cache_redis_url))
+            redis_url=config.response_cache_redis_url), cipher=DataCipher(config.data_key))
     if config.semantic_cache_model:
         state.semantic_cache = SemanticCache(SemanticCacheConfig(
             threshold=config.semantic_cache_threshold,

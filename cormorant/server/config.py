@@ -6,7 +6,7 @@ Imports nothing from cormorant but the package version (it is importable from an
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 MiB = 1024 * 1024
 
@@ -65,6 +65,18 @@ class ServerConfig:
     default_tpm: int | None = None
     default_max_concurrent: int | None = None
     redis_url: str | None = None  # quota counters shared in Redis; None: in this process
+
+    # --- batch jobs (server.batch_worker): OpenAI's Files and Batch APIs ------------------------
+    files_dir: str | None = None  # uploaded and produced files (0700); None: a temporary dir
+    batch_max_file_bytes: int = 100 * MiB  # an upload also needs max_body_bytes room
+    batch_max_lines: int = 50_000
+    batch_window_s: float = 24 * 3600.0  # what completion_window "24h" lasts
+    batch_concurrency: int = 16  # batch lines in flight at once, over all batches
+    batch_lease_s: float = 15.0  # a killed server's batches pass on after this long
+    batch_rpm: int | None = None  # the batch account of every key ("batch:<key id>")
+    batch_tpm: int | None = None
+    batch_max_concurrent: int | None = None
+    data_key: bytes | None = field(default=None, repr=False)  # AES-GCM at rest; None: off
 
     # --- lifecycle -------------------------------------------------------------------------
     drain_grace_s: float = 30.0  # SIGTERM: how long in-flight requests may keep running

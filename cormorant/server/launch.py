@@ -22,6 +22,7 @@ from cormorant.config import EngineConfig
 from cormorant.engine_args import add_engine_args, engine_config_from
 from cormorant.gateway.auth.keys import static_key_weakness
 from cormorant.gateway.auth.keystore import DEFAULT_KEYS_DB
+from cormorant.gateway.crypto import DATA_KEY_ENV, DataKeyError, parse_data_key
 from cormorant.gateway.quotas.redis_store import check_redis
 from cormorant.gateway.telemetry.request_log import TelemetryConfigError, configure_request_log
 from cormorant.hosting.loader import (load_object, make_encoder, make_engine, model_version,
@@ -37,6 +38,7 @@ H11_SLACK_BYTES = 8192
 _DEFAULTS = ServerConfig()
 # Beside the keys database's default (gateway.auth.keystore.DEFAULT_KEYS_DB): one folder of state.
 DEFAULT_USAGE_DB = str(Path.home() / ".cormorant" / "usage.db")
+DEFAULT_FILES_DIR = str(Path.home() / ".cormorant" / "files")  # beside a Postgres usage db
 # A served process exits when stalled this long past --health-stall-s (ServerConfig: never).
 DEFAULT_WATCHDOG_EXIT_GRACE_S = 60.0
 
@@ -101,6 +103,37 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
                           "and opentelemetry-exporter-otlp-proto-http)")
     add_quota_args(parser)
     add_cache_args(parser)
+    add_batch_args(parser)
+
+
+def add_batch_args(parser: argparse.ArgumentParser) -> None:
+    batch = parser.add_argument_group("batch jobs (/v1/files, /v1/batches; jobs live in "
+                                      "--usage-db; set CORMORANT_DATA_KEY to encrypt at rest)")
+    batch.add_argument("--files-dir", default=None,
+                       help="uploaded and produced files, made owner-only (0700); default: "
+                            "'files' beside a SQLite --usage-db, else ~/.cormorant/files")
+    for name, kind in (("batch_max_file_bytes", int), ("batch_max_lines", int),
+                       ("batch_window_s", float), ("batch_concurrency", int),
+                       ("batch_lease_s", float),
+                       ("batch_rpm", int), ("batch_tpm", int), ("batch_max_concurrent", int)):
+        batch.add_argument("--" + name.replace("_", "-"), type=kind,
+                           default=getattr(_DEFAULTS, name))
+
+
+def batch_settings(args: argparse.Namespace) -> dict:
+    """The batch fields of ServerConfig, the data key read from the environment (a bad one
+    raises gateway.crypto.DataKeyError)."""
+    key = os.environ.get(DATA_KEY_ENV)
+    files_dir = args.files_dir
+    if files_dir is None:
+        usage_db = args.usage_db or ":memory:"
+        files_dir = (DEFAULT_FILES_DIR if usage_db == ":memory:" or "://" in usage_db
+                     else str(Path(usage_db).expanduser().parent / "files"))
+    return {"files_dir": files_dir, "data_key": parse_data_key(key) if key else None,
+            **{name: getattr(args, name) for name in (
+                "batch_max_file_bytes", "batch_max_lines", "batch_window_s",
+                "batch_concurrency", "batch_lease_s", "batch_rpm", "batch_tpm",
+                "batch_max_concurrent")}}
 
 
 def add_cache_args(parser: argparse.ArgumentParser) -> None:
@@ -212,7 +245,7 @@ def server_config(args: argparse.Namespace, version: str) -> ServerConfig:
         response_cache_max_entries=args.response_cache_max_entries,
         response_cache_redis_url=args.response_cache_redis,
         semantic_cache_model=args.semantic_cache_model,
-        semantic_cache_threshold=args.semantic_cache_threshold)
+        semantic_cache_threshold=args.semantic_cache_threshold, **batch_settings(args))
 
 
 def load_encoders(specs: list[str], dtype: str, device: str) -> list:
@@ -244,6 +277,11 @@ def run_server(args: argparse.Namespace) -> int:
         return 2
     if args.redis and (error := check_redis(args.redis)):  # fail now, not on every request
         print(f"cormorant serve: --redis: {error}", file=sys.stderr)
+        return 2
+    try:
+        batch_settings(args)
+    except DataKeyError as exc:
+        print(f"cormorant serve: {exc}", file=sys.stderr)
         return 2
     if args.models:
         return _serve_registry(args, log_level)

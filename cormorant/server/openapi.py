@@ -14,12 +14,12 @@ from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
 from cormorant.server.embedding_protocol import ClassificationRequest, EmbeddingRequest
-from cormorant.server.protocol import (ChatCompletionRequest, CompletionRequest,
-                                       DetokenizeRequest, TokenizeRequest)
+from cormorant.server.protocol import (BatchCreateRequest, ChatCompletionRequest,
+                                       CompletionRequest, DetokenizeRequest, TokenizeRequest)
 from cormorant.server.responses_protocol import ResponsesRequest
 
 REQUEST_MODELS = (CompletionRequest, ChatCompletionRequest, TokenizeRequest, DetokenizeRequest,
-                  EmbeddingRequest, ClassificationRequest, ResponsesRequest)
+                  EmbeddingRequest, ClassificationRequest, ResponsesRequest, BatchCreateRequest)
 STREAMING_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/responses")
 _REF = "#/components/schemas/{model}"
 
@@ -50,6 +50,15 @@ _SSE_CONTENT = {"text/event-stream": {"schema": {
     "description": "Server-sent events: 'data: <JSON chunk>' lines, then 'data: [DONE]'",
     "properties": {"data": {"type": "string"}, "event": {"type": "string"},
                    "id": {"type": "string"}, "retry": {"type": "integer"}}}}}
+
+
+# POST /v1/files: a multipart upload, as OpenAI's clients send it.
+FILE_UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {
+    "schema": {"type": "object", "required": ["file", "purpose"],
+               "properties": {"file": {"type": "string", "format": "binary"},
+                              "purpose": {"type": "string", "enum": ["batch"]}}}}}}}
+JSONL_CONTENT = {200: {"description": "The file's bytes (JSON Lines)",
+                       "content": {"application/jsonl": {"schema": {"type": "string"}}}}}
 
 
 def request_body(model_name: str) -> dict:

@@ -376,3 +376,13 @@ class DetokenizeRequest(BaseModel):
     def _tokens(cls, value: Any, info: ValidationInfo) -> Any:
         # Longer than any context could be is never a legitimate request.
         return _bounded_list(value, "tokens", (info.context or {}).get("max_tokens", 1 << 20))
+
+
+class BatchCreateRequest(BaseModel):
+    """POST /v1/batches (server.route_batches)."""
+    model_config = _STRICT
+
+    input_file_id: str = Field(max_length=128)
+    endpoint: Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
+    completion_window: Literal["24h"]
+    metadata: dict[str, str] | None = Field(default=None, max_length=16)

@@ -6,6 +6,9 @@
 2. The caller's quotas (gateway.quotas): rpm, tpm (prompt + n * max_tokens reserved now,
    settled with the real usage when the request ends) and concurrent requests; 429 +
    Retry-After. The key's own limits, the server's defaults where it sets none.
+   Batch lines (server.batch_lines marks their scope with BATCH_LINE) are counted apart,
+   under the quota key "batch:<key id>" and the server's batch_rpm/batch_tpm/
+   batch_max_concurrent, and enter the engine as its background class (BATCH_PRIORITY).
 
 The engine check runs first because it is local and charges nothing, so an overloaded server
 does not eat its callers' quota; it runs again after the reservation (an await, on Redis
@@ -24,6 +27,7 @@ from collections.abc import AsyncIterator, Callable
 from starlette.requests import Request
 
 from cormorant.engine.messages import EngineStats
+from cormorant.engine.types import BATCH_PRIORITY
 from cormorant.gateway.auth.keys import Principal
 from cormorant.gateway.engine_admission import (PRIORITY_HEADER, TIMEOUT_HEADER, AdmissionConfig,
                                                 AdmissionController, Refusal, Ticket,
@@ -34,11 +38,24 @@ from cormorant.sampling_params import SamplingParams
 from cormorant.server.config import ServerConfig
 from cormorant.server.errors import APIError
 
-__all__ = ["Admission", "Ticket"]
+__all__ = ["Admission", "Ticket", "BATCH_LINE"]
+BATCH_LINE = "cormorant.batch_line"  # scope["state"] key: this request is a batch line
 
 
 def quota_defaults(config: ServerConfig) -> QuotaLimits:
     return QuotaLimits(config.default_rpm, config.default_tpm, config.default_max_concurrent)
+
+
+def batch_limits(config: ServerConfig) -> QuotaLimits:
+    return QuotaLimits(config.batch_rpm, config.batch_tpm, config.batch_max_concurrent)
+
+
+def quota_subject(state: dict, principal: Principal, defaults: QuotaLimits,
+                  config_batch: QuotaLimits | None) -> tuple[str, QuotaLimits]:
+    """(quota key, limits): the caller's own, or its separate batch account."""
+    if state.get(BATCH_LINE) and config_batch is not None:
+        return f"batch:{principal.key_id}", config_batch
+    return principal.key_id, limits_of(principal, defaults)
 
 
 class Admission:
@@ -52,6 +69,7 @@ class Admission:
             block_size=block_size), stats)
         self.quotas = quotas
         self.defaults = quota_defaults(config)
+        self.batch_limits = batch_limits(config)
         self._settling: set[asyncio.Task] = set()
 
     @property
@@ -69,12 +87,14 @@ class Admission:
         state = request.scope.setdefault("state", {})
         principal: Principal = state.get("principal") or Principal.anonymous()
         deadline_s, priority = _request_headers(request)
+        if state.get(BATCH_LINE):
+            priority = BATCH_PRIORITY
         refusal = self.controller.check(prompt_lens, deadline_s)
         if refusal is not None:
             raise _error(refusal)
         num_tokens = sum(prompt_lens) + sum(p.n * (p.max_tokens or 0) for p in params)
-        reservation = await self.quotas.reserve(
-            principal.key_id, limits_of(principal, self.defaults), num_tokens)
+        key_id, limits = quota_subject(state, principal, self.defaults, self.batch_limits)
+        reservation = await self.quotas.reserve(key_id, limits, num_tokens)
         if isinstance(reservation, Refusal):
             raise _error(reservation)
         state[STATE_HEADERS] = reservation.headers
@@ -95,15 +115,15 @@ class Admission:
 
 
 @contextlib.asynccontextmanager
-async def metered(request: Request, quotas: Quotas, defaults: QuotaLimits, num_tokens: int
-                  ) -> AsyncIterator[None]:
+async def metered(request: Request, quotas: Quotas, defaults: QuotaLimits, num_tokens: int,
+                  batch: QuotaLimits | None = None) -> AsyncIterator[None]:
     """The caller's quotas for work outside the generation engines (embeddings,
     classification): one request and `num_tokens` charged up front (429 + Retry-After when
     over), the concurrency slot held while the block runs."""
     state = request.scope.setdefault("state", {})
     principal: Principal = state.get("principal") or Principal.anonymous()
-    reservation = await quotas.reserve(principal.key_id, limits_of(principal, defaults),
-                                       num_tokens)
+    key_id, limits = quota_subject(state, principal, defaults, batch)
+    reservation = await quotas.reserve(key_id, limits, num_tokens)
     if isinstance(reservation, Refusal):
         raise _error(reservation)
     state[STATE_HEADERS] = reservation.headers

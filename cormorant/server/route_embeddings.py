@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from cormorant.server.embedding_protocol import EmbeddingRequest, encoder_inputs
 from cormorant.server.openapi import ERROR_RESPONSES, request_body
-from cormorant.server.request_admission import metered
+from cormorant.server.request_admission import batch_limits, metered
 from cormorant.server.responses import json_response
 from cormorant.server.state import leased_request
 
@@ -32,7 +32,8 @@ def encode_base64(vector: list[float]) -> str:
 async def create_embeddings(request: Request) -> Response:
     async with leased_request(request, EmbeddingRequest, "embed") as (state, req, served):
         seqs = await encoder_inputs(req.input, served.encoder, state.tokenize_pool)
-        async with metered(request, state.quotas, state.quota_defaults, sum(map(len, seqs))):
+        async with metered(request, state.quotas, state.quota_defaults, sum(map(len, seqs)),
+                           batch_limits(state.config)):
             vectors = await served.encoder.embed(seqs)
     pack = encode_base64 if req.encoding_format == "base64" else list
     num_tokens = sum(map(len, seqs))

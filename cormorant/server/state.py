@@ -79,6 +79,7 @@ class ServerState:
                                                          instance=f"{model_id}:{id(obj):x}")
         self.response_cache: Any = None  # set by server.app when configured
         self.semantic_cache: Any = None
+        self.batch_jobs: Any = None  # server.batch_jobs.BatchJobs, set by server.app
         self.tokenize_pool = ThreadPoolExecutor(max_workers=2,
                                                 thread_name_prefix="cormorant-tokenize")
         # Passed to request validation: config-driven bounds run before items are validated;
@@ -158,6 +159,8 @@ class ServerState:
                        asyncio.ensure_future(self.lifecycle.watch_engines(
                            lambda: [g.engine for g in self.generators()])),
                        asyncio.ensure_future(self._expire_idle())]
+        if self.batch_jobs is not None:
+            self._tasks.append(self.batch_jobs.start())  # resumes unfinished batches
         watchdog = self._start_watchdog(asyncio.get_running_loop())
         try:
             yield
@@ -167,6 +170,8 @@ class ServerState:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             self.tokenize_pool.shutdown(wait=False, cancel_futures=True)
+            if self.batch_jobs is not None:
+                self.batch_jobs.close()
             self.telemetry.close()
             self.responses.close()
             await self.quotas.store.aclose()

@@ -14,8 +14,8 @@ from schemathesis.checks import not_a_server_error
 
 from adversarial_helpers import canary
 
-FUZZED = (r"^/(v1/(completions|chat/completions|responses|embeddings|classify|models|usage)|"
-          r"tokenize|detokenize|health|ready)$")
+FUZZED = (r"^/(v1/(completions|chat/completions|responses|embeddings|classify|models|usage|"
+          r"files(/.*)?|batches(/.*)?)|tokenize|detokenize|health|ready)$")
 EXAMPLES_PER_OPERATION = 15
 
 

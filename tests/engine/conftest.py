@@ -15,6 +15,7 @@ from cormorant.config import SchedulerConfig
 from cormorant.engine.block_manager import BlockManager
 from cormorant.engine.scheduler import Scheduler, SchedulerOutput
 from cormorant.engine.sequence import Sequence, SequenceStatus
+from cormorant.engine.types import is_background
 from cormorant.sampling_params import SamplingParams
 
 _req_ids = itertools.count()
@@ -54,7 +55,10 @@ class FakeEngine:
         was_running = set(self.scheduler.running)
         batch = self.scheduler.schedule()
         self.check_batch(batch)
-        if batch.num_preempted:  # the cache is short: no admissions in the same step
+        # The cache is short: no admissions in the same step, unless only background (batch)
+        # sequences were preempted: they give way to interactive ones.
+        preempted = [s for s in was_running if s.status is SequenceStatus.WAITING]
+        if any(not is_background(s.priority) for s in preempted):
             assert was_running.issuperset(batch.seqs)
         self.forward(batch)
         self.scheduler.update_after_step(batch)

@@ -2,7 +2,8 @@
 
 Covers chunked prefill beside decodes, prefix-cache admission, preemption, rejection, aborts,
 n > 1 siblings sharing the prompt's blocks, the waiting-queue hook, and a property test that
-random add / step / abort / finish sequences never leak or double-free and always finish.
+random add / step / abort / finish sequences (interactive and background requests mixed)
+never leak or double-free and always finish.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from cormorant.config import SchedulerConfig
 from cormorant.engine.block_manager import BlockManager
 from cormorant.engine.scheduler import CannotScheduleError, Scheduler
 from cormorant.engine.sequence import SequenceStatus
+from cormorant.engine.types import BATCH_PRIORITY
 
 
 def test_chunked_prefill_runs_beside_decodes(fake_engine, make_seq):
@@ -192,7 +194,8 @@ def test_a_custom_waiting_queue_decides_admission_order(make_seq):
 _BASES = [[(7 * k + 3 * i) % 5 for i in range(24)] for k in range(3)]
 _prompts = st.builds(lambda base, length, tail: _BASES[base][:length] + tail,
                      st.integers(0, 2), st.integers(0, 16), st.lists(st.integers(5, 6), max_size=3))
-_add = st.tuples(st.just("add"), _prompts, st.integers(1, 3), st.integers(1, 8))
+# The last flag: a background (batch) request.
+_add = st.tuples(st.just("add"), _prompts, st.integers(1, 3), st.integers(1, 8), st.booleans())
 _step = st.tuples(st.just("step"))
 _ops = st.lists(st.one_of(
     _add, _add, _step, _step, _step,
@@ -218,6 +221,8 @@ def test_random_operations_never_leak_and_always_finish(
     for op in ops:
         if op[0] == "add":
             seqs = make_seqs(op[1], n=op[2], max_tokens=op[3])
+            for seq in seqs:
+                seq.priority = BATCH_PRIORITY if op[4] else 0
             try:
                 engine.add(*seqs)
                 live.extend(seqs)

@@ -19,13 +19,14 @@ Imports the stdlib and gateway.auth.{keys,keystore,routes}.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
 import logging
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from urllib.parse import quote
 
@@ -100,6 +101,17 @@ def build_authenticator(api_key: str | None = None, keys_db: str | None = None,
 def current_principal() -> Principal | None:
     """The caller of the request being served (set by AuthMiddleware for the request's task)."""
     return _current_principal.get()
+
+
+@contextlib.contextmanager
+def acting_as(principal: Principal) -> Iterator[None]:
+    """Work done inside the block is the principal's (current_principal): in-process requests
+    such as batch lines, which never pass the middleware."""
+    reset = _current_principal.set(principal)
+    try:
+        yield
+    finally:
+        _current_principal.reset(reset)
 
 
 def get_principal(scope_or_request) -> Principal | None:

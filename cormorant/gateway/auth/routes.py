@@ -44,6 +44,13 @@ DEFAULT_RULES: tuple[RouteRule, ...] = (
     RouteRule("/v1/models/{model_id:path}", SCOPE_INFERENCE),
     RouteRule("/tokenize", SCOPE_INFERENCE),
     RouteRule("/detokenize", SCOPE_INFERENCE),
+    # OpenAI's Files and Batch APIs: a caller sees only its own files and batches.
+    RouteRule("/v1/files", SCOPE_INFERENCE),
+    RouteRule("/v1/files/{file_id}", SCOPE_INFERENCE),
+    RouteRule("/v1/files/{file_id}/content", SCOPE_INFERENCE),
+    RouteRule("/v1/batches", SCOPE_INFERENCE),
+    RouteRule("/v1/batches/{batch_id}", SCOPE_INFERENCE),
+    RouteRule("/v1/batches/{batch_id}/cancel", SCOPE_INFERENCE),
     RouteRule("/v1/usage", SCOPE_ADMIN),  # per-key usage of every key: operators only
     # Operator endpoints (usage, keys, drain, ...) live under /admin and need the admin scope.
     RouteRule("/admin/{rest:path}", SCOPE_ADMIN),

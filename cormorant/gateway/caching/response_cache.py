@@ -5,8 +5,10 @@ normalized request, so two tenants never share an entry and any changed field is
 Values are JSON bodies stored as UTF-8 bytes, with a TTL; a value over `max_entry_bytes` is not
 stored. The Redis backend treats every Redis error as a miss (get) or a no-op (set) and logs it:
 the cache must never break serving. One RedisCacheBackend per event loop (the asyncio client's
-connections belong to the loop that opened them).
-Imports the stdlib and sampling_params; redis (the asyncio client) lazily, when a Redis
+connections belong to the loop that opened them). With a data key (gateway.crypto) the stored
+bodies are AES-GCM sealed, bound to their cache key; one that does not open (another key) is a
+miss.
+Imports the stdlib, sampling_params and gateway.crypto; redis (the asyncio client) lazily, when a Redis
 backend is built.
 """
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
+from cormorant.gateway.crypto import DataCipher, DataKeyError
 from cormorant.sampling_params import is_greedy
 
 logger = logging.getLogger(__name__)
@@ -165,8 +168,10 @@ class ResponseCache:
     """JSON bodies by key over a backend (built from `config` when not given). Counts hits,
     misses, stores and values refused as oversize, for tests and metrics."""
 
-    def __init__(self, config: ResponseCacheConfig, backend: CacheBackend | None = None) -> None:
+    def __init__(self, config: ResponseCacheConfig, backend: CacheBackend | None = None,
+                 cipher: DataCipher | None = None) -> None:
         self.config = config
+        self.cipher = cipher or DataCipher()
         if backend is None:
             if config.redis_url:
                 backend = RedisCacheBackend(config.redis_url, config.redis_prefix,
@@ -182,7 +187,9 @@ class ResponseCache:
         value = None
         if raw is not None:
             try:
-                value = json.loads(raw)
+                value = json.loads(self.cipher.open_(raw, aad=key))
+            except DataKeyError as exc:  # sealed under another key: a miss
+                logger.warning("response cache: %s", exc)
             except ValueError:  # not ours, or truncated: a miss, not an error
                 logger.warning("response cache: undecodable value under key %s", key)
         if not isinstance(value, dict):
@@ -196,7 +203,7 @@ class ResponseCache:
         if len(raw) > self.config.max_entry_bytes:
             self.oversize += 1
             return False
-        await self.backend.set(key, raw, self.config.ttl_s)
+        await self.backend.set(key, self.cipher.seal(raw, aad=key), self.config.ttl_s)
         self.stores += 1
         return True
 
