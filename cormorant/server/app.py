@@ -23,8 +23,8 @@ from cormorant.gateway.telemetry.request_log import TelemetryMiddleware
 from cormorant.gateway.telemetry.usage import usage_router
 from cormorant.hosting.registry import ModelSpec, Registry
 from cormorant.server import (route_admin, route_chat, route_classify, route_completions,
-                              route_detokenize, route_embeddings, route_health, route_models,
-                              route_ready, route_tokenize, route_web)
+                              route_detokenize, route_drift, route_embeddings, route_health,
+                              route_models, route_ready, route_tokenize, route_web)
 from cormorant.server.config import ServerConfig
 from cormorant.server.embedding_protocol import EncoderLike
 from cormorant.server.engine_client import EngineClient
@@ -35,7 +35,7 @@ from cormorant.server.state import RawLoader, ServerState
 
 FIXED_SOURCE = "fixed:"  # a model handed to build_app: it cannot be reloaded from anywhere
 
-ROUTERS = (route_admin, route_completions, route_chat, route_models, route_tokenize, route_detokenize,
+ROUTERS = (route_admin, route_drift, route_completions, route_chat, route_models, route_tokenize, route_detokenize,
            route_health, route_ready, route_embeddings, route_classify,
            route_web)  # route_web: the playground and console pages (public shells, no data)
 
@@ -77,6 +77,7 @@ def build_app(engine: EngineClient | None = None, config: ServerConfig | None = 
         registry, loaded = fixed_registry(engine, config, encoders)
     state = ServerState(registry, config, loaded, loader)
     _install_caches(state, config)
+    route_drift.install_canaries(state)
     app = FastAPI(title="cormorant", version=__version__, lifespan=state.lifespan,
                   description="OpenAI-compatible API of the cormorant inference engine.",
                   docs_url=None, redoc_url=None, openapi_url="/openapi.json")

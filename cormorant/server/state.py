@@ -27,6 +27,7 @@ from cormorant.gateway.auth.middleware import current_principal
 from cormorant.gateway.quotas.quotas import Quotas
 from cormorant.gateway.quotas.redis_store import RedisStore
 from cormorant.gateway.quotas.store import MemoryStore
+from cormorant.gateway.telemetry.drift import DriftConfig
 from cormorant.gateway.telemetry.request_log import build_telemetry
 from cormorant.hosting.pool import Deployment, Lease, LoadError, ModelNotFound, ModelPool
 from cormorant.hosting.registry import ModelSpec, Registry
@@ -60,7 +61,8 @@ class ServerState:
         self.config = config
         self.telemetry = build_telemetry(METRICS_TOKEN_BUCKET_MAX, usage_db=config.usage_db,
                                          otlp_endpoint=config.otlp_endpoint,
-                                         log_prompts=config.log_prompts)
+                                         log_prompts=config.log_prompts,
+                                         drift=drift_config(config))
         self.created = int(time.time())
         self.lifecycle = Lifecycle(config)
         # Quota counters: shared through Redis by every process given the same URL.
@@ -195,6 +197,14 @@ class ServerState:
 
         watchdog.before_exit += [fail_in_flight, self.telemetry.close]
         return watchdog.start()
+
+
+def drift_config(config: ServerConfig) -> DriftConfig | None:
+    if not config.drift:
+        return None
+    return DriftConfig(window=config.drift_window, reference_size=config.drift_reference_size,
+                       reference_file=config.drift_reference_file,
+                       min_requests=config.drift_min_requests)
 
 
 def _not_found(name: str) -> APIError:

@@ -1,0 +1,103 @@
+"""Drift monitoring end to end: a real server on a tiny model, driven by the official openai
+client. The report (GET /admin/drift) and the `cormorant:drift_*` gauges are visible over
+HTTP, quiet while traffic is steady, and they move after a shift of prompt length and script;
+a canary split is compared version against version in the same report."""
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
+from server_helpers import ServerThread, running_server, tiny_engine_fixture  # noqa: E402
+
+KEY = "sk-drift-test-0123456789abcdef0123456789"
+AUTH = {"authorization": f"Bearer {KEY}"}
+DRIFT = {"drift_window": 40, "drift_reference_size": 40, "drift_min_requests": 20}
+
+engine = tiny_engine_fixture("engine")
+
+
+def latin(i: int) -> str:
+    return f"Tell me about the quick brown fox number {i}."
+
+
+def cyrillic(i: int) -> str:
+    return f"Расскажи мне подробно о быстрой коричневой лисе номер {i}, пожалуйста. " * 3
+
+
+async def _send(server: ServerThread, prompts: list[str], concurrency: int = 8,
+                **extra) -> list:
+    client = server.async_client(api_key=KEY)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(prompt: str):
+        async with gate:
+            return await client.chat.completions.create(
+                model=server.model, messages=[{"role": "user", "content": prompt}],
+                max_tokens=4, temperature=0, **extra)
+
+    try:
+        return await asyncio.gather(*(one(p) for p in prompts))
+    finally:
+        await client.close()
+
+
+def _gauges(server: ServerThread, name: str) -> dict[tuple, float]:
+    text = httpx.get(server.url + "/metrics", headers=AUTH).text
+    return {tuple(sorted(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples if s.name == name}
+
+
+def _alarms(server: ServerThread) -> dict[str, float]:
+    found: dict[str, float] = {}
+    for labels, value in _gauges(server, "cormorant:drift_alarm").items():
+        feature = dict(labels)["feature"]
+        found[feature] = max(found.get(feature, 0.0), value)
+    return found
+
+
+def test_drift_report_and_gauges_move_after_a_shift(engine):
+    with running_server(engine, api_key=KEY, **DRIFT) as server:
+        assert httpx.get(server.url + "/admin/drift").status_code == 401
+        asyncio.run(_send(server, [latin(i) for i in range(40)]))
+        report = httpx.get(server.url + "/admin/drift", headers=AUTH).json()
+        (model,) = report["models"]
+        assert model["reference"] == {"source": "first_requests", "num_rows": 40}
+        assert model["num_current"] == 40 and model["drifting"] == []
+        assert model["current"]["prompt_script"] == {"latin": 1.0}
+        assert {"prompt_tokens", "output_tokens", "finish_reason", "prompt_script",
+                "prompt_charclass"} <= set(model["features"])
+        alarms = _alarms(server)
+        assert alarms and not any(alarms.values())  # scored, and quiet
+        # The shift: long Cyrillic prompts. 30 of them in a 40-request window.
+        asyncio.run(_send(server, [cyrillic(i) for i in range(30)]))
+        report = httpx.get(server.url + "/admin/drift", headers=AUTH).json()
+        (model,) = report["models"]
+        assert {"prompt_tokens", "prompt_script", "prompt_charclass"} <= set(model["drifting"])
+        assert "output_tokens" not in model["drifting"]
+        assert model["current"]["prompt_script"]["cyrillic"] == 0.75
+        alarms = _alarms(server)
+        assert alarms["prompt_tokens"] == alarms["prompt_script"] == 1.0
+        # No prompt text anywhere in the report.
+        assert "лис" not in httpx.get(server.url + "/admin/drift", headers=AUTH).text
+
+
+def test_mean_logprob_comes_from_the_engine(engine):
+    with running_server(engine, api_key=KEY, **DRIFT) as server:
+        asyncio.run(_send(server, [latin(i) for i in range(20)], logprobs=True))
+        report = httpx.get(server.url + "/admin/drift", headers=AUTH).json()
+        (model,) = report["models"]
+        assert model["current"]["mean_logprob_mean"] < 0
+        assert "mean_logprob" in model["features"]
+
+
+def test_drift_off_is_a_404(engine):
+    with running_server(engine, api_key=KEY, drift=False) as server:
+        response = httpx.get(server.url + "/admin/drift", headers=AUTH)
+        assert response.status_code == 404
+        assert "drift" not in httpx.get(server.url + "/metrics", headers=AUTH).text
