@@ -76,6 +76,9 @@ def add_drift_args(parser: argparse.ArgumentParser) -> None:
                             "text (docs/operations.md)")
     drift.add_argument("--drift-min-requests", type=int, default=50,
                        help="requests each side needs before a feature is scored (default 50)")
+    drift.add_argument("--no-drift-logprobs", dest="drift_logprobs", action="store_false",
+                       help="do not ask the engine for chosen-token logprobs (no mean_logprob "
+                            "feature, except for requests that ask for logprobs)")
 
 
 def drift_args_error(args: argparse.Namespace) -> str | None:
@@ -89,4 +92,5 @@ def drift_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {"drift": args.drift, "drift_window": args.drift_window,
             "drift_reference_size": args.drift_reference_size,
             "drift_reference_file": args.drift_reference,
-            "drift_min_requests": args.drift_min_requests}
+            "drift_min_requests": args.drift_min_requests,
+            "drift_logprobs": args.drift and args.drift_logprobs}

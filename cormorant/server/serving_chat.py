@@ -22,7 +22,7 @@ from cormorant.server.cached_responses import cache_query, replay, store
 from cormorant.server.dispatch import Prepared, Started, respond, start_generation
 from cormorant.server.generation import EngineStream, Job
 from cormorant.server.logprobs import chat_logprobs
-from cormorant.server.params import chat_params
+from cormorant.server.params import chat_params, chat_top_logprobs, with_drift_logprobs
 from cormorant.server.prompts import chat_prompt
 from cormorant.server.protocol import ChatCompletionRequest
 from cormorant.server.responses import (ResponseContext, finals_usage, finish_reason, new_id,
@@ -48,8 +48,9 @@ async def create_chat_completion(request: Request, state: ServerState) -> Respon
     async def prepare(served: ServedGenerator) -> Prepared:
         prompt = await chat_prompt(req.messages, served.tokenizer, state.tokenize_pool,
                                    max_model_len=served.max_model_len)
-        params = chat_params(req, len(prompt.token_ids), served.max_model_len,
-                             served.vocab_size)
+        params = with_drift_logprobs(chat_params(req, len(prompt.token_ids),
+                                                 served.max_model_len, served.vocab_size),
+                                     state.config.drift_logprobs)
         return Prepared([Job(new_id("chatcmpl"), prompt.token_ids, params)],
                         [len(prompt.token_ids)], [params], extra=prompt)
 
@@ -63,7 +64,7 @@ async def create_chat_completion(request: Request, state: ServerState) -> Respon
                       state.config.max_error_chars)
     served, job = started.served, started.prepared.jobs[0]
     ctx = _Ctx(id=job.request_id, model=served.model_id, fingerprint=served.fingerprint,
-               n=req.n, top_logprobs=job.params.logprobs, include_usage=include_usage,
+               n=req.n, top_logprobs=chat_top_logprobs(req), include_usage=include_usage,
                prompt_len=len(job.prompt_token_ids), token_text=served.token_text)
     return await respond(request, state, started, req.stream,
                          lambda: _chunks(ctx, started.stream, started, state),

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
@@ -87,13 +88,31 @@ def test_drift_report_and_gauges_move_after_a_shift(engine):
         assert "лис" not in httpx.get(server.url + "/admin/drift", headers=AUTH).text
 
 
-def test_mean_logprob_comes_from_the_engine(engine):
-    with running_server(engine, api_key=KEY, **DRIFT) as server:
-        asyncio.run(_send(server, [latin(i) for i in range(20)], logprobs=True))
-        report = httpx.get(server.url + "/admin/drift", headers=AUTH).json()
-        (model,) = report["models"]
-        assert model["current"]["mean_logprob_mean"] < 0
-        assert "mean_logprob" in model["features"]
+def _mean_logprob(server: ServerThread) -> float:
+    (model,) = httpx.get(server.url + "/admin/drift", headers=AUTH).json()["models"]
+    return model["current"].get("mean_logprob_mean")
+
+
+def test_mean_logprob_comes_from_the_engine_and_stays_out_of_responses(engine):
+    """With drift_logprobs the engine returns the chosen tokens' logprobs for every request;
+    the responses carry logprobs only where the request asked for them, and the values are
+    the engine's own (the same as a request that asks)."""
+    with running_server(engine, api_key=KEY, drift_logprobs=True, **DRIFT) as server:
+        plain = asyncio.run(_send(server, [latin(i) for i in range(20)]))
+        assert all(c.choices[0].logprobs is None for c in plain)
+        silent = _mean_logprob(server)
+        asked = asyncio.run(_send(server, [latin(i) for i in range(20)], logprobs=True))
+        values = [t.logprob for c in asked for t in c.choices[0].logprobs.content]
+        per_request = [sum(t.logprob for t in c.choices[0].logprobs.content)
+                       / len(c.choices[0].logprobs.content) for c in asked]
+        assert silent < 0 and len(values) == 80
+        assert silent == pytest.approx(sum(per_request) / 20, abs=1e-3)  # same prompts
+        text = httpx.post(server.url + "/v1/completions", headers=AUTH, json={
+            "model": server.model, "prompt": "hello", "max_tokens": 3}).json()
+        assert text["choices"][0]["logprobs"] is None
+    with running_server(engine, api_key=KEY, **DRIFT) as server:  # off: only those who ask
+        asyncio.run(_send(server, [latin(i) for i in range(5)]))
+        assert _mean_logprob(server) is None
 
 
 def test_drift_off_is_a_404(engine):
