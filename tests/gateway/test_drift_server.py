@@ -5,11 +5,14 @@ a canary split is compared version against version in the same report."""
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import sys
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
@@ -86,6 +89,29 @@ def test_drift_report_and_gauges_move_after_a_shift(engine):
         assert alarms["prompt_tokens"] == alarms["prompt_script"] == 1.0
         # No prompt text anywhere in the report.
         assert "лис" not in httpx.get(server.url + "/admin/drift", headers=AUTH).text
+        _deploy_files_query_only_exported_drift_metrics(server)
+
+
+def _deploy_files_query_only_exported_drift_metrics(server: ServerThread) -> None:
+    """The Grafana panels and the alert rules in deploy/ ask only for drift series this server
+    exports, with labels it sets."""
+    root = Path(__file__).resolve().parents[2] / "deploy"
+    dashboard = json.loads((root / "grafana" / "cormorant-dashboard.json").read_text())
+    rules = yaml.safe_load((root / "prometheus" / "cormorant-drift-rules.yml").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", ())
+             if "drift" in t["expr"]]
+    alerts = [r for g in rules["groups"] for r in g["rules"]]
+    assert len(exprs) >= 4 and {a["alert"] for a in alerts} >= {"CormorantInputDrift",
+                                                                "CormorantCanaryDiffers"}
+    text = httpx.get(server.url + "/metrics", headers=AUTH).text
+    exported = {f.name: {k for s in f.samples for k in s.labels}
+                for f in text_string_to_metric_families(text) if "drift" in f.name}
+    for expr in exprs + [a["expr"] for a in alerts]:
+        for name in re.findall(r"cormorant:drift_[a-z_]+", expr):
+            assert name in exported, name
+            for label in re.findall(r"by \(([a-z_, ]+)\)", expr):
+                wanted = {x.strip() for x in label.split(",")}
+                assert not exported[name] or wanted <= exported[name], (name, wanted)
 
 
 def _mean_logprob(server: ServerThread) -> float:
