@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -146,3 +147,43 @@ def test_drift_off_is_a_404(engine):
         response = httpx.get(server.url + "/admin/drift", headers=AUTH)
         assert response.status_code == 404
         assert "drift" not in httpx.get(server.url + "/metrics", headers=AUTH).text
+
+
+def test_canary_split_is_compared_with_its_baseline(tmp_path, tiny_llama, tiny_qwen3):
+    """An alias splitting traffic between two versions: the report and
+    the gauges compare the canary's current window with the baseline's; the prompts, routed at
+    random, look alike on both sides, the answers of two different models do not."""
+    from cormorant.hosting.loader import load_object
+    from cormorant.hosting.registry import registry_from_dict, resolve_source
+
+    for name, src in (("llama", tiny_llama), ("qwen", tiny_qwen3)):
+        shutil.copytree(src, tmp_path / name)
+    engine = {"num_kv_blocks": 256, "max_model_len": 512, "max_num_seqs": 16}
+    registry = registry_from_dict({
+        "server": {"roots": [str(tmp_path)]},
+        "models": [{"name": "tiny", "version": v, "source": src, "dtype": "float32",
+                    "device": "cpu", "engine": engine} for v, src in (("1", "llama"),
+                                                                      ("2", "qwen"))],
+        "aliases": {"tiny-prod": {"tiny@1": 50, "tiny@2": 50}}})
+    loaded = {spec.id: load_object(spec, resolve_source(spec.source, registry.settings.roots))
+              for spec in registry.specs.values()}
+    server = ServerThread(None, registry=registry, loaded=loaded, loader=load_object,
+                          api_key=KEY, drift_logprobs=True, drift_window=40,
+                          drift_reference_size=40, drift_min_requests=12).start()
+    try:
+        client = server.client(api_key=KEY)
+        for i in range(60):
+            client.chat.completions.create(
+                model="tiny-prod", user=f"user-{i}", max_tokens=6, temperature=0,
+                messages=[{"role": "user", "content": latin(i % 7)}])
+        report = httpx.get(server.url + "/admin/drift", headers=AUTH).json()
+        (pair,) = report["canaries"]
+        assert pair["alias"] == "tiny-prod"
+        assert pair["baseline"] == ["tiny", "1"] and pair["canary"] == ["tiny", "2"]
+        assert "prompt_script" in pair["features"] and "prompt_tokens" not in pair["differing"]
+        assert "mean_logprob" in pair["differing"]  # two different models
+        canary = _gauges(server, "cormorant:drift_canary_score")
+        assert {dict(k)["alias"] for k in canary} == {"tiny-prod"}
+    finally:
+        server.stop()
+        server.app.state.cormorant.pool.shutdown_now()
