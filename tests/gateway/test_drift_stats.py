@@ -13,6 +13,7 @@ from cormorant.gateway.telemetry.drift import DriftConfig, DriftMonitor, load_re
 from cormorant.gateway.telemetry.drift_features import (FeatureRow, char_class, char_mix,
                                                         dominant_script, features, is_refusal)
 from cormorant.gateway.telemetry.drift_stats import chi2_quantile, js, ks, psi
+from cormorant.gateway.telemetry.request_log import TelemetryConfigError, build_telemetry
 
 LABELS = ("tiny", "1")
 CONFIG = DriftConfig(window=200, reference_size=200, min_requests=50)
@@ -141,3 +142,5 @@ def test_canary_with_other_answers_is_flagged_and_pinned_reference_is_used(tmp_p
     bad.write_text('{"prompt_tokens": "many"}\n')
     with pytest.raises(ValueError, match="bad.jsonl:1: prompt_tokens must be a number"):
         load_reference(bad)
+    with pytest.raises(TelemetryConfigError, match="drift reference: .*bad.jsonl:1"):
+        build_telemetry(512, usage_db=":memory:", drift=DriftConfig(reference_file=str(bad)))
