@@ -6,7 +6,7 @@ server asks for when drift monitoring tracks mean_logprob) and logprobs=1 (a ful
 plus top-1, what logprobs=0 cost before it had its own path). Each time is the median of 7
 CUDA-event timings of 50 back-to-back calls (SamplingMetadata built once, outside the timing).
 Run from the repository root on a CUDA machine (CPU works, slowly):
-    python benchmarks/logprob_probe.py [--out FILE.json]
+    python benchmarks/logprob_probe.py [--rows 1,8,64,256] [--vocab 32000,151936] [--out F]
 Imports torch and cormorant (repo on path).
 """
 from __future__ import annotations
@@ -64,10 +64,13 @@ def probe(num_rows: int, vocab: int, device: torch.device) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=None)
+    parser.add_argument("--rows", default="1,8,64,256", help="batch sizes N")
+    parser.add_argument("--vocab", default="32000,151936", help="vocabulary sizes V")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    results = [probe(n, v, device) for v in (32000, 151936) for n in (1, 8, 64, 256)]
+    results = [probe(int(n), int(v), device) for v in args.vocab.split(",")
+               for n in args.rows.split(",")]
     for r in results:
         print(name, r)
     if args.out:
