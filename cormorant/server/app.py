@@ -77,7 +77,7 @@ def build_app(engine: EngineClient | None = None, config: ServerConfig | None = 
         registry, loaded = fixed_registry(engine, config, encoders)
     state = ServerState(registry, config, loaded, loader)
     _install_caches(state, config)
-    route_drift.install_canaries(state)
+    route_drift.install(state)
     app = FastAPI(title="cormorant", version=__version__, lifespan=state.lifespan,
                   description="OpenAI-compatible API of the cormorant inference engine.",
                   docs_url=None, redoc_url=None, openapi_url="/openapi.json")

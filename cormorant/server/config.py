@@ -85,6 +85,8 @@ class ServerConfig:
     drift_reference_file: str | None = None  # ...unless this pinned JSONL file gives it
     drift_min_requests: int = 50  # rows each side needs before a feature is scored
     drift_logprobs: bool = False  # ask the engine for chosen-token logprobs (mean_logprob)
+    drift_embedding_model: str | None = None  # a served encoder: prompt embedding centroids
+    drift_embedding_every: int = 1  # embed every k-th prompt
 
     # --- response cache (server.cached_responses) ------------------------------------------
     response_cache: bool = False  # `cormorant serve` turns it on (--no-response-cache: off)
@@ -112,6 +114,8 @@ class ServerConfig:
             raise ValueError("ServerConfig.drain_grace_s must be >= 0 and health_stall_s > 0")
         if self.drift_logprobs and not self.drift:
             object.__setattr__(self, "drift_logprobs", False)  # nobody would read them
+        if self.drift_embedding_every < 1:
+            raise ValueError("ServerConfig.drift_embedding_every must be at least 1")
         if min(self.drift_window, self.drift_reference_size, self.drift_min_requests) < 2:
             raise ValueError("ServerConfig.drift_window, drift_reference_size and "
                              "drift_min_requests must be at least 2")

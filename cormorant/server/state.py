@@ -204,7 +204,8 @@ def drift_config(config: ServerConfig) -> DriftConfig | None:
         return None
     return DriftConfig(window=config.drift_window, reference_size=config.drift_reference_size,
                        reference_file=config.drift_reference_file,
-                       min_requests=config.drift_min_requests)
+                       min_requests=config.drift_min_requests,
+                       embed_every=config.drift_embedding_every)
 
 
 def _not_found(name: str) -> APIError:

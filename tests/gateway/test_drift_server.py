@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -17,6 +18,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from server_helpers import ServerThread, running_server, tiny_engine_fixture  # noqa: E402
 
 KEY = "sk-drift-test-0123456789abcdef0123456789"
@@ -24,6 +26,16 @@ AUTH = {"authorization": f"Bearer {KEY}"}
 DRIFT = {"drift_window": 40, "drift_reference_size": 40, "drift_min_requests": 20}
 
 engine = tiny_engine_fixture("engine")
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    from cormorant.frontend.embedder import Embedder
+    from models.test_bert import minilm_dir
+
+    encoder = Embedder.from_path(minilm_dir(), name="minilm", device="cpu")
+    yield encoder
+    encoder.shutdown()
 
 
 def latin(i: int) -> str:
@@ -66,28 +78,40 @@ def _alarms(server: ServerThread) -> dict[str, float]:
     return found
 
 
-def test_drift_report_and_gauges_move_after_a_shift(engine):
-    with running_server(engine, api_key=KEY, **DRIFT) as server:
+def _report(server: ServerThread, embedded: int) -> dict:
+    """The report once `embedded` prompts have been through the encoder (background tasks)."""
+    deadline = time.monotonic() + 30
+    while True:
+        (model,) = httpx.get(server.url + "/admin/drift", headers=AUTH).json()["models"]
+        if model["embeddings"]["num_embedded"] >= embedded or time.monotonic() > deadline:
+            return model
+        time.sleep(0.05)
+
+
+def test_drift_report_and_gauges_move_after_a_shift(engine, minilm):
+    with running_server(engine, encoders=[minilm], api_key=KEY, drift_embedding_model="minilm",
+                        **DRIFT) as server:
         assert httpx.get(server.url + "/admin/drift").status_code == 401
         asyncio.run(_send(server, [latin(i) for i in range(40)]))
-        report = httpx.get(server.url + "/admin/drift", headers=AUTH).json()
-        (model,) = report["models"]
+        model = _report(server, 40)
+        assert model["embeddings"] == {"reference": 40, "current": 40, "num_embedded": 40}
         assert model["reference"] == {"source": "first_requests", "num_rows": 40}
         assert model["num_current"] == 40 and model["drifting"] == []
         assert model["current"]["prompt_script"] == {"latin": 1.0}
         assert {"prompt_tokens", "output_tokens", "finish_reason", "prompt_script",
-                "prompt_charclass"} <= set(model["features"])
+                "prompt_charclass", "prompt_embedding"} <= set(model["features"])
         alarms = _alarms(server)
         assert alarms and not any(alarms.values())  # scored, and quiet
         # The shift: long Cyrillic prompts. 30 of them in a 40-request window.
         asyncio.run(_send(server, [cyrillic(i) for i in range(30)]))
-        report = httpx.get(server.url + "/admin/drift", headers=AUTH).json()
-        (model,) = report["models"]
-        assert {"prompt_tokens", "prompt_script", "prompt_charclass"} <= set(model["drifting"])
+        model = _report(server, 70)
+        assert {"prompt_tokens", "prompt_script", "prompt_charclass",
+                "prompt_embedding"} <= set(model["drifting"])
         assert "output_tokens" not in model["drifting"]
         assert model["current"]["prompt_script"]["cyrillic"] == 0.75
         alarms = _alarms(server)
         assert alarms["prompt_tokens"] == alarms["prompt_script"] == 1.0
+        assert alarms["prompt_embedding"] == 1.0
         # No prompt text anywhere in the report.
         assert "лис" not in httpx.get(server.url + "/admin/drift", headers=AUTH).text
         _deploy_files_query_only_exported_drift_metrics(server)

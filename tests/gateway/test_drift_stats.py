@@ -12,7 +12,7 @@ import pytest
 from cormorant.gateway.telemetry.drift import DriftConfig, DriftMonitor, load_reference
 from cormorant.gateway.telemetry.drift_features import (FeatureRow, char_class, char_mix,
                                                         dominant_script, features, is_refusal)
-from cormorant.gateway.telemetry.drift_stats import chi2_quantile, js, ks, psi
+from cormorant.gateway.telemetry.drift_stats import centroid_shift, chi2_quantile, js, ks, psi
 from cormorant.gateway.telemetry.request_log import TelemetryConfigError, build_telemetry
 
 LABELS = ("tiny", "1")
@@ -68,6 +68,27 @@ def test_statistics_see_a_shift_and_ignore_noise():
     # Wilson-Hilferty against the table: chi2(0.999, 9) = 27.88, chi2(0.95, 1) = 3.84.
     assert chi2_quantile(0.999, 9) == pytest.approx(27.88, rel=0.02)
     assert chi2_quantile(0.95, 1) == pytest.approx(3.84, rel=0.03)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_centroid_shift_of_embeddings():
+    """Unit vectors around a topic direction: the same topic on both sides stays under the
+    threshold in 20 seeds of 20, for isotropic and for lopsided noise; another topic is over."""
+    topic, other = np.random.default_rng(0).normal(0, 1, (2, 384))
+    scale = np.concatenate([np.full(5, 8.0), np.full(379, 0.3)])  # a few dominant directions
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        for noise in (1.0, scale):
+            a = _unit(topic * 0.3 + rng.normal(0, 1, (150, 384)) * noise)
+            b = _unit(topic * 0.3 + rng.normal(0, 1, (150, 384)) * noise)
+            assert not centroid_shift(a, b).is_drifting, seed
+    rng = np.random.default_rng(99)
+    a = _unit(topic * 0.3 + rng.normal(0, 1, (60, 384)))
+    b = _unit(other * 0.3 + rng.normal(0, 1, (60, 384)))
+    assert centroid_shift(a, b).is_drifting
 
 
 def test_features_of_text():

@@ -8,13 +8,18 @@ latest `window` rows. `DriftMonitor.report()` scores every feature, current agai
 mixes), and compares canary versions with their baseline's current window; `DriftCollector`
 exports the same scores as `cormorant:drift_*` gauges at scrape time.
 A feature is scored only once both sides hold `min_requests` rows with it.
+With an `embed` function (the server's: a served encoder), every `embed_every`-th prompt is
+also embedded, one at a time by a background task, into a `prompt_embedding` window scored by centroid shift
+(a pinned file gives no vectors: the version's first embedded prompts are its reference).
 Imports numpy (through drift_stats), prometheus_client and plain frontend types.
 """
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,11 +28,16 @@ from prometheus_client.core import GaugeMetricFamily
 from cormorant.frontend.outputs import RequestOutput
 from cormorant.gateway.telemetry.drift_features import (CATEGORICAL, MIXES, NUMERIC, FeatureRow,
                                                         features)
-from cormorant.gateway.telemetry.drift_stats import Score, js, ks, psi
+from cormorant.gateway.telemetry.drift_stats import Score, centroid_shift, js, ks, psi
+
+logger = logging.getLogger("cormorant.gateway")
 
 MAX_PROMPT_DECODE_TOKENS = 1024  # prompt tokens decoded for the script features
 MAX_REFERENCE_LINES = 100_000
+MAX_EMBED_QUEUE = 256  # prompts waiting for the encoder; more are skipped
+EMBEDDING = "prompt_embedding"
 Labels = tuple[str, str]  # (model name, version), as the metrics label them
+Embed = Callable[[str], Awaitable[list[float]]]
 
 
 @dataclass(frozen=True)
@@ -37,10 +47,13 @@ class DriftConfig:
     reference_file: str | None = None  # ...unless a pinned JSONL file gives it
     min_requests: int = 50  # fewer rows on either side: no score
     alpha: float = 1e-3  # chance of a false alarm per feature and statistic, at most
+    embed_every: int = 1  # with an encoder: embed every k-th prompt
 
     def __post_init__(self) -> None:
         if self.window < 2 or self.reference_size < 2 or self.min_requests < 2:
             raise ValueError("drift window, reference size and min requests must be >= 2")
+        if self.embed_every < 1:
+            raise ValueError("drift embed_every must be >= 1")
         if not 0.0 < self.alpha < 0.5:
             raise ValueError("drift alpha must be in (0, 0.5)")
 
@@ -136,6 +149,9 @@ class VersionWindows:
     is_pinned: bool
     current: deque = field(default_factory=deque)
     num_seen: int = 0
+    reference_vectors: list[list[float]] = field(default_factory=list)
+    current_vectors: deque = field(default_factory=deque)
+    num_embedded: int = 0
 
 
 class DriftMonitor:
@@ -146,6 +162,10 @@ class DriftMonitor:
         self.pinned = load_reference(self.config.reference_file) \
             if self.config.reference_file else []
         self.versions: dict[Labels, VersionWindows] = {}
+        self.embed: Embed | None = None  # set by the server when an encoder is named
+        self._num_prompts = 0
+        self._queue: asyncio.Queue | None = None
+        self._worker: asyncio.Task | None = None
 
     def _windows(self, labels: Labels) -> VersionWindows:
         found = self.versions.get(labels)
@@ -153,8 +173,8 @@ class DriftMonitor:
             name, version = labels
             keys = {None, name, f"{name}@{version}"}
             pinned = [p.row for p in self.pinned if p.model in keys]
-            found = VersionWindows(pinned, bool(pinned),
-                                   deque(maxlen=self.config.window))
+            found = VersionWindows(pinned, bool(pinned), deque(maxlen=self.config.window),
+                                   current_vectors=deque(maxlen=self.config.window))
             self.versions[labels] = found
         return found
 
@@ -169,20 +189,61 @@ class DriftMonitor:
     def observe_outputs(self, labels: Labels, outputs: Iterable[RequestOutput],
                         decode: Callable[[list[int]], str] | None) -> None:
         """The rows of one HTTP request's finished engine outputs (one row per choice)."""
-        self.observe(labels, rows_from_outputs(outputs, decode))
+        rows, prompts = rows_from_outputs(outputs, decode)
+        self.observe(labels, rows)
+        for prompt in prompts if self.embed is not None else ():
+            self._num_prompts += 1
+            if self._num_prompts % self.config.embed_every == 0:
+                self._enqueue(labels, prompt)
+
+    def _enqueue(self, labels: Labels, prompt: str) -> None:
+        if self._worker is None:
+            self._queue = asyncio.Queue(MAX_EMBED_QUEUE)
+            self._worker = asyncio.get_running_loop().create_task(self._embed_queued())
+        try:
+            self._queue.put_nowait((labels, prompt))  # type: ignore[union-attr]
+        except asyncio.QueueFull:
+            pass  # the encoder is behind: this prompt goes unsampled
+
+    async def _embed_queued(self) -> None:
+        while True:
+            labels, prompt = await self._queue.get()  # type: ignore[union-attr]
+            try:
+                vector = await self.embed(prompt)  # type: ignore[misc]
+            except Exception as exc:  # an encoder unloaded or failing costs a sample, no more
+                logger.debug("drift: embedding a prompt failed: %s", exc)
+                continue
+            windows = self._windows(labels)
+            windows.num_embedded += 1
+            if len(windows.reference_vectors) < self.config.reference_size:
+                windows.reference_vectors.append(vector)
+            windows.current_vectors.append(vector)
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+
+    def _compare(self, reference: Sequence[FeatureRow], current: Sequence[FeatureRow],
+                 ref_vectors: Sequence, cur_vectors: Sequence) -> dict[str, list[Score]]:
+        cfg = self.config
+        scores = compare(reference, current, cfg.min_requests, cfg.alpha)
+        if min(len(ref_vectors), len(cur_vectors)) >= cfg.min_requests:
+            scores[EMBEDDING] = [centroid_shift(ref_vectors, cur_vectors, cfg.alpha)]
+        return scores
 
     def scores(self, labels: Labels) -> dict[str, list[Score]]:
         w = self.versions[labels]
-        return compare(w.reference, list(w.current), self.config.min_requests,
-                       self.config.alpha)
+        return self._compare(w.reference, list(w.current), w.reference_vectors,
+                             list(w.current_vectors))
 
     def canary_scores(self, baseline: Labels, canary: Labels) -> dict[str, list[Score]]:
         """The canary's current window against the baseline's: does the new version answer
         differently to the same traffic?"""
         if baseline not in self.versions or canary not in self.versions:
             return {}
-        return compare(list(self.versions[baseline].current), list(self.versions[canary].current),
-                       self.config.min_requests, self.config.alpha)
+        base, new = self.versions[baseline], self.versions[canary]
+        return self._compare(list(base.current), list(new.current), list(base.current_vectors),
+                             list(new.current_vectors))
 
     def report(self, canaries: Sequence[tuple[str, Labels, Labels]] = ()) -> dict:
         """The whole state as JSON-ready data. canaries: (alias, baseline, canary) labels."""
@@ -194,6 +255,9 @@ class DriftMonitor:
                 "reference": {"source": "pinned" if w.is_pinned else "first_requests",
                               "num_rows": len(w.reference)},
                 "num_current": len(w.current), "num_seen": w.num_seen,
+                "embeddings": {"reference": len(w.reference_vectors),
+                               "current": len(w.current_vectors),
+                               "num_embedded": w.num_embedded},
                 "drifting": sorted(n for n, s in scores.items() if any(x.is_drifting for x in s)),
                 "features": _scores_dict(scores), "current": summary(list(w.current)),
                 "reference_summary": summary(w.reference)})
@@ -211,13 +275,17 @@ class DriftMonitor:
                 "models": models, "canaries": pairs}
 
 
-def rows_from_outputs(outputs: Iterable[RequestOutput],
-                      decode: Callable[[list[int]], str] | None) -> list[FeatureRow]:
-    rows = []
+def rows_from_outputs(outputs: Iterable[RequestOutput], decode: Callable[[list[int]], str] | None
+                      ) -> tuple[list[FeatureRow], list[str]]:
+    """The rows of finished outputs (one per choice) and their prompts' text (one per prompt,
+    for the encoder; never stored)."""
+    rows, prompts = [], []
     for out in outputs:
         if out.error is not None or not out.finished:
             continue
         prompt = decode(out.prompt_token_ids[:MAX_PROMPT_DECODE_TOKENS]) if decode else None
+        if prompt:
+            prompts.append(prompt)
         for o in out.outputs:
             mean_logprob = (o.cumulative_logprob / len(o.token_ids)
                             if o.cumulative_logprob is not None and o.token_ids else None)
@@ -225,7 +293,7 @@ def rows_from_outputs(outputs: Iterable[RequestOutput],
                                  prompt_tokens=len(out.prompt_token_ids),
                                  output_tokens=len(o.token_ids),
                                  finish_reason=o.finish_reason, mean_logprob=mean_logprob))
-    return rows
+    return rows, prompts
 
 
 class DriftCollector:

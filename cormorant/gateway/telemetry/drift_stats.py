@@ -11,6 +11,9 @@ does not alarm on noise that a window of 3000 would average away):
   8 ln2 JS / (1/n + 1/m) is about chi-square with (categories - 1) degrees of freedom.
 - KS distance (the largest gap between the two empirical CDFs): Kolmogorov's critical value
   sqrt(-ln(alpha/2) / 2) * sqrt(1/n + 1/m).
+- Centroid shift of prompt embeddings (the distance between the two windows' mean vectors):
+  under no drift, its square is about tr(S) (1/n + 1/m) chi-square(k) / k, with S the pooled
+  within-window covariance and k = tr(S)^2 / tr(S^2) (Satterthwaite's effective dimensions).
 Chi-square quantiles use the Wilson-Hilferty approximation. Pure Python and numpy.
 """
 from __future__ import annotations
@@ -28,13 +31,14 @@ NUM_BINS = 10
 PSI_FLOOR = 0.1  # the usual "moderate shift" mark (0.25: major)
 JS_FLOOR = 0.01  # bits (a 2 % -> 8 % rate is 0.015)
 KS_FLOOR = 0.1
+CENTROID_FLOOR = 0.05  # distance between mean unit vectors (cosine ~ 0.999 at 0.05)
 
 
 @dataclass(frozen=True)
 class Score:
     """One feature's drift: the statistic, its value, the threshold and whether it is over."""
 
-    statistic: str  # psi | js | ks
+    statistic: str  # psi | js | ks | centroid
     value: float
     threshold: float
     num_reference: int
@@ -50,9 +54,9 @@ class Score:
                 "num_reference": self.num_reference, "num_current": self.num_current}
 
 
-def chi2_quantile(p: float, dof: int) -> float:
+def chi2_quantile(p: float, dof: float) -> float:
     """The p-quantile of chi-square with `dof` degrees of freedom (Wilson-Hilferty)."""
-    k = max(1, dof)
+    k = max(1.0, dof)
     z = NormalDist().inv_cdf(p)
     return k * max(0.0, 1.0 - 2.0 / (9.0 * k) + z * math.sqrt(2.0 / (9.0 * k))) ** 3
 
@@ -132,3 +136,21 @@ def ks(reference: Sequence[float], current: Sequence[float], alpha: float = 1e-3
     value = float(gap.max()) if len(points) else 0.0
     chance = math.sqrt(-math.log(alpha / 2) / 2) * math.sqrt(_inverse_sizes(len(a), len(b)))
     return Score("ks", value, max(KS_FLOOR, chance), len(a), len(b))
+
+
+def centroid_shift(reference: Sequence[Sequence[float]], current: Sequence[Sequence[float]],
+                   alpha: float = 1e-3) -> Score:
+    """Distance between the mean embedding of `reference` and that of `current` (rows are
+    vectors of one encoder)."""
+    a, b = np.asarray(reference, np.float64), np.asarray(current, np.float64)  # [n, d], [m, d]
+    n, m = len(a), len(b)
+    value = float(np.linalg.norm(a.mean(axis=0) - b.mean(axis=0)))
+    centered = np.concatenate((a - a.mean(axis=0), b - b.mean(axis=0)))  # [n + m, d]
+    dof = max(1, n + m - 2)
+    trace = float(np.sum(centered ** 2)) / dof  # tr(S)
+    # tr(S^2) = |X^T X|_F^2 / dof^2, and |X^T X|_F = |X X^T|_F: take the smaller Gram.
+    gram = centered @ centered.T if n + m < centered.shape[1] else centered.T @ centered
+    trace_sq = float(np.sum(gram ** 2)) / dof ** 2
+    k = trace * trace / trace_sq if trace_sq > 0 else 1.0
+    chance = math.sqrt(chi2_quantile(1.0 - alpha, k) / k * trace * _inverse_sizes(n, m))
+    return Score("centroid", value, max(CENTROID_FLOOR, chance), n, m)

@@ -209,6 +209,8 @@ class Telemetry:
                                    record.outputs.values(), decode)
 
     def close(self) -> None:
+        if self.drift is not None:
+            self.drift.close()
         if self.usage is not None:
             self.usage.close()
         if self.tracing is not None:
