@@ -43,7 +43,8 @@ def latin(i: int) -> str:
 
 
 def cyrillic(i: int) -> str:
-    return f"Расскажи мне подробно о быстрой коричневой лисе номер {i}, пожалуйста. " * 3
+    return (f"Расскажи мне подробно о быстрой коричневой лисе номер {i}, "
+            "пожалуйста. ") * 3
 
 
 async def _send(server: ServerThread, prompts: list[str], concurrency: int = 8,

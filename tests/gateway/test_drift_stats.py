@@ -96,7 +96,8 @@ def test_features_of_text():
                                                     "digit", "punct", "space", "latin"]
     assert dominant_script(char_mix("Привет, как дела? ok")) == "cyrillic"
     assert dominant_script(char_mix("12 + 30 = 42")) == "none"
-    assert is_refusal("I’m sorry, but I cannot do that") and not is_refusal("Sure: sorry is a word")
+    assert is_refusal("I’m sorry, but I cannot do that")
+    assert not is_refusal("Sure: sorry is a word")
     row = features(prompt="日本語のテキスト", output="  ", finish_reason="stop")
     assert row.categorical == {"finish_reason": "stop", "empty_output": "yes", "refusal": "no",
                                "prompt_script": "cjk"}

@@ -9,8 +9,9 @@ mixes), and compares canary versions with their baseline's current window; `Drif
 exports the same scores as `cormorant:drift_*` gauges at scrape time.
 A feature is scored only once both sides hold `min_requests` rows with it.
 With an `embed` function (the server's: a served encoder), every `embed_every`-th prompt is
-also embedded, one at a time by a background task, into a `prompt_embedding` window scored by centroid shift
-(a pinned file gives no vectors: the version's first embedded prompts are its reference).
+also embedded, one at a time by a background task, into a `prompt_embedding` window scored
+by centroid shift (a pinned file gives no vectors: the version's first embedded prompts are
+its reference).
 Imports numpy (through drift_stats), prometheus_client and plain frontend types.
 """
 from __future__ import annotations
@@ -307,9 +308,11 @@ class DriftCollector:
     def collect(self):
         labels = ["model_name", "model_version", "feature", "statistic"]
         score = GaugeMetricFamily("cormorant:drift_score", "Drift of a feature, current window "
-                                  "against the reference (PSI, KS distance or JS bits).", labels=labels)
+                                  "against the reference (PSI, KS distance, JS bits or centroid "
+                                  "distance).", labels=labels)
         threshold = GaugeMetricFamily("cormorant:drift_threshold", "The score above which the "
-                                      "feature counts as drifting (sample-size aware).", labels=labels)
+                                      "feature counts as drifting (sample-size aware).",
+                                      labels=labels)
         alarm = GaugeMetricFamily("cormorant:drift_alarm", "1 when the score is over its "
                                   "threshold.", labels=labels)
         rows = GaugeMetricFamily("cormorant:drift_window_requests", "Rows in a drift window.",
