@@ -5,7 +5,8 @@ the decision is made on the host from SamplingMetadata's flags, never by reading
 
     grammar mask  <- -inf outside each constrained row's allowed tokens (engine.structured)
     raw logprobs  <- log_softmax(logits)            (before any processing: what OpenAI returns;
-                                                     of the masked distribution, as vLLM's)
+                                                     of the masked distribution, as vLLM's;
+                                                     chosen token only: logit - logsumexp)
     logit_bias -> repetition / frequency / presence penalties -> min_tokens ban
     greedy rows   <- argmax
     other rows    <- temperature -> min_p -> top_k -> top_p -> exponential race
@@ -76,15 +77,18 @@ class Sampler:
         if meta.is_plain_greedy:
             return SamplerOutput(token_ids=logits.argmax(dim=-1))
         logits = logits.float()
+        raw = logits  # [N, V]: stages below are out of place, so these stay the raw logits
+        # Top-k alternatives need the whole log_softmax; the chosen token's logprob alone
+        # (logprobs=0 on every row that asks) needs only a logsumexp: no [N, V] write.
         raw_logprobs = (torch.log_softmax(logits, dim=-1)
-                        if meta.max_num_logprobs is not None else None)  # [N, V]
+                        if meta.max_num_logprobs else None)  # [N, V]
         logits = apply_bias_penalties_bans(logits, meta)
         if meta.all_greedy:
             token_ids = logits.argmax(dim=-1)
         else:
             sampled = self._sample(logits, meta)
             token_ids = torch.where(meta.is_greedy, logits.argmax(dim=-1), sampled)
-        return _with_logprobs(token_ids, raw_logprobs, meta.max_num_logprobs)
+        return _with_logprobs(token_ids, raw, raw_logprobs, meta.max_num_logprobs)
 
     def _sample(self, logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
         logits = logits / meta.temperature.unsqueeze(1)  # [N, V]
@@ -197,11 +201,15 @@ def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None,
     return torch.empty_like(logits).scatter_(1, order, sorted_logits)
 
 
-def _with_logprobs(token_ids: torch.Tensor, raw_logprobs: torch.Tensor | None,
+def _with_logprobs(token_ids: torch.Tensor, raw: torch.Tensor, raw_logprobs: torch.Tensor | None,
                    max_num_logprobs: int | None) -> SamplerOutput:
-    if raw_logprobs is None or max_num_logprobs is None:
+    if max_num_logprobs is None:
         return SamplerOutput(token_ids=token_ids)
-    chosen = raw_logprobs.gather(1, token_ids.unsqueeze(1)).squeeze(1)  # [N]
+    index = token_ids.unsqueeze(1)  # [N, 1]
+    if raw_logprobs is None:  # the chosen tokens' logprobs only
+        chosen = (raw.gather(1, index) - raw.logsumexp(dim=-1, keepdim=True)).squeeze(1)  # [N]
+        return SamplerOutput(token_ids=token_ids, logprobs=chosen)
+    chosen = raw_logprobs.gather(1, index).squeeze(1)  # [N]
     k = min(max_num_logprobs, raw_logprobs.shape[1])
     topk_values, topk_ids = raw_logprobs.topk(k, dim=-1, sorted=True)  # [N, K]
     return SamplerOutput(token_ids=token_ids, logprobs=chosen,

@@ -24,7 +24,7 @@ from cormorant.gateway.telemetry.request_log import TelemetryMiddleware
 from cormorant.gateway.telemetry.usage import usage_router
 from cormorant.hosting.registry import ModelSpec, Registry
 from cormorant.server import (route_admin, route_batches, route_chat, route_classify,
-                              route_completions, route_detokenize, route_embeddings,
+                              route_completions, route_detokenize, route_drift, route_embeddings,
                               route_files, route_health, route_models, route_ready,
                               route_responses, route_tokenize, route_web)
 from cormorant.server.batch_jobs import BatchJobs
@@ -38,7 +38,7 @@ from cormorant.server.state import RawLoader, ServerState
 
 FIXED_SOURCE = "fixed:"  # a model handed to build_app: it cannot be reloaded from anywhere
 
-ROUTERS = (route_admin, route_completions, route_chat, route_responses, route_models,
+ROUTERS = (route_admin, route_drift, route_completions, route_chat, route_responses, route_models,
            route_tokenize, route_detokenize,
            route_health, route_ready, route_embeddings, route_classify,
            route_files, route_batches,
@@ -83,6 +83,7 @@ def build_app(engine: EngineClient | None = None, config: ServerConfig | None = 
     state = ServerState(registry, config, loaded, loader)
     _install_caches(state, config)
     state.batch_jobs = BatchJobs(state, config)  # /v1/files and /v1/batches
+    route_drift.install(state)
     app = FastAPI(title="cormorant", version=__version__, lifespan=state.lifespan,
                   description="OpenAI-compatible API of the cormorant inference engine.",
                   docs_url=None, redoc_url=None, openapi_url="/openapi.json")

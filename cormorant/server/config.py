@@ -93,6 +93,15 @@ class ServerConfig:
     log_prompts: bool = False  # the request log carries prompt and completion text
     usage_db: str | None = None  # SQLite file or postgresql:// URL; None: in memory
     otlp_endpoint: str | None = None  # OTLP/HTTP collector for request spans; None: no tracing
+    # Drift monitoring (gateway.telemetry.drift): features of finished requests per version.
+    drift: bool = True
+    drift_window: int = 500  # rows in the rolling current window
+    drift_reference_size: int = 500  # the first rows of a version are its reference...
+    drift_reference_file: str | None = None  # ...unless this pinned JSONL file gives it
+    drift_min_requests: int = 50  # rows each side needs before a feature is scored
+    drift_logprobs: bool = False  # ask the engine for chosen-token logprobs (mean_logprob)
+    drift_embedding_model: str | None = None  # a served encoder: prompt embedding centroids
+    drift_embedding_every: int = 1  # embed every k-th prompt
 
     # --- response cache (server.cached_responses) ------------------------------------------
     response_cache: bool = False  # `cormorant serve` turns it on (--no-response-cache: off)
@@ -118,5 +127,12 @@ class ServerConfig:
             raise ValueError("ServerConfig.header_timeout_s and body_timeout_s must be > 0")
         if self.drain_grace_s < 0 or self.health_stall_s <= 0:
             raise ValueError("ServerConfig.drain_grace_s must be >= 0 and health_stall_s > 0")
+        if self.drift_logprobs and not self.drift:
+            object.__setattr__(self, "drift_logprobs", False)  # nobody would read them
+        if self.drift_embedding_every < 1:
+            raise ValueError("ServerConfig.drift_embedding_every must be at least 1")
+        if min(self.drift_window, self.drift_reference_size, self.drift_min_requests) < 2:
+            raise ValueError("ServerConfig.drift_window, drift_reference_size and "
+                             "drift_min_requests must be at least 2")
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ValueError("ServerConfig.ssl_certfile and ssl_keyfile go together")

@@ -30,6 +30,7 @@ from cormorant.hosting.loader import (load_object, make_encoder, make_engine, mo
 from cormorant.hosting.registry import Registry, RegistryError, load_registry_file, resolve_source
 from cormorant.server.app import build_app
 from cormorant.server.config import ServerConfig
+from cormorant.server.route_drift import add_drift_args, drift_args_error, drift_settings
 from cormorant.server.uvicorn_server import DrainingServer, JSONErrorH11Protocol
 
 logger = logging.getLogger("cormorant.server")
@@ -104,6 +105,7 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     add_quota_args(parser)
     add_cache_args(parser)
     add_batch_args(parser)
+    add_drift_args(parser)
 
 
 def add_batch_args(parser: argparse.ArgumentParser) -> None:
@@ -245,7 +247,8 @@ def server_config(args: argparse.Namespace, version: str) -> ServerConfig:
         response_cache_max_entries=args.response_cache_max_entries,
         response_cache_redis_url=args.response_cache_redis,
         semantic_cache_model=args.semantic_cache_model,
-        semantic_cache_threshold=args.semantic_cache_threshold, **batch_settings(args))
+        semantic_cache_threshold=args.semantic_cache_threshold, **batch_settings(args),
+        **drift_settings(args))
 
 
 def load_encoders(specs: list[str], dtype: str, device: str) -> list:
@@ -270,7 +273,7 @@ def run_server(args: argparse.Namespace) -> int:
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     configure_request_log()  # one bare JSON line per request on stderr, whatever the level
-    error = auth_args_error(args) or bind_error(
+    error = auth_args_error(args) or drift_args_error(args) or bind_error(
         args.host, args.api_key or args.keys_db or args.keys_file, args.insecure, args.api_key)
     if error:
         print(f"cormorant serve: {error}", file=sys.stderr)

@@ -93,5 +93,19 @@ def chat_params(req: ChatCompletionRequest, prompt_len: int, max_model_len: int,
     param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
     max_tokens = resolve_max_tokens(requested, None, prompt_len, max_model_len, "messages",
                                     param)
-    logprobs = (req.top_logprobs or 0) if req.logprobs else None
-    return _validated(_common(req, max_tokens, logprobs, None, structured), vocab_size)
+    return _validated(_common(req, max_tokens, chat_top_logprobs(req), None, structured),
+                      vocab_size)
+
+
+def chat_top_logprobs(req: ChatCompletionRequest) -> int | None:
+    """What the chat request asked for: top-k alternatives per token; None: no logprobs."""
+    return (req.top_logprobs or 0) if req.logprobs else None
+
+
+def with_drift_logprobs(params: SamplingParams, drift_logprobs: bool) -> SamplingParams:
+    """Drift monitoring's confidence feature (gateway.telemetry.drift: mean_logprob): the
+    chosen tokens' logprobs (logprobs=0, one logsumexp in the sampler) for a request that
+    asked for none. Responses still carry none: the routes render what the request asked."""
+    if drift_logprobs and params.logprobs is None:
+        params.logprobs = 0
+    return params

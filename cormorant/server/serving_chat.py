@@ -27,7 +27,7 @@ from cormorant.server.chat_tools import (ChatPlan, chat_plan, check_tool_constra
 from cormorant.server.dispatch import Prepared, Started, respond, start_generation
 from cormorant.server.generation import EngineStream, Job
 from cormorant.server.logprobs import chat_logprobs
-from cormorant.server.params import chat_params
+from cormorant.server.params import chat_params, chat_top_logprobs, with_drift_logprobs
 from cormorant.server.structured import checked_structured_outputs
 from cormorant.server.prompts import chat_prompt
 from cormorant.server.protocol import ChatCompletionRequest
@@ -62,8 +62,9 @@ def chat_preparer(req: ChatCompletionRequest, state: ServerState,
                          state.config.reasoning_parser)
         prompt = await chat_prompt(req.messages, tokenizer, state.tokenize_pool,
                                    max_model_len=served.max_model_len, inputs=plan.inputs)
-        params = chat_params(req, len(prompt.token_ids), served.max_model_len,
-                             served.vocab_size, structured)
+        params = with_drift_logprobs(chat_params(req, len(prompt.token_ids),
+                                                 served.max_model_len, served.vocab_size,
+                                                 structured), state.config.drift_logprobs)
         constrain(params, plan)
         opened = plan.reasoning and prompt_opens_thinking(prompt.token_ids, tokenizer.decode)
         return Prepared([Job(new_id(id_prefix), prompt.token_ids, params)],
@@ -86,7 +87,7 @@ async def create_chat_completion(request: Request, state: ServerState) -> Respon
     served, job = started.served, started.prepared.jobs[0]
     plan, opened = started.prepared.extra
     ctx = _Ctx(id=job.request_id, model=served.model_id, fingerprint=served.fingerprint,
-               n=req.n, top_logprobs=job.params.logprobs, include_usage=include_usage,
+               n=req.n, top_logprobs=chat_top_logprobs(req), include_usage=include_usage,
                prompt_len=len(job.prompt_token_ids), token_text=served.token_text,
                plan=plan, opened=opened)
     return await respond(request, state, started, req.stream,

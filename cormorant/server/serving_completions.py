@@ -22,7 +22,7 @@ from cormorant.server.dispatch import Prepared, Started, respond, start_generati
 from cormorant.server.errors import APIError
 from cormorant.server.generation import EngineStream, Job
 from cormorant.server.logprobs import completion_logprobs
-from cormorant.server.params import completion_params
+from cormorant.server.params import completion_params, with_drift_logprobs
 from cormorant.server.structured import checked_structured_outputs
 from cormorant.server.prompts import Prompt, completion_prompts, count_prompts
 from cormorant.server.protocol import CompletionRequest
@@ -60,8 +60,10 @@ async def create_completion(request: Request, state: ServerState) -> Response:
     async def prepare(served: ServedGenerator) -> Prepared:
         prompts = await completion_prompts(req.prompt, served.tokenizer, served.vocab_size,
                                            state.tokenize_pool, served.max_model_len)
-        params = [completion_params(req, len(p.token_ids), served.max_model_len,
-                                    served.vocab_size, structured) for p in prompts]
+        params = [with_drift_logprobs(completion_params(req, len(p.token_ids),
+                                                        served.max_model_len, served.vocab_size,
+                                                        structured),
+                                      state.config.drift_logprobs) for p in prompts]
         request_id = new_id("cmpl")
         jobs = [Job(f"{request_id}-{i}", p.token_ids, sp)
                 for i, (p, sp) in enumerate(zip(prompts, params))]

@@ -27,6 +27,7 @@ from cormorant.gateway.auth.middleware import current_principal
 from cormorant.gateway.quotas.quotas import Quotas
 from cormorant.gateway.quotas.redis_store import RedisStore
 from cormorant.gateway.quotas.store import MemoryStore
+from cormorant.gateway.telemetry.drift import DriftConfig
 from cormorant.gateway.telemetry.request_log import build_telemetry
 from cormorant.gateway.telemetry.response_store import ResponseStore
 from cormorant.hosting.pool import Deployment, Lease, LoadError, ModelNotFound, ModelPool
@@ -61,7 +62,8 @@ class ServerState:
         self.config = config
         self.telemetry = build_telemetry(METRICS_TOKEN_BUCKET_MAX, usage_db=config.usage_db,
                                          otlp_endpoint=config.otlp_endpoint,
-                                         log_prompts=config.log_prompts)
+                                         log_prompts=config.log_prompts,
+                                         drift=drift_config(config))
         self.created = int(time.time())
         # Responses API conversations (previous_response_id), beside the usage rows.
         self.responses = ResponseStore(config.usage_db)
@@ -204,6 +206,15 @@ class ServerState:
 
         watchdog.before_exit += [fail_in_flight, self.telemetry.close]
         return watchdog.start()
+
+
+def drift_config(config: ServerConfig) -> DriftConfig | None:
+    if not config.drift:
+        return None
+    return DriftConfig(window=config.drift_window, reference_size=config.drift_reference_size,
+                       reference_file=config.drift_reference_file,
+                       min_requests=config.drift_min_requests,
+                       embed_every=config.drift_embedding_every)
 
 
 def _not_found(name: str) -> APIError:

@@ -48,6 +48,19 @@ def test_logprobs_match_log_softmax(model_pair):
             assert max(lp.top, key=lp.top.get) == lp.token_id
 
 
+def test_chosen_only_logprobs_match_transformers(model_pair):
+    """logprobs=0 (the chosen token alone: logit - logsumexp in the sampler, what drift
+    monitoring asks for on every request) gives transformers' values too."""
+    llm, ref = model_pair
+    out = llm.generate(PROMPTS[:2], _greedy(n=8, logprobs=0))
+    for prompt, result in zip(PROMPTS[:2], out):
+        completion = result.outputs[0]
+        expected = tiny.reference_logprobs(ref, prompt, completion.token_ids)
+        assert [lp.logprob for lp in completion.logprobs] == pytest.approx(expected, abs=1e-4)
+        assert all(lp.top == {} for lp in completion.logprobs)
+        assert completion.cumulative_logprob == pytest.approx(sum(expected), abs=1e-3)
+
+
 def test_prompt_logprobs_match(model_pair):
     llm, ref = model_pair
     prompt = PROMPTS[2]

@@ -223,7 +223,19 @@ def test_logprobs_are_raw_log_softmax_with_sorted_top_k():
 
 def test_logprobs_zero_gives_chosen_only():
     out = sample([make_seq(logprobs=0)], random_logits(1))
-    assert out.logprobs.shape == (1,) and out.topk_ids.shape == (1, 0)
+    assert out.logprobs.shape == (1,) and out.topk_ids is None
+
+
+def test_chosen_only_logprobs_match_log_softmax():
+    """logprobs=0 takes logit - logsumexp instead of a whole log_softmax: same values, for
+    greedy, random and penalised rows alike (raw logits, before any processing)."""
+    logits = random_logits(3, seed=5)
+    seqs = [make_seq(logprobs=0, temperature=0), make_seq(logprobs=0, temperature=0.8, seed=1),
+            make_seq(logprobs=0, temperature=0, presence_penalty=1.5, output=(4, 4))]
+    out = sample(seqs, logits)
+    want = torch.log_softmax(logits, dim=-1).gather(1, out.token_ids[:, None]).squeeze(1)
+    torch.testing.assert_close(out.logprobs, want)
+    assert out.topk_ids is None
 
 
 # ---------------------------------------------------------------- seeds

@@ -53,6 +53,7 @@ DEFAULT_RULES: tuple[RouteRule, ...] = (
     RouteRule("/v1/batches/{batch_id}/cancel", SCOPE_INFERENCE),
     RouteRule("/v1/usage", SCOPE_ADMIN),  # per-key usage of every key: operators only
     # Operator endpoints (usage, keys, drain, ...) live under /admin and need the admin scope.
+    RouteRule("/admin/drift", SCOPE_ADMIN),  # the drift report (server.route_drift)
     RouteRule("/admin/{rest:path}", SCOPE_ADMIN),
     # The browser pages (server.route_web): static shells with no data in them, so public;
     # every call they make is one of the API routes above, with the key the user typed in.

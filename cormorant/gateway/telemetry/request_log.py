@@ -1,7 +1,7 @@
 """Per-request telemetry, made from one `RequestRecord` when the response is complete.
 
 One structured JSON log line per HTTP request on the `cormorant.requests` logger, the usage
-record, the HTTP metrics and the trace spans.
+record, the HTTP metrics, the trace spans and the drift monitor's feature rows.
 `TelemetryMiddleware` (pure ASGI, outside auth so refusals are seen too) opens the record,
 notes the response status, the error code of error bodies and whether it streamed, and
 closes it. Engine outputs reach the record through a context variable: the engine wrapper
@@ -26,6 +26,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cormorant.frontend.outputs import RequestOutput
+from cormorant.gateway.telemetry.drift import DriftCollector, DriftConfig, DriftMonitor
 from cormorant.gateway.telemetry.metrics import InstrumentedEngine, Metrics
 from cormorant.gateway.telemetry.tracing import Tracing, TracingUnavailable
 from cormorant.gateway.telemetry.usage import (ANONYMOUS, UsageEvent, UsageStore, open_usage_store,
@@ -166,11 +167,17 @@ class Telemetry:
     """The per-app sinks a finished RequestRecord goes to."""
 
     def __init__(self, metrics: Metrics, usage: UsageStore | None = None,
-                 tracing: Tracing | None = None, log_prompts: bool = False) -> None:
+                 tracing: Tracing | None = None, log_prompts: bool = False,
+                 drift: DriftMonitor | None = None) -> None:
         self.metrics = metrics
         self.usage = usage
         self.tracing = tracing
         self.log_prompts = log_prompts
+        self.drift = drift
+        self.drift_collector: DriftCollector | None = None
+        if drift is not None:
+            self.drift_collector = DriftCollector(drift)
+            metrics.registry.register(self.drift_collector)
         self._tokenizers: dict[str, Any] = {}
 
     def instrument(self, engine: Any, model_name: str, model_version: str = ""
@@ -189,10 +196,21 @@ class Telemetry:
                 self.usage.record(self._usage_event(record))
             if self.tracing is not None:
                 self.tracing.emit(record)
+            if self.drift is not None and record.outputs and (record.status or 500) < 400:
+                self._observe_drift(record)
         except Exception:  # telemetry must never turn a served request into a failure
             logger.exception("telemetry: could not finish request %s", record.request_id)
 
+    def _observe_drift(self, record: RequestRecord) -> None:
+        tokenizer = self._tokenizers.get(record.model or "")
+        decode = None if tokenizer is None else (
+            lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
+        self.drift.observe_outputs((record.model or "", record.model_version),
+                                   record.outputs.values(), decode)
+
     def close(self) -> None:
+        if self.drift is not None:
+            self.drift.close()
         if self.usage is not None:
             self.usage.close()
         if self.tracing is not None:
@@ -227,8 +245,14 @@ class TelemetryConfigError(ValueError):
 
 
 def build_telemetry(max_model_len: int, *, usage_db: str | None = None,
-                    otlp_endpoint: str | None = None, log_prompts: bool = False) -> Telemetry:
-    """Everything one app needs; a setting that cannot work fails here, before serving."""
+                    otlp_endpoint: str | None = None, log_prompts: bool = False,
+                    drift: DriftConfig | None = None) -> Telemetry:
+    """Everything one app needs; a setting that cannot work fails here, before serving.
+    drift: None turns drift monitoring off."""
+    try:
+        monitor = DriftMonitor(drift) if drift is not None else None
+    except (OSError, ValueError) as exc:
+        raise TelemetryConfigError(f"drift reference: {exc}") from None
     try:
         usage = open_usage_store(usage_db)
     except (NotImplementedError, sqlite3.Error, OSError) as exc:
@@ -240,7 +264,7 @@ def build_telemetry(max_model_len: int, *, usage_db: str | None = None,
     except TracingUnavailable as exc:
         usage.close()
         raise TelemetryConfigError(str(exc)) from exc
-    return Telemetry(Metrics(max_model_len), usage, tracing, log_prompts)
+    return Telemetry(Metrics(max_model_len), usage, tracing, log_prompts, monitor)
 
 
 def _error_code(body: bytes) -> str | None:
