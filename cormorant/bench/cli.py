@@ -1,4 +1,4 @@
-"""`cormorant bench b1|b2|b3|b4|all [--quick] [--out DIR] [--peer/--no-peer] ...`.
+"""`cormorant bench b1|b2|b3|b4|b5|all [--quick] [--out DIR] [--peer/--no-peer] ...`.
 
 `add_bench_args(parser)` and `run_bench(args) -> int` are what cormorant.cli wires in; this
 module also runs alone (`python -m cormorant.bench.cli b1 --quick`). The order of work: the
@@ -18,7 +18,8 @@ from pathlib import Path
 
 from cormorant.engine_args import add_engine_args
 
-BENCHES = ("b1", "b2", "b3", "b4")
+BENCHES = ("b1", "b2", "b3", "b4")  # `all`: the GPU suite
+CPU_BENCHES = ("b5",)  # the CPU and edge path (bench.cpu_edge), run by name
 # `all` on an H100 at --quick: ~4 min of cormorant work (at the targets) + ~4 min of peers;
 # 540 s keeps any one command inside a 10-minute device call.
 DEFAULT_BUDGET_S = 540.0
@@ -26,7 +27,7 @@ DEFAULT_BUDGET_S = 540.0
 
 def add_bench_args(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("benches", nargs="+", choices=[*BENCHES, "all"], help="which benchmarks to run")
+    add("benches", nargs="+", choices=[*BENCHES, *CPU_BENCHES, "all"], help="which benchmarks to run")
     add("--quick", action="store_true",
         help="fewer prompts (B3), rates (B4) and shorter peer caps; B1 and B2 stay exact")
     add("--tiny", action="store_true",
@@ -47,9 +48,10 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
 
 def _runners():
     from cormorant.bench.offline import run_b1, run_b2, run_b3
+    from cormorant.bench.cpu_edge import run_b5
     from cormorant.bench.online import run_b4
 
-    return {"b1": run_b1, "b2": run_b2, "b3": run_b3, "b4": run_b4}
+    return {"b1": run_b1, "b2": run_b2, "b3": run_b3, "b4": run_b4, "b5": run_b5}
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -67,6 +69,7 @@ def run_bench(args: argparse.Namespace) -> int:
     ctx = make_context(scale, args.device, args.dtype, out_dir, budget, args.profile)
     ctx.async_scheduling = args.async_scheduling
     ctx.engine_process = args.engine_process
+    ctx.threads = args.threads
     ctx.env = environment(ctx.ceilings.device_name)
     header = {"env": ctx.env, "ceilings": ctx.ceilings.to_dict(), "scale": scale,
               "args": {k: v for k, v in vars(args).items() if not callable(v)}}
