@@ -19,7 +19,9 @@ Imports: torch, config, cormorant.layers, this package's loaders and registry.
 """
 from __future__ import annotations
 
+import logging
 import os
+import time
 
 import torch
 from torch import nn
@@ -32,6 +34,8 @@ from cormorant.models.bert import EncoderConfig, encoder_config_from_hf
 from cormorant.models.random_init import build_random_model
 from cormorant.models.registry import build_encoder, build_model, get_model_class
 from cormorant.models.weights import load_weights
+
+log = logging.getLogger(__name__)
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -124,11 +128,13 @@ def load_model(path: str, dtype: torch.dtype | str = "auto", device: torch.devic
         config = load_model_config(path)
         model = build_model(config, attn_backend, dtype, device)
         weights = hf_loader.iter_safetensors(path)
+    start = time.perf_counter()
     with torch.no_grad():
         load_weights(model, weights)
-        if keep_blocks:
-            gguf_quantized.quantize_lm_head(model, reader)
         finalize_linear_methods(model)
+    if keep_blocks:
+        log.info("GGUF weights kept quantized (%s); read and repacked in %.1f s",
+                 gguf_quantized.describe(model), time.perf_counter() - start)
     return model, config
 
 
