@@ -2,9 +2,10 @@
 
 `gguf_chooser(reader, model)` is the LinearMethodChooser (layers.linear) of a GGUF file: a
 fused layer (qkv, gate_up) gets the method its parts' GGUF types call for
-(layers.gguf_linear.gguf_method_for). The LM head stays dense in the model dtype: the
-quantized kernels return bf16, whose rounding of logits near 25 (steps of 0.125) flips
-SmolLM2's greedy first answer token (measured: "The" 25.33 vs "L" 25.24 in fp32).
+(layers.gguf_linear.gguf_method_for). `rescore_lm_head(model)` swaps a quantized file's LM
+head for layers.rescored_head's (a quantized copy scores the vocabulary, the top rows are
+recomputed exactly): a plain quantized head returns bf16 logits, whose steps of 0.125 near 25
+flipped SmolLM2's greedy first answer token ("The" 25.33 vs "L" 25.24 in fp32).
 Imports: torch, gguf, cormorant.layers, models.gguf_loader.
 """
 from __future__ import annotations
@@ -37,3 +38,16 @@ def describe(model: nn.Module) -> str:
     counts = Counter(type(m.method).__name__ for m in model.modules()
                      if isinstance(m, LinearBase))
     return ", ".join(f"{n} {name}" for name, n in counts.most_common()) + " linear layers"
+
+
+def rescore_lm_head(model: nn.Module) -> bool:
+    """Give the model a RescoredLMHead over its dense LM head (one rank only); True if done."""
+    from cormorant.layers.embedding import ParallelLMHead
+    from cormorant.layers.parallel import tp_rank_and_size
+    from cormorant.layers.rescored_head import RescoredLMHead
+
+    head = getattr(model, "lm_head", None)
+    if not isinstance(head, ParallelLMHead) or tp_rank_and_size()[1] != 1:
+        return False
+    model.lm_head = RescoredLMHead(head)
+    return True

@@ -132,6 +132,8 @@ def load_model(path: str, dtype: torch.dtype | str = "auto", device: torch.devic
     with torch.no_grad():
         load_weights(model, weights)
         finalize_linear_methods(model)
+        if keep_blocks:
+            gguf_quantized.rescore_lm_head(model)
     if keep_blocks:
         log.info("GGUF weights kept quantized (%s); read and repacked in %.1f s",
                  gguf_quantized.describe(model), time.perf_counter() - start)

@@ -118,3 +118,21 @@ def test_tiny_quantized_model_matches_dequantized_reference(tmp_path, qtypes):
     ref, ours = logits["none"], logits["gguf"]
     # Random weights give near-flat logits (argmax ties), so the bound is on the values.
     assert 0 < (ours - ref).abs().max() / ref.abs().max() < 0.03
+
+
+def test_rescored_lm_head_is_exact_where_it_matters():
+    from cormorant.layers.embedding import ParallelLMHead
+    from cormorant.layers.rescored_head import RESCORE_TOP, RescoredLMHead
+
+    torch.manual_seed(0)
+    dense = ParallelLMHead(4096, 128)
+    dense.weight.data.normal_(0, 0.5)
+    head = RescoredLMHead(dense)
+    assert head.weight is dense.weight  # shared (tied), not copied
+    hidden = torch.randn(3, 128)
+    ref, ours = dense(hidden), head(hidden)
+    top = ref.topk(RESCORE_TOP // 2, dim=-1).indices
+    torch.testing.assert_close(ours.gather(-1, top), ref.gather(-1, top), atol=1e-5, rtol=1e-5)
+    assert torch.equal(ours.argmax(-1), ref.argmax(-1))
+    tail = (ours - ref).abs().max().item()
+    assert 0 < tail < 0.02 * ref.abs().max().item()  # the tail: bf16 steps, within tolerance
