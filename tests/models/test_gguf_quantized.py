@@ -109,8 +109,9 @@ def test_tiny_quantized_model_matches_dequantized_reference(tmp_path, qtypes):
         prefill = runner.step(dict(enumerate(prompts)))
         decode = runner.step({0: [3], 1: [4]})
         logits[quantization] = torch.cat([prefill[0], decode[0], prefill[1], decode[1]])
-        methods = {type(m.method) for m in model.modules() if hasattr(m, "method")}
+        methods = {type(m.method) for m in model.model.modules() if hasattr(m, "method")}
         if quantization == "gguf":
+            assert type(model.lm_head).__name__ == "RescoredLMHead"
             assert DenseLinearMethod not in methods and Int4CpuMethod in methods
             assert (Int4PairCpuMethod in methods) == (Q.Q8_0 in qtypes.values())
         else:
