@@ -6,7 +6,9 @@ same thread count), 16 concurrent streams' aggregate tok/s of cormorant (prefill
 and resident memory: `cormorant serve` on the default model after one request, beside
 llama.cpp's process after its runs. The two run in separate processes (bench.cpu_worker),
 interleaved round by round so the load of a shared machine falls on both alike; the load
-average is recorded at the start and the end. Targets: batch-1 >= 0.8x llama.cpp; streams
+average is recorded at the start and the end. llama.cpp runs without its extra buffer types
+(AMX, runtime repacking; none applies to Q4_1 but AMX): the PyPI build is -march=native, and
+on a VM that shows AMX flags without allowing AMX it dies on its first tile instruction. Targets: batch-1 >= 0.8x llama.cpp; streams
 >= 2x llama.cpp's batch-1; RSS <= 1.5x llama.cpp's.
 Imports: bench (context, report, cpu_worker), frontend.default_model, runner.cpu_threads,
 text.tokenizer; the standard library.
@@ -103,7 +105,7 @@ def run_b5(ctx: RunContext) -> dict:
     rounds = 1 if ctx.is_tiny else 2
     spec = {"model": model, "threads": threads, "prompts": prompts(model, STREAMS),
             "max_tokens": NEW_TOKENS, "reps": 2, "streams": STREAMS, "n_ctx": 512,
-            "quantization": "auto"}
+            "quantization": "auto", "llama_extra_bufts": False}
     load_start = os.getloadavg()
     ours, peer = [], []
     for r in range(rounds):  # interleaved: ours, llama.cpp, ours, llama.cpp

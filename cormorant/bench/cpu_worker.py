@@ -57,8 +57,20 @@ def run_ours(spec: dict) -> dict:
 
 
 def run_llama_cpp(spec: dict) -> dict:
+    import llama_cpp.llama_cpp as llama_cpp
     from llama_cpp import Llama
 
+    if not spec.get("llama_extra_bufts", True):
+        # No extra buffer types (AMX, runtime repacking): a build with -march=native on a VM
+        # whose CPU flags show AMX that the hypervisor does not allow dies on `tilezero`.
+        defaults = llama_cpp.llama_model_default_params
+
+        def no_extra_bufts():
+            params = defaults()
+            params.use_extra_bufts = False
+            return params
+
+        llama_cpp.llama_model_default_params = no_extra_bufts
     start = time.perf_counter()
     llm = Llama(spec["model"], n_threads=spec["threads"], n_threads_batch=spec["threads"],
                 n_ctx=spec["n_ctx"], n_batch=512, seed=0, verbose=False)

@@ -134,10 +134,22 @@ def load_model(path: str, dtype: torch.dtype | str = "auto", device: torch.devic
         finalize_linear_methods(model)
         if keep_blocks:
             gguf_quantized.rescore_lm_head(model)
+    _release_freed_heap()
     if keep_blocks:
         log.info("GGUF weights kept quantized (%s); read and repacked in %.1f s",
                  gguf_quantized.describe(model), time.perf_counter() - start)
     return model, config
+
+
+def _release_freed_heap() -> None:
+    """Hand the loader's freed temporaries (dequantized float copies, unpacked codes) back to
+    the OS: glibc keeps freed heap pages resident until malloc_trim. Elsewhere a no-op."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def resolve_quantization(quantization: str, device: torch.device) -> str:
