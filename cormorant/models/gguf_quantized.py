@@ -34,7 +34,7 @@ def gguf_chooser(reader: GGUFReader, model: nn.Module) -> LinearMethodChooser:
 
 
 def describe(model: nn.Module) -> str:
-    """e.g. "211 Int4CpuMethod, 1 Int8CpuMethod linear layers"."""
+    """e.g. "150 Int4CpuMethod linear layers"."""
     counts = Counter(type(m.method).__name__ for m in model.modules()
                      if isinstance(m, LinearBase))
     return ", ".join(f"{n} {name}" for name, n in counts.most_common()) + " linear layers"
