@@ -84,6 +84,12 @@ class EngineConfig:
     strip_control_chars: bool = False
     attention_backend: str = "auto"  # auto | torch | triton
     enforce_eager: bool = False  # GPU: skip CUDA graphs
+    # A quantized GGUF on the CPU: "auto"/"gguf" keep linear weights in blocks (int4/int8
+    # kernels, models.loader), "none" dequantizes them (the reference path).
+    quantization: str = "auto"
+    # CPU threads for torch's kernels; None: the cores this process may use (affinity and
+    # cgroup quota, runner.cpu_threads). Process-wide: the last engine built sets it.
+    threads: int | None = None
     # Schedule and launch step n+1 before reading step n's sampled ids (engine.core).
     # None (default): on where the runner computes asynchronously (CUDA), off on the CPU. On
     # an H100 it cuts batch-1 decode and serving ITL and speeds up B3's prefill-heavy shapes

@@ -91,6 +91,14 @@ ENGINE_ARGS: tuple[EngineArg, ...] = (
     EngineArg("device", str, "auto | cpu | cuda | cuda:N", "device",
               commands=("serve", "generate", "chat", "bench", "llm"),
               note="registry: the model entry's own device key"),
+    EngineArg("quantization", str, "a quantized GGUF on the CPU: gguf keeps the linear "
+              "weights in their blocks (int4 kernels for Q4_0/Q4_1/Q4_K, int8 for other types); "
+              "none dequantizes them to the dtype; auto: gguf on the CPU, none elsewhere",
+              "quantization", choices=("auto", "none", "gguf"),
+              commands=("serve", "generate", "chat", "llm", "registry"), note=_AS_SERVED),
+    EngineArg("threads", int, "CPU threads for the model's kernels", "threads",
+              optional=True, none_means="the cores this process may use (affinity and cgroup "
+              "quota)", commands=("serve", "generate", "chat", "bench", "llm", "registry")),
     EngineArg("seed", int, "seeds the weights of random models and the sampling of requests "
               "that bring no seed of their own", "seed",
               commands=("serve", "generate", "chat", "llm", "registry"), note=_BENCH_NOTE),

@@ -1,6 +1,7 @@
-"""`cormorant bench b1|b2|b3|b4|b1s|all [--quick] [--out DIR] [--peer/--no-peer] ...`.
+"""`cormorant bench b1|b2|b3|b4|b5|b1s|all [--quick] [--out DIR] [--peer/--no-peer] ...`.
 
-b1s (B1 under a JSON schema, bench.structured) runs only when named; `all` is B1-B4.
+b1s (B1 under a JSON schema, bench.structured) and b5 (the CPU edge path) run only when named;
+`all` is B1-B4.
 
 `add_bench_args(parser)` and `run_bench(args) -> int` are what cormorant.cli wires in; this
 module also runs alone (`python -m cormorant.bench.cli b1 --quick`). The order of work: the
@@ -20,7 +21,8 @@ from pathlib import Path
 
 from cormorant.engine_args import add_engine_args
 
-BENCHES = ("b1", "b2", "b3", "b4")
+BENCHES = ("b1", "b2", "b3", "b4")  # `all`: the GPU suite
+CPU_BENCHES = ("b5",)  # the CPU and edge path (bench.cpu_edge), run by name
 # `all` on an H100 at --quick: ~4 min of cormorant work (at the targets) + ~4 min of peers;
 # 540 s keeps any one command inside a 10-minute device call.
 DEFAULT_BUDGET_S = 540.0
@@ -28,8 +30,9 @@ DEFAULT_BUDGET_S = 540.0
 
 def add_bench_args(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("benches", nargs="+", choices=[*BENCHES, "b1s", "all"],
-        help="which benchmarks to run (b1s: B1 under a JSON schema vs unconstrained)")
+    add("benches", nargs="+", choices=[*BENCHES, *CPU_BENCHES, "b1s", "all"],
+        help="which benchmarks to run (b1s: B1 under a JSON schema vs unconstrained; "
+             "b5: the CPU edge path against llama.cpp)")
     add("--quick", action="store_true",
         help="fewer prompts (B3), rates (B4) and shorter peer caps; B1 and B2 stay exact")
     add("--tiny", action="store_true",
@@ -50,10 +53,12 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
 
 def _runners():
     from cormorant.bench.offline import run_b1, run_b2, run_b3
+    from cormorant.bench.cpu_edge import run_b5
     from cormorant.bench.online import run_b4
     from cormorant.bench.structured import run_b1_structured
 
-    return {"b1": run_b1, "b2": run_b2, "b3": run_b3, "b4": run_b4, "b1s": run_b1_structured}
+    return {"b1": run_b1, "b2": run_b2, "b3": run_b3, "b4": run_b4, "b5": run_b5,
+            "b1s": run_b1_structured}
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -71,6 +76,7 @@ def run_bench(args: argparse.Namespace) -> int:
     ctx = make_context(scale, args.device, args.dtype, out_dir, budget, args.profile)
     ctx.async_scheduling = args.async_scheduling
     ctx.engine_process = args.engine_process
+    ctx.threads = args.threads
     ctx.env = environment(ctx.ceilings.device_name)
     header = {"env": ctx.env, "ceilings": ctx.ceilings.to_dict(), "scale": scale,
               "args": {k: v for k, v in vars(args).items() if not callable(v)}}

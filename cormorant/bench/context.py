@@ -75,6 +75,7 @@ class RunContext:
     async_scheduling: bool | None = None  # None: on for CUDA
     engine_process: bool | None = None  # B4's server: engine core in its own process (None:
     # as `cormorant serve` decides: on for CUDA)
+    threads: int | None = None  # B5: CPU threads of both peers (None: the usable cores)
     env: dict = field(default_factory=dict)
 
     @property

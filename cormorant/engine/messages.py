@@ -18,7 +18,8 @@ from typing import Any
 import msgpack
 
 from cormorant.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
-from cormorant.engine.types import EngineOutput, EngineRequest
+# BATCH_PRIORITY (the background class) is re-exported: the server's one seam into the engine.
+from cormorant.engine.types import BATCH_PRIORITY, EngineOutput, EngineRequest  # noqa: F401
 from cormorant.sampling_params import SamplingParams, StructuredOutputs
 
 

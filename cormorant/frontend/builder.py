@@ -19,6 +19,7 @@ from cormorant.engine.core import EngineCore
 from cormorant.layers.attention import TorchAttention
 from cormorant.models.loader import (check_load_format, load_model, load_model_config,
                                      resolve_device, resolve_dtype)
+from cormorant.runner.cpu_threads import configure_threads
 from cormorant.runner.model_runner import ModelRunner
 from cormorant.text.guidance_backend import GuidanceBackend
 from cormorant.text.synthetic import has_tokenizer_files, synthetic_tokenizer
@@ -57,10 +58,13 @@ def build_engine(config: EngineConfig) -> BuiltEngine:
         torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, config.model, device)
+    if device.type == "cpu":
+        configure_threads(config.threads)
     tokenizer = build_tokenizer(config)  # first: it also validates load_format
     model, model_config = load_model(config.model, dtype, device,
                                      attention_backend(config.attention_backend, device),
-                                     load_format=config.load_format, seed=config.seed or 0)
+                                     load_format=config.load_format, seed=config.seed or 0,
+                                     quantization=config.quantization)
     config = _resolve_lengths(config, model_config, device.type)
     eos = tuple(sorted(set(model_config.eos_token_ids) | set(tokenizer.eos_token_ids)))
     runner = ModelRunner(config, model_config, model, device, dtype, eos)

@@ -163,6 +163,12 @@ def _attend_decodes(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMeta
     keys = kv_cache[0, tables].flatten(1, 2).to(q.dtype)  # [B, S, Hkv, D]
     values = kv_cache[1, tables].flatten(1, 2).to(q.dtype)
     num_seqs, num_heads, head_dim = q.shape
+    if num_seqs == 1:  # batch-1 decode: no padding, so one SDPA call instead of six ops
+        keys, values = keys[:, :seq_lens[0]], values[:, :seq_lens[0]]
+        out = F.scaled_dot_product_attention(
+            q[:, :, None], keys.transpose(1, 2), values.transpose(1, 2), scale=scale,
+            enable_gqa=group > 1)  # [1, H, 1, D]
+        return out.view(1, num_heads, head_dim)
     # Group the query heads of each KV head instead of repeating K/V (GQA).
     grouped = q.view(num_seqs, num_heads // group, group, head_dim)  # [B, Hkv, G, D]
     scores = torch.matmul(grouped, keys.permute(0, 2, 3, 1)) * scale  # [B, Hkv, G, S]

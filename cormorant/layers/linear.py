@@ -6,8 +6,13 @@ are plain linears. Each layer's `weight_loader(param, tensor[, shard_id])` copie
 a full checkpoint tensor into this rank's part of one of its parameters; fused projections
 (QKV, gate_up) take each checkpoint shard ("q"/"k"/"v", or 0/1) into its slice.
 
-A layer owns no weight format: a LinearMethod creates its parameters and does its matmul.
-Only DenseLinearMethod exists now; int8 / fp8 / GGUF-block formats become new method classes.
+A layer owns no weight format: a LinearMethod creates its parameters, fills their rows from
+checkpoint tensors (`load_rows`: a float tensor, or a format of its own such as GGUF blocks),
+packs them once loaded (`finalize`) and does the matmul. DenseLinearMethod is the default;
+other formats are methods in their own modules (layers.gguf_linear: int4/int8 on the CPU),
+chosen per layer at build time: `apply_linear_methods(model, choose)` asks `choose(name,
+layer)` (a LinearMethodChooser) for each linear layer and swaps the method of those it
+answers for, before any weight is loaded; `finalize_linear_methods(model)` runs after.
 Parameters are created uninitialised (torch.empty): the loader fills every one of them.
 
 Decode-sized inputs (`decode_gemv_kernels`: at most DECODE_MAX_ROWS rows, bf16/fp16, CUDA)
@@ -22,7 +27,10 @@ Imports: torch, cormorant.layers (parallel, norm, activation), cormorant.kernels
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import ModuleType
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -70,6 +78,17 @@ class LinearMethod:
               ) -> torch.Tensor:
         """x [..., input] -> [..., output]."""
         raise NotImplementedError
+
+    def load_rows(self, layer: nn.Module, loaded: Any, start: int) -> None:
+        """Write a checkpoint tensor (already this rank's part) into output rows
+        start:start + len(loaded) of the layer's weight. The default: a dense copy (a tensor
+        of another format is asked to `dequantize()` first)."""
+        if not isinstance(loaded, torch.Tensor):
+            loaded = loaded.dequantize()
+        _copy_checked(layer.weight.data.narrow(0, start, loaded.shape[0]), loaded)
+
+    def finalize(self, layer: nn.Module) -> None:
+        """Once every row is loaded: repack for the kernel (nothing to do for dense)."""
 
     def offers_fused_prologue(self, layer: nn.Module, x: torch.Tensor) -> bool:
         """Whether apply_add_norm / apply_silu_mul may run for input rows x ([M, input] or the
@@ -145,16 +164,36 @@ class LinearBase(nn.Module):
     def _local_out(self) -> int:
         return self.output_size // self.tp_size if self.tp_dim == 0 else self.output_size
 
-    def _shard(self, loaded: torch.Tensor, dim: int) -> torch.Tensor:
-        """This rank's part of a full checkpoint tensor along `dim`."""
+    def _shard(self, loaded: Any, dim: int) -> Any:
+        """This rank's part of a full checkpoint tensor along `dim` (a tensor of another
+        format that cannot split along `dim` is dequantized first)."""
         if self.tp_size == 1:
             return loaded
+        if dim != 0 and not isinstance(loaded, torch.Tensor):
+            loaded = loaded.dequantize()
         return loaded.chunk(self.tp_size, dim)[self.tp_rank]
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor) -> None:
         if not (param is self.bias and self.tp_dim == 1):  # a row-parallel bias is whole
             loaded = self._shard(loaded, self.tp_dim)
-        _copy_checked(param.data, loaded)
+        if tuple(loaded.shape[:1]) != tuple(param.shape[:1]):
+            raise ValueError(f"checkpoint tensor of shape {tuple(loaded.shape)} does not fit "
+                             f"parameter slice of shape {tuple(param.shape)}")
+        self._load_rows(param, loaded, 0)
+
+    def _load_rows(self, param: nn.Parameter, loaded: Any, start: int) -> None:
+        """The weight goes through the method (its format); a bias is always dense."""
+        if param is self.bias:
+            _copy_checked(param.data.narrow(0, start, loaded.shape[0]), loaded)
+        else:
+            self.method.load_rows(self, loaded, start)
+
+    def set_method(self, method: LinearMethod) -> None:
+        """Swap the weight format before loading: the new method's parameters replace the
+        old ones (created with torch.empty, so the old never touched memory)."""
+        del self.weight
+        self.method = method
+        method.create_weights(self, self._local_in(), self._local_out())
 
     def forward(self, x: LinearInput) -> torch.Tensor:
         return self._project(x, self.bias)
@@ -179,6 +218,13 @@ class LinearBase(nn.Module):
 class ColumnParallelLinear(LinearBase):
     tp_dim = 0
 
+    def _load_shard(self, param: nn.Parameter, loaded: Any, offset: int, size: int) -> None:
+        """One projection of a fused layer: exactly rows offset:offset + size."""
+        if loaded.shape[0] != size:
+            raise ValueError(f"checkpoint tensor of shape {tuple(loaded.shape)} does not fit "
+                             f"parameter slice of shape {(size, *param.shape[1:])}")
+        self._load_rows(param, loaded, offset)
+
 
 class MergedColumnParallelLinear(ColumnParallelLinear):
     """Several projections of the same input, concatenated along the output (gate_up)."""
@@ -191,7 +237,7 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: int) -> None:
         offset = sum(self.output_sizes[:shard_id]) // self.tp_size
         size = self.output_sizes[shard_id] // self.tp_size
-        _copy_checked(param.data.narrow(0, offset, size), self._shard(loaded, 0))
+        self._load_shard(param, self._shard(loaded, 0), offset, size)
 
 
 class QKVParallelLinear(ColumnParallelLinear):
@@ -214,7 +260,7 @@ class QKVParallelLinear(ColumnParallelLinear):
         kv_size = self.num_kv_heads * self.head_dim
         offset, size = {"q": (0, q_size), "k": (q_size, kv_size),
                         "v": (q_size + kv_size, kv_size)}[shard_id]
-        _copy_checked(param.data.narrow(0, offset, size), self._shard(loaded, 0))
+        self._load_shard(param, self._shard(loaded, 0), offset, size)
 
 
 class RowParallelLinear(LinearBase):
@@ -229,6 +275,29 @@ class RowParallelLinear(LinearBase):
 
     def forward(self, x: LinearInput) -> torch.Tensor:
         return all_reduce(self._project(x, self.rank_bias))
+
+
+# Which method a linear layer gets, by its module name (e.g. "model.layers.0.mlp.down_proj");
+# None keeps the one it was built with.
+LinearMethodChooser = Callable[[str, LinearBase], LinearMethod | None]
+
+
+def apply_linear_methods(model: nn.Module, choose: LinearMethodChooser) -> int:
+    """Give each linear layer the method `choose` answers for it (before loading); returns how
+    many layers changed."""
+    changed = 0
+    for name, module in model.named_modules():
+        if isinstance(module, LinearBase) and (method := choose(name, module)) is not None:
+            module.set_method(method)
+            changed += 1
+    return changed
+
+
+def finalize_linear_methods(model: nn.Module) -> None:
+    """After loading: let every linear layer's method pack its weights for its kernel."""
+    for module in model.modules():
+        if isinstance(module, LinearBase):
+            module.method.finalize(module)
 
 
 def _copy_checked(dst: torch.Tensor, src: torch.Tensor) -> None:

@@ -5,8 +5,12 @@ gguf.quants.dequantize, so peak memory is about one float32 tensor above the mod
 Tensor names are mapped to Hugging Face names so models.weights loads both formats the same
 way. llama.cpp's converter permutes the rows of attn_q / attn_k of llama-architecture models
 (interleaved rotary pairs); that is undone here. Qwen2/Qwen3 GGUFs are not permuted.
+With keep_blocks, quantized weights of linear layers are yielded as layers.gguf_blocks
+BlockTensors (raw blocks, no dequantization) for the layers' quantized methods, and
+`linear_types` says which GGUF types each linear layer's parts have, so a method can be
+chosen per layer before the weights are read.
 The tokenizer in the GGUF is not read here (cormorant.text owns it).
-Imports: gguf, numpy, torch, config.
+Imports: gguf, numpy, torch, config, cormorant.layers.gguf_blocks.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
 from gguf.quants import dequantize
 
 from cormorant.config import ModelConfig
+from cormorant.layers.gguf_blocks import BlockTensor
 
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
                   "qwen3": "Qwen3ForCausalLM"}
@@ -296,12 +301,50 @@ def hf_name(gguf_name: str) -> str:
     return f"gguf:{gguf_name}"
 
 
-def iter_gguf_tensors(reader: GGUFReader, config: ModelConfig
-                      ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (Hugging Face name, float32 tensor), dequantizing one tensor at a time."""
+_DENSE_TYPES = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16)
+_LINEAR_RE = re.compile(r"blk\.\d+\.(attn_(q|k|v|output)|ffn_(gate|up|down))\.weight")
+
+
+def is_linear_weight(gguf_name: str) -> bool:
+    return _LINEAR_RE.fullmatch(gguf_name) is not None
+
+
+def linear_types(reader: GGUFReader) -> dict[str, set[GGMLQuantizationType]]:
+    """Hugging Face module name of each linear layer's part (e.g. "model.layers.0.self_attn.
+    q_proj") -> the GGUF types of its weight."""
+    types: dict[str, set[GGMLQuantizationType]] = {}
+    for tensor in reader.tensors:
+        if is_linear_weight(tensor.name):
+            module = hf_name(tensor.name).rpartition(".")[0]
+            types.setdefault(module, set()).add(GGMLQuantizationType(tensor.tensor_type))
+    return types
+
+
+def block_tensor(tensor) -> BlockTensor:
+    """A quantized GGUF tensor's raw blocks (copied out of the memory map), [rows, bytes]."""
+    shape = tuple(int(n) for n in reversed(tensor.shape))
+    raw = np.array(tensor.data, dtype=np.uint8).reshape(shape[0], -1)
+    return BlockTensor(GGMLQuantizationType(tensor.tensor_type), torch.from_numpy(raw),
+                       shape[-1])
+
+
+def iter_gguf_tensors(reader: GGUFReader, config: ModelConfig, keep_blocks: bool = False
+                      ) -> Iterator[tuple[str, torch.Tensor | BlockTensor]]:
+    """Yield (Hugging Face name, float32 tensor), dequantizing one tensor at a time; with
+    keep_blocks, the quantized weights of linear layers as BlockTensors instead."""
     is_permuted = _Metadata(reader).get("general.architecture") in _PERMUTED_ARCHITECTURES
     for tensor in reader.tensors:
         if tensor.name == _ROPE_FREQS:  # already folded into config.rope_scaling
+            continue
+        if (keep_blocks and is_linear_weight(tensor.name)
+                and tensor.tensor_type not in _DENSE_TYPES):
+            weight = block_tensor(tensor)
+            raw = weight.raw
+            if is_permuted and ".attn_q." in tensor.name:
+                raw = unpermute_rows(raw, config.num_heads)
+            elif is_permuted and ".attn_k." in tensor.name:
+                raw = unpermute_rows(raw, config.num_kv_heads)
+            yield hf_name(tensor.name), BlockTensor(weight.qtype, raw.contiguous(), weight.cols)
             continue
         weight = dequantize_tensor(tensor)
         if is_permuted and ".attn_q." in tensor.name:

@@ -5,6 +5,11 @@
 checkpoint's; "random" reads only the architecture (config.json or the GGUF metadata) and
 fills the model with seeded random weights (models.random_init), so a directory holding
 nothing but config.json is enough (benchmarks, tests).
+`quantization` (EngineConfig.quantization) says what becomes of a quantized GGUF: "none"
+dequantizes every weight into the model dtype (the reference); "gguf" keeps the linear
+layers' weights in their blocks on the CPU (layers.gguf_linear: int4 for Q4_0/Q4_1/Q4_K,
+int8 for the rest), chosen per layer from the file's tensor types; "auto" is "gguf" on the
+CPU where torch has the kernels, else "none". Safetensors checkpoints are always dense.
 resolve_device and resolve_dtype are the one place where "auto" becomes a device and a dtype
 (the engine builder, the benchmarks and the embedder call them too).
 load_model_config(path) reads only the architecture facts (no weights) so the caller can
@@ -14,18 +19,23 @@ Imports: torch, config, cormorant.layers, this package's loaders and registry.
 """
 from __future__ import annotations
 
+import logging
 import os
+import time
 
 import torch
 from torch import nn
 
 from cormorant.config import ModelConfig
 from cormorant.layers.attention import AttentionBackend, TorchAttention
-from cormorant.models import gguf_loader, hf_loader
+from cormorant.layers.linear import apply_linear_methods, finalize_linear_methods
+from cormorant.models import gguf_loader, gguf_quantized, hf_loader
 from cormorant.models.bert import EncoderConfig, encoder_config_from_hf
 from cormorant.models.random_init import build_random_model
 from cormorant.models.registry import build_encoder, build_model, get_model_class
 from cormorant.models.weights import load_weights
+
+log = logging.getLogger(__name__)
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -34,6 +44,7 @@ _DTYPES = {
 }
 
 LOAD_FORMATS = ("auto", "random")
+QUANTIZATIONS = ("auto", "none", "gguf")
 
 
 def check_load_format(load_format: str) -> str:
@@ -93,9 +104,10 @@ def resolve_dtype(dtype: torch.dtype | str, path: str | None, device: torch.devi
 
 def load_model(path: str, dtype: torch.dtype | str = "auto", device: torch.device | str = "cpu",
                attn_backend: AttentionBackend | None = None, *, load_format: str = "auto",
-               seed: int = 0) -> tuple[nn.Module, ModelConfig]:
+               seed: int = 0, quantization: str = "none") -> tuple[nn.Module, ModelConfig]:
     """Build the model for `path` and fill its weights; returns (model in eval mode, config).
-    load_format "random": weights drawn from `seed` instead of read (same seed, same weights)."""
+    load_format "random": weights drawn from `seed` instead of read (same seed, same weights).
+    quantization: see the module docstring (the engine's default is "auto")."""
     check_load_format(load_format)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, path, device)
@@ -103,18 +115,54 @@ def load_model(path: str, dtype: torch.dtype | str = "auto", device: torch.devic
     if load_format == "random":
         config = load_model_config(path)
         return build_random_model(config, dtype, device, seed, attn_backend=attn_backend), config
+    keep_blocks = False
     if is_gguf(path):
         reader = gguf_loader.open_gguf(path)  # opened once: parsing the metadata is not free
         config = gguf_loader.gguf_model_config(reader)
         model = build_model(config, attn_backend, dtype, device)
-        weights = gguf_loader.iter_gguf_tensors(reader, config)
+        keep_blocks = resolve_quantization(quantization, device) == "gguf"
+        if keep_blocks:
+            apply_linear_methods(model, gguf_quantized.gguf_chooser(reader, model))
+        weights = gguf_loader.iter_gguf_tensors(reader, config, keep_blocks)
     else:
         config = load_model_config(path)
         model = build_model(config, attn_backend, dtype, device)
         weights = hf_loader.iter_safetensors(path)
+    start = time.perf_counter()
     with torch.no_grad():
         load_weights(model, weights)
+        finalize_linear_methods(model)
+        if keep_blocks:
+            gguf_quantized.rescore_lm_head(model)
+    _release_freed_heap()
+    if keep_blocks:
+        log.info("GGUF weights kept quantized (%s); read and repacked in %.1f s",
+                 gguf_quantized.describe(model), time.perf_counter() - start)
     return model, config
+
+
+def _release_freed_heap() -> None:
+    """Hand the loader's freed temporaries (dequantized float copies, unpacked codes) back to
+    the OS: glibc keeps freed heap pages resident until malloc_trim. Elsewhere a no-op."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def resolve_quantization(quantization: str, device: torch.device) -> str:
+    """"auto" -> "gguf" on the CPU when torch has its int4 CPU kernel, else "none"."""
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"unknown quantization {quantization!r}; use one of "
+                         f"{', '.join(QUANTIZATIONS)}")
+    if quantization == "gguf" and device.type != "cpu":
+        raise ValueError("quantization 'gguf' runs on the CPU only")
+    if quantization == "auto":
+        has_kernel = hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
+        return "gguf" if device.type == "cpu" and has_kernel else "none"
+    return quantization
 
 
 def load_encoder(path: str, dtype: torch.dtype | str = "auto", device: torch.device | str = "cpu"

@@ -4,12 +4,16 @@ On a GPU the budget is memory_fraction of the device's total memory, less what t
 holds outside PyTorch (CUDA context, other processes), the weights and the activation peak of
 the largest step, which the runner measures with a profile run (a dummy forward and sampler
 pass) before calling `num_kv_blocks`; it is also capped by what is actually free. On the CPU it
-is a fraction of available RAM. Imports torch and config only.
+is what max_num_seqs sequences of max_model_len tokens can use, within a fraction of
+available RAM, and its zeros come from the kernel's zero pages (calloc-style, through numpy):
+a block costs resident memory only once a sequence writes to it.
+Imports torch, numpy and config only.
 """
 from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 
 from cormorant.config import CacheConfig, ModelConfig, SchedulerConfig
@@ -76,9 +80,9 @@ def num_kv_blocks(model: ModelConfig, cache: CacheConfig, sched: SchedulerConfig
     """How many blocks fit.
 
     GPU: see cuda_kv_budget; without a measured activation peak (activation_bytes None) the
-    process's peak allocation so far stands in for weights plus activations. CPU: a fraction
-    of available RAM, capped at what max_num_seqs full-length sequences can use twice over
-    (more only feeds the prefix cache and costs page faults)."""
+    process's peak allocation so far stands in for weights plus activations. CPU: what
+    max_num_seqs full-length sequences can use (more only feeds the prefix cache), within a
+    fraction of available RAM."""
     if cache.num_blocks is not None:
         return cache.num_blocks
     per_block = bytes_per_block(model, cache.block_size, dtype)
@@ -93,7 +97,7 @@ def num_kv_blocks(model: ModelConfig, cache: CacheConfig, sched: SchedulerConfig
     num_blocks = budget // per_block
     if device.type != "cuda":
         blocks_per_seq = -(-sched.max_model_len // cache.block_size)
-        num_blocks = min(num_blocks, 2 * sched.max_num_seqs * blocks_per_seq)
+        num_blocks = min(num_blocks, sched.max_num_seqs * blocks_per_seq)
     if num_blocks < 1:
         raise MemoryError(
             f"no memory left for the KV cache: {budget / 2**20:.0f} MiB available for blocks of "
@@ -106,8 +110,18 @@ def num_kv_blocks(model: ModelConfig, cache: CacheConfig, sched: SchedulerConfig
 def allocate_kv_caches(model: ModelConfig, num_blocks: int, block_size: int,
                        dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
     shape = (2, num_blocks, block_size, model.num_kv_heads, model.head_dim)
+    if device.type == "cpu":
+        return [_lazy_zeros(shape, dtype) for _ in range(model.num_layers)]
     # zeros, not empty: some reads go past what was written (CUDA-graph padding rows read one
     # stale slot; a batched reference decode reads the masked tail of its padded K/V, where
     # probability 0 times a NaN from uninitialised memory would still be NaN). Stale slots
     # always hold finite values the model wrote. Zeroing costs milliseconds on a GPU.
     return [torch.zeros(shape, dtype=dtype, device=device) for _ in range(model.num_layers)]
+
+
+def _lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A zero tensor whose pages the OS maps on first write: numpy's zeros is calloc, which
+    large allocations get as untouched zero pages (torch.zeros would write every byte)."""
+    element = torch.tensor([], dtype=dtype).element_size()
+    raw = np.zeros(int(np.prod(shape)) * element, dtype=np.uint8)
+    return torch.from_numpy(raw).view(dtype).view(shape)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -41,6 +42,7 @@ class Lifecycle:
         self.is_ready = False
         self.is_draining = False
         self._in_flight: set[Failable] = set()
+        self._has_served = False
 
     # --- in-flight registry ------------------------------------------------------------------
 
@@ -55,6 +57,9 @@ class Lifecycle:
 
     def unregister(self, work: Failable) -> None:
         self._in_flight.discard(work)
+        if not self._has_served:  # the start-up time a user feels, printed once
+            self._has_served = True
+            _announce(f"first request served {_process_age_s():.1f} s after start")
 
     @property
     def num_in_flight(self) -> int:
@@ -87,9 +92,9 @@ class Lifecycle:
 
     # --- readiness, liveness, watchdog -------------------------------------------------------
 
-    async def warm_up(self, served: list[Warmable]) -> None:
+    async def warm_up(self, served: list[Warmable], names: list[str] | None = None) -> None:
         """One short generation (or embedding) through the whole stack per loaded model,
-        then /ready says yes."""
+        then /ready says yes, and the server says where it listens and what it serves."""
         if self.config.warmup:
             try:
                 for model in served:
@@ -100,6 +105,9 @@ class Lifecycle:
         if not self.is_draining:
             self.is_ready = True
             logger.info("ready")
+            _announce(f"serving {', '.join(names or []) or 'no model yet'} at "
+                      f"http://{self.config.host}:{self.config.port} (ready "
+                      f"{_process_age_s():.1f} s after start)")
 
     def health(self, stats: EngineStats) -> tuple[int, dict]:
         """200, or 503 with the reason: the watchdog's own definition of stuck (stall_reason)
@@ -138,3 +146,24 @@ class Lifecycle:
                                    code="engine_unavailable")
                     for work in stranded:
                         work.fail(err)
+
+
+def _announce(line: str) -> None:
+    """A start-up line for the person who ran `cormorant serve` (stdout, whatever the log
+    level)."""
+    print(f"cormorant: {line}", flush=True)
+
+
+def _process_age_s() -> float:
+    """Seconds since this process started (Linux /proc), else since this module loaded."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.monotonic() - _LOADED_AT
+
+
+_LOADED_AT = time.monotonic()

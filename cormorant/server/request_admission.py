@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Callable
 from starlette.requests import Request
 
 from cormorant.engine.messages import EngineStats
-from cormorant.engine.types import BATCH_PRIORITY
+from cormorant.engine.messages import BATCH_PRIORITY
 from cormorant.gateway.auth.keys import Principal
 from cormorant.gateway.engine_admission import (PRIORITY_HEADER, TIMEOUT_HEADER, AdmissionConfig,
                                                 AdmissionController, Refusal, Ticket,

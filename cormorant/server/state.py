@@ -181,7 +181,8 @@ class ServerState:
                 await self.response_cache.aclose()
 
     async def _warm_up(self) -> None:
-        await self.lifecycle.warm_up([d.served for d in self.pool.deployments.values()])
+        await self.lifecycle.warm_up([d.served for d in self.pool.deployments.values()],
+                                     names=list(self.pool.deployments))
 
     async def _expire_idle(self) -> None:
         while True:

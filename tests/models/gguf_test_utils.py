@@ -62,9 +62,12 @@ def gguf_tensor_name(hf_name: str) -> str:
     return f"blk.{layer}.{_LAYER_NAMES[module]}.{kind}"
 
 
-def write_gguf(hf_model, path, arch: str, architecture_name: str | None = None) -> None:
+def write_gguf(hf_model, path, arch: str, architecture_name: str | None = None,
+               qtypes: dict | None = None) -> None:
     """Write hf_model as an F32 GGUF of llama.cpp architecture `arch` (llama/qwen2/qwen3);
-    `architecture_name` overrides general.architecture (to test unsupported ones)."""
+    `architecture_name` overrides general.architecture (to test unsupported ones); `qtypes`
+    maps a GGUF tensor-name fragment (e.g. "ffn_down", "token_embd") to the type its tensors
+    are quantized to with gguf.quants (first match wins)."""
     cfg = hf_model.config
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     writer = gguf.GGUFWriter(str(path), architecture_name or arch)
@@ -96,7 +99,13 @@ def write_gguf(hf_model, path, arch: str, architecture_name: str | None = None) 
             data = llama_cpp_permute(data, cfg.num_attention_heads, cfg.num_attention_heads)
         elif arch == "llama" and ".k_proj." in name:
             data = llama_cpp_permute(data, cfg.num_attention_heads, cfg.num_key_value_heads)
-        writer.add_tensor(gguf_tensor_name(name), np.ascontiguousarray(data))
+        gguf_name = gguf_tensor_name(name)
+        qtype = next((q for part, q in (qtypes or {}).items() if part in gguf_name), None)
+        if qtype is not None:
+            writer.add_tensor(gguf_name, gguf.quants.quantize(np.ascontiguousarray(data), qtype),
+                              raw_dtype=qtype)
+        else:
+            writer.add_tensor(gguf_name, np.ascontiguousarray(data))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -1,0 +1,42 @@
+"""An LM head that reads a quantized copy of its weight, then rescores the top candidates exactly.
+
+The quantized CPU kernels (layers.gguf_linear) return bf16, whose steps near a logit of 25
+are 0.125: enough to swap two close candidates (SmolLM2's "The" 25.33 / "L" 25.24). So the
+whole vocabulary is scored on the int4 kernel (8 bits a weight: half the bytes of a
+float32 read, as fast as an 8-bit read), and the RESCORE_TOP best rows are recomputed in the
+model dtype against the dense weight (a gather of 64 rows): the logits that decide greedy
+picks, top-k/top-p sets and reported top logprobs are exact; the tail keeps the bf16 error
+(a few tenths of a logit at most), which only moves probabilities that are already tiny.
+One rank only (tensor parallelism keeps the dense head).
+Imports: torch, cormorant.layers (embedding, linear, gguf_linear).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cormorant.layers.embedding import ParallelLMHead
+from cormorant.layers.gguf_linear import Int4PairCpuMethod
+from cormorant.layers.linear import ColumnParallelLinear
+
+RESCORE_TOP = 64
+
+
+class RescoredLMHead(nn.Module):
+    def __init__(self, dense: ParallelLMHead) -> None:
+        super().__init__()
+        vocab, hidden = dense.weight.shape
+        self.weight = dense.weight  # the dense (often tied) weight, shared, not copied
+        self.approx = ColumnParallelLinear(hidden, vocab, bias=False,
+                                           method=Int4PairCpuMethod())
+        with torch.no_grad():
+            self.approx.weight_loader(self.approx.weight, dense.weight.data)
+            self.approx.method.finalize(self.approx)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[N, hidden] -> [N, vocab] in hidden's dtype."""
+        logits = self.approx(hidden)  # [N, vocab]
+        top = logits.topk(min(RESCORE_TOP, logits.shape[-1]), dim=-1).indices  # [N, K]
+        rows = self.weight[top]  # [N, K, hidden]
+        exact = torch.bmm(rows, hidden[:, :, None])[..., 0]  # [N, K]
+        return logits.scatter_(-1, top, exact)
