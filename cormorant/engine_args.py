@@ -93,7 +93,7 @@ ENGINE_ARGS: tuple[EngineArg, ...] = (
               note="registry: the model entry's own device key"),
     EngineArg("quantization", str, "a quantized GGUF on the CPU: gguf keeps the linear "
               "weights in their blocks (int4 kernels for Q4_0/Q4_1/Q4_K, int8 for other types); "
-              "none dequantizes them to the dtype; auto: gguf on the CPU, none elsewhere",
+              "none dequantizes them to the dtype (exact: token-identical to transformers); auto: none",
               "quantization", choices=("auto", "none", "gguf"),
               commands=("serve", "generate", "chat", "llm", "registry"), note=_AS_SERVED),
     EngineArg("threads", int, "CPU threads for the model's kernels", "threads",

@@ -105,7 +105,7 @@ def run_b5(ctx: RunContext) -> dict:
     rounds = 1 if ctx.is_tiny else 2
     spec = {"model": model, "threads": threads, "prompts": prompts(model, STREAMS),
             "max_tokens": NEW_TOKENS, "reps": 2, "streams": STREAMS, "n_ctx": 512,
-            "quantization": "auto", "llama_extra_bufts": False}
+            "quantization": "gguf", "llama_extra_bufts": False}
     load_start = os.getloadavg()
     ours, peer = [], []
     for r in range(rounds):  # interleaved: ours, llama.cpp, ours, llama.cpp

@@ -137,3 +137,16 @@ def test_rescored_lm_head_is_exact_where_it_matters():
     assert torch.equal(ours.argmax(-1), ref.argmax(-1))
     tail = (ours - ref).abs().max().item()
     assert 0 < tail < 0.02 * ref.abs().max().item()  # the tail: bf16 steps, within tolerance
+
+
+def test_the_default_is_the_exact_path_and_the_fast_path_is_asked_for_by_name():
+    """auto -> none: a user who asks for nothing gets transformers' tokens; gguf is opt-in."""
+    from cormorant.models.loader import resolve_quantization
+
+    cpu = torch.device("cpu")
+    assert resolve_quantization("auto", cpu) == "none"
+    assert resolve_quantization("gguf", cpu) == "gguf"
+    with pytest.raises(ValueError, match="CPU only"):
+        resolve_quantization("gguf", torch.device("meta"))
+    with pytest.raises(ValueError, match="unknown quantization"):
+        resolve_quantization("fp8", cpu)
