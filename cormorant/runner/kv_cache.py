@@ -12,6 +12,7 @@ Imports torch, numpy and config only.
 from __future__ import annotations
 
 import logging
+import mmap
 
 import numpy as np
 import torch
@@ -120,8 +121,9 @@ def allocate_kv_caches(model: ModelConfig, num_blocks: int, block_size: int,
 
 
 def _lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """A zero tensor whose pages the OS maps on first write: numpy's zeros is calloc, which
-    large allocations get as untouched zero pages (torch.zeros would write every byte)."""
-    element = torch.tensor([], dtype=dtype).element_size()
-    raw = np.zeros(int(np.prod(shape)) * element, dtype=np.uint8)
-    return torch.from_numpy(raw).view(dtype).view(shape)
+    """A zero tensor whose pages the OS maps on first write: an anonymous mmap, so it is lazy
+    whatever state the process's allocator is in (calloc reuses freed heap memory and clears
+    it, which made part of the cache resident in a long-lived process)."""
+    nbytes = int(np.prod(shape)) * torch.empty((), dtype=dtype).element_size()
+    buffer = mmap.mmap(-1, max(nbytes, 1))  # the tensor holds a reference: unmapped with it
+    return torch.frombuffer(buffer, dtype=torch.uint8, count=nbytes).view(dtype).view(shape)
