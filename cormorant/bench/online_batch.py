@@ -1,12 +1,12 @@
 """B4 with a concurrent batch job (`bench b4b`): interactive TTFT alone and beside a batch.
 
-One random-weight server (bench.serving.start_server, as B4), B4's workload at one request
-rate (B4's best measured rate at the scale, or --b4b-rate), measured twice by B4's own client:
-first alone, then while a batch job runs: a JSONL file of /v1/completions lines (4x the
-interactive requests, 256 new tokens each, B4's prompt length; tiny: more, shorter lines)
-uploaded with POST /v1/files and started with POST /v1/batches over HTTP. The second window opens once the batch has
-answered its first line (it is then running in the engine) and its completed count is read
-before and after, so the result shows it ran throughout. Reported: TTFT p50/p99 and output
+One random-weight server (bench.serving.start_server, as B4), B4's workload at one request rate
+(B4's best measured rate at the scale, or --b4b-rate), measured twice by B4's own client: first
+alone, then while a batch job runs: a JSONL file of /v1/completions lines (4x the interactive
+requests, 256 new tokens each, B4's prompt length; tiny: more, shorter lines) uploaded with
+POST /v1/files and started with POST /v1/batches over HTTP. The second window opens once the
+batch has answered its first line (it is then running in the engine) and its completed count is
+read before and after, so the result shows it ran throughout. Reported: TTFT p50/p99 and output
 tok/s of both windows, the ratio of the p99s (issue #17's target: <= 1.2) and the batch lines
 completed in the window. The batch is cancelled before the server stops.
 Imports bench modules; httpx.
@@ -36,6 +36,15 @@ BATCH_CONCURRENCY = {"full": 64, "quick": 64, "tiny": 4}
 BATCH_START_TIMEOUT_S = 300.0
 
 
+def _ok(resp) -> dict:
+    """The JSON of a 200, or an error that carries the server's message (e.g. a device image
+    without python-multipart answers the upload with a 400 that says so)."""
+    if resp.status_code != 200:
+        raise RuntimeError(f"{resp.request.method} {resp.request.url.path}: HTTP "
+                           f"{resp.status_code}: {resp.text[:300]}")
+    return resp.json()
+
+
 class BatchJob:
     """One batch over the server's Files and Batch APIs (no key: B4's server has no auth)."""
 
@@ -47,19 +56,14 @@ class BatchJob:
 
     def start(self, lines: list[dict]) -> None:
         data = "".join(json.dumps(line) + "\n" for line in lines).encode()
-        resp = self.http.post("/v1/files", data={"purpose": "batch"},
-                              files={"file": ("b4b.jsonl", data, "application/jsonl")})
-        resp.raise_for_status()
-        resp = self.http.post("/v1/batches", json={
-            "input_file_id": resp.json()["id"], "endpoint": "/v1/completions",
-            "completion_window": "24h"})
-        resp.raise_for_status()
-        self.id = resp.json()["id"]
+        file = _ok(self.http.post("/v1/files", data={"purpose": "batch"},
+                                  files={"file": ("b4b.jsonl", data, "application/jsonl")}))
+        self.id = _ok(self.http.post("/v1/batches", json={
+            "input_file_id": file["id"], "endpoint": "/v1/completions",
+            "completion_window": "24h"}))["id"]
 
     def doc(self) -> dict:
-        resp = self.http.get(f"/v1/batches/{self.id}")
-        resp.raise_for_status()
-        return resp.json()
+        return _ok(self.http.get(f"/v1/batches/{self.id}"))
 
     def wait_first_line(self, timeout_s: float) -> dict:
         """Until one line is answered: the batch is then running in the engine."""
