@@ -2,7 +2,8 @@
 
 One random-weight server (bench.serving.start_server, as B4), B4's workload at one request rate
 (B4's best measured rate at the scale, or --b4b-rate), measured twice by B4's own client: first
-alone, then while a batch job runs: a JSONL file of /v1/completions lines (4x the interactive
+alone (after a short warm-up), then while a batch job runs (same arrival times, other prompts,
+so the prefix cache helps neither): a JSONL file of /v1/completions lines (4x the interactive
 requests, 256 new tokens each, B4's prompt length; tiny: more, shorter lines) uploaded with
 POST /v1/files and started with POST /v1/batches over HTTP. The second window opens once the
 batch has answered its first line (it is then running in the engine) and its completed count is
@@ -93,6 +94,14 @@ def batch_lines(workload: ServingWorkload, model: str, num: int, max_tokens: int
             for i, prompt in enumerate(prompts)]
 
 
+def fresh_prompts(run: ServingRun, seed: int, num: int | None = None) -> ServingRun:
+    """The run's arrival times (the first `num`) with other random prompts of the same length:
+    a window never finds an earlier window's prompts in the prefix cache."""
+    num = len(run.prompts) if num is None else num
+    return ServingRun(run.rate, random_prompts(num, len(run.prompts[0]), seed),
+                      run.arrival_offsets[:num], run.max_tokens)
+
+
 def _measure(ctx: RunContext, server: ServerProcess, run: ServingRun,
              temperature: float) -> dict:
     shards = client_shards(run.rate)
@@ -148,13 +157,15 @@ def run_b4_batch(ctx: RunContext) -> dict:
     rate = ctx.b4b_rate or DEFAULT_RATES[ctx.scale]
     name = ctx.model(workload.model)
     run = workload.run(rate)
+    warm_up = fresh_prompts(run, seed=45, num=max(2, len(run.prompts) // 4))
     server = start_server(name, str(ctx.device), ctx.dtype_name, ctx.out_dir / "b4b_server.log",
                           server_engine_args(ctx.async_scheduling, ctx.engine_process)
                           + [f"--batch-concurrency={BATCH_CONCURRENCY[ctx.scale]}"],
                           ready_timeout_s=min(300.0, max(60.0, ctx.seconds_left())))
     try:
+        _measure(ctx, server, warm_up, workload.temperature)  # not reported
         alone = _measure(ctx, server, run, workload.temperature)
-        beside, batch = _with_batch(ctx, server, run, workload)
+        beside, batch = _with_batch(ctx, server, fresh_prompts(run, seed=46), workload)
     finally:
         server.stop()
     release()

@@ -41,3 +41,17 @@ def test_b4b_measures_ttft_alone_and_beside_a_running_batch(tmp_path, capsys):
     assert any("not on a GPU" in n for n in result["notes"])
     out = capsys.readouterr().out
     assert "TTFT p99 with / alone" in out and "<= 1.2" in out
+
+
+def test_b4b_windows_share_arrival_times_but_not_prompts():
+    """The with-batch window replays the alone window's arrivals with prompts of its own, so
+    neither window's TTFT is helped by the prefix cache holding the other's prompts."""
+    from cormorant.bench.online_batch import fresh_prompts
+
+    run = b4_workload("quick").run(32.0)
+    other = fresh_prompts(run, seed=46)
+    assert other.arrival_offsets == run.arrival_offsets and other.max_tokens == run.max_tokens
+    assert [len(p) for p in other.prompts] == [len(p) for p in run.prompts]
+    assert not {tuple(p[:16]) for p in other.prompts} & {tuple(p[:16]) for p in run.prompts}
+    warm = fresh_prompts(run, seed=45, num=8)
+    assert warm.arrival_offsets == run.arrival_offsets[:8] and len(warm.prompts) == 8
