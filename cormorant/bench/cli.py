@@ -1,7 +1,7 @@
-"""`cormorant bench b1|b2|b3|b4|b5|b1s|all [--quick] [--out DIR] [--peer/--no-peer] ...`.
+"""`cormorant bench b1|b2|b3|b4|b5|b1s|b4b|all [--quick] [--out DIR] [--peer/--no-peer] ...`.
 
-b1s (B1 under a JSON schema, bench.structured) and b5 (the CPU edge path) run only when named;
-`all` is B1-B4.
+b1s (B1 under a JSON schema, bench.structured), b4b (B4 beside a batch job,
+bench.online_batch) and b5 (the CPU edge path) run only when named; `all` is B1-B4.
 
 `add_bench_args(parser)` and `run_bench(args) -> int` are what cormorant.cli wires in; this
 module also runs alone (`python -m cormorant.bench.cli b1 --quick`). The order of work: the
@@ -30,8 +30,9 @@ DEFAULT_BUDGET_S = 540.0
 
 def add_bench_args(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("benches", nargs="+", choices=[*BENCHES, *CPU_BENCHES, "b1s", "all"],
+    add("benches", nargs="+", choices=[*BENCHES, *CPU_BENCHES, "b1s", "b4b", "all"],
         help="which benchmarks to run (b1s: B1 under a JSON schema vs unconstrained; "
+             "b4b: B4's TTFT alone and beside a running batch job; "
              "b5: the CPU edge path against llama.cpp)")
     add("--quick", action="store_true",
         help="fewer prompts (B3), rates (B4) and shorter peer caps; B1 and B2 stay exact")
@@ -46,6 +47,9 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
     add("--budget-s", type=float, default=DEFAULT_BUDGET_S,
         help="time budget in seconds (0: none); peers and B4 rates that would overrun it are "
              "skipped, cormorant's own runs never (default: %(default).0f)")
+    add("--b4b-rate", type=float, default=None,
+        help="b4b: the interactive request rate (default: B4's best measured rate at the "
+             "scale, 32 req/s)")
     # The engine flags a benchmark run takes (device, dtype, async scheduling, B4's engine
     # process); the rest each benchmark sets itself (cormorant.engine_args says which).
     add_engine_args(parser, "bench")
@@ -55,10 +59,11 @@ def _runners():
     from cormorant.bench.offline import run_b1, run_b2, run_b3
     from cormorant.bench.cpu_edge import run_b5
     from cormorant.bench.online import run_b4
+    from cormorant.bench.online_batch import run_b4_batch
     from cormorant.bench.structured import run_b1_structured
 
     return {"b1": run_b1, "b2": run_b2, "b3": run_b3, "b4": run_b4, "b5": run_b5,
-            "b1s": run_b1_structured}
+            "b1s": run_b1_structured, "b4b": run_b4_batch}
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -77,6 +82,7 @@ def run_bench(args: argparse.Namespace) -> int:
     ctx.async_scheduling = args.async_scheduling
     ctx.engine_process = args.engine_process
     ctx.threads = args.threads
+    ctx.b4b_rate = args.b4b_rate
     ctx.env = environment(ctx.ceilings.device_name)
     header = {"env": ctx.env, "ceilings": ctx.ceilings.to_dict(), "scale": scale,
               "args": {k: v for k, v in vars(args).items() if not callable(v)}}

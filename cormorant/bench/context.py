@@ -76,6 +76,7 @@ class RunContext:
     engine_process: bool | None = None  # B4's server: engine core in its own process (None:
     # as `cormorant serve` decides: on for CUDA)
     threads: int | None = None  # B5: CPU threads of both peers (None: the usable cores)
+    b4b_rate: float | None = None  # B4 with a batch: the request rate (None: the scale's)
     env: dict = field(default_factory=dict)
 
     @property

@@ -31,6 +31,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-kv-blocks", type=int, default=None)
     p.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--batch-concurrency", type=int, default=None,
+                   help="batch lines in flight at once (default: the server's)")
     p.add_argument("--profile-out", default=None,
                    help="cProfile the server's event-loop thread; write the top functions here")
     p.add_argument("--log-level", default="warning")
@@ -75,7 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         config = ServerConfig(**_known_fields(ServerConfig, dict(
             host="127.0.0.1", port=args.port, model_version="random",
             max_waiting_requests=1 << 20, max_waiting_prompt_tokens=1 << 30, drain_grace_s=5.0,
-            usage_db=":memory:")))  # no usage file left behind in the user's home
+            usage_db=":memory:",  # no usage file left behind in the user's home
+            max_body_bytes=256 << 20,  # b4b uploads its batch file (files_dir None: a temp dir)
+            **({} if args.batch_concurrency is None
+               else {"batch_concurrency": args.batch_concurrency}))))
         _configure_request_log()
         app = build_app(llm, config)
         server = DrainingServer(uvicorn_config(app, config, args.log_level),
