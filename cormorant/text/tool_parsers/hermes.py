@@ -6,13 +6,35 @@ parsed if its JSON is whole. Imports text.tool_parsers.base.
 """
 from __future__ import annotations
 
+import json
+
 from cormorant.text.tool_parsers.base import ParsedOutput, ToolCall, calls_from_json, loads
+from cormorant.text.tool_parsers.call_scanner import CallScanner, ScannedCall
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 
 
-def _block_calls(inner: str) -> list[ToolCall] | None:
-    return calls_from_json(loads(inner.strip()))
+def block_calls(inner: str, scanner: CallScanner | None = None) -> list[ToolCall] | None:
+    """A block's calls, each with its arguments as the model wrote them (what a stream sends
+    piece by piece); `scanner`: one that has already read `inner`."""
+    calls = calls_from_json(loads(inner.strip()))
+    if calls is None:
+        return None
+    if scanner is None:
+        scanner = CallScanner()
+        scanner.feed(inner)
+    return [_as_written(call, scanner.calls[i] if i < len(scanner.calls) else None)
+            for i, call in enumerate(calls)]
+
+
+def _as_written(call: ToolCall, scanned: ScannedCall | None) -> ToolCall:
+    """The arguments' own text when it is the same object, else the normalized JSON."""
+    if scanned is None or not scanned.args_done or scanned.name != call.name:
+        return call
+    raw = scanned.arguments
+    if loads(raw) != json.loads(call.arguments):
+        return call
+    return ToolCall(call.name, raw)
 
 
 class HermesParser:
@@ -21,6 +43,7 @@ class HermesParser:
     leading_only = False
     short_ids = False
     end_marker: str | None = CLOSE
+    streams_arguments = True  # a stream sends names and argument pieces as they arrive
 
     def take_complete(self, buffer: str) -> tuple[list[ToolCall | str], str]:
         """Whole blocks at the head of `buffer` (which starts at a tool section)."""
@@ -41,7 +64,7 @@ class HermesParser:
             if end < 0:
                 return out, buffer[start:]
             block = buffer[start:end + len(CLOSE)]
-            calls = _block_calls(buffer[start + len(OPEN):end])
+            calls = block_calls(buffer[start + len(OPEN):end])
             out.extend(calls if calls is not None else [block])
             pos = end + len(CLOSE)
 
@@ -49,7 +72,7 @@ class HermesParser:
         """The rest of a stream: whole blocks, then an unterminated one parsed if it can be."""
         out, rest = self.take_complete(buffer)
         if rest.startswith(OPEN):
-            calls = _block_calls(rest[len(OPEN):])
+            calls = block_calls(rest[len(OPEN):])
             out.extend(calls if calls is not None else [rest])
         elif rest:
             out.append(rest)
