@@ -4,7 +4,8 @@
 delta: reasoning deltas, content deltas, and per tool call a first delta with its index, id,
 type and name (arguments "") followed by its arguments (Hermes: in pieces as they are
 generated). Joined, the deltas give the final message's fields. With `plan.single_call`
-(`parallel_tool_calls: false`) calls after the first are dropped, in both. With no tools and no reasoning both pass the text through unchanged.
+(`parallel_tool_calls: false`) calls after the first are dropped, in both. With no tools
+and no reasoning both pass the text through unchanged.
 Imports server.chat_tools and text's parsers.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Incremental scan of tool-call JSON: each call's name once complete, its arguments' text as it grows.
+"""Incremental scan of tool-call JSON: a call's name once complete, its arguments as they grow.
 
 `CallScanner.feed(text)` reads one more piece of a call object `{"name": .., "arguments":
 {..}}` (or a list of them) and returns events: `("header", name)` when a call's name string
