@@ -3,6 +3,7 @@ content), streaming equal to the whole-text parse at every split, and linear tim
 from __future__ import annotations
 
 import json
+import random
 import time
 
 import pytest
@@ -151,3 +152,36 @@ def test_streaming_a_long_call_is_linear(cls):
     else:
         assert "".join(p for p in rest if isinstance(p, str)).startswith(head)
     assert time.perf_counter() - start < 1.0
+
+
+def test_streamed_arguments_equal_the_written_text_at_random_splits():
+    """Random arguments (strings full of quotes, backslashes, braces, tags and non-ASCII),
+    formatted several ways and cut at random points: the streamed pieces join to exactly the
+    text the model wrote, which is also what the whole-text parse returns."""
+    rng = random.Random(14)
+    alphabet = ['"', "\\\\", "{", "}", "[", "]", ":", ",", "<", "/", "é", "\\n", " ", "a", "7"]
+
+    def value(depth: int):
+        kind = rng.randrange(5 if depth < 3 else 3)
+        if kind == 0:
+            return "".join(rng.choice(alphabet) for _ in range(rng.randrange(12)))
+        if kind == 1:
+            return rng.choice([0, -1.5, True, None, 10 ** 20])
+        if kind == 2:
+            return [value(depth + 1) for _ in range(rng.randrange(3))]
+        return {f"k{i}{rng.choice(alphabet)}": value(depth + 1) for i in range(rng.randrange(4))}
+
+    for trial in range(60):
+        args = {f"p{i}": value(0) for i in range(rng.randrange(1, 4))}
+        style = [dict(), dict(separators=(",", ":")), dict(indent=1),
+                 dict(ensure_ascii=False)][trial % 4]
+        written = json.dumps(args, **style)
+        text = (f'pre<tool_call>\n{{"name": "f{trial}", "arguments": {written}}}\n</tool_call>'
+                if trial % 3 else f'<tool_call>[{{"arguments": {written}, "name": "g"}}]')
+        parsed = HermesParser().parse(text)
+        assert [c.arguments for c in parsed.calls] == [written]
+        cuts = sorted(rng.sample(range(1, len(text)), min(len(text) - 1, rng.randrange(1, 40))))
+        stream, pieces = StreamingToolParser(HermesParser()), []
+        for a, b in zip([0, *cuts], [*cuts, len(text)]):
+            pieces += stream.feed(text[a:b])
+        assert _calls(pieces + stream.finish()) == parsed.calls

@@ -5,17 +5,21 @@
 has closed, `("args", text)` for the arguments object's text as it arrives (held until the name
 is known), `("end", "")` when a call object closes. Only text inside the arguments object's own
 braces is ever sent, so the outer object's `}` is never mistaken for arguments. Every character
-is read once, in a small state machine that knows strings and escapes: linear over a stream.
+is read once (runs of plain characters with one regex search), in a small state machine that
+knows strings and escapes: linear over a stream.
 The scanner is lenient (it does not validate); callers check the whole block with `json`.
 Imports only the standard library.
 """
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 
 ARGS_KEYS = ("arguments", "parameters")
 Event = tuple[str, str]
+_SIGNIFICANT = re.compile(r'["{}\[\]:,]')
+_STRING_STOP = re.compile(r'["\\]')
 
 
 @dataclass
@@ -43,13 +47,17 @@ class CallScanner:
 
     def feed(self, text: str) -> list[Event]:
         events: list[Event] = []
-        start = 0 if self._args_depth else -1
-        for i, ch in enumerate(text):
+        start = 0 if self._args_depth else -1  # where this piece's arguments text begins
+        i = 0
+        while i < len(text):
             if self._in_str:
-                self._string_char(ch, events)
-            elif ch in " \t\r\n":
+                i = self._string_run(text, i, events)
                 continue
-            elif ch == '"':
+            found = _SIGNIFICANT.search(text, i)  # whitespace and scalars change nothing
+            if found is None:
+                break
+            i, ch = found.start(), found.group()
+            if ch == '"':
                 self._open_string()
             elif ch in "{[":
                 if self._open(ch):
@@ -60,9 +68,32 @@ class CallScanner:
                     start = -1
             elif self._at_call_level():
                 self._punct(ch)
+            i += 1
         if start >= 0 and self._args_depth:
             self._args(text[start:], events)
         return events
+
+    def _string_run(self, text: str, i: int, events: list[Event]) -> int:
+        """Read string characters from `i` up to the next quote or backslash; where to go on."""
+        if self._esc:
+            self._esc = False
+            if self._capture is not None:
+                self._capture.append(text[i])
+            return i + 1
+        found = _STRING_STOP.search(text, i)
+        end = found.start() + 1 if found else len(text)
+        if self._capture is not None:
+            self._capture.append(text[i:end])
+        if found is None:
+            return end
+        if found.group() == "\\":
+            self._esc = True
+        else:
+            self._in_str = False
+            if self._capture is not None:
+                self._string_done("".join(self._capture), events)
+                self._capture = None
+        return end
 
     @property
     def headers(self) -> int:
@@ -71,19 +102,6 @@ class CallScanner:
     def _at_call_level(self) -> bool:
         return (bool(self._call_depth) and len(self._stack) == self._call_depth
                 and self._stack[-1] == "{")
-
-    def _string_char(self, ch: str, events: list[Event]) -> None:
-        if self._capture is not None:
-            self._capture.append(ch)
-        if self._esc:
-            self._esc = False
-        elif ch == "\\":
-            self._esc = True
-        elif ch == '"':
-            self._in_str = False
-            if self._capture is not None:
-                self._string_done("".join(self._capture), events)
-                self._capture = None
 
     def _open_string(self) -> None:
         self._in_str = True
@@ -144,8 +162,6 @@ class CallScanner:
             self._expect = "value"
         elif ch == ",":
             self._expect = "key"
-        elif self._expect == "value":
-            self._expect = "comma"  # a number, true, false or null
 
     def _args(self, piece: str, events: list[Event]) -> None:
         if not piece:

@@ -1,26 +1,52 @@
-"""A Hermes tool section streamed: each call's name as soon as it is complete, then its arguments.
+"""Hermes tool blocks, read as they stream: each call's name once complete, then its arguments.
 
 Text between blocks is content (less a tail that could begin `<tool_call>`); inside a block
-the text goes to a CallScanner, whose events become a CallHeader and ArgsDelta pieces. When
-the block closes (or the stream ends inside it) the block is checked with `json`: a valid
-block's remaining arguments text follows (the pieces joined are the arguments exactly as the
-non-streamed parse gives them); a block whose call never began is sent whole as content if it
-does not parse, as its calls otherwise. A call already begun stays a call (a stream cannot
-take deltas back). Imports text.tool_parsers (base, call_scanner, hermes).
+the text goes to a CallScanner, whose events become a CallHeader and ArgsDelta pieces. A
+block ends at its first `</tool_call>` (as vLLM reads it, even inside a JSON string). Then (or when the stream ends
+inside it) the block is checked with `json`: a valid block's remaining arguments text
+follows (the pieces joined are the arguments exactly as the non-streamed parse gives them);
+a block whose call never began is sent whole as content if it does not parse, as its calls
+otherwise. A call already begun stays a call (a stream cannot take deltas back). With
+`hold_calls` (the non-streamed parse) no piece of a call goes out before its block is checked.
+Imports text.tool_parsers (base, call_scanner).
 """
 from __future__ import annotations
 
-from cormorant.text.tool_parsers.base import ArgsDelta, CallHeader, ToolCall
-from cormorant.text.tool_parsers.call_scanner import CallScanner
-from cormorant.text.tool_parsers.hermes import CLOSE, OPEN, block_calls
+import json
 
+from cormorant.text.tool_parsers.base import (ArgsDelta, CallHeader, ToolCall, calls_from_json,
+                                              loads)
+from cormorant.text.tool_parsers.call_scanner import CallScanner, ScannedCall
+
+OPEN, CLOSE = "<tool_call>", "</tool_call>"
 Piece = ToolCall | CallHeader | ArgsDelta | str
+
+
+def block_calls(inner: str, scanner: CallScanner) -> list[ToolCall] | None:
+    """A block's calls, each with its arguments as the model wrote them (what a stream sends
+    piece by piece); `scanner` has read `inner`."""
+    calls = calls_from_json(loads(inner.strip()))
+    if calls is None:
+        return None
+    return [_as_written(call, scanner.calls[i] if i < len(scanner.calls) else None)
+            for i, call in enumerate(calls)]
+
+
+def _as_written(call: ToolCall, scanned: ScannedCall | None) -> ToolCall:
+    """The arguments' own text when it is the same object, else the normalized JSON."""
+    if scanned is None or not scanned.args_done or scanned.name != call.name:
+        return call
+    raw = scanned.arguments
+    if loads(raw) != json.loads(call.arguments):
+        return call
+    return ToolCall(call.name, raw)
 
 
 class HermesSectionStream:
     """feed(delta) and finish() over the text from the first `<tool_call>` on."""
 
-    def __init__(self) -> None:
+    def __init__(self, hold_calls: bool = False) -> None:
+        self._hold_calls = hold_calls
         self._inside = False
         self._hold = ""  # a tail that could begin the next marker
         self._block: list[str] = []  # the open block's text, after OPEN
@@ -60,7 +86,10 @@ class HermesSectionStream:
             out.append(text)
             return
         self._block.append(text)
-        for kind, value in self._scan.feed(text):
+        events = self._scan.feed(text)
+        if self._hold_calls:
+            return
+        for kind, value in events:
             if kind == "header":
                 out.append(CallHeader(value))
             elif kind == "args":
@@ -70,7 +99,7 @@ class HermesSectionStream:
         self._inside = False
         inner = "".join(self._block)
         calls = block_calls(inner, self._scan)
-        begun = self._scan.headers
+        begun = 0 if self._hold_calls else self._scan.headers
         if calls is None:
             if begun:
                 return []
