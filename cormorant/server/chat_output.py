@@ -2,15 +2,18 @@
 
 `final_message` shapes a whole output; `ChoiceDeltas` does the same for a stream, delta by
 delta: reasoning deltas, content deltas, and per tool call a first delta with its index, id,
-type and name (arguments "") followed by its arguments. Joined, the deltas give the final
-message's fields. With no tools and no reasoning both pass the text through unchanged.
+type and name (arguments "") followed by its arguments (Hermes: in pieces as they are
+generated). Joined, the deltas give the final message's fields. With `plan.single_call`
+(`parallel_tool_calls: false`) calls after the first are dropped, in both. With no tools
+and no reasoning both pass the text through unchanged.
 Imports server.chat_tools and text's parsers.
 """
 from __future__ import annotations
 
 from cormorant.server.chat_tools import ChatPlan
 from cormorant.text.reasoning import StreamingReasoningParser, split_reasoning
-from cormorant.text.tool_parsers import StreamingToolParser, ToolCall, new_call_id
+from cormorant.text.tool_parsers import (ArgsDelta, CallHeader, StreamingToolParser, ToolCall,
+                                         new_call_id)
 
 
 def call_dict(call: ToolCall, short_ids: bool) -> dict:
@@ -31,8 +34,9 @@ def final_message(plan: ChatPlan, text: str, opened: bool) -> dict:
     if plan.new_tool_parser is not None:
         parsed = plan.new_tool_parser().parse(text)
         message["content"] = parsed.content
-        if parsed.calls:
-            message["tool_calls"] = [call_dict(c, plan.short_ids) for c in parsed.calls]
+        calls = parsed.calls[:1] if plan.single_call else parsed.calls
+        if calls:
+            message["tool_calls"] = [call_dict(c, plan.short_ids) for c in calls]
     if reasoning is not None:
         message["reasoning_content"] = reasoning
     return message
@@ -46,6 +50,8 @@ class ChoiceDeltas:
         self._reasoning = StreamingReasoningParser(opened) if plan.reasoning else None
         self._tools = (StreamingToolParser(plan.new_tool_parser())
                        if plan.new_tool_parser is not None else None)
+        self._max_calls = 1 if plan.single_call else None
+        self._dropping = False  # the current call is past max_calls: its pieces are dropped
         self.num_calls = 0
 
     def feed(self, text: str) -> list[dict]:
@@ -70,18 +76,30 @@ class ChoiceDeltas:
             return [{"content": text}] if text else []
         return self._pieces(self._tools.feed(text)) if text else []
 
-    def _pieces(self, pieces: list[ToolCall | str]) -> list[dict]:
+    def _pieces(self, pieces: list[ToolCall | CallHeader | ArgsDelta | str]) -> list[dict]:
         out: list[dict] = []
         for piece in pieces:
-            if isinstance(piece, ToolCall):
-                call = call_dict(piece, self._short_ids)
-                out.append({"tool_calls": [{"index": self.num_calls, "id": call["id"],
-                                            "type": "function",
-                                            "function": {"name": piece.name,
-                                                         "arguments": ""}}]})
-                out.append({"tool_calls": [{"index": self.num_calls,
-                                            "function": {"arguments": piece.arguments}}]})
-                self.num_calls += 1
+            if isinstance(piece, (ToolCall, CallHeader)):
+                out += self._begin_call(piece.name)
+                if isinstance(piece, ToolCall):
+                    out += self._arguments(piece.arguments)
+            elif isinstance(piece, ArgsDelta):
+                out += self._arguments(piece.text)
             elif piece and not (self.num_calls and piece.isspace()):
                 out.append({"content": piece})
         return out
+
+    def _begin_call(self, name: str) -> list[dict]:
+        self._dropping = self._max_calls is not None and self.num_calls >= self._max_calls
+        if self._dropping:
+            return []
+        self.num_calls += 1
+        return [{"tool_calls": [{"index": self.num_calls - 1, "id": new_call_id(self._short_ids),
+                                 "type": "function",
+                                 "function": {"name": name, "arguments": ""}}]}]
+
+    def _arguments(self, text: str) -> list[dict]:
+        if self._dropping or not text or not self.num_calls:
+            return []
+        return [{"tool_calls": [{"index": self.num_calls - 1,
+                                 "function": {"arguments": text}}]}]

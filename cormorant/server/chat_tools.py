@@ -6,7 +6,8 @@ JSON-schema constraint a forced choice needs, and whether `<think>` output is re
 `tool_choice: "none"` leaves the tools out of the prompt (vLLM's default) and parses nothing;
 `"required"` asks for a JSON array of `{"name", "arguments"}` calls (one at most without
 `parallel_tool_calls`), a named function for its arguments object alone; both are enforced
-by the engine's structured outputs (`SamplingParams.structured_outputs`).
+by the engine's structured outputs (`SamplingParams.structured_outputs`). Under `"auto"`,
+`parallel_tool_calls: false` keeps the first parsed call only.
 Imports sampling_params, server modules (errors, prompts, tool_protocol) and text's parsers
 and grammar check.
 """
@@ -39,6 +40,7 @@ class ChatPlan:
     structured: StructuredOutputs | None = None
     reasoning: bool = False
     short_ids: bool = False  # Mistral's 9-character call ids
+    single_call: bool = False  # parallel_tool_calls false: only the first call is kept
 
 
 def _parameters(tool: Tool) -> dict[str, Any]:
@@ -123,7 +125,7 @@ def chat_plan(tools: list[Tool] | None, choice: ToolChoice | None, parallel: boo
     if choice == "required":
         return ChatPlan(inputs, lambda: RequiredParser(short), forced, reasoning, short)
     return ChatPlan(inputs, lambda: parser_for_template(chat_template), None, reasoning,
-                    short)
+                    short, single_call=parallel is False)
 
 
 def prompt_opens_thinking(prompt_token_ids: list[int], decode: Callable[[list[int]], str]

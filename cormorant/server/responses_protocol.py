@@ -3,15 +3,17 @@
 The Responses API is served through the chat pipeline: `instructions` is a system message,
 `input` (a string, or message / function_call / function_call_output items) becomes chat
 messages after the stored conversation of `previous_response_id`, and function tools
-(`{"type": "function", "name", "parameters"}`, flat) become chat tools. Echoed reasoning items
-are dropped (templates drop earlier reasoning too). Imports pydantic and server modules
-(protocol, tool_protocol).
+(`{"type": "function", "name", "parameters"}`, flat) become chat tools, and `text.format`
+(`json_object`, or `json_schema` with `name` and `schema` flat) becomes chat's
+`response_format`. Echoed reasoning items are dropped (templates drop earlier reasoning
+too). Imports pydantic and server modules (protocol, tool_protocol).
 """
 from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationInfo, field_validator,
+                      model_validator)
 
 from cormorant.server.protocol import _STRICT, _bounded_list, limits
 from cormorant.server.tool_protocol import FUNCTION_NAME, check_tools_bounds
@@ -60,6 +62,42 @@ class ReasoningItem(BaseModel):
 InputItem = MessageItem | FunctionCallItem | FunctionCallOutputItem | ReasoningItem
 
 
+class TextFormat(BaseModel):
+    """`text.format`: plain text, any JSON object, or JSON under a schema (enforced, strict or
+    not, as chat's response_format)."""
+    model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=True)
+    type: Literal["text", "json_object", "json_schema"]
+    name: str | None = Field(None, min_length=1, max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+    @model_validator(mode="after")
+    def _schema_iff_json_schema(self) -> "TextFormat":
+        named = self.name is not None and self.schema_ is not None
+        if (self.type == "json_schema") != named or (not named and (
+                self.name is not None or self.schema_ is not None)):
+            raise ValueError("text.format needs 'name' and 'schema' for type 'json_schema' "
+                             "and allows them only there")
+        return self
+
+    def chat_format(self) -> dict[str, Any]:
+        if self.type != "json_schema":
+            return {"type": self.type}
+        inner = {"name": self.name, "description": self.description, "schema": self.schema_,
+                 "strict": self.strict}
+        return {"type": "json_schema",
+                "json_schema": {k: v for k, v in inner.items() if v is not None}}
+
+    def echo(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+
+class TextConfig(BaseModel):
+    model_config = _STRICT
+    format: TextFormat | None = None
+
+
 class FunctionTool(BaseModel):
     model_config = _STRICT
     type: Literal["function"]
@@ -89,6 +127,7 @@ class ResponsesRequest(BaseModel):
     tools: list[FunctionTool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedFunction | None = None
     parallel_tool_calls: bool | None = None
+    text: TextConfig | None = None
     previous_response_id: str | None = Field(None, min_length=1, max_length=256)
     store: bool = True
     stream: bool = False
@@ -123,6 +162,14 @@ class ResponsesRequest(BaseModel):
         return [{"type": "function", "function": t.model_dump(exclude={"type"},
                                                               exclude_none=True)}
                 for t in self.tools]
+
+    def chat_response_format(self) -> dict[str, Any] | None:
+        fmt = self.text.format if self.text is not None else None
+        return None if fmt is None or fmt.type == "text" else fmt.chat_format()
+
+    def text_echo(self) -> dict[str, Any]:
+        fmt = self.text.format if self.text is not None else None
+        return {"format": fmt.echo() if fmt is not None else {"type": "text"}}
 
     def chat_tool_choice(self) -> Any:
         if isinstance(self.tool_choice, NamedFunction):

@@ -6,7 +6,8 @@ its output becomes Responses output items (server.responses_events): reasoning, 
 function calls. Streamed: `response.created`, `response.in_progress`, the item events, then
 `response.completed` (or `response.incomplete` at max_output_tokens), each as
 `event: <type>` + `data: {json}` with a sequence_number. With `store` (the default), the
-conversation and its output are saved under the response id for a later turn.
+conversation and its output are saved under the response id for a later turn. `text.format`
+constrains the output as chat's response_format does (server.structured).
 Imports server modules and the gateway's principal and response store.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cormorant.frontend.outputs import RequestOutput
+from cormorant.sampling_params import StructuredOutputs
 from cormorant.gateway.auth.keys import Principal
 from cormorant.gateway.auth.middleware import get_principal
 from cormorant.server.body import read_request, validate_model
@@ -36,6 +38,7 @@ from cormorant.server.responses import client_gone, finish_reason, json_response
 from cormorant.server.responses_events import ResponseBuilder, new_id
 from cormorant.server.responses_protocol import ResponsesRequest
 from cormorant.server.serving_chat import chat_preparer
+from cormorant.server.structured import checked_structured_outputs
 from cormorant.server.sse import SSEResponse
 from cormorant.server.state import ServerState
 
@@ -72,7 +75,7 @@ class _Turn:
                 "top_p": 1.0 if req.top_p is None else req.top_p,
                 "tool_choice": _dump(req.tool_choice) or "auto",
                 "tools": [t.model_dump() for t in req.tools or []], "store": req.store,
-                "metadata": req.metadata or {}, "text": {"format": {"type": "text"}},
+                "metadata": req.metadata or {}, "text": req.text_echo(),
                 "truncation": "disabled", "usage": usage, "user": req.user}
 
 
@@ -97,6 +100,7 @@ async def create_response(request: Request, state: ServerState) -> Response:
     chat_body = {"model": req.model, "messages": instructions + turn.messages,
                  "tools": req.chat_tools(), "tool_choice": req.chat_tool_choice(),
                  "parallel_tool_calls": req.parallel_tool_calls,
+                 "response_format": req.chat_response_format(),
                  "max_completion_tokens": req.max_output_tokens,
                  "temperature": req.temperature, "top_p": req.top_p, "user": req.user}
     chat_req = validate_model(ChatCompletionRequest,
@@ -104,14 +108,26 @@ async def create_response(request: Request, state: ServerState) -> Response:
                               state.validation_context)
     await check_tool_constraint(chat_req.tools, chat_req.tool_choice,
                                 chat_req.parallel_tool_calls)
+    structured = await _text_format_constraint(chat_req)
     started = await start_generation(request, state, req.model, req.user, "responses",
-                                     chat_preparer(chat_req, state, None, "resp"))
+                                     chat_preparer(chat_req, state, structured, "resp"))
     turn.model, turn.created = started.served.model_id, int(time.time())
     if req.stream:
         assert started.stream is not None
         return SSEResponse(_sse(turn, started, state), headers=started.headers,
                            on_close=started.stream.aclose)
     return await _complete(request, turn, started, state)
+
+
+async def _text_format_constraint(chat_req: ChatCompletionRequest
+                                  ) -> StructuredOutputs | None:
+    """`text.format`'s constraint (chat's response_format), its errors naming text.format."""
+    try:
+        return await checked_structured_outputs(chat_req)
+    except APIError as e:
+        if e.param == "response_format":
+            e.param = "text.format"
+        raise
 
 
 def _status(out: RequestOutput) -> str:

@@ -25,6 +25,13 @@ OUTPUTS = [
     (QWEN3_LIKE, 'Let me look.<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}'
      '</tool_call>'),
     (MISTRAL_LIKE, ' [{"name": "get_time", "arguments": {"tz": "UTC"}}]'),
+    # Arguments with escaped quotes, braces and tags inside strings, compact JSON,
+    # nested objects, and the arguments before the name; SmolLM2's list form.
+    (QWEN3_LIKE, 'Sure.<tool_call>{"name": "get_weather", "arguments": {"q":"say \\"}\\" '
+     '{not} <b> [x]","n":{"a":[1,{"b":"\\\\"}]},"ok":true}}</tool_call>'
+     '<tool_call>{"arguments": {"tz": "}"}, "name": "get_time"}</tool_call>'),
+    (QWEN3_LIKE, '<tool_call>[{"name": "get_time", "arguments": {"tz": "UTC"}}, '
+     '{"name": "get_weather", "arguments": {"city": "Rome"}}]</tool_call>'),
 ]
 
 
@@ -49,14 +56,53 @@ def test_stream_reassembles_to_message(template, text):
             state.handle_chunk(_chunk(delta))
         state.handle_chunk(_chunk({}, tool_finish_reason("stop", deltas.num_calls)))
         got = state.get_final_completion().choices[0]
-        calls = [(c.function.name, json.loads(c.function.arguments))
-                 for c in got.message.tool_calls or []]
-        assert calls == [(c["function"]["name"], json.loads(c["function"]["arguments"]))
-                         for c in message.get("tool_calls", [])]
+        calls = [(c.function.name, c.function.arguments) for c in got.message.tool_calls or []]
+        assert calls == [(c["function"]["name"], c["function"]["arguments"])
+                         for c in message.get("tool_calls", [])]  # exactly, text for text
+        assert all(json.loads(args) is not None for _, args in calls)
         assert (got.message.content or "").strip() == (message["content"] or "")
         assert (getattr(got.message, "reasoning_content", None) or "").strip() == \
             (message.get("reasoning_content") or "")
         assert got.finish_reason == ("tool_calls" if calls else "stop")
+
+
+def test_arguments_stream_in_pieces_as_generated():
+    """Hermes: the name goes out as soon as it is complete, then the arguments' text in the
+    pieces it is generated in (never the outer `}` or the closing tag), joined exactly."""
+    plan = chat_plan(TOOLS, "auto", None, None, QWEN3_LIKE, "none")
+    text = OUTPUTS[4][1]
+    deltas, sent = ChoiceDeltas(plan, opened=False), []
+    for i in range(0, len(text), 3):
+        sent.append(deltas.feed(text[i:i + 3]))
+    sent.append(deltas.finish())
+    flat = [d["tool_calls"][0] for step in sent for d in step if "tool_calls" in d]
+    first = [c["function"] for c in flat if c["index"] == 0]
+    assert first[0] == {"name": "get_weather", "arguments": ""}
+    args = [f["arguments"] for f in first[1:]]
+    assert len(args) > 20 and "".join(args) == final_message(plan, text, False)[
+        "tool_calls"][0]["function"]["arguments"]
+    name_step = next(i for i, step in enumerate(sent) if any(
+        "tool_calls" in d and "id" in d["tool_calls"][0] for d in step))
+    assert name_step * 3 < text.index('"arguments"') + 20  # not held to the block's end
+    assert "".join(f["arguments"] for f in (c["function"] for c in flat if c["index"] == 1)
+                   ) == '{"tz": "}"}'
+
+
+def test_parallel_tool_calls_false_keeps_the_first_call():
+    for template, text in (OUTPUTS[0], OUTPUTS[4], OUTPUTS[5]):
+        plan = chat_plan(TOOLS, "auto", False, None, template, "auto")
+        message = final_message(plan, text, opened=False)
+        everything = final_message(chat_plan(TOOLS, "auto", None, None, template, "auto"),
+                                   text, opened=False)
+        assert len(everything["tool_calls"]) == 2
+        assert [c["function"] for c in message["tool_calls"]] == \
+            [everything["tool_calls"][0]["function"]]
+        for step in (1, 7):
+            deltas = ChoiceDeltas(plan, opened=False)
+            sent = [d for i in range(0, len(text), step) for d in deltas.feed(text[i:i + step])]
+            sent += deltas.finish()
+            indexes = {d["tool_calls"][0]["index"] for d in sent if "tool_calls" in d}
+            assert indexes == {0} and deltas.num_calls == 1
 
 
 def test_message_fields():

@@ -1,9 +1,13 @@
 """POST /v1/responses with the official client on the tiny model: a response, its stream of
 events (agreeing with the plain response), conversations kept per API key through
-previous_response_id (another key gets 404), and bad input as 400s."""
+previous_response_id (another key gets 404), text.format's JSON constraint (the same output
+as chat's response_format), and bad input as 400s."""
 from __future__ import annotations
 
+import json
+
 import httpx
+import jsonschema
 import openai
 import pytest
 
@@ -68,7 +72,50 @@ def test_previous_response_id_per_key(server, keys):
         alice.responses.create(model=server.model, input="x", previous_response_id=unstored.id)
 
 
+SCHEMA = {"type": "object", "properties": {
+    "city": {"type": "string", "enum": ["Paris", "Oslo", "Lima"]},
+    "population": {"type": "integer", "minimum": 0, "maximum": 99999},
+    "capital": {"type": "boolean"}},
+    "required": ["city", "population", "capital"], "additionalProperties": False}
+
+
+def test_text_format_json_schema(server, keys):
+    """The tiny random model writes schema-valid JSON under text.format, streamed alike, and
+    exactly what chat's response_format gives for the same prompt (one constraint seam)."""
+    client = server.client(api_key=keys.alice)
+    fmt = {"type": "json_schema", "name": "city", "schema": SCHEMA, "strict": True}
+    args = dict(model=server.model, input="Describe a city.", max_output_tokens=120,
+                temperature=0, text={"format": fmt})
+    plain = client.responses.create(**args)
+    assert plain.status == "completed", plain.output_text
+    jsonschema.validate(json.loads(plain.output_text), SCHEMA)
+    assert plain.text.format.type == "json_schema" and plain.text.format.name == "city"
+    events = list(client.responses.create(stream=True, **args))
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == \
+        plain.output_text
+    chat = client.chat.completions.create(
+        model=server.model, messages=[{"role": "user", "content": "Describe a city."}],
+        max_tokens=120, temperature=0, response_format={"type": "json_schema", "json_schema": {
+            "name": "city", "schema": SCHEMA, "strict": True}})
+    assert chat.choices[0].message.content == plain.output_text
+    free = client.responses.create(model=server.model, input="Describe a city.",
+                                   max_output_tokens=120, temperature=0)
+    assert free.output_text != plain.output_text  # the constraint changed the output
+    obj = client.responses.create(model=server.model, input="x", max_output_tokens=30,
+                                  temperature=0, text={"format": {"type": "json_object"}})
+    chat_obj = client.chat.completions.create(
+        model=server.model, messages=[{"role": "user", "content": "x"}], max_tokens=30,
+        temperature=0, response_format={"type": "json_object"})
+    assert obj.output_text.lstrip().startswith("{")
+    assert obj.output_text == chat_obj.choices[0].message.content
+
+
 @pytest.mark.parametrize("body,param", [
+    ({"input": "x", "text": {"format": {"type": "json_schema", "name": "c"}}},
+     "text.format"),
+    ({"input": "x", "text": {"format": {"type": "json_schema", "name": "c", "schema": {
+        "type": "array", "items": {"type": "string", "pattern": "(a+)+$" * 2000}}}}},
+     "text.format"),
     ({"input": ""}, "input"),
     ({"input": [{"role": "robot", "content": "x"}]}, "input"),
     ({"input": "x", "reasoning": {"effort": "high"}}, "reasoning"),

@@ -104,3 +104,47 @@ def test_unenforceable_schema_is_400(tools_server):
     ok = _post(tools_server, {"model": tools_server.model, "messages": ROUND_TRIP[:1],
                               "tools": bad, "max_tokens": 2})
     assert ok.status_code == 200
+
+
+# Two Hermes calls the tiny random model is made to write (a regex constraint stands in for a
+# tuned model's habit); under tool_choice "auto" the server parses them as it would any output.
+TWO_CALLS = {"regex": r'<tool_call>\{"name": "get_weather", "arguments": \{"city": '
+             r'"[a-z]{3,6}"\}\}</tool_call>\n<tool_call>\{"name": "get_weather", '
+             r'"arguments": \{"city": "[a-z]{3,6}"\}\}</tool_call>'}
+
+
+def _streamed_calls(client, **kwargs) -> tuple[dict[int, list[str]], str | None]:
+    """Per call index, its argument pieces as they arrived (the name delta first)."""
+    calls: dict[int, list[str]] = {}
+    reason = None
+    for chunk in client.chat.completions.create(stream=True, **kwargs):
+        for choice in chunk.choices:
+            reason = choice.finish_reason or reason
+            for call in choice.delta.tool_calls or []:
+                pieces = calls.setdefault(call.index, [])
+                if call.function.name:
+                    pieces.append(f"name={call.function.name}")
+                if call.function.arguments:
+                    pieces.append(call.function.arguments)
+    return calls, reason
+
+
+@pytest.mark.parametrize("parallel", [None, False])
+def test_parallel_tool_calls_over_http(tools_server, parallel):
+    """Hermes arguments stream in pieces that join to the plain response's arguments;
+    parallel_tool_calls false keeps the first call only, plain and streamed."""
+    client = tools_server.client()
+    kwargs = dict(model=tools_server.model, messages=ROUND_TRIP[:1], tools=TOOLS,
+                  tool_choice="auto", max_tokens=400, temperature=0,
+                  extra_body={"structured_outputs": TWO_CALLS})
+    if parallel is not None:
+        kwargs["parallel_tool_calls"] = parallel
+    plain = client.chat.completions.create(**kwargs).choices[0]
+    want = 1 if parallel is False else 2
+    assert plain.finish_reason == "tool_calls" and len(plain.message.tool_calls) == want
+    streamed, reason = _streamed_calls(client, **kwargs)
+    assert reason == "tool_calls" and sorted(streamed) == list(range(want))
+    for index, call in enumerate(plain.message.tool_calls):
+        pieces = streamed[index]
+        assert pieces[0] == "name=get_weather" and len(pieces) > 2  # arguments in pieces
+        assert "".join(pieces[1:]) == call.function.arguments

@@ -8,8 +8,8 @@ tools into the system prompt itself, in the Hermes format the model was tuned on
 """
 from __future__ import annotations
 
-from cormorant.text.tool_parsers.base import (ParsedOutput, ToolCall, ToolParser,
-                                              new_call_id)
+from cormorant.text.tool_parsers.base import (ArgsDelta, CallHeader, ParsedOutput, ToolCall,
+                                              ToolParser, new_call_id)
 from cormorant.text.tool_parsers.forced import NamedParser, RequiredParser
 from cormorant.text.tool_parsers.hermes import HermesParser
 from cormorant.text.tool_parsers.leading_json import Llama3JsonParser, MistralParser
@@ -18,8 +18,9 @@ from cormorant.text.tool_parsers.streaming import StreamingToolParser
 PARSERS: dict[str, type] = {"hermes": HermesParser, "llama3_json": Llama3JsonParser,
                             "mistral": MistralParser}
 
-__all__ = ["PARSERS", "HermesParser", "Llama3JsonParser", "MistralParser", "NamedParser", "ParsedOutput", "RequiredParser", "StreamingToolParser",
-           "ToolCall", "ToolParser", "new_call_id", "parser_for_template",
+__all__ = ["PARSERS", "ArgsDelta", "CallHeader", "HermesParser", "Llama3JsonParser",
+           "MistralParser", "NamedParser", "ParsedOutput", "RequiredParser",
+           "StreamingToolParser", "ToolCall", "ToolParser", "new_call_id", "parser_for_template",
            "template_knows_tools"]
 
 

@@ -22,6 +22,18 @@ class ToolCall:
     arguments: str  # JSON text of an object, as OpenAI sends it
 
 
+@dataclass(frozen=True)
+class CallHeader:
+    """Streaming: a call has begun; its name is known, its arguments follow as ArgsDelta."""
+    name: str
+
+
+@dataclass(frozen=True)
+class ArgsDelta:
+    """Streaming: the next piece of the last begun call's arguments text."""
+    text: str
+
+
 @dataclass
 class ParsedOutput:
     content: str | None

@@ -2,17 +2,14 @@
 
 Each block holds one call object, or (SmolLM2's training format) a list of them. A block whose
 JSON does not parse stays content; an unterminated last block (the model stopped at EOS) is
-parsed if its JSON is whole. Imports text.tool_parsers.base.
+parsed if its JSON is whole. Arguments come back as the model wrote them. Blocks are found
+and read by text.tool_parsers.hermes_stream, the same code a stream goes through (here with
+its calls held until each block is checked). Imports text.tool_parsers (base, hermes_stream).
 """
 from __future__ import annotations
 
-from cormorant.text.tool_parsers.base import ParsedOutput, ToolCall, calls_from_json, loads
-
-OPEN, CLOSE = "<tool_call>", "</tool_call>"
-
-
-def _block_calls(inner: str) -> list[ToolCall] | None:
-    return calls_from_json(loads(inner.strip()))
+from cormorant.text.tool_parsers.base import ParsedOutput, ToolCall
+from cormorant.text.tool_parsers.hermes_stream import CLOSE, OPEN, HermesSectionStream
 
 
 class HermesParser:
@@ -21,53 +18,23 @@ class HermesParser:
     leading_only = False
     short_ids = False
     end_marker: str | None = CLOSE
+    streams_arguments = True  # streams go through HermesSectionStream, piece by piece
 
     def take_complete(self, buffer: str) -> tuple[list[ToolCall | str], str]:
-        """Whole blocks at the head of `buffer` (which starts at a tool section)."""
-        out: list[ToolCall | str] = []
-        pos = 0
-        while True:
-            start = buffer.find(OPEN, pos)
-            if start < 0:
-                # Text after the last block: content, unless it may begin another block.
-                tail = buffer[pos:]
-                keep = _partial_marker_len(tail)
-                if tail[:len(tail) - keep]:
-                    out.append(tail[:len(tail) - keep])
-                return out, tail[len(tail) - keep:]
-            if start > pos:
-                out.append(buffer[pos:start])
-            end = buffer.find(CLOSE, start + len(OPEN))
-            if end < 0:
-                return out, buffer[start:]
-            block = buffer[start:end + len(CLOSE)]
-            calls = _block_calls(buffer[start + len(OPEN):end])
-            out.extend(calls if calls is not None else [block])
-            pos = end + len(CLOSE)
+        """Whole blocks are read by HermesSectionStream (see streams_arguments)."""
+        return [], buffer
 
     def finish(self, buffer: str) -> list[ToolCall | str]:
-        """The rest of a stream: whole blocks, then an unterminated one parsed if it can be."""
-        out, rest = self.take_complete(buffer)
-        if rest.startswith(OPEN):
-            calls = _block_calls(rest[len(OPEN):])
-            out.extend(calls if calls is not None else [rest])
-        elif rest:
-            out.append(rest)
-        return out
+        """A whole tool section (from its first `<tool_call>`): calls and content pieces."""
+        section = HermesSectionStream(hold_calls=True)
+        pieces = section.feed(buffer) + section.finish()
+        return [p for p in pieces if isinstance(p, (ToolCall, str))]
 
     def parse(self, text: str) -> ParsedOutput:
         start = text.find(OPEN)
         if start < 0:
             return ParsedOutput(text)
         return assemble(text, [text[:start], *self.finish(text[start:])])
-
-
-def _partial_marker_len(text: str) -> int:
-    """How many trailing characters of `text` could begin OPEN."""
-    for size in range(min(len(OPEN) - 1, len(text)), 0, -1):
-        if OPEN.startswith(text[-size:]):
-            return size
-    return 0
 
 
 def assemble(text: str, pieces: list[ToolCall | str]) -> ParsedOutput:

@@ -2,18 +2,23 @@
 
 Before a tool section starts, text goes out as content, less a tail that could still begin a
 marker (held until the next delta decides). Once a marker is seen, the rest is buffered and
-the parser hands back whole calls (Hermes: block by block, when a block's end marker arrives;
-Llama/Mistral: at the end). The buffer is joined and parsed only when a call may have ended,
-so a stream costs time linear in its length.
-Imports text.tool_parsers.base.
+the parser hands back whole calls (Llama/Mistral: at the end), or, for parsers that stream
+arguments (Hermes), each call's CallHeader as soon as its name is complete and ArgsDelta
+pieces as its arguments grow (text.tool_parsers.hermes_stream). The buffer is joined and
+parsed only when a call may have ended, so a stream costs time linear in its length.
+Imports text.tool_parsers (base, hermes_stream).
 """
 from __future__ import annotations
 
-from cormorant.text.tool_parsers.base import ToolCall, ToolParser
+from cormorant.text.tool_parsers.base import ArgsDelta, CallHeader, ToolCall, ToolParser
+from cormorant.text.tool_parsers.hermes_stream import HermesSectionStream
+
+Piece = ToolCall | CallHeader | ArgsDelta | str
 
 
 class StreamingToolParser:
-    """feed(delta) and finish() return what is ready: content strings and ToolCalls, in order."""
+    """feed(delta) and finish() return what is ready, in order: content strings, ToolCalls,
+    and (Hermes) CallHeader / ArgsDelta pieces."""
 
     def __init__(self, parser: ToolParser) -> None:
         self.parser = parser
@@ -21,8 +26,10 @@ class StreamingToolParser:
         self._parts: list[str] | None = None  # the tool section, once it began, in pieces
         self._tail = ""  # its last characters: an end marker may straddle two deltas
         self._decided = False  # leading_only: the first visible text ruled out a tool section
+        self._section = (HermesSectionStream()
+                         if getattr(parser, "streams_arguments", False) else None)
 
-    def feed(self, delta: str) -> list[ToolCall | str]:
+    def feed(self, delta: str) -> list[Piece]:
         if self._parts is not None:
             return self._feed_section(delta)
         text = self._pending + delta
@@ -32,15 +39,17 @@ class StreamingToolParser:
         start, keep = self._find_marker(text)
         if start is not None:
             self._parts = []
-            out: list[ToolCall | str] = [text[:start]] if text[:start] else []
+            out: list[Piece] = [text[:start]] if text[:start] else []
             return out + self.feed(text[start:])
         self._pending = text[len(text) - keep:]
         return [text[:len(text) - keep]] if len(text) > keep else []
 
-    def _feed_section(self, delta: str) -> list[ToolCall | str]:
+    def _feed_section(self, delta: str) -> list[Piece]:
         """The section is joined and handed to the parser only when a call may have ended
         (its end marker arrived), so a long call costs linear time, not a rescan per delta."""
         assert self._parts is not None
+        if self._section is not None:
+            return self._section.feed(delta)
         self._parts.append(delta)
         end = self.parser.end_marker
         window = self._tail + delta
@@ -51,7 +60,9 @@ class StreamingToolParser:
         self._parts, self._tail = [rest], rest[-len(end) + 1:]
         return out
 
-    def finish(self) -> list[ToolCall | str]:
+    def finish(self) -> list[Piece]:
+        if self._section is not None and self._parts is not None:
+            return self._section.finish()
         if self._parts is not None:
             return self.parser.finish("".join(self._parts))  # type: ignore[attr-defined]
         return [self._pending] if self._pending else []
