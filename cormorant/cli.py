@@ -5,7 +5,6 @@ Parses arguments, builds the pieces and wires them together; no logic of its own
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 
@@ -71,23 +70,6 @@ def cmd_chat(args) -> int:
     return 0
 
 
-# The subcommands that live in their own packages: (name, module, its add-arguments function,
-# its run function, help). Imported here, lazily, so `cormorant generate` never loads the server.
-_SUBCOMMANDS = (
-    ("serve", "cormorant.server.launch", "add_serve_args", "run_server",
-     "serve the OpenAI-compatible HTTP API"),
-    ("batch", "cormorant.server.batch_offline", "add_batch_args", "run_batch",
-     "run an OpenAI batch file offline: batch run input.jsonl -o output.jsonl"),
-    ("keys", "cormorant.gateway.auth.cli", "add_keys_args", "run_keys",
-     "manage API keys: create | list | revoke | rotate"),
-    ("models", "cormorant.hosting.admin_cli", "add_models_args", "run_models",
-     "manage a running server's models and aliases: "
-     "list | register | load | unload | reload | remove | alias | unalias"),
-    ("bench", "cormorant.bench.cli", "add_bench_args", "run_bench",
-     "benchmarks B1-B4 against the card's limits and peers"),
-)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cormorant", description=__doc__)
     parser.add_argument("--log-level", default="WARNING")
@@ -107,17 +89,38 @@ def build_parser() -> argparse.ArgumentParser:
     chat.set_defaults(func=cmd_chat)
 
     try:
-        import cormorant.server.launch  # noqa: F401  (the server's extras may be missing)
-        have_server = True
+        from cormorant.server.launch import add_serve_args, run_server
     except ImportError:
-        have_server = False
-    for name, module, add_args, run, help_ in _SUBCOMMANDS:
-        if module.startswith("cormorant.server.") and not have_server:
-            continue
-        imported = importlib.import_module(module)
-        command = sub.add_parser(name, help=help_)
-        getattr(imported, add_args)(command)
-        command.set_defaults(func=getattr(imported, run))
+        add_serve_args = None
+    if add_serve_args is not None:
+        serve = sub.add_parser("serve", help="serve the OpenAI-compatible HTTP API")
+        add_serve_args(serve)
+        serve.set_defaults(func=run_server)
+        from cormorant.server.batch_offline import add_batch_args, run_batch
+
+        batch = sub.add_parser("batch", help="run an OpenAI batch file offline: batch run "
+                               "input.jsonl -o output.jsonl")
+        add_batch_args(batch)
+        batch.set_defaults(func=run_batch)
+
+    from cormorant.gateway.auth.cli import add_keys_args, run_keys
+
+    keys = sub.add_parser("keys", help="manage API keys: create | list | revoke | rotate")
+    add_keys_args(keys)
+    keys.set_defaults(func=run_keys)
+
+    from cormorant.hosting.admin_cli import add_models_args, run_models
+
+    models = sub.add_parser("models", help="manage a running server's models and aliases: "
+                            "list | register | load | unload | reload | remove | alias | unalias")
+    add_models_args(models)
+    models.set_defaults(func=run_models)
+
+    from cormorant.bench.cli import add_bench_args, run_bench
+
+    bench = sub.add_parser("bench", help="benchmarks B1-B4 against the card's limits and peers")
+    add_bench_args(bench)
+    bench.set_defaults(func=run_bench)
 
     return parser
 
