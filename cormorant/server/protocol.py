@@ -17,9 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from cormorant.server.config import ServerConfig
 from cormorant.server.errors import APIError
-from cormorant.server.tool_protocol import (AssistantToolCall, Tool, ToolChoice,
-                                            check_template_kwargs, check_tool_choice,
-                                            check_tools_bounds)
+from cormorant.server.tool_protocol import (AssistantToolCall, TemplateKwargs, ToolChoice,
+                                            ToolList, check_tool_choice)
 
 _STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 _DEFAULT_LIMITS = ServerConfig()
@@ -290,10 +289,10 @@ class ChatCompletionRequest(SamplingFields):
         "web_search_options", "reasoning_effort")
 
     messages: list[ChatMessage]
-    tools: list[Tool] | None = None
+    tools: ToolList = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
-    chat_template_kwargs: dict[str, Any] | None = None
+    chat_template_kwargs: TemplateKwargs = None
     max_tokens: int | None = Field(None, ge=1, le=1 << 30)
     max_completion_tokens: int | None = Field(None, ge=1, le=1 << 30)
     logprobs: bool | None = False
@@ -313,16 +312,6 @@ class ChatCompletionRequest(SamplingFields):
             raise ValueError(f"top_logprobs must be at most {limits(info).max_logprobs}")
         return value
 
-    @field_validator("tools", mode="before")
-    @classmethod
-    def _tools(cls, value: Any) -> Any:
-        return check_tools_bounds(value)
-
-    @field_validator("chat_template_kwargs", mode="before")
-    @classmethod
-    def _template_kwargs(cls, value: Any) -> Any:
-        return check_template_kwargs(value)
-
     @model_validator(mode="after")
     def _cross_fields(self) -> "ChatCompletionRequest":
         if self.top_logprobs is not None and not self.logprobs:
@@ -338,18 +327,8 @@ class TokenizeRequest(BaseModel):
     messages: list[ChatMessage] | None = None
     add_special_tokens: bool = True
     add_generation_prompt: bool = True
-    tools: list[Tool] | None = None  # with messages: rendered as chat requests render them
-    chat_template_kwargs: dict[str, Any] | None = None
-
-    @field_validator("tools", mode="before")
-    @classmethod
-    def _tools(cls, value: Any) -> Any:
-        return check_tools_bounds(value)
-
-    @field_validator("chat_template_kwargs", mode="before")
-    @classmethod
-    def _template_kwargs(cls, value: Any) -> Any:
-        return check_template_kwargs(value)
+    tools: ToolList = None  # with messages: rendered as chat requests render them
+    chat_template_kwargs: TemplateKwargs = None
 
     @field_validator("messages", mode="before")
     @classmethod

@@ -8,9 +8,9 @@ their other switches are not the client's to flip. Imports pydantic and server.e
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from cormorant.server.errors import APIError
 
@@ -109,6 +109,12 @@ def check_template_kwargs(value: Any) -> Any:
             raise _limit("chat_template_kwargs", f"chat_template_kwargs.{key} must be a "
                          f"{expected.__name__}")
     return value
+
+
+# The request fields, with their bounds checked before pydantic parses them (a 400 naming the
+# limit, before a 10,000-tool list is turned into models).
+ToolList = Annotated[list[Tool] | None, BeforeValidator(check_tools_bounds)]
+TemplateKwargs = Annotated[dict[str, Any] | None, BeforeValidator(check_template_kwargs)]
 
 
 def check_tool_choice(tools: list[Tool] | None, choice: ToolChoice | None) -> None:
