@@ -5,16 +5,16 @@ holds outside PyTorch (CUDA context, other processes), the weights and the activ
 the largest step, which the runner measures with a profile run (a dummy forward and sampler
 pass) before calling `num_kv_blocks`; it is also capped by what is actually free. On the CPU it
 is what max_num_seqs sequences of max_model_len tokens can use, within a fraction of
-available RAM, and its zeros come from the kernel's zero pages (calloc-style, through numpy):
+available RAM, and its zeros come from the kernel's zero pages (an anonymous mmap):
 a block costs resident memory only once a sequence writes to it.
-Imports torch, numpy and config only.
+Imports torch and config only.
 """
 from __future__ import annotations
 
 import logging
+import math
 import mmap
 
-import numpy as np
 import torch
 
 from cormorant.config import CacheConfig, ModelConfig, SchedulerConfig
@@ -124,6 +124,6 @@ def _lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """A zero tensor whose pages the OS maps on first write: an anonymous mmap, so it is lazy
     whatever state the process's allocator is in (calloc reuses freed heap memory and clears
     it, which made part of the cache resident in a long-lived process)."""
-    nbytes = int(np.prod(shape)) * torch.empty((), dtype=dtype).element_size()
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
     buffer = mmap.mmap(-1, max(nbytes, 1))  # the tensor holds a reference: unmapped with it
     return torch.frombuffer(buffer, dtype=torch.uint8, count=nbytes).view(dtype).view(shape)

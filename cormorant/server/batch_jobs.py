@@ -62,6 +62,17 @@ def public(doc: dict) -> dict:
     return {k: v for k, v in doc.items() if not k.startswith("_")}
 
 
+async def owned(request: Request, kind: str, object_id: str) -> dict:
+    """The caller's file or batch (kind "file" | "batch") `object_id`; 404 for one that does
+    not exist or belongs to another key (the same answer: ids are not disclosed)."""
+    jobs = jobs_of(request)
+    get = jobs.store.get_file if kind == "file" else jobs.store.get_batch
+    doc = await jobs.store.call(get, object_id, caller(request).key_id)
+    if doc is None:
+        raise not_found(kind, object_id)
+    return doc
+
+
 def not_found(kind: str, object_id: str) -> APIError:
     return APIError(404, f"No {kind} found with id '{bound(object_id, 128)}'.",
                     code="not_found")

@@ -113,6 +113,17 @@ async def _try(request: Request, state: ServerState, name: str, model_id: str | 
                    headers={**headers, **cache.headers()})
 
 
+async def collect_finals(request: Request, started: Started) -> list | None:
+    """A started (not cached) generation's final outputs, the stream closed either way;
+    None if the client left first."""
+    stream = started.stream
+    assert stream is not None
+    try:
+        return await collect_unless_disconnected(request.receive, stream.collect())
+    finally:
+        await stream.aclose()
+
+
 async def respond(request: Request, state: ServerState, started: Started, streaming: bool,
                   chunks: Callable[[], AsyncIterator[list[dict]]],
                   response: Callable[[list], dict]) -> Response:
@@ -123,10 +134,7 @@ async def respond(request: Request, state: ServerState, started: Started, stream
     if streaming:
         return SSEResponse(sse_body(chunks(), state.config.max_error_chars),
                            headers=started.headers, on_close=stream.aclose)
-    try:
-        finals = await collect_unless_disconnected(request.receive, stream.collect())
-    finally:
-        await stream.aclose()
+    finals = await collect_finals(request, started)
     if finals is None:
         return client_gone()
     body = response(finals)

@@ -18,7 +18,8 @@ from starlette.responses import Response
 
 from cormorant.gateway.crypto import DataKeyError
 from cormorant.server.batch_input import ENDPOINTS, parse_batch_file
-from cormorant.server.batch_jobs import caller, data_key_error, jobs_of, not_found, public
+from cormorant.server.batch_jobs import (caller, data_key_error, jobs_of, not_found, owned,
+                                         public)
 from cormorant.server.batch_lines import principal_doc
 from cormorant.server.body import read_request
 from cormorant.server.errors import APIError
@@ -83,17 +84,9 @@ async def create_batch(request: Request) -> Response:
     return json_response(public(doc))
 
 
-async def _batch(request: Request, batch_id: str) -> dict:
-    jobs = jobs_of(request)
-    doc = await jobs.store.call(jobs.store.get_batch, batch_id, caller(request).key_id)
-    if doc is None:
-        raise not_found("batch", batch_id)
-    return doc
-
-
 @router.get("/v1/batches/{batch_id}", responses=ERROR_RESPONSES, summary="Retrieve a batch")
 async def get_batch(request: Request, batch_id: str) -> Response:
-    return json_response(public(await _batch(request, batch_id)))
+    return json_response(public(await owned(request, "batch", batch_id)))
 
 
 @router.get("/v1/batches", responses=ERROR_RESPONSES, summary="List batches")
@@ -112,11 +105,11 @@ async def list_batches(request: Request, after: str | None = Query(None, max_len
 @router.post("/v1/batches/{batch_id}/cancel", responses=ERROR_RESPONSES,
              summary="Cancel a batch")
 async def cancel_batch(request: Request, batch_id: str) -> Response:
-    jobs, doc = jobs_of(request), await _batch(request, batch_id)
+    jobs, doc = jobs_of(request), await owned(request, "batch", batch_id)
     if doc["status"] in CANCELLABLE:
         doc["status"], doc["cancelling_at"] = "cancelling", int(time.time())
         if not await jobs.store.call(jobs.store.save_batch, doc, CANCELLABLE):
-            doc = await _batch(request, batch_id)  # it moved on meanwhile
+            doc = await owned(request, "batch", batch_id)  # it moved on meanwhile
         jobs.worker.wake()
     elif doc["status"] not in ("cancelling", "cancelled"):
         raise APIError(400, f"The batch is {doc['status']}; only a batch that is validating "

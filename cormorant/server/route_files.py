@@ -18,7 +18,8 @@ from starlette.responses import Response
 from cormorant.gateway.batch.files import new_file_id
 from cormorant.gateway.crypto import DataKeyError
 from cormorant.server.batch_input import parse_batch_file
-from cormorant.server.batch_jobs import caller, data_key_error, jobs_of, not_found, public
+from cormorant.server.batch_jobs import (caller, data_key_error, jobs_of, not_found, owned,
+                                         public)
 from cormorant.server.batch_worker import file_doc
 from cormorant.server.errors import APIError
 from cormorant.server.openapi import ERROR_RESPONSES, FILE_UPLOAD_BODY, JSONL_CONTENT
@@ -74,23 +75,15 @@ async def list_files(request: Request, purpose: str | None = Query(None, max_len
                           "has_more": len(docs) > limit})
 
 
-async def _file(request: Request, file_id: str) -> dict:
-    jobs = jobs_of(request)
-    doc = await jobs.store.call(jobs.store.get_file, file_id, caller(request).key_id)
-    if doc is None:
-        raise not_found("file", file_id)
-    return doc
-
-
 @router.get("/v1/files/{file_id}", responses=ERROR_RESPONSES, summary="A file's metadata")
 async def get_file(request: Request, file_id: str) -> Response:
-    return json_response(public(await _file(request, file_id)))
+    return json_response(public(await owned(request, "file", file_id)))
 
 
 @router.get("/v1/files/{file_id}/content", responses={**ERROR_RESPONSES, **JSONL_CONTENT},
             summary="A file's content")
 async def get_file_content(request: Request, file_id: str) -> Response:
-    doc = await _file(request, file_id)
+    doc = await owned(request, "file", file_id)
     try:
         data = await asyncio.to_thread(jobs_of(request).vault.read, doc["id"])
     except KeyError:
@@ -102,7 +95,7 @@ async def get_file_content(request: Request, file_id: str) -> Response:
 
 @router.delete("/v1/files/{file_id}", responses=ERROR_RESPONSES, summary="Delete a file")
 async def delete_file(request: Request, file_id: str) -> Response:
-    doc = await _file(request, file_id)
+    doc = await owned(request, "file", file_id)
     jobs = jobs_of(request)
     await jobs.store.call(jobs.store.delete_file, doc["id"], caller(request).key_id)
     await asyncio.to_thread(jobs.vault.delete, doc["id"])

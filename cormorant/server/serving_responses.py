@@ -30,9 +30,8 @@ from cormorant.gateway.auth.middleware import get_principal
 from cormorant.server.body import read_request, validate_model
 from cormorant.server.chat_output import ChoiceDeltas
 from cormorant.server.chat_tools import check_tool_constraint
-from cormorant.server.dispatch import Started, start_generation
+from cormorant.server.dispatch import Started, collect_finals, start_generation
 from cormorant.server.errors import APIError
-from cormorant.server.generation import collect_unless_disconnected
 from cormorant.server.protocol import ChatCompletionRequest
 from cormorant.server.responses import client_gone, finish_reason, json_response
 from cormorant.server.responses_events import ResponseBuilder, new_id
@@ -143,12 +142,7 @@ async def _save(state: ServerState, turn: _Turn, builder: ResponseBuilder) -> No
 
 async def _complete(request: Request, turn: _Turn, started: Started, state: ServerState
                     ) -> Response:
-    stream = started.stream
-    assert stream is not None
-    try:
-        finals = await collect_unless_disconnected(request.receive, stream.collect())
-    finally:
-        await stream.aclose()
+    finals = await collect_finals(request, started)
     if finals is None:
         return client_gone()
     out = finals[0]
