@@ -14,6 +14,12 @@ chosen per layer at build time: `apply_linear_methods(model, choose)` asks `choo
 layer)` (a LinearMethodChooser) for each linear layer and swaps the method of those it
 answers for, before any weight is loaded; `finalize_linear_methods(model)` runs after.
 Parameters are created uninitialised (torch.empty): the loader fills every one of them.
+A format with more parameters than `weight` (scales, zero points, packed codes) tags each with
+its layout (`set_layout`: which dim holds the output features, which the input features, how
+many values one element packs along which dim; none for a per-projection scalar), and the
+layer loads them generically (`LinearMethod.load_param`): the tensor-parallel split along
+the right dim, then the fused projection's slice along the output dim (a scalar per
+projection lands in its slot of a [num_shards] parameter).
 
 Decode-sized inputs (`decode_gemv_kernels`: at most DECODE_MAX_ROWS rows, bf16/fp16, CUDA)
 run the skinny GEMM of cormorant.kernels.gemv instead of cuBLAS, which reads these weights
@@ -65,6 +71,29 @@ def decode_gemv_kernels(x: torch.Tensor, weight: torch.Tensor) -> ModuleType | N
     return load_kernels("gemv")
 
 
+def set_layout(param: nn.Parameter, *, output_dim: int | None = 0, input_dim: int | None = 1,
+               packed_dim: int | None = None, packed_factor: int = 1) -> nn.Parameter:
+    """Tag a method's parameter with its layout for loading (see the module docstring).
+    output_dim/input_dim: the dims indexed by output/input features (None: not split along
+    them; both None: one value per fused projection, in a [num_shards] parameter);
+    packed_dim/packed_factor: `packed_factor` values share one element along `packed_dim`
+    (e.g. eight int4 codes in an int32); a grouped scale needs no factor (its dim simply
+    has input/group entries). Returns param."""
+    param.output_dim, param.input_dim = output_dim, input_dim
+    param.packed_dim, param.packed_factor = packed_dim, packed_factor
+    return param
+
+
+def _dims(param: nn.Parameter) -> tuple[int | None, int | None]:
+    """(output_dim, input_dim) of a parameter; an untagged one is a dense [out, in] weight."""
+    return getattr(param, "output_dim", 0), getattr(param, "input_dim", 1)
+
+
+def _units(param: nn.Parameter, dim: int) -> int:
+    """How many features one element along `dim` stands for (the packing factor)."""
+    return param.packed_factor if getattr(param, "packed_dim", None) == dim else 1
+
+
 class LinearMethod:
     """A weight format: creates a layer's parameters and multiplies by them. Formats
     implement create_weights and apply; one with a fused decode GEMV also answers
@@ -86,6 +115,25 @@ class LinearMethod:
         if not isinstance(loaded, torch.Tensor):
             loaded = loaded.dequantize()
         _copy_checked(layer.weight.data.narrow(0, start, loaded.shape[0]), loaded)
+
+    def load_param(self, layer: nn.Module, param: nn.Parameter, loaded: torch.Tensor,
+                   start: int, shard_index: int) -> None:
+        """Write a checkpoint tensor (already this rank's part) into one of the method's
+        parameters other than `weight`: output features start:start + n along the param's
+        output_dim (`set_layout`), or, for a param with neither dim, slot `shard_index` (the
+        fused projection's index: q/k/v 0/1/2, gate/up 0/1; 0 when not fused)."""
+        out_dim, in_dim = _dims(param)
+        if out_dim is None and in_dim is None:
+            _copy_checked(param.data.narrow(0, shard_index, 1), loaded.reshape(1))
+            return
+        if out_dim is None:
+            _copy_checked(param.data, loaded)
+            return
+        units = _units(param, out_dim)
+        if start % units or loaded.shape[out_dim] * units + start > param.shape[out_dim] * units:
+            raise ValueError(f"checkpoint tensor of shape {tuple(loaded.shape)} does not fit "
+                             f"parameter {tuple(param.shape)} at output feature {start}")
+        _copy_checked(param.data.narrow(out_dim, start // units, loaded.shape[out_dim]), loaded)
 
     def finalize(self, layer: nn.Module) -> None:
         """Once every row is loaded: repack for the kernel (nothing to do for dense)."""
@@ -164,34 +212,49 @@ class LinearBase(nn.Module):
     def _local_out(self) -> int:
         return self.output_size // self.tp_size if self.tp_dim == 0 else self.output_size
 
-    def _shard(self, loaded: Any, dim: int) -> Any:
-        """This rank's part of a full checkpoint tensor along `dim` (a tensor of another
-        format that cannot split along `dim` is dequantized first)."""
-        if self.tp_size == 1:
+    def _shard(self, loaded: Any, dim: int | None) -> Any:
+        """This rank's part of a full checkpoint tensor along `dim` (None: whole on every
+        rank; a tensor of another format that cannot split along `dim` is dequantized
+        first)."""
+        if self.tp_size == 1 or dim is None:
             return loaded
         if dim != 0 and not isinstance(loaded, torch.Tensor):
             loaded = loaded.dequantize()
         return loaded.chunk(self.tp_size, dim)[self.tp_rank]
 
+    def _split_dim(self, param: nn.Parameter) -> int | None:
+        """The dim of `param` split across ranks: output features for column-parallel,
+        input features for row-parallel (a row-parallel bias is whole)."""
+        if param is self.bias:
+            return 0 if self.tp_dim == 0 else None
+        out_dim, in_dim = _dims(param)
+        return out_dim if self.tp_dim == 0 else in_dim
+
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor) -> None:
-        if not (param is self.bias and self.tp_dim == 1):  # a row-parallel bias is whole
-            loaded = self._shard(loaded, self.tp_dim)
-        if tuple(loaded.shape[:1]) != tuple(param.shape[:1]):
+        loaded = self._shard(loaded, self._split_dim(param))
+        out_dim = 0 if param is self.bias else _dims(param)[0]
+        if out_dim is not None and loaded.shape[out_dim] != param.shape[out_dim]:
             raise ValueError(f"checkpoint tensor of shape {tuple(loaded.shape)} does not fit "
                              f"parameter slice of shape {tuple(param.shape)}")
-        self._load_rows(param, loaded, 0)
+        self._load_rows(param, loaded, 0, 0)
 
-    def _load_rows(self, param: nn.Parameter, loaded: Any, start: int) -> None:
-        """The weight goes through the method (its format); a bias is always dense."""
+    def _load_rows(self, param: nn.Parameter, loaded: Any, start: int, shard_index: int
+                   ) -> None:
+        """The weight goes through the method (its format), and so do the method's other
+        parameters; a bias is always dense."""
         if param is self.bias:
             _copy_checked(param.data.narrow(0, start, loaded.shape[0]), loaded)
-        else:
+        elif param is getattr(self, "weight", None) and not hasattr(param, "output_dim"):
             self.method.load_rows(self, loaded, start)
+        else:
+            self.method.load_param(self, param, loaded, start, shard_index)
 
     def set_method(self, method: LinearMethod) -> None:
         """Swap the weight format before loading: the new method's parameters replace the
         old ones (created with torch.empty, so the old never touched memory)."""
-        del self.weight
+        for name, param in list(self.named_parameters(recurse=False)):
+            if param is not self.bias:
+                delattr(self, name)
         self.method = method
         method.create_weights(self, self._local_in(), self._local_out())
 
@@ -218,12 +281,15 @@ class LinearBase(nn.Module):
 class ColumnParallelLinear(LinearBase):
     tp_dim = 0
 
-    def _load_shard(self, param: nn.Parameter, loaded: Any, offset: int, size: int) -> None:
-        """One projection of a fused layer: exactly rows offset:offset + size."""
-        if loaded.shape[0] != size:
+    def _load_shard(self, param: nn.Parameter, loaded: Any, offset: int, size: int,
+                    shard_index: int) -> None:
+        """One projection of a fused layer: exactly output features offset:offset + size
+        (a per-projection scalar goes to slot shard_index)."""
+        out_dim = 0 if param is self.bias else _dims(param)[0]
+        if out_dim is not None and loaded.shape[out_dim] * _units(param, out_dim) != size:
             raise ValueError(f"checkpoint tensor of shape {tuple(loaded.shape)} does not fit "
-                             f"parameter slice of shape {(size, *param.shape[1:])}")
-        self._load_rows(param, loaded, offset)
+                             f"{size} output features of parameter {tuple(param.shape)}")
+        self._load_rows(param, loaded, offset, shard_index)
 
 
 class MergedColumnParallelLinear(ColumnParallelLinear):
@@ -237,7 +303,8 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: int) -> None:
         offset = sum(self.output_sizes[:shard_id]) // self.tp_size
         size = self.output_sizes[shard_id] // self.tp_size
-        self._load_shard(param, self._shard(loaded, 0), offset, size)
+        self._load_shard(param, self._shard(loaded, self._split_dim(param)), offset, size,
+                         shard_id)
 
 
 class QKVParallelLinear(ColumnParallelLinear):
@@ -260,7 +327,8 @@ class QKVParallelLinear(ColumnParallelLinear):
         kv_size = self.num_kv_heads * self.head_dim
         offset, size = {"q": (0, q_size), "k": (q_size, kv_size),
                         "v": (q_size + kv_size, kv_size)}[shard_id]
-        self._load_shard(param, self._shard(loaded, 0), offset, size)
+        self._load_shard(param, self._shard(loaded, self._split_dim(param)), offset, size,
+                         "qkv".index(shard_id))
 
 
 class RowParallelLinear(LinearBase):

@@ -74,10 +74,15 @@ def checkpoint_dtype(model_dir: str) -> torch.dtype | None:
     return getattr(torch, name, None) if isinstance(name, str) else None
 
 
+def quantization_config(model_dir: str) -> dict | None:
+    """config.json's quantization_config (models.quantization reads it), if any."""
+    qcfg = read_json(os.path.join(model_dir, "config.json")).get("quantization_config")
+    if qcfg is not None and not isinstance(qcfg, dict):
+        raise ValueError("config.json's quantization_config must be an object")
+    return qcfg or None
+
+
 def _reject_unsupported(cfg: dict) -> None:
-    if cfg.get("quantization_config"):
-        method = cfg["quantization_config"].get("quant_method", "?")
-        raise ValueError(f"quantized Hugging Face checkpoints ({method}) are not supported yet")
     act = cfg.get("hidden_act", "silu")
     if act != "silu":
         raise ValueError(f"unsupported activation {act!r}: only silu is implemented")

@@ -11,7 +11,9 @@ layers' weights in their blocks on the CPU (layers.gguf_linear: int4 for Q4_0/Q4
 int8 for the rest), chosen per layer from the file's tensor types: about twice the decode
 speed, but activations meet those kernels in bf16, so greedy output may leave the reference's
 (SmolLM2, 8 chat prompts x 64 tokens: 4 identical); "auto" is "none", exactness first.
-Safetensors checkpoints are always dense.
+A Hugging Face checkpoint whose config.json has a `quantization_config` loads in that format,
+and `quantization` may also name a format to quantize dense weights into at load (random
+weights too, for the benchmarks): models.quantization decides both.
 resolve_device and resolve_dtype are the one place where "auto" becomes a device and a dtype
 (the engine builder, the benchmarks and the embedder call them too).
 load_model_config(path) reads only the architecture facts (no weights) so the caller can
@@ -32,6 +34,7 @@ from cormorant.config import ModelConfig
 from cormorant.layers.attention import AttentionBackend, TorchAttention
 from cormorant.layers.linear import apply_linear_methods, finalize_linear_methods
 from cormorant.models import gguf_loader, gguf_quantized, hf_loader
+from cormorant.models import quantization as quantization_mod
 from cormorant.models.bert import EncoderConfig, encoder_config_from_hf
 from cormorant.models.random_init import build_random_model
 from cormorant.models.registry import build_encoder, build_model, get_model_class
@@ -116,7 +119,11 @@ def load_model(path: str, dtype: torch.dtype | str = "auto", device: torch.devic
     attn_backend = attn_backend or TorchAttention()
     if load_format == "random":
         config = load_model_config(path)
-        return build_random_model(config, dtype, device, seed, attn_backend=attn_backend), config
+        model = build_random_model(config, dtype, device, seed, attn_backend=attn_backend)
+        if (scheme := quantization_plan(None, quantization, device)) is not None:
+            quantization_mod.quantize_dense(model, scheme)
+            _release_freed_heap()
+        return model, config
     keep_blocks = False
     if is_gguf(path):
         reader = gguf_loader.open_gguf(path)  # opened once: parsing the metadata is not free
@@ -129,6 +136,9 @@ def load_model(path: str, dtype: torch.dtype | str = "auto", device: torch.devic
     else:
         config = load_model_config(path)
         model = build_model(config, attn_backend, dtype, device)
+        scheme = quantization_plan(hf_loader.quantization_config(path), quantization, device)
+        if scheme is not None:
+            apply_linear_methods(model, scheme.chooser(model))
         weights = hf_loader.iter_safetensors(path)
     start = time.perf_counter()
     with torch.no_grad():
@@ -154,12 +164,20 @@ def _release_freed_heap() -> None:
         pass
 
 
+def quantization_plan(quant_config: dict | None, quantization: str, device: torch.device
+                      ) -> quantization_mod.QuantScheme | None:
+    """The weight format of a Hugging Face checkpoint (or random weights): None for dense."""
+    if quantization == "gguf":
+        raise ValueError("quantization 'gguf' applies to GGUF files only")
+    return quantization_mod.plan(quant_config, quantization)
+
+
 def resolve_quantization(quantization: str, device: torch.device) -> str:
-    """"auto" -> "none": the default is the exact path (token-identical to transformers);
-    "gguf" is asked for by name and needs torch's int4 CPU kernel."""
+    """For a GGUF file: "auto" -> "none": the default is the exact path (token-identical to
+    transformers); "gguf" is asked for by name and needs torch's int4 CPU kernel."""
     if quantization not in QUANTIZATIONS:
-        raise ValueError(f"unknown quantization {quantization!r}; use one of "
-                         f"{', '.join(QUANTIZATIONS)}")
+        raise ValueError(f"quantization {quantization!r} does not apply to GGUF files; use "
+                         f"one of {', '.join(QUANTIZATIONS)}")
     if quantization == "gguf" and device.type != "cpu":
         raise ValueError("quantization 'gguf' runs on the CPU only")
     if quantization == "gguf" and not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"):

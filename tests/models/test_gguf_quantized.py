@@ -148,5 +148,5 @@ def test_the_default_is_the_exact_path_and_the_fast_path_is_asked_for_by_name():
     assert resolve_quantization("gguf", cpu) == "gguf"
     with pytest.raises(ValueError, match="CPU only"):
         resolve_quantization("gguf", torch.device("meta"))
-    with pytest.raises(ValueError, match="unknown quantization"):
+    with pytest.raises(ValueError, match="does not apply to GGUF files"):
         resolve_quantization("fp8", cpu)

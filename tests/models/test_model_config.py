@@ -68,7 +68,6 @@ def test_qwen_architectures_imply_bias_and_qk_norm():
 @pytest.mark.parametrize("bad, match", [
     ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope scaling type 'yarn'"),
     ({"hidden_act": "gelu"}, "activation"),
-    ({"quantization_config": {"quant_method": "awq"}}, "awq"),
     ({"partial_rotary_factor": 0.5}, "partial rotary"),
 ])
 def test_unsupported_config_features_raise(bad, match):
