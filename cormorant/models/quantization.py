@@ -12,6 +12,12 @@ linear layer its method (or None: it stays dense, e.g. a layer the config lists 
 Formats live in their own modules and register themselves when imported; FORMAT_MODULES lists
 them so that this module can import them on first use.
 
+compressed-tensors checkpoints (quant_method "compressed-tensors") hold one of several
+schemes; its parser here reads the config group and hands it to the scheme registered for
+the weights' type ("float": FP8, "int": int4/int8), with `ignored(...)` for its ignore list.
+`checkpoint_names(model, name)` maps a fused layer (qkv_proj) to its checkpoint layers
+(q_proj, k_proj, v_proj), which is how configs name layers.
+
 `plan(quant_config, quantization)` is the one decision: which scheme (or None for dense),
 with every unsupported combination a ValueError that says what is supported.
 `quantize_dense(model, scheme)` turns an already filled dense model (random weights) into the
@@ -22,6 +28,7 @@ Imports: torch, cormorant.layers.linear.
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -71,6 +78,59 @@ def register_online(name: str) -> Callable[[OnlineFactory], OnlineFactory]:
         _ONLINE[name] = factory
         return factory
     return register
+
+
+CompressedParser = Callable[[dict, dict], QuantScheme]
+_COMPRESSED: dict[str, CompressedParser] = {}
+
+
+def register_compressed_tensors(weight_type: str) -> Callable[[CompressedParser],
+                                                                CompressedParser]:
+    """Decorator: `parser(quantization_config, config_group) -> QuantScheme` for
+    compressed-tensors checkpoints whose config group's weights are of `weight_type`
+    ("float" or "int")."""
+    def register(parser: CompressedParser) -> CompressedParser:
+        _COMPRESSED[weight_type] = parser
+        return parser
+    return register
+
+
+@register_checkpoint_format("compressed-tensors")
+def _compressed_tensors(quant_config: dict) -> QuantScheme:
+    groups = quant_config.get("config_groups") or {}
+    if not isinstance(groups, dict) or len(groups) != 1:
+        raise ValueError(f"compressed-tensors: exactly one config group is supported, the "
+                         f"checkpoint has {len(groups) if isinstance(groups, dict) else 0}")
+    group = next(iter(groups.values()))
+    weights = group.get("weights") or {}
+    kind = weights.get("type")
+    if kind not in _COMPRESSED:
+        raise ValueError(f"compressed-tensors: weights of type {kind!r} are not supported; "
+                         f"supported: {', '.join(sorted(_COMPRESSED)) or 'none'}")
+    return _COMPRESSED[kind](quant_config, group)
+
+
+def checkpoint_names(model: nn.Module, name: str) -> list[str]:
+    """The checkpoint's layer names behind one of this model's linear layers: a fused layer
+    ("...self_attn.qkv_proj") is several ("...q_proj", "...k_proj", "...v_proj")."""
+    parent, _, leaf = name.rpartition(".")
+    packed = getattr(model, "packed_modules_mapping", {})
+    parts = [f"{parent}.{source}" for source, (target, _) in packed.items() if leaf == target]
+    return list(dict.fromkeys(parts)) or [name]
+
+
+def ignored(names: list[str], ignore: list[str]) -> bool:
+    """Whether a layer is left dense by an ignore list of names and "re:" patterns
+    (compressed-tensors, modules_to_not_convert); a fused layer is ignored only whole, and
+    half-ignored is an error (its parts would need two formats)."""
+    def hit(n: str) -> bool:
+        return any(re.fullmatch(p[3:], n) if p.startswith("re:") else
+                   (n == p or n.endswith("." + p)) for p in ignore)
+    hits = [hit(n) for n in names]
+    if any(hits) and not all(hits):
+        raise ValueError(f"the quantization config ignores only some of {names}, which this "
+                         "model computes in one fused layer")
+    return all(hits)
 
 
 def _load_formats() -> None:

@@ -66,3 +66,24 @@ def test_plan_names_what_is_supported():
         quantization.plan(None, "int3")
     with pytest.raises(ValueError, match="GGUF files only"):
         quantization.plan(None, "gguf")
+
+
+def test_compressed_tensors_names_its_supported_weight_types_and_groups():
+    with pytest.raises(ValueError, match="exactly one config group"):
+        quantization.plan({"quant_method": "compressed-tensors", "config_groups": {}}, "auto")
+    with pytest.raises(ValueError, match="weights of type 'nf4' are not supported"):
+        quantization.plan({"quant_method": "compressed-tensors", "config_groups": {
+            "g": {"targets": ["Linear"], "weights": {"type": "nf4"}}}}, "auto")
+
+
+def test_ignore_lists_match_names_patterns_and_whole_fused_layers():
+    class Fused(nn.Module):
+        packed_modules_mapping = {"q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"),
+                                  "v_proj": ("qkv_proj", "v")}
+    names = quantization.checkpoint_names(Fused(), "model.layers.0.self_attn.qkv_proj")
+    assert names == [f"model.layers.0.self_attn.{p}_proj" for p in "qkv"]
+    assert quantization.ignored(["lm_head"], ["lm_head"])
+    assert quantization.ignored(names, [r"re:.*layers\.0\.self_attn\.[qkv]_proj"])
+    assert not quantization.ignored(names, ["model.layers.1.self_attn.q_proj"])
+    with pytest.raises(ValueError, match="only some of"):
+        quantization.ignored(names, ["model.layers.0.self_attn.q_proj"])
