@@ -15,8 +15,11 @@ token is discarded at collection, and its blocks are freed at once (the device r
 only in steps launched later, on the same stream). Penalties read the token history on the
 host, so a batch holding one collects step n before it launches. A grammar mask also needs
 step n's token, but only for sampling: such a batch launches its forward alone
-(`defer_sampling`), collects step n while it runs, then computes the masks and queues the
-sampling (`runner.sample`), so the mask work overlaps the forward.
+(`defer_sampling`), collects step n while it runs, then starts the masks in a worker thread
+(`masks_later`) and returns; the sampling is queued (`runner.sample`) just before the next
+launch or collect, whichever comes first (stream order: the next forward reads the sampled
+ids), so the mask work overlaps the forward, the caller's output processing and the next
+schedule.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ from cormorant.engine.block_manager import BlockManager
 from cormorant.engine.messages import EngineStats
 from cormorant.engine.scheduler import Scheduler, SchedulerOutput, WaitingQueue
 from cormorant.engine.sequence import Sequence, SequenceStatus
-from cormorant.engine.structured import GrammarBackend, StructuredDecoding
+from cormorant.engine.structured import GrammarBackend, PendingMasks, StructuredDecoding
 from cormorant.engine.types import (PLACEHOLDER_TOKEN_ID, EngineOutput, EngineRequest,
                                     SampleOutput, ScheduledBatch)
 from cormorant.sampling_params import SamplingParams
@@ -71,6 +74,8 @@ class EngineCore:
         self.steps = 0
         self.num_preemptions = 0
         self._in_flight: tuple[SchedulerOutput, Any] | None = None  # launched, not collected
+        # The in-flight step's sampling, waiting for its grammar masks (defer_sampling).
+        self._unsampled: tuple[Any, PendingMasks] | None = None
 
     # -- requests ---------------------------------------------------------------------------
     def add_request(self, req: EngineRequest) -> list[EngineOutput]:
@@ -133,12 +138,13 @@ class EngineCore:
         defer = self._in_flight is not None and _masks_wait(batch)
         handle = None
         if batch.seqs:
+            self._queue_sampling()
             handle = (self.runner.launch(self._batch(batch, with_masks=False),
                                          defer_sampling=True) if defer
                       else self.runner.launch(self._batch(batch)))
         outputs += self._collect()
         if handle is not None and defer:
-            self.runner.sample(handle, *self.structured.masks(batch))
+            self._unsampled = (handle, self.structured.masks_later(batch))
         if handle is not None:
             # After the collect: blocks registered now hold real ids, not placeholders.
             self.scheduler.update_after_step(batch)
@@ -148,8 +154,16 @@ class EngineCore:
             self._in_flight = (batch, handle)
         return outputs
 
+    def _queue_sampling(self) -> None:
+        """Queue the in-flight step's deferred sampling, its masks computed (waits for them)."""
+        if self._unsampled is not None:
+            handle, pending = self._unsampled
+            self._unsampled = None
+            self.runner.sample(handle, *pending.result())
+
     def _collect(self) -> list[EngineOutput]:
         """Wait for the in-flight step; put its ids in place of the placeholders, stop."""
+        self._queue_sampling()
         if self._in_flight is None:
             return []
         batch, handle = self._in_flight

@@ -10,6 +10,8 @@ builder injects it). The design:
   fills one bitmask row each (bit t of row r: token t allowed); the ScheduledBatch carries
   them as plain bytes with their batch rows, so the runner applies them without knowing any
   grammar. A batch without constrained rows carries nothing and costs nothing.
+  `masks_later(scheduled)` is the same, computed in a worker thread while the step loop does
+  its other host work (the async step loop's overlap).
 - `advance(seq, token_id)` after each accepted token; True when the grammar has ended (the
   engine then finishes the sequence with "stop"). A matcher only ever consumes tokens the
   sequence keeps, so after a preemption (recompute keeps the tokens) it is still in step.
@@ -18,6 +20,7 @@ builder injects it). The design:
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 
 from cormorant.engine.scheduler import SchedulerOutput
@@ -41,12 +44,24 @@ class GrammarBackend(Protocol):
     def fill_bitmasks(self, matchers: list[GrammarMatcher]) -> bytes: ...  # [R, W] int32 LE
 
 
+class PendingMasks:
+    """A step's grammar masks on their way: the batch rows now, the bits when computed."""
+
+    def __init__(self, rows: list[int], bits: Future[bytes] | None) -> None:
+        self.rows = rows
+        self._bits = bits
+
+    def result(self) -> tuple[list[int], bytes]:
+        return self.rows, (b"" if self._bits is None else self._bits.result())
+
+
 class StructuredDecoding:
     """The engine's side of constrained decoding; inert without constrained sequences."""
 
     def __init__(self, backend: GrammarBackend | None) -> None:
         self.backend = backend
         self.num_active = 0  # live sequences with a matcher: 0 makes masks() free
+        self._pool: ThreadPoolExecutor | None = None  # masks_later's one worker, made on use
 
     def release(self, seq: Sequence) -> None:
         """Drop a finished or aborted sequence's matcher."""
@@ -66,14 +81,21 @@ class StructuredDecoding:
 
     def masks(self, scheduled: SchedulerOutput) -> tuple[list[int], bytes]:
         """(batch rows, their packed bitmasks) for the constrained rows that sample now."""
-        if not self.num_active:
-            return [], b""
-        rows = [i for i, (seq, do_sample) in enumerate(zip(scheduled.seqs, scheduled.do_sample))
-                if do_sample and seq.grammar is not None]
+        return self.masks_later(scheduled).result()
+
+    def masks_later(self, scheduled: SchedulerOutput) -> PendingMasks:
+        """masks(), computed in a worker thread (the grammar engine releases the GIL), so the
+        step loop's other host work runs meanwhile; `.result()` waits for them. The matchers
+        must not advance before then (the loop collects this step only after its sampling)."""
+        rows = ([i for i, (seq, do_sample) in enumerate(zip(scheduled.seqs, scheduled.do_sample))
+                 if do_sample and seq.grammar is not None] if self.num_active else [])
         if not rows:
-            return [], b""
+            return PendingMasks([], None)
         assert self.backend is not None
-        return rows, self.backend.fill_bitmasks([scheduled.seqs[i].grammar for i in rows])
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar-masks")
+        matchers = [scheduled.seqs[i].grammar for i in rows]
+        return PendingMasks(rows, self._pool.submit(self.backend.fill_bitmasks, matchers))
 
     @staticmethod
     def advance(seq: Sequence, token_id: int) -> bool:
