@@ -131,7 +131,7 @@ ENGINE_ARGS: tuple[EngineArg, ...] = (
               "k_scale/v_scale, else 1.0): twice the blocks of bf16", "cache.cache_dtype",
               choices=("auto", "fp8", "fp8_e4m3"),
               commands=("serve", "generate", "chat", "bench", "llm", "registry"),
-              note="bench: every benchmark's engines use it (B1 with FP8 KV vs bf16 KV)"),
+              note="bench: the offline benchmarks' engines (B1-B3) use it, B4's server not"),
     EngineArg("enable_prefix_caching", bool, "reuse the KV blocks of shared prompt prefixes",
               "cache.enable_prefix_caching",
               commands=("serve", "generate", "chat", "llm", "registry"), note=_BENCH_NOTE),
