@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 
 FP8_MAX = 448.0  # float8_e4m3fn's largest finite value
+_FP8_MAX = tl.constexpr(FP8_MAX)  # the same, readable inside kernels
 
 
 @triton.jit
@@ -41,7 +42,9 @@ def to_cache(x, scale, cache_ty: tl.constexpr, KV_FP8: tl.constexpr):
     """x as the cache stores it: cast, or for fp8 x / scale in fp32, clamped to +-448,
     rounded to nearest even, then cast."""
     if KV_FP8:
-        x = round_to_e4m3(tl.clamp(x.to(tl.float32) / scale, -FP8_MAX, FP8_MAX))
+        # div_rn: correctly rounded, as torch divides (plain / is div.full.f32, 2 ulp).
+        x = round_to_e4m3(tl.clamp(tl.math.div_rn(x.to(tl.float32), scale), -_FP8_MAX,
+                                   _FP8_MAX))
     return x.to(cache_ty)
 
 
@@ -88,7 +91,8 @@ def store_kv_cache(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
     block_h = triton.next_power_of_2(num_kv_heads)
     block_d = triton.next_power_of_2(head_dim)
     _store_kv_kernel[(num_tokens,)](
-        k, v, kv_cache, slot_mapping, k_scale if fp8 else k, v_scale if fp8 else v, k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        k, v, kv_cache, slot_mapping, k_scale if fp8 else k, v_scale if fp8 else v,
+        k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), kv_cache.stride(3),
         NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, BLOCK_H=block_h, BLOCK_D=block_d,
         BLOCK_SIZE=kv_cache.shape[2], KV_FP8=fp8, num_warps=_warps(block_h * block_d))
