@@ -3,11 +3,10 @@ an fp32 and a bf16 cache, and the checkpoint's KV scales loaded in each spelling
 
 Tolerances, measured on the tiny random models of tests/tiny.py (weights N(0, 0.2): sharp
 attention, flat output distributions, so a small perturbation flips near-tied argmaxes):
-teacher-forced over 4 sequences x (16-token prefill + 24 decode steps), the fp8 cache moves
-the logits by 10% (Llama) and 6% (Qwen3) of their norm, 15-20x what a bf16 cache does
-(e4m3 keeps 3 mantissa bits to bf16's 7: 16x), and keeps 83-88% (Llama) and 92% (Qwen3)
-of the top-1 tokens. Asserted: relative error < 0.15, < 40x the bf16 cache's, top-1
-agreement >= 0.75.
+teacher-forced over 3 sequences x (16-token prefill + 16 decode steps), the fp8 cache moves
+the logits by 9.3% (Llama) and 6.0% (Qwen3) of their norm, 18x and 16x what a bf16 cache does
+(e4m3 keeps 3 mantissa bits to bf16's 7: 16x), and keeps 85% and 94% of the top-1 tokens.
+Asserted: relative error < 0.15, < 40x the bf16 cache's, top-1 agreement >= 0.75.
 """
 from __future__ import annotations
 
@@ -21,7 +20,7 @@ from safetensors.torch import save_file
 from cormorant.layers.kv_quant import FP8_DTYPE
 from cormorant.models.loader import load_model
 
-SEQS, PREFILL, DECODE = 4, 16, 24
+SEQS, PREFILL, DECODE = 3, 16, 16
 
 
 def _teacher_forced_logits(model, config, cache_dtype, tokens: list[list[int]]
