@@ -34,6 +34,17 @@ class TritonAttention:
     def __init__(self, config: PagedAttentionConfig | None = None) -> None:
         self.config = config
 
+    @staticmethod
+    def check_kv_cache(dtype: torch.dtype, device: torch.device) -> None:
+        """Refuse, at start-up, a cache these kernels cannot compile for: Triton's fp8 types
+        need compute capability 8.9+ (Ada, Hopper)."""
+        if dtype == torch.float8_e4m3fn and device.type == "cuda":
+            capability = torch.cuda.get_device_capability(device)
+            if capability < (8, 9):
+                raise ValueError(f"kv_cache_dtype fp8 needs a GPU of compute capability 8.9+ "
+                                 f"(Ada, Hopper) for the Triton kernels; this one is "
+                                 f"{capability[0]}.{capability[1]}: use kv_cache_dtype auto")
+
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 kv_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
                 kv_scales: KVScales | None = None) -> torch.Tensor:

@@ -67,6 +67,9 @@ class ModelRunner:
                                     device)
         self._host_copy = HostCopy(device)
         self._last_sampled: LastSampled | None = None  # for the next launch's placeholders
+        check = getattr(find_attention_backend(model), "check_kv_cache", None)
+        if check is not None:  # e.g. fp8 on a GPU the backend's kernels cannot serve
+            check(self.kv_dtype, device)
         activation_bytes = None
         if device.type == "cuda" and config.cache.num_blocks is None:
             activation_bytes = self.profile_activations()

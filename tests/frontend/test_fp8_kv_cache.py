@@ -99,3 +99,21 @@ def test_preemption_under_fp8(tiny_llama, fp8_llm):
 def test_unknown_kv_cache_dtype_is_refused(tiny_llama):
     with pytest.raises(EngineArgError, match="kv_cache_dtype.*auto, fp8, fp8_e4m3"):
         LLM(tiny_llama, kv_cache_dtype="fp8_e5m2")
+
+
+def test_the_flag_and_the_registry_option_reach_the_cache_config():
+    import argparse
+
+    from cormorant.engine_args import add_engine_args, engine_config_from
+
+    for command in ("serve", "generate", "chat", "bench"):
+        parser = argparse.ArgumentParser()
+        add_engine_args(parser, command)
+        assert parser.parse_args([]).kv_cache_dtype == "auto"
+        args = parser.parse_args(["--kv-cache-dtype", "fp8"])
+        if command != "bench":  # bench hands it to its own engine settings (bench.context)
+            assert engine_config_from(args, command).cache.cache_dtype == "fp8"
+    registry = engine_config_from({"kv_cache_dtype": "fp8_e4m3"}, "registry", model="m")
+    assert registry.cache.cache_dtype == "fp8_e4m3"
+    with pytest.raises(EngineArgError, match="kv_cache_dtype"):
+        engine_config_from({"kv_cache_dtype": 8}, "registry", model="m")
