@@ -168,10 +168,11 @@ def test_triton_backend_matches_torch_backend_on_fp8(device, make_batch, rel_err
     assert rel_err(out[:real], ref[:real]) < TOL
 
 
-def _model_steps(model, num_layers: int, num_kv_heads: int, head_dim: int) -> torch.Tensor:
+def _model_steps(model, num_layers: int, num_kv_heads: int, head_dim: int, device
+                 ) -> torch.Tensor:
     """Logits of a prefill of 2 sequences, then decode steps of 1 and 2, on fp8 caches."""
     block_size, tables = 4, [[5, 0, 3, 6, 1], [2, 7, 4, 8, 9]]
-    caches = [torch.zeros(2, 10, block_size, num_kv_heads, head_dim, dtype=FP8)
+    caches = [torch.zeros(2, 10, block_size, num_kv_heads, head_dim, dtype=FP8, device=device)
               for _ in range(num_layers)]
     lens, logits = [0, 0], []
     for step in ({0: list(range(3, 12)), 1: list(range(20, 26))}, {0: [7]}, {0: [8], 1: [9]}):
@@ -184,20 +185,21 @@ def _model_steps(model, num_layers: int, num_kv_heads: int, head_dim: int) -> to
             lens[seq] += len(tokens)
             starts.append(starts[-1] + len(tokens))
             seq_lens.append(lens[seq])
+        def dev(x, dtype=torch.int32):
+            return torch.tensor(x, dtype=dtype, device=device)
         meta = AttentionMetadata(
-            slot_mapping=torch.tensor(slots), query_start_loc=torch.tensor(starts).int(),
-            seq_lens=torch.tensor(seq_lens).int(),
-            block_tables=torch.tensor([tables[s] for s in step]).int(),
+            slot_mapping=dev(slots, torch.int64), query_start_loc=dev(starts),
+            seq_lens=dev(seq_lens), block_tables=dev([tables[s] for s in step]),
             max_query_len=max(map(len, step.values())), max_seq_len=max(seq_lens),
             query_lens_cpu=[len(t) for t in step.values()], seq_lens_cpu=seq_lens)
         with torch.no_grad():
-            hidden = model(torch.tensor(ids), torch.tensor(pos), caches, meta)
+            hidden = model(dev(ids, torch.int64), dev(pos, torch.int64), caches, meta)
             logits.append(model.compute_logits(hidden))
     assert all(_bytes(c).any() for c in caches)
     return torch.cat(logits)
 
 
-def test_triton_model_matches_torch_model_on_fp8(rel_err):
+def test_triton_model_matches_torch_model_on_fp8(device, rel_err):
     """A whole tiny Qwen3 (q/k norm: the fused kernel's norm path) on fp8 caches with
     checkpoint-like scales: the Triton path (qk_prep's fused write, paged attention) against
     the torch backend, over a prefill and decode steps of 1 and 2 sequences."""
@@ -209,13 +211,13 @@ def test_triton_model_matches_torch_model_on_fp8(rel_err):
                          num_kv_heads=2, head_dim=16, max_position_embeddings=128)
     outs = []
     for backend in (TorchAttention(), TritonAttention(PagedAttentionConfig(16, 16))):
-        model = build_random_model(config, torch.float32, "cpu", seed=1, std=0.2,
+        model = build_random_model(config, torch.float32, device, seed=1, std=0.2,
                                    attn_backend=backend)
         for i, layer in enumerate(model.model.layers):
             layer.self_attn.kv_scales.load_scale("k_scale", torch.tensor(0.25 * (i + 1)))
             layer.self_attn.kv_scales.load_scale("v_scale", torch.tensor(0.125))
         outs.append(_model_steps(model, config.num_layers, config.num_kv_heads,
-                                 config.head_dim))
+                                 config.head_dim, device))
     err = rel_err(outs[1], outs[0])
     print(f"Triton vs torch backend on fp8 caches: relative logit difference {err:.2e}")
     # Measured 5e-7 (fp32 arithmetic in another order). A key the fused rotary moved across
