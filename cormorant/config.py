@@ -40,6 +40,9 @@ class CacheConfig:
     memory_fraction: float | None = None
     num_blocks: int | None = None  # set to override the memory-based sizing (tests)
     enable_prefix_caching: bool = True
+    # The KV cache's element type: "auto" (the model's dtype), or "fp8" / "fp8_e4m3"
+    # (float8_e4m3fn with per-layer k/v scales, layers.kv_quant): half the bytes of bf16.
+    cache_dtype: str = "auto"
 
 
 # The per-step token budget when none is set: a step's prompt chunk (chunked prefill is exact,

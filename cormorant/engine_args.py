@@ -126,6 +126,12 @@ ENGINE_ARGS: tuple[EngineArg, ...] = (
               "included; CPU: share of free RAM for the KV cache", "cache.memory_fraction",
               optional=True, none_means="0.9 on a GPU, 0.1 on the CPU",
               commands=("serve", "generate", "chat", "llm", "registry"), note=_BENCH_NOTE),
+    EngineArg("kv_cache_dtype", str, "KV-cache element type: auto is the model's dtype; fp8 "
+              "(= fp8_e4m3) stores float8_e4m3fn with per-layer scales (the checkpoint's "
+              "k_scale/v_scale, else 1.0): twice the blocks of bf16", "cache.cache_dtype",
+              choices=("auto", "fp8", "fp8_e4m3"),
+              commands=("serve", "generate", "chat", "bench", "llm", "registry"),
+              note="bench: the offline benchmarks' engines (B1-B3) use it, B4's server not"),
     EngineArg("enable_prefix_caching", bool, "reuse the KV blocks of shared prompt prefixes",
               "cache.enable_prefix_caching",
               commands=("serve", "generate", "chat", "llm", "registry"), note=_BENCH_NOTE),

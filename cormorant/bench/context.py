@@ -38,6 +38,7 @@ class EngineSettings:
     enable_prefix_caching: bool = True
     attention_backend: str = "auto"
     async_scheduling: bool | None = None  # None: on for CUDA
+    kv_cache_dtype: str = "auto"  # auto (the model's dtype) | fp8
 
     def engine_config(self, name: str) -> EngineConfig:
         """Configuration `name` (bench.configs) on seeded random weights."""
@@ -45,7 +46,8 @@ class EngineSettings:
             model=str(config_dir(name)), load_format="random", dtype=self.dtype,
             device=self.device, seed=self.seed,
             cache=CacheConfig(num_blocks=self.num_kv_blocks, memory_fraction=self.memory_fraction,
-                              enable_prefix_caching=self.enable_prefix_caching),
+                              enable_prefix_caching=self.enable_prefix_caching,
+                              cache_dtype=self.kv_cache_dtype),
             scheduler=SchedulerConfig(max_num_seqs=self.max_num_seqs,
                                       max_num_batched_tokens=self.max_num_batched_tokens,
                                       max_model_len=self.max_model_len),
@@ -77,6 +79,7 @@ class RunContext:
     # as `cormorant serve` decides: on for CUDA)
     threads: int | None = None  # B5: CPU threads of both peers (None: the usable cores)
     b4b_rate: float | None = None  # B4 with a batch: the request rate (None: the scale's)
+    kv_cache_dtype: str = "auto"  # the offline benchmarks' KV cache: auto | fp8 (B1-B3)
     env: dict = field(default_factory=dict)
 
     @property
@@ -91,12 +94,18 @@ class RunContext:
     def dtype_bytes(self) -> int:
         return torch.tensor([], dtype=self.dtype).element_size()
 
+    @property
+    def kv_dtype_bytes(self) -> int:
+        """Bytes of one KV-cache element: 1 with an fp8 cache, else the dtype's."""
+        return 1 if self.kv_cache_dtype.startswith("fp8") else self.dtype_bytes
+
     def model(self, name: str) -> str:
         """The configuration to run for `name`: itself, or its tiny stand-in in a tiny run."""
         return resolve_name(name, self.is_tiny)
 
     def settings(self, **engine) -> EngineSettings:
         engine.setdefault("async_scheduling", self.async_scheduling)
+        engine.setdefault("kv_cache_dtype", self.kv_cache_dtype)
         return EngineSettings(dtype=self.dtype_name, device=str(self.device), **engine)
 
     def seconds_left(self) -> float:

@@ -101,7 +101,10 @@ class StepCost:
     attn_flops_per_pair: int  # per (query token, context token) pair, all layers
 
     @classmethod
-    def of(cls, cfg: ModelConfig, dtype_bytes: int = 2) -> "StepCost":
+    def of(cls, cfg: ModelConfig, dtype_bytes: int = 2, kv_dtype_bytes: int | None = None
+           ) -> "StepCost":
+        """kv_dtype_bytes: a KV-cache element's size when it differs (1: an fp8 cache)."""
+        kv_bytes = dtype_bytes if kv_dtype_bytes is None else kv_dtype_bytes
         h, d = cfg.hidden_size, cfg.head_dim
         qkv = h * (cfg.num_heads + 2 * cfg.num_kv_heads) * d
         o_proj = cfg.num_heads * d * h
@@ -113,7 +116,7 @@ class StepCost:
         small = cfg.num_layers * (bias + norms) + h
         return cls(body_params=body, head_params=head,
                    weight_bytes=(body + head + small) * dtype_bytes,
-                   kv_bytes_per_token=2 * cfg.num_layers * cfg.num_kv_heads * d * dtype_bytes,
+                   kv_bytes_per_token=2 * cfg.num_layers * cfg.num_kv_heads * d * kv_bytes,
                    attn_flops_per_pair=4 * cfg.num_layers * cfg.num_heads * d)
 
     def step(self, ceil: Ceilings, *, num_tokens: int, num_sampled: int, kv_read_tokens: int,

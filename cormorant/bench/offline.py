@@ -124,18 +124,20 @@ def run_b1(ctx: RunContext) -> dict:
         measured = time_offline(llm, workload)
         limits = Limits(B1_ENGINE["max_num_seqs"], B1_ENGINE["max_num_batched_tokens"],
                         kv_capacity_tokens(llm))
-        cost = StepCost.of(llm.model_config, ctx.dtype_bytes)
+        cost = StepCost.of(llm.model_config, ctx.dtype_bytes, ctx.kv_dtype_bytes)
         profiled = _profile(ctx, llm, "b1", workload)
     finally:
         del llm
         release()
     floor = simulate(workload.prompt_lens, workload.max_tokens, cost, ctx.ceilings, limits)
     frac = fraction(floor.seconds, measured["seconds"])
-    return {"bench": "b1", "model": name, "engine": B1_ENGINE, "workload": workload.summary(),
+    engine = {**B1_ENGINE, "kv_cache_dtype": ctx.kv_cache_dtype}
+    label = "tok/s" if ctx.kv_cache_dtype == "auto" else f"tok/s, {ctx.kv_cache_dtype} KV"
+    return {"bench": "b1", "model": name, "engine": engine, "workload": workload.summary(),
             "cormorant": measured, "floor": floor.to_dict(), "limits": vars(limits),
             "fraction_of_floor": frac, "target": {"output_tokens_per_s": B1_TARGET_TOK_S},
             "profile": profiled,
-            "rows": [["tok/s", fmt(measured["output_tokens_per_s"]),
+            "rows": [[label, fmt(measured["output_tokens_per_s"]),
                       fmt(floor.to_dict()["output_tokens_per_s"]), fmt(frac, 2), "-",
                       f">= {B1_TARGET_TOK_S:,}"]],
             "notes": []}
@@ -153,7 +155,7 @@ def _b2_model(ctx: RunContext, real_name: str, prompt: list[int], new_tokens: in
     try:
         decode_step_times(llm, [prompt[:16]], 8)  # warm-up
         times = decode_step_times(llm, [prompt], new_tokens - 1)
-        cost = StepCost.of(llm.model_config, ctx.dtype_bytes)
+        cost = StepCost.of(llm.model_config, ctx.dtype_bytes, ctx.kv_dtype_bytes)
         profiled = maybe_profile(ctx, llm, f"b2_{name}", 1, len(prompt) + new_tokens // 2)
     finally:
         del llm
@@ -199,7 +201,7 @@ def run_b3(ctx: RunContext) -> dict:
     try:
         limits = Limits(B3_ENGINE["max_num_seqs"], B3_ENGINE["max_num_batched_tokens"],
                         kv_capacity_tokens(llm))
-        cost = StepCost.of(llm.model_config, ctx.dtype_bytes)
+        cost = StepCost.of(llm.model_config, ctx.dtype_bytes, ctx.kv_dtype_bytes)
         for workload in b3_workloads(ctx.scale):
             measured = time_offline(llm, workload)
             floor = simulate(workload.prompt_lens, workload.max_tokens, cost, ctx.ceilings,

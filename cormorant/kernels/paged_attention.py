@@ -17,6 +17,10 @@ Design (the "unified" layout of vLLM's Triton backend, own code):
 - Split-KV (flash-decoding): with NUM_SEGMENTS > 1 a third grid axis splits each program's KV
   tiles into segments that write unnormalised partials; `_reduce_segments_kernel` merges them.
   Used for decode batches too small to fill the GPU.
+- An fp8 cache (float8_e4m3fn, kernels.kv_cache) is read as fp8 and cast to the query's dtype
+  for the dots (exact: every e4m3 value is a bf16/fp16/fp32 value); the dequantization's
+  multiply by the layer's scales is folded in, k_scale into the softmax scale and v_scale into
+  the output, both in fp32 and read from device tensors (CUDA-graph safe).
 """
 from __future__ import annotations
 
@@ -88,11 +92,12 @@ def _attend_tiles(acc, m_i, l_i, Q, q_pos, k_cache_ptr, v_cache_ptr, bt_row_ptr,
 def _paged_attention_kernel(
         out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr,
         q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_loc_ptr,
-        scale_log2, num_seqs, num_heads,
+        k_scale_ptr, v_scale_ptr, scale_log2, num_seqs, num_heads,
         stride_qt, stride_qh, stride_ot, stride_oh, stride_cb, stride_cs, stride_ch, stride_bt,
         QUERIES_PER_KV: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
         HEAD_DIM_P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr,
-        TILE: tl.constexpr, NUM_SEGMENTS: tl.constexpr, DOT_PRECISION: tl.constexpr):
+        TILE: tl.constexpr, NUM_SEGMENTS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+        KV_FP8: tl.constexpr):
     q_block_idx = tl.program_id(0)
     kv_head = tl.program_id(1)
     segment = tl.program_id(2)
@@ -129,10 +134,14 @@ def _paged_attention_kernel(
     m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     bt_row_ptr = block_tables_ptr + seq.to(tl.int64) * stride_bt
+    if KV_FP8:  # Q.K = Q.(K8 * k_scale): k_scale joins the softmax scale
+        scale_log2 = scale_log2 * tl.load(k_scale_ptr)
     acc, m_i, l_i = _attend_tiles(acc, m_i, l_i, Q, q_pos, k_cache_ptr, v_cache_ptr, bt_row_ptr,
                                   kv_head, tile_lo, tile_hi, kv_end, scale_log2,
                                   stride_cb, stride_cs, stride_ch,
                                   BLOCK_SIZE, HEAD_DIM, HEAD_DIM_P, TILE, DOT_PRECISION)
+    if KV_FP8:  # P.V = (P.V8) * v_scale
+        acc = acc * tl.load(v_scale_ptr)
 
     store_ok = row_ok[:, None] & dim_ok[None, :]
     if NUM_SEGMENTS == 1:
@@ -213,9 +222,12 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
                     query_start_loc: torch.Tensor, seq_lens: torch.Tensor,
                     block_tables: torch.Tensor, scale: float, max_query_len: int,
                     out: torch.Tensor | None = None,
-                    config: PagedAttentionConfig | None = None) -> torch.Tensor:
+                    config: PagedAttentionConfig | None = None,
+                    k_scale: torch.Tensor | None = None,
+                    v_scale: torch.Tensor | None = None) -> torch.Tensor:
     """Attention of packed queries q [num_tokens, num_heads, head_dim] against the paged
-    cache (k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_dim]).
+    cache (k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_dim]); an fp8 cache
+    needs k_scale and v_scale (fp32 one-element device tensors).
 
     query_start_loc [num_seqs + 1], seq_lens [num_seqs] and block_tables [num_seqs, max_blocks]
     live on the device; max_query_len (host int) only picks the launch shape. Rows of out past
@@ -235,6 +247,8 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         config = choose_config(num_heads, num_kv_heads, max_query_len, num_seqs, _num_sms(q),
                                q.dtype)
     group = num_heads // num_kv_heads
+    fp8 = k_cache.dtype == torch.float8_e4m3fn
+    assert not fp8 or (k_scale is not None and v_scale is not None), "fp8 cache needs scales"
     assert config.block_m >= group and config.tile_size >= 16  # tl.dot needs 16+ per dim
     for n in (config.block_m, config.tile_size, config.num_segments):
         assert n & (n - 1) == 0, f"launch sizes must be powers of 2: {config}"
@@ -252,12 +266,13 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     grid = (num_tokens // block_q + num_seqs, num_kv_heads, segments)
     _paged_attention_kernel[grid](
         out, part_acc, part_max, part_sum, q, k_cache, v_cache, block_tables, seq_lens,
-        query_start_loc, scale * _LOG2E, num_seqs, num_heads,
+        query_start_loc, k_scale if fp8 else q, v_scale if fp8 else q, scale * _LOG2E,
+        num_seqs, num_heads,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         QUERIES_PER_KV=group, BLOCK_SIZE=block_size, HEAD_DIM=head_dim, HEAD_DIM_P=head_dim_p,
         BLOCK_M=config.block_m, BLOCK_Q=block_q, TILE=config.tile_size,
-        NUM_SEGMENTS=segments, DOT_PRECISION=_dot_precision(q.dtype),
+        NUM_SEGMENTS=segments, DOT_PRECISION=_dot_precision(q.dtype), KV_FP8=fp8,
         num_warps=config.num_warps, num_stages=config.num_stages)
     if segments > 1:
         _reduce_segments_kernel[(num_tokens, num_heads)](
@@ -288,9 +303,11 @@ def _cuda_sm_count(index: int) -> int:
 def paged_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                         query_start_loc: torch.Tensor, seq_lens: torch.Tensor,
                         block_tables: torch.Tensor, scale: float,
-                        out: torch.Tensor | None = None) -> torch.Tensor:
+                        out: torch.Tensor | None = None, k_scale: torch.Tensor | None = None,
+                        v_scale: torch.Tensor | None = None) -> torch.Tensor:
     """Plain PyTorch reference of paged_attention: explicit fp32 softmax per sequence
-    (independent of SDPA, which the TorchAttention backend uses). Synchronises freely."""
+    (independent of SDPA, which the TorchAttention backend uses). Synchronises freely. An
+    fp8 cache is dequantized first: fp32 * scale."""
     num_heads, group = q.shape[1], q.shape[1] // k_cache.shape[2]
     block_size = k_cache.shape[1]
     if out is None:
@@ -303,6 +320,8 @@ def paged_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
         blocks = block_tables[i, :math.ceil(seq_len / block_size)].long()
         k = k_cache[blocks].flatten(0, 1)[:seq_len].float().repeat_interleave(group, dim=1)
         v = v_cache[blocks].flatten(0, 1)[:seq_len].float().repeat_interleave(group, dim=1)
+        if k_cache.dtype == torch.float8_e4m3fn:
+            k, v = k * k_scale, v * v_scale
         scores = torch.einsum("qhd,khd->hqk", q[lo:hi].float(), k) * scale  # [H, Q, S]
         q_pos = torch.arange(seq_len - (hi - lo), seq_len, device=q.device)
         visible = torch.arange(seq_len, device=q.device)[None, :] <= q_pos[:, None]

@@ -7,13 +7,16 @@ small kernels per Qwen3-0.6B step). The rounding follows the unfused kernels exa
 norm's output is rounded to the activation dtype before the weight multiply and again after
 it, cos/sin are rounded to the activation dtype, and k reaches the cache through the
 activation dtype. q is rotated in place; k is not written back (attention reads the cache).
-`qk_prep_ref` is the PyTorch reference. Imports torch and triton.
+An fp8 cache gets k (through the activation dtype) and v quantized as kernels.kv_cache does.
+`qk_prep_ref` is the PyTorch reference. Imports torch, triton and kernels.kv_cache.
 """
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
+
+from cormorant.kernels.kv_cache import to_cache
 
 
 @triton.jit
@@ -39,13 +42,13 @@ def _prep_heads(x_ptr, tok, stride_t, stride_h, w_ptr, eps, cos, sin,
 
 @triton.jit
 def _qk_prep_kernel(q_ptr, k_ptr, v_ptr, positions_ptr, cos_sin_ptr, qw_ptr, kw_ptr,
-                    cache_ptr, slot_mapping_ptr, eps,
+                    cache_ptr, slot_mapping_ptr, k_scale_ptr, v_scale_ptr, eps,
                     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
                     stride_cache, stride_c_kv, stride_cb, stride_cs, stride_ch,
                     NUM_Q_HEADS: tl.constexpr, NUM_K_HEADS: tl.constexpr,
                     BLOCK_QH: tl.constexpr, BLOCK_KH: tl.constexpr, HALF: tl.constexpr,
                     BLOCK_HALF: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-                    HAS_NORM: tl.constexpr):
+                    HAS_NORM: tl.constexpr, KV_FP8: tl.constexpr):
     # Program (token, 0) does q, (token, 1) k and v: at batch 1 the two halves run side by
     # side instead of one after the other in a single program.
     tok = tl.program_id(0).to(tl.int64)
@@ -75,21 +78,26 @@ def _qk_prep_kernel(q_ptr, k_ptr, v_ptr, positions_ptr, cos_sin_ptr, qw_ptr, kw_
         dst = (cache_ptr + (slot // BLOCK_SIZE) * stride_cb + (slot % BLOCK_SIZE) * stride_cs
                + kh[:, None] * stride_ch + dims[None, :])
         cache_ty = cache_ptr.dtype.element_ty
-        tl.store(dst, k1.to(act).to(cache_ty), mask=kmask)
-        tl.store(dst + HALF, k2.to(act).to(cache_ty), mask=kmask)
+        ks = tl.load(k_scale_ptr) if KV_FP8 else 1.0
+        vs = tl.load(v_scale_ptr) if KV_FP8 else 1.0
+        tl.store(dst, to_cache(k1.to(act), ks, cache_ty, KV_FP8), mask=kmask)
+        tl.store(dst + HALF, to_cache(k2.to(act), ks, cache_ty, KV_FP8), mask=kmask)
         vsrc = v_ptr + tok * stride_vt + kh[:, None] * stride_vh + dims[None, :]
-        tl.store(dst + stride_c_kv, tl.load(vsrc, mask=kmask).to(cache_ty), mask=kmask)
-        tl.store(dst + stride_c_kv + HALF, tl.load(vsrc + HALF, mask=kmask).to(cache_ty),
+        tl.store(dst + stride_c_kv, to_cache(tl.load(vsrc, mask=kmask), vs, cache_ty, KV_FP8),
                  mask=kmask)
+        tl.store(dst + stride_c_kv + HALF,
+                 to_cache(tl.load(vsrc + HALF, mask=kmask), vs, cache_ty, KV_FP8), mask=kmask)
 
 
 def qk_prep(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
             cos_sin_cache: torch.Tensor, q_norm_weight: torch.Tensor | None,
             k_norm_weight: torch.Tensor | None, eps: float, kv_cache: torch.Tensor,
-            slot_mapping: torch.Tensor) -> None:
+            slot_mapping: torch.Tensor, k_scale: torch.Tensor | None = None,
+            v_scale: torch.Tensor | None = None) -> None:
     """q [T, Hq, D] normalised (if weights are given) and rotated in place; k normalised,
     rotated and written with v [T, Hkv, D] into kv_cache [2, blocks, block_size, Hkv, D] at
-    slot_mapping [T] (-1 skipped). cos_sin_cache: [max_position, D], cos half then sin half."""
+    slot_mapping [T] (-1 skipped). cos_sin_cache: [max_position, D], cos half then sin half.
+    An fp8 cache needs k_scale and v_scale (fp32 one-element device tensors)."""
     num_tokens, num_q_heads, head_dim = q.shape
     num_k_heads = k.shape[1]
     assert k.shape == v.shape and k.shape[0] == num_tokens and k.shape[2] == head_dim
@@ -107,20 +115,24 @@ def qk_prep(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.
     block_kh = triton.next_power_of_2(num_k_heads)
     qw = q_norm_weight if has_norm else q  # unused pointer when HAS_NORM is False
     kw = k_norm_weight if has_norm else k
+    fp8 = kv_cache.dtype == torch.float8_e4m3fn
+    assert not fp8 or (k_scale is not None and v_scale is not None), "fp8 cache needs scales"
     _qk_prep_kernel[(num_tokens, 2)](
-        q, k, v, positions, cos_sin_cache, qw, kw, kv_cache, slot_mapping, eps,
+        q, k, v, positions, cos_sin_cache, qw, kw, kv_cache, slot_mapping,
+        k_scale if fp8 else q, v_scale if fp8 else q, eps,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         cos_sin_cache.stride(0), kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2),
         kv_cache.stride(3), NUM_Q_HEADS=num_q_heads, NUM_K_HEADS=num_k_heads,
         BLOCK_QH=block_qh, BLOCK_KH=block_kh, HALF=half, BLOCK_HALF=block_half,
-        BLOCK_SIZE=kv_cache.shape[2], HAS_NORM=has_norm,
+        BLOCK_SIZE=kv_cache.shape[2], HAS_NORM=has_norm, KV_FP8=fp8,
         num_warps=max(1, min(8, block_qh * block_half // 256)))
 
 
 def qk_prep_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
                 cos_sin_cache: torch.Tensor, q_norm_weight: torch.Tensor | None,
                 k_norm_weight: torch.Tensor | None, eps: float, kv_cache: torch.Tensor,
-                slot_mapping: torch.Tensor) -> None:
+                slot_mapping: torch.Tensor, k_scale: torch.Tensor | None = None,
+                v_scale: torch.Tensor | None = None) -> None:
     """The unfused PyTorch path, same in-place contract (q rotated in place, k/v cached)."""
     from cormorant.kernels.kv_cache import store_kv_cache_ref
     from cormorant.kernels.rotary import rotary_embedding_ref
@@ -135,4 +147,4 @@ def qk_prep_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: to
     q_rot, k_rot = rotary_embedding_ref(positions, norm(q, q_norm_weight),
                                         norm(k, k_norm_weight), cos_sin_cache)
     q.copy_(q_rot)
-    store_kv_cache_ref(k_rot, v, kv_cache, slot_mapping)
+    store_kv_cache_ref(k_rot, v, kv_cache, slot_mapping, k_scale, v_scale)

@@ -10,7 +10,8 @@ A backend offers two paths (AttentionBackend): `forward` takes q and k ready to 
 `forward_prepped` takes them as the projection made them plus a QKPrep (per-head q/k norm,
 rotary), so a backend may prepare them and write the cache in one launch (TritonAttention);
 TorchAttention answers it with the layers' own norm and rotary, then `forward`.
-Imports: torch, cormorant.layers (norm, rotary: the QKPrep parts).
+Both take the layer's KVScales (`kv_scales`), used when the cache is fp8 (layers.kv_quant).
+Imports: torch, cormorant.layers (norm, rotary: the QKPrep parts; kv_quant).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from typing import Protocol, runtime_checkable
 import torch
 import torch.nn.functional as F
 
+from cormorant.layers.kv_quant import KVScales, is_fp8, quantize_kv, read_kv
 from cormorant.layers.norm import RMSNorm
 from cormorant.layers.rotary import RotaryEmbedding
 
@@ -72,6 +74,7 @@ class AttentionBackend(Protocol):
         kv_cache: torch.Tensor,  # [2, num_blocks, block_size, num_kv_heads, head_dim]
         meta: AttentionMetadata,
         scale: float,
+        kv_scales: KVScales | None = None,  # the layer's; read only for an fp8 cache
     ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
         """Write k and v into the cache, then attend."""
         ...
@@ -86,6 +89,7 @@ class AttentionBackend(Protocol):
         scale: float,
         positions: torch.Tensor,  # [num_tokens]
         prep: QKPrep,
+        kv_scales: KVScales | None = None,
     ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
         """forward() of q and k prepared by `prep` at `positions` (the backend may fuse the
         preparation and the cache write)."""
@@ -93,15 +97,23 @@ class AttentionBackend(Protocol):
 
 
 def write_kv_cache(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
-                   slot_mapping: torch.Tensor) -> None:
-    """Scatter this step's keys and values into their slots (reference implementation)."""
+                   slot_mapping: torch.Tensor, kv_scales: KVScales | None = None) -> None:
+    """Scatter this step's keys and values into their slots (reference implementation); an
+    fp8 cache gets them quantized with the layer's scales."""
     num_kv_heads, head_dim = kv_cache.shape[-2:]
     flat = kv_cache.view(2, -1, num_kv_heads, head_dim)  # [2, num_slots, Hkv, D]
     valid = slot_mapping >= 0
     if not bool(valid.all()):
         slot_mapping, k, v = slot_mapping[valid], k[valid], v[valid]
-    flat[0].index_copy_(0, slot_mapping, k.to(kv_cache.dtype))
-    flat[1].index_copy_(0, slot_mapping, v.to(kv_cache.dtype))
+    if is_fp8(kv_cache):
+        if kv_scales is None:
+            raise ValueError("an fp8 KV cache needs its layer's KVScales")
+        # Copied as bytes: index_copy_ has no float8 kernel on the CPU.
+        k = quantize_kv(k, kv_scales.k_scale).view(torch.uint8)
+        v = quantize_kv(v, kv_scales.v_scale).view(torch.uint8)
+        flat = flat.view(torch.uint8)
+    flat[0].index_copy_(0, slot_mapping, k.to(flat.dtype))
+    flat[1].index_copy_(0, slot_mapping, v.to(flat.dtype))
 
 
 def gather_kv(kv_cache: torch.Tensor, block_table: torch.Tensor, seq_len: int
@@ -124,13 +136,17 @@ class TorchAttention:
     supports_cuda_graphs = False
 
     def forward_prepped(self, q, k, v, kv_cache, meta: AttentionMetadata, scale: float,
-                        positions: torch.Tensor, prep: QKPrep) -> torch.Tensor:
+                        positions: torch.Tensor, prep: QKPrep,
+                        kv_scales: KVScales | None = None) -> torch.Tensor:
         """No fused preparation here: the layers' norm and rotary (their kernels on CUDA)."""
         q, k = prep.apply(positions, q, k)
-        return self.forward(q, k, v, kv_cache, meta, scale)
+        return self.forward(q, k, v, kv_cache, meta, scale, kv_scales)
 
-    def forward(self, q, k, v, kv_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
-        write_kv_cache(k, v, kv_cache, meta.slot_mapping)
+    def forward(self, q, k, v, kv_cache, meta: AttentionMetadata, scale: float,
+                kv_scales: KVScales | None = None) -> torch.Tensor:
+        write_kv_cache(k, v, kv_cache, meta.slot_mapping, kv_scales)
+        k_scale, v_scale = ((kv_scales.k_scale, kv_scales.v_scale) if kv_scales is not None
+                            else (None, None))
         group = q.shape[1] // kv_cache.shape[3]
         out = torch.empty_like(q)
         starts, decodes = [], []
@@ -142,6 +158,7 @@ class TorchAttention:
             elif query_len > 1:
                 seq_len = meta.seq_lens_cpu[i]
                 keys, values = gather_kv(kv_cache, meta.block_tables[i], seq_len)
+                keys, values = read_kv(keys, k_scale, q.dtype), read_kv(values, v_scale, q.dtype)
                 out[start:start + query_len] = _attend(
                     q[start:start + query_len], keys, values, scale, group)
             start += query_len
@@ -149,19 +166,22 @@ class TorchAttention:
         for first in range(0, len(decodes), 8):
             chunk = decodes[first:first + 8]
             rows = torch.tensor([starts[i] for i in chunk], device=q.device)
-            out[rows] = _attend_decodes(q[rows], kv_cache, meta, chunk, scale, group)
+            out[rows] = _attend_decodes(q[rows], kv_cache, meta, chunk, scale, group,
+                                        k_scale, v_scale)
         return out
 
 
 def _attend_decodes(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata,
-                    seqs: list[int], scale: float, group: int) -> torch.Tensor:
+                    seqs: list[int], scale: float, group: int,
+                    k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None
+                    ) -> torch.Tensor:
     """One query per sequence against its whole context, as one padded batch."""
     block_size = kv_cache.shape[2]
     seq_lens = [meta.seq_lens_cpu[i] for i in seqs]
     max_blocks = -(-max(seq_lens) // block_size)
     tables = meta.block_tables[seqs, :max_blocks].long()  # [B, max_blocks]
-    keys = kv_cache[0, tables].flatten(1, 2).to(q.dtype)  # [B, S, Hkv, D]
-    values = kv_cache[1, tables].flatten(1, 2).to(q.dtype)
+    keys = read_kv(kv_cache[0, tables].flatten(1, 2), k_scale, q.dtype)  # [B, S, Hkv, D]
+    values = read_kv(kv_cache[1, tables].flatten(1, 2), v_scale, q.dtype)
     num_seqs, num_heads, head_dim = q.shape
     if num_seqs == 1:  # batch-1 decode: no padding, so one SDPA call instead of six ops
         keys, values = keys[:, :seq_lens[0]], values[:, :seq_lens[0]]

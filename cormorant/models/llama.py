@@ -19,6 +19,7 @@ from cormorant.config import ModelConfig
 from cormorant.layers.activation import SiluAndMul
 from cormorant.layers.attention import AttentionBackend, AttentionMetadata, QKPrep
 from cormorant.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from cormorant.layers.kv_quant import KVScales
 from cormorant.layers.linear import (LinearInput, MergedColumnParallelLinear, QKVParallelLinear,
                                      RowParallelLinear)
 from cormorant.layers.norm import RMSNorm
@@ -45,6 +46,7 @@ class LlamaAttention(nn.Module):
         self.qk_prep = QKPrep(rotary_emb, self.q_norm, self.k_norm)
         self.attn_backend = attn_backend
         self.scale = config.head_dim ** -0.5
+        self.kv_scales = KVScales()  # read only when the KV cache is fp8
 
     def forward(self, positions: torch.Tensor, hidden_states: LinearInput,
                 kv_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
@@ -56,7 +58,7 @@ class LlamaAttention(nn.Module):
         k = k.view(-1, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
         v = v.view(-1, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
         out = self.attn_backend.forward_prepped(q, k, v, kv_cache, meta, self.scale, positions,
-                                                self.qk_prep)  # [T, H, D]
+                                                self.qk_prep, self.kv_scales)  # [T, H, D]
         return self.o_proj(out.flatten(1))  # [T, hidden]
 
 

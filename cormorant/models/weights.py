@@ -3,10 +3,13 @@
 Both loaders end here: safetensors yields the checkpoint's own names, GGUF maps its names to
 these first. Fused parameters are filled shard by shard through the owning module's
 `weight_loader`; afterwards every parameter (and every shard of a fused one) must have been
-written, since the model is built uninitialised. Imports: torch.
+written, since the model is built uninitialised. KV-cache scales (`k_scale`/`v_scale` in
+their checkpoint spellings) go to the attention layer's KVScales (layers.kv_quant); they are
+optional (1.0 when absent). Imports: torch.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 import torch
@@ -21,6 +24,10 @@ def load_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]]) 
     unexpected: list[str] = []
     for name, tensor in weights:
         if model.is_ignored_weight(name):
+            continue
+        if (scales := _kv_scale_targets(name)) is not None:
+            if not _load_kv_scales(model, name, tensor, scales):
+                unexpected.append(name)
             continue
         target, shard_id = _resolve(name, packed)
         if target not in params:
@@ -42,6 +49,41 @@ def load_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]]) 
     if missing:
         raise ValueError(f"checkpoint lacks (parts of) {len(missing)} parameters, "
                          f"e.g. {missing[:5]}")
+
+
+# Checkpoint spellings of the per-layer KV-cache scales -> which scales they set: FP8
+# checkpoints (`k_proj.k_scale`, older ones `kv_scale` for both), compressed-tensors
+# (`self_attn.k_scale`) and older llm-compressor output (`k_proj.output_scale`).
+_KV_SCALE_NAMES = re.compile(
+    r"^(?P<attn>.*\.self_attn)\.(?P<what>k_proj\.k_scale|v_proj\.v_scale|k_scale|v_scale"
+    r"|kv_scale|k_proj\.output_scale|v_proj\.output_scale)$")
+
+
+def _kv_scale_targets(name: str) -> tuple[str, tuple[str, ...]] | None:
+    """(attention module name, ("k_scale", "v_scale") or one of them) for a KV-scale tensor."""
+    match = _KV_SCALE_NAMES.match(name)
+    if match is None:
+        return None
+    what = match["what"]
+    which = (("k_scale", "v_scale") if what == "kv_scale"
+             else ("k_scale",) if what.startswith("k") else ("v_scale",))
+    return match["attn"], which
+
+
+def _load_kv_scales(model: nn.Module, name: str, tensor: torch.Tensor,
+                    targets: tuple[str, tuple[str, ...]]) -> bool:
+    """Set the attention layer's KV scales; False when the model has no such layer."""
+    attn, which = targets
+    try:
+        scales = model.get_submodule(attn + ".kv_scales")
+    except AttributeError:
+        return False
+    for one in which:
+        try:
+            scales.load_scale(one, tensor)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+    return True
 
 
 def _resolve(name: str, packed: dict[str, tuple[str, object]]) -> tuple[str, object]:

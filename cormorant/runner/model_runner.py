@@ -33,6 +33,7 @@ import torch
 
 from cormorant.config import GPU_MAX_NUM_BATCHED_TOKENS, EngineConfig, ModelConfig
 from cormorant.engine.types import SampleOutput, ScheduledBatch
+from cormorant.layers.kv_quant import kv_cache_torch_dtype
 from cormorant.runner.cuda_graphs import (DecodeGraphs, find_attention_backend,
                                           graph_batch_sizes, is_capturable)
 from cormorant.runner.inputs import (HostInputs, InputPreparer, PromptLogprobRows,
@@ -54,6 +55,8 @@ class ModelRunner:
         self.device = device
         self.is_asynchronous = device.type == "cuda"  # see engine.core's async scheduling
         self.dtype = dtype
+        # The cache's element type: the model's, or float8_e4m3fn (--kv-cache-dtype fp8).
+        self.kv_dtype = kv_cache_torch_dtype(config.cache.cache_dtype, dtype)
         self.eos_token_ids = eos_token_ids
         self.block_size = config.cache.block_size
         sched = config.scheduler
@@ -64,14 +67,17 @@ class ModelRunner:
                                     device)
         self._host_copy = HostCopy(device)
         self._last_sampled: LastSampled | None = None  # for the next launch's placeholders
+        check = getattr(find_attention_backend(model), "check_kv_cache", None)
+        if check is not None:  # e.g. fp8 on a GPU the backend's kernels cannot serve
+            check(self.kv_dtype, device)
         activation_bytes = None
         if device.type == "cuda" and config.cache.num_blocks is None:
             activation_bytes = self.profile_activations()
-        self.num_blocks = num_kv_blocks(model_config, config.cache, sched, dtype, device,
-                                        weight_bytes=module_bytes(model),
+        self.num_blocks = num_kv_blocks(model_config, config.cache, sched, self.kv_dtype,
+                                        device, weight_bytes=module_bytes(model),
                                         activation_bytes=activation_bytes)
         self.kv_caches = allocate_kv_caches(model_config, self.num_blocks, self.block_size,
-                                            dtype, device)
+                                            self.kv_dtype, device)
         self.graphs: DecodeGraphs | None = self._build_graphs()
 
     @property
@@ -124,7 +130,7 @@ class ModelRunner:
         inputs = dummy_prefill_inputs(num_tokens, self.max_model_len, self.block_size,
                                       self.device)
         caches = [torch.zeros(2, 1, self.block_size, cfg.num_kv_heads, cfg.head_dim,
-                              dtype=self.dtype, device=self.device)
+                              dtype=self.kv_dtype, device=self.device)
                   for _ in range(cfg.num_layers)]
         hidden = self.model(inputs.input_ids, inputs.positions, caches, inputs.attn)
         rows = torch.arange(sched.max_num_seqs, device=self.device) % num_tokens

@@ -37,8 +37,8 @@ class _Recorder:
 
 def _record(launches):
     """Run each (label, thunk) with the kernel modules' kernels replaced by recorders."""
-    from cormorant.kernels import activation, kv_cache, paged_attention, rmsnorm, rotary
-    modules = (activation, kv_cache, paged_attention, rmsnorm, rotary)
+    from cormorant.kernels import activation, kv_cache, paged_attention, qk_prep, rmsnorm, rotary
+    modules = (activation, kv_cache, paged_attention, qk_prep, rmsnorm, rotary)
     recorded = []
     originals = {}
     for module in modules:
@@ -109,7 +109,30 @@ def _launches(full: bool):
                                              dtype)))
     for dtype in dtypes:
         out += _small_kernel_thunks(rotary, rmsnorm, kv_cache, activation, dtype)
+    out += _fp8_kv_thunks(paged_attention, kv_cache)
     return out
+
+
+def _fp8_kv_thunks(pa, kv_cache):
+    """The FP8 KV cache's variants (B1's Qwen3-0.6B attention, Llama-8B-sized writes)."""
+    from cormorant.kernels import qk_prep
+    out = [(f"attn {mode} qwen3-0.6b fp8kv",
+            _attention_thunk(pa, q_lens, 16, 8, 128, torch.bfloat16, torch.float8_e4m3fn))
+           for mode, q_lens in (("decode-split", [1] * 4), ("decode", [1] * 64),
+                                ("mixed", [1] * 8 + [100]), ("prefill", [512]))]
+    t = 8
+    qkv = torch.randn(t, 48 * 128, dtype=torch.bfloat16)
+    q, k = qkv[:, :32 * 128].view(t, 32, 128), qkv[:, 32 * 128:40 * 128].view(t, 8, 128)
+    v = qkv[:, 40 * 128:].view(t, 8, 128)
+    cache = torch.empty(2, 4, 16, 8, 128, dtype=torch.float8_e4m3fn)
+    positions, scale = torch.zeros(t, dtype=torch.int64), torch.ones(())
+    norm = torch.ones(128, dtype=torch.bfloat16)
+    return out + [
+        ("store_kv fp8kv", lambda: kv_cache.store_kv_cache(k, v, cache, positions, scale, scale)),
+        ("qk_prep fp8kv", lambda: qk_prep.qk_prep(q, k, v, positions, torch.randn(64, 128),
+                                                  norm, norm, 1e-6, cache, positions,
+                                                  scale, scale)),
+    ]
 
 
 def _small_kernel_thunks(rotary, rmsnorm, kv_cache, activation, dtype):
@@ -134,15 +157,16 @@ def _small_kernel_thunks(rotary, rmsnorm, kv_cache, activation, dtype):
     ]
 
 
-def _attention_thunk(pa, query_lens, heads, kv_heads, head_dim, dtype):
+def _attention_thunk(pa, query_lens, heads, kv_heads, head_dim, dtype, cache_dtype=None):
     num_seqs, num_tokens = len(query_lens), sum(query_lens)
     q = torch.randn(num_tokens, heads, head_dim, dtype=dtype)
-    cache = torch.empty(2, 64, 16, kv_heads, head_dim, dtype=dtype)
+    cache = torch.empty(2, 64, 16, kv_heads, head_dim, dtype=cache_dtype or dtype)
+    scales = {} if cache_dtype is None else {"k_scale": torch.ones(()), "v_scale": torch.ones(())}
     starts = torch.tensor([0] + query_lens, dtype=torch.int32).cumsum(0).to(torch.int32)
     seq_lens = torch.full((num_seqs,), 600, dtype=torch.int32)
     tables = torch.zeros(num_seqs, 40, dtype=torch.int32)
     return lambda: pa.paged_attention(q, cache[0], cache[1], starts, seq_lens, tables,
-                                      head_dim ** -0.5, max(query_lens))
+                                      head_dim ** -0.5, max(query_lens), **scales)
 
 
 def main() -> int:

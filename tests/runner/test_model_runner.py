@@ -328,21 +328,29 @@ def test_profile_inputs_split_at_max_model_len_and_write_nothing():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (captures graphs)")
-def test_captured_graphs_match_eager_on_cuda():
-    """On a GPU: the real capture and replay give the eager runner's greedy tokens."""
+@pytest.mark.parametrize("cache_dtype", ["auto", "fp8"])
+def test_captured_graphs_match_eager_on_cuda(cache_dtype):
+    """On a GPU: the real capture and replay give the eager runner's greedy tokens (with an
+    fp8 KV cache too: its scales are read from device tensors inside the graph)."""
     from cormorant.layers.triton_attention import TritonAttention
 
     config = EngineConfig(model="<random>", dtype="float32", device="cuda",
-                          cache=CacheConfig(block_size=BLOCK, num_blocks=200),
+                          cache=CacheConfig(block_size=BLOCK, num_blocks=200,
+                                            cache_dtype=cache_dtype),
                           scheduler=SchedulerConfig(max_num_seqs=16, max_num_batched_tokens=128,
                                                     max_model_len=128))
     model = build_random_model(TINY, torch.float32, "cuda", seed=0, std=0.2,
                                attn_backend=TritonAttention())
+    for layer in model.model.layers:  # checkpoint-like scales (used by the fp8 cache only)
+        layer.self_attn.kv_scales.load_scale("k_scale", torch.tensor(0.5))
+        layer.self_attn.kv_scales.load_scale("v_scale", torch.tensor(0.25))
     device = torch.device("cuda")
     runners = [ModelRunner(config, TINY, model, device, torch.float32, ()),
                ModelRunner(dataclasses.replace(config, enforce_eager=True), TINY, model, device,
                            torch.float32, ())]
     assert runners[0].graphs is not None and runners[1].graphs is None
+    expected = torch.float8_e4m3fn if cache_dtype == "fp8" else torch.float32
+    assert all(r.kv_caches[0].dtype == expected for r in runners)
     tokens = []
     for runner in runners:
         blocks, seqs = Blocks(200), [make_seq(3 + 4 * i, 70 + i) for i in range(5)]
