@@ -193,6 +193,7 @@ class ThreadCoreClient(_Client):
 
     def __init__(self, built: BuiltEngine, warmup: bool = True) -> None:
         self.core = built.core
+        self._built = built
         self.config = built.config
         self.model_config = built.model_config
         self.memory_bytes = built.runner.memory_bytes
@@ -225,6 +226,7 @@ class ThreadCoreClient(_Client):
         self._inbox.put(None)  # wake the loop
         if self._thread.is_alive():
             self._thread.join(timeout)
+        self._built.close()
 
     def _loop(self) -> None:
         try:

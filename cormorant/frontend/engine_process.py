@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s [engine]: %(message)s")
     conn = Connection(args.fd)
+    built = None
     try:
         config = decode(conn.recv_bytes())
         from cormorant.frontend.builder import build_engine
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             pass
         return 1
     finally:
+        if built is not None:
+            built.close()  # tensor-parallel workers
         conn.close()
     return 0
 
