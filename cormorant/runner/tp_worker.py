@@ -64,10 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     conn = Connection(args.fd)
     try:
         _, config_data, eos_token_ids = unpack(conn.recv_bytes())
+        start = time.perf_counter()
         runner = build_worker_runner(config_from(config_data), tuple(eos_token_ids),
                                      args.rank, args.world_size, args.store_port)
+        log.info("rank %d ready in %.1f s", args.rank, time.perf_counter() - start)
         conn.send_bytes(pack(READY, runner.num_blocks, runner.memory_bytes))
         _serve(conn, runner, args.rank)
+        conn.close()
+        logging.shutdown()
+        os._exit(0)  # nothing left to clean up: skip the interpreter's slow teardown
     except (EOFError, BrokenPipeError, ConnectionResetError):
         pass  # the executor went away: nobody is left to tell
     except BaseException as exc:  # report, then die: the executor fails the engine
@@ -93,6 +98,7 @@ def build_worker_runner(config: EngineConfig, eos_token_ids: tuple[int, ...], ra
     store = dist.TCPStore("127.0.0.1", store_port, world_size + 1, is_master=False,
                           timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
     init_tensor_parallel(rank, world_size, store, backend, COLLECTIVE_TIMEOUT_S)
+    log.info("rank %d joined the %s group", rank, backend)
     torch.manual_seed(config.seed)
     dtype = resolve_dtype(config.dtype, config.model, device)
     if device.type == "cpu":  # the ranks share the cores
