@@ -1,0 +1,57 @@
+"""Under TP = 2 (gloo, CPU) the scheduler's features run as at TP = 1: chunked prefill (a
+16-token step budget under prompts of up to 40 tokens), preemption (a KV cache too small for
+the batch) and prefix caching (a second pass over shared prefixes), with output identical to
+TP = 1 under the same settings. Also: start-up refuses a size that does not fit the model."""
+from __future__ import annotations
+
+import pytest
+
+from cormorant.frontend.llm import LLM
+from tp_helpers import GREEDY, assert_same_generation, run
+
+# Chunked (16-token budget), and the cache (10 blocks of 16) holds about half the batch.
+STRESSED = dict(max_num_batched_tokens=16, num_kv_blocks=10, max_model_len=128)
+LONG_PROMPTS = [list(range(10, 50)), list(range(60, 96)), list(range(100, 123)), [300, 301]]
+SHARED = list(range(200, 240))  # two full blocks and a half, shared by every prompt
+PREFIX_PROMPTS = [SHARED + [7], SHARED + [8, 9], SHARED + [10, 11, 12]]
+
+
+@pytest.fixture(scope="module")
+def tp1_runs(tiny_llama):
+    return {"long": run(tiny_llama, LONG_PROMPTS, **STRESSED),
+            "prefix": run(tiny_llama, PREFIX_PROMPTS, **STRESSED)}
+
+
+@pytest.fixture(scope="module")
+def tp2(tiny_llama):
+    with LLM(tiny_llama, seed=0, tensor_parallel_size=2, **STRESSED) as llm:
+        yield llm
+
+
+def test_chunked_prefill_and_preemption_match_tp1(tp1_runs, tp2):
+    reference, ref_stats = tp1_runs["long"]
+    outputs = tp2.generate(LONG_PROMPTS, GREEDY)
+    stats = tp2.engine.stats()
+    assert_same_generation(reference, outputs)
+    assert stats.num_preemptions > 0 and ref_stats.num_preemptions > 0
+    # Every prompt longer than the budget was prefilled in chunks: more steps than tokens.
+    assert stats.steps >= GREEDY.max_tokens + len(LONG_PROMPTS[0]) // 16
+
+
+def test_prefix_cache_hits_match_tp1(tp1_runs, tp2):
+    reference, _ = tp1_runs["prefix"]
+    hits_before = tp2.engine.stats().prefix_cache_hits
+    first = tp2.generate(PREFIX_PROMPTS, GREEDY)
+    second = tp2.generate(PREFIX_PROMPTS, GREEDY)  # every shared block is cached by now
+    assert_same_generation(reference, first)
+    assert_same_generation(reference, second)
+    assert tp2.engine.stats().prefix_cache_hits - hits_before >= 3 * 32
+
+
+@pytest.mark.parametrize("size,message", [
+    (3, "tensor_parallel_size 3 does not divide the model's attention heads (4)"),
+    (8, "tensor_parallel_size 8 does not divide the model's attention heads (4)"),
+    (0, "tensor_parallel_size must be at least 1")])
+def test_start_up_refuses_a_size_that_does_not_fit(tiny_llama, size, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        LLM(tiny_llama, tensor_parallel_size=size)
