@@ -74,6 +74,9 @@ class TensorParallelExecutor:
         workers; raises TensorParallelError (or ValueError) if they cannot start."""
         self.world_size = config.tensor_parallel_size
         check_tensor_parallel(model_config, self.world_size, device)
+        if config.quantization == "gguf":
+            raise ValueError("quantization 'gguf' (blocks kept on the CPU) runs with "
+                             "tensor_parallel_size 1 only")
         self.device = device
         self.is_asynchronous = device.type == "cuda"
         self.procs: list[subprocess.Popen] = []
