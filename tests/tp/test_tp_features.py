@@ -1,7 +1,8 @@
 """Under TP = 2 (gloo, CPU) the scheduler's features run as at TP = 1: chunked prefill (a
 16-token step budget under prompts of up to 40 tokens), preemption (a KV cache too small for
 the batch) and prefix caching (a second pass over shared prefixes), with output identical to
-TP = 1 under the same settings. Also: start-up refuses a size that does not fit the model."""
+TP = 1 under the same settings. The weights are random (load_format "random"): drawn whole
+and sharded, the same model at both sizes. Also: start-up refuses a size that does not fit."""
 from __future__ import annotations
 
 import pytest
@@ -10,7 +11,8 @@ from cormorant.frontend.llm import LLM
 from tp_helpers import GREEDY, assert_same_generation, run
 
 # Chunked (16-token budget), and the cache (10 blocks of 16) holds about half the batch.
-STRESSED = dict(max_num_batched_tokens=16, num_kv_blocks=10, max_model_len=128)
+STRESSED = dict(max_num_batched_tokens=16, num_kv_blocks=10, max_model_len=128,
+                load_format="random")
 LONG_PROMPTS = [list(range(10, 50)), list(range(60, 96)), list(range(100, 123)), [300, 301]]
 SHARED = list(range(200, 240))  # two full blocks and a half, shared by every prompt
 PREFIX_PROMPTS = [SHARED + [7], SHARED + [8, 9], SHARED + [10, 11, 12]]
