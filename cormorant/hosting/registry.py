@@ -11,8 +11,8 @@ name, which means its most recently registered version. A split picks a version 
 with a `user` the pick is a hash of (alias, user), so one user stays on one version while the
 weights do not change. Placement: an entry's `device`, or `devices = [K, K+1, ...]`
 (consecutive CUDA devices: one engine over them, tensor-parallel), so a large model on two
-GPUs and a small one on a third serve side by side. Plain Python, no engine or HTTP: the model pool and the server build
-on it. Imports the stdlib (tomllib on 3.11+, tomli before) and cormorant.engine_args.
+GPUs and a small one on a third serve side by side. Plain Python, no engine or HTTP: the
+model pool and the server build on it. Imports the stdlib (tomllib on 3.11+, tomli before) and cormorant.engine_args.
 """
 from __future__ import annotations
 

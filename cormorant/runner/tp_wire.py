@@ -2,8 +2,8 @@
 
 Never pickle: every message is a msgpack list `[kind, ...]` of plain data, carried by a
 `multiprocessing.connection.Connection` over a socket (`send_bytes` / `recv_bytes`).
-executor -> worker: CONFIG (the EngineConfig and eos ids, once), LAUNCH (a ScheduledBatch's wire form and
-whether sampling waits), SAMPLE (the grammar rows and bits of the launched step), SHUTDOWN.
+executor -> worker: CONFIG (the EngineConfig and eos ids, once), LAUNCH (a ScheduledBatch's
+wire form and whether sampling waits), SAMPLE (the grammar rows and bits of the launched step), SHUTDOWN.
 worker -> executor: READY (every rank: agreed KV blocks and its bytes held), OUTPUTS (rank 0
 only: a step's SampleOutputs), ERROR (any rank, before it exits).
 Imports config, engine.types and msgpack.
