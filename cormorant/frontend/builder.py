@@ -40,6 +40,11 @@ class BuiltEngine:
     runner: ModelRunner | TensorParallelExecutor
     load_seconds: float
 
+    def check_alive(self) -> None:
+        """Raise if what the engine runs outside this process has died (a TP worker)."""
+        if isinstance(self.runner, TensorParallelExecutor):
+            self.runner.check_alive()
+
     def close(self) -> None:
         """Stop what the engine runs outside this process (tensor-parallel workers)."""
         if isinstance(self.runner, TensorParallelExecutor):

@@ -231,6 +231,7 @@ class ThreadCoreClient(_Client):
     def _loop(self) -> None:
         try:
             while not self._stopping.is_set():
+                self._built.check_alive()  # tensor-parallel workers, idle or not
                 errors = self._apply_commands(block=not self.core.has_unfinished_requests())
                 applied = time.monotonic()
                 outputs = errors + self.core.step()

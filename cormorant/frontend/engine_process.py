@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         built.core.warm_up()
         conn.send_bytes(encode(EngineReady(built.config, built.model_config,
                                            built.runner.memory_bytes)))
-        _serve(conn, built.core)
+        _serve(conn, built.core, built.check_alive)
     except (EOFError, BrokenPipeError, ConnectionResetError):
         pass  # the parent went away: nobody is left to tell
     except BaseException as exc:  # report, then die: the parent fails its streams
@@ -68,10 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _serve(conn: Connection, core) -> None:
-    """Apply what arrived, step, report; until Shutdown (or EOF from the parent)."""
+def _serve(conn: Connection, core, check_alive: Callable[[], None]) -> None:
+    """Apply what arrived, step, report; until Shutdown (or EOF from the parent).
+    check_alive raises when the engine's workers (tensor parallel) died."""
     last_sent = 0.0
     while True:
+        check_alive()
         outputs = []
         if conn.poll(0 if core.has_unfinished_requests() else HEARTBEAT_S / 2):
             while True:

@@ -266,12 +266,17 @@ class QKVParallelLinear(ColumnParallelLinear):
         kv_size = self.num_kv_heads * self.head_dim
         offset, size = {"q": (0, q_size), "k": (q_size, kv_size),
                         "v": (q_size + kv_size, kv_size)}[shard_id]
+        self._load_shard(param, self._head_part(loaded, shard_id, 0), offset, size)
+
+    def _head_part(self, loaded: Any, shard_id: str, dim: int | None) -> Any:
+        """This rank's part of checkpoint tensor q, k or v along `dim` (None: whole): its
+        query heads, or its group of kv heads (ranks that replicate one read the same)."""
+        if dim is None:
+            return loaded
         if shard_id == "q":
-            part = self._shard(loaded, 0)
-        else:  # this rank's group of kv heads (replicated ranks read the same one)
-            index, num_parts = self.kv_part
-            part = loaded if num_parts == 1 else loaded.chunk(num_parts, 0)[index]
-        self._load_shard(param, part, offset, size)
+            return self._shard(loaded, dim)
+        index, num_parts = self.kv_part
+        return loaded if num_parts == 1 else loaded.chunk(num_parts, dim)[index]
 
 
 class RowParallelLinear(LinearBase):

@@ -11,7 +11,8 @@ sampled ids (every rank samples them alike: see runner.tp_worker for why).
 Supervision: the executor waits on every worker's socket at once, so a worker that dies
 (its socket reads EOF) or fails (it sends ERROR) ends the step with TensorParallelError at
 once, never a hang: the remaining workers, who may be blocked in a collective, are killed and
-reaped, and the engine loop's error reaches every request (frontend.core_client). Workers
+reaped, and the engine loop's error reaches every request (frontend.core_client); between
+steps the loop asks `check_alive`, so a worker that dies while idle is seen as well. Workers
 also exit on their own when this process is gone (runner.tp_worker), and every collective
 has a timeout. Start-up fails with a clear message when N does not fit the model (heads,
 kv heads, vocabulary, MLP width) or the machine (more ranks than CUDA devices).
@@ -136,6 +137,14 @@ class TensorParallelExecutor:
     def collect(self, handle: int) -> list[SampleOutput]:
         """Rank 0's outputs of the oldest launched step (workers answer in order)."""
         return outputs_from(self._receive({0}, OUTPUTS, None)[0][1])
+
+    def check_alive(self) -> None:
+        """TensorParallelError if a worker has exited: the engine loop asks between steps, so
+        a death while idle is seen too (not only by the next step)."""
+        self._check()
+        for rank, proc in enumerate(self.procs):
+            if proc.poll() is not None:
+                self._fail(f"tensor-parallel worker {rank} exited ({self._exit_status(rank)})")
 
     def _broadcast(self, data: bytes) -> None:
         self._check()

@@ -5,10 +5,15 @@ TP = 1 under the same settings. The weights are random (load_format "random"): d
 and sharded, the same model at both sizes. Also: start-up refuses a size that does not fit."""
 from __future__ import annotations
 
+import os
+import signal
+import time
+
 import pytest
 
 from cormorant.frontend.llm import LLM
-from tp_helpers import GREEDY, assert_same_generation, run
+from cormorant.runner.tp_executor import TensorParallelError
+from tp_helpers import GREEDY, assert_same_generation, is_running, run
 
 # Chunked (16-token budget), and the cache (10 blocks of 16) holds about half the batch.
 STRESSED = dict(max_num_batched_tokens=16, num_kv_blocks=10, max_model_len=128,
@@ -57,3 +62,20 @@ def test_prefix_cache_hits_match_tp1(tp1_runs, tp2):
 def test_start_up_refuses_a_size_that_does_not_fit(tiny_llama, size, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         LLM(tiny_llama, tensor_parallel_size=size)
+
+
+def test_a_worker_dying_while_idle_ends_the_engine(tp2):
+    """Last: it ends the module's engine. Rank 0 dies between steps; the executor's check
+    (the engine loop's, between steps) names it, the other rank is reaped, steps refuse."""
+    executor = tp2.engine.runner
+    pids = executor.pids
+    executor.check_alive()  # all well so far
+    os.kill(pids[0], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    with pytest.raises(TensorParallelError, match=r"worker 0 exited \(killed by signal 9\)"):
+        while time.monotonic() < deadline:
+            executor.check_alive()
+            time.sleep(0.05)
+    assert not any(is_running(pid) for pid in pids)
+    with pytest.raises(TensorParallelError):
+        tp2.generate([[1, 2, 3]], GREEDY)
