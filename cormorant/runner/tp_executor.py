@@ -205,6 +205,7 @@ class TensorParallelExecutor:
             return
         self._closed = True
         self._stop_workers(kill=self._error is not None, timeout_s=timeout_s)
+        self._store = None  # the rendezvous server's thread goes with it
 
     def _stop_workers(self, kill: bool, timeout_s: float = 10.0) -> None:
         for conn in self._conns:

@@ -1,7 +1,9 @@
 """Under TP = 2 (gloo, CPU) the scheduler's features run as at TP = 1: chunked prefill (a
 16-token step budget under prompts of up to 40 tokens), preemption (a KV cache too small for
 the batch) and prefix caching (a second pass over shared prefixes), with output identical to
-TP = 1 under the same settings. The weights are random (load_format "random"): drawn whole
+TP = 1 under the same settings. The TP = 2 engine schedules asynchronously: each rank fills
+the next step's input ids from its own sampled ids, so seeded sampling at temperature 0.8
+matching TP = 1 shows that every rank samples the same ids. The weights are random (load_format "random"): drawn whole
 and sharded, the same model at both sizes. Also: start-up refuses a size that does not fit."""
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import pytest
 
 from cormorant.frontend.llm import LLM
 from cormorant.runner.tp_executor import TensorParallelError
-from tp_helpers import GREEDY, assert_same_generation, is_running, run
+from cormorant.sampling_params import SamplingParams
+from tp_helpers import GREEDY, PROMPTS, assert_same_generation, is_running, run
 
 # Chunked (16-token budget), and the cache (10 blocks of 16) holds about half the batch.
 STRESSED = dict(max_num_batched_tokens=16, num_kv_blocks=10, max_model_len=128,
@@ -23,15 +26,21 @@ SHARED = list(range(200, 240))  # two full blocks and a half, shared by every pr
 PREFIX_PROMPTS = [SHARED + [7], SHARED + [8, 9], SHARED + [10, 11, 12]]
 
 
+SAMPLED = [SamplingParams(max_tokens=24, temperature=0.8, top_k=50, seed=seed, logprobs=1,
+                          ignore_eos=True) for seed in (11, 12, 13, 14)]
+
+
 @pytest.fixture(scope="module")
 def tp1_runs(tiny_llama):
     return {"long": run(tiny_llama, LONG_PROMPTS, **STRESSED),
-            "prefix": run(tiny_llama, PREFIX_PROMPTS, **STRESSED)}
+            "prefix": run(tiny_llama, PREFIX_PROMPTS, **STRESSED),
+            "sampled": run(tiny_llama, PROMPTS, SAMPLED, **STRESSED)}
 
 
 @pytest.fixture(scope="module")
 def tp2(tiny_llama):
-    with LLM(tiny_llama, seed=0, tensor_parallel_size=2, **STRESSED) as llm:
+    with LLM(tiny_llama, seed=0, tensor_parallel_size=2, async_scheduling=True,
+             **STRESSED) as llm:
         yield llm
 
 
@@ -53,6 +62,16 @@ def test_prefix_cache_hits_match_tp1(tp1_runs, tp2):
     assert_same_generation(reference, first)
     assert_same_generation(reference, second)
     assert tp2.engine.stats().prefix_cache_hits - hits_before >= 3 * 32
+
+
+def test_seeded_sampling_matches_tp1(tp1_runs, tp2):
+    reference, _ = tp1_runs["sampled"]
+    outputs = tp2.generate(PROMPTS, SAMPLED)
+    for ref, out in zip(reference, outputs):
+        assert out.outputs[0].token_ids == ref.outputs[0].token_ids
+        assert len(set(out.outputs[0].token_ids)) > 4  # sampled, not a greedy loop
+        for ref_lp, out_lp in zip(ref.outputs[0].logprobs, out.outputs[0].logprobs):
+            assert abs(out_lp.logprob - ref_lp.logprob) <= 1e-5
 
 
 @pytest.mark.parametrize("size,message", [
