@@ -40,6 +40,12 @@ class BuiltEngine:
     runner: ModelRunner | TensorParallelExecutor
     load_seconds: float
 
+    @property
+    def worker_pids(self) -> list[int]:
+        """The engine's processes besides this one (tensor-parallel workers): their CPU time
+        is the engine's progress too, while a step waits on them."""
+        return self.runner.pids if isinstance(self.runner, TensorParallelExecutor) else []
+
     def check_alive(self) -> None:
         """Raise if what the engine runs outside this process has died (a TP worker)."""
         if isinstance(self.runner, TensorParallelExecutor):

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         built = build_engine(config)
         built.core.warm_up()
         conn.send_bytes(encode(EngineReady(built.config, built.model_config,
-                                           built.runner.memory_bytes)))
+                                           built.runner.memory_bytes, built.worker_pids)))
         _serve(conn, built.core, built.check_alive)
     except (EOFError, BrokenPipeError, ConnectionResetError):
         pass  # the parent went away: nobody is left to tell

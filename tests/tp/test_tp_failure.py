@@ -1,6 +1,7 @@
 """A tensor-parallel worker killed mid-generation takes the engine down cleanly: through the
 real HTTP server and the openai client, every in-flight stream ends with an error within
-10 s, /health turns 503, new requests are refused, and no worker process is left behind."""
+10 s, /health turns 503, new requests are refused, and no worker process is left behind.
+Before that: the engine's liveness counts its workers' CPU time."""
 from __future__ import annotations
 
 import asyncio
@@ -13,6 +14,7 @@ import openai
 
 from cormorant.config import CacheConfig, EngineConfig, SchedulerConfig
 from cormorant.frontend.async_llm import AsyncLLM
+from cormorant.frontend.core_client import process_cpu_time
 from server_helpers import running_server
 from tp_helpers import is_running
 
@@ -55,10 +57,14 @@ def test_killed_worker_fails_every_request_and_leaves_no_process(tiny_llama):
     config = EngineConfig(model=tiny_llama, seed=0, tensor_parallel_size=2,
                           cache=CacheConfig(num_blocks=256),
                           scheduler=SchedulerConfig(max_model_len=512))
-    llm = AsyncLLM.from_config(config, engine_process=False)
-    executor = llm.client.core.runner
-    pids = executor.pids
+    # The engine core in its own process, as `serve` runs it on GPUs: the workers are its
+    # children, and its death report (EngineFailed) is what fails the streams.
+    llm = AsyncLLM.from_config(config, engine_process=True)
+    pids = llm.client.worker_pids
     assert len(pids) == 2 and all(is_running(pid) for pid in pids)
+    # The loop's liveness counts the workers' CPU (a long step computes there, not in it).
+    workers_cpu = sum(process_cpu_time(pid) for pid in pids)
+    assert workers_cpu > 1.0 and llm.client.liveness.cpu_time() >= workers_cpu
     try:
         with running_server(llm) as server:
             results, killed_at = asyncio.run(_kill_mid_generation(server, pids[1]))
@@ -76,4 +82,4 @@ def test_killed_worker_fails_every_request_and_leaves_no_process(tiny_llama):
             assert not any(is_running(pid) for pid in pids)  # the other rank was killed too
     finally:
         llm.shutdown()
-    assert not any(is_running(pid) for pid in pids)
+    assert not any(is_running(pid) for pid in [*pids, llm.client.pid])
