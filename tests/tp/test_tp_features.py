@@ -7,14 +7,18 @@ matching TP = 1 shows that every rank samples the same ids. The weights are rand
 and sharded, the same model at both sizes. Also: start-up refuses a size that does not fit."""
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import signal
 import time
 
 import pytest
+import torch
 
+from cormorant.config import ModelConfig
 from cormorant.frontend.llm import LLM
-from cormorant.runner.tp_executor import TensorParallelError
+from cormorant.runner.tp_executor import TensorParallelError, check_tensor_parallel
 from cormorant.sampling_params import SamplingParams
 from tp_helpers import GREEDY, PROMPTS, assert_same_generation, is_running, run
 
@@ -98,3 +102,28 @@ def test_a_worker_dying_while_idle_ends_the_engine(tp2):
     assert not any(is_running(pid) for pid in pids)
     with pytest.raises(TensorParallelError):
         tp2.generate([[1, 2, 3]], GREEDY)
+
+
+TINY = ModelConfig("LlamaForCausalLM", vocab_size=512, hidden_size=64, intermediate_size=128,
+                   num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
+                   max_position_embeddings=256)
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"num_heads": 8, "num_kv_heads": 3}, "neither divides nor is a multiple of the model's "
+     "3 kv heads"),
+    ({"vocab_size": 511}, "does not divide the model's vocabulary size (511)"),
+    ({"intermediate_size": 129}, "does not divide the model's intermediate size (129)"),
+])
+def test_sizes_that_do_not_fit_the_model_are_named(changes, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_tensor_parallel(dataclasses.replace(TINY, **changes), 2, torch.device("cpu"))
+    check_tensor_parallel(TINY, 2, torch.device("cpu"))  # the unchanged model fits
+
+
+def test_more_ranks_than_cuda_devices_is_refused():
+    size = torch.cuda.device_count() + 1  # one more than this machine has (CI: none)
+    config = dataclasses.replace(TINY, num_heads=size, num_kv_heads=size,
+                                 vocab_size=512 * size, intermediate_size=128 * size)
+    with pytest.raises(ValueError, match=f"exceeds the {size - 1} CUDA devices from cuda:0"):
+        check_tensor_parallel(config, size, torch.device("cuda"))
