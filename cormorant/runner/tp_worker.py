@@ -105,7 +105,7 @@ def build_worker_runner(config: EngineConfig, eos_token_ids: tuple[int, ...], ra
         configure_threads(config.threads or max(1, usable_cpus() // world_size))
     model, model_config = load_model(config.model, dtype, device,
                                      _attention_backend(config.attention_backend, device),
-                                     load_format=config.load_format, seed=config.seed,
+                                     load_format=config.load_format, seed=config.seed or 0,
                                      quantization=config.quantization)
     return ModelRunner(config, rank_model_config(model_config, rank, world_size), model,
                        device, dtype, eos_token_ids)
