@@ -99,3 +99,6 @@ class EngineConfig:
     # once kernels are compiled (benchmarks/RESULTS.md; an earlier "regression" was Triton
     # compiling mid-run, since fixed).
     async_scheduling: bool | None = None
+    # Tensor parallelism: one engine over this many devices, a worker process per device
+    # (runner.tp_executor); on the CPU the workers share it (gloo), which is how CI tests it.
+    tensor_parallel_size: int = 1

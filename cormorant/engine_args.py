@@ -145,6 +145,10 @@ ENGINE_ARGS: tuple[EngineArg, ...] = (
               defaults={c: False for c in _OFFLINE},
               note="off in the offline API (LLM, generate, chat): there engine.step() returns "
                    "the outputs of the step it ran"),
+    EngineArg("tensor_parallel_size", int, "devices one engine spans (a worker process per "
+              "device, each holding a shard of every layer); CUDA: cuda:0..N-1, or from the "
+              "given cuda:K on; the CPU: N workers on it", "tensor_parallel_size",
+              commands=("serve", "generate", "chat", "bench", "llm", "registry")),
     EngineArg("engine_process", bool, "run the engine core in its own process (msgpack over a "
               "pipe), so HTTP and detokenization do not share a GIL with it", None,
               default=None, optional=True, none_means="on for CUDA, off on the CPU",

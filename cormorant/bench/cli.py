@@ -82,6 +82,7 @@ def run_bench(args: argparse.Namespace) -> int:
     ctx.async_scheduling = args.async_scheduling
     ctx.engine_process = args.engine_process
     ctx.threads = args.threads
+    ctx.tensor_parallel_size = args.tensor_parallel_size
     ctx.b4b_rate = args.b4b_rate
     ctx.kv_cache_dtype = args.kv_cache_dtype
     ctx.env = environment(ctx.ceilings.device_name)

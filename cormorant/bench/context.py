@@ -39,6 +39,7 @@ class EngineSettings:
     attention_backend: str = "auto"
     async_scheduling: bool | None = None  # None: on for CUDA
     kv_cache_dtype: str = "auto"  # auto (the model's dtype) | fp8
+    tensor_parallel_size: int = 1
 
     def engine_config(self, name: str) -> EngineConfig:
         """Configuration `name` (bench.configs) on seeded random weights."""
@@ -51,7 +52,8 @@ class EngineSettings:
             scheduler=SchedulerConfig(max_num_seqs=self.max_num_seqs,
                                       max_num_batched_tokens=self.max_num_batched_tokens,
                                       max_model_len=self.max_model_len),
-            attention_backend=self.attention_backend, async_scheduling=self.async_scheduling)
+            attention_backend=self.attention_backend, async_scheduling=self.async_scheduling,
+            tensor_parallel_size=self.tensor_parallel_size)
 
 
 def release() -> None:
@@ -78,6 +80,7 @@ class RunContext:
     engine_process: bool | None = None  # B4's server: engine core in its own process (None:
     # as `cormorant serve` decides: on for CUDA)
     threads: int | None = None  # B5: CPU threads of both peers (None: the usable cores)
+    tensor_parallel_size: int = 1  # B1-B4: devices per engine
     b4b_rate: float | None = None  # B4 with a batch: the request rate (None: the scale's)
     kv_cache_dtype: str = "auto"  # the offline benchmarks' KV cache: auto | fp8 (B1-B3)
     env: dict = field(default_factory=dict)
@@ -106,6 +109,7 @@ class RunContext:
     def settings(self, **engine) -> EngineSettings:
         engine.setdefault("async_scheduling", self.async_scheduling)
         engine.setdefault("kv_cache_dtype", self.kv_cache_dtype)
+        engine.setdefault("tensor_parallel_size", self.tensor_parallel_size)
         return EngineSettings(dtype=self.dtype_name, device=str(self.device), **engine)
 
     def seconds_left(self) -> float:

@@ -26,9 +26,10 @@ ITL_OVER_STEP_LIMIT = 1.3
 DRAIN_ALLOWANCE_S = 30.0  # per rate, on top of the arrivals: the last requests' decode
 
 
-def server_engine_args(async_scheduling: bool | None, engine_process: bool | None = None
-                 ) -> list[str]:
+def server_engine_args(async_scheduling: bool | None, engine_process: bool | None = None,
+                       tensor_parallel_size: int = 1) -> list[str]:
     args = [f"--{k.replace('_', '-')}={v}" for k, v in B4_ENGINE.items()]
+    args.append(f"--tensor-parallel-size={tensor_parallel_size}")
     if engine_process is not None:
         args.append("--engine-process" if engine_process else "--no-engine-process")
     if async_scheduling is not None:
@@ -106,7 +107,8 @@ def run_b4(ctx: RunContext) -> dict:
     name = ctx.model(workload.model)
     notes: list[str] = []
     server = start_server(name, str(ctx.device), ctx.dtype_name, ctx.out_dir / "b4_server.log",
-                          server_engine_args(ctx.async_scheduling, ctx.engine_process)
+                          server_engine_args(ctx.async_scheduling, ctx.engine_process,
+                                             ctx.tensor_parallel_size)
                           + ([f"--profile-out={ctx.out_dir / 'b4_server_profile.txt'}"]
                              if ctx.profile else []),
                           ready_timeout_s=min(300.0, ctx.seconds_left()))

@@ -159,7 +159,8 @@ def run_b4_batch(ctx: RunContext) -> dict:
     run = workload.run(rate)
     warm_up = fresh_prompts(run, seed=45, num=max(2, len(run.prompts) // 4))
     server = start_server(name, str(ctx.device), ctx.dtype_name, ctx.out_dir / "b4b_server.log",
-                          server_engine_args(ctx.async_scheduling, ctx.engine_process)
+                          server_engine_args(ctx.async_scheduling, ctx.engine_process,
+                                             ctx.tensor_parallel_size)
                           + [f"--batch-concurrency={BATCH_CONCURRENCY[ctx.scale]}"],
                           ready_timeout_s=min(300.0, max(60.0, ctx.seconds_left())))
     try:

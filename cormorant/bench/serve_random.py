@@ -31,6 +31,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-kv-blocks", type=int, default=None)
     p.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--tensor-parallel-size", type=int, default=1)
     p.add_argument("--batch-concurrency", type=int, default=None,
                    help="batch lines in flight at once (default: the server's)")
     p.add_argument("--profile-out", default=None,
@@ -68,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
                               max_num_seqs=args.max_num_seqs,
                               max_num_batched_tokens=args.max_num_batched_tokens,
                               max_model_len=args.max_model_len, num_kv_blocks=args.num_kv_blocks,
-                              async_scheduling=args.async_scheduling)
+                              async_scheduling=args.async_scheduling,
+                              tensor_parallel_size=args.tensor_parallel_size)
     engine_config = settings.engine_config(args.model_config)  # random weights, by config
     # As `cormorant serve` decides: the engine core in its own process on CUDA.
     llm = AsyncLLM.from_config(engine_config, model_name=f"random-{args.model_config}",

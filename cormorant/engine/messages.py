@@ -75,6 +75,7 @@ class EngineReady:
     config: EngineConfig  # with max_model_len resolved
     model_config: ModelConfig
     memory_bytes: int
+    worker_pids: list[int] = field(default_factory=list)  # tensor-parallel workers
 
 
 @dataclass

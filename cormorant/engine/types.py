@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
-from cormorant.sampling_params import SamplingParams
+from cormorant.sampling_params import SamplingParams, StructuredOutputs
 
 # Stands for a token the in-flight step is still sampling (async scheduling, engine.core).
 PLACEHOLDER_TOKEN_ID = -1
@@ -116,6 +116,8 @@ def _params(data: dict) -> SamplingParams:
     bias = data.get("logit_bias")
     if bias is not None:  # msgpack keeps int keys; JSON turns them into strings
         data = {**data, "logit_bias": {int(k): v for k, v in bias.items()}}
+    if isinstance(data.get("structured_outputs"), dict):
+        data = {**data, "structured_outputs": StructuredOutputs(**data["structured_outputs"])}
     return SamplingParams(**data)
 
 

@@ -4,6 +4,8 @@ An engine is an object, never a module-level singleton, so one process can hold 
 With load_format "random" the weights are seeded random draws of the checkpoint's
 architecture (models.loader), and the tokenizer is the directory's own when it has one, else
 a synthetic word-level one (text.synthetic): a directory with only config.json is an engine.
+With tensor_parallel_size N > 1 this process loads no weights: the runner is a
+TensorParallelExecutor whose N worker processes each load and run a shard.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from cormorant.models.loader import (check_load_format, load_model, load_model_c
                                      resolve_device, resolve_dtype)
 from cormorant.runner.cpu_threads import configure_threads
 from cormorant.runner.model_runner import ModelRunner
+from cormorant.runner.tp_executor import TensorParallelExecutor
 from cormorant.text.guidance_backend import GuidanceBackend
 from cormorant.text.synthetic import has_tokenizer_files, synthetic_tokenizer
 from cormorant.text.tokenizer import Tokenizer, load_tokenizer
@@ -34,8 +37,24 @@ class BuiltEngine:
     core: EngineCore
     tokenizer: Tokenizer
     model_config: ModelConfig
-    runner: ModelRunner
+    runner: ModelRunner | TensorParallelExecutor
     load_seconds: float
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """The engine's processes besides this one (tensor-parallel workers): their CPU time
+        is the engine's progress too, while a step waits on them."""
+        return self.runner.pids if isinstance(self.runner, TensorParallelExecutor) else []
+
+    def check_alive(self) -> None:
+        """Raise if what the engine runs outside this process has died (a TP worker)."""
+        if isinstance(self.runner, TensorParallelExecutor):
+            self.runner.check_alive()
+
+    def close(self) -> None:
+        """Stop what the engine runs outside this process (tensor-parallel workers)."""
+        if isinstance(self.runner, TensorParallelExecutor):
+            self.runner.close()
 
 
 def attention_backend(name: str, device: torch.device):
@@ -61,17 +80,28 @@ def build_engine(config: EngineConfig) -> BuiltEngine:
     if device.type == "cpu":
         configure_threads(config.threads)
     tokenizer = build_tokenizer(config)  # first: it also validates load_format
-    model, model_config = load_model(config.model, dtype, device,
-                                     attention_backend(config.attention_backend, device),
-                                     load_format=config.load_format, seed=config.seed or 0,
-                                     quantization=config.quantization)
-    config = _resolve_lengths(config, model_config, device.type)
-    eos = tuple(sorted(set(model_config.eos_token_ids) | set(tokenizer.eos_token_ids)))
-    runner = ModelRunner(config, model_config, model, device, dtype, eos)
+    if config.tensor_parallel_size != 1:  # the workers load the model, shard by shard
+        model_config = load_model_config(config.model)
+        config = _resolve_lengths(config, model_config, device.type)
+        eos = _eos_ids(model_config, tokenizer)
+        runner = TensorParallelExecutor(config, model_config, eos, device)
+    else:
+        model, model_config = load_model(config.model, dtype, device,
+                                         attention_backend(config.attention_backend, device),
+                                         load_format=config.load_format,
+                                         seed=config.seed or 0,
+                                         quantization=config.quantization)
+        config = _resolve_lengths(config, model_config, device.type)
+        eos = _eos_ids(model_config, tokenizer)
+        runner = ModelRunner(config, model_config, model, device, dtype, eos)
     core = EngineCore(config, runner, eos, grammar=GuidanceBackend(tokenizer))
     seconds = time.perf_counter() - start
     log.info("loaded %s (%s, %s) in %.1f s", config.model, device, dtype, seconds)
     return BuiltEngine(config, core, tokenizer, model_config, runner, seconds)
+
+
+def _eos_ids(model_config: ModelConfig, tokenizer: Tokenizer) -> tuple[int, ...]:
+    return tuple(sorted(set(model_config.eos_token_ids) | set(tokenizer.eos_token_ids)))
 
 
 def build_tokenizer(config: EngineConfig) -> Tokenizer:

@@ -12,7 +12,8 @@ Liveness (`Liveness`) is the client's own view, never only the engine's last sna
 a step that hangs never replaces): the work it sent and still awaits (pending since when),
 and when the engine was last seen advancing: a step finished, or the engine's CPU time grew
 (the loop thread's, or the engine process's), i.e. a long step is computing. A step that
-hangs (blocked on a lock, a driver call, a stopped process) advances neither.
+hangs (blocked on a lock, a driver call, a stopped process) advances neither. Under tensor
+parallelism the engine's CPU time includes its workers' (a step waits on them).
 Imports config, engine.messages, frontend.builder and frontend.engine_process.
 """
 from __future__ import annotations
@@ -46,6 +47,7 @@ class EngineCoreClient(Protocol):
     config: EngineConfig  # with max_model_len resolved
     model_config: ModelConfig
     memory_bytes: int  # weights plus KV cache on the engine's device
+    worker_pids: list[int]  # the engine's tensor-parallel worker processes (none: [])
 
     def start(self, on_outputs: OnOutputs) -> None: ...
     def add(self, request: EngineRequest) -> None: ...
@@ -89,6 +91,19 @@ def process_cpu_time(pid: int) -> float | None:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return None
+
+
+def total_cpu_time(*clocks: Callable[[], float | None]) -> Callable[[], float | None]:
+    """The sum of CPU clocks, e.g. an engine loop's and its tensor-parallel workers' (a step
+    that waits on its workers computes there); None where none of them can tell."""
+    def read() -> float | None:
+        values = [value for clock in clocks if (value := clock()) is not None]
+        return sum(values) if values else None
+    return read
+
+
+def _pid_clock(pid: int) -> Callable[[], float | None]:
+    return lambda: process_cpu_time(pid)
 
 
 class Liveness:
@@ -193,9 +208,11 @@ class ThreadCoreClient(_Client):
 
     def __init__(self, built: BuiltEngine, warmup: bool = True) -> None:
         self.core = built.core
+        self._built = built
         self.config = built.config
         self.model_config = built.model_config
         self.memory_bytes = built.runner.memory_bytes
+        self.worker_pids = built.worker_pids
         if warmup:
             self.core.warm_up()
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -208,7 +225,8 @@ class ThreadCoreClient(_Client):
     def start(self, on_outputs: OnOutputs) -> None:
         self._on_outputs = on_outputs
         self._thread.start()
-        self.liveness.cpu_time = thread_cpu_time(self._thread)
+        self.liveness.cpu_time = total_cpu_time(
+            thread_cpu_time(self._thread), *map(_pid_clock, self._built.worker_pids))
 
     def _send(self, command: Command) -> None:
         self._inbox.put(command)
@@ -225,10 +243,12 @@ class ThreadCoreClient(_Client):
         self._inbox.put(None)  # wake the loop
         if self._thread.is_alive():
             self._thread.join(timeout)
+        self._built.close()
 
     def _loop(self) -> None:
         try:
             while not self._stopping.is_set():
+                self._built.check_alive()  # tensor-parallel workers, idle or not
                 errors = self._apply_commands(block=not self.core.has_unfinished_requests())
                 applied = time.monotonic()
                 outputs = errors + self.core.step()
@@ -263,10 +283,11 @@ class ProcessCoreClient(_Client):
         self.config = info.config
         self.model_config = info.model_config
         self.memory_bytes = info.memory_bytes
+        self.worker_pids = info.worker_pids
         self._stats = EngineStats()
         self.error: BaseException | None = None
-        pid = self._proc.process.pid
-        self.liveness = Liveness(lambda: process_cpu_time(pid))
+        pids = [self._proc.process.pid, *info.worker_pids]
+        self.liveness = Liveness(total_cpu_time(*map(_pid_clock, pids)))
 
     @property
     def pid(self) -> int:

@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s [engine]: %(message)s")
     conn = Connection(args.fd)
+    built = None
     try:
         config = decode(conn.recv_bytes())
         from cormorant.frontend.builder import build_engine
@@ -49,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         built = build_engine(config)
         built.core.warm_up()
         conn.send_bytes(encode(EngineReady(built.config, built.model_config,
-                                           built.runner.memory_bytes)))
-        _serve(conn, built.core)
+                                           built.runner.memory_bytes, built.worker_pids)))
+        _serve(conn, built.core, built.check_alive)
     except (EOFError, BrokenPipeError, ConnectionResetError):
         pass  # the parent went away: nobody is left to tell
     except BaseException as exc:  # report, then die: the parent fails its streams
@@ -61,14 +62,18 @@ def main(argv: list[str] | None = None) -> int:
             pass
         return 1
     finally:
+        if built is not None:
+            built.close()  # tensor-parallel workers
         conn.close()
     return 0
 
 
-def _serve(conn: Connection, core) -> None:
-    """Apply what arrived, step, report; until Shutdown (or EOF from the parent)."""
+def _serve(conn: Connection, core, check_alive: Callable[[], None]) -> None:
+    """Apply what arrived, step, report; until Shutdown (or EOF from the parent).
+    check_alive raises when the engine's workers (tensor parallel) died."""
     last_sent = 0.0
     while True:
+        check_alive()
         outputs = []
         if conn.poll(0 if core.has_unfinished_requests() else HEARTBEAT_S / 2):
             while True:

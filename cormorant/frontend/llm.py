@@ -45,7 +45,19 @@ class LLM:
         self.engine = built.core
         self.tokenizer = built.tokenizer
         self.model_config = built.model_config
+        self._built = built
         self._ids = itertools.count()
+
+    def close(self) -> None:
+        """Stop the engine's worker processes (tensor parallelism); without any, a no-op.
+        Workers also stop when this process exits."""
+        self._built.close()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def max_model_len(self) -> int:

@@ -9,8 +9,10 @@ is refused (`resolve_source`). `builtin:smollm2` is the embedded default model.
 Routing (`Registry.route`): an alias first; then an exact `name@version`; then a bare model
 name, which means its most recently registered version. A split picks a version by weight;
 with a `user` the pick is a hash of (alias, user), so one user stays on one version while the
-weights do not change. Plain Python, no engine or HTTP: the model pool and the server build
-on it. Imports the stdlib (tomllib on 3.11+, tomli before) and cormorant.engine_args.
+weights do not change. Placement: an entry's `device`, or `devices = [K, K+1, ...]`
+(consecutive CUDA devices: one engine over them, tensor-parallel), so a large model on two
+GPUs and a small one on a third serve side by side. Plain Python, no engine or HTTP: the
+model pool and the server build on it. Imports the stdlib (tomllib on 3.11+, tomli before) and cormorant.engine_args.
 """
 from __future__ import annotations
 
@@ -49,6 +51,19 @@ def parse_bytes(value: Any) -> int | None:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
+def parse_devices(value: Any, where: str) -> tuple[str, int]:
+    """`devices = [K, K+1, ...]` -> ("cuda:K", how many): the first device and the
+    tensor-parallel size of one engine over consecutive CUDA devices."""
+    if not (isinstance(value, list) and value and all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value)):
+        raise RegistryError(f"{where}: devices must be a list of CUDA device numbers, "
+                            f"e.g. [0, 1] (got {str(value)[:64]!r})")
+    if value != list(range(value[0], value[0] + len(value))):
+        raise RegistryError(f"{where}: devices must be consecutive and ascending, e.g. [2, 3] "
+                            f"(got {value})")
+    return f"cuda:{value[0]}", len(value)
+
+
 def check_name(value: Any, what: str) -> str:
     if not isinstance(value, str) or not _NAME.match(value) or "@" in value:
         raise RegistryError(f"{what} must be 1-128 characters of letters, digits and . _ : -"
@@ -78,8 +93,8 @@ class ModelSpec:
     def from_dict(cls, data: dict[str, Any]) -> "ModelSpec":
         if not isinstance(data, dict):
             raise RegistryError("a model entry must be a table")
-        known = {"name", "version", "source", "kind", "dtype", "device", "load", "engine",
-                 "limits", "fallbacks", "memory"}
+        known = {"name", "version", "source", "kind", "dtype", "device", "devices", "load",
+                 "engine", "limits", "fallbacks", "memory"}
         if unknown := sorted(set(data) - known):
             raise RegistryError(f"model {data.get('name')!r}: unknown settings {unknown}")
         name = check_name(data.get("name"), "a model's name")
@@ -92,9 +107,16 @@ class ModelSpec:
         source = data.get("source")
         if not isinstance(source, str) or not source:
             raise RegistryError(f"model {name}@{version}: a source is required")
+        device, engine = str(data.get("device", "auto")), dict(data.get("engine") or {})
+        if "devices" in data:
+            if "device" in data or "tensor_parallel_size" in engine:
+                raise RegistryError(f"model {name}@{version}: devices replaces device and "
+                                    "engine.tensor_parallel_size; give one of them")
+            device, engine["tensor_parallel_size"] = parse_devices(
+                data["devices"], f"model {name}@{version}")
         spec = cls(name=name, version=version, source=source, kind=data.get("kind", "generate"),
-                   dtype=str(data.get("dtype", "auto")), device=str(data.get("device", "auto")),
-                   load=data.get("load", "startup"), engine=dict(data.get("engine") or {}),
+                   dtype=str(data.get("dtype", "auto")), device=device,
+                   load=data.get("load", "startup"), engine=engine,
                    limits=dict(data.get("limits") or {}),
                    fallbacks=tuple(data.get("fallbacks") or ()),
                    memory_bytes=parse_bytes(data.get("memory")))

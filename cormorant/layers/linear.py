@@ -44,7 +44,7 @@ from torch import nn
 from cormorant.kernels import load as load_kernels
 from cormorant.layers.activation import SiluMulInput
 from cormorant.layers.norm import NormedInput, RMSNorm
-from cormorant.layers.parallel import all_reduce, tp_rank_and_size
+from cormorant.layers.parallel import all_reduce, kv_head_shard, tp_rank_and_size
 
 # What a linear layer's forward accepts: a tensor, or an op left for its matmul to fold in.
 LinearInput = torch.Tensor | NormedInput | SiluMulInput
@@ -308,27 +308,43 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
 
 
 class QKVParallelLinear(ColumnParallelLinear):
-    """q, k and v projections in one matmul; rows ordered [q heads | k heads | v heads]."""
+    """q, k and v projections in one matmul; rows ordered [q heads | k heads | v heads].
+    Query heads split across ranks; kv heads too, or, when there are fewer of them than
+    ranks, each rank holds the one its query heads read (layers.parallel.kv_head_shard)."""
 
     def __init__(self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int,
                  bias: bool = False, method: LinearMethod | None = None) -> None:
-        tp_size = tp_rank_and_size()[1]
-        if num_heads % tp_size or num_kv_heads % tp_size:
-            raise ValueError(f"{num_heads} heads / {num_kv_heads} kv heads do not divide "
-                             f"across {tp_size} tensor-parallel ranks")
+        tp_rank, tp_size = tp_rank_and_size()
+        if num_heads % tp_size:
+            raise ValueError(f"{num_heads} attention heads do not divide across {tp_size} "
+                             f"tensor-parallel ranks")
         self.head_dim = head_dim
         self.num_heads = num_heads // tp_size  # per rank
-        self.num_kv_heads = num_kv_heads // tp_size
+        first_kv, self.num_kv_heads = kv_head_shard(num_kv_heads, tp_rank, tp_size)
+        self.kv_part = (first_kv // self.num_kv_heads, num_kv_heads // self.num_kv_heads)
         output_size = (num_heads + 2 * num_kv_heads) * head_dim
         super().__init__(hidden_size, output_size, bias, method)
+
+    def _local_out(self) -> int:
+        return (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: str) -> None:
         q_size = self.num_heads * self.head_dim
         kv_size = self.num_kv_heads * self.head_dim
         offset, size = {"q": (0, q_size), "k": (q_size, kv_size),
                         "v": (q_size + kv_size, kv_size)}[shard_id]
-        self._load_shard(param, self._shard(loaded, self._split_dim(param)), offset, size,
-                         "qkv".index(shard_id))
+        self._load_shard(param, self._head_part(loaded, shard_id, self._split_dim(param)), offset,
+                         size, "qkv".index(shard_id))
+
+    def _head_part(self, loaded: Any, shard_id: str, dim: int | None) -> Any:
+        """This rank's part of checkpoint tensor q, k or v along `dim` (None: whole): its
+        query heads, or its group of kv heads (ranks that replicate one read the same)."""
+        if dim is None:
+            return loaded
+        if shard_id == "q":
+            return self._shard(loaded, dim)
+        index, num_parts = self.kv_part
+        return loaded if num_parts == 1 else loaded.chunk(num_parts, dim)[index]
 
 
 class RowParallelLinear(LinearBase):

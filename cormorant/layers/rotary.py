@@ -86,11 +86,15 @@ class RotaryEmbedding(nn.Module):
     def init_buffers(self) -> None:
         """(Re)compute the cache on the module's device. Models are built on the meta device
         and materialised empty (models.registry), which calls this again."""
-        device = self.cos_sin_cache.device if hasattr(self, "cos_sin_cache") else None
-        inv_freq = compute_inv_freq(self.head_dim, self.base, self.scaling, device)
-        positions = torch.arange(self.max_position, dtype=torch.float32, device=device)
-        freqs = positions[:, None] * inv_freq[None, :]  # [max_position, head_dim // 2]
-        cache = torch.cat((freqs.cos(), freqs.sin()), dim=-1)  # [max_position, head_dim]
+        device = (self.cos_sin_cache.device if hasattr(self, "cos_sin_cache")
+                  else torch.empty(0).device)  # the default device (meta while building)
+        if device.type == "meta":  # only the shape matters; meta math would load torch._dynamo
+            cache = torch.empty(self.max_position, self.head_dim, device=device)
+        else:
+            inv_freq = compute_inv_freq(self.head_dim, self.base, self.scaling, device)
+            positions = torch.arange(self.max_position, dtype=torch.float32, device=device)
+            freqs = positions[:, None] * inv_freq[None, :]  # [max_position, head_dim // 2]
+            cache = torch.cat((freqs.cos(), freqs.sin()), dim=-1)  # [max_position, head_dim]
         self.register_buffer("cos_sin_cache", cache, persistent=False)
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor

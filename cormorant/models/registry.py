@@ -83,6 +83,7 @@ def _materialize(model: nn.Module, dtype: torch.dtype, device: torch.device) -> 
                 new_params[id(param)] = nn.Parameter(empty, requires_grad=False)
             setattr(module, name, new_params[id(param)])
         for name, buf in list(module.named_buffers(recurse=False)):
-            module._buffers[name] = torch.empty_like(buf, device=device)
+            # not empty_like: on a meta tensor it imports sympy (seconds per process)
+            module._buffers[name] = torch.empty(buf.shape, dtype=buf.dtype, device=device)
         if hasattr(module, "init_buffers"):
             module.init_buffers()

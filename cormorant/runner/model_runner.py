@@ -34,6 +34,7 @@ import torch
 from cormorant.config import GPU_MAX_NUM_BATCHED_TOKENS, EngineConfig, ModelConfig
 from cormorant.engine.types import SampleOutput, ScheduledBatch
 from cormorant.layers.kv_quant import kv_cache_torch_dtype
+from cormorant.layers.parallel import min_over_ranks
 from cormorant.runner.cuda_graphs import (DecodeGraphs, find_attention_backend,
                                           graph_batch_sizes, is_capturable)
 from cormorant.runner.inputs import (HostInputs, InputPreparer, PromptLogprobRows,
@@ -73,9 +74,11 @@ class ModelRunner:
         activation_bytes = None
         if device.type == "cuda" and config.cache.num_blocks is None:
             activation_bytes = self.profile_activations()
-        self.num_blocks = num_kv_blocks(model_config, config.cache, sched, self.kv_dtype,
-                                        device, weight_bytes=module_bytes(model),
-                                        activation_bytes=activation_bytes)
+        # Tensor parallel: every rank sizes its own cache, the smallest wins (layers.parallel).
+        self.num_blocks = min_over_ranks(
+            num_kv_blocks(model_config, config.cache, sched, self.kv_dtype, device,
+                          weight_bytes=module_bytes(model), activation_bytes=activation_bytes),
+            device)
         self.kv_caches = allocate_kv_caches(model_config, self.num_blocks, self.block_size,
                                             self.kv_dtype, device)
         self.graphs: DecodeGraphs | None = self._build_graphs()
