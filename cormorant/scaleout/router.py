@@ -1,0 +1,108 @@
+"""PrefixAwareRouter: a Ray Serve request router that knows where prompt prefixes are cached.
+
+Each request carries `prefix_hashes` (scaleout.prefix: a chained hash per leading full KV
+block). The router remembers which replica it last sent each hash to (an LRU table) and
+sends a request to the replica that holds its longest known prefix, unless that replica is
+over its bounded-load share: ceil((1 + load_epsilon) * (total load + 1) / replicas), as in
+consistent hashing with bounded loads, so one hot system prompt cannot pile onto one replica.
+Otherwise (no known prefix, or the owner is full) it picks the least loaded replica. Load is
+the larger of what this router has in flight there and what the engine reported
+(running + waiting, `record_routing_stats`), plus its KV use as a tie-breaker.
+`choose_replica` is the policy alone, plain Python, so it is tested without Ray.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
+
+
+def choose_replica(loads: Mapping[Any, float], owner: Any | None,
+                   load_epsilon: float = 0.25) -> tuple[Any, bool]:
+    """(the replica to use, whether it is the prefix owner). loads: replica -> load."""
+    total = sum(int(v) for v in loads.values())
+    bound = math.ceil((1.0 + load_epsilon) * (total + 1) / len(loads))
+    if owner in loads and int(loads[owner]) < bound:
+        return owner, True
+    return min(loads, key=lambda r: (loads[r], str(r))), False
+
+
+class PrefixTable:
+    """prefix hash -> the replica that computed it, least recently used first out."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._owner: OrderedDict[int, Any] = OrderedDict()
+
+    def longest_owner(self, hashes: Sequence[int], alive: Mapping[Any, Any]) -> Any | None:
+        for h in reversed(hashes):
+            owner = self._owner.get(h)
+            if owner is not None and owner in alive:
+                self._owner.move_to_end(h)
+                return owner
+        return None
+
+    def record(self, hashes: Sequence[int], replica: Any) -> None:
+        for h in hashes:
+            self._owner[h] = replica
+            self._owner.move_to_end(h)
+        while len(self._owner) > self.max_entries:
+            self._owner.popitem(last=False)
+
+    def forget(self, replica: Any) -> None:
+        for h in [h for h, r in self._owner.items() if r == replica]:
+            del self._owner[h]
+
+
+class PrefixAwareRouter(RequestRouter):
+    def initialize_state(self, load_epsilon: float = 0.25, max_entries: int = 200_000) -> None:
+        self.load_epsilon = load_epsilon
+        self.table = PrefixTable(max_entries)
+        self.in_flight: dict[ReplicaID, int] = {}
+        self._request_replica: dict[str, ReplicaID] = {}
+        self.num_prefix_hits = 0
+
+    def load(self, replica: RunningReplica) -> float:
+        stats = replica.routing_stats or {}
+        engine = stats.get("num_running", 0.0) + stats.get("num_waiting", 0.0)
+        own = self.in_flight.get(replica.replica_id, 0)
+        return max(own, engine) + float(stats.get("kv_usage", 0.0))
+
+    async def choose_replicas(self, candidate_replicas: list[RunningReplica],
+                              pending_request: PendingRequest | None = None
+                              ) -> list[list[RunningReplica]]:
+        if not candidate_replicas:
+            return []
+        by_id = {r.replica_id: r for r in candidate_replicas}
+        loads = {rid: self.load(r) for rid, r in by_id.items()}
+        hashes = _hashes(pending_request)
+        owner = self.table.longest_owner(hashes, by_id) if hashes else None
+        chosen, is_owner = choose_replica(loads, owner, self.load_epsilon)
+        self.num_prefix_hits += is_owner
+        rest = sorted((rid for rid in by_id if rid != chosen), key=lambda rid: loads[rid])
+        return [[by_id[chosen]], [by_id[rid] for rid in rest]] if rest else [[by_id[chosen]]]
+
+    def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID,
+                          result: Any) -> None:
+        self.table.record(_hashes(pending_request), replica_id)
+        self.in_flight[replica_id] = self.in_flight.get(replica_id, 0) + 1
+        self._request_replica[pending_request.metadata.internal_request_id] = replica_id
+
+    def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
+        if self._request_replica.pop(internal_request_id, None) is not None:
+            self.in_flight[replica_id] = max(0, self.in_flight.get(replica_id, 0) - 1)
+
+    def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
+        super().on_replica_actor_died(replica_id)
+        self.table.forget(replica_id)
+        self.in_flight.pop(replica_id, None)
+
+
+def _hashes(pending_request: PendingRequest | None) -> list[int]:
+    if pending_request is None:
+        return []
+    hashes = pending_request.kwargs.get("prefix_hashes")
+    return list(hashes) if isinstance(hashes, list) else []
