@@ -13,7 +13,6 @@ ServerConfig as a dict of its fields.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from typing import Any
 
 from ray import serve
@@ -23,6 +22,7 @@ from cormorant.config import CacheConfig, EngineConfig, SchedulerConfig
 from cormorant.engine.messages import decode, encode
 from cormorant.scaleout.client import RayEngineClient
 from cormorant.scaleout.metrics import install_replica_metrics
+from cormorant.scaleout.options import ScaleoutOptions, model_name_of
 from cormorant.scaleout.replica import EngineReplica
 from cormorant.server.app import build_app as build_server_app
 from cormorant.server.config import ServerConfig
@@ -33,37 +33,13 @@ ROUTER = "cormorant.scaleout.router:PrefixAwareRouter"
 POLICY = "cormorant.scaleout.autoscale:engine_load_policy"
 
 
-@dataclass(frozen=True)
-class ScaleoutOptions:
-    """How many replicas, where, and how they are routed, scaled and drained."""
-    num_replicas: int = 2  # a fixed count, unless min_replicas/max_replicas are set
-    min_replicas: int | None = None  # either set: autoscaling on the engines' load
-    max_replicas: int | None = None
-    target_ongoing_requests: float = 8.0  # running + waiting per replica the autoscaler aims at
-    target_kv_usage: float = 0.8  # ... and the KV-cache use
-    upscale_delay_s: float = 10.0
-    downscale_delay_s: float = 60.0
-    metrics_interval_s: float = 1.0
-    num_gpus_per_replica: float = 0.0  # 1 on a GPU machine: one replica per GPU
-    num_cpus_per_replica: float = 1.0
-    max_ongoing_requests: int = 256  # per replica, beyond which Serve queues at the handle
-    graceful_shutdown_timeout_s: float = 120.0  # a stopping replica's streams may run this long
-    health_check_period_s: float = 5.0
-    routing_stats_period_s: float = 1.0
-    load_epsilon: float = 0.25  # bounded load: the prefix owner's allowed excess over average
-    max_attempts: int = 3  # tries per request whose replica dies before its first token
-
-    @property
-    def autoscaling(self) -> bool:
-        return self.min_replicas is not None or self.max_replicas is not None
-
-
 def engine_deployment_options(options: ScaleoutOptions) -> dict[str, Any]:
     opts: dict[str, Any] = dict(
         name=ENGINE_DEPLOYMENT,
         ray_actor_options={"num_gpus": options.num_gpus_per_replica,
                            "num_cpus": options.num_cpus_per_replica},
         max_ongoing_requests=options.max_ongoing_requests,
+        max_replicas_per_node=options.max_replicas_per_node,
         graceful_shutdown_timeout_s=options.graceful_shutdown_timeout_s,
         graceful_shutdown_wait_loop_s=0.5,
         health_check_period_s=options.health_check_period_s,
@@ -112,7 +88,9 @@ def scaleout_app(engine_config: EngineConfig, model_name: str, server_config: Se
     engine = serve.deployment(EngineReplica).options(
         **engine_deployment_options(options)).bind(config_bytes, model_name)
     fields = {f.name: getattr(server_config, f.name) for f in dataclasses.fields(ServerConfig)}
-    return Ingress.bind(engine, config_bytes, model_name, fields, options.max_attempts)
+    ingress = Ingress.options(num_replicas=options.num_ingress_replicas, ray_actor_options={
+        "num_cpus": options.num_cpus_per_ingress})
+    return ingress.bind(engine, config_bytes, model_name, fields, options.max_attempts)
 
 
 def build_app(args: dict[str, str]):
@@ -135,14 +113,10 @@ def build_app(args: dict[str, str]):
         num_gpus_per_replica=float(args.get("num_gpus", 0)),
         num_cpus_per_replica=float(args.get("num_cpus", 1)))
     server_config = ServerConfig(api_key=args.get("api_key"), redis_url=args.get("redis"))
-    name = args.get("name") or _model_name(args["model"])
+    name = args.get("name") or model_name_of(args["model"])
     return scaleout_app(engine_config, name, server_config, options)
 
 
 def _int(args: dict[str, str], key: str) -> int | None:
     return int(args[key]) if args.get(key) not in (None, "") else None
 
-
-def _model_name(model: str) -> str:
-    name = model.rstrip("/").rsplit("/", 1)[-1]
-    return name[:-5] if name.endswith(".gguf") else name
