@@ -28,6 +28,9 @@ class ReplicaStatsCollector:
         hits = CounterMetricFamily("cormorant_replica_prefix_cache_hits",
                                    "Prompt tokens each replica served from its prefix cache.",
                                    labels=LABELS)
+        queries = CounterMetricFamily("cormorant_replica_prefix_cache_queries",
+                                      "Prompt tokens each replica looked up in its prefix "
+                                      "cache (every prompt it admitted).", labels=LABELS)
         retries = CounterMetricFamily("cormorant_replica_retries",
                                       "Requests sent again after their replica failed before "
                                       "the first token.", labels=["model_name"])
@@ -38,8 +41,9 @@ class ReplicaStatsCollector:
             waiting.add_metric(labels, stats.num_waiting)
             kv.add_metric(labels, kv_usage(stats))
             hits.add_metric(labels, stats.prefix_cache_hits)
+            queries.add_metric(labels, stats.prefix_cache_queries)
         retries.add_metric([name], self.client.num_retries)
-        return [running, waiting, kv, hits, retries]
+        return [running, waiting, kv, hits, queries, retries]
 
 
 def install_replica_metrics(app, client: RayEngineClient) -> None:

