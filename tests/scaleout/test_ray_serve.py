@@ -28,6 +28,7 @@ from support import store_keys, wait_for  # noqa: E402
 from tiny import load_reference  # noqa: E402
 
 from cormorant.scaleout.options import ScaleoutOptions  # noqa: E402
+from cormorant.server.config import ServerConfig  # noqa: E402
 
 PREFIX_LEN = 96  # six full 16-token blocks
 
@@ -163,3 +164,63 @@ def _retries(url: str) -> float:
     text = httpx.get(url + "/metrics", timeout=10).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith("cormorant_replica_retries_total{"))
+
+
+@pytest.fixture(scope="module")
+def autoscaled(ray_cluster, tiny_llama, redis_server, tmp_path_factory):  # noqa: F811
+    """Engines autoscaled between 1 and 2 (short delays) behind two ingress replicas that
+    keep their quotas in one Redis; keys: `limited` (6 requests a minute) and `load`."""
+    import redis
+    from ray import serve
+
+    redis_url = f"redis://127.0.0.1:{redis_server.port}/7"
+    redis.Redis.from_url(redis_url).flushdb()
+    db = str(tmp_path_factory.mktemp("keys") / "keys.db")
+    _, tokens, _ = store_keys(db, [("limited", {"inference"}, {"rpm": 6}),
+                                   ("load", {"inference"}, {})])
+    serve.delete(APP)  # the fixed application's replicas make room
+    deploy(ray_cluster.url, tiny_llama, ScaleoutOptions(
+        min_replicas=1, max_replicas=2, target_ongoing_requests=2, upscale_delay_s=0.5,
+        downscale_delay_s=2.0, metrics_interval_s=0.5, max_replicas_per_node=1,
+        num_cpus_per_replica=1, num_ingress_replicas=2, num_cpus_per_ingress=0.1,
+        graceful_shutdown_timeout_s=10), ServerConfig(keys_db=db, redis_url=redis_url))
+    yield ray_cluster.url, tokens
+    serve.delete(APP)
+
+
+def test_quotas_hold_across_ingress_replicas(autoscaled):
+    url, tokens = autoscaled
+    statuses = []
+    for _ in range(10):  # Serve's proxy spreads these over both ingress replicas
+        r = httpx.post(url + "/v1/completions", timeout=60,
+                       headers={"authorization": f"Bearer {tokens['limited']}"},
+                       json={"model": "tiny", "prompt": "Hello", "max_tokens": 2})
+        statuses.append(r.status_code)
+    assert statuses == [200] * 6 + [429] * 4
+
+
+def test_replicas_scale_1_to_2_under_load_and_back_to_1_when_idle(autoscaled):
+    url, tokens = autoscaled
+    assert running_replicas() == 1
+    stop = asyncio.Event()
+
+    async def keep_busy() -> None:
+        client = _client(url, tokens["load"], aio=True)
+        rng = random.Random(4)
+
+        async def worker() -> None:
+            while not stop.is_set():
+                await client.completions.create(model="tiny", prompt=_ids(rng, 16),
+                                                max_tokens=64, temperature=0,
+                                                extra_body={"ignore_eos": True})
+
+        workers = [asyncio.ensure_future(worker()) for _ in range(12)]
+        deadline = time.monotonic() + 180
+        while running_replicas() < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+        stop.set()
+        await asyncio.gather(*workers)
+
+    asyncio.run(keep_busy())
+    assert running_replicas() == 2
+    wait_for(lambda: running_replicas() == 1, 120, "the idle replica to be removed", 0.5)
