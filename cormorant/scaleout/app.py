@@ -96,9 +96,11 @@ def scaleout_app(engine_config: EngineConfig, model_name: str, server_config: Se
 def build_app(args: dict[str, str]):
     """`serve run cormorant.scaleout.app:build_app model=PATH [name=..] [replicas=N]
     [min_replicas=..] [max_replicas=..] [num_gpus=..] [device=..] [max_model_len=..]
-    [num_kv_blocks=..]`, or the same keys under a Serve config file's `args:`."""
+    [num_kv_blocks=..] [keys_file=..] [redis=URL] [usage_db=..] [ingress_replicas=..]`, or the
+    same keys under a Serve config file's `args:` (values are strings)."""
     known = {"model", "name", "replicas", "min_replicas", "max_replicas", "num_gpus",
-             "num_cpus", "device", "max_model_len", "num_kv_blocks", "api_key", "redis"}
+             "num_cpus", "device", "max_model_len", "num_kv_blocks", "api_key", "keys_file",
+             "redis", "usage_db", "ingress_replicas"}
     unknown = set(args) - known
     if unknown or "model" not in args:
         raise ValueError(f"build_app needs model=PATH; unknown arguments: {sorted(unknown)}; "
@@ -111,8 +113,11 @@ def build_app(args: dict[str, str]):
         num_replicas=_int(args, "replicas") or 2, min_replicas=_int(args, "min_replicas"),
         max_replicas=_int(args, "max_replicas"),
         num_gpus_per_replica=float(args.get("num_gpus", 0)),
-        num_cpus_per_replica=float(args.get("num_cpus", 1)))
-    server_config = ServerConfig(api_key=args.get("api_key"), redis_url=args.get("redis"))
+        num_cpus_per_replica=float(args.get("num_cpus", 1)),
+        num_ingress_replicas=_int(args, "ingress_replicas") or 1)
+    server_config = ServerConfig(api_key=args.get("api_key"), keys_file=args.get("keys_file"),
+                                 redis_url=args.get("redis"),
+                                 usage_db=args.get("usage_db"))
     name = args.get("name") or model_name_of(args["model"])
     return scaleout_app(engine_config, name, server_config, options)
 
