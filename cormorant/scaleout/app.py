@@ -29,7 +29,6 @@ from cormorant.server.config import ServerConfig
 
 ENGINE_DEPLOYMENT = "cormorant-engine"
 INGRESS_DEPLOYMENT = "cormorant-ingress"
-ROUTER = "cormorant.scaleout.router:PrefixAwareRouter"
 POLICY = "cormorant.scaleout.autoscale:engine_load_policy"
 
 
@@ -44,7 +43,7 @@ def engine_deployment_options(options: ScaleoutOptions) -> dict[str, Any]:
         graceful_shutdown_wait_loop_s=0.5,
         health_check_period_s=options.health_check_period_s,
         request_router_config=RequestRouterConfig(
-            request_router_class=ROUTER,
+            request_router_class=options.request_router,
             request_router_kwargs={"load_epsilon": options.load_epsilon},
             request_routing_stats_period_s=options.routing_stats_period_s))
     if options.autoscaling:

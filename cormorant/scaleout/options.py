@@ -25,6 +25,8 @@ class ScaleoutOptions:
     graceful_shutdown_timeout_s: float = 120.0  # a stopping replica's streams may run this long
     health_check_period_s: float = 5.0
     routing_stats_period_s: float = 1.0
+    # The Serve request router: scaleout.router's PrefixAwareRouter, or RoundRobinRouter.
+    request_router: str = "cormorant.scaleout.router:PrefixAwareRouter"
     load_epsilon: float = 0.25  # bounded load: the prefix owner's allowed excess over average
     max_attempts: int = 3  # tries per request whose replica dies before its first token
     max_replicas_per_node: int | None = None  # 1: spread the replicas over the nodes

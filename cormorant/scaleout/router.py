@@ -115,3 +115,21 @@ def _hashes(pending_request: PendingRequest | None) -> list[int]:
         return []
     hashes = pending_request.kwargs.get("prefix_hashes")
     return list(hashes) if isinstance(hashes, list) else []
+
+
+class RoundRobinRouter(RequestRouter):
+    """Each request to the next replica in turn, blind to prefixes and load: the baseline the
+    scale-out benchmark compares PrefixAwareRouter with (`ScaleoutOptions.request_router`)."""
+
+    def initialize_state(self, **_: Any) -> None:
+        self.num_routed = 0
+
+    async def choose_replicas(self, candidate_replicas: list[RunningReplica],
+                              pending_request: PendingRequest | None = None
+                              ) -> list[list[RunningReplica]]:
+        if not candidate_replicas:
+            return []
+        ordered = sorted(candidate_replicas, key=lambda r: str(r.replica_id))
+        self.num_routed += 1
+        chosen = ordered[self.num_routed % len(ordered)]
+        return [[chosen], [r for r in ordered if r is not chosen]]

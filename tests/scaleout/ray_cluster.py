@@ -62,7 +62,7 @@ def two_node_cluster():
         cluster.shutdown()
 
 
-def engine_config(model: str, max_num_seqs: int = 8) -> EngineConfig:
+def engine_config(model: str, max_num_seqs: int = 4) -> EngineConfig:
     return EngineConfig(model=model, device="cpu", threads=1, seed=0,
                         cache=CacheConfig(num_blocks=1024),
                         scheduler=SchedulerConfig(max_model_len=512, max_num_seqs=max_num_seqs))
@@ -95,18 +95,20 @@ def running_replicas() -> int:
     return app.deployments[ENGINE].replica_states.get("RUNNING", 0)
 
 
-def replica_actors() -> list:
+def replica_actors(replica_id: str = "") -> list:
+    """The engine replicas' actors (the one of `replica_id` only, when given)."""
     import ray
 
     names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-             if a["name"].startswith(f"SERVE_REPLICA::{APP}#{ENGINE}#")]
+             if a["name"].startswith(f"SERVE_REPLICA::{APP}#{ENGINE}#")
+             and a["name"].endswith(replica_id)]
     return [ray.get_actor(name, namespace="serve") for name in names]
 
 
 def metric_values(url: str, name: str) -> dict[str, float]:
     """replica label -> value of one per-replica series of the ingress's /metrics."""
     values = {}
-    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+    for line in httpx.get(url + "/metrics", timeout=60).text.splitlines():
         if line.startswith(name + "{"):
             labels, value = line.rsplit(" ", 1)
             replica = labels.split('replica="', 1)[1].split('"', 1)[0]

@@ -134,10 +134,18 @@ async def _load_and_kill(url: str, num: int) -> list[dict]:
             records[i]["error"] = repr(exc)
 
     tasks = [asyncio.ensure_future(one(i)) for i in range(num)]
-    while sum(r["started"] for r in records) < 10:
-        await asyncio.sleep(0.02)
-    victim = replica_actors()[0]
-    ray.kill(victim, no_restart=True)
+    # Kill a replica while it has requests running and others still waiting in its engine.
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        waiting = await asyncio.to_thread(metric_values, url,
+                                          "cormorant_replica_num_requests_waiting")
+        busy = [rid for rid, n in waiting.items() if n >= 3]
+        if busy and sum(r["started"] for r in records) >= 5:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("no replica ever had requests waiting")
+    ray.kill(replica_actors(busy[0])[0], no_restart=True)
     await asyncio.gather(*tasks)
     return records
 
