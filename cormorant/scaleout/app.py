@@ -16,11 +16,13 @@ import dataclasses
 from typing import Any
 
 from ray import serve
+from starlette.middleware import Middleware
 from ray.serve.config import AutoscalingConfig, AutoscalingPolicy, RequestRouterConfig
 
 from cormorant.config import CacheConfig, EngineConfig, SchedulerConfig
 from cormorant.engine.messages import decode, encode
 from cormorant.scaleout.client import RayEngineClient
+from cormorant.scaleout.coldstart import ColdStart, ColdStartMiddleware
 from cormorant.scaleout.metrics import install_replica_metrics
 from cormorant.scaleout.options import ScaleoutOptions, model_name_of
 from cormorant.scaleout.replica import EngineReplica
@@ -54,6 +56,7 @@ def engine_deployment_options(options: ScaleoutOptions) -> dict[str, Any]:
             target_ongoing_requests=options.target_ongoing_requests,
             upscale_delay_s=options.upscale_delay_s,
             downscale_delay_s=options.downscale_delay_s,
+            downscale_to_zero_delay_s=options.downscale_to_zero_delay_s,
             metrics_interval_s=options.metrics_interval_s,
             look_back_period_s=max(2 * options.metrics_interval_s, 2.0),
             policy=AutoscalingPolicy(policy_function=POLICY,
@@ -69,15 +72,30 @@ class Ingress:
     """The cormorant HTTP surface, its engine a RayEngineClient over the engine deployment."""
 
     def __init__(self, engine: Any, engine_config: bytes, model_name: str,
-                 server_config: dict[str, Any], max_attempts: int) -> None:
+                 server_config: dict[str, Any], max_attempts: int,
+                 cold_start_s: int | None = None) -> None:
+        """cold_start_s: set when the engines may scale to zero (the Retry-After then)."""
         config = decode(engine_config)
+        self.engine = engine
         self.client = RayEngineClient(engine, config, model_name, max_attempts)
         self.server_config = ServerConfig(**server_config)
+        self.cold_start_s = cold_start_s
 
     def __serve_build_asgi_app__(self):
         app = build_server_app(self.client, self.server_config)
         install_replica_metrics(app, self.client)
+        if self.cold_start_s is not None:  # innermost: after auth, before admission
+            app_name = serve.get_replica_context().app_name
+            cold = ColdStart(lambda: running_engine_replicas(app_name),
+                             lambda: self.engine.stats.remote(), self.cold_start_s)
+            app.user_middleware.append(Middleware(ColdStartMiddleware, cold=cold))
         return app
+
+
+def running_engine_replicas(app_name: str) -> int:
+    app = serve.status().applications.get(app_name)
+    deployment = app.deployments.get(ENGINE_DEPLOYMENT) if app is not None else None
+    return deployment.replica_states.get("RUNNING", 0) if deployment is not None else 0
 
 
 def scaleout_app(engine_config: EngineConfig, model_name: str, server_config: ServerConfig,
@@ -89,7 +107,9 @@ def scaleout_app(engine_config: EngineConfig, model_name: str, server_config: Se
     fields = {f.name: getattr(server_config, f.name) for f in dataclasses.fields(ServerConfig)}
     ingress = Ingress.options(num_replicas=options.num_ingress_replicas, ray_actor_options={
         "num_cpus": options.num_cpus_per_ingress})
-    return ingress.bind(engine, config_bytes, model_name, fields, options.max_attempts)
+    cold_start_s = options.cold_start_s if options.min_replicas == 0 else None
+    return ingress.bind(engine, config_bytes, model_name, fields, options.max_attempts,
+                        cold_start_s)
 
 
 def build_app(args: dict[str, str]):

@@ -39,6 +39,10 @@ def add_ray_args(parser: argparse.ArgumentParser) -> None:
         help="running + waiting requests per replica the autoscaler aims at")
     add("--upscale-delay-s", type=float, default=ScaleoutOptions.upscale_delay_s)
     add("--downscale-delay-s", type=float, default=ScaleoutOptions.downscale_delay_s)
+    add("--downscale-to-zero-delay-s", type=float, default=None,
+        help="with --min-replicas 0: idle seconds before the last replica stops")
+    add("--cold-start-s", type=int, default=ScaleoutOptions.cold_start_s,
+        help="with --min-replicas 0: the Retry-After of requests while no replica runs")
     add("--ingress-replicas", type=int, default=ScaleoutOptions.num_ingress_replicas,
         help="HTTP ingress replicas (share quotas and caches through --redis)")
 
@@ -53,6 +57,7 @@ def options_from(args: argparse.Namespace) -> ScaleoutOptions:
         num_cpus_per_replica=args.cpus_per_replica,
         target_ongoing_requests=args.target_ongoing_requests,
         upscale_delay_s=args.upscale_delay_s, downscale_delay_s=args.downscale_delay_s,
+        downscale_to_zero_delay_s=args.downscale_to_zero_delay_s, cold_start_s=args.cold_start_s,
         num_ingress_replicas=args.ingress_replicas)
 
 

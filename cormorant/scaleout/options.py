@@ -18,6 +18,8 @@ class ScaleoutOptions:
     target_kv_usage: float = 0.8  # ... and the KV-cache use
     upscale_delay_s: float = 10.0
     downscale_delay_s: float = 60.0
+    downscale_to_zero_delay_s: float | None = None  # idle time before 1 -> 0 (None: as above)
+    cold_start_s: int = 30  # min_replicas 0: the Retry-After while no replica runs
     metrics_interval_s: float = 1.0
     num_gpus_per_replica: float = 0.0  # 1 on a GPU machine: one replica per GPU
     num_cpus_per_replica: float = 1.0

@@ -6,8 +6,8 @@ sends a request to the replica that holds its longest known prefix, unless that 
 over its bounded-load share: ceil((1 + load_epsilon) * (total load + 1) / replicas), as in
 consistent hashing with bounded loads, so one hot system prompt cannot pile onto one replica.
 Otherwise (no known prefix, or the owner is full) it picks the least loaded replica, the one
-picked longest ago among equals (idle replicas take turns). Load is
-the larger of what this router has in flight there and what the engine reported
+picked longest ago among equals (idle replicas take turns). Load is the larger of what this
+handle has in flight there (Serve's queue-length cache) and what the engine reported
 (running + waiting, `record_routing_stats`), plus its KV use (a fraction) as a tie-breaker.
 `choose_replica` is the policy alone, plain Python, so it is tested without Ray.
 """
@@ -66,16 +66,16 @@ class PrefixAwareRouter(RequestRouter):
     def initialize_state(self, load_epsilon: float = 0.25, max_entries: int = 200_000) -> None:
         self.load_epsilon = load_epsilon
         self.table = PrefixTable(max_entries)
-        self.in_flight: dict[ReplicaID, int] = {}
-        self._request_replica: dict[str, ReplicaID] = {}
         self._last_chosen: dict[ReplicaID, int] = {}
         self.num_chosen = 0
         self.num_prefix_hits = 0
 
     def load(self, replica: RunningReplica) -> float:
+        """Requests in flight there (Serve's count for this handle, bumped on each send), or
+        the engine's running + waiting when that is more (other ingresses' requests)."""
         stats = replica.routing_stats or {}
         engine = stats.get("num_running", 0.0) + stats.get("num_waiting", 0.0)
-        own = self.in_flight.get(replica.replica_id, 0)
+        own = self.replica_queue_len_cache.get(replica.replica_id) or 0
         return max(own, engine) + float(stats.get("kv_usage", 0.0))
 
     async def choose_replicas(self, candidate_replicas: list[RunningReplica],
@@ -91,23 +91,15 @@ class PrefixAwareRouter(RequestRouter):
         self.num_chosen += 1
         self._last_chosen[chosen] = self.num_chosen
         self.num_prefix_hits += is_owner
+        # Recorded now: Serve sends to the first rank unless its queue is full.
+        self.table.record(hashes, chosen)
         rest = sorted((rid for rid in by_id if rid != chosen), key=lambda rid: loads[rid])
         return [[by_id[chosen]], [by_id[rid] for rid in rest]] if rest else [[by_id[chosen]]]
-
-    def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID,
-                          result: Any) -> None:
-        self.table.record(_hashes(pending_request), replica_id)
-        self.in_flight[replica_id] = self.in_flight.get(replica_id, 0) + 1
-        self._request_replica[pending_request.metadata.internal_request_id] = replica_id
-
-    def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
-        if self._request_replica.pop(internal_request_id, None) is not None:
-            self.in_flight[replica_id] = max(0, self.in_flight.get(replica_id, 0) - 1)
 
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         super().on_replica_actor_died(replica_id)
         self.table.forget(replica_id)
-        self.in_flight.pop(replica_id, None)
+        self._last_chosen.pop(replica_id, None)
 
 
 def _hashes(pending_request: PendingRequest | None) -> list[int]:

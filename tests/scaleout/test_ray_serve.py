@@ -176,8 +176,9 @@ def _retries(url: str) -> float:
 
 @pytest.fixture(scope="module")
 def autoscaled(ray_cluster, tiny_llama, redis_server, tmp_path_factory):  # noqa: F811
-    """Engines autoscaled between 1 and 2 (short delays) behind two ingress replicas that
-    keep their quotas in one Redis; keys: `limited` (6 requests a minute) and `load`."""
+    """Engines autoscaled between 0 and 2 (short delays; one at start) behind two ingress
+    replicas that keep their quotas in one Redis; keys: `limited` (6 requests a minute) and
+    `load`."""
     import redis
     from ray import serve
 
@@ -188,8 +189,9 @@ def autoscaled(ray_cluster, tiny_llama, redis_server, tmp_path_factory):  # noqa
                                    ("load", {"inference"}, {})])
     serve.delete(APP)  # the fixed application's replicas make room
     deploy(ray_cluster.url, tiny_llama, ScaleoutOptions(
-        min_replicas=1, max_replicas=2, target_ongoing_requests=2, upscale_delay_s=0.5,
-        downscale_delay_s=2.0, metrics_interval_s=0.5, max_replicas_per_node=1,
+        min_replicas=0, max_replicas=2, target_ongoing_requests=2, upscale_delay_s=0.5,
+        downscale_delay_s=2.0, downscale_to_zero_delay_s=10.0, cold_start_s=7,
+        metrics_interval_s=0.5, max_replicas_per_node=1,
         num_cpus_per_replica=1, num_ingress_replicas=2, num_cpus_per_ingress=0.1,
         graceful_shutdown_timeout_s=10), ServerConfig(keys_db=db, redis_url=redis_url))
     yield ray_cluster.url, tokens
@@ -209,7 +211,6 @@ def test_quotas_hold_across_ingress_replicas(autoscaled):
 
 def test_replicas_scale_1_to_2_under_load_and_back_to_1_when_idle(autoscaled):
     url, tokens = autoscaled
-    assert running_replicas() == 1
     stop = asyncio.Event()
 
     async def keep_busy() -> None:
@@ -218,9 +219,13 @@ def test_replicas_scale_1_to_2_under_load_and_back_to_1_when_idle(autoscaled):
 
         async def worker() -> None:
             while not stop.is_set():
-                await client.completions.create(model="tiny", prompt=_ids(rng, 16),
-                                                max_tokens=64, temperature=0,
-                                                extra_body={"ignore_eos": True})
+                try:
+                    await client.completions.create(model="tiny", prompt=_ids(rng, 16),
+                                                    max_tokens=64, temperature=0,
+                                                    extra_body={"ignore_eos": True})
+                except openai.APIStatusError as exc:  # scaled to zero meanwhile: waking
+                    assert exc.status_code == 503
+                    await asyncio.sleep(0.5)
 
         workers = [asyncio.ensure_future(worker()) for _ in range(12)]
         deadline = time.monotonic() + 180
@@ -232,3 +237,18 @@ def test_replicas_scale_1_to_2_under_load_and_back_to_1_when_idle(autoscaled):
     asyncio.run(keep_busy())
     assert running_replicas() == 2
     wait_for(lambda: running_replicas() == 1, 120, "the idle replica to be removed", 0.5)
+
+
+def test_scaled_to_zero_a_request_gets_retry_after_and_wakes_a_replica(autoscaled):
+    url, tokens = autoscaled
+    wait_for(lambda: running_replicas() == 0, 120, "the last idle replica to stop", 0.5)
+    headers = {"authorization": f"Bearer {tokens['load']}"}
+    body = {"model": "tiny", "prompt": "Hello", "max_tokens": 2}
+    cold = httpx.post(url + "/v1/completions", headers=headers, json=body, timeout=60)
+    assert cold.status_code == 503 and cold.headers["retry-after"] == "7"
+    assert cold.json()["error"]["code"] == "engine_cold_start"
+    wait_for(lambda: running_replicas() == 1, 180, "the woken replica", 0.5)
+    warm = wait_for(lambda: (r := httpx.post(url + "/v1/completions", headers=headers,
+                                             json=body, timeout=60)).status_code == 200 and r,
+                    60, "a warm answer", 0.5)
+    assert warm.json()["usage"]["completion_tokens"] == 2
