@@ -105,8 +105,10 @@ def scaleout_app(engine_config: EngineConfig, model_name: str, server_config: Se
     engine = serve.deployment(EngineReplica).options(
         **engine_deployment_options(options)).bind(config_bytes, model_name)
     fields = {f.name: getattr(server_config, f.name) for f in dataclasses.fields(ServerConfig)}
-    ingress = Ingress.options(num_replicas=options.num_ingress_replicas, ray_actor_options={
-        "num_cpus": options.num_cpus_per_ingress})
+    # Serve's default of 5 ongoing requests per replica would queue streams at the proxy.
+    ingress = Ingress.options(num_replicas=options.num_ingress_replicas,
+                              max_ongoing_requests=options.max_ongoing_requests_per_ingress,
+                              ray_actor_options={"num_cpus": options.num_cpus_per_ingress})
     cold_start_s = options.cold_start_s if options.min_replicas == 0 else None
     return ingress.bind(engine, config_bytes, model_name, fields, options.max_attempts,
                         cold_start_s)

@@ -15,6 +15,10 @@ from typing import Any
 
 def desired_replicas(num_requests: float, kv_usages: list[float], target_requests: float,
                      target_kv_usage: float) -> int:
+    """0 with no request at all (Serve keeps min_replicas and waits out the delays); KV use
+    alone never keeps an idle replica (its prefix cache may hold blocks)."""
+    if num_requests <= 0:
+        return 0
     by_requests = num_requests / target_requests
     by_kv = sum(kv_usages) / target_kv_usage
     return max(1, math.ceil(max(by_requests, by_kv) - 1e-9))

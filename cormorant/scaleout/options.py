@@ -34,6 +34,7 @@ class ScaleoutOptions:
     max_replicas_per_node: int | None = None  # 1: spread the replicas over the nodes
     num_ingress_replicas: int = 1
     num_cpus_per_ingress: float = 1.0
+    max_ongoing_requests_per_ingress: int = 4096  # open HTTP requests (streams) per ingress
 
     @property
     def autoscaling(self) -> bool:

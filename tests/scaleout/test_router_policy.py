@@ -50,6 +50,7 @@ def test_the_table_finds_the_longest_prefix_on_a_live_replica_and_forgets_the_de
 
 
 def test_replicas_follow_the_engines_requests_or_kv_use_whichever_needs_more():
-    assert desired_replicas(0, [0.0], target_requests=8, target_kv_usage=0.8) == 1
+    assert desired_replicas(0, [0.5], target_requests=8, target_kv_usage=0.8) == 0
+    assert desired_replicas(1, [0.0], target_requests=8, target_kv_usage=0.8) == 1
     assert desired_replicas(17, [0.1, 0.1], target_requests=8, target_kv_usage=0.8) == 3
     assert desired_replicas(4, [0.9, 0.9], target_requests=8, target_kv_usage=0.8) == 3
