@@ -16,8 +16,8 @@ import dataclasses
 from typing import Any
 
 from ray import serve
-from starlette.middleware import Middleware
 from ray.serve.config import AutoscalingConfig, AutoscalingPolicy, RequestRouterConfig
+from starlette.middleware import Middleware
 
 from cormorant.config import CacheConfig, EngineConfig, SchedulerConfig
 from cormorant.engine.messages import decode, encode
