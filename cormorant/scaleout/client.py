@@ -32,7 +32,9 @@ from cormorant.scaleout.prefix import prefix_hashes
 from cormorant.scaleout.wire import OutputAssembler, read_stats, request_message
 
 log = logging.getLogger(__name__)
-STALE_S = 30.0  # a replica not heard of for this long no longer counts in stats()
+# A replica not heard of for this long leaves stats() and /metrics (an idle one is heard of
+# again with its next request; a removed one is gone); one whose stream broke leaves at once.
+STALE_S = 120.0
 RETRY_BACKOFF_S = 0.2
 
 
@@ -92,6 +94,8 @@ class RayRequestHandle:
                 raise
             except Exception as exc:  # the replica died, stopped, or could not be reached
                 stream.cancel()
+                if self.replica is not None:
+                    client.replicas.pop(self.replica, None)
                 if self._assembler.has_tokens or self.num_attempts >= client.max_attempts:
                     log.warning("request %s failed on its replica: %r", self.request_id, exc)
                     self.error = exc

@@ -1,10 +1,11 @@
 """PrefixAwareRouter: a Ray Serve request router that knows where prompt prefixes are cached.
 
 Each request carries `prefix_hashes` (scaleout.prefix: a chained hash per leading full KV
-block). The router remembers which replica it last sent each hash to (an LRU table) and
-sends a request to the replica that holds its longest known prefix, unless that replica is
-over its bounded-load share: ceil((1 + load_epsilon) * (total load + 1) / replicas), as in
-consistent hashing with bounded loads, so one hot system prompt cannot pile onto one replica.
+block). The router remembers which replicas it sent each hash to (an LRU table) and sends a
+request to the least loaded replica holding its longest known prefix, unless all of those are
+over their bounded-load share: ceil((1 + load_epsilon) * (total load + 1) / replicas), as in
+consistent hashing with bounded loads, so one hot system prompt cannot pile onto one replica;
+the replica it spills to then holds that prefix too.
 Otherwise (no known prefix, or the owner is full) it picks the least loaded replica, the one
 picked longest ago among equals (idle replicas take turns). Load is the larger of what this
 handle has in flight there (Serve's queue-length cache) and what the engine reported
@@ -21,45 +22,55 @@ from typing import Any
 from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
 
 
-def choose_replica(loads: Mapping[Any, float], owner: Any | None,
+def choose_replica(loads: Mapping[Any, float], owners: Sequence[Any] = (),
                    load_epsilon: float = 0.25,
                    last_chosen: Mapping[Any, int] | None = None) -> tuple[Any, bool]:
-    """(the replica to use, whether it is the prefix owner). loads: replica -> load;
-    last_chosen: replica -> when it was last picked (ties go to the longest unpicked)."""
+    """(the replica to use, whether it holds the prefix). loads: replica -> load; owners: the
+    replicas holding the longest known prefix; last_chosen: replica -> when it was last picked
+    (among equal loads, the longest unpicked goes first)."""
     total = sum(int(v) for v in loads.values())
     bound = math.ceil((1.0 + load_epsilon) * (total + 1) / len(loads))
-    if owner in loads and int(loads[owner]) < bound:
-        return owner, True
     last = last_chosen or {}
-    # The whole part of a load counts requests; the fraction (KV use) only breaks ties.
-    return min(loads, key=lambda r: (int(loads[r]), last.get(r, -1), loads[r], str(r))), False
+
+    def key(r: Any) -> tuple:
+        # The whole part of a load counts requests; the fraction (KV use) only breaks ties.
+        return int(loads[r]), last.get(r, -1), loads[r], str(r)
+
+    holders = [r for r in owners if r in loads and int(loads[r]) < bound]
+    if holders:
+        return min(holders, key=key), True
+    return min(loads, key=key), False
 
 
 class PrefixTable:
-    """prefix hash -> the replica that computed it, least recently used first out."""
+    """prefix hash -> the replicas that computed it (a hot prefix spilled over by the load
+    bound ends up on several), least recently used hash first out."""
 
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
-        self._owner: OrderedDict[int, Any] = OrderedDict()
+        self._owners: OrderedDict[int, dict[Any, None]] = OrderedDict()
 
-    def longest_owner(self, hashes: Sequence[int], alive: Mapping[Any, Any]) -> Any | None:
+    def longest_owners(self, hashes: Sequence[int], alive: Mapping[Any, Any]) -> list[Any]:
         for h in reversed(hashes):
-            owner = self._owner.get(h)
-            if owner is not None and owner in alive:
-                self._owner.move_to_end(h)
-                return owner
-        return None
+            owners = [r for r in self._owners.get(h, ()) if r in alive]
+            if owners:
+                self._owners.move_to_end(h)
+                return owners
+        return []
 
     def record(self, hashes: Sequence[int], replica: Any) -> None:
         for h in hashes:
-            self._owner[h] = replica
-            self._owner.move_to_end(h)
-        while len(self._owner) > self.max_entries:
-            self._owner.popitem(last=False)
+            self._owners.setdefault(h, {})[replica] = None
+            self._owners.move_to_end(h)
+        while len(self._owners) > self.max_entries:
+            self._owners.popitem(last=False)
 
     def forget(self, replica: Any) -> None:
-        for h in [h for h, r in self._owner.items() if r == replica]:
-            del self._owner[h]
+        for h in list(self._owners):
+            owners = self._owners[h]
+            owners.pop(replica, None)
+            if not owners:
+                del self._owners[h]
 
 
 class PrefixAwareRouter(RequestRouter):
@@ -86,8 +97,8 @@ class PrefixAwareRouter(RequestRouter):
         by_id = {r.replica_id: r for r in candidate_replicas}
         loads = {rid: self.load(r) for rid, r in by_id.items()}
         hashes = _hashes(pending_request)
-        owner = self.table.longest_owner(hashes, by_id) if hashes else None
-        chosen, is_owner = choose_replica(loads, owner, self.load_epsilon, self._last_chosen)
+        owners = self.table.longest_owners(hashes, by_id) if hashes else []
+        chosen, is_owner = choose_replica(loads, owners, self.load_epsilon, self._last_chosen)
         self.num_chosen += 1
         self._last_chosen[chosen] = self.num_chosen
         self.num_prefix_hits += is_owner
