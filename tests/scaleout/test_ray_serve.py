@@ -5,12 +5,16 @@ One cluster for the whole module (scaleout/ray_cluster.py). The first applicatio
 fixed replicas, one per node: greedy output equals transformers', prompts sharing a prefix
 land where it is cached while unrelated ones spread, /metrics shows each replica, and killing
 a replica under 100 streams loses no request that had not started. The second application
-autoscales (1 to 2 and back) behind two ingress replicas that share one quota through Redis.
+autoscales (1 to 2 and back, then to zero) behind two ingress replicas that share one quota
+through Redis. Last, `cormorant serve --ray` joins the cluster by address and serves.
 """
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,10 +25,10 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gateway"))
-from ray_cluster import (APP, deploy, metric_values, replica_actors,  # noqa: E402
+from ray_cluster import (APP, ENV, deploy, metric_values, replica_actors,  # noqa: E402
                          running_replicas, two_node_cluster)
 from redis_fixture import redis_server  # noqa: E402,F401
-from support import store_keys, wait_for  # noqa: E402
+from support import store_keys, wait_for, wait_http_ready  # noqa: E402
 from tiny import load_reference  # noqa: E402
 
 from cormorant.scaleout.options import ScaleoutOptions  # noqa: E402
@@ -252,3 +256,28 @@ def test_scaled_to_zero_a_request_gets_retry_after_and_wakes_a_replica(autoscale
                                              json=body, timeout=60)).status_code == 200 and r,
                     60, "a warm answer", 0.5)
     assert warm.json()["usage"]["completion_tokens"] == 2
+
+
+def test_cormorant_serve_ray_joins_the_cluster_and_serves(autoscaled, ray_cluster, tiny_llama):
+    """The CLI on a cluster it joins by address (as a second machine would): deploys, serves
+    through the proxy, and on SIGTERM deletes its application."""
+    from ray import serve
+
+    serve.delete(APP)
+    cmd = [sys.executable, "-m", "cormorant", "--log-level", "warning", "serve", "--ray",
+           "--ray-address", ray_cluster.cluster.address, "--ray-app-name", "cli",
+           "--model", tiny_llama, "--device", "cpu", "--threads", "1", "--replicas", "1",
+           "--num-kv-blocks", "256", "--max-model-len", "512", "--usage-db", ":memory:"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **ENV})
+    try:
+        wait_http_ready(ray_cluster.url, proc, timeout=240, interval=0.5)
+        model = httpx.get(ray_cluster.url + "/v1/models", timeout=30).json()["data"][0]["id"]
+        assert model == Path(tiny_llama).name  # --served-model-name's default
+        out = _client(ray_cluster.url).completions.create(model=model, prompt=[5, 6],
+                                                          max_tokens=3)
+        assert out.usage.completion_tokens == 3
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0, proc.stderr.read()[-2000:]
+    assert "cli" not in serve.status().applications
