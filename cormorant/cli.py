@@ -95,7 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     if add_serve_args is not None:
         serve = sub.add_parser("serve", help="serve the OpenAI-compatible HTTP API")
         add_serve_args(serve)
-        serve.set_defaults(func=run_server)
+        from cormorant.scaleout.launch import add_ray_args
+
+        add_ray_args(serve)
+        serve.set_defaults(func=_serve(run_server))
         from cormorant.server.batch_offline import add_batch_args, run_batch
 
         batch = sub.add_parser("batch", help="run an OpenAI batch file offline: batch run "
@@ -123,6 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=run_bench)
 
     return parser
+
+
+def _serve(run_server):
+    """`cormorant serve`, or with --ray the same flags through Ray Serve (cormorant.scaleout)."""
+    def run(args):
+        if args.ray:
+            from cormorant.scaleout.launch import run_ray
+
+            return run_ray(args)
+        return run_server(args)
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "cormorant"
 DOC = ROOT / "docs" / "structure.md"
 MARKER = "<!-- generated below by scripts/gen_structure.py -->"
-ORDER = ["", "server", "hosting", "gateway", "frontend", "text", "engine", "runner", "models",
+ORDER = ["", "scaleout", "server", "hosting", "gateway", "frontend", "text", "engine", "runner", "models",
          "layers", "kernels", "bench"]
 SHARED = {"config", "sampling_params", "engine_args", "__init__"}  # importable from anywhere
 TITLES = {"": "Package root", "bench": "bench/ (benchmark suite behind `cormorant bench`)"}

