@@ -19,7 +19,7 @@ from cormorant.runner.kv_cache import module_bytes
 from fp8_checkpoints import (write_compressed_tensors, write_fp8_blocks,
                              write_fp8_per_tensor)
 from model_test_utils import PagedRunner
-from tiny import reference_greedy, save_model
+from tiny import save_model
 
 pytest.importorskip("compressed_tensors", reason="pip install compressed-tensors (test extra)")
 
@@ -80,7 +80,13 @@ def test_greedy_output_is_token_identical_to_the_dequantized_model(checkpoint):
     outputs = llm.generate(PROMPTS, SamplingParams(temperature=0.0, max_tokens=32,
                                                    ignore_eos=True))
     for prompt, out in zip(PROMPTS, outputs):
-        assert out.outputs[0].token_ids == reference_greedy(reference, prompt, 32)
+        # Token-identical to the reference's greedy decoding: each generated token is the
+        # reference's argmax given the tokens before it (one teacher-forced pass per prompt,
+        # the same test as decoding greedily, 32 times cheaper).
+        ids = prompt + out.outputs[0].token_ids
+        with torch.no_grad():
+            logits = reference(torch.tensor([ids[:-1]])).logits[0, len(prompt) - 1:]
+        assert logits.argmax(-1).tolist() == out.outputs[0].token_ids
 
 
 def test_quantization_fp8_on_dense_and_random_weights(tmp_path):
