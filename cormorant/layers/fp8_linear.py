@@ -198,7 +198,8 @@ class Fp8LinearMethod(LinearMethod):
 def scaled_mm_rowwise(x: torch.Tensor) -> bool:
     """Whether torch._scaled_mm with rowwise scales runs for x: CUDA sm89+ (Ada, Hopper),
     bf16 output."""
-    return (x.dtype == torch.bfloat16 and hasattr(torch, "_scaled_mm")
+    return (x.device.type == "cuda" and x.dtype == torch.bfloat16
+            and hasattr(torch, "_scaled_mm")
             and torch.cuda.get_device_capability(x.device) >= (8, 9))
 
 

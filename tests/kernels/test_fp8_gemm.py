@@ -55,3 +55,68 @@ def test_dequantize_ref_scales_each_block():
     s = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])  # blocks of 2 rows x 2 columns
     assert torch.equal(fp8_gemm.dequantize_ref(w, s, 2, 2), torch.tensor(
         [[1.0, 1, 2, 2, 3], [1, 1, 2, 2, 3], [4, 4, 5, 5, 6]]))
+
+
+# -- the layer's CUDA dispatch, run on CPU tensors under the interpreter ----------------------
+def _fp8_layer(strategy, block=None, rows=(24, 8, 8), k=64, seed=0):
+    from cormorant.layers.fp8_linear import Fp8LinearMethod
+    from cormorant.layers.linear import QKVParallelLinear
+
+    gen = torch.Generator().manual_seed(seed)
+    layer = QKVParallelLinear(hidden_size=k, head_dim=8, num_heads=rows[0] // 8,
+                              num_kv_heads=rows[1] // 8)
+    method = Fp8LinearMethod(strategy, block, scale_name="weight_scale_inv" if block else
+                             "weight_scale")
+    layer.set_method(method)
+    scale_param = getattr(layer, method.scale_name)
+    for i, (shard, n) in enumerate(zip("qkv", rows)):
+        codes = (torch.randn(n, k, generator=gen) * 64).clamp(-448, 448).to(fp8_gemm.FP8_DTYPE)
+        layer.weight_loader(layer.weight, codes, shard)
+        if strategy == "tensor":
+            scale = torch.tensor(0.01 * (i + 1))  # a different scalar per projection
+        elif strategy == "channel":
+            scale = torch.rand(n, 1, generator=gen) * 0.01 + 1e-3
+        else:
+            scale = torch.rand(n // block[0], -(-k // block[1]), generator=gen) * 0.01 + 1e-3
+        layer.weight_loader(scale_param, scale, shard)
+    method.finalize(layer)
+    return layer, method
+
+
+@pytest.mark.parametrize("strategy,block", [("tensor", None), ("channel", None),
+                                            ("block", (8, 16))])
+@pytest.mark.parametrize("m", [1, 6])
+def test_fp8_layer_kernels_compute_what_its_cpu_reference_computes(strategy, block, m):
+    from cormorant.layers.fp8_linear import FP8_GEMV_MAX_ROWS
+
+    layer, method = _fp8_layer(strategy, block)
+    assert layer.weight_scale.dtype == torch.float32 and layer.weight_scale.dim() == 2
+    x = torch.randn(m, 64, generator=torch.Generator().manual_seed(m))
+    ref = method.apply(layer, x, None)  # CPU: dequantize, then F.linear
+    y = method._cuda_matmul(fp8_gemm, layer, x, None)  # the path CUDA takes for m rows
+    assert (m <= FP8_GEMV_MAX_ROWS) == (m == 1)
+    torch.testing.assert_close(y, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_per_tensor_scales_of_a_fused_layer_expand_per_projection():
+    layer, method = _fp8_layer("tensor")
+    assert torch.equal(layer.weight_scale[:, 0], torch.tensor([0.01] * 24 + [0.02] * 8 + [0.03] * 8))
+    w = method.dequantized(layer, torch.float32)
+    assert torch.equal(w[24:32], layer.weight[24:32].float() * 0.02)
+
+
+def test_scaled_mm_reference_quantizes_activations_per_token():
+    from cormorant.layers.fp8_linear import quantize_activations, quantize_rows, scaled_mm_ref
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 64, generator=gen) * torch.tensor([1, 10, 100, 0.1, 1.0])[:, None]
+    w = torch.randn(24, 64, generator=gen) * 0.05
+    codes, scale = quantize_rows(w)
+    xq, xs = quantize_activations(x, None)
+    assert torch.equal(xs[:, 0], x.abs().amax(1) / 448)  # one scale per token
+    y = scaled_mm_ref(x, codes, scale, None, None)
+    exact = x @ (codes.float() * scale).t()
+    assert ((y - exact).norm(dim=1) / exact.norm(dim=1)).max() < 0.05  # per row: FP8 noise
+    static = scaled_mm_ref(x, codes, scale, torch.tensor([0.1]), None)  # one scale: clips at 44.8
+    err = (static - exact).norm(dim=1) / exact.norm(dim=1)
+    assert err[2] > 0.3 and err[3] < 0.05  # the x100 token clips, the x0.1 token fits
