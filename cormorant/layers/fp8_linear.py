@@ -16,7 +16,9 @@ output channel (amax / 448).
 
 The matmul, by where it runs:
   CPU (and any non-CUDA device)  dequantize-then-matmul in the activation dtype: the reference.
-  CUDA, M <= FP8_GEMV_MAX_ROWS    kernels.fp8_gemm.fp8_gemv (reads one byte per weight).
+  CUDA, M <= FP8_GEMV_MAX_ROWS    kernels.fp8_gemm.fp8_gemv (reads one byte per weight), with
+                                  the deferred residual-add + RMSNorm or SiLU-and-multiply
+                                  folded in (offers_fused_prologue), as the dense GEMV does.
   CUDA, per-channel scales        torch._scaled_mm: activations quantized per token (or by the
                                   static input scale), FP8 tensor cores, rowwise scales (sm89+).
   CUDA, block scales (or no rowwise _scaled_mm)  kernels.fp8_gemm.fp8_gemm (W8A16 tiles).
@@ -37,6 +39,10 @@ FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0
 # Rows up to which the FP8 GEMV runs on CUDA (benchmarks/fp8_probe.py measures the crossover).
 FP8_GEMV_MAX_ROWS = 1
+# Where the kernels run and for which activation dtypes (tests widen these to the CPU in fp32,
+# under TRITON_INTERPRET); elsewhere the dequantize-then-matmul reference runs.
+KERNEL_DEVICE_TYPES = ("cuda",)
+GEMV_DTYPES = (torch.bfloat16, torch.float16)
 STRATEGIES = ("tensor", "channel", "block")
 
 
@@ -174,7 +180,7 @@ class Fp8LinearMethod(LinearMethod):
 
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None
               ) -> torch.Tensor:
-        kernels = load_kernels("fp8_gemm") if x.device.type == "cuda" else None
+        kernels = load_kernels("fp8_gemm") if x.device.type in KERNEL_DEVICE_TYPES else None
         if kernels is None:
             return F.linear(x, self.dequantized(layer, x.dtype), bias)
         shape = x.shape
@@ -183,6 +189,25 @@ class Fp8LinearMethod(LinearMethod):
             x2 = x2.contiguous()
         y = self._cuda_matmul(kernels, layer, x2, bias)
         return y.reshape(*shape[:-1], y.shape[-1])
+
+    def offers_fused_prologue(self, layer: nn.Module, x: torch.Tensor) -> bool:
+        """The decode GEMV folds the norm / SiLU in where it runs: CUDA, bf16/fp16 rows."""
+        return (x.device.type in KERNEL_DEVICE_TYPES and x.dim() == 2
+                and x.shape[0] <= FP8_GEMV_MAX_ROWS and x.dtype in GEMV_DTYPES
+                and x.stride(1) == 1
+                and load_kernels("fp8_gemm") is not None)
+
+    def apply_add_norm(self, layer: nn.Module, hidden: torch.Tensor,
+                       residual: torch.Tensor | None, norm: nn.Module,
+                       bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        return load_kernels("fp8_gemm").fp8_add_rms_norm_gemv(
+            hidden, residual, norm.weight, norm.eps, layer.weight, layer.weight_scale,
+            self.scale_n, self.group_k, bias)
+
+    def apply_silu_mul(self, layer: nn.Module, gate_up: torch.Tensor,
+                       bias: torch.Tensor | None) -> torch.Tensor:
+        return load_kernels("fp8_gemm").fp8_silu_mul_gemv(
+            gate_up, layer.weight, layer.weight_scale, self.scale_n, self.group_k, bias)
 
     def _cuda_matmul(self, kernels: Any, layer: nn.Module, x: torch.Tensor,
                      bias: torch.Tensor | None) -> torch.Tensor:

@@ -120,3 +120,35 @@ def test_scaled_mm_reference_quantizes_activations_per_token():
     static = scaled_mm_ref(x, codes, scale, torch.tensor([0.1]), None)  # one scale: clips at 44.8
     err = (static - exact).norm(dim=1) / exact.norm(dim=1)
     assert err[2] > 0.3 and err[3] < 0.05  # the x100 token clips, the x0.1 token fits
+
+
+@pytest.mark.parametrize("scale_n,group_k", [(1, None), (8, 16)])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_fp8_gemv_add_norm_prologue_matches_norm_then_gemv(scale_n, group_k, with_residual,
+                                                          device):
+    n, k = 40, 96
+    group_k = group_k or k
+    x, w, s, b = _inputs(1, n, k, scale_n, group_k, device, 5)
+    gen = torch.Generator().manual_seed(9)
+    residual = torch.randn(1, k, generator=gen).to(device) if with_residual else None
+    norm_w = (torch.rand(k, generator=gen) + 0.5).to(device)
+    cfg = dict(BLOCK_M=1, BLOCK_N=8, BLOCK_K=32, num_warps=4, num_stages=1)
+    y, total = fp8_gemm.fp8_add_rms_norm_gemv(x, residual, norm_w, 1e-6, w, s, scale_n,
+                                              group_k, b, config=cfg)
+    ref_y, ref_total = fp8_gemm.fp8_add_rms_norm_gemv_ref(x, residual, norm_w, 1e-6, w, s,
+                                                          scale_n, group_k, b)
+    assert torch.equal(total, ref_total)
+    torch.testing.assert_close(y, ref_y, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("scale_n,group_k", [(1, None), (8, 16)])
+def test_fp8_gemv_silu_mul_prologue_matches_activation_then_gemv(scale_n, group_k, device):
+    n, k = 48, 80
+    group_k = group_k or k
+    _, w, s, b = _inputs(1, n, k, scale_n, group_k, device, 6)
+    gate_up = (torch.randn(1, 2 * k, generator=torch.Generator().manual_seed(2)) * 2).to(device)
+    cfg = dict(BLOCK_M=1, BLOCK_N=8, BLOCK_K=32, num_warps=4, num_stages=1)
+    y = fp8_gemm.fp8_silu_mul_gemv(gate_up, w, s, scale_n, group_k, b, config=cfg)
+    torch.testing.assert_close(
+        y, fp8_gemm.fp8_silu_mul_gemv_ref(gate_up, w, s, scale_n, group_k, b),
+        atol=1e-4, rtol=1e-4)
