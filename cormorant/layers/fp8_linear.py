@@ -214,7 +214,8 @@ class Fp8LinearMethod(LinearMethod):
         args = (layer.weight, layer.weight_scale, self.scale_n, self.group_k, bias)
         if x.shape[0] <= FP8_GEMV_MAX_ROWS:
             return kernels.fp8_gemv(x, *args)
-        if layer.weight_scale.shape[1] == 1 and self.scale_n == 1 and scaled_mm_rowwise(x):
+        if (layer.weight_scale.shape[1] == 1 and self.scale_n == 1 and scaled_mm_rowwise(x)
+                and x.shape[1] % 16 == 0 and layer.weight.shape[0] % 16 == 0):  # its tiles
             return scaled_mm(x, layer.weight, layer.weight_scale,
                              getattr(layer, "input_scale", None), bias)
         return kernels.fp8_gemm(x, *args)
