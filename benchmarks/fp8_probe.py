@@ -13,7 +13,8 @@ rounding). Times as benchmarks/gemv_probe.py makes them: cold weights (copies th
 L2), calls captured in a CUDA graph, median of 5 replays. GB/s counts weight bytes; the
 decision it informs is layers.fp8_linear's FP8_GEMV_MAX_ROWS and the _scaled_mm / Triton split.
 One command on the GPU machine, from the repository root:
-    python benchmarks/fp8_probe.py [--ms 1,2,4,16,64,256,1024,4096] [--out fp8_probe.json]
+    python benchmarks/fp8_probe.py [--ms 1,2,4,16,64,256,1024,4096] [--sweep] [--out FILE]
+(--sweep: the M = 1 GEMV's launch settings, plain and with the add + RMSNorm prologue.)
 On the CPU it runs tiny shapes under TRITON_INTERPRET=1 as a smoke test (times meaningless).
 Imports torch, triton and cormorant (repo on path).
 """
@@ -31,8 +32,8 @@ if not torch.cuda.is_available():
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
 from benchmarks.gemv_probe import cpu_time_us, graph_time_us  # noqa: E402
-from cormorant.kernels.fp8_gemm import (fp8_gemm, fp8_gemv, fp8_matmul_ref,  # noqa: E402
-                                        gemm_config)
+from cormorant.kernels.fp8_gemm import (fp8_add_rms_norm_gemv, fp8_gemm,  # noqa: E402
+                                        fp8_gemv, fp8_matmul_ref, gemm_config)
 from cormorant.layers.fp8_linear import (quantize_rows, scaled_mm, scaled_mm_ref,  # noqa: E402
                                          scaled_mm_rowwise)
 
@@ -99,10 +100,46 @@ def probe_shape(name: str, n: int, k: int, ms: list[int], cuda: bool) -> list[di
     return rows
 
 
+SWEEP = [(bn, bk, w, st) for bn in (1, 2, 4, 8) for bk in (1024, 2048, 4096)
+         for w in (2, 4, 8) for st in (2, 4)]
+
+
+def sweep_gemv(name: str, n: int, k: int) -> dict:
+    """M = 1: the fastest GEMV settings, plain and with the add + RMSNorm prologue (the
+    defaults are kernels.gemv's bf16 ones; FP8 rows are half the bytes)."""
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    copies = max(1, min(16, -(-256 * 2**20 // (n * k))))
+    ws = [quantize_rows(torch.randn(n, k, device="cuda", generator=gen) * 0.02)
+          for _ in range(copies)]
+    x = torch.randn(1, k, device="cuda", generator=gen).to(torch.bfloat16)
+    nw = torch.ones(k, device="cuda", dtype=torch.bfloat16)
+    best = {}
+    for kind in ("plain", "add_norm"):
+        times = []
+        for bn, bk, warps, stages in SWEEP:
+            cfg = dict(BLOCK_M=1, BLOCK_N=bn, BLOCK_K=min(bk, 1 << (k - 1).bit_length()),
+                       num_warps=warps, num_stages=stages)
+            if kind == "plain":
+                fn = lambda i, cfg=cfg: fp8_gemv(x, ws[i][0], ws[i][1], 1, k, config=cfg)
+            else:
+                fn = lambda i, cfg=cfg: fp8_add_rms_norm_gemv(x, x, nw, 1e-6, ws[i][0], ws[i][1],
+                                                              1, k, config=cfg)
+            try:
+                times.append((graph_time_us(fn, copies), cfg))
+            except Exception as e:  # noqa: BLE001 - a setting that does not compile
+                print("skip", cfg, type(e).__name__, flush=True)
+        t, cfg = min(times, key=lambda tc: tc[0])
+        best[kind] = {"us": t, "GBps": n * k / t / 1e3, "config": cfg}
+    print("sweep", name, json.dumps(best), flush=True)
+    return best
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ms", default="1,2,4,8,16,64,256,1024,4096")
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
+    parser.add_argument("--sweep", action="store_true",
+                        help="also sweep the M = 1 GEMV settings (plain and add-norm prologue)")
     args = parser.parse_args()
     cuda = torch.cuda.is_available()
     ms = [int(v) for v in args.ms.split(",")] if cuda else [1, 3, 20]
@@ -112,6 +149,9 @@ def main() -> int:
     rows = []
     for name, (n, k) in (SHAPES if cuda else TINY).items():
         rows += probe_shape(name, n, k, ms, cuda)
+    if cuda and args.sweep:
+        rows += [{"shape": name, "sweep": sweep_gemv(name, n, k)}
+                 for name, (n, k) in SHAPES.items()]
     bad = [r for r in rows for key, v in r.items() if key.endswith("_err") and not v < 0.05]
     print("correctness:", "all paths within 5e-2 of their references" if not bad else
           f"FAILED on {len(bad)} rows: {bad[:3]}")

@@ -140,12 +140,20 @@ def _check(x: torch.Tensor, k: int, weight: torch.Tensor, scale: torch.Tensor, s
     assert scale.shape == (triton.cdiv(n, scale_n), triton.cdiv(k, group_k)), scale.shape
 
 
-def gemv_config(m: int, k: int, per_row: bool) -> dict:
-    """Tiles of the GEMV: as kernels.gemv's plain M = 1 setting (one weight row per program,
-    wide K steps), with a few rows per program where block scales are gathered."""
+def gemv_config(m: int, k: int, per_row: bool, prologue: int = PROLOGUE_NONE) -> dict:
+    """Tiles of the GEMV, starting from kernels.gemv's H100 settings (not yet swept for FP8:
+    benchmarks/fp8_probe.py --sweep does). Plain M = 1 with per-row scales: one weight row per
+    program, wide K steps; with a prologue every program re-reads (and normalises) the input
+    rows, so each takes several weight rows; block scales are gathered per element, a few rows
+    per program."""
     block_m = 1 if m == 1 else triton.next_power_of_2(m)
+    p2k = triton.next_power_of_2(k)
+    if m == 1 and prologue != PROLOGUE_NONE:
+        if k >= 4096:
+            return dict(BLOCK_M=1, BLOCK_N=4, BLOCK_K=2048, num_warps=4, num_stages=2)
+        return dict(BLOCK_M=1, BLOCK_N=8, BLOCK_K=min(1024, p2k), num_warps=8, num_stages=3)
     return dict(BLOCK_M=block_m, BLOCK_N=1 if per_row and m == 1 else 4,
-                BLOCK_K=min(1024 if m == 1 else 256, triton.next_power_of_2(k)),
+                BLOCK_K=min(1024 if m == 1 else 256, p2k),
                 num_warps=2 if m == 1 else 4, num_stages=4)
 
 
@@ -157,7 +165,7 @@ def _launch_gemv(prologue: int, x: torch.Tensor, k: int, weight: torch.Tensor,
     m, n = x.shape[0], weight.shape[0]
     _check(x, k, weight, scale, scale_n, group_k)
     per_row = scale.shape[1] == 1
-    cfg = dict(config or gemv_config(m, k, per_row))
+    cfg = dict(config or gemv_config(m, k, per_row, prologue))
     assert cfg["BLOCK_M"] >= m
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     _fp8_gemv_kernel[(triton.cdiv(n, cfg["BLOCK_N"]),)](

@@ -25,7 +25,7 @@ def _run(model, config, monkeypatch, widen: bool):
     calls = []
     kernels = load_kernels("fp8_gemm")
     # wide tiles: the interpreter's cost is per program (the GPU's one-row tiles are slow here)
-    monkeypatch.setattr(kernels, "gemv_config", lambda m, k, per_row: dict(
+    monkeypatch.setattr(kernels, "gemv_config", lambda m, k, per_row, prologue=0: dict(
         BLOCK_M=1, BLOCK_N=32, BLOCK_K=64, num_warps=4, num_stages=1))
     for name in ("fp8_gemv", "fp8_gemm", "fp8_add_rms_norm_gemv", "fp8_silu_mul_gemv"):
         real = getattr(kernels, name)
