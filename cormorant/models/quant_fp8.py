@@ -16,6 +16,8 @@ what is supported. Imports: cormorant.layers (fp8_linear, linear), cormorant.mod
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import nn
 
 from cormorant.layers.fp8_linear import Fp8LinearMethod
@@ -29,7 +31,8 @@ CT_WEIGHT_STRATEGIES = ("tensor", "channel", "block")
 CT_INPUT_STRATEGIES = {False: ("tensor",), True: ("tensor", "token", "group")}  # by dynamic
 
 
-def _chooser(make: callable, ignore: list[str]) -> callable:
+def _chooser(make: Callable[[], Fp8LinearMethod], ignore: list[str]
+             ) -> Callable[[nn.Module], LinearMethodChooser]:
     """A scheme's chooser: a fresh method per quantized layer; ignored layers stay dense."""
     def chooser(model: nn.Module) -> LinearMethodChooser:
         def choose(name: str, layer: LinearBase) -> Fp8LinearMethod | None:
