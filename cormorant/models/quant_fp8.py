@@ -1,4 +1,4 @@
-"""FP8 (e4m3) weight formats: compressed-tensors "float-quantized", quant_method "fp8", `--quantization fp8`.
+"""FP8 (e4m3) weight formats: compressed-tensors float, quant_method "fp8", `--quantization fp8`.
 
 Registers with models.quantization:
 - compressed-tensors, weights of type "float" (8 bits, symmetric, static): strategy "tensor",

@@ -100,7 +100,8 @@ def test_fp8_layer_kernels_compute_what_its_cpu_reference_computes(strategy, blo
 
 def test_per_tensor_scales_of_a_fused_layer_expand_per_projection():
     layer, method = _fp8_layer("tensor")
-    assert torch.equal(layer.weight_scale[:, 0], torch.tensor([0.01] * 24 + [0.02] * 8 + [0.03] * 8))
+    expected = torch.tensor([0.01] * 24 + [0.02] * 8 + [0.03] * 8)
+    assert torch.equal(layer.weight_scale[:, 0], expected)
     w = method.dequantized(layer, torch.float32)
     assert torch.equal(w[24:32], layer.weight[24:32].float() * 0.02)
 

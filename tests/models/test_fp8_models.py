@@ -133,7 +133,8 @@ def test_bad_fp8_checkpoints_fail_at_load_with_a_clear_error(tmp_path):
     path = tmp_path / "blocks"
     write_fp8_blocks(base, path, (32, 32))
     key = "model.layers.0.mlp.down_proj.weight_scale_inv"
-    _edit_tensors(path, lambda s: s.__setitem__(key, s[key][:, :1].contiguous()))  # wrong scale shape
+    # a scale of the wrong shape
+    _edit_tensors(path, lambda s: s.__setitem__(key, s[key][:, :1].contiguous()))
     with pytest.raises(ValueError, match="down_proj.weight_scale_inv.*does not fit"):
         _load(path)
     _edit_tensors(path, lambda s: s.pop(key))  # missing scale
