@@ -93,9 +93,13 @@ ENGINE_ARGS: tuple[EngineArg, ...] = (
               note="registry: the model entry's own device key"),
     EngineArg("quantization", str, "a quantized GGUF on the CPU: gguf keeps the linear "
               "weights in their blocks (int4 kernels for Q4_0/Q4_1/Q4_K, int8 for other types); "
-              "none dequantizes them to the dtype (exact: token-identical to transformers); auto: none",
-              "quantization", choices=("auto", "none", "gguf"),
-              commands=("serve", "generate", "chat", "llm", "registry"), note=_AS_SERVED),
+              "none dequantizes them to the dtype (exact: token-identical to transformers); "
+              "fp8 quantizes dense (or random) weights to FP8 at load (per-channel scales); "
+              "auto: a Hugging Face checkpoint's own quantization_config, else none",
+              "quantization", choices=("auto", "none", "gguf", "fp8"),
+              commands=("serve", "generate", "chat", "bench", "llm", "registry"),
+              note="bench: fp8 quantizes the random weights of B1-B3 (their floors count "
+              "one byte per weight and FP8 matmul rates)"),
     EngineArg("threads", int, "CPU threads for the model's kernels", "threads",
               optional=True, none_means="the cores this process may use (affinity and cgroup "
               "quota)", commands=("serve", "generate", "chat", "bench", "llm", "registry")),

@@ -78,7 +78,8 @@ def run_bench(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    ctx = make_context(scale, args.device, args.dtype, out_dir, budget, args.profile)
+    ctx = make_context(scale, args.device, args.dtype, out_dir, budget, args.profile,
+                       args.quantization)
     ctx.async_scheduling = args.async_scheduling
     ctx.engine_process = args.engine_process
     ctx.threads = args.threads

@@ -40,6 +40,7 @@ class EngineSettings:
     async_scheduling: bool | None = None  # None: on for CUDA
     kv_cache_dtype: str = "auto"  # auto (the model's dtype) | fp8
     tensor_parallel_size: int = 1
+    quantization: str = "auto"  # "fp8": the random weights quantized at load
 
     def engine_config(self, name: str) -> EngineConfig:
         """Configuration `name` (bench.configs) on seeded random weights."""
@@ -53,7 +54,7 @@ class EngineSettings:
                                       max_num_batched_tokens=self.max_num_batched_tokens,
                                       max_model_len=self.max_model_len),
             attention_backend=self.attention_backend, async_scheduling=self.async_scheduling,
-            tensor_parallel_size=self.tensor_parallel_size)
+            tensor_parallel_size=self.tensor_parallel_size, quantization=self.quantization)
 
 
 def release() -> None:
@@ -83,6 +84,7 @@ class RunContext:
     tensor_parallel_size: int = 1  # B1-B4: devices per engine
     b4b_rate: float | None = None  # B4 with a batch: the request rate (None: the scale's)
     kv_cache_dtype: str = "auto"  # the offline benchmarks' KV cache: auto | fp8 (B1-B3)
+    quantization: str = "auto"  # B1-B3's weights: "fp8" quantizes them at load
     env: dict = field(default_factory=dict)
 
     @property
@@ -106,10 +108,16 @@ class RunContext:
         """The configuration to run for `name`: itself, or its tiny stand-in in a tiny run."""
         return resolve_name(name, self.is_tiny)
 
+    @property
+    def body_weight_bytes(self) -> int:
+        """Bytes of one matmul weight of the model body (the floors' weight reads)."""
+        return 1 if self.quantization == "fp8" else self.dtype_bytes
+
     def settings(self, **engine) -> EngineSettings:
         engine.setdefault("async_scheduling", self.async_scheduling)
         engine.setdefault("kv_cache_dtype", self.kv_cache_dtype)
         engine.setdefault("tensor_parallel_size", self.tensor_parallel_size)
+        engine.setdefault("quantization", self.quantization)
         return EngineSettings(dtype=self.dtype_name, device=str(self.device), **engine)
 
     def seconds_left(self) -> float:
@@ -117,15 +125,17 @@ class RunContext:
 
 
 def make_context(scale: str, device: str, dtype: str, out_dir: Path,
-                 budget_s: float | None, profile: bool = False) -> RunContext:
+                 budget_s: float | None, profile: bool = False,
+                 quantization: str = "auto") -> RunContext:
     dev = resolve_device(device)
     # bf16 is what the issue's floors and targets assume; "auto" keeps float32 on the CPU,
     # where smoke runs only prove that the suite works.
     dt = resolve_dtype(dtype, None, dev)
     deadline = None if budget_s is None else time.monotonic() + budget_s
-    ceilings = measure_ceilings(dev, dt)
+    ceilings = measure_ceilings(dev, dt, fp8=quantization == "fp8")
     release()  # the measurement's GiB buffers must not count against the first KV cache
-    return RunContext(scale, dev, dt, ceilings, out_dir, deadline, profile)
+    return RunContext(scale, dev, dt, ceilings, out_dir, deadline, profile,
+                      quantization=quantization)
 
 
 def child_env() -> dict[str, str]:

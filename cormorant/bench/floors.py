@@ -72,8 +72,10 @@ def device_name(device: torch.device) -> str:
 
 
 @torch.no_grad()
-def measure_ceilings(device: torch.device, dtype: torch.dtype, repeats: int = 10) -> Ceilings:
-    """Copy bandwidth and matmul rate on `device`; sizes shrink on the CPU (smoke runs)."""
+def measure_ceilings(device: torch.device, dtype: torch.dtype, repeats: int = 10,
+                     fp8: bool = False) -> Ceilings:
+    """Copy bandwidth and matmul rate on `device`; sizes shrink on the CPU (smoke runs).
+    fp8: the matmul rate is FP8's (torch._scaled_mm, rowwise scales) where CUDA has it."""
     is_gpu = device.type == "cuda"
     num_bytes = (1 << 30) if is_gpu else (32 << 20)
     src = torch.empty(num_bytes, dtype=torch.uint8, device=device).random_(0, 255)
@@ -85,9 +87,16 @@ def measure_ceilings(device: torch.device, dtype: torch.dtype, repeats: int = 10
     b = torch.randn(n, n, device=device, dtype=dtype)
     out = torch.empty(n, n, device=device, dtype=dtype)
     mm_s = statistics.median(_timed(device, lambda: torch.mm(a, b, out=out), repeats))
+    name = str(dtype).removeprefix("torch.")
+    if fp8 and is_gpu and torch.cuda.get_device_capability(device) >= (8, 9):
+        a8, b8 = a.to(torch.float8_e4m3fn), b.to(torch.float8_e4m3fn).t()  # b8 column-major
+        sa, sb = torch.ones(n, 1, device=device), torch.ones(1, n, device=device)
+        mm_s = statistics.median(_timed(device, lambda: torch._scaled_mm(
+            a8, b8, scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16), repeats))
+        name = "float8_e4m3fn"
+        del a8, b8
     del a, b, out
-    return Ceilings(device_name(device), 2 * num_bytes / copy_s, 2 * n**3 / mm_s,
-                    str(dtype).removeprefix("torch."))
+    return Ceilings(device_name(device), 2 * num_bytes / copy_s, 2 * n**3 / mm_s, name)
 
 
 @dataclass(frozen=True)
@@ -101,9 +110,10 @@ class StepCost:
     attn_flops_per_pair: int  # per (query token, context token) pair, all layers
 
     @classmethod
-    def of(cls, cfg: ModelConfig, dtype_bytes: int = 2, kv_dtype_bytes: int | None = None
-           ) -> "StepCost":
-        """kv_dtype_bytes: a KV-cache element's size when it differs (1: an fp8 cache)."""
+    def of(cls, cfg: ModelConfig, dtype_bytes: int = 2, body_bytes: int | None = None, *,
+           kv_dtype_bytes: int | None = None) -> "StepCost":
+        """body_bytes: bytes of one body matmul weight (1 for FP8; default dtype_bytes);
+        kv_dtype_bytes: a KV-cache element's size when it differs (1: an fp8 cache)."""
         kv_bytes = dtype_bytes if kv_dtype_bytes is None else kv_dtype_bytes
         h, d = cfg.hidden_size, cfg.head_dim
         qkv = h * (cfg.num_heads + 2 * cfg.num_kv_heads) * d
@@ -115,7 +125,7 @@ class StepCost:
         head = cfg.vocab_size * h
         small = cfg.num_layers * (bias + norms) + h
         return cls(body_params=body, head_params=head,
-                   weight_bytes=(body + head + small) * dtype_bytes,
+                   weight_bytes=body * (body_bytes or dtype_bytes) + (head + small) * dtype_bytes,
                    kv_bytes_per_token=2 * cfg.num_layers * cfg.num_kv_heads * d * kv_bytes,
                    attn_flops_per_pair=4 * cfg.num_layers * cfg.num_heads * d)
 

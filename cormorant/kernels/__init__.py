@@ -1,6 +1,6 @@
 """Triton kernels for the GPU fast path, each with a plain PyTorch reference beside it.
 
-Modules (each imports only torch and triton):
+Modules (each imports only torch and triton; fp8_gemm also gemv's prologue helper):
   paged_attention  one-launch paged attention for packed prefill-with-prefix + decode batches
                    (GQA-grouped tiles, optional split-KV with a reduction pass)
   kv_cache         scatter of this step's keys and values into the paged cache
@@ -9,6 +9,7 @@ Modules (each imports only torch and triton):
   activation       SiLU-and-multiply of a packed gate/up projection
   qk_prep          q/k RMSNorm + rotary + KV-cache write in one launch
   gemv             batch-1 decode GEMV, optionally with an add + RMSNorm or SiLU prologue
+  fp8_gemm         FP8-weight GEMV (same prologues) and GEMM, per-channel or block scales
 
 This package file imports nothing heavy, so `import cormorant.kernels` works on machines
 without Triton; layers get a submodule through `load(name)`, which is None where it cannot be

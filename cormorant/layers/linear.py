@@ -251,12 +251,15 @@ class LinearBase(nn.Module):
 
     def set_method(self, method: LinearMethod) -> None:
         """Swap the weight format before loading: the new method's parameters replace the
-        old ones (created with torch.empty, so the old never touched memory)."""
+        old ones (created with torch.empty, so the old never touched memory), on the device
+        the old ones were on."""
+        device = next(self.parameters(recurse=False), torch.empty(0)).device
         for name, param in list(self.named_parameters(recurse=False)):
             if param is not self.bias:
                 delattr(self, name)
         self.method = method
-        method.create_weights(self, self._local_in(), self._local_out())
+        with torch.device(device):
+            method.create_weights(self, self._local_in(), self._local_out())
 
     def forward(self, x: LinearInput) -> torch.Tensor:
         return self._project(x, self.bias)

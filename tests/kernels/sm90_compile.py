@@ -37,8 +37,9 @@ class _Recorder:
 
 def _record(launches):
     """Run each (label, thunk) with the kernel modules' kernels replaced by recorders."""
-    from cormorant.kernels import activation, kv_cache, paged_attention, qk_prep, rmsnorm, rotary
-    modules = (activation, kv_cache, paged_attention, qk_prep, rmsnorm, rotary)
+    from cormorant.kernels import (activation, fp8_gemm, kv_cache, paged_attention, qk_prep,
+                                   rmsnorm, rotary)
+    modules = (activation, fp8_gemm, kv_cache, paged_attention, qk_prep, rmsnorm, rotary)
     recorded = []
     originals = {}
     for module in modules:
@@ -110,7 +111,29 @@ def _launches(full: bool):
     for dtype in dtypes:
         out += _small_kernel_thunks(rotary, rmsnorm, kv_cache, activation, dtype)
     out += _fp8_kv_thunks(paged_attention, kv_cache)
-    return out
+    return out + _fp8_thunks()
+
+
+def _fp8_thunks():
+    """FP8-weight GEMV (its default tiles, each prologue) and GEMM at Llama-8B sizes, with
+    per-channel and 128 x 128 block scales."""
+    from cormorant.kernels import fp8_gemm as f
+    bf16 = torch.bfloat16
+    w = torch.empty(6144, 4096, dtype=f.FP8_DTYPE)
+    down = torch.empty(4096, 14336, dtype=f.FP8_DTYPE)
+    row, blk = torch.ones(6144, 1), torch.ones(48, 32)
+    x1, x256 = torch.randn(1, 4096, dtype=bf16), torch.randn(256, 4096, dtype=bf16)
+    nw = torch.ones(4096, dtype=bf16)
+    return [
+        ("fp8 gemv", lambda: f.fp8_gemv(x1, w, row, 1, 4096)),
+        ("fp8 gemv blocks", lambda: f.fp8_gemv(x1, w, blk, 128, 128)),
+        ("fp8 gemv add_norm", lambda: f.fp8_add_rms_norm_gemv(x1, x1, nw, 1e-6, w, row, 1,
+                                                              4096)),
+        ("fp8 gemv silu", lambda: f.fp8_silu_mul_gemv(torch.randn(1, 2 * 14336, dtype=bf16),
+                                                      down, torch.ones(4096, 1), 1, 14336)),
+        ("fp8 gemm", lambda: f.fp8_gemm(x256, w, row, 1, 4096)),
+        ("fp8 gemm blocks", lambda: f.fp8_gemm(x256, w, blk, 128, 128)),
+    ]
 
 
 def _fp8_kv_thunks(pa, kv_cache):

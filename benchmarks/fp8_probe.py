@@ -1,0 +1,165 @@
+"""FP8 matmul probe: which path is faster for FP8 weights on Llama-3.1-8B shapes, and is it right.
+
+For each projection (qkv, o, gate_up, down) and rows M (1 .. 4096) it times, in microseconds:
+  bf16        cuBLAS on the bf16 weight (the baseline the FP8 paths must beat);
+  gemv        kernels.fp8_gemm.fp8_gemv, per-channel scales (M <= 16);
+  gemm        kernels.fp8_gemm.fp8_gemm, per-channel scales (Triton, bf16 tensor cores);
+  scaled_mm   layers.fp8_linear.scaled_mm: per-token activation quantization + torch._scaled_mm
+              (FP8 tensor cores, rowwise scales; sm89+);
+  blk_gemv / blk_gemm  the same kernels with 128 x 128 block scales (quant_method "fp8").
+Each path's output is first checked against its fp32 reference (relative error, printed as
+err; activations quantized to FP8 make scaled_mm's ~3e-2, the weight-only paths ~1e-2 of bf16
+rounding). Times as benchmarks/gemv_probe.py makes them: cold weights (copies that overflow
+L2), calls captured in a CUDA graph, median of 5 replays. GB/s counts weight bytes; the
+decision it informs is layers.fp8_linear's FP8_GEMV_MAX_ROWS and the _scaled_mm / Triton split.
+One command on the GPU machine, from the repository root:
+    python benchmarks/fp8_probe.py [--ms 1,2,4,16,64,256,1024,4096] [--sweep] [--out FILE]
+(--sweep: the M = 1 GEMV's launch settings, plain and with the add + RMSNorm prologue.)
+On the CPU it runs tiny shapes under TRITON_INTERPRET=1 as a smoke test (times meaningless).
+Imports torch, triton and cormorant (repo on path).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+
+from benchmarks.gemv_probe import cpu_time_us, graph_time_us  # noqa: E402
+from cormorant.kernels.fp8_gemm import (fp8_add_rms_norm_gemv, fp8_gemm,  # noqa: E402
+                                        fp8_gemv, fp8_matmul_ref, gemm_config)
+from cormorant.layers.fp8_linear import (quantize_rows, scaled_mm, scaled_mm_ref,  # noqa: E402
+                                         scaled_mm_rowwise)
+
+SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096),
+          "down": (4096, 14336)}
+TINY = {"qkv": (96, 64), "down": (64, 160)}
+BLOCK = 128
+
+
+def block_scales(w: torch.Tensor, bn: int, bk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    n, k = w.shape
+    blocks = w.float().reshape(n // bn, bn, k // bk, bk)
+    scale = (blocks.abs().amax(dim=(1, 3)) / 448).clamp(min=1e-12)
+    codes = (blocks / scale[:, None, :, None]).clamp(-448, 448).reshape(n, k)
+    return codes.to(torch.float8_e4m3fn), scale
+
+
+def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((y.float() - ref.float()).norm() / ref.float().norm())
+
+
+def paths(m: int, cuda: bool, bk: int) -> dict:
+    """name -> (fn(x, weights_i) -> y, reference fn(x, weights_0) -> y) for rows m."""
+    out = {}
+    if m <= 16:
+        out["gemv"] = (lambda x, w: fp8_gemv(x, w["q"], w["s"], 1, x.shape[1]),
+                       lambda x, w: fp8_matmul_ref(x, w["q"], w["s"], 1, x.shape[1]))
+        out["blk_gemv"] = (lambda x, w: fp8_gemv(x, w["bq"], w["bs"], bk, bk),
+                           lambda x, w: fp8_matmul_ref(x, w["bq"], w["bs"], bk, bk))
+    out["gemm"] = (lambda x, w: fp8_gemm(x, w["q"], w["s"], 1, x.shape[1]),
+                   lambda x, w: fp8_matmul_ref(x, w["q"], w["s"], 1, x.shape[1]))
+    out["blk_gemm"] = (lambda x, w: fp8_gemm(x, w["bq"], w["bs"], bk, bk),
+                       lambda x, w: fp8_matmul_ref(x, w["bq"], w["bs"], bk, bk))
+    if cuda and scaled_mm_rowwise(torch.empty(1, device="cuda", dtype=torch.bfloat16)):
+        out["scaled_mm"] = (lambda x, w: scaled_mm(x, w["q"], w["s"], None, None),
+                            lambda x, w: scaled_mm_ref(x, w["q"], w["s"], None, None))
+    return out
+
+
+def probe_shape(name: str, n: int, k: int, ms: list[int], cuda: bool) -> list[dict]:
+    device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
+    bk = BLOCK if cuda else 32
+    timer = graph_time_us if cuda else cpu_time_us
+    gen = torch.Generator(device=device).manual_seed(0)
+    copies = max(1, min(16, -(-256 * 2**20 // (n * k)))) if cuda else 1
+    weights = []
+    for _ in range(copies):
+        w = torch.randn(n, k, device=device, generator=gen) * 0.02
+        q, s = quantize_rows(w)
+        bq, bs = block_scales(w, bk, bk)
+        weights.append(dict(w=w.to(dtype), q=q, s=s.contiguous(), bq=bq, bs=bs))
+    rows = []
+    for m in ms:
+        x = torch.randn(m, k, device=device, generator=gen).to(dtype)
+        row = {"shape": name, "N": n, "K": k, "M": m,
+               "bf16_us": timer(lambda i: x @ weights[i]["w"].t(), copies)}
+        for path, (fn, ref) in paths(m, cuda, bk).items():
+            row[f"{path}_err"] = rel_err(fn(x, weights[0]), ref(x, weights[0]))
+            row[f"{path}_us"] = timer(lambda i, fn=fn: fn(x, weights[i]), copies)
+            row[f"{path}_GBps"] = n * k / row[f"{path}_us"] / 1e3
+        rows.append(row)
+        print(" | ".join(f"{key} {val:.3g}" if isinstance(val, float) else f"{key} {val}"
+                         for key, val in row.items()), flush=True)
+    return rows
+
+
+SWEEP = [(bn, bk, w, st) for bn in (1, 2, 4, 8) for bk in (1024, 2048, 4096)
+         for w in (2, 4, 8) for st in (2, 4)]
+
+
+def sweep_gemv(name: str, n: int, k: int) -> dict:
+    """M = 1: the fastest GEMV settings, plain and with the add + RMSNorm prologue (the
+    defaults are kernels.gemv's bf16 ones; FP8 rows are half the bytes)."""
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    copies = max(1, min(16, -(-256 * 2**20 // (n * k))))
+    ws = [quantize_rows(torch.randn(n, k, device="cuda", generator=gen) * 0.02)
+          for _ in range(copies)]
+    x = torch.randn(1, k, device="cuda", generator=gen).to(torch.bfloat16)
+    nw = torch.ones(k, device="cuda", dtype=torch.bfloat16)
+    best = {}
+    for kind in ("plain", "add_norm"):
+        times = []
+        for bn, bk, warps, stages in SWEEP:
+            cfg = dict(BLOCK_M=1, BLOCK_N=bn, BLOCK_K=min(bk, 1 << (k - 1).bit_length()),
+                       num_warps=warps, num_stages=stages)
+            if kind == "plain":
+                fn = lambda i, cfg=cfg: fp8_gemv(x, ws[i][0], ws[i][1], 1, k, config=cfg)
+            else:
+                fn = lambda i, cfg=cfg: fp8_add_rms_norm_gemv(x, x, nw, 1e-6, ws[i][0], ws[i][1],
+                                                              1, k, config=cfg)
+            try:
+                times.append((graph_time_us(fn, copies), cfg))
+            except Exception as e:  # noqa: BLE001 - a setting that does not compile
+                print("skip", cfg, type(e).__name__, flush=True)
+        t, cfg = min(times, key=lambda tc: tc[0])
+        best[kind] = {"us": t, "GBps": n * k / t / 1e3, "config": cfg}
+    print("sweep", name, json.dumps(best), flush=True)
+    return best
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ms", default="1,2,4,8,16,64,256,1024,4096")
+    parser.add_argument("--out", default=None, help="write the rows as JSON here")
+    parser.add_argument("--sweep", action="store_true",
+                        help="also sweep the M = 1 GEMV settings (plain and add-norm prologue)")
+    args = parser.parse_args()
+    cuda = torch.cuda.is_available()
+    ms = [int(v) for v in args.ms.split(",")] if cuda else [1, 3, 20]
+    if cuda:
+        print(torch.cuda.get_device_name(), torch.__version__, gemm_config(256, 128, False),
+              flush=True)
+    rows = []
+    for name, (n, k) in (SHAPES if cuda else TINY).items():
+        rows += probe_shape(name, n, k, ms, cuda)
+    if cuda and args.sweep:
+        rows += [{"shape": name, "sweep": sweep_gemv(name, n, k)}
+                 for name, (n, k) in SHAPES.items()]
+    bad = [r for r in rows for key, v in r.items() if key.endswith("_err") and not v < 0.05]
+    print("correctness:", "all paths within 5e-2 of their references" if not bad else
+          f"FAILED on {len(bad)} rows: {bad[:3]}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

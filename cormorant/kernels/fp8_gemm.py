@@ -1,0 +1,273 @@
+"""FP8 (e4m3) weight matmuls in Triton: a decode GEMV and a tiled GEMM that dequantize in-kernel.
+
+Both compute y[M, N] = x[M, K] @ (W[N, K] * S)^T (+ bias) with W in float8_e4m3fn and S the
+weight scales in one layout for every FP8 format: S[ceil(N / scale_n), ceil(K / group_k)]
+fp32, so that weight (n, k) is scaled by S[n // scale_n, k // group_k]:
+  per-channel (and per-tensor, expanded per row at load)  scale_n = 1,   group_k = K;
+  block-wise (quant_method "fp8", weight_block_size)      scale_n = 128, group_k = 128.
+x stays in its own dtype (bf16 on the GPU): these are weight-only kernels (W8A16); the FP8
+tensor-core path with quantized activations is torch._scaled_mm in layers.fp8_linear.
+
+  fp8_gemv  a few rows (decode): each program owns BLOCK_N output columns for every row and
+            streams its [BLOCK_N, K] slice of W once, one byte per weight (half of bf16's);
+            like kernels.gemv it may make its input on the fly (fp8_add_rms_norm_gemv: the
+            residual add + RMSNorm; fp8_silu_mul_gemv: SiLU-and-multiply), one launch for two.
+  fp8_gemm  any M: [BLOCK_M, BLOCK_N] tiles, tl.dot on the dequantized [BLOCK_K, BLOCK_N]
+            tile; BLOCK_K divides group_k, so each K step has one scale per output column.
+Accumulation is fp32; per-channel scales are applied once at the end (PER_ROW), block scales
+per K step. References in plain PyTorch are beside them.
+Imports torch, triton and kernels.gemv (its prologue helper and codes).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from cormorant.kernels.gemv import (PROLOGUE_ADD_NORM, PROLOGUE_NONE, PROLOGUE_SILU_MUL,
+                                    _input_sum)
+
+FP8_DTYPE = torch.float8_e4m3fn
+FP8_MAX = 448.0  # the largest finite e4m3fn value
+
+
+@triton.jit
+def _fp8_gemv_kernel(x_ptr, r_ptr, nw_ptr, res_out_ptr, w_ptr, s_ptr, b_ptr, y_ptr, M, N, K,
+                     stride_xm, stride_rm, stride_om, stride_wn, stride_sn, stride_ym, eps,
+                     SCALE_N: tl.constexpr, GROUP_K: tl.constexpr, PER_ROW: tl.constexpr,
+                     PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+                     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr):
+    pid = tl.program_id(0)
+    dtype = y_ptr.dtype.element_ty
+    offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    offs_m = tl.arange(0, BLOCK_M)
+    mask_n = offs_n < N
+    mask_m = offs_m < M
+    if PROLOGUE == 1:  # RMSNorm statistics first, as kernels.gemv does
+        sq = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            ks = k0 + offs_k
+            s = _input_sum(x_ptr, r_ptr, offs_m, ks, mask_m[:, None] & (ks[None, :] < K),
+                           stride_xm, stride_rm, HAS_RESIDUAL)
+            sq += tl.sum(s * s, axis=1)
+        rstd = tl.rsqrt(sq / K + eps)
+    s_rows = s_ptr + (offs_n // SCALE_N) * stride_sn  # [BN]
+    w_ptrs = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + offs_k
+        kmask = ks < K
+        xmask = mask_m[:, None] & kmask[None, :]
+        if PROLOGUE == 0:
+            x = tl.load(x_ptr + offs_m[:, None] * stride_xm + ks[None, :], mask=xmask,
+                        other=0.0)
+        elif PROLOGUE == 1:
+            s = _input_sum(x_ptr, r_ptr, offs_m, ks, xmask, stride_xm, stride_rm, HAS_RESIDUAL)
+            if HAS_RESIDUAL:  # program 0 writes the sum: the next layer's residual
+                tl.store(res_out_ptr + offs_m[:, None] * stride_om + ks[None, :], s.to(dtype),
+                         mask=xmask & (pid == 0))
+            nw = tl.load(nw_ptr + ks, mask=kmask, other=0.0).to(tl.float32)
+            x = ((s * rstd[:, None]).to(dtype).to(tl.float32) * nw[None, :]).to(dtype)
+        else:
+            g_ptrs = x_ptr + offs_m[:, None] * stride_xm + ks[None, :]
+            g = tl.load(g_ptrs, mask=xmask, other=0.0).to(tl.float32)
+            u = tl.load(g_ptrs + K, mask=xmask, other=0.0).to(tl.float32)
+            x = (g / (1.0 + tl.exp(-g)) * u).to(dtype)
+        x = x.to(tl.float32)
+        w = tl.load(w_ptrs, mask=mask_n[:, None] & kmask[None, :], other=0.0).to(tl.float32)
+        if not PER_ROW:
+            s = tl.load(s_rows[:, None] + (ks // GROUP_K)[None, :],
+                        mask=mask_n[:, None] & kmask[None, :], other=0.0)
+            w = w * s
+        if BLOCK_M == 1:
+            acc += tl.sum(w * x, axis=1)[None, :]
+        else:
+            acc += tl.sum(w[None, :, :] * x[:, None, :], axis=2)
+        w_ptrs += BLOCK_K
+    if PER_ROW:
+        acc = acc * tl.load(s_rows, mask=mask_n, other=0.0)[None, :]
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
+    tl.store(y_ptrs, acc.to(dtype), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _fp8_gemm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn,
+                     stride_sn, stride_ym, SCALE_N: tl.constexpr, GROUP_K: tl.constexpr,
+                     PER_ROW: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    pid = tl.program_id(0)
+    num_m, num_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
+    group = pid // (GROUP_M * num_n)  # grouped ordering: neighbouring programs share W tiles
+    first_m = group * GROUP_M
+    size_m = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % (GROUP_M * num_n)) % size_m
+    pid_n = (pid % (GROUP_M * num_n)) // size_m
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_m, mask_n = offs_m < M, offs_n < N
+    s_cols = s_ptr + (offs_n // SCALE_N) * stride_sn  # [BN]
+    x_ptrs = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + offs_k[None, :]
+    w_ptrs = w_ptr + offs_n[None, :].to(tl.int64) * stride_wn + offs_k[:, None]  # [BK, BN]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        kmask = (k0 + offs_k) < K
+        x = tl.load(x_ptrs, mask=mask_m[:, None] & kmask[None, :], other=0.0)
+        w = tl.load(w_ptrs, mask=kmask[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
+        if not PER_ROW:
+            w = w * tl.load(s_cols + k0 // GROUP_K, mask=mask_n, other=0.0)[None, :]
+        acc += tl.dot(x, w.to(x.dtype))
+        x_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K
+    if PER_ROW:
+        acc = acc * tl.load(s_cols, mask=mask_n, other=0.0)[None, :]
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+def _check(x: torch.Tensor, k: int, weight: torch.Tensor, scale: torch.Tensor, scale_n: int,
+           group_k: int) -> None:
+    n = weight.shape[0]
+    assert weight.dtype == FP8_DTYPE and weight.shape[1] == k, (x.shape, weight.shape)
+    assert x.stride(1) == 1 and weight.stride(1) == 1 and scale.stride(1) == 1
+    assert scale.dtype == torch.float32
+    assert scale.shape == (triton.cdiv(n, scale_n), triton.cdiv(k, group_k)), scale.shape
+
+
+def gemv_config(m: int, k: int, per_row: bool, prologue: int = PROLOGUE_NONE) -> dict:
+    """Tiles of the GEMV, starting from kernels.gemv's H100 settings (not yet swept for FP8:
+    benchmarks/fp8_probe.py --sweep does). Plain M = 1 with per-row scales: one weight row per
+    program, wide K steps; with a prologue every program re-reads (and normalises) the input
+    rows, so each takes several weight rows; block scales are gathered per element, a few rows
+    per program."""
+    block_m = 1 if m == 1 else triton.next_power_of_2(m)
+    p2k = triton.next_power_of_2(k)
+    if m == 1 and prologue != PROLOGUE_NONE:
+        if k >= 4096:
+            return dict(BLOCK_M=1, BLOCK_N=4, BLOCK_K=2048, num_warps=4, num_stages=2)
+        return dict(BLOCK_M=1, BLOCK_N=8, BLOCK_K=min(1024, p2k), num_warps=8, num_stages=3)
+    return dict(BLOCK_M=block_m, BLOCK_N=1 if per_row and m == 1 else 4,
+                BLOCK_K=min(1024 if m == 1 else 256, p2k),
+                num_warps=2 if m == 1 else 4, num_stages=4)
+
+
+def _launch_gemv(prologue: int, x: torch.Tensor, k: int, weight: torch.Tensor,
+                 scale: torch.Tensor, scale_n: int, group_k: int, bias: torch.Tensor | None,
+                 config: dict | None, residual: torch.Tensor | None = None,
+                 norm_weight: torch.Tensor | None = None, eps: float = 0.0,
+                 residual_out: torch.Tensor | None = None) -> torch.Tensor:
+    m, n = x.shape[0], weight.shape[0]
+    _check(x, k, weight, scale, scale_n, group_k)
+    per_row = scale.shape[1] == 1
+    cfg = dict(config or gemv_config(m, k, per_row, prologue))
+    assert cfg["BLOCK_M"] >= m
+    y = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    _fp8_gemv_kernel[(triton.cdiv(n, cfg["BLOCK_N"]),)](
+        x, residual if residual is not None else x,
+        norm_weight if norm_weight is not None else scale,
+        residual_out if residual_out is not None else y, weight, scale,
+        bias if bias is not None else scale, y, m, n, k, x.stride(0),
+        residual.stride(0) if residual is not None else 0,
+        residual_out.stride(0) if residual_out is not None else 0,
+        weight.stride(0), scale.stride(0), y.stride(0), eps, SCALE_N=scale_n,
+        GROUP_K=group_k, PER_ROW=per_row, PROLOGUE=prologue,
+        HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None, **cfg)
+    return y
+
+
+def fp8_gemv(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, scale_n: int,
+             group_k: int, bias: torch.Tensor | None = None, config: dict | None = None
+             ) -> torch.Tensor:
+    """x [M, K] (a few rows) @ dequant(weight [N, K] fp8, scale)^T (+ bias) -> [M, N]."""
+    return _launch_gemv(PROLOGUE_NONE, x, x.shape[1], weight, scale, scale_n, group_k, bias,
+                        config)
+
+
+def fp8_add_rms_norm_gemv(hidden: torch.Tensor, residual: torch.Tensor | None,
+                          norm_weight: torch.Tensor, eps: float, weight: torch.Tensor,
+                          scale: torch.Tensor, scale_n: int, group_k: int,
+                          bias: torch.Tensor | None = None, config: dict | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(RMSNorm(hidden + residual) @ dequant(W)^T (+ bias), hidden + residual) in one launch,
+    rounding as kernels.gemv.add_rms_norm_gemm does; residual None: RMSNorm(hidden)."""
+    residual_out = None
+    if residual is not None:
+        assert residual.shape == hidden.shape and residual.stride(1) == 1
+        residual_out = torch.empty_like(hidden)
+    y = _launch_gemv(PROLOGUE_ADD_NORM, hidden, hidden.shape[1], weight, scale, scale_n,
+                     group_k, bias, config, residual, norm_weight, eps, residual_out)
+    return y, (residual_out if residual_out is not None else hidden)
+
+
+def fp8_silu_mul_gemv(gate_up: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
+                      scale_n: int, group_k: int, bias: torch.Tensor | None = None,
+                      config: dict | None = None) -> torch.Tensor:
+    """(silu(gate) * up) @ dequant(W)^T (+ bias) for gate_up [M, 2K] = cat(gate, up)."""
+    assert gate_up.shape[1] % 2 == 0
+    return _launch_gemv(PROLOGUE_SILU_MUL, gate_up, gate_up.shape[1] // 2, weight, scale,
+                        scale_n, group_k, bias, config)
+
+
+def gemm_config(m: int, group_k: int, per_row: bool) -> dict:
+    """Tiles of the GEMM; BLOCK_K divides group_k where scales change along K."""
+    block_k = 128 if per_row else min(128, group_k)
+    block_m = 16 if m <= 16 else 32 if m <= 32 else 64 if m <= 64 else 128
+    return dict(BLOCK_M=block_m, BLOCK_N=128, BLOCK_K=block_k, GROUP_M=8,
+                num_warps=4 if block_m <= 64 else 8, num_stages=3)
+
+
+def fp8_gemm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, scale_n: int,
+             group_k: int, bias: torch.Tensor | None = None, config: dict | None = None
+             ) -> torch.Tensor:
+    """x [M, K] @ dequant(weight [N, K] fp8, scale)^T (+ bias) -> [M, N] in x's dtype."""
+    (m, k), n = x.shape, weight.shape[0]
+    _check(x, k, weight, scale, scale_n, group_k)
+    per_row = scale.shape[1] == 1
+    cfg = dict(config or gemm_config(m, group_k, per_row))
+    assert per_row or group_k % cfg["BLOCK_K"] == 0, (group_k, cfg)
+    y = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
+    _fp8_gemm_kernel[grid](
+        x, weight, scale, bias if bias is not None else scale, y, m, n, k, x.stride(0),
+        weight.stride(0), scale.stride(0), y.stride(0), SCALE_N=scale_n, GROUP_K=group_k,
+        PER_ROW=per_row, HAS_BIAS=bias is not None, **cfg)
+    return y
+
+
+# -- references (plain PyTorch) ---------------------------------------------------------------
+def dequantize_ref(weight: torch.Tensor, scale: torch.Tensor, scale_n: int, group_k: int
+                   ) -> torch.Tensor:
+    """The fp32 weight [N, K]: weight[n, k] * scale[n // scale_n, k // group_k]."""
+    n, k = weight.shape
+    expanded = scale.repeat_interleave(scale_n, 0)[:n].repeat_interleave(group_k, 1)[:, :k]
+    return weight.float() * expanded.float()
+
+
+def fp8_add_rms_norm_gemv_ref(hidden, residual, norm_weight, eps, weight, scale, scale_n,
+                              group_k, bias=None) -> tuple[torch.Tensor, torch.Tensor]:
+    from cormorant.kernels.rmsnorm import fused_add_rms_norm_ref, rms_norm_ref
+    if residual is None:
+        normed, total = rms_norm_ref(hidden, norm_weight, eps), hidden
+    else:
+        normed, total = fused_add_rms_norm_ref(hidden, residual, norm_weight, eps)
+    return fp8_matmul_ref(normed, weight, scale, scale_n, group_k, bias), total
+
+
+def fp8_silu_mul_gemv_ref(gate_up, weight, scale, scale_n, group_k, bias=None) -> torch.Tensor:
+    from cormorant.kernels.activation import silu_and_mul_ref
+    return fp8_matmul_ref(silu_and_mul_ref(gate_up), weight, scale, scale_n, group_k, bias)
+
+
+def fp8_matmul_ref(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, scale_n: int,
+                   group_k: int, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """fp32 products and sums of the dequantized weight, one rounding to x's dtype."""
+    y = x.float() @ dequantize_ref(weight, scale, scale_n, group_k).t()
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)

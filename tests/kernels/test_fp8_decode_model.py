@@ -1,0 +1,62 @@
+"""FP8 weights through the GPU code paths of a whole model, on the CPU: a tiny Qwen3 quantized
+at load (`--quantization fp8`) runs a prefill and decode steps with layers.fp8_linear's kernel
+rule widened to the CPU in fp32 (Triton interpreter), and gives the logits of its
+dequantize-then-matmul reference path. Batch-1 decode steps take the FP8 GEMV with the residual
+add + RMSNorm and SiLU-and-multiply folded in; the prefill and 3-row steps take the Triton
+GEMM (the GPU would take _scaled_mm for these per-channel scales: its activation quantization
+is checked against its reference in test_fp8_gemm.py and on the GPU by benchmarks/fp8_probe.py)."""
+from __future__ import annotations
+
+import torch
+
+from cormorant.config import ModelConfig
+from cormorant.kernels import load as load_kernels
+from cormorant.layers import fp8_linear
+from cormorant.layers.attention import TorchAttention
+from cormorant.models import quantization
+from cormorant.models.random_init import build_random_model
+from tests.models.model_test_utils import PagedRunner
+
+
+def _run(model, config, monkeypatch, widen: bool):
+    if widen:
+        monkeypatch.setattr(fp8_linear, "KERNEL_DEVICE_TYPES", ("cuda", "cpu"))
+        monkeypatch.setattr(fp8_linear, "GEMV_DTYPES", (torch.float32,))
+    calls = []
+    kernels = load_kernels("fp8_gemm")
+    # wide tiles: the interpreter's cost is per program (the GPU's one-row tiles are slow here)
+    monkeypatch.setattr(kernels, "gemv_config", lambda m, k, per_row, prologue=0: dict(
+        BLOCK_M=1, BLOCK_N=32, BLOCK_K=64, num_warps=4, num_stages=1))
+    for name in ("fp8_gemv", "fp8_gemm", "fp8_add_rms_norm_gemv", "fp8_silu_mul_gemv"):
+        real = getattr(kernels, name)
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            calls.append((_name, args[0].shape[0]))
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(kernels, name, spy)
+    runner = PagedRunner(model, config, num_seqs=3, max_len=16)
+    out = [runner.step({0: [5, 9, 11], 1: [7, 3], 2: [1, 2, 4, 8]})]
+    for step in ({0: [7]}, {0: [8], 1: [9], 2: [10]}):
+        out.append(runner.step(step))
+    monkeypatch.undo()
+    return out, calls
+
+
+def test_fp8_model_through_the_kernels_matches_its_reference_path(monkeypatch):
+    config = ModelConfig(architecture="Qwen3ForCausalLM", qk_norm=True, vocab_size=96,
+                         hidden_size=64, intermediate_size=80, num_layers=2, num_heads=4,
+                         num_kv_heads=2, head_dim=16, max_position_embeddings=128)
+    model = build_random_model(config, torch.float32, "cpu", seed=1, std=0.2,
+                               attn_backend=TorchAttention())
+    assert quantization.quantize_dense(model, quantization.plan(None, "fp8")) == 8
+    reference, none = _run(model, config, monkeypatch, widen=False)
+    assert none == []  # on the CPU the reference path runs
+    fused, calls = _run(model, config, monkeypatch, widen=True)
+    for ref_step, step in zip(reference, fused):
+        for seq in ref_step:
+            torch.testing.assert_close(step[seq], ref_step[seq], atol=1e-4, rtol=1e-4)
+    layers = config.num_layers
+    assert calls.count(("fp8_add_rms_norm_gemv", 1)) == 2 * layers  # qkv and gate_up
+    assert calls.count(("fp8_silu_mul_gemv", 1)) == layers  # down
+    assert calls.count(("fp8_gemv", 1)) == layers  # o_proj
+    assert {m for name, m in calls if name == "fp8_gemm"} == {9, 3}  # prefill, 3-row step

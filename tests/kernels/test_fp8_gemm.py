@@ -1,0 +1,155 @@
+"""The FP8 weight kernels (kernels/fp8_gemm.py) against their PyTorch reference under the
+interpreter: per-channel and block scales (ragged blocks at the N and K edges), the GEMV's
+one-row and few-row paths, the GEMM's tl.dot tiles over ragged M/N/K, with and without bias.
+fp32 activations: the CPU interpreter's tl.dot is wrong for bf16 (see test_gemv.py)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
+
+from cormorant.kernels import fp8_gemm  # noqa: E402
+
+
+def _inputs(m, n, k, scale_n, group_k, device, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=gen)
+    w = (torch.randn(n, k, generator=gen) * 100).clamp(-448, 448).to(fp8_gemm.FP8_DTYPE)
+    s = torch.rand(-(-n // scale_n), -(-k // group_k), generator=gen) * 0.01 + 1e-3
+    b = torch.randn(n, generator=gen)
+    return x.to(device), w.to(device), s.to(device), b.to(device)
+
+
+LAYOUTS = [(1, None), (16, 32), (8, 16)]  # (scale_n, group_k): per-channel, blocks
+
+
+@pytest.mark.parametrize("m", [1, 3])
+@pytest.mark.parametrize("scale_n,group_k", LAYOUTS)
+@pytest.mark.parametrize("bias", [False, True])
+def test_fp8_gemv_matches_the_dequantized_reference(m, scale_n, group_k, bias, device):
+    n, k = 40, 72  # neither a multiple of the block: the last blocks are partial
+    group_k = group_k or k
+    x, w, s, b = _inputs(m, n, k, scale_n, group_k, device, m + n + scale_n)
+    b = b if bias else None
+    cfg = dict(BLOCK_M=1 if m == 1 else 4, BLOCK_N=8, BLOCK_K=32, num_warps=4, num_stages=1)
+    y = fp8_gemm.fp8_gemv(x, w, s, scale_n, group_k, b, config=cfg)
+    ref = fp8_gemm.fp8_matmul_ref(x, w, s, scale_n, group_k, b)
+    torch.testing.assert_close(y, ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("m", [5, 33])
+@pytest.mark.parametrize("scale_n,group_k", LAYOUTS)
+def test_fp8_gemm_matches_the_dequantized_reference(m, scale_n, group_k, device):
+    n, k = 40, 80
+    group_k = group_k or k
+    x, w, s, b = _inputs(m, n, k, scale_n, group_k, device, 3 * m + group_k)
+    cfg = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2, num_warps=4, num_stages=1)
+    y = fp8_gemm.fp8_gemm(x, w, s, scale_n, group_k, b, config=cfg)
+    torch.testing.assert_close(y, fp8_gemm.fp8_matmul_ref(x, w, s, scale_n, group_k, b),
+                               atol=1e-3, rtol=1e-4)
+
+
+def test_dequantize_ref_scales_each_block():
+    w = torch.ones(3, 5).to(fp8_gemm.FP8_DTYPE)
+    s = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])  # blocks of 2 rows x 2 columns
+    assert torch.equal(fp8_gemm.dequantize_ref(w, s, 2, 2), torch.tensor(
+        [[1.0, 1, 2, 2, 3], [1, 1, 2, 2, 3], [4, 4, 5, 5, 6]]))
+
+
+# -- the layer's CUDA dispatch, run on CPU tensors under the interpreter ----------------------
+def _fp8_layer(strategy, block=None, rows=(24, 8, 8), k=64, seed=0):
+    from cormorant.layers.fp8_linear import Fp8LinearMethod
+    from cormorant.layers.linear import QKVParallelLinear
+
+    gen = torch.Generator().manual_seed(seed)
+    layer = QKVParallelLinear(hidden_size=k, head_dim=8, num_heads=rows[0] // 8,
+                              num_kv_heads=rows[1] // 8)
+    method = Fp8LinearMethod(strategy, block, scale_name="weight_scale_inv" if block else
+                             "weight_scale")
+    layer.set_method(method)
+    scale_param = getattr(layer, method.scale_name)
+    for i, (shard, n) in enumerate(zip("qkv", rows)):
+        codes = (torch.randn(n, k, generator=gen) * 64).clamp(-448, 448).to(fp8_gemm.FP8_DTYPE)
+        layer.weight_loader(layer.weight, codes, shard)
+        if strategy == "tensor":
+            scale = torch.tensor(0.01 * (i + 1))  # a different scalar per projection
+        elif strategy == "channel":
+            scale = torch.rand(n, 1, generator=gen) * 0.01 + 1e-3
+        else:
+            scale = torch.rand(n // block[0], -(-k // block[1]), generator=gen) * 0.01 + 1e-3
+        layer.weight_loader(scale_param, scale, shard)
+    method.finalize(layer)
+    return layer, method
+
+
+@pytest.mark.parametrize("strategy,block", [("tensor", None), ("channel", None),
+                                            ("block", (8, 16))])
+@pytest.mark.parametrize("m", [1, 6])
+def test_fp8_layer_kernels_compute_what_its_cpu_reference_computes(strategy, block, m):
+    from cormorant.layers.fp8_linear import FP8_GEMV_MAX_ROWS
+
+    layer, method = _fp8_layer(strategy, block)
+    assert layer.weight_scale.dtype == torch.float32 and layer.weight_scale.dim() == 2
+    x = torch.randn(m, 64, generator=torch.Generator().manual_seed(m))
+    ref = method.apply(layer, x, None)  # CPU: dequantize, then F.linear
+    y = method._cuda_matmul(fp8_gemm, layer, x, None)  # the path CUDA takes for m rows
+    assert (m <= FP8_GEMV_MAX_ROWS) == (m == 1)
+    torch.testing.assert_close(y, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_per_tensor_scales_of_a_fused_layer_expand_per_projection():
+    layer, method = _fp8_layer("tensor")
+    expected = torch.tensor([0.01] * 24 + [0.02] * 8 + [0.03] * 8)
+    assert torch.equal(layer.weight_scale[:, 0], expected)
+    w = method.dequantized(layer, torch.float32)
+    assert torch.equal(w[24:32], layer.weight[24:32].float() * 0.02)
+
+
+def test_scaled_mm_reference_quantizes_activations_per_token():
+    from cormorant.layers.fp8_linear import quantize_activations, quantize_rows, scaled_mm_ref
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 64, generator=gen) * torch.tensor([1, 10, 100, 0.1, 1.0])[:, None]
+    w = torch.randn(24, 64, generator=gen) * 0.05
+    codes, scale = quantize_rows(w)
+    xq, xs = quantize_activations(x, None)
+    assert torch.equal(xs[:, 0], x.abs().amax(1) / 448)  # one scale per token
+    y = scaled_mm_ref(x, codes, scale, None, None)
+    exact = x @ (codes.float() * scale).t()
+    assert ((y - exact).norm(dim=1) / exact.norm(dim=1)).max() < 0.05  # per row: FP8 noise
+    static = scaled_mm_ref(x, codes, scale, torch.tensor([0.1]), None)  # one scale: clips at 44.8
+    err = (static - exact).norm(dim=1) / exact.norm(dim=1)
+    assert err[2] > 0.3 and err[3] < 0.05  # the x100 token clips, the x0.1 token fits
+
+
+@pytest.mark.parametrize("scale_n,group_k", [(1, None), (8, 16)])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_fp8_gemv_add_norm_prologue_matches_norm_then_gemv(scale_n, group_k, with_residual,
+                                                          device):
+    n, k = 40, 96
+    group_k = group_k or k
+    x, w, s, b = _inputs(1, n, k, scale_n, group_k, device, 5)
+    gen = torch.Generator().manual_seed(9)
+    residual = torch.randn(1, k, generator=gen).to(device) if with_residual else None
+    norm_w = (torch.rand(k, generator=gen) + 0.5).to(device)
+    cfg = dict(BLOCK_M=1, BLOCK_N=8, BLOCK_K=32, num_warps=4, num_stages=1)
+    y, total = fp8_gemm.fp8_add_rms_norm_gemv(x, residual, norm_w, 1e-6, w, s, scale_n,
+                                              group_k, b, config=cfg)
+    ref_y, ref_total = fp8_gemm.fp8_add_rms_norm_gemv_ref(x, residual, norm_w, 1e-6, w, s,
+                                                          scale_n, group_k, b)
+    assert torch.equal(total, ref_total)
+    torch.testing.assert_close(y, ref_y, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("scale_n,group_k", [(1, None), (8, 16)])
+def test_fp8_gemv_silu_mul_prologue_matches_activation_then_gemv(scale_n, group_k, device):
+    n, k = 48, 80
+    group_k = group_k or k
+    _, w, s, b = _inputs(1, n, k, scale_n, group_k, device, 6)
+    gate_up = (torch.randn(1, 2 * k, generator=torch.Generator().manual_seed(2)) * 2).to(device)
+    cfg = dict(BLOCK_M=1, BLOCK_N=8, BLOCK_K=32, num_warps=4, num_stages=1)
+    y = fp8_gemm.fp8_silu_mul_gemv(gate_up, w, s, scale_n, group_k, b, config=cfg)
+    torch.testing.assert_close(
+        y, fp8_gemm.fp8_silu_mul_gemv_ref(gate_up, w, s, scale_n, group_k, b),
+        atol=1e-4, rtol=1e-4)
