@@ -91,11 +91,17 @@ ENGINE_ARGS: tuple[EngineArg, ...] = (
     EngineArg("device", str, "auto | cpu | cuda | cuda:N", "device",
               commands=("serve", "generate", "chat", "bench", "llm"),
               note="registry: the model entry's own device key"),
-    EngineArg("quantization", str, "a quantized GGUF on the CPU: gguf keeps the linear "
-              "weights in their blocks (int4 kernels for Q4_0/Q4_1/Q4_K, int8 for other types); "
-              "none dequantizes them to the dtype (exact: token-identical to transformers); auto: none",
-              "quantization", choices=("auto", "none", "gguf"),
-              commands=("serve", "generate", "chat", "llm", "registry"), note=_AS_SERVED),
+    EngineArg("quantization", str, "weight quantization. A quantized GGUF on the CPU: gguf "
+              "keeps the linear weights in their blocks (int4 kernels for Q4_0/Q4_1/Q4_K, int8 "
+              "for other types), none dequantizes them to the dtype (exact: token-identical to "
+              "transformers). A dense checkpoint or random weights: int4 / int8 quantize the "
+              "linear layers at load (symmetric, group 128). A checkpoint quantized already "
+              "(AWQ, GPTQ, compressed-tensors) loads as it is under auto. auto: the "
+              "checkpoint's own format, else none",
+              "quantization", choices=("auto", "none", "gguf", "int4", "int8"),
+              commands=("serve", "generate", "chat", "bench", "llm", "registry"),
+              defaults={"bench": "none"},
+              note="bench: random weights, quantized at load when int4 / int8"),
     EngineArg("threads", int, "CPU threads for the model's kernels", "threads",
               optional=True, none_means="the cores this process may use (affinity and cgroup "
               "quota)", commands=("serve", "generate", "chat", "bench", "llm", "registry")),

@@ -83,6 +83,7 @@ def run_bench(args: argparse.Namespace) -> int:
     ctx.engine_process = args.engine_process
     ctx.threads = args.threads
     ctx.b4b_rate = args.b4b_rate
+    ctx.quantization = args.quantization
     ctx.env = environment(ctx.ceilings.device_name)
     header = {"env": ctx.env, "ceilings": ctx.ceilings.to_dict(), "scale": scale,
               "args": {k: v for k, v in vars(args).items() if not callable(v)}}

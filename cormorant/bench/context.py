@@ -38,6 +38,7 @@ class EngineSettings:
     enable_prefix_caching: bool = True
     attention_backend: str = "auto"
     async_scheduling: bool | None = None  # None: on for CUDA
+    quantization: str = "none"  # int4 / int8: the random weights quantized at load
 
     def engine_config(self, name: str) -> EngineConfig:
         """Configuration `name` (bench.configs) on seeded random weights."""
@@ -49,7 +50,8 @@ class EngineSettings:
             scheduler=SchedulerConfig(max_num_seqs=self.max_num_seqs,
                                       max_num_batched_tokens=self.max_num_batched_tokens,
                                       max_model_len=self.max_model_len),
-            attention_backend=self.attention_backend, async_scheduling=self.async_scheduling)
+            attention_backend=self.attention_backend, async_scheduling=self.async_scheduling,
+            quantization=self.quantization)
 
 
 def release() -> None:
@@ -77,6 +79,7 @@ class RunContext:
     # as `cormorant serve` decides: on for CUDA)
     threads: int | None = None  # B5: CPU threads of both peers (None: the usable cores)
     b4b_rate: float | None = None  # B4 with a batch: the request rate (None: the scale's)
+    quantization: str = "none"  # --quantization: int4 / int8 weights, quantized at load
     env: dict = field(default_factory=dict)
 
     @property
@@ -97,6 +100,7 @@ class RunContext:
 
     def settings(self, **engine) -> EngineSettings:
         engine.setdefault("async_scheduling", self.async_scheduling)
+        engine.setdefault("quantization", self.quantization)
         return EngineSettings(dtype=self.dtype_name, device=str(self.device), **engine)
 
     def seconds_left(self) -> float:

@@ -1,0 +1,149 @@
+"""Weight-only int4/int8 GEMM: y[M, N] = x[M, K] @ dequant(W)[K, N], dequantized inside the matmul.
+
+The one runtime layout every int checkpoint format is repacked into (layers.int_linear):
+  qweight  int32 [K / P, N], P = 32 / BITS codes per word, packed along K, lowest bits first:
+           code of input row k, output column n = (qweight[k // P, n] >> (k % P) * BITS) & mask
+  scales   fp32 [K / GROUP, N]
+  zeros    fp32 [K / GROUP, N] (integers: w = (code - zero) * scale)
+Full-precision weights never exist in memory: each program unpacks a [BLOCK_K, BLOCK_N] tile
+of codes in registers. With a whole group per K tile (GROUP % BLOCK_K == 0, the usual case)
+the scale is applied once per tile after the dot: acc += (x @ (codes - zero)) * scale, where
+codes - zero is an exact small integer in bf16/fp16; otherwise each element is dequantized.
+
+Two shapes of the same kernel, chosen by `config_for(M, N, K, group)`:
+  decode (M <= 16): BLOCK_M 1 (multiply-and-reduce, no tensor cores) or 16 (tl.dot), wide
+          BLOCK_N, and split-K so that enough programs stream the int4 weight at once: each
+          split writes fp32 partials [SPLIT_K, M, N] summed afterwards;
+  prefill: 64 x 128 x 64 tiles through tl.dot, no split.
+fp32 inputs use IEEE dots (the parity reference); bf16/fp16 inputs use tensor cores with fp32
+accumulation. `int_gemm_ref` is the PyTorch reference (dequantize, then matmul).
+Imports only torch and triton.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+DECODE_ROWS = 16  # M up to which the split-K decode shape runs
+
+
+@triton.jit
+def _dot(x, w, BLOCK_M: tl.constexpr, IEEE: tl.constexpr):
+    """x [BLOCK_M, BLOCK_K] @ w [BLOCK_K, BLOCK_N] in fp32: reduce for one row, else tl.dot."""
+    if BLOCK_M == 1:
+        return tl.sum(x.to(tl.float32)[:, :, None] * w.to(tl.float32)[None, :, :], axis=1)
+    elif IEEE:
+        return tl.dot(x, w, input_precision="ieee")
+    else:
+        return tl.dot(x, w)
+
+
+@triton.jit
+def _int_gemm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, M, N, K, K_PER_SPLIT,
+                     stride_xm, stride_qk, stride_sg, stride_ys, stride_ym,
+                     BITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, TILE_GROUP: tl.constexpr,
+                     IEEE: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    PACK: tl.constexpr = 32 // BITS
+    MASK: tl.constexpr = (1 << BITS) - 1
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    k_begin = pid_k * K_PER_SPLIT
+    k_end = tl.minimum(k_begin + K_PER_SPLIT, K)
+    for k0 in range(k_begin, k_end, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mask_k = offs_k < k_end
+        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
+                    mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+        q = tl.load(q_ptr + (offs_k // PACK)[:, None] * stride_qk + offs_n[None, :],
+                    mask=mask_k[:, None] & mask_n[None, :], other=0)
+        codes = ((q >> ((offs_k % PACK) * BITS)[:, None]) & MASK).to(tl.float32)
+        if TILE_GROUP:  # the whole tile is one group: scale after the dot
+            g = k0 // GROUP
+            s = tl.load(s_ptr + g * stride_sg + offs_n, mask=mask_n, other=0.0)
+            z = tl.load(z_ptr + g * stride_sg + offs_n, mask=mask_n, other=0.0)
+            w = (codes - z[None, :]).to(x.dtype)
+            acc += _dot(x, w, BLOCK_M, IEEE) * s[None, :]
+        else:
+            g = offs_k // GROUP
+            sz_offs = g[:, None] * stride_sg + offs_n[None, :]
+            sz_mask = mask_k[:, None] & mask_n[None, :]
+            s2 = tl.load(s_ptr + sz_offs, mask=sz_mask, other=0.0)
+            z2 = tl.load(z_ptr + sz_offs, mask=sz_mask, other=0.0)
+            acc += _dot(x, ((codes - z2) * s2).to(x.dtype), BLOCK_M, IEEE)
+    y_offs = pid_k * stride_ys + offs_m[:, None] * stride_ym + offs_n[None, :]
+    tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty),
+             mask=mask_m[:, None] & mask_n[None, :])
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
+
+
+def config_for(m: int, n: int, k: int, group: int, device: torch.device) -> dict:
+    """Tile sizes and split-K for one call (see the module docstring)."""
+    if m <= DECODE_ROWS:
+        block_m, block_n, block_k = (1, 128, 128) if m == 1 else (16, 64, 128)
+        while group % block_k and block_k > 32:
+            block_k //= 2
+        programs = triton.cdiv(n, block_n)
+        k_tiles = triton.cdiv(k, block_k)
+        split = max(1, min(k_tiles, triton.cdiv(2 * _num_sms(device), programs)))
+        per_split = triton.cdiv(k_tiles, split) * block_k
+        return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+                    SPLIT_K=triton.cdiv(k, per_split), K_PER_SPLIT=per_split,
+                    num_warps=4, num_stages=3)
+    block_k = 64 if group % 64 == 0 else 32
+    return dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=block_k, SPLIT_K=1,
+                K_PER_SPLIT=triton.cdiv(k, block_k) * block_k, num_warps=4, num_stages=3)
+
+
+def int_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+             zeros: torch.Tensor, bits: int, group: int, config: dict | None = None
+             ) -> torch.Tensor:
+    """x [M, K] (fp32/bf16/fp16, contiguous rows) @ the int weight -> [M, N] in x's dtype."""
+    m, k = x.shape
+    n = qweight.shape[1]
+    if qweight.shape[0] * (32 // bits) != k or scales.shape != (k // group, n):
+        raise ValueError(f"int_gemm: x {tuple(x.shape)} does not match qweight "
+                         f"{tuple(qweight.shape)} / scales {tuple(scales.shape)} ({bits} bits, "
+                         f"group {group})")
+    cfg = dict(config or config_for(m, n, k, group, x.device))
+    split, per_split = cfg.pop("SPLIT_K"), cfg.pop("K_PER_SPLIT")
+    if per_split % cfg["BLOCK_K"]:
+        raise ValueError("K_PER_SPLIT must be a multiple of BLOCK_K")
+    x = x.contiguous()
+    out_dtype = torch.float32 if split > 1 else x.dtype
+    y = torch.empty(split, m, n, device=x.device, dtype=out_dtype)
+    grid = (triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(n, cfg["BLOCK_N"]), split)
+    _int_gemm_kernel[grid](x, qweight, scales, zeros, y, m, n, k, per_split,
+                           x.stride(0), qweight.stride(0), scales.stride(0), y.stride(0),
+                           y.stride(1), BITS=bits, GROUP=group,
+                           TILE_GROUP=group % cfg["BLOCK_K"] == 0,
+                           IEEE=x.dtype == torch.float32, **cfg)
+    return y[0] if split == 1 else y.sum(0).to(x.dtype)
+
+
+def dequantize_ref(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                   bits: int, group: int) -> torch.Tensor:
+    """The runtime layout back to fp32 W [K, N] (the reference; tests and the CPU path)."""
+    pack = 32 // bits
+    shifts = torch.arange(pack, device=qweight.device, dtype=torch.int32) * bits
+    codes = (qweight[:, None, :] >> shifts[None, :, None]) & ((1 << bits) - 1)
+    codes = codes.reshape(-1, qweight.shape[1]).float()
+    return (codes - zeros.repeat_interleave(group, 0)) * scales.repeat_interleave(group, 0)
+
+
+def int_gemm_ref(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+                 zeros: torch.Tensor, bits: int, group: int) -> torch.Tensor:
+    """PyTorch reference of int_gemm: dequantize to fp32, then matmul in fp32."""
+    return (x.float() @ dequantize_ref(qweight, scales, zeros, bits, group)).to(x.dtype)
