@@ -57,5 +57,9 @@ def awq_order(codes: torch.Tensor) -> torch.Tensor:
 def dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int,
                group: int) -> torch.Tensor:
     """The runtime layout -> fp32 W [K, N]: (code - zero) * scale, group by group."""
-    codes = unpack(qweight, bits, 0).float()
-    return (codes - zeros.repeat_interleave(group, 0)) * scales.repeat_interleave(group, 0)
+    pack_n = 32 // bits
+    shifts = torch.arange(pack_n, device=qweight.device, dtype=torch.int32) * bits
+    codes = (qweight[:, None, :] >> shifts[None, :, None]) & ((1 << bits) - 1)  # [K/P, P, N]
+    k, n = qweight.shape[0] * pack_n, qweight.shape[1]
+    grouped = codes.reshape(k // group, group, n).float()
+    return ((grouped - zeros[:, None, :]) * scales[:, None, :]).reshape(k, n)
