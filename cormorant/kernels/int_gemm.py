@@ -21,6 +21,8 @@ Imports only torch and triton.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -83,21 +85,23 @@ def _int_gemm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, M, N, K, K_PER_SPLIT,
              mask=mask_m[:, None] & mask_n[None, :])
 
 
+@functools.cache
 def _num_sms(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
     return 4
 
 
-def config_for(m: int, n: int, k: int, group: int, device: torch.device) -> dict:
-    """Tile sizes and split-K for one call (see the module docstring)."""
+def config_for(m: int, n: int, k: int, group: int, num_sms: int) -> dict:
+    """Tile sizes and split-K for one call on a device of num_sms multiprocessors (see the
+    module docstring): the decode shape splits K until about two programs per SM run."""
     if m <= DECODE_ROWS:
         block_m, block_n, block_k = (1, 128, 128) if m == 1 else (16, 64, 128)
         while group % block_k and block_k > 32:
             block_k //= 2
         programs = triton.cdiv(n, block_n)
         k_tiles = triton.cdiv(k, block_k)
-        split = max(1, min(k_tiles, triton.cdiv(2 * _num_sms(device), programs)))
+        split = max(1, min(k_tiles, triton.cdiv(2 * num_sms, programs)))
         per_split = triton.cdiv(k_tiles, split) * block_k
         return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
                     SPLIT_K=triton.cdiv(k, per_split), K_PER_SPLIT=per_split,
@@ -117,7 +121,7 @@ def int_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
         raise ValueError(f"int_gemm: x {tuple(x.shape)} does not match qweight "
                          f"{tuple(qweight.shape)} / scales {tuple(scales.shape)} ({bits} bits, "
                          f"group {group})")
-    cfg = dict(config or config_for(m, n, k, group, x.device))
+    cfg = dict(config or config_for(m, n, k, group, _num_sms(x.device)))
     split, per_split = cfg.pop("SPLIT_K"), cfg.pop("K_PER_SPLIT")
     if per_split % cfg["BLOCK_K"]:
         raise ValueError("K_PER_SPLIT must be a multiple of BLOCK_K")
