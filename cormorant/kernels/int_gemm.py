@@ -3,8 +3,9 @@
 The one runtime layout every int checkpoint format is repacked into (layers.int_linear):
   qweight  int32 [K / P, N], P = 32 / BITS codes per word, packed along K, lowest bits first:
            code of input row k, output column n = (qweight[k // P, n] >> (k % P) * BITS) & mask
-  scales   fp32 [K / GROUP, N]
-  zeros    fp32 [K / GROUP, N] (integers: w = (code - zero) * scale)
+  scales   [K / GROUP, N] in the activation dtype (or fp32)
+  zeros    [K / GROUP, N] likewise (integers: w = (code - zero) * scale), or None for
+           symmetric weights, whose zero is 2^(BITS-1) (no bytes read for it)
 Full-precision weights never exist in memory: each program unpacks a [BLOCK_K, BLOCK_N] tile
 of codes in registers. With a whole group per K tile (GROUP % BLOCK_K == 0, the usual case)
 the scale is applied once per tile after the dot: acc += (x @ (codes - zero)) * scale, where
@@ -46,7 +47,7 @@ def _int_gemm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, M, N, K, K_PER_SPLIT,
                      stride_xm, stride_qk, stride_sg, stride_ys, stride_ym,
                      BITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, TILE_GROUP: tl.constexpr,
-                     IEEE: tl.constexpr):
+                     HAS_ZEROS: tl.constexpr, IEEE: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -70,16 +71,22 @@ def _int_gemm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, M, N, K, K_PER_SPLIT,
         if TILE_GROUP:  # the whole tile is one group: scale after the dot
             g = k0 // GROUP
             s = tl.load(s_ptr + g * stride_sg + offs_n, mask=mask_n, other=0.0)
-            z = tl.load(z_ptr + g * stride_sg + offs_n, mask=mask_n, other=0.0)
-            w = (codes - z[None, :]).to(x.dtype)
-            acc += _dot(x, w, BLOCK_M, IEEE) * s[None, :]
+            if HAS_ZEROS:
+                z = tl.load(z_ptr + g * stride_sg + offs_n, mask=mask_n, other=0.0)
+                w = (codes - z.to(tl.float32)[None, :]).to(x.dtype)
+            else:
+                w = (codes - (1 << (BITS - 1))).to(x.dtype)
+            acc += _dot(x, w, BLOCK_M, IEEE) * s.to(tl.float32)[None, :]
         else:
             g = offs_k // GROUP
             sz_offs = g[:, None] * stride_sg + offs_n[None, :]
             sz_mask = mask_k[:, None] & mask_n[None, :]
             s2 = tl.load(s_ptr + sz_offs, mask=sz_mask, other=0.0)
-            z2 = tl.load(z_ptr + sz_offs, mask=sz_mask, other=0.0)
-            acc += _dot(x, ((codes - z2) * s2).to(x.dtype), BLOCK_M, IEEE)
+            if HAS_ZEROS:
+                z2 = tl.load(z_ptr + sz_offs, mask=sz_mask, other=0.0).to(tl.float32)
+            else:
+                z2 = (1 << (BITS - 1))
+            acc += _dot(x, ((codes - z2) * s2.to(tl.float32)).to(x.dtype), BLOCK_M, IEEE)
     y_offs = pid_k * stride_ys + offs_m[:, None] * stride_ym + offs_n[None, :]
     tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty),
              mask=mask_m[:, None] & mask_n[None, :])
@@ -112,7 +119,7 @@ def config_for(m: int, n: int, k: int, group: int, num_sms: int) -> dict:
 
 
 def int_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
-             zeros: torch.Tensor, bits: int, group: int, config: dict | None = None
+             zeros: torch.Tensor | None, bits: int, group: int, config: dict | None = None
              ) -> torch.Tensor:
     """x [M, K] (fp32/bf16/fp16, contiguous rows) @ the int weight -> [M, N] in x's dtype."""
     m, k = x.shape
@@ -129,25 +136,26 @@ def int_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     out_dtype = torch.float32 if split > 1 else x.dtype
     y = torch.empty(split, m, n, device=x.device, dtype=out_dtype)
     grid = (triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(n, cfg["BLOCK_N"]), split)
-    _int_gemm_kernel[grid](x, qweight, scales, zeros, y, m, n, k, per_split,
+    _int_gemm_kernel[grid](x, qweight, scales, scales if zeros is None else zeros, y, m, n, k, per_split,
                            x.stride(0), qweight.stride(0), scales.stride(0), y.stride(0),
                            y.stride(1), BITS=bits, GROUP=group,
-                           TILE_GROUP=group % cfg["BLOCK_K"] == 0,
+                           TILE_GROUP=group % cfg["BLOCK_K"] == 0, HAS_ZEROS=zeros is not None,
                            IEEE=x.dtype == torch.float32, **cfg)
     return y[0] if split == 1 else y.sum(0).to(x.dtype)
 
 
-def dequantize_ref(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+def dequantize_ref(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
                    bits: int, group: int) -> torch.Tensor:
     """The runtime layout back to fp32 W [K, N] (the reference; tests and the CPU path)."""
     pack = 32 // bits
     shifts = torch.arange(pack, device=qweight.device, dtype=torch.int32) * bits
     codes = (qweight[:, None, :] >> shifts[None, :, None]) & ((1 << bits) - 1)
     codes = codes.reshape(-1, qweight.shape[1]).float()
-    return (codes - zeros.repeat_interleave(group, 0)) * scales.repeat_interleave(group, 0)
+    zero = 2 ** (bits - 1) if zeros is None else zeros.float().repeat_interleave(group, 0)
+    return (codes - zero) * scales.float().repeat_interleave(group, 0)
 
 
 def int_gemm_ref(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
-                 zeros: torch.Tensor, bits: int, group: int) -> torch.Tensor:
+                 zeros: torch.Tensor | None, bits: int, group: int) -> torch.Tensor:
     """PyTorch reference of int_gemm: dequantize to fp32, then matmul in fp32."""
     return (x.float() @ dequantize_ref(qweight, scales, zeros, bits, group)).to(x.dtype)

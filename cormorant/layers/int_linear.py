@@ -4,7 +4,8 @@ IntWeightMethod (a LinearMethod) registers the parameters of one on-disk layout,
 `set_layout` so that layers.linear loads them generically (fused q/k/v and gate/up slices,
 tensor-parallel splits), checks their shapes as they load, and at `finalize` repacks them into
 the runtime layout of kernels.int_gemm (layers.int_packing): int32 codes packed along K,
-fp32 scales and zeros per group; the checkpoint's tensors are then dropped.
+scales and zeros per group in the model dtype (no zeros for symmetric weights); the
+checkpoint's tensors are then dropped.
 
 Layouts (IntSpec.layout), K input features, N output features, P = 32 / bits, G the group:
   awq       qweight int32 [K, N/P] (AWQ's code order), qzeros int32 [K/G, N/P], scales [K/G, N]
@@ -161,8 +162,11 @@ class IntWeightMethod(LinearMethod):
                 delattr(layer, name)
         frozen = lambda t: nn.Parameter(t.contiguous(), requires_grad=False)  # noqa: E731
         layer.int_qweight = frozen(int_packing.pack(codes, self.spec.bits, 0))
-        layer.int_scales = frozen(scales.float())
-        layer.int_zeros = frozen(zeros.float())
+        # Scales in the model dtype (as the matmul's inputs); zeros too (small integers, exact),
+        # or none at all when every one is 2^(bits-1): symmetric weights read no zeros.
+        layer.int_scales = frozen(scales.to(self.dtype))
+        symmetric = bool((zeros == (1 << (self.spec.bits - 1))).all())
+        layer.int_zeros = None if symmetric else frozen(zeros.to(self.dtype))
         layer.int_perm = None if perm is None else frozen(perm)
 
     def _unpack_awq(self, layer: nn.Module):

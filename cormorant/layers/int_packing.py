@@ -6,7 +6,7 @@ lowest bits first, along one dim; AWQ additionally permutes the eight codes of a
 convert between [.., n * P] codes (int32, values 0 .. 2^B - 1) and [.., n] words along a dim.
 
 The runtime layout (kernels.int_gemm): qweight int32 [K / P, N] packed along K, scales and
-zeros fp32 [K / group, N]; `dequantize` turns it back into fp32 W [K, N] (the CPU path and
+zeros [K / group, N] (zeros None when symmetric); `dequantize` turns it back into fp32 W [K, N] (the CPU path and
 the tests' reference).
 Imports: torch.
 """
@@ -54,12 +54,14 @@ def awq_order(codes: torch.Tensor) -> torch.Tensor:
     return grouped.index_select(-1, order).reshape(codes.shape)
 
 
-def dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int,
-               group: int) -> torch.Tensor:
-    """The runtime layout -> fp32 W [K, N]: (code - zero) * scale, group by group."""
+def dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
+               bits: int, group: int) -> torch.Tensor:
+    """The runtime layout -> fp32 W [K, N]: (code - zero) * scale, group by group (zeros None:
+    symmetric, every zero 2^(bits-1))."""
     pack_n = 32 // bits
     shifts = torch.arange(pack_n, device=qweight.device, dtype=torch.int32) * bits
     codes = (qweight[:, None, :] >> shifts[None, :, None]) & ((1 << bits) - 1)  # [K/P, P, N]
     k, n = qweight.shape[0] * pack_n, qweight.shape[1]
     grouped = codes.reshape(k // group, group, n).float()
-    return ((grouped - zeros[:, None, :]) * scales[:, None, :]).reshape(k, n)
+    zero = 2 ** (bits - 1) if zeros is None else zeros.float()[:, None, :]
+    return ((grouped - zero) * scales.float()[:, None, :]).reshape(k, n)

@@ -1,5 +1,5 @@
 """The weight-only int GEMM (kernels/int_gemm.py) against its PyTorch reference, under the
-interpreter on the CPU: 4 and 8 bits, the decode shapes (one row: multiply-and-reduce; a few
+interpreter on the CPU: 4 and 8 bits, with zero points and symmetric (none read), the decode shapes (one row: multiply-and-reduce; a few
 rows: tl.dot) with split-K, the prefill shape, scales applied per tile (a whole group in a K
 tile) and per element (groups smaller than the tile), ragged M and N; and an int4 layer of a
 model dispatching to the kernel (INT_KERNEL_DEVICE_TYPES widened to the CPU) computes what the
@@ -16,13 +16,13 @@ from cormorant.kernels import int_gemm  # noqa: E402
 from cormorant.layers import int_packing  # noqa: E402
 
 
-def _weights(k, n, bits, group, device, seed):
+def _weights(k, n, bits, group, device, seed, symmetric=False):
     gen = torch.Generator().manual_seed(seed)
     codes = torch.randint(0, 2 ** bits, (k, n), generator=gen, dtype=torch.int32)
     scales = torch.rand(k // group, n, generator=gen) * 0.02 + 0.001
     zeros = torch.randint(0, 2 ** bits, (k // group, n), generator=gen).float()
-    return (int_packing.pack(codes, bits, 0).to(device), scales.to(device), zeros.to(device),
-            gen)
+    zeros = None if symmetric else zeros.to(device)
+    return int_packing.pack(codes, bits, 0).to(device), scales.to(device), zeros, gen
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -35,14 +35,17 @@ def _weights(k, n, bits, group, device, seed):
     (2, 32, 128, 128, dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, SPLIT_K=1, K_PER_SPLIT=128,
                            num_warps=4, num_stages=1)),  # several tiles per group
 ])
-def test_int_gemm_matches_the_reference(bits, m, n, k, group, config, device):
-    qweight, scales, zeros, gen = _weights(k, n, bits, group, device, m * 100 + n + bits)
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_int_gemm_matches_the_reference(bits, m, n, k, group, config, symmetric, device):
+    qweight, scales, zeros, gen = _weights(k, n, bits, group, device, m * 100 + n + bits,
+                                           symmetric)
     x = torch.randn(m, k, generator=gen).to(device)
     y = int_gemm.int_gemm(x, qweight, scales, zeros, bits, group, config=config)
     ref = int_gemm.int_gemm_ref(x, qweight, scales, zeros, bits, group)
     assert y.shape == (m, n) and y.dtype == x.dtype
     torch.testing.assert_close(y, ref, atol=1e-3, rtol=1e-4)
-    dense = int_packing.dequantize(qweight.cpu(), scales.cpu(), zeros.cpu(), bits, group)
+    dense = int_packing.dequantize(qweight.cpu(), scales.cpu(),
+                                   None if zeros is None else zeros.cpu(), bits, group)
     torch.testing.assert_close(ref.cpu(), x.cpu() @ dense, atol=1e-4, rtol=1e-5)
 
 

@@ -89,6 +89,7 @@ def test_each_format_computes_its_dequantized_model(case, checkpoints, sources):
     assert (got - original).abs().max() > 100 * LOGIT_TOL  # the weights really are quantized
     layer = model.model.layers[0].mlp.gate_up_proj
     assert not hasattr(layer, "weight") and layer.int_qweight.dtype == torch.int32
+    assert (layer.int_zeros is None) == CASES[case][2].get("sym", False)  # none read if sym
     bits = CASES[case][2].get("bits", 4)
     assert layer.int_qweight.shape == (128 * bits // 32, 512)  # [K / (32 / bits), N]
 
