@@ -103,7 +103,7 @@ def config_for(m: int, n: int, k: int, group: int, num_sms: int) -> dict:
     """Tile sizes and split-K for one call on a device of num_sms multiprocessors (see the
     module docstring): the decode shape splits K until about two programs per SM run."""
     if m <= DECODE_ROWS:
-        block_m, block_n, block_k = (1, 128, 128) if m == 1 else (16, 64, 128)
+        block_m, block_n, block_k = (1, 64, 128) if m == 1 else (16, 64, 128)
         while group % block_k and block_k > 32:
             block_k //= 2
         programs = triton.cdiv(n, block_n)

@@ -180,6 +180,7 @@ class IntWeightMethod(LinearMethod):
         codes = int_packing.unpack(layer.qweight.data, bits, 0)
         zeros = int_packing.unpack(layer.qzeros.data, bits, 1).float() + self.spec.zero_offset
         g_idx = layer.g_idx.data.long()
+        g_idx = g_idx - g_idx.min()  # a row-parallel rank's slice starts at a later group
         natural = torch.arange(self.k, device=g_idx.device) // self.group
         if torch.equal(g_idx, natural):
             return codes, layer.scales.data, zeros, None

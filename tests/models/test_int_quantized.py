@@ -19,7 +19,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cormorant.layers import int_packing
+from cormorant.layers.linear import LinearBase
 from cormorant.models.loader import load_model
+from cormorant.runner.kv_cache import module_bytes
 from cormorant.sampling_params import SamplingParams
 from int_checkpoints import write_int_checkpoint
 from model_test_utils import PagedRunner
@@ -207,12 +209,14 @@ def test_online_quantization_rounds_each_weight_to_its_group_grid(bits, sources)
     assert layer.int_scales.shape == (2, 128)  # group 128 along K = 256
     x = torch.randn(3, 256)
     torch.testing.assert_close(layer(x), x @ deq, atol=1e-5, rtol=1e-5)
+    linear_bytes = [sum(module_bytes(m) for m in model.modules() if isinstance(m, LinearBase))
+                    for model in (dense, quant)]  # what the memory report and KV sizing count
+    assert linear_bytes[1] < linear_bytes[0] * (bits / 32 + 0.04)  # codes + fp32 scales
 
 
 def test_online_int4_serves_random_weights(tiny_llama):
     from cormorant import LLM
     from cormorant.layers.int_linear import IntWeightMethod
-    from cormorant.layers.linear import LinearBase
 
     model, _ = load_model(tiny_llama, "float32", "cpu", load_format="random",
                           quantization="int4")
