@@ -11,10 +11,13 @@ of codes in registers. With a whole group per K tile (GROUP % BLOCK_K == 0, the 
 the scale is applied once per tile after the dot: acc += (x @ (codes - zero)) * scale, where
 codes - zero is an exact small integer in bf16/fp16; otherwise each element is dequantized.
 
-Two shapes of the same kernel, chosen by `config_for(M, N, K, group)`:
-  decode (M <= 16): BLOCK_M 1 (multiply-and-reduce, no tensor cores) or 16 (tl.dot), wide
-          BLOCK_N, and split-K so that enough programs stream the int4 weight at once: each
-          split writes fp32 partials [SPLIT_K, M, N] summed afterwards;
+Launch shapes, chosen by `config_for(M, N, K, group, num_sms)`:
+  one row (BLOCK_M 1): _int_gemv_kernel, no tensor cores: each packed word is loaded once and
+          unpacked along a middle axis ([BLOCK_K / P, P, BLOCK_N]), multiplied by its inputs
+          and reduced in fp32;
+  decode (M <= 16): the tile kernel with BLOCK_M 16 (tl.dot);
+  both split K so that about two programs per SM stream the weight at once: each split
+          writes fp32 partials [SPLIT_K, M, N], summed afterwards;
   prefill: 64 x 128 x 64 tiles through tl.dot, no split.
 fp32 inputs use IEEE dots (the parity reference); bf16/fp16 inputs use tensor cores with fp32
 accumulation. `int_gemm_ref` is the PyTorch reference (dequantize, then matmul).
@@ -32,14 +35,61 @@ DECODE_ROWS = 16  # M up to which the split-K decode shape runs
 
 
 @triton.jit
-def _dot(x, w, BLOCK_M: tl.constexpr, IEEE: tl.constexpr):
-    """x [BLOCK_M, BLOCK_K] @ w [BLOCK_K, BLOCK_N] in fp32: reduce for one row, else tl.dot."""
-    if BLOCK_M == 1:
-        return tl.sum(x.to(tl.float32)[:, :, None] * w.to(tl.float32)[None, :, :], axis=1)
-    elif IEEE:
+def _dot(x, w, IEEE: tl.constexpr):
+    """x [BLOCK_M, BLOCK_K] @ w [BLOCK_K, BLOCK_N] in fp32 (IEEE for fp32 inputs)."""
+    if IEEE:
         return tl.dot(x, w, input_precision="ieee")
     else:
         return tl.dot(x, w)
+
+
+@triton.jit
+def _int_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, N, K, K_PER_SPLIT, stride_qk,
+                     stride_sg, stride_ys, BITS: tl.constexpr, GROUP: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, TILE_GROUP: tl.constexpr,
+                     HAS_ZEROS: tl.constexpr):
+    """One row (M = 1): each packed word is loaded once and its codes are spread along a
+    middle axis ([words, PACK, BLOCK_N]), multiplied by the matching inputs and reduced; with a
+    whole group per tile, sum_k x_k (c_k - z) s = s * (sum_k x_k c_k - z * sum_k x_k)."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    PACK: tl.constexpr = 32 // BITS
+    MASK: tl.constexpr = (1 << BITS) - 1
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    offs_w = tl.arange(0, BLOCK_K // PACK)
+    offs_j = tl.arange(0, PACK)
+    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    k_begin = pid_k * K_PER_SPLIT
+    k_end = tl.minimum(k_begin + K_PER_SPLIT, K)
+    for k0 in range(k_begin, k_end, BLOCK_K):
+        rows = k0 // PACK + offs_w  # word rows of this tile
+        mask_w = rows * PACK < k_end
+        words = tl.load(q_ptr + rows[:, None] * stride_qk + offs_n[None, :],
+                        mask=mask_w[:, None] & mask_n[None, :], other=0)
+        codes = ((words[:, None, :] >> (offs_j * BITS)[None, :, None]) & MASK).to(tl.float32)
+        ks = rows[:, None] * PACK + offs_j[None, :]  # [words, PACK] input features
+        xk = tl.load(x_ptr + ks, mask=mask_w[:, None], other=0.0).to(tl.float32)
+        if TILE_GROUP:
+            g = k0 // GROUP
+            s = tl.load(s_ptr + g * stride_sg + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+            part = tl.sum(tl.sum(xk[:, :, None] * codes, axis=1), axis=0)
+            if HAS_ZEROS:
+                z = tl.load(z_ptr + g * stride_sg + offs_n, mask=mask_n,
+                            other=0.0).to(tl.float32)
+            else:
+                z = (1 << (BITS - 1))
+            acc += s * (part - z * tl.sum(tl.sum(xk, axis=1), axis=0))
+        else:
+            sz = (ks // GROUP)[:, :, None] * stride_sg + offs_n[None, None, :]
+            sz_mask = mask_w[:, None, None] & mask_n[None, None, :]
+            s3 = tl.load(s_ptr + sz, mask=sz_mask, other=0.0).to(tl.float32)
+            if HAS_ZEROS:
+                z3 = tl.load(z_ptr + sz, mask=sz_mask, other=0.0).to(tl.float32)
+            else:
+                z3 = (1 << (BITS - 1))
+            acc += tl.sum(tl.sum(xk[:, :, None] * ((codes - z3) * s3), axis=1), axis=0)
+    tl.store(y_ptr + pid_k * stride_ys + offs_n, acc.to(y_ptr.dtype.element_ty), mask=mask_n)
 
 
 @triton.jit
@@ -76,7 +126,7 @@ def _int_gemm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, M, N, K, K_PER_SPLIT,
                 w = (codes - z.to(tl.float32)[None, :]).to(x.dtype)
             else:
                 w = (codes - (1 << (BITS - 1))).to(x.dtype)
-            acc += _dot(x, w, BLOCK_M, IEEE) * s.to(tl.float32)[None, :]
+            acc += _dot(x, w, IEEE) * s.to(tl.float32)[None, :]
         else:
             g = offs_k // GROUP
             sz_offs = g[:, None] * stride_sg + offs_n[None, :]
@@ -86,7 +136,7 @@ def _int_gemm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, M, N, K, K_PER_SPLIT,
                 z2 = tl.load(z_ptr + sz_offs, mask=sz_mask, other=0.0).to(tl.float32)
             else:
                 z2 = (1 << (BITS - 1))
-            acc += _dot(x, ((codes - z2) * s2.to(tl.float32)).to(x.dtype), BLOCK_M, IEEE)
+            acc += _dot(x, ((codes - z2) * s2.to(tl.float32)).to(x.dtype), IEEE)
     y_offs = pid_k * stride_ys + offs_m[:, None] * stride_ym + offs_n[None, :]
     tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty),
              mask=mask_m[:, None] & mask_n[None, :])
@@ -135,12 +185,22 @@ def int_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     x = x.contiguous()
     out_dtype = torch.float32 if split > 1 else x.dtype
     y = torch.empty(split, m, n, device=x.device, dtype=out_dtype)
-    grid = (triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(n, cfg["BLOCK_N"]), split)
-    _int_gemm_kernel[grid](x, qweight, scales, scales if zeros is None else zeros, y, m, n, k, per_split,
-                           x.stride(0), qweight.stride(0), scales.stride(0), y.stride(0),
-                           y.stride(1), BITS=bits, GROUP=group,
-                           TILE_GROUP=group % cfg["BLOCK_K"] == 0, HAS_ZEROS=zeros is not None,
-                           IEEE=x.dtype == torch.float32, **cfg)
+    tile_group = group % cfg["BLOCK_K"] == 0
+    zeros_arg = scales if zeros is None else zeros
+    block_m = cfg.pop("BLOCK_M")
+    if block_m == 1:
+        if m != 1:
+            raise ValueError("int_gemm: BLOCK_M 1 is for a single row")
+        _int_gemv_kernel[(triton.cdiv(n, cfg["BLOCK_N"]), split)](
+            x, qweight, scales, zeros_arg, y, n, k, per_split, qweight.stride(0),
+            scales.stride(0), y.stride(0), BITS=bits, GROUP=group, TILE_GROUP=tile_group,
+            HAS_ZEROS=zeros is not None, **cfg)
+        return y[0] if split == 1 else y.sum(0).to(x.dtype)
+    grid = (triton.cdiv(m, block_m), triton.cdiv(n, cfg["BLOCK_N"]), split)
+    _int_gemm_kernel[grid](x, qweight, scales, zeros_arg, y, m, n, k, per_split, x.stride(0),
+                           qweight.stride(0), scales.stride(0), y.stride(0), y.stride(1),
+                           BITS=bits, GROUP=group, BLOCK_M=block_m, TILE_GROUP=tile_group,
+                           HAS_ZEROS=zeros is not None, IEEE=x.dtype == torch.float32, **cfg)
     return y[0] if split == 1 else y.sum(0).to(x.dtype)
 
 

@@ -1,10 +1,11 @@
 """The weight-only int GEMM (kernels/int_gemm.py) against its PyTorch reference, under the
-interpreter on the CPU: 4 and 8 bits, with zero points and symmetric (none read), the decode shapes (one row: multiply-and-reduce; a few
-rows: tl.dot) with split-K, the prefill shape, scales applied per tile (a whole group in a K
-tile) and per element (groups smaller than the tile), ragged M and N; and an int4 layer of a
-model dispatching to the kernel (INT_KERNEL_DEVICE_TYPES widened to the CPU) computes what the
-layer's CPU reference computes. fp32 only: the interpreter's bf16 tl.dot is wrong (see
-test_gemv.py); benchmarks/int4_probe.py checks bf16 on the GPU."""
+interpreter on the CPU: 4 and 8 bits, with zero points and symmetric (none read); the one-row
+GEMV kernel and the tile kernel (a few rows: tl.dot) with split-K, the prefill shape; scales
+applied per tile (a whole group in a K tile) and per element (groups smaller than the tile);
+ragged M and N; and an int4 layer of a model dispatching to the kernel
+(INT_KERNEL_DEVICE_TYPES widened to the CPU) computes what the layer's CPU reference computes.
+The tile kernel in fp32 only: the interpreter's bf16 tl.dot is wrong (see test_gemv.py); the
+GEMV kernel (no tl.dot) in bf16 too. benchmarks/int4_probe.py checks bf16 on the GPU."""
 from __future__ import annotations
 
 import pytest
@@ -28,6 +29,8 @@ def _weights(k, n, bits, group, device, seed, symmetric=False):
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("m,n,k,group,config", [
     (1, 96, 256, 128, None),  # one row, split-K over the whole K
+    (1, 40, 128, 32, dict(BLOCK_M=1, BLOCK_N=32, BLOCK_K=64, SPLIT_K=2, K_PER_SPLIT=64,
+                          num_warps=4, num_stages=1)),  # one row, scales per element
     (3, 40, 128, 32, None),  # a few rows, tl.dot, ragged N
     (5, 64, 192, 64, dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=64, SPLIT_K=3, K_PER_SPLIT=64,
                           num_warps=4, num_stages=1)),
@@ -47,6 +50,18 @@ def test_int_gemm_matches_the_reference(bits, m, n, k, group, config, symmetric,
     dense = int_packing.dequantize(qweight.cpu(), scales.cpu(),
                                    None if zeros is None else zeros.cpu(), bits, group)
     torch.testing.assert_close(ref.cpu(), x.cpu() @ dense, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_the_gemv_kernel_in_bf16(symmetric, device):
+    qweight, scales, zeros, gen = _weights(256, 72, 4, 128, device, 7, symmetric)
+    x = torch.randn(1, 256, generator=gen).to(device, torch.bfloat16)
+    scales = scales.to(torch.bfloat16)
+    zeros = None if zeros is None else zeros.to(torch.bfloat16)
+    y = int_gemm.int_gemm(x, qweight, scales, zeros, 4, 128)
+    ref = int_gemm.int_gemm_ref(x.float(), qweight, scales, zeros, 4, 128)
+    assert y.dtype == torch.bfloat16
+    assert ((y.float() - ref).abs() <= ref.abs() * 2 ** -7 + 1e-3).all()
 
 
 def test_decode_configs_split_k_to_fill_the_device():
