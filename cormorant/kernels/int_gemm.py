@@ -107,6 +107,8 @@ def _int_gemm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, M, N, K, K_PER_SPLIT,
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
     mask_n = offs_n < N
+    offs_w = tl.arange(0, BLOCK_K // PACK)
+    offs_j = tl.arange(0, PACK)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     k_begin = pid_k * K_PER_SPLIT
     k_end = tl.minimum(k_begin + K_PER_SPLIT, K)
@@ -115,9 +117,11 @@ def _int_gemm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, M, N, K, K_PER_SPLIT,
         mask_k = offs_k < k_end
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
                     mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        q = tl.load(q_ptr + (offs_k // PACK)[:, None] * stride_qk + offs_n[None, :],
-                    mask=mask_k[:, None] & mask_n[None, :], other=0)
-        codes = ((q >> ((offs_k % PACK) * BITS)[:, None]) & MASK).to(tl.float32)
+        rows = k0 // PACK + offs_w  # each packed word loaded once, then spread along K
+        words = tl.load(q_ptr + rows[:, None] * stride_qk + offs_n[None, :],
+                        mask=(rows * PACK < k_end)[:, None] & mask_n[None, :], other=0)
+        codes = (words[:, None, :] >> (offs_j * BITS)[None, :, None]) & MASK
+        codes = tl.reshape(codes, (BLOCK_K, BLOCK_N)).to(tl.float32)
         if TILE_GROUP:  # the whole tile is one group: scale after the dot
             g = k0 // GROUP
             s = tl.load(s_ptr + g * stride_sg + offs_n, mask=mask_n, other=0.0)

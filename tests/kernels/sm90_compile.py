@@ -37,8 +37,9 @@ class _Recorder:
 
 def _record(launches):
     """Run each (label, thunk) with the kernel modules' kernels replaced by recorders."""
-    from cormorant.kernels import activation, kv_cache, paged_attention, rmsnorm, rotary
-    modules = (activation, kv_cache, paged_attention, rmsnorm, rotary)
+    from cormorant.kernels import (activation, int_gemm, kv_cache, paged_attention, rmsnorm,
+                                   rotary)
+    modules = (activation, int_gemm, kv_cache, paged_attention, rmsnorm, rotary)
     recorded = []
     originals = {}
     for module in modules:
@@ -109,6 +110,24 @@ def _launches(full: bool):
                                              dtype)))
     for dtype in dtypes:
         out += _small_kernel_thunks(rotary, rmsnorm, kv_cache, activation, dtype)
+    out += _int_gemm_thunks()
+    return out
+
+
+def _int_gemm_thunks():
+    """Llama-8B o_proj-sized int4/int8 weight-only GEMMs: one row (the GEMV kernel), 16 and
+    256 rows (the tile kernel), symmetric (no zeros) and asymmetric."""
+    from cormorant.kernels import int_gemm
+    out = []
+    for bits, zeros, rows in ((4, False, (1, 16, 256)), (4, True, (1, 256)), (8, False, (1,))):
+        q = torch.zeros(4096 * bits // 32, 4096, dtype=torch.int32)
+        s = torch.ones(32, 4096, dtype=torch.bfloat16)
+        z = s.clone() if zeros else None
+        for m in rows:
+            x = torch.randn(m, 4096, dtype=torch.bfloat16)
+            label = f"int{bits} gemm M={m}{' zeros' if zeros else ''}"
+            out.append((label, lambda x=x, q=q, s=s, z=z, bits=bits:
+                        int_gemm.int_gemm(x, q, s, z, bits, 128)))
     return out
 
 
