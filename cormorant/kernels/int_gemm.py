@@ -17,7 +17,9 @@ Launch shapes, chosen by `config_for(M, N, K, group, num_sms)`:
           and reduced in fp32;
   decode (M <= 16): the tile kernel with BLOCK_M 16 (tl.dot);
   both split K so that about two programs per SM stream the weight at once: each split
-          writes fp32 partials [SPLIT_K, M, N], summed afterwards;
+          writes fp32 partials, which the GEMV sums in the same launch (the last split of
+          a column tile adds them up in split order: deterministic) and the tile kernel
+          sums afterwards ([SPLIT_K, M, N].sum(0));
   prefill: 64 x 128 x 64 tiles through tl.dot, no split.
 fp32 inputs use IEEE dots (the parity reference); bf16/fp16 inputs use tensor cores with fp32
 accumulation. `int_gemm_ref` is the PyTorch reference (dequantize, then matmul).
@@ -44,13 +46,15 @@ def _dot(x, w, IEEE: tl.constexpr):
 
 
 @triton.jit
-def _int_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, N, K, K_PER_SPLIT, stride_qk,
-                     stride_sg, stride_ys, BITS: tl.constexpr, GROUP: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, TILE_GROUP: tl.constexpr,
-                     HAS_ZEROS: tl.constexpr):
+def _int_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, p_ptr, lock_ptr, N, K, K_PER_SPLIT,
+                     stride_qk, stride_sg, BITS: tl.constexpr, GROUP: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+                     TILE_GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr):
     """One row (M = 1): each packed word is loaded once and its codes are spread along a
     middle axis ([words, PACK, BLOCK_N]), multiplied by the matching inputs and reduced; with a
-    whole group per tile, sum_k x_k (c_k - z) s = s * (sum_k x_k c_k - z * sum_k x_k)."""
+    whole group per tile, sum_k x_k (c_k - z) s = s * (sum_k x_k c_k - z * sum_k x_k).
+    Split K is reduced in the same launch: each split stores fp32 partials, and the last one of
+    a column tile (a counter per tile, acquire/release atomics) sums them in split order."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     PACK: tl.constexpr = 32 // BITS
@@ -89,7 +93,18 @@ def _int_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, N, K, K_PER_SPLIT, strid
             else:
                 z3 = (1 << (BITS - 1))
             acc += tl.sum(tl.sum(xk[:, :, None] * ((codes - z3) * s3), axis=1), axis=0)
-    tl.store(y_ptr + pid_k * stride_ys + offs_n, acc.to(y_ptr.dtype.element_ty), mask=mask_n)
+    if SPLIT_K == 1:
+        tl.store(y_ptr + offs_n, acc.to(y_ptr.dtype.element_ty), mask=mask_n)
+    else:  # partials; the last split of this column tile to finish adds them up
+        tl.store(p_ptr + pid_k * N + offs_n, acc, mask=mask_n)
+        done = tl.atomic_add(lock_ptr + pid_n, 1, sem="acq_rel")
+        if done == SPLIT_K - 1:
+            total = tl.zeros((BLOCK_N,), dtype=tl.float32)
+            for i in range(SPLIT_K):  # a fixed order: the sum does not depend on who is last
+                total += tl.load(p_ptr + i * N + offs_n, mask=mask_n, other=0.0,
+                                 cache_modifier=".cg")
+            tl.store(y_ptr + offs_n, total.to(y_ptr.dtype.element_ty), mask=mask_n)
+            tl.atomic_xchg(lock_ptr + pid_n, 0)  # ready for the next launch
 
 
 @triton.jit
@@ -172,6 +187,19 @@ def config_for(m: int, n: int, k: int, group: int, num_sms: int) -> dict:
                 K_PER_SPLIT=triton.cdiv(k, block_k) * block_k, num_warps=4, num_stages=3)
 
 
+_LOCKS: dict[torch.device, torch.Tensor] = {}  # per device: a zeroed counter per column tile
+
+
+def _locks(device: torch.device, tiles: int) -> torch.Tensor:
+    """The GEMV's split-K counters (each launch leaves them at zero); allocated once per device,
+    so CUDA graphs capture a fixed address."""
+    locks = _LOCKS.get(device)
+    if locks is None or locks.numel() < tiles:
+        locks = _LOCKS[device] = torch.zeros(max(tiles, 4096), dtype=torch.int32,
+                                             device=device)
+    return locks
+
+
 def int_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
              zeros: torch.Tensor | None, bits: int, group: int, config: dict | None = None
              ) -> torch.Tensor:
@@ -183,29 +211,39 @@ def int_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
                          f"{tuple(qweight.shape)} / scales {tuple(scales.shape)} ({bits} bits, "
                          f"group {group})")
     cfg = dict(config or config_for(m, n, k, group, _num_sms(x.device)))
-    split, per_split = cfg.pop("SPLIT_K"), cfg.pop("K_PER_SPLIT")
-    if per_split % cfg["BLOCK_K"]:
-        raise ValueError("K_PER_SPLIT must be a multiple of BLOCK_K")
+    if cfg["K_PER_SPLIT"] % cfg["BLOCK_K"] or cfg["SPLIT_K"] * cfg["K_PER_SPLIT"] < k:
+        raise ValueError("K_PER_SPLIT must be a multiple of BLOCK_K, and the splits cover K")
     x = x.contiguous()
-    out_dtype = torch.float32 if split > 1 else x.dtype
-    y = torch.empty(split, m, n, device=x.device, dtype=out_dtype)
-    tile_group = group % cfg["BLOCK_K"] == 0
+    common = dict(BITS=bits, GROUP=group, TILE_GROUP=group % cfg["BLOCK_K"] == 0,
+                  HAS_ZEROS=zeros is not None)
     zeros_arg = scales if zeros is None else zeros
-    block_m = cfg.pop("BLOCK_M")
-    if block_m == 1:
+    if cfg["BLOCK_M"] == 1:
         if m != 1:
             raise ValueError("int_gemm: BLOCK_M 1 is for a single row")
-        _int_gemv_kernel[(triton.cdiv(n, cfg["BLOCK_N"]), split)](
-            x, qweight, scales, zeros_arg, y, n, k, per_split, qweight.stride(0),
-            scales.stride(0), y.stride(0), BITS=bits, GROUP=group, TILE_GROUP=tile_group,
-            HAS_ZEROS=zeros is not None, **cfg)
-        return y[0] if split == 1 else y.sum(0).to(x.dtype)
+        return _gemv(x, qweight, scales, zeros_arg, cfg, common)
+    split, per_split, block_m = cfg.pop("SPLIT_K"), cfg.pop("K_PER_SPLIT"), cfg.pop("BLOCK_M")
+    y = torch.empty(split, m, n, device=x.device,
+                    dtype=torch.float32 if split > 1 else x.dtype)
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, cfg["BLOCK_N"]), split)
     _int_gemm_kernel[grid](x, qweight, scales, zeros_arg, y, m, n, k, per_split, x.stride(0),
                            qweight.stride(0), scales.stride(0), y.stride(0), y.stride(1),
-                           BITS=bits, GROUP=group, BLOCK_M=block_m, TILE_GROUP=tile_group,
-                           HAS_ZEROS=zeros is not None, IEEE=x.dtype == torch.float32, **cfg)
+                           BLOCK_M=block_m, IEEE=x.dtype == torch.float32, **common, **cfg)
     return y[0] if split == 1 else y.sum(0).to(x.dtype)
+
+
+def _gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+          cfg: dict, common: dict) -> torch.Tensor:
+    """One row through _int_gemv_kernel, split K reduced inside the launch."""
+    n, k = qweight.shape[1], x.shape[1]
+    cfg = {key: v for key, v in cfg.items() if key != "BLOCK_M"}
+    per_split = cfg.pop("K_PER_SPLIT")
+    tiles = triton.cdiv(n, cfg["BLOCK_N"])
+    y = torch.empty(1, n, device=x.device, dtype=x.dtype)
+    partials = torch.empty(cfg["SPLIT_K"], n, device=x.device, dtype=torch.float32)
+    _int_gemv_kernel[(tiles, cfg["SPLIT_K"])](
+        x, qweight, scales, zeros, y, partials, _locks(x.device, tiles), n, k, per_split,
+        qweight.stride(0), scales.stride(0), **common, **cfg)
+    return y
 
 
 def dequantize_ref(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,

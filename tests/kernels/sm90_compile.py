@@ -126,8 +126,9 @@ def _int_gemm_thunks():
         for m in rows:
             x = torch.randn(m, 4096, dtype=torch.bfloat16)
             label = f"int{bits} gemm M={m}{' zeros' if zeros else ''}"
-            out.append((label, lambda x=x, q=q, s=s, z=z, bits=bits:
-                        int_gemm.int_gemm(x, q, s, z, bits, 128)))
+            cfg = int_gemm.config_for(m, 4096, 4096, 128, num_sms=132)  # an H100's splits
+            out.append((label, lambda x=x, q=q, s=s, z=z, bits=bits, cfg=cfg:
+                        int_gemm.int_gemm(x, q, s, z, bits, 128, config=cfg)))
     return out
 
 

@@ -58,10 +58,15 @@ def test_the_gemv_kernel_in_bf16(symmetric, device):
     x = torch.randn(1, 256, generator=gen).to(device, torch.bfloat16)
     scales = scales.to(torch.bfloat16)
     zeros = None if zeros is None else zeros.to(torch.bfloat16)
-    y = int_gemm.int_gemm(x, qweight, scales, zeros, 4, 128)
+    cfg = dict(BLOCK_M=1, BLOCK_N=32, BLOCK_K=128, SPLIT_K=2, K_PER_SPLIT=128, num_warps=4,
+               num_stages=1)
+    y = int_gemm.int_gemm(x, qweight, scales, zeros, 4, 128, config=cfg)
     ref = int_gemm.int_gemm_ref(x.float(), qweight, scales, zeros, 4, 128)
     assert y.dtype == torch.bfloat16
     assert ((y.float() - ref).abs() <= ref.abs() * 2 ** -7 + 1e-3).all()
+    # the split-K counters are left at zero: the next launch reduces as well
+    assert not int_gemm._LOCKS[x.device].any()
+    assert torch.equal(int_gemm.int_gemm(x, qweight, scales, zeros, 4, 128, config=cfg), y)
 
 
 def test_decode_configs_split_k_to_fill_the_device():
