@@ -94,6 +94,14 @@ class RunContext:
     def dtype_bytes(self) -> int:
         return torch.tensor([], dtype=self.dtype).element_size()
 
+    @property
+    def body_bytes(self) -> float | None:
+        """Bytes per decoder-projection weight under --quantization int4 / int8 (codes plus a
+        model-dtype scale per group of 128; symmetric, so no zero points), for the floors;
+        None: the dtype's."""
+        bits = {"int4": 4, "int8": 8}.get(self.quantization)
+        return None if bits is None else bits / 8 + self.dtype_bytes / 128
+
     def model(self, name: str) -> str:
         """The configuration to run for `name`: itself, or its tiny stand-in in a tiny run."""
         return resolve_name(name, self.is_tiny)

@@ -101,7 +101,10 @@ class StepCost:
     attn_flops_per_pair: int  # per (query token, context token) pair, all layers
 
     @classmethod
-    def of(cls, cfg: ModelConfig, dtype_bytes: int = 2) -> "StepCost":
+    def of(cls, cfg: ModelConfig, dtype_bytes: int = 2, body_bytes: float | None = None
+           ) -> "StepCost":
+        """body_bytes: bytes per decoder-projection weight when it differs from the dtype's
+        (quantized weights: codes plus scales); the head, embeddings and norms keep dtype."""
         h, d = cfg.hidden_size, cfg.head_dim
         qkv = h * (cfg.num_heads + 2 * cfg.num_kv_heads) * d
         o_proj = cfg.num_heads * d * h
@@ -112,7 +115,8 @@ class StepCost:
         head = cfg.vocab_size * h
         small = cfg.num_layers * (bias + norms) + h
         return cls(body_params=body, head_params=head,
-                   weight_bytes=(body + head + small) * dtype_bytes,
+                   weight_bytes=round(body * (body_bytes or dtype_bytes)
+                                      + (head + small) * dtype_bytes),
                    kv_bytes_per_token=2 * cfg.num_layers * cfg.num_kv_heads * d * dtype_bytes,
                    attn_flops_per_pair=4 * cfg.num_layers * cfg.num_heads * d)
 
