@@ -17,9 +17,8 @@ Launch shapes, chosen by `config_for(M, N, K, group, num_sms)`:
           and reduced in fp32;
   decode (M <= 16): the tile kernel with BLOCK_M 16 (tl.dot);
   both split K so that about two programs per SM stream the weight at once: each split
-          writes fp32 partials, which the GEMV sums in the same launch (the last split of
-          a column tile adds them up in split order: deterministic) and the tile kernel
-          sums afterwards ([SPLIT_K, M, N].sum(0));
+          writes fp32 partials, summed in the same launch by the last split of each output
+          tile to finish, in split order (deterministic): one launch per projection;
   prefill: 64 x 128 x 64 tiles through tl.dot, no split.
 fp32 inputs use IEEE dots (the parity reference); bf16/fp16 inputs use tensor cores with fp32
 accumulation. `int_gemm_ref` is the PyTorch reference (dequantize, then matmul).
@@ -46,6 +45,28 @@ def _dot(x, w, IEEE: tl.constexpr):
 
 
 @triton.jit
+def _finish(acc, y_ptr, y_offs, p_ptr, p_offs, p_stride, lock_ptr, lock_id, pid_k, mask,
+            SPLIT_K: tl.constexpr):
+    """Store a program's fp32 result: straight to y without split-K; else as a partial, and the
+    last split of this output tile to finish (a counter per tile, acquire/release atomics after
+    a CTA barrier, so every thread's partial is published) sums all partials in split order
+    (deterministic), writes y and resets the counter for the next launch."""
+    if SPLIT_K == 1:
+        tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.store(p_ptr + pid_k * p_stride + p_offs, acc, mask=mask)
+        tl.debug_barrier()
+        done = tl.atomic_add(lock_ptr + lock_id, 1, sem="acq_rel")
+        if done == SPLIT_K - 1:
+            total = tl.zeros_like(acc)
+            for i in range(SPLIT_K):
+                total += tl.load(p_ptr + i * p_stride + p_offs, mask=mask, other=0.0,
+                                 cache_modifier=".cg")
+            tl.store(y_ptr + y_offs, total.to(y_ptr.dtype.element_ty), mask=mask)
+            tl.atomic_xchg(lock_ptr + lock_id, 0)
+
+
+@triton.jit
 def _int_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, p_ptr, lock_ptr, N, K, K_PER_SPLIT,
                      stride_qk, stride_sg, BITS: tl.constexpr, GROUP: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
@@ -53,8 +74,7 @@ def _int_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, p_ptr, lock_ptr, N, K, K
     """One row (M = 1): each packed word is loaded once and its codes are spread along a
     middle axis ([words, PACK, BLOCK_N]), multiplied by the matching inputs and reduced; with a
     whole group per tile, sum_k x_k (c_k - z) s = s * (sum_k x_k c_k - z * sum_k x_k).
-    Split K is reduced in the same launch: each split stores fp32 partials, and the last one of
-    a column tile (a counter per tile, acquire/release atomics) sums them in split order."""
+    Split K is reduced in the same launch (_finish)."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     PACK: tl.constexpr = 32 // BITS
@@ -93,25 +113,14 @@ def _int_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, p_ptr, lock_ptr, N, K, K
             else:
                 z3 = (1 << (BITS - 1))
             acc += tl.sum(tl.sum(xk[:, :, None] * ((codes - z3) * s3), axis=1), axis=0)
-    if SPLIT_K == 1:
-        tl.store(y_ptr + offs_n, acc.to(y_ptr.dtype.element_ty), mask=mask_n)
-    else:  # partials; the last split of this column tile to finish adds them up
-        tl.store(p_ptr + pid_k * N + offs_n, acc, mask=mask_n)
-        done = tl.atomic_add(lock_ptr + pid_n, 1, sem="acq_rel")
-        if done == SPLIT_K - 1:
-            total = tl.zeros((BLOCK_N,), dtype=tl.float32)
-            for i in range(SPLIT_K):  # a fixed order: the sum does not depend on who is last
-                total += tl.load(p_ptr + i * N + offs_n, mask=mask_n, other=0.0,
-                                 cache_modifier=".cg")
-            tl.store(y_ptr + offs_n, total.to(y_ptr.dtype.element_ty), mask=mask_n)
-            tl.atomic_xchg(lock_ptr + pid_n, 0)  # ready for the next launch
+    _finish(acc, y_ptr, offs_n, p_ptr, offs_n, N, lock_ptr, pid_n, pid_k, mask_n, SPLIT_K)
 
 
 @triton.jit
-def _int_gemm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, M, N, K, K_PER_SPLIT,
-                     stride_xm, stride_qk, stride_sg, stride_ys, stride_ym,
-                     BITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, TILE_GROUP: tl.constexpr,
+def _int_gemm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, p_ptr, lock_ptr, M, N, K, K_PER_SPLIT,
+                     stride_xm, stride_qk, stride_sg, stride_ym, BITS: tl.constexpr,
+                     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, TILE_GROUP: tl.constexpr,
                      HAS_ZEROS: tl.constexpr, IEEE: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -156,9 +165,10 @@ def _int_gemm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, M, N, K, K_PER_SPLIT,
             else:
                 z2 = (1 << (BITS - 1))
             acc += _dot(x, ((codes - z2) * s2.to(tl.float32)).to(x.dtype), IEEE)
-    y_offs = pid_k * stride_ys + offs_m[:, None] * stride_ym + offs_n[None, :]
-    tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty),
-             mask=mask_m[:, None] & mask_n[None, :])
+    _finish(acc, y_ptr, offs_m[:, None] * stride_ym + offs_n[None, :], p_ptr,
+            offs_m[:, None] * N + offs_n[None, :], M * N, lock_ptr,
+            pid_m * tl.num_programs(1) + pid_n, pid_k, mask_m[:, None] & mask_n[None, :],
+            SPLIT_K)
 
 
 @functools.cache
@@ -221,14 +231,15 @@ def int_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
         if m != 1:
             raise ValueError("int_gemm: BLOCK_M 1 is for a single row")
         return _gemv(x, qweight, scales, zeros_arg, cfg, common)
-    split, per_split, block_m = cfg.pop("SPLIT_K"), cfg.pop("K_PER_SPLIT"), cfg.pop("BLOCK_M")
-    y = torch.empty(split, m, n, device=x.device,
-                    dtype=torch.float32 if split > 1 else x.dtype)
-    grid = (triton.cdiv(m, block_m), triton.cdiv(n, cfg["BLOCK_N"]), split)
-    _int_gemm_kernel[grid](x, qweight, scales, zeros_arg, y, m, n, k, per_split, x.stride(0),
-                           qweight.stride(0), scales.stride(0), y.stride(0), y.stride(1),
-                           BLOCK_M=block_m, IEEE=x.dtype == torch.float32, **common, **cfg)
-    return y[0] if split == 1 else y.sum(0).to(x.dtype)
+    per_split = cfg.pop("K_PER_SPLIT")
+    grid = (triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(n, cfg["BLOCK_N"]), cfg["SPLIT_K"])
+    y = torch.empty(m, n, device=x.device, dtype=x.dtype)
+    partials = torch.empty(cfg["SPLIT_K"], m, n, device=x.device, dtype=torch.float32)
+    _int_gemm_kernel[grid](x, qweight, scales, zeros_arg, y, partials,
+                           _locks(x.device, grid[0] * grid[1]), m, n, k, per_split,
+                           x.stride(0), qweight.stride(0), scales.stride(0), y.stride(0),
+                           IEEE=x.dtype == torch.float32, **common, **cfg)
+    return y
 
 
 def _gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,

@@ -47,6 +47,8 @@ def test_int_gemm_matches_the_reference(bits, m, n, k, group, config, symmetric,
     ref = int_gemm.int_gemm_ref(x, qweight, scales, zeros, bits, group)
     assert y.shape == (m, n) and y.dtype == x.dtype
     torch.testing.assert_close(y, ref, atol=1e-3, rtol=1e-4)
+    locks = int_gemm._LOCKS.get(x.device)
+    assert locks is None or not locks.any()  # split-K counters reset for the next launch
     dense = int_packing.dequantize(qweight.cpu(), scales.cpu(),
                                    None if zeros is None else zeros.cpu(), bits, group)
     torch.testing.assert_close(ref.cpu(), x.cpu() @ dense, atol=1e-4, rtol=1e-5)
