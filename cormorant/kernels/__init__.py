@@ -9,6 +9,7 @@ Modules (each imports only torch and triton):
   activation       SiLU-and-multiply of a packed gate/up projection
   qk_prep          q/k RMSNorm + rotary + KV-cache write in one launch
   gemv             batch-1 decode GEMV, optionally with an add + RMSNorm or SiLU prologue
+  int_gemm         int4/int8 weight-only GEMM and GEMV, dequantized inside the matmul
 
 This package file imports nothing heavy, so `import cormorant.kernels` works on machines
 without Triton; layers get a submodule through `load(name)`, which is None where it cannot be
