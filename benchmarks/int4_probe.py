@@ -5,8 +5,9 @@ kernel's bf16 output is checked against int_gemm_ref (relative error), then time
 F.linear on the bf16 weight of the same shape. Times match a decode step: weights cold (enough
 copies to overflow the 50 MB L2, each call reads the next), R calls captured in one CUDA graph
 and replayed, time per call = replay / R (median of 5). GB/s counts the weight's bytes (int4
-codes + fp32 scales and zeros for the kernel, bf16 for cuBLAS). `--sweep` also times a grid of
-launch settings at M = 1 and 16 (24 per shape, a few minutes) and prints the best per
+codes + bf16 scales, symmetric as --quantization int4 makes them, for the kernel; bf16 for
+cuBLAS). `--sweep` also times a grid of
+launch settings at M = 1 and 16 (18-36 per shape, a few minutes) and prints the best per
 shape, to tune config_for.
 Run from the repository root on a CUDA machine, in one command:
     python benchmarks/int4_probe.py [--ms 1,16,256] [--sweep] [--out FILE.json]
@@ -42,8 +43,7 @@ def int4_weights(n: int, k: int, copies: int):
         gen = torch.Generator(device="cuda").manual_seed(i)
         codes = torch.randint(0, 16, (k, n), device="cuda", dtype=torch.int32, generator=gen)
         scales = torch.rand(k // GROUP, n, device="cuda", generator=gen) * 0.01 + 1e-3
-        zeros = torch.full((k // GROUP, n), 8.0, device="cuda")
-        out.append((pack(codes, BITS, 0), scales, zeros))
+        out.append((pack(codes, BITS, 0), scales.to(torch.bfloat16), None))  # symmetric
     return out
 
 
@@ -69,7 +69,7 @@ def graph_time(calls: list, reps: int = 20) -> float:
 
 
 def probe(name: str, n: int, k: int, m: int, sweep: bool) -> dict:
-    q_bytes = k * n // 2 + 2 * 4 * (k // GROUP) * n
+    q_bytes = k * n // 2 + 2 * (k // GROUP) * n
     weights = int4_weights(n, k, max(2, -(-2 * L2_BYTES // q_bytes)))
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     qw, s, z = weights[0]
@@ -94,11 +94,14 @@ def probe(name: str, n: int, k: int, m: int, sweep: bool) -> dict:
 def sweep_configs(x, weights, m: int, n: int, k: int) -> list:
     results = []
     block_ms = [1] if m == 1 else [16]
-    for bm, bn, bk, split, warps, stages in itertools.product(
-            block_ms, [64, 128, 256], [128], [2, 4, 8, 16], [4], [2, 4]):
+    defer = [False, True] if m == 1 else [None]
+    for bm, bn, bk, split, warps, stages, dfr in itertools.product(
+            block_ms, [32, 64, 128], [128], [2, 4, 8], [4], [2, 4], defer):
         per = -(-k // bk // split) * bk
         cfg = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=-(-k // per), K_PER_SPLIT=per,
                    num_warps=warps, num_stages=stages)
+        if dfr is not None:
+            cfg["DEFER_REDUCE"] = dfr  # the GEMV: reduce per K tile or once at the end
         try:
             t = graph_time([lambda w=w: int_gemm(x, *w, BITS, GROUP, config=cfg)
                             for w in weights], reps=10)

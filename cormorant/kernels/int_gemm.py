@@ -70,20 +70,25 @@ def _finish(acc, y_ptr, y_offs, p_ptr, p_offs, p_stride, lock_ptr, lock_id, pid_
 def _int_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, p_ptr, lock_ptr, N, K, K_PER_SPLIT,
                      stride_qk, stride_sg, BITS: tl.constexpr, GROUP: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-                     TILE_GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr):
+                     TILE_GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr,
+                     DEFER_REDUCE: tl.constexpr):
     """One row (M = 1): each packed word is loaded once and its codes are spread along a
-    middle axis ([words, PACK, BLOCK_N]), multiplied by the matching inputs and reduced; with a
-    whole group per tile, sum_k x_k (c_k - z) s = s * (sum_k x_k c_k - z * sum_k x_k).
+    middle axis ([words, PACK, BLOCK_N]), multiplied by the matching dequantized inputs and
+    reduced to BLOCK_N sums, per K tile, or (DEFER_REDUCE) accumulated elementwise and reduced
+    once at the end (no cross-thread reduction inside the loop; more registers).
     Split K is reduced in the same launch (_finish)."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     PACK: tl.constexpr = 32 // BITS
     MASK: tl.constexpr = (1 << BITS) - 1
+    WORDS: tl.constexpr = BLOCK_K // PACK
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
-    offs_w = tl.arange(0, BLOCK_K // PACK)
+    offs_w = tl.arange(0, WORDS)
     offs_j = tl.arange(0, PACK)
     acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    acc3 = tl.zeros((WORDS if DEFER_REDUCE else 1, PACK if DEFER_REDUCE else 1, BLOCK_N),
+                    dtype=tl.float32)
     k_begin = pid_k * K_PER_SPLIT
     k_end = tl.minimum(k_begin + K_PER_SPLIT, K)
     for k0 in range(k_begin, k_end, BLOCK_K):
@@ -94,25 +99,24 @@ def _int_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, p_ptr, lock_ptr, N, K, K
         codes = ((words[:, None, :] >> (offs_j * BITS)[None, :, None]) & MASK).to(tl.float32)
         ks = rows[:, None] * PACK + offs_j[None, :]  # [words, PACK] input features
         xk = tl.load(x_ptr + ks, mask=mask_w[:, None], other=0.0).to(tl.float32)
-        if TILE_GROUP:
-            g = k0 // GROUP
-            s = tl.load(s_ptr + g * stride_sg + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-            part = tl.sum(tl.sum(xk[:, :, None] * codes, axis=1), axis=0)
-            if HAS_ZEROS:
-                z = tl.load(z_ptr + g * stride_sg + offs_n, mask=mask_n,
-                            other=0.0).to(tl.float32)
-            else:
-                z = (1 << (BITS - 1))
-            acc += s * (part - z * tl.sum(tl.sum(xk, axis=1), axis=0))
+        if TILE_GROUP:  # one scale and zero per column for the whole tile
+            sz = (k0 // GROUP) * stride_sg + offs_n[None, None, :]
+            sz_mask = mask_n[None, None, :]
         else:
             sz = (ks // GROUP)[:, :, None] * stride_sg + offs_n[None, None, :]
             sz_mask = mask_w[:, None, None] & mask_n[None, None, :]
-            s3 = tl.load(s_ptr + sz, mask=sz_mask, other=0.0).to(tl.float32)
-            if HAS_ZEROS:
-                z3 = tl.load(z_ptr + sz, mask=sz_mask, other=0.0).to(tl.float32)
-            else:
-                z3 = (1 << (BITS - 1))
-            acc += tl.sum(tl.sum(xk[:, :, None] * ((codes - z3) * s3), axis=1), axis=0)
+        s3 = tl.load(s_ptr + sz, mask=sz_mask, other=0.0).to(tl.float32)
+        if HAS_ZEROS:
+            z3 = tl.load(z_ptr + sz, mask=sz_mask, other=0.0).to(tl.float32)
+        else:
+            z3 = (1 << (BITS - 1))
+        prod = xk[:, :, None] * ((codes - z3) * s3)
+        if DEFER_REDUCE:
+            acc3 += prod
+        else:
+            acc += tl.sum(tl.sum(prod, axis=1), axis=0)
+    if DEFER_REDUCE:
+        acc = tl.sum(tl.sum(acc3, axis=1), axis=0)
     _finish(acc, y_ptr, offs_n, p_ptr, offs_n, N, lock_ptr, pid_n, pid_k, mask_n, SPLIT_K)
 
 
@@ -248,6 +252,7 @@ def _gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: t
     n, k = qweight.shape[1], x.shape[1]
     cfg = {key: v for key, v in cfg.items() if key != "BLOCK_M"}
     per_split = cfg.pop("K_PER_SPLIT")
+    cfg.setdefault("DEFER_REDUCE", False)
     tiles = triton.cdiv(n, cfg["BLOCK_N"])
     y = torch.empty(1, n, device=x.device, dtype=x.dtype)
     partials = torch.empty(cfg["SPLIT_K"], n, device=x.device, dtype=torch.float32)

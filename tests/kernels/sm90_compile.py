@@ -129,6 +129,10 @@ def _int_gemm_thunks():
             cfg = int_gemm.config_for(m, 4096, 4096, 128, num_sms=132)  # an H100's splits
             out.append((label, lambda x=x, q=q, s=s, z=z, bits=bits, cfg=cfg:
                         int_gemm.int_gemm(x, q, s, z, bits, 128, config=cfg)))
+            if m == 1 and not zeros:  # the GEMV's other reduction order
+                out.append((label + " deferred", lambda x=x, q=q, s=s, bits=bits, cfg=cfg:
+                            int_gemm.int_gemm(x, q, s, None, bits, 128,
+                                              config=dict(cfg, DEFER_REDUCE=True))))
     return out
 
 

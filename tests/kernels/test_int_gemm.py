@@ -31,6 +31,8 @@ def _weights(k, n, bits, group, device, seed, symmetric=False):
     (1, 96, 256, 128, None),  # one row, split-K over the whole K
     (1, 40, 128, 32, dict(BLOCK_M=1, BLOCK_N=32, BLOCK_K=64, SPLIT_K=2, K_PER_SPLIT=64,
                           num_warps=4, num_stages=1)),  # one row, scales per element
+    (1, 40, 256, 64, dict(BLOCK_M=1, BLOCK_N=32, BLOCK_K=64, SPLIT_K=2, K_PER_SPLIT=128,
+                          DEFER_REDUCE=True, num_warps=4, num_stages=1)),  # reduced once
     (3, 40, 128, 32, None),  # a few rows, tl.dot, ragged N
     (5, 64, 192, 64, dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=64, SPLIT_K=3, K_PER_SPLIT=64,
                           num_warps=4, num_stages=1)),
