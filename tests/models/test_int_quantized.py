@@ -7,11 +7,13 @@ dequantized weights. cormorant's quantized model must compute the dequantized mo
 logits within 1e-4 of cormorant's dense load and of transformers' (the logits are of size
 ~8; the two agree to ~1e-5), while differing from the original unquantized weights by far
 more (so the quantization is real), and greedy output token-identical over 4 prompts x 32
-tokens. Bad checkpoints fail at load with an error that says what is wrong.
+tokens (through the model for each format, and for AWQ through the real HTTP server and the
+openai client). Bad checkpoints fail at load with an error that says what is wrong.
 """
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -117,17 +119,27 @@ def test_greedy_output_is_token_identical_to_the_dequantized_model(case, checkpo
     assert len({tuple(ids) for ids in quantized}) == len(PROMPT_IDS)  # four real sequences
 
 
-def test_the_engine_serves_an_awq_checkpoint_like_its_dequantized_model(checkpoints):
+def test_the_server_serves_an_awq_checkpoint_like_its_dequantized_model(checkpoints):
+    """The real HTTP server on the AWQ checkpoint, through the openai client, answers what the
+    offline engine on the dequantized checkpoint generates (greedy, 4 prompts x 32 tokens)."""
     from cormorant import LLM
 
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
+    from server_helpers import running_model_server
+
+    quantized, dequantized = checkpoints(GREEDY[0])
+    llm = LLM(str(dequantized), num_kv_blocks=64)
     params = SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)
-    outputs = []
-    for path in checkpoints(GREEDY[0]):
-        llm = LLM(str(path), num_kv_blocks=64, quantization="auto")
-        outputs.append([o.outputs[0].token_ids for o in llm.generate(PROMPTS, params)])
-        del llm
-    assert all(len(ids) == 32 for ids in outputs[0])
-    assert outputs[0] == outputs[1]
+    expected = [o.outputs[0] for o in llm.generate(PROMPTS, params)]
+    del llm
+    assert all(len(o.token_ids) == 32 for o in expected)
+    with running_model_server(str(quantized), max_model_len=256) as server:
+        answer = server.client().completions.create(
+            model=server.model, prompt=PROMPTS, max_tokens=32, temperature=0.0,
+            extra_body={"ignore_eos": True})
+    texts = [c.text for c in sorted(answer.choices, key=lambda c: c.index)]
+    assert texts == [o.text for o in expected]
+    assert answer.usage.completion_tokens == 4 * 32
 
 
 def test_runtime_packing_matches_compressed_tensors_pack_to_int32():
