@@ -91,15 +91,18 @@ ENGINE_ARGS: tuple[EngineArg, ...] = (
     EngineArg("device", str, "auto | cpu | cuda | cuda:N", "device",
               commands=("serve", "generate", "chat", "bench", "llm"),
               note="registry: the model entry's own device key"),
-    EngineArg("quantization", str, "a quantized GGUF on the CPU: gguf keeps the linear "
-              "weights in their blocks (int4 kernels for Q4_0/Q4_1/Q4_K, int8 for other types); "
-              "none dequantizes them to the dtype (exact: token-identical to transformers); "
-              "fp8 quantizes dense (or random) weights to FP8 at load (per-channel scales); "
-              "auto: a Hugging Face checkpoint's own quantization_config, else none",
-              "quantization", choices=("auto", "none", "gguf", "fp8"),
+    EngineArg("quantization", str, "weight quantization. A quantized GGUF on the CPU: gguf "
+              "keeps the linear weights in their blocks (int4 kernels for Q4_0/Q4_1/Q4_K, int8 "
+              "for other types), none dequantizes them to the dtype (exact: token-identical to "
+              "transformers). A dense checkpoint or random weights: fp8 quantizes the linear "
+              "layers to FP8 at load (per-channel scales), int4 / int8 to integers (symmetric, "
+              "group 128). A checkpoint quantized already (FP8, AWQ, GPTQ, compressed-tensors) "
+              "loads as it is under auto. auto: the checkpoint's own format, else none",
+              "quantization", choices=("auto", "none", "gguf", "fp8", "int4", "int8"),
               commands=("serve", "generate", "chat", "bench", "llm", "registry"),
-              note="bench: fp8 quantizes the random weights of B1-B3 (their floors count "
-              "one byte per weight and FP8 matmul rates)"),
+              defaults={"bench": "none"},
+              note="bench: random weights, quantized at load when fp8 / int4 / int8 (the "
+              "floors count the quantized bytes)"),
     EngineArg("threads", int, "CPU threads for the model's kernels", "threads",
               optional=True, none_means="the cores this process may use (affinity and cgroup "
               "quota)", commands=("serve", "generate", "chat", "bench", "llm", "registry")),

@@ -40,7 +40,7 @@ class EngineSettings:
     async_scheduling: bool | None = None  # None: on for CUDA
     kv_cache_dtype: str = "auto"  # auto (the model's dtype) | fp8
     tensor_parallel_size: int = 1
-    quantization: str = "auto"  # "fp8": the random weights quantized at load
+    quantization: str = "none"  # fp8 / int4 / int8: the random weights quantized at load
 
     def engine_config(self, name: str) -> EngineConfig:
         """Configuration `name` (bench.configs) on seeded random weights."""
@@ -84,7 +84,7 @@ class RunContext:
     tensor_parallel_size: int = 1  # B1-B4: devices per engine
     b4b_rate: float | None = None  # B4 with a batch: the request rate (None: the scale's)
     kv_cache_dtype: str = "auto"  # the offline benchmarks' KV cache: auto | fp8 (B1-B3)
-    quantization: str = "auto"  # B1-B3's weights: "fp8" quantizes them at load
+    quantization: str = "none"  # B1-B3's weights: fp8 / int4 / int8 quantize them at load
     env: dict = field(default_factory=dict)
 
     @property
@@ -104,14 +104,19 @@ class RunContext:
         """Bytes of one KV-cache element: 1 with an fp8 cache, else the dtype's."""
         return 1 if self.kv_cache_dtype.startswith("fp8") else self.dtype_bytes
 
+    @property
+    def body_bytes(self) -> float | None:
+        """Bytes per decoder-projection weight under --quantization (fp8: one; int4 / int8:
+        codes plus a model-dtype scale per group of 128, symmetric, so no zero points), for
+        the floors; None: the dtype's."""
+        if self.quantization == "fp8":
+            return 1
+        bits = {"int4": 4, "int8": 8}.get(self.quantization)
+        return None if bits is None else bits / 8 + self.dtype_bytes / 128
+
     def model(self, name: str) -> str:
         """The configuration to run for `name`: itself, or its tiny stand-in in a tiny run."""
         return resolve_name(name, self.is_tiny)
-
-    @property
-    def body_weight_bytes(self) -> int:
-        """Bytes of one matmul weight of the model body (the floors' weight reads)."""
-        return 1 if self.quantization == "fp8" else self.dtype_bytes
 
     def settings(self, **engine) -> EngineSettings:
         engine.setdefault("async_scheduling", self.async_scheduling)

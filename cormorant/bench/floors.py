@@ -110,9 +110,10 @@ class StepCost:
     attn_flops_per_pair: int  # per (query token, context token) pair, all layers
 
     @classmethod
-    def of(cls, cfg: ModelConfig, dtype_bytes: int = 2, body_bytes: int | None = None, *,
+    def of(cls, cfg: ModelConfig, dtype_bytes: int = 2, body_bytes: float | None = None, *,
            kv_dtype_bytes: int | None = None) -> "StepCost":
-        """body_bytes: bytes of one body matmul weight (1 for FP8; default dtype_bytes);
+        """body_bytes: bytes per decoder-projection weight when it differs from the dtype's
+        (quantized weights: codes plus scales; the head, embeddings and norms keep dtype);
         kv_dtype_bytes: a KV-cache element's size when it differs (1: an fp8 cache)."""
         kv_bytes = dtype_bytes if kv_dtype_bytes is None else kv_dtype_bytes
         h, d = cfg.hidden_size, cfg.head_dim
@@ -125,7 +126,8 @@ class StepCost:
         head = cfg.vocab_size * h
         small = cfg.num_layers * (bias + norms) + h
         return cls(body_params=body, head_params=head,
-                   weight_bytes=body * (body_bytes or dtype_bytes) + (head + small) * dtype_bytes,
+                   weight_bytes=round(body * (body_bytes or dtype_bytes)
+                                      + (head + small) * dtype_bytes),
                    kv_bytes_per_token=2 * cfg.num_layers * cfg.num_kv_heads * d * kv_bytes,
                    attn_flops_per_pair=4 * cfg.num_layers * cfg.num_heads * d)
 

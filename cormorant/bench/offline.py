@@ -124,7 +124,7 @@ def run_b1(ctx: RunContext) -> dict:
         measured = time_offline(llm, workload)
         limits = Limits(B1_ENGINE["max_num_seqs"], B1_ENGINE["max_num_batched_tokens"],
                         kv_capacity_tokens(llm))
-        cost = StepCost.of(llm.model_config, ctx.dtype_bytes, ctx.body_weight_bytes,
+        cost = StepCost.of(llm.model_config, ctx.dtype_bytes, ctx.body_bytes,
                            kv_dtype_bytes=ctx.kv_dtype_bytes)
         profiled = _profile(ctx, llm, "b1", workload)
     finally:
@@ -156,7 +156,7 @@ def _b2_model(ctx: RunContext, real_name: str, prompt: list[int], new_tokens: in
     try:
         decode_step_times(llm, [prompt[:16]], 8)  # warm-up
         times = decode_step_times(llm, [prompt], new_tokens - 1)
-        cost = StepCost.of(llm.model_config, ctx.dtype_bytes, ctx.body_weight_bytes,
+        cost = StepCost.of(llm.model_config, ctx.dtype_bytes, ctx.body_bytes,
                            kv_dtype_bytes=ctx.kv_dtype_bytes)
         profiled = maybe_profile(ctx, llm, f"b2_{name}", 1, len(prompt) + new_tokens // 2)
     finally:
@@ -203,7 +203,7 @@ def run_b3(ctx: RunContext) -> dict:
     try:
         limits = Limits(B3_ENGINE["max_num_seqs"], B3_ENGINE["max_num_batched_tokens"],
                         kv_capacity_tokens(llm))
-        cost = StepCost.of(llm.model_config, ctx.dtype_bytes, ctx.body_weight_bytes,
+        cost = StepCost.of(llm.model_config, ctx.dtype_bytes, ctx.body_bytes,
                            kv_dtype_bytes=ctx.kv_dtype_bytes)
         for workload in b3_workloads(ctx.scale):
             measured = time_offline(llm, workload)

@@ -75,7 +75,7 @@ def _step_at_batch(ctx: RunContext, name: str, batch: int, context: int) -> dict
         prompts = random_prompts(batch, context, seed=49)
         decode_step_times(llm, [p[:16] for p in prompts[:2]], 4)  # warm-up
         times = decode_step_times(llm, prompts, 32)
-        cost = StepCost.of(llm.model_config, ctx.dtype_bytes, ctx.body_weight_bytes)
+        cost = StepCost.of(llm.model_config, ctx.dtype_bytes, ctx.body_bytes)
         profiled = maybe_profile(ctx, llm, "b4", batch, context)
     finally:
         del llm

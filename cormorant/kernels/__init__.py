@@ -10,6 +10,7 @@ Modules (each imports only torch and triton; fp8_gemm also gemv's prologue helpe
   qk_prep          q/k RMSNorm + rotary + KV-cache write in one launch
   gemv             batch-1 decode GEMV, optionally with an add + RMSNorm or SiLU prologue
   fp8_gemm         FP8-weight GEMV (same prologues) and GEMM, per-channel or block scales
+  int_gemm         int4/int8 weight-only GEMM and GEMV, dequantized inside the matmul
 
 This package file imports nothing heavy, so `import cormorant.kernels` works on machines
 without Triton; layers get a submodule through `load(name)`, which is None where it cannot be

@@ -38,7 +38,7 @@ from torch import nn
 from cormorant.layers.linear import LinearBase, LinearMethodChooser
 
 # Modules that register formats (imported on first use, in this order).
-FORMAT_MODULES: tuple[str, ...] = ("cormorant.models.quant_fp8",)
+FORMAT_MODULES: tuple[str, ...] = ("cormorant.models.quant_fp8", "cormorant.models.quant_int")
 
 
 @dataclass(frozen=True)

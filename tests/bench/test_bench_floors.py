@@ -69,3 +69,11 @@ def test_simulator_respects_limits():
 def test_ceilings_measure_on_cpu():
     ceil = measure_ceilings(torch.device("cpu"), torch.float32, repeats=2)
     assert ceil.copy_bytes_per_s > 1e8 and ceil.matmul_flops_per_s > 1e8
+
+
+def test_b2_llama_int4_floor_counts_the_quantized_bytes():
+    """--quantization int4: codes (0.5 byte) plus a bf16 scale per 128 weights in the decoder
+    projections, the LM head in bf16: the issue's int4 floor of about 1.6 ms."""
+    cost = StepCost.of(model_config("llama-3.1-8b"), 2, body_bytes=0.5 + 2 / 128)
+    seconds, _, _ = cost.decode_step(H100, batch=1, context=256)
+    assert 1.5e-3 < seconds < 1.65e-3

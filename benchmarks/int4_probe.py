@@ -1,0 +1,139 @@
+"""Int4 weight-only GEMM probe: cormorant.kernels.int_gemm against bf16 cuBLAS on Llama-3.1-8B.
+
+For each projection of Llama-3.1-8B (qkv, o, gate_up, down) and M = 1, 16, 256 rows: the
+kernel's bf16 output is checked against int_gemm_ref (relative error), then timed against
+F.linear on the bf16 weight of the same shape. Times match a decode step: weights cold (enough
+copies to overflow the 50 MB L2, each call reads the next), R calls captured in one CUDA graph
+and replayed, time per call = replay / R (median of 5). GB/s counts the weight's bytes (int4
+codes + bf16 scales, symmetric as --quantization int4 makes them, for the kernel; bf16 for
+cuBLAS). `--sweep` also times a grid of
+launch settings at M = 1 and 16 (18-36 per shape, a few minutes) and prints the best per
+shape, to tune config_for.
+Run from the repository root on a CUDA machine, in one command:
+    python benchmarks/int4_probe.py [--ms 1,16,256] [--sweep] [--out FILE.json]
+Imports torch, triton and cormorant (repo on path).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+
+from cormorant.kernels.int_gemm import (_num_sms, config_for, int_gemm,  # noqa: E402
+                                        int_gemm_ref)
+from cormorant.layers.int_packing import pack  # noqa: E402
+
+SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096),
+          "down": (4096, 14336)}  # Llama-3.1-8B: N, K
+GROUP, BITS = 128, 4
+L2_BYTES = 50 * 2 ** 20
+
+
+def int4_weights(n: int, k: int, copies: int):
+    out = []
+    for i in range(copies):
+        gen = torch.Generator(device="cuda").manual_seed(i)
+        codes = torch.randint(0, 16, (k, n), device="cuda", dtype=torch.int32, generator=gen)
+        scales = torch.rand(k // GROUP, n, device="cuda", generator=gen) * 0.01 + 1e-3
+        out.append((pack(codes, BITS, 0), scales.to(torch.bfloat16), None))  # symmetric
+    return out
+
+
+def graph_time(calls: list, reps: int = 20) -> float:
+    """Seconds per call: `reps` rounds over the calls (cold copies), in one CUDA graph."""
+    for c in calls:
+        c()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(reps):
+            for c in calls:
+                c()
+    times = []
+    for _ in range(5):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3 / (reps * len(calls)))
+    return statistics.median(times)
+
+
+def probe(name: str, n: int, k: int, m: int, sweep: bool) -> dict:
+    q_bytes = k * n // 2 + 2 * (k // GROUP) * n
+    weights = int4_weights(n, k, max(2, -(-2 * L2_BYTES // q_bytes)))
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    qw, s, z = weights[0]
+    y = int_gemm(x, qw, s, z, BITS, GROUP)
+    ref = int_gemm_ref(x.float(), qw, s, z, BITS, GROUP)
+    rel = float((y.float() - ref).norm() / ref.norm())
+    t_int = graph_time([lambda w=w: int_gemm(x, *w, BITS, GROUP) for w in weights])
+    dense = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+             for _ in range(max(1, -(-2 * L2_BYTES // (2 * n * k))))]
+    t_bf16 = graph_time([lambda w=w: F.linear(x, w) for w in dense])
+    row = {"shape": name, "M": m, "N": n, "K": k, "rel_err": rel,
+           "config": config_for(m, n, k, GROUP, _num_sms(x.device)),
+           "int4_us": t_int * 1e6, "bf16_us": t_bf16 * 1e6, "speedup": t_bf16 / t_int,
+           "int4_GBps": q_bytes / t_int / 1e9, "bf16_GBps": 2 * n * k / t_bf16 / 1e9}
+    if sweep and m <= 16:
+        row["sweep"] = sweep_configs(x, weights, m, n, k)
+    del weights, dense
+    torch.cuda.empty_cache()
+    return row
+
+
+def sweep_configs(x, weights, m: int, n: int, k: int) -> list:
+    results = []
+    block_ms = [1] if m == 1 else [16]
+    defer = [False, True] if m == 1 else [None]
+    for bm, bn, bk, split, warps, stages, dfr in itertools.product(
+            block_ms, [32, 64, 128], [128], [2, 4, 8], [4], [2, 4], defer):
+        per = -(-k // bk // split) * bk
+        cfg = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=-(-k // per), K_PER_SPLIT=per,
+                   num_warps=warps, num_stages=stages)
+        if dfr is not None:
+            cfg["DEFER_REDUCE"] = dfr  # the GEMV: reduce per K tile or once at the end
+        try:
+            t = graph_time([lambda w=w: int_gemm(x, *w, BITS, GROUP, config=cfg)
+                            for w in weights], reps=10)
+        except Exception as e:  # noqa: BLE001 - a config that does not compile is skipped
+            results.append({"config": cfg, "error": type(e).__name__})
+            continue
+        results.append({"config": cfg, "us": t * 1e6})
+    timed = sorted((r for r in results if "us" in r), key=lambda r: r["us"])
+    return timed[:5]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ms", default="1,16,256")
+    parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    rows = []
+    print(f"{'shape':8} {'M':>4} {'rel_err':>9} {'int4 us':>9} {'bf16 us':>9} {'x':>5} "
+          f"{'int4 GB/s':>9} {'bf16 GB/s':>9}")
+    for m in [int(v) for v in args.ms.split(",")]:
+        for name, (n, k) in SHAPES.items():
+            r = probe(name, n, k, m, args.sweep)
+            rows.append(r)
+            print(f"{name:8} {m:4} {r['rel_err']:9.2e} {r['int4_us']:9.1f} {r['bf16_us']:9.1f} "
+                  f"{r['speedup']:5.2f} {r['int4_GBps']:9.0f} {r['bf16_GBps']:9.0f}", flush=True)
+            for best in r.get("sweep", [])[:3]:
+                print(f"    sweep {best['us']:8.1f} us  {best['config']}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

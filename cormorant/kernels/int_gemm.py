@@ -1,0 +1,279 @@
+"""Weight-only int4/int8 GEMM: y[M, N] = x[M, K] @ dequant(W)[K, N], dequantized inside the matmul.
+
+The one runtime layout every int checkpoint format is repacked into (layers.int_linear):
+  qweight  int32 [K / P, N], P = 32 / BITS codes per word, packed along K, lowest bits first:
+           code of input row k, output column n = (qweight[k // P, n] >> (k % P) * BITS) & mask
+  scales   [K / GROUP, N] in the activation dtype (or fp32)
+  zeros    [K / GROUP, N] likewise (integers: w = (code - zero) * scale), or None for
+           symmetric weights, whose zero is 2^(BITS-1) (no bytes read for it)
+Full-precision weights never exist in memory: each program unpacks a [BLOCK_K, BLOCK_N] tile
+of codes in registers. With a whole group per K tile (GROUP % BLOCK_K == 0, the usual case)
+the scale is applied once per tile after the dot: acc += (x @ (codes - zero)) * scale, where
+codes - zero is an exact small integer in bf16/fp16; otherwise each element is dequantized.
+
+Launch shapes, chosen by `config_for(M, N, K, group, num_sms)`:
+  one row (BLOCK_M 1): _int_gemv_kernel, no tensor cores: each packed word is loaded once and
+          unpacked along a middle axis ([BLOCK_K / P, P, BLOCK_N]), multiplied by its inputs
+          and reduced in fp32;
+  decode (M <= 16): the tile kernel with BLOCK_M 16 (tl.dot);
+  both split K so that about two programs per SM stream the weight at once: each split
+          writes fp32 partials, summed in the same launch by the last split of each output
+          tile to finish, in split order (deterministic): one launch per projection;
+  prefill: 64 x 128 x 64 tiles through tl.dot, no split.
+fp32 inputs use IEEE dots (the parity reference); bf16/fp16 inputs use tensor cores with fp32
+accumulation. `int_gemm_ref` is the PyTorch reference (dequantize, then matmul).
+Imports only torch and triton.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+DECODE_ROWS = 16  # M up to which the split-K decode shape runs
+
+
+@triton.jit
+def _dot(x, w, IEEE: tl.constexpr):
+    """x [BLOCK_M, BLOCK_K] @ w [BLOCK_K, BLOCK_N] in fp32 (IEEE for fp32 inputs)."""
+    if IEEE:
+        return tl.dot(x, w, input_precision="ieee")
+    else:
+        return tl.dot(x, w)
+
+
+@triton.jit
+def _finish(acc, y_ptr, y_offs, p_ptr, p_offs, p_stride, lock_ptr, lock_id, pid_k, mask,
+            SPLIT_K: tl.constexpr):
+    """Store a program's fp32 result: straight to y without split-K; else as a partial, and the
+    last split of this output tile to finish (a counter per tile, acquire/release atomics after
+    a CTA barrier, so every thread's partial is published) sums all partials in split order
+    (deterministic), writes y and resets the counter for the next launch."""
+    if SPLIT_K == 1:
+        tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.store(p_ptr + pid_k * p_stride + p_offs, acc, mask=mask)
+        tl.debug_barrier()
+        done = tl.atomic_add(lock_ptr + lock_id, 1, sem="acq_rel")
+        if done == SPLIT_K - 1:
+            total = tl.zeros_like(acc)
+            for i in range(SPLIT_K):
+                total += tl.load(p_ptr + i * p_stride + p_offs, mask=mask, other=0.0,
+                                 cache_modifier=".cg")
+            tl.store(y_ptr + y_offs, total.to(y_ptr.dtype.element_ty), mask=mask)
+            tl.atomic_xchg(lock_ptr + lock_id, 0)
+
+
+@triton.jit
+def _int_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, p_ptr, lock_ptr, N, K, K_PER_SPLIT,
+                     stride_qk, stride_sg, BITS: tl.constexpr, GROUP: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+                     TILE_GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr,
+                     DEFER_REDUCE: tl.constexpr):
+    """One row (M = 1): each packed word is loaded once and its codes are spread along a
+    middle axis ([words, PACK, BLOCK_N]), multiplied by the matching dequantized inputs and
+    reduced to BLOCK_N sums, per K tile, or (DEFER_REDUCE) accumulated elementwise and reduced
+    once at the end (no cross-thread reduction inside the loop; more registers).
+    Split K is reduced in the same launch (_finish)."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    PACK: tl.constexpr = 32 // BITS
+    MASK: tl.constexpr = (1 << BITS) - 1
+    WORDS: tl.constexpr = BLOCK_K // PACK
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    offs_w = tl.arange(0, WORDS)
+    offs_j = tl.arange(0, PACK)
+    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    acc3 = tl.zeros((WORDS if DEFER_REDUCE else 1, PACK if DEFER_REDUCE else 1, BLOCK_N),
+                    dtype=tl.float32)
+    k_begin = pid_k * K_PER_SPLIT
+    k_end = tl.minimum(k_begin + K_PER_SPLIT, K)
+    for k0 in range(k_begin, k_end, BLOCK_K):
+        rows = k0 // PACK + offs_w  # word rows of this tile
+        mask_w = rows * PACK < k_end
+        words = tl.load(q_ptr + rows[:, None] * stride_qk + offs_n[None, :],
+                        mask=mask_w[:, None] & mask_n[None, :], other=0)
+        codes = ((words[:, None, :] >> (offs_j * BITS)[None, :, None]) & MASK).to(tl.float32)
+        ks = rows[:, None] * PACK + offs_j[None, :]  # [words, PACK] input features
+        xk = tl.load(x_ptr + ks, mask=mask_w[:, None], other=0.0).to(tl.float32)
+        if TILE_GROUP:  # one scale and zero per column for the whole tile
+            sz = (k0 // GROUP) * stride_sg + offs_n[None, None, :]
+            sz_mask = mask_n[None, None, :]
+        else:
+            sz = (ks // GROUP)[:, :, None] * stride_sg + offs_n[None, None, :]
+            sz_mask = mask_w[:, None, None] & mask_n[None, None, :]
+        s3 = tl.load(s_ptr + sz, mask=sz_mask, other=0.0).to(tl.float32)
+        if HAS_ZEROS:
+            z3 = tl.load(z_ptr + sz, mask=sz_mask, other=0.0).to(tl.float32)
+        else:
+            z3 = (1 << (BITS - 1))
+        prod = xk[:, :, None] * ((codes - z3) * s3)
+        if DEFER_REDUCE:
+            acc3 += prod
+        else:
+            acc += tl.sum(tl.sum(prod, axis=1), axis=0)
+    if DEFER_REDUCE:
+        acc = tl.sum(tl.sum(acc3, axis=1), axis=0)
+    _finish(acc, y_ptr, offs_n, p_ptr, offs_n, N, lock_ptr, pid_n, pid_k, mask_n, SPLIT_K)
+
+
+@triton.jit
+def _int_gemm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, p_ptr, lock_ptr, M, N, K, K_PER_SPLIT,
+                     stride_xm, stride_qk, stride_sg, stride_ym, BITS: tl.constexpr,
+                     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, TILE_GROUP: tl.constexpr,
+                     HAS_ZEROS: tl.constexpr, IEEE: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    PACK: tl.constexpr = 32 // BITS
+    MASK: tl.constexpr = (1 << BITS) - 1
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    offs_w = tl.arange(0, BLOCK_K // PACK)
+    offs_j = tl.arange(0, PACK)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    k_begin = pid_k * K_PER_SPLIT
+    k_end = tl.minimum(k_begin + K_PER_SPLIT, K)
+    for k0 in range(k_begin, k_end, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mask_k = offs_k < k_end
+        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
+                    mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+        rows = k0 // PACK + offs_w  # each packed word loaded once, then spread along K
+        words = tl.load(q_ptr + rows[:, None] * stride_qk + offs_n[None, :],
+                        mask=(rows * PACK < k_end)[:, None] & mask_n[None, :], other=0)
+        codes = (words[:, None, :] >> (offs_j * BITS)[None, :, None]) & MASK
+        codes = tl.reshape(codes, (BLOCK_K, BLOCK_N)).to(tl.float32)
+        if TILE_GROUP:  # the whole tile is one group: scale after the dot
+            g = k0 // GROUP
+            s = tl.load(s_ptr + g * stride_sg + offs_n, mask=mask_n, other=0.0)
+            if HAS_ZEROS:
+                z = tl.load(z_ptr + g * stride_sg + offs_n, mask=mask_n, other=0.0)
+                w = (codes - z.to(tl.float32)[None, :]).to(x.dtype)
+            else:
+                w = (codes - (1 << (BITS - 1))).to(x.dtype)
+            acc += _dot(x, w, IEEE) * s.to(tl.float32)[None, :]
+        else:
+            g = offs_k // GROUP
+            sz_offs = g[:, None] * stride_sg + offs_n[None, :]
+            sz_mask = mask_k[:, None] & mask_n[None, :]
+            s2 = tl.load(s_ptr + sz_offs, mask=sz_mask, other=0.0)
+            if HAS_ZEROS:
+                z2 = tl.load(z_ptr + sz_offs, mask=sz_mask, other=0.0).to(tl.float32)
+            else:
+                z2 = (1 << (BITS - 1))
+            acc += _dot(x, ((codes - z2) * s2.to(tl.float32)).to(x.dtype), IEEE)
+    _finish(acc, y_ptr, offs_m[:, None] * stride_ym + offs_n[None, :], p_ptr,
+            offs_m[:, None] * N + offs_n[None, :], M * N, lock_ptr,
+            pid_m * tl.num_programs(1) + pid_n, pid_k, mask_m[:, None] & mask_n[None, :],
+            SPLIT_K)
+
+
+@functools.cache
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
+
+
+def config_for(m: int, n: int, k: int, group: int, num_sms: int) -> dict:
+    """Tile sizes and split-K for one call on a device of num_sms multiprocessors (see the
+    module docstring): the decode shape splits K until about two programs per SM run."""
+    if m <= DECODE_ROWS:
+        block_m, block_n, block_k = (1, 64, 128) if m == 1 else (16, 64, 128)
+        while group % block_k and block_k > 32:
+            block_k //= 2
+        programs = triton.cdiv(n, block_n)
+        k_tiles = triton.cdiv(k, block_k)
+        split = max(1, min(k_tiles, triton.cdiv(2 * num_sms, programs)))
+        per_split = triton.cdiv(k_tiles, split) * block_k
+        return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+                    SPLIT_K=triton.cdiv(k, per_split), K_PER_SPLIT=per_split,
+                    num_warps=4, num_stages=3)
+    block_k = 64 if group % 64 == 0 else 32
+    return dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=block_k, SPLIT_K=1,
+                K_PER_SPLIT=triton.cdiv(k, block_k) * block_k, num_warps=4, num_stages=3)
+
+
+_LOCKS: dict[torch.device, torch.Tensor] = {}  # per device: a zeroed counter per column tile
+
+
+def _locks(device: torch.device, tiles: int) -> torch.Tensor:
+    """The GEMV's split-K counters (each launch leaves them at zero); allocated once per device,
+    so CUDA graphs capture a fixed address."""
+    locks = _LOCKS.get(device)
+    if locks is None or locks.numel() < tiles:
+        locks = _LOCKS[device] = torch.zeros(max(tiles, 4096), dtype=torch.int32,
+                                             device=device)
+    return locks
+
+
+def int_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+             zeros: torch.Tensor | None, bits: int, group: int, config: dict | None = None
+             ) -> torch.Tensor:
+    """x [M, K] (fp32/bf16/fp16, contiguous rows) @ the int weight -> [M, N] in x's dtype."""
+    m, k = x.shape
+    n = qweight.shape[1]
+    if qweight.shape[0] * (32 // bits) != k or scales.shape != (k // group, n):
+        raise ValueError(f"int_gemm: x {tuple(x.shape)} does not match qweight "
+                         f"{tuple(qweight.shape)} / scales {tuple(scales.shape)} ({bits} bits, "
+                         f"group {group})")
+    cfg = dict(config or config_for(m, n, k, group, _num_sms(x.device)))
+    if cfg["K_PER_SPLIT"] % cfg["BLOCK_K"] or cfg["SPLIT_K"] * cfg["K_PER_SPLIT"] < k:
+        raise ValueError("K_PER_SPLIT must be a multiple of BLOCK_K, and the splits cover K")
+    x = x.contiguous()
+    common = dict(BITS=bits, GROUP=group, TILE_GROUP=group % cfg["BLOCK_K"] == 0,
+                  HAS_ZEROS=zeros is not None)
+    zeros_arg = scales if zeros is None else zeros
+    if cfg["BLOCK_M"] == 1:
+        if m != 1:
+            raise ValueError("int_gemm: BLOCK_M 1 is for a single row")
+        return _gemv(x, qweight, scales, zeros_arg, cfg, common)
+    per_split = cfg.pop("K_PER_SPLIT")
+    grid = (triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(n, cfg["BLOCK_N"]), cfg["SPLIT_K"])
+    y = torch.empty(m, n, device=x.device, dtype=x.dtype)
+    partials = torch.empty(cfg["SPLIT_K"], m, n, device=x.device, dtype=torch.float32)
+    _int_gemm_kernel[grid](x, qweight, scales, zeros_arg, y, partials,
+                           _locks(x.device, grid[0] * grid[1]), m, n, k, per_split,
+                           x.stride(0), qweight.stride(0), scales.stride(0), y.stride(0),
+                           IEEE=x.dtype == torch.float32, **common, **cfg)
+    return y
+
+
+def _gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+          cfg: dict, common: dict) -> torch.Tensor:
+    """One row through _int_gemv_kernel, split K reduced inside the launch."""
+    n, k = qweight.shape[1], x.shape[1]
+    cfg = {key: v for key, v in cfg.items() if key != "BLOCK_M"}
+    per_split = cfg.pop("K_PER_SPLIT")
+    cfg.setdefault("DEFER_REDUCE", False)
+    tiles = triton.cdiv(n, cfg["BLOCK_N"])
+    y = torch.empty(1, n, device=x.device, dtype=x.dtype)
+    partials = torch.empty(cfg["SPLIT_K"], n, device=x.device, dtype=torch.float32)
+    _int_gemv_kernel[(tiles, cfg["SPLIT_K"])](
+        x, qweight, scales, zeros, y, partials, _locks(x.device, tiles), n, k, per_split,
+        qweight.stride(0), scales.stride(0), **common, **cfg)
+    return y
+
+
+def dequantize_ref(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
+                   bits: int, group: int) -> torch.Tensor:
+    """The runtime layout back to fp32 W [K, N] (the reference; tests and the CPU path)."""
+    pack = 32 // bits
+    shifts = torch.arange(pack, device=qweight.device, dtype=torch.int32) * bits
+    codes = (qweight[:, None, :] >> shifts[None, :, None]) & ((1 << bits) - 1)
+    codes = codes.reshape(-1, qweight.shape[1]).float()
+    zero = 2 ** (bits - 1) if zeros is None else zeros.float().repeat_interleave(group, 0)
+    return (codes - zero) * scales.float().repeat_interleave(group, 0)
+
+
+def int_gemm_ref(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+                 zeros: torch.Tensor | None, bits: int, group: int) -> torch.Tensor:
+    """PyTorch reference of int_gemm: dequantize to fp32, then matmul in fp32."""
+    return (x.float() @ dequantize_ref(qweight, scales, zeros, bits, group)).to(x.dtype)

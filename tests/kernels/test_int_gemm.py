@@ -1,0 +1,103 @@
+"""The weight-only int GEMM (kernels/int_gemm.py) against its PyTorch reference, under the
+interpreter on the CPU: 4 and 8 bits, with zero points and symmetric (none read); the one-row
+GEMV kernel and the tile kernel (a few rows: tl.dot) with split-K, the prefill shape; scales
+applied per tile (a whole group in a K tile) and per element (groups smaller than the tile);
+ragged M and N; and an int4 layer of a model dispatching to the kernel
+(INT_KERNEL_DEVICE_TYPES widened to the CPU) computes what the layer's CPU reference computes.
+The tile kernel in fp32 only: the interpreter's bf16 tl.dot is wrong (see test_gemv.py); the
+GEMV kernel (no tl.dot) in bf16 too. benchmarks/int4_probe.py checks bf16 on the GPU."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
+
+from cormorant.kernels import int_gemm  # noqa: E402
+from cormorant.layers import int_packing  # noqa: E402
+
+
+def _weights(k, n, bits, group, device, seed, symmetric=False):
+    gen = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, 2 ** bits, (k, n), generator=gen, dtype=torch.int32)
+    scales = torch.rand(k // group, n, generator=gen) * 0.02 + 0.001
+    zeros = torch.randint(0, 2 ** bits, (k // group, n), generator=gen).float()
+    zeros = None if symmetric else zeros.to(device)
+    return int_packing.pack(codes, bits, 0).to(device), scales.to(device), zeros, gen
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("m,n,k,group,config", [
+    (1, 96, 256, 128, None),  # one row, split-K over the whole K
+    (1, 40, 128, 32, dict(BLOCK_M=1, BLOCK_N=32, BLOCK_K=64, SPLIT_K=2, K_PER_SPLIT=64,
+                          num_warps=4, num_stages=1)),  # one row, scales per element
+    (1, 40, 256, 64, dict(BLOCK_M=1, BLOCK_N=32, BLOCK_K=64, SPLIT_K=2, K_PER_SPLIT=128,
+                          DEFER_REDUCE=True, num_warps=4, num_stages=1)),  # reduced once
+    (3, 40, 128, 32, None),  # a few rows, tl.dot, ragged N
+    (5, 64, 192, 64, dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=64, SPLIT_K=3, K_PER_SPLIT=64,
+                          num_warps=4, num_stages=1)),
+    (20, 48, 128, 32, None),  # the prefill shape: scales per element (group < BLOCK_K)
+    (2, 32, 128, 128, dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, SPLIT_K=1, K_PER_SPLIT=128,
+                           num_warps=4, num_stages=1)),  # several tiles per group
+])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_int_gemm_matches_the_reference(bits, m, n, k, group, config, symmetric, device):
+    qweight, scales, zeros, gen = _weights(k, n, bits, group, device, m * 100 + n + bits,
+                                           symmetric)
+    x = torch.randn(m, k, generator=gen).to(device)
+    y = int_gemm.int_gemm(x, qweight, scales, zeros, bits, group, config=config)
+    ref = int_gemm.int_gemm_ref(x, qweight, scales, zeros, bits, group)
+    assert y.shape == (m, n) and y.dtype == x.dtype
+    torch.testing.assert_close(y, ref, atol=1e-3, rtol=1e-4)
+    locks = int_gemm._LOCKS.get(x.device)
+    assert locks is None or not locks.any()  # split-K counters reset for the next launch
+    dense = int_packing.dequantize(qweight.cpu(), scales.cpu(),
+                                   None if zeros is None else zeros.cpu(), bits, group)
+    torch.testing.assert_close(ref.cpu(), x.cpu() @ dense, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_the_gemv_kernel_in_bf16(symmetric, device):
+    qweight, scales, zeros, gen = _weights(256, 72, 4, 128, device, 7, symmetric)
+    x = torch.randn(1, 256, generator=gen).to(device, torch.bfloat16)
+    scales = scales.to(torch.bfloat16)
+    zeros = None if zeros is None else zeros.to(torch.bfloat16)
+    cfg = dict(BLOCK_M=1, BLOCK_N=32, BLOCK_K=128, SPLIT_K=2, K_PER_SPLIT=128, num_warps=4,
+               num_stages=1)
+    y = int_gemm.int_gemm(x, qweight, scales, zeros, 4, 128, config=cfg)
+    ref = int_gemm.int_gemm_ref(x.float(), qweight, scales, zeros, 4, 128)
+    assert y.dtype == torch.bfloat16
+    assert ((y.float() - ref).abs() <= ref.abs() * 2 ** -7 + 1e-3).all()
+    # the split-K counters are left at zero: the next launch reduces as well
+    assert not int_gemm._LOCKS[x.device].any()
+    assert torch.equal(int_gemm.int_gemm(x, qweight, scales, zeros, 4, 128, config=cfg), y)
+
+
+def test_decode_configs_split_k_to_fill_the_device():
+    cfg = int_gemm.config_for(1, 4096, 14336, 128, num_sms=132)
+    assert cfg["BLOCK_M"] == 1 and cfg["SPLIT_K"] > 1
+    assert cfg["K_PER_SPLIT"] % cfg["BLOCK_K"] == 0
+    assert cfg["SPLIT_K"] * cfg["K_PER_SPLIT"] >= 14336
+    assert int_gemm.config_for(256, 4096, 4096, 128, num_sms=132)["SPLIT_K"] == 1
+
+
+def test_an_int4_layer_runs_the_kernel_as_its_cpu_reference(monkeypatch, device):
+    from cormorant.layers import int_linear
+    from cormorant.layers.int_linear import IntSpec, IntWeightMethod
+    from cormorant.layers.linear import MergedColumnParallelLinear
+
+    layer = MergedColumnParallelLinear(128, [32, 32]).to(device)
+    method = IntWeightMethod(IntSpec("online", 4, 128), "gate_up", device, torch.float32)
+    dense = torch.randn(64, 128, generator=torch.Generator().manual_seed(1)).to(device)
+    layer.set_method(method)
+    method.load_rows(layer, dense, 0)
+    method.finalize(layer)
+    x = torch.randn(3, 128, generator=torch.Generator().manual_seed(2)).to(device)
+    monkeypatch.setattr(int_linear, "INT_KERNEL_DEVICE_TYPES", ())
+    reference = layer(x)
+    monkeypatch.setattr(int_linear, "INT_KERNEL_DEVICE_TYPES", ("cpu", "cuda"))
+    calls = []
+    real = int_gemm.int_gemm
+    monkeypatch.setattr(int_gemm, "int_gemm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    torch.testing.assert_close(layer(x), reference, atol=1e-4, rtol=1e-4)
+    assert calls  # the kernel did run
