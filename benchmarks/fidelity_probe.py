@@ -68,6 +68,8 @@ class Capture:
         def hook(_module, args, out):
             x = args[0] if where == "in" else out
             x = x[0] if isinstance(x, tuple) else x
+            if not isinstance(x, torch.Tensor):  # a deferred norm (layers.norm.NormedInput):
+                x = x.tensor()  # computed unfused here, once; its consumer reuses it
             self.calls[name].append(x.detach().float().cpu().clone())
         return hook
 
