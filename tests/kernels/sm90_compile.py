@@ -111,10 +111,53 @@ def _launches(full: bool):
                                              dtype)))
     for dtype in dtypes:
         out += _small_kernel_thunks(rotary, rmsnorm, kv_cache, activation, dtype)
-    from cormorant.kernels import (activation, fp8_gemm, int_gemm, kv_cache, paged_attention,
-                                   qk_prep, rmsnorm, rotary)
-    modules = (activation, fp8_gemm, int_gemm, kv_cache, paged_attention, qk_prep, rmsnorm,
-               rotary)
+    out += _fp8_kv_thunks(paged_attention, kv_cache)
+    out += _int_gemm_thunks()
+    return out + _fp8_thunks()
+
+
+def _fp8_thunks():
+    """FP8-weight GEMV (its default tiles, each prologue) and GEMM at Llama-8B sizes, with
+    per-channel and 128 x 128 block scales."""
+    from cormorant.kernels import fp8_gemm as f
+    bf16 = torch.bfloat16
+    w = torch.empty(6144, 4096, dtype=f.FP8_DTYPE)
+    down = torch.empty(4096, 14336, dtype=f.FP8_DTYPE)
+    row, blk = torch.ones(6144, 1), torch.ones(48, 32)
+    x1, x256 = torch.randn(1, 4096, dtype=bf16), torch.randn(256, 4096, dtype=bf16)
+    nw = torch.ones(4096, dtype=bf16)
+    return [
+        ("fp8 gemv", lambda: f.fp8_gemv(x1, w, row, 1, 4096)),
+        ("fp8 gemv blocks", lambda: f.fp8_gemv(x1, w, blk, 128, 128)),
+        ("fp8 gemv add_norm", lambda: f.fp8_add_rms_norm_gemv(x1, x1, nw, 1e-6, w, row, 1,
+                                                              4096)),
+        ("fp8 gemv silu", lambda: f.fp8_silu_mul_gemv(torch.randn(1, 2 * 14336, dtype=bf16),
+                                                      down, torch.ones(4096, 1), 1, 14336)),
+        ("fp8 gemm", lambda: f.fp8_gemm(x256, w, row, 1, 4096)),
+        ("fp8 gemm blocks", lambda: f.fp8_gemm(x256, w, blk, 128, 128)),
+    ]
+
+
+def _fp8_kv_thunks(pa, kv_cache):
+    """The FP8 KV cache's variants (B1's Qwen3-0.6B attention, Llama-8B-sized writes)."""
+    from cormorant.kernels import qk_prep
+    out = [(f"attn {mode} qwen3-0.6b fp8kv",
+            _attention_thunk(pa, q_lens, 16, 8, 128, torch.bfloat16, torch.float8_e4m3fn))
+           for mode, q_lens in (("decode-split", [1] * 4), ("decode", [1] * 64),
+                                ("mixed", [1] * 8 + [100]), ("prefill", [512]))]
+    t = 8
+    qkv = torch.randn(t, 48 * 128, dtype=torch.bfloat16)
+    q, k = qkv[:, :32 * 128].view(t, 32, 128), qkv[:, 32 * 128:40 * 128].view(t, 8, 128)
+    v = qkv[:, 40 * 128:].view(t, 8, 128)
+    cache = torch.empty(2, 4, 16, 8, 128, dtype=torch.float8_e4m3fn)
+    positions, scale = torch.zeros(t, dtype=torch.int64), torch.ones(())
+    norm = torch.ones(128, dtype=torch.bfloat16)
+    return out + [
+        ("store_kv fp8kv", lambda: kv_cache.store_kv_cache(k, v, cache, positions, scale, scale)),
+        ("qk_prep fp8kv", lambda: qk_prep.qk_prep(q, k, v, positions, torch.randn(64, 128),
+                                                  norm, norm, 1e-6, cache, positions,
+                                                  scale, scale)),
+    ]
 
 
 def _small_kernel_thunks(rotary, rmsnorm, kv_cache, activation, dtype):
@@ -187,6 +230,29 @@ def main() -> int:
     return 1 if failures else 0
 
 
+def _int_gemm_thunks():
+    """Llama-8B o_proj-sized int4/int8 weight-only GEMMs: one row (the GEMV kernel), 16 and
+    256 rows (the tile kernel), symmetric (no zeros) and asymmetric."""
+    from cormorant.kernels import int_gemm
+    out = []
+    for bits, zeros, rows in ((4, False, (1, 16, 256)), (4, True, (1, 256)), (8, False, (1,))):
+        q = torch.zeros(4096 * bits // 32, 4096, dtype=torch.int32)
+        s = torch.ones(32, 4096, dtype=torch.bfloat16)
+        z = s.clone() if zeros else None
+        for m in rows:
+            x = torch.randn(m, 4096, dtype=torch.bfloat16)
+            label = f"int{bits} gemm M={m}{' zeros' if zeros else ''}"
+            cfg = int_gemm.config_for(m, 4096, 4096, 128, num_sms=132)  # an H100's splits
+            out.append((label, lambda x=x, q=q, s=s, z=z, bits=bits, cfg=cfg:
+                        int_gemm.int_gemm(x, q, s, z, bits, 128, config=cfg)))
+            if m == 1 and not zeros:  # the GEMV's other reduction order
+                out.append((label + " deferred", lambda x=x, q=q, s=s, bits=bits, cfg=cfg:
+                            int_gemm.int_gemm(x, q, s, None, bits, 128,
+                                              config=dict(cfg, DEFER_REDUCE=True))))
+    return out
+
+
 if __name__ == "__main__":
     sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
     sys.exit(main())
+
