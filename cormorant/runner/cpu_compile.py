@@ -12,10 +12,10 @@ One layer is compiled, not the whole model: the layers share their code and Dyna
 their weights to graph inputs, so every layer runs the same compiled graphs (compiling the
 unrolled 30-layer SmolLM2 took minutes and gigabytes). The embedding, the final norm and the
 loop over the layers stay eager. Recompiles are bounded: batch size 1 has its own graphs,
-2..n one dynamic graph (Dynamo's automatic dynamic shapes), and the first layer (no residual
-yet) its own. `warm_up` compiles them all at start-up and logs the time; prefill and mixed
-steps run eagerly. Inductor's FX graph cache lives under ~/.cache/cormorant/inductor
-(TORCHINDUCTOR_CACHE_DIR, unless set), so the next start of the same model reuses the code.
+2..n one dynamic set, and the first layer (no residual yet) its own. `warm_up` compiles them
+all at start-up and logs the time; prefill and mixed steps run eagerly. Inductor's FX graph
+cache lives under ~/.cache/cormorant/inductor (TORCHINDUCTOR_CACHE_DIR, unless set), so the
+next start of the same model reuses the generated code.
 
 Opt-out: `enforce_eager` (the engine argument that turns CUDA graphs off on a GPU), or
 CORMORANT_CPU_COMPILE=0 in the environment (the test suite sets it: its tiny models would
@@ -93,9 +93,13 @@ class CompiledDecode:
             raise ValueError(f"{type(model).__name__} has no decoder layers to compile")
         use_compile_cache()
         self.model = model
-        # dynamic=None: a size seen to change (the batch, from 2 up) becomes symbolic; a
-        # batch of 1 keeps its own specialised graphs.
-        self.step = torch.compile(_layer_step, dynamic=None)
+        # dynamic=True: activation sizes are symbolic from the first compile (weights stay
+        # static), except a batch of 1, which Dynamo always specialises: two sets of graphs.
+        # cpp.threads 1: the generated loops of a decode step are a few thousand elements,
+        # too small to split; an OpenMP team per loop only waits on its slowest thread (on a
+        # shared 2-core machine, 2 threads made decode 50x slower). The weight matmuls are
+        # ATen calls and keep the process's threads.
+        self.step = torch.compile(_layer_step, dynamic=True, options={"cpp.threads": 1})
         for i, layer in enumerate(layers):
             layers[i] = CompiledLayer(layer, self.step)
 
@@ -105,7 +109,7 @@ class CompiledDecode:
         reads it."""
         start = time.perf_counter()
         with torch.inference_mode():
-            for batch in (1, 2, 3):  # 1; 2 (static); 3 (the size changed: dynamic)
+            for batch in (1, 2):
                 zeros = torch.zeros(batch, dtype=torch.int64)
                 meta = AttentionMetadata(
                     zeros.clone(), torch.arange(batch + 1, dtype=torch.int32),
