@@ -9,9 +9,6 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# No compiled CPU decode step (runner.cpu_compile) unless a test asks for it: compiling costs
-# more than the tiny models' decoding saves. Servers the tests start inherit it.
-os.environ.setdefault("CORMORANT_CPU_COMPILE", "0")
 
 import tiny  # noqa: E402
 

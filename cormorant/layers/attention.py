@@ -129,9 +129,6 @@ class TorchAttention:
         q, k = prep.apply(positions, q, k)
         return self.forward(q, k, v, kv_cache, meta, scale)
 
-    # Never traced: it loops over host lists. A compiled decoder layer (runner.cpu_compile)
-    # runs it eagerly between the two graphs around it.
-    @torch.compiler.disable
     def forward(self, q, k, v, kv_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
         write_kv_cache(k, v, kv_cache, meta.slot_mapping)
         group = q.shape[1] // kv_cache.shape[3]

@@ -1,12 +1,12 @@
-"""Compiled CPU decode: each decoder layer's decode step through torch.compile (Inductor, C++).
+"""Compiled CPU decode (opt-in): each decoder layer's decode step through torch.compile.
 
 On the CPU there are no CUDA graphs; what a decode token costs beyond its arithmetic is the
 interpreter: some 40 small ops a layer (norms, rotary, casts, views) each dispatched from
 Python. `CompiledDecode` wraps every decoder layer so that pure-decode steps (every row one new
 token) run it compiled: generated C++ loops fuse the norms, residual adds, rotary, SiLU and
-casts around the weight matmuls. The attention itself (cache write and paged read, which loop
-over host lists) stays eager: TorchAttention.forward is excluded from tracing, so each layer
-is two graphs with the attention between them.
+casts around the weight matmuls. The attention (cache write and paged read) and the int4
+matmuls are opaque custom ops inside the graph (runner.cpu_attention_op, layers.gguf_linear),
+so a layer is one graph with no break.
 
 One layer is compiled, not the whole model: the layers share their code and Dynamo lifts
 their weights to graph inputs, so every layer runs the same compiled graphs (compiling the
@@ -17,12 +17,12 @@ all at start-up and logs the time; prefill and mixed steps run eagerly. Inductor
 cache lives under ~/.cache/cormorant/inductor (TORCHINDUCTOR_CACHE_DIR, unless set), so the
 next start of the same model reuses the generated code.
 
-Opt-out: `enforce_eager` (the engine argument that turns CUDA graphs off on a GPU), or
-CORMORANT_CPU_COMPILE=0 in the environment (the test suite sets it: its tiny models would
-spend more time compiling than decoding; the tests of this module turn it back on).
+Opt-in, CORMORANT_CPU_COMPILE=1 (and not `enforce_eager`): measured on SmolLM2-135M with one
+thread it does not beat the eager step yet (benchmarks/RESULTS.md, B5): 30 compiled-graph
+calls a token (guards, runtime wrappers) cost about what the fused small ops save.
 Compiled output is not bit-identical to the eager path (other summation orders); greedy tokens
 match it on the tests' models.
-Imports: torch, layers.attention (metadata).
+Imports: torch, layers.attention (metadata), runner.cpu_attention_op.
 """
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from cormorant.layers.attention import AttentionMetadata
+from cormorant.runner.cpu_attention_op import OpaqueAttention
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +44,18 @@ CACHE_DIR = Path.home() / ".cache" / "cormorant" / "inductor"
 
 
 def cpu_compile_enabled(device: torch.device, enforce_eager: bool) -> bool:
-    """Compile the decode step: on the CPU, unless enforce_eager or CORMORANT_CPU_COMPILE=0."""
+    """Compile the decode step: on the CPU, with CORMORANT_CPU_COMPILE=1, unless enforce_eager."""
     return (device.type == "cpu" and not enforce_eager
-            and os.environ.get(ENV_SWITCH, "1") != "0")
+            and os.environ.get(ENV_SWITCH, "0") == "1")
 
 
 def use_compile_cache() -> Path:
     """Point Inductor's on-disk caches (FX graph cache included) at ~/.cache/cormorant."""
-    path = Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(CACHE_DIR)))
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, default_cache_dir()):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(CACHE_DIR)  # torch's own /tmp default
+    path = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -93,13 +98,18 @@ class CompiledDecode:
             raise ValueError(f"{type(model).__name__} has no decoder layers to compile")
         use_compile_cache()
         self.model = model
+        for module in model.modules():  # the attention as one op: no graph break
+            backend = getattr(module, "attn_backend", None)
+            if backend is not None and not isinstance(backend, OpaqueAttention):
+                module.attn_backend = OpaqueAttention(backend)
         # dynamic=True: activation sizes are symbolic from the first compile (weights stay
         # static), except a batch of 1, which Dynamo always specialises: two sets of graphs.
         # cpp.threads 1: the generated loops of a decode step are a few thousand elements,
         # too small to split; an OpenMP team per loop only waits on its slowest thread (on a
         # shared 2-core machine, 2 threads made decode 50x slower). The weight matmuls are
         # ATen calls and keep the process's threads.
-        self.step = torch.compile(_layer_step, dynamic=True, options={"cpp.threads": 1})
+        self.step = torch.compile(_layer_step, fullgraph=True, dynamic=True,
+                                  options={"cpp.threads": 1})
         for i, layer in enumerate(layers):
             layers[i] = CompiledLayer(layer, self.step)
 
