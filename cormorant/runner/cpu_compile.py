@@ -108,6 +108,9 @@ class CompiledDecode:
         # too small to split; an OpenMP team per loop only waits on its slowest thread (on a
         # shared 2-core machine, 2 threads made decode 50x slower). The weight matmuls are
         # ATen calls and keep the process's threads.
+        # Batch 1 / 2..n, first layer or not, context widths: more variants than Dynamo's
+        # default of 8 before it gives up (with fullgraph, by raising mid-serving).
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         self.step = torch.compile(_layer_step, fullgraph=True, dynamic=True,
                                   options={"cpp.threads": 1})
         for i, layer in enumerate(layers):
