@@ -119,7 +119,7 @@ class CompiledDecode:
     def warm_up(self, kv_caches: list[torch.Tensor]) -> float:
         """Compile (or load from the cache) the batch-1 and the batch-n graphs; seconds taken.
         The dummy rows write slot 0 of block 0, which any real sequence writes before it
-        reads it."""
+        reads it; their block tables are 2 wide, so the width is symbolic from the start."""
         start = time.perf_counter()
         with torch.inference_mode():
             for batch in (1, 2):
@@ -127,7 +127,7 @@ class CompiledDecode:
                 meta = AttentionMetadata(
                     zeros.clone(), torch.arange(batch + 1, dtype=torch.int32),
                     torch.ones(batch, dtype=torch.int32),
-                    torch.zeros(batch, 1, dtype=torch.int32), max_query_len=1, max_seq_len=1,
+                    torch.zeros(batch, 2, dtype=torch.int32), max_query_len=1, max_seq_len=1,
                     query_lens_cpu=[1] * batch, seq_lens_cpu=[1] * batch)
                 self.model(zeros, zeros.clone(), kv_caches, meta)
         seconds = time.perf_counter() - start
