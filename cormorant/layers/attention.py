@@ -132,6 +132,8 @@ class TorchAttention:
     def forward(self, q, k, v, kv_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
         write_kv_cache(k, v, kv_cache, meta.slot_mapping)
         group = q.shape[1] // kv_cache.shape[3]
+        if meta.max_query_len == 1 and q.shape[0] == meta.num_seqs <= 8:  # small pure decode
+            return _attend_decodes(q, kv_cache, meta, list(range(meta.num_seqs)), scale, group)
         out = torch.empty_like(q)
         starts, decodes = [], []
         start = 0
