@@ -86,7 +86,7 @@ class EngineConfig:
     normalize_nfc: bool = False
     strip_control_chars: bool = False
     attention_backend: str = "auto"  # auto | torch | triton
-    enforce_eager: bool = False  # GPU: skip CUDA graphs
+    enforce_eager: bool = False  # GPU: skip CUDA graphs; CPU: skip the compiled decode step
     # A quantized GGUF on the CPU: "auto"/"gguf" keep linear weights in blocks (int4/int8
     # kernels, models.loader), "none" dequantizes them (the reference path).
     quantization: str = "auto"

@@ -1,6 +1,7 @@
 """B5, the CPU and edge path: the embedded SmolLM2 GGUF on cormorant and on llama.cpp.
 
-Workload (issue #13): prompts of 128 tokens, 128 new tokens, greedy. Figures: batch-1 decode
+Workload (issue #13): prompts of 128 tokens, 128 new tokens, greedy. Ours runs twice, with
+the compiled decode step (runner.cpu_compile) and with --enforce-eager. Figures: batch-1 decode
 tok/s of both (llama.cpp through llama-cpp-python, `pip install cormorant[bench]`, with the
 same thread count), 16 concurrent streams' aggregate tok/s of cormorant (prefill included),
 and resident memory: `cormorant serve` on the default model after one request, beside
@@ -107,12 +108,19 @@ def run_b5(ctx: RunContext) -> dict:
             "max_tokens": NEW_TOKENS, "reps": 2, "streams": STREAMS, "n_ctx": 512,
             "quantization": "gguf", "llama_extra_bufts": False}
     load_start = os.getloadavg()
-    ours, peer = [], []
-    for r in range(rounds):  # interleaved: ours, llama.cpp, ours, llama.cpp
+    ours, eager, peer = [], [], []
+    for r in range(rounds):  # interleaved: ours, ours eager, llama.cpp, ours, ...
         ours.append(_worker("ours", spec, ctx.out_dir, f"ours{r}"))
+        eager.append(_worker("ours_eager", spec, ctx.out_dir, f"eager{r}"))
         peer.append(_worker("llama_cpp", spec, ctx.out_dir, f"llama{r}"))
     serve = serve_rss(threads, ctx.out_dir)
-    return summarize(ours, peer, serve, threads, load_start, os.getloadavg())
+    summary = summarize(ours, peer, serve, threads, load_start, os.getloadavg())
+    b1, streams = _median(eager, "decode_tok_s"), _median(eager, "streams_tok_s")
+    summary["rows"][2:2] = [
+        ["batch-1 decode tok/s, --enforce-eager", fmt(b1, 1), "", "", "", "before"],
+        [f"{STREAMS} streams tok/s, --enforce-eager", fmt(streams, 1), "", "", "", "before"]]
+    summary["eager"] = eager
+    return summary
 
 
 def _median(runs: list[dict | None], key: str) -> float | None:

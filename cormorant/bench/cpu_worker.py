@@ -1,6 +1,7 @@
 """B5's timed runs in a process of their own: `python -m cormorant.bench.cpu_worker KIND SPEC OUT`.
 
-KIND "ours" runs cormorant's offline engine, "llama_cpp" llama.cpp through llama-cpp-python,
+KIND "ours" runs cormorant's offline engine with the compiled decode step (CORMORANT_CPU_COMPILE
+=1; "ours_eager": with enforce_eager instead), "llama_cpp" llama.cpp through llama-cpp-python,
 on the same GGUF, prompts and thread count (SPEC, JSON). Each loads the model, warms up, then
 per repetition times batch-1 greedy decode (tokens after the first over the time after the
 first), and (ours) all prompts at once as concurrent streams. OUT gets the numbers and the
@@ -11,6 +12,7 @@ Imports: cormorant.frontend (ours) or llama_cpp (the peer), lazily.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import time
@@ -31,7 +33,8 @@ def run_ours(spec: dict) -> dict:
 
     start = time.perf_counter()
     llm = LLM(spec["model"], threads=spec["threads"], enable_prefix_caching=False,
-              max_num_seqs=max(16, len(spec["prompts"])), quantization=spec["quantization"])
+              max_num_seqs=max(16, len(spec["prompts"])), quantization=spec["quantization"],
+              enforce_eager=spec.get("enforce_eager", False))
     load_s = time.perf_counter() - start
     new = spec["max_tokens"]
     first = SamplingParams(max_tokens=1, temperature=0, ignore_eos=True)
@@ -101,6 +104,10 @@ def main(argv: list[str]) -> int:
     kind, spec_path, out_path = argv
     with open(spec_path) as f:
         spec = json.load(f)
+    if kind == "ours":  # with the compiled decode step (opt-in, runner.cpu_compile)
+        os.environ["CORMORANT_CPU_COMPILE"] = "1"
+    if kind == "ours_eager":  # the same engine without it
+        kind, spec = "ours", {**spec, "enforce_eager": True}
     result = {"ours": run_ours, "llama_cpp": run_llama_cpp}[kind](spec)
     result["decode_median"] = statistics.median(result["decode_tok_s"])
     with open(out_path, "w") as f:

@@ -148,6 +148,8 @@ class TorchAttention:
         k_scale, v_scale = ((kv_scales.k_scale, kv_scales.v_scale) if kv_scales is not None
                             else (None, None))
         group = q.shape[1] // kv_cache.shape[3]
+        if meta.max_query_len == 1 and q.shape[0] == meta.num_seqs <= 8:  # small pure decode
+            return _attend_decodes(q, kv_cache, meta, list(range(meta.num_seqs)), scale, group)
         out = torch.empty_like(q)
         starts, decodes = [], []
         start = 0

@@ -35,6 +35,7 @@ from cormorant.config import GPU_MAX_NUM_BATCHED_TOKENS, EngineConfig, ModelConf
 from cormorant.engine.types import SampleOutput, ScheduledBatch
 from cormorant.layers.kv_quant import kv_cache_torch_dtype
 from cormorant.layers.parallel import min_over_ranks
+from cormorant.runner.cpu_compile import CompiledDecode, cpu_compile_enabled
 from cormorant.runner.cuda_graphs import (DecodeGraphs, find_attention_backend,
                                           graph_batch_sizes, is_capturable)
 from cormorant.runner.inputs import (HostInputs, InputPreparer, PromptLogprobRows,
@@ -82,6 +83,10 @@ class ModelRunner:
         self.kv_caches = allocate_kv_caches(model_config, self.num_blocks, self.block_size,
                                             self.kv_dtype, device)
         self.graphs: DecodeGraphs | None = self._build_graphs()
+        self.compiled: CompiledDecode | None = None  # the CPU's decode step (runner.cpu_compile)
+        if cpu_compile_enabled(device, config.enforce_eager):
+            self.compiled = CompiledDecode(model)
+            self.compiled.warm_up(self.kv_caches)
 
     @property
     def memory_bytes(self) -> int:
