@@ -149,7 +149,8 @@ class TorchAttention:
                             else (None, None))
         group = q.shape[1] // kv_cache.shape[3]
         if meta.max_query_len == 1 and q.shape[0] == meta.num_seqs <= 8:  # small pure decode
-            return _attend_decodes(q, kv_cache, meta, list(range(meta.num_seqs)), scale, group)
+            return _attend_decodes(q, kv_cache, meta, list(range(meta.num_seqs)), scale, group,
+                                   k_scale, v_scale)
         out = torch.empty_like(q)
         starts, decodes = [], []
         start = 0

@@ -59,16 +59,23 @@ def kv_head_shard(num_kv_heads: int, rank: int, world_size: int) -> tuple[int, i
     return rank // (world_size // num_kv_heads), 1
 
 
+def _group_size() -> int:
+    """The group's size for a collective in a forward pass. Not tp_rank_and_size: a model
+    never runs inside single_rank(), and Dynamo (the compiled CPU decode) cannot trace the
+    ContextVar it reads."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def all_reduce(x: torch.Tensor) -> torch.Tensor:
     """Sum x over the group in place (row-parallel outputs, vocab-parallel embeddings)."""
-    if tp_rank_and_size()[1] > 1:
+    if _group_size() > 1:
         dist.all_reduce(x)
     return x
 
 
 def all_gather_last_dim(x: torch.Tensor) -> torch.Tensor:
     """Concatenate each rank's x along the last dim (vocab-parallel logits)."""
-    world_size = tp_rank_and_size()[1]
+    world_size = _group_size()
     if world_size == 1:
         return x
     parts = [torch.empty_like(x) for _ in range(world_size)]

@@ -12,29 +12,43 @@ Imports: torch, layers.attention.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from cormorant.layers.attention import AttentionBackend, AttentionMetadata, QKPrep, TorchAttention
+from cormorant.layers.kv_quant import KVScales
 
 _REFERENCE = TorchAttention()
+
+
+class _Scales(NamedTuple):
+    """The two scales of an fp8 cache, in the shape the reference backend reads (KVScales)."""
+
+    k_scale: torch.Tensor
+    v_scale: torch.Tensor
 
 
 @torch.library.custom_op("cormorant::paged_attention_cpu", mutates_args=("kv_cache",))
 def paged_attention_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                         kv_cache: torch.Tensor, slot_mapping: torch.Tensor,
                         query_start_loc: torch.Tensor, seq_lens: torch.Tensor,
-                        block_tables: torch.Tensor, scale: float) -> torch.Tensor:
+                        block_tables: torch.Tensor, scale: float,
+                        k_scale: torch.Tensor | None = None,
+                        v_scale: torch.Tensor | None = None) -> torch.Tensor:
+    kv_scales = None if k_scale is None or v_scale is None else _Scales(k_scale, v_scale)
     starts = query_start_loc.tolist()
     query_lens = [b - a for a, b in zip(starts, starts[1:])]
     lens = seq_lens.tolist()
     meta = AttentionMetadata(slot_mapping, query_start_loc, seq_lens, block_tables,
                              max_query_len=max(query_lens), max_seq_len=max(lens),
                              query_lens_cpu=query_lens, seq_lens_cpu=lens)
-    return _REFERENCE.forward(q, k, v, kv_cache, meta, scale)
+    return _REFERENCE.forward(q, k, v, kv_cache, meta, scale, kv_scales)
 
 
 @paged_attention_cpu.register_fake
-def _(q, k, v, kv_cache, slot_mapping, query_start_loc, seq_lens, block_tables, scale):
+def _(q, k, v, kv_cache, slot_mapping, query_start_loc, seq_lens, block_tables, scale,
+      k_scale=None, v_scale=None):
     return torch.empty_like(q)
 
 
@@ -46,15 +60,20 @@ class OpaqueAttention:
     def __init__(self, backend: AttentionBackend) -> None:
         self.backend = backend
 
-    def forward(self, q, k, v, kv_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    def forward(self, q, k, v, kv_cache, meta: AttentionMetadata, scale: float,
+                kv_scales: KVScales | None = None) -> torch.Tensor:
         if not torch.compiler.is_compiling():
-            return self.backend.forward(q, k, v, kv_cache, meta, scale)
+            return self.backend.forward(q, k, v, kv_cache, meta, scale, kv_scales)
+        k_scale, v_scale = ((kv_scales.k_scale, kv_scales.v_scale) if kv_scales is not None
+                            else (None, None))
         return paged_attention_cpu(q, k, v, kv_cache, meta.slot_mapping, meta.query_start_loc,
-                                   meta.seq_lens, meta.block_tables, scale)
+                                   meta.seq_lens, meta.block_tables, scale, k_scale, v_scale)
 
     def forward_prepped(self, q, k, v, kv_cache, meta: AttentionMetadata, scale: float,
-                        positions: torch.Tensor, prep: QKPrep) -> torch.Tensor:
+                        positions: torch.Tensor, prep: QKPrep,
+                        kv_scales: KVScales | None = None) -> torch.Tensor:
         if not torch.compiler.is_compiling():
-            return self.backend.forward_prepped(q, k, v, kv_cache, meta, scale, positions, prep)
+            return self.backend.forward_prepped(q, k, v, kv_cache, meta, scale, positions, prep,
+                                                kv_scales)
         q, k = prep.apply(positions, q, k)
-        return self.forward(q, k.contiguous(), v.contiguous(), kv_cache, meta, scale)
+        return self.forward(q, k.contiguous(), v.contiguous(), kv_cache, meta, scale, kv_scales)
