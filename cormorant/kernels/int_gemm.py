@@ -12,10 +12,12 @@ the scale is applied once per tile after the dot: acc += (x @ (codes - zero)) * 
 codes - zero is an exact small integer in bf16/fp16; otherwise each element is dequantized.
 
 Launch shapes, chosen by `config_for(M, N, K, group, num_sms)`:
-  one row (BLOCK_M 1): _int_gemv_kernel, no tensor cores: each packed word is loaded once and
-          unpacked along a middle axis ([BLOCK_K / P, P, BLOCK_N]), multiplied by its inputs
-          and reduced in fp32;
-  decode (M <= 16): the tile kernel with BLOCK_M 16 (tl.dot);
+  decode (M <= 16, one row included): the tile kernel with BLOCK_M 16 (tl.dot);
+  one row on request (a config with BLOCK_M 1; the probe's comparison): _int_gemv_kernel, no
+          tensor cores: each packed word is loaded once and unpacked along a middle axis
+          ([BLOCK_K / P, P, BLOCK_N]), multiplied by its inputs and reduced in fp32. On the
+          H100 it read at ~170 GB/s against the tile kernel's 650-920 GB/s, so config_for
+          no longer picks it;
   both split K so that about two programs per SM stream the weight at once: each split
           writes fp32 partials, summed in the same launch by the last split of each output
           tile to finish, in split order (deterministic): one launch per projection;
@@ -186,7 +188,9 @@ def config_for(m: int, n: int, k: int, group: int, num_sms: int) -> dict:
     """Tile sizes and split-K for one call on a device of num_sms multiprocessors (see the
     module docstring): the decode shape splits K until about two programs per SM run."""
     if m <= DECODE_ROWS:
-        block_m, block_n, block_k = (1, 64, 128) if m == 1 else (16, 64, 128)
+        # One row too takes the tile kernel: on the H100 (int4_probe, 2026-12-06) the GEMV
+        # (BLOCK_M 1) read at ~170 GB/s, the tile kernel at 16 rows at 650-920 GB/s.
+        block_m, block_n, block_k = 16, 64, 128
         while group % block_k and block_k > 32:
             block_k //= 2
         programs = triton.cdiv(n, block_n)

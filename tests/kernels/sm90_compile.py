@@ -245,10 +245,12 @@ def _int_gemm_thunks():
             cfg = int_gemm.config_for(m, 4096, 4096, 128, num_sms=132)  # an H100's splits
             out.append((label, lambda x=x, q=q, s=s, z=z, bits=bits, cfg=cfg:
                         int_gemm.int_gemm(x, q, s, z, bits, 128, config=cfg)))
-            if m == 1 and not zeros:  # the GEMV's other reduction order
-                out.append((label + " deferred", lambda x=x, q=q, s=s, bits=bits, cfg=cfg:
-                            int_gemm.int_gemm(x, q, s, None, bits, 128,
-                                              config=dict(cfg, DEFER_REDUCE=True))))
+            if m == 1 and not zeros:  # the one-row GEMV (on request), both reduction orders
+                for defer in (False, True):
+                    out.append((label + f" gemv{' deferred' if defer else ''}",
+                                lambda x=x, q=q, s=s, bits=bits, cfg=cfg, defer=defer:
+                                int_gemm.int_gemm(x, q, s, None, bits, 128, config=dict(
+                                    cfg, BLOCK_M=1, DEFER_REDUCE=defer))))
     return out
 
 
