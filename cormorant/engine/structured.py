@@ -79,16 +79,26 @@ class StructuredDecoding:
         seq.grammar = self.backend.new_matcher(spec)
         self.num_active += 1
 
+    def _rows(self, scheduled: SchedulerOutput) -> list[int]:
+        """The batch rows that sample now under a grammar."""
+        if not self.num_active:
+            return []
+        return [i for i, (seq, do_sample) in enumerate(zip(scheduled.seqs, scheduled.do_sample))
+                if do_sample and seq.grammar is not None]
+
     def masks(self, scheduled: SchedulerOutput) -> tuple[list[int], bytes]:
         """(batch rows, their packed bitmasks) for the constrained rows that sample now."""
-        return self.masks_later(scheduled).result()
+        rows = self._rows(scheduled)
+        if not rows:
+            return [], b""
+        assert self.backend is not None
+        return rows, self.backend.fill_bitmasks([scheduled.seqs[i].grammar for i in rows])
 
     def masks_later(self, scheduled: SchedulerOutput) -> PendingMasks:
         """masks(), computed in a worker thread (the grammar engine releases the GIL), so the
         step loop's other host work runs meanwhile; `.result()` waits for them. The matchers
         must not advance before then (the loop collects this step only after its sampling)."""
-        rows = ([i for i, (seq, do_sample) in enumerate(zip(scheduled.seqs, scheduled.do_sample))
-                 if do_sample and seq.grammar is not None] if self.num_active else [])
+        rows = self._rows(scheduled)
         if not rows:
             return PendingMasks([], None)
         assert self.backend is not None

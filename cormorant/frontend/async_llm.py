@@ -17,6 +17,8 @@ import logging
 import os
 from collections import defaultdict
 from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
 
 from cormorant.config import EngineConfig
 from cormorant.engine.messages import EngineStats
@@ -33,6 +35,20 @@ from cormorant.text.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 __all__ = ["AsyncLLM", "EngineDeadError", "RequestHandle"]
+
+
+async def stream_outputs(sink: asyncio.Queue, handle: Any) -> AsyncIterator[RequestOutput]:
+    """A request handle's outputs (`take()` at each wake-up of `sink`) up to the finished one;
+    the handle is closed (the request aborted if unfinished) however the caller stops."""
+    try:
+        while True:
+            await sink.get()
+            out = handle.take()
+            yield out
+            if out.finished:
+                return
+    finally:
+        handle.close()
 
 
 class RequestHandle:
@@ -165,15 +181,9 @@ class AsyncLLM:
         handle = self.add_request(request_id, prompt_token_ids, params, sink, prompt=prompt,
                                   tenant=tenant, priority=priority, weight=weight,
                                   cache_salt=cache_salt)
-        try:
-            while True:
-                await sink.get()
-                out = handle.take()
+        async with aclosing(stream_outputs(sink, handle)) as outputs:  # closed with this one
+            async for out in outputs:
                 yield out
-                if out.finished:
-                    return
-        finally:
-            handle.close()
 
     async def abort(self, request_id: str) -> None:
         self._client.abort(request_id)

@@ -151,6 +151,8 @@ def online_schemes() -> list[str]:
 def plan(quant_config: dict | None, quantization: str) -> QuantScheme | None:
     """The scheme for a Hugging Face checkpoint whose config.json has `quant_config` (None:
     dense) under `--quantization quantization`; None: the dense model as it is."""
+    if not quant_config and quantization in ("auto", "none"):
+        return None  # the common case: no format module is imported
     _load_formats()
     if quant_config:
         method = str(quant_config.get("quant_method", "?"))
@@ -161,8 +163,6 @@ def plan(quant_config: dict | None, quantization: str) -> QuantScheme | None:
             raise ValueError(f"this checkpoint is quantized ({method}); --quantization "
                              f"{quantization} cannot load it (use auto)")
         return _CHECKPOINT[method](quant_config)
-    if quantization in ("auto", "none"):
-        return None
     if quantization in _ONLINE:
         return _ONLINE[quantization]()
     if quantization in LOADER_NAMES:

@@ -19,10 +19,12 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 from cormorant.config import EngineConfig
 from cormorant.engine.messages import EngineStats
+from cormorant.frontend.async_llm import stream_outputs
 from cormorant.frontend.builder import build_tokenizer
 from cormorant.frontend.core_client import EngineDeadError
 from cormorant.frontend.outputs import RequestOutput
@@ -147,15 +149,9 @@ class RayEngineClient:
         sink: asyncio.Queue = asyncio.Queue()
         handle = self.add_request(request_id, prompt_token_ids, params, sink, tenant=tenant,
                                   priority=priority, weight=weight, cache_salt=cache_salt)
-        try:
-            while True:
-                await sink.get()
-                out = handle.take()
+        async with aclosing(stream_outputs(sink, handle)) as outputs:  # closed with this one
+            async for out in outputs:
                 yield out
-                if out.finished:
-                    return
-        finally:
-            handle.close()
 
     async def abort(self, request_id: str) -> None:
         handle = self._requests.get(request_id)
