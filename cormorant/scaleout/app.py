@@ -46,7 +46,8 @@ def engine_deployment_options(options: ScaleoutOptions) -> dict[str, Any]:
         health_check_period_s=options.health_check_period_s,
         request_router_config=RequestRouterConfig(
             request_router_class=options.request_router,
-            request_router_kwargs={"load_epsilon": options.load_epsilon},
+            request_router_kwargs={"load_epsilon": options.load_epsilon,
+                                   "load_slack": options.load_slack},
             request_routing_stats_period_s=options.routing_stats_period_s))
     if options.autoscaling:
         low = options.min_replicas if options.min_replicas is not None else 1

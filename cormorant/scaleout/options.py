@@ -30,6 +30,7 @@ class ScaleoutOptions:
     # The Serve request router: scaleout.router's PrefixAwareRouter, or RoundRobinRouter.
     request_router: str = "cormorant.scaleout.router:PrefixAwareRouter"
     load_epsilon: float = 0.25  # bounded load: the prefix owner's allowed excess over average
+    load_slack: int = 8  # ... though an owner within this many requests of the least loaded keeps it
     max_attempts: int = 3  # tries per request whose replica dies before its first token
     max_replicas_per_node: int | None = None  # 1: spread the replicas over the nodes
     num_ingress_replicas: int = 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cormorant.scaleout.autoscale import desired_replicas
 from cormorant.scaleout.prefix import prefix_hashes
-from cormorant.scaleout.router import PrefixTable, choose_replica
+from cormorant.scaleout.router import PrefixTable, RoutingGuesses, choose_replica
 
 
 def test_the_prefix_owner_wins_until_it_carries_more_than_its_bounded_share():
@@ -15,6 +15,38 @@ def test_the_prefix_owner_wins_until_it_carries_more_than_its_bounded_share():
     assert choose_replica({"a": 1, "b": 0}, ["gone"]) == ("b", False)
     # A prefix held by several: the least loaded holder, within the bound.
     assert choose_replica({"a": 5, "b": 4, "c": 0}, ["a", "b"]) == ("b", True)
+
+
+def test_an_owner_within_the_slack_of_the_least_loaded_keeps_its_prefix():
+    # Few requests make the bound tight (4 vs 0: ceil(1.25 * 5 / 2) = 4); the engines' load
+    # figures lag a stats period, so a small absolute gap must not cost the prefix hit.
+    assert choose_replica({"a": 4, "b": 0}, ["a"]) == ("b", False)
+    assert choose_replica({"a": 4, "b": 0}, ["a"], load_slack=8) == ("a", True)
+    assert choose_replica({"a": 8, "b": 0}, ["a"], load_slack=8) == ("a", True)
+    assert choose_replica({"a": 9, "b": 0}, ["a"], load_slack=8) == ("b", False)
+    # Past the slack the bound still rules: ceil(1.25 * 61 / 2) = 39, so 40 vs 20 spills.
+    assert choose_replica({"a": 40, "b": 20}, ["a"], load_slack=8) == ("b", False)
+    assert choose_replica({"a": 30, "b": 20}, ["a"], load_slack=8) == ("a", True)
+
+
+def test_a_guess_moves_to_the_replica_serve_really_used():
+    table = PrefixTable(max_entries=100)
+    guesses = RoutingGuesses(table)
+    table.record([1], "a")  # an earlier request left block 1 on a
+    guesses.guess("r1", [1, 2, 3], "a")
+    assert table.longest_owners([1, 2, 3], {"a": 0, "b": 0}) == ["a"]
+    guesses.confirm("r1", [1, 2, 3], "b")  # a's probe timed out: Serve sent it to b
+    assert table.longest_owners([1, 2, 3], {"a": 0, "b": 0}) == ["b"]
+    assert table.longest_owners([1], {"a": 0, "b": 0}) == ["a", "b"]  # a keeps what it had
+    guesses.guess("r2", [7, 8], "a")
+    guesses.guess("r2", [7, 8], "b")  # asked again after a rejection
+    assert table.longest_owners([7, 8], {"a": 0, "b": 0}) == ["b"]
+    guesses.confirm("r2", [7, 8], "b")
+    assert table.longest_owners([7, 8], {"a": 0, "b": 0}) == ["b"]
+    bounded = RoutingGuesses(PrefixTable(100), max_pending=2)
+    for i in range(5):
+        bounded.guess(f"q{i}", [i], "a")
+    assert len(bounded._pending) == 2
 
 
 def test_idle_replicas_take_turns_and_kv_use_only_breaks_ties():
