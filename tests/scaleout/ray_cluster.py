@@ -62,20 +62,24 @@ def two_node_cluster():
         cluster.shutdown()
 
 
-def engine_config(model: str, max_num_seqs: int = 4) -> EngineConfig:
+def engine_config(model: str, max_num_seqs: int = 4, max_model_len: int = 512,
+                  num_blocks: int = 1024) -> EngineConfig:
     return EngineConfig(model=model, device="cpu", threads=1, seed=0,
-                        cache=CacheConfig(num_blocks=1024),
-                        scheduler=SchedulerConfig(max_model_len=512, max_num_seqs=max_num_seqs))
+                        cache=CacheConfig(num_blocks=num_blocks),
+                        scheduler=SchedulerConfig(max_model_len=max_model_len,
+                                                  max_num_seqs=max_num_seqs))
 
 
 def deploy(url: str, model: str, options, server: ServerConfig | None = None,
-           timeout: float = 240.0) -> None:
-    """Run the scale-out application and wait until the ingress answers /ready."""
+           timeout: float = 240.0, engine: EngineConfig | None = None) -> None:
+    """Run the scale-out application (engine: engine_config(model) unless given) and wait
+    until the ingress answers /ready."""
     from ray import serve
 
     from cormorant.scaleout.app import scaleout_app
 
-    serve.run(scaleout_app(engine_config(model), "tiny", server or ServerConfig(), options),
+    engine = engine or engine_config(model)
+    serve.run(scaleout_app(engine, "tiny", server or ServerConfig(), options),
               name=APP, route_prefix="/", blocking=False)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -103,6 +107,23 @@ def replica_actors(replica_id: str = "") -> list:
              if a["name"].startswith(f"SERVE_REPLICA::{APP}#{ENGINE}#")
              and a["name"].endswith(replica_id)]
     return [ray.get_actor(name, namespace="serve") for name in names]
+
+
+def ongoing_requests() -> dict[str, int]:
+    """Serve's own count of ongoing requests on each engine replica (what its graceful
+    shutdown drains), read from the replica actors; actor name -> count."""
+    import ray
+
+    actors = {a["name"]: ray.get_actor(a["name"], namespace="serve")
+              for a in ray.util.list_named_actors(all_namespaces=True)
+              if a["name"].startswith(f"SERVE_REPLICA::{APP}#{ENGINE}#")}
+    counts = {}
+    for name, actor in actors.items():
+        try:
+            counts[name] = ray.get(actor.get_num_ongoing_requests.remote(), timeout=10)
+        except Exception:  # stopped meanwhile
+            continue
+    return counts
 
 
 def metric_values(url: str, name: str) -> dict[str, float]:
