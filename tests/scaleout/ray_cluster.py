@@ -1,5 +1,6 @@
 """A real two-node Ray cluster on this machine (ray.cluster_utils.Cluster) running Serve, and
-the helpers the scale-out tests share: deploy an application, count and kill its replicas.
+the helpers the scale-out tests share: deploy an application, count and kill its replicas,
+read their ongoing requests.
 
 One cluster per test module (start-up costs tens of seconds on two cores); teardown shuts Serve,
 the driver and both nodes down, so no Ray process outlives the tests.
@@ -106,20 +107,26 @@ def replica_actors(replica_id: str = "") -> list:
     names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
              if a["name"].startswith(f"SERVE_REPLICA::{APP}#{ENGINE}#")
              and a["name"].endswith(replica_id)]
-    return [ray.get_actor(name, namespace="serve") for name in names]
+    actors = []
+    for name in names:
+        with contextlib.suppress(ValueError):  # it exited since the listing
+            actors.append(ray.get_actor(name, namespace="serve"))
+    return actors
 
 
 def ongoing_requests() -> dict[str, int]:
     """Serve's own count of ongoing requests on each engine replica (what its graceful
-    shutdown drains), read from the replica actors; actor name -> count."""
+    shutdown drains), from each replica actor's get_num_ongoing_requests (a Serve-internal
+    method, the one behind its queue-length probes); actor name -> count."""
     import ray
 
-    actors = {a["name"]: ray.get_actor(a["name"], namespace="serve")
-              for a in ray.util.list_named_actors(all_namespaces=True)
-              if a["name"].startswith(f"SERVE_REPLICA::{APP}#{ENGINE}#")}
     counts = {}
-    for name, actor in actors.items():
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        name = entry["name"]
+        if not name.startswith(f"SERVE_REPLICA::{APP}#{ENGINE}#"):
+            continue
         try:
+            actor = ray.get_actor(name, namespace="serve")
             counts[name] = ray.get(actor.get_num_ongoing_requests.remote(), timeout=10)
         except Exception:  # stopped meanwhile
             continue
