@@ -26,6 +26,7 @@ from cormorant.scaleout.coldstart import ColdStart, ColdStartMiddleware
 from cormorant.scaleout.metrics import install_replica_metrics
 from cormorant.scaleout.options import ScaleoutOptions, model_name_of
 from cormorant.scaleout.replica import EngineReplica
+from cormorant.scaleout.served_by import ServedByMiddleware
 from cormorant.server.app import build_app as build_server_app
 from cormorant.server.config import ServerConfig
 
@@ -85,6 +86,8 @@ class Ingress:
     def __serve_build_asgi_app__(self):
         app = build_server_app(self.client, self.server_config)
         install_replica_metrics(app, self.client)
+        replica_id = serve.get_replica_context().replica_id.unique_id
+        app.user_middleware.insert(0, Middleware(ServedByMiddleware, replica_id=replica_id))
         if self.cold_start_s is not None:  # innermost: after auth, before admission
             app_name = serve.get_replica_context().app_name
             cold = ColdStart(lambda: running_engine_replicas(app_name),

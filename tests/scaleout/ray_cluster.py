@@ -1,5 +1,6 @@
 """A real two-node Ray cluster on this machine (ray.cluster_utils.Cluster) running Serve, and
-the helpers the scale-out tests share: deploy an application, count and kill its replicas.
+the helpers the scale-out tests share: deploy an application, count and kill its replicas,
+read their ongoing requests.
 
 One cluster per test module (start-up costs tens of seconds on two cores); teardown shuts Serve,
 the driver and both nodes down, so no Ray process outlives the tests.
@@ -62,20 +63,24 @@ def two_node_cluster():
         cluster.shutdown()
 
 
-def engine_config(model: str, max_num_seqs: int = 4) -> EngineConfig:
+def engine_config(model: str, max_num_seqs: int = 4, max_model_len: int = 512,
+                  num_blocks: int = 1024) -> EngineConfig:
     return EngineConfig(model=model, device="cpu", threads=1, seed=0,
-                        cache=CacheConfig(num_blocks=1024),
-                        scheduler=SchedulerConfig(max_model_len=512, max_num_seqs=max_num_seqs))
+                        cache=CacheConfig(num_blocks=num_blocks),
+                        scheduler=SchedulerConfig(max_model_len=max_model_len,
+                                                  max_num_seqs=max_num_seqs))
 
 
 def deploy(url: str, model: str, options, server: ServerConfig | None = None,
-           timeout: float = 240.0) -> None:
-    """Run the scale-out application and wait until the ingress answers /ready."""
+           timeout: float = 240.0, engine: EngineConfig | None = None) -> None:
+    """Run the scale-out application (engine: engine_config(model) unless given) and wait
+    until the ingress answers /ready."""
     from ray import serve
 
     from cormorant.scaleout.app import scaleout_app
 
-    serve.run(scaleout_app(engine_config(model), "tiny", server or ServerConfig(), options),
+    engine = engine or engine_config(model)
+    serve.run(scaleout_app(engine, "tiny", server or ServerConfig(), options),
               name=APP, route_prefix="/", blocking=False)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -102,7 +107,30 @@ def replica_actors(replica_id: str = "") -> list:
     names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
              if a["name"].startswith(f"SERVE_REPLICA::{APP}#{ENGINE}#")
              and a["name"].endswith(replica_id)]
-    return [ray.get_actor(name, namespace="serve") for name in names]
+    actors = []
+    for name in names:
+        with contextlib.suppress(ValueError):  # it exited since the listing
+            actors.append(ray.get_actor(name, namespace="serve"))
+    return actors
+
+
+def ongoing_requests() -> dict[str, int]:
+    """Serve's own count of ongoing requests on each engine replica (what its graceful
+    shutdown drains), from each replica actor's get_num_ongoing_requests (a Serve-internal
+    method, the one behind its queue-length probes); actor name -> count."""
+    import ray
+
+    counts = {}
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        name = entry["name"]
+        if not name.startswith(f"SERVE_REPLICA::{APP}#{ENGINE}#"):
+            continue
+        try:
+            actor = ray.get_actor(name, namespace="serve")
+            counts[name] = ray.get(actor.get_num_ongoing_requests.remote(), timeout=10)
+        except Exception:  # stopped meanwhile
+            continue
+    return counts
 
 
 def metric_values(url: str, name: str) -> dict[str, float]:

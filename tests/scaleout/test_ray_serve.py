@@ -6,7 +6,10 @@ fixed replicas, one per node: greedy output equals transformers', prompts sharin
 land where it is cached while unrelated ones spread, /metrics shows each replica, and killing
 a replica under 100 streams loses no request that had not started. The second application
 autoscales (1 to 2 and back, then to zero) behind two ingress replicas that share one quota
-through Redis. Last, `cormorant serve --ray` joins the cluster by address and serves.
+and one response cache through Redis and one usage table in PostgreSQL (the
+x-cormorant-ingress header tells which ingress replica answered); the replica the autoscaler
+removes drains its stream to the end first (scaleout/drain_streams.py). Last, `cormorant
+serve --ray` joins the cluster by address and serves.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -25,13 +29,16 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gateway"))
-from ray_cluster import (APP, ENV, deploy, metric_values, replica_actors,  # noqa: E402
-                         running_replicas, two_node_cluster)
+from drain_streams import LiveStream, one_stream_on_each_replica, until  # noqa: E402
+from ray_cluster import (APP, ENV, deploy, engine_config, metric_values,  # noqa: E402
+                         replica_actors, running_replicas, two_node_cluster)
+from postgres_fixture import create_database, postgres_server  # noqa: E402,F401
 from redis_fixture import redis_server  # noqa: E402,F401
 from support import store_keys, wait_for, wait_http_ready  # noqa: E402
-from tiny import load_reference  # noqa: E402
+from tiny import load_reference, save_model  # noqa: E402
 
 from cormorant.scaleout.options import ScaleoutOptions  # noqa: E402
+from cormorant.scaleout.served_by import INGRESS_HEADER  # noqa: E402
 from cormorant.server.config import ServerConfig  # noqa: E402
 
 PREFIX_LEN = 96  # six full 16-token blocks
@@ -178,78 +185,190 @@ def _retries(url: str) -> float:
                if line.startswith("cormorant_replica_retries_total{"))
 
 
+LONG_CONTEXT = 8192  # the autoscaled engines' context: streams that outlast a down-scaling
+DRAIN_STREAM_S = 15.0  # how long a drain stream is made to run, at the measured token rate
+
+
+@dataclass
+class Autoscaled:
+    url: str
+    tokens: dict[str, str]  # key name -> bearer token
+    ids: dict[str, str]  # key name -> key id
+    usage_db: str  # the one PostgreSQL database both ingress replicas record usage in
+
+    def headers(self, key: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.tokens[key]}"}
+
+
 @pytest.fixture(scope="module")
-def autoscaled(ray_cluster, tiny_llama, redis_server, tmp_path_factory):  # noqa: F811
-    """Engines autoscaled between 0 and 2 (short delays; one at start) behind two ingress
-    replicas that keep their quotas in one Redis; keys: `limited` (6 requests a minute) and
-    `load`."""
+def autoscaled(ray_cluster, tmp_path_factory, redis_server, postgres_server):  # noqa: F811
+    """Engines autoscaled between 0 and 2 (short delays; one at start; the tiny Llama with a
+    long context) behind two ingress replicas that share quotas and the response cache
+    through one Redis and record usage in one PostgreSQL database. Keys: `limited` (6
+    requests a minute), `load`, `cache`, `meter` (inference) and `admin`."""
     import redis
     from ray import serve
 
     redis_url = f"redis://127.0.0.1:{redis_server.port}/7"
-    redis.Redis.from_url(redis_url).flushdb()
+    cache_url = f"redis://127.0.0.1:{redis_server.port}/8"
+    for url in (redis_url, cache_url):
+        redis.Redis.from_url(url).flushdb()
+    usage_db = create_database(postgres_server)
+    model = str(save_model(tmp_path_factory.mktemp("long-llama"), "llama",
+                           max_position_embeddings=LONG_CONTEXT))
     db = str(tmp_path_factory.mktemp("keys") / "keys.db")
-    _, tokens, _ = store_keys(db, [("limited", {"inference"}, {"rpm": 6}),
-                                   ("load", {"inference"}, {})])
+    _, tokens, ids = store_keys(db, [("limited", {"inference"}, {"rpm": 6}),
+                                     ("load", {"inference"}, {}), ("cache", {"inference"}, {}),
+                                     ("meter", {"inference"}, {}), ("admin", {"admin"}, {})])
     serve.delete(APP)  # the fixed application's replicas make room
-    deploy(ray_cluster.url, tiny_llama, ScaleoutOptions(
+    deploy(ray_cluster.url, model, ScaleoutOptions(
         min_replicas=0, max_replicas=2, target_ongoing_requests=2, upscale_delay_s=0.5,
         downscale_delay_s=2.0, downscale_to_zero_delay_s=10.0, cold_start_s=7,
         metrics_interval_s=0.5, max_replicas_per_node=1,
         num_cpus_per_replica=1, num_ingress_replicas=2, num_cpus_per_ingress=0.1,
-        graceful_shutdown_timeout_s=10), ServerConfig(keys_db=db, redis_url=redis_url))
-    yield ray_cluster.url, tokens
+        graceful_shutdown_timeout_s=60), ServerConfig(
+            keys_db=db, redis_url=redis_url, response_cache=True,
+            response_cache_redis_url=cache_url, usage_db=usage_db),
+        engine=engine_config(model, max_num_seqs=8, max_model_len=LONG_CONTEXT,
+                             num_blocks=4096))
+    yield Autoscaled(ray_cluster.url, tokens, ids, usage_db)
     serve.delete(APP)
 
 
+def _post(app: Autoscaled, key: str, body: dict) -> httpx.Response:
+    """POST /v1/completions on a new connection, as an independent client (Serve's proxy picks
+    the ingress replica); a 503 of a cold start (scaled to zero meanwhile) is waited out."""
+    deadline = time.monotonic() + 180
+    while True:
+        r = httpx.post(app.url + "/v1/completions", headers=app.headers(key), json=body,
+                       timeout=120)
+        if r.status_code != 503 or time.monotonic() > deadline:
+            return r
+        time.sleep(1.0)
+
+
 def test_quotas_hold_across_ingress_replicas(autoscaled):
-    url, tokens = autoscaled
-    statuses = []
-    for _ in range(10):  # Serve's proxy spreads these over both ingress replicas
-        r = httpx.post(url + "/v1/completions", timeout=60,
-                       headers={"authorization": f"Bearer {tokens['limited']}"},
+    """6 requests a minute in all, whichever ingress replica answers: once both have answered
+    (Serve's proxy spreads new connections), the pattern is impossible with a quota each."""
+    statuses, ingresses = [], set()
+    while len(statuses) < 10 or (len(ingresses) < 2 and len(statuses) < 40):
+        r = httpx.post(autoscaled.url + "/v1/completions", timeout=60,
+                       headers=autoscaled.headers("limited"),
                        json={"model": "tiny", "prompt": "Hello", "max_tokens": 2})
         statuses.append(r.status_code)
-    assert statuses == [200] * 6 + [429] * 4
+        ingresses.add(r.headers[INGRESS_HEADER])  # 429s carry it too
+    assert len(ingresses) == 2, "one ingress replica took all requests"
+    assert statuses == [200] * 6 + [429] * (len(statuses) - 6)
 
 
-def test_replicas_scale_1_to_2_under_load_and_back_to_1_when_idle(autoscaled):
-    url, tokens = autoscaled
+def test_a_response_cached_through_one_ingress_is_served_from_redis_by_the_other(autoscaled):
+    """The first answer is a miss; every later one, the other ingress replica's first answer
+    included, is a hit: that replica had never seen the request, so its hit came from Redis."""
+    body = {"model": "tiny", "prompt": list(range(40, 60)), "max_tokens": 8, "temperature": 0,
+            "ignore_eos": True}
+    answers = []  # (ingress replica, x-cache, text)
+    while len({a[0] for a in answers}) < 2 and len(answers) < 40:
+        r = _post(autoscaled, "cache", body)
+        assert r.status_code == 200, r.text
+        answers.append((r.headers[INGRESS_HEADER], r.headers["x-cache"],
+                        r.json()["choices"][0]["text"]))
+    assert len({a[0] for a in answers}) == 2, f"one ingress replica took all of {answers}"
+    assert answers[0][1] == "miss"
+    assert [a[1] for a in answers[1:]] == ["hit"] * (len(answers) - 1), answers
+    assert len({a[2] for a in answers}) == 1
+
+
+def test_usage_through_both_ingress_replicas_lands_in_one_postgres_database(autoscaled):
+    """Requests through both ingress replicas; GET /v1/usage through each shows their sum,
+    which neither could know alone, and so does the database itself."""
+    import psycopg
+
+    body = {"model": "tiny", "prompt": [7, 8, 9, 10, 11], "max_tokens": 3, "ignore_eos": True}
+    served: dict[str, int] = {}  # ingress replica -> requests it answered
+    expected = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
+    while (len(served) < 2 or sum(served.values()) < 4) and sum(served.values()) < 40:
+        r = _post(autoscaled, "meter", body)  # sampled (temperature 1): never cached
+        assert r.status_code == 200 and r.headers["x-cache"] == "miss", r.text
+        ingress = r.headers[INGRESS_HEADER]
+        served[ingress] = served.get(ingress, 0) + 1
+        expected["requests"] += 1
+        for field in ("prompt_tokens", "completion_tokens"):
+            expected[field] += r.json()["usage"][field]
+    assert len(served) == 2, f"one ingress replica took all requests: {served}"
+    confirmed: set[str] = set()
+
+    def both_ingresses_show_the_sum() -> bool:
+        r = httpx.get(autoscaled.url + "/v1/usage", params={"key_id": autoscaled.ids["meter"]},
+                      headers=autoscaled.headers("admin"), timeout=30)
+        assert r.status_code == 200, r.text
+        rows = r.json()["data"]
+        if {k: sum(row[k] for row in rows) for k in expected} == expected:
+            confirmed.add(r.headers[INGRESS_HEADER])
+        return confirmed == set(served)
+
+    wait_for(both_ingresses_show_the_sum, 60, "both ingress replicas to report the sum", 0.2)
+    with psycopg.connect(autoscaled.usage_db) as conn:
+        row = conn.execute("SELECT sum(requests), sum(prompt_tokens), sum(completion_tokens) "
+                           "FROM usage_daily WHERE key_id = %s",
+                           (autoscaled.ids["meter"],)).fetchone()
+    assert list(row) == list(expected.values())
+
+
+async def _scale_up_then_down_under_streams(app: Autoscaled) -> list[LiveStream]:
+    """12 workers keep the engines busy until 2 replicas run; then three holder streams keep
+    them needed while one drain stream is placed on each replica; closing the holders leaves
+    2 ongoing requests (1 replica's worth): the autoscaler stops one replica, streaming."""
     stop = asyncio.Event()
+    client = _client(app.url, app.tokens["load"], aio=True)
+    rng = random.Random(4)
 
-    async def keep_busy() -> None:
-        client = _client(url, tokens["load"], aio=True)
-        rng = random.Random(4)
+    async def worker() -> None:
+        while not stop.is_set():
+            try:
+                await client.completions.create(model="tiny", prompt=_ids(rng, 16),
+                                                max_tokens=64, temperature=0,
+                                                extra_body={"ignore_eos": True})
+            except openai.APIStatusError as exc:  # scaled to zero meanwhile: waking
+                assert exc.status_code == 503
+                await asyncio.sleep(0.5)
 
-        async def worker() -> None:
-            while not stop.is_set():
-                try:
-                    await client.completions.create(model="tiny", prompt=_ids(rng, 16),
-                                                    max_tokens=64, temperature=0,
-                                                    extra_body={"ignore_eos": True})
-                except openai.APIStatusError as exc:  # scaled to zero meanwhile: waking
-                    assert exc.status_code == 503
-                    await asyncio.sleep(0.5)
-
-        workers = [asyncio.ensure_future(worker()) for _ in range(12)]
-        deadline = time.monotonic() + 180
-        while running_replicas() < 2 and time.monotonic() < deadline:
-            await asyncio.sleep(0.5)
-        stop.set()
-        await asyncio.gather(*workers)
-
-    asyncio.run(keep_busy())
+    workers = [asyncio.ensure_future(worker()) for _ in range(12)]
+    deadline = time.monotonic() + 180
+    while running_replicas() < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
     assert running_replicas() == 2
-    wait_for(lambda: running_replicas() == 1, 120, "the idle replica to be removed", 0.5)
+    holders = [LiveStream(client, _ids(rng, 16), LONG_CONTEXT - 64) for _ in range(3)]
+    stop.set()
+    await asyncio.gather(*workers)
+    drains = await one_stream_on_each_replica(client, holders, lambda: _ids(rng, 16),
+                                              LONG_CONTEXT - 64, DRAIN_STREAM_S)
+    assert running_replicas() == 2
+    for holder in holders:
+        await holder.cancel()
+    await until(lambda: running_replicas() == 1, 60, "the autoscaler to stop a replica")
+    assert not [d for d in drains if d.done], "a drain stream ended before the stop began"
+    await asyncio.gather(*(d.task for d in drains))
+    return drains
+
+
+def test_replicas_scale_1_to_2_and_back_draining_the_removed_replicas_stream(autoscaled):
+    drains = asyncio.run(_scale_up_then_down_under_streams(autoscaled))
+    for d in drains:  # both replicas had one; the stopped one's ran to the end
+        assert d.error is None, d.error
+        assert d.finish == "length" and d.tokens == d.completion_tokens == d.max_tokens
+    # The stopped replica's actor is gone once its stream has ended.
+    wait_for(lambda: len(replica_actors()) == 1, 60, "the stopped replica to exit", 0.5)
+    assert running_replicas() == 1
 
 
 def test_scaled_to_zero_a_request_gets_retry_after_and_wakes_a_replica(autoscaled):
-    url, tokens = autoscaled
+    url, tokens = autoscaled.url, autoscaled.tokens
     wait_for(lambda: running_replicas() == 0, 120, "the last idle replica to stop", 0.5)
     headers = {"authorization": f"Bearer {tokens['load']}"}
     body = {"model": "tiny", "prompt": "Hello", "max_tokens": 2}
     cold = httpx.post(url + "/v1/completions", headers=headers, json=body, timeout=60)
     assert cold.status_code == 503 and cold.headers["retry-after"] == "7"
+    assert cold.headers[INGRESS_HEADER]  # the outermost middleware: on refusals too
     assert cold.json()["error"]["code"] == "engine_cold_start"
     wait_for(lambda: running_replicas() == 1, 180, "the woken replica", 0.5)
     warm = wait_for(lambda: (r := httpx.post(url + "/v1/completions", headers=headers,
