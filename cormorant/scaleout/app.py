@@ -84,7 +84,7 @@ class Ingress:
 
     def __serve_build_asgi_app__(self):
         app = build_server_app(self.client, self.server_config)
-        install_replica_metrics(app, self.client)
+        install_replica_metrics(app, lambda: [self.client])
         if self.cold_start_s is not None:  # innermost: after auth, before admission
             app_name = serve.get_replica_context().app_name
             cold = ColdStart(lambda: running_engine_replicas(app_name),
@@ -119,18 +119,20 @@ def build_app(args: dict[str, str]):
     """`serve run cormorant.scaleout.app:build_app model=PATH [name=..] [replicas=N]
     [min_replicas=..] [max_replicas=..] [num_gpus=..] [device=..] [max_model_len=..]
     [num_kv_blocks=..] [keys_file=..] [redis=URL] [usage_db=..] [ingress_replicas=..]`, or the
-    same keys under a Serve config file's `args:` (values are strings)."""
-    known = {"model", "name", "replicas", "min_replicas", "max_replicas", "num_gpus",
-             "num_cpus", "device", "max_model_len", "num_kv_blocks", "api_key", "keys_file",
-             "redis", "usage_db", "ingress_replicas"}
+    same keys under a Serve config file's `args:` (values are strings). `models=FILE` instead
+    of model=PATH serves a model registry (scaleout.registry_app), each version on replicas
+    of its own; the engine settings then come from the file."""
+    known = {"model", "models", "name", "replicas", "min_replicas", "max_replicas",
+             "num_gpus", "num_cpus", "device", "max_model_len", "num_kv_blocks", "api_key",
+             "keys_file", "redis", "usage_db", "ingress_replicas", "scheduling"}
     unknown = set(args) - known
-    if unknown or "model" not in args:
-        raise ValueError(f"build_app needs model=PATH; unknown arguments: {sorted(unknown)}; "
-                         f"known: {sorted(known)}")
-    engine_config = EngineConfig(
-        model=args["model"], device=args.get("device", "auto"),
-        cache=CacheConfig(num_blocks=_int(args, "num_kv_blocks")),
-        scheduler=SchedulerConfig(max_model_len=_int(args, "max_model_len")))
+    if unknown or ("model" in args) == ("models" in args):
+        raise ValueError(f"build_app needs model=PATH or models=FILE; unknown arguments: "
+                         f"{sorted(unknown)}; known: {sorted(known)}")
+    if "models" in args and (per_model := {"name", "device", "max_model_len",
+                                           "num_kv_blocks"} & set(args)):
+        raise ValueError(f"with models=FILE, {sorted(per_model)} are each model's settings "
+                         "in the registry file")
     options = ScaleoutOptions(
         num_replicas=_int(args, "replicas") or 2, min_replicas=_int(args, "min_replicas"),
         max_replicas=_int(args, "max_replicas"),
@@ -140,6 +142,15 @@ def build_app(args: dict[str, str]):
     server_config = ServerConfig(api_key=args.get("api_key"), keys_file=args.get("keys_file"),
                                  redis_url=args.get("redis"),
                                  usage_db=args.get("usage_db"))
+    if "models" in args:
+        from cormorant.scaleout.registry_app import registry_app  # it imports this module
+
+        return registry_app(args["models"], server_config, options,
+                            args.get("scheduling", "fair"))
+    engine_config = EngineConfig(
+        model=args["model"], device=args.get("device", "auto"),
+        cache=CacheConfig(num_blocks=_int(args, "num_kv_blocks")),
+        scheduler=SchedulerConfig(max_model_len=_int(args, "max_model_len")))
     name = args.get("name") or model_name_of(args["model"])
     return scaleout_app(engine_config, name, server_config, options)
 

@@ -1,12 +1,12 @@
-"""`cormorant serve --ray`: its flags become ScaleoutOptions, and what Ray cannot serve yet is
-refused before any Ray process starts."""
+"""`cormorant serve --ray`: its flags become ScaleoutOptions, and what Ray cannot serve yet
+(encoders, a registry that scales to zero) is refused before any Ray process starts."""
 from __future__ import annotations
 
 import subprocess
 import sys
 
 from cormorant.cli import build_parser
-from cormorant.scaleout.launch import options_from
+from cormorant.scaleout.launch import launch_error, options_from
 
 
 def test_the_scale_out_flags_become_the_options():
@@ -25,9 +25,29 @@ def test_the_scale_out_flags_become_the_options():
     assert (cpu.num_gpus_per_replica, cpu.num_replicas, cpu.autoscaling) == (0.0, 3, False)
 
 
-def test_a_registry_is_refused_before_ray_starts(tmp_path):
+def _registry(tmp_path, kind: str) -> str:
+    (tmp_path / "m").mkdir()
+    path = tmp_path / "models.toml"
+    path.write_text(f'[server]\nroots = ["{tmp_path}"]\n[[models]]\nname = "m"\n'
+                    f'source = "m"\nkind = "{kind}"\n')
+    return str(path)
+
+
+def test_an_encoder_in_the_registry_is_refused_before_ray_starts(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "cormorant", "serve", "--ray", "--models",
-                           str(tmp_path / "models.toml")], capture_output=True, text=True,
+                           _registry(tmp_path, "embed")], capture_output=True, text=True,
                           timeout=120)
-    assert proc.returncode == 2 and "--models" in proc.stderr
-    assert "Ray" in proc.stderr and "Started a local Ray instance" not in proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    assert "embedding models are not served through Ray yet (m@1)" in proc.stderr
+    assert "Started a local Ray instance" not in proc.stderr
+
+
+def test_what_ray_cannot_serve_is_named(tmp_path):
+    def error(*argv: str) -> str | None:
+        return launch_error(build_parser().parse_args(["serve", "--ray", *argv]))
+
+    registry = _registry(tmp_path, "generate")
+    assert error("--models", registry) is None  # a registry of generators is served
+    assert "scale to zero" in error("--models", registry, "--min-replicas", "0")
+    assert "--models: cannot read" in error("--models", str(tmp_path / "missing.toml"))
+    assert "--embedding-model is not served through Ray" in error("--embedding-model", "e")

@@ -1,0 +1,170 @@
+"""Model versions on Ray Serve: each its own Serve application of engine replicas.
+
+With a model registry the ingress keeps the single-process server's hosting layer (the model
+pool with its aliases, canary splits, on-demand loads, unloads and reloads); only its loader
+differs: `ModelApps.load` deploys the version as the Serve application
+`<app>.<name@version>.<digest>` (one `cormorant-engine` deployment: its own replicas, its own
+prefix-aware router, its own autoscaling) and returns a RayEngineClient over its handle, so a
+request for a version can only reach that version's replicas. The application is reused when
+it already runs (another ingress replica, or an earlier life of this one, deployed the same
+version with the same settings); shutting the client down (an unload, a replaced version's
+drain, a reload) deletes it. Only plain data crosses into Serve: the EngineConfig as
+engine.messages msgpack bytes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ray import serve
+from ray.serve.schema import ApplicationStatus
+
+from cormorant.config import EngineConfig
+from cormorant.engine.messages import encode
+from cormorant.hosting.loader import generator_config, model_version, source_path
+from cormorant.hosting.registry import ModelSpec
+from cormorant.scaleout.app import ENGINE_DEPLOYMENT, engine_deployment_options
+from cormorant.scaleout.client import RayEngineClient
+from cormorant.scaleout.options import ScaleoutOptions
+from cormorant.scaleout.replica import EngineReplica
+
+log = logging.getLogger(__name__)
+POLL_S = 0.5
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One version to deploy or reuse: its engine settings and its application's name."""
+    spec: ModelSpec
+    config: EngineConfig
+    options: ScaleoutOptions
+    digest: str  # the weights digest (hosting.loader.model_version)
+    app: str
+
+
+def replica_config(spec: ModelSpec, path: Path, policy: str) -> EngineConfig:
+    """The version's EngineConfig as a replica runs it: Ray gives each replica its own GPUs,
+    which it sees from cuda:0, so a registry's `device = "cuda:K"` becomes `cuda`."""
+    config = generator_config(spec, path, policy)
+    if config.device.startswith("cuda:"):
+        config = dataclasses.replace(config, device="cuda")
+    return config
+
+
+def app_name(prefix: str, spec: ModelSpec, config: EngineConfig, digest: str,
+             options: ScaleoutOptions) -> str:
+    """Same version, weights and settings: same name (reused); anything else: a new one."""
+    settings = json.dumps([digest, dataclasses.asdict(options)], sort_keys=True, default=str)
+    key = hashlib.sha256(encode(config) + settings.encode()).hexdigest()[:8]
+    return f"{prefix}{spec.id}.{key}"
+
+
+class ModelApps:
+    """The loader of the ingress's model pool (server.state.RawLoader). Blocking; threads."""
+
+    def __init__(self, app: str, options: ScaleoutOptions, policy: str = "fair",
+                 timeout_s: float = 900.0) -> None:
+        self.prefix = f"{app}."
+        self.options = options
+        self.policy = policy
+        self.timeout_s = timeout_s
+        self.held: set[str] = set()  # applications this ingress serves through a client
+        self._lock = threading.Lock()
+
+    def load(self, spec: ModelSpec, source: Path | str) -> tuple[RayEngineClient, str]:
+        return self.load_many([(spec, source)])[spec.id]
+
+    def load_many(self, entries: Iterable[tuple[ModelSpec, Path | str]]
+                  ) -> dict[str, tuple[RayEngineClient, str]]:
+        """Deploy (or reuse) every entry's application at once, then wait for all of them:
+        model id -> (client, weights digest). A failure deletes what this call deployed."""
+        plans = [self._plan(spec, source) for spec, source in entries]
+        started = [p.app for p in plans if self._deploy(p)]
+        try:
+            wait_running([p.app for p in plans], self.timeout_s)
+        except BaseException:
+            for name in started:
+                self._delete(name)
+            raise
+        return {p.spec.id: (self._client(p), p.digest) for p in plans}
+
+    def _plan(self, spec: ModelSpec, source: Path | str) -> Plan:
+        if spec.kind != "generate":
+            raise ValueError(f"{spec.id}: embedding models are not served through Ray")
+        path = source_path(source)
+        config = replica_config(spec, path, self.policy)
+        gpus = self.options.num_gpus_per_replica * config.tensor_parallel_size
+        options = dataclasses.replace(self.options, num_gpus_per_replica=gpus)
+        digest = model_version(path)
+        name = app_name(self.prefix, spec, config, digest, options)
+        with self._lock:
+            if name in self.held:  # a reload while the old instance serves: a fresh one
+                name = f"{name}.{uuid.uuid4().hex[:6]}"
+            self.held.add(name)
+        return Plan(spec, config, options, digest, name)
+
+    def _deploy(self, plan: Plan) -> bool:
+        """Start deploying plan.app unless it runs or is starting; True if started here."""
+        status = serve.status().applications.get(plan.app)
+        if status is not None and status.status in (ApplicationStatus.RUNNING,
+                                                    ApplicationStatus.DEPLOYING):
+            log.info("reusing the running application %s", plan.app)
+            return False
+        engine = serve.deployment(EngineReplica).options(
+            **engine_deployment_options(plan.options)).bind(encode(plan.config),
+                                                            plan.spec.name)
+        log.info("deploying %s as the application %s", plan.spec.id, plan.app)
+        serve._run(engine, name=plan.app, route_prefix=None, _blocking=False)
+        return True
+
+    def _client(self, plan: Plan) -> RayEngineClient:
+        handle = serve.get_deployment_handle(ENGINE_DEPLOYMENT, plan.app)
+        return RayEngineClient(handle, plan.config, plan.spec.name, self.options.max_attempts,
+                               model_version=plan.spec.version,
+                               on_shutdown=lambda: self._delete(plan.app))
+
+    def _delete(self, name: str) -> None:
+        with self._lock:
+            self.held.discard(name)
+        log.info("deleting the application %s", name)
+        serve.delete(name, _blocking=False)
+
+
+def wait_running(names: list[str], timeout_s: float) -> None:
+    """Until every named application runs; its deployment error if one fails."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        apps = serve.status().applications
+        pending = []
+        for name in names:
+            status = apps.get(name)
+            if status is not None and status.status == ApplicationStatus.DEPLOY_FAILED:
+                raise RuntimeError(f"{name} failed to deploy: {status.message[-500:]}")
+            if status is None or status.status != ApplicationStatus.RUNNING:
+                pending.append(name)
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{pending} did not start within {timeout_s:.0f}s")
+        time.sleep(POLL_S)
+
+
+def delete_model_apps(app: str, wait_s: float = 120.0) -> list[str]:
+    """Delete every model version application of the Serve application `app`, all at once,
+    and wait until they are gone (for when `app` itself ends: its ingress replicas never
+    delete what another ingress may serve)."""
+    names = [n for n in serve.status().applications if n.startswith(f"{app}.")]
+    for name in names:
+        serve.delete(name, _blocking=False)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and set(names) & set(serve.status().applications):
+        time.sleep(POLL_S)
+    return names
