@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from cormorant.cli import build_parser
 from cormorant.scaleout.launch import launch_error, options_from
 
@@ -51,3 +53,19 @@ def test_what_ray_cannot_serve_is_named(tmp_path):
     assert "scale to zero" in error("--models", registry, "--min-replicas", "0")
     assert "--models: cannot read" in error("--models", str(tmp_path / "missing.toml"))
     assert "--embedding-model is not served through Ray" in error("--embedding-model", "e")
+
+
+def test_serve_run_builds_a_registry_application(tmp_path):
+    """`serve run cormorant.scaleout.app:build_app models=FILE`: one ingress over the
+    registry (its versions are deployed when it starts); per-model settings are the file's."""
+    from cormorant.scaleout.app import INGRESS_DEPLOYMENT, build_app
+
+    registry = _registry(tmp_path, "generate")
+    app = build_app({"models": registry, "replicas": "1"})
+    deployment = app._bound_deployment  # what `serve run` deploys
+    assert deployment.name == INGRESS_DEPLOYMENT
+    assert deployment.init_args[0] == registry  # the file, read again by each ingress
+    with pytest.raises(ValueError, match="each model's settings"):
+        build_app({"models": registry, "device": "cpu"})
+    with pytest.raises(ValueError, match="model=PATH or models=FILE"):
+        build_app({"models": registry, "model": "m"})

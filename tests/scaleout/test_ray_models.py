@@ -1,9 +1,9 @@
 """Several models through Ray Serve: a registry whose versions each run on replicas of their own,
 behind one ingress, driven by the official openai client through Serve's HTTP proxy.
 
-One single-node Ray cluster for the module. The application is built as `serve run
-cormorant.scaleout.app:build_app models=FILE` builds it: two tiny models of different
-architectures (a Llama and a Qwen2) at start-up, a second Llama version on demand, an alias.
+One single-node Ray cluster for the module; `cormorant serve --ray --models FILE` joins it by
+address with a registry of two tiny models of different architectures (a Llama and a Qwen2)
+at start-up, a second Llama version on demand and an alias.
 Each model answers with its own greedy output (transformers'), a model's requests reach only
 its own replicas, a canary split and an alias swap move traffic between versions (the swapped
 out version's replicas are deleted), and an unknown model is a 404 naming the served ones.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -23,8 +24,8 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ray_cluster import ENV, free_port  # noqa: E402
-from support import wait_for  # noqa: E402
+from ray_cluster import ENV, RayCluster, free_port  # noqa: E402
+from support import wait_for, wait_http_ready  # noqa: E402
 from tiny import load_reference, save_model  # noqa: E402
 
 APP = "cormorant"
@@ -34,7 +35,7 @@ ENGINE = {"threads": 1, "seed": 0, "max_model_len": 512, "max_num_seqs": 4,
 
 
 @pytest.fixture(scope="module")
-def cluster_url():
+def ray_cluster():
     """One head node (5 logical CPUs: an ingress and three engine replicas), Serve's proxy on
     a free port; Serve, the driver and the node are shut down after the module."""
     for key, value in ENV.items():
@@ -43,13 +44,15 @@ def cluster_url():
     from ray import serve
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 5})
+    # No dashboard: another cluster on this machine may hold its port (a 60 s wait).
+    cluster = Cluster(initialize_head=True,
+                      head_node_args={"num_cpus": 5, "include_dashboard": False})
     try:
         ray.init(address=cluster.address, include_dashboard=False,
                  runtime_env={"env_vars": ENV})
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        yield f"http://127.0.0.1:{port}"
+        yield RayCluster(cluster, f"http://127.0.0.1:{port}")
     finally:
         with contextlib.suppress(Exception):
             serve.shutdown()
@@ -65,11 +68,10 @@ def models(tiny_llama, tiny_qwen2, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def served(cluster_url, models, tmp_path_factory):
+def served(ray_cluster, models, tmp_path_factory):
+    """`cormorant serve --ray --models FILE`, joining the cluster by address; on SIGTERM it
+    must delete its application and every model version's application."""
     from ray import serve
-
-    from cormorant.scaleout.app import build_app
-    from cormorant.scaleout.model_apps import delete_model_apps
 
     root = tmp_path_factory.getbasetemp()
     engine = ", ".join(f"{k} = {v}" for k, v in ENGINE.items())
@@ -82,13 +84,22 @@ def served(cluster_url, models, tmp_path_factory):
     toml.append('[aliases]\nchat = "tiny@1"\n')
     registry = tmp_path_factory.mktemp("registry") / "models.toml"
     registry.write_text("\n".join(toml))
+    cmd = [sys.executable, "-m", "cormorant", "--log-level", "warning", "serve", "--ray",
+           "--ray-address", ray_cluster.cluster.address, "--ray-app-name", APP,
+           "--models", str(registry), "--replicas", "1", "--usage-db", ":memory:"]
     started = time.monotonic()
-    serve.run(build_app({"models": str(registry), "replicas": "1", "num_cpus": "1",
-                         "usage_db": ":memory:"}), name=APP, route_prefix="/")
-    print(f"registry application ready in {time.monotonic() - started:.1f}s")
-    yield cluster_url
-    serve.delete(APP)
-    delete_model_apps(APP)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **ENV})
+    try:
+        wait_http_ready(ray_cluster.url, proc, timeout=300, interval=0.5)
+        print(f"registry application ready in {time.monotonic() - started:.1f}s")
+        yield ray_cluster.url
+    finally:
+        stopping = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0, proc.stderr.read()[-3000:]
+        print(f"stopped in {time.monotonic() - stopping:.1f}s")
+    assert not [a for a in serve.status().applications if a.startswith(APP)]
 
 
 def _client(url: str) -> openai.OpenAI:
@@ -104,9 +115,10 @@ def _greedy(path: Path, prompt: list[int], n: int = 8) -> str:
     return AutoTokenizer.from_pretrained(str(path)).decode(ids, skip_special_tokens=True)
 
 
-def _complete(url: str, model: str, user: str | None = None):
+def _complete(url: str, model: str, user: str | None = None, prompt: list[int] = PROMPT):
+    """A greedy completion (the CLI's response cache answers a repeated one)."""
     extra = {"user": user} if user else {}
-    return _client(url).completions.create(model=model, prompt=PROMPT, max_tokens=8,
+    return _client(url).completions.create(model=model, prompt=prompt, max_tokens=8,
                                            temperature=0, extra_body={"ignore_eos": True},
                                            **extra)
 
@@ -149,8 +161,8 @@ def test_requests_for_a_model_reach_only_its_replicas(served):
     assert owners == {"tiny@1", "other@1"}, before
     replicas = {model: {r for m, r in before if m == model} for model in owners}
     assert not replicas["tiny@1"] & replicas["other@1"]
-    for _ in range(3):
-        _complete(served, "other")
+    for i in range(3):  # new prompts: not from the response cache
+        _complete(served, "other", prompt=[*PROMPT, 300 + i])
     after = _queries(served)
     for (model, replica), value in after.items():
         grew = value - before.get((model, replica), 0.0)
