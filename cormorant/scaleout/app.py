@@ -4,7 +4,8 @@
 (`serve run cormorant.scaleout.app:build_app model=/models/x replicas=2`); `cormorant serve
 --ray` builds the same application from its flags (scaleout.launch). Two deployments:
 `cormorant-engine` (scaleout.replica.EngineReplica, routed by scaleout.router, scaled by
-scaleout.autoscale when min/max replicas are given) and `cormorant-ingress`, whose ASGI app is
+scaleout.autoscale when min/max replicas are given), one `cormorant-encoder-<name>` per
+--embedding-model (scaleout.encoder) and `cormorant-ingress`, whose ASGI app is
 server.app.build_app over a scaleout.client.RayEngineClient: keys, quotas, caches, metrics
 and the admin API stay in the ingress, generation goes to the replicas.
 Only plain data crosses into Serve: the EngineConfig as engine.messages msgpack bytes, the
@@ -23,6 +24,8 @@ from cormorant.config import CacheConfig, EngineConfig, SchedulerConfig
 from cormorant.engine.messages import decode, encode
 from cormorant.scaleout.client import RayEngineClient
 from cormorant.scaleout.coldstart import ColdStart, ColdStartMiddleware
+from cormorant.scaleout.encoder import (ENCODER_DEPLOYMENT, EncoderReplica, RayEncoderClient,
+                                        encoder_deployment_options)
 from cormorant.scaleout.metrics import install_replica_metrics
 from cormorant.scaleout.options import ScaleoutOptions, model_name_of
 from cormorant.scaleout.replica import EngineReplica
@@ -74,16 +77,19 @@ class Ingress:
 
     def __init__(self, engine: Any, engine_config: bytes, model_name: str,
                  server_config: dict[str, Any], max_attempts: int,
-                 cold_start_s: int | None = None) -> None:
-        """cold_start_s: set when the engines may scale to zero (the Retry-After then)."""
+                 cold_start_s: int | None = None,
+                 encoders: list[tuple[Any, str, str]] = ()) -> None:
+        """cold_start_s: set when the engines may scale to zero (the Retry-After then);
+        encoders: (handle, path, name) of each encoder deployment (--embedding-model)."""
         config = decode(engine_config)
         self.engine = engine
         self.client = RayEngineClient(engine, config, model_name, max_attempts)
+        self.encoders = [RayEncoderClient(h, path, name) for h, path, name in encoders]
         self.server_config = ServerConfig(**server_config)
         self.cold_start_s = cold_start_s
 
     def __serve_build_asgi_app__(self):
-        app = build_server_app(self.client, self.server_config)
+        app = build_server_app(self.client, self.server_config, self.encoders)
         install_replica_metrics(app, lambda: [self.client])
         if self.cold_start_s is not None:  # innermost: after auth, before admission
             app_name = serve.get_replica_context().app_name
@@ -100,8 +106,9 @@ def running_engine_replicas(app_name: str) -> int:
 
 
 def scaleout_app(engine_config: EngineConfig, model_name: str, server_config: ServerConfig,
-                 options: ScaleoutOptions):
-    """The bound Serve application: `serve.run(scaleout_app(...))`."""
+                 options: ScaleoutOptions, encoders: list[tuple[str, str]] = ()):
+    """The bound Serve application: `serve.run(scaleout_app(...))`. encoders: (path, name)
+    of each --embedding-model, a deployment each (`cormorant-encoder-<name>`)."""
     config_bytes = encode(engine_config)
     engine = serve.deployment(EngineReplica).options(
         **engine_deployment_options(options)).bind(config_bytes, model_name)
@@ -111,8 +118,12 @@ def scaleout_app(engine_config: EngineConfig, model_name: str, server_config: Se
                               max_ongoing_requests=options.max_ongoing_requests_per_ingress,
                               ray_actor_options={"num_cpus": options.num_cpus_per_ingress})
     cold_start_s = options.cold_start_s if options.min_replicas == 0 else None
+    device = "cuda" if engine_config.device.startswith("cuda") else engine_config.device
+    bound = [(serve.deployment(EncoderReplica).options(**encoder_deployment_options(
+        options, f"{ENCODER_DEPLOYMENT}-{name}")).bind(path, name, "auto", device), path, name)
+        for path, name in encoders]
     return ingress.bind(engine, config_bytes, model_name, fields, options.max_attempts,
-                        cold_start_s)
+                        cold_start_s, bound)
 
 
 def build_app(args: dict[str, str]):

@@ -4,8 +4,9 @@
 `run_ray(args)` joins a Ray cluster (`--ray-address`, else a local one), starts Serve's HTTP
 proxy on --host/--port, deploys scaleout.app's application (with --models, scaleout.registry_app's:
 one engine application per model version) and waits for SIGINT or SIGTERM, then deletes the
-applications (replicas drain their streams) and leaves the cluster. What Ray cannot serve
-(encoders, a registry that scales to zero) is refused before Ray starts.
+applications (replicas drain their streams) and leaves the cluster. Each --embedding-model is
+an encoder deployment beside the engines. What Ray cannot serve (a registry that scales to
+zero) is refused before Ray starts.
 Ray is imported only when --ray is given.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from cormorant.scaleout.options import ScaleoutOptions, model_name_of
 
@@ -97,9 +99,6 @@ def launch_error(args: argparse.Namespace) -> str | None:
     from cormorant.hosting.registry import RegistryError, load_registry_file
     from cormorant.scaleout.registry_app import registry_error
 
-    if args.embedding_model:
-        return ("--embedding-model is not served through Ray yet; serve encoders from a "
-                "`cormorant serve` without --ray")
     if not args.models:
         return None
     try:
@@ -122,6 +121,8 @@ def _application(args: argparse.Namespace):
     model = args.model or str(source_path(None))
     engine = engine_config_from(args, "serve", model=model)
     name = args.served_model_name or model_name_of(model)
+    encoders = [(str(Path(path).resolve()), alias or model_name_of(path))
+                for path, _, alias in (spec.partition("=") for spec in args.embedding_model)]
     return scaleout_app(engine, name, server_config(args, model_version(model)),
-                        options_from(args)), name
+                        options_from(args), encoders), name
 

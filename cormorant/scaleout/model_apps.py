@@ -4,8 +4,9 @@ With a model registry the ingress keeps the single-process server's hosting laye
 pool with its aliases, canary splits, on-demand loads, unloads and reloads); only its loader
 differs: `ModelApps.load` deploys the version as the Serve application
 `<app>.<name@version>.<digest>` (one `cormorant-engine` deployment: its own replicas, its own
-prefix-aware router, its own autoscaling) and returns a RayEngineClient over its handle, so a
-request for a version can only reach that version's replicas. The application is reused when
+prefix-aware router, its own autoscaling; or, for an encoder, one `cormorant-encoder`
+deployment) and returns a RayEngineClient (RayEncoderClient) over its handle, so a request
+for a version can only reach that version's replicas. The application is reused when
 it already runs (another ingress replica, or an earlier life of this one, deployed the same
 version with the same settings); shutting the client down (an unload, a replaced version's
 drain, a reload) deletes it. Only plain data crosses into Serve: the EngineConfig as
@@ -33,21 +34,35 @@ from cormorant.hosting.loader import generator_config, model_version, source_pat
 from cormorant.hosting.registry import ModelSpec
 from cormorant.scaleout.app import ENGINE_DEPLOYMENT, engine_deployment_options
 from cormorant.scaleout.client import RayEngineClient
+from cormorant.scaleout.encoder import (ENCODER_DEPLOYMENT, EncoderReplica, RayEncoderClient,
+                                        encoder_deployment_options)
 from cormorant.scaleout.options import ScaleoutOptions
 from cormorant.scaleout.replica import EngineReplica
 
 log = logging.getLogger(__name__)
 POLL_S = 0.5
+Client = RayEngineClient | RayEncoderClient
 
 
 @dataclass(frozen=True)
 class Plan:
-    """One version to deploy or reuse: its engine settings and its application's name."""
+    """One version to deploy or reuse: its settings and its application's name."""
     spec: ModelSpec
-    config: EngineConfig
+    path: Path
+    config: EngineConfig | None  # None: an encoder (spec.kind "embed")
     options: ScaleoutOptions
     digest: str  # the weights digest (hosting.loader.model_version)
     app: str
+
+    def bind(self):
+        """The application: one engine deployment, or one encoder deployment."""
+        if self.config is None:
+            device = "cuda" if self.spec.device.startswith("cuda:") else self.spec.device
+            return serve.deployment(EncoderReplica).options(
+                **encoder_deployment_options(self.options)).bind(
+                str(self.path), self.spec.name, self.spec.dtype, device)
+        return serve.deployment(EngineReplica).options(
+            **engine_deployment_options(self.options)).bind(encode(self.config), self.spec.name)
 
 
 def replica_config(spec: ModelSpec, path: Path, policy: str) -> EngineConfig:
@@ -59,11 +74,13 @@ def replica_config(spec: ModelSpec, path: Path, policy: str) -> EngineConfig:
     return config
 
 
-def app_name(prefix: str, spec: ModelSpec, config: EngineConfig, digest: str,
+def app_name(prefix: str, spec: ModelSpec, config: EngineConfig | None, digest: str,
              options: ScaleoutOptions) -> str:
     """Same version, weights and settings: same name (reused); anything else: a new one."""
-    settings = json.dumps([digest, dataclasses.asdict(options)], sort_keys=True, default=str)
-    key = hashlib.sha256(encode(config) + settings.encode()).hexdigest()[:8]
+    settings = json.dumps([digest, spec.dtype, spec.device, dataclasses.asdict(options)],
+                          sort_keys=True, default=str)
+    engine = encode(config) if config is not None else b""
+    key = hashlib.sha256(engine + settings.encode()).hexdigest()[:8]
     return f"{prefix}{spec.id}.{key}"
 
 
@@ -79,11 +96,11 @@ class ModelApps:
         self.held: set[str] = set()  # applications this ingress serves through a client
         self._lock = threading.Lock()
 
-    def load(self, spec: ModelSpec, source: Path | str) -> tuple[RayEngineClient, str]:
+    def load(self, spec: ModelSpec, source: Path | str) -> tuple[Client, str]:
         return self.load_many([(spec, source)])[spec.id]
 
     def load_many(self, entries: Iterable[tuple[ModelSpec, Path | str]]
-                  ) -> dict[str, tuple[RayEngineClient, str]]:
+                  ) -> dict[str, tuple[Client, str]]:
         """Deploy (or reuse) every entry's application at once, then wait for all of them:
         model id -> (client, weights digest). A failure deletes what this call deployed."""
         plans = [self._plan(spec, source) for spec, source in entries]
@@ -97,19 +114,19 @@ class ModelApps:
         return {p.spec.id: (self._client(p), p.digest) for p in plans}
 
     def _plan(self, spec: ModelSpec, source: Path | str) -> Plan:
-        if spec.kind != "generate":
-            raise ValueError(f"{spec.id}: embedding models are not served through Ray")
         path = source_path(source)
-        config = replica_config(spec, path, self.policy)
-        gpus = self.options.num_gpus_per_replica * config.tensor_parallel_size
-        options = dataclasses.replace(self.options, num_gpus_per_replica=gpus)
+        config, options = None, self.options
+        if spec.kind == "generate":
+            config = replica_config(spec, path, self.policy)
+            gpus = self.options.num_gpus_per_replica * config.tensor_parallel_size
+            options = dataclasses.replace(self.options, num_gpus_per_replica=gpus)
         digest = model_version(path)
         name = app_name(self.prefix, spec, config, digest, options)
         with self._lock:
             if name in self.held:  # a reload while the old instance serves: a fresh one
                 name = f"{name}.{uuid.uuid4().hex[:6]}"
             self.held.add(name)
-        return Plan(spec, config, options, digest, name)
+        return Plan(spec, path, config, options, digest, name)
 
     def _deploy(self, plan: Plan) -> bool:
         """Start deploying plan.app unless it runs or is starting; True if started here."""
@@ -118,18 +135,20 @@ class ModelApps:
                                                     ApplicationStatus.DEPLOYING):
             log.info("reusing the running application %s", plan.app)
             return False
-        engine = serve.deployment(EngineReplica).options(
-            **engine_deployment_options(plan.options)).bind(encode(plan.config),
-                                                            plan.spec.name)
         log.info("deploying %s as the application %s", plan.spec.id, plan.app)
-        serve._run(engine, name=plan.app, route_prefix=None, _blocking=False)
+        serve._run(plan.bind(), name=plan.app, route_prefix=None, _blocking=False)
         return True
 
-    def _client(self, plan: Plan) -> RayEngineClient:
+    def _client(self, plan: Plan) -> Client:
+        def delete() -> None:
+            self._delete(plan.app)
+
+        if plan.config is None:
+            handle = serve.get_deployment_handle(ENCODER_DEPLOYMENT, plan.app)
+            return RayEncoderClient(handle, str(plan.path), plan.spec.name, delete)
         handle = serve.get_deployment_handle(ENGINE_DEPLOYMENT, plan.app)
         return RayEngineClient(handle, plan.config, plan.spec.name, self.options.max_attempts,
-                               model_version=plan.spec.version,
-                               on_shutdown=lambda: self._delete(plan.app))
+                               model_version=plan.spec.version, on_shutdown=delete)
 
     def _delete(self, name: str) -> None:
         with self._lock:

@@ -5,10 +5,10 @@ models=FILE` build it. The ingress (`cormorant-ingress`) reads the registry file
 serves server.app.build_app over it, so aliases, canary splits, fallbacks, on-demand loads
 and the admin API (`cormorant models ...`) work as in one process; its model pool's loader is
 scaleout.model_apps.ModelApps, which runs every version as a Serve application of its own
-(`<app>.<name@version>.<digest>`). The `load = "startup"` versions are deployed together
-while the ingress starts, so the application is ready once they all run.
-Encoders (`kind = "embed"`) and scale to zero (`min_replicas = 0`) serve one --model only:
-`registry_error` says so before anything is deployed.
+(`<app>.<name@version>.<digest>`), encoders (`kind = "embed"`) included. The
+`load = "startup"` versions are deployed together while the ingress starts, so the
+application is ready once they all run. Scale to zero (`min_replicas = 0`) serves one --model
+only: `registry_error` says so before anything is deployed.
 """
 from __future__ import annotations
 
@@ -29,10 +29,6 @@ from cormorant.server.config import ServerConfig
 
 def registry_error(registry: Registry, options: ScaleoutOptions) -> str | None:
     """Why this registry cannot be served through Ray (None: it can)."""
-    encoders = [s.id for s in registry.specs.values() if s.kind == "embed"]
-    if encoders:
-        return (f"embedding models are not served through Ray yet ({', '.join(encoders)}); "
-                "serve them from a `cormorant serve` without --ray")
     if options.min_replicas == 0:
         return "scale to zero (--min-replicas 0) serves one --model, not a registry"
     return None

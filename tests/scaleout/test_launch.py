@@ -1,5 +1,6 @@
 """`cormorant serve --ray`: its flags become ScaleoutOptions, and what Ray cannot serve yet
-(encoders, a registry that scales to zero) is refused before any Ray process starts."""
+(a registry that scales to zero, a registry file that does not parse) is refused before any
+Ray process starts."""
 from __future__ import annotations
 
 import subprocess
@@ -35,12 +36,12 @@ def _registry(tmp_path, kind: str) -> str:
     return str(path)
 
 
-def test_an_encoder_in_the_registry_is_refused_before_ray_starts(tmp_path):
+def test_a_registry_scaling_to_zero_is_refused_before_ray_starts(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "cormorant", "serve", "--ray", "--models",
-                           _registry(tmp_path, "embed")], capture_output=True, text=True,
-                          timeout=120)
+                           _registry(tmp_path, "generate"), "--min-replicas", "0"],
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
-    assert "embedding models are not served through Ray yet (m@1)" in proc.stderr
+    assert "scale to zero (--min-replicas 0) serves one --model" in proc.stderr
     assert "Started a local Ray instance" not in proc.stderr
 
 
@@ -48,11 +49,11 @@ def test_what_ray_cannot_serve_is_named(tmp_path):
     def error(*argv: str) -> str | None:
         return launch_error(build_parser().parse_args(["serve", "--ray", *argv]))
 
-    registry = _registry(tmp_path, "generate")
-    assert error("--models", registry) is None  # a registry of generators is served
-    assert "scale to zero" in error("--models", registry, "--min-replicas", "0")
+    encoders = _registry(tmp_path, "embed")
+    assert error("--models", encoders) is None  # generators and encoders are served
+    assert error("--models", encoders, "--min-replicas", "1") is None
     assert "--models: cannot read" in error("--models", str(tmp_path / "missing.toml"))
-    assert "--embedding-model is not served through Ray" in error("--embedding-model", "e")
+    assert error("--embedding-model", "e") is None  # a deployment beside the engines
 
 
 def test_serve_run_builds_a_registry_application(tmp_path):

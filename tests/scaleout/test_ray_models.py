@@ -3,10 +3,11 @@ behind one ingress, driven by the official openai client through Serve's HTTP pr
 
 One single-node Ray cluster for the module; `cormorant serve --ray --models FILE` joins it by
 address with a registry of two tiny models of different architectures (a Llama and a Qwen2)
-at start-up, a second Llama version on demand and an alias.
-Each model answers with its own greedy output (transformers'), a model's requests reach only
-its own replicas, a canary split and an alias swap move traffic between versions (the swapped
-out version's replicas are deleted), and an unknown model is a 404 naming the served ones.
+and a tiny BERT classifier at start-up, a second Llama version on demand and an alias.
+Each model answers with its own greedy output (transformers'), the classifier answers
+/v1/classify as transformers does, a model's requests reach only its own replicas, a canary
+split and an alias swap move traffic between versions (the swapped-out version's replicas are
+deleted), and an unknown model is a 404 naming the served ones.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import openai
 import pytest
 import torch
@@ -26,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ray_cluster import ENV, RayCluster, free_port  # noqa: E402
 from support import wait_for, wait_http_ready  # noqa: E402
+from models.test_bert import LABELS, save_tiny_bert_classifier, transformers_probs  # noqa: E402
 from tiny import load_reference, save_model  # noqa: E402
 
 APP = "cormorant"
@@ -36,8 +39,8 @@ ENGINE = {"threads": 1, "seed": 0, "max_model_len": 512, "max_num_seqs": 4,
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """One head node (5 logical CPUs: an ingress and three engine replicas), Serve's proxy on
-    a free port; Serve, the driver and the node are shut down after the module."""
+    """One head node (5 logical CPUs: an ingress, three engine replicas, an encoder), Serve's
+    proxy on a free port; Serve, the driver and the node are shut down after the module."""
     for key, value in ENV.items():
         os.environ.setdefault(key, value)
     import ray
@@ -64,7 +67,9 @@ def ray_cluster():
 def models(tiny_llama, tiny_qwen2, tmp_path_factory):
     """model id -> its directory; all under pytest's base temp, the registry's one root."""
     second = save_model(tmp_path_factory.mktemp("tiny-llama-v2"), "llama", seed=1)
-    return {"tiny@1": Path(tiny_llama), "tiny@2": second, "other@1": Path(tiny_qwen2)}
+    encoder = save_tiny_bert_classifier(tmp_path_factory.mktemp("tiny-bert-cls"))
+    return {"tiny@1": Path(tiny_llama), "tiny@2": second, "other@1": Path(tiny_qwen2),
+            "sentiment@1": encoder}
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +86,9 @@ def served(ray_cluster, models, tmp_path_factory):
         source = models[f"{name}@{version}"].relative_to(root)
         toml.append(f'[[models]]\nname = "{name}"\nversion = "{version}"\nsource = "{source}"\n'
                     f'device = "cpu"\nload = "{load}"\nengine = {{ {engine} }}\n')
+    source = models["sentiment@1"].relative_to(root)
+    toml.append(f'[[models]]\nname = "sentiment"\nsource = "{source}"\nkind = "embed"\n'
+                'device = "cpu"\n')
     toml.append('[aliases]\nchat = "tiny@1"\n')
     registry = tmp_path_factory.mktemp("registry") / "models.toml"
     registry.write_text("\n".join(toml))
@@ -145,7 +153,7 @@ def _queries(url: str) -> dict[tuple[str, str], float]:
 
 
 def test_each_model_answers_with_its_own_greedy_output(served, models):
-    assert set(_model_apps()) == {"tiny@1", "other@1"}  # tiny@2 loads on demand
+    assert set(_model_apps()) == {"tiny@1", "other@1", "sentiment@1"}  # tiny@2: on demand
     for name, model_id in (("tiny@1", "tiny@1"), ("other", "other@1"), ("chat", "tiny@1")):
         out = _complete(served, name)
         assert out.model == model_id
@@ -169,6 +177,27 @@ def test_requests_for_a_model_reach_only_its_replicas(served):
         assert grew > 0 if model == "other@1" else grew == 0, (model, replica, grew)
 
 
+def test_an_encoder_of_the_registry_classifies_on_its_own_replicas(served, models):
+    from cormorant.frontend.embedder import load_encoder_tokenizer
+
+    path = str(models["sentiment@1"])
+    texts = ["the movie was great", "terrible service, never again", "it was fine"]
+    response = httpx.post(served + "/v1/classify", timeout=60,
+                          json={"model": "sentiment", "input": texts})
+    assert response.status_code == 200, response.text
+    tokenizer = load_encoder_tokenizer(path)
+    expected = transformers_probs(path, [tokenizer.encode(t, add_special_tokens=True)
+                                         for t in texts])
+    for item, probs in zip(response.json()["data"], expected, strict=True):
+        assert np.allclose(item["probs"], probs, atol=1e-5)
+        assert item["label"] == LABELS[int(np.argmax(probs))]
+    vectors = _client(served).embeddings.create(model="sentiment", input=texts).data
+    assert [len(v.embedding) for v in vectors] == [32] * 3  # the tiny BERT's hidden size
+    assert np.allclose([np.linalg.norm(v.embedding) for v in vectors], 1.0, atol=1e-5)
+    with pytest.raises(openai.BadRequestError):  # a generator cannot embed
+        _client(served).embeddings.create(model="other", input=texts)
+
+
 def test_a_canary_split_and_an_alias_swap_move_traffic_between_versions(served, models):
     expected = {m: _greedy(models[m], PROMPT) for m in ("tiny@1", "tiny@2")}
     assert expected["tiny@1"] != expected["tiny@2"]
@@ -177,7 +206,7 @@ def test_a_canary_split_and_an_alias_swap_move_traffic_between_versions(served, 
                          json={"targets": {"tiny@1": 50, "tiny@2": 50}})
     assert response.status_code == 200, response.text
     print(f"tiny@2 deployed on demand in {time.monotonic() - started:.1f}s")
-    assert set(_model_apps()) == {"tiny@1", "tiny@2", "other@1"}
+    assert set(_model_apps()) == {"tiny@1", "tiny@2", "other@1", "sentiment@1"}
     seen = set()
     for user in (f"user-{i}" for i in range(12)):  # a split sticky per user
         out = _complete(served, "chat", user)
@@ -192,7 +221,7 @@ def test_a_canary_split_and_an_alias_swap_move_traffic_between_versions(served, 
     assert all(_complete(served, "chat", f"user-{i}").model == "tiny@2" for i in range(4))
     # Nothing routes to tiny@1 any more: it drains and its replicas are deleted.
     wait_for(lambda: "tiny@1" not in _model_apps(), 60, "tiny@1's application to go", 0.5)
-    assert set(_model_apps()) == {"tiny@2", "other@1"}
+    assert set(_model_apps()) == {"tiny@2", "other@1", "sentiment@1"}
 
 
 def test_an_unknown_model_is_a_404_naming_the_served_ones(served):
@@ -200,5 +229,5 @@ def test_an_unknown_model_is_a_404_naming_the_served_ones(served):
         _complete(served, "nonexistent")
     message = str(info.value)
     assert "nonexistent" in message
-    assert "served: chat, other, tiny" in message
+    assert "served: chat, other, sentiment, tiny" in message
     assert _complete(served, "other").usage.completion_tokens == 8  # still serving
