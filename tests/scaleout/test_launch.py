@@ -70,3 +70,16 @@ def test_serve_run_builds_a_registry_application(tmp_path):
         build_app({"models": registry, "device": "cpu"})
     with pytest.raises(ValueError, match="model=PATH or models=FILE"):
         build_app({"models": registry, "model": "m"})
+
+
+def test_embedding_models_become_encoder_deployments_beside_the_engines(tmp_path):
+    from cormorant.scaleout.launch import _application
+
+    args = build_parser().parse_args([
+        "serve", "--ray", "--model", str(tmp_path), "--device", "cpu",
+        "--embedding-model", f"{tmp_path}/minilm", "--embedding-model", f"{tmp_path}/b=sent"])
+    app, _ = _application(args)
+    encoders = app._bound_deployment.init_args[6]  # Ingress(..., encoders)
+    assert [(e[0]._bound_deployment.name, e[1], e[2]) for e in encoders] == [
+        ("cormorant-encoder-minilm", f"{tmp_path}/minilm", "minilm"),
+        ("cormorant-encoder-sent", f"{tmp_path}/b", "sent")]
