@@ -99,15 +99,19 @@ class ModelApps:
     def load(self, spec: ModelSpec, source: Path | str) -> tuple[Client, str]:
         return self.load_many([(spec, source)])[spec.id]
 
-    def load_many(self, entries: Iterable[tuple[ModelSpec, Path | str]]
+    def load_many(self, entries: Iterable[tuple[ModelSpec, Path | str]], deploy: bool = True
                   ) -> dict[str, tuple[Client, str]]:
         """Deploy (or reuse) every entry's application at once, then wait for all of them:
-        model id -> (client, weights digest). A failure deletes what this call deployed."""
+        model id -> (client, weights digest). A failure deletes what this call deployed.
+        deploy=False only waits for another ingress replica to deploy them (a redeploy of
+        a running application would restart its replicas)."""
         plans = [self._plan(spec, source) for spec, source in entries]
-        started = [p.app for p in plans if self._deploy(p)]
+        started = [p.app for p in plans if deploy and self._deploy(p)]
         try:
             wait_running([p.app for p in plans], self.timeout_s)
         except BaseException:
+            with self._lock:
+                self.held.difference_update(p.app for p in plans)
             for name in started:
                 self._delete(name)
             raise

@@ -47,7 +47,8 @@ class RegistryIngress:
         roots = self.registry.settings.roots
         startup = [(spec, resolve_source(spec.source, roots))
                    for spec in self.registry.specs.values() if spec.load == "startup"]
-        self.loaded = self.apps.load_many(startup) if startup else {}
+        # The first ingress replica deploys them, the others reuse what it deployed.
+        self.loaded = self.apps.load_many(startup, deploy=_rank() == 0) if startup else {}
         self.server_config = ServerConfig(**server_config)
 
     def __serve_build_asgi_app__(self):
@@ -55,6 +56,11 @@ class RegistryIngress:
                                loaded=self.loaded, loader=self.apps.load)
         install_replica_metrics(app, pool_clients(app))
         return app
+
+
+def _rank() -> int:
+    rank = serve.get_replica_context().rank
+    return int(getattr(rank, "rank", rank) or 0)
 
 
 def registry_app(models_file: str | Path, server_config: ServerConfig,
