@@ -106,7 +106,12 @@ class ModelApps:
         deploy=False only waits for another ingress replica to deploy them (a redeploy of
         a running application would restart its replicas)."""
         plans = [self._plan(spec, source) for spec, source in entries]
-        started = [p.app for p in plans if deploy and self._deploy(p)]
+        missing = [p for p in plans if deploy and not is_starting_or_running(p.app)]
+        if missing:
+            log.info("deploying %s", ", ".join(p.app for p in missing))
+            serve.run_many([serve.RunTarget(target=p.bind(), name=p.app, route_prefix=None)
+                            for p in missing], wait_for_applications_running=False)
+        started = [p.app for p in missing]
         try:
             wait_running([p.app for p in plans], self.timeout_s)
         except BaseException:
@@ -132,17 +137,6 @@ class ModelApps:
             self.held.add(name)
         return Plan(spec, path, config, options, digest, name)
 
-    def _deploy(self, plan: Plan) -> bool:
-        """Start deploying plan.app unless it runs or is starting; True if started here."""
-        status = serve.status().applications.get(plan.app)
-        if status is not None and status.status in (ApplicationStatus.RUNNING,
-                                                    ApplicationStatus.DEPLOYING):
-            log.info("reusing the running application %s", plan.app)
-            return False
-        log.info("deploying %s as the application %s", plan.spec.id, plan.app)
-        serve._run(plan.bind(), name=plan.app, route_prefix=None, _blocking=False)
-        return True
-
     def _client(self, plan: Plan) -> Client:
         def delete() -> None:
             self._delete(plan.app)
@@ -159,6 +153,14 @@ class ModelApps:
             self.held.discard(name)
         log.info("deleting the application %s", name)
         serve.delete(name, _blocking=False)
+
+
+def is_starting_or_running(name: str) -> bool:
+    """Whether the application runs or is being deployed (then it is reused, not redeployed:
+    a redeploy would restart its replicas)."""
+    status = serve.status().applications.get(name)
+    return status is not None and status.status in (ApplicationStatus.RUNNING,
+                                                     ApplicationStatus.DEPLOYING)
 
 
 def wait_running(names: list[str], timeout_s: float) -> None:
