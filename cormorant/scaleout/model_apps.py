@@ -107,20 +107,20 @@ class ModelApps:
         a running application would restart its replicas)."""
         plans = [self._plan(spec, source) for spec, source in entries]
         missing = [p for p in plans if deploy and not is_starting_or_running(p.app)]
-        if missing:
-            log.info("deploying %s", ", ".join(p.app for p in missing))
-            serve.run_many([serve.RunTarget(target=p.bind(), name=p.app, route_prefix=None)
-                            for p in missing], wait_for_applications_running=False)
-        started = [p.app for p in missing]
         try:
+            if missing:
+                wait_deleted([p.app for p in missing], self.timeout_s)  # unloaded just now
+                log.info("deploying %s", ", ".join(p.app for p in missing))
+                serve.run_many([serve.RunTarget(target=p.bind(), name=p.app, route_prefix=None)
+                                for p in missing], wait_for_applications_running=False)
             wait_running([p.app for p in plans], self.timeout_s)
+            return {p.spec.id: (self._client(p), p.digest) for p in plans}
         except BaseException:
             with self._lock:
                 self.held.difference_update(p.app for p in plans)
-            for name in started:
-                self._delete(name)
+            for plan in missing:
+                self._delete(plan.app)
             raise
-        return {p.spec.id: (self._client(p), p.digest) for p in plans}
 
     def _plan(self, spec: ModelSpec, source: Path | str) -> Plan:
         path = source_path(source)
@@ -161,6 +161,17 @@ def is_starting_or_running(name: str) -> bool:
     status = serve.status().applications.get(name)
     return status is not None and status.status in (ApplicationStatus.RUNNING,
                                                      ApplicationStatus.DEPLOYING)
+
+
+def wait_deleted(names: list[str], timeout_s: float) -> None:
+    """Until none of the named applications is still being deleted."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        apps = serve.status().applications
+        if not any(apps[n].status == ApplicationStatus.DELETING for n in names if n in apps):
+            return
+        time.sleep(POLL_S)
+    raise RuntimeError(f"{names} were still being deleted after {timeout_s:.0f}s")
 
 
 def wait_running(names: list[str], timeout_s: float) -> None:

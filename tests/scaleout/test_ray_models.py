@@ -222,6 +222,10 @@ def test_a_canary_split_and_an_alias_swap_move_traffic_between_versions(served, 
     # Nothing routes to tiny@1 any more: it drains and its replicas are deleted.
     wait_for(lambda: "tiny@1" not in _model_apps(), 60, "tiny@1's application to go", 0.5)
     assert set(_model_apps()) == {"tiny@2", "other@1", "sentiment@1"}
+    # Asked for again, it loads on demand: a new application, the same answer.
+    out = _complete(served, "tiny@1", prompt=[*PROMPT, 7])
+    assert out.choices[0].text == _greedy(models["tiny@1"], [*PROMPT, 7])
+    assert set(_model_apps()) == {"tiny@1", "tiny@2", "other@1", "sentiment@1"}
 
 
 def test_an_unknown_model_is_a_404_naming_the_served_ones(served):
