@@ -36,7 +36,7 @@ from cormorant.scaleout.app import ENGINE_DEPLOYMENT, engine_deployment_options
 from cormorant.scaleout.client import RayEngineClient
 from cormorant.scaleout.encoder import (ENCODER_DEPLOYMENT, EncoderReplica, RayEncoderClient,
                                         encoder_deployment_options)
-from cormorant.scaleout.options import ScaleoutOptions
+from cormorant.scaleout.options import ScaleoutOptions, for_model
 from cormorant.scaleout.replica import EngineReplica
 
 log = logging.getLogger(__name__)
@@ -124,11 +124,11 @@ class ModelApps:
 
     def _plan(self, spec: ModelSpec, source: Path | str) -> Plan:
         path = source_path(source)
-        config, options = None, self.options
+        config, options = None, for_model(self.options, spec.ray)
         if spec.kind == "generate":
             config = replica_config(spec, path, self.policy)
-            gpus = self.options.num_gpus_per_replica * config.tensor_parallel_size
-            options = dataclasses.replace(self.options, num_gpus_per_replica=gpus)
+            gpus = options.num_gpus_per_replica * config.tensor_parallel_size
+            options = dataclasses.replace(options, num_gpus_per_replica=gpus)
         digest = model_version(path)
         name = app_name(self.prefix, spec, config, digest, options)
         with self._lock:

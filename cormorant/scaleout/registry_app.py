@@ -31,6 +31,9 @@ def registry_error(registry: Registry, options: ScaleoutOptions) -> str | None:
     """Why this registry cannot be served through Ray (None: it can)."""
     if options.min_replicas == 0:
         return "scale to zero (--min-replicas 0) serves one --model, not a registry"
+    if zero := [s.id for s in registry.specs.values() if s.ray.get("min_replicas") == 0]:
+        return (f"scale to zero (min_replicas = 0 in ray, {', '.join(zero)}) serves one "
+                "--model, not a registry")
     return None
 
 

@@ -83,3 +83,24 @@ def test_embedding_models_become_encoder_deployments_beside_the_engines(tmp_path
     assert [(e[0]._bound_deployment.name, e[1], e[2]) for e in encoders] == [
         ("cormorant-encoder-minilm", f"{tmp_path}/minilm", "minilm"),
         ("cormorant-encoder-sent", f"{tmp_path}/b", "sent")]
+
+
+def test_a_registry_entry_sizes_its_own_replicas(tmp_path):
+    from cormorant.hosting.registry import RegistryError, registry_from_dict
+    from cormorant.scaleout.options import ScaleoutOptions, for_model
+
+    (tmp_path / "m").mkdir()
+
+    def spec(ray: dict):
+        data = {"server": {"roots": [str(tmp_path)]},
+                "models": [{"name": "m", "source": "m", "ray": ray}]}
+        return registry_from_dict(data).specs["m@1"]
+
+    own = for_model(ScaleoutOptions(num_replicas=1, num_gpus_per_replica=1.0),
+                    spec({"replicas": 3, "gpus_per_replica": 0.5}).ray)
+    assert (own.num_replicas, own.num_gpus_per_replica) == (3, 0.5)
+    assert for_model(ScaleoutOptions(), spec({}).ray) == ScaleoutOptions()
+    with pytest.raises(RegistryError, match="unknown settings \\['replica'\\] in ray"):
+        spec({"replica": 2})
+    with pytest.raises(RegistryError, match="numbers >= 0"):
+        spec({"replicas": "2"})

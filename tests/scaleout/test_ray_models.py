@@ -39,7 +39,7 @@ ENGINE = {"threads": 1, "seed": 0, "max_model_len": 512, "max_num_seqs": 4,
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """One head node (5 logical CPUs: an ingress, three engine replicas, an encoder), Serve's
+    """One head node (6 logical CPUs: an ingress, four engine replicas, an encoder), Serve's
     proxy on a free port; Serve, the driver and the node are shut down after the module."""
     for key, value in ENV.items():
         os.environ.setdefault(key, value)
@@ -49,7 +49,7 @@ def ray_cluster():
 
     # No dashboard: another cluster on this machine may hold its port (a 60 s wait).
     cluster = Cluster(initialize_head=True,
-                      head_node_args={"num_cpus": 5, "include_dashboard": False})
+                      head_node_args={"num_cpus": 6, "include_dashboard": False})
     try:
         ray.init(address=cluster.address, include_dashboard=False,
                  runtime_env={"env_vars": ENV})
@@ -84,8 +84,10 @@ def served(ray_cluster, models, tmp_path_factory):
     toml = [f'[server]\nroots = ["{root}"]\ndrain_timeout_s = 5\n']
     for name, version, load in entries:
         source = models[f"{name}@{version}"].relative_to(root)
+        replicas = 2 if (name, version) == ("tiny", "1") else 1  # its own; the flag's 1
         toml.append(f'[[models]]\nname = "{name}"\nversion = "{version}"\nsource = "{source}"\n'
-                    f'device = "cpu"\nload = "{load}"\nengine = {{ {engine} }}\n')
+                    f'device = "cpu"\nload = "{load}"\nengine = {{ {engine} }}\n'
+                    f'ray = {{ replicas = {replicas} }}\n')
     source = models["sentiment@1"].relative_to(root)
     toml.append(f'[[models]]\nname = "sentiment"\nsource = "{source}"\nkind = "embed"\n'
                 'device = "cpu"\n')
@@ -162,12 +164,20 @@ def test_each_model_answers_with_its_own_greedy_output(served, models):
 
 
 def test_requests_for_a_model_reach_only_its_replicas(served):
-    _complete(served, "tiny@1")
-    _complete(served, "other")  # both models have a replica on /metrics now
+    from ray import serve
+
+    apps = serve.status().applications
+    running = {model: apps[name].deployments["cormorant-engine"].replica_states.get("RUNNING")
+               for model, name in _model_apps().items() if model != "sentiment@1"}
+    assert running == {"tiny@1": 2, "other@1": 1}  # tiny@1's registry entry asks for two
+    for i in range(4):  # unrelated prompts spread over tiny@1's two replicas
+        _complete(served, "tiny@1", prompt=[*PROMPT, 200 + i])
+    _complete(served, "other")
     before = _queries(served)
     owners = {model for model, _ in before}
     assert owners == {"tiny@1", "other@1"}, before
     replicas = {model: {r for m, r in before if m == model} for model in owners}
+    assert len(replicas["tiny@1"]) == 2 and len(replicas["other@1"]) == 1, before
     assert not replicas["tiny@1"] & replicas["other@1"]
     for i in range(3):  # new prompts: not from the response cache
         _complete(served, "other", prompt=[*PROMPT, 300 + i])
