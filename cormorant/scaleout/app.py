@@ -2,7 +2,7 @@
 
 `build_app(args)` is the entry point of a Serve config file or `serve run`
 (`serve run cormorant.scaleout.app:build_app model=/models/x replicas=2`); `cormorant serve
---ray` builds the same application from its flags (scaleout.launch). Two deployments:
+--ray` builds the same application from its flags (scaleout.launch). Its deployments:
 `cormorant-engine` (scaleout.replica.EngineReplica, routed by scaleout.router, scaled by
 scaleout.autoscale when min/max replicas are given), one `cormorant-encoder-<name>` per
 --embedding-model (scaleout.encoder) and `cormorant-ingress`, whose ASGI app is
@@ -129,7 +129,8 @@ def scaleout_app(engine_config: EngineConfig, model_name: str, server_config: Se
 def build_app(args: dict[str, str]):
     """`serve run cormorant.scaleout.app:build_app model=PATH [name=..] [replicas=N]
     [min_replicas=..] [max_replicas=..] [num_gpus=..] [device=..] [max_model_len=..]
-    [num_kv_blocks=..] [keys_file=..] [redis=URL] [usage_db=..] [ingress_replicas=..]`, or the
+    [num_kv_blocks=..] [keys_file=..] [redis=URL] [usage_db=..] [ingress_replicas=..]
+    [scheduling=fair|fifo]`, or the
     same keys under a Serve config file's `args:` (values are strings). `models=FILE` instead
     of model=PATH serves a model registry (scaleout.registry_app), each version on replicas
     of its own; the engine settings then come from the file."""
@@ -140,6 +141,8 @@ def build_app(args: dict[str, str]):
     if unknown or ("model" in args) == ("models" in args):
         raise ValueError(f"build_app needs model=PATH or models=FILE; unknown arguments: "
                          f"{sorted(unknown)}; known: {sorted(known)}")
+    if args.get("scheduling", "fair") not in ("fair", "fifo"):
+        raise ValueError("scheduling must be fair or fifo (the waiting queue's order)")
     if "models" in args and (per_model := {"name", "device", "max_model_len",
                                            "num_kv_blocks"} & set(args)):
         raise ValueError(f"with models=FILE, {sorted(per_model)} are each model's settings "
@@ -161,7 +164,8 @@ def build_app(args: dict[str, str]):
     engine_config = EngineConfig(
         model=args["model"], device=args.get("device", "auto"),
         cache=CacheConfig(num_blocks=_int(args, "num_kv_blocks")),
-        scheduler=SchedulerConfig(max_model_len=_int(args, "max_model_len")))
+        scheduler=SchedulerConfig(max_model_len=_int(args, "max_model_len"),
+                                  policy=args.get("scheduling", "fair")))
     name = args.get("name") or model_name_of(args["model"])
     return scaleout_app(engine_config, name, server_config, options)
 
