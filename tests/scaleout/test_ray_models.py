@@ -238,10 +238,17 @@ def test_a_canary_split_and_an_alias_swap_move_traffic_between_versions(served, 
     assert set(_model_apps()) == {"tiny@1", "tiny@2", "other@1", "sentiment@1"}
 
 
-def test_an_unknown_model_is_a_404_naming_the_served_ones(served):
+def test_an_unknown_model_is_a_404_naming_the_served_ones(served, models, tmp_path_factory):
     with pytest.raises(openai.NotFoundError) as info:
         _complete(served, "nonexistent")
     message = str(info.value)
     assert "nonexistent" in message
     assert "served: chat, other, sentiment, tiny" in message
+    # A version registered at run time may size its replicas; a wrong key is a 400.
+    source = str(models["tiny@1"].relative_to(tmp_path_factory.getbasetemp()))
+    body = {"name": "extra", "source": source, "load": False}
+    bad = httpx.post(served + "/admin/models", json={**body, "ray": {"replica": 2}}, timeout=60)
+    assert bad.status_code == 400 and "unknown settings ['replica'] in ray" in bad.text
+    good = httpx.post(served + "/admin/models", json={**body, "ray": {"replicas": 2}}, timeout=60)
+    assert good.status_code == 201, good.text
     assert _complete(served, "other").usage.completion_tokens == 8  # still serving
