@@ -28,11 +28,11 @@ def test_the_scale_out_flags_become_the_options():
     assert (cpu.num_gpus_per_replica, cpu.num_replicas, cpu.autoscaling) == (0.0, 3, False)
 
 
-def _registry(tmp_path, kind: str) -> str:
-    (tmp_path / "m").mkdir()
-    path = tmp_path / "models.toml"
+def _registry(tmp_path, kind: str, extra: str = "") -> str:
+    (tmp_path / "m").mkdir(exist_ok=True)
+    path = tmp_path / f"models-{kind}{len(extra)}.toml"
     path.write_text(f'[server]\nroots = ["{tmp_path}"]\n[[models]]\nname = "m"\n'
-                    f'source = "m"\nkind = "{kind}"\n')
+                    f'source = "m"\nkind = "{kind}"\n{extra}')
     return str(path)
 
 
@@ -54,6 +54,8 @@ def test_what_ray_cannot_serve_is_named(tmp_path):
     assert error("--models", encoders, "--min-replicas", "1") is None
     assert "--models: cannot read" in error("--models", str(tmp_path / "missing.toml"))
     assert error("--embedding-model", "e") is None  # a deployment beside the engines
+    zero = _registry(tmp_path, "generate", "ray = { min_replicas = 0, max_replicas = 2 }\n")
+    assert "min_replicas = 0 in ray, m@1" in error("--models", zero)
 
 
 def test_serve_run_builds_a_registry_application(tmp_path):
