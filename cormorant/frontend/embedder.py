@@ -74,8 +74,7 @@ class Embedder:
         start = time.perf_counter()
         device_ = resolve_device(device)
         model, config = load_encoder(path, dtype, device_)
-        tokenizer = load_tokenizer(path)
-        _disable_builtin_padding(tokenizer)
+        tokenizer = load_encoder_tokenizer(path)
         name = name or os.path.basename(os.path.normpath(path))
         log.info("loaded encoder %s (%s) in %.1f s", path, config.architecture,
                  time.perf_counter() - start)
@@ -195,6 +194,13 @@ class Embedder:
                 Classification(self.labels[int(p.argmax())], p.tolist(), lg.tolist())
                 for p, lg in zip(probs.cpu(), logits.cpu())]
         return outs
+
+
+def load_encoder_tokenizer(path: str) -> Tokenizer:
+    """An encoder's tokenizer as the embedder uses it (scale-out ingresses tokenize alike)."""
+    tokenizer = load_tokenizer(path)
+    _disable_builtin_padding(tokenizer)
+    return tokenizer
 
 
 def _disable_builtin_padding(tokenizer: Tokenizer) -> None:

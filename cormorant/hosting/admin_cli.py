@@ -66,6 +66,8 @@ def add_models_args(parser: argparse.ArgumentParser) -> None:
                      help="an engine setting, e.g. max_model_len=4096; repeat for several")
     reg.add_argument("--limit", action="append", default=[], metavar="KEY=VALUE",
                      help="an admission limit, e.g. max_waiting_requests=64")
+    reg.add_argument("--ray", action="append", default=[], metavar="KEY=VALUE",
+                     help="its replicas under `serve --ray`, e.g. replicas=2")
     reg.add_argument("--memory", default=None, help="expected footprint, e.g. 6GiB")
     reg.add_argument("--no-load", action="store_true", help="register only; load on demand")
     for action, what in (("load", "load a model version (and warm it)"),
@@ -257,6 +259,8 @@ def _cmd_register(args) -> tuple[dict, str]:
         body["engine"] = parse_settings(args.engine, "--engine")
     if args.limit:
         body["limits"] = parse_settings(args.limit, "--limit")
+    if args.ray:
+        body["ray"] = parse_settings(args.ray, "--ray")
     status = call(args, "POST", "/admin/models", body)
     return status, f"registered {args.model} ({_state(status, args.model)})"
 

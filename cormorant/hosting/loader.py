@@ -71,7 +71,11 @@ def load_object(spec: ModelSpec, source: Path | str, policy: str = "fair",
     digest = model_version(path)
     if spec.kind == "embed":
         return make_encoder(path, spec.name, spec.dtype, spec.device), digest
+    return make_engine(generator_config(spec, path, policy), spec.name, engine_process), digest
+
+
+def generator_config(spec: ModelSpec, path: Path, policy: str = "fair") -> EngineConfig:
+    """The EngineConfig of a generation entry, with the server's waiting-queue order."""
     config = spec_engine_config(spec, path)
-    config = dataclasses.replace(config,
-                                 scheduler=dataclasses.replace(config.scheduler, policy=policy))
-    return make_engine(config, spec.name, engine_process), digest
+    return dataclasses.replace(config,
+                               scheduler=dataclasses.replace(config.scheduler, policy=policy))

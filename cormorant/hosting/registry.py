@@ -11,8 +11,9 @@ name, which means its most recently registered version. A split picks a version 
 with a `user` the pick is a hash of (alias, user), so one user stays on one version while the
 weights do not change. Placement: an entry's `device`, or `devices = [K, K+1, ...]`
 (consecutive CUDA devices: one engine over them, tensor-parallel), so a large model on two
-GPUs and a small one on a third serve side by side. Plain Python, no engine or HTTP: the
-model pool and the server build on it. Imports the stdlib (tomllib on 3.11+, tomli before) and cormorant.engine_args.
+GPUs and a small one on a third serve side by side; under `cormorant serve --ray`, an entry's
+`ray = {replicas = 2, ...}` sizes its own replicas (RAY_OPTIONS). Plain Python, no engine or
+HTTP: the model pool and the server build on it. Imports the stdlib (tomllib on 3.11+, tomli before) and cormorant.engine_args.
 """
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ KINDS = ("generate", "embed")
 LOAD_POLICIES = ("startup", "on_demand")
 ENGINE_OPTIONS = names_for("registry")  # cormorant.engine_args: the one table
 LIMIT_OPTIONS = ("max_waiting_requests", "max_waiting_prompt_tokens", "max_queue_delay_s")
+# Per-version replica settings under `cormorant serve --ray` (scaleout.options); else unused.
+RAY_OPTIONS = ("replicas", "min_replicas", "max_replicas", "gpus_per_replica",
+               "cpus_per_replica", "target_ongoing_requests")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _UNITS = {"": 1, "b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
           "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
@@ -84,6 +88,7 @@ class ModelSpec:
     limits: dict[str, Any] = field(default_factory=dict)  # admission knobs (LIMIT_OPTIONS)
     fallbacks: tuple[str, ...] = ()  # model names, aliases or name@version, tried in order
     memory_bytes: int | None = None  # expected footprint before the first load
+    ray: dict[str, Any] = field(default_factory=dict)  # replica settings (RAY_OPTIONS)
 
     @property
     def id(self) -> str:
@@ -94,7 +99,7 @@ class ModelSpec:
         if not isinstance(data, dict):
             raise RegistryError("a model entry must be a table")
         known = {"name", "version", "source", "kind", "dtype", "device", "devices", "load",
-                 "engine", "limits", "fallbacks", "memory"}
+                 "engine", "limits", "fallbacks", "memory", "ray"}
         if unknown := sorted(set(data) - known):
             raise RegistryError(f"model {data.get('name')!r}: unknown settings {unknown}")
         name = check_name(data.get("name"), "a model's name")
@@ -119,7 +124,8 @@ class ModelSpec:
                    load=data.get("load", "startup"), engine=engine,
                    limits=dict(data.get("limits") or {}),
                    fallbacks=tuple(data.get("fallbacks") or ()),
-                   memory_bytes=parse_bytes(data.get("memory")))
+                   memory_bytes=parse_bytes(data.get("memory")),
+                   ray=dict(data.get("ray") or {}))
         spec.validate()
         return spec
 
@@ -139,6 +145,12 @@ class ModelSpec:
                 check_value(BY_NAME[name], value)
         except EngineArgError as exc:
             raise RegistryError(f"{where}: {exc}") from None
+        if bad := sorted(set(self.ray) - set(RAY_OPTIONS)):
+            raise RegistryError(f"{where}: unknown settings {bad} in ray; known: "
+                                f"{list(RAY_OPTIONS)}")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1e6
+                   for v in self.ray.values()):
+            raise RegistryError(f"{where}: ray settings are numbers >= 0")
         if not all(isinstance(f, str) and f for f in self.fallbacks):
             raise RegistryError(f"{where}: fallbacks must be a list of model names")
 

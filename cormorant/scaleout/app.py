@@ -2,9 +2,10 @@
 
 `build_app(args)` is the entry point of a Serve config file or `serve run`
 (`serve run cormorant.scaleout.app:build_app model=/models/x replicas=2`); `cormorant serve
---ray` builds the same application from its flags (scaleout.launch). Two deployments:
+--ray` builds the same application from its flags (scaleout.launch). Its deployments:
 `cormorant-engine` (scaleout.replica.EngineReplica, routed by scaleout.router, scaled by
-scaleout.autoscale when min/max replicas are given) and `cormorant-ingress`, whose ASGI app is
+scaleout.autoscale when min/max replicas are given), one `cormorant-encoder-<name>` per
+--embedding-model (scaleout.encoder) and `cormorant-ingress`, whose ASGI app is
 server.app.build_app over a scaleout.client.RayEngineClient: keys, quotas, caches, metrics
 and the admin API stay in the ingress, generation goes to the replicas.
 Only plain data crosses into Serve: the EngineConfig as engine.messages msgpack bytes, the
@@ -23,10 +24,12 @@ from cormorant.config import CacheConfig, EngineConfig, SchedulerConfig
 from cormorant.engine.messages import decode, encode
 from cormorant.scaleout.client import RayEngineClient
 from cormorant.scaleout.coldstart import ColdStart, ColdStartMiddleware
+from cormorant.scaleout.encoder import (ENCODER_DEPLOYMENT, EncoderReplica, RayEncoderClient,
+                                        encoder_deployment_options)
 from cormorant.scaleout.metrics import install_replica_metrics
 from cormorant.scaleout.options import ScaleoutOptions, model_name_of
 from cormorant.scaleout.replica import EngineReplica
-from cormorant.scaleout.served_by import ServedByMiddleware
+from cormorant.scaleout.served_by import install_served_by
 from cormorant.server.app import build_app as build_server_app
 from cormorant.server.config import ServerConfig
 
@@ -75,19 +78,21 @@ class Ingress:
 
     def __init__(self, engine: Any, engine_config: bytes, model_name: str,
                  server_config: dict[str, Any], max_attempts: int,
-                 cold_start_s: int | None = None) -> None:
-        """cold_start_s: set when the engines may scale to zero (the Retry-After then)."""
+                 cold_start_s: int | None = None,
+                 encoders: list[tuple[Any, str, str]] = ()) -> None:
+        """cold_start_s: set when the engines may scale to zero (the Retry-After then);
+        encoders: (handle, path, name) of each encoder deployment (--embedding-model)."""
         config = decode(engine_config)
         self.engine = engine
         self.client = RayEngineClient(engine, config, model_name, max_attempts)
+        self.encoders = [RayEncoderClient(h, path, name) for h, path, name in encoders]
         self.server_config = ServerConfig(**server_config)
         self.cold_start_s = cold_start_s
 
     def __serve_build_asgi_app__(self):
-        app = build_server_app(self.client, self.server_config)
-        install_replica_metrics(app, self.client)
-        replica_id = serve.get_replica_context().replica_id.unique_id
-        app.user_middleware.insert(0, Middleware(ServedByMiddleware, replica_id=replica_id))
+        app = build_server_app(self.client, self.server_config, self.encoders)
+        install_replica_metrics(app, lambda: [self.client])
+        install_served_by(app)
         if self.cold_start_s is not None:  # innermost: after auth, before admission
             app_name = serve.get_replica_context().app_name
             cold = ColdStart(lambda: running_engine_replicas(app_name),
@@ -103,8 +108,9 @@ def running_engine_replicas(app_name: str) -> int:
 
 
 def scaleout_app(engine_config: EngineConfig, model_name: str, server_config: ServerConfig,
-                 options: ScaleoutOptions):
-    """The bound Serve application: `serve.run(scaleout_app(...))`."""
+                 options: ScaleoutOptions, encoders: list[tuple[str, str]] = ()):
+    """The bound Serve application: `serve.run(scaleout_app(...))`. encoders: (path, name)
+    of each --embedding-model, a deployment each (`cormorant-encoder-<name>`)."""
     config_bytes = encode(engine_config)
     engine = serve.deployment(EngineReplica).options(
         **engine_deployment_options(options)).bind(config_bytes, model_name)
@@ -114,26 +120,35 @@ def scaleout_app(engine_config: EngineConfig, model_name: str, server_config: Se
                               max_ongoing_requests=options.max_ongoing_requests_per_ingress,
                               ray_actor_options={"num_cpus": options.num_cpus_per_ingress})
     cold_start_s = options.cold_start_s if options.min_replicas == 0 else None
+    device = "cuda" if engine_config.device.startswith("cuda") else engine_config.device
+    bound = [(serve.deployment(EncoderReplica).options(**encoder_deployment_options(
+        options, f"{ENCODER_DEPLOYMENT}-{name}")).bind(path, name, "auto", device), path, name)
+        for path, name in encoders]
     return ingress.bind(engine, config_bytes, model_name, fields, options.max_attempts,
-                        cold_start_s)
+                        cold_start_s, bound)
 
 
 def build_app(args: dict[str, str]):
     """`serve run cormorant.scaleout.app:build_app model=PATH [name=..] [replicas=N]
     [min_replicas=..] [max_replicas=..] [num_gpus=..] [device=..] [max_model_len=..]
-    [num_kv_blocks=..] [keys_file=..] [redis=URL] [usage_db=..] [ingress_replicas=..]`, or the
-    same keys under a Serve config file's `args:` (values are strings)."""
-    known = {"model", "name", "replicas", "min_replicas", "max_replicas", "num_gpus",
-             "num_cpus", "device", "max_model_len", "num_kv_blocks", "api_key", "keys_file",
-             "redis", "usage_db", "ingress_replicas"}
+    [num_kv_blocks=..] [keys_file=..] [redis=URL] [usage_db=..] [ingress_replicas=..]
+    [scheduling=fair|fifo]`, or the
+    same keys under a Serve config file's `args:` (values are strings). `models=FILE` instead
+    of model=PATH serves a model registry (scaleout.registry_app), each version on replicas
+    of its own; the engine settings then come from the file."""
+    known = {"model", "models", "name", "replicas", "min_replicas", "max_replicas",
+             "num_gpus", "num_cpus", "device", "max_model_len", "num_kv_blocks", "api_key",
+             "keys_file", "redis", "usage_db", "ingress_replicas", "scheduling"}
     unknown = set(args) - known
-    if unknown or "model" not in args:
-        raise ValueError(f"build_app needs model=PATH; unknown arguments: {sorted(unknown)}; "
-                         f"known: {sorted(known)}")
-    engine_config = EngineConfig(
-        model=args["model"], device=args.get("device", "auto"),
-        cache=CacheConfig(num_blocks=_int(args, "num_kv_blocks")),
-        scheduler=SchedulerConfig(max_model_len=_int(args, "max_model_len")))
+    if unknown or ("model" in args) == ("models" in args):
+        raise ValueError(f"build_app needs model=PATH or models=FILE; unknown arguments: "
+                         f"{sorted(unknown)}; known: {sorted(known)}")
+    if args.get("scheduling", "fair") not in ("fair", "fifo"):
+        raise ValueError("scheduling must be fair or fifo (the waiting queue's order)")
+    if "models" in args and (per_model := {"name", "device", "max_model_len",
+                                           "num_kv_blocks"} & set(args)):
+        raise ValueError(f"with models=FILE, {sorted(per_model)} are each model's settings "
+                         "in the registry file")
     options = ScaleoutOptions(
         num_replicas=_int(args, "replicas") or 2, min_replicas=_int(args, "min_replicas"),
         max_replicas=_int(args, "max_replicas"),
@@ -143,6 +158,16 @@ def build_app(args: dict[str, str]):
     server_config = ServerConfig(api_key=args.get("api_key"), keys_file=args.get("keys_file"),
                                  redis_url=args.get("redis"),
                                  usage_db=args.get("usage_db"))
+    if "models" in args:
+        from cormorant.scaleout.registry_app import registry_app  # it imports this module
+
+        return registry_app(args["models"], server_config, options,
+                            args.get("scheduling", "fair"))
+    engine_config = EngineConfig(
+        model=args["model"], device=args.get("device", "auto"),
+        cache=CacheConfig(num_blocks=_int(args, "num_kv_blocks")),
+        scheduler=SchedulerConfig(max_model_len=_int(args, "max_model_len"),
+                                  policy=args.get("scheduling", "fair")))
     name = args.get("name") or model_name_of(args["model"])
     return scaleout_app(engine_config, name, server_config, options)
 

@@ -18,7 +18,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any
 
@@ -113,7 +113,10 @@ class RayEngineClient:
     """server.engine_client.EngineClient over a DeploymentHandle of EngineReplica."""
 
     def __init__(self, handle: Any, config: EngineConfig, model_name: str,
-                 max_attempts: int = 3) -> None:
+                 max_attempts: int = 3, *, model_version: str = "",
+                 on_shutdown: Callable[[], None] | None = None) -> None:
+        """model_version: the registry's version (a label of /metrics); on_shutdown: runs
+        once when the client shuts down (scaleout.model_apps deletes the version's replicas)."""
         self.handle = handle.options(stream=True)
         self.config = config
         self.tokenizer = build_tokenizer(config)
@@ -121,6 +124,8 @@ class RayEngineClient:
         self.max_model_len = (config.scheduler.max_model_len
                               or self.model_config.max_position_embeddings)
         self.model_name = model_name
+        self.model_version = model_version
+        self._on_shutdown = on_shutdown
         self.max_attempts = max_attempts
         self.num_retries = 0
         self.replicas: dict[str, tuple[EngineStats, float]] = {}  # id -> (stats, seen at)
@@ -177,6 +182,10 @@ class RayEngineClient:
         return total
 
     def shutdown(self, timeout: float = 10.0) -> None:
+        if self._closed:
+            return
         self._closed = True
         for handle in list(self._requests.values()):
             handle.close()
+        if self._on_shutdown is not None:
+            self._on_shutdown()

@@ -2,8 +2,11 @@
 
 `add_ray_args` adds the scale-out group to the serve parser (cormorant.cli wires it in);
 `run_ray(args)` joins a Ray cluster (`--ray-address`, else a local one), starts Serve's HTTP
-proxy on --host/--port, deploys scaleout.app's application and waits for SIGINT or SIGTERM,
-then deletes the application (replicas drain their streams) and leaves the cluster.
+proxy on --host/--port, deploys scaleout.app's application (with --models, scaleout.registry_app's:
+one engine application per model version) and waits for SIGINT or SIGTERM, then deletes the
+applications (replicas drain their streams) and leaves the cluster. Each --embedding-model is
+an encoder deployment beside the engines. What Ray cannot serve (a registry that scales to
+zero) is refused before Ray starts.
 Ray is imported only when --ray is given.
 """
 from __future__ import annotations
@@ -12,6 +15,7 @@ import argparse
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from cormorant.scaleout.options import ScaleoutOptions, model_name_of
 
@@ -65,36 +69,60 @@ def run_ray(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from cormorant.engine_args import engine_config_from
-    from cormorant.hosting.loader import model_version, source_path
-    from cormorant.scaleout.app import scaleout_app
-    from cormorant.server.launch import bind_error, server_config
+    from cormorant.scaleout.model_apps import delete_model_apps
+    from cormorant.server.launch import bind_error
 
-    if args.models or args.embedding_model:
-        print("cormorant serve --ray: --models and --embedding-model are not served through "
-              "Ray yet; serve one --model", file=sys.stderr)
-        return 2
     if error := bind_error(args.host, args.api_key or args.keys_db or args.keys_file,
-                           args.insecure, args.api_key):
+                           args.insecure, args.api_key) or launch_error(args):
         print(f"cormorant serve: {error}", file=sys.stderr)
         return 2
-    model = args.model or str(source_path(None))
-    engine = engine_config_from(args, "serve", model=model)
-    config = server_config(args, model_version(model))
-    name = args.served_model_name or model_name_of(model)
+    app, name = _application(args)
     ray.init(address=args.ray_address, include_dashboard=False)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
-        serve.run(scaleout_app(engine, name, config, options_from(args)),
-                  name=args.ray_app_name, route_prefix="/")
+        serve.run(app, name=args.ray_app_name, route_prefix="/")
         print(f"cormorant: serving {name} through Ray Serve at "
               f"http://{args.host}:{args.port}", file=sys.stderr, flush=True)
         stop.wait()
     finally:
         serve.delete(args.ray_app_name)
+        delete_model_apps(args.ray_app_name)
         ray.shutdown()
     return 0
+
+
+def launch_error(args: argparse.Namespace) -> str | None:
+    """What `serve --ray` cannot serve, found before any Ray process starts."""
+    from cormorant.hosting.registry import RegistryError, load_registry_file
+    from cormorant.scaleout.registry_app import registry_error
+
+    if not args.models:
+        return None
+    try:
+        return registry_error(load_registry_file(args.models), options_from(args))
+    except RegistryError as exc:
+        return f"--models: {exc}"
+
+
+def _application(args: argparse.Namespace):
+    """(the bound Serve application, what it serves) from the serve flags."""
+    from cormorant.engine_args import engine_config_from
+    from cormorant.hosting.loader import model_version, source_path
+    from cormorant.scaleout.app import scaleout_app
+    from cormorant.scaleout.registry_app import registry_app
+    from cormorant.server.launch import server_config
+
+    if args.models:
+        return (registry_app(args.models, server_config(args, ""), options_from(args),
+                             args.scheduling), f"the models of {args.models}")
+    model = args.model or str(source_path(None))
+    engine = engine_config_from(args, "serve", model=model)
+    name = args.served_model_name or model_name_of(model)
+    encoders = [(str(Path(path).resolve()), alias or model_name_of(path))
+                for path, _, alias in (spec.partition("=") for spec in args.embedding_model)]
+    return scaleout_app(engine, name, server_config(args, model_version(model)),
+                        options_from(args), encoders), name
 

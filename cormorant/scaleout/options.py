@@ -5,6 +5,7 @@ Serve application (scaleout.app).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 
@@ -46,3 +47,17 @@ def model_name_of(model: str) -> str:
     """The name clients use for a model path: its last component, without `.gguf`."""
     name = model.rstrip("/").rsplit("/", 1)[-1]
     return name[:-5] if name.endswith(".gguf") else name
+
+
+# A registry entry's `ray = {...}` keys (hosting.registry.RAY_OPTIONS) -> ScaleoutOptions fields.
+MODEL_SETTINGS = {"replicas": "num_replicas", "min_replicas": "min_replicas",
+                  "max_replicas": "max_replicas", "gpus_per_replica": "num_gpus_per_replica",
+                  "cpus_per_replica": "num_cpus_per_replica",
+                  "target_ongoing_requests": "target_ongoing_requests"}
+
+
+def for_model(options: ScaleoutOptions, settings: dict[str, float]) -> ScaleoutOptions:
+    """The server-wide options with one model version's own `ray` settings over them."""
+    fields = {MODEL_SETTINGS[k]: (int(v) if MODEL_SETTINGS[k].endswith("replicas") else
+                                  float(v)) for k, v in settings.items()}
+    return dataclasses.replace(options, **fields)

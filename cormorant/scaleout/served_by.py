@@ -8,6 +8,9 @@ one replica is served from the shared Redis by another. The value is the replica
 """
 from __future__ import annotations
 
+from ray import serve
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 INGRESS_HEADER = "x-cormorant-ingress"
@@ -31,3 +34,9 @@ class ServedByMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_header)
+
+
+def install_served_by(app: Starlette) -> None:
+    """Wrap an ingress replica's whole app (called in `__serve_build_asgi_app__`)."""
+    replica_id = serve.get_replica_context().replica_id.unique_id
+    app.user_middleware.insert(0, Middleware(ServedByMiddleware, replica_id=replica_id))

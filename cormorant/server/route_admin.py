@@ -43,6 +43,7 @@ class RegisterRequest(_Strict):
     device: str = "auto"
     engine: dict[str, Any] = Field(default_factory=dict)
     limits: dict[str, Any] = Field(default_factory=dict)
+    ray: dict[str, Any] = Field(default_factory=dict)  # its replicas under `serve --ray`
     fallbacks: list[str] = Field(default_factory=list, max_length=16)
     memory: int | str | None = None
     load: bool = True

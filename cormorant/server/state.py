@@ -47,6 +47,7 @@ logger = logging.getLogger("cormorant.server")
 RawLoader = Callable[[ModelSpec, "Path | str"], tuple[Any, str]]
 METRICS_TOKEN_BUCKET_MAX = 1 << 17  # histogram buckets of token counts go up to here
 IDLE_CHECK_S = 5.0
+MAX_LISTED = 32  # models a 404 names
 
 
 def _no_loader(spec: ModelSpec, source: Path | str) -> tuple[Any, str]:
@@ -139,7 +140,7 @@ class ServerState:
         allowed = spec is not None and (principal is None or any(
             principal.may_use_model(n) for n in {name, spec.name, spec.id}))
         if not allowed:
-            raise _not_found(name)
+            raise _not_found(name, self.usable_models(principal))
         if spec.kind != kind:
             what = "an embedding model" if spec.kind == "embed" else "a generation model"
             raise APIError(400, f"The model '{bound(name, 128)}' is {what}; it cannot serve "
@@ -147,11 +148,20 @@ class ServerState:
         try:
             return await self.pool.acquire_id(spec.id)
         except ModelNotFound:
-            raise _not_found(name) from None
+            raise _not_found(name, self.usable_models(principal)) from None
         except LoadError as exc:
             raise APIError(503, f"The model '{bound(name, 128)}' is not available: {exc}",
                            code="model_unavailable",
                            headers={"retry-after": str(self.config.retry_after_s)}) from None
+
+    def usable_models(self, principal: Any) -> list[str]:
+        """The model names and aliases this caller may ask for (a key limited to some models
+        learns of those only)."""
+        served = {s.name for s in self.registry.specs.values()} | set(self.registry.aliases)
+        allowed = getattr(principal, "allowed_models", None)
+        if allowed is not None:
+            served = (served | set(self.registry.specs)) & set(allowed)
+        return sorted(served)
 
     # --- life --------------------------------------------------------------------------------
 
@@ -218,11 +228,13 @@ def drift_config(config: ServerConfig) -> DriftConfig | None:
                        embed_every=config.drift_embedding_every)
 
 
-def _not_found(name: str) -> APIError:
-    # A key limited to other models gets the unknown model's 404: it learns nothing about
-    # what else is served.
+def _not_found(name: str, usable: list[str]) -> APIError:
+    # A key limited to other models gets the unknown model's 404, naming only the models it
+    # may use: it learns nothing about what else is served.
+    listed = ", ".join(usable[:MAX_LISTED]) + (", ..." if len(usable) > MAX_LISTED else "")
     return APIError(404, f"The model '{bound(name, 128)}' does not exist or you do not have "
-                    "access to it.", param="model", code="model_not_found")
+                    f"access to it; served: {listed or 'none for this key'}.", param="model",
+                    code="model_not_found")
 
 
 def get_state(request: Request) -> ServerState:

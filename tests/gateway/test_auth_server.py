@@ -126,9 +126,14 @@ def test_allowed_models(real_server, check_error):
     denied = check_error(real_server.request("POST", "/v1/completions", keys["other_model"],
                                              json=body), 404, "model_not_found")
     # The same answer as for a model that does not exist: nothing learnt about what is served.
-    unknown = check_error(real_server.request("POST", "/v1/completions", keys["inference"],
+    unknown = check_error(real_server.request("POST", "/v1/completions", keys["other_model"],
                                               json={**body, "model": "nope"}), 404)
     assert denied["message"].replace(MODEL, "nope") == unknown["message"]
+    assert MODEL not in unknown["message"]
+    # A key that may use every model is told which are served.
+    listed = check_error(real_server.request("POST", "/v1/completions", keys["inference"],
+                                             json={**body, "model": "nope"}), 404)
+    assert listed["message"].endswith(f"served: {MODEL}.")
     chat = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
     check_error(real_server.request("POST", "/v1/chat/completions", keys["other_model"],
                                     json=chat), 404, "model_not_found")

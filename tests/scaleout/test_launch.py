@@ -1,12 +1,15 @@
-"""`cormorant serve --ray`: its flags become ScaleoutOptions, and what Ray cannot serve yet is
-refused before any Ray process starts."""
+"""`cormorant serve --ray`: its flags become ScaleoutOptions, and what Ray cannot serve yet
+(a registry that scales to zero, a registry file that does not parse) is refused before any
+Ray process starts."""
 from __future__ import annotations
 
 import subprocess
 import sys
 
+import pytest
+
 from cormorant.cli import build_parser
-from cormorant.scaleout.launch import options_from
+from cormorant.scaleout.launch import launch_error, options_from
 
 
 def test_the_scale_out_flags_become_the_options():
@@ -25,9 +28,81 @@ def test_the_scale_out_flags_become_the_options():
     assert (cpu.num_gpus_per_replica, cpu.num_replicas, cpu.autoscaling) == (0.0, 3, False)
 
 
-def test_a_registry_is_refused_before_ray_starts(tmp_path):
+def _registry(tmp_path, kind: str, extra: str = "") -> str:
+    (tmp_path / "m").mkdir(exist_ok=True)
+    path = tmp_path / f"models-{kind}{len(extra)}.toml"
+    path.write_text(f'[server]\nroots = ["{tmp_path}"]\n[[models]]\nname = "m"\n'
+                    f'source = "m"\nkind = "{kind}"\n{extra}')
+    return str(path)
+
+
+def test_a_registry_scaling_to_zero_is_refused_before_ray_starts(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "cormorant", "serve", "--ray", "--models",
-                           str(tmp_path / "models.toml")], capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 2 and "--models" in proc.stderr
-    assert "Ray" in proc.stderr and "Started a local Ray instance" not in proc.stderr
+                           _registry(tmp_path, "generate"), "--min-replicas", "0"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "scale to zero (--min-replicas 0) serves one --model" in proc.stderr
+    assert "Started a local Ray instance" not in proc.stderr
+
+
+def test_what_ray_cannot_serve_is_named(tmp_path):
+    def error(*argv: str) -> str | None:
+        return launch_error(build_parser().parse_args(["serve", "--ray", *argv]))
+
+    encoders = _registry(tmp_path, "embed")
+    assert error("--models", encoders) is None  # generators and encoders are served
+    assert error("--models", encoders, "--min-replicas", "1") is None
+    assert "--models: cannot read" in error("--models", str(tmp_path / "missing.toml"))
+    assert error("--embedding-model", "e") is None  # a deployment beside the engines
+    zero = _registry(tmp_path, "generate", "ray = { min_replicas = 0, max_replicas = 2 }\n")
+    assert "min_replicas = 0 in ray, m@1" in error("--models", zero)
+
+
+def test_serve_run_builds_a_registry_application(tmp_path):
+    """`serve run cormorant.scaleout.app:build_app models=FILE`: one ingress over the
+    registry (its versions are deployed when it starts); per-model settings are the file's."""
+    from cormorant.scaleout.app import INGRESS_DEPLOYMENT, build_app
+
+    registry = _registry(tmp_path, "generate")
+    app = build_app({"models": registry, "replicas": "1"})
+    deployment = app._bound_deployment  # what `serve run` deploys
+    assert deployment.name == INGRESS_DEPLOYMENT
+    assert deployment.init_args[0] == registry  # the file, read again by each ingress
+    with pytest.raises(ValueError, match="each model's settings"):
+        build_app({"models": registry, "device": "cpu"})
+    with pytest.raises(ValueError, match="model=PATH or models=FILE"):
+        build_app({"models": registry, "model": "m"})
+
+
+def test_embedding_models_become_encoder_deployments_beside_the_engines(tmp_path):
+    from cormorant.scaleout.launch import _application
+
+    args = build_parser().parse_args([
+        "serve", "--ray", "--model", str(tmp_path), "--device", "cpu",
+        "--embedding-model", f"{tmp_path}/minilm", "--embedding-model", f"{tmp_path}/b=sent"])
+    app, _ = _application(args)
+    encoders = app._bound_deployment.init_args[6]  # Ingress(..., encoders)
+    assert [(e[0]._bound_deployment.name, e[1], e[2]) for e in encoders] == [
+        ("cormorant-encoder-minilm", f"{tmp_path}/minilm", "minilm"),
+        ("cormorant-encoder-sent", f"{tmp_path}/b", "sent")]
+
+
+def test_a_registry_entry_sizes_its_own_replicas(tmp_path):
+    from cormorant.hosting.registry import RegistryError, registry_from_dict
+    from cormorant.scaleout.options import ScaleoutOptions, for_model
+
+    (tmp_path / "m").mkdir()
+
+    def spec(ray: dict):
+        data = {"server": {"roots": [str(tmp_path)]},
+                "models": [{"name": "m", "source": "m", "ray": ray}]}
+        return registry_from_dict(data).specs["m@1"]
+
+    own = for_model(ScaleoutOptions(num_replicas=1, num_gpus_per_replica=1.0),
+                    spec({"replicas": 3, "gpus_per_replica": 0.5}).ray)
+    assert (own.num_replicas, own.num_gpus_per_replica) == (3, 0.5)
+    assert for_model(ScaleoutOptions(), spec({}).ray) == ScaleoutOptions()
+    with pytest.raises(RegistryError, match="unknown settings \\['replica'\\] in ray"):
+        spec({"replica": 2})
+    with pytest.raises(RegistryError, match="numbers >= 0"):
+        spec({"replicas": "2"})
