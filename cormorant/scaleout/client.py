@@ -9,8 +9,13 @@ Failover: a stream that breaks (its replica died, was stopped, or is unreachable
 token arrived is sent again (the router skips the dead replica; Serve replaces it); one that
 breaks after its first token ends with EngineDeadError, which the server turns into an error
 event. Nothing waits forever: a request that cannot be placed fails after `max_attempts`.
-Every step message carries its replica's EngineStats, kept per replica for /metrics and for
-admission (`stats()` sums the replicas seen in the last STALE_S seconds).
+Every step message carries its replica's EngineStats; the application's request router lists
+every running replica with the stats it reported within the last routing-stats period
+(scaleout.live_view). `replica_stats()` merges the two (for /metrics and admission): every
+replica the router lists, each with the fresher figures; a replica it no longer lists shows
+only while this ingress still streams from it (a stopping replica drains), then leaves.
+Without a router view (none in this process yet) it falls back to the replicas seen in
+the last STALE_S seconds.
 """
 from __future__ import annotations
 
@@ -30,13 +35,17 @@ from cormorant.frontend.core_client import EngineDeadError
 from cormorant.frontend.outputs import RequestOutput
 from cormorant.models.loader import load_model_config
 from cormorant.sampling_params import SamplingParams
+from cormorant.scaleout.live_view import live_stats
 from cormorant.scaleout.prefix import prefix_hashes
 from cormorant.scaleout.wire import OutputAssembler, read_stats, request_message
 
 log = logging.getLogger(__name__)
-# A replica not heard of for this long leaves stats() and /metrics (an idle one is heard of
-# again with its next request; a removed one is gone); one whose stream broke leaves at once.
+# Without a router view: a replica not heard of for this long leaves stats() and /metrics;
+# one whose stream broke leaves at once.
 STALE_S = 120.0
+# A step message this recent is fresher than the router's figures (they lag up to a period);
+# a replica the router no longer lists stays this long after its last message.
+FRESH_S = 2.0
 RETRY_BACKOFF_S = 0.2
 
 
@@ -168,8 +177,11 @@ class RayEngineClient:
         self.replicas[message["replica"]] = (read_stats(message), time.monotonic())
 
     def replica_stats(self) -> dict[str, EngineStats]:
+        """replica id -> its latest stats: every replica running now (see the module)."""
         now = time.monotonic()
-        return {rid: s for rid, (s, seen) in self.replicas.items() if now - seen < STALE_S}
+        for rid in [rid for rid, (_, at) in self.replicas.items() if now - at >= STALE_S]:
+            self.replicas.pop(rid, None)  # long gone: forgotten
+        return merge_stats(live_stats(self.handle.app_name), self.replicas, now)
 
     def stats(self) -> EngineStats:
         """The replicas' figures summed. Liveness is Serve's business (health checks replace a
@@ -189,3 +201,15 @@ class RayEngineClient:
             handle.close()
         if self._on_shutdown is not None:
             self._on_shutdown()
+
+
+def merge_stats(live: dict[str, EngineStats] | None,
+                seen: dict[str, tuple[EngineStats, float]], now: float
+                ) -> dict[str, EngineStats]:
+    """live: the router's view (None: none); seen: replica -> (stats of its last step
+    message, when on `now`'s clock). Every live replica, with its step message's stats when
+    they are under FRESH_S old; a replica not live only while its messages are that fresh."""
+    if live is None:
+        return {rid: s for rid, (s, at) in seen.items() if now - at < STALE_S}
+    fresh = {rid: s for rid, (s, at) in seen.items() if now - at < FRESH_S}
+    return {**live, **fresh}

@@ -4,7 +4,8 @@ It tokenizes nothing: the ingress sends prompt ids and SamplingParams (scaleout.
 replica runs them on its engine and streams one msgpack-able dict per step with news. Its
 detokenizer and stop strings run here, beside the engine, so the ingress only forwards text.
 Ray Serve calls `check_health` (a dead engine loop fails it: the replica is replaced),
-`record_routing_stats` (what scaleout.router balances on) and `record_autoscaling_stats`
+`record_routing_stats` (what scaleout.router balances on, and what every ingress's
+/metrics shows of it) and `record_autoscaling_stats`
 (what scaleout.autoscale scales on); on down-scaling Serve stops sending it requests and
 waits up to graceful_shutdown_timeout_s for its streams to finish before `__del__`.
 """
@@ -65,7 +66,11 @@ class EngineReplica:
             raise RuntimeError("the engine loop is not running")
 
     def record_routing_stats(self) -> dict[str, Any]:
-        return {"replica": self.replica_id, **routing_figures(self.llm.stats())}
+        """The figures the router balances on, and the whole EngineStats encoded: every
+        ingress's router gets them from Serve, so each ingress's /metrics lists every replica
+        (scaleout.live_view)."""
+        stats = self.llm.stats()
+        return {"replica": self.replica_id, **routing_figures(stats), "stats": encode(stats)}
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         return routing_figures(self.llm.stats())

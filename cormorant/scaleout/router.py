@@ -16,6 +16,8 @@ picked longest ago among equals (idle replicas take turns). Load is the larger o
 handle has in flight there (Serve's queue-length cache) and what the engine reported
 (running + waiting, `record_routing_stats`), plus its KV use (a fraction) as a tie-breaker.
 `choose_replica` is the policy alone, plain Python, so it is tested without Ray.
+Both routers here publish the replicas Serve lists to them, with their stats, in
+scaleout.live_view (what each ingress's /metrics shows).
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
+
+from cormorant.scaleout import live_view
 
 
 def choose_replica(loads: Mapping[Any, float], owners: Sequence[Any] = (),
@@ -122,7 +126,16 @@ class RoutingGuesses:
             self.table.discard(earlier[1], earlier[0])
 
 
-class PrefixAwareRouter(RequestRouter):
+class LiveViewRouter(RequestRouter):
+    """A RequestRouter whose live view of the replicas (`curr_replicas`, with each one's
+    routing_stats) is readable from this process by application (scaleout.live_view)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        live_view.register(self.app_name, self)
+
+
+class PrefixAwareRouter(LiveViewRouter):
     def initialize_state(self, load_epsilon: float = 0.25, load_slack: int = 8,
                          max_entries: int = 200_000) -> None:
         self.load_epsilon = load_epsilon
@@ -179,7 +192,7 @@ def _hashes(pending_request: PendingRequest | None) -> list[int]:
     return list(hashes) if isinstance(hashes, list) else []
 
 
-class RoundRobinRouter(RequestRouter):
+class RoundRobinRouter(LiveViewRouter):
     """Each request to the next replica in turn, blind to prefixes and load: the baseline the
     scale-out benchmark compares PrefixAwareRouter with (`ScaleoutOptions.request_router`)."""
 

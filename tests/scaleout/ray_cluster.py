@@ -100,13 +100,20 @@ def running_replicas() -> int:
     return app.deployments[ENGINE].replica_states.get("RUNNING", 0)
 
 
+def replica_names(replica_id: str = "") -> list[str]:
+    """The engine replicas' actor names (`...#<replica id>`; `replica_id`'s only, when given)."""
+    import ray
+
+    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["name"].startswith(f"SERVE_REPLICA::{APP}#{ENGINE}#")
+            and a["name"].endswith(replica_id)]
+
+
 def replica_actors(replica_id: str = "") -> list:
     """The engine replicas' actors (the one of `replica_id` only, when given)."""
     import ray
 
-    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-             if a["name"].startswith(f"SERVE_REPLICA::{APP}#{ENGINE}#")
-             and a["name"].endswith(replica_id)]
+    names = replica_names(replica_id)
     actors = []
     for name in names:
         with contextlib.suppress(ValueError):  # it exited since the listing

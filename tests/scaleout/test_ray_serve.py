@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gateway"))
 from drain_streams import LiveStream, one_stream_on_each_replica, until  # noqa: E402
 from ray_cluster import (APP, ENV, deploy, engine_config, metric_values,  # noqa: E402
-                         replica_actors, running_replicas, two_node_cluster)
+                         replica_actors, replica_names, running_replicas, two_node_cluster)
 from postgres_fixture import create_database, postgres_server  # noqa: E402,F401
 from redis_fixture import redis_server  # noqa: E402,F401
 from support import store_keys, wait_for, wait_http_ready  # noqa: E402
@@ -205,7 +205,7 @@ def autoscaled(ray_cluster, tmp_path_factory, redis_server, postgres_server):  #
     """Engines autoscaled between 0 and 2 (short delays; one at start; the tiny Llama with a
     long context) behind two ingress replicas that share quotas and the response cache
     through one Redis and record usage in one PostgreSQL database. Keys: `limited` (6
-    requests a minute), `load`, `cache`, `meter` (inference) and `admin`."""
+    requests a minute), `load`, `cache`, `meter` (inference), `admin` and `scrape` (metrics)."""
     import redis
     from ray import serve
 
@@ -219,7 +219,8 @@ def autoscaled(ray_cluster, tmp_path_factory, redis_server, postgres_server):  #
     db = str(tmp_path_factory.mktemp("keys") / "keys.db")
     _, tokens, ids = store_keys(db, [("limited", {"inference"}, {"rpm": 6}),
                                      ("load", {"inference"}, {}), ("cache", {"inference"}, {}),
-                                     ("meter", {"inference"}, {}), ("admin", {"admin"}, {})])
+                                     ("meter", {"inference"}, {}), ("admin", {"admin"}, {}),
+                                     ("scrape", {"metrics"}, {})])
     serve.delete(APP)  # the fixed application's replicas make room
     deploy(ray_cluster.url, model, ScaleoutOptions(
         min_replicas=0, max_replicas=2, target_ongoing_requests=2, upscale_delay_s=0.5,
@@ -245,6 +246,43 @@ def _post(app: Autoscaled, key: str, body: dict) -> httpx.Response:
         if r.status_code != 503 or time.monotonic() > deadline:
             return r
         time.sleep(1.0)
+
+
+def _replica_ids() -> set[str]:
+    """The engine replicas' ids (the `replica` label), from their actors' names."""
+    return {name.rsplit("#", 1)[1] for name in replica_names()}
+
+
+def _listed_by_each_ingress(app: Autoscaled, timeout: float) -> set[str]:
+    """Scrape /metrics on new connections (Serve's proxy picks the ingress replica) until
+    both ingress replicas list exactly the engine replicas running now; returns those."""
+    listed: dict[str, set] = {}  # ingress replica -> the replicas it listed last
+
+    def both_list_them() -> set[str] | None:
+        r = httpx.get(app.url + "/metrics", headers=app.headers("scrape"), timeout=30)
+        if r.status_code != 200:
+            raise RuntimeError(f"/metrics: {r.status_code} {r.text}")
+        listed[r.headers[INGRESS_HEADER]] = {
+            line.split('replica="', 1)[1].split('"', 1)[0] for line in r.text.splitlines()
+            if line.startswith("cormorant_replica_num_requests_running{")}
+        running = _replica_ids()
+        ok = running and len(listed) == 2 and all(v == running for v in listed.values())
+        return running if ok else None
+
+    try:
+        return wait_for(both_list_them, timeout, "", 0.1)
+    except AssertionError:
+        raise AssertionError(f"running {_replica_ids()}, listed {listed}") from None
+
+
+def test_each_ingress_lists_every_engine_replica_it_never_streamed_from(autoscaled):
+    """Before any generation (the fixture only asked /ready), /metrics through either
+    ingress replica lists the running engine replica: the routers' live view, not streams."""
+    if running_replicas() == 0:  # scaled to zero already: a cold 503 wakes one, unstreamed
+        httpx.post(autoscaled.url + "/v1/completions", headers=autoscaled.headers("load"),
+                   json={"model": "tiny", "prompt": "Hi", "max_tokens": 1}, timeout=60)
+    wait_for(lambda: running_replicas() == 1, 120, "a running replica", 0.5)
+    assert len(_listed_by_each_ingress(autoscaled, 30)) == 1
 
 
 def test_quotas_hold_across_ingress_replicas(autoscaled):
@@ -359,6 +397,8 @@ def test_replicas_scale_1_to_2_and_back_draining_the_removed_replicas_stream(aut
     # The stopped replica's actor is gone once its stream has ended.
     wait_for(lambda: len(replica_actors()) == 1, 60, "the stopped replica to exit", 0.5)
     assert running_replicas() == 1
+    # ... and neither ingress replica lists it in /metrics any more.
+    assert len(_listed_by_each_ingress(autoscaled, 5)) == 1
 
 
 def test_scaled_to_zero_a_request_gets_retry_after_and_wakes_a_replica(autoscaled):
