@@ -128,17 +128,29 @@ def scaleout_app(engine_config: EngineConfig, model_name: str, server_config: Se
                         cold_start_s, bound)
 
 
+# build_app's keys that become ServerConfig fields: the state a RayService's ingress replicas
+# (and pods) share (quotas and the response cache in Redis, usage and batches in PostgreSQL
+# and files_dir on a shared volume) and the quota defaults each applies alike.
+SERVER_KEYS = {"api_key": "api_key", "keys_file": "keys_file", "redis": "redis_url",
+               "usage_db": "usage_db", "files_dir": "files_dir",
+               "response_cache_redis": "response_cache_redis_url"}
+SERVER_INTS = {"default_rpm", "default_tpm", "default_max_concurrent"}
+
+
 def build_app(args: dict[str, str]):
     """`serve run cormorant.scaleout.app:build_app model=PATH [name=..] [replicas=N]
     [min_replicas=..] [max_replicas=..] [num_gpus=..] [device=..] [max_model_len=..]
     [num_kv_blocks=..] [keys_file=..] [redis=URL] [usage_db=..] [ingress_replicas=..]
-    [scheduling=fair|fifo]`, or the
-    same keys under a Serve config file's `args:` (values are strings). `models=FILE` instead
-    of model=PATH serves a model registry (scaleout.registry_app), each version on replicas
-    of its own; the engine settings then come from the file."""
+    [scheduling=fair|fifo] [response_cache=on|off] [response_cache_redis=URL]
+    [response_cache_ttl_s=..] [files_dir=..] [default_rpm=..] [default_tpm=..]
+    [default_max_concurrent=..]`, or the same keys under a Serve config file's `args:`
+    (values are strings). `models=FILE` instead of model=PATH serves a model registry
+    (scaleout.registry_app), each version on replicas of its own; the engine settings then
+    come from the file."""
     known = {"model", "models", "name", "replicas", "min_replicas", "max_replicas",
-             "num_gpus", "num_cpus", "device", "max_model_len", "num_kv_blocks", "api_key",
-             "keys_file", "redis", "usage_db", "ingress_replicas", "scheduling"}
+             "num_gpus", "num_cpus", "device", "max_model_len", "num_kv_blocks",
+             "ingress_replicas", "scheduling", "response_cache", "response_cache_ttl_s",
+             *SERVER_KEYS, *SERVER_INTS}
     unknown = set(args) - known
     if unknown or ("model" in args) == ("models" in args):
         raise ValueError(f"build_app needs model=PATH or models=FILE; unknown arguments: "
@@ -155,9 +167,7 @@ def build_app(args: dict[str, str]):
         num_gpus_per_replica=float(args.get("num_gpus", 0)),
         num_cpus_per_replica=float(args.get("num_cpus", 1)),
         num_ingress_replicas=_int(args, "ingress_replicas") or 1)
-    server_config = ServerConfig(api_key=args.get("api_key"), keys_file=args.get("keys_file"),
-                                 redis_url=args.get("redis"),
-                                 usage_db=args.get("usage_db"))
+    server_config = server_config_from(args)
     if "models" in args:
         from cormorant.scaleout.registry_app import registry_app  # it imports this module
 
@@ -170,6 +180,21 @@ def build_app(args: dict[str, str]):
                                   policy=args.get("scheduling", "fair")))
     name = args.get("name") or model_name_of(args["model"])
     return scaleout_app(engine_config, name, server_config, options)
+
+
+def server_config_from(args: dict[str, str]) -> ServerConfig:
+    """build_app's server keys as a ServerConfig. The response cache is on unless
+    response_cache=off, as with `cormorant serve` (--no-response-cache)."""
+    cache = args.get("response_cache", "on")
+    if cache not in ("on", "off"):
+        raise ValueError("response_cache must be on or off")
+    if cache == "off" and "response_cache_redis" in args:
+        raise ValueError("response_cache_redis needs the response cache (response_cache=on)")
+    fields: dict[str, Any] = {f: args[k] for k, f in SERVER_KEYS.items() if args.get(k)}
+    fields.update({k: _int(args, k) for k in SERVER_INTS})
+    if args.get("response_cache_ttl_s"):
+        fields["response_cache_ttl_s"] = float(args["response_cache_ttl_s"])
+    return ServerConfig(response_cache=cache == "on", **fields)
 
 
 def _int(args: dict[str, str], key: str) -> int | None:

@@ -106,3 +106,36 @@ def test_a_registry_entry_sizes_its_own_replicas(tmp_path):
         spec({"replica": 2})
     with pytest.raises(RegistryError, match="numbers >= 0"):
         spec({"replicas": "2"})
+
+
+def test_serve_run_shares_state_through_redis_postgresql_and_a_files_dir(tmp_path):
+    """`serve run ...:build_app`'s keys for what a RayService's ingress replicas share
+    reach each ingress's ServerConfig; the response cache is on unless turned off."""
+    from cormorant.scaleout.app import build_app
+
+    def server_fields(**args: str) -> dict:
+        app = build_app({"model": str(tmp_path), **args})
+        return app._bound_deployment.init_args[3]  # Ingress(..., server_config fields, ...)
+
+    fields = server_fields(
+        redis="redis://r:6379/0", response_cache_redis="redis://r:6379/1",
+        response_cache_ttl_s="30", usage_db="postgresql://cormorant@pg/usage",
+        files_dir="/shared/files", default_rpm="60", default_tpm="", keys_file="/k.json")
+    assert {k: fields[k] for k in ("redis_url", "response_cache", "response_cache_redis_url",
+                                   "response_cache_ttl_s", "usage_db", "files_dir",
+                                   "default_rpm", "default_tpm", "keys_file")} == {
+        "redis_url": "redis://r:6379/0", "response_cache": True,
+        "response_cache_redis_url": "redis://r:6379/1", "response_cache_ttl_s": 30.0,
+        "usage_db": "postgresql://cormorant@pg/usage", "files_dir": "/shared/files",
+        "default_rpm": 60, "default_tpm": None, "keys_file": "/k.json"}
+    plain = server_fields()
+    assert plain["response_cache"] and plain["response_cache_redis_url"] is None
+    assert server_fields(response_cache="off")["response_cache"] is False
+    with pytest.raises(ValueError, match="response_cache must be on or off"):
+        server_fields(response_cache="yes")
+    with pytest.raises(ValueError, match="needs the response cache"):
+        server_fields(response_cache="off", response_cache_redis="redis://r/1")
+    registry = build_app({"models": _registry(tmp_path, "generate"),
+                          "response_cache_redis": "redis://r:6379/1"})
+    assert registry._bound_deployment.init_args[1]["response_cache_redis_url"] == \
+        "redis://r:6379/1"  # RegistryIngress(file, server_config fields, ...)
