@@ -71,6 +71,15 @@ def engine_deployment_options(options: ScaleoutOptions) -> dict[str, Any]:
     return opts
 
 
+def ingress_deployment_options(options: ScaleoutOptions) -> dict[str, Any]:
+    """The ingress drains its streams as long as the engines do (its streams are theirs);
+    Serve's default of 5 ongoing requests per replica would queue streams at the proxy."""
+    return dict(num_replicas=options.num_ingress_replicas,
+                max_ongoing_requests=options.max_ongoing_requests_per_ingress,
+                ray_actor_options={"num_cpus": options.num_cpus_per_ingress},
+                graceful_shutdown_timeout_s=options.graceful_shutdown_timeout_s)
+
+
 @serve.deployment(name=INGRESS_DEPLOYMENT)
 @serve.ingress()
 class Ingress:
@@ -115,10 +124,7 @@ def scaleout_app(engine_config: EngineConfig, model_name: str, server_config: Se
     engine = serve.deployment(EngineReplica).options(
         **engine_deployment_options(options)).bind(config_bytes, model_name)
     fields = {f.name: getattr(server_config, f.name) for f in dataclasses.fields(ServerConfig)}
-    # Serve's default of 5 ongoing requests per replica would queue streams at the proxy.
-    ingress = Ingress.options(num_replicas=options.num_ingress_replicas,
-                              max_ongoing_requests=options.max_ongoing_requests_per_ingress,
-                              ray_actor_options={"num_cpus": options.num_cpus_per_ingress})
+    ingress = Ingress.options(**ingress_deployment_options(options))
     cold_start_s = options.cold_start_s if options.min_replicas == 0 else None
     device = "cuda" if engine_config.device.startswith("cuda") else engine_config.device
     bound = [(serve.deployment(EncoderReplica).options(**encoder_deployment_options(
@@ -143,14 +149,14 @@ def build_app(args: dict[str, str]):
     [num_kv_blocks=..] [keys_file=..] [redis=URL] [usage_db=..] [ingress_replicas=..]
     [scheduling=fair|fifo] [response_cache=on|off] [response_cache_redis=URL]
     [response_cache_ttl_s=..] [files_dir=..] [default_rpm=..] [default_tpm=..]
-    [default_max_concurrent=..]`, or the same keys under a Serve config file's `args:`
+    [default_max_concurrent=..] [drain_grace_s=..]`, or the same keys under a Serve config file's `args:`
     (values are strings). `models=FILE` instead of model=PATH serves a model registry
     (scaleout.registry_app), each version on replicas of its own; the engine settings then
     come from the file."""
     known = {"model", "models", "name", "replicas", "min_replicas", "max_replicas",
              "num_gpus", "num_cpus", "device", "max_model_len", "num_kv_blocks",
              "ingress_replicas", "scheduling", "response_cache", "response_cache_ttl_s",
-             *SERVER_KEYS, *SERVER_INTS}
+             "drain_grace_s", *SERVER_KEYS, *SERVER_INTS}
     unknown = set(args) - known
     if unknown or ("model" in args) == ("models" in args):
         raise ValueError(f"build_app needs model=PATH or models=FILE; unknown arguments: "
@@ -166,7 +172,9 @@ def build_app(args: dict[str, str]):
         max_replicas=_int(args, "max_replicas"),
         num_gpus_per_replica=float(args.get("num_gpus", 0)),
         num_cpus_per_replica=float(args.get("num_cpus", 1)),
-        num_ingress_replicas=_int(args, "ingress_replicas") or 1)
+        num_ingress_replicas=_int(args, "ingress_replicas") or 1,
+        **({"graceful_shutdown_timeout_s": float(args["drain_grace_s"])}
+           if args.get("drain_grace_s") else {}))
     server_config = server_config_from(args)
     if "models" in args:
         from cormorant.scaleout.registry_app import registry_app  # it imports this module

@@ -62,7 +62,14 @@ def options_from(args: argparse.Namespace) -> ScaleoutOptions:
         target_ongoing_requests=args.target_ongoing_requests,
         upscale_delay_s=args.upscale_delay_s, downscale_delay_s=args.downscale_delay_s,
         downscale_to_zero_delay_s=args.downscale_to_zero_delay_s, cold_start_s=args.cold_start_s,
-        num_ingress_replicas=args.ingress_replicas)
+        num_ingress_replicas=args.ingress_replicas, **drain_option(args))
+
+
+def drain_option(args: argparse.Namespace) -> dict[str, float]:
+    """--drain-grace-s (the server's SIGTERM drain) is how long a stopping replica (deleted,
+    or removed by down-scaling) and ingress keep serving their streams; unset: Ray's 120 s."""
+    drain = getattr(args, "drain_grace_s", None)
+    return {} if drain is None else {"graceful_shutdown_timeout_s": float(drain)}
 
 
 def run_ray(args: argparse.Namespace) -> int:

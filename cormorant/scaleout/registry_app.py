@@ -19,7 +19,7 @@ from typing import Any
 from ray import serve
 
 from cormorant.hosting.registry import Registry, load_registry_file, resolve_source
-from cormorant.scaleout.app import INGRESS_DEPLOYMENT
+from cormorant.scaleout.app import INGRESS_DEPLOYMENT, ingress_deployment_options
 from cormorant.scaleout.metrics import install_replica_metrics, pool_clients
 from cormorant.scaleout.model_apps import ModelApps
 from cormorant.scaleout.options import ScaleoutOptions
@@ -77,8 +77,5 @@ def registry_app(models_file: str | Path, server_config: ServerConfig,
     if error := registry_error(load_registry_file(path), options):
         raise ValueError(error)
     fields = {f.name: getattr(server_config, f.name) for f in dataclasses.fields(ServerConfig)}
-    ingress = RegistryIngress.options(
-        num_replicas=options.num_ingress_replicas,
-        max_ongoing_requests=options.max_ongoing_requests_per_ingress,
-        ray_actor_options={"num_cpus": options.num_cpus_per_ingress})
+    ingress = RegistryIngress.options(**ingress_deployment_options(options))
     return ingress.bind(path, fields, dataclasses.asdict(options), policy)

@@ -80,8 +80,11 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
                         help="408 and close when the request headers take longer")
     limits.add_argument("--body-timeout-s", type=float, default=_DEFAULTS.body_timeout_s,
                         help="408 and close when the request body takes longer")
-    limits.add_argument("--drain-grace-s", type=float, default=_DEFAULTS.drain_grace_s,
-                        help="on SIGTERM, how long in-flight requests may run on")
+    limits.add_argument("--drain-grace-s", type=float, default=None,
+                        help="on SIGTERM, how long in-flight requests may run on (default "
+                             f"{_DEFAULTS.drain_grace_s:g} s; with --ray: how long a stopping "
+                             "engine replica or ingress keeps serving its streams, on "
+                             "down-scaling too, default 120 s)")
     limits.add_argument("--health-stall-s", "--watchdog-stall-seconds", dest="health_stall_s",
                         type=float, default=_DEFAULTS.health_stall_s,
                         help="/health turns 503 when pending work saw no engine progress (a "
@@ -235,7 +238,8 @@ def server_config(args: argparse.Namespace, version: str) -> ServerConfig:
         max_connections=args.max_connections,
         max_connections_per_client=args.max_connections_per_client,
         header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s,
-        drain_grace_s=args.drain_grace_s, health_stall_s=args.health_stall_s,
+        drain_grace_s=(_DEFAULTS.drain_grace_s if args.drain_grace_s is None
+                       else args.drain_grace_s), health_stall_s=args.health_stall_s,
         health_max_step_s=args.health_max_step_s,
         watchdog_exit_grace_s=args.watchdog_exit_grace, log_prompts=args.log_prompts,
         usage_db=args.usage_db, otlp_endpoint=args.otlp_endpoint,

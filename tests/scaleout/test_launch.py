@@ -139,3 +139,31 @@ def test_serve_run_shares_state_through_redis_postgresql_and_a_files_dir(tmp_pat
                           "response_cache_redis": "redis://r:6379/1"})
     assert registry._bound_deployment.init_args[1]["response_cache_redis_url"] == \
         "redis://r:6379/1"  # RegistryIngress(file, server_config fields, ...)
+
+
+def test_drain_grace_s_is_how_long_stopping_replicas_and_ingresses_serve_their_streams(
+        tmp_path):
+    """`serve --ray --drain-grace-s S` (the server's SIGTERM drain) sets how long a stopping
+    engine replica and ingress keep streaming; unset, Ray's 120 s, and plain `serve` 30 s."""
+    from cormorant.scaleout.app import build_app
+    from cormorant.scaleout.launch import _application
+    from cormorant.server.launch import server_config
+
+    def drains(app) -> tuple[float, float]:  # (the ingress's, its engine deployment's)
+        ingress = app._bound_deployment
+        engine = ingress.init_args[0]._bound_deployment
+        return (ingress._deployment_config.graceful_shutdown_timeout_s,
+                engine._deployment_config.graceful_shutdown_timeout_s)
+
+    base = ["serve", "--ray", "--model", str(tmp_path), "--device", "cpu"]
+    args = build_parser().parse_args([*base, "--drain-grace-s", "45"])
+    assert options_from(args).graceful_shutdown_timeout_s == 45.0
+    assert drains(_application(args)[0]) == (45.0, 45.0)
+    unset = build_parser().parse_args(base)
+    assert options_from(unset).graceful_shutdown_timeout_s == 120.0
+    assert drains(_application(unset)[0]) == (120.0, 120.0)
+    assert server_config(build_parser().parse_args(["serve"]), "").drain_grace_s == 30.0
+    assert server_config(args, "").drain_grace_s == 45.0
+    assert drains(build_app({"model": str(tmp_path), "drain_grace_s": "5"})) == (5.0, 5.0)
+    registry = build_app({"models": _registry(tmp_path, "generate"), "drain_grace_s": "7"})
+    assert registry._bound_deployment._deployment_config.graceful_shutdown_timeout_s == 7.0
