@@ -2,11 +2,12 @@
 
 With `min_replicas=0` the engine deployment may have no replica at all. A generation request
 then wakes it (one small call through the deployment handle, which Serve's autoscaler counts
-as demand and answers by starting a replica) and is answered at once with 503
-`engine_cold_start` and `Retry-After: <expected start-up seconds>`, instead of hanging for a
-model load. The middleware sits innermost (after auth: a caller without a key wakes nothing;
-before admission: a refusal costs no quota). The replica count comes from Serve's controller,
-read at most once a second.
+as demand and answers by starting a replica) and is answered with 503 `engine_cold_start`
+and `Retry-After: <expected start-up seconds>`, instead of hanging for a model load, unless
+the response cache answers it: the middleware (innermost, after auth: a caller without a
+key wakes nothing) leaves the refusal in the request's scope state, and the server runs it
+once the caches missed, before admission (server.dispatch.DEFERRED_REFUSAL: a refusal costs
+no quota). The replica count comes from Serve's controller, read at most once a second.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from cormorant.server.errors import APIError, error_response
+from cormorant.server.dispatch import DEFERRED_REFUSAL
+from cormorant.server.errors import APIError
 
 log = logging.getLogger(__name__)
 GENERATION_PATHS = frozenset({"/v1/completions", "/v1/chat/completions", "/v1/responses"})
@@ -73,10 +75,12 @@ class ColdStartMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (scope["type"] == "http" and scope["method"] == "POST"
                 and scope["path"] in GENERATION_PATHS and await self.cold.is_cold()):
-            self.cold.wake()
-            err = APIError(503, "The model is starting (no engine replica is running); retry "
-                                "after the time in Retry-After.", code="engine_cold_start",
-                           headers={"retry-after": str(self.cold.retry_after_s)})
-            await error_response(err)(scope, receive, send)
-            return
+            scope.setdefault("state", {})[DEFERRED_REFUSAL] = self.refuse
         await self.app(scope, receive, send)
+
+    def refuse(self) -> None:
+        """A cold request the caches could not answer: wake a replica, and 503."""
+        self.cold.wake()
+        raise APIError(503, "The model is starting (no engine replica is running); retry "
+                            "after the time in Retry-After.", code="engine_cold_start",
+                       headers={"retry-after": str(self.cold.retry_after_s)})

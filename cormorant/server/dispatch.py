@@ -35,6 +35,10 @@ from cormorant.server.state import ServerState
 
 FALLBACK_HEADER = "x-fallback-from"
 RETRYABLE = frozenset({500, 503, 504})
+# A callable a middleware may leave in the request's scope state: run once the caches missed,
+# before admission, it raises the APIError the request gets (scaleout.coldstart: no engine
+# replica runs), so a cached answer is still served and a refusal costs no quota.
+DEFERRED_REFUSAL = "deferred_refusal"
 
 
 @dataclass
@@ -97,6 +101,9 @@ async def _try(request: Request, state: ServerState, name: str, model_id: str | 
             lease.release()
             return Started(served, prepared, cache, cached=cache.hit,
                            headers={**headers, **cache.headers()})
+        refuse = request.scope.get("state", {}).get(DEFERRED_REFUSAL)
+        if refuse is not None:
+            refuse()
         ticket = await served.admission.admit(request, prepared.prompt_lens, prepared.params)
         stream = EngineStream(served.engine, prepared.jobs, ticket, state.lifecycle,
                               on_close=lease.release, cache_salt=cache_salt)

@@ -299,11 +299,14 @@ def test_quotas_hold_across_ingress_replicas(autoscaled):
     assert statuses == [200] * 6 + [429] * (len(statuses) - 6)
 
 
+CACHED = {"model": "tiny", "prompt": list(range(40, 60)), "max_tokens": 8, "temperature": 0,
+          "ignore_eos": True}  # a request the response cache keeps (greedy)
+
+
 def test_a_response_cached_through_one_ingress_is_served_from_redis_by_the_other(autoscaled):
     """The first answer is a miss; every later one, the other ingress replica's first answer
     included, is a hit: that replica had never seen the request, so its hit came from Redis."""
-    body = {"model": "tiny", "prompt": list(range(40, 60)), "max_tokens": 8, "temperature": 0,
-            "ignore_eos": True}
+    body = CACHED
     answers = []  # (ingress replica, x-cache, text)
     while len({a[0] for a in answers}) < 2 and len(answers) < 40:
         r = _post(autoscaled, "cache", body)
@@ -403,7 +406,12 @@ def test_replicas_scale_1_to_2_and_back_draining_the_removed_replicas_stream(aut
 
 def test_scaled_to_zero_a_request_gets_retry_after_and_wakes_a_replica(autoscaled):
     url, tokens = autoscaled.url, autoscaled.tokens
+    assert _post(autoscaled, "cache", CACHED).status_code == 200  # cached now (if not before)
     wait_for(lambda: running_replicas() == 0, 120, "the last idle replica to stop", 0.5)
+    # Scaled to zero, a cached answer is still served (the cold-start 503 comes after a miss).
+    hit = httpx.post(url + "/v1/completions", headers=autoscaled.headers("cache"), json=CACHED,
+                     timeout=60)
+    assert hit.status_code == 200 and hit.headers["x-cache"] == "hit", hit.text
     headers = {"authorization": f"Bearer {tokens['load']}"}
     body = {"model": "tiny", "prompt": "Hello", "max_tokens": 2}
     cold = httpx.post(url + "/v1/completions", headers=headers, json=body, timeout=60)

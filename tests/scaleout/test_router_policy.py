@@ -89,3 +89,24 @@ def test_replicas_follow_the_engines_requests_or_kv_use_whichever_needs_more():
     assert desired_replicas(1, [0.0], target_requests=8, target_kv_usage=0.8) == 1
     assert desired_replicas(17, [0.1, 0.1], target_requests=8, target_kv_usage=0.8) == 3
     assert desired_replicas(4, [0.9, 0.9], target_requests=8, target_kv_usage=0.8) == 3
+
+
+def test_the_ingress_lists_the_routers_replicas_with_the_fresher_figures():
+    """scaleout.client.merge_stats: every replica the router lists; a step message under
+    FRESH_S old wins over the router's figures; one the router dropped stays only while its
+    messages are that fresh; without a router view, what streamed within STALE_S."""
+    from cormorant.engine.messages import EngineStats
+    from cormorant.scaleout.client import FRESH_S, STALE_S, merge_stats
+
+    def stats(n: int) -> EngineStats:
+        return EngineStats(num_running=n)
+
+    live = {"a": stats(1), "b": stats(2)}
+    now = 1000.0
+    seen = {"a": (stats(5), now - FRESH_S / 2), "b": (stats(6), now - FRESH_S - 0.1),
+            "drain": (stats(7), now - FRESH_S / 2), "gone": (stats(8), now - FRESH_S - 0.1)}
+    merged = merge_stats(live, seen, now)
+    assert {r: s.num_running for r, s in merged.items()} == {"a": 5, "b": 2, "drain": 7}
+    assert merge_stats({}, {}, now) == {}
+    old = {"x": (stats(1), now - STALE_S + 1), "y": (stats(2), now - STALE_S - 1)}
+    assert list(merge_stats(None, old, now)) == ["x"]
