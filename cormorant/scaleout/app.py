@@ -149,10 +149,10 @@ def build_app(args: dict[str, str]):
     [num_kv_blocks=..] [keys_file=..] [redis=URL] [usage_db=..] [ingress_replicas=..]
     [scheduling=fair|fifo] [response_cache=on|off] [response_cache_redis=URL]
     [response_cache_ttl_s=..] [files_dir=..] [default_rpm=..] [default_tpm=..]
-    [default_max_concurrent=..] [drain_grace_s=..]`, or the same keys under a Serve config file's `args:`
-    (values are strings). `models=FILE` instead of model=PATH serves a model registry
-    (scaleout.registry_app), each version on replicas of its own; the engine settings then
-    come from the file."""
+    [default_max_concurrent=..] [drain_grace_s=..]`, or the same keys under a Serve config
+    file's `args:` (values are strings). `models=FILE` instead of model=PATH serves a model
+    registry (scaleout.registry_app), each version on replicas of its own; the engine
+    settings then come from the file."""
     known = {"model", "models", "name", "replicas", "min_replicas", "max_replicas",
              "num_gpus", "num_cpus", "device", "max_model_len", "num_kv_blocks",
              "ingress_replicas", "scheduling", "response_cache", "response_cache_ttl_s",
