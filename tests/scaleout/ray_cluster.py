@@ -48,7 +48,10 @@ def two_node_cluster():
     from ray import serve
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    # No dashboard: another cluster on this machine may hold its port (a 60 s wait, then the
+    # head node's start-up times out).
+    cluster = Cluster(initialize_head=True,
+                      head_node_args={"num_cpus": 2, "include_dashboard": False})
     try:
         cluster.add_node(num_cpus=2)
         ray.init(address=cluster.address, include_dashboard=False,
