@@ -40,8 +40,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def two_node_cluster():
-    """A head node and one worker node (2 logical CPUs each), Serve's proxy on a free port."""
+def local_cluster(node_cpus: tuple[int, ...] = (2, 2)):
+    """Ray nodes on this machine, the first the head (logical CPUs each as given), Serve's
+    proxy on a free port; Serve, the driver and the nodes are shut down on exit."""
     for key, value in ENV.items():
         os.environ.setdefault(key, value)
     import ray
@@ -51,9 +52,10 @@ def two_node_cluster():
     # No dashboard: another cluster on this machine may hold its port (a 60 s wait, then the
     # head node's start-up times out).
     cluster = Cluster(initialize_head=True,
-                      head_node_args={"num_cpus": 2, "include_dashboard": False})
+                      head_node_args={"num_cpus": node_cpus[0], "include_dashboard": False})
     try:
-        cluster.add_node(num_cpus=2)
+        for cpus in node_cpus[1:]:
+            cluster.add_node(num_cpus=cpus)
         ray.init(address=cluster.address, include_dashboard=False,
                  runtime_env={"env_vars": ENV})
         port = free_port()
@@ -64,6 +66,11 @@ def two_node_cluster():
             serve.shutdown()
         ray.shutdown()
         cluster.shutdown()
+
+
+def two_node_cluster():
+    """A head node and one worker node, 2 logical CPUs each."""
+    return local_cluster((2, 2))
 
 
 def engine_config(model: str, max_num_seqs: int = 4, max_model_len: int = 512,

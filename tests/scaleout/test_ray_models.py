@@ -11,7 +11,6 @@ deleted), and an unknown model is a 404 naming the served ones.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -26,7 +25,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ray_cluster import ENV, RayCluster, free_port  # noqa: E402
+from ray_cluster import ENV, local_cluster  # noqa: E402
 from support import wait_for, wait_http_ready  # noqa: E402
 from models.test_bert import LABELS, save_tiny_bert_classifier, transformers_probs  # noqa: E402
 from tiny import load_reference, save_model  # noqa: E402
@@ -39,28 +38,9 @@ ENGINE = {"threads": 1, "seed": 0, "max_model_len": 512, "max_num_seqs": 4,
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """One head node (6 logical CPUs: an ingress, four engine replicas, an encoder), Serve's
-    proxy on a free port; Serve, the driver and the node are shut down after the module."""
-    for key, value in ENV.items():
-        os.environ.setdefault(key, value)
-    import ray
-    from ray import serve
-    from ray.cluster_utils import Cluster
-
-    # No dashboard: another cluster on this machine may hold its port (a 60 s wait).
-    cluster = Cluster(initialize_head=True,
-                      head_node_args={"num_cpus": 6, "include_dashboard": False})
-    try:
-        ray.init(address=cluster.address, include_dashboard=False,
-                 runtime_env={"env_vars": ENV})
-        port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        yield RayCluster(cluster, f"http://127.0.0.1:{port}")
-    finally:
-        with contextlib.suppress(Exception):
-            serve.shutdown()
-        ray.shutdown()
-        cluster.shutdown()
+    """One head node (6 logical CPUs: an ingress, four engine replicas, an encoder)."""
+    with local_cluster((6,)) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="module")
