@@ -120,7 +120,7 @@ def _application(args: argparse.Namespace):
     from cormorant.hosting.loader import model_version, source_path
     from cormorant.scaleout.app import scaleout_app
     from cormorant.scaleout.registry_app import registry_app
-    from cormorant.server.launch import server_config
+    from cormorant.server.launch import encoder_specs, server_config
 
     if args.models:
         return (registry_app(args.models, server_config(args, ""), options_from(args),
@@ -129,7 +129,7 @@ def _application(args: argparse.Namespace):
     engine = engine_config_from(args, "serve", model=model)
     name = args.served_model_name or model_name_of(model)
     encoders = [(str(Path(path).resolve()), alias or model_name_of(path))
-                for path, _, alias in (spec.partition("=") for spec in args.embedding_model)]
+                for path, alias in encoder_specs(args.embedding_model)]
     return scaleout_app(engine, name, server_config(args, model_version(model)),
                         options_from(args), encoders), name
 

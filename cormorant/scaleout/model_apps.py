@@ -57,21 +57,23 @@ class Plan:
     def bind(self):
         """The application: one engine deployment, or one encoder deployment."""
         if self.config is None:
-            device = "cuda" if self.spec.device.startswith("cuda:") else self.spec.device
             return serve.deployment(EncoderReplica).options(
                 **encoder_deployment_options(self.options)).bind(
-                str(self.path), self.spec.name, self.spec.dtype, device)
+                str(self.path), self.spec.name, self.spec.dtype, replica_device(self.spec.device))
         return serve.deployment(EngineReplica).options(
             **engine_deployment_options(self.options)).bind(encode(self.config), self.spec.name)
 
 
+def replica_device(device: str) -> str:
+    """Ray gives each replica its own GPUs, which it sees from cuda:0, so a registry's
+    `device = "cuda:K"` runs as `cuda`."""
+    return "cuda" if device.startswith("cuda:") else device
+
+
 def replica_config(spec: ModelSpec, path: Path, policy: str) -> EngineConfig:
-    """The version's EngineConfig as a replica runs it: Ray gives each replica its own GPUs,
-    which it sees from cuda:0, so a registry's `device = "cuda:K"` becomes `cuda`."""
+    """The version's EngineConfig as a replica runs it (replica_device)."""
     config = generator_config(spec, path, policy)
-    if config.device.startswith("cuda:"):
-        config = dataclasses.replace(config, device="cuda")
-    return config
+    return dataclasses.replace(config, device=replica_device(config.device))
 
 
 def app_name(prefix: str, spec: ModelSpec, config: EngineConfig | None, digest: str,
@@ -106,7 +108,8 @@ class ModelApps:
         deploy=False only waits for another ingress replica to deploy them (a redeploy of
         a running application would restart its replicas)."""
         plans = [self._plan(spec, source) for spec, source in entries]
-        missing = [p for p in plans if deploy and not is_starting_or_running(p.app)]
+        present = starting_or_running() if deploy else set()
+        missing = [p for p in plans if deploy and p.app not in present]
         try:
             if missing:
                 wait_deleted([p.app for p in missing], self.timeout_s)  # unloaded just now
@@ -155,12 +158,11 @@ class ModelApps:
         serve.delete(name, _blocking=False)
 
 
-def is_starting_or_running(name: str) -> bool:
-    """Whether the application runs or is being deployed (then it is reused, not redeployed:
-    a redeploy would restart its replicas)."""
-    status = serve.status().applications.get(name)
-    return status is not None and status.status in (ApplicationStatus.RUNNING,
-                                                     ApplicationStatus.DEPLOYING)
+def starting_or_running() -> set[str]:
+    """The applications that run or are being deployed (one is reused, not redeployed: a
+    redeploy would restart its replicas), from one status call."""
+    return {name for name, status in serve.status().applications.items()
+            if status.status in (ApplicationStatus.RUNNING, ApplicationStatus.DEPLOYING)}
 
 
 def wait_deleted(names: list[str], timeout_s: float) -> None:

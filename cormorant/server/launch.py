@@ -255,10 +255,14 @@ def server_config(args: argparse.Namespace, version: str) -> ServerConfig:
         **drift_settings(args))
 
 
+def encoder_specs(specs: list[str]) -> list[tuple[str, str | None]]:
+    """--embedding-model PATH[=NAME] values -> (path, name or None)."""
+    return [(path, name or None) for path, _, name in (spec.partition("=") for spec in specs)]
+
+
 def load_encoders(specs: list[str], dtype: str, device: str) -> list:
-    """--embedding-model PATH[=NAME] values -> encoder objects (hosting.loader.make_encoder)."""
-    return [make_encoder(path, name or None, dtype, device)
-            for path, _, name in (spec.partition("=") for spec in specs)]
+    """--embedding-model values -> encoder objects (hosting.loader.make_encoder)."""
+    return [make_encoder(path, name, dtype, device) for path, name in encoder_specs(specs)]
 
 
 def uvicorn_config(app, config: ServerConfig, log_level: str) -> uvicorn.Config:
