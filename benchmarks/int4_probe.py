@@ -7,8 +7,8 @@ copies to overflow the 50 MB L2, each call reads the next), R calls captured in 
 and replayed, time per call = replay / R (median of 5). GB/s counts the weight's bytes (int4
 codes + bf16 scales, symmetric as --quantization int4 makes them, for the kernel; bf16 for
 cuBLAS). `--sweep` also times a grid of
-launch settings at M = 1 and 16 (18-36 per shape, a few minutes) and prints the best per
-shape, to tune config_for.
+launch settings at every M (8-36 per shape, a few minutes) and prints the best per shape, to
+tune config_for.
 Run from the repository root on a CUDA machine, in one command:
     python benchmarks/int4_probe.py [--ms 1,16,256] [--sweep] [--out FILE.json]
 Imports torch, triton and cormorant (repo on path).
@@ -27,8 +27,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
-from cormorant.kernels.int_gemm import (_num_sms, config_for, int_gemm,  # noqa: E402
-                                        int_gemm_ref)
+from cormorant.kernels.int_gemm import (_num_sms, _split_k, config_for,  # noqa: E402
+                                        int_gemm, int_gemm_ref)
 from cormorant.layers.int_packing import pack  # noqa: E402
 
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096),
@@ -84,24 +84,39 @@ def probe(name: str, n: int, k: int, m: int, sweep: bool) -> dict:
            "config": config_for(m, n, k, GROUP, _num_sms(x.device)),
            "int4_us": t_int * 1e6, "bf16_us": t_bf16 * 1e6, "speedup": t_bf16 / t_int,
            "int4_GBps": q_bytes / t_int / 1e9, "bf16_GBps": 2 * n * k / t_bf16 / 1e9}
-    if sweep and m <= 16:
+    if sweep:
         row["sweep"] = sweep_configs(x, weights, m, n, k)
     del weights, dense
     torch.cuda.empty_cache()
     return row
 
 
+def _candidates(m: int, n: int, k: int, num_sms: int) -> list[dict]:
+    """Launch settings to time: the GEMV at one row, the tile kernel (reshape or pointer-per-
+    code unpacking) at a few rows and at prefill sizes."""
+    out = []
+    if m == 1:
+        for bn, per_sm, warps, stages in itertools.product([64, 128, 256], [1, 2, 4], [4, 8],
+                                                           [2, 3]):
+            out.append(dict(BLOCK_M=1, BLOCK_N=bn, BLOCK_K=128, num_warps=warps,
+                            num_stages=stages, **_split_k(n, k, bn, 128, per_sm, num_sms)))
+    elif m <= 16:
+        for gather, bn, per_sm, stages in itertools.product([False, True], [64, 128], [1, 2, 4],
+                                                            [3, 4]):
+            out.append(dict(BLOCK_M=16, BLOCK_N=bn, BLOCK_K=128, num_warps=4,
+                            num_stages=stages, GATHER=gather,
+                            **_split_k(n, k, bn, 128, per_sm, num_sms)))
+    else:
+        for gather, bm, warps in itertools.product([False, True], [64, 128], [4, 8]):
+            out.append(dict(BLOCK_M=bm, BLOCK_N=128, BLOCK_K=64, SPLIT_K=1,
+                            K_PER_SPLIT=-(-k // 64) * 64, num_warps=warps, num_stages=3,
+                            GATHER=gather))
+    return out
+
+
 def sweep_configs(x, weights, m: int, n: int, k: int) -> list:
     results = []
-    block_ms = [1] if m == 1 else [16]
-    defer = [False, True] if m == 1 else [None]
-    for bm, bn, bk, split, warps, stages, dfr in itertools.product(
-            block_ms, [32, 64, 128], [128], [2, 4, 8], [4], [2, 4], defer):
-        per = -(-k // bk // split) * bk
-        cfg = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=-(-k // per), K_PER_SPLIT=per,
-                   num_warps=warps, num_stages=stages)
-        if dfr is not None:
-            cfg["DEFER_REDUCE"] = dfr  # the GEMV: reduce per K tile or once at the end
+    for cfg in _candidates(m, n, k, _num_sms(x.device)):
         try:
             t = graph_time([lambda w=w: int_gemm(x, *w, BITS, GROUP, config=cfg)
                             for w in weights], reps=10)

@@ -16,10 +16,13 @@ builder injects it). The design:
   engine then finishes the sequence with "stop"). A matcher only ever consumes tokens the
   sequence keeps, so after a preemption (recompute keeps the tokens) it is still in step.
 - `rollback`: matchers can undo tokens (GrammarMatcher.rollback), for callers that fork.
+- `times` (MaskTimes) sums where the host time goes: mask fills, waits for them, advances
+  (`cormorant bench b1s` reports them).
 """
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 
@@ -44,15 +47,36 @@ class GrammarBackend(Protocol):
     def fill_bitmasks(self, matchers: list[GrammarMatcher]) -> bytes: ...  # [R, W] int32 LE
 
 
+class MaskTimes:
+    """Where constrained decoding's host time goes (seconds, summed since start): filling the
+    masks (in the worker or inline), the step loop waiting for them, advancing matchers."""
+
+    def __init__(self) -> None:
+        self.fill = self.wait = self.advance = 0.0
+        self.rows = self.steps = 0
+
+    def as_dict(self) -> dict:
+        return {"fill_s": self.fill, "wait_s": self.wait, "advance_s": self.advance,
+                "rows": self.rows, "steps": self.steps}
+
+
 class PendingMasks:
     """A step's grammar masks on their way: the batch rows now, the bits when computed."""
 
-    def __init__(self, rows: list[int], bits: Future[bytes] | None) -> None:
+    def __init__(self, rows: list[int], bits: Future[bytes] | None,
+                 times: MaskTimes | None = None) -> None:
         self.rows = rows
         self._bits = bits
+        self._times = times
 
     def result(self) -> tuple[list[int], bytes]:
-        return self.rows, (b"" if self._bits is None else self._bits.result())
+        if self._bits is None:
+            return self.rows, b""
+        t0 = time.perf_counter()
+        bits = self._bits.result()
+        if self._times is not None:
+            self._times.wait += time.perf_counter() - t0
+        return self.rows, bits
 
 
 class StructuredDecoding:
@@ -62,6 +86,7 @@ class StructuredDecoding:
         self.backend = backend
         self.num_active = 0  # live sequences with a matcher: 0 makes masks() free
         self._pool: ThreadPoolExecutor | None = None  # masks_later's one worker, made on use
+        self.times = MaskTimes()
 
     def release(self, seq: Sequence) -> None:
         """Drop a finished or aborted sequence's matcher."""
@@ -91,8 +116,16 @@ class StructuredDecoding:
         rows = self._rows(scheduled)
         if not rows:
             return [], b""
+        return rows, self._fill([scheduled.seqs[i].grammar for i in rows])
+
+    def _fill(self, matchers: list[GrammarMatcher]) -> bytes:
         assert self.backend is not None
-        return rows, self.backend.fill_bitmasks([scheduled.seqs[i].grammar for i in rows])
+        t0 = time.perf_counter()
+        bits = self.backend.fill_bitmasks(matchers)
+        self.times.fill += time.perf_counter() - t0
+        self.times.rows += len(matchers)
+        self.times.steps += 1
+        return bits
 
     def masks_later(self, scheduled: SchedulerOutput) -> PendingMasks:
         """masks(), computed in a worker thread (the grammar engine releases the GIL), so the
@@ -101,19 +134,20 @@ class StructuredDecoding:
         rows = self._rows(scheduled)
         if not rows:
             return PendingMasks([], None)
-        assert self.backend is not None
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar-masks")
         matchers = [scheduled.seqs[i].grammar for i in rows]
-        return PendingMasks(rows, self._pool.submit(self.backend.fill_bitmasks, matchers))
+        return PendingMasks(rows, self._pool.submit(self._fill, matchers), self.times)
 
-    @staticmethod
-    def advance(seq: Sequence, token_id: int) -> bool:
+    def advance(self, seq: Sequence, token_id: int) -> bool:
         """Feed the sequence's new token to its matcher; True when the grammar has ended."""
         matcher = seq.grammar
         if matcher is None:
             return False
-        if not matcher.accept(token_id):
+        t0 = time.perf_counter()
+        accepted = matcher.accept(token_id)
+        self.times.advance += time.perf_counter() - t0
+        if not accepted:
             # Only a stage after the mask (a min_tokens ban leaving no allowed token) gets
             # here; the output so far is all the grammar admits.
             log.warning("sequence %s: token %d rejected by its grammar; finishing",

@@ -14,6 +14,8 @@ tensor-core path with quantized activations is torch._scaled_mm in layers.fp8_li
             residual add + RMSNorm; fp8_silu_mul_gemv: SiLU-and-multiply), one launch for two.
   fp8_gemm  any M: [BLOCK_M, BLOCK_N] tiles, tl.dot on the dequantized [BLOCK_K, BLOCK_N]
             tile; BLOCK_K divides group_k, so each K step has one scale per output column.
+  quantize_rows  the activations' per-token FP8 quantization for torch._scaled_mm, one launch
+            (in PyTorch ops it is five, which cost more than the matmul at a few hundred rows).
 Accumulation is fp32; per-channel scales are applied once at the end (PER_ROW), block scales
 per K step. References in plain PyTorch are beside them.
 Imports torch, triton and kernels.gemv (its prologue helper and codes).
@@ -29,6 +31,7 @@ from cormorant.kernels.gemv import (PROLOGUE_ADD_NORM, PROLOGUE_NONE, PROLOGUE_S
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0  # the largest finite e4m3fn value
+FP8_MAX_TL: tl.constexpr = tl.constexpr(448.0)
 
 
 @triton.jit
@@ -129,6 +132,46 @@ def _fp8_gemm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stri
         acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _quantize_rows_kernel(x_ptr, q_ptr, s_in_ptr, s_out_ptr, K, stride_xm, stride_qm,
+                          STATIC: tl.constexpr, BLOCK_K: tl.constexpr):
+    """One row: its scale (amax / 448, or the static input scale) and its e4m3 codes."""
+    row = tl.program_id(0)
+    offs = tl.arange(0, BLOCK_K)
+    x_row = x_ptr + row.to(tl.int64) * stride_xm
+    if STATIC:
+        scale = tl.load(s_in_ptr)
+    else:
+        amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            v = tl.load(x_row + k0 + offs, mask=k0 + offs < K, other=0.0).to(tl.float32)
+            amax = tl.maximum(amax, tl.abs(v))
+        scale = tl.maximum(tl.math.div_rn(tl.max(amax, axis=0), FP8_MAX_TL), 1e-12)
+    tl.store(s_out_ptr + row, scale)
+    q_row = q_ptr + row.to(tl.int64) * stride_qm
+    for k0 in range(0, K, BLOCK_K):
+        mask = k0 + offs < K
+        v = tl.load(x_row + k0 + offs, mask=mask, other=0.0).to(tl.float32)
+        q = tl.minimum(tl.maximum(tl.math.div_rn(v, scale), -FP8_MAX_TL), FP8_MAX_TL)
+        tl.store(q_row + k0 + offs, q.to(q_ptr.dtype.element_ty), mask=mask)
+
+
+def quantize_rows(x: torch.Tensor, input_scale: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] -> (e4m3 codes [M, K], fp32 scales [M, 1]) in one launch: per row amax / 448
+    (clamped at 1e-12), or the static per-tensor input_scale; layers.fp8_linear's
+    quantize_activations is the reference (same divisions, same rounding)."""
+    m, k = x.shape
+    assert x.stride(1) == 1
+    q = torch.empty(m, k, dtype=FP8_DTYPE, device=x.device)
+    scales = torch.empty(m, 1, dtype=torch.float32, device=x.device)
+    static = input_scale is not None
+    _quantize_rows_kernel[(m,)](x, q, input_scale.float() if static else scales, scales, k,
+                                x.stride(0), q.stride(0), STATIC=static,
+                                BLOCK_K=min(1024, triton.next_power_of_2(k)), num_warps=4)
+    return q, scales
 
 
 def _check(x: torch.Tensor, k: int, weight: torch.Tensor, scale: torch.Tensor, scale_n: int,

@@ -12,12 +12,13 @@ the scale is applied once per tile after the dot: acc += (x @ (codes - zero)) * 
 codes - zero is an exact small integer in bf16/fp16; otherwise each element is dequantized.
 
 Launch shapes, chosen by `config_for(M, N, K, group, num_sms)`:
-  decode (M <= 16, one row included): the tile kernel with BLOCK_M 16 (tl.dot);
-  one row on request (a config with BLOCK_M 1; the probe's comparison): _int_gemv_kernel, no
-          tensor cores: each packed word is loaded once and unpacked along a middle axis
-          ([BLOCK_K / P, P, BLOCK_N]), multiplied by its inputs and reduced in fp32. On the
-          H100 it read at ~170 GB/s against the tile kernel's 650-920 GB/s, so config_for
-          no longer picks it;
+  one row (BLOCK_M 1): _int_gemv_kernel, no tensor cores: a pointer per code (a word's codes
+          share its address, so memory is read once and L1 serves the rest), shifted into
+          place, multiplied by the input and summed over K in fp32. (Its first version
+          unpacked each word along a middle axis, [BLOCK_K / P, P, BLOCK_N], and read at
+          ~170 GB/s on the H100.)
+  decode (2 <= M <= 16): the tile kernel with BLOCK_M 16 (tl.dot), the codes unpacked by a
+          reshape of [BLOCK_K / P, P, BLOCK_N] or (GATHER) by the GEMV's pointer per code;
   both split K so that about two programs per SM stream the weight at once: each split
           writes fp32 partials, summed in the same launch by the last split of each output
           tile to finish, in split order (deterministic): one launch per projection;
@@ -48,7 +49,7 @@ def _dot(x, w, IEEE: tl.constexpr):
 
 @triton.jit
 def _finish(acc, y_ptr, y_offs, p_ptr, p_offs, p_stride, lock_ptr, lock_id, pid_k, mask,
-            SPLIT_K: tl.constexpr):
+            SPLIT_K):
     """Store a program's fp32 result: straight to y without split-K; else as a partial, and the
     last split of this output tile to finish (a counter per tile, acquire/release atomics after
     a CTA barrier, so every thread's partial is published) sums all partials in split order
@@ -71,54 +72,49 @@ def _finish(acc, y_ptr, y_offs, p_ptr, p_offs, p_stride, lock_ptr, lock_id, pid_
 @triton.jit
 def _int_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, p_ptr, lock_ptr, N, K, K_PER_SPLIT,
                      stride_qk, stride_sg, BITS: tl.constexpr, GROUP: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-                     TILE_GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr,
-                     DEFER_REDUCE: tl.constexpr):
-    """One row (M = 1): each packed word is loaded once and its codes are spread along a
-    middle axis ([words, PACK, BLOCK_N]), multiplied by the matching dequantized inputs and
-    reduced to BLOCK_N sums, per K tile, or (DEFER_REDUCE) accumulated elementwise and reduced
-    once at the end (no cross-thread reduction inside the loop; more registers).
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K,
+                     TILE_GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr):
+    """One row (M = 1), no tensor cores: a [BLOCK_K, BLOCK_N] tile of codes is read through
+    a pointer per code (the PACK codes of a word point at the same word, so each word comes
+    from memory once and from L1 PACK - 1 times), shifted into place, multiplied by the input
+    and summed over K in fp32; with a whole group per tile the scale is applied to the sums.
     Split K is reduced in the same launch (_finish)."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     PACK: tl.constexpr = 32 // BITS
     MASK: tl.constexpr = (1 << BITS) - 1
-    WORDS: tl.constexpr = BLOCK_K // PACK
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
-    offs_w = tl.arange(0, WORDS)
-    offs_j = tl.arange(0, PACK)
+    offs_k = tl.arange(0, BLOCK_K)
+    shifts = ((offs_k % PACK) * BITS)[:, None]
     acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    acc3 = tl.zeros((WORDS if DEFER_REDUCE else 1, PACK if DEFER_REDUCE else 1, BLOCK_N),
-                    dtype=tl.float32)
     k_begin = pid_k * K_PER_SPLIT
     k_end = tl.minimum(k_begin + K_PER_SPLIT, K)
     for k0 in range(k_begin, k_end, BLOCK_K):
-        rows = k0 // PACK + offs_w  # word rows of this tile
-        mask_w = rows * PACK < k_end
-        words = tl.load(q_ptr + rows[:, None] * stride_qk + offs_n[None, :],
-                        mask=mask_w[:, None] & mask_n[None, :], other=0)
-        codes = ((words[:, None, :] >> (offs_j * BITS)[None, :, None]) & MASK).to(tl.float32)
-        ks = rows[:, None] * PACK + offs_j[None, :]  # [words, PACK] input features
-        xk = tl.load(x_ptr + ks, mask=mask_w[:, None], other=0.0).to(tl.float32)
-        if TILE_GROUP:  # one scale and zero per column for the whole tile
-            sz = (k0 // GROUP) * stride_sg + offs_n[None, None, :]
-            sz_mask = mask_n[None, None, :]
+        ks = k0 + offs_k
+        mask_k = ks < k_end
+        words = tl.load(q_ptr + (ks // PACK)[:, None] * stride_qk + offs_n[None, :],
+                        mask=mask_k[:, None] & mask_n[None, :], other=0)
+        codes = ((words >> shifts) & MASK).to(tl.float32)
+        x = tl.load(x_ptr + ks, mask=mask_k, other=0.0).to(tl.float32)[:, None]
+        if TILE_GROUP:  # one scale (and zero) per column for the whole tile
+            g = k0 // GROUP
+            s = tl.load(s_ptr + g * stride_sg + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+            if HAS_ZEROS:
+                z = tl.load(z_ptr + g * stride_sg + offs_n, mask=mask_n,
+                            other=0.0).to(tl.float32)
+                acc += tl.sum((codes - z[None, :]) * x, axis=0) * s
+            else:
+                acc += tl.sum((codes - (1 << (BITS - 1))) * x, axis=0) * s
         else:
-            sz = (ks // GROUP)[:, :, None] * stride_sg + offs_n[None, None, :]
-            sz_mask = mask_w[:, None, None] & mask_n[None, None, :]
-        s3 = tl.load(s_ptr + sz, mask=sz_mask, other=0.0).to(tl.float32)
-        if HAS_ZEROS:
-            z3 = tl.load(z_ptr + sz, mask=sz_mask, other=0.0).to(tl.float32)
-        else:
-            z3 = (1 << (BITS - 1))
-        prod = xk[:, :, None] * ((codes - z3) * s3)
-        if DEFER_REDUCE:
-            acc3 += prod
-        else:
-            acc += tl.sum(tl.sum(prod, axis=1), axis=0)
-    if DEFER_REDUCE:
-        acc = tl.sum(tl.sum(acc3, axis=1), axis=0)
+            sz = (ks // GROUP)[:, None] * stride_sg + offs_n[None, :]
+            sz_mask = mask_k[:, None] & mask_n[None, :]
+            s2 = tl.load(s_ptr + sz, mask=sz_mask, other=0.0).to(tl.float32)
+            if HAS_ZEROS:
+                z2 = tl.load(z_ptr + sz, mask=sz_mask, other=0.0).to(tl.float32)
+            else:
+                z2 = (1 << (BITS - 1))
+            acc += tl.sum((codes - z2) * s2 * x, axis=0)
     _finish(acc, y_ptr, offs_n, p_ptr, offs_n, N, lock_ptr, pid_n, pid_k, mask_n, SPLIT_K)
 
 
@@ -126,8 +122,8 @@ def _int_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, p_ptr, lock_ptr, N, K, K
 def _int_gemm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, p_ptr, lock_ptr, M, N, K, K_PER_SPLIT,
                      stride_xm, stride_qk, stride_sg, stride_ym, BITS: tl.constexpr,
                      GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, TILE_GROUP: tl.constexpr,
-                     HAS_ZEROS: tl.constexpr, IEEE: tl.constexpr):
+                     BLOCK_K: tl.constexpr, SPLIT_K, TILE_GROUP: tl.constexpr,
+                     HAS_ZEROS: tl.constexpr, IEEE: tl.constexpr, GATHER: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -147,11 +143,16 @@ def _int_gemm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, p_ptr, lock_ptr, M, N, K
         mask_k = offs_k < k_end
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
                     mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        rows = k0 // PACK + offs_w  # each packed word loaded once, then spread along K
-        words = tl.load(q_ptr + rows[:, None] * stride_qk + offs_n[None, :],
-                        mask=(rows * PACK < k_end)[:, None] & mask_n[None, :], other=0)
-        codes = (words[:, None, :] >> (offs_j * BITS)[None, :, None]) & MASK
-        codes = tl.reshape(codes, (BLOCK_K, BLOCK_N)).to(tl.float32)
+        if GATHER:  # a pointer per code (as the GEMV): no reshape across the register layout
+            words = tl.load(q_ptr + (offs_k // PACK)[:, None] * stride_qk + offs_n[None, :],
+                            mask=mask_k[:, None] & mask_n[None, :], other=0)
+            codes = ((words >> ((offs_k % PACK) * BITS)[:, None]) & MASK).to(tl.float32)
+        else:  # each packed word loaded once, then spread along K
+            rows = k0 // PACK + offs_w
+            words = tl.load(q_ptr + rows[:, None] * stride_qk + offs_n[None, :],
+                            mask=(rows * PACK < k_end)[:, None] & mask_n[None, :], other=0)
+            codes = (words[:, None, :] >> (offs_j * BITS)[None, :, None]) & MASK
+            codes = tl.reshape(codes, (BLOCK_K, BLOCK_N)).to(tl.float32)
         if TILE_GROUP:  # the whole tile is one group: scale after the dot
             g = k0 // GROUP
             s = tl.load(s_ptr + g * stride_sg + offs_n, mask=mask_n, other=0.0)
@@ -184,25 +185,35 @@ def _num_sms(device: torch.device) -> int:
     return 4
 
 
+def _split_k(n: int, k: int, block_n: int, block_k: int, programs_per_sm: int,
+             num_sms: int) -> dict:
+    """SPLIT_K and K_PER_SPLIT so that about programs_per_sm programs per SM stream W."""
+    programs = triton.cdiv(n, block_n)
+    k_tiles = triton.cdiv(k, block_k)
+    split = max(1, min(k_tiles, triton.cdiv(programs_per_sm * num_sms, programs)))
+    per_split = triton.cdiv(k_tiles, split) * block_k
+    return dict(SPLIT_K=triton.cdiv(k, per_split), K_PER_SPLIT=per_split)
+
+
 def config_for(m: int, n: int, k: int, group: int, num_sms: int) -> dict:
     """Tile sizes and split-K for one call on a device of num_sms multiprocessors (see the
-    module docstring): the decode shape splits K until about two programs per SM run."""
-    if m <= DECODE_ROWS:
-        # One row too takes the tile kernel: on the H100 (int4_probe, 2026-12-06) the GEMV
-        # (BLOCK_M 1) read at ~170 GB/s, the tile kernel at 16 rows at 650-920 GB/s.
-        block_m, block_n, block_k = 16, 64, 128
+    module docstring): the decode shapes split K until a few programs per SM run."""
+    if m == 1:
+        block_k = 128
         while group % block_k and block_k > 32:
             block_k //= 2
-        programs = triton.cdiv(n, block_n)
-        k_tiles = triton.cdiv(k, block_k)
-        split = max(1, min(k_tiles, triton.cdiv(2 * num_sms, programs)))
-        per_split = triton.cdiv(k_tiles, split) * block_k
-        return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-                    SPLIT_K=triton.cdiv(k, per_split), K_PER_SPLIT=per_split,
-                    num_warps=4, num_stages=3)
+        return dict(BLOCK_M=1, BLOCK_N=128, BLOCK_K=block_k, num_warps=4, num_stages=3,
+                    **_split_k(n, k, 128, block_k, 2, num_sms))
+    if m <= DECODE_ROWS:
+        block_k = 128
+        while group % block_k and block_k > 32:
+            block_k //= 2
+        return dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=block_k, num_warps=4, num_stages=3,
+                    GATHER=False, **_split_k(n, k, 64, block_k, 2, num_sms))
     block_k = 64 if group % 64 == 0 else 32
     return dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=block_k, SPLIT_K=1,
-                K_PER_SPLIT=triton.cdiv(k, block_k) * block_k, num_warps=4, num_stages=3)
+                K_PER_SPLIT=triton.cdiv(k, block_k) * block_k, num_warps=4, num_stages=3,
+                GATHER=False)
 
 
 _LOCKS: dict[torch.device, torch.Tensor] = {}  # per device: a zeroed counter per column tile
@@ -240,6 +251,7 @@ def int_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
             raise ValueError("int_gemm: BLOCK_M 1 is for a single row")
         return _gemv(x, qweight, scales, zeros_arg, cfg, common)
     per_split = cfg.pop("K_PER_SPLIT")
+    cfg.setdefault("GATHER", False)
     grid = (triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(n, cfg["BLOCK_N"]), cfg["SPLIT_K"])
     y = torch.empty(m, n, device=x.device, dtype=x.dtype)
     partials = torch.empty(cfg["SPLIT_K"], m, n, device=x.device, dtype=torch.float32)
@@ -254,9 +266,8 @@ def _gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: t
           cfg: dict, common: dict) -> torch.Tensor:
     """One row through _int_gemv_kernel, split K reduced inside the launch."""
     n, k = qweight.shape[1], x.shape[1]
-    cfg = {key: v for key, v in cfg.items() if key != "BLOCK_M"}
+    cfg = {key: v for key, v in cfg.items() if key not in ("BLOCK_M", "GATHER")}
     per_split = cfg.pop("K_PER_SPLIT")
-    cfg.setdefault("DEFER_REDUCE", False)
     tiles = triton.cdiv(n, cfg["BLOCK_N"])
     y = torch.empty(1, n, device=x.device, dtype=x.dtype)
     partials = torch.empty(cfg["SPLIT_K"], n, device=x.device, dtype=torch.float32)

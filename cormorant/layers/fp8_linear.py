@@ -242,8 +242,9 @@ def quantize_activations(x: torch.Tensor, input_scale: torch.Tensor | None
 
 def scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
               input_scale: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
-    """x [M, K] (bf16) @ (weight [N, K] fp8 * weight_scale [N, 1])^T on FP8 tensor cores."""
-    xq, x_scale = quantize_activations(x, input_scale)
+    """x [M, K] (bf16) @ (weight [N, K] fp8 * weight_scale [N, 1])^T on FP8 tensor cores; the
+    activations are quantized in one kernel launch (kernels.fp8_gemm.quantize_rows)."""
+    xq, x_scale = load_kernels("fp8_gemm").quantize_rows(x, input_scale)
     y = torch._scaled_mm(xq, weight.t(), scale_a=x_scale, scale_b=weight_scale.view(1, -1),
                          out_dtype=x.dtype)
     return y if bias is None else y + bias

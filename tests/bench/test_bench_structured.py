@@ -1,5 +1,7 @@
 """CPU smoke run of `cormorant bench b1s --tiny` (B1 under a JSON schema vs unconstrained):
-it runs end to end, every constrained request gets its unconstrained twin of equal length."""
+it runs end to end for both schemas (open and length-bounded strings), every constrained
+request gets its unconstrained twin of equal length, and the engine's grammar host times come
+back."""
 from __future__ import annotations
 
 import argparse
@@ -16,7 +18,12 @@ def test_b1s_runs_on_the_cpu(tmp_path):
     assert run_bench(args) == 0
     result = json.loads((tmp_path / "results.json").read_text())["results"]["b1s"]
     assert "error" not in result, result.get("error")
-    assert result["output_tokens"] > 0
-    assert result["constrained"]["output_tokens_per_s"] > 0
-    assert result["fraction_of_unconstrained"] > 0
-    assert len(result["schema"]["required"]) == 10
+    assert set(result["results"]) == {"open", "bounded"}
+    for label, one in result["results"].items():
+        assert one["output_tokens"] > 0
+        assert one["constrained"]["output_tokens_per_s"] > 0
+        assert one["fraction_of_unconstrained"] > 0
+        host = one["grammar_host"]  # the engine timed its mask fills and matcher advances
+        assert host["steps"] > 0 and host["rows"] >= host["steps"] and host["fill_s"] > 0
+        assert len(result["schemas"][label]["required"]) == 10
+    assert "maxLength" not in json.dumps(result["schemas"]["open"])

@@ -32,10 +32,12 @@ def _weights(k, n, bits, group, device, seed, symmetric=False):
     (1, 40, 128, 32, dict(BLOCK_M=1, BLOCK_N=32, BLOCK_K=64, SPLIT_K=2, K_PER_SPLIT=64,
                           num_warps=4, num_stages=1)),  # one row, scales per element
     (1, 40, 256, 64, dict(BLOCK_M=1, BLOCK_N=32, BLOCK_K=64, SPLIT_K=2, K_PER_SPLIT=128,
-                          DEFER_REDUCE=True, num_warps=4, num_stages=1)),  # reduced once
+                          num_warps=4, num_stages=1)),  # whole groups per tile, ragged N
     (3, 40, 128, 32, None),  # a few rows, tl.dot, ragged N
     (5, 64, 192, 64, dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=64, SPLIT_K=3, K_PER_SPLIT=64,
                           num_warps=4, num_stages=1)),
+    (5, 40, 192, 32, dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=64, SPLIT_K=3, K_PER_SPLIT=64,
+                          GATHER=True, num_warps=4, num_stages=1)),  # codes by pointer
     (20, 48, 128, 32, None),  # the prefill shape: scales per element (group < BLOCK_K)
     (2, 32, 128, 128, dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, SPLIT_K=1, K_PER_SPLIT=128,
                            num_warps=4, num_stages=1)),  # several tiles per group
@@ -74,10 +76,11 @@ def test_the_gemv_kernel_in_bf16(symmetric, device):
 
 
 def test_decode_configs_split_k_to_fill_the_device():
-    cfg = int_gemm.config_for(1, 4096, 14336, 128, num_sms=132)
-    assert cfg["BLOCK_M"] == 16 and cfg["SPLIT_K"] > 1  # one row takes the tile kernel too
-    assert cfg["K_PER_SPLIT"] % cfg["BLOCK_K"] == 0
-    assert cfg["SPLIT_K"] * cfg["K_PER_SPLIT"] >= 14336
+    for m, block_m in ((1, 1), (8, 16)):  # one row: the GEMV; a few rows: the tile kernel
+        cfg = int_gemm.config_for(m, 4096, 14336, 128, num_sms=132)
+        assert cfg["BLOCK_M"] == block_m and cfg["SPLIT_K"] > 1
+        assert cfg["K_PER_SPLIT"] % cfg["BLOCK_K"] == 0
+        assert cfg["SPLIT_K"] * cfg["K_PER_SPLIT"] >= 14336
     assert int_gemm.config_for(256, 4096, 4096, 128, num_sms=132)["SPLIT_K"] == 1
 
 

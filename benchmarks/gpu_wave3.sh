@@ -1,0 +1,45 @@
+#!/bin/bash
+# Device calls of 2026-12-06 (issues #12, #14): kernel tests on CUDA, the int4 and FP8 probes,
+# the grammar mask probe, B2/B3/B1 quantized side by side with bf16, and b1s.
+#   bash benchmarks/gpu_wave3.sh probes    # kernel tests + int4 sweep + FP8 probe (~5 min)
+#   bash benchmarks/gpu_wave3.sh grammar   # mask probe + b1s + B2 FP8 profile (~5 min)
+#   bash benchmarks/gpu_wave3.sh bench     # B2, B3, B1 figures (~9 min)
+set -o pipefail
+export PYTHONUNBUFFERED=1
+pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | grep -v WARNING
+export PYTHONPATH=/tmp/site:$PWD
+B="python3 -m cormorant.bench.cli"
+TOK="$PWD/.whl/smollm2-tok"
+step() {  # name timeout command...
+  local name=$1 t=$2; shift 2
+  echo "== $name $(date -u +%T)"
+  timeout "$t" "$@" > "$OUT/$name.log" 2>&1
+  echo "rc=$? $(date -u +%T)"; grep -E "ms/tok|tok/s|of floor|b1s |passed|failed|sweep|^qkv|^o |^gate|^down|Error" "$OUT/$name.log" | tail -40
+}
+nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader
+git log --oneline -1
+case "$1" in
+probes)
+  step kernel_tests 150 python3 -m pytest -q -x tests/kernels/test_int_gemm.py tests/kernels/test_fp8_gemm.py
+  step int4_probe 240 python3 benchmarks/int4_probe.py --ms 1,16,256 --sweep --out "$OUT/int4_probe.json"
+  step fp8_probe 150 python3 benchmarks/fp8_probe.py --ms 1,2,4,8,16,32,64,128,256,1024 --out "$OUT/fp8_probe.json"
+  ;;
+grammar)
+  step mask_probe_bounded 60 python3 benchmarks/mask_probe.py --rows 256 --steps 48 --engines ll --tokenizer "$TOK"
+  step mask_probe_open 60 python3 benchmarks/mask_probe.py --rows 256 --steps 48 --engines ll --tokenizer "$TOK" --unbounded
+  step b1s 200 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$OUT/b1s"
+  step b2_fp8_profile 150 $B b2 --quick --no-peer --quantization fp8 --profile --out "$OUT/b2_fp8p"
+  step b2_int4 100 $B b2 --quick --no-peer --quantization int4 --out "$OUT/b2_int4"
+  ;;
+bench)
+  step b2_bf16 100 $B b2 --quick --no-peer --out "$OUT/b2_bf16"
+  step b2_fp8 100 $B b2 --quick --no-peer --quantization fp8 --out "$OUT/b2_fp8"
+  step b2_int4 100 $B b2 --quick --no-peer --quantization int4 --out "$OUT/b2_int4"
+  step b3_bf16 110 $B b3 --quick --no-peer --out "$OUT/b3_bf16"
+  step b3_fp8 110 $B b3 --quick --no-peer --quantization fp8 --out "$OUT/b3_fp8"
+  step b1_bf16kv 60 $B b1 --quick --no-peer --out "$OUT/b1_bf16kv"
+  step b1_fp8kv 60 $B b1 --quick --no-peer --kv-cache-dtype fp8 --out "$OUT/b1_fp8kv"
+  ;;
+esac
+for f in "$OUT"/*/*_profile.txt; do [ -f "$f" ] && { echo "== $f"; head -45 "$f"; }; done
+exit 0

@@ -1,0 +1,113 @@
+"""Grammar mask time per row: llguidance (our backend) and xgrammar (if importable), b1s schema.
+
+Rows are driven through the schema by random allowed tokens (as random weights drive them),
+so the matchers sit in the states the b1s benchmark meets. Reports, per engine, the wall time
+of one step's batched fill at R rows and the serial time per row.
+
+  python benchmarks/mask_probe.py [--rows 256] [--steps 64] [--tokenizer DIR] [--engines ll,xgr]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import time
+
+import numpy as np
+
+from cormorant.bench.structured import SCHEMA
+from cormorant.frontend.default_model import default_model_path
+from cormorant.sampling_params import StructuredOutputs
+from cormorant.text.guidance_backend import GuidanceBackend
+from cormorant.text.tokenizer import load_tokenizer
+
+
+def allowed_ids(words: np.ndarray, vocab: int) -> np.ndarray:
+    bits = np.unpackbits(words.view(np.uint8), bitorder="little")[:vocab]
+    return np.flatnonzero(bits)
+
+
+def run_ll(tok, rows: int, steps: int, schema: str, rng: random.Random) -> dict:
+    backend = GuidanceBackend(tok)
+    spec = StructuredOutputs(json=schema)
+    matchers = [backend.new_matcher(spec) for _ in range(rows)]
+    fills, singles = [], []
+    for _ in range(steps):
+        live = [m for m in matchers if not m.is_terminated]
+        if not live:
+            break
+        t0 = time.perf_counter()
+        bits = backend.fill_bitmasks(live)
+        fills.append((time.perf_counter() - t0) / len(live) * rows)
+        words = np.frombuffer(bits, dtype="<i4").reshape(len(live), -1)
+        t0 = time.perf_counter()
+        backend.fill_bitmasks(live[:1])
+        singles.append(time.perf_counter() - t0)
+        for m, w in zip(live, words):
+            ids = allowed_ids(w, backend.vocab_size)
+            m.accept(int(rng.choice(list(ids))) if len(ids) else 0)
+    return {"step_ms_at_rows": 1e3 * statistics.median(fills),
+            "single_row_us": 1e6 * statistics.median(singles)}
+
+
+def run_xgr(tok, rows: int, steps: int, schema: str, rng: random.Random) -> dict:
+    import torch
+    import xgrammar as xgr
+    info = xgr.TokenizerInfo.from_huggingface(tok.hf, vocab_size=tok.vocab_size)
+    compiler = xgr.GrammarCompiler(info, max_threads=os.cpu_count() or 1)
+    t0 = time.perf_counter()
+    compiled = compiler.compile_json_schema(schema, any_whitespace=False)
+    compile_s = time.perf_counter() - t0
+    matchers = [xgr.GrammarMatcher(compiled) for _ in range(rows)]
+    filler = xgr.BatchGrammarMatcher() if hasattr(xgr, "BatchGrammarMatcher") else None
+    fills, singles = [], []
+    for _ in range(steps):
+        live = [m for m in matchers if not m.is_terminated()]
+        if not live:
+            break
+        mask = xgr.allocate_token_bitmask(len(live), info.vocab_size)
+        t0 = time.perf_counter()
+        if filler is not None:
+            filler.batch_fill_next_token_bitmask(live, mask)
+        else:
+            for i, m in enumerate(live):
+                m.fill_next_token_bitmask(mask, i)
+        fills.append((time.perf_counter() - t0) / len(live) * rows)
+        t0 = time.perf_counter()
+        live[0].fill_next_token_bitmask(mask, 0)
+        singles.append(time.perf_counter() - t0)
+        words = mask.numpy()
+        for m, w in zip(live, words):
+            ids = allowed_ids(w, info.vocab_size)
+            m.accept_token(int(rng.choice(list(ids))) if len(ids) else 0)
+    return {"compile_s": compile_s, "step_ms_at_rows": 1e3 * statistics.median(fills),
+            "single_row_us": 1e6 * statistics.median(singles)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=64)
+    ap.add_argument("--tokenizer", default=os.environ.get("CORMORANT_BENCH_TOKENIZER"))
+    ap.add_argument("--engines", default="ll,xgr")
+    ap.add_argument("--unbounded", action="store_true", help="strings without maxLength")
+    args = ap.parse_args()
+    tok = load_tokenizer(args.tokenizer or default_model_path())
+    schema = SCHEMA
+    if args.unbounded:
+        schema = json.loads(json.dumps(SCHEMA).replace(', "maxLength": 16', ""))
+    text = json.dumps(schema)
+    out = {"rows": args.rows, "cpus": os.cpu_count()}
+    for name in args.engines.split(","):
+        fn = {"ll": run_ll, "xgr": run_xgr}[name]
+        try:
+            out[name] = fn(tok, args.rows, args.steps, text, random.Random(0))
+        except ImportError as exc:
+            out[name] = f"not importable: {exc}"
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
