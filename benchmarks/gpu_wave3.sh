@@ -25,6 +25,8 @@ probes)
   step fp8_probe 150 python3 benchmarks/fp8_probe.py --ms 1,2,4,8,16,32,64,128,256,1024 --out "$OUT/fp8_probe.json"
   ;;
 grammar)
+  step kernel_tests 150 python3 -m pytest -q tests/kernels/test_int_gemm.py tests/kernels/test_fp8_gemm.py
+  step int4_gemv 120 python3 benchmarks/int4_probe.py --ms 1 --sweep --out "$OUT/int4_gemv.json"
   step mask_probe_bounded 60 python3 benchmarks/mask_probe.py --rows 256 --steps 48 --engines ll --tokenizer "$TOK"
   step mask_probe_open 60 python3 benchmarks/mask_probe.py --rows 256 --steps 48 --engines ll --tokenizer "$TOK" --unbounded
   step b1s 200 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$OUT/b1s"

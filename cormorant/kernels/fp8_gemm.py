@@ -101,7 +101,8 @@ def _fp8_gemv_kernel(x_ptr, r_ptr, nw_ptr, res_out_ptr, w_ptr, s_ptr, b_ptr, y_p
 def _fp8_gemm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn,
                      stride_sn, stride_ym, SCALE_N: tl.constexpr, GROUP_K: tl.constexpr,
                      PER_ROW: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                     IEEE: tl.constexpr):
     pid = tl.program_id(0)
     num_m, num_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * num_n)  # grouped ordering: neighbouring programs share W tiles
@@ -123,7 +124,10 @@ def _fp8_gemm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stri
         w = tl.load(w_ptrs, mask=kmask[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
         if not PER_ROW:
             w = w * tl.load(s_cols + k0 // GROUP_K, mask=mask_n, other=0.0)[None, :]
-        acc += tl.dot(x, w.to(x.dtype))
+        if IEEE:  # fp32 activations: exact products (tf32 would round them on the GPU)
+            acc += tl.dot(x, w, input_precision="ieee")
+        else:
+            acc += tl.dot(x, w.to(x.dtype))
         x_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
     if PER_ROW:
@@ -279,7 +283,7 @@ def fp8_gemm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, scale_n
     _fp8_gemm_kernel[grid](
         x, weight, scale, bias if bias is not None else scale, y, m, n, k, x.stride(0),
         weight.stride(0), scale.stride(0), y.stride(0), SCALE_N=scale_n, GROUP_K=group_k,
-        PER_ROW=per_row, HAS_BIAS=bias is not None, **cfg)
+        PER_ROW=per_row, HAS_BIAS=bias is not None, IEEE=x.dtype == torch.float32, **cfg)
     return y
 
 

@@ -12,11 +12,11 @@ the scale is applied once per tile after the dot: acc += (x @ (codes - zero)) * 
 codes - zero is an exact small integer in bf16/fp16; otherwise each element is dequantized.
 
 Launch shapes, chosen by `config_for(M, N, K, group, num_sms)`:
-  one row (BLOCK_M 1): _int_gemv_kernel, no tensor cores: a pointer per code (a word's codes
-          share its address, so memory is read once and L1 serves the rest), shifted into
-          place, multiplied by the input and summed over K in fp32. (Its first version
-          unpacked each word along a middle axis, [BLOCK_K / P, P, BLOCK_N], and read at
-          ~170 GB/s on the H100.)
+  one row (BLOCK_M 1): _int_gemv_kernel, no tensor cores: each word loaded once, its P codes
+          shifted out one position at a time (an unrolled loop), multiplied by their inputs
+          and accumulated in fp32 [words, BLOCK_N], reduced once at the end. (Earlier forms,
+          measured on the H100 at M = 1: unpacking along a middle axis [BLOCK_K / P, P,
+          BLOCK_N] read at ~170 GB/s; a pointer per code at 700-870 GB/s, load-issue bound.)
   decode (2 <= M <= 16): the tile kernel with BLOCK_M 16 (tl.dot), the codes unpacked by a
           reshape of [BLOCK_K / P, P, BLOCK_N] or (GATHER) by the GEMV's pointer per code;
   both split K so that about two programs per SM stream the weight at once: each split
@@ -74,48 +74,58 @@ def _int_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, p_ptr, lock_ptr, N, K, K
                      stride_qk, stride_sg, BITS: tl.constexpr, GROUP: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K,
                      TILE_GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr):
-    """One row (M = 1), no tensor cores: a [BLOCK_K, BLOCK_N] tile of codes is read through
-    a pointer per code (the PACK codes of a word point at the same word, so each word comes
-    from memory once and from L1 PACK - 1 times), shifted into place, multiplied by the input
-    and summed over K in fp32; with a whole group per tile the scale is applied to the sums.
+    """One row (M = 1), no tensor cores: each K tile's packed words are loaded once as a
+    [BLOCK_K / P, BLOCK_N] tile; for each of the P code positions (an unrolled loop) the codes
+    are shifted out and multiplied by their inputs (x[k] for k = word * P + j) into an fp32
+    [words, BLOCK_N] accumulator, scaled per group; one reduction over the words at the end.
     Split K is reduced in the same launch (_finish)."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     PACK: tl.constexpr = 32 // BITS
     MASK: tl.constexpr = (1 << BITS) - 1
+    WORDS: tl.constexpr = BLOCK_K // PACK
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
-    offs_k = tl.arange(0, BLOCK_K)
-    shifts = ((offs_k % PACK) * BITS)[:, None]
-    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    offs_w = tl.arange(0, WORDS)
+    acc = tl.zeros((WORDS, BLOCK_N), dtype=tl.float32)
     k_begin = pid_k * K_PER_SPLIT
     k_end = tl.minimum(k_begin + K_PER_SPLIT, K)
     for k0 in range(k_begin, k_end, BLOCK_K):
-        ks = k0 + offs_k
-        mask_k = ks < k_end
-        words = tl.load(q_ptr + (ks // PACK)[:, None] * stride_qk + offs_n[None, :],
-                        mask=mask_k[:, None] & mask_n[None, :], other=0)
-        codes = ((words >> shifts) & MASK).to(tl.float32)
-        x = tl.load(x_ptr + ks, mask=mask_k, other=0.0).to(tl.float32)[:, None]
+        rows = k0 // PACK + offs_w  # the word rows of this tile
+        mask_w = rows * PACK < k_end
+        words = tl.load(q_ptr + rows[:, None] * stride_qk + offs_n[None, :],
+                        mask=mask_w[:, None] & mask_n[None, :], other=0)
         if TILE_GROUP:  # one scale (and zero) per column for the whole tile
             g = k0 // GROUP
-            s = tl.load(s_ptr + g * stride_sg + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+            s = tl.load(s_ptr + g * stride_sg + offs_n, mask=mask_n,
+                        other=0.0).to(tl.float32)[None, :]
             if HAS_ZEROS:
                 z = tl.load(z_ptr + g * stride_sg + offs_n, mask=mask_n,
-                            other=0.0).to(tl.float32)
-                acc += tl.sum((codes - z[None, :]) * x, axis=0) * s
+                            other=0.0).to(tl.float32)[None, :]
             else:
-                acc += tl.sum((codes - (1 << (BITS - 1))) * x, axis=0) * s
+                z = (1 << (BITS - 1))
+        part = tl.zeros((WORDS, BLOCK_N), dtype=tl.float32)
+        for j in tl.static_range(PACK):
+            codes = ((words >> (j * BITS)) & MASK).to(tl.float32)
+            ks = rows * PACK + j
+            xj = tl.load(x_ptr + ks, mask=mask_w, other=0.0).to(tl.float32)[:, None]
+            if not TILE_GROUP:  # scales (and zeros) per element: groups smaller than a tile
+                sz = (ks // GROUP)[:, None] * stride_sg + offs_n[None, :]
+                sz_mask = mask_w[:, None] & mask_n[None, :]
+                s = tl.load(s_ptr + sz, mask=sz_mask, other=0.0).to(tl.float32)
+                if HAS_ZEROS:
+                    z = tl.load(z_ptr + sz, mask=sz_mask, other=0.0).to(tl.float32)
+                else:
+                    z = (1 << (BITS - 1))
+                part += (codes - z) * s * xj
+            else:
+                part += (codes - z) * xj
+        if TILE_GROUP:
+            acc += part * s
         else:
-            sz = (ks // GROUP)[:, None] * stride_sg + offs_n[None, :]
-            sz_mask = mask_k[:, None] & mask_n[None, :]
-            s2 = tl.load(s_ptr + sz, mask=sz_mask, other=0.0).to(tl.float32)
-            if HAS_ZEROS:
-                z2 = tl.load(z_ptr + sz, mask=sz_mask, other=0.0).to(tl.float32)
-            else:
-                z2 = (1 << (BITS - 1))
-            acc += tl.sum((codes - z2) * s2 * x, axis=0)
-    _finish(acc, y_ptr, offs_n, p_ptr, offs_n, N, lock_ptr, pid_n, pid_k, mask_n, SPLIT_K)
+            acc += part
+    _finish(tl.sum(acc, axis=0), y_ptr, offs_n, p_ptr, offs_n, N, lock_ptr, pid_n, pid_k,
+            mask_n, SPLIT_K)
 
 
 @triton.jit
@@ -202,8 +212,8 @@ def config_for(m: int, n: int, k: int, group: int, num_sms: int) -> dict:
         block_k = 128
         while group % block_k and block_k > 32:
             block_k //= 2
-        return dict(BLOCK_M=1, BLOCK_N=128, BLOCK_K=block_k, num_warps=4, num_stages=3,
-                    **_split_k(n, k, 128, block_k, 2, num_sms))
+        return dict(BLOCK_M=1, BLOCK_N=64, BLOCK_K=block_k, num_warps=4, num_stages=3,
+                    **_split_k(n, k, 64, block_k, 4, num_sms))
     if m <= DECODE_ROWS:
         block_k = 128
         while group % block_k and block_k > 32:
