@@ -3,13 +3,16 @@
 # the grammar mask probe, B2/B3/B1 quantized side by side with bf16, and b1s.
 #   bash benchmarks/gpu_wave3.sh probes    # kernel tests + int4 sweep + FP8 probe (~5 min)
 #   bash benchmarks/gpu_wave3.sh grammar   # mask probe + b1s + B2 FP8 profile (~5 min)
-#   bash benchmarks/gpu_wave3.sh bench     # B2, B3, B1 figures (~9 min)
+#   bash benchmarks/gpu_wave3.sh bench1    # kernel tests, int4 GEMV sweep, b1s, B2 (~6 min)
+#   bash benchmarks/gpu_wave3.sh bench2    # B2 int4 again, B3 and B1 side by side (~6 min)
 set -o pipefail
 export PYTHONUNBUFFERED=1
 pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | grep -v WARNING
 export PYTHONPATH=/tmp/site:$PWD
 B="python3 -m cormorant.bench.cli"
 TOK="$PWD/.whl/smollm2-tok"
+R=/tmp/results  # full JSON and profiles stay there; the logs (with every table) come back
+mkdir -p "$R"
 step() {  # name timeout command...
   local name=$1 t=$2; shift 2
   echo "== $name $(date -u +%T)"
@@ -29,19 +32,26 @@ grammar)
   step int4_gemv 120 python3 benchmarks/int4_probe.py --ms 1 --sweep --out "$OUT/int4_gemv.json"
   step mask_probe_bounded 60 python3 benchmarks/mask_probe.py --rows 256 --steps 48 --engines ll --tokenizer "$TOK"
   step mask_probe_open 60 python3 benchmarks/mask_probe.py --rows 256 --steps 48 --engines ll --tokenizer "$TOK" --unbounded
-  step b1s 200 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$OUT/b1s"
-  step b2_fp8_profile 150 $B b2 --quick --no-peer --quantization fp8 --profile --out "$OUT/b2_fp8p"
-  step b2_int4 100 $B b2 --quick --no-peer --quantization int4 --out "$OUT/b2_int4"
+  step b1s 200 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s"
+  step b2_fp8_profile 150 $B b2 --quick --no-peer --quantization fp8 --profile --out "$R/b2_fp8p"
+  step b2_int4 100 $B b2 --quick --no-peer --quantization int4 --out "$R/b2_int4"
   ;;
-bench)
-  step b2_bf16 100 $B b2 --quick --no-peer --out "$OUT/b2_bf16"
-  step b2_fp8 100 $B b2 --quick --no-peer --quantization fp8 --out "$OUT/b2_fp8"
-  step b2_int4 100 $B b2 --quick --no-peer --quantization int4 --out "$OUT/b2_int4"
-  step b3_bf16 110 $B b3 --quick --no-peer --out "$OUT/b3_bf16"
-  step b3_fp8 110 $B b3 --quick --no-peer --quantization fp8 --out "$OUT/b3_fp8"
-  step b1_bf16kv 60 $B b1 --quick --no-peer --out "$OUT/b1_bf16kv"
-  step b1_fp8kv 60 $B b1 --quick --no-peer --kv-cache-dtype fp8 --out "$OUT/b1_fp8kv"
+bench1)  # ~6 min
+  step kernel_tests 150 python3 -m pytest -q tests/kernels/test_int_gemm.py tests/kernels/test_fp8_gemm.py
+  step int4_gemv 120 python3 benchmarks/int4_probe.py --ms 1 --sweep --out "$OUT/int4_gemv.json"
+  step b1s 150 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s"
+  step b2_bf16 100 $B b2 --quick --no-peer --out "$R/b2_bf16"
+  step b2_fp8 100 $B b2 --quick --no-peer --quantization fp8 --out "$R/b2_fp8"
+  step b2_int4 100 $B b2 --quick --no-peer --quantization int4 --out "$R/b2_int4"
+  ;;
+bench2)  # ~6 min
+  step b2_int4 100 $B b2 --quick --no-peer --quantization int4 --out "$R/b2_int4"
+  step b3_bf16 120 $B b3 --quick --no-peer --out "$R/b3_bf16"
+  step b3_fp8 120 $B b3 --quick --no-peer --quantization fp8 --out "$R/b3_fp8"
+  step b1_bf16kv 60 $B b1 --quick --no-peer --out "$R/b1_bf16kv"
+  step b1_fp8kv 60 $B b1 --quick --no-peer --kv-cache-dtype fp8 --out "$R/b1_fp8kv"
   ;;
 esac
-for f in "$OUT"/*/*_profile.txt; do [ -f "$f" ] && { echo "== $f"; head -45 "$f"; }; done
+for f in "$R"/*/*_profile.txt; do [ -f "$f" ] && cp "$f" "$OUT/$(basename "$(dirname "$f")")_$(basename "$f")"; done
+for f in "$R"/*/results.json; do [ -f "$f" ] && cp "$f" "$OUT/$(basename "$(dirname "$f")").json"; done
 exit 0

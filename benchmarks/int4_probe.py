@@ -96,10 +96,10 @@ def _candidates(m: int, n: int, k: int, num_sms: int) -> list[dict]:
     code unpacking) at a few rows and at prefill sizes."""
     out = []
     if m == 1:
-        for bn, per_sm, warps, stages in itertools.product([64, 128, 256], [2, 4, 8, 16],
-                                                           [4, 8], [2, 3]):
-            out.append(dict(BLOCK_M=1, BLOCK_N=bn, BLOCK_K=128, num_warps=warps,
-                            num_stages=stages, **_split_k(n, k, bn, 128, per_sm, num_sms)))
+        for bn, sub, per_sm, stages in itertools.product([64, 128], [1, 2, 4], [4, 8], [2, 3]):
+            out.append(dict(BLOCK_M=1, BLOCK_N=bn, BLOCK_K=128, SUB=sub, num_warps=4,
+                            num_stages=stages,
+                            **_split_k(n, k, bn, 128 * sub, per_sm, num_sms)))
     elif m <= 16:
         for gather, bn, per_sm, stages in itertools.product([False, True], [64, 128], [1, 2, 4],
                                                             [3, 4]):

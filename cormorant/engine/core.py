@@ -122,8 +122,9 @@ class EngineCore:
             return []
         samples = self.runner.execute(self._batch(batch))
         self.scheduler.update_after_step(batch)
+        ended = self.structured.advance_all(list(zip(batch.seqs, samples)))
         return [out for seq, sample in zip(batch.seqs, samples)
-                if (out := self._process(seq, sample)) is not None]
+                if (out := self._process(seq, sample, ended)) is not None]
 
     def _step_async(self) -> list[EngineOutput]:
         """Launch step n+1, then collect step n (outputs of step n, none of n+1 yet)."""
@@ -169,13 +170,15 @@ class EngineCore:
         batch, handle = self._in_flight
         self._in_flight = None
         outputs = []
-        for seq, sample in zip(batch.seqs, self.runner.collect(handle)):
-            if seq.is_finished:
-                continue  # finished or aborted while the step ran: its token is discarded
+        # finished or aborted while the step ran: its token is discarded
+        kept = [(seq, sample) for seq, sample in zip(batch.seqs, self.runner.collect(handle))
+                if not seq.is_finished]
+        ended = self.structured.advance_all(kept)
+        for seq, sample in kept:
             if sample.token_id is not None:
                 assert seq.token_ids[-1] == PLACEHOLDER_TOKEN_ID
                 seq.token_ids.pop()
-            if (out := self._process(seq, sample)) is not None:
+            if (out := self._process(seq, sample, ended)) is not None:
                 outputs.append(out)
         return outputs
 
@@ -192,7 +195,10 @@ class EngineCore:
             batch.mask_rows, batch.mask_bits = self.structured.masks(scheduled)
         return batch
 
-    def _process(self, seq: Sequence, sample: SampleOutput) -> EngineOutput | None:
+    def _process(self, seq: Sequence, sample: SampleOutput, grammar_ended: set[int]
+                 ) -> EngineOutput | None:
+        """Append the sampled token and decide whether the sequence stops; grammar_ended:
+        the seq_ids whose grammar ended with this token (StructuredDecoding.advance_all)."""
         out = EngineOutput(seq.req_id, seq.index, [], prompt_logprobs=sample.prompt_logprobs,
                            num_prompt_tokens=seq.num_prompt_tokens,
                            num_cached_tokens=seq.num_cached_tokens,
@@ -202,9 +208,8 @@ class EngineCore:
         seq.append_token(sample.token_id)
         out.new_token_ids = [sample.token_id]
         out.new_logprobs = [sample.logprobs] if sample.logprobs is not None else None
-        grammar_ended = self.structured.advance(seq, sample.token_id)
         reason = self._stop_reason(seq, sample.token_id)
-        if reason is None and grammar_ended:
+        if reason is None and seq.seq_id in grammar_ended:
             reason = "stop"
         if reason is not None:
             out.finish_reason = reason

@@ -12,8 +12,9 @@ builder injects it). The design:
   grammar. A batch without constrained rows carries nothing and costs nothing.
   `masks_later(scheduled)` is the same, computed in a worker thread while the step loop does
   its other host work (the async step loop's overlap).
-- `advance(seq, token_id)` after each accepted token; True when the grammar has ended (the
-  engine then finishes the sequence with "stop"). A matcher only ever consumes tokens the
+- `advance_all(samples)` after each step: every constrained row's matcher takes its new
+  token in one backend call (llguidance advances them in parallel, the GIL released); the
+  sequences whose grammar has ended come back (the engine finishes them with "stop"). A matcher only ever consumes tokens the
   sequence keeps, so after a preemption (recompute keeps the tokens) it is still in step.
 - `rollback`: matchers can undo tokens (GrammarMatcher.rollback), for callers that fork.
 - `times` (MaskTimes) sums where the host time goes: mask fills, waits for them, advances
@@ -24,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Protocol
+from typing import Any, Protocol
 
 from cormorant.engine.scheduler import SchedulerOutput
 from cormorant.engine.sequence import Sequence
@@ -45,6 +46,10 @@ class GrammarBackend(Protocol):
     def new_matcher(self, spec) -> GrammarMatcher: ...  # ValueError for a bad constraint
 
     def fill_bitmasks(self, matchers: list[GrammarMatcher]) -> bytes: ...  # [R, W] int32 LE
+
+    # each matcher takes its token (in parallel where the engine can); False: rejected
+    def accept_all(self, matchers: list[GrammarMatcher], token_ids: list[int]
+                   ) -> list[bool]: ...
 
 
 class MaskTimes:
@@ -139,18 +144,27 @@ class StructuredDecoding:
         matchers = [scheduled.seqs[i].grammar for i in rows]
         return PendingMasks(rows, self._pool.submit(self._fill, matchers), self.times)
 
-    def advance(self, seq: Sequence, token_id: int) -> bool:
-        """Feed the sequence's new token to its matcher; True when the grammar has ended."""
-        matcher = seq.grammar
-        if matcher is None:
-            return False
+    def advance_all(self, samples: list[tuple[Sequence, Any]]) -> set[int]:
+        """Feed each constrained sequence its new token (samples: (sequence, SampleOutput)
+        pairs; rows without a token or a matcher are skipped), all matchers in one backend
+        call; the seq_ids whose grammar has ended (the engine finishes them with "stop")."""
+        rows = [(seq, sample.token_id) for seq, sample in samples
+                if seq.grammar is not None and sample.token_id is not None]
+        if not rows:
+            return set()
+        assert self.backend is not None
         t0 = time.perf_counter()
-        accepted = matcher.accept(token_id)
+        accepted = self.backend.accept_all([seq.grammar for seq, _ in rows],
+                                           [token for _, token in rows])
         self.times.advance += time.perf_counter() - t0
-        if not accepted:
-            # Only a stage after the mask (a min_tokens ban leaving no allowed token) gets
-            # here; the output so far is all the grammar admits.
-            log.warning("sequence %s: token %d rejected by its grammar; finishing",
-                        seq.seq_id, token_id)
-            return True
-        return matcher.is_terminated
+        ended = set()
+        for (seq, token_id), ok in zip(rows, accepted):
+            if not ok:
+                # Only a stage after the mask (a min_tokens ban leaving no allowed token)
+                # gets here; the output so far is all the grammar admits.
+                log.warning("sequence %s: token %d rejected by its grammar; finishing",
+                            seq.seq_id, token_id)
+                ended.add(seq.seq_id)
+            elif seq.grammar.is_terminated:
+                ended.add(seq.seq_id)
+        return ended

@@ -70,60 +70,70 @@ def _finish(acc, y_ptr, y_offs, p_ptr, p_offs, p_stride, lock_ptr, lock_id, pid_
 
 
 @triton.jit
+def _gemv_tile(x_ptr, q_ptr, s_ptr, z_ptr, k0, k_end, offs_n, mask_n, stride_qk, stride_sg,
+               BITS: tl.constexpr, GROUP: tl.constexpr, WORDS: tl.constexpr,
+               TILE_GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr):
+    """[WORDS, BLOCK_N] fp32 products of one K tile of WORDS * P inputs (see the GEMV)."""
+    PACK: tl.constexpr = 32 // BITS
+    MASK: tl.constexpr = (1 << BITS) - 1
+    rows = k0 // PACK + tl.arange(0, WORDS)  # the word rows of this tile
+    mask_w = rows * PACK < k_end
+    words = tl.load(q_ptr + rows[:, None] * stride_qk + offs_n[None, :],
+                    mask=mask_w[:, None] & mask_n[None, :], other=0)
+    if TILE_GROUP:  # one scale (and zero) per column for the whole tile (none past K)
+        g = k0 // GROUP
+        mask_g = mask_n & (k0 < k_end)
+        s = tl.load(s_ptr + g * stride_sg + offs_n, mask=mask_g, other=0.0).to(tl.float32)
+        if HAS_ZEROS:
+            z = tl.load(z_ptr + g * stride_sg + offs_n, mask=mask_g,
+                        other=0.0).to(tl.float32)[None, :]
+        else:
+            z = (1 << (BITS - 1))
+    part = tl.zeros(words.shape, dtype=tl.float32)
+    for j in tl.static_range(PACK):
+        codes = ((words >> (j * BITS)) & MASK).to(tl.float32)
+        ks = rows * PACK + j
+        xj = tl.load(x_ptr + ks, mask=mask_w, other=0.0).to(tl.float32)[:, None]
+        if TILE_GROUP:
+            part += (codes - z) * xj
+        else:  # scales (and zeros) per element: groups smaller than a tile
+            sz = (ks // GROUP)[:, None] * stride_sg + offs_n[None, :]
+            sz_mask = mask_w[:, None] & mask_n[None, :]
+            s2 = tl.load(s_ptr + sz, mask=sz_mask, other=0.0).to(tl.float32)
+            if HAS_ZEROS:
+                z2 = tl.load(z_ptr + sz, mask=sz_mask, other=0.0).to(tl.float32)
+            else:
+                z2 = (1 << (BITS - 1))
+            part += (codes - z2) * s2 * xj
+    if TILE_GROUP:
+        part = part * s[None, :]
+    return part
+
+
+@triton.jit
 def _int_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, p_ptr, lock_ptr, N, K, K_PER_SPLIT,
                      stride_qk, stride_sg, BITS: tl.constexpr, GROUP: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K,
-                     TILE_GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr):
+                     TILE_GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr, SUB: tl.constexpr):
     """One row (M = 1), no tensor cores: each K tile's packed words are loaded once as a
     [BLOCK_K / P, BLOCK_N] tile; for each of the P code positions (an unrolled loop) the codes
     are shifted out and multiplied by their inputs (x[k] for k = word * P + j) into an fp32
     [words, BLOCK_N] accumulator, scaled per group; one reduction over the words at the end.
-    Split K is reduced in the same launch (_finish)."""
+    SUB tiles per loop step (unrolled: more loads in flight). Split K is reduced in the same
+    launch (_finish)."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
-    PACK: tl.constexpr = 32 // BITS
-    MASK: tl.constexpr = (1 << BITS) - 1
-    WORDS: tl.constexpr = BLOCK_K // PACK
+    WORDS: tl.constexpr = BLOCK_K // (32 // BITS)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
-    offs_w = tl.arange(0, WORDS)
     acc = tl.zeros((WORDS, BLOCK_N), dtype=tl.float32)
     k_begin = pid_k * K_PER_SPLIT
     k_end = tl.minimum(k_begin + K_PER_SPLIT, K)
-    for k0 in range(k_begin, k_end, BLOCK_K):
-        rows = k0 // PACK + offs_w  # the word rows of this tile
-        mask_w = rows * PACK < k_end
-        words = tl.load(q_ptr + rows[:, None] * stride_qk + offs_n[None, :],
-                        mask=mask_w[:, None] & mask_n[None, :], other=0)
-        if TILE_GROUP:  # one scale (and zero) per column for the whole tile
-            g = k0 // GROUP
-            s = tl.load(s_ptr + g * stride_sg + offs_n, mask=mask_n,
-                        other=0.0).to(tl.float32)[None, :]
-            if HAS_ZEROS:
-                z = tl.load(z_ptr + g * stride_sg + offs_n, mask=mask_n,
-                            other=0.0).to(tl.float32)[None, :]
-            else:
-                z = (1 << (BITS - 1))
-        part = tl.zeros((WORDS, BLOCK_N), dtype=tl.float32)
-        for j in tl.static_range(PACK):
-            codes = ((words >> (j * BITS)) & MASK).to(tl.float32)
-            ks = rows * PACK + j
-            xj = tl.load(x_ptr + ks, mask=mask_w, other=0.0).to(tl.float32)[:, None]
-            if not TILE_GROUP:  # scales (and zeros) per element: groups smaller than a tile
-                sz = (ks // GROUP)[:, None] * stride_sg + offs_n[None, :]
-                sz_mask = mask_w[:, None] & mask_n[None, :]
-                s = tl.load(s_ptr + sz, mask=sz_mask, other=0.0).to(tl.float32)
-                if HAS_ZEROS:
-                    z = tl.load(z_ptr + sz, mask=sz_mask, other=0.0).to(tl.float32)
-                else:
-                    z = (1 << (BITS - 1))
-                part += (codes - z) * s * xj
-            else:
-                part += (codes - z) * xj
-        if TILE_GROUP:
-            acc += part * s
-        else:
-            acc += part
+    for k0 in range(k_begin, k_end, BLOCK_K * SUB):
+        for t in tl.static_range(SUB):
+            acc += _gemv_tile(x_ptr, q_ptr, s_ptr, z_ptr, k0 + t * BLOCK_K, k_end, offs_n,
+                              mask_n, stride_qk, stride_sg, BITS, GROUP, WORDS, TILE_GROUP,
+                              HAS_ZEROS)
     _finish(tl.sum(acc, axis=0), y_ptr, offs_n, p_ptr, offs_n, N, lock_ptr, pid_n, pid_k,
             mask_n, SPLIT_K)
 
@@ -278,6 +288,9 @@ def _gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: t
     n, k = qweight.shape[1], x.shape[1]
     cfg = {key: v for key, v in cfg.items() if key not in ("BLOCK_M", "GATHER")}
     per_split = cfg.pop("K_PER_SPLIT")
+    cfg.setdefault("SUB", 1)
+    if per_split % (cfg["BLOCK_K"] * cfg["SUB"]):
+        raise ValueError("the GEMV's K_PER_SPLIT must be a multiple of BLOCK_K * SUB")
     tiles = triton.cdiv(n, cfg["BLOCK_N"])
     y = torch.empty(1, n, device=x.device, dtype=x.dtype)
     partials = torch.empty(cfg["SPLIT_K"], n, device=x.device, dtype=torch.float32)

@@ -233,8 +233,9 @@ def quantize_activations(x: torch.Tensor, input_scale: torch.Tensor | None
                          ) -> tuple[torch.Tensor, torch.Tensor]:
     """x [M, K] -> (fp8 [M, K], fp32 scales [M, 1]): per token (amax / 448), or by the
     checkpoint's static per-tensor input scale."""
-    if input_scale is None:
-        scale = (x.abs().amax(dim=1, keepdim=True).float() / FP8_MAX).clamp(min=1e-12)
+    if input_scale is None:  # a true division (by a tensor: CUDA multiplies by 1 / scalar)
+        amax = x.abs().amax(dim=1, keepdim=True).float()
+        scale = (amax / torch.full_like(amax, FP8_MAX)).clamp(min=1e-12)
     else:
         scale = input_scale.reshape(1, 1).expand(x.shape[0], 1).contiguous()
     return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE), scale

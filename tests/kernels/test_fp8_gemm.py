@@ -86,16 +86,18 @@ def _fp8_layer(strategy, block=None, rows=(24, 8, 8), k=64, seed=0):
 @pytest.mark.parametrize("strategy,block", [("tensor", None), ("channel", None),
                                             ("block", (8, 16))])
 @pytest.mark.parametrize("m", [1, 6])
-def test_fp8_layer_kernels_compute_what_its_cpu_reference_computes(strategy, block, m):
+def test_fp8_layer_kernels_compute_what_its_cpu_reference_computes(strategy, block, m,
+                                                                   device):
     from cormorant.layers.fp8_linear import FP8_GEMV_MAX_ROWS
 
     layer, method = _fp8_layer(strategy, block)
     assert layer.weight_scale.dtype == torch.float32 and layer.weight_scale.dim() == 2
     x = torch.randn(m, 64, generator=torch.Generator().manual_seed(m))
     ref = method.apply(layer, x, None)  # CPU: dequantize, then F.linear
-    y = method._cuda_matmul(fp8_gemm, layer, x, None)  # the path CUDA takes for m rows
+    layer.to(device)
+    y = method._cuda_matmul(fp8_gemm, layer, x.to(device), None)  # CUDA's path for m rows
     assert (m <= FP8_GEMV_MAX_ROWS) == (m == 1)
-    torch.testing.assert_close(y, ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(y.cpu(), ref, atol=1e-4, rtol=1e-4)
 
 
 def test_per_tensor_scales_of_a_fused_layer_expand_per_projection():

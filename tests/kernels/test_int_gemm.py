@@ -33,6 +33,8 @@ def _weights(k, n, bits, group, device, seed, symmetric=False):
                           num_warps=4, num_stages=1)),  # one row, scales per element
     (1, 40, 256, 64, dict(BLOCK_M=1, BLOCK_N=32, BLOCK_K=64, SPLIT_K=2, K_PER_SPLIT=128,
                           num_warps=4, num_stages=1)),  # whole groups per tile, ragged N
+    (1, 40, 448, 64, dict(BLOCK_M=1, BLOCK_N=32, BLOCK_K=64, SPLIT_K=2, K_PER_SPLIT=256,
+                          SUB=2, num_warps=4, num_stages=1)),  # two tiles a step, K ragged
     (3, 40, 128, 32, None),  # a few rows, tl.dot, ragged N
     (5, 64, 192, 64, dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=64, SPLIT_K=3, K_PER_SPLIT=64,
                           num_warps=4, num_stages=1)),
