@@ -44,7 +44,18 @@ bench1)  # ~6 min
   step b2_fp8 100 $B b2 --quick --no-peer --quantization fp8 --out "$R/b2_fp8"
   step b2_int4 100 $B b2 --quick --no-peer --quantization int4 --out "$R/b2_int4"
   ;;
-bench2)  # ~6 min
+bench2)  # ~7 min
+  step b1s 150 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s"
+  step b2_int4 100 $B b2 --quick --no-peer --quantization int4 --out "$R/b2_int4"
+  step b3_bf16 120 $B b3 --quick --no-peer --out "$R/b3_bf16"
+  step b3_fp8 120 $B b3 --quick --no-peer --quantization fp8 --out "$R/b3_fp8"
+  step b1_bf16kv 60 $B b1 --quick --no-peer --out "$R/b1_bf16kv"
+  step b1_fp8kv 60 $B b1 --quick --no-peer --kv-cache-dtype fp8 --out "$R/b1_fp8kv"
+  ;;
+final)  # every figure of the note on one card, ~7 min
+  step b1s 150 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s"
+  step b2_bf16 100 $B b2 --quick --no-peer --out "$R/b2_bf16"
+  step b2_fp8 100 $B b2 --quick --no-peer --quantization fp8 --out "$R/b2_fp8"
   step b2_int4 100 $B b2 --quick --no-peer --quantization int4 --out "$R/b2_int4"
   step b3_bf16 120 $B b3 --quick --no-peer --out "$R/b3_bf16"
   step b3_fp8 120 $B b3 --quick --no-peer --quantization fp8 --out "$R/b3_fp8"

@@ -13,8 +13,8 @@ builder injects it). The design:
   `masks_later(scheduled)` is the same, computed in a worker thread while the step loop does
   its other host work (the async step loop's overlap).
 - `advance_all(samples)` after each step: every constrained row's matcher takes its new
-  token in one backend call (llguidance advances them in parallel, the GIL released); the
-  sequences whose grammar has ended come back (the engine finishes them with "stop"). A matcher only ever consumes tokens the
+  token in one backend call; the sequences whose grammar has ended come back (the engine
+  finishes them with "stop"). A matcher only ever consumes tokens the
   sequence keeps, so after a preemption (recompute keeps the tokens) it is still in step.
 - `rollback`: matchers can undo tokens (GrammarMatcher.rollback), for callers that fork.
 - `times` (MaskTimes) sums where the host time goes: mask fills, waits for them, advances
