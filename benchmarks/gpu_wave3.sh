@@ -61,8 +61,11 @@ final)  # every figure of the note on one card, ~7 min
   step b3_fp8 120 $B b3 --quick --no-peer --quantization fp8 --out "$R/b3_fp8"
   step b1_bf16kv 60 $B b1 --quick --no-peer --out "$R/b1_bf16kv"
   step b1_fp8kv 60 $B b1 --quick --no-peer --kv-cache-dtype fp8 --out "$R/b1_fp8kv"
+  step b2_fp8_profile 120 $B b2 --quick --no-peer --quantization fp8 --profile --out "$R/b2_fp8p"
   ;;
 esac
 for f in "$R"/*/*_profile.txt; do [ -f "$f" ] && cp "$f" "$OUT/$(basename "$(dirname "$f")")_$(basename "$f")"; done
 for f in "$R"/*/results.json; do [ -f "$f" ] && cp "$f" "$OUT/$(basename "$(dirname "$f")").json"; done
+# A call brings back at most 8 files: the logs, profiles and JSON travel as one archive.
+tar czf /tmp/all.tgz -C "$OUT" . -C "$R" . && rm -f "$OUT"/* && mv /tmp/all.tgz "$OUT/all.tgz"
 exit 0

@@ -76,6 +76,7 @@ class EngineCore:
         self._in_flight: tuple[SchedulerOutput, Any] | None = None  # launched, not collected
         # The in-flight step's sampling, waiting for its grammar masks (defer_sampling).
         self._unsampled: tuple[Any, PendingMasks] | None = None
+        self._next_masks: PendingMasks | None = None  # set by _collect(masks_for=...)
 
     # -- requests ---------------------------------------------------------------------------
     def add_request(self, req: EngineRequest) -> list[EngineOutput]:
@@ -143,9 +144,13 @@ class EngineCore:
             handle = (self.runner.launch(self._batch(batch, with_masks=False),
                                          defer_sampling=True) if defer
                       else self.runner.launch(self._batch(batch)))
-        outputs += self._collect()
         if handle is not None and defer:
-            self._unsampled = (handle, self.structured.masks_later(batch))
+            outputs += self._collect(masks_for=batch)
+            pending, self._next_masks = self._next_masks, None
+            assert pending is not None
+            self._unsampled = (handle, pending)
+        else:
+            outputs += self._collect()
         if handle is not None:
             # After the collect: blocks registered now hold real ids, not placeholders.
             self.scheduler.update_after_step(batch)
@@ -162,10 +167,14 @@ class EngineCore:
             self._unsampled = None
             self.runner.sample(handle, *pending.result())
 
-    def _collect(self) -> list[EngineOutput]:
-        """Wait for the in-flight step; put its ids in place of the placeholders, stop."""
+    def _collect(self, masks_for: SchedulerOutput | None = None) -> list[EngineOutput]:
+        """Wait for the in-flight step; put its ids in place of the placeholders, stop.
+        masks_for: the batch just launched, whose grammar masks are then started (in
+        self._next_masks) while this step's matchers advance."""
         self._queue_sampling()
         if self._in_flight is None:
+            if masks_for is not None:
+                self._next_masks = self.structured.masks_later(masks_for)
             return []
         batch, handle = self._in_flight
         self._in_flight = None
@@ -173,7 +182,10 @@ class EngineCore:
         # finished or aborted while the step ran: its token is discarded
         kept = [(seq, sample) for seq, sample in zip(batch.seqs, self.runner.collect(handle))
                 if not seq.is_finished]
-        ended = self.structured.advance_all(kept)
+        if masks_for is None:
+            ended = self.structured.advance_all(kept)
+        else:
+            ended, self._next_masks = self.structured.advance_then_mask(kept, masks_for)
         for seq, sample in kept:
             if sample.token_id is not None:
                 assert seq.token_ids[-1] == PLACEHOLDER_TOKEN_ID

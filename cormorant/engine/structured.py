@@ -11,7 +11,8 @@ builder injects it). The design:
   them as plain bytes with their batch rows, so the runner applies them without knowing any
   grammar. A batch without constrained rows carries nothing and costs nothing.
   `masks_later(scheduled)` is the same, computed in a worker thread while the step loop does
-  its other host work (the async step loop's overlap).
+  its other host work (the async step loop's overlap); `advance_then_mask` also overlaps
+  the matchers' advances with the fills, a chunk of rows at a time.
 - `advance_all(samples)` after each step: every constrained row's matcher takes its new
   token in one backend call; the sequences whose grammar has ended come back (the engine
   finishes them with "stop"). A matcher only ever consumes tokens the
@@ -31,6 +32,7 @@ from cormorant.engine.scheduler import SchedulerOutput
 from cormorant.engine.sequence import Sequence
 
 log = logging.getLogger(__name__)
+MASK_CHUNK = 64  # rows advanced before their masks are sent to the worker (advance_then_mask)
 
 
 class GrammarMatcher(Protocol):
@@ -66,19 +68,20 @@ class MaskTimes:
 
 
 class PendingMasks:
-    """A step's grammar masks on their way: the batch rows now, the bits when computed."""
+    """A step's grammar masks on their way: the batch rows now, the bits when computed (in
+    parts, in row order)."""
 
-    def __init__(self, rows: list[int], bits: Future[bytes] | None,
+    def __init__(self, rows: list[int], parts: list[Future[bytes]],
                  times: MaskTimes | None = None) -> None:
         self.rows = rows
-        self._bits = bits
+        self._parts = parts
         self._times = times
 
     def result(self) -> tuple[list[int], bytes]:
-        if self._bits is None:
+        if not self._parts:
             return self.rows, b""
         t0 = time.perf_counter()
-        bits = self._bits.result()
+        bits = b"".join(part.result() for part in self._parts)
         if self._times is not None:
             self._times.wait += time.perf_counter() - t0
         return self.rows, bits
@@ -138,11 +141,37 @@ class StructuredDecoding:
         must not advance before then (the loop collects this step only after its sampling)."""
         rows = self._rows(scheduled)
         if not rows:
-            return PendingMasks([], None)
+            return PendingMasks([], [])
+        matchers = [scheduled.seqs[i].grammar for i in rows]
+        return PendingMasks(rows, [self._submit(matchers)], self.times)
+
+    def _submit(self, matchers: list[GrammarMatcher]) -> Future[bytes]:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar-masks")
-        matchers = [scheduled.seqs[i].grammar for i in rows]
-        return PendingMasks(rows, self._pool.submit(self._fill, matchers), self.times)
+        return self._pool.submit(self._fill, matchers)
+
+    def advance_then_mask(self, samples: list[tuple[Sequence, Any]],
+                          scheduled: SchedulerOutput) -> tuple[set[int], PendingMasks]:
+        """advance_all(samples), then masks_later(scheduled), overlapped: the next batch's
+        constrained rows advance MASK_CHUNK at a time, and each chunk's masks are filled in
+        the worker (the grammar engine's threads, the GIL released) while the step loop
+        advances the next chunk; the wait at sampling is then for the last chunk only."""
+        rows = self._rows(scheduled)
+        if not rows:
+            return self.advance_all(samples), PendingMasks([], [])
+        order = [scheduled.seqs[i] for i in rows]
+        sample_of = {id(seq): sample for seq, sample in samples}
+        ended: set[int] = set()
+        parts = []
+        for start in range(0, len(order), MASK_CHUNK):
+            chunk = order[start:start + MASK_CHUNK]
+            ended |= self.advance_all([(seq, sample_of[id(seq)]) for seq in chunk
+                                       if id(seq) in sample_of])
+            parts.append(self._submit([seq.grammar for seq in chunk]))
+        in_rows = {id(seq) for seq in order}
+        ended |= self.advance_all([(seq, sample) for seq, sample in samples
+                                   if id(seq) not in in_rows])
+        return ended, PendingMasks(rows, parts, self.times)
 
     def advance_all(self, samples: list[tuple[Sequence, Any]]) -> set[int]:
         """Feed each constrained sequence its new token (samples: (sequence, SampleOutput)

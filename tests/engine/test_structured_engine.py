@@ -58,6 +58,24 @@ def test_preemption_and_async_scheduling_keep_the_tokens(tiny_llama, roomy):
     assert deferred.count(True) > len(deferred) // 2
 
 
+def test_masks_filled_a_chunk_at_a_time_give_the_same_tokens(tiny_llama, roomy, monkeypatch):
+    """Async steps advance the matchers and fill the next masks in chunks of rows (here 2 of
+    the 6), overlapped; the tokens are those of one fill per step."""
+    from cormorant.engine import structured
+
+    expected = _run(roomy)
+    monkeypatch.setattr(structured, "MASK_CHUNK", 2)
+    chunked = LLM(tiny_llama, block_size=8, num_kv_blocks=256, max_model_len=512,
+                  async_scheduling=True)
+    fills = []
+    fill = chunked.engine.structured._fill
+    chunked.engine.structured._fill = lambda matchers: fills.append(len(matchers)) or fill(
+        matchers)
+    assert _run(chunked) == expected
+    # the first step (prefill, nothing in flight) fills its 6 rows at once; then chunks of 2
+    assert fills[0] == 6 and fills.count(2) > len(fills) // 2
+
+
 def test_grammar_end_finishes_without_eos(roomy):
     out = roomy.generate([PROMPTS[0]], SamplingParams(
         temperature=0.0, max_tokens=50, ignore_eos=True,
