@@ -52,6 +52,9 @@ bench2)  # ~7 min
   step b1_bf16kv 60 $B b1 --quick --no-peer --out "$R/b1_bf16kv"
   step b1_fp8kv 60 $B b1 --quick --no-peer --kv-cache-dtype fp8 --out "$R/b1_fp8kv"
   ;;
+b1s)  # b1s alone (~1 min)
+  step b1s 150 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s"
+  ;;
 final)  # every figure of the note on one card, ~7 min
   step b1s 150 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s"
   step b2_bf16 100 $B b2 --quick --no-peer --out "$R/b2_bf16"

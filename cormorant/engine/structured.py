@@ -56,15 +56,16 @@ class GrammarBackend(Protocol):
 
 class MaskTimes:
     """Where constrained decoding's host time goes (seconds, summed since start): filling the
-    masks (in the worker or inline), the step loop waiting for them, advancing matchers."""
+    masks (in the worker or inline; `fills` calls of `rows` rows in all), the step loop
+    waiting for them, advancing matchers."""
 
     def __init__(self) -> None:
         self.fill = self.wait = self.advance = 0.0
-        self.rows = self.steps = 0
+        self.rows = self.fills = 0
 
     def as_dict(self) -> dict:
         return {"fill_s": self.fill, "wait_s": self.wait, "advance_s": self.advance,
-                "rows": self.rows, "steps": self.steps}
+                "rows": self.rows, "fills": self.fills}
 
 
 class PendingMasks:
@@ -132,7 +133,7 @@ class StructuredDecoding:
         bits = self.backend.fill_bitmasks(matchers)
         self.times.fill += time.perf_counter() - t0
         self.times.rows += len(matchers)
-        self.times.steps += 1
+        self.times.fills += 1
         return bits
 
     def masks_later(self, scheduled: SchedulerOutput) -> PendingMasks:
