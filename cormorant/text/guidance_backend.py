@@ -2,8 +2,9 @@
 
 Implements engine.structured's GrammarBackend. The llguidance tokenizer (about half a second
 for a 49k vocabulary) is built on the first constrained request, not at start-up. Each
-distinct spec's grammar text is made once and kept in a bounded LRU cache keyed by the spec's
-digest (text.grammar.spec_digest); each sequence compiles its own matcher from it. Masks of a step
+distinct spec's grammar text is made and validated once and kept in a bounded LRU cache keyed
+by the spec's digest (text.grammar.spec_digest); each sequence compiles its own matcher from
+it, on first use. Masks of a step
 are filled together by one LLExecutor (threads inside llguidance, the GIL released) into
 one [rows, ceil(vocab / 32)] int32 array, returned as bytes for the ScheduledBatch.
 
@@ -11,8 +12,10 @@ Imports llguidance, numpy and text.* only; never torch or engine code.
 """
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
+from typing import Callable
 
 import llguidance
 import llguidance.hf
@@ -20,15 +23,28 @@ import llguidance.numpy as llg_numpy
 import numpy as np
 
 from cormorant.sampling_params import StructuredOutputs
-from cormorant.text.grammar import GrammarError, GrammarLimits, grammar_for, spec_digest
+from cormorant.text.grammar import GrammarLimits, spec_digest, validate
 from cormorant.text.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
 
 
 class GuidanceMatcher:
-    """One sequence's grammar state (engine.structured.GrammarMatcher)."""
+    """One sequence's grammar state (engine.structured.GrammarMatcher), compiled on first use
+    (`ll`): the first mask fill, in the engine's mask worker while a forward runs, rather
+    than when the request is added (a burst of 256 requests would hold the engine loop for
+    256 compiles of ~2 ms before its first step)."""
 
-    def __init__(self, matcher: llguidance.LLMatcher) -> None:
-        self.ll = matcher
+    def __init__(self, build: Callable[[], llguidance.LLMatcher]) -> None:
+        self._build: Callable[[], llguidance.LLMatcher] | None = build
+        self._ll: llguidance.LLMatcher | None = None
+
+    @property
+    def ll(self) -> llguidance.LLMatcher:
+        if self._ll is None:
+            assert self._build is not None
+            self._ll, self._build = self._build(), None
+        return self._ll
 
     def accept(self, token_id: int) -> bool:
         return self.ll.consume_token(token_id)
@@ -73,7 +89,7 @@ class GuidanceBackend:
             if text is not None:
                 self._grammars.move_to_end(key)
                 return text
-        text = grammar_for(spec, self.limits)
+        text = validate(spec, self.limits)  # once per distinct spec (~1 ms)
         with self._lock:
             self._grammars[key] = text
             while len(self._grammars) > self.limits.cache_size:
@@ -81,15 +97,26 @@ class GuidanceBackend:
         return text
 
     def new_matcher(self, spec: StructuredOutputs) -> GuidanceMatcher:
-        """A matcher compiled for this sequence (~2 ms for a 10-field schema). Not a deep copy
-        of one compiled template: copies share its lexer cache, and on the H100 host (12
-        llguidance threads, b1s, 2026-12-06) that made the parallel mask fill 2-5x slower."""
-        matcher = llguidance.LLMatcher(self.ll_tokenizer(), self.grammar(spec), log_level=0,
+        """A matcher of its own for this sequence, compiled on first use (~2 ms for a 10-field
+        schema); the grammar text, validated once per distinct spec, is checked now
+        (GrammarError). Not deep copies of one compiled template: copies share its lexer
+        cache, and on the H100 host (12 llguidance threads, b1s, 2026-12-06) that made the
+        parallel mask fills 2-5x slower."""
+        text = self.grammar(spec)
+        return GuidanceMatcher(lambda: self._compile(text, spec.kind()))
+
+    def _compile(self, text: str, kind: str) -> llguidance.LLMatcher:
+        """The matcher for validated grammar text; should llguidance still refuse it with this
+        tokenizer, a matcher that allows only the end (the sequence stops, logged)."""
+        matcher = llguidance.LLMatcher(self.ll_tokenizer(), text, log_level=0,
                                        limits=self.limits.parser_limits())
         if matcher.is_error():
-            raise GrammarError("grammar", f"invalid {spec.kind()} constraint: "
-                               f"{matcher.get_error()[:300]}")
-        return GuidanceMatcher(matcher)
+            log.error("%s constraint refused at compile (%s); the sequence ends", kind,
+                      matcher.get_error()[:300])
+            matcher = llguidance.LLMatcher(self.ll_tokenizer(),
+                                           llguidance.LLMatcher.grammar_from_regex(""),
+                                           log_level=0)
+        return matcher
 
     def accept_all(self, matchers: list[GuidanceMatcher], token_ids: list[int]) -> list[bool]:
         """Each matcher consumes its token, one after the other (~4 us each). llguidance's

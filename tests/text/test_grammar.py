@@ -9,7 +9,7 @@ import pytest
 import tiny
 from cormorant.sampling_params import StructuredOutputs
 from cormorant.text.grammar import GrammarError, GrammarLimits, spec_digest, validate
-from cormorant.text.guidance_backend import GuidanceBackend, bitmask_rows
+from cormorant.text.guidance_backend import GuidanceBackend, GuidanceMatcher, bitmask_rows
 from cormorant.text.tokenizer import load_tokenizer
 
 
@@ -37,6 +37,21 @@ def test_mask_allows_exactly_the_grammars_next_tokens(tokenizer):
     assert matcher.is_terminated
     matcher.rollback(1)  # beam-style undo: one token back, the grammar is open again
     assert not matcher.is_terminated
+
+
+def test_matchers_compile_on_first_use_and_bad_specs_fail_when_added(tokenizer):
+    """new_matcher checks the grammar (validated once per spec) but compiles nothing: the
+    first mask compiles it. A grammar llguidance refuses at compile despite that ends the
+    sequence (only the end allowed) instead of failing the step."""
+    backend = GuidanceBackend(tokenizer)
+    matcher = backend.new_matcher(StructuredOutputs(choice=["fox", "dog"]))
+    assert matcher._ll is None
+    assert _allowed(backend, matcher) and matcher._ll is not None
+    with pytest.raises(GrammarError):
+        backend.new_matcher(StructuredOutputs(grammar="start: foo\nfoo: bar"))
+    ends = backend._compile("start: foo\nfoo: bar", "grammar")  # as if validation missed it
+    eos = set(tokenizer.eos_token_ids)
+    assert eos and _allowed(backend, GuidanceMatcher(lambda: ends)) == eos
 
 
 def test_compile_cache_is_bounded_and_keyed_by_digest(tokenizer):
