@@ -134,6 +134,8 @@ def _fp8_thunks():
         ("fp8 gemv silu", lambda: f.fp8_silu_mul_gemv(torch.randn(1, 2 * 14336, dtype=bf16),
                                                       down, torch.ones(4096, 1), 1, 14336)),
         ("fp8 gemm", lambda: f.fp8_gemm(x256, w, row, 1, 4096)),
+        ("fp8 quantize rows", lambda: f.quantize_rows(x256)),
+        ("fp8 quantize rows static", lambda: f.quantize_rows(x256, torch.ones(1))),
         ("fp8 gemm blocks", lambda: f.fp8_gemm(x256, w, blk, 128, 128)),
     ]
 
@@ -231,8 +233,9 @@ def main() -> int:
 
 
 def _int_gemm_thunks():
-    """Llama-8B o_proj-sized int4/int8 weight-only GEMMs: one row (the GEMV kernel), 16 and
-    256 rows (the tile kernel), symmetric (no zeros) and asymmetric."""
+    """Llama-8B o_proj-sized int4/int8 weight-only GEMMs: one row (the GEMV kernel, four and
+    one K tiles a step), 16 rows (the tile kernel, both unpackings) and 256 rows, symmetric
+    (no zeros) and asymmetric."""
     from cormorant.kernels import int_gemm
     out = []
     for bits, zeros, rows in ((4, False, (1, 16, 256)), (4, True, (1, 256)), (8, False, (1,))):
@@ -245,12 +248,14 @@ def _int_gemm_thunks():
             cfg = int_gemm.config_for(m, 4096, 4096, 128, num_sms=132)  # an H100's splits
             out.append((label, lambda x=x, q=q, s=s, z=z, bits=bits, cfg=cfg:
                         int_gemm.int_gemm(x, q, s, z, bits, 128, config=cfg)))
-            if m == 1 and not zeros:  # the one-row GEMV (on request), both reduction orders
-                for defer in (False, True):
-                    out.append((label + f" gemv{' deferred' if defer else ''}",
-                                lambda x=x, q=q, s=s, bits=bits, cfg=cfg, defer=defer:
-                                int_gemm.int_gemm(x, q, s, None, bits, 128, config=dict(
-                                    cfg, BLOCK_M=1, DEFER_REDUCE=defer))))
+            if m == 1 and not zeros:  # the GEMV with one K tile a loop step
+                out.append((label + " gemv SUB=1", lambda x=x, q=q, s=s, bits=bits, cfg=cfg:
+                            int_gemm.int_gemm(x, q, s, None, bits, 128, config=dict(
+                                cfg, SUB=1, K_PER_SPLIT=512, SPLIT_K=8))))
+            if m == 16:  # the tile kernel unpacking codes by a pointer per code
+                out.append((label + " gather", lambda x=x, q=q, s=s, bits=bits, cfg=cfg:
+                            int_gemm.int_gemm(x, q, s, None, bits, 128,
+                                              config=dict(cfg, GATHER=True))))
     return out
 
 
