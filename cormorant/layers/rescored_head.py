@@ -35,6 +35,7 @@ class RescoredLMHead(nn.Module):
         super().__init__()
         vocab, hidden = dense.weight.shape
         self.weight = dense.weight  # the dense (often tied) weight, shared, not copied
+        self.dense_min_rows: int | None = DENSE_MIN_ROWS  # None: always the int4 pair
         self.approx = ColumnParallelLinear(hidden, vocab, bias=False,
                                            method=Int4PairCpuMethod(dense_min_rows=None))
         with torch.no_grad():
@@ -43,7 +44,7 @@ class RescoredLMHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """[N, hidden] -> [N, vocab] in hidden's dtype."""
-        if hidden.shape[0] >= DENSE_MIN_ROWS:
+        if self.dense_min_rows is not None and hidden.shape[0] >= self.dense_min_rows:
             return F.linear(hidden, self.weight)
         logits = self.approx(hidden)  # [N, vocab]
         top = logits.topk(min(RESCORE_TOP, logits.shape[-1]), dim=-1).indices  # [N, K]
