@@ -27,11 +27,13 @@ time on the shared 2-core Xeon, 1 thread, SmolLM2-135M's shapes, int4 vs dequant
 vs 1.49 / 1.39 / 1.68 / 3.07 ms; gate_up 576->3072 2.39 / 4.70 / 8.91 / 40.9 vs 4.08 / 4.17 /
 5.06 / 8.29; down 1536->576 1.74 / 3.05 / 6.05 / 24.3 vs 2.35 / 3.28 / 4.58 / 4.80; o
 576->576 0.42 / 0.84 / 1.82 / 6.66 vs 0.96 / 0.93 / 0.84 / 2.13. The dequantization alone
-is most of the dense side (1.0 ms for qkv, 3.0 for gate_up, 1.7 for down: ~1.2-1.9 ns a
-weight in ATen's elementwise ops), so the crossover sits near 64 rows; decode batches (1-16
-rows) stay on the int4 kernel. The packed layout follows the CPU's vector width
-(`Int4Layout`); `finalize` reads its codes back and keeps the dense path only for a layout
-that reproduces them exactly.
+is most of the dense side at these sizes (1.0 ms for qkv, 3.0 for gate_up, 1.7 for down:
+~1.2-1.9 ns a weight in ATen's elementwise ops). In the whole model (one prompt's prefill,
+all layers forced one way): 48 / 64 / 96 / 128 / 256 tokens 210 / 297 / 440 / 601 / 1122 ms
+on int4 vs 243 / 309 / 367 / 376 / 611 ms dense, so the threshold is 80 rows; decode batches
+(1-16 rows) stay on the int4 kernel, as does every call inside a compiled graph. The packed
+layout follows the CPU's vector width (`Int4Layout`); `finalize` reads its codes back and
+keeps the dense path only for a layout that reproduces them exactly.
 
 Parameters are filled row slice by row slice through `load_rows` (a BlockTensor or a float
 tensor) into load-time buffers, then `finalize` packs them for the kernel and frees them.
@@ -51,7 +53,7 @@ from cormorant.layers.linear import LinearMethod
 _DENSE_TYPES = (Q.F32, Q.F16, Q.BF16)
 KERNEL_DTYPE = torch.bfloat16
 # Rows from which a call dequantizes its weight for a dense matmul (module docstring).
-DENSE_MIN_ROWS = 64
+DENSE_MIN_ROWS = 80
 
 
 @torch.library.custom_op("cormorant::int4pack_mm_cpu", mutates_args=())

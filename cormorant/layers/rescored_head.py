@@ -11,7 +11,8 @@ From DENSE_MIN_ROWS rows (a batch of decodes) the dense float32 weight is read i
 memory-bound read serves all rows and the logits are exact, while the int4 pair costs about
 3 ms a row. CPU time, 1 thread, SmolLM2's 576 -> 49,152 head (2026-12-06, shared 2-core Xeon,
 noisy): 1 / 4 / 8 / 16 / 32 rows int4 pair + rescoring 7.0 / 13.4 / 26.8 / 51.7 / 108 ms, dense
-float32 11.0 / 28.2 / 41.4 / 33.2 / 42.4 ms.
+float32 11.0 / 28.2 / 41.4 / 33.2 / 42.4 ms; a whole decode step of 8 / 12 / 16 streams 88 /
+124 / 139 ms with the int4 pair, 106 / 133 / 116 ms dense: the dense read from 16 rows.
 One rank only (tensor parallelism keeps the dense head).
 Imports: torch, cormorant.layers (embedding, linear, gguf_linear).
 """

@@ -87,7 +87,7 @@ print(torch.backends.cpu.get_cpu_capability(), layout.block, layout.halves)
 def test_the_packed_layouts_of_other_cpu_capabilities_read_back(capability, layout):
     """ATen packs by the vector width it dispatches to; the dense path must read each."""
     env = {**os.environ, "ATEN_CPU_CAPABILITY": capability}
-    out = subprocess.run([sys.executable, "-c", _OTHER_CAPABILITY], env=env, text=True,
+    out = subprocess.run([sys.executable, "-c", _OTHER_CAPABILITY], env=env, text=True, check=False,
                          capture_output=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [capability.upper(), str(layout.block), str(layout.halves)]
