@@ -21,7 +21,8 @@ layer from the GGUF types of its parts (a fused projection whose parts differ ge
 Many rows (prefill chunks): the int4 kernel costs like a GEMV per 4 rows (it unpacks the
 weight again for each tile of 4), so a call of at least DENSE_MIN_ROWS rows dequantizes the
 weight into a temporary bf16 W^T (`dequantize_t`: the kernel's own (code - 8) * scale + zero
-in float32, rounded once to bf16; no resident copy) and runs a dense matmul (oneDNN). CPU
+in float32, rounded once to bf16; no resident copy, and a large layer's goes in slabs of at
+most DENSE_SLAB_BYTES of float32) and runs a dense matmul (oneDNN). CPU
 time on the shared 2-core Xeon, 1 thread, SmolLM2-135M's shapes, int4 vs dequantize + dense
 (2026-12-06, load ~1): qkv 576->960 at 32 / 64 / 128 / 512 rows 0.78 / 1.52 / 2.80 / 11.1 ms
 vs 1.49 / 1.39 / 1.68 / 3.07 ms; gate_up 576->3072 2.39 / 4.70 / 8.91 / 40.9 vs 4.08 / 4.17 /
@@ -54,6 +55,8 @@ _DENSE_TYPES = (Q.F32, Q.F16, Q.BF16)
 KERNEL_DTYPE = torch.bfloat16
 # Rows from which a call dequantizes its weight for a dense matmul (module docstring).
 DENSE_MIN_ROWS = 80
+# The most float32 bytes a call's dequantized weight takes at once (Int4CpuMethod.dense_matmul).
+DENSE_SLAB_BYTES = 64 << 20
 
 
 @torch.library.custom_op("cormorant::int4pack_mm_cpu", mutates_args=())
@@ -198,7 +201,7 @@ class Int4CpuMethod(LinearMethod):
             y = int4pack_mm_compiled(self.kernel_input(rows), layer.weight, GROUP,
                                      layer.scales_zeros)
         elif self.runs_dense(layer, rows.shape[0]):
-            y = rows @ self.dense_weight_t(layer).to(KERNEL_DTYPE)
+            y = self.dense_matmul(layer, rows)
         else:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(self.kernel_input(rows), layer.weight,
                                                            GROUP, layer.scales_zeros)
@@ -214,9 +217,23 @@ class Int4CpuMethod(LinearMethod):
         return (self.dense_min_rows is not None and rows >= self.dense_min_rows
                 and getattr(layer, "int4_layout", None) is not None)
 
-    def dense_weight_t(self, layer: nn.Module) -> torch.Tensor:
-        """This call's temporary W^T [in, out] in float32 (dequantize_t)."""
-        return dequantize_t(layer.weight, layer.scales_zeros, layer.int4_layout)
+    def dense_matmul(self, layer: nn.Module, rows: torch.Tensor) -> torch.Tensor:
+        """rows [M, in] @ W^T in bf16, W dequantized for this call in slabs of output columns
+        of at most DENSE_SLAB_BYTES in float32 (one slab for SmolLM2's layers: slabs are
+        slower, they only bound a large layer's temporary)."""
+        groups, n, _ = layer.scales_zeros.shape
+        block = layer.int4_layout.block
+        cols = max(block, DENSE_SLAB_BYTES // (4 * groups * GROUP) // block * block)
+        parts = [rows @ self.dense_weight_t(layer, start, min(n, start + cols)).to(KERNEL_DTYPE)
+                 for start in range(0, n, cols)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def dense_weight_t(self, layer: nn.Module, start: int, end: int) -> torch.Tensor:
+        """W^T [in, end - start] in float32 for output features start:end (dequantize_t; start
+        is a multiple of the layout's block, whose bytes lie together)."""
+        k = layer.scales_zeros.shape[0] * GROUP  # packed inputs: 2 * in for the pair
+        packed = layer.weight.view(-1)[start * k // 2:end * k // 2]
+        return dequantize_t(packed, layer.scales_zeros[:, start:end], layer.int4_layout)
 
 
 def quantize_int4_groups(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -255,8 +272,8 @@ class Int4PairCpuMethod(Int4CpuMethod):
     def kernel_input(self, rows: torch.Tensor) -> torch.Tensor:
         return torch.cat([rows, rows], dim=-1)
 
-    def dense_weight_t(self, layer: nn.Module) -> torch.Tensor:
-        """(W1 + W2)^T [in, out], the two terms summed in float32."""
-        both = super().dense_weight_t(layer)  # [2 * in, out]
+    def dense_weight_t(self, layer: nn.Module, start: int, end: int) -> torch.Tensor:
+        """(W1 + W2)^T [in, end - start], the two terms summed in float32."""
+        both = super().dense_weight_t(layer, start, end)  # [2 * in, end - start]
         half = both.shape[0] // 2
         return both[:half].add_(both[half:])

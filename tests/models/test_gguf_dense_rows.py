@@ -14,6 +14,7 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType as Q
 
+from cormorant.layers import gguf_linear
 from cormorant.layers.attention import TorchAttention
 from cormorant.layers.gguf_linear import (DENSE_MIN_ROWS, GROUP, Int4CpuMethod, Int4Layout,
                                           Int4PairCpuMethod, dequantize_t, quantize_int4_groups)
@@ -106,6 +107,22 @@ def test_many_rows_run_dense_within_tolerance_of_the_int4_kernel(method_type):
     assert not torch.equal(dense, int4)  # another path ran
     err = (dense - int4).abs().max() / int4.abs().max()
     assert err <= TOLERANCE, f"relative difference {err:.4f}"
+
+
+@pytest.mark.parametrize("method_type", [Int4CpuMethod, Int4PairCpuMethod])
+def test_a_large_weight_is_dequantized_in_slabs_with_the_same_result(method_type, monkeypatch):
+    """Slabs of 64 output features (two full blocks, then the short block of 48)."""
+    layer, _ = _int4_layer(method_type(), 176, 64)
+    x = torch.randn(DENSE_MIN_ROWS, 64)
+    with torch.no_grad():
+        whole = layer(x)
+        k = layer.scales_zeros.shape[0] * GROUP
+        monkeypatch.setattr(gguf_linear, "DENSE_SLAB_BYTES", 4 * k * 64)
+        slabs = layer(x)
+        layer.method.dense_min_rows = None
+        int4 = layer(x)
+    torch.testing.assert_close(slabs, whole, rtol=2 ** -8, atol=1e-4 * whole.abs().max().item())
+    assert (slabs - int4).abs().max() / int4.abs().max() <= TOLERANCE
 
 
 def test_lm_head_reads_its_dense_weight_for_a_batch_of_rows():
