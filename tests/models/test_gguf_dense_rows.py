@@ -143,11 +143,10 @@ def test_lm_head_reads_its_dense_weight_for_a_batch_of_rows():
     assert torch.equal(fewer.argmax(-1), ref[:-1].argmax(-1))
 
 
-def _disable_dense(model) -> None:
-    for module in model.modules():
-        if isinstance(getattr(module, "method", None), Int4CpuMethod):
-            module.method.dense_min_rows = None
-    model.lm_head.dense_min_rows = None
+def _int4_layers(model) -> list:
+    """The decoder's int4 layers (not the LM head's own int4 pair)."""
+    return [m for m in model.model.modules()
+            if isinstance(getattr(m, "method", None), Int4CpuMethod)]
 
 
 def test_tiny_model_prefill_of_many_rows_matches_the_int4_path(tmp_path):
@@ -161,8 +160,14 @@ def test_tiny_model_prefill_of_many_rows_matches_the_int4_path(tmp_path):
     for case in ("dense rows", "int4 only", "float32"):
         model, config = load_model(str(path), torch.float32, "cpu", TorchAttention(),
                                    quantization="none" if case == "float32" else "gguf")
+        if case != "float32":
+            layers = _int4_layers(model)
+            assert layers and all(m.method.runs_dense(m, 80) and not m.method.runs_dense(m, 16)
+                                  for m in layers)
         if case == "int4 only":
-            _disable_dense(model)
+            for layer in layers:
+                layer.method.dense_min_rows = None
+            model.lm_head.dense_min_rows = None
         runner = PagedRunner(model, config, num_seqs=16, max_len=8)
         prefill = runner.step(prompts)
         decode = runner.step({i: [3] for i in range(16)})
