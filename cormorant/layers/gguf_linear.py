@@ -18,11 +18,31 @@ precision. Not token-identical to a dequantized fp32 model: within a tolerance (
 F32/F16/BF16 weights stay on the dense method. `gguf_method_for(types)` picks the method of a
 layer from the GGUF types of its parts (a fused projection whose parts differ gets the pair).
 
+Many rows (prefill chunks): the int4 kernel costs like a GEMV per 4 rows (it unpacks the
+weight again for each tile of 4), so a call of at least DENSE_MIN_ROWS rows dequantizes the
+weight into a temporary bf16 W^T (`dequantize_t`: the kernel's own (code - 8) * scale + zero
+in float32, rounded once to bf16; no resident copy, and a large layer's goes in slabs of at
+most DENSE_SLAB_BYTES of float32) and runs a dense matmul (oneDNN). CPU
+time on the shared 2-core Xeon, 1 thread, SmolLM2-135M's shapes, int4 vs dequantize + dense
+(2026-12-06, load ~1): qkv 576->960 at 32 / 64 / 128 / 512 rows 0.78 / 1.52 / 2.80 / 11.1 ms
+vs 1.49 / 1.39 / 1.68 / 3.07 ms; gate_up 576->3072 2.39 / 4.70 / 8.91 / 40.9 vs 4.08 / 4.17 /
+5.06 / 8.29; down 1536->576 1.74 / 3.05 / 6.05 / 24.3 vs 2.35 / 3.28 / 4.58 / 4.80; o
+576->576 0.42 / 0.84 / 1.82 / 6.66 vs 0.96 / 0.93 / 0.84 / 2.13. The dequantization alone
+is most of the dense side at these sizes (1.0 ms for qkv, 3.0 for gate_up, 1.7 for down:
+~1.2-1.9 ns a weight in ATen's elementwise ops). In the whole model (one prompt's prefill,
+all layers forced one way): 48 / 64 / 96 / 128 / 256 tokens 210 / 297 / 440 / 601 / 1122 ms
+on int4 vs 243 / 309 / 367 / 376 / 611 ms dense, so the threshold is 80 rows; decode batches
+(1-16 rows) stay on the int4 kernel, as does every call inside a compiled graph. The packed
+layout follows the CPU's vector width (`Int4Layout`); `finalize` reads its codes back and
+keeps the dense path only for a layout that reproduces them exactly.
+
 Parameters are filled row slice by row slice through `load_rows` (a BlockTensor or a float
 tensor) into load-time buffers, then `finalize` packs them for the kernel and frees them.
 Imports: torch, gguf, cormorant.layers (linear, gguf_blocks).
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from gguf import GGMLQuantizationType as Q
@@ -33,6 +53,10 @@ from cormorant.layers.linear import LinearMethod
 
 _DENSE_TYPES = (Q.F32, Q.F16, Q.BF16)
 KERNEL_DTYPE = torch.bfloat16
+# Rows from which a call dequantizes its weight for a dense matmul (module docstring).
+DENSE_MIN_ROWS = 80
+# The most float32 bytes a call's dequantized weight takes at once (Int4CpuMethod.dense_matmul).
+DENSE_SLAB_BYTES = 64 << 20
 
 
 @torch.library.custom_op("cormorant::int4pack_mm_cpu", mutates_args=())
@@ -68,8 +92,69 @@ def _matmul_input(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1]).to(KERNEL_DTYPE)
 
 
+class Int4Layout(NamedTuple):
+    """Where `_convert_weight_to_int4pack_for_cpu` puts a code (it follows the CPU's vector
+    width): output rows in blocks of `block`, each stored [in, block / 2] bytes; a byte holds
+    rows j and j + block / 2 of its block (`halves`) or rows 2j and 2j + 1; a last, shorter
+    block always holds adjacent pairs."""
+    block: int
+    halves: bool
+
+
+# AVX-512, AVX2, and the scalar fallback of ATen's int4mm_kernel.cpp.
+_LAYOUTS = (Int4Layout(64, True), Int4Layout(32, True), Int4Layout(32, False))
+
+
+def _signed_codes_t(packed: torch.Tensor, out: torch.Tensor, layout: Int4Layout) -> None:
+    """Write code - 8 of the packed [n, k / 2] bytes into out [k, n] (any dtype)."""
+    k, n = out.shape
+    q = (packed ^ 0x88).view(torch.int8).reshape(-1)  # each nibble: code - 8 in two's complement
+    low, high = (q << 4) >> 4, q >> 4  # arithmetic shifts sign-extend the nibbles
+    full, half = n // layout.block * layout.block, layout.block // 2
+    if full:
+        blocks = out[:, :full].view(k, full // layout.block, *(
+            (2, half) if layout.halves else (half, 2)))
+        for i, nibbles in enumerate((low, high)):
+            src = nibbles[:full * k // 2].view(-1, k, half).transpose(0, 1)  # [k, blocks, half]
+            (blocks[:, :, i] if layout.halves else blocks[..., i]).copy_(src)
+    if n > full:  # the last, shorter block: adjacent pairs
+        tail = out[:, full:].view(k, -1, 2)
+        tail[..., 0].copy_(low[full * k // 2:].view(k, -1))
+        tail[..., 1].copy_(high[full * k // 2:].view(k, -1))
+
+
+def dequantize_t(packed: torch.Tensor, scales_zeros: torch.Tensor, layout: Int4Layout
+                 ) -> torch.Tensor:
+    """W^T [k, n] in float32 from the kernel's operands: (code - 8) * scale + zero per group
+    of 32, the kernel's own arithmetic (float32 of the bf16 scales and zeros)."""
+    groups, n, _ = scales_zeros.shape
+    w_t = torch.empty(groups * GROUP, n)
+    _signed_codes_t(packed, w_t, layout)
+    scale, zero = (scales_zeros[..., i].float()[:, None] for i in (0, 1))  # [groups, 1, n]
+    grouped = w_t.view(groups, GROUP, n)
+    torch.addcmul(zero, grouped, scale, out=grouped)
+    return w_t
+
+
+def find_layout(packed: torch.Tensor, n: int, k: int, codes: torch.Tensor
+                ) -> Int4Layout | None:
+    """The layout in which `packed` holds codes [n, k] (0..15), None if no known one does."""
+    signed = (codes - 8).t()
+    for layout in _LAYOUTS:
+        read = torch.empty(k, n, dtype=torch.int8)
+        _signed_codes_t(packed, read, layout)
+        if torch.equal(read, signed.to(torch.int8)):
+            return layout
+    return None
+
+
 class Int4CpuMethod(LinearMethod):
-    """4-bit codes in groups of 32 with bf16 scales and zeros (exact for Q4_0/Q4_1/Q4_K)."""
+    """4-bit codes in groups of 32 with bf16 scales and zeros (exact for Q4_0/Q4_1/Q4_K).
+    Calls of at least `dense_min_rows` rows (None: never) dequantize the weight to a
+    temporary bf16 matrix and run a dense matmul (see the module docstring)."""
+
+    def __init__(self, dense_min_rows: int | None = DENSE_MIN_ROWS) -> None:
+        self.dense_min_rows = dense_min_rows
 
     def create_weights(self, layer: nn.Module, input_size: int, output_size: int) -> None:
         if input_size % GROUP:
@@ -104,14 +189,51 @@ class Int4CpuMethod(LinearMethod):
         layer.weight = nn.Parameter(packed, requires_grad=False)
         layer.register_buffer("scales_zeros", scales_zeros.to(KERNEL_DTYPE).contiguous())
         del layer.w_scale, layer.w_offset
+        # The kernel's packed layout, read back and checked against these very codes (None:
+        # none of the known layouts matches, and every call stays on the int4 kernel).
+        layer.int4_layout = (find_layout(packed, codes.shape[0], codes.shape[1], codes)
+                             if self.dense_min_rows is not None else None)
 
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None
               ) -> torch.Tensor:
-        mm = (int4pack_mm_compiled if torch.compiler.is_compiling()
-              else torch.ops.aten._weight_int4pack_mm_for_cpu)
-        y = mm(_matmul_input(x), layer.weight, GROUP, layer.scales_zeros)
+        rows = _matmul_input(x)
+        if torch.compiler.is_compiling():
+            y = int4pack_mm_compiled(self.kernel_input(rows), layer.weight, GROUP,
+                                     layer.scales_zeros)
+        elif self.runs_dense(layer, rows.shape[0]):
+            y = self.dense_matmul(layer, rows)
+        else:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(self.kernel_input(rows), layer.weight,
+                                                           GROUP, layer.scales_zeros)
         y = y.to(x.dtype).reshape(*x.shape[:-1], -1)
         return y if bias is None else y + bias
+
+    def kernel_input(self, rows: torch.Tensor) -> torch.Tensor:
+        """The int4 kernel's input for x [M, in]."""
+        return rows
+
+    def runs_dense(self, layer: nn.Module, rows: int) -> bool:
+        """Whether a call of `rows` rows dequantizes the weight for a dense matmul."""
+        return (self.dense_min_rows is not None and rows >= self.dense_min_rows
+                and getattr(layer, "int4_layout", None) is not None)
+
+    def dense_matmul(self, layer: nn.Module, rows: torch.Tensor) -> torch.Tensor:
+        """rows [M, in] @ W^T in bf16, W dequantized for this call in slabs of output columns
+        of at most DENSE_SLAB_BYTES in float32 (one slab for SmolLM2's layers: slabs are
+        slower, they only bound a large layer's temporary)."""
+        groups, n, _ = layer.scales_zeros.shape
+        block = layer.int4_layout.block
+        cols = max(block, DENSE_SLAB_BYTES // (4 * groups * GROUP) // block * block)
+        parts = [rows @ self.dense_weight_t(layer, start, min(n, start + cols)).to(KERNEL_DTYPE)
+                 for start in range(0, n, cols)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def dense_weight_t(self, layer: nn.Module, start: int, end: int) -> torch.Tensor:
+        """W^T [in, end - start] in float32 for output features start:end (dequantize_t; start
+        is a multiple of the layout's block, whose bytes lie together)."""
+        k = layer.scales_zeros.shape[0] * GROUP  # packed inputs: 2 * in for the pair
+        packed = layer.weight.view(-1)[start * k // 2:end * k // 2]
+        return dequantize_t(packed, layer.scales_zeros[:, start:end], layer.int4_layout)
 
 
 def quantize_int4_groups(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -147,6 +269,11 @@ class Int4PairCpuMethod(Int4CpuMethod):
         layer.w_scale[start:end] = torch.cat([scale1, scale2], dim=1)
         layer.w_offset[start:end] = torch.cat([low1, low2], dim=1)
 
-    def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None
-              ) -> torch.Tensor:
-        return super().apply(layer, torch.cat([x, x], dim=-1), bias)
+    def kernel_input(self, rows: torch.Tensor) -> torch.Tensor:
+        return torch.cat([rows, rows], dim=-1)
+
+    def dense_weight_t(self, layer: nn.Module, start: int, end: int) -> torch.Tensor:
+        """(W1 + W2)^T [in, end - start], the two terms summed in float32."""
+        both = super().dense_weight_t(layer, start, end)  # [2 * in, end - start]
+        half = both.shape[0] // 2
+        return both[:half].add_(both[half:])
