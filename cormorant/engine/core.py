@@ -187,6 +187,8 @@ class EngineCore:
         else:
             ended, self._next_masks = self.structured.advance_then_mask(kept, masks_for)
         for seq, sample in kept:
+            if seq.is_finished:
+                continue  # finished meanwhile (by an earlier row's processing)
             if sample.token_id is not None:
                 assert seq.token_ids[-1] == PLACEHOLDER_TOKEN_ID
                 seq.token_ids.pop()
