@@ -52,6 +52,9 @@ bench2)  # ~7 min
   step b1_bf16kv 60 $B b1 --quick --no-peer --out "$R/b1_bf16kv"
   step b1_fp8kv 60 $B b1 --quick --no-peer --kv-cache-dtype fp8 --out "$R/b1_fp8kv"
   ;;
+dequant)  # int4 at many rows: the tile kernel against dequantize + cuBLAS (~1.5 min)
+  step int4_rows 150 python3 benchmarks/int4_probe.py --ms 256,1024,4096
+  ;;
 b1s)  # b1s alone (~1 min)
   step b1s 150 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s"
   ;;

@@ -2,7 +2,8 @@
 
 For each projection of Llama-3.1-8B (qkv, o, gate_up, down) and M = 1, 16, 256 rows: the
 kernel's bf16 output is checked against int_gemm_ref (relative error), then timed against
-F.linear on the bf16 weight of the same shape. Times match a decode step: weights cold (enough
+F.linear on the bf16 weight of the same shape; from 64 rows also the dequantize-then-cuBLAS
+path (int_dequant + matmul). Times match a decode step: weights cold (enough
 copies to overflow the 50 MB L2, each call reads the next), R calls captured in one CUDA graph
 and replayed, time per call = replay / R (median of 5). GB/s counts the weight's bytes (int4
 codes + bf16 scales, symmetric as --quantization int4 makes them, for the kernel; bf16 for
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
 from cormorant.kernels.int_gemm import (_num_sms, _split_k, config_for,  # noqa: E402
-                                        int_gemm, int_gemm_ref)
+                                        int_dequant, int_gemm, int_gemm_ref)
 from cormorant.layers.int_packing import pack  # noqa: E402
 
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096),
@@ -80,10 +81,17 @@ def probe(name: str, n: int, k: int, m: int, sweep: bool) -> dict:
     dense = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
              for _ in range(max(1, -(-2 * L2_BYTES // (2 * n * k))))]
     t_bf16 = graph_time([lambda w=w: F.linear(x, w) for w in dense])
+    if m >= 64:  # the many-rows alternative: dequantize W per call, then cuBLAS
+        y_deq = x @ int_dequant(qw, s, z, BITS, GROUP, x.dtype)
+        deq_err = float((y_deq.float() - ref).norm() / ref.norm())
+        t_deq = graph_time([lambda w=w: x @ int_dequant(*w, BITS, GROUP, x.dtype)
+                            for w in weights])
     row = {"shape": name, "M": m, "N": n, "K": k, "rel_err": rel,
            "config": config_for(m, n, k, GROUP, _num_sms(x.device)),
            "int4_us": t_int * 1e6, "bf16_us": t_bf16 * 1e6, "speedup": t_bf16 / t_int,
            "int4_GBps": q_bytes / t_int / 1e9, "bf16_GBps": 2 * n * k / t_bf16 / 1e9}
+    if m >= 64:
+        row.update(dequant_us=t_deq * 1e6, dequant_rel_err=deq_err)
     if sweep:
         row["sweep"] = sweep_configs(x, weights, m, n, k)
     del weights, dense
@@ -142,7 +150,9 @@ def main() -> None:
             r = probe(name, n, k, m, args.sweep)
             rows.append(r)
             print(f"{name:8} {m:4} {r['rel_err']:9.2e} {r['int4_us']:9.1f} {r['bf16_us']:9.1f} "
-                  f"{r['speedup']:5.2f} {r['int4_GBps']:9.0f} {r['bf16_GBps']:9.0f}", flush=True)
+                  f"{r['speedup']:5.2f} {r['int4_GBps']:9.0f} {r['bf16_GBps']:9.0f}"
+                  + (f"  dequant+cuBLAS {r['dequant_us']:.1f} us (err {r['dequant_rel_err']:.1e})"
+                     if "dequant_us" in r else ""), flush=True)
             for best in r.get("sweep", [])[:3]:
                 print(f"    sweep {best['us']:8.1f} us  {best['config']}")
     if args.out:

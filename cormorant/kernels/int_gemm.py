@@ -22,7 +22,9 @@ Launch shapes, chosen by `config_for(M, N, K, group, num_sms)`:
   both split K so that about two programs per SM stream the weight at once: each split
           writes fp32 partials, summed in the same launch by the last split of each output
           tile to finish, in split order (deterministic): one launch per projection;
-  prefill: 64 x 128 x 64 tiles through tl.dot, no split.
+  prefill: 64 x 128 x 64 tiles through tl.dot, no split; from DEQUANT_MIN_ROWS rows on CUDA,
+          int_dequant writes a dense W in the activation dtype (a temporary) and cuBLAS
+          multiplies.
 fp32 inputs use IEEE dots (the parity reference); bf16/fp16 inputs use tensor cores with fp32
 accumulation. `int_gemm_ref` is the PyTorch reference (dequantize, then matmul).
 Imports only torch and triton.
@@ -36,6 +38,8 @@ import triton
 import triton.language as tl
 
 DECODE_ROWS = 16  # M up to which the split-K decode shape runs
+# Rows from which, on CUDA, W is dequantized per call for a dense (cuBLAS) matmul instead.
+DEQUANT_MIN_ROWS = 1 << 30  # off until measured (benchmarks/int4_probe.py times both)
 
 
 @triton.jit
@@ -198,6 +202,46 @@ def _int_gemm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, p_ptr, lock_ptr, M, N, K
             SPLIT_K)
 
 
+@triton.jit
+def _int_dequant_kernel(q_ptr, s_ptr, z_ptr, w_ptr, K, N, stride_qk, stride_sg, stride_wk,
+                        BITS: tl.constexpr, GROUP: tl.constexpr, WORDS: tl.constexpr,
+                        BLOCK_N: tl.constexpr, HAS_ZEROS: tl.constexpr):
+    """W [K, N] = (code - zero) * scale for a [WORDS * P, BLOCK_N] tile: each word loaded
+    once, its P codes shifted out in an unrolled loop, each a strided row block of W."""
+    PACK: tl.constexpr = 32 // BITS
+    MASK: tl.constexpr = (1 << BITS) - 1
+    rows = tl.program_id(0) * WORDS + tl.arange(0, WORDS)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (rows * PACK < K)[:, None] & (offs_n < N)[None, :]
+    words = tl.load(q_ptr + rows[:, None] * stride_qk + offs_n[None, :], mask=mask, other=0)
+    for j in tl.static_range(PACK):
+        ks = rows * PACK + j
+        sz = (ks // GROUP)[:, None] * stride_sg + offs_n[None, :]
+        s = tl.load(s_ptr + sz, mask=mask, other=0.0).to(tl.float32)
+        if HAS_ZEROS:
+            z = tl.load(z_ptr + sz, mask=mask, other=0.0).to(tl.float32)
+        else:
+            z = (1 << (BITS - 1))
+        w = (((words >> (j * BITS)) & MASK).to(tl.float32) - z) * s
+        tl.store(w_ptr + ks[:, None] * stride_wk + offs_n[None, :],
+                 w.to(w_ptr.dtype.element_ty), mask=mask)
+
+
+def int_dequant(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
+                bits: int, group: int, dtype: torch.dtype) -> torch.Tensor:
+    """The runtime layout to a dense W [K, N] in `dtype` (fp32 arithmetic, one rounding):
+    for many rows, dequantizing once and a dense matmul beat the tile kernel (int_gemm)."""
+    k, n = qweight.shape[0] * (32 // bits), qweight.shape[1]
+    w = torch.empty(k, n, device=qweight.device, dtype=dtype)
+    words, block_n = 8, 128
+    grid = (triton.cdiv(qweight.shape[0], words), triton.cdiv(n, block_n))
+    _int_dequant_kernel[grid](qweight, scales, scales if zeros is None else zeros, w, k, n,
+                              qweight.stride(0), scales.stride(0), w.stride(0), BITS=bits,
+                              GROUP=group, WORDS=words, BLOCK_N=block_n,
+                              HAS_ZEROS=zeros is not None, num_warps=4)
+    return w
+
+
 @functools.cache
 def _num_sms(device: torch.device) -> int:
     if device.type == "cuda":
@@ -261,6 +305,8 @@ def int_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
         raise ValueError(f"int_gemm: x {tuple(x.shape)} does not match qweight "
                          f"{tuple(qweight.shape)} / scales {tuple(scales.shape)} ({bits} bits, "
                          f"group {group})")
+    if config is None and m >= DEQUANT_MIN_ROWS and x.device.type == "cuda":
+        return x.contiguous() @ int_dequant(qweight, scales, zeros, bits, group, x.dtype)
     cfg = dict(config or config_for(m, n, k, group, _num_sms(x.device)))
     if cfg["K_PER_SPLIT"] % cfg["BLOCK_K"] or cfg["SPLIT_K"] * cfg["K_PER_SPLIT"] < k:
         raise ValueError("K_PER_SPLIT must be a multiple of BLOCK_K, and the splits cover K")

@@ -106,3 +106,15 @@ def test_an_int4_layer_runs_the_kernel_as_its_cpu_reference(monkeypatch, device)
     monkeypatch.setattr(int_gemm, "int_gemm", lambda *a, **k: calls.append(1) or real(*a, **k))
     torch.testing.assert_close(layer(x), reference, atol=1e-4, rtol=1e-4)
     assert calls  # the kernel did run
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_dequant_kernel_writes_the_reference_weight(bits, symmetric, device):
+    """int_dequant (the many-rows path: a dense W, then a dense matmul) gives the reference's
+    fp32 weight exactly, ragged K tile and N included."""
+    k, n, group = 96, 136, 32  # 96 / (words per tile * codes per word) is ragged
+    qweight, scales, zeros, _ = _weights(k, n, bits, group, device, bits + 7, symmetric)
+    w = int_gemm.int_dequant(qweight, scales, zeros, bits, group, torch.float32)
+    assert w.shape == (k, n)
+    assert torch.equal(w, int_gemm.dequantize_ref(qweight, scales, zeros, bits, group))
