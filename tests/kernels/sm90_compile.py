@@ -252,6 +252,9 @@ def _int_gemm_thunks():
                 out.append((label + " gemv SUB=1", lambda x=x, q=q, s=s, bits=bits, cfg=cfg:
                             int_gemm.int_gemm(x, q, s, None, bits, 128, config=dict(
                                 cfg, SUB=1, K_PER_SPLIT=512, SPLIT_K=8))))
+            if m == 256:  # the many-rows path's dequantization (cuBLAS does the matmul)
+                out.append((label + " dequant", lambda q=q, s=s, z=z, bits=bits:
+                            int_gemm.int_dequant(q, s, z, bits, 128, torch.bfloat16)))
             if m == 16:  # the tile kernel unpacking codes by a pointer per code
                 out.append((label + " gather", lambda x=x, q=q, s=s, bits=bits, cfg=cfg:
                             int_gemm.int_gemm(x, q, s, None, bits, 128,
