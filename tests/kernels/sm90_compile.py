@@ -234,8 +234,8 @@ def main() -> int:
 
 def _int_gemm_thunks():
     """Llama-8B o_proj-sized int4/int8 weight-only GEMMs: one row (the GEMV kernel, four and
-    one K tiles a step), 16 rows (the tile kernel, both unpackings) and 256 rows, symmetric
-    (no zeros) and asymmetric."""
+    one K tiles a step), 16 and 256 rows (the tile kernel; at 256 also the dequantization),
+    symmetric (no zeros) and asymmetric."""
     from cormorant.kernels import int_gemm
     out = []
     for bits, zeros, rows in ((4, False, (1, 16, 256)), (4, True, (1, 256)), (8, False, (1,))):
@@ -255,10 +255,6 @@ def _int_gemm_thunks():
             if m == 256:  # the many-rows path's dequantization (cuBLAS does the matmul)
                 out.append((label + " dequant", lambda q=q, s=s, z=z, bits=bits:
                             int_gemm.int_dequant(q, s, z, bits, 128, torch.bfloat16)))
-            if m == 16:  # the tile kernel unpacking codes by a pointer per code
-                out.append((label + " gather", lambda x=x, q=q, s=s, bits=bits, cfg=cfg:
-                            int_gemm.int_gemm(x, q, s, None, bits, 128,
-                                              config=dict(cfg, GATHER=True))))
     return out
 
 

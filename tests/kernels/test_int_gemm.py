@@ -39,7 +39,7 @@ def _weights(k, n, bits, group, device, seed, symmetric=False):
     (5, 64, 192, 64, dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=64, SPLIT_K=3, K_PER_SPLIT=64,
                           num_warps=4, num_stages=1)),
     (5, 40, 192, 32, dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=64, SPLIT_K=3, K_PER_SPLIT=64,
-                          GATHER=True, num_warps=4, num_stages=1)),  # codes by pointer
+                          num_warps=4, num_stages=1)),  # split tiles, scales per element
     (20, 48, 128, 32, None),  # the prefill shape: scales per element (group < BLOCK_K)
     (2, 32, 128, 128, dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, SPLIT_K=1, K_PER_SPLIT=128,
                            num_warps=4, num_stages=1)),  # several tiles per group
