@@ -5,6 +5,7 @@
 #   bash benchmarks/gpu_wave3.sh grammar   # mask probe + b1s + B2 FP8 profile (~5 min)
 #   bash benchmarks/gpu_wave3.sh bench1    # kernel tests, int4 GEMV sweep, b1s, B2 (~6 min)
 #   bash benchmarks/gpu_wave3.sh bench2    # B2 int4 again, B3 and B1 side by side (~6 min)
+#   bash benchmarks/gpu_wave3.sh json      # b1s with xgrammar and llguidance, FP8 sweep, int4 rows
 set -o pipefail
 export PYTHONUNBUFFERED=1
 pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | grep -v WARNING
@@ -54,6 +55,15 @@ bench2)  # ~7 min
   ;;
 dequant)  # int4 at many rows: the tile kernel against dequantize + cuBLAS (~1.5 min)
   step int4_rows 150 python3 benchmarks/int4_probe.py --ms 256,1024,4096
+  ;;
+json)  # xgrammar for JSON against llguidance, same card; the FP8 GEMV sweep; int4 rows (~7 min)
+  step xgr_tests 120 python3 -m pytest -q tests/text/test_xgrammar_json.py tests/text/test_grammar.py
+  step mask_probe_bounded 90 python3 benchmarks/mask_probe.py --rows 256 --steps 48 --tokenizer "$TOK"
+  step mask_probe_open 90 python3 benchmarks/mask_probe.py --rows 256 --steps 48 --tokenizer "$TOK" --unbounded
+  step b1s_xgrammar 150 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_xgr"
+  step b1s_llguidance 150 env CORMORANT_JSON_GRAMMAR=llguidance CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_llg"
+  step fp8_sweep 200 python3 benchmarks/fp8_probe.py --ms 1 --sweep --out "$OUT/fp8_sweep.json"
+  step int4_rows 150 python3 benchmarks/int4_probe.py --ms 64,128,256,1024,4096
   ;;
 b1s)  # b1s alone (~1 min)
   step b1s 150 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s"

@@ -10,12 +10,15 @@ PIP="$PY -m pip install --quiet --disable-pip-version-check --root-user-action=i
 # a multi-GB CUDA build onto a CPU machine; an existing (e.g. CUDA) torch is kept.
 $PY -c "import torch" 2>/dev/null || $PIP "torch==2.13.0"
 
+# Triton pinned before the project: xgrammar requires an unversioned triton on Linux, which
+# would otherwise pull the newest. 3.7.1: the kernel tests run under TRITON_INTERPRET=1 on
+# the CPU, and the 3.6 interpreter breaks with numpy 2.4; a GPU machine keeps the Triton its
+# torch brought.
+$PY -c "import triton" 2>/dev/null || $PIP "triton==3.7.1"
+
 if [ "${1:-}" = "--test" ]; then
     # The test extra brings ray[serve]: tests/scaleout start a real two-node Ray cluster locally.
     $PIP -e ".[test]"
-    # Triton for the kernel tests under TRITON_INTERPRET=1 on the CPU. 3.7.1: the 3.6
-    # interpreter breaks with numpy 2.4; a GPU machine keeps the Triton its torch brought.
-    $PY -c "import triton" 2>/dev/null || $PIP "triton==3.7.1"
     # A real redis-server for the gateway's shared-quota tests (Debian package; the tests
     # start it themselves on a free loopback port).
     if ! command -v redis-server >/dev/null; then

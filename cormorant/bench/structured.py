@@ -106,7 +106,9 @@ def run_b1_structured(ctx: RunContext) -> dict:
     try:
         source = os.environ.get("CORMORANT_BENCH_TOKENIZER") or default_model_path()
         tokenizer = load_tokenizer(source)
-        llm.engine.structured.backend = GuidanceBackend(tokenizer)
+        backend = GuidanceBackend(tokenizer)  # CORMORANT_JSON_GRAMMAR picks JSON's engine
+        llm.engine.structured.backend = backend
+        print(f"b1s: JSON schemas on {backend.json_engine}", flush=True)
         results = {label: _one_schema(llm, workload, schema)
                    for label, schema in SCHEMAS.items()}
         bias = quote_bias(tokenizer, llm.model_config.vocab_size)
@@ -126,7 +128,8 @@ def run_b1_structured(ctx: RunContext) -> dict:
                      fmt(r["unconstrained"]["output_tokens_per_s"]),
                      fmt(r["fraction_of_unconstrained"], 2), "-",
                      f">= {TARGET_FRACTION} of unconstrained"])
-    return {"bench": "b1s", "model": name, "engine": B1_ENGINE, "workload": workload.summary(),
+    return {"bench": "b1s", "model": name, "engine": B1_ENGINE,
+            "json_grammar": backend.json_engine, "workload": workload.summary(),
             "schemas": SCHEMAS, "results": results, "target": {"fraction": TARGET_FRACTION},
             "rows": rows,
             "notes": ["the floor column holds the same requests' unconstrained tok/s",

@@ -9,7 +9,8 @@ import pytest
 import tiny
 from cormorant.sampling_params import StructuredOutputs
 from cormorant.text.grammar import GrammarError, GrammarLimits, spec_digest, validate
-from cormorant.text.guidance_backend import GuidanceBackend, GuidanceMatcher, bitmask_rows
+from cormorant.text.guidance_backend import (GuidanceBackend, GuidanceMatcher, _Llg,
+                                             bitmask_rows)
 from cormorant.text.tokenizer import load_tokenizer
 
 
@@ -45,13 +46,13 @@ def test_matchers_compile_on_first_use_and_bad_specs_fail_when_added(tokenizer):
     sequence (only the end allowed) instead of failing the step."""
     backend = GuidanceBackend(tokenizer)
     matcher = backend.new_matcher(StructuredOutputs(choice=["fox", "dog"]))
-    assert matcher._ll is None
-    assert _allowed(backend, matcher) and matcher._ll is not None
+    assert matcher._state is None
+    assert _allowed(backend, matcher) and matcher._state is not None
     with pytest.raises(GrammarError):
         backend.new_matcher(StructuredOutputs(grammar="start: foo\nfoo: bar"))
     ends = backend._compile("start: foo\nfoo: bar", "grammar")  # as if validation missed it
     eos = set(tokenizer.eos_token_ids)
-    assert eos and _allowed(backend, GuidanceMatcher(lambda: ends)) == eos
+    assert eos and _allowed(backend, GuidanceMatcher(lambda: _Llg(ends))) == eos
 
 
 def test_compile_cache_is_bounded_and_keyed_by_digest(tokenizer):

@@ -1,0 +1,91 @@
+"""The JSON fast path of constrained decoding: xgrammar matchers for the schemas it keeps exact.
+
+llguidance stays the validator and the engine of every other constraint (text.grammar,
+text.guidance_backend); a JSON schema or `json_object` whose keywords xgrammar enforces gets
+an xgrammar matcher instead, because its masks are ~10-20x cheaper where outputs are
+complete JSON objects (keys, numbers, length-bounded strings: docs/structured-output.md).
+
+Two guards keep its output valid JSON that the schema accepts:
+
+- `eligible(schema)`: every keyword is one xgrammar enforces (`KEYWORDS`; e.g. it ignores
+  `minProperties` and `uniqueItems`), and every `pattern` is one its JSON-string handling
+  keeps escaped (a pattern that can match a quote, a backslash or a control character takes
+  llguidance).
+- `json_grammar(...)`: xgrammar 0.2.9 writes the character class of a length-bounded string as
+  `[^"\\\r\n]`, which admits raw control characters (invalid JSON); it is rewritten to
+  exclude U+0000-U+001F, and the grammar is compiled from that text.
+
+Imports xgrammar (which imports torch) lazily; numpy bitmasks, never torch tensors here.
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+# Keywords xgrammar 0.2.9 enforces as JSON Schema means them (checked by random walks and
+# the property test, tests/text/test_xgrammar_json.py); annotations it may ignore.
+KEYWORDS = frozenset({
+    "type", "properties", "required", "additionalProperties", "items", "prefixItems",
+    "minItems", "maxItems", "enum", "const", "minimum", "maximum", "exclusiveMinimum",
+    "exclusiveMaximum", "minLength", "maxLength", "pattern", "anyOf", "$ref", "$defs",
+    "definitions", "title", "description", "default", "examples", "$schema", "$id",
+    "$comment"})
+_SUBSCHEMA_MAPS = ("properties", "$defs", "definitions")
+_SUBSCHEMA_LISTS = ("anyOf", "prefixItems")
+# A pattern of these characters and escapes cannot match a quote, a backslash or a control
+# character, so xgrammar's string never needs an escape (`\s` would match a newline).
+_SAFE_PATTERN = re.compile(r"^(?:[A-Za-z0-9^$.*+?()\[\]{}|,:;@_/ =#%&!<>~'-]"
+                           r"|\\[dwDW.\-+()\[\]{}*?|^$/])*$")
+_STRING_CLASS = r'[^\"\\\r\n]'  # xgrammar's class for the characters of a bounded string
+_JSON_STRING_CLASS = r'[^\0-\x1f\"\\]'
+
+
+def eligible(schema: Any, depth: int = 0) -> bool:
+    """Whether xgrammar enforces every keyword of this (already validated) schema."""
+    if isinstance(schema, bool):
+        return True
+    if not isinstance(schema, dict) or depth > 64:
+        return False
+    for key, value in schema.items():
+        if key not in KEYWORDS:
+            return False
+        if key == "pattern" and not (isinstance(value, str) and _SAFE_PATTERN.match(value)):
+            return False
+        if key in _SUBSCHEMA_MAPS:
+            if not isinstance(value, dict) or not all(
+                    eligible(sub, depth + 1) for sub in value.values()):
+                return False
+        elif key in _SUBSCHEMA_LISTS:
+            if not isinstance(value, list) or not all(eligible(s, depth + 1) for s in value):
+                return False
+        elif key in ("items", "additionalProperties") and not eligible(value, depth + 1):
+            return False
+        elif key == "$ref" and not (isinstance(value, str) and value.startswith("#/")):
+            return False
+    return True
+
+
+def schema_text(kind: str, schema: Any) -> str | None:
+    """The schema text to compile with xgrammar, or None when llguidance must take it."""
+    if kind == "json_object":
+        return '{"type": "object"}'
+    if kind != "json":
+        return None
+    try:
+        parsed = json.loads(schema) if isinstance(schema, str) else schema
+    except ValueError:
+        return None
+    return json.dumps(parsed) if eligible(parsed) else None
+
+
+def json_grammar(schema: str, compact: bool):
+    """xgrammar's Grammar for the schema: fixed separators, no free whitespace (as the
+    llguidance path), strings never holding a raw control character."""
+    import xgrammar as xgr
+
+    separators = (",", ":") if compact else (", ", ": ")
+    # strict_mode off: an absent additionalProperties allows them, as JSON Schema says.
+    grammar = xgr.Grammar.from_json_schema(schema, any_whitespace=False,
+                                           separators=separators, strict_mode=False)
+    return xgr.Grammar.from_ebnf(str(grammar).replace(_STRING_CLASS, _JSON_STRING_CLASS))
