@@ -65,6 +65,12 @@ json)  # xgrammar for JSON against llguidance, same card; the FP8 GEMV sweep; in
   step fp8_sweep 200 python3 benchmarks/fp8_probe.py --ms 1 --sweep --out "$OUT/fp8_sweep.json"
   step int4_rows 150 python3 benchmarks/int4_probe.py --ms 64,128,256,1024,4096
   ;;
+xgr)  # xgrammar's fill threads, b1s on both engines (~4 min)
+  step mask_threads 120 python3 benchmarks/mask_probe.py --thread-sweep --tokenizer "$TOK"
+  step b1s_xgrammar 150 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_xgr"
+  step b1s_xgrammar_2 150 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_xgr2"
+  step b1s_llguidance 150 env CORMORANT_JSON_GRAMMAR=llguidance CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_llg"
+  ;;
 b1s)  # b1s alone (~1 min)
   step b1s 150 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s"
   ;;

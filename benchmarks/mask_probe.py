@@ -57,6 +57,41 @@ def run_backend(tok, rows: int, steps: int, schema: str, rng: random.Random,
             "single_row_us": 1e6 * statistics.median(singles)}
 
 
+def thread_sweep(tok, schema: str, rng: random.Random, steps: int = 12) -> dict:
+    """xgrammar's batched fill at R rows with T threads (its threads start per call), and the
+    serial per-matcher fill spread over a Python thread pool (useful only if it releases
+    the GIL): median ms per fill, rows driven through the schema as in run_backend."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import xgrammar as xgr
+    backend = GuidanceBackend(tok, json_engine="xgrammar")
+    spec = StructuredOutputs(json=schema)
+    matchers = [backend.new_matcher(spec) for _ in range(256)]
+    backend.fill_bitmasks(matchers)
+    xgs = [m.state.xg for m in matchers]
+    batchers = {t: xgr.BatchGrammarMatcher(max_threads=t) for t in (1, 2, 4, 8, 15)}
+    pool = ThreadPoolExecutor(8)
+    times: dict[str, list[float]] = {}
+    for _ in range(steps):
+        live = [m for m in xgs if not m.is_terminated()]
+        mask = np.zeros((len(live), (backend.vocab_size + 31) // 32), dtype=np.int32)
+        for rows in (1, 16, 64, 256):
+            part = live[:rows]
+            for t, batcher in batchers.items():
+                t0 = time.perf_counter()
+                batcher.batch_fill_next_token_bitmask(part, mask)
+                times.setdefault(f"rows{rows}_t{t}", []).append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            chunks = [list(range(i, len(part), 8)) for i in range(8)]
+            list(pool.map(lambda idx: [part[i].fill_next_token_bitmask(mask, i) for i in idx],
+                          chunks))
+            times.setdefault(f"rows{rows}_pool8", []).append(time.perf_counter() - t0)
+        for m, w in zip(live, mask):
+            ids = allowed_ids(w, backend.vocab_size)
+            m.accept_token(int(rng.choice(list(ids))) if len(ids) else 0)
+    return {k: round(1e3 * statistics.median(v), 3) for k, v in times.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=256)
@@ -64,6 +99,8 @@ def main() -> None:
     ap.add_argument("--tokenizer", default=os.environ.get("CORMORANT_BENCH_TOKENIZER"))
     ap.add_argument("--engines", default="ll,xgr")
     ap.add_argument("--unbounded", action="store_true", help="strings without maxLength")
+    ap.add_argument("--thread-sweep", action="store_true",
+                    help="xgrammar: ms per fill by rows and threads (see thread_sweep)")
     args = ap.parse_args()
     tok = load_tokenizer(args.tokenizer or default_model_path())
     schema = SCHEMA
@@ -71,6 +108,10 @@ def main() -> None:
         schema = json.loads(json.dumps(SCHEMA).replace(', "maxLength": 16', ""))
     text = json.dumps(schema)
     out = {"rows": args.rows, "cpus": os.cpu_count()}
+    if args.thread_sweep:
+        out["xgr_ms_per_fill"] = thread_sweep(tok, text, random.Random(0))
+        print(json.dumps(out, indent=1))
+        return
     for name in args.engines.split(","):
         engine = {"ll": "llguidance", "xgr": "xgrammar"}[name]
         out[name] = run_backend(tok, args.rows, args.steps, text, random.Random(0), engine)

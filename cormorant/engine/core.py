@@ -149,6 +149,8 @@ class EngineCore:
             pending, self._next_masks = self._next_masks, None
             assert pending is not None
             self._unsampled = (handle, pending)
+            if pending.ready:  # masks filled inline: the sampling need not wait a step
+                self._queue_sampling()
         else:
             outputs += self._collect()
         if handle is not None:

@@ -34,6 +34,10 @@ from cormorant.text.tokenizer import Tokenizer
 from cormorant.text.xgrammar_json import json_grammar, schema_text
 
 log = logging.getLogger(__name__)
+# xgrammar's batched fill starts its threads on every call (`mask_probe.py --thread-sweep`,
+# b1s's bounded schema): on the H100 host (16 cores) 256 rows took 1.01 ms with 1 thread,
+# 0.71 with 4, 1.40 with 15; 64 rows 0.29 ms with 1 or 4. On a 2-core VM 1 was best.
+XGR_MANY_ROWS = 128  # from this many rows, up to 4 threads
 
 
 class _Llg:
@@ -76,9 +80,10 @@ class GuidanceMatcher:
     than when the request is added (a burst of 256 requests would hold the engine loop for
     256 compiles of ~2 ms before its first step)."""
 
-    def __init__(self, build: Callable[[], _Llg | _Xgr]) -> None:
+    def __init__(self, build: Callable[[], _Llg | _Xgr], xgrammar: bool = False) -> None:
         self._build: Callable[[], _Llg | _Xgr] | None = build
         self._state: _Llg | _Xgr | None = None
+        self.xgrammar = xgrammar  # built on xgrammar, unless it refuses the grammar
 
     @property
     def state(self) -> _Llg | _Xgr:
@@ -126,7 +131,7 @@ class GuidanceBackend:
         self.json_engine = engine
         self._ll_tokenizer: llguidance.LLTokenizer | None = None
         self._executor: llguidance.LLExecutor | None = None
-        self._xgr: Any = None  # (GrammarCompiler, BatchGrammarMatcher), made on first use
+        self._xgr: Any = None  # (GrammarCompiler, 2 BatchGrammarMatchers), made on first use
         self._grammars: OrderedDict[str, _Entry] = OrderedDict()  # digest -> entry
         self._lock = threading.Lock()
         self._compile_lock = threading.Lock()  # one xgrammar compile of a spec at a time
@@ -177,7 +182,7 @@ class GuidanceBackend:
         if entry.xgr_schema is None:
             return GuidanceMatcher(lambda: _Llg(self._compile(entry.text, kind)))
         return GuidanceMatcher(lambda: self._xgr_matcher(entry) or
-                               _Llg(self._compile(entry.text, kind)))
+                               _Llg(self._compile(entry.text, kind)), xgrammar=True)
 
     def _compile(self, text: str, kind: str) -> llguidance.LLMatcher:
         """The matcher for validated grammar text; should llguidance still refuse it with this
@@ -202,7 +207,8 @@ class GuidanceBackend:
                 # No compiler cache of its own (unbounded by default): ours is the LRU above.
                 self._xgr = (xgr.GrammarCompiler(info, max_threads=_threads(),
                                                  cache_enabled=False),
-                             xgr.BatchGrammarMatcher(max_threads=_threads()))
+                             xgr.BatchGrammarMatcher(max_threads=1),
+                             xgr.BatchGrammarMatcher(max_threads=min(4, _threads())))
             return self._xgr
 
     def _xgr_matcher(self, entry: _Entry) -> _Xgr | None:
@@ -221,6 +227,11 @@ class GuidanceBackend:
         if entry.compiled is False:
             return None
         return _Xgr(xgr.GrammarMatcher(entry.compiled))
+
+    def fill_inline(self, matchers: list[GuidanceMatcher]) -> bool:
+        """xgrammar fills hold the GIL (measured: a Python thread pool of fills ran slower
+        than one thread); llguidance's release it and run on its own threads."""
+        return all(m.xgrammar for m in matchers)
 
     def _allow_end(self, row: np.ndarray) -> None:
         """A row whose grammar has ended: only the end-of-sequence tokens."""
@@ -241,7 +252,8 @@ class GuidanceBackend:
                 else:
                     xg_rows.append(row)
         if xg_rows:
-            self._xgr_tools()[1].batch_fill_next_token_bitmask(
+            batcher = self._xgr_tools()[1 if len(xg_rows) < XGR_MANY_ROWS else 2]
+            batcher.batch_fill_next_token_bitmask(
                 [states[row].xg for row in xg_rows], bitmask, xg_rows)
             if self.vocab_size % 32:  # xgrammar leaves the last word's spare bits set
                 spare = np.uint32((1 << (self.vocab_size % 32)) - 1)
