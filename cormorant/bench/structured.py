@@ -72,8 +72,24 @@ def quote_bias(tokenizer, model_vocab: int) -> dict[int, float]:
             if '"' in tokenizer.hf.decode([i])}
 
 
-def _one_schema(llm: LLM, workload, schema: dict, bias: dict[int, float] | None = None
-                ) -> dict:
+def _host_profile(llm: LLM, prompts, params, label: str) -> None:
+    """--profile: one more run under cProfile; the engine loop's top functions (tottime)."""
+    import cProfile
+    import io
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    _timed(llm, prompts, params)
+    profiler.disable()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(18)
+    print(f"b1s host profile, {label}:\n" + "\n".join(
+        line for line in text.getvalue().splitlines()[6:] if line.strip()), flush=True)
+
+
+def _one_schema(llm: LLM, workload, schema: dict, bias: dict[int, float] | None = None,
+                profile: bool = False) -> dict:
     """Constrained, then the same requests unconstrained with the same output lengths (and
     the same logit_bias, if any), both warmed up first; REPEATS such pairs, and the best
     rate of each side (identical runs on the H100 host moved by up to 35 %)."""
@@ -100,6 +116,9 @@ def _one_schema(llm: LLM, workload, schema: dict, bias: dict[int, float] | None 
         pairs.append({"output_tokens": tokens, "constrained_tok_s": tokens / c_seconds,
                       "unconstrained_tok_s": tokens / u_seconds})
     after = llm.engine.structured.times.as_dict()
+    if profile:
+        _host_profile(llm, workload.prompts, constrained, "constrained")
+        _host_profile(llm, workload.prompts, free, "unconstrained")
     c_rate = max(p["constrained_tok_s"] for p in pairs)
     u_rate = max(p["unconstrained_tok_s"] for p in pairs)
     host = {key: (after[key] - before[key]) / REPEATS for key in after}
@@ -119,7 +138,7 @@ def run_b1_structured(ctx: RunContext) -> dict:
         backend = GuidanceBackend(tokenizer)  # CORMORANT_JSON_GRAMMAR picks JSON's engine
         llm.engine.structured.backend = backend
         print(f"b1s: JSON schemas on {backend.json_engine}", flush=True)
-        results = {label: _one_schema(llm, workload, schema)
+        results = {label: _one_schema(llm, workload, schema, profile=ctx.profile)
                    for label, schema in SCHEMAS.items()}
         bias = quote_bias(tokenizer, llm.model_config.vocab_size)
         results["open, quotes favoured"] = _one_schema(llm, workload, OPEN_SCHEMA, bias)

@@ -39,8 +39,13 @@ import triton
 import triton.language as tl
 
 DECODE_ROWS = 16  # M up to which the split-K decode shape runs
-# Rows from which, on CUDA, W is dequantized per call for a dense (cuBLAS) matmul instead.
-DEQUANT_MIN_ROWS = 1 << 30  # off until measured (benchmarks/int4_probe.py times both)
+# Rows from which, on CUDA, W is dequantized per call for a dense (cuBLAS) matmul instead
+# (`benchmarks/int4_probe.py --ms 64,...,4096`, H100, 2026-12-06, Llama-3.1-8B, group 128:
+# at 64 rows qkv 61.6 -> 38.7 us, o 63.6 -> 22.6, down 205 -> 100; at 1,024 rows 2.5-2.8x
+# faster). Writing a large W costs more than the tile kernel's reads at few rows: gate_up
+# (117 M weights) 82 -> 194 us at 64 rows, 160 -> 196 at 128, 291 -> 212 at 256.
+DEQUANT_MIN_ROWS = 64
+DEQUANT_LARGE_WEIGHTS = 1 << 26  # weights above which dequantizing waits for 256 rows
 
 
 @triton.jit
@@ -300,7 +305,8 @@ def int_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
         raise ValueError(f"int_gemm: x {tuple(x.shape)} does not match qweight "
                          f"{tuple(qweight.shape)} / scales {tuple(scales.shape)} ({bits} bits, "
                          f"group {group})")
-    if config is None and m >= DEQUANT_MIN_ROWS and x.device.type == "cuda":
+    if config is None and x.device.type == "cuda" and m >= DEQUANT_MIN_ROWS and (
+            n * k <= DEQUANT_LARGE_WEIGHTS or m >= 4 * DEQUANT_MIN_ROWS):
         return x.contiguous() @ int_dequant(qweight, scales, zeros, bits, group, x.dtype)
     cfg = dict(config or config_for(m, n, k, group, _num_sms(x.device)))
     if cfg["K_PER_SPLIT"] % cfg["BLOCK_K"] or cfg["SPLIT_K"] * cfg["K_PER_SPLIT"] < k:
