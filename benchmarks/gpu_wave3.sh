@@ -71,11 +71,10 @@ xgr)  # xgrammar's fill threads, b1s on both engines (~4 min)
   step b1s_xgrammar_2 150 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_xgr2"
   step b1s_llguidance 150 env CORMORANT_JSON_GRAMMAR=llguidance CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_llg"
   ;;
-prof)  # b1s with the host profile; B2 bf16 / FP8 / int4 after the FP8 GEMV configs (~5 min)
+prof)  # b1s with the host profile; B2 bf16 / FP8 after the FP8 GEMV configs (~5 min)
   step b1s_profile 200 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --profile --out "$R/b1s_prof"
   step b2_bf16 100 $B b2 --quick --no-peer --out "$R/b2_bf16"
   step b2_fp8 100 $B b2 --quick --no-peer --quantization fp8 --out "$R/b2_fp8"
-  step b2_int4 100 $B b2 --quick --no-peer --quantization int4 --out "$R/b2_int4"
   ;;
 b1s)  # b1s alone (~1 min)
   step b1s 150 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s"
