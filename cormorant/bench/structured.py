@@ -89,7 +89,7 @@ def _host_profile(llm: LLM, prompts, params, label: str) -> None:
 
 
 def _one_schema(llm: LLM, workload, schema: dict, bias: dict[int, float] | None = None,
-                profile: bool = False) -> dict:
+                profile: bool = False, repeats: int = REPEATS) -> dict:
     """Constrained, then the same requests unconstrained with the same output lengths (and
     the same logit_bias, if any), both warmed up first; REPEATS such pairs, and the best
     rate of each side (identical runs on the H100 host moved by up to 35 %)."""
@@ -105,7 +105,7 @@ def _one_schema(llm: LLM, workload, schema: dict, bias: dict[int, float] | None 
                                        logit_bias=bias) for m in limits[:batch]])
     before = llm.engine.structured.times.as_dict()
     pairs, tokens, finished = [], 0, 0
-    for _ in range(REPEATS):
+    for _ in range(repeats):
         c_seconds, lengths = _timed(llm, workload.prompts, constrained)
         free = [SamplingParams(temperature=temp, max_tokens=n, ignore_eos=True,
                                logit_bias=bias) for n in lengths]
@@ -121,7 +121,7 @@ def _one_schema(llm: LLM, workload, schema: dict, bias: dict[int, float] | None 
         _host_profile(llm, workload.prompts, free, "unconstrained")
     c_rate = max(p["constrained_tok_s"] for p in pairs)
     u_rate = max(p["unconstrained_tok_s"] for p in pairs)
-    host = {key: (after[key] - before[key]) / REPEATS for key in after}
+    host = {key: (after[key] - before[key]) / repeats for key in after}
     return {"output_tokens": tokens, "finished_before_limit": finished, "pairs": pairs,
             "constrained": {"output_tokens_per_s": c_rate},
             "unconstrained": {"output_tokens_per_s": u_rate},
@@ -138,10 +138,13 @@ def run_b1_structured(ctx: RunContext) -> dict:
         backend = GuidanceBackend(tokenizer)  # CORMORANT_JSON_GRAMMAR picks JSON's engine
         llm.engine.structured.backend = backend
         print(f"b1s: JSON schemas on {backend.json_engine}", flush=True)
-        results = {label: _one_schema(llm, workload, schema, profile=ctx.profile)
+        repeats = 1 if ctx.is_tiny else REPEATS  # --tiny: a smoke run (CI, on the CPU)
+        results = {label: _one_schema(llm, workload, schema, profile=ctx.profile,
+                                      repeats=repeats)
                    for label, schema in SCHEMAS.items()}
         bias = quote_bias(tokenizer, llm.model_config.vocab_size)
-        results["open, quotes favoured"] = _one_schema(llm, workload, OPEN_SCHEMA, bias)
+        results["open, quotes favoured"] = _one_schema(llm, workload, OPEN_SCHEMA, bias,
+                                                       repeats=repeats)
     finally:
         del llm
         release()
