@@ -76,7 +76,6 @@ class EngineCore:
         self._in_flight: tuple[SchedulerOutput, Any] | None = None  # launched, not collected
         # The in-flight step's sampling, waiting for its grammar masks (defer_sampling).
         self._unsampled: tuple[Any, PendingMasks] | None = None
-        self._next_masks: PendingMasks | None = None  # set by _collect(masks_for=...)
 
     # -- requests ---------------------------------------------------------------------------
     def add_request(self, req: EngineRequest) -> list[EngineOutput]:
@@ -145,12 +144,7 @@ class EngineCore:
                                          defer_sampling=True) if defer
                       else self.runner.launch(self._batch(batch)))
         if handle is not None and defer:
-            outputs += self._collect(masks_for=batch)
-            pending, self._next_masks = self._next_masks, None
-            assert pending is not None
-            self._unsampled = (handle, pending)
-            if pending.ready:  # masks filled inline: the sampling need not wait a step
-                self._queue_sampling()
+            outputs += self._collect(masks_for=(batch, handle))
         else:
             outputs += self._collect()
         if handle is not None:
@@ -162,6 +156,12 @@ class EngineCore:
             self._in_flight = (batch, handle)
         return outputs
 
+    def _defer_sampling(self, handle: Any, pending: PendingMasks) -> None:
+        """The launched step samples once its masks are computed: now if they are."""
+        self._unsampled = (handle, pending)
+        if pending.ready:
+            self._queue_sampling()
+
     def _queue_sampling(self) -> None:
         """Queue the in-flight step's deferred sampling, its masks computed (waits for them)."""
         if self._unsampled is not None:
@@ -169,14 +169,17 @@ class EngineCore:
             self._unsampled = None
             self.runner.sample(handle, *pending.result())
 
-    def _collect(self, masks_for: SchedulerOutput | None = None) -> list[EngineOutput]:
+    def _collect(self, masks_for: tuple[SchedulerOutput, Any] | None = None
+                 ) -> list[EngineOutput]:
         """Wait for the in-flight step; put its ids in place of the placeholders, stop.
-        masks_for: the batch just launched, whose grammar masks are then started (in
-        self._next_masks) while this step's matchers advance."""
+        masks_for: the batch just launched without its sampling, and its handle: its grammar
+        masks are started while this step's matchers advance, and its sampling is queued
+        when they are ready (at once, if they were filled inline: before this step's
+        outputs are processed, so the sampling runs meanwhile)."""
         self._queue_sampling()
         if self._in_flight is None:
             if masks_for is not None:
-                self._next_masks = self.structured.masks_later(masks_for)
+                self._defer_sampling(masks_for[1], self.structured.masks_later(masks_for[0]))
             return []
         batch, handle = self._in_flight
         self._in_flight = None
@@ -187,7 +190,8 @@ class EngineCore:
         if masks_for is None:
             ended = self.structured.advance_all(kept)
         else:
-            ended, self._next_masks = self.structured.advance_then_mask(kept, masks_for)
+            ended, pending = self.structured.advance_then_mask(kept, masks_for[0])
+            self._defer_sampling(masks_for[1], pending)
         for seq, sample in kept:
             if seq.is_finished:
                 continue  # finished meanwhile (by an earlier row's processing)
