@@ -143,8 +143,13 @@ def _grammar_mask(grammar: tuple[list[int], bytes], device: torch.device
     """(rows [R] int64, allowed [R, 32 * W] bool) from the engine's packed int32 rows: the
     bits travel (V / 8 bytes a row), the unpacking runs on the device."""
     rows, bits = grammar
-    words = np.frombuffer(bits, dtype="<i4").reshape(len(rows), -1)  # [R, W]
-    words = _to_device(torch.from_numpy(words.copy()), device)
+    words = np.frombuffer(bits, dtype="<i4").reshape(len(rows), -1)  # [R, W], read-only
+    if device.type == "cuda":  # one copy, straight into pinned memory (~1.5 MB at 256 rows)
+        staged = torch.empty(words.shape, dtype=torch.int32, pin_memory=True)
+        staged.numpy()[:] = words
+        words = staged.to(device, non_blocking=True)
+    else:
+        words = torch.from_numpy(words.copy())
     shifts = torch.arange(32, dtype=torch.int32, device=device)  # [32]
     allowed = ((words.unsqueeze(-1) >> shifts) & 1).bool()  # [R, W, 32]; bit t = token t
     row_ids = _to_device(torch.tensor(rows, dtype=torch.int64), device)  # [R]
