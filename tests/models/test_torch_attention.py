@@ -10,10 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from model_test_utils import make_attention_metadata
 
 from cormorant.layers.attention import TorchAttention
-
-from model_test_utils import make_attention_metadata
 
 BLOCK = 4
 
