@@ -132,7 +132,8 @@ def _joint(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor | None:
     if (torch.compiler.is_compiling() or q.dtype != k.dtype or q.stride(2) != 1
             or k.stride(2) != 1 or q.stride(1) != head_dim or k.stride(1) != head_dim
             or (tokens > 1 and (k.stride(0) != row or row < (heads + k.shape[1]) * head_dim))
-            or k.data_ptr() != q.data_ptr() + heads * head_dim * q.element_size()):
+            or k.data_ptr() != q.data_ptr() + heads * head_dim * q.element_size()
+            or k.untyped_storage().data_ptr() != q.untyped_storage().data_ptr()):
         return None
     return q.as_strided((tokens, heads + k.shape[1], head_dim), (row, head_dim, 1))
 
