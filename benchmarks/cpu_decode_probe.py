@@ -40,6 +40,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--profile", choices=["torch", "cprofile"], default=None)
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--no-prefix-cache", action="store_true",
+                        help="as B5 runs: the prompts are prefilled in the timed run")
     parser.add_argument("--ids", default=None, help="write the greedy ids (JSON) here")
     args = parser.parse_args(argv)
     if args.compile:
@@ -54,7 +56,7 @@ def main(argv: list[str]) -> int:
     from cormorant.sampling_params import SamplingParams
 
     model = default_model_path()
-    llm = LLM(model, threads=1, enable_prefix_caching=True, max_num_seqs=16,
+    llm = LLM(model, threads=1, enable_prefix_caching=not args.no_prefix_cache, max_num_seqs=16,
               quantization="gguf", enforce_eager=not args.compile)
     all_prompts = prompts(model, max(args.rows))
     times: list[tuple[int, bool, float]] = []  # (rows, pure decode, thread CPU seconds)
@@ -82,8 +84,10 @@ def main(argv: list[str]) -> int:
         if last and args.profile == "cprofile":
             prof = cProfile.Profile()
         profiling["on"] = last and args.profile is not None
-        llm.generate(all_prompts[:rows], SamplingParams(max_tokens=1, temperature=0))
+        if not args.no_prefix_cache:
+            llm.generate(all_prompts[:rows], SamplingParams(max_tokens=1, temperature=0))
         times.clear()  # the prompts are cached now: the timed run's prefill is a token each
+        c0, w0 = time.process_time(), time.perf_counter()
         if last and args.profile == "torch":
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
                                         record_shapes=True) as prof:
@@ -91,19 +95,22 @@ def main(argv: list[str]) -> int:
                 outs = llm.generate(all_prompts[:rows], params)
         else:
             outs = llm.generate(all_prompts[:rows], params)
+        cpu_s, wall_s = time.process_time() - c0, time.perf_counter() - w0
         ids[str(rows)] = [list(o.outputs[0].token_ids) for o in outs]
         steps = [t for n, d, t in times if d and n == rows]
         med = statistics.median(steps)
         print(f"{rows:>2} rows (prompt {PROMPT_TOKENS}): {len(steps)} decode steps, median "
               f"{med * 1e3:.1f} ms CPU a step (min {min(steps) * 1e3:.1f}), "
-              f"{rows / med:.1f} tok/s; load {os.getloadavg()[0]:.2f}", flush=True)
+              f"{rows / med:.1f} tok/s; whole generate {cpu_s / args.steps * 1e3:.1f} ms CPU, "
+              f"{wall_s / args.steps * 1e3:.1f} ms wall a step; load {os.getloadavg()[0]:.2f}",
+              flush=True)
     if args.ids:
         with open(args.ids, "w") as f:
             json.dump(ids, f)
     if args.profile == "cprofile":
         pstats.Stats(prof).sort_stats("tottime").print_stats(args.top)
     elif args.profile == "torch":
-        print(prof.key_averages(group_by_input_shape=True).table(
+        print(prof.key_averages(group_by_input_shape=bool(os.environ.get("SHAPES"))).table(
             sort_by="self_cpu_time_total", row_limit=args.top, max_name_column_width=40,
             max_shapes_column_width=60))
     return 0

@@ -170,7 +170,7 @@ class TorchAttention:
                 decodes.append(i)
             elif query_len > 1:
                 seq_len = meta.seq_lens_cpu[i]
-                keys, values = gather_kv(kv_cache, meta.block_tables[i], seq_len)
+                keys, values = _one_sequence_kv(kv_cache, meta.block_tables[i], seq_len)
                 keys, values = read_kv(keys, k_scale, q.dtype), read_kv(values, v_scale, q.dtype)
                 out[start:start + query_len] = _attend(
                     q[start:start + query_len], keys, values, scale, group)
@@ -191,16 +191,17 @@ def _attend_decodes(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMeta
     block_size = kv_cache.shape[2]
     seq_lens = [meta.seq_lens_cpu[i] for i in seqs]
     max_blocks = -(-max(seq_lens) // block_size)
+    num_seqs, num_heads, head_dim = q.shape
+    if num_seqs == 1:  # batch-1 decode: no padding, so one SDPA call instead of six ops
+        keys, values = _one_sequence_kv(kv_cache, meta.block_tables[seqs[0]], seq_lens[0])
+        keys, values = read_kv(keys, k_scale, q.dtype), read_kv(values, v_scale, q.dtype)
+        out = F.scaled_dot_product_attention(
+            q[:, :, None], keys[None].transpose(1, 2), values[None].transpose(1, 2),
+            scale=scale, enable_gqa=group > 1)  # [1, H, 1, D]
+        return out.view(1, num_heads, head_dim)
     tables = meta.block_tables[seqs, :max_blocks].long()  # [B, max_blocks]
     keys = read_kv(_blocks(kv_cache[0], tables).flatten(1, 2), k_scale, q.dtype)  # [B, S, Hkv, D]
     values = read_kv(_blocks(kv_cache[1], tables).flatten(1, 2), v_scale, q.dtype)
-    num_seqs, num_heads, head_dim = q.shape
-    if num_seqs == 1:  # batch-1 decode: no padding, so one SDPA call instead of six ops
-        keys, values = keys[:, :seq_lens[0]], values[:, :seq_lens[0]]
-        out = F.scaled_dot_product_attention(
-            q[:, :, None], keys.transpose(1, 2), values.transpose(1, 2), scale=scale,
-            enable_gqa=group > 1)  # [1, H, 1, D]
-        return out.view(1, num_heads, head_dim)
     # Per KV head, its group of query heads against the gathered keys as they lie ([B, S, D]
     # views with a row stride of Hkv * D: no copy into a [B, Hkv, S, D] layout), and the
     # probabilities against the values likewise.
@@ -217,6 +218,20 @@ def _attend_decodes(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMeta
     for h in range(num_kv_heads):
         out[:, h] = torch.bmm(probs[h], values[:, :, h])  # [B, G, D]
     return out.view(num_seqs, num_heads, head_dim)
+
+
+def _one_sequence_kv(kv_cache: torch.Tensor, block_table: torch.Tensor, seq_len: int
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """gather_kv; but when the sequence's blocks are consecutive ids in a CPU cache (a lone
+    sequence's usually are: the block manager hands out free blocks in order), views of the
+    cache instead of a copy (the same values and strides)."""
+    if kv_cache.device.type == "cpu":
+        num_blocks = -(-seq_len // kv_cache.shape[2])
+        ids = block_table[:num_blocks].tolist()
+        if ids == list(range(ids[0], ids[0] + num_blocks)):
+            k, v = kv_cache[:, ids[0]:ids[0] + num_blocks].flatten(1, 2)[:, :seq_len]
+            return k, v
+    return gather_kv(kv_cache, block_table, seq_len)
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
