@@ -15,8 +15,9 @@ Imports: torch, cormorant.layers (norm, rotary: the QKPrep parts; kv_quant).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -42,9 +43,19 @@ class AttentionMetadata:
     query_lens_cpu: list[int]
     seq_lens_cpu: list[int]
 
+    # What a backend derives from this step's metadata once for all layers (the host copy
+    # of the slots, the rotary's cos and sin), by key: a step brings a new metadata object.
+    derived: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
+
     @property
     def num_seqs(self) -> int:
         return len(self.seq_lens_cpu)
+
+    def memo(self, key: Any, make: Callable[[], Any]) -> Any:
+        """make(), computed on the first call of this step (per key)."""
+        if key not in self.derived:
+            self.derived[key] = make()
+        return self.derived[key]
 
 
 @dataclass(frozen=True)
@@ -101,15 +112,23 @@ class AttentionBackend(Protocol):
 
 
 def write_kv_cache(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
-                   slot_mapping: torch.Tensor, kv_scales: KVScales | None = None) -> None:
+                   slot_mapping: torch.Tensor, kv_scales: KVScales | None = None,
+                   host_slots: list[int] | None = None) -> None:
     """Scatter this step's keys and values into their slots (reference implementation); an
-    fp8 cache gets them quantized with the layer's scales."""
+    fp8 cache gets them quantized with the layer's scales. host_slots: slot_mapping as a
+    list, if the caller has it (no padding check on the tensor, one row copied directly)."""
     num_kv_heads, head_dim = kv_cache.shape[-2:]
     flat = kv_cache.view(2, -1, num_kv_heads, head_dim)  # [2, num_slots, Hkv, D]
-    valid = slot_mapping >= 0
-    if not bool(valid.all()):
-        slot_mapping, k, v = slot_mapping[valid], k[valid], v[valid]
-    if is_fp8(kv_cache):
+    fp8 = is_fp8(kv_cache)
+    if host_slots is not None and len(host_slots) == 1 and host_slots[0] >= 0 and not fp8:
+        flat[0, host_slots[0]].copy_(k[0])
+        flat[1, host_slots[0]].copy_(v[0])
+        return
+    if host_slots is None or min(host_slots) < 0:
+        valid = slot_mapping >= 0
+        if not bool(valid.all()):
+            slot_mapping, k, v = slot_mapping[valid], k[valid], v[valid]
+    if fp8:
         if kv_scales is None:
             raise ValueError("an fp8 KV cache needs its layer's KVScales")
         # Copied as bytes: index_copy_ has no float8 kernel on the CPU.
@@ -140,8 +159,9 @@ def _blocks(cache: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
 class TorchAttention:
     """Reference backend, correct everywhere (CPU and GPU); the Triton backend is the fast
     path on GPUs. Decode rows (query_len 1) are attended in padded batches of up to
-    DECODE_CHUNK rows; prefill chunks one scaled_dot_product_attention call per sequence. It synchronises with the host (and
-    loops over host lists), so it is never captured in a CUDA graph."""
+    DECODE_CHUNK rows; prefill chunks one scaled_dot_product_attention call per sequence.
+    It synchronises with the host (and loops over host lists), so it is never captured in a
+    CUDA graph."""
 
     supports_cuda_graphs = False
 
@@ -149,12 +169,20 @@ class TorchAttention:
                         positions: torch.Tensor, prep: QKPrep,
                         kv_scales: KVScales | None = None) -> torch.Tensor:
         """No fused preparation here: the layers' norm and rotary (their kernels on CUDA)."""
-        q, k = prep.apply(positions, q, k)
+        if prep.q_norm is None and not q.is_cuda:  # cos and sin once a step, not per layer
+            rope = prep.rotary_emb
+            cos_sin = meta.memo(("rope", id(rope), q.dtype),
+                                lambda: rope.cos_sin(positions, q.dtype))
+            q, k = rope.rotate(q, k, *cos_sin)
+        else:
+            q, k = prep.apply(positions, q, k)
         return self.forward(q, k, v, kv_cache, meta, scale, kv_scales)
 
     def forward(self, q, k, v, kv_cache, meta: AttentionMetadata, scale: float,
                 kv_scales: KVScales | None = None) -> torch.Tensor:
-        write_kv_cache(k, v, kv_cache, meta.slot_mapping, kv_scales)
+        host_slots = (meta.memo("slots", meta.slot_mapping.tolist)
+                      if meta.slot_mapping.device.type == "cpu" else None)
+        write_kv_cache(k, v, kv_cache, meta.slot_mapping, kv_scales, host_slots)
         k_scale, v_scale = ((kv_scales.k_scale, kv_scales.v_scale) if kv_scales is not None
                             else (None, None))
         group = q.shape[1] // kv_cache.shape[3]

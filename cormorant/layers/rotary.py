@@ -106,15 +106,19 @@ class RotaryEmbedding(nn.Module):
         if kernels is not None and q.stride(-1) == 1 and k.stride(-1) == 1:
             kernels.rotary_embedding(positions, q, k, self.cos_sin_cache)
             return q, k
-        cos, sin = self._cos_sin(positions, q.dtype)
+        return self.rotate(q, k, *self.cos_sin(positions, q.dtype))
+
+    def rotate(self, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference path's rotation of q and k by `cos_sin(positions)` (new tensors)."""
         qk = _joint(q, k)
         if qk is None:
             return _rotate(q, cos, sin), _rotate(k, cos, sin)
         out = _rotate(qk, cos, sin)  # q's and k's heads in one go (one qkv projection's)
         return out.split((q.shape[1], k.shape[1]), dim=1)
 
-    def _cos_sin(self, positions: torch.Tensor, dtype: torch.dtype
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """cos [T, 1, 1, D/2] and (-sin, sin) [T, 1, 2, D/2] at positions, rounded to the
         activation dtype before the multiply, as transformers does."""
         cos_sin = self.cos_sin_cache[positions]  # [T, D]: cos half, sin half
