@@ -13,7 +13,9 @@ pair costs about 2 ms a row), rescored the same way. CPU time, 1 thread, SmolLM2
 49,152 head (2026-12-06, shared 2-core Xeon, noisy): 1 / 4 / 8 / 16 / 32 rows, int4 pair +
 rescoring 3.95 / 7.86 / 15.8 / 31.2 / 60.5 ms, bf16 + rescoring 4.34 / 7.92 / 8.73 / 11.0 / 15.0
 ms, the dense float32 read (exact, the path of 16 rows and more before) 6.19 / 15.1 / 24.7 /
-19.9 / 24.7 ms. The bf16 copy costs 2 bytes a weight of memory (56 MiB for SmolLM2).
+19.9 / 24.7 ms; in the engine (cold caches) one row on the bf16 copy made the whole decode step
+slower (30.8 / 34.9 ms against 29.1 / 26.9 ms on the pair), so fewer rows keep the pair. The
+bf16 copy costs 2 bytes a weight of memory (56 MiB for SmolLM2).
 One rank only (tensor parallelism keeps the dense head).
 Imports: torch, cormorant.layers (embedding, linear, gguf_linear).
 """
