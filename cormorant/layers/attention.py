@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -111,20 +111,37 @@ class AttentionBackend(Protocol):
         ...
 
 
+class HostSlots(NamedTuple):
+    """A step's slot_mapping on the host, and whether every slot is real (no padding row)."""
+    slots: list[int]
+    all_valid: bool
+
+
+def host_slots(meta: AttentionMetadata) -> HostSlots | None:
+    """The step's HostSlots, read once a step (memo) from a CPU slot_mapping; None on a GPU."""
+    if meta.slot_mapping.device.type != "cpu":
+        return None
+
+    def read() -> HostSlots:
+        slots = meta.slot_mapping.tolist()
+        return HostSlots(slots, not slots or min(slots) >= 0)
+    return meta.memo("slots", read)
+
+
 def write_kv_cache(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
                    slot_mapping: torch.Tensor, kv_scales: KVScales | None = None,
-                   host_slots: list[int] | None = None) -> None:
+                   host: HostSlots | None = None) -> None:
     """Scatter this step's keys and values into their slots (reference implementation); an
-    fp8 cache gets them quantized with the layer's scales. host_slots: slot_mapping as a
-    list, if the caller has it (no padding check on the tensor, one row copied directly)."""
+    fp8 cache gets them quantized with the layer's scales. host: the slots on the host, if
+    the caller has them (no padding check on the tensor; one row is copied directly)."""
     num_kv_heads, head_dim = kv_cache.shape[-2:]
     flat = kv_cache.view(2, -1, num_kv_heads, head_dim)  # [2, num_slots, Hkv, D]
     fp8 = is_fp8(kv_cache)
-    if host_slots is not None and len(host_slots) == 1 and host_slots[0] >= 0 and not fp8:
-        flat[0, host_slots[0]].copy_(k[0])
-        flat[1, host_slots[0]].copy_(v[0])
+    if host is not None and host.all_valid and len(host.slots) == 1 and not fp8:
+        flat[0, host.slots[0]].copy_(k[0])
+        flat[1, host.slots[0]].copy_(v[0])
         return
-    if host_slots is None or min(host_slots) < 0:
+    if host is None or not host.all_valid:
         valid = slot_mapping >= 0
         if not bool(valid.all()):
             slot_mapping, k, v = slot_mapping[valid], k[valid], v[valid]
@@ -180,9 +197,7 @@ class TorchAttention:
 
     def forward(self, q, k, v, kv_cache, meta: AttentionMetadata, scale: float,
                 kv_scales: KVScales | None = None) -> torch.Tensor:
-        host_slots = (meta.memo("slots", meta.slot_mapping.tolist)
-                      if meta.slot_mapping.device.type == "cpu" else None)
-        write_kv_cache(k, v, kv_cache, meta.slot_mapping, kv_scales, host_slots)
+        write_kv_cache(k, v, kv_cache, meta.slot_mapping, kv_scales, host_slots(meta))
         k_scale, v_scale = ((kv_scales.k_scale, kv_scales.v_scale) if kv_scales is not None
                             else (None, None))
         group = q.shape[1] // kv_cache.shape[3]
