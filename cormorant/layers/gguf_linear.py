@@ -74,6 +74,9 @@ def _(x: torch.Tensor, weight: torch.Tensor, group: int, scales_zeros: torch.Ten
     return x.new_empty(x.shape[0], scales_zeros.shape[1])
 
 
+_INT4_MM = torch.ops.aten._weight_int4pack_mm_for_cpu.default
+
+
 def gguf_method_for(types: set[Q]) -> LinearMethod | None:
     """The method for a layer whose GGUF parts have these types; None: dense."""
     if not types or types <= set(_DENSE_TYPES):
@@ -196,16 +199,17 @@ class Int4CpuMethod(LinearMethod):
 
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None
               ) -> torch.Tensor:
-        rows = _matmul_input(x)
+        rows = x.to(KERNEL_DTYPE) if x.dim() == 2 else _matmul_input(x)
         if torch.compiler.is_compiling():
             y = int4pack_mm_compiled(self.kernel_input(rows), layer.weight, GROUP,
                                      layer.scales_zeros)
         elif self.runs_dense(layer, rows.shape[0]):
             y = self.dense_matmul(layer, rows)
-        else:
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(self.kernel_input(rows), layer.weight,
-                                                           GROUP, layer.scales_zeros)
-        y = y.to(x.dtype).reshape(*x.shape[:-1], -1)
+        else:  # the decode path: kept to few Python steps (120 calls a SmolLM2 token)
+            y = _INT4_MM(self.kernel_input(rows), layer.weight, GROUP, layer.scales_zeros)
+        y = y.to(x.dtype)
+        if x.dim() != 2:
+            y = y.reshape(*x.shape[:-1], -1)
         return y if bias is None else y + bias
 
     def kernel_input(self, rows: torch.Tensor) -> torch.Tensor:

@@ -65,6 +65,8 @@ def quantize_kv(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 def read_kv(x: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
     """Cache contents in `dtype`: fp8 is dequantized (fp32 * scale); other dtypes are cast."""
+    if x.dtype == dtype:
+        return x
     if x.dtype != FP8_DTYPE:
         return x.to(dtype)
     if scale is None:

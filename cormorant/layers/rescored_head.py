@@ -7,12 +7,15 @@ float32 read, as fast as an 8-bit read), and the RESCORE_TOP best rows are recom
 model dtype against the dense weight (a gather of 64 rows): the logits that decide greedy
 picks, top-k/top-p sets and reported top logprobs are exact; the tail keeps the bf16 error
 (a few tenths of a logit at most), which only moves probabilities that are already tiny.
-From DENSE_MIN_ROWS rows (a batch of decodes) the dense float32 weight is read instead: one
-memory-bound read serves all rows and the logits are exact, while the int4 pair costs about
-3 ms a row. CPU time, 1 thread, SmolLM2's 576 -> 49,152 head (2026-12-06, shared 2-core Xeon,
-noisy): 1 / 4 / 8 / 16 / 32 rows int4 pair + rescoring 7.0 / 13.4 / 26.8 / 51.7 / 108 ms, dense
-float32 11.0 / 28.2 / 41.4 / 33.2 / 42.4 ms; a whole decode step of 8 / 12 / 16 streams 88 /
-124 / 139 ms with the int4 pair, 106 / 133 / 116 ms dense: the dense read from 16 rows.
+From BF16_MIN_ROWS rows (a batch of decodes) a bf16 copy of the weight scores the vocabulary
+instead (oneDNN's bf16 matmul: one read of 2 bytes a weight serves all rows, while the int4
+pair costs about 2 ms a row), rescored the same way. CPU time, 1 thread, SmolLM2's 576 ->
+49,152 head (2026-12-06, shared 2-core Xeon, noisy): 1 / 4 / 8 / 16 / 32 rows, int4 pair +
+rescoring 3.95 / 7.86 / 15.8 / 31.2 / 60.5 ms, bf16 + rescoring 4.34 / 7.92 / 8.73 / 11.0 / 15.0
+ms, the dense float32 read (exact, the path of 16 rows and more before) 6.19 / 15.1 / 24.7 /
+19.9 / 24.7 ms; in the engine (cold caches) one row on the bf16 copy made the whole decode step
+slower (30.8 / 34.9 ms against 29.1 / 26.9 ms on the pair), so fewer rows keep the pair. The
+bf16 copy costs 2 bytes a weight of memory (56 MiB for SmolLM2).
 One rank only (tensor parallelism keeps the dense head).
 Imports: torch, cormorant.layers (embedding, linear, gguf_linear).
 """
@@ -27,8 +30,8 @@ from cormorant.layers.gguf_linear import Int4PairCpuMethod
 from cormorant.layers.linear import ColumnParallelLinear
 
 RESCORE_TOP = 64
-# Rows from which the head reads its dense weight instead (exact; module docstring).
-DENSE_MIN_ROWS = 16
+# Rows from which a bf16 copy of the weight scores the vocabulary (module docstring).
+BF16_MIN_ROWS = 4
 
 
 class RescoredLMHead(nn.Module):
@@ -36,18 +39,21 @@ class RescoredLMHead(nn.Module):
         super().__init__()
         vocab, hidden = dense.weight.shape
         self.weight = dense.weight  # the dense (often tied) weight, shared, not copied
-        self.dense_min_rows: int | None = DENSE_MIN_ROWS  # None: always the int4 pair
+        self.bf16_min_rows: int | None = BF16_MIN_ROWS  # None: always the int4 pair
         self.approx = ColumnParallelLinear(hidden, vocab, bias=False,
                                            method=Int4PairCpuMethod(dense_min_rows=None))
         with torch.no_grad():
             self.approx.weight_loader(self.approx.weight, dense.weight.data)
             self.approx.method.finalize(self.approx)
+        self.register_buffer("weight_bf16", dense.weight.data.to(torch.bfloat16),
+                             persistent=False)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """[N, hidden] -> [N, vocab] in hidden's dtype."""
-        if self.dense_min_rows is not None and hidden.shape[0] >= self.dense_min_rows:
-            return F.linear(hidden, self.weight)
-        logits = self.approx(hidden)  # [N, vocab]
+        if self.bf16_min_rows is not None and hidden.shape[0] >= self.bf16_min_rows:
+            logits = F.linear(hidden.to(torch.bfloat16), self.weight_bf16).to(hidden.dtype)
+        else:
+            logits = self.approx(hidden)  # [N, vocab]
         top = logits.topk(min(RESCORE_TOP, logits.shape[-1]), dim=-1).indices  # [N, K]
         rows = self.weight[top]  # [N, K, hidden]
         exact = torch.bmm(rows, hidden[:, :, None])[..., 0]  # [N, K]

@@ -106,13 +106,47 @@ class RotaryEmbedding(nn.Module):
         if kernels is not None and q.stride(-1) == 1 and k.stride(-1) == 1:
             kernels.rotary_embedding(positions, q, k, self.cos_sin_cache)
             return q, k
-        # cos/sin rounded to the activation dtype before the multiply, as transformers does.
-        cos, sin = self.cos_sin_cache[positions].to(q.dtype).chunk(2, dim=-1)  # [T, D/2] each
-        cos = torch.cat((cos, cos), dim=-1)[:, None, :]  # [T, 1, D]
-        sin = torch.cat((sin, sin), dim=-1)[:, None, :]
-        return _rotate(q, cos, sin), _rotate(k, cos, sin)
+        return self.rotate(q, k, *self.cos_sin(positions, q.dtype))
+
+    def rotate(self, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference path's rotation of q and k by `cos_sin(positions)` (new tensors)."""
+        qk = _joint(q, k)
+        if qk is None:
+            return _rotate(q, cos, sin), _rotate(k, cos, sin)
+        out = _rotate(qk, cos, sin)  # q's and k's heads in one go (one qkv projection's)
+        return out.split((q.shape[1], k.shape[1]), dim=1)
+
+    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos [T, 1, 1, D/2] and (-sin, sin) [T, 1, 2, D/2] at positions, rounded to the
+        activation dtype before the multiply, as transformers does."""
+        cos_sin = self.cos_sin_cache[positions]  # [T, D]: cos half, sin half
+        if cos_sin.dtype != dtype:
+            cos_sin = cos_sin.to(dtype)
+        cos, sin = cos_sin[:, None, None].chunk(2, dim=-1)
+        return cos, torch.cat((-sin, sin), dim=2)
+
+
+def _joint(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor | None:
+    """q [T, H, D] and k [T, Hkv, D] as one [T, H + Hkv, D] view when k's heads follow q's in
+    memory (slices of one qkv projection's rows), else None."""
+    tokens, heads, head_dim = q.shape
+    row = q.stride(0) if tokens > 1 else (heads + k.shape[1]) * head_dim  # any, for one row
+    if (torch.compiler.is_compiling() or q.dtype != k.dtype or q.stride(2) != 1
+            or k.stride(2) != 1 or q.stride(1) != head_dim or k.stride(1) != head_dim
+            or (tokens > 1 and (k.stride(0) != row or row < (heads + k.shape[1]) * head_dim))
+            or k.data_ptr() != q.data_ptr() + heads * head_dim * q.element_size()
+            or k.untyped_storage().data_ptr() != q.untyped_storage().data_ptr()):
+        return None
+    return q.as_strided((tokens, heads + k.shape[1], head_dim), (row, head_dim, 1))
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+    """x [T, N, D] rotated ("rotate half"): x * cos + cat(-x2, x1) * sin, computed per half
+    as [x1, x2] * cos + [x2, x1] * (-sin, sin): the same products and sums, bit for bit,
+    without building the full-width cos, sin and rotated copies."""
+    halves = x.unflatten(-1, (2, -1))  # [T, N, 2, D/2]
+    out = halves * cos
+    out += halves.flip(2) * sin
+    return out.flatten(-2)
