@@ -21,6 +21,8 @@ import logging
 import os
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Callable
 
 import llguidance
@@ -38,6 +40,9 @@ log = logging.getLogger(__name__)
 # b1s's bounded schema): on the H100 host (16 cores) 256 rows took 1.01 ms with 1 thread,
 # 0.71 with 4, 1.40 with 15; 64 rows 0.29 ms with 1 or 4. On a 2-core VM 1 was best.
 XGR_MANY_ROWS = 128  # from this many rows, up to 4 threads
+# How long a spec's first request waits for its xgrammar compile (b1s's 10 fields: 11-16 ms,
+# plus 0.3 s for the tokenizer once); a spec compiled slower runs on llguidance.
+XGR_COMPILE_WAIT_S = 0.5
 
 
 class _Llg:
@@ -105,13 +110,15 @@ class GuidanceMatcher:
 
 class _Entry:
     """A cached spec: its llguidance grammar text, and the schema xgrammar takes (None: it
-    runs on llguidance) with its compiled grammar once built (False: xgrammar refused)."""
+    runs on llguidance) with its compile, once started (a Future of the compiled grammar;
+    None as its result: xgrammar refused it)."""
 
     def __init__(self, text: str, xgr_schema: str | None, compact: bool) -> None:
         self.text = text
         self.xgr_schema = xgr_schema
         self.compact = compact
-        self.compiled: Any = None
+        self.compiled: Future | None = None
+        self.on_xgrammar: bool | None = None  # decided by the spec's first matcher, for good
 
 
 class GuidanceBackend:
@@ -134,7 +141,12 @@ class GuidanceBackend:
         self._xgr: Any = None  # (GrammarCompiler, 2 BatchGrammarMatchers), made on first use
         self._grammars: OrderedDict[str, _Entry] = OrderedDict()  # digest -> entry
         self._lock = threading.Lock()
-        self._compile_lock = threading.Lock()  # one xgrammar compile of a spec at a time
+        self._compile_pool: ThreadPoolExecutor | None = None  # xgrammar compiles, one at a time
+        self._compiling: Future | None = None
+        if engine == "xgrammar":  # its tokenizer (~0.3 s) in the background from the start,
+            # so a spec's first request waits for its compile only
+            self._compile_pool = ThreadPoolExecutor(1, thread_name_prefix="xgrammar")
+            self._compile_pool.submit(self._xgr_tools)
 
     @property
     def num_cached(self) -> int:
@@ -171,18 +183,37 @@ class GuidanceBackend:
         return entry
 
     def new_matcher(self, spec: StructuredOutputs) -> GuidanceMatcher:
-        """A matcher of its own for this sequence, built on first use (~2 ms for a 10-field
-        schema on llguidance; xgrammar compiles once per spec, ~10-40 ms, and its matchers
-        share that); the spec is validated now (GrammarError). Not deep copies of one
-        compiled llguidance template: copies share its lexer cache, and on the H100 host
-        (12 llguidance threads, b1s, 2026-12-06) that made the parallel mask fills 2-5x
-        slower."""
+        """A matcher of its own for this sequence; the spec is validated now (GrammarError).
+        A JSON schema xgrammar takes runs on xgrammar if its grammar is compiled (once per
+        spec, in a background thread with the GIL released) within XGR_COMPILE_WAIT_S of its
+        first request; otherwise, and if xgrammar refuses it, the spec runs on llguidance
+        (for as long as it is cached), so a schema that compiles slowly (300 bounded
+        strings: 6 s) holds the engine loop no longer than that. An llguidance matcher compiles on first use (~2 ms for a 10-field
+        schema). Not deep copies of one compiled llguidance template: copies share its lexer
+        cache, and on the H100 host (12 llguidance threads, b1s, 2026-12-06) that made the
+        parallel mask fills 2-5x slower."""
         entry = self._entry(spec)
+        compiled = self._engine_of(entry, XGR_COMPILE_WAIT_S)
+        if compiled is not None:
+            import xgrammar as xgr
+            return GuidanceMatcher(lambda: _Xgr(xgr.GrammarMatcher(compiled)), xgrammar=True)
         kind = spec.kind()
-        if entry.xgr_schema is None:
-            return GuidanceMatcher(lambda: _Llg(self._compile(entry.text, kind)))
-        return GuidanceMatcher(lambda: self._xgr_matcher(entry) or
-                               _Llg(self._compile(entry.text, kind)), xgrammar=True)
+        return GuidanceMatcher(lambda: _Llg(self._compile(entry.text, kind)))
+
+    def prepare(self, spec: StructuredOutputs, timeout: float | None = None) -> bool:
+        """Validate the spec and wait for its xgrammar compile (if xgrammar takes it): True
+        when its next matchers run on xgrammar (tests, benchmarks' warm-up)."""
+        return self._engine_of(self._entry(spec), timeout) is not None
+
+    def _engine_of(self, entry: _Entry, wait_s: float | None) -> Any:
+        """The compiled xgrammar grammar the spec's matchers use, or None: llguidance. The
+        spec's first matcher decides, for as long as it stays cached, so equal requests
+        (a greedy one streamed and not) always get the same engine and the same tokens."""
+        if entry.on_xgrammar is None:
+            compiled = self._xgr_compiled(entry, wait_s)
+            entry.on_xgrammar = compiled is not None
+            return compiled
+        return entry.compiled.result() if entry.on_xgrammar else None
 
     def _compile(self, text: str, kind: str) -> llguidance.LLMatcher:
         """The matcher for validated grammar text; should llguidance still refuse it with this
@@ -211,22 +242,37 @@ class GuidanceBackend:
                              xgr.BatchGrammarMatcher(max_threads=min(4, _threads())))
             return self._xgr
 
-    def _xgr_matcher(self, entry: _Entry) -> _Xgr | None:
-        """A new xgrammar matcher of the entry's schema (compiled once, in the mask worker);
-        None when xgrammar refuses it (the spec then runs on llguidance)."""
-        import xgrammar as xgr
-        with self._compile_lock:
-            if entry.compiled is None:
-                try:
-                    entry.compiled = self._xgr_tools()[0].compile_grammar(
-                        json_grammar(entry.xgr_schema, entry.compact))
-                except Exception as e:  # noqa: BLE001 (any refusal: llguidance runs it)
-                    log.warning("xgrammar refused a JSON schema (%s); llguidance runs it",
-                                str(e)[:200])
-                    entry.compiled = False
-        if entry.compiled is False:
+    def _xgr_compiled(self, entry: _Entry, wait_s: float | None) -> Any:
+        """The entry's compiled xgrammar grammar, its compile started if it was not (one
+        compile at a time: while another runs, the spec is left for a later request);
+        None if there is none (yet)."""
+        if entry.xgr_schema is None:
             return None
-        return _Xgr(xgr.GrammarMatcher(entry.compiled))
+        with self._lock:
+            if entry.compiled is None and self._compiling is None:
+                if self._compile_pool is None:
+                    self._compile_pool = ThreadPoolExecutor(1, thread_name_prefix="xgrammar")
+                entry.compiled = self._compiling = self._compile_pool.submit(
+                    self._xgr_compile, entry)
+            future = entry.compiled
+        if future is None:
+            return None
+        try:
+            return future.result(timeout=wait_s)
+        except FutureTimeout:
+            return None
+
+    def _xgr_compile(self, entry: _Entry) -> Any:
+        try:
+            return self._xgr_tools()[0].compile_grammar(
+                json_grammar(entry.xgr_schema, entry.compact))
+        except Exception as e:  # noqa: BLE001 (any refusal: llguidance runs the spec)
+            log.warning("xgrammar refused a JSON schema (%s); llguidance runs it",
+                        str(e)[:200])
+            return None
+        finally:
+            with self._lock:
+                self._compiling = None
 
     def fill_inline(self, matchers: list[GuidanceMatcher]) -> bool:
         """xgrammar fills hold the GIL (measured: a Python thread pool of fills ran slower

@@ -12,8 +12,9 @@ Two guards keep its output valid JSON that the schema accepts:
   keeps escaped (a pattern that can match a quote, a backslash or a control character takes
   llguidance).
 - `json_grammar(...)`: xgrammar 0.2.9 writes the character class of a length-bounded string as
-  `[^"\\\r\n]`, which admits raw control characters (invalid JSON); it is rewritten to
-  exclude U+0000-U+001F, and the grammar is compiled from that text.
+  `[^"\\\r\n]`, which admits raw control characters (invalid JSON), and both its string
+  classes admit the bytes of UTF-16 surrogates (not UTF-8); they are rewritten to exclude
+  U+0000-U+001F and U+D800-U+DFFF, and the grammar is compiled from that text.
 
 Imports xgrammar (which imports torch) lazily; numpy bitmasks, never torch tensors here.
 """
@@ -33,12 +34,17 @@ KEYWORDS = frozenset({
     "$comment"})
 _SUBSCHEMA_MAPS = ("properties", "$defs", "definitions")
 _SUBSCHEMA_LISTS = ("anyOf", "prefixItems")
-# A pattern of these characters and escapes cannot match a quote, a backslash or a control
-# character, so xgrammar's string never needs an escape (`\s` would match a newline).
-_SAFE_PATTERN = re.compile(r"^(?:[A-Za-z0-9^$.*+?()\[\]{}|,:;@_/ =#%&!<>~'-]"
-                           r"|\\[dwDW.\-+()\[\]{}*?|^$/])*$")
-_STRING_CLASS = r'[^\"\\\r\n]'  # xgrammar's class for the characters of a bounded string
-_JSON_STRING_CLASS = r'[^\0-\x1f\"\\]'
+# A pattern of these characters and escapes matches only characters it names: never a
+# quote, a backslash or a control character (xgrammar would write them raw; `\s` matches a
+# newline), nor a UTF-16 surrogate (`.`, `[^...]`, `\D` and `\W` let xgrammar write one, which
+# is not UTF-8).
+_SAFE_PATTERN = re.compile(r"^(?:[A-Za-z0-9^$*+?()\[\]{}|,:;@_/ =#%&!<>~'-]"
+                           r"|\\[dw.\-+()\[\]{}*?|^$/])*$")
+# xgrammar 0.2.9's character classes of a JSON string: bounded strings, then free ones. The
+# first admits raw control characters, both admit the bytes of UTF-16 surrogates (ED A0 80:
+# not UTF-8, three replacement characters once decoded).
+_STRING_CLASSES = (r'[^\"\\\r\n]', r'[^\0-\x1f\"\\\r\n]')
+_JSON_STRING_CLASS = r'[^\0-\x1f\"\\\uD800-\uDFFF]'
 
 
 def eligible(schema: Any, depth: int = 0) -> bool:
@@ -50,7 +56,8 @@ def eligible(schema: Any, depth: int = 0) -> bool:
     for key, value in schema.items():
         if key not in KEYWORDS:
             return False
-        if key == "pattern" and not (isinstance(value, str) and _SAFE_PATTERN.match(value)):
+        if key == "pattern" and not (isinstance(value, str) and _SAFE_PATTERN.match(value)
+                                     and "[^" not in value):
             return False
         if key in _SUBSCHEMA_MAPS:
             if not isinstance(value, dict) or not all(
@@ -88,4 +95,7 @@ def json_grammar(schema: str, compact: bool):
     # strict_mode off: an absent additionalProperties allows them, as JSON Schema says.
     grammar = xgr.Grammar.from_json_schema(schema, any_whitespace=False,
                                            separators=separators, strict_mode=False)
-    return xgr.Grammar.from_ebnf(str(grammar).replace(_STRING_CLASS, _JSON_STRING_CLASS))
+    text = str(grammar)
+    for theirs in _STRING_CLASSES:
+        text = text.replace(theirs, _JSON_STRING_CLASS)
+    return xgr.Grammar.from_ebnf(text)

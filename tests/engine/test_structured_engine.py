@@ -68,12 +68,14 @@ def test_masks_filled_a_chunk_at_a_time_give_the_same_tokens(tiny_llama, monkeyp
 
     synchronous = LLM(tiny_llama, block_size=8, num_kv_blocks=256, max_model_len=512)
     synchronous.engine.structured.backend.json_engine = engine
+    assert synchronous.engine.structured.backend.prepare(SPEC, 60) == (engine == "xgrammar")
     expected = _run(synchronous)
     del synchronous
     monkeypatch.setattr(structured, "MASK_CHUNK", 2)
     chunked = LLM(tiny_llama, block_size=8, num_kv_blocks=256, max_model_len=512,
                   async_scheduling=True)
     chunked.engine.structured.backend.json_engine = engine
+    chunked.engine.structured.backend.prepare(SPEC, 60)
     fills = []
     fill = chunked.engine.structured._fill
     chunked.engine.structured._fill = lambda matchers: fills.append(len(matchers)) or fill(

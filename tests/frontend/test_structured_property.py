@@ -75,6 +75,7 @@ def llm_and_alone(tiny_llama):
 def test_random_schemas_always_validate(llm_and_alone, schema, seed, compact):
     llm, alone = llm_and_alone
     spec = StructuredOutputs(json=json.dumps(schema), disable_any_whitespace=compact)
+    llm.engine.structured.backend.prepare(spec, 60)  # xgrammar's, where it takes the schema
     constrained = [SamplingParams(temperature=0.0, max_tokens=400, structured_outputs=spec),
                    SamplingParams(temperature=1.0, seed=seed, max_tokens=400,
                                   structured_outputs=spec)]

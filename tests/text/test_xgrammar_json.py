@@ -48,6 +48,9 @@ def test_eligible_keeps_only_what_xgrammar_enforces():
     assert not eligible({"type": "string", "pattern": '^a"b$'})  # a raw quote in the string
     assert not eligible({"type": "string", "pattern": "^a\\\\b$"})  # a raw backslash
     assert not eligible({"type": "string", "pattern": "^a\\sb$"})  # \s matches a newline
+    for pattern in ("^.{2}$", "^[^x]+$", "^\\D$", "^\\W$"):  # these can match a surrogate
+        assert not eligible({"type": "string", "pattern": pattern}), pattern
+    assert eligible({"type": "string", "pattern": "^[a-z]+\\.[a-z]{2,3}$"})
     assert schema_text("json_object", None) == '{"type": "object"}'
     assert schema_text("regex", None) is None
     assert schema_text("json", '{"type": "object", "minProperties": 2}') is None
@@ -80,6 +83,7 @@ def test_one_fill_serves_xgrammar_and_llguidance_rows(tokenizer):
     backend = GuidanceBackend(tokenizer)
     specs = [StructuredOutputs(json=json.dumps(BOUNDED)), StructuredOutputs(regex="ab+c"),
              StructuredOutputs(json_object=True), StructuredOutputs(choice=["fox", "dog"])]
+    assert [backend.prepare(spec, timeout=60) for spec in specs] == [True, False, True, False]
     matchers = [backend.new_matcher(spec) for spec in specs]
     rows = bitmask_rows(backend.fill_bitmasks(matchers), len(matchers))
     assert [type(m.state) for m in matchers] == [_Xgr, _Llg, _Xgr, _Llg]
@@ -91,7 +95,9 @@ def test_one_fill_serves_xgrammar_and_llguidance_rows(tokenizer):
 
 def test_json_on_xgrammar_ends_with_the_stop_token(tokenizer):
     backend = GuidanceBackend(tokenizer)
+    assert backend.prepare(StructuredOutputs(json=json.dumps(BOUNDED)), timeout=60)
     matcher = backend.new_matcher(StructuredOutputs(json=json.dumps(BOUNDED)))
+    assert matcher.xgrammar
     for token in tokenizer.encode('{"a": "xy", "n": 7}', add_special_tokens=False):
         assert matcher.accept(token)
     eos = set(tokenizer.eos_token_ids)
@@ -113,7 +119,8 @@ def test_what_xgrammar_refuses_or_does_not_enforce_runs_on_llguidance(tokenizer)
     backend.fill_bitmasks([unenforced])
     assert isinstance(unenforced.state, _Llg)
     refused = _Entry("unused", '{"$ref": "#/$defs/missing"}', False)
-    assert backend._xgr_matcher(refused) is None and refused.compiled is False
+    assert backend._xgr_compiled(refused, None) is None  # refused at compile (logged)
+    assert refused.compiled is not None and refused.compiled.result() is None
     only_llg = GuidanceBackend(tokenizer, json_engine="llguidance")
     matcher = only_llg.new_matcher(StructuredOutputs(json=json.dumps(BOUNDED)))
     only_llg.fill_bitmasks([matcher])
@@ -126,6 +133,7 @@ def test_no_row_allows_ids_past_the_vocabulary(tokenizer):
     """The bitmask's last word has spare bits (400 ids in 13 words): none may be set."""
     backend = GuidanceBackend(tokenizer)
     assert backend.vocab_size % 32
+    assert backend.prepare(StructuredOutputs(json_object=True), timeout=60)
     matchers = [backend.new_matcher(StructuredOutputs(json_object=True)),
                 backend.new_matcher(StructuredOutputs(regex="[a-z]+"))]
     for token in tokenizer.encode('{"ab', add_special_tokens=False):
@@ -134,3 +142,55 @@ def test_no_row_allows_ids_past_the_vocabulary(tokenizer):
     for row in rows:
         bits = np.unpackbits(np.ascontiguousarray(row).view(np.uint8), bitorder="little")
         assert bits[:backend.vocab_size].any() and not bits[backend.vocab_size:].any()
+
+
+def test_a_slow_compile_never_holds_the_engine(tokenizer, monkeypatch):
+    """A spec's first request waits for its xgrammar compile only XGR_COMPILE_WAIT_S (a
+    schema of 300 bounded strings compiles in ~6 s on a 49k vocabulary): a spec not
+    compiled by then runs on llguidance, and stays there, so that equal requests always get
+    the same tokens."""
+    from cormorant.text import guidance_backend
+
+    monkeypatch.setattr(guidance_backend, "XGR_COMPILE_WAIT_S", 0.0)
+    backend = GuidanceBackend(tokenizer)
+    spec = StructuredOutputs(json=json.dumps(BOUNDED))
+    first = backend.new_matcher(spec)  # the compile started; not waited for
+    assert not first.xgrammar and not backend.fill_inline([first])
+    backend._entry(spec).compiled.result(timeout=60)  # compiled now, but too late
+    later = backend.new_matcher(spec)
+    assert not later.xgrammar and not backend.prepare(spec, timeout=60)
+    other = StructuredOutputs(json=json.dumps(BOUNDED), disable_any_whitespace=True)
+    assert backend.prepare(other, timeout=60)  # waited for: on xgrammar
+    assert backend.new_matcher(other).xgrammar
+    rows = bitmask_rows(backend.fill_bitmasks([first, backend.new_matcher(other)]), 2)
+    assert np.array_equal(rows[0], rows[1])  # both engines, the same first tokens
+
+
+def _byte_token(tokenizer, byte: int) -> int:
+    """The tiny byte-level BPE tokenizer's token of one raw byte (GPT-2's byte alphabet)."""
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    char = chr(byte) if byte in printable else chr(256 + sorted(
+        set(range(256)) - set(printable)).index(byte))
+    return tokenizer.hf.get_vocab()[char]
+
+
+@pytest.mark.parametrize("schema", [{"type": "string", "maxLength": 3}, {"type": "string"}])
+def test_strings_never_take_the_bytes_of_a_surrogate(tokenizer, schema):
+    """ED A0 80 is U+D800 in UTF-8's pattern, which UTF-8 forbids: xgrammar's own classes
+    take it (a property-test example decoded to three replacement characters and broke
+    maxLength 3), the rewritten ones refuse it; a real two-byte character still passes."""
+    info = xgr.TokenizerInfo.from_huggingface(tokenizer.hf, vocab_size=tokenizer.vocab_size)
+    compiler = xgr.GrammarCompiler(info, cache_enabled=False)
+    text = json.dumps(schema)
+    quote = _byte_token(tokenizer, ord('"'))
+
+    def takes(compiled, data: bytes) -> bool:
+        matcher = xgr.GrammarMatcher(compiled)
+        assert matcher.accept_token(quote)
+        return all(matcher.accept_token(_byte_token(tokenizer, b)) for b in data)
+
+    theirs = compiler.compile_json_schema(text, any_whitespace=False)
+    ours = compiler.compile_grammar(json_grammar(text, False))
+    assert takes(theirs, b"\xed\xa0\x80")  # the defect worked around
+    assert not takes(ours, b"\xed\xa0\x80")
+    assert takes(ours, "é".encode())
