@@ -188,10 +188,11 @@ class GuidanceBackend:
         spec, in a background thread with the GIL released) within XGR_COMPILE_WAIT_S of its
         first request; otherwise, and if xgrammar refuses it, the spec runs on llguidance
         (for as long as it is cached), so a schema that compiles slowly (300 bounded
-        strings: 6 s) holds the engine loop no longer than that. An llguidance matcher compiles on first use (~2 ms for a 10-field
-        schema). Not deep copies of one compiled llguidance template: copies share its lexer
-        cache, and on the H100 host (12 llguidance threads, b1s, 2026-12-06) that made the
-        parallel mask fills 2-5x slower."""
+        strings: 6 s) holds the engine loop no longer than that. An llguidance matcher
+        compiles on first use (~2 ms for a 10-field schema). Not deep copies of one
+        compiled llguidance template: copies share its lexer cache, and on the H100 host
+        (12 llguidance threads, b1s, 2026-12-06) that made the parallel mask fills 2-5x
+        slower."""
         entry = self._entry(spec)
         compiled = self._engine_of(entry, XGR_COMPILE_WAIT_S)
         if compiled is not None:
