@@ -3,14 +3,15 @@
 Implements engine.structured's GrammarBackend. llguidance validates every constraint and runs
 regexes, choices and grammars; a JSON schema or json_object that xgrammar enforces exactly
 (text.xgrammar_json) runs on xgrammar, whose masks are ~10-20x cheaper on complete JSON
-(`CORMORANT_JSON_GRAMMAR=llguidance` keeps JSON on llguidance). The tokenizers (about half
-a second each for a 49k vocabulary) are built on the first constrained request, not at
-start-up. Each distinct spec's grammar text is made and validated once and kept in a bounded
-LRU cache keyed by the spec's digest (text.grammar.spec_digest), with its compiled xgrammar
-grammar (shared by the spec's matchers); each sequence builds its own matcher on first use.
-Masks of a step are filled together (threads inside llguidance and xgrammar, the GIL
-released) into one [rows, ceil(vocab / 32)] int32 array, returned as bytes for the
-ScheduledBatch.
+(`CORMORANT_JSON_GRAMMAR=llguidance` keeps JSON on llguidance). llguidance's tokenizer
+(about half a second for a 49k vocabulary) is built on the first constrained request;
+xgrammar's (~0.3 s) in a background thread when the backend is made. Each distinct spec's
+grammar text is made and validated once and kept in a bounded LRU cache keyed by the spec's
+digest (text.grammar.spec_digest), with its compiled xgrammar grammar (compiled in that
+thread, shared by the spec's matchers); each sequence builds its own matcher. Masks of a
+step are filled together into one [rows, ceil(vocab / 32)] int32 array, returned as bytes
+for the ScheduledBatch: llguidance's rows on its threads with the GIL released, xgrammar's
+holding it (hence `fill_inline`).
 
 Imports llguidance, numpy and text.* only (xgrammar lazily); never torch or engine code.
 """
@@ -140,12 +141,13 @@ class GuidanceBackend:
         self._executor: llguidance.LLExecutor | None = None
         self._xgr: Any = None  # (GrammarCompiler, 2 BatchGrammarMatchers), made on first use
         self._grammars: OrderedDict[str, _Entry] = OrderedDict()  # digest -> entry
-        self._lock = threading.Lock()
-        self._compile_pool: ThreadPoolExecutor | None = None  # xgrammar compiles, one at a time
+        self._lock = threading.Lock()  # the cache, llguidance's tokenizer, the compile slot
+        self._xgr_lock = threading.Lock()  # xgrammar's tokenizer, built in the background
+        # xgrammar compiles, one at a time (its threads start only when one is submitted)
+        self._compile_pool = ThreadPoolExecutor(1, thread_name_prefix="xgrammar")
         self._compiling: Future | None = None
-        if engine == "xgrammar":  # its tokenizer (~0.3 s) in the background from the start,
+        if engine == "xgrammar":  # its tokenizer (~0.3 s) from the start, in the background,
             # so a spec's first request waits for its compile only
-            self._compile_pool = ThreadPoolExecutor(1, thread_name_prefix="xgrammar")
             self._compile_pool.submit(self._xgr_tools)
 
     @property
@@ -230,7 +232,7 @@ class GuidanceBackend:
         return matcher
 
     def _xgr_tools(self) -> Any:
-        with self._lock:
+        with self._xgr_lock:
             if self._xgr is None:
                 import xgrammar as xgr
                 tok = self.tokenizer
@@ -251,8 +253,6 @@ class GuidanceBackend:
             return None
         with self._lock:
             if entry.compiled is None and self._compiling is None:
-                if self._compile_pool is None:
-                    self._compile_pool = ThreadPoolExecutor(1, thread_name_prefix="xgrammar")
                 entry.compiled = self._compiling = self._compile_pool.submit(
                     self._xgr_compile, entry)
             future = entry.compiled
