@@ -79,6 +79,15 @@ prof)  # b1s with the host profile; B2 bf16 / FP8 after the FP8 GEMV configs (~5
 b1s)  # b1s alone (~1 min)
   step b1s 150 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s"
   ;;
+s1)  # session of 12-06 afternoon: CUDA kernel tests, b1s with its host profile, B2/B3 bf16 FP8 int4 (~9 min)
+  step kernel_tests 120 python3 -m pytest -q -x tests/kernels/test_int_gemm.py tests/kernels/test_fp8_gemm.py
+  step b1s_profile 200 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --profile --out "$R/b1s_prof"
+  step b2_bf16 90 $B b2 --quick --no-peer --out "$R/b2_bf16"
+  step b2_fp8 90 $B b2 --quick --no-peer --quantization fp8 --out "$R/b2_fp8"
+  step b2_int4 90 $B b2 --quick --no-peer --quantization int4 --out "$R/b2_int4"
+  step b3_bf16 100 $B b3 --quick --no-peer --out "$R/b3_bf16"
+  step b3_int4 100 $B b3 --quick --no-peer --quantization int4 --out "$R/b3_int4"
+  ;;
 final)  # every figure of the note on one card, ~7 min
   step b1s 150 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s"
   step b2_bf16 100 $B b2 --quick --no-peer --out "$R/b2_bf16"
