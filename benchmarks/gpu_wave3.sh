@@ -79,6 +79,12 @@ prof)  # b1s with the host profile; B2 bf16 / FP8 after the FP8 GEMV configs (~5
 b1s)  # b1s alone (~1 min)
   step b1s 150 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s"
   ;;
+s1json)  # xgrammar's advances and fill in the mask worker against the step loop, same card (~5 min)
+  step xgr_tests 100 python3 -m pytest -q tests/text/test_xgrammar_json.py tests/engine/test_structured_engine.py
+  step b1s_worker 150 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_worker"
+  step b1s_inline 150 env CORMORANT_GRAMMAR_FILL=inline CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_inline"
+  step b1s_worker_2 150 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_worker2"
+  ;;
 s1)  # session of 12-06 afternoon: CUDA kernel tests, b1s with its host profile, B2/B3 bf16 FP8 int4 (~9 min)
   step kernel_tests 120 python3 -m pytest -q -x tests/kernels/test_int_gemm.py tests/kernels/test_fp8_gemm.py
   step b1s_profile 200 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --profile --out "$R/b1s_prof"

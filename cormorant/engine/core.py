@@ -19,7 +19,9 @@ step n's token, but only for sampling: such a batch launches its forward alone
 (`masks_later`) and returns; the sampling is queued (`runner.sample`) just before the next
 launch or collect, whichever comes first (stream order: the next forward reads the sampled
 ids), so the mask work overlaps the forward, the caller's output processing and the next
-schedule.
+schedule. Where the worker also advances the matchers (xgrammar), a sequence whose grammar
+ended is known only with the masks: it is finished at the next collect, with an output that
+carries only its finish reason.
 """
 from __future__ import annotations
 
@@ -76,6 +78,8 @@ class EngineCore:
         self._in_flight: tuple[SchedulerOutput, Any] | None = None  # launched, not collected
         # The in-flight step's sampling, waiting for its grammar masks (defer_sampling).
         self._unsampled: tuple[Any, PendingMasks] | None = None
+        # Sequences whose grammar ended in the mask worker, to finish at the next collect.
+        self._grammar_ended: list[Sequence] = []
 
     # -- requests ---------------------------------------------------------------------------
     def add_request(self, req: EngineRequest) -> list[EngineOutput]:
@@ -168,6 +172,7 @@ class EngineCore:
             handle, pending = self._unsampled
             self._unsampled = None
             self.runner.sample(handle, *pending.result())
+            self._grammar_ended += pending.ended
 
     def _collect(self, masks_for: tuple[SchedulerOutput, Any] | None = None
                  ) -> list[EngineOutput]:
@@ -177,13 +182,13 @@ class EngineCore:
         when they are ready (at once, if they were filled inline: before this step's
         outputs are processed, so the sampling runs meanwhile)."""
         self._queue_sampling()
+        outputs = self._finish_grammar_ended()
         if self._in_flight is None:
             if masks_for is not None:
                 self._defer_sampling(masks_for[1], self.structured.masks_later(masks_for[0]))
-            return []
+            return outputs
         batch, handle = self._in_flight
         self._in_flight = None
-        outputs = []
         # finished or aborted while the step ran: its token is discarded
         kept = [(seq, sample) for seq, sample in zip(batch.seqs, self.runner.collect(handle))
                 if not seq.is_finished]
@@ -200,6 +205,21 @@ class EngineCore:
                 seq.token_ids.pop()
             if (out := self._process(seq, sample, ended)) is not None:
                 outputs.append(out)
+        return outputs
+
+    def _finish_grammar_ended(self) -> list[EngineOutput]:
+        """Finish ("stop") the sequences whose grammar ended with a token the mask worker
+        advanced (their token went out with the step; this output carries only the end). A
+        step already launched for one discards its token, as for any finished sequence."""
+        outputs = []
+        for seq in self._grammar_ended:
+            if not seq.is_finished:
+                self.finish(seq, "stop")
+                outputs.append(EngineOutput(seq.req_id, seq.index, [], finish_reason="stop",
+                                            num_prompt_tokens=seq.num_prompt_tokens,
+                                            num_cached_tokens=seq.num_cached_tokens,
+                                            first_scheduled_time=seq.first_scheduled_time))
+        self._grammar_ended = []
         return outputs
 
     def _batch(self, scheduled: SchedulerOutput, with_masks: bool = True) -> ScheduledBatch:

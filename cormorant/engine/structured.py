@@ -12,9 +12,10 @@ builder injects it). The design:
   grammar. A batch without constrained rows carries nothing and costs nothing.
   `masks_later(scheduled)` is the same, computed in a worker thread while the step loop does
   its other host work (the async step loop's overlap); `advance_then_mask` also overlaps
-  the matchers' advances with the fills, a chunk of rows at a time. Masks whose engine
-  holds the GIL (the backend's `fill_inline`: xgrammar's) are filled in the step loop
-  itself, in one call: a worker would only contend with the loop for the GIL.
+  the matchers' advances with the fills, a chunk of rows at a time. For a backend that
+  fills at once (`fill_at_once`: xgrammar), the worker runs the advances and then one fill,
+  while the loop processes the step's outputs; the sequences whose grammar ended come back
+  with the masks (`PendingMasks.ended`), and the engine finishes them one step late.
 - `advance_all(samples)` after each step: every constrained row's matcher takes its new
   token; the sequences whose grammar has ended come back (the engine finishes them with
   "stop"). A matcher only ever consumes tokens the
@@ -26,15 +27,21 @@ builder injects it). The design:
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from cormorant.engine.scheduler import SchedulerOutput
 from cormorant.engine.sequence import Sequence
 
 log = logging.getLogger(__name__)
 MASK_CHUNK = 64  # rows advanced before their masks are sent to the worker (advance_then_mask)
+HANDOVER_S = 1e-4  # the GIL switch interval while a GIL-releasing fill runs in the worker
+# CORMORANT_GRAMMAR_FILL=inline: fill the masks whose engine wants it (xgrammar's) in the step
+# loop itself, as before the worker fill (for measuring one against the other).
+FILL_INLINE = os.environ.get("CORMORANT_GRAMMAR_FILL", "") == "inline"
 
 
 class GrammarMatcher(Protocol):
@@ -51,9 +58,10 @@ class GrammarBackend(Protocol):
 
     def fill_bitmasks(self, matchers: list[GrammarMatcher]) -> bytes: ...  # [R, W] int32 LE
 
-    # True: these masks fill faster in the calling thread (the engine holds the GIL while
-    # filling them, so a worker thread would only contend with the step loop for it).
-    def fill_inline(self, matchers: list[GrammarMatcher]) -> bool: ...
+    # True: fill these masks in one call, after the matchers' advances, in one worker job
+    # (xgrammar: its C++ releases the GIL, but its Python between the calls needs it, so a
+    # fill in chunks interleaved with the step loop's advances would wait on the loop).
+    def fill_at_once(self, matchers: list[GrammarMatcher]) -> bool: ...
 
 
 class MaskTimes:
@@ -79,6 +87,9 @@ class PendingMasks:
         self.rows = rows
         self._parts = parts
         self._times = times
+        # Sequences whose grammar ended with a token the worker advanced (advance_then_mask
+        # on a one-call backend): known after result(), one step after their token went out.
+        self.ended: list[Sequence] = []
 
     @property
     def ready(self) -> bool:
@@ -151,14 +162,35 @@ class StructuredDecoding:
         if not rows:
             return PendingMasks([], [])
         matchers = [scheduled.seqs[i].grammar for i in rows]
-        if self.backend.fill_inline(matchers):
-            return PendingMasks(rows, [_done(self._fill(matchers))], self.times)
+        if self.backend.fill_at_once(matchers):
+            if FILL_INLINE:
+                return PendingMasks(rows, [_done(self._fill(matchers))], self.times)
+            return PendingMasks(rows, [self._submit_job(lambda: self._fill(matchers))],
+                                self.times)
         return PendingMasks(rows, [self._submit(matchers)], self.times)
 
     def _submit(self, matchers: list[GrammarMatcher]) -> Future[bytes]:
+        """The fill of these matchers in the worker thread."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar-masks")
         return self._pool.submit(self._fill, matchers)
+
+    def _submit_job(self, job: Callable[[], bytes]) -> Future[bytes]:
+        """A job of a one-call backend in the worker thread. It holds the GIL only between
+        its C++ calls; until it is done, the interpreter hands the GIL over every HANDOVER_S
+        instead of every 5 ms, so the worker waits ~0.1 ms (not up to 5 ms) for the step
+        loop's Python each time it needs the GIL back."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar-masks")
+        previous = sys.getswitchinterval()
+        sys.setswitchinterval(min(previous, HANDOVER_S))
+
+        def run() -> bytes:
+            try:
+                return job()
+            finally:
+                sys.setswitchinterval(previous)
+        return self._pool.submit(run)
 
     def advance_then_mask(self, samples: list[tuple[Sequence, Any]],
                           scheduled: SchedulerOutput) -> tuple[set[int], PendingMasks]:
@@ -170,10 +202,12 @@ class StructuredDecoding:
         if not rows:
             return self.advance_all(samples), PendingMasks([], [])
         order = [scheduled.seqs[i] for i in rows]
-        if self.backend.fill_inline([seq.grammar for seq in order]):
-            ended = self.advance_all(samples)
-            bits = self._fill([seq.grammar for seq in order])
-            return ended, PendingMasks(rows, [_done(bits)], self.times)
+        if self.backend.fill_at_once([seq.grammar for seq in order]):
+            matchers = [seq.grammar for seq in order]
+            if FILL_INLINE:
+                ended = self.advance_all(samples)
+                return ended, PendingMasks(rows, [_done(self._fill(matchers))], self.times)
+            return set(), self._advance_and_fill_later(samples, rows, matchers)
         sample_of = {id(seq): sample for seq, sample in samples}
         ended: set[int] = set()
         parts = []
@@ -187,30 +221,54 @@ class StructuredDecoding:
                                    if id(seq) not in in_rows])
         return ended, PendingMasks(rows, parts, self.times)
 
+    def _advance_and_fill_later(self, samples: list[tuple[Sequence, Any]], rows: list[int],
+                                matchers: list[GrammarMatcher]) -> PendingMasks:
+        """advance_all(samples), then the fill of the next batch's matchers, both in the worker
+        (one-call backends: xgrammar's advances and fill run in C++ with the GIL released),
+        while the step loop processes this step's outputs and schedules the next. The
+        sequences whose grammar ended come back late, in the PendingMasks' `ended`."""
+        advances = _advances(samples)  # taken now: the loop may release a matcher meanwhile
+        pending = PendingMasks(rows, [], self.times)
+
+        def job() -> bytes:
+            pending.ended = self._advance(advances)
+            return self._fill(matchers)
+
+        pending._parts = [self._submit_job(job)]
+        return pending
+
     def advance_all(self, samples: list[tuple[Sequence, Any]]) -> set[int]:
         """Feed each constrained sequence its new token (samples: (sequence, SampleOutput)
         pairs; rows without a token or a matcher are skipped), one after the other (~4 us
         each; llguidance's parallel consume measured slower on the H200 host, b1s 256 rows:
         0.74 s of advances against 0.29 s); the seq_ids whose grammar has ended (the engine
         finishes them with "stop")."""
-        rows = [(seq, sample.token_id) for seq, sample in samples
-                if seq.grammar is not None and sample.token_id is not None]
-        if not rows:
-            return set()
+        return {seq.seq_id for seq in self._advance(_advances(samples))}
+
+    def _advance(self, advances: list[tuple[Sequence, GrammarMatcher, int]]) -> list[Sequence]:
+        """Each matcher takes its token; the sequences whose grammar has ended."""
+        if not advances:
+            return []
         t0 = time.perf_counter()
-        accepted = [seq.grammar.accept(token) for seq, token in rows]
+        accepted = [matcher.accept(token) for _, matcher, token in advances]
         self.times.advance += time.perf_counter() - t0
-        ended = set()
-        for (seq, token_id), ok in zip(rows, accepted):
+        ended = []
+        for (seq, matcher, token_id), ok in zip(advances, accepted):
             if not ok:
                 # Only a stage after the mask (a min_tokens ban leaving no allowed token)
                 # gets here; the output so far is all the grammar admits.
                 log.warning("sequence %s: token %d rejected by its grammar; finishing",
                             seq.seq_id, token_id)
-                ended.add(seq.seq_id)
-            elif seq.grammar.is_terminated:
-                ended.add(seq.seq_id)
+                ended.append(seq)
+            elif matcher.is_terminated:
+                ended.append(seq)
         return ended
+
+
+def _advances(samples: list[tuple[Sequence, Any]]) -> list[tuple[Sequence, GrammarMatcher, int]]:
+    """(sequence, its matcher, its new token) for the rows with both."""
+    return [(seq, seq.grammar, sample.token_id) for seq, sample in samples
+            if seq.grammar is not None and sample.token_id is not None]
 
 
 def _done(bits: bytes) -> Future[bytes]:

@@ -10,8 +10,8 @@ grammar text is made and validated once and kept in a bounded LRU cache keyed by
 digest (text.grammar.spec_digest), with its compiled xgrammar grammar (compiled in that
 thread, shared by the spec's matchers); each sequence builds its own matcher. Masks of a
 step are filled together into one [rows, ceil(vocab / 32)] int32 array, returned as bytes
-for the ScheduledBatch: llguidance's rows on its threads with the GIL released, xgrammar's
-holding it (hence `fill_inline`).
+for the ScheduledBatch: llguidance's rows on its threads, xgrammar's in one batched call
+(hence `fill_at_once`); both release the GIL while they fill.
 
 Imports llguidance, numpy and text.* only (xgrammar lazily); never torch or engine code.
 """
@@ -275,9 +275,10 @@ class GuidanceBackend:
             with self._lock:
                 self._compiling = None
 
-    def fill_inline(self, matchers: list[GuidanceMatcher]) -> bool:
-        """xgrammar fills hold the GIL (measured: a Python thread pool of fills ran slower
-        than one thread); llguidance's release it and run on its own threads."""
+    def fill_at_once(self, matchers: list[GuidanceMatcher]) -> bool:
+        """xgrammar's rows fill in one batched call (its C++ releases the GIL; a Python
+        thread pool of per-row fills ran slower than one thread); llguidance's may fill in
+        chunks, each on its own threads with the GIL released."""
         return all(m.xgrammar for m in matchers)
 
     def _allow_end(self, row: np.ndarray) -> None:

@@ -62,8 +62,11 @@ def test_preemption_and_async_scheduling_keep_the_tokens(tiny_llama, roomy):
 def test_masks_filled_a_chunk_at_a_time_give_the_same_tokens(tiny_llama, monkeypatch, engine):
     """Async steps advance the matchers and fill the next masks in chunks of rows (here 2 of
     the 6), overlapped, where the grammar engine fills on its own threads (llguidance);
-    xgrammar's fills hold the GIL, so they run in the step loop, one call a step. The
-    tokens are those of one fill per step either way."""
+    xgrammar's advances and one fill of every row run in the mask worker, one job a step.
+    The tokens are those of one fill per step either way."""
+    import sys
+    import threading
+
     from cormorant.engine import structured
 
     synchronous = LLM(tiny_llama, block_size=8, num_kv_blocks=256, max_model_len=512)
@@ -76,17 +79,52 @@ def test_masks_filled_a_chunk_at_a_time_give_the_same_tokens(tiny_llama, monkeyp
                   async_scheduling=True)
     chunked.engine.structured.backend.json_engine = engine
     chunked.engine.structured.backend.prepare(SPEC, 60)
-    fills = []
+    fills, threads = [], set()
     fill = chunked.engine.structured._fill
-    chunked.engine.structured._fill = lambda matchers: fills.append(len(matchers)) or fill(
-        matchers)
+    chunked.engine.structured._fill = lambda matchers: (
+        fills.append(len(matchers)), threads.add(threading.current_thread().name),
+        fill(matchers))[-1]
+    interval = sys.getswitchinterval()
     assert _run(chunked) == expected
+    assert sys.getswitchinterval() == interval  # the worker's GIL handover is undone
+    assert any(name.startswith("grammar-masks") for name in threads)
     # the first step (prefill, nothing in flight) fills its 6 rows at once
     assert fills[0] == 6
     if engine == "llguidance":  # then chunks of 2
         assert fills.count(2) > len(fills) // 2 and len(fills) > chunked.engine.steps
     else:  # one fill of every constrained row a step
         assert len(fills) <= chunked.engine.steps and fills[1] == 6
+
+
+def test_xgrammar_end_found_in_the_worker_finishes_a_step_late(tiny_llama):
+    """With ignore_eos, an xgrammar JSON matcher ends on accepting the stop token, which the
+    mask worker learns (async steps): the engine finishes the sequence at the next collect,
+    with the same tokens and finish reason as the synchronous engine, which knows at once."""
+    params = [SamplingParams(temperature=0.0 if i % 2 else 1.0, seed=i, max_tokens=200,
+                             ignore_eos=True, structured_outputs=SPEC) for i in range(4)]
+    results = []
+    for async_scheduling in (False, True):
+        llm = LLM(tiny_llama, block_size=8, num_kv_blocks=256, max_model_len=512,
+                  async_scheduling=async_scheduling)
+        llm.engine.structured.backend.json_engine = "xgrammar"
+        assert llm.engine.structured.backend.prepare(SPEC, 60)
+        late, finish_late = [], llm.engine._finish_grammar_ended
+
+        def counted(finish_late=finish_late, late=late):
+            outputs = finish_late()
+            late.extend(outputs)
+            return outputs
+        llm.engine._finish_grammar_ended = counted
+        outs = [out.outputs[0] for out in llm.generate(PROMPTS[:4], params)]
+        # async: every sequence ended in the worker and was finished late
+        assert len(late) == (4 if async_scheduling else 0)
+        for out in outs:
+            assert out.finish_reason == "stop" and out.token_ids[-1] in llm.engine.eos_token_ids
+            jsonschema.validate(json.loads(out.text), SCHEMA)
+        assert llm.engine.structured.num_active == 0 and not llm.engine.requests
+        results.append([out.token_ids for out in outs])
+        del llm
+    assert results[0] == results[1]
 
 
 def test_grammar_end_finishes_without_eos(roomy):

@@ -155,7 +155,7 @@ def test_a_slow_compile_never_holds_the_engine(tokenizer, monkeypatch):
     backend = GuidanceBackend(tokenizer)
     spec = StructuredOutputs(json=json.dumps(BOUNDED))
     first = backend.new_matcher(spec)  # the compile started; not waited for
-    assert not first.xgrammar and not backend.fill_inline([first])
+    assert not first.xgrammar and not backend.fill_at_once([first])
     backend._entry(spec).compiled.result(timeout=60)  # compiled now, but too late
     later = backend.new_matcher(spec)
     assert not later.xgrammar and not backend.prepare(spec, timeout=60)
