@@ -36,7 +36,7 @@ from cormorant.engine.scheduler import Scheduler, SchedulerOutput, WaitingQueue
 from cormorant.engine.sequence import Sequence, SequenceStatus
 from cormorant.engine.structured import GrammarBackend, PendingMasks, StructuredDecoding
 from cormorant.engine.types import (PLACEHOLDER_TOKEN_ID, EngineOutput, EngineRequest,
-                                    SampleOutput, ScheduledBatch)
+                                    MaskBits, SampleOutput, ScheduledBatch)
 from cormorant.sampling_params import SamplingParams
 
 
@@ -50,7 +50,7 @@ class Runner(Protocol):
     # with defer_sampling, `sample` queues the sampling once the grammar masks are known.
     def launch(self, batch: ScheduledBatch, defer_sampling: bool = False) -> Any: ...
 
-    def sample(self, handle: Any, mask_rows: list[int], mask_bits: bytes) -> None: ...
+    def sample(self, handle: Any, mask_rows: list[int], mask_bits: MaskBits) -> None: ...
 
     def collect(self, handle: Any) -> list[SampleOutput]: ...
 

@@ -8,7 +8,7 @@ builder injects it). The design:
   one per sample, the compiled grammar shared through the backend's cache).
 - `masks(scheduled)`: for the rows that sample this step and carry a matcher, the backend
   fills one bitmask row each (bit t of row r: token t allowed); the ScheduledBatch carries
-  them as plain bytes with their batch rows, so the runner applies them without knowing any
+  them as plain bytes (or a byte view) with their batch rows, so the runner applies them without knowing any
   grammar. A batch without constrained rows carries nothing and costs nothing.
   `masks_later(scheduled)` is the same, computed in a worker thread while the step loop does
   its other host work (the async step loop's overlap); `advance_then_mask` also overlaps
@@ -35,6 +35,7 @@ from typing import Any, Callable, Protocol
 
 from cormorant.engine.scheduler import SchedulerOutput
 from cormorant.engine.sequence import Sequence
+from cormorant.engine.types import MaskBits
 
 log = logging.getLogger(__name__)
 MASK_CHUNK = 64  # rows advanced before their masks are sent to the worker (advance_then_mask)
@@ -56,7 +57,7 @@ class GrammarMatcher(Protocol):
 class GrammarBackend(Protocol):
     def new_matcher(self, spec) -> GrammarMatcher: ...  # ValueError for a bad constraint
 
-    def fill_bitmasks(self, matchers: list[GrammarMatcher]) -> bytes: ...  # [R, W] int32 LE
+    def fill_bitmasks(self, matchers: list[GrammarMatcher]) -> MaskBits: ...  # [R, W] i32 LE
 
     # True: fill these masks in one call, after the matchers' advances, in one worker job
     # (xgrammar: its C++ releases the GIL, but its Python between the calls needs it, so a
@@ -82,7 +83,7 @@ class PendingMasks:
     """A step's grammar masks on their way: the batch rows now, the bits when computed (in
     parts, in row order)."""
 
-    def __init__(self, rows: list[int], parts: list[Future[bytes]],
+    def __init__(self, rows: list[int], parts: list[Future[MaskBits]],
                  times: MaskTimes | None = None) -> None:
         self.rows = rows
         self._parts = parts
@@ -96,11 +97,12 @@ class PendingMasks:
         """The bits are computed: result() will not wait."""
         return all(part.done() for part in self._parts)
 
-    def result(self) -> tuple[list[int], bytes]:
+    def result(self) -> tuple[list[int], MaskBits]:
         if not self._parts:
             return self.rows, b""
         t0 = time.perf_counter()
-        bits = b"".join(part.result() for part in self._parts)
+        bits = (self._parts[0].result() if len(self._parts) == 1
+                else b"".join(part.result() for part in self._parts))
         if self._times is not None:
             self._times.wait += time.perf_counter() - t0
         return self.rows, bits
@@ -138,14 +140,14 @@ class StructuredDecoding:
         return [i for i, (seq, do_sample) in enumerate(zip(scheduled.seqs, scheduled.do_sample))
                 if do_sample and seq.grammar is not None]
 
-    def masks(self, scheduled: SchedulerOutput) -> tuple[list[int], bytes]:
+    def masks(self, scheduled: SchedulerOutput) -> tuple[list[int], MaskBits]:
         """(batch rows, their packed bitmasks) for the constrained rows that sample now."""
         rows = self._rows(scheduled)
         if not rows:
             return [], b""
         return rows, self._fill([scheduled.seqs[i].grammar for i in rows])
 
-    def _fill(self, matchers: list[GrammarMatcher]) -> bytes:
+    def _fill(self, matchers: list[GrammarMatcher]) -> MaskBits:
         assert self.backend is not None
         t0 = time.perf_counter()
         bits = self.backend.fill_bitmasks(matchers)
@@ -169,13 +171,13 @@ class StructuredDecoding:
                                 self.times)
         return PendingMasks(rows, [self._submit(matchers)], self.times)
 
-    def _submit(self, matchers: list[GrammarMatcher]) -> Future[bytes]:
+    def _submit(self, matchers: list[GrammarMatcher]) -> Future[MaskBits]:
         """The fill of these matchers in the worker thread."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar-masks")
         return self._pool.submit(self._fill, matchers)
 
-    def _submit_job(self, job: Callable[[], bytes]) -> Future[bytes]:
+    def _submit_job(self, job: Callable[[], MaskBits]) -> Future[MaskBits]:
         """A job of a one-call backend in the worker thread. It holds the GIL only between
         its C++ calls; until it is done, the interpreter hands the GIL over every HANDOVER_S
         instead of every 5 ms, so the worker waits ~0.1 ms (not up to 5 ms) for the step
@@ -185,7 +187,7 @@ class StructuredDecoding:
         previous = sys.getswitchinterval()
         sys.setswitchinterval(min(previous, HANDOVER_S))
 
-        def run() -> bytes:
+        def run() -> MaskBits:
             try:
                 return job()
             finally:
@@ -230,7 +232,7 @@ class StructuredDecoding:
         advances = _advances(samples)  # taken now: the loop may release a matcher meanwhile
         pending = PendingMasks(rows, [], self.times)
 
-        def job() -> bytes:
+        def job() -> MaskBits:
             pending.ended = self._advance(advances)
             return self._fill(matchers)
 
@@ -271,7 +273,7 @@ def _advances(samples: list[tuple[Sequence, Any]]) -> list[tuple[Sequence, Gramm
             if seq.grammar is not None and sample.token_id is not None]
 
 
-def _done(bits: bytes) -> Future[bytes]:
-    future: Future[bytes] = Future()
+def _done(bits: MaskBits) -> Future[MaskBits]:
+    future: Future[MaskBits] = Future()
     future.set_result(bits)
     return future

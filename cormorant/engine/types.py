@@ -7,7 +7,7 @@ runner -> engine: SampleOutput per sampled sequence; engine -> frontend: EngineO
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from cormorant.sampling_params import SamplingParams, StructuredOutputs
 
@@ -26,6 +26,10 @@ def is_background(priority: int) -> bool:
 
 # One position's logprobs: the logprob of the chosen token and {token_id: logprob} of the top-k.
 TokenLogprobs = tuple[float, dict[int, float]]
+
+
+# Packed bitmask rows as bytes, or a byte view of the grammar backend's array (no copy).
+MaskBits = bytes | memoryview
 
 
 @dataclass
@@ -90,7 +94,7 @@ class ScheduledBatch:
     # their bitmasks, [len(mask_rows), ceil(vocab / 32)] int32 little-endian, bit t of a row
     # set when token t is allowed. Empty for a batch without constrained rows.
     mask_rows: list[int] = field(default_factory=list)
-    mask_bits: bytes = b""
+    mask_bits: MaskBits = b""
 
     @property
     def num_tokens(self) -> int:
@@ -100,8 +104,11 @@ class ScheduledBatch:
         return len(self.seq_ids)
 
     def to_wire(self) -> dict:
-        """Nested dicts and lists of ints, floats, strings and bools (msgpack, JSON)."""
-        return asdict(self)
+        """Nested dicts and lists of ints, floats, strings and bools (msgpack, JSON); the
+        mask bits as bytes."""
+        data = asdict(replace(self, mask_bits=b""))
+        data["mask_bits"] = bytes(self.mask_bits)
+        return data
 
     @classmethod
     def from_wire(cls, data: dict) -> ScheduledBatch:

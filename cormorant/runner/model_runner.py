@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from cormorant.config import GPU_MAX_NUM_BATCHED_TOKENS, EngineConfig, ModelConfig
-from cormorant.engine.types import SampleOutput, ScheduledBatch
+from cormorant.engine.types import MaskBits, SampleOutput, ScheduledBatch
 from cormorant.layers.kv_quant import kv_cache_torch_dtype
 from cormorant.layers.parallel import min_over_ranks
 from cormorant.runner.cpu_compile import CompiledDecode, cpu_compile_enabled
@@ -191,7 +191,7 @@ class ModelRunner:
         return handle
 
     @torch.inference_mode()
-    def sample(self, handle: StepHandle, mask_rows: list[int], mask_bits: bytes) -> None:
+    def sample(self, handle: StepHandle, mask_rows: list[int], mask_bits: MaskBits) -> None:
         """Queue a launched step's sampling (under the grammar masks of its batch rows
         `mask_rows`) and the copy of its ids to the host."""
         if handle.deferred is None:
@@ -232,7 +232,7 @@ class ModelRunner:
         self.inputs.release(seq_id)
 
     def _sample(self, hidden: torch.Tensor, sample_rows: torch.Tensor | None,
-                host: HostInputs, grammar: tuple[list[int], bytes] | None) -> SamplerOutput:
+                host: HostInputs, grammar: tuple[list[int], MaskBits] | None) -> SamplerOutput:
         # hidden rows = sampling rows, in order, when sample_rows is None (pure decode).
         logits = self.model.compute_logits(
             hidden if sample_rows is None else hidden[sample_rows])  # [N, vocab] fp32
@@ -369,8 +369,8 @@ def fill_placeholders(input_ids: torch.Tensor, dst_rows: list[int], seq_ids: lis
     input_ids.index_copy_(0, index[0], last.token_ids.index_select(0, index[1]))
 
 
-def _grammar_rows(mask_rows: list[int], mask_bits: bytes, host: HostInputs
-                  ) -> tuple[list[int], bytes] | None:
+def _grammar_rows(mask_rows: list[int], mask_bits: MaskBits, host: HostInputs
+                  ) -> tuple[list[int], MaskBits] | None:
     """Constrained batch rows as sampling rows (the logits' order), with their bits."""
     if not mask_rows:
         return None

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cormorant.engine.types import MaskBits
 from cormorant.runner.request_state import RequestState
 from cormorant.sampling_params import SamplingParams
 
@@ -83,7 +84,7 @@ class SamplingMetadata:
     @classmethod
     def build(cls, seqs: list[RequestState], device: torch.device | str,
               eos_token_ids: Iterable[int] = (),
-              grammar: tuple[list[int], bytes] | None = None) -> SamplingMetadata:
+              grammar: tuple[list[int], MaskBits] | None = None) -> SamplingMetadata:
         """`seqs` are the sequences sampling this step, in the row order of the logits;
         `grammar`: (rows, packed int32 bitmasks) of the constrained rows, if any."""
         device = torch.device(device)
@@ -138,7 +139,7 @@ def stream_seed(seed: int, index: int) -> int:
     return z ^ (z >> 31)
 
 
-def _grammar_mask(grammar: tuple[list[int], bytes], device: torch.device
+def _grammar_mask(grammar: tuple[list[int], MaskBits], device: torch.device
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """(rows [R] int64, allowed [R, 32 * W] bool) from the engine's packed int32 rows: the
     bits travel (V / 8 bytes a row), the unpacking runs on the device."""

@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 
 from cormorant.config import EngineConfig, ModelConfig
-from cormorant.engine.types import SampleOutput, ScheduledBatch
+from cormorant.engine.types import MaskBits, SampleOutput, ScheduledBatch
 from cormorant.runner.tp_wire import (ERROR, OUTPUTS, READY, SAMPLE, SHUTDOWN, config_message,
                                       launch_message, outputs_from, pack, unpack)
 
@@ -131,7 +131,7 @@ class TensorParallelExecutor:
         self._broadcast(launch_message(batch, defer_sampling))
         return len(batch)
 
-    def sample(self, handle: int, mask_rows: list[int], mask_bits: bytes) -> None:
+    def sample(self, handle: int, mask_rows: list[int], mask_bits: MaskBits) -> None:
         self._broadcast(pack(SAMPLE, mask_rows, mask_bits))
 
     def collect(self, handle: int) -> list[SampleOutput]:

@@ -5,6 +5,7 @@ finishes (dropped with the next batch)."""
 from __future__ import annotations
 
 import msgpack
+import numpy as np
 
 from cormorant.engine.batch_builder import BatchBuilder
 from cormorant.engine.scheduler import SchedulerOutput
@@ -45,6 +46,11 @@ def test_a_batch_round_trips_through_msgpack():
         assert [type(s.sampling_params) for s in back.new_seqs] == [SamplingParams] * len(
             batch.new_seqs)
     assert over_the_wire(first).new_seqs[0].sampling_params.logit_bias == {5: -1.5, 9: 2.0}
+    # grammar masks travel as bytes, also when the backend hands over a view of its array
+    words = np.array([[0x7FFF0001, -2], [3, 4]], dtype="<i4")
+    second.mask_rows, second.mask_bits = [0, 1], memoryview(words).cast("B")
+    back = over_the_wire(second)
+    assert back.mask_rows == [0, 1] and back.mask_bits == words.tobytes()
 
 
 def _check_mirror(states: RequestStates, batch: ScheduledBatch,
