@@ -178,9 +178,10 @@ class EngineCore:
                  ) -> list[EngineOutput]:
         """Wait for the in-flight step; put its ids in place of the placeholders, stop.
         masks_for: the batch just launched without its sampling, and its handle: its grammar
-        masks are started while this step's matchers advance, and its sampling is queued
-        when they are ready (at once, if they were filled inline: before this step's
-        outputs are processed, so the sampling runs meanwhile)."""
+        masks are started while this step's matchers advance (or after, in the same worker
+        job), and its sampling is queued when they are ready (at once, if they are ready
+        before this step's outputs are processed; else before the next launch or collect).
+        Sequences whose grammar ended in the worker at the previous collect finish first."""
         self._queue_sampling()
         outputs = self._finish_grammar_ended()
         if self._in_flight is None:

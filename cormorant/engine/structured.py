@@ -39,9 +39,9 @@ from cormorant.engine.types import MaskBits
 
 log = logging.getLogger(__name__)
 MASK_CHUNK = 64  # rows advanced before their masks are sent to the worker (advance_then_mask)
-HANDOVER_S = 1e-4  # the GIL switch interval while a GIL-releasing fill runs in the worker
-# CORMORANT_GRAMMAR_FILL=inline: fill the masks whose engine wants it (xgrammar's) in the step
-# loop itself, as before the worker fill (for measuring one against the other).
+HANDOVER_S = 1e-4  # the GIL switch interval while a one-call backend's job runs in the worker
+# CORMORANT_GRAMMAR_FILL=inline: a one-call backend's advances and fill run in the step loop
+# itself, as before the worker job (for measuring one against the other).
 FILL_INLINE = os.environ.get("CORMORANT_GRAMMAR_FILL", "") == "inline"
 
 
