@@ -59,6 +59,10 @@ class GrammarBackend(Protocol):
 
     def fill_bitmasks(self, matchers: list[GrammarMatcher]) -> MaskBits: ...  # [R, W] i32 LE
 
+    # Each matcher takes its token: (accepted, the grammar has ended) for each.
+    def advance(self, matchers: list[GrammarMatcher], tokens: list[int]
+                ) -> list[tuple[bool, bool]]: ...
+
     # True: fill these masks in one call, after the matchers' advances, in one worker job
     # (xgrammar: its C++ releases the GIL, but its Python between the calls needs it, so a
     # fill in chunks interleaved with the step loop's advances would wait on the loop).
@@ -251,18 +255,20 @@ class StructuredDecoding:
         """Each matcher takes its token; the sequences whose grammar has ended."""
         if not advances:
             return []
+        assert self.backend is not None
         t0 = time.perf_counter()
-        accepted = [matcher.accept(token) for _, matcher, token in advances]
+        results = self.backend.advance([matcher for _, matcher, _ in advances],
+                                       [token for _, _, token in advances])
         self.times.advance += time.perf_counter() - t0
         ended = []
-        for (seq, matcher, token_id), ok in zip(advances, accepted):
-            if not ok:
+        for (seq, _, token_id), (accepted, grammar_ended) in zip(advances, results):
+            if not accepted:
                 # Only a stage after the mask (a min_tokens ban leaving no allowed token)
                 # gets here; the output so far is all the grammar admits.
                 log.warning("sequence %s: token %d rejected by its grammar; finishing",
                             seq.seq_id, token_id)
                 ended.append(seq)
-            elif matcher.is_terminated:
+            elif grammar_ended:
                 ended.append(seq)
         return ended
 

@@ -69,15 +69,21 @@ class _Xgr:
 
     def __init__(self, matcher: Any) -> None:
         self.xg = matcher
+        # Kept here, not asked of xgrammar: each of its calls releases and retakes the GIL,
+        # which in the mask worker means waiting for the step loop (GuidanceBackend.advance).
+        self.ended = False
 
     def accept(self, token_id: int) -> bool:
-        return self.xg.accept_token(token_id)
+        accepted = self.xg.accept_token(token_id)
+        self.ended = self.xg.is_terminated()
+        return accepted
 
     def rollback(self, num_tokens: int) -> None:
         self.xg.rollback(num_tokens)
+        self.ended = self.xg.is_terminated()
 
     def is_terminated(self) -> bool:
-        return self.xg.is_terminated()
+        return self.ended
 
 
 class GuidanceMatcher:
@@ -137,6 +143,7 @@ class GuidanceBackend:
             log.warning("xgrammar is not installed: JSON constraints run on llguidance")
             engine = "llguidance"
         self.json_engine = engine
+        self._stop_ids = frozenset(tokenizer.eos_token_ids)  # xgrammar's stop tokens
         self._ll_tokenizer: llguidance.LLTokenizer | None = None
         self._executor: llguidance.LLExecutor | None = None
         self._xgr: Any = None  # (GrammarCompiler, 2 BatchGrammarMatchers), made on first use
@@ -274,6 +281,27 @@ class GuidanceBackend:
         finally:
             with self._lock:
                 self._compiling = None
+
+    def advance(self, matchers: list[GuidanceMatcher], tokens: list[int]
+                ) -> list[tuple[bool, bool]]:
+        """Each matcher takes its token: (accepted, ended) for each. xgrammar's rows in one
+        batched call, which releases the GIL once rather than once a row; an xgrammar
+        matcher ends when it accepts a stop token (the tokenizer's EOS ids)."""
+        states = [m.state for m in matchers]
+        results: list[tuple[bool, bool] | None] = [None] * len(states)
+        xg_rows = [row for row, state in enumerate(states) if isinstance(state, _Xgr)]
+        if len(xg_rows) > 1:
+            batcher = self._xgr_tools()[1 if len(xg_rows) < XGR_MANY_ROWS else 2]
+            accepted = batcher.batch_accept_token([states[row].xg for row in xg_rows],
+                                                  [tokens[row] for row in xg_rows])
+            for row, ok in zip(xg_rows, accepted):
+                state = states[row]
+                state.ended = state.ended or (ok and tokens[row] in self._stop_ids)
+                results[row] = (ok, state.ended)
+        for row, state in enumerate(states):
+            if results[row] is None:
+                results[row] = (state.accept(tokens[row]), state.is_terminated())
+        return results  # type: ignore[return-value]
 
     def fill_at_once(self, matchers: list[GuidanceMatcher]) -> bool:
         """xgrammar's rows fill in one batched call (its C++ releases the GIL; a Python

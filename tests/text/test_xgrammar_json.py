@@ -112,6 +112,40 @@ def test_json_on_xgrammar_ends_with_the_stop_token(tokenizer):
     assert not matcher.is_terminated
 
 
+def test_batched_advance_matches_one_matcher_at_a_time(tokenizer):
+    """backend.advance takes xgrammar's rows in one batched call and keeps their end itself
+    (no per-row call into xgrammar); its (accepted, ended) pairs and the masks after it are
+    those of feeding each matcher alone, across a JSON object's end, a rejected token, and
+    rows on llguidance."""
+    backend = GuidanceBackend(tokenizer)
+    specs = [StructuredOutputs(json=json.dumps(BOUNDED))] * 3 + [
+        StructuredOutputs(json_object=True), StructuredOutputs(regex="ab+c")]
+    for spec in specs:
+        backend.prepare(spec, timeout=60)
+    eos = min(tokenizer.eos_token_ids)
+    texts = ['{"a": "xy", "n": 7}', '{"a": "q", "n": 12}', '{"a": "', '{"k": 1}', "abbc"]
+    streams = [tokenizer.encode(text, add_special_tokens=False) + [eos] for text in texts]
+    streams[2].append(tokenizer.encode("z", add_special_tokens=False)[0])  # EOS in a string
+    batched = [backend.new_matcher(spec) for spec in specs]
+    alone = [backend.new_matcher(spec) for spec in specs]
+    assert [m.xgrammar for m in batched] == [True, True, True, True, False]
+    seen = set()
+    for step in range(max(len(tokens) for tokens in streams)):
+        live = [i for i, tokens in enumerate(streams) if step < len(tokens)]
+        tokens = [streams[i][step] for i in live]
+        results = backend.advance([batched[i] for i in live], tokens)
+        expected = [(alone[i].accept(t), alone[i].is_terminated) for i, t in zip(live, tokens)]
+        assert results == expected, step
+        seen.update(results)
+        assert [batched[i].state.xg.is_terminated() for i in live if batched[i].xgrammar] == [
+            batched[i].is_terminated for i in live if batched[i].xgrammar]
+        both = bitmask_rows(backend.fill_bitmasks([batched[i] for i in live]), len(live))
+        one = bitmask_rows(backend.fill_bitmasks([alone[i] for i in live]), len(live))
+        assert np.array_equal(both, one)
+    assert [m.is_terminated for m in batched] == [True, True, False, True, True]
+    assert seen == {(True, False), (True, True), (False, False)}  # went on, ended, rejected
+
+
 def test_what_xgrammar_refuses_or_does_not_enforce_runs_on_llguidance(tokenizer):
     backend = GuidanceBackend(tokenizer)
     unenforced = backend.new_matcher(StructuredOutputs(json=json.dumps(
