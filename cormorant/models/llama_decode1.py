@@ -13,9 +13,9 @@ promotion is the cast the layers make: bf16 -> float32 is exact).
 Taken only where it is that path: a CPU float32 model, one rank, every decoder layer a plain
 LlamaDecoderLayer (not wrapped by runner.cpu_compile) on TorchAttention with no q/k norm, int4
 projections (layers.gguf_linear's Int4CpuMethod or its pair) without biases, a float32 KV
-cache; and per step, one sequence decoding one token whose KV blocks are consecutive ids (a
-lone sequence's usually are). Anything else runs the layers as before (`LeanDecode.run`
-answers None).
+cache; and per step, one sequence decoding one token (its KV blocks read in place when they
+are consecutive ids, as a lone sequence's usually are, else gathered as TorchAttention does).
+Anything else runs the layers as before (`LeanDecode.run` answers None).
 Imports: torch, cormorant.layers (attention, gguf_linear, norm).
 """
 from __future__ import annotations
@@ -56,10 +56,12 @@ class _Layer(NamedTuple):
 
 
 class _Step(NamedTuple):
-    """What one step shares across layers: the slot's and the first block's element offsets,
-    the context length and the rotary's cos and sin."""
+    """What one step shares across layers: the slot's element offset, where the context's keys
+    start (the first block's offset when the blocks are consecutive ids, else 0 in a gathered
+    copy of `blocks`), the context length and the rotary's cos and sin."""
     slot_offset: int
     keys_offset: int
+    blocks: torch.Tensor | None  # int64 block ids to gather, None: read the cache in place
     seq_len: int
     cos: torch.Tensor
     sin: torch.Tensor
@@ -116,8 +118,8 @@ class LeanDecode:
 
     def _step(self, positions: torch.Tensor, kv_caches: list[torch.Tensor],
               meta: AttentionMetadata) -> _Step | None:
-        """This step's shared offsets, or None if it is not one row of one sequence with
-        consecutive blocks in a float32 cache."""
+        """This step's shared offsets, or None if it is not one row of one sequence in a
+        float32 cache."""
         if meta.num_seqs != 1 or meta.max_query_len != 1 or positions.shape[0] != 1:
             return None
         cache = kv_caches[0]
@@ -128,14 +130,15 @@ class LeanDecode:
             return None
         seq_len, block_size = meta.seq_lens_cpu[0], cache.shape[2]
         num_blocks = -(-seq_len // block_size)
-        ids = meta.block_tables[0, :num_blocks].tolist()
-        if ids != list(range(ids[0], ids[0] + num_blocks)):
-            return None
+        table = meta.block_tables[0, :num_blocks]
+        ids = table.tolist()
+        blocks = None if ids == list(range(ids[0], ids[0] + num_blocks)) else table.long()
         rope = self.rotary  # cos and sin as TorchAttention memoises them (the same key)
         cos, sin = meta.memo(("rope", id(rope), torch.float32),
                              lambda: rope.cos_sin(positions, torch.float32))
         token = self.num_kv_heads * self.head_dim  # a slot's elements, keys or values
-        return _Step(host.slots[0] * token, ids[0] * block_size * token, seq_len, cos, sin)
+        first = ids[0] * block_size * token if blocks is None else 0
+        return _Step(host.slots[0] * token, first, blocks, seq_len, cos, sin)
 
     def run(self, hidden: torch.Tensor, positions: torch.Tensor, kv_caches: list[torch.Tensor],
             meta: AttentionMetadata) -> torch.Tensor | None:
@@ -176,6 +179,9 @@ class LeanDecode:
             out.as_strided((kv_heads, dim), (dim, 1), heads * dim))
         cache.as_strided((kv_heads, dim), (dim, 1), base + values + step.slot_offset).copy_(
             qkv.as_strided((kv_heads, dim), (dim, 1), rotated * dim))
+        if step.blocks is not None:  # scattered blocks: gathered, keys and values at once
+            cache = cache.index_select(1, step.blocks)  # [2, blocks, block_size, Hkv, D]
+            base, values = cache.storage_offset(), cache.stride(0)
         kv_shape = (1, kv_heads, step.seq_len, dim)
         kv_strides = (step.seq_len * token, dim, token, 1)
         keys = cache.as_strided(kv_shape, kv_strides, base + step.keys_offset)

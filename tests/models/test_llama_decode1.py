@@ -4,7 +4,7 @@ A tiny Llama written as a quantized GGUF (Q4_1, and a mix with Q8_0 parts that t
 pair) is loaded with `--quantization gguf` twice; both copies prefill the same prompt and
 decode the same tokens, one through the lean step and one through the layers. Logits, the KV
 cache must be equal (torch.equal), and the lean step must really
-have run on every decode step whose blocks are consecutive, and on no other.
+have run on every decode step, its blocks consecutive (read in place) or not (gathered).
 """
 from __future__ import annotations
 
@@ -75,13 +75,15 @@ def test_lean_decode_step_is_bit_identical_to_the_layers(tmp_path, monkeypatch, 
         assert torch.equal(mine, theirs)
 
 
-def test_scattered_blocks_and_other_models_run_the_layers(tmp_path, monkeypatch):
+def test_scattered_blocks_are_gathered_and_other_models_run_the_layers(tmp_path, monkeypatch):
     path = tmp_path / "tiny.gguf"
     write_gguf(make_hf_model("llama-tied"), path, "llama", qtypes={"": Q.Q4_1})
     calls = _counting(monkeypatch)
-    _, (lean_logits, layers_logits) = _decode_both(path, None)  # PagedRunner: reversed blocks
-    assert calls == {"run": len(DECODE), "taken": 0}
+    (lean, layers), (lean_logits, layers_logits) = _decode_both(path, None)  # reversed blocks
+    assert calls == {"run": len(DECODE), "taken": len(DECODE)}
     assert torch.equal(lean_logits, layers_logits)
+    for mine, theirs in zip(lean.kv_caches, layers.kv_caches, strict=True):
+        assert torch.equal(mine, theirs)
     dense, _ = _load(path, quantization="none")  # the exact float32 path: no int4 layers
     assert LeanDecode.build(dense.model) is None
     assert LeanDecode.build(_load(path)[0].model) is not None
