@@ -1,4 +1,4 @@
-"""The Llama decoder's one-row CPU decode step on int4 weights: the layers' own ops, half the dispatches.
+"""The Llama decoder's one-row CPU decode step on int4 weights: its own ops, half the dispatches.
 
 At batch 1 on a CPU a SmolLM2 token (`--quantization gguf`) spends ~45 % of its time outside
 its int4 matmuls: ~70 ATen calls a decoder layer at 2-5 us of dispatch each, nn.Module calls
@@ -16,7 +16,7 @@ projections (layers.gguf_linear's Int4CpuMethod or its pair) without biases, a f
 cache; and per step, one sequence decoding one token (its KV blocks read in place when they
 are consecutive ids, as a lone sequence's usually are, else gathered as TorchAttention does).
 Anything else runs the layers as before (`LeanDecode.run` answers None).
-Imports: torch, cormorant.layers (attention, gguf_linear, norm).
+Imports: torch, cormorant.layers (attention, gguf_linear), models.llama (lazily: its classes).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from torch import nn
 from cormorant.layers.attention import AttentionMetadata, TorchAttention, host_slots
 from cormorant.layers.gguf_linear import GROUP, KERNEL_DTYPE, Int4CpuMethod, Int4PairCpuMethod
 
-_INT4_MM = torch.ops.aten._weight_int4pack_mm_for_cpu
+_INT4_MM = torch._weight_int4pack_mm_for_cpu  # the direct binding: ~2 us a call below torch.ops
 
 
 class _Proj(NamedTuple):
@@ -167,18 +167,18 @@ class LeanDecode:
         Hkv) D] float32 -> [1, H D]."""
         heads, kv_heads, dim = self.num_heads, self.num_kv_heads, self.head_dim
         rotated, half = heads + kv_heads, dim // 2
-        # layers.rotary._rotate of q's and k's heads at once: [x1, x2] * cos + [x2, x1] * sin
+        # layers.rotary._rotate of q's and k's heads at once, in place in qkv (a fresh tensor
+        # of this layer's): [x1, x2] * cos + [x2, x1] * sin, the same products and sum.
         halves = qkv.as_strided((1, rotated, 2, half), (qkv.shape[1], dim, half, 1))
-        out = halves * step.cos
         flipped = halves.flip(2)
         flipped.mul_(step.sin)
-        out += flipped  # [1, H + Hkv, 2, D/2], contiguous
+        halves.mul_(step.cos)
+        halves += flipped
+        # k and v lie side by side in qkv now: both written into the slot in one copy.
         token, values = kv_heads * dim, cache.stride(0)
         base = cache.storage_offset()
-        cache.as_strided((kv_heads, dim), (dim, 1), base + step.slot_offset).copy_(
-            out.as_strided((kv_heads, dim), (dim, 1), heads * dim))
-        cache.as_strided((kv_heads, dim), (dim, 1), base + values + step.slot_offset).copy_(
-            qkv.as_strided((kv_heads, dim), (dim, 1), rotated * dim))
+        cache.as_strided((2, kv_heads, dim), (values, dim, 1), base + step.slot_offset).copy_(
+            qkv.as_strided((2, kv_heads, dim), (token, dim, 1), heads * dim))
         if step.blocks is not None:  # scattered blocks: gathered, keys and values at once
             cache = cache.index_select(1, step.blocks)  # [2, blocks, block_size, Hkv, D]
             base, values = cache.storage_offset(), cache.stride(0)
@@ -186,7 +186,7 @@ class LeanDecode:
         kv_strides = (step.seq_len * token, dim, token, 1)
         keys = cache.as_strided(kv_shape, kv_strides, base + step.keys_offset)
         vals = cache.as_strided(kv_shape, kv_strides, base + values + step.keys_offset)
-        q = out.as_strided((1, heads, 1, dim), (rotated * dim, dim, dim, 1))
+        q = qkv.as_strided((1, heads, 1, dim), (qkv.shape[1], dim, dim, 1))
         attn = F.scaled_dot_product_attention(q, keys, vals, scale=self.scale,
                                               enable_gqa=heads != kv_heads)
         return attn.view(1, heads * dim)
