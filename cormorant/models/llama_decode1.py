@@ -1,11 +1,12 @@
 """The Llama decoder's one-row CPU decode step on int4 weights: its own ops, half the dispatches.
 
 At batch 1 on a CPU a SmolLM2 token (`--quantization gguf`) spends ~45 % of its time outside
-its int4 matmuls: ~70 ATen calls a decoder layer at 2-5 us of dispatch each, nn.Module calls
-(~300 a token) and the deferred-input machinery (layers.norm, layers.activation). `LeanDecode`
-runs a pure-decode step of one sequence with the very ops of that path, in the same order on
-the same values (bit for bit: tests/models/test_llama_decode1.py), as ~33 calls a layer from
-one loop: weights and kernel operands read once into plain tuples, the step's slot, block run
+its int4 matmuls: 111 Python-level torch calls a decoder layer (~55 ATen dispatches at 2-5 us
+each, the rest attribute reads and stride checks), ~300 nn.Module calls a token and the
+deferred-input machinery (layers.norm, layers.activation). `LeanDecode` runs a pure-decode step
+of one sequence with the very ops of that path, in the same order on the same values (bit for
+bit: tests/models/test_llama_decode1.py), as 39 torch calls a layer (~30 dispatches) from one
+loop: weights and kernel operands read once into plain tuples, the step's slot, block run
 and rotary cos/sin once a step, keys and values as `as_strided` views of the cache, and the
 bf16 outputs of o_proj and down_proj added to the float32 residual directly (the add's type
 promotion is the cast the layers make: bf16 -> float32 is exact).
