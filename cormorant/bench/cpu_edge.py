@@ -1,8 +1,8 @@
 """B5, the CPU and edge path: the embedded SmolLM2 GGUF on cormorant and on llama.cpp.
 
 Workload (issue #13): prompts of 128 tokens, 128 new tokens, greedy. Ours runs twice, with
-the compiled decode step (runner.cpu_compile) and with --enforce-eager. Figures: batch-1 decode
-tok/s of both (llama.cpp through llama-cpp-python, `pip install cormorant[bench]`, with the
+--enforce-eager (the default decode step: the headline rows) and with the opt-in compiled
+decode step (runner.cpu_compile, CORMORANT_CPU_COMPILE=1). Figures: batch-1 decode tok/s of both (llama.cpp through llama-cpp-python, `pip install cormorant[bench]`, with the
 same thread count), 16 concurrent streams' aggregate tok/s of cormorant (prefill included),
 and resident memory: `cormorant serve` on the default model after one request, beside
 llama.cpp's process after its runs. The two run in separate processes (bench.cpu_worker),
@@ -114,12 +114,14 @@ def run_b5(ctx: RunContext) -> dict:
         eager.append(_worker("ours_eager", spec, ctx.out_dir, f"eager{r}"))
         peer.append(_worker("llama_cpp", spec, ctx.out_dir, f"llama{r}"))
     serve = serve_rss(threads, ctx.out_dir)
-    summary = summarize(ours, peer, serve, threads, load_start, os.getloadavg())
-    b1, streams = _median(eager, "decode_tok_s"), _median(eager, "streams_tok_s")
+    # The headline is the default (eager) decode step; the compiled one is opt-in.
+    summary = summarize(eager, peer, serve, threads, load_start, os.getloadavg())
+    b1, streams = _median(ours, "decode_tok_s"), _median(ours, "streams_tok_s")
     summary["rows"][2:2] = [
-        ["batch-1 decode tok/s, --enforce-eager", fmt(b1, 1), "", "", "", "before"],
-        [f"{STREAMS} streams tok/s, --enforce-eager", fmt(streams, 1), "", "", "", "before"]]
-    summary["eager"] = eager
+        ["batch-1 decode tok/s, CORMORANT_CPU_COMPILE=1", fmt(b1, 1), "", "", "", "opt-in"],
+        [f"{STREAMS} streams tok/s, CORMORANT_CPU_COMPILE=1", fmt(streams, 1), "", "", "",
+         "opt-in"]]
+    summary["compiled"] = ours
     return summary
 
 

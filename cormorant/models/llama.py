@@ -24,6 +24,7 @@ from cormorant.layers.linear import (LinearInput, MergedColumnParallelLinear, QK
                                      RowParallelLinear)
 from cormorant.layers.norm import RMSNorm
 from cormorant.layers.rotary import RotaryEmbedding
+from cormorant.models.llama_decode1 import LeanDecode
 
 
 class LlamaAttention(nn.Module):
@@ -109,15 +110,28 @@ class LlamaModel(nn.Module):
             LlamaDecoderLayer(config, attn_backend, self.rotary_emb, o_proj_bias)
             for _ in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lean_decode = True  # one-row CPU decode steps on int4 weights: models.llama_decode1
+        self._lean: tuple[LeanDecode | None, nn.Module] | None = None
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 kv_caches: list[torch.Tensor], meta: AttentionMetadata) -> torch.Tensor:
         hidden = self.embed_tokens(input_ids)  # [T, hidden]
+        if self.lean_decode and input_ids.shape[0] == 1 and not input_ids.is_cuda:
+            lean = self._lean_step()
+            out = None if lean is None else lean.run(hidden, positions, kv_caches, meta)
+            if out is not None:
+                return out
         residual = None
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
             hidden, residual = layer(positions, hidden, residual, kv_cache, meta)
         hidden, _ = self.norm(hidden, residual)
         return hidden
+
+    def _lean_step(self) -> LeanDecode | None:
+        """The lean one-row step, built once (again if the layers were swapped since)."""
+        if self._lean is None or self._lean[1] is not self.layers[0]:
+            self._lean = (LeanDecode.build(self), self.layers[0])
+        return self._lean[0]
 
 
 class LlamaForCausalLM(nn.Module):
