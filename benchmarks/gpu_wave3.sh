@@ -85,6 +85,14 @@ s1json)  # xgrammar's advances and fill in the mask worker against the step loop
   step b1s_inline 150 env CORMORANT_GRAMMAR_FILL=inline CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_inline"
   step b1s_worker_2 150 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_worker2"
   ;;
+s3)  # the b1s A/B first (worker / inline / worker), then the tests on the card and B2 (fits ~8 min; a cut loses the tail)
+  step b1s_worker 130 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_worker"
+  step b1s_inline 130 env CORMORANT_GRAMMAR_FILL=inline CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_inline"
+  step b1s_worker_2 130 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_worker2"
+  step xgr_tests 60 python3 -m pytest -q tests/text/test_xgrammar_json.py tests/engine/test_structured_engine.py
+  step b2_bf16 50 $B b2 --quick --no-peer --out "$R/b2_bf16"
+  step b2_fp8 50 $B b2 --quick --no-peer --quantization fp8 --out "$R/b2_fp8"
+  ;;
 s2)  # s1json, then B2 three ways and B3 int4 (~8 min; B3 last, so a cut loses only it)
   step xgr_tests 100 python3 -m pytest -q tests/text/test_xgrammar_json.py tests/engine/test_structured_engine.py
   step b1s_worker 130 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_worker"
