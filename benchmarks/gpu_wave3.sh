@@ -85,6 +85,10 @@ s1json)  # xgrammar's advances and fill in the mask worker against the step loop
   step b1s_inline 150 env CORMORANT_GRAMMAR_FILL=inline CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_inline"
   step b1s_worker_2 150 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_worker2"
   ;;
+s4)  # the b1s A/B alone, worker then inline (~3 min)
+  step b1s_worker 120 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_worker"
+  step b1s_inline 120 env CORMORANT_GRAMMAR_FILL=inline CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_inline"
+  ;;
 s3)  # the b1s A/B first (worker / inline / worker), then the tests on the card and B2 (fits ~8 min; a cut loses the tail)
   step b1s_worker 130 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_worker"
   step b1s_inline 130 env CORMORANT_GRAMMAR_FILL=inline CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_inline"
