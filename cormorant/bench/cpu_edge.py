@@ -2,7 +2,8 @@
 
 Workload (issue #13): prompts of 128 tokens, 128 new tokens, greedy. Ours runs twice, with
 --enforce-eager (the default decode step: the headline rows) and with the opt-in compiled
-decode step (runner.cpu_compile, CORMORANT_CPU_COMPILE=1). Figures: batch-1 decode tok/s of both (llama.cpp through llama-cpp-python, `pip install cormorant[bench]`, with the
+decode step (runner.cpu_compile, CORMORANT_CPU_COMPILE=1). Figures: batch-1 decode tok/s of
+both (llama.cpp through llama-cpp-python, `pip install cormorant[bench]`, with the
 same thread count), 16 concurrent streams' aggregate tok/s of cormorant (prefill included),
 and resident memory: `cormorant serve` on the default model after one request, beside
 llama.cpp's process after its runs. The two run in separate processes (bench.cpu_worker),

@@ -216,10 +216,9 @@ class EngineCore:
         for seq in self._grammar_ended:
             if not seq.is_finished:
                 self.finish(seq, "stop")
-                outputs.append(EngineOutput(seq.req_id, seq.index, [], finish_reason="stop",
-                                            num_prompt_tokens=seq.num_prompt_tokens,
-                                            num_cached_tokens=seq.num_cached_tokens,
-                                            first_scheduled_time=seq.first_scheduled_time))
+                out = _news(seq)
+                out.finish_reason = "stop"
+                outputs.append(out)
         self._grammar_ended = []
         return outputs
 
@@ -240,10 +239,8 @@ class EngineCore:
                  ) -> EngineOutput | None:
         """Append the sampled token and decide whether the sequence stops; grammar_ended:
         the seq_ids whose grammar ended with this token (StructuredDecoding.advance_all)."""
-        out = EngineOutput(seq.req_id, seq.index, [], prompt_logprobs=sample.prompt_logprobs,
-                           num_prompt_tokens=seq.num_prompt_tokens,
-                           num_cached_tokens=seq.num_cached_tokens,
-                           first_scheduled_time=seq.first_scheduled_time)
+        out = _news(seq)
+        out.prompt_logprobs = sample.prompt_logprobs
         if sample.token_id is None:
             return out if sample.prompt_logprobs else None
         seq.append_token(sample.token_id)
@@ -312,6 +309,13 @@ class EngineCore:
             if seq.index == index and not seq.is_finished:
                 self.finish(seq, "stop")
                 return
+
+
+def _news(seq: Sequence) -> EngineOutput:
+    """An output of this sequence with no token yet: what every output of it carries."""
+    return EngineOutput(seq.req_id, seq.index, [], num_prompt_tokens=seq.num_prompt_tokens,
+                        num_cached_tokens=seq.num_cached_tokens,
+                        first_scheduled_time=seq.first_scheduled_time)
 
 
 def _reads_history(batch: SchedulerOutput) -> bool:

@@ -8,8 +8,8 @@ builder injects it). The design:
   one per sample, the compiled grammar shared through the backend's cache).
 - `masks(scheduled)`: for the rows that sample this step and carry a matcher, the backend
   fills one bitmask row each (bit t of row r: token t allowed); the ScheduledBatch carries
-  them as plain bytes (or a byte view) with their batch rows, so the runner applies them without knowing any
-  grammar. A batch without constrained rows carries nothing and costs nothing.
+  them as plain bytes (or a byte view) with their batch rows, so the runner applies them
+  without knowing any grammar. A batch without constrained rows carries nothing and costs nothing.
   `masks_later(scheduled)` is the same, computed in a worker thread while the step loop does
   its other host work (the async step loop's overlap); `advance_then_mask` also overlaps
   the matchers' advances with the fills, a chunk of rows at a time. For a backend that
@@ -88,13 +88,13 @@ class PendingMasks:
     parts, in row order)."""
 
     def __init__(self, rows: list[int], parts: list[Future[MaskBits]],
-                 times: MaskTimes | None = None) -> None:
+                 times: MaskTimes | None = None, ended: list[Sequence] | None = None) -> None:
         self.rows = rows
         self._parts = parts
         self._times = times
         # Sequences whose grammar ended with a token the worker advanced (advance_then_mask
         # on a one-call backend): known after result(), one step after their token went out.
-        self.ended: list[Sequence] = []
+        self.ended: list[Sequence] = [] if ended is None else ended
 
     @property
     def ready(self) -> bool:
@@ -169,25 +169,24 @@ class StructuredDecoding:
             return PendingMasks([], [])
         matchers = [scheduled.seqs[i].grammar for i in rows]
         if self.backend.fill_at_once(matchers):
-            if FILL_INLINE:
-                return PendingMasks(rows, [_done(self._fill(matchers))], self.times)
             return PendingMasks(rows, [self._submit_job(lambda: self._fill(matchers))],
                                 self.times)
-        return PendingMasks(rows, [self._submit(matchers)], self.times)
+        return PendingMasks(rows, [self._worker().submit(self._fill, matchers)], self.times)
 
-    def _submit(self, matchers: list[GrammarMatcher]) -> Future[MaskBits]:
-        """The fill of these matchers in the worker thread."""
+    def _worker(self) -> ThreadPoolExecutor:
+        """The mask worker: one thread, made on first use."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar-masks")
-        return self._pool.submit(self._fill, matchers)
+        return self._pool
 
     def _submit_job(self, job: Callable[[], MaskBits]) -> Future[MaskBits]:
-        """A job of a one-call backend in the worker thread. It holds the GIL only between
-        its C++ calls; until it is done, the interpreter hands the GIL over every HANDOVER_S
-        instead of every 5 ms, so the worker waits ~0.1 ms (not up to 5 ms) for the step
-        loop's Python each time it needs the GIL back."""
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar-masks")
+        """A job of a one-call backend in the worker thread (in the step loop itself under
+        CORMORANT_GRAMMAR_FILL=inline). It holds the GIL only between its C++ calls; until
+        it is done, the interpreter hands the GIL over every HANDOVER_S instead of every
+        5 ms, so the worker waits ~0.1 ms (not up to 5 ms) for the step loop's Python each
+        time it needs the GIL back."""
+        if FILL_INLINE:
+            return _done(job())
         previous = sys.getswitchinterval()
         sys.setswitchinterval(min(previous, HANDOVER_S))
 
@@ -196,7 +195,7 @@ class StructuredDecoding:
                 return job()
             finally:
                 sys.setswitchinterval(previous)
-        return self._pool.submit(run)
+        return self._worker().submit(run)
 
     def advance_then_mask(self, samples: list[tuple[Sequence, Any]],
                           scheduled: SchedulerOutput) -> tuple[set[int], PendingMasks]:
@@ -208,11 +207,8 @@ class StructuredDecoding:
         if not rows:
             return self.advance_all(samples), PendingMasks([], [])
         order = [scheduled.seqs[i] for i in rows]
-        if self.backend.fill_at_once([seq.grammar for seq in order]):
-            matchers = [seq.grammar for seq in order]
-            if FILL_INLINE:
-                ended = self.advance_all(samples)
-                return ended, PendingMasks(rows, [_done(self._fill(matchers))], self.times)
+        matchers = [seq.grammar for seq in order]
+        if self.backend.fill_at_once(matchers):
             return set(), self._advance_and_fill_later(samples, rows, matchers)
         sample_of = {id(seq): sample for seq, sample in samples}
         ended: set[int] = set()
@@ -221,7 +217,7 @@ class StructuredDecoding:
             chunk = order[start:start + MASK_CHUNK]
             ended |= self.advance_all([(seq, sample_of[id(seq)]) for seq in chunk
                                        if id(seq) in sample_of])
-            parts.append(self._submit([seq.grammar for seq in chunk]))
+            parts.append(self._worker().submit(self._fill, [seq.grammar for seq in chunk]))
         in_rows = {id(seq) for seq in order}
         ended |= self.advance_all([(seq, sample) for seq, sample in samples
                                    if id(seq) not in in_rows])
@@ -234,14 +230,13 @@ class StructuredDecoding:
         while the step loop processes this step's outputs and schedules the next. The
         sequences whose grammar ended come back late, in the PendingMasks' `ended`."""
         advances = _advances(samples)  # taken now: the loop may release a matcher meanwhile
-        pending = PendingMasks(rows, [], self.times)
+        ended: list[Sequence] = []
 
         def job() -> MaskBits:
-            pending.ended = self._advance(advances)
+            ended.extend(self._advance(advances))
             return self._fill(matchers)
 
-        pending._parts = [self._submit_job(job)]
-        return pending
+        return PendingMasks(rows, [self._submit_job(job)], self.times, ended)
 
     def advance_all(self, samples: list[tuple[Sequence, Any]]) -> set[int]:
         """Feed each constrained sequence its new token (samples: (sequence, SampleOutput)

@@ -252,6 +252,11 @@ class GuidanceBackend:
                              xgr.BatchGrammarMatcher(max_threads=min(4, _threads())))
             return self._xgr
 
+    def _batcher(self, rows: int) -> Any:
+        """xgrammar's batched matcher for this many rows: 1 thread, or up to 4 from
+        XGR_MANY_ROWS."""
+        return self._xgr_tools()[1 if rows < XGR_MANY_ROWS else 2]
+
     def _xgr_compiled(self, entry: _Entry, wait_s: float | None) -> Any:
         """The entry's compiled xgrammar grammar, its compile started if it was not (one
         compile at a time: while another runs, the spec is left for a later request);
@@ -291,8 +296,7 @@ class GuidanceBackend:
         results: list[tuple[bool, bool] | None] = [None] * len(states)
         xg_rows = [row for row, state in enumerate(states) if isinstance(state, _Xgr)]
         if len(xg_rows) > 1:
-            batcher = self._xgr_tools()[1 if len(xg_rows) < XGR_MANY_ROWS else 2]
-            accepted = batcher.batch_accept_token([states[row].xg for row in xg_rows],
+            accepted = self._batcher(len(xg_rows)).batch_accept_token([states[row].xg for row in xg_rows],
                                                   [tokens[row] for row in xg_rows])
             for row, ok in zip(xg_rows, accepted):
                 state = states[row]
@@ -328,8 +332,7 @@ class GuidanceBackend:
                 else:
                     xg_rows.append(row)
         if xg_rows:
-            batcher = self._xgr_tools()[1 if len(xg_rows) < XGR_MANY_ROWS else 2]
-            batcher.batch_fill_next_token_bitmask(
+            self._batcher(len(xg_rows)).batch_fill_next_token_bitmask(
                 [states[row].xg for row in xg_rows], bitmask, xg_rows)
             if self.vocab_size % 32:  # xgrammar leaves the last word's spare bits set
                 spare = np.uint32((1 << (self.vocab_size % 32)) - 1)
