@@ -3,13 +3,14 @@
     PYTHONPATH=$PWD python3 benchmarks/cpu_decode_probe.py [--rows 16 1] [--steps 24]
         [--profile torch|cprofile] [--compile] [--threads N]
 
-Loads the embedded SmolLM2 GGUF with `--quantization gguf`, one thread, eager (unless
---compile; --threads N for more), then per row count: prefills that many 128-token prompts (prefix-cached first,
-so the profiled run's prefill is a token a prompt) and decodes; every
-engine step's `ModelRunner.execute` is timed in thread CPU time (`time.thread_time`: the
-shared machine's other load does not count; wall time with --threads 2 or more), and the pure-decode steps' median is printed
-(ms a step, and tok/s from it). --profile wraps the decode steps of the last row count in the
-torch profiler (top ops by self CPU time, shapes recorded) or cProfile (top functions).
+Loads the embedded SmolLM2 GGUF with `--quantization gguf`, one thread, eager (unless --compile;
+--threads N for more), then per row count: prefills that many 128-token prompts (prefix-cached
+first, so the profiled run's prefill is a token a prompt) and decodes; every engine step's
+`ModelRunner.execute` is timed in thread CPU time (`time.thread_time`: the shared machine's
+other load does not count; wall time with --threads 2 or more), and the pure-decode steps'
+median is printed (ms a step, and tok/s from it). --profile wraps the decode steps of the last
+row count in the torch profiler (top ops by self CPU time, shapes recorded) or cProfile (top
+functions).
 """
 from __future__ import annotations
 
