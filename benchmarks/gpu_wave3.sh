@@ -97,6 +97,15 @@ s3)  # the b1s A/B first (worker / inline / worker), then the tests on the card 
   step b2_bf16 50 $B b2 --quick --no-peer --out "$R/b2_bf16"
   step b2_fp8 50 $B b2 --quick --no-peer --quantization fp8 --out "$R/b2_fp8"
   ;;
+s5)  # the b1s A/B first, then the tests on the card, B2 three ways and B3 int4 (~8 min; a cut loses the tail)
+  step b1s_worker 130 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_worker"
+  step b1s_inline 130 env CORMORANT_GRAMMAR_FILL=inline CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_inline"
+  step xgr_tests 80 python3 -m pytest -q tests/text/test_xgrammar_json.py tests/engine/test_structured_engine.py
+  step b2_bf16 60 $B b2 --quick --no-peer --out "$R/b2_bf16"
+  step b2_fp8 60 $B b2 --quick --no-peer --quantization fp8 --out "$R/b2_fp8"
+  step b2_int4 60 $B b2 --quick --no-peer --quantization int4 --out "$R/b2_int4"
+  step b3_int4 80 $B b3 --quick --no-peer --quantization int4 --out "$R/b3_int4"
+  ;;
 s2)  # s1json, then B2 three ways and B3 int4 (~8 min; B3 last, so a cut loses only it)
   step xgr_tests 100 python3 -m pytest -q tests/text/test_xgrammar_json.py tests/engine/test_structured_engine.py
   step b1s_worker 130 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_worker"
