@@ -124,40 +124,58 @@ void rotate_and_write(float* qkv, int64_t rows, const Geometry& g, const float* 
   }
 }
 
-// One query row per (row, head) against the row's context, read through its block table.
+// One query row per (row, head) against the row's context, read through its block table:
+// parallel over (row, KV head), each key and value read once for the query heads sharing it.
 void attention(const float* qkv, float* out, int64_t rows, const Geometry& g, const float* cache,
                const int32_t* tables, const int32_t* seq_lens) {
   const int64_t width = (g.heads + 2 * g.kv_heads) * g.dim, group = g.heads / g.kv_heads;
-  const int64_t token = g.kv_heads * g.dim;
-  const int64_t values = g.num_blocks * g.block_size * token;
+  const int64_t token = g.kv_heads * g.dim, dim = g.dim, bs = g.block_size;
+  const int64_t values = g.num_blocks * bs * token;
   int64_t longest = 1;
   for (int64_t r = 0; r < rows; ++r) longest = std::max<int64_t>(longest, seq_lens[r]);
-  const int64_t grain = std::max<int64_t>(1, 16384 / (longest * g.dim));
-  at::parallel_for(0, rows * g.heads, grain, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores(longest);
-    std::vector<float> acc(g.dim);
+  const int64_t grain = std::max<int64_t>(1, 8192 / (longest * dim * group));
+  at::parallel_for(0, rows * g.kv_heads, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(group * longest), acc(group * dim), top(group), total(group);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t r = task / g.heads, h = task % g.heads, kvh = h / group;
-      const float* q = qkv + r * width + h * g.dim;
+      const int64_t r = task / g.kv_heads, kvh = task % g.kv_heads, len = seq_lens[r];
+      const float* q = qkv + r * width + kvh * group * dim;  // the group's query heads
       const int32_t* table = tables + r * g.table_width;
-      const int64_t len = seq_lens[r];
-      float top = -INFINITY;
-      for (int64_t j = 0; j < len; ++j) {
-        const int64_t slot = table[j / g.block_size] * g.block_size + j % g.block_size;
-        scores[j] = dot(q, cache + slot * token + kvh * g.dim, g.dim) * g.scale;
-        top = std::max(top, scores[j]);
+      std::fill(top.begin(), top.end(), -INFINITY);
+      for (int64_t j0 = 0; j0 < len; j0 += bs) {
+        const float* keys = cache + (table[j0 / bs] * bs) * token + kvh * dim;
+        for (int64_t t = 0, n = std::min(bs, len - j0); t < n; ++t) {
+          const float* k = keys + t * token;
+          for (int64_t h = 0; h < group; ++h) {
+            const float s = dot(q + h * dim, k, dim) * g.scale;
+            scores[h * longest + j0 + t] = s;
+            top[h] = std::max(top[h], s);
+          }
+        }
       }
-      float total = 0.f;
       std::fill(acc.begin(), acc.end(), 0.f);
-      for (int64_t j = 0; j < len; ++j) {
-        const float p = std::exp(scores[j] - top);
-        total += p;
-        const int64_t slot = table[j / g.block_size] * g.block_size + j % g.block_size;
-        const float* v = cache + values + slot * token + kvh * g.dim;
-        for (int64_t d = 0; d < g.dim; ++d) acc[d] += p * v[d];
+      std::fill(total.begin(), total.end(), 0.f);
+      for (int64_t h = 0; h < group; ++h) {
+        float* sc = scores.data() + h * longest;
+        for (int64_t j = 0; j < len; ++j) {
+          sc[j] = std::exp(sc[j] - top[h]);
+          total[h] += sc[j];
+        }
       }
-      float* o = out + r * g.heads * g.dim + h * g.dim;
-      for (int64_t d = 0; d < g.dim; ++d) o[d] = acc[d] / total;
+      for (int64_t j0 = 0; j0 < len; j0 += bs) {
+        const float* vals = cache + values + (table[j0 / bs] * bs) * token + kvh * dim;
+        for (int64_t t = 0, n = std::min(bs, len - j0); t < n; ++t) {
+          const float* v = vals + t * token;
+          for (int64_t h = 0; h < group; ++h) {
+            const float p = scores[h * longest + j0 + t];
+            float* a = acc.data() + h * dim;
+            for (int64_t d = 0; d < dim; ++d) a[d] += p * v[d];
+          }
+        }
+      }
+      for (int64_t h = 0; h < group; ++h) {
+        float* o = out + r * g.heads * dim + (kvh * group + h) * dim;
+        for (int64_t d = 0; d < dim; ++d) o[d] = acc[h * dim + d] / total[h];
+      }
     }
   });
 }

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parents[1] / "csrc" / "cpu_decode.cpp"
 NAME = "cormorant_cpu_decode"
-CFLAGS = ["-O3", "-march=native", "-fno-math-errno"]
+CFLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno"]
 ENV = "CORMORANT_CPU_DECODE"  # "python": never the compiled step
 
 
