@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 namespace {
@@ -83,15 +84,30 @@ void rms_norm(const float* x, const float* w, float* out, int64_t rows, int64_t 
   }
 }
 
-float dot(const float* a, const float* b, int64_t n) {
-  float acc[16] = {0};
+// GCC/Clang vector types: lowered to whatever vectors -march gives (AVX2 or AVX-512 here).
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v4 __attribute__((vector_size(16)));
+
+inline v8 load8(const float* p) {
+  v8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// The dot product of two float32 rows: two 8-lane partial sums, then a short tree (a plain
+// loop of 16 accumulators reduced one by one was a chain of 16 dependent adds a key).
+inline float dot(const float* a, const float* b, int64_t n) {
+  v8 s0 = {0}, s1 = {0};
   int64_t i = 0;
-  for (; i + 16 <= n; i += 16)
-    for (int j = 0; j < 16; ++j) acc[j] += a[i + j] * b[i + j];
-  float s = 0.f;
-  for (; i < n; ++i) s += a[i] * b[i];
-  for (int j = 0; j < 16; ++j) s += acc[j];
-  return s;
+  for (; i + 16 <= n; i += 16) {
+    s0 += load8(a + i) * load8(b + i);
+    s1 += load8(a + i + 8) * load8(b + i + 8);
+  }
+  const v8 s = s0 + s1;
+  const v4 t = v4{s[0], s[1], s[2], s[3]} + v4{s[4], s[5], s[6], s[7]};
+  float out = (t[0] + t[2]) + (t[1] + t[3]);
+  for (; i < n; ++i) out += a[i] * b[i];
+  return out;
 }
 
 struct Geometry {
@@ -124,29 +140,32 @@ void rotate_and_write(float* qkv, int64_t rows, const Geometry& g, const float* 
   }
 }
 
-// One query row per (row, head) against the row's context, read through its block table:
-// parallel over (row, KV head), each key and value read once for the query heads sharing it.
+// One query row per (row, head) against the row's context, read through its block table.
+// Parallel over (row, span of KV heads): one span of all KV heads a row from 4 rows (each
+// token's keys then stream contiguously), one KV head a task below. Each key and value is read
+// once for all the query heads that share it.
 void attention(const float* qkv, float* out, int64_t rows, const Geometry& g, const float* cache,
                const int32_t* tables, const int32_t* seq_lens) {
   const int64_t width = (g.heads + 2 * g.kv_heads) * g.dim, group = g.heads / g.kv_heads;
   const int64_t token = g.kv_heads * g.dim, dim = g.dim, bs = g.block_size;
   const int64_t values = g.num_blocks * bs * token;
+  const int64_t span = rows >= 4 ? g.kv_heads : 1, spans = g.kv_heads / span;
   int64_t longest = 1;
   for (int64_t r = 0; r < rows; ++r) longest = std::max<int64_t>(longest, seq_lens[r]);
-  const int64_t grain = std::max<int64_t>(1, 8192 / (longest * dim * group));
-  at::parallel_for(0, rows * g.kv_heads, grain, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores(group * longest), acc(group * dim), top(group), total(group);
+  const int64_t heads = span * group;  // query heads a task
+  const int64_t grain = std::max<int64_t>(1, 8192 / (longest * dim * heads));
+  at::parallel_for(0, rows * spans, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(heads * longest), acc(heads * dim), top(heads), total(heads);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t r = task / g.kv_heads, kvh = task % g.kv_heads, len = seq_lens[r];
-      const float* q = qkv + r * width + kvh * group * dim;  // the group's query heads
+      const int64_t r = task / spans, kv0 = (task % spans) * span, len = seq_lens[r];
+      const float* q = qkv + r * width + kv0 * group * dim;  // the span's query heads
       const int32_t* table = tables + r * g.table_width;
       std::fill(top.begin(), top.end(), -INFINITY);
       for (int64_t j0 = 0; j0 < len; j0 += bs) {
-        const float* keys = cache + (table[j0 / bs] * bs) * token + kvh * dim;
+        const float* keys = cache + (table[j0 / bs] * bs) * token + kv0 * dim;
         for (int64_t t = 0, n = std::min(bs, len - j0); t < n; ++t) {
-          const float* k = keys + t * token;
-          for (int64_t h = 0; h < group; ++h) {
-            const float s = dot(q + h * dim, k, dim) * g.scale;
+          for (int64_t h = 0; h < heads; ++h) {
+            const float s = dot(q + h * dim, keys + t * token + (h / group) * dim, dim) * g.scale;
             scores[h * longest + j0 + t] = s;
             top[h] = std::max(top[h], s);
           }
@@ -154,7 +173,7 @@ void attention(const float* qkv, float* out, int64_t rows, const Geometry& g, co
       }
       std::fill(acc.begin(), acc.end(), 0.f);
       std::fill(total.begin(), total.end(), 0.f);
-      for (int64_t h = 0; h < group; ++h) {
+      for (int64_t h = 0; h < heads; ++h) {
         float* sc = scores.data() + h * longest;
         for (int64_t j = 0; j < len; ++j) {
           sc[j] = std::exp(sc[j] - top[h]);
@@ -162,18 +181,18 @@ void attention(const float* qkv, float* out, int64_t rows, const Geometry& g, co
         }
       }
       for (int64_t j0 = 0; j0 < len; j0 += bs) {
-        const float* vals = cache + values + (table[j0 / bs] * bs) * token + kvh * dim;
+        const float* vals = cache + values + (table[j0 / bs] * bs) * token + kv0 * dim;
         for (int64_t t = 0, n = std::min(bs, len - j0); t < n; ++t) {
-          const float* v = vals + t * token;
-          for (int64_t h = 0; h < group; ++h) {
+          for (int64_t h = 0; h < heads; ++h) {
             const float p = scores[h * longest + j0 + t];
+            const float* v = vals + t * token + (h / group) * dim;
             float* a = acc.data() + h * dim;
             for (int64_t d = 0; d < dim; ++d) a[d] += p * v[d];
           }
         }
       }
-      for (int64_t h = 0; h < group; ++h) {
-        float* o = out + r * g.heads * dim + (kvh * group + h) * dim;
+      for (int64_t h = 0; h < heads; ++h) {
+        float* o = out + r * g.heads * dim + (kv0 * group + h) * dim;
         for (int64_t d = 0; d < dim; ++d) o[d] = acc[h * dim + d] / total[h];
       }
     }
@@ -278,10 +297,8 @@ Tensor decode_step(const Tensor& hidden, const Tensor& positions, const Tensor& 
     run_proj(p[2], to_input(p[2], normed.data(), rows), gate_up.data(), rows);
     for (int64_t r = 0; r < rows; ++r) {
       const float* gr = gate_up.data() + r * 2 * inter;
-      for (int64_t i = 0; i < inter; ++i) {
-        const float x = gr[i];
-        act[r * inter + i] = x / (1.0f + std::exp(-x)) * gr[inter + i];
-      }
+      float* ar = act.data() + r * inter;
+      for (int64_t i = 0; i < inter; ++i) ar[i] = gr[i] / (1.0f + std::exp(-gr[i])) * gr[inter + i];
     }
     run_proj(p[3], to_input(p[3], act.data(), rows), proj_out.data(), rows);
     for (int64_t i = 0; i < rows * width; ++i) total[i] += proj_out[i];
