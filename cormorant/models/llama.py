@@ -129,7 +129,7 @@ class LlamaModel(nn.Module):
         return hidden
 
     def _lean_step(self) -> LeanDecode | None:
-        """The lean one-row step, built once (again if the layers were swapped since)."""
+        """The lean decode step, built once (again if the layers were swapped since)."""
         if self._lean is None or self._lean[1] is not self.layers[0]:
             self._lean = (LeanDecode.build(self), self.layers[0])
         return self._lean[0]

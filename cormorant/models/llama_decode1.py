@@ -1,4 +1,4 @@
-"""The Llama decoder's one-row CPU decode step on int4 weights: its own ops, half the dispatches.
+"""The Llama decoder's CPU decode step on int4 weights: compiled for M rows, or one row in Python.
 
 At batch 1 on a CPU a SmolLM2 token (`--quantization gguf`) spends ~45 % of its time outside
 its int4 matmuls: 111 Python-level torch calls a decoder layer (~55 ATen dispatches at 2-5 us
@@ -20,10 +20,12 @@ Anything else runs the layers as before (`LeanDecode.run` answers None).
 
 Where the compiled step is built (kernels.cpu_decode, unless CORMORANT_CPU_DECODE=python),
 `run` hands it the whole layer loop instead, for M >= 1 rows of pure decode (each row one
-sequence with one new token; the engine's batched decode steps too): the same int4 kernel
-calls, its own norm, rotary, KV write and attention loops (no longer bit for bit: within
-float32 rounding of them, tests/models/test_cpu_decode.py), keys and values read through each
-row's block table. The Python step stays the fallback for one row.
+sequence with one new token; the engine's batched decode steps too), under the same model
+rules, on float32 caches of one shape with every slot valid: the same int4 kernel calls, its
+own norm, rotary, KV write and attention loops, keys and values read through each row's block
+table. Not bit for bit: float32 rounding apart, and where that flips a bf16 rounding of a
+projection input, a bf16 step of that input (tests/models/test_cpu_decode.py). The Python
+step above stays the fallback for one row; the layers for the rest.
 Imports: torch, cormorant.layers (attention, gguf_linear), cormorant.kernels (cpu_decode),
 models.llama (lazily: its classes).
 """
@@ -35,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cormorant.kernels import cpu_decode
+from cormorant.kernels.cpu_decode import load as load_cpu_decode
 from cormorant.layers.attention import AttentionMetadata, TorchAttention, host_slots
 from cormorant.layers.gguf_linear import GROUP, KERNEL_DTYPE, Int4CpuMethod, Int4PairCpuMethod
 
@@ -99,7 +101,7 @@ class LeanDecode:
         self.head_dim, self.scale = attn.head_dim, attn.scale
         self.shape = (final_norm.shape[0],)
         # The compiled step's operands, flat per layer as its schema takes them.
-        self.native = cpu_decode.load()
+        self.native = load_cpu_decode()
         self.norms = [t for lay in layers for t in (lay.in_norm, lay.post_norm)]
         projs = [p for lay in layers for p in (lay.qkv, lay.o, lay.gate_up, lay.down)]
         self.weights = [p.weight for p in projs]
