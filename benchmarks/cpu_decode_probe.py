@@ -1,14 +1,15 @@
 """CPU time of the quantized CPU decode step (issue #13): 16 rows and 1 row, in the real engine.
 
     PYTHONPATH=$PWD python3 benchmarks/cpu_decode_probe.py [--rows 16 1] [--steps 24]
-        [--profile torch|cprofile] [--compile] [--threads N]
+        [--threads 1] [--profile torch|cprofile] [--compile]
 
-Loads the embedded SmolLM2 GGUF with `--quantization gguf`, one thread, eager (unless --compile;
---threads N for more), then per row count: prefills that many 128-token prompts (prefix-cached
-first, so the profiled run's prefill is a token a prompt) and decodes; every engine step's
-`ModelRunner.execute` is timed in thread CPU time (`time.thread_time`: the shared machine's
-other load does not count; wall time with --threads 2 or more), and the pure-decode steps'
-median is printed (ms a step, and tok/s from it). --profile wraps the decode steps of the last
+Loads the embedded SmolLM2 GGUF with `--quantization gguf`, --threads intra-op threads (1),
+eager (unless --compile), then per row count: prefills that many 128-token prompts (prefix-
+cached first, so the profiled run's prefill is a token a prompt) and decodes; every engine
+step's `ModelRunner.execute` is timed in thread CPU time (`time.thread_time`: the shared
+machine's other load does not count; with 2 threads it misses the second thread's work) and in
+wall time, and the pure-decode steps' medians are printed (ms a step, and tok/s from the CPU
+time with 1 thread, from the wall time with more). --profile wraps the decode steps of the last
 row count in the torch profiler (top ops by self CPU time, shapes recorded) or cProfile (top
 functions).
 """
@@ -40,8 +41,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--steps", type=int, default=24, help="new tokens per sequence")
     parser.add_argument("--profile", choices=["torch", "cprofile"], default=None)
     parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (above 1 the step is timed in wall time)")
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--no-prefix-cache", action="store_true",
                         help="as B5 runs: the prompts are prefilled in the timed run")
@@ -59,12 +59,11 @@ def main(argv: list[str]) -> int:
     from cormorant.sampling_params import SamplingParams
 
     model = default_model_path()
-    llm = LLM(model, threads=args.threads, enable_prefix_caching=not args.no_prefix_cache, max_num_seqs=16,
+    llm = LLM(model, threads=args.threads, enable_prefix_caching=not args.no_prefix_cache,
+              max_num_seqs=16,
               quantization="gguf", enforce_eager=not args.compile)
     all_prompts = prompts(model, max(args.rows))
-    times: list[tuple[int, bool, float]] = []  # (rows, pure decode, seconds a step)
-    # one thread: thread CPU time (the shared machine's other load does not count); more: wall
-    clock = time.thread_time if args.threads == 1 else time.perf_counter
+    times: list[tuple[int, bool, float, float]] = []  # (rows, decode, thread CPU s, wall s)
     profiling = {"on": False}
     original = ModelRunner.execute
 
@@ -72,9 +71,9 @@ def main(argv: list[str]) -> int:
         decode = batch.num_tokens == len(batch)
         if decode and profiling["on"]:
             _toggle(prof, True)
-        t0 = clock()
+        t0, w0 = time.thread_time(), time.perf_counter()
         out = original(self, batch)
-        times.append((len(batch), decode, clock() - t0))
+        times.append((len(batch), decode, time.thread_time() - t0, time.perf_counter() - w0))
         if decode and profiling["on"]:
             _toggle(prof, False)
         return out
@@ -102,11 +101,14 @@ def main(argv: list[str]) -> int:
             outs = llm.generate(all_prompts[:rows], params)
         cpu_s, wall_s = time.process_time() - c0, time.perf_counter() - w0
         ids[str(rows)] = [list(o.outputs[0].token_ids) for o in outs]
-        steps = [t for n, d, t in times if d and n == rows]
-        med = statistics.median(steps)
+        steps = [t for n, d, t, _ in times if d and n == rows]
+        walls = [w for n, d, _, w in times if d and n == rows]
+        med, wall = statistics.median(steps), statistics.median(walls)
         print(f"{rows:>2} rows (prompt {PROMPT_TOKENS}): {len(steps)} decode steps, median "
-              f"{med * 1e3:.1f} ms {'CPU' if args.threads == 1 else 'wall'} a step (min {min(steps) * 1e3:.1f}), "
-              f"{rows / med:.1f} tok/s; whole generate {cpu_s / args.steps * 1e3:.1f} ms CPU, "
+              f"{med * 1e3:.1f} ms CPU a step (min {min(steps) * 1e3:.1f}), {wall * 1e3:.1f} "
+              f"ms wall (min {min(walls) * 1e3:.1f}), "
+              f"{rows / (med if args.threads == 1 else wall):.1f} tok/s; "
+              f"whole generate {cpu_s / args.steps * 1e3:.1f} ms CPU, "
               f"{wall_s / args.steps * 1e3:.1f} ms wall a step; load {os.getloadavg()[0]:.2f}",
               flush=True)
     if args.ids:

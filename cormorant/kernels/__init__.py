@@ -12,6 +12,9 @@ Modules (each imports only torch and triton; fp8_gemm also gemv's prologue helpe
   fp8_gemm         FP8-weight GEMV (same prologues) and GEMM, per-channel or block scales
   int_gemm         int4/int8 weight-only GEMM and GEMV, dequantized inside the matmul
 
+and one CPU module, no Triton: cpu_decode builds and loads the compiled CPU decode step
+(csrc/cpu_decode.cpp, a torch C++ op) that models.llama_decode1 calls.
+
 This package file imports nothing heavy, so `import cormorant.kernels` works on machines
 without Triton; layers get a submodule through `load(name)`, which is None where it cannot be
 imported (then they run their PyTorch reference).

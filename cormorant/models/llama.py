@@ -110,13 +110,14 @@ class LlamaModel(nn.Module):
             LlamaDecoderLayer(config, attn_backend, self.rotary_emb, o_proj_bias)
             for _ in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.lean_decode = True  # one-row CPU decode steps on int4 weights: models.llama_decode1
+        self.lean_decode = True  # CPU pure-decode steps on int4 weights: models.llama_decode1
         self._lean: tuple[LeanDecode | None, nn.Module] | None = None
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 kv_caches: list[torch.Tensor], meta: AttentionMetadata) -> torch.Tensor:
         hidden = self.embed_tokens(input_ids)  # [T, hidden]
-        if self.lean_decode and input_ids.shape[0] == 1 and not input_ids.is_cuda:
+        if (self.lean_decode and meta.max_query_len == 1 and not input_ids.is_cuda
+                and input_ids.shape[0] == meta.num_seqs):  # pure decode, one row a sequence
             lean = self._lean_step()
             out = None if lean is None else lean.run(hidden, positions, kv_caches, meta)
             if out is not None:
@@ -128,7 +129,7 @@ class LlamaModel(nn.Module):
         return hidden
 
     def _lean_step(self) -> LeanDecode | None:
-        """The lean one-row step, built once (again if the layers were swapped since)."""
+        """The lean decode step, built once (again if the layers were swapped since)."""
         if self._lean is None or self._lean[1] is not self.layers[0]:
             self._lean = (LeanDecode.build(self), self.layers[0])
         return self._lean[0]

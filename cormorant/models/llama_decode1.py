@@ -1,4 +1,4 @@
-"""The Llama decoder's one-row CPU decode step on int4 weights: its own ops, half the dispatches.
+"""The Llama decoder's CPU decode step on int4 weights: compiled for M rows, or one row in Python.
 
 At batch 1 on a CPU a SmolLM2 token (`--quantization gguf`) spends ~45 % of its time outside
 its int4 matmuls: 111 Python-level torch calls a decoder layer (~55 ATen dispatches at 2-5 us
@@ -17,7 +17,17 @@ projections (layers.gguf_linear's Int4CpuMethod or its pair) without biases, a f
 cache; and per step, one sequence decoding one token (its KV blocks read in place when they
 are consecutive ids, as a lone sequence's usually are, else gathered as TorchAttention does).
 Anything else runs the layers as before (`LeanDecode.run` answers None).
-Imports: torch, cormorant.layers (attention, gguf_linear), models.llama (lazily: its classes).
+
+Where the compiled step is built (kernels.cpu_decode, unless CORMORANT_CPU_DECODE=python),
+`run` hands it the whole layer loop instead, for M >= 1 rows of pure decode (each row one
+sequence with one new token; the engine's batched decode steps too), under the same model
+rules, on float32 caches of one shape with every slot valid: the same int4 kernel calls, its
+own norm, rotary, KV write and attention loops, keys and values read through each row's block
+table. Not bit for bit: float32 rounding apart, and where that flips a bf16 rounding of a
+projection input, a bf16 step of that input (tests/models/test_cpu_decode.py). The Python
+step above stays the fallback for one row; the layers for the rest.
+Imports: torch, cormorant.layers (attention, gguf_linear), cormorant.kernels (cpu_decode),
+models.llama (lazily: its classes).
 """
 from __future__ import annotations
 
@@ -27,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cormorant.kernels.cpu_decode import load as load_cpu_decode
 from cormorant.layers.attention import AttentionMetadata, TorchAttention, host_slots
 from cormorant.layers.gguf_linear import GROUP, KERNEL_DTYPE, Int4CpuMethod, Int4PairCpuMethod
 
@@ -89,6 +100,14 @@ class LeanDecode:
         self.num_heads, self.num_kv_heads = attn.num_heads, attn.num_kv_heads
         self.head_dim, self.scale = attn.head_dim, attn.scale
         self.shape = (final_norm.shape[0],)
+        # The compiled step's operands, flat per layer as its schema takes them.
+        self.native = load_cpu_decode()
+        self.norms = [t for lay in layers for t in (lay.in_norm, lay.post_norm)]
+        projs = [p for lay in layers for p in (lay.qkv, lay.o, lay.gate_up, lay.down)]
+        self.weights = [p.weight for p in projs]
+        self.scales_zeros = [p.scales_zeros for p in projs]
+        self.pairs = [int(p.pair) for p in projs]
+        self.steps = {"native": 0, "python": 0}  # steps taken by each path
 
     @classmethod
     def build(cls, model: nn.Module) -> LeanDecode | None:
@@ -143,11 +162,17 @@ class LeanDecode:
 
     def run(self, hidden: torch.Tensor, positions: torch.Tensor, kv_caches: list[torch.Tensor],
             meta: AttentionMetadata) -> torch.Tensor | None:
-        """The model's final hidden state [1, hidden] for the embedded token `hidden`, or
+        """The model's final hidden state [M, hidden] for the embedded tokens `hidden`, or
         None (nothing done) when this step is not one the lean path takes."""
+        if self.native is not None:
+            out = self._run_native(hidden, positions, kv_caches, meta)
+            if out is not None:
+                self.steps["native"] += 1
+                return out
         step = self._step(positions, kv_caches, meta)
         if step is None or any(not c.is_contiguous() for c in kv_caches):
             return None
+        self.steps["python"] += 1
         eps, shape = self.eps, self.shape
         total = hidden
         normed = torch.rms_norm(hidden, shape, self.layers[0].in_norm, eps)
@@ -191,3 +216,26 @@ class LeanDecode:
         attn = F.scaled_dot_product_attention(q, keys, vals, scale=self.scale,
                                               enable_gqa=heads != kv_heads)
         return attn.view(1, heads * dim)
+
+    def _run_native(self, hidden: torch.Tensor, positions: torch.Tensor,
+                    kv_caches: list[torch.Tensor], meta: AttentionMetadata) -> torch.Tensor | None:
+        """The compiled step, where this step is M rows of pure decode on float32 caches of
+        one shape (every slot valid); else None."""
+        rows = hidden.shape[0]
+        if (meta.max_query_len != 1 or meta.num_seqs != rows or positions.shape != (rows,)
+                or hidden.dtype != torch.float32 or hidden.device.type != "cpu"):
+            return None
+        shape = kv_caches[0].shape
+        if any(c.dtype != torch.float32 or c.device.type != "cpu" or not c.is_contiguous()
+               or c.shape != shape for c in kv_caches):
+            return None
+        host = host_slots(meta)
+        if host is None or not host.all_valid or len(host.slots) != rows:
+            return None
+        cos_sin = self.rotary.cos_sin_cache
+        return self.native(
+            hidden.contiguous(), positions.long().contiguous(), cos_sin.float().contiguous(),
+            kv_caches, meta.slot_mapping.long().contiguous(),
+            meta.block_tables.int().contiguous(), meta.seq_lens.int().contiguous(), self.norms,
+            self.weights, self.scales_zeros, self.pairs, self.final_norm, self.eps,
+            self.num_heads, self.num_kv_heads, self.head_dim, self.scale)

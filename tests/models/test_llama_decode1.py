@@ -5,6 +5,7 @@ pair) is loaded with `--quantization gguf` twice; both copies prefill the same p
 decode the same tokens, one through the lean step and one through the layers. Logits, the KV
 cache must be equal (torch.equal), and the lean step must really
 have run on every decode step, its blocks consecutive (read in place) or not (gathered).
+The compiled step (kernels.cpu_decode) is switched off here: tests/models/test_cpu_decode.py.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType as Q
 
+from cormorant.kernels import cpu_decode
 from cormorant.layers.attention import TorchAttention
 from cormorant.models.llama_decode1 import LeanDecode
 from cormorant.models.loader import load_model
@@ -20,6 +22,11 @@ from model_test_utils import PagedRunner, make_hf_model
 
 PROMPT = [5, 17, 99, 3, 42, 8, 9, 11, 2]
 DECODE = [3, 77, 12, 64, 1, 100, 31]
+
+
+@pytest.fixture(autouse=True)
+def python_step(monkeypatch):
+    monkeypatch.setenv(cpu_decode.ENV, "python")
 
 
 def _load(path, quantization: str = "gguf"):

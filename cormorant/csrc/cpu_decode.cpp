@@ -1,0 +1,319 @@
+// The Llama decoder's pure-decode step on the CPU over int4 weights, as one custom op.
+//
+// cormorant_cpu::decode_step runs every decoder layer for M rows (each row one sequence with
+// one new token: its own position, slot, block-table row and context length) and the final
+// norm, and returns the final hidden state [M, hidden] float32. The projections go through
+// ATen's int4 kernel (_weight_int4pack_mm_for_cpu: bf16 rows, groups of 32), "pair" weights
+// taking their input twice ([x | x]); rms_norm, rotary, the KV write into the paged float32
+// cache, one-query GQA attention read through the block table, silu(gate) * up and the residual
+// adds are plain loops here (float32, the norm's sum of squares in double). The Python side
+// (cormorant.kernels.cpu_decode builds it, models.llama_decode1 calls it) only sends steps
+// that qualify; every shape, dtype and index is still checked here (TORCH_CHECK).
+#include <ATen/core/Tensor.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/_weight_int4pack_mm_for_cpu.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+using at::Tensor;
+using bf16 = c10::BFloat16;
+constexpr int64_t kGroup = 32;
+
+void check_f32(const Tensor& t, const char* what, int64_t dim) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous(),
+              what, " must be a contiguous float32 CPU tensor");
+  TORCH_CHECK(t.dim() == dim, what, " must have ", dim, " dimensions, got ", t.dim());
+}
+
+// One int4 projection's operands and shape.
+struct Proj {
+  Tensor weight, scales_zeros;
+  bool pair;
+  int64_t in, out;  // the layer's input width (before pairing) and output width
+};
+
+Proj make_proj(const Tensor& w, const Tensor& sz, int64_t pair, int64_t in, const char* what) {
+  TORCH_CHECK(w.device().is_cpu() && w.dim() == 2, what, ": packed int4 weight [N, K/2] expected");
+  TORCH_CHECK(sz.device().is_cpu() && sz.scalar_type() == at::kBFloat16 && sz.dim() == 3 &&
+              sz.size(2) == 2, what, ": scales_zeros [K/32, N, 2] bf16 expected");
+  const int64_t k = pair ? 2 * in : in;
+  TORCH_CHECK(w.size(1) * 2 == k && sz.size(0) * kGroup == k && sz.size(1) == w.size(0), what,
+              ": weight ", w.sizes(), " / scales ", sz.sizes(), " do not take ", k, " inputs");
+  return Proj{w, sz, pair != 0, in, w.size(0)};
+}
+
+// x [M, in] bf16 rows written into a [M, k] buffer (twice for a pair), multiplied -> [M, out]
+// bf16; the result converted to float32 into `out`.
+void run_proj(const Proj& p, const Tensor& xb, float* out, int64_t rows) {
+  Tensor y = at::_weight_int4pack_mm_for_cpu(xb, p.weight, kGroup, p.scales_zeros);
+  TORCH_CHECK(y.scalar_type() == at::kBFloat16 && y.is_contiguous() && y.size(0) == rows &&
+              y.size(1) == p.out, "int4 matmul returned an unexpected tensor");
+  const bf16* src = y.data_ptr<bf16>();
+  for (int64_t i = 0, n = rows * p.out; i < n; ++i) out[i] = static_cast<float>(src[i]);
+}
+
+// Rows of float32 values [M, width] -> the projection's bf16 input [M, width or 2 width].
+Tensor to_input(const Proj& p, const float* x, int64_t rows) {
+  const int64_t k = p.pair ? 2 * p.in : p.in;
+  Tensor xb = at::empty({rows, k}, at::TensorOptions().dtype(at::kBFloat16));
+  bf16* dst = xb.data_ptr<bf16>();
+  for (int64_t r = 0; r < rows; ++r) {
+    bf16* row = dst + r * k;
+    for (int64_t i = 0; i < p.in; ++i) row[i] = bf16(x[r * p.in + i]);
+    if (p.pair) std::copy(row, row + p.in, row + p.in);
+  }
+  return xb;
+}
+
+// out[r] = x[r] * rsqrt(mean(x[r]^2) + eps) * w, as torch.rms_norm composes it (float32).
+void rms_norm(const float* x, const float* w, float* out, int64_t rows, int64_t n, double eps) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * n;
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(xr[i]) * xr[i];
+    const float inv = 1.0f / std::sqrt(static_cast<float>(sum / n) + static_cast<float>(eps));
+    for (int64_t i = 0; i < n; ++i) out[r * n + i] = (xr[i] * inv) * w[i];
+  }
+}
+
+// GCC/Clang vector types: lowered to whatever vectors -march gives (AVX2 or AVX-512 here).
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v4 __attribute__((vector_size(16)));
+
+inline v8 load8(const float* p) {
+  v8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// The dot product of two float32 rows: two 8-lane partial sums, then a short tree (a plain
+// loop of 16 accumulators reduced one by one was a chain of 16 dependent adds a key).
+inline float dot(const float* a, const float* b, int64_t n) {
+  v8 s0 = {0}, s1 = {0};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    s0 += load8(a + i) * load8(b + i);
+    s1 += load8(a + i + 8) * load8(b + i + 8);
+  }
+  const v8 s = s0 + s1;
+  const v4 t = v4{s[0], s[1], s[2], s[3]} + v4{s[4], s[5], s[6], s[7]};
+  float out = (t[0] + t[2]) + (t[1] + t[3]);
+  for (; i < n; ++i) out += a[i] * b[i];
+  return out;
+}
+
+struct Geometry {
+  int64_t heads, kv_heads, dim, block_size, num_blocks, table_width;
+  float scale;
+};
+
+// Rotary of q's and k's heads of each row in place ([x1, x2] -> [x1 c - x2 s, x2 c + x1 s]),
+// then k and v written into the row's slot of the cache.
+void rotate_and_write(float* qkv, int64_t rows, const Geometry& g, const float* cos_sin,
+                      const int64_t* positions, const int64_t* slots, float* cache) {
+  const int64_t width = (g.heads + 2 * g.kv_heads) * g.dim, half = g.dim / 2;
+  const int64_t token = g.kv_heads * g.dim;
+  const int64_t values = g.num_blocks * g.block_size * token;  // cache.stride(0)
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = qkv + r * width;
+    const float* cos = cos_sin + positions[r] * g.dim;
+    const float* sin = cos + half;
+    for (int64_t h = 0; h < g.heads + g.kv_heads; ++h) {
+      float* x = row + h * g.dim;
+      for (int64_t i = 0; i < half; ++i) {
+        const float x1 = x[i], x2 = x[i + half];
+        x[i] = x1 * cos[i] + x2 * -sin[i];
+        x[i + half] = x2 * cos[i] + x1 * sin[i];
+      }
+    }
+    const float* k = row + g.heads * g.dim;
+    std::copy(k, k + token, cache + slots[r] * token);
+    std::copy(k + token, k + 2 * token, cache + values + slots[r] * token);
+  }
+}
+
+// One query row per (row, head) against the row's context, read through its block table.
+// Parallel over (row, span of KV heads): one span of all KV heads a row from 4 rows (each
+// token's keys then stream contiguously), one KV head a task below. Each key and value is read
+// once for all the query heads that share it.
+void attention(const float* qkv, float* out, int64_t rows, const Geometry& g, const float* cache,
+               const int32_t* tables, const int32_t* seq_lens) {
+  const int64_t width = (g.heads + 2 * g.kv_heads) * g.dim, group = g.heads / g.kv_heads;
+  const int64_t token = g.kv_heads * g.dim, dim = g.dim, bs = g.block_size;
+  const int64_t values = g.num_blocks * bs * token;
+  const int64_t span = rows >= 4 ? g.kv_heads : 1, spans = g.kv_heads / span;
+  int64_t longest = 1;
+  for (int64_t r = 0; r < rows; ++r) longest = std::max<int64_t>(longest, seq_lens[r]);
+  const int64_t heads = span * group;  // query heads a task
+  const int64_t grain = std::max<int64_t>(1, 8192 / (longest * dim * heads));
+  at::parallel_for(0, rows * spans, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(heads * longest), acc(heads * dim), top(heads), total(heads);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t r = task / spans, kv0 = (task % spans) * span, len = seq_lens[r];
+      const float* q = qkv + r * width + kv0 * group * dim;  // the span's query heads
+      const int32_t* table = tables + r * g.table_width;
+      std::fill(top.begin(), top.end(), -INFINITY);
+      for (int64_t j0 = 0; j0 < len; j0 += bs) {
+        const float* keys = cache + (table[j0 / bs] * bs) * token + kv0 * dim;
+        for (int64_t t = 0, n = std::min(bs, len - j0); t < n; ++t) {
+          for (int64_t h = 0; h < heads; ++h) {
+            const float s = dot(q + h * dim, keys + t * token + (h / group) * dim, dim) * g.scale;
+            scores[h * longest + j0 + t] = s;
+            top[h] = std::max(top[h], s);
+          }
+        }
+      }
+      std::fill(acc.begin(), acc.end(), 0.f);
+      std::fill(total.begin(), total.end(), 0.f);
+      for (int64_t h = 0; h < heads; ++h) {
+        float* sc = scores.data() + h * longest;
+        for (int64_t j = 0; j < len; ++j) {
+          sc[j] = std::exp(sc[j] - top[h]);
+          total[h] += sc[j];
+        }
+      }
+      for (int64_t j0 = 0; j0 < len; j0 += bs) {
+        const float* vals = cache + values + (table[j0 / bs] * bs) * token + kv0 * dim;
+        for (int64_t t = 0, n = std::min(bs, len - j0); t < n; ++t) {
+          for (int64_t h = 0; h < heads; ++h) {
+            const float p = scores[h * longest + j0 + t];
+            const float* v = vals + t * token + (h / group) * dim;
+            float* a = acc.data() + h * dim;
+            for (int64_t d = 0; d < dim; ++d) a[d] += p * v[d];
+          }
+        }
+      }
+      for (int64_t h = 0; h < heads; ++h) {
+        float* o = out + r * g.heads * dim + (kv0 * group + h) * dim;
+        for (int64_t d = 0; d < dim; ++d) o[d] = acc[h * dim + d] / total[h];
+      }
+    }
+  });
+}
+
+Tensor decode_step(const Tensor& hidden, const Tensor& positions, const Tensor& cos_sin,
+                   at::TensorList caches, const Tensor& slots, const Tensor& block_tables,
+                   const Tensor& seq_lens, at::TensorList norms, at::TensorList weights,
+                   at::TensorList scales_zeros, at::IntArrayRef pairs, const Tensor& final_norm,
+                   double eps, int64_t heads, int64_t kv_heads, int64_t dim, double scale) {
+  check_f32(hidden, "hidden", 2);
+  const int64_t rows = hidden.size(0), width = hidden.size(1);
+  const int64_t layers = static_cast<int64_t>(caches.size());
+  TORCH_CHECK(rows >= 1 && layers >= 1, "decode_step needs rows and layers");
+  TORCH_CHECK(heads > 0 && kv_heads > 0 && heads % kv_heads == 0 && dim > 0 && dim % 2 == 0,
+              "bad head geometry");
+  TORCH_CHECK(static_cast<int64_t>(norms.size()) == 2 * layers &&
+              static_cast<int64_t>(weights.size()) == 4 * layers &&
+              static_cast<int64_t>(scales_zeros.size()) == 4 * layers &&
+              static_cast<int64_t>(pairs.size()) == 4 * layers,
+              "per layer: 2 norms and 4 projections expected");
+  for (const auto& t : {positions, slots}) {
+    TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kLong && t.is_contiguous() &&
+                t.dim() == 1 && t.size(0) == rows, "positions and slots: [M] int64 expected");
+  }
+  TORCH_CHECK(seq_lens.device().is_cpu() && seq_lens.scalar_type() == at::kInt &&
+              seq_lens.is_contiguous() && seq_lens.dim() == 1 && seq_lens.size(0) == rows,
+              "seq_lens: [M] int32 expected");
+  TORCH_CHECK(block_tables.device().is_cpu() && block_tables.scalar_type() == at::kInt &&
+              block_tables.is_contiguous() && block_tables.dim() == 2 &&
+              block_tables.size(0) == rows, "block_tables: [M, blocks] int32 expected");
+  check_f32(cos_sin, "cos_sin", 2);
+  TORCH_CHECK(cos_sin.size(1) == dim, "cos_sin must be [positions, head_dim]");
+  check_f32(final_norm, "final_norm", 1);
+  TORCH_CHECK(final_norm.size(0) == width, "final_norm width");
+
+  const Tensor& first = caches[0];
+  check_f32(first, "kv cache", 5);
+  TORCH_CHECK(first.size(0) == 2 && first.size(3) == kv_heads && first.size(4) == dim,
+              "kv cache must be [2, blocks, block_size, Hkv, D]");
+  Geometry g{heads, kv_heads, dim, first.size(2), first.size(1), block_tables.size(1),
+             static_cast<float>(scale)};
+  for (const auto& c : caches) {
+    check_f32(c, "kv cache", 5);
+    TORCH_CHECK(c.sizes() == first.sizes(), "every layer's kv cache must have one shape");
+  }
+  const int64_t* pos = positions.data_ptr<int64_t>();
+  const int64_t* slot = slots.data_ptr<int64_t>();
+  const int32_t* lens = seq_lens.data_ptr<int32_t>();
+  const int32_t* tables = block_tables.data_ptr<int32_t>();
+  for (int64_t r = 0; r < rows; ++r) {
+    TORCH_CHECK(pos[r] >= 0 && pos[r] < cos_sin.size(0), "position ", pos[r], " out of range");
+    TORCH_CHECK(slot[r] >= 0 && slot[r] < g.num_blocks * g.block_size, "slot out of range");
+    TORCH_CHECK(lens[r] >= 1 && (lens[r] + g.block_size - 1) / g.block_size <= g.table_width,
+                "context length ", lens[r], " does not fit the block table");
+    for (int64_t b = 0; b < (lens[r] + g.block_size - 1) / g.block_size; ++b) {
+      const int32_t id = tables[r * g.table_width + b];
+      TORCH_CHECK(id >= 0 && id < g.num_blocks, "block id ", id, " out of range");
+    }
+    TORCH_CHECK(slot[r] / g.block_size == tables[r * g.table_width + (lens[r] - 1) / g.block_size],
+                "a row's slot must be in the block of its last position");
+  }
+
+  const int64_t q_width = heads * dim, qkv_width = (heads + 2 * kv_heads) * dim;
+  std::vector<Proj> projs;
+  for (int64_t l = 0; l < layers; ++l) {
+    for (const auto* n : {&norms[2 * l], &norms[2 * l + 1]}) {
+      check_f32(*n, "norm weight", 1);
+      TORCH_CHECK(n->size(0) == width, "norm width");
+    }
+    projs.push_back(make_proj(weights[4 * l], scales_zeros[4 * l], pairs[4 * l], width, "qkv"));
+    projs.push_back(make_proj(weights[4 * l + 1], scales_zeros[4 * l + 1], pairs[4 * l + 1],
+                              q_width, "o"));
+    projs.push_back(make_proj(weights[4 * l + 2], scales_zeros[4 * l + 2], pairs[4 * l + 2],
+                              width, "gate_up"));
+    const int64_t inter = projs.back().out / 2;
+    projs.push_back(make_proj(weights[4 * l + 3], scales_zeros[4 * l + 3], pairs[4 * l + 3],
+                              inter, "down"));
+    TORCH_CHECK(projs[4 * l].out == qkv_width && projs[4 * l + 1].out == width &&
+                projs[4 * l + 2].out == 2 * inter && projs[4 * l + 3].out == width,
+                "layer ", l, ": projection widths do not chain");
+  }
+
+  Tensor total_t = hidden.clone();
+  float* total = total_t.data_ptr<float>();
+  std::vector<float> normed(rows * width), qkv(rows * qkv_width), attn(rows * q_width);
+  std::vector<float> proj_out(rows * width), gate_up, act;
+  for (int64_t l = 0; l < layers; ++l) {
+    const Proj* p = &projs[4 * l];
+    float* cache = caches[l].data_ptr<float>();
+    rms_norm(total, norms[2 * l].data_ptr<float>(), normed.data(), rows, width, eps);
+    run_proj(p[0], to_input(p[0], normed.data(), rows), qkv.data(), rows);
+    rotate_and_write(qkv.data(), rows, g, cos_sin.data_ptr<float>(), pos, slot, cache);
+    attention(qkv.data(), attn.data(), rows, g, cache, tables, lens);
+    run_proj(p[1], to_input(p[1], attn.data(), rows), proj_out.data(), rows);
+    for (int64_t i = 0; i < rows * width; ++i) total[i] += proj_out[i];
+    rms_norm(total, norms[2 * l + 1].data_ptr<float>(), normed.data(), rows, width, eps);
+    const int64_t inter = p[3].in;
+    gate_up.resize(rows * 2 * inter);
+    act.resize(rows * inter);
+    run_proj(p[2], to_input(p[2], normed.data(), rows), gate_up.data(), rows);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* gr = gate_up.data() + r * 2 * inter;
+      float* ar = act.data() + r * inter;
+      for (int64_t i = 0; i < inter; ++i) ar[i] = gr[i] / (1.0f + std::exp(-gr[i])) * gr[inter + i];
+    }
+    run_proj(p[3], to_input(p[3], act.data(), rows), proj_out.data(), rows);
+    for (int64_t i = 0; i < rows * width; ++i) total[i] += proj_out[i];
+  }
+  Tensor out = at::empty({rows, width}, hidden.options());
+  rms_norm(total, final_norm.data_ptr<float>(), out.data_ptr<float>(), rows, width, eps);
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(cormorant_cpu, m) {
+  m.def("decode_step(Tensor hidden, Tensor positions, Tensor cos_sin, Tensor(a!)[] caches, "
+        "Tensor slots, Tensor block_tables, Tensor seq_lens, Tensor[] norms, Tensor[] weights, "
+        "Tensor[] scales_zeros, int[] pairs, Tensor final_norm, float eps, int heads, "
+        "int kv_heads, int dim, float scale) -> Tensor");
+  m.impl("decode_step", c10::DispatchKey::CPU, &decode_step);
+}

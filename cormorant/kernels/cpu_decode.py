@@ -1,0 +1,95 @@
+"""Builds and loads the compiled CPU decode step (`csrc/cpu_decode.cpp`, op cormorant_cpu::decode_step).
+
+`load()` returns the op, building it first if this machine has no build of this source yet
+(torch.utils.cpp_extension with ninja, -O3 -march=native: ~30 s on a 2-core VM, logged), or
+None when the build or the load fails (logged once; the caller then runs its Python step) or
+when CORMORANT_CPU_DECODE=python asks for the Python step (A/B runs). A build is kept per
+source, torch, Python and CPU feature set (-march=native code must not run on another CPU),
+under ~/.cache/cormorant/ext (CORMORANT_EXT_DIR moves it). `scripts/setup.sh` builds it at
+install time: `python3 -m cormorant.kernels.cpu_decode`.
+Imports: torch (its cpp_extension only to build).
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).resolve().parents[1] / "csrc" / "cpu_decode.cpp"
+NAME = "cormorant_cpu_decode"
+CFLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno"]
+ENV = "CORMORANT_CPU_DECODE"  # "python": never the compiled step
+
+
+def _cpu_flags() -> str:
+    """The CPU's feature flags (what -march=native compiles for), or the machine name."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def build_dir(source: Path = SOURCE) -> Path:
+    """Where this source's build for this torch, Python and CPU lives."""
+    key = hashlib.sha256(b"\0".join([
+        source.read_bytes(), torch.__version__.encode(), sys.version.encode(),
+        _cpu_flags().encode(), " ".join(CFLAGS).encode()])).hexdigest()[:16]
+    root = os.environ.get("CORMORANT_EXT_DIR") or Path.home() / ".cache" / "cormorant" / "ext"
+    return Path(root) / f"cpu_decode-{key}"
+
+
+def build(source: Path = SOURCE) -> Path:
+    """Compile the op (if this build is missing) and load it; the library's path."""
+    out = build_dir(source)
+    library = out / f"{NAME}.so"
+    if not library.exists():
+        from torch.utils import cpp_extension
+
+        out.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        cpp_extension.load(NAME, [str(source)], extra_cflags=CFLAGS, build_directory=str(out),
+                           is_python_module=False, verbose=False)
+        log.warning("built the compiled CPU decode step in %.1f s (%s)",
+                    time.perf_counter() - start, out)
+    if not hasattr(torch.ops.cormorant_cpu, "decode_step"):
+        torch.ops.load_library(str(library))
+    return library
+
+
+@functools.cache
+def _load(source: Path) -> object | None:
+    try:
+        build(source)
+        return torch.ops.cormorant_cpu.decode_step.default
+    except Exception as e:  # a missing compiler or ninja, a compile error: the Python step
+        log.warning("compiled CPU decode step unavailable (%s); using the Python step",
+                    str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__)
+        return None
+
+
+def load() -> object | None:
+    """The op cormorant_cpu::decode_step, or None (see the module docstring)."""
+    if os.environ.get(ENV, "").strip().lower() == "python":
+        return None
+    return _load(SOURCE)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    start = time.perf_counter()
+    op = load()
+    print(f"cpu_decode: {'ready' if op is not None else 'UNAVAILABLE'} "
+          f"({time.perf_counter() - start:.1f} s, {build_dir()})")
+    sys.exit(0 if op is not None else 1)
