@@ -97,6 +97,11 @@ s3)  # the b1s A/B first (worker / inline / worker), then the tests on the card 
   step b2_bf16 50 $B b2 --quick --no-peer --out "$R/b2_bf16"
   step b2_fp8 50 $B b2 --quick --no-peer --quantization fp8 --out "$R/b2_fp8"
   ;;
+s6)  # the b1s A/B and the tests on the card only (~5 min)
+  step b1s_worker 130 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_worker"
+  step b1s_inline 130 env CORMORANT_GRAMMAR_FILL=inline CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_inline"
+  step xgr_tests 80 python3 -m pytest -q tests/text/test_xgrammar_json.py tests/engine/test_structured_engine.py
+  ;;
 s5)  # the b1s A/B first, then the tests on the card, B2 three ways and B3 int4 (~8 min; a cut loses the tail)
   step b1s_worker 130 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_worker"
   step b1s_inline 130 env CORMORANT_GRAMMAR_FILL=inline CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_inline"
