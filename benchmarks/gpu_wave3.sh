@@ -20,6 +20,14 @@ step() {  # name timeout command...
   timeout "$t" "$@" > "$OUT/$name.log" 2>&1
   echo "rc=$? $(date -u +%T)"; grep -E "ms/tok|tok/s|of floor|b1s |passed|failed|sweep|^qkv|^o |^gate|^down|Error" "$OUT/$name.log" | tail -40
 }
+# The b1s A/B of xgrammar's work in the mask worker (default) and in the step loop (inline),
+# and the structured-output tests on the card; TIMEOUT is each step's limit.
+b1s_ab() {  # TIMEOUT
+  step b1s_worker "$1" env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_worker"
+  step b1s_inline "$1" env CORMORANT_GRAMMAR_FILL=inline CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_inline"
+}
+b1s_worker_again() { step b1s_worker_2 "$1" env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_worker2"; }
+structured_tests() { step xgr_tests "$1" python3 -m pytest -q tests/text/test_xgrammar_json.py tests/engine/test_structured_engine.py; }
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader
 git log --oneline -1
 case "$1" in
@@ -80,42 +88,36 @@ b1s)  # b1s alone (~1 min)
   step b1s 150 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s"
   ;;
 s1json)  # xgrammar's advances and fill in the mask worker against the step loop, same card (~5 min)
-  step xgr_tests 100 python3 -m pytest -q tests/text/test_xgrammar_json.py tests/engine/test_structured_engine.py
-  step b1s_worker 150 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_worker"
-  step b1s_inline 150 env CORMORANT_GRAMMAR_FILL=inline CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_inline"
-  step b1s_worker_2 150 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_worker2"
+  structured_tests 100
+  b1s_ab 150
+  b1s_worker_again 150
   ;;
 s4)  # the b1s A/B alone, worker then inline (~3 min)
-  step b1s_worker 120 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_worker"
-  step b1s_inline 120 env CORMORANT_GRAMMAR_FILL=inline CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_inline"
+  b1s_ab 120
   ;;
 s3)  # the b1s A/B first (worker / inline / worker), then the tests on the card and B2 (fits ~8 min; a cut loses the tail)
-  step b1s_worker 130 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_worker"
-  step b1s_inline 130 env CORMORANT_GRAMMAR_FILL=inline CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_inline"
-  step b1s_worker_2 130 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_worker2"
-  step xgr_tests 60 python3 -m pytest -q tests/text/test_xgrammar_json.py tests/engine/test_structured_engine.py
+  b1s_ab 130
+  b1s_worker_again 130
+  structured_tests 60
   step b2_bf16 50 $B b2 --quick --no-peer --out "$R/b2_bf16"
   step b2_fp8 50 $B b2 --quick --no-peer --quantization fp8 --out "$R/b2_fp8"
   ;;
 s6)  # the b1s A/B and the tests on the card only (~5 min)
-  step b1s_worker 130 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_worker"
-  step b1s_inline 130 env CORMORANT_GRAMMAR_FILL=inline CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_inline"
-  step xgr_tests 80 python3 -m pytest -q tests/text/test_xgrammar_json.py tests/engine/test_structured_engine.py
+  b1s_ab 130
+  structured_tests 80
   ;;
 s5)  # the b1s A/B first, then the tests on the card, B2 three ways and B3 int4 (~8 min; a cut loses the tail)
-  step b1s_worker 130 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_worker"
-  step b1s_inline 130 env CORMORANT_GRAMMAR_FILL=inline CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_inline"
-  step xgr_tests 80 python3 -m pytest -q tests/text/test_xgrammar_json.py tests/engine/test_structured_engine.py
+  b1s_ab 130
+  structured_tests 80
   step b2_bf16 60 $B b2 --quick --no-peer --out "$R/b2_bf16"
   step b2_fp8 60 $B b2 --quick --no-peer --quantization fp8 --out "$R/b2_fp8"
   step b2_int4 60 $B b2 --quick --no-peer --quantization int4 --out "$R/b2_int4"
   step b3_int4 80 $B b3 --quick --no-peer --quantization int4 --out "$R/b3_int4"
   ;;
 s2)  # s1json, then B2 three ways and B3 int4 (~8 min; B3 last, so a cut loses only it)
-  step xgr_tests 100 python3 -m pytest -q tests/text/test_xgrammar_json.py tests/engine/test_structured_engine.py
-  step b1s_worker 130 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_worker"
-  step b1s_inline 130 env CORMORANT_GRAMMAR_FILL=inline CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_inline"
-  step b1s_worker_2 130 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_worker2"
+  structured_tests 100
+  b1s_ab 130
+  b1s_worker_again 130
   step b2_bf16 60 $B b2 --quick --no-peer --out "$R/b2_bf16"
   step b2_fp8 60 $B b2 --quick --no-peer --quantization fp8 --out "$R/b2_fp8"
   step b2_int4 60 $B b2 --quick --no-peer --quantization int4 --out "$R/b2_int4"

@@ -10,8 +10,8 @@ llama.cpp's process after its runs. The two run in separate processes (bench.cpu
 interleaved round by round so the load of a shared machine falls on both alike; the load
 average is recorded at the start and the end. llama.cpp runs without its extra buffer types
 (AMX, runtime repacking; none applies to Q4_1 but AMX): the PyPI build is -march=native, and
-on a VM that shows AMX flags without allowing AMX it dies on its first tile instruction. Targets: batch-1 >= 0.8x llama.cpp; streams
->= 2x llama.cpp's batch-1; RSS <= 1.5x llama.cpp's.
+on a VM that shows AMX flags without allowing AMX it dies on its first tile instruction.
+Targets: batch-1 >= 0.8x llama.cpp; streams >= 2x llama.cpp's batch-1; RSS <= 1.5x llama.cpp's.
 Imports: bench (context, report, cpu_worker), frontend.default_model, runner.cpu_threads,
 text.tokenizer; the standard library.
 """

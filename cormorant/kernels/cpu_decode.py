@@ -1,4 +1,4 @@
-"""Builds and loads the compiled CPU decode step (`csrc/cpu_decode.cpp`, op cormorant_cpu::decode_step).
+"""Builds and loads the compiled CPU decode step (csrc/cpu_decode.cpp, cormorant_cpu::decode_step).
 
 `load()` returns the op, building it first if this machine has no build of this source yet
 (torch.utils.cpp_extension with ninja, -O3 -march=native: ~30 s on a 2-core VM, logged), or

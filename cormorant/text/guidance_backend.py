@@ -10,8 +10,8 @@ grammar text is made and validated once and kept in a bounded LRU cache keyed by
 digest (text.grammar.spec_digest), with its compiled xgrammar grammar (compiled in that
 thread, shared by the spec's matchers); each sequence builds its own matcher. Masks of a
 step are filled together into one [rows, ceil(vocab / 32)] int32 array, handed to the
-ScheduledBatch as a byte view (no copy): llguidance's rows on its threads, xgrammar's in one batched call
-(hence `fill_at_once`); both release the GIL while they fill.
+ScheduledBatch as a byte view (no copy): llguidance's rows on its threads, xgrammar's in one
+batched call (hence `fill_at_once`); both release the GIL while they fill.
 
 Imports llguidance, numpy and text.* only (xgrammar lazily); never torch or engine code.
 """
@@ -296,8 +296,8 @@ class GuidanceBackend:
         results: list[tuple[bool, bool] | None] = [None] * len(states)
         xg_rows = [row for row, state in enumerate(states) if isinstance(state, _Xgr)]
         if len(xg_rows) > 1:
-            accepted = self._batcher(len(xg_rows)).batch_accept_token([states[row].xg for row in xg_rows],
-                                                  [tokens[row] for row in xg_rows])
+            accepted = self._batcher(len(xg_rows)).batch_accept_token(
+                [states[row].xg for row in xg_rows], [tokens[row] for row in xg_rows])
             for row, ok in zip(xg_rows, accepted):
                 state = states[row]
                 state.ended = state.ended or (ok and tokens[row] in self._stop_ids)

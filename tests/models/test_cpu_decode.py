@@ -1,4 +1,4 @@
-"""The compiled CPU decode step (kernels.cpu_decode, called by models.llama_decode1) against the layers.
+"""The compiled CPU decode step (kernels.cpu_decode, via models.llama_decode1) against the layers.
 
 Tiny random Llamas written as Q4_1 GGUFs (GQA: 4 heads on 2 KV heads; and 4 on 4) are loaded
 twice with `--quantization gguf`: one copy decodes through the compiled step, the other through
