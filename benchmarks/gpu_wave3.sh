@@ -27,6 +27,12 @@ b1s_ab() {  # TIMEOUT
   step b1s_inline "$1" env CORMORANT_GRAMMAR_FILL=inline CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_inline"
 }
 b1s_worker_again() { step b1s_worker_2 "$1" env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_worker2"; }
+b2_three_b3_int4() {  # B2 bf16 / FP8 / int4, then B3 int4 (the dequant + cuBLAS path)
+  step b2_bf16 60 $B b2 --quick --no-peer --out "$R/b2_bf16"
+  step b2_fp8 60 $B b2 --quick --no-peer --quantization fp8 --out "$R/b2_fp8"
+  step b2_int4 60 $B b2 --quick --no-peer --quantization int4 --out "$R/b2_int4"
+  step b3_int4 80 $B b3 --quick --no-peer --quantization int4 --out "$R/b3_int4"
+}
 structured_tests() { step xgr_tests "$1" python3 -m pytest -q tests/text/test_xgrammar_json.py tests/engine/test_structured_engine.py; }
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader
 git log --oneline -1
@@ -109,19 +115,13 @@ s6)  # the b1s A/B and the tests on the card only (~5 min)
 s5)  # the b1s A/B first, then the tests on the card, B2 three ways and B3 int4 (~8 min; a cut loses the tail)
   b1s_ab 130
   structured_tests 80
-  step b2_bf16 60 $B b2 --quick --no-peer --out "$R/b2_bf16"
-  step b2_fp8 60 $B b2 --quick --no-peer --quantization fp8 --out "$R/b2_fp8"
-  step b2_int4 60 $B b2 --quick --no-peer --quantization int4 --out "$R/b2_int4"
-  step b3_int4 80 $B b3 --quick --no-peer --quantization int4 --out "$R/b3_int4"
+  b2_three_b3_int4
   ;;
 s2)  # s1json, then B2 three ways and B3 int4 (~8 min; B3 last, so a cut loses only it)
   structured_tests 100
   b1s_ab 130
   b1s_worker_again 130
-  step b2_bf16 60 $B b2 --quick --no-peer --out "$R/b2_bf16"
-  step b2_fp8 60 $B b2 --quick --no-peer --quantization fp8 --out "$R/b2_fp8"
-  step b2_int4 60 $B b2 --quick --no-peer --quantization int4 --out "$R/b2_int4"
-  step b3_int4 80 $B b3 --quick --no-peer --quantization int4 --out "$R/b3_int4"
+  b2_three_b3_int4
   ;;
 s1)  # session of 12-06 afternoon: CUDA kernel tests, b1s with its host profile, B2/B3 bf16 FP8 int4 (~9 min)
   step kernel_tests 120 python3 -m pytest -q -x tests/kernels/test_int_gemm.py tests/kernels/test_fp8_gemm.py
