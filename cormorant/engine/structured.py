@@ -13,9 +13,10 @@ builder injects it). The design:
   `masks_later(scheduled)` is the same, computed in a worker thread while the step loop does
   its other host work (the async step loop's overlap); `advance_then_mask` also overlaps
   the matchers' advances with the fills, a chunk of rows at a time. For a backend that
-  fills at once (`fill_at_once`: xgrammar), the worker runs the advances and then one fill,
-  while the loop processes the step's outputs; the sequences whose grammar ended come back
-  with the masks (`PendingMasks.ended`), and the engine finishes them one step late.
+  fills at once (`fill_at_once`: xgrammar), the loop advances every row in one batched call,
+  then the worker runs one fill while the loop processes the step's outputs (FILL_MODE
+  "job": the worker runs the advances too, and the sequences whose grammar ended come back
+  with the masks, `PendingMasks.ended`, for the engine to finish one step late).
 - `advance_all(samples)` after each step: every constrained row's matcher takes its new
   token; the sequences whose grammar has ended come back (the engine finishes them with
   "stop"). A matcher only ever consumes tokens the
@@ -40,9 +41,16 @@ from cormorant.engine.types import MaskBits
 log = logging.getLogger(__name__)
 MASK_CHUNK = 64  # rows advanced before their masks are sent to the worker (advance_then_mask)
 HANDOVER_S = 1e-4  # the GIL switch interval while a one-call backend's job runs in the worker
-# CORMORANT_GRAMMAR_FILL=inline: a one-call backend's advances and fill run in the step loop
-# itself, as before the worker job (for measuring one against the other).
-FILL_INLINE = os.environ.get("CORMORANT_GRAMMAR_FILL", "") == "inline"
+# Where a one-call backend's (xgrammar's) work runs, CORMORANT_GRAMMAR_FILL:
+# - "split" (default): the advances in the step loop (one batched call, which holds the GIL
+#   between its rows, so in a thread it waits on the loop's Python), the fill alone in the
+#   worker (one call with the GIL released all through: it overlaps the loop's host work);
+# - "job": advances and fill as one worker job (the grammar ends known a step late);
+# - "inline": both in the step loop.
+FILL_MODE = os.environ.get("CORMORANT_GRAMMAR_FILL", "") or "split"
+if FILL_MODE not in ("split", "job", "inline"):
+    log.warning("CORMORANT_GRAMMAR_FILL=%r is not split, job or inline: split", FILL_MODE)
+    FILL_MODE = "split"
 
 
 class GrammarMatcher(Protocol):
@@ -185,7 +193,7 @@ class StructuredDecoding:
         it is done, the interpreter hands the GIL over every HANDOVER_S instead of every
         5 ms, so the worker waits ~0.1 ms (not up to 5 ms) for the step loop's Python each
         time it needs the GIL back."""
-        if FILL_INLINE:
+        if FILL_MODE == "inline":
             return _done(job())
         previous = sys.getswitchinterval()
         sys.setswitchinterval(min(previous, HANDOVER_S))
@@ -202,14 +210,20 @@ class StructuredDecoding:
         """advance_all(samples), then masks_later(scheduled), overlapped: the next batch's
         constrained rows advance MASK_CHUNK at a time, and each chunk's masks are filled in
         the worker (the grammar engine's threads, the GIL released) while the step loop
-        advances the next chunk; the wait at sampling is then for the last chunk only."""
+        advances the next chunk; the wait at sampling is then for the last chunk only. A
+        one-call backend (xgrammar) advances all rows here and fills in one worker job (see
+        FILL_MODE)."""
         rows = self._rows(scheduled)
         if not rows:
             return self.advance_all(samples), PendingMasks([], [])
         order = [scheduled.seqs[i] for i in rows]
         matchers = [seq.grammar for seq in order]
         if self.backend.fill_at_once(matchers):
-            return set(), self._advance_and_fill_later(samples, rows, matchers)
+            if FILL_MODE == "job":
+                return set(), self._advance_and_fill_later(samples, rows, matchers)
+            ended = self.advance_all(samples)
+            return ended, PendingMasks(rows, [self._submit_job(lambda: self._fill(matchers))],
+                                       self.times)
         sample_of = {id(seq): sample for seq, sample in samples}
         ended: set[int] = set()
         parts = []

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 # b1s's bounded schema): on the H100 host (16 cores) 256 rows took 1.01 ms with 1 thread,
 # 0.71 with 4, 1.40 with 15; 64 rows 0.29 ms with 1 or 4. On a 2-core VM 1 was best.
 XGR_MANY_ROWS = 128  # from this many rows, up to 4 threads
+MASK_BUFFERS = 3  # bitmask arrays reused in turn (GuidanceBackend._mask_buffer)
 # How long a spec's first request waits for its xgrammar compile (b1s's 10 fields: 11-16 ms,
 # plus 0.3 s for the tokenizer once); a spec compiled slower runs on llguidance.
 XGR_COMPILE_WAIT_S = 0.5
@@ -148,6 +149,8 @@ class GuidanceBackend:
         self._executor: llguidance.LLExecutor | None = None
         self._xgr: Any = None  # (GrammarCompiler, 2 BatchGrammarMatchers), made on first use
         self._grammars: OrderedDict[str, _Entry] = OrderedDict()  # digest -> entry
+        self._mask_buffers: list[np.ndarray | None] = [None] * MASK_BUFFERS
+        self._next_buffer = 0
         self._lock = threading.Lock()  # the cache, llguidance's tokenizer, the compile slot
         self._xgr_lock = threading.Lock()  # xgrammar's tokenizer, built in the background
         # xgrammar compiles, one at a time (its threads start only when one is submitted)
@@ -321,9 +324,21 @@ class GuidanceBackend:
             if token < self.vocab_size:
                 words[token // 32] |= np.uint32(1 << (token % 32))
 
+    def _mask_buffer(self, rows: int) -> np.ndarray:
+        """[rows, W] int32 rows of the next of MASK_BUFFERS arrays, reused in turn: a fresh
+        ~5 MB array (256 rows of a 152k vocabulary) cost ~0.3 ms a step in page faults. The
+        bits handed out stay valid for MASK_BUFFERS - 1 more fills (the runner copies them
+        at its next sampling, before the engine asks for another fill)."""
+        self._next_buffer = (self._next_buffer + 1) % MASK_BUFFERS
+        buffer = self._mask_buffers[self._next_buffer]
+        if buffer is None or buffer.shape[0] < rows:
+            buffer = llg_numpy.allocate_token_bitmask(max(rows, 8), self.vocab_size)
+            self._mask_buffers[self._next_buffer] = buffer
+        return buffer[:rows]
+
     def fill_bitmasks(self, matchers: list[GuidanceMatcher]) -> memoryview:
         states = [m.state for m in matchers]  # builds what has not been built yet
-        bitmask = llg_numpy.allocate_token_bitmask(len(states), self.vocab_size)  # [R, W]
+        bitmask = self._mask_buffer(len(states))  # [R, W]; every row is written below
         xg_rows = []
         for row, state in enumerate(states):
             if isinstance(state, _Xgr):

@@ -62,8 +62,8 @@ def test_preemption_and_async_scheduling_keep_the_tokens(tiny_llama, roomy):
 def test_masks_filled_a_chunk_at_a_time_give_the_same_tokens(tiny_llama, monkeypatch, engine):
     """Async steps advance the matchers and fill the next masks in chunks of rows (here 2 of
     the 6), overlapped, where the grammar engine fills on its own threads (llguidance);
-    xgrammar's advances and one fill of every row run in the mask worker, one job a step.
-    The tokens are those of one fill per step either way."""
+    xgrammar's rows advance in the step loop, and one fill of every row runs in the mask
+    worker, one job a step. The tokens are those of one fill per step either way."""
     import sys
     import threading
 
@@ -96,10 +96,15 @@ def test_masks_filled_a_chunk_at_a_time_give_the_same_tokens(tiny_llama, monkeyp
         assert len(fills) <= chunked.engine.steps and fills[1] == 6
 
 
-def test_xgrammar_end_found_in_the_worker_finishes_a_step_late(tiny_llama):
-    """With ignore_eos, an xgrammar JSON matcher ends on accepting the stop token, which the
-    mask worker learns (async steps): the engine finishes the sequence at the next collect,
-    with the same tokens and finish reason as the synchronous engine, which knows at once."""
+@pytest.mark.parametrize("mode", ["split", "job"])
+def test_xgrammar_end_found_in_the_worker_finishes_a_step_late(tiny_llama, monkeypatch, mode):
+    """With ignore_eos, an xgrammar JSON matcher ends on accepting the stop token. In the
+    "job" mode the mask worker learns it (async steps): the engine finishes the sequence at
+    the next collect. In the default "split" mode the step loop advances, so it knows at
+    once. Either way: the same tokens and finish reason as the synchronous engine."""
+    from cormorant.engine import structured
+
+    monkeypatch.setattr(structured, "FILL_MODE", mode)
     params = [SamplingParams(temperature=0.0 if i % 2 else 1.0, seed=i, max_tokens=200,
                              ignore_eos=True, structured_outputs=SPEC) for i in range(4)]
     results = []
@@ -116,8 +121,8 @@ def test_xgrammar_end_found_in_the_worker_finishes_a_step_late(tiny_llama):
             return outputs
         llm.engine._finish_grammar_ended = counted
         outs = [out.outputs[0] for out in llm.generate(PROMPTS[:4], params)]
-        # async: every sequence ended in the worker and was finished late
-        assert len(late) == (4 if async_scheduling else 0)
+        # async "job": every sequence ended in the worker and was finished late
+        assert len(late) == (4 if async_scheduling and mode == "job" else 0)
         for out in outs:
             assert out.finish_reason == "stop" and out.token_ids[-1] in llm.engine.eos_token_ids
             jsonschema.validate(json.loads(out.text), SCHEMA)
