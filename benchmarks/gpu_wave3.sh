@@ -108,12 +108,12 @@ s3)  # the b1s A/B first (worker / inline / worker), then the tests on the card 
   step b2_bf16 50 $B b2 --quick --no-peer --out "$R/b2_bf16"
   step b2_fp8 50 $B b2 --quick --no-peer --quantization fp8 --out "$R/b2_fp8"
   ;;
-s7)  # b1s three ways: split (default: advances in the loop, the fill in the worker), job, inline; the split one profiled; the tests (~6 min)
-  step b1s_split 150 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_split"
-  step b1s_job 130 env CORMORANT_GRAMMAR_FILL=job CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_job"
-  step b1s_inline 130 env CORMORANT_GRAMMAR_FILL=inline CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_inline"
+s7)  # b1s three ways: the grammar process (default on a GPU), split in-process, job in-process (the old default); the tests; the process run profiled (~7 min)
+  step b1s_process 150 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_process"
+  step b1s_split 130 env CORMORANT_GRAMMAR_PROCESS=0 CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_split"
+  step b1s_job 130 env CORMORANT_GRAMMAR_PROCESS=0 CORMORANT_GRAMMAR_FILL=job CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_job"
   structured_tests 80
-  step b1s_split_profile 150 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --profile --out "$R/b1s_split_prof"
+  step b1s_process_profile 150 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --profile --out "$R/b1s_process_prof"
   ;;
 s6)  # the b1s A/B and the tests on the card only (~5 min)
   b1s_ab 130

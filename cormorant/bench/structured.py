@@ -136,7 +136,9 @@ def run_b1_structured(ctx: RunContext) -> dict:
     try:
         source = os.environ.get("CORMORANT_BENCH_TOKENIZER") or default_model_path()
         tokenizer = load_tokenizer(source)
-        backend = GuidanceBackend(tokenizer)  # CORMORANT_JSON_GRAMMAR picks JSON's engine
+        # CORMORANT_JSON_GRAMMAR picks JSON's engine; a GPU's async steps a grammar process
+        backend = GuidanceBackend(tokenizer, process=llm.engine.async_scheduling)
+        llm.engine.structured.backend.close()
         llm.engine.structured.backend = backend
         print(f"b1s: JSON schemas on {backend.json_engine}", flush=True)
         repeats = 1 if ctx.is_tiny else REPEATS  # --tiny: a smoke run (CI, on the CPU)

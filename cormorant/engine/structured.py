@@ -42,9 +42,11 @@ log = logging.getLogger(__name__)
 MASK_CHUNK = 64  # rows advanced before their masks are sent to the worker (advance_then_mask)
 HANDOVER_S = 1e-4  # the GIL switch interval while a one-call backend's job runs in the worker
 # Where a one-call backend's (xgrammar's) work runs, CORMORANT_GRAMMAR_FILL:
-# - "split" (default): the advances in the step loop (one batched call, which holds the GIL
-#   between its rows, so in a thread it waits on the loop's Python), the fill alone in the
+# - "split" (default): the advances in the step loop (xgrammar's batched accept holds the GIL
+#   all through, so in a thread it blocks the loop or waits on it), the fill alone in the
 #   worker (one call with the GIL released all through: it overlaps the loop's host work);
+#   but where the matchers live in a grammar process (`advances_elsewhere`), both run from
+#   the worker, as in "job";
 # - "job": advances and fill as one worker job (the grammar ends known a step late);
 # - "inline": both in the step loop.
 FILL_MODE = os.environ.get("CORMORANT_GRAMMAR_FILL", "") or "split"
@@ -70,6 +72,10 @@ class GrammarBackend(Protocol):
     # Each matcher takes its token: (accepted, the grammar has ended) for each.
     def advance(self, matchers: list[GrammarMatcher], tokens: list[int]
                 ) -> list[tuple[bool, bool]]: ...
+
+    # True: these matchers advance without holding this process's GIL (a grammar process),
+    # so the mask worker may run their advances as well as their fill.
+    def advances_elsewhere(self, matchers: list[GrammarMatcher]) -> bool: ...
 
     # True: fill these masks in one call, after the matchers' advances, in one worker job
     # (xgrammar: its C++ releases the GIL, but its Python between the calls needs it, so a
@@ -219,7 +225,8 @@ class StructuredDecoding:
         order = [scheduled.seqs[i] for i in rows]
         matchers = [seq.grammar for seq in order]
         if self.backend.fill_at_once(matchers):
-            if FILL_MODE == "job":
+            if FILL_MODE == "job" or (FILL_MODE == "split"
+                                      and self.backend.advances_elsewhere(matchers)):
                 return set(), self._advance_and_fill_later(samples, rows, matchers)
             ended = self.advance_all(samples)
             return ended, PendingMasks(rows, [self._submit_job(lambda: self._fill(matchers))],

@@ -94,7 +94,11 @@ def build_engine(config: EngineConfig) -> BuiltEngine:
         config = _resolve_lengths(config, model_config, device.type)
         eos = _eos_ids(model_config, tokenizer)
         runner = ModelRunner(config, model_config, model, device, dtype, eos)
-    core = EngineCore(config, runner, eos, grammar=GuidanceBackend(tokenizer))
+    async_steps = (runner.is_asynchronous if config.async_scheduling is None
+                   else config.async_scheduling)
+    # Async steps (a GPU): xgrammar's matchers in a grammar process, beside the step loop.
+    core = EngineCore(config, runner, eos,
+                      grammar=GuidanceBackend(tokenizer, process=async_steps))
     seconds = time.perf_counter() - start
     log.info("loaded %s (%s, %s) in %.1f s", config.model, device, dtype, seconds)
     return BuiltEngine(config, core, tokenizer, model_config, runner, seconds)

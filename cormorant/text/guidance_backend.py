@@ -11,7 +11,11 @@ digest (text.grammar.spec_digest), with its compiled xgrammar grammar (compiled 
 thread, shared by the spec's matchers); each sequence builds its own matcher. Masks of a
 step are filled together into one [rows, ceil(vocab / 32)] int32 array, handed to the
 ScheduledBatch as a byte view (no copy): llguidance's rows on its threads, xgrammar's in one
-batched call (hence `fill_at_once`); both release the GIL while they fill.
+batched call (hence `fill_at_once`); both release the GIL while they fill. With
+`process=True` (the engine on a GPU: its step loop is host-bound) xgrammar's matchers live in
+a grammar process of their own (text.xgrammar_process), so their advances, which hold the GIL,
+run beside the loop too (`advances_elsewhere`); should that process fail, its sequences end
+and later ones run in this process.
 
 Imports llguidance, numpy and text.* only (xgrammar lazily); never torch or engine code.
 """
@@ -35,6 +39,7 @@ from cormorant.sampling_params import StructuredOutputs
 from cormorant.text.grammar import GrammarLimits, spec_digest, validate
 from cormorant.text.tokenizer import Tokenizer
 from cormorant.text.xgrammar_json import json_grammar, schema_text
+from cormorant.text.xgrammar_process import GrammarProcess, GrammarProcessError, RemoteMatcher
 
 log = logging.getLogger(__name__)
 # xgrammar's batched fill starts its threads on every call (`mask_probe.py --thread-sweep`,
@@ -93,13 +98,14 @@ class GuidanceMatcher:
     than when the request is added (a burst of 256 requests would hold the engine loop for
     256 compiles of ~2 ms before its first step)."""
 
-    def __init__(self, build: Callable[[], _Llg | _Xgr], xgrammar: bool = False) -> None:
-        self._build: Callable[[], _Llg | _Xgr] | None = build
-        self._state: _Llg | _Xgr | None = None
+    def __init__(self, build: Callable[[], _Llg | _Xgr | RemoteMatcher],
+                 xgrammar: bool = False) -> None:
+        self._build: Callable[[], _Llg | _Xgr | RemoteMatcher] | None = build
+        self._state: _Llg | _Xgr | RemoteMatcher | None = None
         self.xgrammar = xgrammar  # built on xgrammar, unless it refuses the grammar
 
     @property
-    def state(self) -> _Llg | _Xgr:
+    def state(self) -> _Llg | _Xgr | RemoteMatcher:
         if self._state is None:
             assert self._build is not None
             self._state, self._build = self._build(), None
@@ -127,13 +133,16 @@ class _Entry:
         self.compact = compact
         self.compiled: Future | None = None
         self.on_xgrammar: bool | None = None  # decided by the spec's first matcher, for good
+        self.remote_id: int | None = None  # its id in the grammar process, once sent there
 
 
 class GuidanceBackend:
     """The grammar engines for one tokenizer: grammar cache, matchers, batched masks."""
 
     def __init__(self, tokenizer: Tokenizer, limits: GrammarLimits = GrammarLimits(),
-                 json_engine: str | None = None) -> None:
+                 json_engine: str | None = None, process: bool = False) -> None:
+        """process: xgrammar's matchers in a grammar process (CORMORANT_GRAMMAR_PROCESS=0 or
+        1 overrides)."""
         self.tokenizer = tokenizer
         self.limits = limits
         self.vocab_size = tokenizer.vocab_size
@@ -148,6 +157,10 @@ class GuidanceBackend:
         self._ll_tokenizer: llguidance.LLTokenizer | None = None
         self._executor: llguidance.LLExecutor | None = None
         self._xgr: Any = None  # (GrammarCompiler, 2 BatchGrammarMatchers), made on first use
+        self._process_wanted = os.environ.get("CORMORANT_GRAMMAR_PROCESS",
+                                              "1" if process else "0") == "1"
+        self._process: GrammarProcess | None = None  # started with xgrammar's tokenizer
+        self._process_tried = threading.Event()  # its start succeeded or failed
         self._grammars: OrderedDict[str, _Entry] = OrderedDict()  # digest -> entry
         self._mask_buffers: list[np.ndarray | None] = [None] * MASK_BUFFERS
         self._next_buffer = 0
@@ -191,7 +204,9 @@ class GuidanceBackend:
         with self._lock:
             self._grammars[key] = entry
             while len(self._grammars) > self.limits.cache_size:
-                self._grammars.popitem(last=False)
+                _, evicted = self._grammars.popitem(last=False)
+                if evicted.remote_id is not None and self._process is not None:
+                    self._process.drop_grammar(evicted.remote_id)
         return entry
 
     def new_matcher(self, spec: StructuredOutputs) -> GuidanceMatcher:
@@ -208,15 +223,31 @@ class GuidanceBackend:
         entry = self._entry(spec)
         compiled = self._engine_of(entry, XGR_COMPILE_WAIT_S)
         if compiled is not None:
+            process = self._process
+            if process is not None and process.alive:
+                if entry.remote_id is None:
+                    entry.remote_id = process.add_grammar(compiled.serialize_json())
+                gid, stop_ids = entry.remote_id, self._stop_ids
+                return GuidanceMatcher(lambda: RemoteMatcher(process, gid, stop_ids),
+                                       xgrammar=True)
             import xgrammar as xgr
             return GuidanceMatcher(lambda: _Xgr(xgr.GrammarMatcher(compiled)), xgrammar=True)
         kind = spec.kind()
         return GuidanceMatcher(lambda: _Llg(self._compile(entry.text, kind)))
 
     def prepare(self, spec: StructuredOutputs, timeout: float | None = None) -> bool:
-        """Validate the spec and wait for its xgrammar compile (if xgrammar takes it): True
-        when its next matchers run on xgrammar (tests, benchmarks' warm-up)."""
-        return self._engine_of(self._entry(spec), timeout) is not None
+        """Validate the spec and wait for its xgrammar compile (if xgrammar takes it) and for
+        the grammar process's start (if wanted): True when its next matchers run on xgrammar
+        (tests, benchmarks' warm-up)."""
+        on_xgrammar = self._engine_of(self._entry(spec), timeout) is not None
+        if on_xgrammar and self._process_wanted:
+            self._process_tried.wait(timeout)
+        return on_xgrammar
+
+    @property
+    def process_alive(self) -> bool:
+        """Whether new xgrammar matchers go to the grammar process."""
+        return self._process is not None and self._process.alive
 
     def _engine_of(self, entry: _Entry, wait_s: float | None) -> Any:
         """The compiled xgrammar grammar the spec's matchers use, or None: llguidance. The
@@ -253,7 +284,26 @@ class GuidanceBackend:
                                                  cache_enabled=False),
                              xgr.BatchGrammarMatcher(max_threads=1),
                              xgr.BatchGrammarMatcher(max_threads=min(4, _threads())))
+                if self._process_wanted:  # beside the compiles, which need not wait for it
+                    threading.Thread(target=self._start_process, args=(info,),
+                                     name="grammar-process-start", daemon=True).start()
             return self._xgr
+
+    def _start_process(self, info: Any) -> None:
+        """The grammar process, or (logged) none: xgrammar then runs in this process, as it
+        does for the matchers made before the process is up (~2 s: it imports xgrammar)."""
+        try:
+            self._process = GrammarProcess(info.serialize_json(), self.vocab_size,
+                                           threads=min(4, _threads()), many_rows=XGR_MANY_ROWS)
+        except (OSError, GrammarProcessError) as exc:
+            log.warning("no grammar process (%s): xgrammar runs in the engine process", exc)
+        finally:
+            self._process_tried.set()
+
+    def close(self) -> None:
+        """Stop the grammar process, if any (it also stops when this process exits)."""
+        if self._process is not None:
+            self._process.close()
 
     def _batcher(self, rows: int) -> Any:
         """xgrammar's batched matcher for this many rows: 1 thread, or up to 4 from
@@ -297,6 +347,10 @@ class GuidanceBackend:
         matcher ends when it accepts a stop token (the tokenizer's EOS ids)."""
         states = [m.state for m in matchers]
         results: list[tuple[bool, bool] | None] = [None] * len(states)
+        remote = [row for row, state in enumerate(states) if isinstance(state, RemoteMatcher)]
+        if remote:
+            self._advance_remote([states[row] for row in remote],
+                                 [tokens[row] for row in remote], remote, results)
         xg_rows = [row for row, state in enumerate(states) if isinstance(state, _Xgr)]
         if len(xg_rows) > 1:
             accepted = self._batcher(len(xg_rows)).batch_accept_token(
@@ -309,6 +363,23 @@ class GuidanceBackend:
             if results[row] is None:
                 results[row] = (state.accept(tokens[row]), state.is_terminated())
         return results  # type: ignore[return-value]
+
+    def _advance_remote(self, states: list[RemoteMatcher], tokens: list[int],
+                        rows: list[int], results: list) -> None:
+        """The grammar process's matchers take their tokens, in one request."""
+        try:
+            accepted = states[0].process.call(accept=[s.mid for s in states], tokens=tokens)[0]
+        except GrammarProcessError as exc:
+            log.error("%s: its %d sequences end", exc, len(states))
+            accepted = bytes(len(states))  # rejected: the engine finishes them
+        for row, state, token, ok in zip(rows, states, tokens, accepted):
+            state.took(token, ok == 1)
+            results[row] = (ok == 1, state.ended)
+
+    def advances_elsewhere(self, matchers: list[GuidanceMatcher]) -> bool:
+        """These matchers live in the grammar process: advancing them holds no GIL here, so
+        the mask worker may run the advances too."""
+        return all(isinstance(m.state, RemoteMatcher) for m in matchers)
 
     def fill_at_once(self, matchers: list[GuidanceMatcher]) -> bool:
         """xgrammar's rows fill in one batched call (its C++ releases the GIL; a Python
@@ -338,10 +409,27 @@ class GuidanceBackend:
 
     def fill_bitmasks(self, matchers: list[GuidanceMatcher]) -> memoryview:
         states = [m.state for m in matchers]  # builds what has not been built yet
+        remote = [row for row, state in enumerate(states)
+                  if isinstance(state, RemoteMatcher) and not state.ended]
+        if len(remote) == len(states):  # the usual case: the process's bits as they came
+            bits = self._fill_remote(states)
+            if bits is not None:
+                return memoryview(bits)
+            remote = []  # it failed: every row ended
         bitmask = self._mask_buffer(len(states))  # [R, W]; every row is written below
+        if remote:
+            bits = self._fill_remote([states[row] for row in remote])
+            if bits is not None:
+                bitmask[remote] = np.frombuffer(bits, dtype="<i4").reshape(len(remote), -1)
+            else:
+                for row in remote:
+                    self._allow_end(bitmask[row])
         xg_rows = []
         for row, state in enumerate(states):
-            if isinstance(state, _Xgr):
+            if isinstance(state, RemoteMatcher):
+                if state.ended:
+                    self._allow_end(bitmask[row])
+            elif isinstance(state, _Xgr):
                 if state.is_terminated():  # ended, yet scheduled (async steps): the end only
                     self._allow_end(bitmask[row])
                 else:
@@ -361,6 +449,18 @@ class GuidanceBackend:
             llg_numpy.fill_next_token_bitmask_par(self._executor, ll_rows, bitmask)
         # a byte view of the array, not a copy (~5 MB at 256 rows of a 152k vocabulary)
         return memoryview(bitmask.astype("<i4", copy=False)).cast("B")
+
+
+    def _fill_remote(self, states: list[RemoteMatcher]) -> bytes | None:
+        """The grammar process's bits for these matchers, or None if it failed (logged;
+        their sequences then get the end only, and end)."""
+        try:
+            return states[0].process.call(fill=[s.mid for s in states])[1]
+        except GrammarProcessError as exc:
+            log.error("%s: its %d sequences end", exc, len(states))
+            for state in states:
+                state.ended = True
+            return None
 
 
 def _threads() -> int:

@@ -96,15 +96,21 @@ def test_masks_filled_a_chunk_at_a_time_give_the_same_tokens(tiny_llama, monkeyp
         assert len(fills) <= chunked.engine.steps and fills[1] == 6
 
 
-@pytest.mark.parametrize("mode", ["split", "job"])
-def test_xgrammar_end_found_in_the_worker_finishes_a_step_late(tiny_llama, monkeypatch, mode):
-    """With ignore_eos, an xgrammar JSON matcher ends on accepting the stop token. In the
-    "job" mode the mask worker learns it (async steps): the engine finishes the sequence at
-    the next collect. In the default "split" mode the step loop advances, so it knows at
-    once. Either way: the same tokens and finish reason as the synchronous engine."""
+@pytest.mark.parametrize("mode,process", [("split", True), ("split", False), ("job", False)])
+def test_xgrammar_end_found_in_the_worker_finishes_a_step_late(tiny_llama, monkeypatch, mode,
+                                                               process):
+    """With ignore_eos, an xgrammar JSON matcher ends on accepting the stop token. Where the
+    mask worker advances the matchers (async steps with a grammar process, or the "job"
+    mode), it learns that: the engine finishes the sequence at the next collect. In the
+    "split" mode without a grammar process the step loop advances, so it knows at once.
+    Either way: the same tokens and finish reason as the synchronous engine."""
     from cormorant.engine import structured
 
     monkeypatch.setattr(structured, "FILL_MODE", mode)
+    if process:  # the builder's default: a grammar process where steps are asynchronous
+        monkeypatch.delenv("CORMORANT_GRAMMAR_PROCESS", raising=False)
+    else:
+        monkeypatch.setenv("CORMORANT_GRAMMAR_PROCESS", "0")
     params = [SamplingParams(temperature=0.0 if i % 2 else 1.0, seed=i, max_tokens=200,
                              ignore_eos=True, structured_outputs=SPEC) for i in range(4)]
     results = []
@@ -121,8 +127,10 @@ def test_xgrammar_end_found_in_the_worker_finishes_a_step_late(tiny_llama, monke
             return outputs
         llm.engine._finish_grammar_ended = counted
         outs = [out.outputs[0] for out in llm.generate(PROMPTS[:4], params)]
-        # async "job": every sequence ended in the worker and was finished late
-        assert len(late) == (4 if async_scheduling and mode == "job" else 0)
+        # every sequence ended in the worker and was finished late
+        in_worker = mode == "job" or process
+        assert llm.engine.structured.backend.process_alive == (process and async_scheduling)
+        assert len(late) == (4 if async_scheduling and in_worker else 0)
         for out in outs:
             assert out.finish_reason == "stop" and out.token_ids[-1] in llm.engine.eos_token_ids
             jsonschema.validate(json.loads(out.text), SCHEMA)

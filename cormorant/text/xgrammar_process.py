@@ -1,0 +1,263 @@
+"""xgrammar's JSON matchers in a process of their own, beside the engine loop's GIL.
+
+On a GPU the engine loop of a 256-row decode step is host-bound: its Python is the step.
+xgrammar's batched accept holds the GIL for its whole call (~0.7 ms a step at 256 rows on the
+H100 host), so in a thread it either blocks the loop or waits on it; its fill releases the GIL,
+but needs the accepts first. Here both run in a child process: the loop (through the mask
+worker thread, GuidanceBackend) sends the step's tokens and the rows to fill, and reads back
+the accepted flags and the bits.
+
+The child is a plain `python -m cormorant.text.xgrammar_process --fd N` (no multiprocessing:
+nothing pickled), joined by a socket pair carrying msgpack maps. The parent sends the
+tokenizer (xgrammar's own JSON of it) first; then one request, one reply at a time:
+
+- request: `g` [[grammar id, compiled grammar JSON]] to keep, `gd` [grammar ids] to drop,
+  `n` [[matcher id, grammar id]] to make, `d` [matcher ids] to drop, `r` [[matcher id,
+  tokens]] to roll back, `a` / `t` matcher ids and their tokens to accept, `f` matcher ids
+  whose next-token bitmasks to fill, in that order;
+- reply: `a` one byte a accepted token (1) or rejected (0), `f` the bitmask rows of `f`
+  ([len(f), ceil(V / 32)] int32, little-endian), `x` the error text of a failed request
+  (whose later parts did not run).
+
+The parent compiles the grammars (GuidanceBackend's cache) and sends them serialized once.
+The child exits when the parent's end of the socket closes.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import socket
+import subprocess
+import sys
+import threading
+import weakref
+from multiprocessing.connection import Connection
+from typing import Any
+
+import msgpack
+
+log = logging.getLogger(__name__)
+START_TIMEOUT_S = 120.0  # importing xgrammar imports torch: a few seconds on a cold disk
+
+
+def _pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def _unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+# --- the child ----------------------------------------------------------------------------------
+class _Matchers:
+    """The child's state: compiled grammars and matchers by id; applies one request."""
+
+    def __init__(self, init: dict) -> None:
+        import numpy as np
+        import xgrammar as xgr
+
+        self.np, self.xgr = np, xgr
+        self.info = xgr.TokenizerInfo.deserialize_json(init["tokenizer"])
+        self.vocab_size = int(init["vocab_size"])
+        self.words = (self.vocab_size + 31) // 32
+        self.many_rows = int(init["many_rows"])
+        self.batchers = (xgr.BatchGrammarMatcher(max_threads=1),
+                         xgr.BatchGrammarMatcher(max_threads=int(init["threads"])))
+        self.grammars: dict[int, Any] = {}
+        self.matchers: dict[int, Any] = {}
+
+    def apply(self, req: dict) -> dict:
+        for gid, text in req.get("g", ()):
+            self.grammars[gid] = self.xgr.CompiledGrammar.deserialize_json(text, self.info)
+        for gid in req.get("gd", ()):
+            self.grammars.pop(gid, None)  # matchers made from it keep it alive
+        for mid, gid in req.get("n", ()):
+            self.matchers[mid] = self.xgr.GrammarMatcher(self.grammars[gid])
+        for mid in req.get("d", ()):
+            self.matchers.pop(mid, None)
+        for mid, num_tokens in req.get("r", ()):
+            self.matchers[mid].rollback(num_tokens)
+        reply: dict[str, Any] = {}
+        if req.get("a"):
+            matchers = [self.matchers[mid] for mid in req["a"]]
+            accepted = self.xgr.BatchGrammarMatcher.batch_accept_token(matchers, req["t"])
+            reply["a"] = bytes(bytearray(accepted))
+        if req.get("f"):
+            matchers = [self.matchers[mid] for mid in req["f"]]
+            bits = self.np.empty((len(matchers), self.words), dtype=self.np.int32)
+            batcher = self.batchers[len(matchers) >= self.many_rows]
+            batcher.batch_fill_next_token_bitmask(matchers, bits)
+            if self.vocab_size % 32:  # xgrammar leaves the last word's spare bits set
+                spare = (1 << (self.vocab_size % 32)) - 1
+                bits.view(self.np.uint32)[:, -1] &= self.np.uint32(spare)
+            reply["f"] = bits.astype("<i4", copy=False).tobytes()
+        return reply
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--log-level", type=int, default=logging.WARNING)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s [grammar]: %(message)s")
+    conn = Connection(args.fd)
+    try:
+        state = _Matchers(_unpack(conn.recv_bytes()))
+        conn.send_bytes(_pack({"ready": True}))
+        while True:
+            req = _unpack(conn.recv_bytes())
+            try:
+                reply = state.apply(req)
+            except Exception as exc:  # noqa: BLE001 (a bad request fails alone)
+                reply = {"x": f"{type(exc).__name__}: {exc}"}
+            conn.send_bytes(_pack(reply))
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        return 0  # the parent went away
+
+
+# --- the parent's handle -------------------------------------------------------------------------
+class GrammarProcessError(RuntimeError):
+    """The grammar process failed or went away; its matchers are lost."""
+
+
+class GrammarProcess:
+    """The child process and its protocol; thread-safe (one request at a time). Grammars
+    and matchers are registered here and travel with the next request."""
+
+    def __init__(self, tokenizer_json: str, vocab_size: int, threads: int,
+                 many_rows: int) -> None:
+        ours, theirs = socket.socketpair()
+        level = logging.getLogger().getEffectiveLevel()
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "cormorant.text.xgrammar_process",
+                 "--fd", str(theirs.fileno()), "--log-level", str(level)],
+                pass_fds=(theirs.fileno(),))
+        finally:
+            theirs.close()
+        self._conn = Connection(ours.detach())
+        self._lock = threading.Lock()  # one request at a time
+        self._queued_lock = threading.Lock()  # the registrations below
+        self._ids = itertools.count()
+        self._grammars: list[list] = []
+        self._dropped_grammars: list[int] = []
+        self._new: list[list[int]] = []
+        self._dropped: list[int] = []
+        self.alive = True
+        try:
+            self._conn.send_bytes(_pack({"tokenizer": tokenizer_json, "vocab_size": vocab_size,
+                                         "threads": threads, "many_rows": many_rows}))
+            if not self._conn.poll(START_TIMEOUT_S):
+                raise GrammarProcessError("the grammar process did not start in time")
+            self._conn.recv_bytes()
+        except BaseException:
+            self.close()
+            raise
+        finalizer = weakref.finalize(self, _close, self.process, self._conn)
+        finalizer.atexit = True
+
+    def add_grammar(self, compiled_json: str) -> int:
+        """Register a compiled grammar (xgrammar's JSON of it); its id."""
+        gid = next(self._ids)
+        with self._queued_lock:
+            self._grammars.append([gid, compiled_json])
+        return gid
+
+    def drop_grammar(self, gid: int) -> None:
+        with self._queued_lock:
+            self._dropped_grammars.append(gid)
+
+    def new_matcher(self, gid: int) -> int:
+        mid = next(self._ids)
+        with self._queued_lock:
+            self._new.append([mid, gid])
+        return mid
+
+    def drop_matcher(self, mid: int) -> None:
+        """Forget a matcher (at the next request; called from finalizers, any thread)."""
+        with self._queued_lock:
+            self._dropped.append(mid)
+
+    def call(self, accept: list[int] = (), tokens: list[int] = (), fill: list[int] = (),
+             rollback: list[list[int]] = ()) -> tuple[bytes, bytes]:
+        """One request: (accepted flags of `accept`, the bitmask rows of `fill`)."""
+        with self._lock:
+            if not self.alive:
+                raise GrammarProcessError("the grammar process is gone")
+            with self._queued_lock:
+                req = {"g": self._grammars, "gd": self._dropped_grammars, "n": self._new,
+                       "d": self._dropped, "r": list(rollback), "a": list(accept),
+                       "t": list(tokens), "f": list(fill)}
+                self._grammars, self._dropped_grammars, self._new, self._dropped = \
+                    [], [], [], []
+            try:
+                self._conn.send_bytes(_pack(req))
+                reply = _unpack(self._conn.recv_bytes())
+            except (EOFError, OSError) as exc:
+                self.alive = False
+                raise GrammarProcessError(f"the grammar process went away: {exc}") from None
+        if reply.get("x"):
+            raise GrammarProcessError(f"the grammar process refused a request: {reply['x']}")
+        return reply.get("a", b""), reply.get("f", b"")
+
+    def close(self) -> None:
+        self.alive = False
+        _close(self.process, self._conn)
+
+
+def _close(process: subprocess.Popen, conn: Connection) -> None:
+    """Close our end (the child then exits), and reap it."""
+    try:
+        conn.close()
+    except OSError:
+        pass
+    try:
+        process.wait(5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+class RemoteMatcher:
+    """One sequence's xgrammar matcher, living in the grammar process (a GrammarMatcher for
+    engine.structured; GuidanceBackend batches the advances and fills of many)."""
+
+    def __init__(self, process: GrammarProcess, gid: int, stop_ids: frozenset[int]) -> None:
+        self.process = process
+        self.mid = process.new_matcher(gid)
+        self.stop_ids = stop_ids
+        self.ended = False  # accepted a stop token: only the end may follow
+        weakref.finalize(self, process.drop_matcher, self.mid)
+
+    def took(self, token_id: int, accepted: bool) -> None:
+        self.ended = self.ended or (accepted and token_id in self.stop_ids)
+
+    def accept(self, token_id: int) -> bool:
+        """False also when the process failed (logged): the sequence then ends."""
+        try:
+            accepted = self.process.call(accept=[self.mid], tokens=[token_id])[0][0] == 1
+        except GrammarProcessError as exc:
+            log.error("%s: a sequence ends", exc)
+            self.ended = True
+            return False
+        self.took(token_id, accepted)
+        return accepted
+
+    def rollback(self, num_tokens: int) -> None:
+        try:
+            self.process.call(rollback=[[self.mid, num_tokens]])
+        except GrammarProcessError as exc:
+            log.error("%s: a sequence ends", exc)
+            self.ended = True
+            return
+        if num_tokens:
+            self.ended = False  # the stop token is the last a matcher takes
+
+    def is_terminated(self) -> bool:
+        return self.ended
+
+
+if __name__ == "__main__":
+    sys.exit(main())
