@@ -152,6 +152,9 @@ class GrammarProcess:
             if not self._conn.poll(START_TIMEOUT_S):
                 raise GrammarProcessError("the grammar process did not start in time")
             self._conn.recv_bytes()
+        except EOFError:
+            self.close()
+            raise GrammarProcessError("the grammar process exited while starting") from None
         except BaseException:
             self.close()
             raise
