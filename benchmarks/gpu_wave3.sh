@@ -115,6 +115,15 @@ s7)  # b1s three ways: the grammar process (default on a GPU), split in-process,
   structured_tests 80
   step b1s_process_profile 150 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --profile --out "$R/b1s_process_prof"
   ;;
+q12)  # issue #12 side by side on one card: B2 bf16 / FP8 (swept GEMV settings) / int4, B1 bf16 / FP8 KV, B3 bf16 / FP8 (~8 min; B3 last)
+  step b2_bf16 60 $B b2 --quick --no-peer --out "$R/b2_bf16"
+  step b2_fp8 60 $B b2 --quick --no-peer --quantization fp8 --out "$R/b2_fp8"
+  step b2_int4 60 $B b2 --quick --no-peer --quantization int4 --out "$R/b2_int4"
+  step b1_bf16kv 60 $B b1 --quick --no-peer --out "$R/b1_bf16kv"
+  step b1_fp8kv 60 $B b1 --quick --no-peer --kv-cache-dtype fp8 --out "$R/b1_fp8kv"
+  step b3_bf16 110 $B b3 --quick --no-peer --out "$R/b3_bf16"
+  step b3_fp8 110 $B b3 --quick --no-peer --quantization fp8 --out "$R/b3_fp8"
+  ;;
 s6)  # the b1s A/B and the tests on the card only (~5 min)
   b1s_ab 130
   structured_tests 80
