@@ -14,9 +14,10 @@ builder injects it). The design:
   its other host work (the async step loop's overlap); `advance_then_mask` also overlaps
   the matchers' advances with the fills, a chunk of rows at a time. For a backend that
   fills at once (`fill_at_once`: xgrammar), the loop advances every row in one batched call,
-  then the worker runs one fill while the loop processes the step's outputs (FILL_MODE
-  "job": the worker runs the advances too, and the sequences whose grammar ended come back
-  with the masks, `PendingMasks.ended`, for the engine to finish one step late).
+  then the worker runs one fill while the loop processes the step's outputs. Where the
+  matchers live in a grammar process (`advances_elsewhere`), or in FILL_MODE "job", the
+  worker runs the advances too, and the sequences whose grammar ended come back with the
+  masks (`PendingMasks.ended`), for the engine to finish one step late.
 - `advance_all(samples)` after each step: every constrained row's matcher takes its new
   token; the sequences whose grammar has ended come back (the engine finishes them with
   "stop"). A matcher only ever consumes tokens the
