@@ -70,10 +70,11 @@ class Sampler:
         self._generators.pop(seq_id, None)
 
     def __call__(self, logits: torch.Tensor, meta: SamplingMetadata) -> SamplerOutput:
-        # logits: [N, V] float32, row i belongs to meta.seq_ids[i]. Not modified in place.
+        # logits: [N, V] float32, row i belongs to meta.seq_ids[i]. Not modified in place,
+        # except by the grammar mask on CUDA (apply_grammar_mask).
         assert logits.dim() == 2 and logits.shape[0] == meta.num_rows
         if meta.mask_rows is not None:
-            logits = apply_grammar_mask(logits.float(), meta.mask_rows, meta.mask_allowed)
+            logits = apply_grammar_mask(logits.float(), meta.mask_rows, meta.mask_words)
         if meta.is_plain_greedy:
             return SamplerOutput(token_ids=logits.argmax(dim=-1))
         logits = logits.float()
@@ -142,11 +143,21 @@ def apply_bias_penalties_bans(logits: torch.Tensor, meta: SamplingMetadata) -> t
     return logits
 
 
-def apply_grammar_mask(logits: torch.Tensor, rows: torch.Tensor, allowed: torch.Tensor
+def apply_grammar_mask(logits: torch.Tensor, rows: torch.Tensor, words: torch.Tensor
                        ) -> torch.Tensor:
-    """logits[rows[r], t] = -inf where not allowed[r, t]. The mask covers the tokenizer's
-    vocabulary rounded up to 32; logits past it (a padded embedding) are never allowed."""
+    """logits[rows[r], t] = -inf where bit t of words[r] is 0 (bit t: word t // 32, bit t % 32).
+    The mask covers the tokenizer's vocabulary rounded up to 32; logits past it (a padded
+    embedding) are never allowed. On CUDA one Triton launch writes the -inf into `logits`
+    itself (kernels.grammar_mask: reads the bits, nothing else); elsewhere the bits are
+    unpacked into a [R, V] boolean mask and the rows are masked out of place."""
+    if logits.is_cuda:
+        from cormorant.kernels.grammar_mask import apply_bitmask_
+
+        apply_bitmask_(logits, rows, words)
+        return logits
     vocab = logits.shape[1]
+    shifts = torch.arange(32, dtype=torch.int32, device=words.device)  # [32]
+    allowed = ((words.unsqueeze(-1) >> shifts) & 1).bool().reshape(len(rows), -1)  # [R, 32W]
     width = allowed.shape[1]
     if width < vocab:
         allowed = torch.nn.functional.pad(allowed, (0, vocab - width), value=False)

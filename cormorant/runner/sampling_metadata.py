@@ -69,7 +69,7 @@ class SamplingMetadata:
     # Constrained decoding: the rows under a grammar and their allowed tokens, unpacked from
     # the engine's bitmask (bit t of a row: token t allowed). None: no constrained row.
     mask_rows: torch.Tensor | None = None  # [R] int64
-    mask_allowed: torch.Tensor | None = None  # [R, 32 * words] bool
+    mask_words: torch.Tensor | None = None  # [R, W] int32: the packed bits, on the device
 
     @property
     def num_masked_rows(self) -> int:
@@ -121,7 +121,7 @@ class SamplingMetadata:
             ban_rows=ban[0] if ban is not None else None,
             ban_tokens=ban[1] if ban is not None else None,
             mask_rows=mask[0],
-            mask_allowed=mask[1],
+            mask_words=mask[1],
         )
 
 
@@ -141,20 +141,18 @@ def stream_seed(seed: int, index: int) -> int:
 
 def _grammar_mask(grammar: tuple[list[int], MaskBits], device: torch.device
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows [R] int64, allowed [R, 32 * W] bool) from the engine's packed int32 rows: the
-    bits travel (V / 8 bytes a row), the unpacking runs on the device."""
+    """(rows [R] int64, words [R, W] int32) on the device from the engine's packed rows: the
+    bits travel (V / 8 bytes a row); the sampler applies them."""
     rows, bits = grammar
     words = np.frombuffer(bits, dtype="<i4").reshape(len(rows), -1)  # [R, W], read-only
-    if device.type == "cuda":  # one copy, straight into pinned memory (~1.5 MB at 256 rows)
+    if device.type == "cuda":  # one copy, straight into pinned memory (~5 MB at 256 rows)
         staged = torch.empty(words.shape, dtype=torch.int32, pin_memory=True)
         staged.numpy()[:] = words
         words = staged.to(device, non_blocking=True)
     else:
         words = torch.from_numpy(words.copy())
-    shifts = torch.arange(32, dtype=torch.int32, device=device)  # [32]
-    allowed = ((words.unsqueeze(-1) >> shifts) & 1).bool()  # [R, W, 32]; bit t = token t
     row_ids = _to_device(torch.tensor(rows, dtype=torch.int64), device)  # [R]
-    return row_ids, allowed.reshape(len(rows), -1)
+    return row_ids, words
 
 
 def _to_device(cpu_tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
