@@ -33,7 +33,7 @@ b2_three_b3_int4() {  # B2 bf16 / FP8 / int4, then B3 int4 (the dequant + cuBLAS
   step b2_int4 60 $B b2 --quick --no-peer --quantization int4 --out "$R/b2_int4"
   step b3_int4 80 $B b3 --quick --no-peer --quantization int4 --out "$R/b3_int4"
 }
-structured_tests() { step xgr_tests "$1" python3 -m pytest -q tests/text/test_xgrammar_json.py tests/engine/test_structured_engine.py; }
+structured_tests() { step xgr_tests "$1" python3 -m pytest -q tests/kernels/test_grammar_mask.py tests/text/test_xgrammar_process.py tests/text/test_xgrammar_json.py tests/engine/test_structured_engine.py; }
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader
 git log --oneline -1
 case "$1" in
