@@ -108,11 +108,11 @@ s3)  # the b1s A/B first (worker / inline / worker), then the tests on the card 
   step b2_bf16 50 $B b2 --quick --no-peer --out "$R/b2_bf16"
   step b2_fp8 50 $B b2 --quick --no-peer --quantization fp8 --out "$R/b2_fp8"
   ;;
-s7)  # b1s three ways: the grammar process (default on a GPU), split in-process, job in-process (the old default); the tests; the process run profiled (~7 min)
+s7)  # the card's structured tests; b1s three ways: the grammar process (default on a GPU), split in-process, job in-process (the old default); the process run profiled (~8 min)
+  structured_tests 90
   step b1s_process 150 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_process"
   step b1s_split 130 env CORMORANT_GRAMMAR_PROCESS=0 CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_split"
   step b1s_job 130 env CORMORANT_GRAMMAR_PROCESS=0 CORMORANT_GRAMMAR_FILL=job CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --out "$R/b1s_job"
-  structured_tests 80
   step b1s_process_profile 150 env CORMORANT_BENCH_TOKENIZER="$TOK" $B b1s --quick --no-peer --profile --out "$R/b1s_process_prof"
   ;;
 q12)  # issue #12 side by side on one card: B2 bf16 / FP8 (swept GEMV settings) / int4, B1 bf16 / FP8 KV, B3 bf16 / FP8 (~8 min; B3 last)
