@@ -28,6 +28,7 @@ from cormorant.bench.context import RunContext, release
 from cormorant.bench.offline import B1_ENGINE, _sync, engine_for
 from cormorant.bench.report import fmt
 from cormorant.bench.workloads import b1_workload
+from cormorant.frontend.builder import grammar_host_buffer
 from cormorant.frontend.default_model import default_model_path
 from cormorant.frontend.llm import LLM
 from cormorant.sampling_params import SamplingParams, StructuredOutputs
@@ -137,7 +138,8 @@ def run_b1_structured(ctx: RunContext) -> dict:
         source = os.environ.get("CORMORANT_BENCH_TOKENIZER") or default_model_path()
         tokenizer = load_tokenizer(source)
         # CORMORANT_JSON_GRAMMAR picks JSON's engine; a GPU's async steps a grammar process
-        backend = GuidanceBackend(tokenizer, process=llm.engine.async_scheduling)
+        backend = GuidanceBackend(tokenizer, process=llm.engine.async_scheduling,
+                                  host_buffer=grammar_host_buffer(llm.engine.runner.device))
         llm.engine.structured.backend.close()
         llm.engine.structured.backend = backend
         print(f"b1s: JSON schemas on {backend.json_engine}", flush=True)

@@ -98,10 +98,19 @@ def build_engine(config: EngineConfig) -> BuiltEngine:
                    else config.async_scheduling)
     # Async steps (a GPU): xgrammar's matchers in a grammar process, beside the step loop.
     core = EngineCore(config, runner, eos,
-                      grammar=GuidanceBackend(tokenizer, process=async_steps))
+                      grammar=GuidanceBackend(tokenizer, process=async_steps,
+                                              host_buffer=grammar_host_buffer(device)))
     seconds = time.perf_counter() - start
     log.info("loaded %s (%s, %s) in %.1f s", config.model, device, dtype, seconds)
     return BuiltEngine(config, core, tokenizer, model_config, runner, seconds)
+
+
+def grammar_host_buffer(device: torch.device):
+    """For GuidanceBackend's host_buffer: on CUDA, writable uint8 arrays in pinned host memory
+    (the grammar process's bits land there, and the device copy starts from them)."""
+    if device.type != "cuda":
+        return None
+    return lambda nbytes: torch.empty(nbytes, dtype=torch.uint8, pin_memory=True).numpy()
 
 
 def _eos_ids(model_config: ModelConfig, tokenizer: Tokenizer) -> tuple[int, ...]:

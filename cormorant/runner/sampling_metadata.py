@@ -145,14 +145,24 @@ def _grammar_mask(grammar: tuple[list[int], MaskBits], device: torch.device
     bits travel (V / 8 bytes a row); the sampler applies them."""
     rows, bits = grammar
     words = np.frombuffer(bits, dtype="<i4").reshape(len(rows), -1)  # [R, W], read-only
-    if device.type == "cuda":  # one copy, straight into pinned memory (~5 MB at 256 rows)
-        staged = torch.empty(words.shape, dtype=torch.int32, pin_memory=True)
-        staged.numpy()[:] = words
-        words = staged.to(device, non_blocking=True)
+    if device.type == "cuda":
+        host = torch.from_numpy(words) if _pinned(bits) else None
+        if host is None:  # one copy, straight into pinned memory (~5 MB at 256 rows)
+            host = torch.empty(words.shape, dtype=torch.int32, pin_memory=True)
+            host.numpy()[:] = words
+        words = host.to(device, non_blocking=True)
     else:
         words = torch.from_numpy(words.copy())
     row_ids = _to_device(torch.tensor(rows, dtype=torch.int64), device)  # [R]
     return row_ids, words
+
+
+def _pinned(bits: MaskBits) -> bool:
+    """Whether the bits already lie in pinned memory (the grammar process's replies land
+    there on a GPU: frontend.builder), so the device copy can start from them."""
+    if not isinstance(bits, memoryview) or bits.readonly or not bits.nbytes:
+        return False
+    return torch.frombuffer(bits, dtype=torch.uint8).is_pinned()
 
 
 def _to_device(cpu_tensor: torch.Tensor, device: torch.device) -> torch.Tensor:

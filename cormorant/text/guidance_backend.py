@@ -140,9 +140,12 @@ class GuidanceBackend:
     """The grammar engines for one tokenizer: grammar cache, matchers, batched masks."""
 
     def __init__(self, tokenizer: Tokenizer, limits: GrammarLimits = GrammarLimits(),
-                 json_engine: str | None = None, process: bool = False) -> None:
+                 json_engine: str | None = None, process: bool = False,
+                 host_buffer: Callable[[int], Any] | None = None) -> None:
         """process: xgrammar's matchers in a grammar process (CORMORANT_GRAMMAR_PROCESS=0 or
-        1 overrides)."""
+        1 overrides). host_buffer: makes a writable byte buffer of a given length for the
+        process's bits to land in (the builder's pinned memory on a GPU, so the runner's
+        copy to the device starts from it); default: plain bytes."""
         self.tokenizer = tokenizer
         self.limits = limits
         self.vocab_size = tokenizer.vocab_size
@@ -161,6 +164,9 @@ class GuidanceBackend:
                                               "1" if process else "0") == "1"
         self._process: GrammarProcess | None = None  # started with xgrammar's tokenizer
         self._process_tried = threading.Event()  # its start succeeded or failed
+        self._host_buffer = host_buffer
+        self._received: list[Any] = [None] * MASK_BUFFERS  # host_buffer's, reused in turn
+        self._next_received = 0
         self._grammars: OrderedDict[str, _Entry] = OrderedDict()  # digest -> entry
         self._mask_buffers: list[np.ndarray | None] = [None] * MASK_BUFFERS
         self._next_buffer = 0
@@ -451,11 +457,22 @@ class GuidanceBackend:
         return memoryview(bitmask.astype("<i4", copy=False)).cast("B")
 
 
-    def _fill_remote(self, states: list[RemoteMatcher]) -> bytes | None:
+    def _receive_buffer(self, nbytes: int) -> Any:
+        """The next of MASK_BUFFERS host_buffer buffers, at least nbytes long (valid, as the
+        mask arrays, until MASK_BUFFERS - 1 more fills)."""
+        self._next_received = (self._next_received + 1) % MASK_BUFFERS
+        buffer = self._received[self._next_received]
+        if buffer is None or len(buffer) < nbytes:
+            buffer = self._host_buffer(max(nbytes, 1 << 16))
+            self._received[self._next_received] = buffer
+        return buffer
+
+    def _fill_remote(self, states: list[RemoteMatcher]) -> bytes | memoryview | None:
         """The grammar process's bits for these matchers, or None if it failed (logged;
         their sequences then get the end only, and end)."""
+        into = self._receive_buffer if self._host_buffer is not None else None
         try:
-            return states[0].process.call(fill=[s.mid for s in states])[1]
+            return states[0].process.call(fill=[s.mid for s in states], into=into)[1]
         except GrammarProcessError as exc:
             log.error("%s: its %d sequences end", exc, len(states))
             for state in states:

@@ -15,9 +15,11 @@ tokenizer (xgrammar's own JSON of it) first; then one request, one reply at a ti
   `n` [[matcher id, grammar id]] to make, `d` [matcher ids] to drop, `r` [[matcher id,
   tokens]] to roll back, `a` / `t` matcher ids and their tokens to accept, `f` matcher ids
   whose next-token bitmasks to fill, in that order;
-- reply: `a` one byte a accepted token (1) or rejected (0), `f` the bitmask rows of `f`
-  ([len(f), ceil(V / 32)] int32, little-endian), `x` the error text of a failed request
-  (whose later parts did not run).
+- reply: `a` one byte a accepted token (1) or rejected (0), `f` the byte length of the
+  bitmask rows of `f` ([len(f), ceil(V / 32)] int32, little-endian), which follow as a raw
+  message of their own (so the parent can read them straight into a buffer of its choice:
+  pinned memory on a GPU), `x` the error text of a failed request (whose later parts did
+  not run).
 
 The parent compiles the grammars (GuidanceBackend's cache) and sends them serialized once.
 The child exits when the parent's end of the socket closes.
@@ -33,7 +35,7 @@ import sys
 import threading
 import weakref
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Callable
 
 import msgpack
 
@@ -91,7 +93,8 @@ class _Matchers:
             if self.vocab_size % 32:  # xgrammar leaves the last word's spare bits set
                 spare = (1 << (self.vocab_size % 32)) - 1
                 bits.view(self.np.uint32)[:, -1] &= self.np.uint32(spare)
-            reply["f"] = bits.astype("<i4", copy=False).tobytes()
+            reply["f"] = bits.nbytes
+            reply["bits"] = bits.astype("<i4", copy=False)
         return reply
 
 
@@ -112,7 +115,10 @@ def main(argv: list[str] | None = None) -> int:
                 reply = state.apply(req)
             except Exception as exc:  # noqa: BLE001 (a bad request fails alone)
                 reply = {"x": f"{type(exc).__name__}: {exc}"}
+            bits = reply.pop("bits", None)
             conn.send_bytes(_pack(reply))
+            if bits is not None:
+                conn.send_bytes(bits)
     except (EOFError, BrokenPipeError, ConnectionResetError):
         return 0  # the parent went away
 
@@ -184,8 +190,11 @@ class GrammarProcess:
             self._dropped.append(mid)
 
     def call(self, accept: list[int] = (), tokens: list[int] = (), fill: list[int] = (),
-             rollback: list[list[int]] = ()) -> tuple[bytes, bytes]:
-        """One request: (accepted flags of `accept`, the bitmask rows of `fill`)."""
+             rollback: list[list[int]] = (), into: Callable[[int], Any] | None = None
+             ) -> tuple[bytes, bytes | memoryview]:
+        """One request: (accepted flags of `accept`, the bitmask rows of `fill`). into: given
+        the rows' byte length, a writable buffer at least that long to read them into (its
+        first bytes are returned, as a memoryview); by default a new bytes object."""
         with self._lock:
             if not self.alive:
                 raise GrammarProcessError("the grammar process is gone")
@@ -198,12 +207,20 @@ class GrammarProcess:
             try:
                 self._conn.send_bytes(_pack(req))
                 reply = _unpack(self._conn.recv_bytes())
+                bits: bytes | memoryview = b""
+                if reply.get("f"):
+                    if into is None:
+                        bits = self._conn.recv_bytes()
+                    else:
+                        buffer = into(reply["f"])
+                        size = self._conn.recv_bytes_into(buffer)
+                        bits = memoryview(buffer).cast("B")[:size]
             except (EOFError, OSError) as exc:
                 self.alive = False
                 raise GrammarProcessError(f"the grammar process went away: {exc}") from None
         if reply.get("x"):
             raise GrammarProcessError(f"the grammar process refused a request: {reply['x']}")
-        return reply.get("a", b""), reply.get("f", b"")
+        return reply.get("a", b""), bits
 
     def close(self) -> None:
         self.alive = False

@@ -119,3 +119,30 @@ def test_a_bad_request_fails_alone(backends):
         process.call(accept=[10**9], tokens=[1])  # no such matcher
     matcher = remote.new_matcher(SPEC)
     assert bitmask_rows(remote.fill_bitmasks([matcher]), 1).any()  # still serving
+
+
+def test_bits_land_in_the_given_buffers(tokenizer, backends):
+    """host_buffer: the process's bits are read straight into the caller's buffers (pinned
+    memory on a GPU), reused in turn, and equal the in-process bits."""
+    local, _ = backends
+    made = []
+
+    def host_buffer(nbytes: int) -> np.ndarray:
+        made.append(np.empty(nbytes, dtype=np.uint8))
+        return made[-1]
+
+    remote = GuidanceBackend(tokenizer, json_engine="xgrammar", process=True,
+                             host_buffer=host_buffer)
+    try:
+        assert remote.prepare(SPEC, 60) and remote.process_alive
+        ours = [local.new_matcher(SPEC) for _ in range(3)]
+        theirs = [remote.new_matcher(SPEC) for _ in range(3)]
+        for token in tokenizer.encode('{"a": "xy'):
+            expected = bitmask_rows(local.fill_bitmasks(ours), 3)
+            bits = remote.fill_bitmasks(theirs)
+            assert any(np.shares_memory(np.frombuffer(bits, np.uint8), b) for b in made)
+            np.testing.assert_array_equal(bitmask_rows(bits, 3), expected)
+            assert remote.advance(theirs, [token] * 3) == local.advance(ours, [token] * 3)
+        assert len(made) == 3  # one a turn of the ring, then reused
+    finally:
+        remote.close()
