@@ -21,6 +21,8 @@
 #include <cstring>
 #include <vector>
 
+#include "int4_rows.h"
+
 namespace {
 
 using at::Tensor;
@@ -51,8 +53,14 @@ Proj make_proj(const Tensor& w, const Tensor& sz, int64_t pair, int64_t in, cons
 }
 
 // x [M, in] bf16 rows written into a [M, k] buffer (twice for a pair), multiplied -> [M, out]
-// bf16; the result converted to float32 into `out`.
-void run_proj(const Proj& p, const Tensor& xb, float* out, int64_t rows) {
+// bf16; the result converted to float32 into `out`. `rows_kernel`: the weights are in ATen's
+// AVX-512 layout and int4_rows.h is built, so it runs instead of ATen's kernel.
+void run_proj(const Proj& p, const Tensor& xb, float* out, int64_t rows, bool rows_kernel) {
+  if (rows_kernel) {
+    cormorant_int4::int4_rows(xb.data_ptr<bf16>(), rows, xb.size(1), p.weight.data_ptr<uint8_t>(),
+                              p.scales_zeros.data_ptr<bf16>(), p.out, out);
+    return;
+  }
   Tensor y = at::_weight_int4pack_mm_for_cpu(xb, p.weight, kGroup, p.scales_zeros);
   TORCH_CHECK(y.scalar_type() == at::kBFloat16 && y.is_contiguous() && y.size(0) == rows &&
               y.size(1) == p.out, "int4 matmul returned an unexpected tensor");
@@ -203,7 +211,8 @@ Tensor decode_step(const Tensor& hidden, const Tensor& positions, const Tensor& 
                    at::TensorList caches, const Tensor& slots, const Tensor& block_tables,
                    const Tensor& seq_lens, at::TensorList norms, at::TensorList weights,
                    at::TensorList scales_zeros, at::IntArrayRef pairs, const Tensor& final_norm,
-                   double eps, int64_t heads, int64_t kv_heads, int64_t dim, double scale) {
+                   double eps, int64_t heads, int64_t kv_heads, int64_t dim, double scale,
+                   int64_t rows_min) {
   check_f32(hidden, "hidden", 2);
   const int64_t rows = hidden.size(0), width = hidden.size(1);
   const int64_t layers = static_cast<int64_t>(caches.size());
@@ -277,6 +286,13 @@ Tensor decode_step(const Tensor& hidden, const Tensor& positions, const Tensor& 
                 "layer ", l, ": projection widths do not chain");
   }
 
+  // int4_rows.h's kernel for every projection: where it is built, from rows_min rows (0:
+  // never), on weights in ATen's AVX-512 layout (the caller's word) of whole 64-column blocks.
+  bool fast = cormorant_int4::kInt4Rows && rows_min > 0 && rows >= rows_min;
+  for (const Proj& p : projs) {
+    fast = fast && p.out % cormorant_int4::kBlockCols == 0 && p.weight.scalar_type() == at::kByte &&
+           p.weight.is_contiguous() && p.scales_zeros.is_contiguous();
+  }
   Tensor total_t = hidden.clone();
   float* total = total_t.data_ptr<float>();
   std::vector<float> normed(rows * width), qkv(rows * qkv_width), attn(rows * q_width);
@@ -285,27 +301,44 @@ Tensor decode_step(const Tensor& hidden, const Tensor& positions, const Tensor& 
     const Proj* p = &projs[4 * l];
     float* cache = caches[l].data_ptr<float>();
     rms_norm(total, norms[2 * l].data_ptr<float>(), normed.data(), rows, width, eps);
-    run_proj(p[0], to_input(p[0], normed.data(), rows), qkv.data(), rows);
+    run_proj(p[0], to_input(p[0], normed.data(), rows), qkv.data(), rows, fast);
     rotate_and_write(qkv.data(), rows, g, cos_sin.data_ptr<float>(), pos, slot, cache);
     attention(qkv.data(), attn.data(), rows, g, cache, tables, lens);
-    run_proj(p[1], to_input(p[1], attn.data(), rows), proj_out.data(), rows);
+    run_proj(p[1], to_input(p[1], attn.data(), rows), proj_out.data(), rows, fast);
     for (int64_t i = 0; i < rows * width; ++i) total[i] += proj_out[i];
     rms_norm(total, norms[2 * l + 1].data_ptr<float>(), normed.data(), rows, width, eps);
     const int64_t inter = p[3].in;
     gate_up.resize(rows * 2 * inter);
     act.resize(rows * inter);
-    run_proj(p[2], to_input(p[2], normed.data(), rows), gate_up.data(), rows);
+    run_proj(p[2], to_input(p[2], normed.data(), rows), gate_up.data(), rows, fast);
     for (int64_t r = 0; r < rows; ++r) {
       const float* gr = gate_up.data() + r * 2 * inter;
       float* ar = act.data() + r * inter;
       for (int64_t i = 0; i < inter; ++i) ar[i] = gr[i] / (1.0f + std::exp(-gr[i])) * gr[inter + i];
     }
-    run_proj(p[3], to_input(p[3], act.data(), rows), proj_out.data(), rows);
+    run_proj(p[3], to_input(p[3], act.data(), rows), proj_out.data(), rows, fast);
     for (int64_t i = 0; i < rows * width; ++i) total[i] += proj_out[i];
   }
   Tensor out = at::empty({rows, width}, hidden.options());
   rms_norm(total, final_norm.data_ptr<float>(), out.data_ptr<float>(), rows, width, eps);
   return out;
+}
+
+// x [M, K] bf16 times one int4 weight in ATen's AVX-512 layout -> [M, N] float32 (of bf16
+// values): int4_rows.h's kernel alone, for the LM head and the tests.
+Tensor int4_rows(const Tensor& x, const Tensor& weight, const Tensor& scales_zeros) {
+  TORCH_CHECK(cormorant_int4::kInt4Rows, "int4_rows: not built for this CPU (AVX512_BF16)");
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kBFloat16 && x.is_contiguous() &&
+              x.dim() == 2, "int4_rows: x must be a contiguous [M, K] bf16 CPU tensor");
+  TORCH_CHECK(weight.device().is_cpu() && weight.scalar_type() == at::kByte &&
+              weight.is_contiguous() && weight.dim() == 2, "int4_rows: packed [N, K/2] uint8");
+  const Proj p = make_proj(weight, scales_zeros, 0, x.size(1), "int4_rows");
+  TORCH_CHECK(scales_zeros.is_contiguous() && p.out % cormorant_int4::kBlockCols == 0,
+              "int4_rows: contiguous scales_zeros and whole blocks of 64 columns expected");
+  Tensor y = at::empty({x.size(0), p.out}, x.options().dtype(at::kFloat));
+  cormorant_int4::int4_rows(x.data_ptr<bf16>(), x.size(0), x.size(1), weight.data_ptr<uint8_t>(),
+                            scales_zeros.data_ptr<bf16>(), p.out, y.data_ptr<float>());
+  return y;
 }
 
 }  // namespace
@@ -314,6 +347,8 @@ TORCH_LIBRARY(cormorant_cpu, m) {
   m.def("decode_step(Tensor hidden, Tensor positions, Tensor cos_sin, Tensor(a!)[] caches, "
         "Tensor slots, Tensor block_tables, Tensor seq_lens, Tensor[] norms, Tensor[] weights, "
         "Tensor[] scales_zeros, int[] pairs, Tensor final_norm, float eps, int heads, "
-        "int kv_heads, int dim, float scale) -> Tensor");
+        "int kv_heads, int dim, float scale, int rows_min) -> Tensor");
   m.impl("decode_step", c10::DispatchKey::CPU, &decode_step);
+  m.def("int4_rows(Tensor x, Tensor weight, Tensor scales_zeros) -> Tensor");
+  m.impl("int4_rows", c10::DispatchKey::CPU, &int4_rows);
 }

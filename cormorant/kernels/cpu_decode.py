@@ -25,8 +25,12 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parents[1] / "csrc" / "cpu_decode.cpp"
+HEADERS = ("int4_rows.h",)  # next to the source, included by it: part of the build's key
 NAME = "cormorant_cpu_decode"
-CFLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno"]
+# -fopenmp: at::parallel_for is inline OpenMP (torch's backend); without it the op's loops
+# ran on one thread. The library links libgomp.so.1, the one torch has loaded.
+CFLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fopenmp"]
+LDFLAGS = ["-fopenmp"]
 ENV = "CORMORANT_CPU_DECODE"  # "python": never the compiled step
 
 
@@ -44,7 +48,8 @@ def _cpu_flags() -> str:
 def build_dir(source: Path = SOURCE) -> Path:
     """Where this source's build for this torch, Python and CPU lives."""
     key = hashlib.sha256(b"\0".join([
-        source.read_bytes(), torch.__version__.encode(), sys.version.encode(),
+        source.read_bytes(), *[(source.parent / h).read_bytes() for h in HEADERS],
+        torch.__version__.encode(), sys.version.encode(),
         _cpu_flags().encode(), " ".join(CFLAGS).encode()])).hexdigest()[:16]
     root = os.environ.get("CORMORANT_EXT_DIR") or Path.home() / ".cache" / "cormorant" / "ext"
     return Path(root) / f"cpu_decode-{key}"
@@ -59,7 +64,8 @@ def build(source: Path = SOURCE) -> Path:
 
         out.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        cpp_extension.load(NAME, [str(source)], extra_cflags=CFLAGS, build_directory=str(out),
+        cpp_extension.load(NAME, [str(source)], extra_cflags=CFLAGS, extra_ldflags=LDFLAGS,
+                           build_directory=str(out),
                            is_python_module=False, verbose=False)
         log.warning("built the compiled CPU decode step in %.1f s (%s)",
                     time.perf_counter() - start, out)
