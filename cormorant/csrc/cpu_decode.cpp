@@ -351,4 +351,5 @@ TORCH_LIBRARY(cormorant_cpu, m) {
   m.impl("decode_step", c10::DispatchKey::CPU, &decode_step);
   m.def("int4_rows(Tensor x, Tensor weight, Tensor scales_zeros) -> Tensor");
   m.impl("int4_rows", c10::DispatchKey::CPU, &int4_rows);
+  m.def("int4_rows_built() -> bool", [] { return cormorant_int4::kInt4Rows; });
 }

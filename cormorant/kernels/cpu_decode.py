@@ -65,8 +65,7 @@ def build(source: Path = SOURCE) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         cpp_extension.load(NAME, [str(source)], extra_cflags=CFLAGS, extra_ldflags=LDFLAGS,
-                           build_directory=str(out),
-                           is_python_module=False, verbose=False)
+                           build_directory=str(out), is_python_module=False, verbose=False)
         log.warning("built the compiled CPU decode step in %.1f s (%s)",
                     time.perf_counter() - start, out)
     if not hasattr(torch.ops.cormorant_cpu, "decode_step"):
@@ -90,6 +89,15 @@ def load() -> object | None:
     if os.environ.get(ENV, "").strip().lower() == "python":
         return None
     return _load(SOURCE)
+
+
+def int4_rows() -> object | None:
+    """The op cormorant_cpu::int4_rows (csrc/int4_rows.h: x [M, K] bf16 times a packed int4
+    weight in ATen's AVX-512 layout -> [M, N] float32), or None where `load` gives None or
+    the build has no such kernel (a CPU without AVX512_BF16)."""
+    if load() is None or not torch.ops.cormorant_cpu.int4_rows_built():
+        return None
+    return torch.ops.cormorant_cpu.int4_rows.default
 
 
 if __name__ == "__main__":

@@ -193,9 +193,9 @@ class Int4CpuMethod(LinearMethod):
         layer.register_buffer("scales_zeros", scales_zeros.to(KERNEL_DTYPE).contiguous())
         del layer.w_scale, layer.w_offset
         # The kernel's packed layout, read back and checked against these very codes (None:
-        # none of the known layouts matches, and every call stays on the int4 kernel).
-        layer.int4_layout = (find_layout(packed, codes.shape[0], codes.shape[1], codes)
-                             if self.dense_min_rows is not None else None)
+        # none of the known layouts matches, and every call stays on ATen's int4 kernel; the
+        # dense path and csrc/int4_rows.h read the codes through it).
+        layer.int4_layout = find_layout(packed, codes.shape[0], codes.shape[1], codes)
 
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None
               ) -> torch.Tensor:

@@ -16,8 +16,13 @@ ms, the dense float32 read (exact, the path of 16 rows and more before) 6.19 / 1
 19.9 / 24.7 ms; in the engine (cold caches) one row on the bf16 copy made the whole decode step
 slower (30.8 / 34.9 ms against 29.1 / 26.9 ms on the pair), so fewer rows keep the pair. The
 bf16 copy costs 2 bytes a weight of memory (56 MiB for SmolLM2).
+Where the compiled CPU op's own int4 kernel is built (kernels.cpu_decode.int4_rows: AVX512_BF16)
+the pair runs on it up to KERNEL_MAX_ROWS rows (the bf16 copy, made on first use, above):
+2 threads, SmolLM2's head (2026-12-06, shared 2-core EPYC), 1 / 4 / 16 rows 0.54 / 1.32 /
+5.03 ms against ATen's pair 1.56 / 2.73 / 11.0 ms and the bf16 copy 3.82 / 4.39 / 6.08 ms.
 One rank only (tensor parallelism keeps the dense head).
-Imports: torch, cormorant.layers (embedding, linear, gguf_linear).
+Imports: torch, cormorant.layers (embedding, linear, gguf_linear), cormorant.kernels
+(cpu_decode).
 """
 from __future__ import annotations
 
@@ -25,13 +30,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cormorant.kernels.cpu_decode import int4_rows
 from cormorant.layers.embedding import ParallelLMHead
-from cormorant.layers.gguf_linear import Int4PairCpuMethod
+from cormorant.layers.gguf_linear import Int4Layout, Int4PairCpuMethod
 from cormorant.layers.linear import ColumnParallelLinear
 
 RESCORE_TOP = 64
 # Rows from which a bf16 copy of the weight scores the vocabulary (module docstring).
 BF16_MIN_ROWS = 4
+# The most rows the compiled op's int4 kernel scores (module docstring; measured to 16).
+KERNEL_MAX_ROWS = 16
 
 
 class RescoredLMHead(nn.Module):
@@ -45,12 +53,21 @@ class RescoredLMHead(nn.Module):
         with torch.no_grad():
             self.approx.weight_loader(self.approx.weight, dense.weight.data)
             self.approx.method.finalize(self.approx)
-        self.register_buffer("weight_bf16", dense.weight.data.to(torch.bfloat16),
-                             persistent=False)
+        # The compiled op's int4 kernel for the pair (None: ATen's, and the bf16 copy).
+        op = int4_rows()
+        self.rows_kernel = (op if op is not None and vocab % 64 == 0
+                            and self.approx.int4_layout == Int4Layout(64, True) else None)
+        self.weight_bf16: torch.Tensor | None = None  # made on first use
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """[N, hidden] -> [N, vocab] in hidden's dtype."""
-        if self.bf16_min_rows is not None and hidden.shape[0] >= self.bf16_min_rows:
+        if self.rows_kernel is not None and hidden.shape[0] <= KERNEL_MAX_ROWS:
+            rows = self.approx.method.kernel_input(hidden.to(torch.bfloat16))  # [x | x]
+            logits = self.rows_kernel(rows, self.approx.weight, self.approx.scales_zeros)
+            logits = logits.to(hidden.dtype)
+        elif self.bf16_min_rows is not None and hidden.shape[0] >= self.bf16_min_rows:
+            if self.weight_bf16 is None:
+                self.weight_bf16 = self.weight.data.to(torch.bfloat16)
             logits = F.linear(hidden.to(torch.bfloat16), self.weight_bf16).to(hidden.dtype)
         else:
             logits = self.approx(hidden)  # [N, vocab]

@@ -218,6 +218,30 @@ def test_int4_rows_equals_atens_kernel_but_for_bf16_roundings(rows):
         torch.ops.cormorant_cpu.int4_rows(x, packed[:32], scales_zeros[:, :32].contiguous())
 
 
+@pytest.mark.parametrize("rows", [1, 16])
+def test_lm_head_scores_on_the_int4_rows_kernel(rows):
+    from cormorant.layers.embedding import ParallelLMHead
+    from cormorant.layers.rescored_head import RESCORE_TOP, RescoredLMHead
+
+    torch.manual_seed(0)
+    dense = ParallelLMHead(1024, 128)
+    dense.weight.data.normal_(0, 0.5)
+    head = RescoredLMHead(dense)
+    assert head.rows_kernel is not None
+    hidden = torch.randn(rows, 128)
+    with torch.no_grad():
+        ref, ours = dense(hidden), head(hidden)
+        assert head.weight_bf16 is None  # no bf16 copy made
+        head.rows_kernel, head.bf16_min_rows = None, None
+        aten = head(hidden)  # the same int4 pair on ATen's kernel, rescored
+    top = ref.topk(RESCORE_TOP // 2, dim=-1).indices
+    torch.testing.assert_close(ours.gather(-1, top), ref.gather(-1, top), atol=1e-5, rtol=1e-5)
+    assert torch.equal(ours.argmax(-1), ref.argmax(-1))
+    apart = ours != aten  # the tail: ATen's bf16 values but for a few roundings
+    assert apart.float().mean() <= 0.01
+    assert ((ours - aten).abs() <= aten.abs() * 2**-7)[apart].all()
+
+
 CHATS = ["What is the capital of France?", "Write a haiku about the sea.",
          "List three primary colors."]  # tests/frontend/test_smollm2.py's
 # Observed (2026-12-06): 4 of the 6 answers identical over 32 tokens, the other two left the
