@@ -128,7 +128,7 @@ inline float dot(const float* a, const float* b, int64_t n) {
 // exp of 16 float32 lanes where AVX-512 is built (silu and softmax call it ~1.4M times a step
 // of 16 SmolLM2 rows; std::exp one value at a time took ~3.5 ms of it): 2^n p(r), n =
 // round(x / ln 2), r = x - n ln 2 in two parts, p the Taylor polynomial to r^7 (|r| <= 0.35:
-// within 1 ulp of std::exp over -110..90), scaled by 2^n with scalef (which gives 0 and inf at the ends).
+// within 1 ulp of std::exp over -110..90), times 2^n by scalef (0 and inf at the ends).
 #ifdef __AVX512F__
 inline __m512 exp16(__m512 x) {
   x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(89.f)), _mm512_set1_ps(-104.f));
@@ -208,6 +208,67 @@ void rotate_and_write(float* qkv, int64_t rows, const Geometry& g, const float* 
   }
 }
 
+#ifdef __AVX512F__
+// One row's G query heads that share a KV head, head_dim 16 V, against its len keys and values
+// (`keys`, `vals`: the cache at this KV head; token j at (table[j / bs] bs + j % bs) token):
+// q and, over the values, the G x V accumulators stay in registers and each key and value is
+// loaded once for the G heads (the loop below reloaded and stored its accumulators a head).
+// scores: [G, stride] scratch; out: the G heads' outputs, contiguous.
+template <int G, int V>
+void head_group(const float* q, const float* keys, const float* vals, const int32_t* table,
+                int64_t bs, int64_t token, int64_t len, float scale, float* scores,
+                int64_t stride, float* out) {
+  __m512 qv[G][V], acc[G][V];
+  for (int h = 0; h < G; ++h)
+    for (int v = 0; v < V; ++v) qv[h][v] = _mm512_loadu_ps(q + h * 16 * V + 16 * v);
+  float top[G], total[G];
+  for (int h = 0; h < G; ++h) top[h] = -INFINITY;
+  for (int64_t j = 0; j < len; ++j) {
+    const float* k = keys + (table[j / bs] * bs + j % bs) * token;
+    for (int h = 0; h < G; ++h) {
+      __m512 p = _mm512_mul_ps(qv[h][0], _mm512_loadu_ps(k));
+      for (int v = 1; v < V; ++v) p = _mm512_fmadd_ps(qv[h][v], _mm512_loadu_ps(k + 16 * v), p);
+      const float sc = _mm512_reduce_add_ps(p) * scale;
+      scores[h * stride + j] = sc;
+      top[h] = std::max(top[h], sc);
+    }
+  }
+  for (int h = 0; h < G; ++h) {
+    total[h] = exp_shifted(scores + h * stride, len, top[h]);
+    for (int v = 0; v < V; ++v) acc[h][v] = _mm512_setzero_ps();
+  }
+  for (int64_t j = 0; j < len; ++j) {
+    const float* x = vals + (table[j / bs] * bs + j % bs) * token;
+    __m512 xv[V];
+    for (int v = 0; v < V; ++v) xv[v] = _mm512_loadu_ps(x + 16 * v);
+    for (int h = 0; h < G; ++h) {
+      const __m512 p = _mm512_set1_ps(scores[h * stride + j]);
+      for (int v = 0; v < V; ++v) acc[h][v] = _mm512_fmadd_ps(p, xv[v], acc[h][v]);
+    }
+  }
+  for (int h = 0; h < G; ++h) {
+    const __m512 inv = _mm512_set1_ps(1.f / total[h]);
+    for (int v = 0; v < V; ++v)
+      _mm512_storeu_ps(out + h * 16 * V + 16 * v, _mm512_mul_ps(acc[h][v], inv));
+  }
+}
+
+using HeadGroupFn = decltype(&head_group<1, 1>);
+
+// head_group for `group` query heads a KV head of `dim`, or nullptr (the loop below then).
+HeadGroupFn pick_head_group(int64_t group, int64_t dim) {
+#define HEAD_GROUP(G, V) if (group == G && dim == 16 * V) return &head_group<G, V>;
+  HEAD_GROUP(1, 1) HEAD_GROUP(2, 1) HEAD_GROUP(3, 1) HEAD_GROUP(4, 1)
+  HEAD_GROUP(1, 4) HEAD_GROUP(2, 4) HEAD_GROUP(3, 4) HEAD_GROUP(4, 4)
+  HEAD_GROUP(1, 8) HEAD_GROUP(2, 8)
+#undef HEAD_GROUP
+  return nullptr;
+}
+#else
+using HeadGroupFn = void (*)();
+HeadGroupFn pick_head_group(int64_t, int64_t) { return nullptr; }
+#endif
+
 // One query row per (row, head) against the row's context, read through its block table.
 // Parallel over (row, span of KV heads): one span of all KV heads a row from 4 rows (each
 // token's keys then stream contiguously), one KV head a task below. Each key and value is read
@@ -222,12 +283,23 @@ void attention(const float* qkv, float* out, int64_t rows, const Geometry& g, co
   for (int64_t r = 0; r < rows; ++r) longest = std::max<int64_t>(longest, seq_lens[r]);
   const int64_t heads = span * group;  // query heads a task
   const int64_t grain = std::max<int64_t>(1, 8192 / (longest * dim * heads));
+  const HeadGroupFn head_fn = pick_head_group(group, dim);
   at::parallel_for(0, rows * spans, grain, [&](int64_t begin, int64_t end) {
     std::vector<float> scores(heads * longest), acc(heads * dim), top(heads), total(heads);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t r = task / spans, kv0 = (task % spans) * span, len = seq_lens[r];
       const float* q = qkv + r * width + kv0 * group * dim;  // the span's query heads
       const int32_t* table = tables + r * g.table_width;
+#ifdef __AVX512F__
+      if (head_fn != nullptr) {
+        for (int64_t kv = kv0; kv < kv0 + span; ++kv) {
+          head_fn(qkv + r * width + kv * group * dim, cache + kv * dim, cache + values + kv * dim,
+                  table, bs, token, len, g.scale, scores.data(), longest,
+                  out + r * g.heads * dim + kv * group * dim);
+        }
+        continue;
+      }
+#endif
       std::fill(top.begin(), top.end(), -INFINITY);
       for (int64_t j0 = 0; j0 < len; j0 += bs) {
         const float* keys = cache + (table[j0 / bs] * bs) * token + kv0 * dim;
