@@ -467,6 +467,22 @@ Tensor int4_rows(const Tensor& x, const Tensor& weight, const Tensor& scales_zer
   return y;
 }
 
+// W^T [K (K / 2 for a pair), N] bf16 of one packed int4 weight in ATen's AVX-512 layout
+// (int4_rows.h's int4_dequant_t): the dense path's weight for a call of many rows.
+Tensor int4_dequant_t(const Tensor& weight, const Tensor& scales_zeros, bool pair) {
+  TORCH_CHECK(cormorant_int4::kInt4Rows, "int4_dequant_t: not built for this CPU (AVX512_BF16)");
+  TORCH_CHECK(weight.device().is_cpu() && weight.scalar_type() == at::kByte &&
+              weight.is_contiguous() && weight.dim() == 2, "int4_dequant_t: packed [N, K/2] uint8");
+  TORCH_CHECK(scales_zeros.is_contiguous(), "int4_dequant_t: contiguous scales_zeros expected");
+  const int64_t k = weight.size(1) * 2;
+  const Proj p = make_proj(weight, scales_zeros, pair, pair ? k / 2 : k, "int4_dequant_t");
+  TORCH_CHECK(p.out % cormorant_int4::kBlockCols == 0, "int4_dequant_t: blocks of 64 columns");
+  Tensor w_t = at::empty({p.in, p.out}, weight.options().dtype(at::kBFloat16));
+  cormorant_int4::int4_dequant_t(weight.data_ptr<uint8_t>(), scales_zeros.data_ptr<bf16>(), k,
+                                 p.out, pair, w_t.data_ptr<bf16>());
+  return w_t;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(cormorant_cpu, m) {
@@ -478,4 +494,6 @@ TORCH_LIBRARY(cormorant_cpu, m) {
   m.def("int4_rows(Tensor x, Tensor weight, Tensor scales_zeros) -> Tensor");
   m.impl("int4_rows", c10::DispatchKey::CPU, &int4_rows);
   m.def("int4_rows_built() -> bool", [] { return cormorant_int4::kInt4Rows; });
+  m.def("int4_dequant_t(Tensor weight, Tensor scales_zeros, bool pair) -> Tensor");
+  m.impl("int4_dequant_t", c10::DispatchKey::CPU, &int4_dequant_t);
 }

@@ -9,7 +9,8 @@ the results are not bit-identical: the final hidden states agree within TOL of t
 (float32 rounding) but for some rows where a bf16 rounding of a projection's input or output
 flipped (then within FLIP_TOL), the first layer's KV cache within TOL, the rest and the logits
 within FLIP_TOL, and greedy ids over 32 tokens are identical. The op's own int4 kernel
-(int4_rows) equals ATen's but for bf16 roundings of a few outputs. The compiled
+(int4_rows) equals ATen's but for bf16 roundings of a few outputs, and its dequantization
+for the dense path (int4_dequant_t) equals layers.gguf_linear's bit for bit. The compiled
 step must have run every decode step (its own counter), the Python step must take over when
 the build fails, and the op must refuse malformed inputs with an error, not a crash. On the
 real SmolLM2, greedy answers equal the Python path's but where its best two tokens are a near
@@ -216,6 +217,24 @@ def test_int4_rows_equals_atens_kernel_but_for_bf16_roundings(rows):
     assert ((ours - ref).abs() <= ref.abs() * 2**-7)[apart].all()  # one bf16 step at most
     with pytest.raises(RuntimeError, match="blocks of 64"):
         torch.ops.cormorant_cpu.int4_rows(x, packed[:32], scales_zeros[:, :32].contiguous())
+
+
+@pytest.mark.parametrize("pair", [False, True])
+def test_int4_dequant_t_equals_dequantize_t_in_bf16(pair):
+    from cormorant.layers.gguf_linear import ROWS_LAYOUT, dequantize_t
+
+    gen = torch.Generator().manual_seed(3)
+    n, k = 192, 128
+    codes = torch.randint(0, 16, (n, k), dtype=torch.int32, generator=gen)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+    scales = torch.rand(k // 32, n, generator=gen) * 0.1
+    zeros = torch.randn(k // 32, n, generator=gen) * 0.1
+    scales_zeros = torch.stack([scales, zeros], dim=-1).bfloat16().contiguous()
+    ref = dequantize_t(packed, scales_zeros, ROWS_LAYOUT)  # [k, n] float32
+    if pair:
+        ref = ref[:k // 2] + ref[k // 2:]
+    ours = cpu_decode.int4_dequant_t()(packed, scales_zeros, pair)
+    assert ours.dtype == torch.bfloat16 and torch.equal(ours, ref.bfloat16())
 
 
 @pytest.mark.parametrize("rows", [1, 16])
