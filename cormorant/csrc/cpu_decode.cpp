@@ -28,6 +28,7 @@
 #include <initializer_list>
 #include <vector>
 
+#include "bf16_rows.h"
 #include "int4_rows.h"
 
 namespace {
@@ -483,6 +484,23 @@ Tensor int4_dequant_t(const Tensor& weight, const Tensor& scales_zeros, bool pai
   return w_t;
 }
 
+// x [M, K] bf16 times W^T, W [N, K] bf16 packed [N / 64, K / 2, 64, 2] (bf16_rows.h)
+// -> [M, N] float32: the LM head's scoring of a decode batch.
+Tensor bf16_rows(const Tensor& x, const Tensor& packed) {
+  TORCH_CHECK(cormorant_int4::kInt4Rows, "bf16_rows: not built for this CPU (AVX512_BF16)");
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kBFloat16 && x.is_contiguous() &&
+              x.dim() == 2, "bf16_rows: x must be a contiguous [M, K] bf16 CPU tensor");
+  TORCH_CHECK(packed.device().is_cpu() && packed.scalar_type() == at::kBFloat16 &&
+              packed.is_contiguous() && packed.dim() == 4 && packed.size(2) == 64 &&
+              packed.size(3) == 2 && packed.size(1) * 2 == x.size(1),
+              "bf16_rows: packed [N / 64, K / 2, 64, 2] bf16 expected for x's K");
+  const int64_t n = packed.size(0) * 64;
+  Tensor y = at::empty({x.size(0), n}, x.options().dtype(at::kFloat));
+  cormorant_int4::bf16_rows(x.data_ptr<bf16>(), x.size(0), x.size(1), packed.data_ptr<bf16>(),
+                            n, y.data_ptr<float>());
+  return y;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(cormorant_cpu, m) {
@@ -496,4 +514,6 @@ TORCH_LIBRARY(cormorant_cpu, m) {
   m.def("int4_rows_built() -> bool", [] { return cormorant_int4::kInt4Rows; });
   m.def("int4_dequant_t(Tensor weight, Tensor scales_zeros, bool pair) -> Tensor");
   m.impl("int4_dequant_t", c10::DispatchKey::CPU, &int4_dequant_t);
+  m.def("bf16_rows(Tensor x, Tensor packed) -> Tensor");
+  m.impl("bf16_rows", c10::DispatchKey::CPU, &bf16_rows);
 }

@@ -25,7 +25,7 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parents[1] / "csrc" / "cpu_decode.cpp"
-HEADERS = ("int4_rows.h",)  # next to the source, included by it: part of the build's key
+HEADERS = ("int4_rows.h", "bf16_rows.h")  # next to the source, included by it: part of the build's key
 NAME = "cormorant_cpu_decode"
 # -fopenmp: at::parallel_for is inline OpenMP (torch's backend); without it the op's loops
 # ran on one thread. The library links libgomp.so.1, the one torch has loaded.
@@ -98,6 +98,12 @@ def int4_rows() -> object | None:
     if load() is None or not torch.ops.cormorant_cpu.int4_rows_built():
         return None
     return torch.ops.cormorant_cpu.int4_rows.default
+
+
+def bf16_rows() -> object | None:
+    """The op cormorant_cpu::bf16_rows (csrc/bf16_rows.h: x [M, K] bf16 times a bf16 weight
+    packed [N / 64, K / 2, 64, 2] -> [M, N] float32), or None where `int4_rows` is None."""
+    return None if int4_rows() is None else torch.ops.cormorant_cpu.bf16_rows.default
 
 
 def int4_dequant_t() -> object | None:
