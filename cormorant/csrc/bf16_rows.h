@@ -24,13 +24,7 @@ void bf16_block_rows(const c10::BFloat16* x, int64_t K, const c10::BFloat16* blo
     const c10::BFloat16* w = block + k * kBlockCols;  // 64 columns x 2 inputs
     __m512i wv[4];
     for (int j = 0; j < 4; ++j) wv[j] = _mm512_loadu_si512(w + 32 * j);
-    for (int r = 0; r < R; ++r) {
-      int32_t both;
-      std::memcpy(&both, x + r * K + k, sizeof both);
-      const __m512i a = _mm512_set1_epi32(both);
-      for (int j = 0; j < 4; ++j)
-        acc[r][j] = _mm512_dpbf16_ps(acc[r][j], (__m512bh)a, (__m512bh)wv[j]);
-    }
+    dot_pairs<R>(x, K, k, wv, acc);
   }
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < 4; ++j) _mm512_storeu_ps(y + r * ldy + 16 * j, acc[r][j]);
@@ -44,14 +38,9 @@ inline void bf16_rows(const c10::BFloat16* x, int64_t M, int64_t K, const c10::B
       for (int64_t r0 = 0; r0 < M; r0 += kMaxRows) {
         const c10::BFloat16* xr = x + r0 * K;
         float* yr = y + r0 * N + b * kBlockCols;
-        switch (std::min<int64_t>(kMaxRows, M - r0)) {
-          case 1: bf16_block_rows<1>(xr, K, block, yr, N); break;
-          case 2: bf16_block_rows<2>(xr, K, block, yr, N); break;
-          case 3: bf16_block_rows<3>(xr, K, block, yr, N); break;
-          case 4: bf16_block_rows<4>(xr, K, block, yr, N); break;
-          case 5: bf16_block_rows<5>(xr, K, block, yr, N); break;
-          default: bf16_block_rows<6>(xr, K, block, yr, N); break;
-        }
+        with_rows(std::min<int64_t>(kMaxRows, M - r0), [&](auto R) {
+          bf16_block_rows<R()>(xr, K, block, yr, N);
+        });
       }
     }
   });

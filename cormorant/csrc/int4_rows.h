@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX512BF16__) && defined(__AVX512VBMI__) && defined(__AVX512BW__)
@@ -38,6 +39,33 @@ constexpr int64_t kGroupSize = 32;  // inputs sharing a scale and zero
 #ifdef CORMORANT_INT4_ROWS
 constexpr bool kInt4Rows = true;
 constexpr int kMaxRows = 6;  // rows a pass: 6 x 4 accumulators + 4 weight vectors in 32 zmm
+
+// acc[r][j] += the pair of inputs k, k + 1 of row r of x (bf16, row stride K) dotted with w[j]
+// (16 columns' pairs of bf16 weights) for R rows: one broadcast a row, 4 dot products.
+template <int R>
+inline void dot_pairs(const c10::BFloat16* x, int64_t K, int64_t k, const __m512i (&w)[4],
+                      __m512 (&acc)[R][4]) {
+  for (int r = 0; r < R; ++r) {
+    int32_t both;
+    std::memcpy(&both, x + r * K + k, sizeof both);
+    const __m512i a = _mm512_set1_epi32(both);
+    for (int j = 0; j < 4; ++j)
+      acc[r][j] = _mm512_dpbf16_ps(acc[r][j], (__m512bh)a, (__m512bh)w[j]);
+  }
+}
+
+// f(std::integral_constant<int, R>) for R = rows (1 to kMaxRows): a block kernel's row count.
+template <typename F>
+inline void with_rows(int64_t rows, F&& f) {
+  switch (rows) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 5: f(std::integral_constant<int, 5>{}); break;
+    default: f(std::integral_constant<int, 6>{}); break;
+  }
+}
 
 // R rows of x (bf16 [R, K], row stride K) times one block's weights -> y [R, 64] (row stride
 // ldy), float32 of the bf16-rounded result. xsum: the rows' group sums [R, K / 32].
@@ -66,13 +94,7 @@ void block_rows(const c10::BFloat16* x, int64_t K, const float* xsum, const uint
                             _mm512_permutexvar_epi16(_mm512_srli_epi16(pair, 8), lut),
                             _mm512_permutexvar_epi16(_mm512_srli_epi16(pair, 4), lut),
                             _mm512_permutexvar_epi16(_mm512_srli_epi16(pair, 12), lut)};
-      for (int r = 0; r < R; ++r) {
-        int32_t both;
-        std::memcpy(&both, x + r * K + k, sizeof both);
-        const __m512i a = _mm512_set1_epi32(both);
-        for (int j = 0; j < 4; ++j)
-          acc[r][j] = _mm512_dpbf16_ps(acc[r][j], (__m512bh)a, (__m512bh)w[j]);
-      }
+      dot_pairs<R>(x, K, k, w, acc);
     }
     for (int j = 0; j < 4; ++j) {  // 16 columns' (scale, zero) pairs: bf16 -> float32
       const __m512i both = _mm512_loadu_si512(sz + (g * N + j * 16) * 2);
@@ -108,14 +130,9 @@ inline void int4_rows(const c10::BFloat16* x, int64_t M, int64_t K, const uint8_
         const c10::BFloat16* xr = x + r0 * K;
         const float* xs = xsum.data() + r0 * groups;
         float* yr = y + r0 * N + b * kBlockCols;
-        switch (std::min<int64_t>(kMaxRows, M - r0)) {
-          case 1: block_rows<1>(xr, K, xs, block, bsz, N, yr, N); break;
-          case 2: block_rows<2>(xr, K, xs, block, bsz, N, yr, N); break;
-          case 3: block_rows<3>(xr, K, xs, block, bsz, N, yr, N); break;
-          case 4: block_rows<4>(xr, K, xs, block, bsz, N, yr, N); break;
-          case 5: block_rows<5>(xr, K, xs, block, bsz, N, yr, N); break;
-          default: block_rows<6>(xr, K, xs, block, bsz, N, yr, N); break;
-        }
+        with_rows(std::min<int64_t>(kMaxRows, M - r0), [&](auto R) {
+          block_rows<R()>(xr, K, xs, block, bsz, N, yr, N);
+        });
       }
     }
   });
