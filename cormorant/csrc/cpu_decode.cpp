@@ -284,7 +284,7 @@ void attention(const float* qkv, float* out, int64_t rows, const Geometry& g, co
   for (int64_t r = 0; r < rows; ++r) longest = std::max<int64_t>(longest, seq_lens[r]);
   const int64_t heads = span * group;  // query heads a task
   const int64_t grain = std::max<int64_t>(1, 8192 / (longest * dim * heads));
-  const HeadGroupFn head_fn = pick_head_group(group, dim);
+  [[maybe_unused]] const HeadGroupFn head_fn = pick_head_group(group, dim);
   at::parallel_for(0, rows * spans, grain, [&](int64_t begin, int64_t end) {
     std::vector<float> scores(heads * longest), acc(heads * dim), top(heads), total(heads);
     for (int64_t task = begin; task < end; ++task) {
