@@ -6,7 +6,9 @@ None when the build or the load fails (logged once; the caller then runs its Pyt
 when CORMORANT_CPU_DECODE=python asks for the Python step (A/B runs). A build is kept per
 source, torch, Python and CPU feature set (-march=native code must not run on another CPU),
 under ~/.cache/cormorant/ext (CORMORANT_EXT_DIR moves it). `scripts/setup.sh` builds it at
-install time: `python3 -m cormorant.kernels.cpu_decode`.
+install time: `python3 -m cormorant.kernels.cpu_decode`. The same library holds the op's own
+kernels for other callers where the CPU has AVX512_BF16 (`int4_rows`, `bf16_rows`,
+`int4_dequant_t`: the LM head and gguf_linear's dense path), None elsewhere.
 Imports: torch (its cpp_extension only to build).
 """
 from __future__ import annotations
@@ -25,7 +27,8 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parents[1] / "csrc" / "cpu_decode.cpp"
-HEADERS = ("int4_rows.h", "bf16_rows.h")  # next to the source, included by it: part of the build's key
+# Next to the source and included by it: part of the build's key.
+HEADERS = ("int4_rows.h", "bf16_rows.h")
 NAME = "cormorant_cpu_decode"
 # -fopenmp: at::parallel_for is inline OpenMP (torch's backend); without it the op's loops
 # ran on one thread. The library links libgomp.so.1, the one torch has loaded.

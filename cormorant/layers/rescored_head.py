@@ -73,7 +73,7 @@ class RescoredLMHead(nn.Module):
         n = hidden.shape[0]
         bf16 = self.bf16_min_rows is not None and n >= self.bf16_min_rows
         if bf16 and self.bf16_kernel is not None and n <= KERNEL_MAX_ROWS:
-            logits = self.bf16_kernel(hidden.to(torch.bfloat16), self.weight_packed)
+            logits = self.bf16_kernel(hidden.to(torch.bfloat16).contiguous(), self.weight_packed)
             logits = logits.to(hidden.dtype)
         elif not bf16 and self.rows_kernel is not None and n <= KERNEL_MAX_ROWS:
             rows = self.approx.method.kernel_input(hidden.to(torch.bfloat16))  # [x | x]
