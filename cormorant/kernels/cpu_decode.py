@@ -6,7 +6,9 @@ None when the build or the load fails (logged once; the caller then runs its Pyt
 when CORMORANT_CPU_DECODE=python asks for the Python step (A/B runs). A build is kept per
 source, torch, Python and CPU feature set (-march=native code must not run on another CPU),
 under ~/.cache/cormorant/ext (CORMORANT_EXT_DIR moves it). `scripts/setup.sh` builds it at
-install time: `python3 -m cormorant.kernels.cpu_decode`.
+install time: `python3 -m cormorant.kernels.cpu_decode`. The same library holds the op's own
+kernels for other callers where the CPU has AVX512_BF16 (`int4_rows`, `bf16_rows`,
+`int4_dequant_t`: the LM head and gguf_linear's dense path), None elsewhere.
 Imports: torch (its cpp_extension only to build).
 """
 from __future__ import annotations
@@ -25,8 +27,13 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parents[1] / "csrc" / "cpu_decode.cpp"
+# Next to the source and included by it: part of the build's key.
+HEADERS = ("int4_rows.h", "bf16_rows.h")
 NAME = "cormorant_cpu_decode"
-CFLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno"]
+# -fopenmp: at::parallel_for is inline OpenMP (torch's backend); without it the op's loops
+# ran on one thread. The library links libgomp.so.1, the one torch has loaded.
+CFLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fopenmp"]
+LDFLAGS = ["-fopenmp"]
 ENV = "CORMORANT_CPU_DECODE"  # "python": never the compiled step
 
 
@@ -44,7 +51,8 @@ def _cpu_flags() -> str:
 def build_dir(source: Path = SOURCE) -> Path:
     """Where this source's build for this torch, Python and CPU lives."""
     key = hashlib.sha256(b"\0".join([
-        source.read_bytes(), torch.__version__.encode(), sys.version.encode(),
+        source.read_bytes(), *[(source.parent / h).read_bytes() for h in HEADERS],
+        torch.__version__.encode(), sys.version.encode(),
         _cpu_flags().encode(), " ".join(CFLAGS).encode()])).hexdigest()[:16]
     root = os.environ.get("CORMORANT_EXT_DIR") or Path.home() / ".cache" / "cormorant" / "ext"
     return Path(root) / f"cpu_decode-{key}"
@@ -59,8 +67,8 @@ def build(source: Path = SOURCE) -> Path:
 
         out.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        cpp_extension.load(NAME, [str(source)], extra_cflags=CFLAGS, build_directory=str(out),
-                           is_python_module=False, verbose=False)
+        cpp_extension.load(NAME, [str(source)], extra_cflags=CFLAGS, extra_ldflags=LDFLAGS,
+                           build_directory=str(out), is_python_module=False, verbose=False)
         log.warning("built the compiled CPU decode step in %.1f s (%s)",
                     time.perf_counter() - start, out)
     if not hasattr(torch.ops.cormorant_cpu, "decode_step"):
@@ -84,6 +92,28 @@ def load() -> object | None:
     if os.environ.get(ENV, "").strip().lower() == "python":
         return None
     return _load(SOURCE)
+
+
+def int4_rows() -> object | None:
+    """The op cormorant_cpu::int4_rows (csrc/int4_rows.h: x [M, K] bf16 times a packed int4
+    weight in ATen's AVX-512 layout -> [M, N] float32), or None where `load` gives None or
+    the build has no such kernel (a CPU without AVX512_BF16)."""
+    if load() is None or not torch.ops.cormorant_cpu.int4_rows_built():
+        return None
+    return torch.ops.cormorant_cpu.int4_rows.default
+
+
+def bf16_rows() -> object | None:
+    """The op cormorant_cpu::bf16_rows (csrc/bf16_rows.h: x [M, K] bf16 times a bf16 weight
+    packed [N / 64, K / 2, 64, 2] -> [M, N] float32), or None where `int4_rows` is None."""
+    return None if int4_rows() is None else torch.ops.cormorant_cpu.bf16_rows.default
+
+
+def int4_dequant_t() -> object | None:
+    """The op cormorant_cpu::int4_dequant_t (weight, scales_zeros, pair) -> W^T bf16 (the
+    same values as layers.gguf_linear.dequantize_t rounded to bf16, ~15x faster), or None
+    where `int4_rows` is None."""
+    return None if int4_rows() is None else torch.ops.cormorant_cpu.int4_dequant_t.default
 
 
 if __name__ == "__main__":

@@ -16,8 +16,16 @@ ms, the dense float32 read (exact, the path of 16 rows and more before) 6.19 / 1
 19.9 / 24.7 ms; in the engine (cold caches) one row on the bf16 copy made the whole decode step
 slower (30.8 / 34.9 ms against 29.1 / 26.9 ms on the pair), so fewer rows keep the pair. The
 bf16 copy costs 2 bytes a weight of memory (56 MiB for SmolLM2).
+Where the compiled CPU op's kernels are built (kernels.cpu_decode: AVX512_BF16) they take
+both up to KERNEL_MAX_ROWS rows: the pair on its int4 kernel (int4_rows) below BF16_MIN_ROWS,
+and from there the bf16 weight, packed for its bf16 kernel (bf16_rows) instead of the copy
+(same size), scored in float32 without oneDNN's bf16 rounding of the output. 1 thread,
+SmolLM2's head (2026-12-06, shared 2-core EPYC), 1 / 4 / 16 rows: int4 pair 1.50 / 2.90 /
+10.2 ms on the op (ATen's ~2 ms a row), bf16 1.43 / 1.59 / 4.68 ms on the op against oneDNN's
+5.99 / 6.78 / 9.85 ms. Above KERNEL_MAX_ROWS, oneDNN on a bf16 copy made on first use.
 One rank only (tensor parallelism keeps the dense head).
-Imports: torch, cormorant.layers (embedding, linear, gguf_linear).
+Imports: torch, cormorant.layers (embedding, linear, gguf_linear), cormorant.kernels
+(cpu_decode).
 """
 from __future__ import annotations
 
@@ -25,13 +33,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cormorant.kernels.cpu_decode import bf16_rows, int4_rows
 from cormorant.layers.embedding import ParallelLMHead
-from cormorant.layers.gguf_linear import Int4PairCpuMethod
+from cormorant.layers.gguf_linear import Int4Layout, Int4PairCpuMethod
 from cormorant.layers.linear import ColumnParallelLinear
 
 RESCORE_TOP = 64
 # Rows from which a bf16 copy of the weight scores the vocabulary (module docstring).
 BF16_MIN_ROWS = 4
+# The most rows the compiled op's kernels score (module docstring; measured to 16).
+KERNEL_MAX_ROWS = 16
 
 
 class RescoredLMHead(nn.Module):
@@ -45,12 +56,32 @@ class RescoredLMHead(nn.Module):
         with torch.no_grad():
             self.approx.weight_loader(self.approx.weight, dense.weight.data)
             self.approx.method.finalize(self.approx)
-        self.register_buffer("weight_bf16", dense.weight.data.to(torch.bfloat16),
-                             persistent=False)
+        # The compiled op's kernels (None: ATen's pair and oneDNN on the bf16 copy).
+        op, bf16_op = int4_rows(), bf16_rows()
+        fits = vocab % 64 == 0 and hidden % 2 == 0
+        self.rows_kernel = (op if op is not None and fits
+                            and self.approx.int4_layout == Int4Layout(64, True) else None)
+        self.bf16_kernel = bf16_op if bf16_op is not None and fits else None
+        # bf16_rows' operand: [vocab / 64, hidden / 2, 64, 2], a column's two inputs together.
+        self.weight_packed = None if self.bf16_kernel is None else (
+            dense.weight.data.to(torch.bfloat16).view(vocab // 64, 64, hidden // 2, 2)
+            .permute(0, 2, 1, 3).contiguous())
+        self.weight_bf16: torch.Tensor | None = None  # oneDNN's operand, made on first use
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """[N, hidden] -> [N, vocab] in hidden's dtype."""
-        if self.bf16_min_rows is not None and hidden.shape[0] >= self.bf16_min_rows:
+        n = hidden.shape[0]
+        bf16 = self.bf16_min_rows is not None and n >= self.bf16_min_rows
+        if bf16 and self.bf16_kernel is not None and n <= KERNEL_MAX_ROWS:
+            logits = self.bf16_kernel(hidden.to(torch.bfloat16).contiguous(), self.weight_packed)
+            logits = logits.to(hidden.dtype)
+        elif not bf16 and self.rows_kernel is not None and n <= KERNEL_MAX_ROWS:
+            rows = self.approx.method.kernel_input(hidden.to(torch.bfloat16))  # [x | x]
+            logits = self.rows_kernel(rows, self.approx.weight, self.approx.scales_zeros)
+            logits = logits.to(hidden.dtype)
+        elif bf16:
+            if self.weight_bf16 is None:
+                self.weight_bf16 = self.weight.data.to(torch.bfloat16)
             logits = F.linear(hidden.to(torch.bfloat16), self.weight_bf16).to(hidden.dtype)
         else:
             logits = self.approx(hidden)  # [N, vocab]

@@ -39,16 +39,25 @@ from torch import nn
 
 from cormorant.kernels.cpu_decode import load as load_cpu_decode
 from cormorant.layers.attention import AttentionMetadata, TorchAttention, host_slots
-from cormorant.layers.gguf_linear import GROUP, KERNEL_DTYPE, Int4CpuMethod, Int4PairCpuMethod
+from cormorant.layers.gguf_linear import (GROUP, KERNEL_DTYPE, Int4CpuMethod, Int4Layout,
+                                          Int4PairCpuMethod)
 
 _INT4_MM = torch._weight_int4pack_mm_for_cpu  # the direct binding: ~2 us a call below torch.ops
 
 
+# The packed layout the compiled step's own int4 kernel reads (ATen's on AVX-512), and the
+# rows from which it runs instead of ATen's kernel (csrc/int4_rows.h).
+ROWS_LAYOUT = Int4Layout(64, True)
+ROWS_MIN = 1
+
+
 class _Proj(NamedTuple):
-    """One int4 projection's kernel operands; pair: the input goes in twice ([x | x])."""
+    """One int4 projection's kernel operands; pair: the input goes in twice ([x | x]);
+    layout: where its codes lie (gguf_linear.Int4Layout; None: not known)."""
     weight: torch.Tensor
     scales_zeros: torch.Tensor
     pair: bool
+    layout: Int4Layout | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x [1, in] float32 -> [1, out] bf16 (the method's matmul, before its cast back)."""
@@ -84,7 +93,8 @@ def _proj(layer: nn.Module) -> _Proj | None:
     if (type(method) not in (Int4CpuMethod, Int4PairCpuMethod) or layer.bias is not None
             or layer.tp_size != 1 or not hasattr(layer, "scales_zeros")):  # packed: finalized
         return None
-    return _Proj(layer.weight, layer.scales_zeros, type(method) is Int4PairCpuMethod)
+    return _Proj(layer.weight, layer.scales_zeros, type(method) is Int4PairCpuMethod,
+                 getattr(layer, "int4_layout", None))
 
 
 class LeanDecode:
@@ -107,6 +117,7 @@ class LeanDecode:
         self.weights = [p.weight for p in projs]
         self.scales_zeros = [p.scales_zeros for p in projs]
         self.pairs = [int(p.pair) for p in projs]
+        self.rows_min = ROWS_MIN if all(p.layout == ROWS_LAYOUT for p in projs) else 0
         self.steps = {"native": 0, "python": 0}  # steps taken by each path
 
     @classmethod
@@ -238,4 +249,4 @@ class LeanDecode:
             kv_caches, meta.slot_mapping.long().contiguous(),
             meta.block_tables.int().contiguous(), meta.seq_lens.int().contiguous(), self.norms,
             self.weights, self.scales_zeros, self.pairs, self.final_norm, self.eps,
-            self.num_heads, self.num_kv_heads, self.head_dim, self.scale)
+            self.num_heads, self.num_kv_heads, self.head_dim, self.scale, self.rows_min)

@@ -6,9 +6,11 @@ the nn.Module layers. Both prefill the same prompts (the layers' path for both),
 = 1, 3 or 16 sequences together, their context lengths crossing blocks of 4, with consecutive
 or scattered block tables. The compiled step has its own norm, rotary and attention loops, so
 the results are not bit-identical: the final hidden states agree within TOL of their scale
-(float32 rounding) but for a few rows where a bf16 rounding of a projection input flipped (then
-within FLIP_TOL), the first layer's KV cache within TOL, the rest and the logits within
-FLIP_TOL, and greedy ids over 32 tokens are identical. The compiled
+(float32 rounding) but for some rows where a bf16 rounding of a projection's input or output
+flipped (then within FLIP_TOL), the first layer's KV cache within TOL, the rest and the logits
+within FLIP_TOL, and greedy ids over 32 tokens are identical. The op's own int4 kernel
+(int4_rows) equals ATen's but for bf16 roundings of a few outputs, and its dequantization
+for the dense path (int4_dequant_t) equals layers.gguf_linear's bit for bit. The compiled
 step must have run every decode step (its own counter), the Python step must take over when
 the build fails, and the op must refuse malformed inputs with an error, not a crash. On the
 real SmolLM2, greedy answers equal the Python path's but where its best two tokens are a near
@@ -33,10 +35,13 @@ from model_test_utils import PagedRunner, randomize_
 # Relative to the reference's largest magnitude. Observed (2026-12-06, 108 steps): final
 # hidden rows <= 1.4e-7 apart but for 4 steps up to 1.7e-3, where a projection input
 # rounded to bf16 the other way (one bf16 step is 3.9e-3 of a value); KV caches equal; logits
-# up to 5e-3 (the same, in the LM head's bf16 tail: layers.rescored_head).
-TOL = 1e-5  # float32 rounding: what nearly every row must meet
+# up to 5e-3 (the same, in the LM head's bf16 tail: layers.rescored_head). With the op's own
+# int4 kernel (csrc/int4_rows.h: another float32 summation order than ATen's, so ~3e-4 of
+# the projections' bf16 outputs round the other way) 16 of 144 rows in the MHA model at 16
+# rows (a flip in a KV cache stays in its row's later steps), up to 5.3e-3; the others <= 1.
+TOL = 1e-5  # float32 rounding: what most rows must meet
 FLIP_TOL = 1e-2  # every row: a bf16 rounding flipped
-FLIPS = 0.05  # the share of hidden rows allowed between TOL and FLIP_TOL (at least one)
+FLIPS = 0.15  # the share of hidden rows allowed between TOL and FLIP_TOL (at least one)
 MAX_LEN = 48  # 12 blocks of 4 a sequence
 
 
@@ -172,7 +177,7 @@ def _op_inputs(tmp_path) -> tuple[LeanDecode, list]:
     args = [torch.zeros(1, 64), torch.tensor([4]), lean.rotary.cos_sin_cache, caches,
             torch.tensor([4]), torch.tensor([[0, 1, 2]], dtype=torch.int32),
             torch.tensor([5], dtype=torch.int32), lean.norms, lean.weights, lean.scales_zeros,
-            lean.pairs, lean.final_norm, lean.eps, 4, 2, 16, lean.scale]
+            lean.pairs, lean.final_norm, lean.eps, 4, 2, 16, lean.scale, lean.rows_min]
     return lean, args
 
 
@@ -194,11 +199,79 @@ def test_op_refuses_malformed_inputs(tmp_path, index, bad, message):
         lean.native(*args)
 
 
+@pytest.mark.parametrize("rows", [1, 5, 16])
+def test_int4_rows_equals_atens_kernel_but_for_bf16_roundings(rows):
+    gen = torch.Generator().manual_seed(rows)
+    n, k = 192, 96  # 3 blocks of 64 columns, 3 groups
+    codes = torch.randint(0, 16, (n, k), dtype=torch.int32, generator=gen)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+    scales = torch.rand(k // 32, n, generator=gen) * 0.1
+    zeros = torch.randn(k // 32, n, generator=gen) * 0.1
+    scales_zeros = torch.stack([scales, zeros], dim=-1).bfloat16().contiguous()
+    x = torch.randn(rows, k, generator=gen).bfloat16()
+    ref = torch._weight_int4pack_mm_for_cpu(x, packed, 32, scales_zeros).float()
+    ours = torch.ops.cormorant_cpu.int4_rows(x, packed, scales_zeros)
+    assert ours.shape == (rows, n) and ours.dtype == torch.float32
+    apart = ours != ref
+    assert apart.float().mean() <= 0.01  # float32 summation order: rare bf16 flips
+    assert ((ours - ref).abs() <= ref.abs() * 2**-7)[apart].all()  # one bf16 step at most
+    with pytest.raises(RuntimeError, match="blocks of 64"):
+        torch.ops.cormorant_cpu.int4_rows(x, packed[:32], scales_zeros[:, :32].contiguous())
+
+
+@pytest.mark.parametrize("pair", [False, True])
+def test_int4_dequant_t_equals_dequantize_t_in_bf16(pair):
+    from cormorant.layers.gguf_linear import ROWS_LAYOUT, dequantize_t
+
+    gen = torch.Generator().manual_seed(3)
+    n, k = 192, 128
+    codes = torch.randint(0, 16, (n, k), dtype=torch.int32, generator=gen)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+    scales = torch.rand(k // 32, n, generator=gen) * 0.1
+    zeros = torch.randn(k // 32, n, generator=gen) * 0.1
+    scales_zeros = torch.stack([scales, zeros], dim=-1).bfloat16().contiguous()
+    ref = dequantize_t(packed, scales_zeros, ROWS_LAYOUT)  # [k, n] float32
+    if pair:
+        ref = ref[:k // 2] + ref[k // 2:]
+    ours = cpu_decode.int4_dequant_t()(packed, scales_zeros, pair)
+    assert ours.dtype == torch.bfloat16 and torch.equal(ours, ref.bfloat16())
+
+
+@pytest.mark.parametrize("rows", [1, 16])
+def test_lm_head_scores_on_the_ops_kernels(rows):
+    """1 row: the int4 pair on int4_rows; 16: the bf16 weight on bf16_rows; each against the
+    same scoring on ATen's kernel / oneDNN, exact at the top after rescoring."""
+    from cormorant.layers.embedding import ParallelLMHead
+    from cormorant.layers.rescored_head import RESCORE_TOP, RescoredLMHead
+
+    torch.manual_seed(0)
+    dense = ParallelLMHead(1024, 128)
+    dense.weight.data.normal_(0, 0.5)
+    head = RescoredLMHead(dense)
+    assert head.rows_kernel is not None and head.bf16_kernel is not None
+    hidden = torch.randn(rows, 128)
+    with torch.no_grad():
+        ref, ours = dense(hidden), head(hidden)
+        assert head.weight_bf16 is None  # oneDNN's bf16 copy not made
+        head.rows_kernel = head.bf16_kernel = None
+        theirs = head(hidden)  # ATen's int4 pair (1 row) or oneDNN's bf16 (16), rescored
+    top = ref.topk(RESCORE_TOP // 2, dim=-1).indices
+    torch.testing.assert_close(ours.gather(-1, top), ref.gather(-1, top), atol=1e-5, rtol=1e-5)
+    assert torch.equal(ours.argmax(-1), ref.argmax(-1))
+    apart = ours != theirs
+    if rows == 1:  # the tail: ATen's bf16 values but for a few roundings
+        assert apart.float().mean() <= 0.01
+    # bf16_rows keeps float32 sums: within one bf16 rounding of oneDNN's bf16 outputs
+    assert ((ours - theirs).abs() <= theirs.abs() * 2**-7 + 1e-6)[apart].all()
+
+
 CHATS = ["What is the capital of France?", "Write a haiku about the sea.",
          "List three primary colors."]  # tests/frontend/test_smollm2.py's
 # Observed (2026-12-06): 4 of the 6 answers identical over 32 tokens, the other two left the
 # Python path's at a step where its best two tokens were 0.011 and 0.083 nats apart; before
-# that, chosen tokens' logprobs within 0.073 nats (bf16 roundings flipped in 30 layers).
+# that, chosen tokens' logprobs within 0.073 nats (bf16 roundings flipped in 30 layers). With
+# the op's own int4 kernel (more bf16 roundings flip) and vectorized exp, those two chats part
+# at step 17 both batched and alone (0.018 / 0.014 and 0.083 / 0.072 nats): 2 of 6 identical.
 NEAR_TIE = 0.1  # nats between the reference's best two tokens
 LOGPROB_TOL = 0.15
 
@@ -242,4 +315,4 @@ def test_smollm2_greedy_ids_part_from_the_python_path_only_at_near_ties(monkeypa
     assert steps == {"native": 31 + 3 * 31, "python": 0}
     same = [_identical(mine, ref)
             for mine, ref in zip(batched + alone, ref_batched + ref_alone, strict=True)]
-    assert sum(same) >= 3, same  # near ties are the exception
+    assert sum(same) >= 2, same  # near ties are the exception
