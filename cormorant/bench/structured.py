@@ -137,8 +137,8 @@ def run_b1_structured(ctx: RunContext) -> dict:
     try:
         source = os.environ.get("CORMORANT_BENCH_TOKENIZER") or default_model_path()
         tokenizer = load_tokenizer(source)
-        # CORMORANT_JSON_GRAMMAR picks JSON's engine; a GPU's async steps a grammar process
-        backend = GuidanceBackend(tokenizer, process=llm.engine.async_scheduling,
+        # CORMORANT_JSON_GRAMMAR picks JSON's engine, CORMORANT_GRAMMAR_PROCESS=1 a grammar process
+        backend = GuidanceBackend(tokenizer,
                                   host_buffer=grammar_host_buffer(llm.engine.runner.device))
         llm.engine.structured.backend.close()
         llm.engine.structured.backend = backend

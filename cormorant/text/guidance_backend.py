@@ -12,10 +12,11 @@ thread, shared by the spec's matchers); each sequence builds its own matcher. Ma
 step are filled together into one [rows, ceil(vocab / 32)] int32 array, handed to the
 ScheduledBatch as a byte view (no copy): llguidance's rows on its threads, xgrammar's in one
 batched call (hence `fill_at_once`); both release the GIL while they fill. With
-`process=True` (the engine on a GPU: its step loop is host-bound) xgrammar's matchers live in
-a grammar process of their own (text.xgrammar_process), so their advances, which hold the GIL,
-run beside the loop too (`advances_elsewhere`); should that process fail, its sequences end
-and later ones run in this process.
+`process=True` or CORMORANT_GRAMMAR_PROCESS=1 (opt-in: on an H200 it measured no better than
+the default) xgrammar's matchers live in a grammar process of their own
+(text.xgrammar_process), so their advances, which hold the GIL, run beside the loop too
+(`advances_elsewhere`); should that process fail, its sequences end and later ones run in
+this process.
 
 Imports llguidance, numpy and text.* only (xgrammar lazily); never torch or engine code.
 """

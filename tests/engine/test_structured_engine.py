@@ -107,10 +107,7 @@ def test_xgrammar_end_found_in_the_worker_finishes_a_step_late(tiny_llama, monke
     from cormorant.engine import structured
 
     monkeypatch.setattr(structured, "FILL_MODE", mode)
-    if process:  # the builder's default: a grammar process where steps are asynchronous
-        monkeypatch.delenv("CORMORANT_GRAMMAR_PROCESS", raising=False)
-    else:
-        monkeypatch.setenv("CORMORANT_GRAMMAR_PROCESS", "0")
+    monkeypatch.setenv("CORMORANT_GRAMMAR_PROCESS", "1" if process else "0")
     params = [SamplingParams(temperature=0.0 if i % 2 else 1.0, seed=i, max_tokens=200,
                              ignore_eos=True, structured_outputs=SPEC) for i in range(4)]
     results = []
@@ -129,7 +126,7 @@ def test_xgrammar_end_found_in_the_worker_finishes_a_step_late(tiny_llama, monke
         outs = [out.outputs[0] for out in llm.generate(PROMPTS[:4], params)]
         # every sequence ended in the worker and was finished late
         in_worker = mode == "job" or process
-        assert llm.engine.structured.backend.process_alive == (process and async_scheduling)
+        assert llm.engine.structured.backend.process_alive == process
         assert len(late) == (4 if async_scheduling and in_worker else 0)
         for out in outs:
             assert out.finish_reason == "stop" and out.token_ids[-1] in llm.engine.eos_token_ids
