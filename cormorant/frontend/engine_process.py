@@ -14,9 +14,7 @@ Imports config, engine.messages and frontend.builder (in the child).
 """
 from __future__ import annotations
 
-import argparse
 import logging
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +23,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+from cormorant.child_process import child_connection, spawn
 from cormorant.config import EngineConfig
 from cormorant.engine.messages import (EngineFailed, EngineReady, Shutdown, StepOutputs,
                                        apply_command, decode, encode)
@@ -35,13 +34,7 @@ HEARTBEAT_S = 1.0
 
 # --- the child ----------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fd", type=int, required=True)
-    parser.add_argument("--log-level", type=int, default=logging.WARNING)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s [engine]: %(message)s")
-    conn = Connection(args.fd)
+    conn = child_connection(argv, "engine", __doc__.splitlines()[0])
     built = None
     try:
         config = decode(conn.recv_bytes())
@@ -96,16 +89,7 @@ class EngineProcess:
     sends (StepOutputs, EngineFailed) to `on_message` from a reader thread (`start`)."""
 
     def __init__(self, config: EngineConfig, start_timeout_s: float = 600.0) -> None:
-        ours, theirs = socket.socketpair()
-        level = logging.getLogger().getEffectiveLevel()
-        try:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "cormorant.frontend.engine_process",
-                 "--fd", str(theirs.fileno()), "--log-level", str(level)],
-                pass_fds=(theirs.fileno(),))
-        finally:
-            theirs.close()
-        self._conn = Connection(ours.detach())
+        self.process, self._conn = spawn("cormorant.frontend.engine_process")
         self._send_lock = threading.Lock()
         self._closing = False
         self.is_alive = True

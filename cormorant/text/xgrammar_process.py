@@ -28,15 +28,15 @@ The child exits when the parent's end of the socket closes.
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import logging
-import socket
 import subprocess
 import sys
 import threading
 import weakref
 from multiprocessing.connection import Connection
+
+from cormorant.child_process import child_connection, spawn
 from typing import Any, Callable
 
 import msgpack
@@ -101,13 +101,7 @@ class _Matchers:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fd", type=int, required=True)
-    parser.add_argument("--log-level", type=int, default=logging.WARNING)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s [grammar]: %(message)s")
-    conn = Connection(args.fd)
+    conn = child_connection(argv, "grammar", __doc__.splitlines()[0])
     try:
         state = _Matchers(_unpack(conn.recv_bytes()))
         conn.send_bytes(_pack({"ready": True}))
@@ -136,16 +130,7 @@ class GrammarProcess:
 
     def __init__(self, tokenizer_json: str, vocab_size: int, threads: int,
                  many_rows: int) -> None:
-        ours, theirs = socket.socketpair()
-        level = logging.getLogger().getEffectiveLevel()
-        try:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "cormorant.text.xgrammar_process",
-                 "--fd", str(theirs.fileno()), "--log-level", str(level)],
-                pass_fds=(theirs.fileno(),))
-        finally:
-            theirs.close()
-        self._conn = Connection(ours.detach())
+        self.process, self._conn = spawn("cormorant.text.xgrammar_process")
         self._lock = threading.Lock()  # one request at a time
         self._queued_lock = threading.Lock()  # the registrations below
         self._ids = itertools.count()
@@ -169,27 +154,31 @@ class GrammarProcess:
         finalizer = weakref.finalize(self, _close, self.process, self._conn)
         finalizer.atexit = True
 
+    def _queue(self, name: str, item: Any) -> None:
+        """Append to the registration list `name`, sent with the next request (any thread)."""
+        with self._queued_lock:
+            getattr(self, name).append(item)
+
+    def _register(self, name: str, what: Any) -> int:
+        """A new id for `what`, queued as [id, what] on the list `name`."""
+        new_id = next(self._ids)
+        self._queue(name, [new_id, what])
+        return new_id
+
     def add_grammar(self, compiled_json: str) -> int:
         """Register a compiled grammar (xgrammar's JSON of it); its id."""
-        gid = next(self._ids)
-        with self._queued_lock:
-            self._grammars.append([gid, compiled_json])
-        return gid
+        return self._register("_grammars", compiled_json)
 
     def drop_grammar(self, gid: int) -> None:
-        with self._queued_lock:
-            self._dropped_grammars.append(gid)
+        self._queue("_dropped_grammars", gid)
 
     def new_matcher(self, gid: int) -> int:
-        mid = next(self._ids)
-        with self._queued_lock:
-            self._new.append([mid, gid])
-        return mid
+        """A matcher of grammar `gid`; its id."""
+        return self._register("_new", gid)
 
     def drop_matcher(self, mid: int) -> None:
-        """Forget a matcher (at the next request; called from finalizers, any thread)."""
-        with self._queued_lock:
-            self._dropped.append(mid)
+        """Forget a matcher (at the next request; called from finalizers)."""
+        self._queue("_dropped", mid)
 
     def call(self, accept: list[int] = (), tokens: list[int] = (), fill: list[int] = (),
              rollback: list[list[int]] = (), into: Callable[[int], Any] | None = None
