@@ -199,6 +199,23 @@ def test_op_refuses_malformed_inputs(tmp_path, index, bad, message):
         lean.native(*args)
 
 
+# The op's own kernels exist where the CPU has AVX512_BF16 (and VBMI, BW); elsewhere the op
+# and the head run on ATen's kernels and oneDNN (the other tests here), and these kernels say so.
+rows_kernels = pytest.mark.skipif(
+    cpu_decode.load() is not None and cpu_decode.int4_rows() is None,
+    reason="this CPU has no AVX512_BF16: the op's own int4/bf16 kernels are not built "
+           "(test_own_kernels_absent_where_not_built checks the fallback)")
+
+
+def test_own_kernels_absent_where_not_built():
+    """Where the build has no own kernels, the Python side gets None for each (and falls back);
+    where it has them, each is there."""
+    built = bool(torch.ops.cormorant_cpu.int4_rows_built())
+    for kernel in (cpu_decode.int4_rows(), cpu_decode.bf16_rows(), cpu_decode.int4_dequant_t()):
+        assert (kernel is not None) == built
+
+
+@rows_kernels
 @pytest.mark.parametrize("rows", [1, 5, 16])
 def test_int4_rows_equals_atens_kernel_but_for_bf16_roundings(rows):
     gen = torch.Generator().manual_seed(rows)
@@ -219,6 +236,7 @@ def test_int4_rows_equals_atens_kernel_but_for_bf16_roundings(rows):
         torch.ops.cormorant_cpu.int4_rows(x, packed[:32], scales_zeros[:, :32].contiguous())
 
 
+@rows_kernels
 @pytest.mark.parametrize("pair", [False, True])
 def test_int4_dequant_t_equals_dequantize_t_in_bf16(pair):
     from cormorant.layers.gguf_linear import ROWS_LAYOUT, dequantize_t
@@ -237,6 +255,7 @@ def test_int4_dequant_t_equals_dequantize_t_in_bf16(pair):
     assert ours.dtype == torch.bfloat16 and torch.equal(ours, ref.bfloat16())
 
 
+@rows_kernels
 @pytest.mark.parametrize("rows", [1, 16])
 def test_lm_head_scores_on_the_ops_kernels(rows):
     """1 row: the int4 pair on int4_rows; 16: the bf16 weight on bf16_rows; each against the
