@@ -35,7 +35,7 @@ from torch import nn
 
 from cormorant.kernels.cpu_decode import bf16_rows, int4_rows
 from cormorant.layers.embedding import ParallelLMHead
-from cormorant.layers.gguf_linear import Int4Layout, Int4PairCpuMethod
+from cormorant.layers.gguf_linear import ROWS_LAYOUT, Int4PairCpuMethod
 from cormorant.layers.linear import ColumnParallelLinear
 
 RESCORE_TOP = 64
@@ -60,7 +60,7 @@ class RescoredLMHead(nn.Module):
         op, bf16_op = int4_rows(), bf16_rows()
         fits = vocab % 64 == 0 and hidden % 2 == 0
         self.rows_kernel = (op if op is not None and fits
-                            and self.approx.int4_layout == Int4Layout(64, True) else None)
+                            and self.approx.int4_layout == ROWS_LAYOUT else None)
         self.bf16_kernel = bf16_op if bf16_op is not None and fits else None
         # bf16_rows' operand: [vocab / 64, hidden / 2, 64, 2], a column's two inputs together.
         self.weight_packed = None if self.bf16_kernel is None else (

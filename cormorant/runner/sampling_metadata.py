@@ -66,8 +66,8 @@ class SamplingMetadata:
     # min_tokens: logits[row, token] = -inf while the row is below its min_tokens.
     ban_rows: torch.Tensor | None  # [M] int64
     ban_tokens: torch.Tensor | None  # [M] int64
-    # Constrained decoding: the rows under a grammar and their allowed tokens, unpacked from
-    # the engine's bitmask (bit t of a row: token t allowed). None: no constrained row.
+    # Constrained decoding: the rows under a grammar and their allowed tokens, as the engine's
+    # packed bitmask (bit t of a row: token t allowed). None: no constrained row.
     mask_rows: torch.Tensor | None = None  # [R] int64
     mask_words: torch.Tensor | None = None  # [R, W] int32: the packed bits, on the device
 
@@ -146,8 +146,9 @@ def _grammar_mask(grammar: tuple[list[int], MaskBits], device: torch.device
     rows, bits = grammar
     words = np.frombuffer(bits, dtype="<i4").reshape(len(rows), -1)  # [R, W], read-only
     if device.type == "cuda":
-        host = torch.from_numpy(words) if _pinned(bits) else None
-        if host is None:  # one copy, straight into pinned memory (~5 MB at 256 rows)
+        if _pinned(bits):  # the copy starts from the bits themselves
+            host = torch.from_numpy(words)
+        else:  # one copy, straight into pinned memory (~5 MB at 256 rows)
             host = torch.empty(words.shape, dtype=torch.int32, pin_memory=True)
             host.numpy()[:] = words
         words = host.to(device, non_blocking=True)

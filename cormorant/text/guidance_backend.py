@@ -39,7 +39,7 @@ import numpy as np
 from cormorant.sampling_params import StructuredOutputs
 from cormorant.text.grammar import GrammarLimits, spec_digest, validate
 from cormorant.text.tokenizer import Tokenizer
-from cormorant.text.xgrammar_json import json_grammar, schema_text
+from cormorant.text.xgrammar_json import clear_spare_bits, json_grammar, schema_text
 from cormorant.text.xgrammar_process import GrammarProcess, GrammarProcessError, RemoteMatcher
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 # b1s's bounded schema): on the H100 host (16 cores) 256 rows took 1.01 ms with 1 thread,
 # 0.71 with 4, 1.40 with 15; 64 rows 0.29 ms with 1 or 4. On a 2-core VM 1 was best.
 XGR_MANY_ROWS = 128  # from this many rows, up to 4 threads
-MASK_BUFFERS = 3  # bitmask arrays reused in turn (GuidanceBackend._mask_buffer)
+MASK_BUFFERS = 3  # bitmask arrays reused in turn (_Ring)
 # How long a spec's first request waits for its xgrammar compile (b1s's 10 fields: 11-16 ms,
 # plus 0.3 s for the tokenizer once); a spec compiled slower runs on llguidance.
 XGR_COMPILE_WAIT_S = 0.5
@@ -165,12 +165,12 @@ class GuidanceBackend:
                                               "1" if process else "0") == "1"
         self._process: GrammarProcess | None = None  # started with xgrammar's tokenizer
         self._process_tried = threading.Event()  # its start succeeded or failed
-        self._host_buffer = host_buffer
-        self._received: list[Any] = [None] * MASK_BUFFERS  # host_buffer's, reused in turn
-        self._next_received = 0
+        # The grammar process's bits land in host_buffer's buffers (default: new bytes).
+        self._received = (_Ring(lambda nbytes: host_buffer(max(nbytes, 1 << 16)))
+                          if host_buffer is not None else None)
         self._grammars: OrderedDict[str, _Entry] = OrderedDict()  # digest -> entry
-        self._mask_buffers: list[np.ndarray | None] = [None] * MASK_BUFFERS
-        self._next_buffer = 0
+        self._masks = _Ring(lambda rows: llg_numpy.allocate_token_bitmask(max(rows, 8),
+                                                                          self.vocab_size))
         self._lock = threading.Lock()  # the cache, llguidance's tokenizer, the compile slot
         self._xgr_lock = threading.Lock()  # xgrammar's tokenizer, built in the background
         # xgrammar compiles, one at a time (its threads start only when one is submitted)
@@ -402,18 +402,6 @@ class GuidanceBackend:
             if token < self.vocab_size:
                 words[token // 32] |= np.uint32(1 << (token % 32))
 
-    def _mask_buffer(self, rows: int) -> np.ndarray:
-        """[rows, W] int32 rows of the next of MASK_BUFFERS arrays, reused in turn: a fresh
-        ~5 MB array (256 rows of a 152k vocabulary) cost ~0.3 ms a step in page faults. The
-        bits handed out stay valid for MASK_BUFFERS - 1 more fills (the runner copies them
-        at its next sampling, before the engine asks for another fill)."""
-        self._next_buffer = (self._next_buffer + 1) % MASK_BUFFERS
-        buffer = self._mask_buffers[self._next_buffer]
-        if buffer is None or buffer.shape[0] < rows:
-            buffer = llg_numpy.allocate_token_bitmask(max(rows, 8), self.vocab_size)
-            self._mask_buffers[self._next_buffer] = buffer
-        return buffer[:rows]
-
     def fill_bitmasks(self, matchers: list[GuidanceMatcher]) -> memoryview:
         states = [m.state for m in matchers]  # builds what has not been built yet
         remote = [row for row, state in enumerate(states)
@@ -423,7 +411,7 @@ class GuidanceBackend:
             if bits is not None:
                 return memoryview(bits)
             remote = []  # it failed: every row ended
-        bitmask = self._mask_buffer(len(states))  # [R, W]; every row is written below
+        bitmask = self._masks.take(len(states))[:len(states)]  # [R, W]; every row written
         if remote:
             bits = self._fill_remote([states[row] for row in remote])
             if bits is not None:
@@ -444,9 +432,7 @@ class GuidanceBackend:
         if xg_rows:
             self._batcher(len(xg_rows)).batch_fill_next_token_bitmask(
                 [states[row].xg for row in xg_rows], bitmask, xg_rows)
-            if self.vocab_size % 32:  # xgrammar leaves the last word's spare bits set
-                spare = np.uint32((1 << (self.vocab_size % 32)) - 1)
-                bitmask.view(np.uint32)[xg_rows, -1] &= spare
+            clear_spare_bits(bitmask, self.vocab_size, xg_rows)
         ll_rows = [(s.ll, row) for row, s in enumerate(states) if isinstance(s, _Llg)]
         if len(ll_rows) == 1:
             llg_numpy.fill_next_token_bitmask(ll_rows[0][0], bitmask, ll_rows[0][1])
@@ -457,21 +443,10 @@ class GuidanceBackend:
         # a byte view of the array, not a copy (~5 MB at 256 rows of a 152k vocabulary)
         return memoryview(bitmask.astype("<i4", copy=False)).cast("B")
 
-
-    def _receive_buffer(self, nbytes: int) -> Any:
-        """The next of MASK_BUFFERS host_buffer buffers, at least nbytes long (valid, as the
-        mask arrays, until MASK_BUFFERS - 1 more fills)."""
-        self._next_received = (self._next_received + 1) % MASK_BUFFERS
-        buffer = self._received[self._next_received]
-        if buffer is None or len(buffer) < nbytes:
-            buffer = self._host_buffer(max(nbytes, 1 << 16))
-            self._received[self._next_received] = buffer
-        return buffer
-
     def _fill_remote(self, states: list[RemoteMatcher]) -> bytes | memoryview | None:
         """The grammar process's bits for these matchers, or None if it failed (logged;
         their sequences then get the end only, and end)."""
-        into = self._receive_buffer if self._host_buffer is not None else None
+        into = self._received.take if self._received is not None else None
         try:
             return states[0].process.call(fill=[s.mid for s in states], into=into)[1]
         except GrammarProcessError as exc:
@@ -479,6 +454,26 @@ class GuidanceBackend:
             for state in states:
                 state.ended = True
             return None
+
+
+class _Ring:
+    """MASK_BUFFERS buffers used in turn, each remade (by `make`) when a call needs a longer
+    one: a fresh ~5 MB bitmask a step (256 rows of a 152k vocabulary) cost ~0.3 ms in page
+    faults. What `take` hands out stays valid for MASK_BUFFERS - 1 more takes (the runner
+    copies a step's bits at its next sampling, before the engine asks for another fill)."""
+
+    def __init__(self, make: Callable[[int], Any]) -> None:
+        self._make = make
+        self._buffers: list[Any] = [None] * MASK_BUFFERS
+        self._next = 0
+
+    def take(self, length: int) -> Any:
+        """The next buffer, at least `length` long (len: rows of an array, bytes of a view)."""
+        self._next = (self._next + 1) % MASK_BUFFERS
+        buffer = self._buffers[self._next]
+        if buffer is None or len(buffer) < length:
+            buffer = self._buffers[self._next] = self._make(length)
+        return buffer
 
 
 def _threads() -> int:

@@ -86,6 +86,15 @@ def schema_text(kind: str, schema: Any) -> str | None:
     return json.dumps(parsed) if eligible(parsed) else None
 
 
+def clear_spare_bits(bits, vocab_size: int, rows=slice(None)) -> None:
+    """xgrammar's fill leaves the spare bits of a row's last word set (tokens past the
+    vocabulary); clear them in the given rows of a [R, W] int32 numpy bitmask."""
+    if vocab_size % 32:
+        import numpy as np
+
+        bits.view(np.uint32)[rows, -1] &= np.uint32((1 << (vocab_size % 32)) - 1)
+
+
 def json_grammar(schema: str, compact: bool):
     """xgrammar's Grammar for the schema: fixed separators, no free whitespace (as the
     llguidance path), strings never holding a raw control character."""

@@ -37,6 +37,7 @@ import weakref
 from multiprocessing.connection import Connection
 
 from cormorant.child_process import child_connection, spawn
+from cormorant.text.xgrammar_json import clear_spare_bits
 from typing import Any, Callable
 
 import msgpack
@@ -70,6 +71,7 @@ class _Matchers:
                          xgr.BatchGrammarMatcher(max_threads=int(init["threads"])))
         self.grammars: dict[int, Any] = {}
         self.matchers: dict[int, Any] = {}
+        self.bits = np.empty((0, self.words), dtype=np.int32)  # sent before the next request
 
     def apply(self, req: dict) -> dict:
         for gid, text in req.get("g", ()):
@@ -89,12 +91,12 @@ class _Matchers:
             reply["a"] = bytes(bytearray(accepted))
         if req.get("f"):
             matchers = [self.matchers[mid] for mid in req["f"]]
-            bits = self.np.empty((len(matchers), self.words), dtype=self.np.int32)
+            if len(self.bits) < len(matchers):
+                self.bits = self.np.empty((len(matchers), self.words), dtype=self.np.int32)
+            bits = self.bits[:len(matchers)]
             batcher = self.batchers[len(matchers) >= self.many_rows]
             batcher.batch_fill_next_token_bitmask(matchers, bits)
-            if self.vocab_size % 32:  # xgrammar leaves the last word's spare bits set
-                spare = (1 << (self.vocab_size % 32)) - 1
-                bits.view(self.np.uint32)[:, -1] &= self.np.uint32(spare)
+            clear_spare_bits(bits, self.vocab_size)
             reply["f"] = bits.nbytes
             reply["bits"] = bits.astype("<i4", copy=False)
         return reply
@@ -245,25 +247,27 @@ class RemoteMatcher:
     def took(self, token_id: int, accepted: bool) -> None:
         self.ended = self.ended or (accepted and token_id in self.stop_ids)
 
-    def accept(self, token_id: int) -> bool:
-        """False also when the process failed (logged): the sequence then ends."""
+    def _call(self, **request: Any) -> tuple[bytes, Any] | None:
+        """One request for this matcher alone; None if the process failed (logged: the
+        sequence then ends)."""
         try:
-            accepted = self.process.call(accept=[self.mid], tokens=[token_id])[0][0] == 1
+            return self.process.call(**request)
         except GrammarProcessError as exc:
             log.error("%s: a sequence ends", exc)
             self.ended = True
+            return None
+
+    def accept(self, token_id: int) -> bool:
+        """False also when the process failed: the sequence then ends."""
+        reply = self._call(accept=[self.mid], tokens=[token_id])
+        if reply is None:
             return False
+        accepted = reply[0][0] == 1
         self.took(token_id, accepted)
         return accepted
 
     def rollback(self, num_tokens: int) -> None:
-        try:
-            self.process.call(rollback=[[self.mid, num_tokens]])
-        except GrammarProcessError as exc:
-            log.error("%s: a sequence ends", exc)
-            self.ended = True
-            return
-        if num_tokens:
+        if self._call(rollback=[[self.mid, num_tokens]]) is not None and num_tokens:
             self.ended = False  # the stop token is the last a matcher takes
 
     def is_terminated(self) -> bool:
