@@ -69,6 +69,9 @@ def _ongoing_totalling(total: int):
     return check
 
 
+MAX_PLACEMENT_TRIES = 16
+
+
 async def one_stream_on_each_replica(client, holders: list[LiveStream],
                                      prompt: Callable[[], list[int]], max_tokens: int,
                                      duration_s: float) -> list[LiveStream]:
@@ -83,13 +86,17 @@ async def one_stream_on_each_replica(client, holders: list[LiveStream],
     length = int(min(max_tokens, max(600, rate * duration_s)))
     placed: dict[str, LiveStream] = {}
     extras = []
-    for _ in range(6):
+    # Ray Serve's router picks the less loaded of two replicas from load figures it caches
+    # briefly, so a burst can land on one replica well past the other's count (seen: 6 of 6
+    # on one replica while the other held 3); give it room, the extras are closed below.
+    for _ in range(MAX_PLACEMENT_TRIES):
         stream = LiveStream(client, prompt(), length)
         after = await until(_ongoing_totalling(sum(counts.values()) + 1), 30,
                              "the new stream to reach a replica")
         replica = next(r for r in after if after[r] > counts.get(r, 0))
         if replica in placed:
             extras.append(stream)
+            await asyncio.sleep(0.5)  # lets the router's cached load figures catch up
         placed.setdefault(replica, stream)
         counts = after
         if len(placed) == 2:
