@@ -14,7 +14,9 @@ codes - zero is an exact small integer in bf16/fp16; otherwise each element is d
 Launch shapes, chosen by `config_for(M, N, K, group, num_sms)`:
   one row (BLOCK_M 1): _int_gemv_kernel, no tensor cores: each word loaded once, its P codes
           shifted out one position at a time (an unrolled loop), multiplied by their inputs
-          and accumulated in fp32 [words, BLOCK_N], reduced once at the end. (Earlier forms,
+          and accumulated in fp32 [words, BLOCK_N], reduced once at the end. Its input may
+          be made on the fly, as kernels.gemv's prologues do (int_add_rms_norm_gemv,
+          int_silu_mul_gemv): one launch where there were two. (Earlier forms,
           measured on the H100 at M = 1: unpacking along a middle axis [BLOCK_K / P, P,
           BLOCK_N] read at ~170 GB/s; a pointer per code at 700-870 GB/s, load-issue bound.)
   decode (2 <= M <= 16): the tile kernel with BLOCK_M 16 (tl.dot), the codes unpacked by a
@@ -26,9 +28,12 @@ Launch shapes, chosen by `config_for(M, N, K, group, num_sms)`:
   prefill: 64 x 128 x 64 tiles through tl.dot, no split; from DEQUANT_MIN_ROWS rows on CUDA,
           int_dequant writes a dense W in the activation dtype (a temporary) and cuBLAS
           multiplies.
+Every kernel turns a code c into a float as the bits 0x4B000000 | c (2^23 + c) less 2^23 + zero,
+exact: two integer ops, where an int-to-float conversion runs at a sixteenth of the FMA rate
+(on the H100 it bounded the GEMV below the memory bandwidth; `MAGIC=False` keeps it for A/B).
 fp32 inputs use IEEE dots (the parity reference); bf16/fp16 inputs use tensor cores with fp32
 accumulation. `int_gemm_ref` is the PyTorch reference (dequantize, then matmul).
-Imports only torch and triton.
+Imports torch, triton and kernels.gemv (the prologue codes).
 """
 from __future__ import annotations
 
@@ -37,6 +42,8 @@ import functools
 import torch
 import triton
 import triton.language as tl
+
+from cormorant.kernels.gemv import PROLOGUE_ADD_NORM, PROLOGUE_NONE, PROLOGUE_SILU_MUL
 
 DECODE_ROWS = 16  # M up to which the split-K decode shape runs
 # Rows from which, on CUDA, W is dequantized per call for a dense (cuBLAS) matmul instead
@@ -80,12 +87,45 @@ def _finish(acc, y_ptr, y_offs, p_ptr, p_offs, p_stride, lock_ptr, lock_id, pid_
 
 
 @triton.jit
-def _gemv_tile(x_ptr, q_ptr, s_ptr, z_ptr, k0, k_end, offs_n, mask_n, stride_qk, stride_sg,
-               BITS: tl.constexpr, GROUP: tl.constexpr, WORDS: tl.constexpr,
-               TILE_GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr):
-    """[WORDS, BLOCK_N] fp32 products of one K tile of WORDS * P inputs (see the GEMV)."""
+def _gemv_input(x_ptr, r_ptr, nw_ptr, res_out_ptr, ks, mask, write_residual, K,
+                PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
+    """(the fp32 inputs at positions ks, what PROLOGUE 1 sums the squares of) (see the GEMV):
+    x; or hidden (+ residual, rounded to the activation dtype, the next residual: written
+    where write_residual) times the norm weight, whose 1 / rms the GEMV applies at the end,
+    and that sum; or silu(gate) * up rounded to the dtype."""
+    if PROLOGUE == 0:
+        x = tl.load(x_ptr + ks, mask=mask, other=0.0).to(tl.float32)
+        return x, x
+    elif PROLOGUE == 1:
+        s = tl.load(x_ptr + ks, mask=mask, other=0.0)
+        if HAS_RESIDUAL:
+            r = tl.load(r_ptr + ks, mask=mask, other=0.0)
+            s = (s.to(tl.float32) + r.to(tl.float32)).to(r.dtype)
+            tl.store(res_out_ptr + ks, s, mask=mask & write_residual)
+        nw = tl.load(nw_ptr + ks, mask=mask, other=0.0).to(tl.float32)
+        s = s.to(tl.float32)
+        return s * nw, s
+    else:
+        g = tl.load(x_ptr + ks, mask=mask, other=0.0).to(tl.float32)
+        u = tl.load(x_ptr + ks + K, mask=mask, other=0.0)
+        x = (g / (1.0 + tl.exp(-g)) * u.to(tl.float32)).to(u.dtype).to(tl.float32)
+        return x, x
+
+
+@triton.jit
+def _gemv_tile(x_ptr, r_ptr, nw_ptr, res_out_ptr, q_ptr, s_ptr, z_ptr, k0, k_end, K, offs_n,
+               mask_n, write_residual, stride_qk, stride_sg, BITS: tl.constexpr,
+               GROUP: tl.constexpr, WORDS: tl.constexpr, TILE_GROUP: tl.constexpr,
+               HAS_ZEROS: tl.constexpr, PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+               MAGIC: tl.constexpr):
+    """[WORDS, BLOCK_N] fp32 products of one K tile of WORDS * P inputs (see the GEMV), and
+    the [WORDS] sums of the squared norm inputs (PROLOGUE 1; zeros otherwise)."""
     PACK: tl.constexpr = 32 // BITS
     MASK: tl.constexpr = (1 << BITS) - 1
+    # MAGIC: code c as the fp32 whose bits are 0x4B000000 | c, i.e. 2^23 + c, then minus
+    # (2^23 + zero): exact, and two integer ops instead of an int-to-float conversion (a
+    # sixteenth of the FMA rate per SM), which bounded this kernel on the H100.
+    OFFSET: tl.constexpr = 8388608.0 if MAGIC else 0.0
     rows = k0 // PACK + tl.arange(0, WORDS)  # the word rows of this tile
     mask_w = rows * PACK < k_end
     words = tl.load(q_ptr + rows[:, None] * stride_qk + offs_n[None, :],
@@ -96,56 +136,97 @@ def _gemv_tile(x_ptr, q_ptr, s_ptr, z_ptr, k0, k_end, offs_n, mask_n, stride_qk,
         s = tl.load(s_ptr + g * stride_sg + offs_n, mask=mask_g, other=0.0).to(tl.float32)
         if HAS_ZEROS:
             z = tl.load(z_ptr + g * stride_sg + offs_n, mask=mask_g,
-                        other=0.0).to(tl.float32)[None, :]
+                        other=0.0).to(tl.float32)[None, :] + OFFSET
         else:
-            z = (1 << (BITS - 1))
+            z = (1 << (BITS - 1)) + OFFSET
     part = tl.zeros(words.shape, dtype=tl.float32)
+    sq = tl.zeros((WORDS,), dtype=tl.float32)
     for j in tl.static_range(PACK):
-        codes = ((words >> (j * BITS)) & MASK).to(tl.float32)
+        codes = (words >> (j * BITS)) & MASK
+        if MAGIC:
+            codes = (codes | 0x4B000000).to(tl.float32, bitcast=True)
+        else:
+            codes = codes.to(tl.float32)
         ks = rows * PACK + j
-        xj = tl.load(x_ptr + ks, mask=mask_w, other=0.0).to(tl.float32)[:, None]
+        xj, sj = _gemv_input(x_ptr, r_ptr, nw_ptr, res_out_ptr, ks, mask_w, write_residual, K,
+                             PROLOGUE, HAS_RESIDUAL)
+        if PROLOGUE == 1:
+            sq += sj * sj
         if TILE_GROUP:
-            part += (codes - z) * xj
+            part += (codes - z) * xj[:, None]
         else:  # scales (and zeros) per element: groups smaller than a tile
             sz = (ks // GROUP)[:, None] * stride_sg + offs_n[None, :]
             sz_mask = mask_w[:, None] & mask_n[None, :]
             s2 = tl.load(s_ptr + sz, mask=sz_mask, other=0.0).to(tl.float32)
             if HAS_ZEROS:
-                z2 = tl.load(z_ptr + sz, mask=sz_mask, other=0.0).to(tl.float32)
+                z2 = tl.load(z_ptr + sz, mask=sz_mask, other=0.0).to(tl.float32) + OFFSET
             else:
-                z2 = (1 << (BITS - 1))
-            part += (codes - z2) * s2 * xj
+                z2 = (1 << (BITS - 1)) + OFFSET
+            part += (codes - z2) * s2 * xj[:, None]
     if TILE_GROUP:
         part = part * s[None, :]
-    return part
+    return part, sq
 
 
 @triton.jit
-def _int_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, p_ptr, lock_ptr, N, K, K_PER_SPLIT,
-                     stride_qk, stride_sg, BITS: tl.constexpr, GROUP: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K,
-                     TILE_GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr, SUB: tl.constexpr):
+def _int_gemv_kernel(x_ptr, r_ptr, nw_ptr, res_out_ptr, q_ptr, s_ptr, z_ptr, y_ptr, p_ptr,
+                     sq_ptr, lock_ptr, N, K, K_PER_SPLIT, stride_qk, stride_sg, eps,
+                     BITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr, SPLIT_K, TILE_GROUP: tl.constexpr,
+                     HAS_ZEROS: tl.constexpr, SUB: tl.constexpr, PROLOGUE: tl.constexpr,
+                     HAS_RESIDUAL: tl.constexpr, MAGIC: tl.constexpr):
     """One row (M = 1), no tensor cores: each K tile's packed words are loaded once as a
     [BLOCK_K / P, BLOCK_N] tile; for each of the P code positions (an unrolled loop) the codes
     are shifted out and multiplied by their inputs (x[k] for k = word * P + j) into an fp32
     [words, BLOCK_N] accumulator, scaled per group; one reduction over the words at the end.
     SUB tiles per loop step (unrolled: more loads in flight). Split K is reduced in the same
-    launch (_finish)."""
+    launch. The input may be made on the fly (kernels.gemv's prologues): SiLU-and-multiply
+    elementwise; the residual add + RMSNorm as y = (sum_k s_k nw_k W_kn) / rms(s), each split
+    summing its slice's squares beside its products, so no program reads more than its slice
+    of K (the unfused path rounds s / rms * nw to bf16 first; this does not)."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     WORDS: tl.constexpr = BLOCK_K // (32 // BITS)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     acc = tl.zeros((WORDS, BLOCK_N), dtype=tl.float32)
+    sq = tl.zeros((WORDS,), dtype=tl.float32)
     k_begin = pid_k * K_PER_SPLIT
     k_end = tl.minimum(k_begin + K_PER_SPLIT, K)
     for k0 in range(k_begin, k_end, BLOCK_K * SUB):
         for t in tl.static_range(SUB):
-            acc += _gemv_tile(x_ptr, q_ptr, s_ptr, z_ptr, k0 + t * BLOCK_K, k_end, offs_n,
-                              mask_n, stride_qk, stride_sg, BITS, GROUP, WORDS, TILE_GROUP,
-                              HAS_ZEROS)
-    _finish(tl.sum(acc, axis=0), y_ptr, offs_n, p_ptr, offs_n, N, lock_ptr, pid_n, pid_k,
-            mask_n, SPLIT_K)
+            part, sq_part = _gemv_tile(
+                x_ptr, r_ptr, nw_ptr, res_out_ptr, q_ptr, s_ptr, z_ptr, k0 + t * BLOCK_K,
+                k_end, K, offs_n, mask_n, pid_n == 0, stride_qk, stride_sg, BITS, GROUP, WORDS,
+                TILE_GROUP, HAS_ZEROS, PROLOGUE, HAS_RESIDUAL, MAGIC)
+            acc += part
+            sq += sq_part
+    row = tl.sum(acc, axis=0)
+    if PROLOGUE == 1:
+        sq_total = tl.sum(sq, axis=0)
+    if SPLIT_K == 1:
+        if PROLOGUE == 1:
+            row = row * tl.rsqrt(sq_total / K + eps)
+        tl.store(y_ptr + offs_n, row.to(y_ptr.dtype.element_ty), mask=mask_n)
+    else:  # as _finish, with the squares' partials beside the products' for the norm
+        tl.store(p_ptr + pid_k * N + offs_n, row, mask=mask_n)
+        if PROLOGUE == 1:
+            tl.store(sq_ptr + pid_k * tl.num_programs(0) + pid_n, sq_total)
+        tl.debug_barrier()
+        done = tl.atomic_add(lock_ptr + pid_n, 1, sem="acq_rel")
+        if done == SPLIT_K - 1:
+            total = tl.zeros_like(row)
+            total_sq = 0.0
+            for i in range(SPLIT_K):
+                total += tl.load(p_ptr + i * N + offs_n, mask=mask_n, other=0.0,
+                                 cache_modifier=".cg")
+                if PROLOGUE == 1:
+                    total_sq += tl.load(sq_ptr + i * tl.num_programs(0) + pid_n,
+                                        cache_modifier=".cg")
+            if PROLOGUE == 1:
+                total = total * tl.rsqrt(total_sq / K + eps)
+            tl.store(y_ptr + offs_n, total.to(y_ptr.dtype.element_ty), mask=mask_n)
+            tl.atomic_xchg(lock_ptr + pid_n, 0)
 
 
 @triton.jit
@@ -177,15 +258,17 @@ def _int_gemm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, p_ptr, lock_ptr, M, N, K
         words = tl.load(q_ptr + rows[:, None] * stride_qk + offs_n[None, :],
                         mask=(rows * PACK < k_end)[:, None] & mask_n[None, :], other=0)
         codes = (words[:, None, :] >> (offs_j * BITS)[None, :, None]) & MASK
-        codes = tl.reshape(codes, (BLOCK_K, BLOCK_N)).to(tl.float32)
+        # 2^23 + code, exact, without an int-to-float conversion (see _gemv_tile)
+        codes = (tl.reshape(codes, (BLOCK_K, BLOCK_N)) | 0x4B000000).to(tl.float32,
+                                                                          bitcast=True)
         if TILE_GROUP:  # the whole tile is one group: scale after the dot
             g = k0 // GROUP
             s = tl.load(s_ptr + g * stride_sg + offs_n, mask=mask_n, other=0.0)
             if HAS_ZEROS:
                 z = tl.load(z_ptr + g * stride_sg + offs_n, mask=mask_n, other=0.0)
-                w = (codes - z.to(tl.float32)[None, :]).to(x.dtype)
+                w = (codes - (z.to(tl.float32)[None, :] + 8388608.0)).to(x.dtype)
             else:
-                w = (codes - (1 << (BITS - 1))).to(x.dtype)
+                w = (codes - ((1 << (BITS - 1)) + 8388608.0)).to(x.dtype)
             acc += _dot(x, w, IEEE) * s.to(tl.float32)[None, :]
         else:
             g = offs_k // GROUP
@@ -196,7 +279,7 @@ def _int_gemm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, p_ptr, lock_ptr, M, N, K
                 z2 = tl.load(z_ptr + sz_offs, mask=sz_mask, other=0.0).to(tl.float32)
             else:
                 z2 = (1 << (BITS - 1))
-            acc += _dot(x, ((codes - z2) * s2.to(tl.float32)).to(x.dtype), IEEE)
+            acc += _dot(x, ((codes - (z2 + 8388608.0)) * s2.to(tl.float32)).to(x.dtype), IEEE)
     _finish(acc, y_ptr, offs_m[:, None] * stride_ym + offs_n[None, :], p_ptr,
             offs_m[:, None] * N + offs_n[None, :], M * N, lock_ptr,
             pid_m * tl.num_programs(1) + pid_n, pid_k, mask_m[:, None] & mask_n[None, :],
@@ -223,7 +306,8 @@ def _int_dequant_kernel(q_ptr, s_ptr, z_ptr, w_ptr, K, N, stride_qk, stride_sg, 
             z = tl.load(z_ptr + sz, mask=mask, other=0.0).to(tl.float32)
         else:
             z = (1 << (BITS - 1))
-        w = (((words >> (j * BITS)) & MASK).to(tl.float32) - z) * s
+        codes = (((words >> (j * BITS)) & MASK) | 0x4B000000).to(tl.float32, bitcast=True)
+        w = (codes - (z + 8388608.0)) * s  # 2^23 + code: see _gemv_tile
         tl.store(w_ptr + ks[:, None] * stride_wk + offs_n[None, :],
                  w.to(w_ptr.dtype.element_ty), mask=mask)
 
@@ -331,21 +415,77 @@ def int_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
 
 
 def _gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
-          cfg: dict, common: dict) -> torch.Tensor:
+          cfg: dict, common: dict, prologue: int = PROLOGUE_NONE, k: int | None = None,
+          residual: torch.Tensor | None = None, norm_weight: torch.Tensor | None = None,
+          eps: float = 0.0, residual_out: torch.Tensor | None = None) -> torch.Tensor:
     """One row through _int_gemv_kernel, split K reduced inside the launch."""
-    n, k = qweight.shape[1], x.shape[1]
+    n, k = qweight.shape[1], x.shape[1] if k is None else k
     cfg = {key: v for key, v in cfg.items() if key != "BLOCK_M"}
     per_split = cfg.pop("K_PER_SPLIT")
     cfg.setdefault("SUB", 1)
+    cfg.setdefault("MAGIC", True)
     if per_split % (cfg["BLOCK_K"] * cfg["SUB"]):
         raise ValueError("the GEMV's K_PER_SPLIT must be a multiple of BLOCK_K * SUB")
     tiles = triton.cdiv(n, cfg["BLOCK_N"])
     y = torch.empty(1, n, device=x.device, dtype=x.dtype)
     partials = torch.empty(cfg["SPLIT_K"], n, device=x.device, dtype=torch.float32)
+    squares = (torch.empty(cfg["SPLIT_K"], tiles, device=x.device, dtype=torch.float32)
+               if prologue == PROLOGUE_ADD_NORM and cfg["SPLIT_K"] > 1 else partials)
     _int_gemv_kernel[(tiles, cfg["SPLIT_K"])](
-        x, qweight, scales, zeros, y, partials, _locks(x.device, tiles), n, k, per_split,
-        qweight.stride(0), scales.stride(0), **common, **cfg)
+        x, residual if residual is not None else x,
+        norm_weight if norm_weight is not None else x,
+        residual_out if residual_out is not None else x, qweight, scales, zeros, y, partials,
+        squares, _locks(x.device, tiles), n, k, per_split, qweight.stride(0),
+        scales.stride(0), eps, PROLOGUE=prologue, HAS_RESIDUAL=residual is not None,
+        **common, **cfg)
     return y
+
+
+def _gemv_prologue_args(x: torch.Tensor, k: int, qweight: torch.Tensor, scales: torch.Tensor,
+                        zeros: torch.Tensor | None, bits: int, group: int,
+                        config: dict | None) -> tuple[dict, dict, torch.Tensor]:
+    """The GEMV's settings for one row whose input a prologue makes (see int_gemm)."""
+    n = qweight.shape[1]
+    if x.shape[0] != 1 or not x.is_contiguous():
+        raise ValueError("the int GEMV's prologues take one contiguous row")
+    if qweight.shape[0] * (32 // bits) != k or scales.shape != (k // group, n):
+        raise ValueError(f"int GEMV: K {k} does not match qweight {tuple(qweight.shape)} / "
+                         f"scales {tuple(scales.shape)} ({bits} bits, group {group})")
+    cfg = dict(config or config_for(1, n, k, group, _num_sms(x.device)))
+    common = dict(BITS=bits, GROUP=group, TILE_GROUP=group % cfg["BLOCK_K"] == 0,
+                  HAS_ZEROS=zeros is not None)
+    return cfg, common, scales if zeros is None else zeros
+
+
+def int_add_rms_norm_gemv(hidden: torch.Tensor, residual: torch.Tensor | None,
+                          norm_weight: torch.Tensor, eps: float, qweight: torch.Tensor,
+                          scales: torch.Tensor, zeros: torch.Tensor | None, bits: int,
+                          group: int, config: dict | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(RMSNorm(hidden + residual) @ dequant(W), hidden + residual) for one row in one launch;
+    residual None: RMSNorm(hidden). The norm's 1 / rms is applied to the sums, not to each
+    input (see _int_gemv_kernel): within rounding of int_gemm after the unfused norm."""
+    k = hidden.shape[1]
+    cfg, common, zeros_arg = _gemv_prologue_args(hidden, k, qweight, scales, zeros, bits,
+                                                 group, config)
+    residual_out = None
+    if residual is not None:
+        assert residual.shape == hidden.shape and residual.is_contiguous()
+        residual_out = torch.empty_like(hidden)
+    y = _gemv(hidden, qweight, scales, zeros_arg, cfg, common, PROLOGUE_ADD_NORM, k, residual,
+              norm_weight, eps, residual_out)
+    return y, (residual_out if residual_out is not None else hidden)
+
+
+def int_silu_mul_gemv(gate_up: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+                      zeros: torch.Tensor | None, bits: int, group: int,
+                      config: dict | None = None) -> torch.Tensor:
+    """(silu(gate) * up) @ dequant(W) for one row gate_up [1, 2K] = cat(gate, up)."""
+    assert gate_up.shape[1] % 2 == 0
+    k = gate_up.shape[1] // 2
+    cfg, common, zeros_arg = _gemv_prologue_args(gate_up, k, qweight, scales, zeros, bits,
+                                                 group, config)
+    return _gemv(gate_up, qweight, scales, zeros_arg, cfg, common, PROLOGUE_SILU_MUL, k)
 
 
 def dequantize_ref(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,

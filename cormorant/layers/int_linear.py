@@ -21,7 +21,9 @@ Layouts (IntSpec.layout), K input features, N output features, P = 32 / bits, G 
 Act-order (desc_act) checkpoints are repacked with their input rows sorted by group; the
 layer permutes its input the same way (one gather) before the matmul.
 On CUDA (INT_KERNEL_DEVICE_TYPES) the matmul is kernels.int_gemm, which dequantizes inside the
-kernel; elsewhere the reference: dequantize to fp32, then matmul.
+kernel; elsewhere the reference: dequantize to fp32, then matmul. One bf16/fp16 row (batch-1
+decode) folds a deferred residual add + RMSNorm or SiLU-and-multiply into the GEMV
+(offers_fused_prologue), as the dense and FP8 methods do.
 Imports: torch, cormorant.layers (linear, int_packing), cormorant.kernels (lazily).
 """
 from __future__ import annotations
@@ -37,6 +39,7 @@ from cormorant.layers.linear import LinearMethod, set_layout
 
 LAYOUTS = ("awq", "gptq", "ct-packed", "ct-naive", "online")
 INT_KERNEL_DEVICE_TYPES = ("cuda",)  # where kernels.int_gemm runs (tests widen it)
+FUSED_DTYPES = (torch.bfloat16, torch.float16)  # rows whose norm / SiLU the GEMV folds in
 ONLINE_GROUP = 128
 
 
@@ -234,3 +237,25 @@ class IntWeightMethod(LinearMethod):
         if bias is not None:
             y = y + bias
         return y.reshape(*x.shape[:-1], y.shape[-1])
+
+    def offers_fused_prologue(self, layer: nn.Module, x: torch.Tensor) -> bool:
+        """The one-row GEMV folds the norm / SiLU in (kernels.int_gemm): CUDA, bf16/fp16,
+        input rows in their natural order (no act-order permutation)."""
+        return (x.device.type in INT_KERNEL_DEVICE_TYPES and x.dim() == 2 and x.shape[0] == 1
+                and x.dtype in FUSED_DTYPES and x.is_contiguous() and layer.int_perm is None
+                and load_kernels("int_gemm") is not None)
+
+    def apply_add_norm(self, layer: nn.Module, hidden: torch.Tensor,
+                       residual: torch.Tensor | None, norm: nn.Module,
+                       bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        y, total = load_kernels("int_gemm").int_add_rms_norm_gemv(
+            hidden, residual, norm.weight, norm.eps, layer.int_qweight, layer.int_scales,
+            layer.int_zeros, self.spec.bits, self.group)
+        return (y if bias is None else y + bias), total
+
+    def apply_silu_mul(self, layer: nn.Module, gate_up: torch.Tensor,
+                       bias: torch.Tensor | None) -> torch.Tensor:
+        y = load_kernels("int_gemm").int_silu_mul_gemv(
+            gate_up, layer.int_qweight, layer.int_scales, layer.int_zeros, self.spec.bits,
+            self.group)
+        return y if bias is None else y + bias

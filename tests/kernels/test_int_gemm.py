@@ -108,6 +108,44 @@ def test_an_int4_layer_runs_the_kernel_as_its_cpu_reference(monkeypatch, device)
     assert calls  # the kernel did run
 
 
+def test_an_int4_layer_folds_a_pending_norm_and_silu_into_its_gemv(monkeypatch, device):
+    """One bf16 row: the layer's NormedInput / SiluMulInput go through the fused GEMV (the
+    norm is not computed on its own) and give the unfused path's result within rounding."""
+    from cormorant.layers import int_linear
+    from cormorant.layers.activation import SiluAndMul, SiluMulInput
+    from cormorant.layers.int_linear import IntSpec, IntWeightMethod
+    from cormorant.layers.linear import RowParallelLinear
+    from cormorant.layers.norm import NormedInput, RMSNorm
+
+    gen = torch.Generator().manual_seed(3)
+    layer = RowParallelLinear(256, 48, bias=False).to(device)
+    method = IntWeightMethod(IntSpec("online", 4, 128), "o", device, torch.bfloat16)
+    layer.set_method(method)
+    method.load_rows(layer, torch.randn(48, 256, generator=gen).to(device), 0)
+    method.finalize(layer)
+    norm = RMSNorm(256, eps=1e-6).to(device, torch.bfloat16)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(256, generator=gen) + 0.5)
+    hidden = torch.randn(1, 256, generator=gen).to(device, torch.bfloat16)
+    residual = torch.randn(1, 256, generator=gen).to(device, torch.bfloat16)
+    gate_up = torch.randn(1, 512, generator=gen).to(device, torch.bfloat16)
+    monkeypatch.setattr(int_linear, "INT_KERNEL_DEVICE_TYPES", ("cpu", "cuda"))
+    unfused_in = NormedInput(norm, hidden, residual)
+    unfused = layer(unfused_in.tensor())
+    silu_unfused = layer(SiluAndMul().compute(gate_up))
+    monkeypatch.setattr(norm, "compute", lambda *a: pytest.fail("the norm ran unfused"))
+    fused_in = NormedInput(norm, hidden, residual)
+    fused = layer(fused_in)
+    assert not fused_in.is_pending  # folded: the sum came back from the GEMV
+    assert ((fused_in.residual.float() - unfused_in.residual.float()).abs()
+            <= unfused_in.residual.float().abs() * 2 ** -7).all()
+    big = unfused.float().abs().max()
+    assert ((fused.float() - unfused.float()).abs() <= big * 2 ** -5).all()
+    silu_fused = layer(SiluMulInput(SiluAndMul(), gate_up))
+    big = silu_unfused.float().abs().max()
+    assert ((silu_fused.float() - silu_unfused.float()).abs() <= big * 2 ** -5).all()
+
+
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("symmetric", [False, True])
 def test_dequant_kernel_writes_the_reference_weight(bits, symmetric, device):
@@ -118,3 +156,79 @@ def test_dequant_kernel_writes_the_reference_weight(bits, symmetric, device):
     w = int_gemm.int_dequant(qweight, scales, zeros, bits, group, torch.float32)
     assert w.shape == (k, n)
     assert torch.equal(w, int_gemm.dequantize_ref(qweight, scales, zeros, bits, group))
+
+
+_PROLOGUE_CONFIGS = [
+    dict(BLOCK_M=1, BLOCK_N=32, BLOCK_K=64, SPLIT_K=3, K_PER_SPLIT=128, num_warps=4,
+         num_stages=1),  # the squares summed across splits by the last one to finish
+    dict(BLOCK_M=1, BLOCK_N=32, BLOCK_K=64, SPLIT_K=1, K_PER_SPLIT=384, SUB=2, num_warps=4,
+         num_stages=1),  # one split: the program scales its own sums
+]
+
+
+@pytest.mark.parametrize("config", _PROLOGUE_CONFIGS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("with_residual", [True, False])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_the_gemv_folds_in_the_residual_add_and_rms_norm(config, dtype, with_residual,
+                                                         symmetric, device):
+    from cormorant.kernels.rmsnorm import fused_add_rms_norm_ref, rms_norm_ref
+    k, n = 384, 72  # three splits of 128; N ragged against BLOCK_N 32
+    qweight, scales, zeros, gen = _weights(k, n, 4, 64, device, 11, symmetric)
+    hidden = torch.randn(1, k, generator=gen).to(device, dtype)
+    residual = torch.randn(1, k, generator=gen).to(device, dtype) if with_residual else None
+    norm_w = (torch.rand(k, generator=gen) + 0.5).to(device, dtype)
+    scales = scales.to(dtype)
+    zeros = None if zeros is None else zeros.to(dtype)
+    y, total = int_gemm.int_add_rms_norm_gemv(hidden, residual, norm_w, 1e-6, qweight, scales,
+                                              zeros, 4, 64, config=dict(config))
+    if residual is None:
+        normed, ref_total = rms_norm_ref(hidden, norm_w, 1e-6), hidden
+    else:
+        normed, ref_total = fused_add_rms_norm_ref(hidden, residual, norm_w, 1e-6)
+    ref = int_gemm.int_gemm_ref(normed.float(), qweight, scales, zeros, 4, 64)
+    assert y.shape == (1, n) and y.dtype == dtype
+    if dtype == torch.float32:  # the next residual, made as the unfused op makes it
+        assert torch.equal(total, ref_total)
+    else:  # one bf16 ulp: the interpreter's casts truncate (the card's round)
+        assert ((total.float() - ref_total.float()).abs() <= ref_total.float().abs() * 2**-7).all()
+    # the unfused path rounds s / rms * w to the dtype before the matmul; this does not
+    tol = 2 ** -5 if dtype == torch.bfloat16 else 1e-5
+    scale = ref.abs().max()
+    assert ((y.float() - ref).abs() <= ref.abs() * tol + scale * tol).all()
+    assert not int_gemm._LOCKS[hidden.device].any()
+    again, _ = int_gemm.int_add_rms_norm_gemv(hidden, residual, norm_w, 1e-6, qweight, scales,
+                                              zeros, 4, 64, config=dict(config))
+    assert torch.equal(again, y)  # the split order is fixed: deterministic
+
+
+@pytest.mark.parametrize("config", _PROLOGUE_CONFIGS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_gemv_folds_in_silu_and_mul(config, dtype, device):
+    from cormorant.kernels.activation import silu_and_mul_ref
+    k, n = 384, 40
+    qweight, scales, zeros, gen = _weights(k, n, 4, 128, device, 12)
+    gate_up = torch.randn(1, 2 * k, generator=gen).to(device, dtype)
+    scales, zeros = scales.to(dtype), zeros.to(dtype)
+    y = int_gemm.int_silu_mul_gemv(gate_up, qweight, scales, zeros, 4, 128,
+                                   config=dict(config))
+    ref = int_gemm.int_gemm_ref(silu_and_mul_ref(gate_up).float(), qweight, scales, zeros, 4,
+                                128)
+    tol = 2 ** -5 if dtype == torch.bfloat16 else 1e-5  # bf16: inputs a truncated ulp apart
+    assert ((y.float() - ref).abs() <= ref.abs() * tol + ref.abs().max() * tol).all()
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_the_bit_trick_gives_what_the_conversion_gives(symmetric, device):
+    """2^23 + code as bits, less 2^23 + zero, is exact: bit-identical to the int-to-float
+    conversion it replaces (MAGIC=False), 4 and 8 bits."""
+    for bits in (4, 8):
+        qweight, scales, zeros, gen = _weights(256, 40, bits, 64, device, 13 + bits,
+                                               symmetric)
+        x = torch.randn(1, 256, generator=gen).to(device)
+        cfg = dict(BLOCK_M=1, BLOCK_N=32, BLOCK_K=64, SPLIT_K=2, K_PER_SPLIT=128,
+                   num_warps=4, num_stages=1)
+        a = int_gemm.int_gemm(x, qweight, scales, zeros, bits, 64, config=dict(cfg, MAGIC=True))
+        b = int_gemm.int_gemm(x, qweight, scales, zeros, bits, 64,
+                              config=dict(cfg, MAGIC=False))
+        assert torch.equal(a, b)
