@@ -1,6 +1,6 @@
 """Paged attention in one launch for a packed batch of prefill chunks and decodes.
 
-Imports only torch and triton. Layout and conventions are those of cormorant.layers.attention:
+Imports torch, triton and kernels.e4m3. Layout and conventions are those of cormorant.layers.attention:
 the cache is [2, num_blocks, block_size, num_kv_heads, head_dim] (pass its [0] and [1]); sequence
 i owns query rows query_start_loc[i]:query_start_loc[i+1], which are the last query_len tokens of
 its seq_lens[i]-token context (causal against the tail of the context).
@@ -18,9 +18,11 @@ Design (the "unified" layout of vLLM's Triton backend, own code):
   tiles into segments that write unnormalised partials; `_reduce_segments_kernel` merges them.
   Used for decode batches too small to fill the GPU.
 - An fp8 cache (float8_e4m3fn, kernels.kv_cache) is read as fp8 and cast to the query's dtype
-  for the dots (exact: every e4m3 value is a bf16/fp16/fp32 value); the dequantization's
-  multiply by the layer's scales is folded in, k_scale into the softmax scale and v_scale into
-  the output, both in fp32 and read from device tensors (CUDA-graph safe).
+  for the dots (exact: every e4m3 value is a bf16/fp16/fp32 value). With bf16 queries on
+  Hopper the codes are read as bytes and made bf16 by integer ops (kernels.e4m3), bit for bit
+  the same: Triton's casts run at the conversion rate, which bounds this kernel. The
+  dequantization's multiply by the layer's scales is folded in, k_scale into the softmax scale
+  and v_scale into the output, both in fp32 and read from device tensors (CUDA-graph safe).
 """
 from __future__ import annotations
 
@@ -31,6 +33,9 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+
+from cormorant.kernels import e4m3
+from cormorant.kernels.e4m3 import e4m3_to_bf16
 
 _LOG2E = 1.4426950408889634
 
@@ -56,8 +61,9 @@ def _find_seq(query_start_loc_ptr, q_block_idx, num_seqs, BLOCK_Q: tl.constexpr)
 def _attend_tiles(acc, m_i, l_i, Q, q_pos, k_cache_ptr, v_cache_ptr, bt_row_ptr, kv_head,
                   tile_lo, tile_hi, kv_end, scale_log2, stride_cb, stride_cs, stride_ch,
                   BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
-                  TILE: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """Online-softmax accumulation of KV tiles [tile_lo, tile_hi) into (acc, m_i, l_i)."""
+                  TILE: tl.constexpr, DOT_PRECISION: tl.constexpr, KV_BITS: tl.constexpr):
+    """Online-softmax accumulation of KV tiles [tile_lo, tile_hi) into (acc, m_i, l_i).
+    KV_BITS: the cache holds e4m3 codes read as uint8, made bf16 by kernels.e4m3 (exact)."""
     dims = tl.arange(0, HEAD_DIM_P)
     dim_ok = dims < HEAD_DIM
     for tile in range(tile_lo, tile_hi):
@@ -71,6 +77,9 @@ def _attend_tiles(acc, m_i, l_i, Q, q_pos, k_cache_ptr, v_cache_ptr, bt_row_ptr,
                     mask=key_ok[None, :] & dim_ok[:, None], other=0.0)  # [HEAD_DIM_P, TILE]
         V = tl.load(v_cache_ptr + slot_offs[:, None] + dims[None, :],
                     mask=key_ok[:, None] & dim_ok[None, :], other=0.0)  # [TILE, HEAD_DIM_P]
+        if KV_BITS:
+            K = e4m3_to_bf16(K)
+            V = e4m3_to_bf16(V)
         S = tl.dot(Q, K.to(Q.dtype), input_precision=DOT_PRECISION) * scale_log2
         visible = key_ok[None, :] & (keys[None, :] <= q_pos[:, None])
         S = tl.where(visible, S, float("-inf"))  # [BLOCK_M, TILE]
@@ -97,7 +106,7 @@ def _paged_attention_kernel(
         QUERIES_PER_KV: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
         HEAD_DIM_P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr,
         TILE: tl.constexpr, NUM_SEGMENTS: tl.constexpr, DOT_PRECISION: tl.constexpr,
-        KV_FP8: tl.constexpr):
+        KV_FP8: tl.constexpr, KV_BITS: tl.constexpr):
     q_block_idx = tl.program_id(0)
     kv_head = tl.program_id(1)
     segment = tl.program_id(2)
@@ -139,7 +148,8 @@ def _paged_attention_kernel(
     acc, m_i, l_i = _attend_tiles(acc, m_i, l_i, Q, q_pos, k_cache_ptr, v_cache_ptr, bt_row_ptr,
                                   kv_head, tile_lo, tile_hi, kv_end, scale_log2,
                                   stride_cb, stride_cs, stride_ch,
-                                  BLOCK_SIZE, HEAD_DIM, HEAD_DIM_P, TILE, DOT_PRECISION)
+                                  BLOCK_SIZE, HEAD_DIM, HEAD_DIM_P, TILE, DOT_PRECISION,
+                                  KV_BITS)
     if KV_FP8:  # P.V = (P.V8) * v_scale
         acc = acc * tl.load(v_scale_ptr)
 
@@ -249,6 +259,10 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     group = num_heads // num_kv_heads
     fp8 = k_cache.dtype == torch.float8_e4m3fn
     assert not fp8 or (k_scale is not None and v_scale is not None), "fp8 cache needs scales"
+    # bf16 queries read an fp8 cache's codes as bytes and make them bf16 by integer ops
+    kv_bits = fp8 and q.dtype == torch.bfloat16 and e4m3.available(q.device)
+    if kv_bits:
+        k_cache, v_cache = k_cache.view(torch.uint8), v_cache.view(torch.uint8)
     assert config.block_m >= group and config.tile_size >= 16  # tl.dot needs 16+ per dim
     for n in (config.block_m, config.tile_size, config.num_segments):
         assert n & (n - 1) == 0, f"launch sizes must be powers of 2: {config}"
@@ -273,7 +287,7 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         QUERIES_PER_KV=group, BLOCK_SIZE=block_size, HEAD_DIM=head_dim, HEAD_DIM_P=head_dim_p,
         BLOCK_M=config.block_m, BLOCK_Q=block_q, TILE=config.tile_size,
         NUM_SEGMENTS=segments, DOT_PRECISION=_dot_precision(q.dtype), KV_FP8=fp8,
-        num_warps=config.num_warps, num_stages=config.num_stages)
+        KV_BITS=kv_bits, num_warps=config.num_warps, num_stages=config.num_stages)
     if segments > 1:
         _reduce_segments_kernel[(num_tokens, num_heads)](
             out, part_acc, part_max, part_sum, query_start_loc, num_seqs, num_heads,

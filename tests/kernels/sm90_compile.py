@@ -126,8 +126,10 @@ def _fp8_thunks():
     row, blk = torch.ones(6144, 1), torch.ones(48, 32)
     x1, x256 = torch.randn(1, 4096, dtype=bf16), torch.randn(256, 4096, dtype=bf16)
     nw = torch.ones(4096, dtype=bf16)
+    bytes_cfg = dict(f.gemv_config(1, 4096, True), WORDS=False)
     return [
         ("fp8 gemv", lambda: f.fp8_gemv(x1, w, row, 1, 4096)),
+        ("fp8 gemv bytes", lambda: f.fp8_gemv(x1, w, row, 1, 4096, config=bytes_cfg)),
         ("fp8 gemv blocks", lambda: f.fp8_gemv(x1, w, blk, 128, 128)),
         ("fp8 gemv add_norm", lambda: f.fp8_add_rms_norm_gemv(x1, x1, nw, 1e-6, w, row, 1,
                                                               4096)),
@@ -143,10 +145,15 @@ def _fp8_thunks():
 def _fp8_kv_thunks(pa, kv_cache):
     """The FP8 KV cache's variants (B1's Qwen3-0.6B attention, Llama-8B-sized writes)."""
     from cormorant.kernels import qk_prep
-    out = [(f"attn {mode} qwen3-0.6b fp8kv",
-            _attention_thunk(pa, q_lens, 16, 8, 128, torch.bfloat16, torch.float8_e4m3fn))
-           for mode, q_lens in (("decode-split", [1] * 4), ("decode", [1] * 64),
-                                ("mixed", [1] * 8 + [100]), ("prefill", [512]))]
+    from cormorant.kernels import e4m3
+    out = []
+    for bits in (False, True):  # Triton's casts; the codes made bf16 by integer ops (CUDA)
+        for mode, q_lens in (("decode-split", [1] * 4), ("decode", [1] * 64),
+                             ("mixed", [1] * 8 + [100]), ("prefill", [512])):
+            thunk = _attention_thunk(pa, q_lens, 16, 8, 128, torch.bfloat16,
+                                     torch.float8_e4m3fn)
+            out.append((f"attn {mode} qwen3-0.6b fp8kv{' bits' if bits else ''}",
+                        _available_as(e4m3, bits, thunk)))
     t = 8
     qkv = torch.randn(t, 48 * 128, dtype=torch.bfloat16)
     q, k = qkv[:, :32 * 128].view(t, 32, 128), qkv[:, 32 * 128:40 * 128].view(t, 8, 128)
@@ -160,6 +167,18 @@ def _fp8_kv_thunks(pa, kv_cache):
                                                   norm, norm, 1e-6, cache, positions,
                                                   scale, scale)),
     ]
+
+
+def _available_as(module, value: bool, thunk):
+    """thunk run with module.available answering `value` (a CUDA-only path, recorded here)."""
+    def run():
+        real = module.available
+        module.available = lambda device: value
+        try:
+            return thunk()
+        finally:
+            module.available = real
+    return run
 
 
 def _small_kernel_thunks(rotary, rmsnorm, kv_cache, activation, dtype):
@@ -252,6 +271,15 @@ def _int_gemm_thunks():
                 out.append((label + " gemv SUB=1", lambda x=x, q=q, s=s, bits=bits, cfg=cfg:
                             int_gemm.int_gemm(x, q, s, None, bits, 128, config=dict(
                                 cfg, SUB=1, K_PER_SPLIT=512, SPLIT_K=8))))
+            if m == 1:  # the GEMV with the norm / SiLU folded in
+                nw = torch.ones(4096, dtype=torch.bfloat16)
+                out.append((label + " add_norm", lambda x=x, q=q, s=s, z=z, bits=bits, nw=nw:
+                            int_gemm.int_add_rms_norm_gemv(x, x, nw, 1e-6, q, s, z, bits,
+                                                           128)))
+                out.append((label + " silu", lambda q=q, s=s, z=z, bits=bits:
+                            int_gemm.int_silu_mul_gemv(
+                                torch.randn(1, 8192, dtype=torch.bfloat16), q, s, z, bits,
+                                128)))
             if m == 256:  # the many-rows path's dequantization (cuBLAS does the matmul)
                 out.append((label + " dequant", lambda q=q, s=s, z=z, bits=bits:
                             int_gemm.int_dequant(q, s, z, bits, 128, torch.bfloat16)))

@@ -27,15 +27,35 @@ LAYOUTS = [(1, None), (16, 32), (8, 16)]  # (scale_n, group_k): per-channel, blo
 @pytest.mark.parametrize("m", [1, 3])
 @pytest.mark.parametrize("scale_n,group_k", LAYOUTS)
 @pytest.mark.parametrize("bias", [False, True])
-def test_fp8_gemv_matches_the_dequantized_reference(m, scale_n, group_k, bias, device):
+@pytest.mark.parametrize("words", [True, False])  # one per-row row: the words kernel or not
+def test_fp8_gemv_matches_the_dequantized_reference(m, scale_n, group_k, bias, words, device):
     n, k = 40, 72  # neither a multiple of the block: the last blocks are partial
     group_k = group_k or k
     x, w, s, b = _inputs(m, n, k, scale_n, group_k, device, m + n + scale_n)
     b = b if bias else None
-    cfg = dict(BLOCK_M=1 if m == 1 else 4, BLOCK_N=8, BLOCK_K=32, num_warps=4, num_stages=1)
+    cfg = dict(BLOCK_M=1 if m == 1 else 4, BLOCK_N=8, BLOCK_K=32, num_warps=4, num_stages=1,
+               WORDS=words)
     y = fp8_gemm.fp8_gemv(x, w, s, scale_n, group_k, b, config=cfg)
     ref = fp8_gemm.fp8_matmul_ref(x, w, s, scale_n, group_k, b)
     torch.testing.assert_close(y, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_the_words_gemv_reads_every_e4m3_code_exactly(device):
+    """All 256 codes (subnormals, zeros, +-448; NaN codes aside) in a weight whose inputs are
+    one-hot: each output is exactly code * scale, as the dequantized reference has it."""
+    codes = torch.arange(256, dtype=torch.uint8).view(fp8_gemm.FP8_DTYPE)
+    codes = codes[~codes.float().isnan()]
+    n = codes.numel()
+    k = 16
+    w = torch.zeros(n, k, dtype=fp8_gemm.FP8_DTYPE)
+    w[:, 5] = codes
+    x = torch.zeros(1, k)
+    x[0, 5] = 1.0
+    s = torch.rand(n, 1, generator=torch.Generator().manual_seed(4)) + 0.5
+    y = fp8_gemm.fp8_gemv(x.to(device), w.to(device), s.to(device), 1, k,
+                          config=dict(BLOCK_M=1, BLOCK_N=16, BLOCK_K=16, num_warps=4,
+                                      num_stages=1, WORDS=True))
+    assert torch.equal(y.cpu(), (codes.float() * s[:, 0])[None, :])
 
 
 @pytest.mark.parametrize("m", [5, 33])
@@ -127,15 +147,16 @@ def test_scaled_mm_reference_quantizes_activations_per_token():
 
 @pytest.mark.parametrize("scale_n,group_k", [(1, None), (8, 16)])
 @pytest.mark.parametrize("with_residual", [False, True])
+@pytest.mark.parametrize("words", [True, False])
 def test_fp8_gemv_add_norm_prologue_matches_norm_then_gemv(scale_n, group_k, with_residual,
-                                                          device):
+                                                          words, device):
     n, k = 40, 96
     group_k = group_k or k
     x, w, s, b = _inputs(1, n, k, scale_n, group_k, device, 5)
     gen = torch.Generator().manual_seed(9)
     residual = torch.randn(1, k, generator=gen).to(device) if with_residual else None
     norm_w = (torch.rand(k, generator=gen) + 0.5).to(device)
-    cfg = dict(BLOCK_M=1, BLOCK_N=8, BLOCK_K=32, num_warps=4, num_stages=1)
+    cfg = dict(BLOCK_M=1, BLOCK_N=8, BLOCK_K=32, num_warps=4, num_stages=1, WORDS=words)
     y, total = fp8_gemm.fp8_add_rms_norm_gemv(x, residual, norm_w, 1e-6, w, s, scale_n,
                                               group_k, b, config=cfg)
     ref_y, ref_total = fp8_gemm.fp8_add_rms_norm_gemv_ref(x, residual, norm_w, 1e-6, w, s,
@@ -145,12 +166,14 @@ def test_fp8_gemv_add_norm_prologue_matches_norm_then_gemv(scale_n, group_k, wit
 
 
 @pytest.mark.parametrize("scale_n,group_k", [(1, None), (8, 16)])
-def test_fp8_gemv_silu_mul_prologue_matches_activation_then_gemv(scale_n, group_k, device):
+@pytest.mark.parametrize("words", [True, False])
+def test_fp8_gemv_silu_mul_prologue_matches_activation_then_gemv(scale_n, group_k, words,
+                                                                 device):
     n, k = 48, 80
     group_k = group_k or k
     _, w, s, b = _inputs(1, n, k, scale_n, group_k, device, 6)
     gate_up = (torch.randn(1, 2 * k, generator=torch.Generator().manual_seed(2)) * 2).to(device)
-    cfg = dict(BLOCK_M=1, BLOCK_N=8, BLOCK_K=32, num_warps=4, num_stages=1)
+    cfg = dict(BLOCK_M=1, BLOCK_N=8, BLOCK_K=32, num_warps=4, num_stages=1, WORDS=words)
     y = fp8_gemm.fp8_silu_mul_gemv(gate_up, w, s, scale_n, group_k, b, config=cfg)
     torch.testing.assert_close(
         y, fp8_gemm.fp8_silu_mul_gemv_ref(gate_up, w, s, scale_n, group_k, b),

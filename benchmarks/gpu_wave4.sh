@@ -1,0 +1,31 @@
+#!/bin/bash
+# Device calls of 2026-12-07 (issue #12): codes made floats by integer ops (int4 GEMV, FP8
+# words GEMV, FP8 KV cache in paged attention) and the int4 GEMV's fused prologues.
+#   bash benchmarks/gpu_wave4.sh c1   # CUDA tests, B2 three ways, B1 bf16 / FP8 KV both ways, probe (~8 min)
+set -o pipefail
+export PYTHONUNBUFFERED=1
+pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | grep -v WARNING
+export PYTHONPATH=/tmp/site:$PWD
+B="python3 -m cormorant.bench.cli"
+R=/tmp/results  # full JSON stays there; the logs (with every table) come back
+mkdir -p "$R"
+step() {  # name timeout command...
+  local name=$1 t=$2; shift 2
+  echo "== $name $(date -u +%T)"
+  timeout "$t" "$@" > "$OUT/$name.log" 2>&1
+  echo "rc=$? $(date -u +%T)"; grep -E "ms/tok|tok/s|of floor|passed|failed|^shape|sweep|Error" "$OUT/$name.log" | tail -40
+}
+nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader
+case "$1" in
+c1)
+  step cuda_tests 150 python3 -m pytest -q -x tests/kernels/test_e4m3.py tests/kernels/test_fp8_kv_kernels.py tests/kernels/test_int_gemm.py tests/kernels/test_fp8_gemm.py
+  step b2_bf16 60 $B b2 --quick --no-peer --out "$R/b2_bf16"
+  step b2_fp8 60 $B b2 --quick --no-peer --quantization fp8 --out "$R/b2_fp8"
+  step b2_int4 60 $B b2 --quick --no-peer --quantization int4 --out "$R/b2_int4"
+  step b1_bf16kv 60 $B b1 --quick --no-peer --out "$R/b1_bf16kv"
+  step b1_fp8kv_bits 60 $B b1 --quick --no-peer --kv-cache-dtype fp8 --out "$R/b1_fp8kv_bits"
+  step b1_fp8kv_hw 60 env CORMORANT_E4M3_CVT=hw $B b1 --quick --no-peer --kv-cache-dtype fp8 --out "$R/b1_fp8kv_hw"
+  step probe 200 python3 benchmarks/cvt_probe.py --sweep --out "$OUT/cvt_probe.json"
+  ;;
+*) echo "unknown mode $1"; exit 2 ;;
+esac

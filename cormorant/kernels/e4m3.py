@@ -1,0 +1,69 @@
+"""e4m3 (float8_e4m3fn) codes to bf16 by integer ops, for kernels that read FP8 data on Hopper.
+
+Triton casts fp8 to bf16 through f16 and f32 (cvt.rn.f16x2.e4m3x2, then two more conversions
+per pair): conversions run at a sixteenth of the FMA rate per SM, so a kernel that reads FP8
+at memory speed (the FP8 KV cache in paged attention) becomes bound by them. Here, per pair
+of codes, a byte permute, a shift and two masks build the bf16 whose bits are the code's sign,
+exponent field 0000eeee and mantissa mmm0000 -- the code's value times 2^-120 (subnormal codes
+become bf16 subnormals, also times 2^-120) -- and one bf16x2 multiply by 2^120 makes it the
+code's value exactly. Five instructions per two codes; the result equals `x.to(tl.bfloat16)`
+bit for bit (NaN codes aside: they come out finite).
+
+`e4m3_to_bf16(codes)` takes the codes loaded as uint8 (view the tensor as torch.uint8) and
+needs CUDA sm_90+ (inline PTX: `mul.bf16x2`); `available(device)` says where it runs (not
+under the CPU interpreter). `bits_ref` is the same bit construction in PyTorch, for tests.
+Imports only torch and triton.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+_ASM = tl.constexpr("""{
+.reg .b32 a, b, z, c;
+mov.b32 z, 0;
+mov.b32 c, 0x7B807B80;
+prmt.b32 a, $2, z, 0x1404;
+prmt.b32 b, $2, z, 0x3424;
+shr.b32 $0, a, 4;
+and.b32 $0, $0, 0x07F007F0;
+and.b32 a, a, 0x80008000;
+or.b32 $0, $0, a;
+mul.rn.bf16x2 $0, $0, c;
+shr.b32 $1, b, 4;
+and.b32 $1, $1, 0x07F007F0;
+and.b32 b, b, 0x80008000;
+or.b32 $1, $1, b;
+mul.rn.bf16x2 $1, $1, c;
+}""")
+# prmt 0x1404: bytes [0, c0, 0, c1] (c0 the high byte of the low half), 0x3424: [0, c2, 0, c3];
+# per half, (h >> 4) & 0x07F0 is c's eeeemmm as bf16 exponent-low-bits and mantissa, h & 0x8000
+# its sign; 0x7B80 is 2^120 in bf16.
+
+
+@triton.jit
+def e4m3_to_bf16(codes):
+    """e4m3 codes (a uint8 tensor) -> bf16 values, exact (see the module docstring)."""
+    return tl.inline_asm_elementwise(_ASM, "=r,=r,r", [codes], dtype=tl.bfloat16,
+                                     is_pure=True, pack=4)
+
+
+def available(device: torch.device) -> bool:
+    """Whether e4m3_to_bf16 runs for tensors on `device`: CUDA sm_90+, not interpreted, and
+    not switched off (CORMORANT_E4M3_CVT=hw keeps Triton's casts, for A/B)."""
+    if device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+        return False
+    if os.environ.get("CORMORANT_E4M3_CVT", "bits") == "hw":
+        return False
+    return torch.cuda.get_device_capability(device) >= (9, 0)
+
+
+def bits_ref(codes: torch.Tensor) -> torch.Tensor:
+    """The construction in PyTorch: uint8 codes -> bf16 of the value times 2^-120 (before the
+    multiply by 2^120)."""
+    c = codes.to(torch.int32)
+    h = ((c << 8) >> 4) & 0x07F0 | (c << 8) & 0x8000
+    return h.to(torch.int16).view(torch.bfloat16)

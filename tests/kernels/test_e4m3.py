@@ -1,0 +1,75 @@
+"""kernels.e4m3: e4m3 codes made bf16 by integer ops, exactly.
+
+On every machine: the bit construction (in PyTorch, `bits_ref`) gives each of the 254 finite
+codes' value times 2^-120, subnormals included. On a CUDA sm_90+ card (skipped elsewhere: the
+inline PTX does not run under the interpreter; tests/kernels/sm90_compile.py compiles it for
+sm_90 in CI): the kernel equals Triton's cast for every code, and paged attention over an fp8
+cache gives the same bytes with the integer path as with Triton's casts.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from cormorant.kernels import e4m3  # noqa: E402
+
+ALL_CODES = torch.arange(256, dtype=torch.uint8)
+FINITE = ~ALL_CODES.view(torch.float8_e4m3fn).float().isnan()
+ON_HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() >= (9, 0)
+needs_hopper = pytest.mark.skipif(not ON_HOPPER, reason="needs a CUDA sm_90+ card (inline PTX)")
+
+
+def test_the_bit_construction_is_each_code_times_2_to_the_minus_120():
+    got = e4m3.bits_ref(ALL_CODES).float() * 2.0 ** 120
+    want = ALL_CODES.view(torch.float8_e4m3fn).float()
+    assert torch.equal(got[FINITE], want[FINITE])
+    assert (want[FINITE].abs() < 2 ** -6).sum() == 16  # +-0 and the 14 subnormals among them
+
+
+def test_not_available_off_cuda_or_when_switched_off(monkeypatch):
+    assert not e4m3.available(torch.device("cpu"))
+    monkeypatch.setenv("CORMORANT_E4M3_CVT", "hw")
+    assert not e4m3.available(torch.device("cuda"))
+
+
+@triton.jit
+def _convert_kernel(src_ptr, dst_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    codes = tl.load(src_ptr + offs, mask=offs < n, other=0)
+    tl.store(dst_ptr + offs, e4m3.e4m3_to_bf16(codes), mask=offs < n)
+
+
+@needs_hopper
+def test_the_kernel_equals_the_cast_for_every_code():
+    codes = ALL_CODES.repeat(8).cuda()  # 2,048: several packs of four per thread
+    out = torch.empty(codes.numel(), dtype=torch.bfloat16, device="cuda")
+    _convert_kernel[(2,)](codes, out, codes.numel(), BLOCK=1024)
+    want = codes.view(torch.float8_e4m3fn).to(torch.bfloat16)
+    finite = FINITE.repeat(8).cuda()
+    assert torch.equal(out[finite].view(torch.int16), want[finite].view(torch.int16))
+
+
+@needs_hopper
+@pytest.mark.parametrize("lens", [([1] * 6, [70, 3, 129, 40, 1, 64]),  # decodes
+                                  ([5, 1, 20], [37, 50, 20])])  # a chunk, a decode, a prefill
+def test_paged_attention_reads_the_fp8_cache_alike_both_ways(lens, make_batch, monkeypatch):
+    from cormorant.kernels.paged_attention import paged_attention
+    batch = make_batch(*lens, 16, 8, 128, dtype=torch.bfloat16, device="cuda", seed=3)
+    k_scale = torch.tensor(0.05, device="cuda")
+    v_scale = torch.tensor(0.3, device="cuda")
+    cache = torch.empty_like(batch.kv_cache, dtype=torch.float8_e4m3fn)
+    cache[0] = (batch.kv_cache[0].float() / k_scale).clamp(-448, 448).to(cache.dtype)
+    cache[1] = (batch.kv_cache[1].float() / v_scale).clamp(-448, 448).to(cache.dtype)
+    args = (batch.q, cache[0], cache[1], batch.query_start_loc, batch.seq_lens,
+            batch.block_tables, 0.088)
+    assert e4m3.available(batch.q.device)
+    bits = paged_attention(*args, max(batch.query_lens), k_scale=k_scale, v_scale=v_scale)
+    monkeypatch.setenv("CORMORANT_E4M3_CVT", "hw")
+    cast = paged_attention(*args, max(batch.query_lens), k_scale=k_scale, v_scale=v_scale)
+    assert torch.equal(bits, cast)
+    assert bits.float().abs().sum() > 0
