@@ -144,7 +144,7 @@ def main() -> int:
     cuda = torch.cuda.is_available()
     ms = [int(v) for v in args.ms.split(",")] if cuda else [1, 3, 20]
     if cuda:
-        print(torch.cuda.get_device_name(), torch.__version__, gemm_config(256, 128, False),
+        print(torch.cuda.get_device_name(), torch.__version__, gemm_config(256, 4096, 4096, 128, False, 132),
               flush=True)
     rows = []
     for name, (n, k) in (SHAPES if cuda else TINY).items():

@@ -2,6 +2,7 @@
 # Device calls of 2026-12-07 (issue #12): codes made floats by integer ops (int4 GEMV, FP8
 # words GEMV, FP8 KV cache in paged attention) and the int4 GEMV's fused prologues.
 #   bash benchmarks/gpu_wave4.sh c1   # CUDA tests, B2 three ways, B1 bf16 / FP8 KV both ways, probe (~8 min)
+#   bash benchmarks/gpu_wave4.sh c2   # FP8 rows probe, B3 bf16 / FP8 (W8A16 to 64 rows) / FP8 (_scaled_mm), sweeps (~8 min)
 set -o pipefail
 export PYTHONUNBUFFERED=1
 pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | grep -v WARNING
@@ -25,7 +26,14 @@ c1)
   step b1_bf16kv 60 $B b1 --quick --no-peer --out "$R/b1_bf16kv"
   step b1_fp8kv_bits 60 $B b1 --quick --no-peer --kv-cache-dtype fp8 --out "$R/b1_fp8kv_bits"
   step b1_fp8kv_hw 60 env CORMORANT_E4M3_CVT=hw $B b1 --quick --no-peer --kv-cache-dtype fp8 --out "$R/b1_fp8kv_hw"
-  step probe 200 python3 benchmarks/cvt_probe.py --sweep --out "$OUT/cvt_probe.json"
+  step probe 200 python3 benchmarks/cvt_probe.py --out "$OUT/cvt_probe.json"
+  ;;
+c2)
+  step fp8_rows 120 python3 benchmarks/fp8_probe.py --ms 2,8,16,32,64,128,256 --out "$OUT/fp8_rows.json"
+  step b3_bf16 110 $B b3 --quick --no-peer --out "$R/b3_bf16"
+  step b3_fp8 110 $B b3 --quick --no-peer --quantization fp8 --out "$R/b3_fp8"
+  step b3_fp8_scaled_mm 110 env CORMORANT_FP8_GEMM_ROWS=1 $B b3 --quick --no-peer --quantization fp8 --out "$R/b3_fp8_smm"
+  step sweep 200 python3 benchmarks/cvt_probe.py --sweep --out "$OUT/cvt_sweep.json"
   ;;
 *) echo "unknown mode $1"; exit 2 ;;
 esac

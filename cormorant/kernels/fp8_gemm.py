@@ -28,8 +28,11 @@ import torch
 import triton
 import triton.language as tl
 
+from cormorant.kernels import e4m3
+from cormorant.kernels.e4m3 import e4m3_to_bf16
 from cormorant.kernels.gemv import (PROLOGUE_ADD_NORM, PROLOGUE_NONE, PROLOGUE_SILU_MUL,
                                     _input_sum)
+from cormorant.kernels.int_gemm import _finish, _locks, _num_sms
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0  # the largest finite e4m3fn value
@@ -37,6 +40,7 @@ FP8_MAX_TL: tl.constexpr = tl.constexpr(448.0)
 # One row with per-row scales runs _fp8_gemv_words_kernel (codes made floats by integer ops);
 # CORMORANT_FP8_GEMV=bytes keeps _fp8_gemv_kernel (fp8 loads, hardware conversions) for A/B.
 WORDS_GEMV = os.environ.get("CORMORANT_FP8_GEMV", "words") != "bytes"
+GEMM_SPLIT_ROWS = 64  # rows up to which the GEMM takes 64-wide tiles and splits K
 
 
 @triton.jit
@@ -176,12 +180,16 @@ def _fp8_gemv_words_kernel(x_ptr, r_ptr, nw_ptr, res_out_ptr, w_ptr, s_ptr, b_pt
 
 
 @triton.jit
-def _fp8_gemm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn,
-                     stride_sn, stride_ym, SCALE_N: tl.constexpr, GROUP_K: tl.constexpr,
-                     PER_ROW: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-                     IEEE: tl.constexpr):
+def _fp8_gemm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, p_ptr, lock_ptr, M, N, K, K_PER_SPLIT,
+                     stride_xm, stride_wn, stride_sn, stride_ym, SCALE_N: tl.constexpr,
+                     GROUP_K: tl.constexpr, PER_ROW: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                     GROUP_M: tl.constexpr, SPLIT_K, IEEE: tl.constexpr, BITS: tl.constexpr):
+    """[BLOCK_M, BLOCK_N] tiles over K_PER_SPLIT of K (split-K: the partials are summed in the
+    launch by int_gemm's _finish, in split order). BITS: W's codes are read as uint8 and made
+    bf16 by kernels.e4m3 (exact; bf16 x on Hopper), instead of Triton's conversions."""
     pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
     num_m, num_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * num_n)  # grouped ordering: neighbouring programs share W tiles
     first_m = group * GROUP_M
@@ -190,30 +198,38 @@ def _fp8_gemm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stri
     pid_n = (pid % (GROUP_M * num_n)) // size_m
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
+    k_begin = pid_k * K_PER_SPLIT
+    k_end = tl.minimum(k_begin + K_PER_SPLIT, K)
+    offs_k = k_begin + tl.arange(0, BLOCK_K)
     mask_m, mask_n = offs_m < M, offs_n < N
     s_cols = s_ptr + (offs_n // SCALE_N) * stride_sn  # [BN]
     x_ptrs = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + offs_k[None, :]
     w_ptrs = w_ptr + offs_n[None, :].to(tl.int64) * stride_wn + offs_k[:, None]  # [BK, BN]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        kmask = (k0 + offs_k) < K
+    for k0 in range(k_begin, k_end, BLOCK_K):
+        kmask = (k0 + tl.arange(0, BLOCK_K)) < k_end
         x = tl.load(x_ptrs, mask=mask_m[:, None] & kmask[None, :], other=0.0)
-        w = tl.load(w_ptrs, mask=kmask[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
+        if BITS:
+            w = e4m3_to_bf16(tl.load(w_ptrs, mask=kmask[:, None] & mask_n[None, :], other=0))
+        else:
+            w = tl.load(w_ptrs, mask=kmask[:, None] & mask_n[None, :], other=0.0)
         if not PER_ROW:
-            w = w * tl.load(s_cols + k0 // GROUP_K, mask=mask_n, other=0.0)[None, :]
+            w = w.to(tl.float32) * tl.load(s_cols + k0 // GROUP_K, mask=mask_n,
+                                            other=0.0)[None, :]
         if IEEE:  # fp32 activations: exact products (tf32 would round them on the GPU)
-            acc += tl.dot(x, w, input_precision="ieee")
+            acc += tl.dot(x, w.to(tl.float32), input_precision="ieee")
         else:
             acc += tl.dot(x, w.to(x.dtype))
         x_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
     if PER_ROW:
         acc = acc * tl.load(s_cols, mask=mask_n, other=0.0)[None, :]
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+    if HAS_BIAS:  # added by the first split only: the partials' sum counts it once
+        acc += tl.load(b_ptr + offs_n, mask=mask_n & (pid_k == 0), other=0.0).to(
+            tl.float32)[None, :]
+    _finish(acc, y_ptr, offs_m[:, None] * stride_ym + offs_n[None, :], p_ptr,
+            offs_m[:, None] * N + offs_n[None, :], M * N, lock_ptr, pid, pid_k,
+            mask_m[:, None] & mask_n[None, :], SPLIT_K)
 
 
 @triton.jit
@@ -355,12 +371,22 @@ def fp8_silu_mul_gemv(gate_up: torch.Tensor, weight: torch.Tensor, scale: torch.
                         scale_n, group_k, bias, config)
 
 
-def gemm_config(m: int, group_k: int, per_row: bool) -> dict:
-    """Tiles of the GEMM; BLOCK_K divides group_k where scales change along K."""
+def gemm_config(m: int, n: int, k: int, group_k: int, per_row: bool, num_sms: int) -> dict:
+    """Tiles of the GEMM; BLOCK_K divides group_k where scales change along K. A few hundred
+    rows or fewer do not fill the device with 128-wide tiles: from GEMM_SPLIT_ROWS down, 64
+    columns a tile and K split until about two programs per SM run."""
     block_k = 128 if per_row else min(128, group_k)
     block_m = 16 if m <= 16 else 32 if m <= 32 else 64 if m <= 64 else 128
-    return dict(BLOCK_M=block_m, BLOCK_N=128, BLOCK_K=block_k, GROUP_M=8,
-                num_warps=4 if block_m <= 64 else 8, num_stages=3)
+    block_n = 64 if m <= GEMM_SPLIT_ROWS else 128
+    tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
+    k_tiles = triton.cdiv(k, block_k)
+    split = 1
+    if m <= GEMM_SPLIT_ROWS:
+        split = max(1, min(k_tiles // 4, triton.cdiv(2 * num_sms, tiles)))
+    per_split = triton.cdiv(k_tiles, split) * block_k
+    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8,
+                SPLIT_K=triton.cdiv(k, per_split), K_PER_SPLIT=per_split,
+                num_warps=4 if block_m <= 64 else 8, num_stages=3 if block_m <= 64 else 3)
 
 
 def fp8_gemm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, scale_n: int,
@@ -370,14 +396,23 @@ def fp8_gemm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, scale_n
     (m, k), n = x.shape, weight.shape[0]
     _check(x, k, weight, scale, scale_n, group_k)
     per_row = scale.shape[1] == 1
-    cfg = dict(config or gemm_config(m, group_k, per_row))
+    cfg = dict(config or gemm_config(m, n, k, group_k, per_row, _num_sms(x.device)))
+    cfg.setdefault("SPLIT_K", 1)
+    cfg.setdefault("K_PER_SPLIT", triton.cdiv(k, cfg["BLOCK_K"]) * cfg["BLOCK_K"])
     assert per_row or group_k % cfg["BLOCK_K"] == 0, (group_k, cfg)
+    assert cfg["K_PER_SPLIT"] % cfg["BLOCK_K"] == 0, cfg
+    assert cfg["SPLIT_K"] * cfg["K_PER_SPLIT"] >= k, cfg
+    bits = x.dtype == torch.bfloat16 and e4m3.available(x.device)
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
-    grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
-    _fp8_gemm_kernel[grid](
-        x, weight, scale, bias if bias is not None else scale, y, m, n, k, x.stride(0),
-        weight.stride(0), scale.stride(0), y.stride(0), SCALE_N=scale_n, GROUP_K=group_k,
-        PER_ROW=per_row, HAS_BIAS=bias is not None, IEEE=x.dtype == torch.float32, **cfg)
+    tiles = triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"])
+    partials = (torch.empty(cfg["SPLIT_K"], m, n, dtype=torch.float32, device=x.device)
+                if cfg["SPLIT_K"] > 1 else y)
+    _fp8_gemm_kernel[(tiles, cfg["SPLIT_K"])](
+        x, weight.view(torch.uint8) if bits else weight, scale,
+        bias if bias is not None else scale, y, partials, _locks(x.device, tiles), m, n, k,
+        cfg.pop("K_PER_SPLIT"), x.stride(0), weight.stride(0), scale.stride(0), y.stride(0),
+        SCALE_N=scale_n, GROUP_K=group_k, PER_ROW=per_row, HAS_BIAS=bias is not None,
+        IEEE=x.dtype == torch.float32, BITS=bits, **cfg)
     return y
 
 

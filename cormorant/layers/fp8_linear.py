@@ -19,6 +19,7 @@ The matmul, by where it runs:
   CUDA, M <= FP8_GEMV_MAX_ROWS    kernels.fp8_gemm.fp8_gemv (reads one byte per weight), with
                                   the deferred residual-add + RMSNorm or SiLU-and-multiply
                                   folded in (offers_fused_prologue), as the dense GEMV does.
+  CUDA, M <= FP8_GEMM_MAX_ROWS    kernels.fp8_gemm.fp8_gemm (W8A16 split-K tiles, bf16/fp16).
   CUDA, per-channel scales        torch._scaled_mm: activations quantized per token (or by the
                                   static input scale), FP8 tensor cores, rowwise scales (sm89+).
   CUDA, block scales (or no rowwise _scaled_mm)  kernels.fp8_gemm.fp8_gemm (W8A16 tiles).
@@ -26,6 +27,7 @@ Imports: torch, cormorant.layers.linear, cormorant.kernels (lazily).
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -39,6 +41,10 @@ FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0
 # Rows up to which the FP8 GEMV runs on CUDA (benchmarks/fp8_probe.py measures the crossover).
 FP8_GEMV_MAX_ROWS = 1
+# Rows up to which bf16/fp16 activations stay unquantized through kernels.fp8_gemm (W8A16,
+# split-K tiles) rather than torch._scaled_mm, whose FP8 tiles read few-row weights slowly
+# (fp8_probe); CORMORANT_FP8_GEMM_ROWS overrides it for A/B runs.
+FP8_GEMM_MAX_ROWS = int(os.environ.get("CORMORANT_FP8_GEMM_ROWS", "64"))
 # Where the kernels run and for which activation dtypes (tests widen these to the CPU in fp32,
 # under TRITON_INTERPRET); elsewhere the dequantize-then-matmul reference runs.
 KERNEL_DEVICE_TYPES = ("cuda",)
@@ -214,6 +220,8 @@ class Fp8LinearMethod(LinearMethod):
         args = (layer.weight, layer.weight_scale, self.scale_n, self.group_k, bias)
         if x.shape[0] <= FP8_GEMV_MAX_ROWS:
             return kernels.fp8_gemv(x, *args)
+        if x.shape[0] <= FP8_GEMM_MAX_ROWS and x.dtype in GEMV_DTYPES:
+            return kernels.fp8_gemm(x, *args)
         if (layer.weight_scale.shape[1] == 1 and self.scale_n == 1 and scaled_mm_rowwise(x)
                 and x.shape[1] % 16 == 0 and layer.weight.shape[0] % 16 == 0):  # its tiles
             return scaled_mm(x, layer.weight, layer.weight_scale,

@@ -119,6 +119,7 @@ def _launches(full: bool):
 def _fp8_thunks():
     """FP8-weight GEMV (its default tiles, each prologue) and GEMM at Llama-8B sizes, with
     per-channel and 128 x 128 block scales."""
+    from cormorant.kernels import e4m3
     from cormorant.kernels import fp8_gemm as f
     bf16 = torch.bfloat16
     w = torch.empty(6144, 4096, dtype=f.FP8_DTYPE)
@@ -127,6 +128,7 @@ def _fp8_thunks():
     x1, x256 = torch.randn(1, 4096, dtype=bf16), torch.randn(256, 4096, dtype=bf16)
     nw = torch.ones(4096, dtype=bf16)
     bytes_cfg = dict(f.gemv_config(1, 4096, True), WORDS=False)
+    split = f.gemm_config(32, 6144, 4096, 4096, True, num_sms=132)  # an H100's split-K
     return [
         ("fp8 gemv", lambda: f.fp8_gemv(x1, w, row, 1, 4096)),
         ("fp8 gemv bytes", lambda: f.fp8_gemv(x1, w, row, 1, 4096, config=bytes_cfg)),
@@ -139,6 +141,12 @@ def _fp8_thunks():
         ("fp8 quantize rows", lambda: f.quantize_rows(x256)),
         ("fp8 quantize rows static", lambda: f.quantize_rows(x256, torch.ones(1))),
         ("fp8 gemm blocks", lambda: f.fp8_gemm(x256, w, blk, 128, 128)),
+        ("fp8 gemm M=32 split", lambda: f.fp8_gemm(x256[:32], w, row, 1, 4096, config=split)),
+        ("fp8 gemm M=32 split bits", _available_as(e4m3, True, lambda: f.fp8_gemm(
+            x256[:32], w, row, 1, 4096, config=split))),
+        ("fp8 gemm bits", _available_as(e4m3, True, lambda: f.fp8_gemm(x256, w, row, 1, 4096))),
+        ("fp8 gemm blocks bits", _available_as(e4m3, True, lambda: f.fp8_gemm(
+            x256, w, blk, 128, 128))),
     ]
 
 

@@ -60,11 +60,13 @@ def test_the_words_gemv_reads_every_e4m3_code_exactly(device):
 
 @pytest.mark.parametrize("m", [5, 33])
 @pytest.mark.parametrize("scale_n,group_k", LAYOUTS)
-def test_fp8_gemm_matches_the_dequantized_reference(m, scale_n, group_k, device):
+@pytest.mark.parametrize("split", [1, 3])  # split-K: partials summed in the launch
+def test_fp8_gemm_matches_the_dequantized_reference(m, scale_n, group_k, split, device):
     n, k = 40, 80
     group_k = group_k or k
     x, w, s, b = _inputs(m, n, k, scale_n, group_k, device, 3 * m + group_k)
-    cfg = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2, num_warps=4, num_stages=1)
+    cfg = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2, num_warps=4, num_stages=1,
+               SPLIT_K=split, K_PER_SPLIT=-(-80 // (16 * split)) * 16)
     y = fp8_gemm.fp8_gemm(x, w, s, scale_n, group_k, b, config=cfg)
     torch.testing.assert_close(y, fp8_gemm.fp8_matmul_ref(x, w, s, scale_n, group_k, b),
                                atol=1e-3, rtol=1e-4)
