@@ -6,20 +6,7 @@
 #   bash benchmarks/gpu_wave3.sh bench1    # kernel tests, int4 GEMV sweep, b1s, B2 (~6 min)
 #   bash benchmarks/gpu_wave3.sh bench2    # B2 int4 again, B3 and B1 side by side (~6 min)
 #   bash benchmarks/gpu_wave3.sh json      # b1s with xgrammar and llguidance, FP8 sweep, int4 rows
-set -o pipefail
-export PYTHONUNBUFFERED=1
-pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | grep -v WARNING
-export PYTHONPATH=/tmp/site:$PWD
-B="python3 -m cormorant.bench.cli"
-TOK="$PWD/.whl/smollm2-tok"
-R=/tmp/results  # full JSON and profiles stay there; the logs (with every table) come back
-mkdir -p "$R"
-step() {  # name timeout command...
-  local name=$1 t=$2; shift 2
-  echo "== $name $(date -u +%T)"
-  timeout "$t" "$@" > "$OUT/$name.log" 2>&1
-  echo "rc=$? $(date -u +%T)"; grep -E "ms/tok|tok/s|of floor|b1s |passed|failed|sweep|^qkv|^o |^gate|^down|Error" "$OUT/$name.log" | tail -40
-}
+source "$(dirname "$0")/gpu_common.sh"
 # The b1s A/B of xgrammar's work in the mask worker (default) and in the step loop (inline),
 # and the structured-output tests on the card; TIMEOUT is each step's limit.
 b1s_ab() {  # TIMEOUT
@@ -34,8 +21,6 @@ b2_three_b3_int4() {  # B2 bf16 / FP8 / int4, then B3 int4 (the dequant + cuBLAS
   step b3_int4 80 $B b3 --quick --no-peer --quantization int4 --out "$R/b3_int4"
 }
 structured_tests() { step xgr_tests "$1" python3 -m pytest -q tests/kernels/test_grammar_mask.py tests/text/test_xgrammar_process.py tests/text/test_xgrammar_json.py tests/engine/test_structured_engine.py; }
-nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader
-git log --oneline -1
 case "$1" in
 probes)
   step kernel_tests 150 python3 -m pytest -q -x tests/kernels/test_int_gemm.py tests/kernels/test_fp8_gemm.py

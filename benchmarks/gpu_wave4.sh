@@ -3,20 +3,7 @@
 # words GEMV, FP8 KV cache in paged attention) and the int4 GEMV's fused prologues.
 #   bash benchmarks/gpu_wave4.sh c1   # CUDA tests, B2 three ways, B1 bf16 / FP8 KV both ways, probe (~8 min)
 #   bash benchmarks/gpu_wave4.sh c2   # FP8 rows probe, B3 bf16 / FP8 (W8A16 to 64 rows) / FP8 (_scaled_mm), sweeps (~8 min)
-set -o pipefail
-export PYTHONUNBUFFERED=1
-pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | grep -v WARNING
-export PYTHONPATH=/tmp/site:$PWD
-B="python3 -m cormorant.bench.cli"
-R=/tmp/results  # full JSON stays there; the logs (with every table) come back
-mkdir -p "$R"
-step() {  # name timeout command...
-  local name=$1 t=$2; shift 2
-  echo "== $name $(date -u +%T)"
-  timeout "$t" "$@" > "$OUT/$name.log" 2>&1
-  echo "rc=$? $(date -u +%T)"; grep -E "ms/tok|tok/s|of floor|passed|failed|^shape|sweep|Error" "$OUT/$name.log" | tail -40
-}
-nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader
+source "$(dirname "$0")/gpu_common.sh"
 case "$1" in
 c1)
   step cuda_tests 150 python3 -m pytest -q -x tests/kernels/test_e4m3.py tests/kernels/test_fp8_kv_kernels.py tests/kernels/test_int_gemm.py tests/kernels/test_fp8_gemm.py

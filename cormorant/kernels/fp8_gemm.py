@@ -31,7 +31,7 @@ import triton.language as tl
 from cormorant.kernels import e4m3
 from cormorant.kernels.e4m3 import e4m3_to_bf16
 from cormorant.kernels.gemv import (PROLOGUE_ADD_NORM, PROLOGUE_NONE, PROLOGUE_SILU_MUL,
-                                    _input_sum)
+                                    _input_sum, _row_input)
 from cormorant.kernels.int_gemm import _finish, _locks, _num_sms
 
 FP8_DTYPE = torch.float8_e4m3fn
@@ -107,28 +107,6 @@ def _fp8_gemv_kernel(x_ptr, r_ptr, nw_ptr, res_out_ptr, w_ptr, s_ptr, b_ptr, y_p
 
 
 @triton.jit
-def _words_input(x_ptr, r_ptr, nw_ptr, res_out_ptr, ks, mask, rstd, write_residual, K,
-                 PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
-    """fp32 inputs of one row at positions ks, made as _fp8_gemv_kernel makes them (the same
-    roundings), from x, the residual add + RMSNorm (rstd known) or SiLU-and-multiply."""
-    if PROLOGUE == 0:
-        return tl.load(x_ptr + ks, mask=mask, other=0.0).to(tl.float32)
-    elif PROLOGUE == 1:
-        s = tl.load(x_ptr + ks, mask=mask, other=0.0)
-        if HAS_RESIDUAL:
-            r = tl.load(r_ptr + ks, mask=mask, other=0.0)
-            s = (s.to(tl.float32) + r.to(tl.float32)).to(r.dtype)
-            tl.store(res_out_ptr + ks, s, mask=mask & write_residual)
-        nw = tl.load(nw_ptr + ks, mask=mask, other=0.0).to(tl.float32)
-        return ((s.to(tl.float32) * rstd).to(s.dtype).to(tl.float32) * nw).to(
-            s.dtype).to(tl.float32)
-    else:
-        g = tl.load(x_ptr + ks, mask=mask, other=0.0).to(tl.float32)
-        u = tl.load(x_ptr + ks + K, mask=mask, other=0.0)
-        return (g / (1.0 + tl.exp(-g)) * u.to(tl.float32)).to(u.dtype).to(tl.float32)
-
-
-@triton.jit
 def _fp8_gemv_words_kernel(x_ptr, r_ptr, nw_ptr, res_out_ptr, w_ptr, s_ptr, b_ptr, y_ptr, N,
                            K, stride_wn, eps, PROLOGUE: tl.constexpr,
                            HAS_RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -163,8 +141,9 @@ def _fp8_gemv_words_kernel(x_ptr, r_ptr, nw_ptr, res_out_ptr, w_ptr, s_ptr, b_pt
         words = tl.load(w_ptrs, mask=mask_n[:, None] & wmask[None, :], other=0)
         for j in tl.static_range(4):
             ks = k0 + offs_w * 4 + j
-            xj = _words_input(x_ptr, r_ptr, nw_ptr, res_out_ptr, ks, wmask, rstd, pid == 0,
-                              K, PROLOGUE, HAS_RESIDUAL) * 1.152921504606846976e18  # 2^60
+            xj, _ = _row_input(x_ptr, r_ptr, nw_ptr, res_out_ptr, ks, wmask, rstd, pid == 0, K,
+                               PROLOGUE, HAS_RESIDUAL, True)
+            xj = xj * 1.152921504606846976e18  # 2^60
             if j < 3:
                 t = words << (24 - 8 * j)
             else:

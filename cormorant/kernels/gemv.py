@@ -44,6 +44,36 @@ def _input_sum(x_ptr, r_ptr, offs_m, ks, mask, stride_xm, stride_rm,
 
 
 @triton.jit
+def _row_input(x_ptr, r_ptr, nw_ptr, res_out_ptr, ks, mask, rstd, write_residual, K,
+               PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ROUND_NORMED: tl.constexpr):
+    """(fp32 inputs of one row at positions ks, what an RMSNorm sums the squares of), for the
+    quantized GEMVs that read their input at strided positions: PROLOGUE_NONE x;
+    PROLOGUE_ADD_NORM s = hidden (+ residual, rounded to the activation dtype: the next
+    residual, written where write_residual), normalised as the unfused kernels round it
+    (ROUND_NORMED, rstd known) or as s * norm weight (the caller applies 1 / rms to its sums);
+    PROLOGUE_SILU_MUL silu(gate) * up rounded to the dtype."""
+    if PROLOGUE == 0:
+        x = tl.load(x_ptr + ks, mask=mask, other=0.0).to(tl.float32)
+        return x, x
+    elif PROLOGUE == 1:
+        s = tl.load(x_ptr + ks, mask=mask, other=0.0)
+        if HAS_RESIDUAL:
+            r = tl.load(r_ptr + ks, mask=mask, other=0.0)
+            s = (s.to(tl.float32) + r.to(tl.float32)).to(r.dtype)
+            tl.store(res_out_ptr + ks, s, mask=mask & write_residual)
+        nw = tl.load(nw_ptr + ks, mask=mask, other=0.0).to(tl.float32)
+        if ROUND_NORMED:
+            x = ((s.to(tl.float32) * rstd).to(s.dtype).to(tl.float32) * nw).to(s.dtype)
+            return x.to(tl.float32), s.to(tl.float32)
+        return s.to(tl.float32) * nw, s.to(tl.float32)
+    else:
+        g = tl.load(x_ptr + ks, mask=mask, other=0.0).to(tl.float32)
+        u = tl.load(x_ptr + ks + K, mask=mask, other=0.0)
+        x = (g / (1.0 + tl.exp(-g)) * u.to(tl.float32)).to(u.dtype).to(tl.float32)
+        return x, x
+
+
+@triton.jit
 def _skinny_gemm_kernel(x_ptr, r_ptr, nw_ptr, res_out_ptr, w_ptr, b_ptr, y_ptr, M, N, K,
                         stride_xm, stride_rm, stride_om, stride_wn, stride_ym, eps,
                         PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,

@@ -33,7 +33,7 @@ exact: two integer ops, where an int-to-float conversion runs at a sixteenth of 
 (on the H100 it bounded the GEMV below the memory bandwidth; `MAGIC=False` keeps it for A/B).
 fp32 inputs use IEEE dots (the parity reference); bf16/fp16 inputs use tensor cores with fp32
 accumulation. `int_gemm_ref` is the PyTorch reference (dequantize, then matmul).
-Imports torch, triton and kernels.gemv (the prologue codes).
+Imports torch, triton and kernels.gemv (the prologue codes and their input helper).
 """
 from __future__ import annotations
 
@@ -43,7 +43,8 @@ import torch
 import triton
 import triton.language as tl
 
-from cormorant.kernels.gemv import PROLOGUE_ADD_NORM, PROLOGUE_NONE, PROLOGUE_SILU_MUL
+from cormorant.kernels.gemv import (PROLOGUE_ADD_NORM, PROLOGUE_NONE, PROLOGUE_SILU_MUL,
+                                    _row_input)
 
 DECODE_ROWS = 16  # M up to which the split-K decode shape runs
 # Rows from which, on CUDA, W is dequantized per call for a dense (cuBLAS) matmul instead
@@ -87,32 +88,6 @@ def _finish(acc, y_ptr, y_offs, p_ptr, p_offs, p_stride, lock_ptr, lock_id, pid_
 
 
 @triton.jit
-def _gemv_input(x_ptr, r_ptr, nw_ptr, res_out_ptr, ks, mask, write_residual, K,
-                PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
-    """(the fp32 inputs at positions ks, what PROLOGUE 1 sums the squares of) (see the GEMV):
-    x; or hidden (+ residual, rounded to the activation dtype, the next residual: written
-    where write_residual) times the norm weight, whose 1 / rms the GEMV applies at the end,
-    and that sum; or silu(gate) * up rounded to the dtype."""
-    if PROLOGUE == 0:
-        x = tl.load(x_ptr + ks, mask=mask, other=0.0).to(tl.float32)
-        return x, x
-    elif PROLOGUE == 1:
-        s = tl.load(x_ptr + ks, mask=mask, other=0.0)
-        if HAS_RESIDUAL:
-            r = tl.load(r_ptr + ks, mask=mask, other=0.0)
-            s = (s.to(tl.float32) + r.to(tl.float32)).to(r.dtype)
-            tl.store(res_out_ptr + ks, s, mask=mask & write_residual)
-        nw = tl.load(nw_ptr + ks, mask=mask, other=0.0).to(tl.float32)
-        s = s.to(tl.float32)
-        return s * nw, s
-    else:
-        g = tl.load(x_ptr + ks, mask=mask, other=0.0).to(tl.float32)
-        u = tl.load(x_ptr + ks + K, mask=mask, other=0.0)
-        x = (g / (1.0 + tl.exp(-g)) * u.to(tl.float32)).to(u.dtype).to(tl.float32)
-        return x, x
-
-
-@triton.jit
 def _gemv_tile(x_ptr, r_ptr, nw_ptr, res_out_ptr, q_ptr, s_ptr, z_ptr, k0, k_end, K, offs_n,
                mask_n, write_residual, stride_qk, stride_sg, BITS: tl.constexpr,
                GROUP: tl.constexpr, WORDS: tl.constexpr, TILE_GROUP: tl.constexpr,
@@ -148,8 +123,8 @@ def _gemv_tile(x_ptr, r_ptr, nw_ptr, res_out_ptr, q_ptr, s_ptr, z_ptr, k0, k_end
         else:
             codes = codes.to(tl.float32)
         ks = rows * PACK + j
-        xj, sj = _gemv_input(x_ptr, r_ptr, nw_ptr, res_out_ptr, ks, mask_w, write_residual, K,
-                             PROLOGUE, HAS_RESIDUAL)
+        xj, sj = _row_input(x_ptr, r_ptr, nw_ptr, res_out_ptr, ks, mask_w, 0.0,
+                            write_residual, K, PROLOGUE, HAS_RESIDUAL, False)
         if PROLOGUE == 1:
             sq += sj * sj
         if TILE_GROUP:
