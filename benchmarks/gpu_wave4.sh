@@ -17,6 +17,9 @@ c3)  # one call for all of it (the device time left is one call): tests, B2, B1,
   step b3_fp8 100 $B b3 --quick --no-peer --quantization fp8 --out "$R/b3_fp8"
   step b1_fp8kv_hw 60 env CORMORANT_E4M3_CVT=hw $B b1 --quick --no-peer --kv-cache-dtype fp8 --out "$R/b1_fp8kv_hw"
   step probe 100 python3 benchmarks/cvt_probe.py --out "$OUT/cvt_probe.json"
+  step b3_fp8_scaled_mm 100 env CORMORANT_FP8_GEMM_ROWS=1 $B b3 --quick --no-peer --quantization fp8 --out "$R/b3_fp8_smm"
+  step fp8_rows 100 python3 benchmarks/fp8_probe.py --ms 2,8,16,32,64,128,256 --out "$OUT/fp8_rows.json"
+  step sweep 200 python3 benchmarks/cvt_probe.py --sweep --out "$OUT/cvt_sweep.json"
   ;;
 c1)
   step cuda_tests 150 python3 -m pytest -q -x tests/kernels/test_e4m3.py tests/kernels/test_fp8_kv_kernels.py tests/kernels/test_int_gemm.py tests/kernels/test_fp8_gemm.py
