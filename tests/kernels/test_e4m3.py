@@ -21,7 +21,7 @@ from cormorant.kernels import e4m3  # noqa: E402
 ALL_CODES = torch.arange(256, dtype=torch.uint8)
 FINITE = ~ALL_CODES.view(torch.float8_e4m3fn).float().isnan()
 ON_HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() >= (9, 0)
-needs_hopper = pytest.mark.skipif(not ON_HOPPER, reason="needs a CUDA sm_90+ card (inline PTX)")
+needs_hopper = pytest.mark.skipif(not ON_HOPPER, reason="needs CUDA on an sm_90+ card (inline PTX)")
 
 
 def test_the_bit_construction_is_each_code_times_2_to_the_minus_120():
