@@ -1,13 +1,15 @@
 """e4m3 (float8_e4m3fn) codes to bf16 by integer ops, for kernels that read FP8 data on Hopper.
 
-Triton casts fp8 to bf16 through f16 and f32 (cvt.rn.f16x2.e4m3x2, then two more conversions
-per pair): conversions run at a sixteenth of the FMA rate per SM, so a kernel that reads FP8
-at memory speed (the FP8 KV cache in paged attention) becomes bound by them. Here, per pair
-of codes, a byte permute, a shift and two masks build the bf16 whose bits are the code's sign,
-exponent field 0000eeee and mantissa mmm0000 -- the code's value times 2^-120 (subnormal codes
-become bf16 subnormals, also times 2^-120) -- and one bf16x2 multiply by 2^120 makes it the
-code's value exactly. Five instructions per two codes; the result equals `x.to(tl.bfloat16)`
-bit for bit (NaN codes aside: they come out finite).
+Triton's fp8 -> bf16 cast lowers to conversion instructions (cvt from e4m3x2 to f16x2, then on
+to bf16), which run at a sixteenth of the FMA rate per SM: a kernel that reads FP8 at memory
+speed (the FP8 KV cache in paged attention) may be bound by them. Here, per pair of codes, a
+byte permute, a shift and two masks build the bf16 whose bits are the code's sign, exponent
+field 0000eeee and mantissa mmm0000 -- the code's value times 2^-120 (subnormal codes become
+bf16 subnormals, also times 2^-120) -- and one bf16x2 multiply by 2^120 makes it the code's
+value exactly. Five instructions per two codes, meant to equal `x.to(tl.bfloat16)` bit for bit
+(NaN codes aside: they come out finite). Opt-in (CORMORANT_E4M3_CVT=bits) until a card has run
+tests/kernels/test_e4m3.py and timed it: the PTX compiles for sm_90 in CI
+(tests/kernels/sm90_compile.py) and the bit construction is checked in PyTorch, nothing more.
 
 `e4m3_to_bf16(codes)` takes the codes loaded as uint8 (view the tensor as torch.uint8) and
 needs CUDA sm_90+ (inline PTX: `mul.bf16x2`); `available(device)` says where it runs (not
@@ -52,11 +54,13 @@ def e4m3_to_bf16(codes):
 
 
 def available(device: torch.device) -> bool:
-    """Whether e4m3_to_bf16 runs for tensors on `device`: CUDA sm_90+, not interpreted, and
-    not switched off (CORMORANT_E4M3_CVT=hw keeps Triton's casts, for A/B)."""
+    """Whether e4m3_to_bf16 runs for tensors on `device`: switched on (CORMORANT_E4M3_CVT=bits),
+    CUDA sm_90+, not interpreted. Off by default until a card has checked it: the PTX compiles
+    for sm_90 in CI, but its results (tests/kernels/test_e4m3.py) and speed are not yet
+    measured on a GPU (benchmarks/RESULTS.md, 2026-12-07); Triton's casts run meanwhile."""
     if device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
         return False
-    if os.environ.get("CORMORANT_E4M3_CVT", "bits") == "hw":
+    if os.environ.get("CORMORANT_E4M3_CVT", "hw") != "bits":
         return False
     return torch.cuda.get_device_capability(device) >= (9, 0)
 

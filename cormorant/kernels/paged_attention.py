@@ -1,9 +1,10 @@
 """Paged attention in one launch for a packed batch of prefill chunks and decodes.
 
-Imports torch, triton and kernels.e4m3. Layout and conventions are those of cormorant.layers.attention:
-the cache is [2, num_blocks, block_size, num_kv_heads, head_dim] (pass its [0] and [1]); sequence
-i owns query rows query_start_loc[i]:query_start_loc[i+1], which are the last query_len tokens of
-its seq_lens[i]-token context (causal against the tail of the context).
+Imports torch, triton and kernels.e4m3. Layout and conventions are those of
+cormorant.layers.attention: the cache is [2, num_blocks, block_size, num_kv_heads, head_dim]
+(pass its [0] and [1]); sequence i owns query rows query_start_loc[i]:query_start_loc[i+1],
+which are the last query_len tokens of its seq_lens[i]-token context (causal against the tail
+of the context).
 
 Design (the "unified" layout of vLLM's Triton backend, own code):
 - One program per (query block, KV head). A tile's BLOCK_M rows are BLOCK_Q query tokens times
@@ -18,9 +19,9 @@ Design (the "unified" layout of vLLM's Triton backend, own code):
   tiles into segments that write unnormalised partials; `_reduce_segments_kernel` merges them.
   Used for decode batches too small to fill the GPU.
 - An fp8 cache (float8_e4m3fn, kernels.kv_cache) is read as fp8 and cast to the query's dtype
-  for the dots (exact: every e4m3 value is a bf16/fp16/fp32 value). With bf16 queries on
-  Hopper the codes are read as bytes and made bf16 by integer ops (kernels.e4m3), bit for bit
-  the same: Triton's casts run at the conversion rate, which bounds this kernel. The
+  for the dots (exact: every e4m3 value is a bf16/fp16/fp32 value). Opt-in
+  (kernels.e4m3.available), with bf16 queries on Hopper, the codes are read as bytes and made
+  bf16 by integer ops, bit for bit the same: Triton's casts run at the conversion rate. The
   dequantization's multiply by the layer's scales is folded in, k_scale into the softmax scale
   and v_scale into the output, both in fp32 and read from device tensors (CUDA-graph safe).
 """

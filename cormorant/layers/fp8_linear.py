@@ -43,8 +43,10 @@ FP8_MAX = 448.0
 FP8_GEMV_MAX_ROWS = 1
 # Rows up to which bf16/fp16 activations stay unquantized through kernels.fp8_gemm (W8A16,
 # split-K tiles) rather than torch._scaled_mm, whose FP8 tiles read few-row weights slowly
-# (fp8_probe); CORMORANT_FP8_GEMM_ROWS overrides it for A/B runs.
-FP8_GEMM_MAX_ROWS = int(os.environ.get("CORMORANT_FP8_GEMM_ROWS", "64"))
+# (fp8_probe). 1 (off) until measured on a card: the W8A16 tiles pay off only with their
+# codes made bf16 by integer ops (CORMORANT_E4M3_CVT=bits, kernels.e4m3), itself not yet
+# measured. CORMORANT_FP8_GEMM_ROWS=64 turns it on.
+FP8_GEMM_MAX_ROWS = int(os.environ.get("CORMORANT_FP8_GEMM_ROWS", "1"))
 # Where the kernels run and for which activation dtypes (tests widen these to the CPU in fp32,
 # under TRITON_INTERPRET); elsewhere the dequantize-then-matmul reference runs.
 KERNEL_DEVICE_TYPES = ("cuda",)
