@@ -18,7 +18,8 @@ tensor-core path with quantized activations is torch._scaled_mm in layers.fp8_li
             (in PyTorch ops it is five, which cost more than the matmul at a few hundred rows).
 Accumulation is fp32; per-channel scales are applied once at the end (PER_ROW), block scales
 per K step. References in plain PyTorch are beside them.
-Imports torch, triton and kernels.gemv (its prologue helper and codes).
+Imports torch, triton and kernels.gemv (its prologue helpers and codes), kernels.int_gemm (the
+split-K finish, its counters) and kernels.e4m3.
 """
 from __future__ import annotations
 
@@ -208,7 +209,7 @@ def _fp8_gemm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, p_ptr, lock_ptr, M, N, K
             tl.float32)[None, :]
     _finish(acc, y_ptr, offs_m[:, None] * stride_ym + offs_n[None, :], p_ptr,
             offs_m[:, None] * N + offs_n[None, :], M * N, lock_ptr, pid, pid_k,
-            mask_m[:, None] & mask_n[None, :], SPLIT_K)
+            mask_m[:, None] & mask_n[None, :], SPLIT_K, 0.0, p_ptr, 0, K, 0.0, False)
 
 
 @triton.jit
@@ -365,7 +366,7 @@ def gemm_config(m: int, n: int, k: int, group_k: int, per_row: bool, num_sms: in
     per_split = triton.cdiv(k_tiles, split) * block_k
     return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8,
                 SPLIT_K=triton.cdiv(k, per_split), K_PER_SPLIT=per_split,
-                num_warps=4 if block_m <= 64 else 8, num_stages=3 if block_m <= 64 else 3)
+                num_warps=4 if block_m <= 64 else 8, num_stages=3)
 
 
 def fp8_gemm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, scale_n: int,

@@ -67,22 +67,33 @@ def _dot(x, w, IEEE: tl.constexpr):
 
 @triton.jit
 def _finish(acc, y_ptr, y_offs, p_ptr, p_offs, p_stride, lock_ptr, lock_id, pid_k, mask,
-            SPLIT_K):
+            SPLIT_K, sq, sq_ptr, sq_stride, K, eps, NORM: tl.constexpr):
     """Store a program's fp32 result: straight to y without split-K; else as a partial, and the
     last split of this output tile to finish (a counter per tile, acquire/release atomics after
     a CTA barrier, so every thread's partial is published) sums all partials in split order
-    (deterministic), writes y and resets the counter for the next launch."""
+    (deterministic), writes y and resets the counter for the next launch. NORM (the GEMV's
+    add + RMSNorm prologue): sq is this split's sum of squared inputs, kept beside its partial
+    (at sq_ptr + pid_k * sq_stride + lock_id), and the result is scaled by 1 / rms of the sum."""
     if SPLIT_K == 1:
+        if NORM:
+            acc = acc * tl.rsqrt(sq / K + eps)
         tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=mask)
     else:
         tl.store(p_ptr + pid_k * p_stride + p_offs, acc, mask=mask)
+        if NORM:
+            tl.store(sq_ptr + pid_k * sq_stride + lock_id, sq)
         tl.debug_barrier()
         done = tl.atomic_add(lock_ptr + lock_id, 1, sem="acq_rel")
         if done == SPLIT_K - 1:
             total = tl.zeros_like(acc)
+            total_sq = 0.0
             for i in range(SPLIT_K):
                 total += tl.load(p_ptr + i * p_stride + p_offs, mask=mask, other=0.0,
                                  cache_modifier=".cg")
+                if NORM:
+                    total_sq += tl.load(sq_ptr + i * sq_stride + lock_id, cache_modifier=".cg")
+            if NORM:
+                total = total * tl.rsqrt(total_sq / K + eps)
             tl.store(y_ptr + y_offs, total.to(y_ptr.dtype.element_ty), mask=mask)
             tl.atomic_xchg(lock_ptr + lock_id, 0)
 
@@ -176,32 +187,9 @@ def _int_gemv_kernel(x_ptr, r_ptr, nw_ptr, res_out_ptr, q_ptr, s_ptr, z_ptr, y_p
                 TILE_GROUP, HAS_ZEROS, PROLOGUE, HAS_RESIDUAL, MAGIC)
             acc += part
             sq += sq_part
-    row = tl.sum(acc, axis=0)
-    if PROLOGUE == 1:
-        sq_total = tl.sum(sq, axis=0)
-    if SPLIT_K == 1:
-        if PROLOGUE == 1:
-            row = row * tl.rsqrt(sq_total / K + eps)
-        tl.store(y_ptr + offs_n, row.to(y_ptr.dtype.element_ty), mask=mask_n)
-    else:  # as _finish, with the squares' partials beside the products' for the norm
-        tl.store(p_ptr + pid_k * N + offs_n, row, mask=mask_n)
-        if PROLOGUE == 1:
-            tl.store(sq_ptr + pid_k * tl.num_programs(0) + pid_n, sq_total)
-        tl.debug_barrier()
-        done = tl.atomic_add(lock_ptr + pid_n, 1, sem="acq_rel")
-        if done == SPLIT_K - 1:
-            total = tl.zeros_like(row)
-            total_sq = 0.0
-            for i in range(SPLIT_K):
-                total += tl.load(p_ptr + i * N + offs_n, mask=mask_n, other=0.0,
-                                 cache_modifier=".cg")
-                if PROLOGUE == 1:
-                    total_sq += tl.load(sq_ptr + i * tl.num_programs(0) + pid_n,
-                                        cache_modifier=".cg")
-            if PROLOGUE == 1:
-                total = total * tl.rsqrt(total_sq / K + eps)
-            tl.store(y_ptr + offs_n, total.to(y_ptr.dtype.element_ty), mask=mask_n)
-            tl.atomic_xchg(lock_ptr + pid_n, 0)
+    _finish(tl.sum(acc, axis=0), y_ptr, offs_n, p_ptr, offs_n, N, lock_ptr, pid_n, pid_k,
+            mask_n, SPLIT_K, tl.sum(sq, axis=0), sq_ptr, tl.num_programs(0), K, eps,
+            PROLOGUE == 1)
 
 
 @triton.jit
@@ -258,7 +246,7 @@ def _int_gemm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, p_ptr, lock_ptr, M, N, K
     _finish(acc, y_ptr, offs_m[:, None] * stride_ym + offs_n[None, :], p_ptr,
             offs_m[:, None] * N + offs_n[None, :], M * N, lock_ptr,
             pid_m * tl.num_programs(1) + pid_n, pid_k, mask_m[:, None] & mask_n[None, :],
-            SPLIT_K)
+            SPLIT_K, 0.0, p_ptr, 0, K, 0.0, False)
 
 
 @triton.jit
