@@ -6,15 +6,19 @@ For each projection (qkv, o, gate_up, down) and rows M (1 .. 4096) it times, in 
   gemm        kernels.fp8_gemm.fp8_gemm, per-channel scales (Triton, bf16 tensor cores);
   scaled_mm   layers.fp8_linear.scaled_mm: per-token activation quantization + torch._scaled_mm
               (FP8 tensor cores, rowwise scales; sm89+);
-  blk_gemv / blk_gemm  the same kernels with 128 x 128 block scales (quant_method "fp8").
+  a8          per-token activation quantization + kernels.fp8_gemm.fp8_scaled_gemm (W8A8
+              Triton tiles on FP8 tensor cores, split-K; layers.fp8_linear's FP8_A8_MAX_ROWS);
+  blk_gemv / blk_gemm / blk_a8  the same kernels with 128 x 128 block scales (quant_method "fp8").
 Each path's output is first checked against its fp32 reference (relative error, printed as
 err; activations quantized to FP8 make scaled_mm's ~3e-2, the weight-only paths ~1e-2 of bf16
 rounding). Times as benchmarks/gemv_probe.py makes them: cold weights (copies that overflow
 L2), calls captured in a CUDA graph, median of 5 replays. GB/s counts weight bytes; the
 decision it informs is layers.fp8_linear's FP8_GEMV_MAX_ROWS and the _scaled_mm / Triton split.
 One command on the GPU machine, from the repository root:
-    python benchmarks/fp8_probe.py [--ms 1,2,4,16,64,256,1024,4096] [--sweep] [--out FILE]
-(--sweep: the M = 1 GEMV's launch settings, plain and with the add + RMSNorm prologue.)
+    python benchmarks/fp8_probe.py [--ms 1,2,4,16,64,256,1024,4096] [--sweep] [--sweep-a8]
+                                   [--out FILE]
+(--sweep: the M = 1 GEMV's launch settings, plain and with the add + RMSNorm prologue;
+ --sweep-a8: the W8A8 GEMM's tiles at 32-512 rows against its defaults and _scaled_mm.)
 On the CPU it runs tiny shapes under TRITON_INTERPRET=1 as a smoke test (times meaningless).
 Imports torch, triton and cormorant (repo on path).
 """
@@ -32,8 +36,9 @@ if not torch.cuda.is_available():
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
 from benchmarks.gemv_probe import cpu_time_us, graph_time_us  # noqa: E402
-from cormorant.kernels.fp8_gemm import (fp8_add_rms_norm_gemv, fp8_gemm,  # noqa: E402
-                                        fp8_gemv, fp8_matmul_ref, gemm_config)
+from cormorant.kernels.fp8_gemm import (a8_config, fp8_add_rms_norm_gemv,  # noqa: E402
+                                        fp8_gemm, fp8_gemv, fp8_matmul_ref, fp8_scaled_gemm,
+                                        gemm_config)
 from cormorant.layers.fp8_linear import (quantize_rows, scaled_mm, scaled_mm_ref,  # noqa: E402
                                          scaled_mm_rowwise)
 
@@ -55,6 +60,14 @@ def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
     return float((y.float() - ref.float()).norm() / ref.float().norm())
 
 
+def a8(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, scale_n: int, group_k: int | None,
+       config: dict | None = None) -> torch.Tensor:
+    """What layers.fp8_linear runs for rows up to FP8_A8_MAX_ROWS."""
+    xq, xs = quantize_rows(x)
+    return fp8_scaled_gemm(xq, xs, q, s, scale_n, group_k or x.shape[1], out_dtype=x.dtype,
+                           config=config)
+
+
 def paths(m: int, cuda: bool, bk: int) -> dict:
     """name -> (fn(x, weights_i) -> y, reference fn(x, weights_0) -> y) for rows m."""
     out = {}
@@ -67,6 +80,10 @@ def paths(m: int, cuda: bool, bk: int) -> dict:
                    lambda x, w: fp8_matmul_ref(x, w["q"], w["s"], 1, x.shape[1]))
     out["blk_gemm"] = (lambda x, w: fp8_gemm(x, w["bq"], w["bs"], bk, bk),
                        lambda x, w: fp8_matmul_ref(x, w["bq"], w["bs"], bk, bk))
+    for tag, q, s, sn, gk in (("a8", "q", "s", 1, None), ("blk_a8", "bq", "bs", bk, bk)):
+        out[tag] = (lambda x, w, q=q, s=s, sn=sn, gk=gk: a8(x, w[q], w[s], sn, gk),
+                    lambda x, w, q=q, s=s, sn=sn, gk=gk: fp8_matmul_ref(
+                        x, w[q], w[s], sn, gk or x.shape[1]))
     if cuda and scaled_mm_rowwise(torch.empty(1, device="cuda", dtype=torch.bfloat16)):
         out["scaled_mm"] = (lambda x, w: scaled_mm(x, w["q"], w["s"], None, None),
                             lambda x, w: scaled_mm_ref(x, w["q"], w["s"], None, None))
@@ -134,12 +151,57 @@ def sweep_gemv(name: str, n: int, k: int) -> dict:
     return best
 
 
+def sweep_a8(name: str, n: int, k: int, ms: tuple[int, ...] = (32, 64, 128, 256, 512)
+             ) -> list[dict]:
+    """The W8A8 GEMM's tiles per rows: BLOCK_M, BLOCK_N, stages, warps and K splits (half,
+    as chosen, double) around a8_config's, timed as the probe times; _scaled_mm beside it."""
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    copies = max(1, min(16, -(-256 * 2**20 // (n * k))))
+    ws = [quantize_rows(torch.randn(n, k, device="cuda", generator=gen) * 0.02)
+          for _ in range(copies)]
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    out = []
+    for m in ms:
+        x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
+        default = a8_config(m, n, k, k, True, sms)
+        row = {"shape": name, "M": m, "default": default,
+               "default_us": graph_time_us(lambda i: a8(x, *ws[i], 1, k), copies),
+               "scaled_mm_us": graph_time_us(
+                   lambda i: scaled_mm(x, ws[i][0], ws[i][1], None, None), copies)}
+        times = []
+        for bm in (64, 128):
+            for bn in (64, 128, 256):
+                for stages, warps in ((3, 4), (4, 4), (5, 4), (4, 8)):
+                    base = a8_config(m, n, k, k, True, sms)
+                    k_tiles = -(-k // 128)
+                    tiles = -(-m // bm) * -(-n // bn)
+                    for split in sorted({1, max(1, min(k_tiles // 2, -(-sms // tiles))),
+                                         max(1, min(k_tiles // 2, -(-2 * sms // tiles)))}):
+                        per = -(-k_tiles // split) * 128
+                        cfg = dict(base, BLOCK_M=bm, BLOCK_N=bn, num_stages=stages,
+                                   num_warps=warps, SPLIT_K=-(-k // per), K_PER_SPLIT=per)
+                        try:
+                            t = graph_time_us(lambda i, c=cfg: a8(x, *ws[i], 1, k, dict(c)),
+                                              copies)
+                        except Exception as e:  # noqa: BLE001 - a setting that does not fit
+                            print("skip", cfg, type(e).__name__, flush=True)
+                            continue
+                        times.append((t, cfg))
+        t, cfg = min(times, key=lambda tc: tc[0])
+        row.update(best_us=t, best=cfg, best_GBps=n * k / t / 1e3)
+        print("sweep_a8", json.dumps(row), flush=True)
+        out.append(row)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ms", default="1,2,4,8,16,64,256,1024,4096")
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
     parser.add_argument("--sweep", action="store_true",
                         help="also sweep the M = 1 GEMV settings (plain and add-norm prologue)")
+    parser.add_argument("--sweep-a8", action="store_true",
+                        help="also sweep the W8A8 GEMM's tiles at 32-512 rows")
     args = parser.parse_args()
     cuda = torch.cuda.is_available()
     ms = [int(v) for v in args.ms.split(",")] if cuda else [1, 3, 20]
@@ -149,6 +211,9 @@ def main() -> int:
     rows = []
     for name, (n, k) in (SHAPES if cuda else TINY).items():
         rows += probe_shape(name, n, k, ms, cuda)
+    if cuda and args.sweep_a8:
+        rows += [{"shape": name, "sweep_a8": sweep_a8(name, n, k)}
+                 for name, (n, k) in SHAPES.items()]
     if cuda and args.sweep:
         rows += [{"shape": name, "sweep": sweep_gemv(name, n, k)}
                  for name, (n, k) in SHAPES.items()]

@@ -5,8 +5,9 @@ weight scales in one layout for every FP8 format: S[ceil(N / scale_n), ceil(K / 
 fp32, so that weight (n, k) is scaled by S[n // scale_n, k // group_k]:
   per-channel (and per-tensor, expanded per row at load)  scale_n = 1,   group_k = K;
   block-wise (quant_method "fp8", weight_block_size)      scale_n = 128, group_k = 128.
-x stays in its own dtype (bf16 on the GPU): these are weight-only kernels (W8A16); the FP8
-tensor-core path with quantized activations is torch._scaled_mm in layers.fp8_linear.
+x stays in its own dtype (bf16 on the GPU) in the weight-only kernels (W8A16); the FP8
+tensor-core paths with quantized activations are fp8_scaled_gemm and torch._scaled_mm (chosen
+in layers.fp8_linear).
 
   fp8_gemv  a few rows (decode): each program owns BLOCK_N output columns for every row and
             streams its [BLOCK_N, K] slice of W once, one byte per weight (half of bf16's);
@@ -14,6 +15,9 @@ tensor-core path with quantized activations is torch._scaled_mm in layers.fp8_li
             residual add + RMSNorm; fp8_silu_mul_gemv: SiLU-and-multiply), one launch for two.
   fp8_gemm  any M: [BLOCK_M, BLOCK_N] tiles, tl.dot on the dequantized [BLOCK_K, BLOCK_N]
             tile; BLOCK_K divides group_k, so each K step has one scale per output column.
+  fp8_scaled_gemm  the same tiles with the activations quantized too (W8A8): FP8 x FP8
+            tensor-core products, the row scales applied at the end; split-K where a few
+            hundred rows leave SMs idle (torch._scaled_mm's tiles do, reading W slowly).
   quantize_rows  the activations' per-token FP8 quantization for torch._scaled_mm, one launch
             (in PyTorch ops it is five, which cost more than the matmul at a few hundred rows).
 Accumulation is fp32; per-channel scales are applied once at the end (PER_ROW), block scales
@@ -160,14 +164,17 @@ def _fp8_gemv_words_kernel(x_ptr, r_ptr, nw_ptr, res_out_ptr, w_ptr, s_ptr, b_pt
 
 
 @triton.jit
-def _fp8_gemm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, p_ptr, lock_ptr, M, N, K, K_PER_SPLIT,
-                     stride_xm, stride_wn, stride_sn, stride_ym, SCALE_N: tl.constexpr,
-                     GROUP_K: tl.constexpr, PER_ROW: tl.constexpr, HAS_BIAS: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                     GROUP_M: tl.constexpr, SPLIT_K, IEEE: tl.constexpr, BITS: tl.constexpr):
+def _fp8_gemm_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, b_ptr, y_ptr, p_ptr, lock_ptr, M, N, K,
+                     K_PER_SPLIT, stride_xm, stride_wn, stride_sn, stride_ym,
+                     SCALE_N: tl.constexpr, GROUP_K: tl.constexpr, PER_ROW: tl.constexpr,
+                     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, SPLIT_K, IEEE: tl.constexpr,
+                     BITS: tl.constexpr, A8: tl.constexpr):
     """[BLOCK_M, BLOCK_N] tiles over K_PER_SPLIT of K (split-K: the partials are summed in the
     launch by int_gemm's _finish, in split order). BITS: W's codes are read as uint8 and made
-    bf16 by kernels.e4m3 (exact; bf16 x on Hopper), instead of Triton's conversions."""
+    bf16 by kernels.e4m3 (exact; bf16 x on Hopper), instead of Triton's conversions. A8: x is
+    e4m3 codes too, with one scale per row at xs_ptr: FP8 x FP8 tensor-core products, fp32
+    sums of one K step, no conversion at all (W8A8)."""
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     num_m, num_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
@@ -193,17 +200,26 @@ def _fp8_gemm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, p_ptr, lock_ptr, M, N, K
             w = e4m3_to_bf16(tl.load(w_ptrs, mask=kmask[:, None] & mask_n[None, :], other=0))
         else:
             w = tl.load(w_ptrs, mask=kmask[:, None] & mask_n[None, :], other=0.0)
-        if not PER_ROW:
-            w = w.to(tl.float32) * tl.load(s_cols + k0 // GROUP_K, mask=mask_n,
-                                            other=0.0)[None, :]
-        if IEEE:  # fp32 activations: exact products (tf32 would round them on the GPU)
-            acc += tl.dot(x, w.to(tl.float32), input_precision="ieee")
+        if A8:  # the step's products summed in fp32, then scaled by its block scales if any
+            if PER_ROW:
+                acc += tl.dot(x, w)
+            else:
+                acc += tl.dot(x, w) * tl.load(s_cols + k0 // GROUP_K, mask=mask_n,
+                                              other=0.0)[None, :]
         else:
-            acc += tl.dot(x, w.to(x.dtype))
+            if not PER_ROW:
+                w = w.to(tl.float32) * tl.load(s_cols + k0 // GROUP_K, mask=mask_n,
+                                                other=0.0)[None, :]
+            if IEEE:  # fp32 activations: exact products (tf32 would round them on the GPU)
+                acc += tl.dot(x, w.to(tl.float32), input_precision="ieee")
+            else:
+                acc += tl.dot(x, w.to(x.dtype))
         x_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
     if PER_ROW:
         acc = acc * tl.load(s_cols, mask=mask_n, other=0.0)[None, :]
+    if A8:
+        acc = acc * tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0)[:, None]
     if HAS_BIAS:  # added by the first split only: the partials' sum counts it once
         acc += tl.load(b_ptr + offs_n, mask=mask_n & (pid_k == 0), other=0.0).to(
             tl.float32)[None, :]
@@ -369,31 +385,64 @@ def gemm_config(m: int, n: int, k: int, group_k: int, per_row: bool, num_sms: in
                 num_warps=4 if block_m <= 64 else 8, num_stages=3)
 
 
-def fp8_gemm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, scale_n: int,
-             group_k: int, bias: torch.Tensor | None = None, config: dict | None = None
-             ) -> torch.Tensor:
-    """x [M, K] @ dequant(weight [N, K] fp8, scale)^T (+ bias) -> [M, N] in x's dtype."""
+def a8_config(m: int, n: int, k: int, group_k: int, per_row: bool, num_sms: int) -> dict:
+    """Tiles of the W8A8 GEMM (fp8_scaled_gemm): 128-wide K steps (a block scale's width), K
+    split until about one program per SM streams W where the output tiles alone are fewer."""
+    block_k = 128 if per_row else min(128, group_k)
+    block_m = 64 if m <= 64 else 128
+    block_n = 128
+    tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
+    k_tiles = triton.cdiv(k, block_k)
+    split = max(1, min(k_tiles // 4, triton.cdiv(num_sms, tiles)))
+    per_split = triton.cdiv(k_tiles, split) * block_k
+    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8,
+                SPLIT_K=triton.cdiv(k, per_split), K_PER_SPLIT=per_split,
+                num_warps=4 if block_m <= 64 else 8, num_stages=4)
+
+
+def _launch_gemm(x: torch.Tensor, x_scale: torch.Tensor | None, weight: torch.Tensor,
+                 scale: torch.Tensor, scale_n: int, group_k: int, bias: torch.Tensor | None,
+                 out_dtype: torch.dtype, config: dict | None) -> torch.Tensor:
     (m, k), n = x.shape, weight.shape[0]
     _check(x, k, weight, scale, scale_n, group_k)
-    per_row = scale.shape[1] == 1
-    cfg = dict(config or gemm_config(m, n, k, group_k, per_row, _num_sms(x.device)))
+    per_row, a8 = scale.shape[1] == 1, x_scale is not None
+    pick = a8_config if a8 else gemm_config
+    cfg = dict(config or pick(m, n, k, group_k, per_row, _num_sms(x.device)))
     cfg.setdefault("SPLIT_K", 1)
     cfg.setdefault("K_PER_SPLIT", triton.cdiv(k, cfg["BLOCK_K"]) * cfg["BLOCK_K"])
     assert per_row or group_k % cfg["BLOCK_K"] == 0, (group_k, cfg)
     assert cfg["K_PER_SPLIT"] % cfg["BLOCK_K"] == 0, cfg
     assert cfg["SPLIT_K"] * cfg["K_PER_SPLIT"] >= k, cfg
-    bits = x.dtype == torch.bfloat16 and e4m3.available(x.device)
-    y = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    bits = not a8 and x.dtype == torch.bfloat16 and e4m3.available(x.device)
+    y = torch.empty(m, n, dtype=out_dtype, device=x.device)
     tiles = triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"])
     partials = (torch.empty(cfg["SPLIT_K"], m, n, dtype=torch.float32, device=x.device)
                 if cfg["SPLIT_K"] > 1 else y)
     _fp8_gemm_kernel[(tiles, cfg["SPLIT_K"])](
-        x, weight.view(torch.uint8) if bits else weight, scale,
+        x, x_scale if a8 else scale, weight.view(torch.uint8) if bits else weight, scale,
         bias if bias is not None else scale, y, partials, _locks(x.device, tiles), m, n, k,
         cfg.pop("K_PER_SPLIT"), x.stride(0), weight.stride(0), scale.stride(0), y.stride(0),
         SCALE_N=scale_n, GROUP_K=group_k, PER_ROW=per_row, HAS_BIAS=bias is not None,
-        IEEE=x.dtype == torch.float32, BITS=bits, **cfg)
+        IEEE=x.dtype == torch.float32, BITS=bits, A8=a8, **cfg)
     return y
+
+
+def fp8_gemm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, scale_n: int,
+             group_k: int, bias: torch.Tensor | None = None, config: dict | None = None
+             ) -> torch.Tensor:
+    """x [M, K] @ dequant(weight [N, K] fp8, scale)^T (+ bias) -> [M, N] in x's dtype."""
+    return _launch_gemm(x, None, weight, scale, scale_n, group_k, bias, x.dtype, config)
+
+
+def fp8_scaled_gemm(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor,
+                    scale: torch.Tensor, scale_n: int, group_k: int,
+                    bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.bfloat16,
+                    config: dict | None = None) -> torch.Tensor:
+    """W8A8: (xq [M, K] e4m3 * x_scale [M, 1]) @ dequant(weight, scale)^T (+ bias) -> [M, N]
+    in out_dtype, on FP8 tensor cores; xq and x_scale as quantize_rows makes them."""
+    assert xq.dtype == FP8_DTYPE and x_scale.dtype == torch.float32, (xq.dtype, x_scale.dtype)
+    assert x_scale.numel() == xq.shape[0] and x_scale.is_contiguous(), x_scale.shape
+    return _launch_gemm(xq, x_scale, weight, scale, scale_n, group_k, bias, out_dtype, config)
 
 
 # -- references (plain PyTorch) ---------------------------------------------------------------
@@ -418,6 +467,15 @@ def fp8_add_rms_norm_gemv_ref(hidden, residual, norm_weight, eps, weight, scale,
 def fp8_silu_mul_gemv_ref(gate_up, weight, scale, scale_n, group_k, bias=None) -> torch.Tensor:
     from cormorant.kernels.activation import silu_and_mul_ref
     return fp8_matmul_ref(silu_and_mul_ref(gate_up), weight, scale, scale_n, group_k, bias)
+
+
+def fp8_scaled_gemm_ref(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor,
+                        scale: torch.Tensor, scale_n: int, group_k: int,
+                        bias: torch.Tensor | None = None,
+                        out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """The dequantized activations times the dequantized weight, fp32 sums, one rounding."""
+    x = xq.float() * x_scale.float().reshape(-1, 1)
+    return fp8_matmul_ref(x, weight, scale, scale_n, group_k, bias).to(out_dtype)
 
 
 def fp8_matmul_ref(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, scale_n: int,

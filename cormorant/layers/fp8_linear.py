@@ -20,6 +20,8 @@ The matmul, by where it runs:
                                   the deferred residual-add + RMSNorm or SiLU-and-multiply
                                   folded in (offers_fused_prologue), as the dense GEMV does.
   CUDA, M <= FP8_GEMM_MAX_ROWS    kernels.fp8_gemm.fp8_gemm (W8A16 split-K tiles, bf16/fp16).
+  CUDA, M <= FP8_A8_MAX_ROWS      kernels.fp8_gemm.fp8_scaled_gemm (W8A8 Triton tiles):
+                                  activations quantized per token as for _scaled_mm below.
   CUDA, per-channel scales        torch._scaled_mm: activations quantized per token (or by the
                                   static input scale), FP8 tensor cores, rowwise scales (sm89+).
   CUDA, block scales (or no rowwise _scaled_mm)  kernels.fp8_gemm.fp8_gemm (W8A16 tiles).
@@ -47,6 +49,11 @@ FP8_GEMV_MAX_ROWS = 1
 # codes made bf16 by integer ops (CORMORANT_E4M3_CVT=bits, kernels.e4m3), itself not yet
 # measured. CORMORANT_FP8_GEMM_ROWS=64 turns it on.
 FP8_GEMM_MAX_ROWS = int(os.environ.get("CORMORANT_FP8_GEMM_ROWS", "1"))
+# Rows up to which quantized activations go through kernels.fp8_gemm.fp8_scaled_gemm (W8A8
+# Triton tiles, split-K where few output tiles leave SMs idle) rather than torch._scaled_mm,
+# which read Llama-8B's qkv / o / down at 128-256 rows at a third of the H100's bandwidth
+# (fp8_probe, 2026-12-06). 0 (off) until a card measures it: CORMORANT_FP8_A8_ROWS=512.
+FP8_A8_MAX_ROWS = int(os.environ.get("CORMORANT_FP8_A8_ROWS", "0"))
 # Where the kernels run and for which activation dtypes (tests widen these to the CPU in fp32,
 # under TRITON_INTERPRET); elsewhere the dequantize-then-matmul reference runs.
 KERNEL_DEVICE_TYPES = ("cuda",)
@@ -224,6 +231,9 @@ class Fp8LinearMethod(LinearMethod):
             return kernels.fp8_gemv(x, *args)
         if x.shape[0] <= FP8_GEMM_MAX_ROWS and x.dtype in GEMV_DTYPES:
             return kernels.fp8_gemm(x, *args)
+        if x.shape[0] <= FP8_A8_MAX_ROWS and x.dtype in GEMV_DTYPES:
+            xq, x_scale = kernels.quantize_rows(x, getattr(layer, "input_scale", None))
+            return kernels.fp8_scaled_gemm(xq, x_scale, *args, out_dtype=x.dtype)
         if (layer.weight_scale.shape[1] == 1 and self.scale_n == 1 and scaled_mm_rowwise(x)
                 and x.shape[1] % 16 == 0 and layer.weight.shape[0] % 16 == 0):  # its tiles
             return scaled_mm(x, layer.weight, layer.weight_scale,

@@ -129,6 +129,8 @@ def _fp8_thunks():
     nw = torch.ones(4096, dtype=bf16)
     bytes_cfg = dict(f.gemv_config(1, 4096, True), WORDS=False)
     split = f.gemm_config(32, 6144, 4096, 4096, True, num_sms=132)  # an H100's split-K
+    a8_64 = f.a8_config(64, 6144, 4096, 4096, True, num_sms=132)
+    q256, s256 = torch.empty(256, 4096, dtype=f.FP8_DTYPE), torch.ones(256, 1)
     return [
         ("fp8 gemv", lambda: f.fp8_gemv(x1, w, row, 1, 4096)),
         ("fp8 gemv bytes", lambda: f.fp8_gemv(x1, w, row, 1, 4096, config=bytes_cfg)),
@@ -147,6 +149,10 @@ def _fp8_thunks():
         ("fp8 gemm bits", _available_as(e4m3, True, lambda: f.fp8_gemm(x256, w, row, 1, 4096))),
         ("fp8 gemm blocks bits", _available_as(e4m3, True, lambda: f.fp8_gemm(
             x256, w, blk, 128, 128))),
+        ("fp8 w8a8 M=256", lambda: f.fp8_scaled_gemm(q256, s256, w, row, 1, 4096)),
+        ("fp8 w8a8 M=64 split", lambda: f.fp8_scaled_gemm(q256[:64], s256[:64], w, row, 1,
+                                                          4096, config=a8_64)),
+        ("fp8 w8a8 blocks", lambda: f.fp8_scaled_gemm(q256, s256, w, blk, 128, 128)),
     ]
 
 

@@ -72,6 +72,36 @@ def test_fp8_gemm_matches_the_dequantized_reference(m, scale_n, group_k, split, 
                                atol=1e-3, rtol=1e-4)
 
 
+@pytest.mark.parametrize("m", [5, 70])
+@pytest.mark.parametrize("scale_n,group_k", LAYOUTS)
+@pytest.mark.parametrize("split", [1, 3])
+@pytest.mark.parametrize("bias", [False, True])
+def test_fp8_scaled_gemm_matches_the_dequantized_w8a8_reference(m, scale_n, group_k, split,
+                                                                bias, device):
+    """W8A8: e4m3 activations with a scale per row times e4m3 weights (per-channel and block
+    scales, ragged edges, split-K) equal the dequantized operands' fp32 product."""
+    n, k = 40, 80
+    group_k = group_k or k
+    x, w, s, b = _inputs(m, n, k, scale_n, group_k, device, 5 * m + group_k)
+    xq, xs = fp8_gemm.quantize_rows(x * torch.linspace(0.1, 10, m, device=device)[:, None])
+    cfg = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2, num_warps=4, num_stages=1,
+               SPLIT_K=split, K_PER_SPLIT=-(-80 // (16 * split)) * 16)
+    b = b if bias else None
+    y = fp8_gemm.fp8_scaled_gemm(xq, xs, w, s, scale_n, group_k, b, torch.float32, config=cfg)
+    ref = fp8_gemm.fp8_scaled_gemm_ref(xq, xs, w, s, scale_n, group_k, b, torch.float32)
+    assert xs.flatten().unique().numel() == m  # every row has its own scale
+    torch.testing.assert_close(y, ref, atol=1e-3, rtol=1e-4)
+
+
+def test_a8_config_splits_k_where_the_tiles_leave_sms_idle():
+    qkv = fp8_gemm.a8_config(128, 6144, 4096, 4096, True, 132)  # 48 tiles: K split 3 ways
+    assert qkv["SPLIT_K"] == 3 and qkv["SPLIT_K"] * qkv["K_PER_SPLIT"] >= 4096
+    gate_up = fp8_gemm.a8_config(256, 28672, 4096, 4096, True, 132)  # 448 tiles: no split
+    assert gate_up["SPLIT_K"] == 1 and gate_up["BLOCK_M"] == 128
+    block = fp8_gemm.a8_config(32, 4096, 14336, 128, False, 132)
+    assert block["BLOCK_K"] == 128 and block["K_PER_SPLIT"] % 128 == 0
+
+
 def test_dequantize_ref_scales_each_block():
     w = torch.ones(3, 5).to(fp8_gemm.FP8_DTYPE)
     s = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])  # blocks of 2 rows x 2 columns
@@ -120,6 +150,30 @@ def test_fp8_layer_kernels_compute_what_its_cpu_reference_computes(strategy, blo
     y = method._cuda_matmul(fp8_gemm, layer, x.to(device), None)  # CUDA's path for m rows
     assert (m <= FP8_GEMV_MAX_ROWS) == (m == 1)
     torch.testing.assert_close(y.cpu(), ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("strategy,block", [("channel", None), ("block", (8, 16))])
+def test_fp8_layer_routes_rows_to_the_w8a8_kernel_when_asked(strategy, block, device,
+                                                             monkeypatch):
+    """CORMORANT_FP8_A8_ROWS: rows quantized per token, then fp8_scaled_gemm; the result is
+    what the quantized activations times the dequantized weight give."""
+    from cormorant.layers import fp8_linear
+
+    layer, method = _fp8_layer(strategy, block)
+    layer.to(device)
+    x = torch.randn(6, 64, generator=torch.Generator().manual_seed(1)).to(device)
+    monkeypatch.setattr(fp8_linear, "GEMV_DTYPES", (torch.float32,))
+    monkeypatch.setattr(fp8_linear, "FP8_A8_MAX_ROWS", 8)
+    calls = []
+    monkeypatch.setattr(fp8_gemm, "fp8_gemm", lambda *a, **k: calls.append(a))
+    y = method._cuda_matmul(fp8_gemm, layer, x, None)
+    xq, xs = fp8_gemm.quantize_rows(x)  # its codes (the interpreter's casts: see below)
+    ref = fp8_gemm.fp8_scaled_gemm_ref(xq, xs, layer.weight, layer.weight_scale,
+                                       method.scale_n, method.group_k, None, x.dtype)
+    assert not calls  # not the W8A16 tiles
+    torch.testing.assert_close(y, ref, atol=1e-4, rtol=1e-4)
+    exact = method.apply(layer.cpu(), x.cpu(), None)  # unquantized activations: FP8 noise
+    assert ((y.cpu() - exact).norm() / exact.norm()) < 0.05
 
 
 def test_per_tensor_scales_of_a_fused_layer_expand_per_projection():

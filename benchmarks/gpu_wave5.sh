@@ -1,0 +1,35 @@
+#!/bin/bash
+# Device calls of 2026-12-07, second session (issue #12). `first` measures everything that
+# decides a default: the card's tests of the new kernels, B2 bf16/FP8/int4, B1 with the bf16
+# and the FP8 KV cache (read through kernels.e4m3), B3 bf16 against FP8 both ways (the
+# current defaults, _scaled_mm from two rows on; and the Triton paths: W8A16 tiles up to 64
+# rows, W8A8 tiles up to 512). `second` attributes it per projection: fp8_probe with the W8A8
+# sweep, cvt_probe with its sweep, B1 through Triton's own e4m3 casts, the int kernels' tests.
+#   bash benchmarks/gpu_wave5.sh first    # ~9 min
+#   bash benchmarks/gpu_wave5.sh second   # ~8 min
+source "$(dirname "$0")/gpu_common.sh"
+TRITON_PATHS="env CORMORANT_E4M3_CVT=bits CORMORANT_FP8_GEMM_ROWS=64 CORMORANT_FP8_A8_ROWS=512"
+case "$1" in
+first)
+  step cuda_tests 100 python3 -m pytest -q tests/kernels/test_e4m3.py tests/kernels/test_fp8_gemm.py
+  step b2_bf16 50 $B b2 --quick --no-peer --out "$R/b2_bf16"
+  step b2_fp8 50 $B b2 --quick --no-peer --quantization fp8 --out "$R/b2_fp8"
+  step b2_int4 50 $B b2 --quick --no-peer --quantization int4 --out "$R/b2_int4"
+  step b1_bf16kv 50 $B b1 --quick --no-peer --out "$R/b1_bf16kv"
+  step b1_fp8kv_bits 50 env CORMORANT_E4M3_CVT=bits $B b1 --quick --no-peer --kv-cache-dtype fp8 \
+    --out "$R/b1_fp8kv_bits"
+  step b3_bf16 80 $B b3 --quick --no-peer --out "$R/b3_bf16"
+  step b3_fp8_triton 80 $TRITON_PATHS $B b3 --quick --no-peer --quantization fp8 \
+    --out "$R/b3_fp8_triton"
+  step b3_fp8_default 80 $B b3 --quick --no-peer --quantization fp8 --out "$R/b3_fp8_default"
+  ;;
+second)
+  step fp8_rows 200 env CORMORANT_E4M3_CVT=bits python3 benchmarks/fp8_probe.py \
+    --ms 2,16,32,64,128,256,512 --sweep-a8 --out "$OUT/fp8_rows.json"
+  step cvt_probe 100 python3 benchmarks/cvt_probe.py --out "$OUT/cvt_probe.json"
+  step b1_fp8kv_cast 50 $B b1 --quick --no-peer --kv-cache-dtype fp8 --out "$R/b1_fp8kv_cast"
+  step int_tests 100 python3 -m pytest -q tests/kernels/test_int_gemm.py
+  step cvt_sweep 120 python3 benchmarks/cvt_probe.py --sweep --out "$OUT/cvt_sweep.json"
+  ;;
+*) echo "unknown mode $1"; exit 2 ;;
+esac
