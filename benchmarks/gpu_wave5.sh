@@ -22,6 +22,8 @@ first)
   step b3_fp8_triton 80 $TRITON_PATHS $B b3 --quick --no-peer --quantization fp8 \
     --out "$R/b3_fp8_triton"
   step b3_fp8_default 80 $B b3 --quick --no-peer --quantization fp8 --out "$R/b3_fp8_default"
+  step fp8_rows_short 70 env CORMORANT_E4M3_CVT=bits python3 benchmarks/fp8_probe.py \
+    --ms 32,128,256 --out "$OUT/fp8_rows_short.json"
   ;;
 second)
   step fp8_rows 200 env CORMORANT_E4M3_CVT=bits python3 benchmarks/fp8_probe.py \
