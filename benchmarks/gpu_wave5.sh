@@ -15,13 +15,13 @@ first)
   step b2_bf16 50 $B b2 --quick --no-peer --out "$R/b2_bf16"
   step b2_fp8 50 $B b2 --quick --no-peer --quantization fp8 --out "$R/b2_fp8"
   step b2_int4 50 $B b2 --quick --no-peer --quantization int4 --out "$R/b2_int4"
-  step b1_bf16kv 50 $B b1 --quick --no-peer --out "$R/b1_bf16kv"
-  step b1_fp8kv_bits 50 env CORMORANT_E4M3_CVT=bits $B b1 --quick --no-peer --kv-cache-dtype fp8 \
-    --out "$R/b1_fp8kv_bits"
   step b3_bf16 80 $B b3 --quick --no-peer --out "$R/b3_bf16"
   step b3_fp8_triton 80 $TRITON_PATHS $B b3 --quick --no-peer --quantization fp8 \
     --out "$R/b3_fp8_triton"
   step b3_fp8_default 80 $B b3 --quick --no-peer --quantization fp8 --out "$R/b3_fp8_default"
+  step b1_bf16kv 50 $B b1 --quick --no-peer --out "$R/b1_bf16kv"
+  step b1_fp8kv_bits 50 env CORMORANT_E4M3_CVT=bits $B b1 --quick --no-peer --kv-cache-dtype fp8 \
+    --out "$R/b1_fp8kv_bits"
   step fp8_rows_short 70 env CORMORANT_E4M3_CVT=bits python3 benchmarks/fp8_probe.py \
     --ms 32,128,256 --out "$OUT/fp8_rows_short.json"
   ;;
