@@ -200,12 +200,14 @@ def _fp8_gemm_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, b_ptr, y_ptr, p_ptr, lock_ptr,
             w = e4m3_to_bf16(tl.load(w_ptrs, mask=kmask[:, None] & mask_n[None, :], other=0))
         else:
             w = tl.load(w_ptrs, mask=kmask[:, None] & mask_n[None, :], other=0.0)
-        if A8:  # the step's products summed in fp32, then scaled by its block scales if any
+        if A8:  # each step's products summed apart, then added to acc in fp32 (on sm_90
+            # Triton otherwise lets the FP8 tensor cores accumulate all of K in their
+            # reduced-precision adders: 2.7e-2 relative error, measured on an H100)
+            step = tl.dot(x, w, max_num_imprecise_acc=BLOCK_K)
             if PER_ROW:
-                acc += tl.dot(x, w)
+                acc += step
             else:
-                acc += tl.dot(x, w) * tl.load(s_cols + k0 // GROUP_K, mask=mask_n,
-                                              other=0.0)[None, :]
+                acc += step * tl.load(s_cols + k0 // GROUP_K, mask=mask_n, other=0.0)[None, :]
         else:
             if not PER_ROW:
                 w = w.to(tl.float32) * tl.load(s_cols + k0 // GROUP_K, mask=mask_n,

@@ -38,6 +38,7 @@ Imports torch, triton and kernels.gemv (the prologue codes and their input helpe
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import triton
@@ -47,6 +48,8 @@ from cormorant.kernels.gemv import (PROLOGUE_ADD_NORM, PROLOGUE_NONE, PROLOGUE_S
                                     _row_input)
 
 DECODE_ROWS = 16  # M up to which the split-K decode shape runs
+# Codes made floats by bits (see _gemv_tile) unless CORMORANT_INT_MAGIC=0 (A/B on a card).
+MAGIC_DEFAULT = os.environ.get("CORMORANT_INT_MAGIC", "1") != "0"
 # Rows from which, on CUDA, W is dequantized per call for a dense (cuBLAS) matmul instead
 # (`benchmarks/int4_probe.py --ms 64,...,4096`, H100, 2026-12-06, Llama-3.1-8B, group 128:
 # at 64 rows qkv 61.6 -> 38.7 us, o 63.6 -> 22.6, down 205 -> 100; at 1,024 rows 2.5-2.8x
@@ -386,7 +389,7 @@ def _gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: t
     cfg = {key: v for key, v in cfg.items() if key != "BLOCK_M"}
     per_split = cfg.pop("K_PER_SPLIT")
     cfg.setdefault("SUB", 1)
-    cfg.setdefault("MAGIC", True)
+    cfg.setdefault("MAGIC", MAGIC_DEFAULT)
     if per_split % (cfg["BLOCK_K"] * cfg["SUB"]):
         raise ValueError("the GEMV's K_PER_SPLIT must be a multiple of BLOCK_K * SUB")
     tiles = triton.cdiv(n, cfg["BLOCK_N"])

@@ -231,7 +231,7 @@ class Fp8LinearMethod(LinearMethod):
             return kernels.fp8_gemv(x, *args)
         if x.shape[0] <= FP8_GEMM_MAX_ROWS and x.dtype in GEMV_DTYPES:
             return kernels.fp8_gemm(x, *args)
-        if x.shape[0] <= FP8_A8_MAX_ROWS and x.dtype in GEMV_DTYPES:
+        if x.shape[0] <= FP8_A8_MAX_ROWS and x.dtype in GEMV_DTYPES and self.group_k >= 32:
             xq, x_scale = kernels.quantize_rows(x, getattr(layer, "input_scale", None))
             return kernels.fp8_scaled_gemm(xq, x_scale, *args, out_dtype=x.dtype)
         if (layer.weight_scale.shape[1] == 1 and self.scale_n == 1 and scaled_mm_rowwise(x)

@@ -28,6 +28,7 @@ Imports: torch, cormorant.layers (linear, int_packing), cormorant.kernels (lazil
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,8 @@ from cormorant.layers.linear import LinearMethod, set_layout
 LAYOUTS = ("awq", "gptq", "ct-packed", "ct-naive", "online")
 INT_KERNEL_DEVICE_TYPES = ("cuda",)  # where kernels.int_gemm runs (tests widen it)
 FUSED_DTYPES = (torch.bfloat16, torch.float16)  # rows whose norm / SiLU the GEMV folds in
+# CORMORANT_INT_FUSED=0 keeps the norm / SiLU as their own kernels (A/B on a card).
+FUSED_PROLOGUE = os.environ.get("CORMORANT_INT_FUSED", "1") != "0"
 ONLINE_GROUP = 128
 
 
@@ -241,7 +244,8 @@ class IntWeightMethod(LinearMethod):
     def offers_fused_prologue(self, layer: nn.Module, x: torch.Tensor) -> bool:
         """The one-row GEMV folds the norm / SiLU in (kernels.int_gemm): CUDA, bf16/fp16,
         input rows in their natural order (no act-order permutation)."""
-        return (x.device.type in INT_KERNEL_DEVICE_TYPES and x.dim() == 2 and x.shape[0] == 1
+        return (FUSED_PROLOGUE and x.device.type in INT_KERNEL_DEVICE_TYPES and x.dim() == 2
+                and x.shape[0] == 1
                 and x.dtype in FUSED_DTYPES and x.is_contiguous() and layer.int_perm is None
                 and load_kernels("int_gemm") is not None)
 
