@@ -26,16 +26,16 @@ first)
     --ms 32,128,256 --out "$OUT/fp8_rows_short.json"
   ;;
 diag)  # after `first` (04:25): B2 FP8 and int4 slower than on 2026-12-06; the W8A8 tests failed
-  step a8_tests 60 python3 -m pytest -q -rf tests/kernels/test_fp8_gemm.py -k "scaled_gemm or routes"
-  grep -E "^FAILED|^E  " "$OUT/a8_tests.log" | sort | uniq -c | sort -rn | head -8
-  step b3_fp8_rows64 60 env CORMORANT_E4M3_CVT=bits CORMORANT_FP8_GEMM_ROWS=64 $B b3 --quick \
-    --no-peer --quantization fp8 --out "$R/b3_fp8_rows64"
   step b2_fp8_bytes 40 env CORMORANT_FP8_GEMV=bytes $B b2 --quick --no-peer --quantization fp8 \
     --out "$R/b2_fp8_bytes"
   step b2_int4_nomagic 40 env CORMORANT_INT_MAGIC=0 $B b2 --quick --no-peer --quantization int4 \
     --out "$R/b2_int4_nomagic"
   step b2_int4_unfused 40 env CORMORANT_INT_FUSED=0 $B b2 --quick --no-peer --quantization int4 \
     --out "$R/b2_int4_unfused"
+  step b3_fp8_rows64 60 env CORMORANT_E4M3_CVT=bits CORMORANT_FP8_GEMM_ROWS=64 $B b3 --quick \
+    --no-peer --quantization fp8 --out "$R/b3_fp8_rows64"
+  step a8_tests 60 python3 -m pytest -q -rf tests/kernels/test_fp8_gemm.py -k "scaled_gemm or routes"
+  grep -E "^FAILED|^E  " "$OUT/a8_tests.log" | sort | uniq -c | sort -rn | head -8
   step cvt_probe 120 python3 benchmarks/cvt_probe.py --out "$R/cvt_probe.json"
   ;;
 second)
