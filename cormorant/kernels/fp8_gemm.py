@@ -42,9 +42,11 @@ from cormorant.kernels.int_gemm import _finish, _locks, _num_sms
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0  # the largest finite e4m3fn value
 FP8_MAX_TL: tl.constexpr = tl.constexpr(448.0)
-# One row with per-row scales runs _fp8_gemv_words_kernel (codes made floats by integer ops);
-# CORMORANT_FP8_GEMV=bytes keeps _fp8_gemv_kernel (fp8 loads, hardware conversions) for A/B.
-WORDS_GEMV = os.environ.get("CORMORANT_FP8_GEMV", "words") != "bytes"
+# One row runs _fp8_gemv_kernel (fp8 loads, Triton's casts). CORMORANT_FP8_GEMV=words runs
+# _fp8_gemv_words_kernel for per-row scales (codes made floats by integer ops): off because B2
+# with it (and the int GEMV changes) measured slower on an H100 (2026-12-07: 4.55 ms/token
+# against 3.75 on 2026-12-06), each change's share not yet measured (benchmarks/RESULTS.md).
+WORDS_GEMV = os.environ.get("CORMORANT_FP8_GEMV", "bytes") == "words"
 GEMM_SPLIT_ROWS = 64  # rows up to which the GEMM takes 64-wide tiles and splits K
 
 

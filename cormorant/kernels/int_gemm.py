@@ -48,8 +48,10 @@ from cormorant.kernels.gemv import (PROLOGUE_ADD_NORM, PROLOGUE_NONE, PROLOGUE_S
                                     _row_input)
 
 DECODE_ROWS = 16  # M up to which the split-K decode shape runs
-# Codes made floats by bits (see _gemv_tile) unless CORMORANT_INT_MAGIC=0 (A/B on a card).
-MAGIC_DEFAULT = os.environ.get("CORMORANT_INT_MAGIC", "1") != "0"
+# The GEMV makes codes floats by bits (see _gemv_tile) with CORMORANT_INT_MAGIC=1; off by
+# default since B2 int4 measured slower with it and the fused prologues on (H100, 2026-12-07:
+# 4.67 ms/token against 3.38 on 2026-12-06; the share of each not yet measured).
+MAGIC_DEFAULT = os.environ.get("CORMORANT_INT_MAGIC", "0") == "1"
 # Rows from which, on CUDA, W is dequantized per call for a dense (cuBLAS) matmul instead
 # (`benchmarks/int4_probe.py --ms 64,...,4096`, H100, 2026-12-06, Llama-3.1-8B, group 128:
 # at 64 rows qkv 61.6 -> 38.7 us, o 63.6 -> 22.6, down 205 -> 100; at 1,024 rows 2.5-2.8x

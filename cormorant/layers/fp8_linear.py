@@ -44,15 +44,16 @@ FP8_MAX = 448.0
 # Rows up to which the FP8 GEMV runs on CUDA (benchmarks/fp8_probe.py measures the crossover).
 FP8_GEMV_MAX_ROWS = 1
 # Rows up to which bf16/fp16 activations stay unquantized through kernels.fp8_gemm (W8A16,
-# split-K tiles) rather than torch._scaled_mm, whose FP8 tiles read few-row weights slowly
-# (fp8_probe). 1 (off) until measured on a card: the W8A16 tiles pay off only with their
-# codes made bf16 by integer ops (CORMORANT_E4M3_CVT=bits, kernels.e4m3), itself not yet
-# measured. CORMORANT_FP8_GEMM_ROWS=64 turns it on.
-FP8_GEMM_MAX_ROWS = int(os.environ.get("CORMORANT_FP8_GEMM_ROWS", "1"))
+# split-K tiles, codes made bf16 by kernels.e4m3) rather than torch._scaled_mm, whose FP8
+# tiles read few-row weights slowly. H100, 2026-12-07 (fp8_probe): at 32 rows qkv / o /
+# gate_up / down took 18 / 14 / 51 / 33 us against _scaled_mm's 21 / 18 / 54 / 55; at 128 rows
+# 56 / 55 / 102 / 185 against 19 / 18 / 55 / 51. CORMORANT_FP8_GEMM_ROWS=1 turns it off.
+FP8_GEMM_MAX_ROWS = int(os.environ.get("CORMORANT_FP8_GEMM_ROWS", "64"))
 # Rows up to which quantized activations go through kernels.fp8_gemm.fp8_scaled_gemm (W8A8
-# Triton tiles, split-K where few output tiles leave SMs idle) rather than torch._scaled_mm,
-# which read Llama-8B's qkv / o / down at 128-256 rows at a third of the H100's bandwidth
-# (fp8_probe, 2026-12-06). 0 (off) until a card measures it: CORMORANT_FP8_A8_ROWS=512.
+# Triton tiles, split-K) rather than torch._scaled_mm. Off (0): on the H100 (2026-12-07) its
+# tiles took 57 / 54 / 82 / 87 us at 128 rows where _scaled_mm took 19 / 18 / 55 / 51, and
+# that run accumulated in Triton's imprecise FP8 mode (fixed since, not yet re-measured).
+# CORMORANT_FP8_A8_ROWS=512 routes rows to it, for tuning.
 FP8_A8_MAX_ROWS = int(os.environ.get("CORMORANT_FP8_A8_ROWS", "0"))
 # Where the kernels run and for which activation dtypes (tests widen these to the CPU in fp32,
 # under TRITON_INTERPRET); elsewhere the dequantize-then-matmul reference runs.

@@ -41,8 +41,9 @@ from cormorant.layers.linear import LinearMethod, set_layout
 LAYOUTS = ("awq", "gptq", "ct-packed", "ct-naive", "online")
 INT_KERNEL_DEVICE_TYPES = ("cuda",)  # where kernels.int_gemm runs (tests widen it)
 FUSED_DTYPES = (torch.bfloat16, torch.float16)  # rows whose norm / SiLU the GEMV folds in
-# CORMORANT_INT_FUSED=0 keeps the norm / SiLU as their own kernels (A/B on a card).
-FUSED_PROLOGUE = os.environ.get("CORMORANT_INT_FUSED", "1") != "0"
+# CORMORANT_INT_FUSED=1 folds the norm / SiLU into the one-row GEMV; off by default since B2
+# int4 measured slower with it and MAGIC on (kernels.int_gemm.MAGIC_DEFAULT, 2026-12-07).
+FUSED_PROLOGUE = os.environ.get("CORMORANT_INT_FUSED", "0") == "1"
 ONLINE_GROUP = 128
 
 

@@ -31,12 +31,12 @@ def test_the_bit_construction_is_each_code_times_2_to_the_minus_120():
     assert (want[FINITE].abs() < 2 ** -6).sum() == 16  # +-0 and the 14 subnormals among them
 
 
-def test_off_unless_switched_on_and_never_off_cuda(monkeypatch):
+def test_on_by_default_on_hopper_off_when_switched_off_and_never_off_cuda(monkeypatch):
     monkeypatch.delenv("CORMORANT_E4M3_CVT", raising=False)
-    assert not e4m3.available(torch.device("cuda"))  # off by default (not yet measured)
-    monkeypatch.setenv("CORMORANT_E4M3_CVT", "bits")
-    assert not e4m3.available(torch.device("cpu"))
     assert e4m3.available(torch.device("cuda")) == ON_HOPPER
+    assert not e4m3.available(torch.device("cpu"))
+    monkeypatch.setenv("CORMORANT_E4M3_CVT", "hw")
+    assert not e4m3.available(torch.device("cuda"))
 
 
 @triton.jit

@@ -167,6 +167,7 @@ def test_fp8_layer_routes_rows_to_the_w8a8_kernel_when_asked(strategy, block, de
     x = torch.randn(6, 64, generator=torch.Generator().manual_seed(1)).to(device)
     monkeypatch.setattr(fp8_linear, "GEMV_DTYPES", (torch.float32,))
     monkeypatch.setattr(fp8_linear, "FP8_A8_MAX_ROWS", 8)
+    monkeypatch.setattr(fp8_linear, "FP8_GEMM_MAX_ROWS", 1)  # not the W8A16 rows
     calls = []
     monkeypatch.setattr(fp8_gemm, "fp8_gemm", lambda *a, **k: calls.append(a))
     y = method._cuda_matmul(fp8_gemm, layer, x, None)

@@ -117,6 +117,7 @@ def test_an_int4_layer_folds_a_pending_norm_and_silu_into_its_gemv(monkeypatch, 
     from cormorant.layers.linear import RowParallelLinear
     from cormorant.layers.norm import NormedInput, RMSNorm
 
+    monkeypatch.setattr(int_linear, "FUSED_PROLOGUE", True)  # CORMORANT_INT_FUSED=1
     gen = torch.Generator().manual_seed(3)
     layer = RowParallelLinear(256, 48, bias=False).to(device)
     method = IntWeightMethod(IntSpec("online", 4, 128), "o", device, torch.bfloat16)
