@@ -1,11 +1,12 @@
 #!/bin/bash
 # Device calls of 2026-12-07, second session (issue #12). `first` measures everything that
 # decides a default: the card's tests of the new kernels, B2 bf16/FP8/int4, B1 with the bf16
-# and the FP8 KV cache (read through kernels.e4m3), B3 bf16 against FP8 both ways (the
-# current defaults, _scaled_mm from two rows on; and the Triton paths: W8A16 tiles up to 64
+# and the FP8 KV cache (read through kernels.e4m3), B3 bf16 against FP8 both ways (that
+# day's defaults, _scaled_mm from two rows on; and the Triton paths: W8A16 tiles up to 64
 # rows, W8A8 tiles up to 512). `second` attributes it per projection: fp8_probe with the W8A8
 # sweep, cvt_probe with its sweep, B1 through Triton's own e4m3 casts, the int kernels' tests.
-#   bash benchmarks/gpu_wave5.sh first    # ~9 min
+#   bash benchmarks/gpu_wave5.sh first    # ran 2026-12-07 04:24 on an H100 (6 min; RESULTS.md)
+#   bash benchmarks/gpu_wave5.sh diag     # the A/B that run called for (~8 min), not yet run
 #   bash benchmarks/gpu_wave5.sh second   # ~8 min
 source "$(dirname "$0")/gpu_common.sh"
 TRITON_PATHS="env CORMORANT_E4M3_CVT=bits CORMORANT_FP8_GEMM_ROWS=64 CORMORANT_FP8_A8_ROWS=512"
@@ -25,15 +26,18 @@ first)
   step fp8_rows_short 70 env CORMORANT_E4M3_CVT=bits python3 benchmarks/fp8_probe.py \
     --ms 32,128,256 --out "$OUT/fp8_rows_short.json"
   ;;
-diag)  # after `first` (04:25): B2 FP8 and int4 slower than on 2026-12-06; the W8A8 tests failed
-  step b2_fp8_bytes 40 env CORMORANT_FP8_GEMV=bytes $B b2 --quick --no-peer --quantization fp8 \
-    --out "$R/b2_fp8_bytes"
-  step b2_int4_nomagic 40 env CORMORANT_INT_MAGIC=0 $B b2 --quick --no-peer --quantization int4 \
-    --out "$R/b2_int4_nomagic"
-  step b2_int4_unfused 40 env CORMORANT_INT_FUSED=0 $B b2 --quick --no-peer --quantization int4 \
-    --out "$R/b2_int4_unfused"
-  step b3_fp8_rows64 60 env CORMORANT_E4M3_CVT=bits CORMORANT_FP8_GEMM_ROWS=64 $B b3 --quick \
-    --no-peer --quantization fp8 --out "$R/b3_fp8_rows64"
+diag)  # next: B2 at the restored defaults and with each switch on alone (the share of each in
+  # the 04:25 regression), B3 with W8A16 alone, the fixed W8A8 tests, cvt_probe per projection
+  step b2_default 40 $B b2 --quick --no-peer --quantization fp8 --out "$R/b2_default"
+  step b2_fp8_words 40 env CORMORANT_FP8_GEMV=words $B b2 --quick --no-peer --quantization fp8 \
+    --out "$R/b2_fp8_words"
+  step b2_int4 40 $B b2 --quick --no-peer --quantization int4 --out "$R/b2_int4"
+  step b2_int4_magic 40 env CORMORANT_INT_MAGIC=1 $B b2 --quick --no-peer --quantization int4 \
+    --out "$R/b2_int4_magic"
+  step b2_int4_fused 40 env CORMORANT_INT_FUSED=1 $B b2 --quick --no-peer --quantization int4 \
+    --out "$R/b2_int4_fused"
+  step b3_bf16 80 $B b3 --quick --no-peer --out "$R/b3_bf16"
+  step b3_fp8 80 $B b3 --quick --no-peer --quantization fp8 --out "$R/b3_fp8"
   step a8_tests 60 python3 -m pytest -q -rf tests/kernels/test_fp8_gemm.py -k "scaled_gemm or routes"
   grep -E "^FAILED|^E  " "$OUT/a8_tests.log" | sort | uniq -c | sort -rn | head -8
   step cvt_probe 120 python3 benchmarks/cvt_probe.py --out "$R/cvt_probe.json"
