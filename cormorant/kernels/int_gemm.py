@@ -28,9 +28,10 @@ Launch shapes, chosen by `config_for(M, N, K, group, num_sms)`:
   prefill: 64 x 128 x 64 tiles through tl.dot, no split; from DEQUANT_MIN_ROWS rows on CUDA,
           int_dequant writes a dense W in the activation dtype (a temporary) and cuBLAS
           multiplies.
-Every kernel turns a code c into a float as the bits 0x4B000000 | c (2^23 + c) less 2^23 + zero,
-exact: two integer ops, where an int-to-float conversion runs at a sixteenth of the FMA rate
-(on the H100 it bounded the GEMV below the memory bandwidth; `MAGIC=False` keeps it for A/B).
+The tile and dequant kernels turn a code c into a float as the bits 0x4B000000 | c (2^23 + c)
+less 2^23 + zero, exact: two integer ops, where an int-to-float conversion runs at a sixteenth
+of the FMA rate. The GEMV does so with MAGIC (CORMORANT_INT_MAGIC=1), off by default: B2 int4
+measured slower with it and the fused prologues on (H100, 2026-12-07; see MAGIC_DEFAULT).
 fp32 inputs use IEEE dots (the parity reference); bf16/fp16 inputs use tensor cores with fp32
 accumulation. `int_gemm_ref` is the PyTorch reference (dequantize, then matmul).
 Imports torch, triton and kernels.gemv (the prologue codes and their input helper).
