@@ -62,7 +62,9 @@ def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
 
 def a8(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, scale_n: int, group_k: int | None,
        config: dict | None = None) -> torch.Tensor:
-    """What layers.fp8_linear runs for rows up to FP8_A8_MAX_ROWS."""
+    """What layers.fp8_linear.w8a8_gemm runs (group_k None: per row), the activations
+    quantized by the PyTorch quantizer: on the GPU its codes equal the kernel's bit for bit
+    (test_fp8_gemm), and on the CPU it avoids the interpreter's e4m3 cast (see that test)."""
     xq, xs = quantize_rows(x)
     return fp8_scaled_gemm(xq, xs, q, s, scale_n, group_k or x.shape[1], out_dtype=x.dtype,
                            config=config)
@@ -160,6 +162,7 @@ def sweep_a8(name: str, n: int, k: int, ms: tuple[int, ...] = (32, 64, 128, 256,
     ws = [quantize_rows(torch.randn(n, k, device="cuda", generator=gen) * 0.02)
           for _ in range(copies)]
     sms = torch.cuda.get_device_properties(0).multi_processor_count
+    k_tiles = -(-k // 128)
     out = []
     for m in ms:
         x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
@@ -172,13 +175,11 @@ def sweep_a8(name: str, n: int, k: int, ms: tuple[int, ...] = (32, 64, 128, 256,
         for bm in (64, 128):
             for bn in (64, 128, 256):
                 for stages, warps in ((3, 4), (4, 4), (5, 4), (4, 8)):
-                    base = a8_config(m, n, k, k, True, sms)
-                    k_tiles = -(-k // 128)
                     tiles = -(-m // bm) * -(-n // bn)
                     for split in sorted({1, max(1, min(k_tiles // 2, -(-sms // tiles))),
                                          max(1, min(k_tiles // 2, -(-2 * sms // tiles)))}):
                         per = -(-k_tiles // split) * 128
-                        cfg = dict(base, BLOCK_M=bm, BLOCK_N=bn, num_stages=stages,
+                        cfg = dict(default, BLOCK_M=bm, BLOCK_N=bn, num_stages=stages,
                                    num_warps=warps, SPLIT_K=-(-k // per), K_PER_SPLIT=per)
                         try:
                             t = graph_time_us(lambda i, c=cfg: a8(x, *ws[i], 1, k, dict(c)),

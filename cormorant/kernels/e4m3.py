@@ -6,7 +6,7 @@ speed (the FP8 KV cache in paged attention) may be bound by them. Here, per pair
 byte permute, a shift and two masks build the bf16 whose bits are the code's sign, exponent
 field 0000eeee and mantissa mmm0000 -- the code's value times 2^-120 (subnormal codes become
 bf16 subnormals, also times 2^-120) -- and one bf16x2 multiply by 2^120 makes it the code's
-value exactly. Five instructions per two codes, meant to equal `x.to(tl.bfloat16)` bit for bit
+value exactly. Five instructions per two codes, equal to `x.to(tl.bfloat16)` bit for bit
 (NaN codes aside: they come out finite). On by default on sm_90+: tests/kernels/test_e4m3.py
 passed on an H100 (2026-12-07: every code equal to the cast, paged attention over an FP8
 cache and the W8A16 GEMM byte-identical both ways), and B1 with an FP8 KV cache went from

@@ -233,8 +233,8 @@ class Fp8LinearMethod(LinearMethod):
         if x.shape[0] <= FP8_GEMM_MAX_ROWS and x.dtype in GEMV_DTYPES:
             return kernels.fp8_gemm(x, *args)
         if x.shape[0] <= FP8_A8_MAX_ROWS and x.dtype in GEMV_DTYPES and self.group_k >= 32:
-            xq, x_scale = kernels.quantize_rows(x, getattr(layer, "input_scale", None))
-            return kernels.fp8_scaled_gemm(xq, x_scale, *args, out_dtype=x.dtype)
+            return w8a8_gemm(x, layer.weight, layer.weight_scale, self.scale_n, self.group_k,
+                             getattr(layer, "input_scale", None), bias)
         if (layer.weight_scale.shape[1] == 1 and self.scale_n == 1 and scaled_mm_rowwise(x)
                 and x.shape[1] % 16 == 0 and layer.weight.shape[0] % 16 == 0):  # its tiles
             return scaled_mm(x, layer.weight, layer.weight_scale,
@@ -270,6 +270,17 @@ def scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
     y = torch._scaled_mm(xq, weight.t(), scale_a=x_scale, scale_b=weight_scale.view(1, -1),
                          out_dtype=x.dtype)
     return y if bias is None else y + bias
+
+
+def w8a8_gemm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, scale_n: int,
+              group_k: int, input_scale: torch.Tensor | None, bias: torch.Tensor | None,
+              config: dict | None = None) -> torch.Tensor:
+    """x [M, K] quantized per token (or by the static input scale), then the Triton W8A8 GEMM
+    (kernels.fp8_gemm.fp8_scaled_gemm) against the FP8 weight in any scale layout."""
+    kernels = load_kernels("fp8_gemm")
+    xq, x_scale = kernels.quantize_rows(x, input_scale)
+    return kernels.fp8_scaled_gemm(xq, x_scale, weight, weight_scale, scale_n, group_k, bias,
+                                   out_dtype=x.dtype, config=config)
 
 
 def scaled_mm_ref(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
