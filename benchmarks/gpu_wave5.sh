@@ -28,6 +28,7 @@ first)
   ;;
 diag)  # next: B2 at the restored defaults and with each switch on alone (the share of each in
   # the 04:25 regression), B3 with W8A16 alone, the fixed W8A8 tests, cvt_probe per projection
+  step b2_bf16 40 $B b2 --quick --no-peer --out "$R/b2_bf16"
   step b2_default 40 $B b2 --quick --no-peer --quantization fp8 --out "$R/b2_default"
   step b2_fp8_words 40 env CORMORANT_FP8_GEMV=words $B b2 --quick --no-peer --quantization fp8 \
     --out "$R/b2_fp8_words"
@@ -40,7 +41,7 @@ diag)  # next: B2 at the restored defaults and with each switch on alone (the sh
   step b3_fp8 80 $B b3 --quick --no-peer --quantization fp8 --out "$R/b3_fp8"
   step a8_tests 60 python3 -m pytest -q -rf tests/kernels/test_fp8_gemm.py -k "scaled_gemm or routes"
   grep -E "^FAILED|^E  " "$OUT/a8_tests.log" | sort | uniq -c | sort -rn | head -8
-  step cvt_probe 120 python3 benchmarks/cvt_probe.py --out "$R/cvt_probe.json"
+  step cvt_probe 80 python3 benchmarks/cvt_probe.py --out "$R/cvt_probe.json"
   ;;
 second)
   step fp8_rows 200 env CORMORANT_E4M3_CVT=bits python3 benchmarks/fp8_probe.py \
