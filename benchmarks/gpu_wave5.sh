@@ -6,7 +6,7 @@
 # rows, W8A8 tiles up to 512). `second` attributes it per projection: fp8_probe with the W8A8
 # sweep, cvt_probe with its sweep, B1 through Triton's own e4m3 casts, the int kernels' tests.
 #   bash benchmarks/gpu_wave5.sh first    # ran 2026-12-07 04:24 on an H100 (6 min; RESULTS.md)
-#   bash benchmarks/gpu_wave5.sh diag     # the A/B that run called for (~8 min), not yet run
+#   bash benchmarks/gpu_wave5.sh diag     # the A/B that run called for (~9 min), not yet run
 #   bash benchmarks/gpu_wave5.sh second   # ~8 min
 source "$(dirname "$0")/gpu_common.sh"
 TRITON_PATHS="env CORMORANT_E4M3_CVT=bits CORMORANT_FP8_GEMM_ROWS=64 CORMORANT_FP8_A8_ROWS=512"
@@ -27,21 +27,23 @@ first)
     --ms 32,128,256 --out "$OUT/fp8_rows_short.json"
   ;;
 diag)  # next: B2 at the restored defaults and with each switch on alone (the share of each in
-  # the 04:25 regression), B3 with W8A16 alone, the fixed W8A8 tests, cvt_probe per projection
+  # the 04:25 regression; MAGIC now masks each code in place, one LOP3), the int GEMV's card
+  # tests, cvt_probe per projection, B3 with W8A16 alone, the fixed W8A8 tests
   step b2_bf16 40 $B b2 --quick --no-peer --out "$R/b2_bf16"
   step b2_default 40 $B b2 --quick --no-peer --quantization fp8 --out "$R/b2_default"
-  step b2_fp8_words 40 env CORMORANT_FP8_GEMV=words $B b2 --quick --no-peer --quantization fp8 \
-    --out "$R/b2_fp8_words"
   step b2_int4 40 $B b2 --quick --no-peer --quantization int4 --out "$R/b2_int4"
   step b2_int4_magic 40 env CORMORANT_INT_MAGIC=1 $B b2 --quick --no-peer --quantization int4 \
     --out "$R/b2_int4_magic"
-  step b2_int4_fused 40 env CORMORANT_INT_FUSED=1 $B b2 --quick --no-peer --quantization int4 \
-    --out "$R/b2_int4_fused"
-  step b3_bf16 80 $B b3 --quick --no-peer --out "$R/b3_bf16"
-  step b3_fp8 80 $B b3 --quick --no-peer --quantization fp8 --out "$R/b3_fp8"
-  step a8_tests 60 python3 -m pytest -q -rf tests/kernels/test_fp8_gemm.py -k "scaled_gemm or routes"
+  step int_tests 70 python3 -m pytest -q -rf tests/kernels/test_int_gemm.py -k "bits or gemv"
+  step cvt_probe 70 python3 benchmarks/cvt_probe.py --out "$R/cvt_probe.json"
+  step b2_fp8_words 40 env CORMORANT_FP8_GEMV=words $B b2 --quick --no-peer --quantization fp8 \
+    --out "$R/b2_fp8_words"
+  step b2_int4_fused 40 env CORMORANT_INT_MAGIC=1 CORMORANT_INT_FUSED=1 $B b2 --quick --no-peer \
+    --quantization int4 --out "$R/b2_int4_fused"
+  step b3_bf16 70 $B b3 --quick --no-peer --out "$R/b3_bf16"
+  step b3_fp8 70 $B b3 --quick --no-peer --quantization fp8 --out "$R/b3_fp8"
+  step a8_tests 40 python3 -m pytest -q -rf tests/kernels/test_fp8_gemm.py -k "scaled_gemm or routes"
   grep -E "^FAILED|^E  " "$OUT/a8_tests.log" | sort | uniq -c | sort -rn | head -8
-  step cvt_probe 80 python3 benchmarks/cvt_probe.py --out "$R/cvt_probe.json"
   ;;
 second)
   step fp8_rows 200 env CORMORANT_E4M3_CVT=bits python3 benchmarks/fp8_probe.py \

@@ -72,6 +72,18 @@ def _dot(x, w, IEEE: tl.constexpr):
 
 
 @triton.jit
+def _bits_or_magic(words, mask, ASM: tl.constexpr):
+    """(words & mask) | 0x4B000000. ptxas makes two LOP3s of it (both operands immediates);
+    on CUDA (ASM) one lop3 in inline PTX, its magic in a register."""
+    if ASM:
+        return tl.inline_asm_elementwise("lop3.b32 $0, $1, $2, $3, 0xEA;", "=r,r,r,r",
+                                         [words, mask, 0x4B000000], dtype=tl.int32,
+                                         is_pure=True, pack=1)
+    else:
+        return (words & mask) | 0x4B000000
+
+
+@triton.jit
 def _finish(acc, y_ptr, y_offs, p_ptr, p_offs, p_stride, lock_ptr, lock_id, pid_k, mask,
             SPLIT_K, sq, sq_ptr, sq_stride, K, eps, NORM: tl.constexpr):
     """Store a program's fp32 result: straight to y without split-K; else as a partial, and the
@@ -109,7 +121,7 @@ def _gemv_tile(x_ptr, r_ptr, nw_ptr, res_out_ptr, q_ptr, s_ptr, z_ptr, k0, k_end
                mask_n, write_residual, stride_qk, stride_sg, BITS: tl.constexpr,
                GROUP: tl.constexpr, WORDS: tl.constexpr, TILE_GROUP: tl.constexpr,
                HAS_ZEROS: tl.constexpr, PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-               MAGIC: tl.constexpr):
+               MAGIC: tl.constexpr, ASM: tl.constexpr):
     """[WORDS, BLOCK_N] fp32 products of one K tile of WORDS * P inputs (see the GEMV), and
     the [WORDS] sums of the squared norm inputs (PROLOGUE 1; zeros otherwise)."""
     PACK: tl.constexpr = 32 // BITS
@@ -118,6 +130,12 @@ def _gemv_tile(x_ptr, r_ptr, nw_ptr, res_out_ptr, q_ptr, s_ptr, z_ptr, k0, k_end
     # (2^23 + zero): exact, and two integer ops instead of an int-to-float conversion (a
     # sixteenth of the FMA rate per SM), which bounded this kernel on the H100.
     OFFSET: tl.constexpr = 8388608.0 if MAGIC else 0.0
+    # MAGIC with whole-group tiles masks each code in place instead: position j's code c at
+    # bit sh as the fp32 2^23 + c * 2^sh (one LOP3), less 2^23 + zero * 2^sh, times
+    # x * 2^-sh: all exact. Codes whose bits reach past bit 22 come from the word shifted
+    # right by 16 (once per tile). Asymmetric codes leave their zero to the end of the tile
+    # (z * the sum of the word's inputs), so no per-column offset is made per position.
+    SHIFTED: tl.constexpr = MAGIC and TILE_GROUP
     rows = k0 // PACK + tl.arange(0, WORDS)  # the word rows of this tile
     mask_w = rows * PACK < k_end
     words = tl.load(q_ptr + rows[:, None] * stride_qk + offs_n[None, :],
@@ -133,28 +151,46 @@ def _gemv_tile(x_ptr, r_ptr, nw_ptr, res_out_ptr, q_ptr, s_ptr, z_ptr, k0, k_end
             z = (1 << (BITS - 1)) + OFFSET
     part = tl.zeros(words.shape, dtype=tl.float32)
     sq = tl.zeros((WORDS,), dtype=tl.float32)
+    x_words = tl.zeros((WORDS,), dtype=tl.float32)  # SHIFTED, asymmetric: inputs per word
+    if SHIFTED:
+        high = words >> 16
     for j in tl.static_range(PACK):
-        codes = (words >> (j * BITS)) & MASK
-        if MAGIC:
-            codes = (codes | 0x4B000000).to(tl.float32, bitcast=True)
-        else:
-            codes = codes.to(tl.float32)
         ks = rows * PACK + j
         xj, sj = _row_input(x_ptr, r_ptr, nw_ptr, res_out_ptr, ks, mask_w, 0.0,
                             write_residual, K, PROLOGUE, HAS_RESIDUAL, False)
         if PROLOGUE == 1:
             sq += sj * sj
-        if TILE_GROUP:
-            part += (codes - z) * xj[:, None]
-        else:  # scales (and zeros) per element: groups smaller than a tile
-            sz = (ks // GROUP)[:, None] * stride_sg + offs_n[None, :]
-            sz_mask = mask_w[:, None] & mask_n[None, :]
-            s2 = tl.load(s_ptr + sz, mask=sz_mask, other=0.0).to(tl.float32)
-            if HAS_ZEROS:
-                z2 = tl.load(z_ptr + sz, mask=sz_mask, other=0.0).to(tl.float32) + OFFSET
+        if SHIFTED:
+            low = j * BITS + BITS <= 23  # compile-time, as j is
+            sh = j * BITS if low else j * BITS - 16
+            zero = 0 if HAS_ZEROS else (1 << (BITS - 1))
+            if low:
+                bits = _bits_or_magic(words, MASK << sh, ASM)
             else:
-                z2 = (1 << (BITS - 1)) + OFFSET
-            part += (codes - z2) * s2 * xj[:, None]
+                bits = _bits_or_magic(high, MASK << sh, ASM)
+            codes = bits.to(tl.float32, bitcast=True) - (8388608.0 + zero * (1 << sh))
+            part += codes * (xj * (1.0 / (1 << sh)))[:, None]
+            if HAS_ZEROS:
+                x_words += xj
+        else:
+            codes = (words >> (j * BITS)) & MASK
+            if MAGIC:
+                codes = (codes | 0x4B000000).to(tl.float32, bitcast=True)
+            else:
+                codes = codes.to(tl.float32)
+            if TILE_GROUP:
+                part += (codes - z) * xj[:, None]
+            else:  # scales (and zeros) per element: groups smaller than a tile
+                sz = (ks // GROUP)[:, None] * stride_sg + offs_n[None, :]
+                sz_mask = mask_w[:, None] & mask_n[None, :]
+                s2 = tl.load(s_ptr + sz, mask=sz_mask, other=0.0).to(tl.float32)
+                if HAS_ZEROS:
+                    z2 = tl.load(z_ptr + sz, mask=sz_mask, other=0.0).to(tl.float32) + OFFSET
+                else:
+                    z2 = (1 << (BITS - 1)) + OFFSET
+                part += (codes - z2) * s2 * xj[:, None]
+    if SHIFTED and HAS_ZEROS:
+        part -= (z - OFFSET) * x_words[:, None]
     if TILE_GROUP:
         part = part * s[None, :]
     return part, sq
@@ -166,7 +202,7 @@ def _int_gemv_kernel(x_ptr, r_ptr, nw_ptr, res_out_ptr, q_ptr, s_ptr, z_ptr, y_p
                      BITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_K: tl.constexpr, SPLIT_K, TILE_GROUP: tl.constexpr,
                      HAS_ZEROS: tl.constexpr, SUB: tl.constexpr, PROLOGUE: tl.constexpr,
-                     HAS_RESIDUAL: tl.constexpr, MAGIC: tl.constexpr):
+                     HAS_RESIDUAL: tl.constexpr, MAGIC: tl.constexpr, ASM: tl.constexpr):
     """One row (M = 1), no tensor cores: each K tile's packed words are loaded once as a
     [BLOCK_K / P, BLOCK_N] tile; for each of the P code positions (an unrolled loop) the codes
     are shifted out and multiplied by their inputs (x[k] for k = word * P + j) into an fp32
@@ -190,7 +226,7 @@ def _int_gemv_kernel(x_ptr, r_ptr, nw_ptr, res_out_ptr, q_ptr, s_ptr, z_ptr, y_p
             part, sq_part = _gemv_tile(
                 x_ptr, r_ptr, nw_ptr, res_out_ptr, q_ptr, s_ptr, z_ptr, k0 + t * BLOCK_K,
                 k_end, K, offs_n, mask_n, pid_n == 0, stride_qk, stride_sg, BITS, GROUP, WORDS,
-                TILE_GROUP, HAS_ZEROS, PROLOGUE, HAS_RESIDUAL, MAGIC)
+                TILE_GROUP, HAS_ZEROS, PROLOGUE, HAS_RESIDUAL, MAGIC, ASM)
             acc += part
             sq += sq_part
     _finish(tl.sum(acc, axis=0), y_ptr, offs_n, p_ptr, offs_n, N, lock_ptr, pid_n, pid_k,
@@ -294,6 +330,11 @@ def int_dequant(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor
                               GROUP=group, WORDS=words, BLOCK_N=block_n,
                               HAS_ZEROS=zeros is not None, num_warps=4)
     return w
+
+
+def _ptx(device: torch.device) -> bool:
+    """Whether kernels may use inline PTX: CUDA, not under the interpreter."""
+    return device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1"
 
 
 @functools.cache
@@ -406,7 +447,7 @@ def _gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: t
         residual_out if residual_out is not None else x, qweight, scales, zeros, y, partials,
         squares, _locks(x.device, tiles), n, k, per_split, qweight.stride(0),
         scales.stride(0), eps, PROLOGUE=prologue, HAS_RESIDUAL=residual is not None,
-        **common, **cfg)
+        ASM=_ptx(x.device), **common, **cfg)
     return y
 
 
