@@ -16,9 +16,11 @@ L2), calls captured in a CUDA graph, median of 5 replays. GB/s counts weight byt
 decision it informs is layers.fp8_linear's FP8_GEMV_MAX_ROWS and the _scaled_mm / Triton split.
 One command on the GPU machine, from the repository root:
     python benchmarks/fp8_probe.py [--ms 1,2,4,16,64,256,1024,4096] [--sweep] [--sweep-a8]
-                                   [--out FILE]
+                                   [--sweep-acc2d] [--out FILE]
 (--sweep: the M = 1 GEMV's launch settings, plain and with the add + RMSNorm prologue;
- --sweep-a8: the W8A8 GEMM's tiles at 32-512 rows against its defaults and _scaled_mm.)
+ --sweep-a8: the W8A8 GEMM's tiles at 32-512 rows against its defaults and _scaled_mm;
+ --sweep-acc2d: the M = 1 GEMV with its products reduced once (ACC2D), plain and with the
+ projection's prologue, against the default.)
 On the CPU it runs tiny shapes under TRITON_INTERPRET=1 as a smoke test (times meaningless).
 Imports torch, triton and cormorant (repo on path).
 """
@@ -38,7 +40,9 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")
 from benchmarks.gemv_probe import cpu_time_us, graph_time_us  # noqa: E402
 from cormorant.kernels.fp8_gemm import (a8_config, fp8_add_rms_norm_gemv,  # noqa: E402
                                         fp8_gemm, fp8_gemv, fp8_matmul_ref, fp8_scaled_gemm,
-                                        gemm_config)
+                                        fp8_silu_mul_gemv, gemm_config, gemv_config)
+from cormorant.kernels.gemv import (PROLOGUE_ADD_NORM, PROLOGUE_NONE,  # noqa: E402
+                                    PROLOGUE_SILU_MUL)
 from cormorant.layers.fp8_linear import (quantize_rows, scaled_mm, scaled_mm_ref,  # noqa: E402
                                          scaled_mm_rowwise)
 
@@ -153,6 +157,52 @@ def sweep_gemv(name: str, n: int, k: int) -> dict:
     return best
 
 
+ACC_SWEEP = [(bn, bk, w, st) for bn in (2, 4, 8) for bk in (1024, 2048) for w in (4, 8)
+             for st in (2, 4)]
+
+
+def sweep_acc2d(name: str, n: int, k: int) -> dict:
+    """M = 1, per-row scales: the GEMV accumulating [BLOCK_N, BLOCK_K] products elementwise
+    (ACC2D, one reduction at the end) against the default (one reduction per K step), plain
+    and with the projection's prologue (add + RMSNorm for K = 4096, SiLU for down)."""
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    copies = max(1, min(16, -(-256 * 2**20 // (n * k))))
+    ws = [quantize_rows(torch.randn(n, k, device="cuda", generator=gen) * 0.02)
+          for _ in range(copies)]
+    x = torch.randn(1, k, device="cuda", generator=gen).to(torch.bfloat16)
+    gate_up = torch.randn(1, 2 * k, device="cuda", generator=gen).to(torch.bfloat16)
+    nw = torch.ones(k, device="cuda", dtype=torch.bfloat16)
+    out = {}
+    for kind in ("plain", "add_norm" if k == 4096 else "silu"):
+        prologue = {"plain": PROLOGUE_NONE, "add_norm": PROLOGUE_ADD_NORM,
+                    "silu": PROLOGUE_SILU_MUL}[kind]
+        default = gemv_config(1, k, True, prologue)
+        cfgs = [dict(default, ACC2D=False), dict(default, ACC2D=True)] + [
+            dict(BLOCK_M=1, BLOCK_N=bn, BLOCK_K=bk, num_warps=w, num_stages=st, ACC2D=True)
+            for bn, bk, w, st in ACC_SWEEP]
+        times = []
+        for cfg in cfgs:
+            if kind == "plain":
+                fn = lambda i, cfg=cfg: fp8_gemv(x, ws[i][0], ws[i][1], 1, k, config=cfg)
+            elif kind == "add_norm":
+                fn = lambda i, cfg=cfg: fp8_add_rms_norm_gemv(x, x, nw, 1e-6, ws[i][0], ws[i][1],
+                                                              1, k, config=cfg)
+            else:
+                fn = lambda i, cfg=cfg: fp8_silu_mul_gemv(gate_up, ws[i][0], ws[i][1], 1, k,
+                                                          config=cfg)
+            try:
+                times.append((graph_time_us(fn, copies), cfg))
+            except Exception as e:  # noqa: BLE001 - a setting that does not compile
+                print("skip", cfg, type(e).__name__, flush=True)
+        best_t, best_cfg = min(times[2:], key=lambda tc: tc[0])
+        out[kind] = {"default_us": times[0][0], "default_acc2d_us": times[1][0],
+                     "best_acc2d_us": best_t, "best_acc2d": best_cfg,
+                     "GBps_default": n * k / times[0][0] / 1e3,
+                     "GBps_best": n * k / best_t / 1e3}
+    print("sweep_acc2d", name, json.dumps(out), flush=True)
+    return out
+
+
 def sweep_a8(name: str, n: int, k: int, ms: tuple[int, ...] = (32, 64, 128, 256, 512)
              ) -> list[dict]:
     """The W8A8 GEMM's tiles per rows: BLOCK_M, BLOCK_N, stages, warps and K splits (half,
@@ -201,6 +251,8 @@ def main() -> int:
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
     parser.add_argument("--sweep", action="store_true",
                         help="also sweep the M = 1 GEMV settings (plain and add-norm prologue)")
+    parser.add_argument("--sweep-acc2d", action="store_true",
+                        help="also time the M = 1 GEMV with its products reduced once (ACC2D)")
     parser.add_argument("--sweep-a8", action="store_true",
                         help="also sweep the W8A8 GEMM's tiles at 32-512 rows")
     args = parser.parse_args()
@@ -214,6 +266,9 @@ def main() -> int:
         rows += probe_shape(name, n, k, ms, cuda)
     if cuda and args.sweep_a8:
         rows += [{"shape": name, "sweep_a8": sweep_a8(name, n, k)}
+                 for name, (n, k) in SHAPES.items()]
+    if cuda and args.sweep_acc2d:
+        rows += [{"shape": name, "sweep_acc2d": sweep_acc2d(name, n, k)}
                  for name, (n, k) in SHAPES.items()]
     if cuda and args.sweep:
         rows += [{"shape": name, "sweep": sweep_gemv(name, n, k)}

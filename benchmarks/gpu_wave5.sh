@@ -7,6 +7,7 @@
 # sweep, cvt_probe with its sweep, B1 through Triton's own e4m3 casts, the int kernels' tests.
 #   bash benchmarks/gpu_wave5.sh first    # ran 2026-12-07 04:24 on an H100 (6 min; RESULTS.md)
 #   bash benchmarks/gpu_wave5.sh diag     # the A/B that run called for (~9 min), not yet run
+#   bash benchmarks/gpu_wave5.sh next     # after diag (~8 min): ACC2D, MAGIC's settings
 #   bash benchmarks/gpu_wave5.sh second   # ~8 min
 source "$(dirname "$0")/gpu_common.sh"
 TRITON_PATHS="env CORMORANT_E4M3_CVT=bits CORMORANT_FP8_GEMM_ROWS=64 CORMORANT_FP8_A8_ROWS=512"
@@ -44,6 +45,18 @@ diag)  # next: B2 at the restored defaults and with each switch on alone (the sh
   step b3_fp8 70 $B b3 --quick --no-peer --quantization fp8 --out "$R/b3_fp8"
   step a8_tests 40 python3 -m pytest -q -rf tests/kernels/test_fp8_gemm.py -k "scaled_gemm or routes"
   grep -E "^FAILED|^E  " "$OUT/a8_tests.log" | sort | uniq -c | sort -rn | head -8
+  ;;
+next)  # the call after diag: the FP8 GEMV reducing once (ACC2D) swept per projection and in
+  # B2; the int GEMV's launch settings with MAGIC; B2 int4 with MAGIC beside bf16
+  step b2_bf16 40 $B b2 --quick --no-peer --out "$R/b2_bf16"
+  step fp8_acc2d 220 python3 benchmarks/fp8_probe.py --ms 1 --sweep-acc2d --out "$OUT/fp8_acc2d.json"
+  grep sweep_acc2d "$OUT/fp8_acc2d.log"
+  step b2_fp8_acc2d 40 env CORMORANT_FP8_ACC2D=1 $B b2 --quick --no-peer --quantization fp8 \
+    --out "$R/b2_fp8_acc2d"
+  step int4_magic_sweep 150 env CORMORANT_INT_MAGIC=1 python3 benchmarks/int4_probe.py --ms 1 \
+    --sweep --out "$OUT/int4_magic_sweep.json"
+  step b2_int4_magic 40 env CORMORANT_INT_MAGIC=1 $B b2 --quick --no-peer --quantization int4 \
+    --out "$R/b2_int4_magic"
   ;;
 second)
   step fp8_rows 200 env CORMORANT_E4M3_CVT=bits python3 benchmarks/fp8_probe.py \

@@ -47,6 +47,9 @@ FP8_MAX_TL: tl.constexpr = tl.constexpr(448.0)
 # with it (and the int GEMV changes) measured slower on an H100 (2026-12-07: 4.55 ms/token
 # against 3.75 on 2026-12-06), each change's share not yet measured (benchmarks/RESULTS.md).
 WORDS_GEMV = os.environ.get("CORMORANT_FP8_GEMV", "bytes") == "words"
+# CORMORANT_FP8_ACC2D=1: the one-row GEMV reduces its products once, not per K step (see
+# _fp8_gemv_kernel); opt-in until `fp8_probe.py --sweep-acc2d` and B2 measure it on a card.
+ACC2D_GEMV = os.environ.get("CORMORANT_FP8_ACC2D", "0") == "1"
 GEMM_SPLIT_ROWS = 64  # rows up to which the GEMM takes 64-wide tiles and splits K
 
 
@@ -56,7 +59,11 @@ def _fp8_gemv_kernel(x_ptr, r_ptr, nw_ptr, res_out_ptr, w_ptr, s_ptr, b_ptr, y_p
                      SCALE_N: tl.constexpr, GROUP_K: tl.constexpr, PER_ROW: tl.constexpr,
                      PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
                      HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_K: tl.constexpr):
+                     BLOCK_K: tl.constexpr, ACC2D: tl.constexpr):
+    """ACC2D (one row): products accumulate elementwise in fp32 [BLOCK_N, BLOCK_K] and are
+    summed across threads once at the end, not once per K step (a shared-memory reduction
+    with barriers each step: 300 -> 236 instructions a step on sm_90, but 63 -> 123
+    registers, so half the programs per SM)."""
     pid = tl.program_id(0)
     dtype = y_ptr.dtype.element_ty
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -75,6 +82,7 @@ def _fp8_gemv_kernel(x_ptr, r_ptr, nw_ptr, res_out_ptr, w_ptr, s_ptr, b_ptr, y_p
     s_rows = s_ptr + (offs_n // SCALE_N) * stride_sn  # [BN]
     w_ptrs = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_1 = tl.zeros((BLOCK_N, BLOCK_K if ACC2D else 1), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + offs_k
         kmask = ks < K
@@ -100,11 +108,15 @@ def _fp8_gemv_kernel(x_ptr, r_ptr, nw_ptr, res_out_ptr, w_ptr, s_ptr, b_ptr, y_p
             s = tl.load(s_rows[:, None] + (ks // GROUP_K)[None, :],
                         mask=mask_n[:, None] & kmask[None, :], other=0.0)
             w = w * s
-        if BLOCK_M == 1:
+        if BLOCK_M == 1 and ACC2D:
+            acc_1 += w * x
+        elif BLOCK_M == 1:
             acc += tl.sum(w * x, axis=1)[None, :]
         else:
             acc += tl.sum(w[None, :, :] * x[:, None, :], axis=2)
         w_ptrs += BLOCK_K
+    if BLOCK_M == 1 and ACC2D:
+        acc = tl.sum(acc_1, axis=1)[None, :]
     if PER_ROW:
         acc = acc * tl.load(s_rows, mask=mask_n, other=0.0)[None, :]
     if HAS_BIAS:
@@ -311,6 +323,7 @@ def _launch_gemv(prologue: int, x: torch.Tensor, k: int, weight: torch.Tensor,
     _check(x, k, weight, scale, scale_n, group_k)
     per_row = scale.shape[1] == 1
     cfg = dict(config or gemv_config(m, k, per_row, prologue))
+    acc2d = cfg.pop("ACC2D", ACC2D_GEMV)
     assert cfg["BLOCK_M"] >= m
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     if (cfg.pop("WORDS", WORDS_GEMV) and m == 1 and per_row and scale_n == 1 and k % 4 == 0
@@ -334,7 +347,8 @@ def _launch_gemv(prologue: int, x: torch.Tensor, k: int, weight: torch.Tensor,
         residual_out.stride(0) if residual_out is not None else 0,
         weight.stride(0), scale.stride(0), y.stride(0), eps, SCALE_N=scale_n,
         GROUP_K=group_k, PER_ROW=per_row, PROLOGUE=prologue,
-        HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None, **cfg)
+        HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
+        ACC2D=acc2d and m == 1, **cfg)
     return y
 
 

@@ -134,6 +134,11 @@ def _fp8_thunks():
     return [
         ("fp8 gemv", lambda: f.fp8_gemv(x1, w, row, 1, 4096)),
         ("fp8 gemv bytes", lambda: f.fp8_gemv(x1, w, row, 1, 4096, config=bytes_cfg)),
+        ("fp8 gemv acc2d", lambda: f.fp8_gemv(x1, w, row, 1, 4096,
+                                              config=dict(bytes_cfg, ACC2D=True))),
+        ("fp8 gemv add_norm acc2d", lambda: f.fp8_add_rms_norm_gemv(
+            x1, x1, nw, 1e-6, w, row, 1, 4096, config=dict(
+                f.gemv_config(1, 4096, True, 1), ACC2D=True))),
         ("fp8 gemv blocks", lambda: f.fp8_gemv(x1, w, blk, 128, 128)),
         ("fp8 gemv add_norm", lambda: f.fp8_add_rms_norm_gemv(x1, x1, nw, 1e-6, w, row, 1,
                                                               4096)),
@@ -185,13 +190,18 @@ def _fp8_kv_thunks(pa, kv_cache):
 
 def _available_as(module, value: bool, thunk):
     """thunk run with module.available answering `value` (a CUDA-only path, recorded here)."""
+    return _patched(module, "available", lambda device: value, thunk)
+
+
+def _patched(module, name: str, replacement, thunk):
+    """thunk run with module.<name> replaced (a CUDA-only path, recorded here)."""
     def run():
-        real = module.available
-        module.available = lambda device: value
+        real = getattr(module, name)
+        setattr(module, name, replacement)
         try:
             return thunk()
         finally:
-            module.available = real
+            setattr(module, name, real)
     return run
 
 
@@ -285,6 +295,11 @@ def _int_gemm_thunks():
                 out.append((label + " gemv SUB=1", lambda x=x, q=q, s=s, bits=bits, cfg=cfg:
                             int_gemm.int_gemm(x, q, s, None, bits, 128, config=dict(
                                 cfg, SUB=1, K_PER_SPLIT=512, SPLIT_K=8))))
+            if m == 1:  # codes made floats by bits, masked in place by inline PTX (CUDA)
+                out.append((label + " magic ptx", _patched(
+                    int_gemm, "_ptx", lambda device: True,
+                    lambda x=x, q=q, s=s, z=z, bits=bits, cfg=cfg: int_gemm.int_gemm(
+                        x, q, s, z, bits, 128, config=dict(cfg, MAGIC=True)))))
             if m == 1:  # the GEMV with the norm / SiLU folded in
                 nw = torch.ones(4096, dtype=torch.bfloat16)
                 out.append((label + " add_norm", lambda x=x, q=q, s=s, z=z, bits=bits, nw=nw:
