@@ -27,24 +27,25 @@ first)
   step fp8_rows_short 70 env CORMORANT_E4M3_CVT=bits python3 benchmarks/fp8_probe.py \
     --ms 32,128,256 --out "$OUT/fp8_rows_short.json"
   ;;
-diag)  # next: B2 at the restored defaults and with each switch on alone (the share of each in
-  # the 04:25 regression; MAGIC now masks each code in place, one LOP3), the int GEMV's card
+diag)  # next, in order of worth: B2 at the restored defaults and with each new switch on
+  # (MAGIC masks each code in place; PDL after its token check; ACC2D), the int GEMV's card
   # tests, cvt_probe per projection, B3 with W8A16 alone, the fixed W8A8 tests
   step b2_bf16 40 $B b2 --quick --no-peer --out "$R/b2_bf16"
   step b2_default 40 $B b2 --quick --no-peer --quantization fp8 --out "$R/b2_default"
   step b2_int4 40 $B b2 --quick --no-peer --quantization int4 --out "$R/b2_int4"
   step b2_int4_magic 40 env CORMORANT_INT_MAGIC=1 $B b2 --quick --no-peer --quantization int4 \
     --out "$R/b2_int4_magic"
-  step int_tests 70 python3 -m pytest -q -rf tests/kernels/test_int_gemm.py -k "bits or gemv"
-  step cvt_probe 70 python3 benchmarks/cvt_probe.py --out "$R/cvt_probe.json"
-  step b2_fp8_words 40 env CORMORANT_FP8_GEMV=words $B b2 --quick --no-peer --quantization fp8 \
-    --out "$R/b2_fp8_words"
-  step b2_int4_fused 40 env CORMORANT_INT_MAGIC=1 CORMORANT_INT_FUSED=1 $B b2 --quick --no-peer \
-    --quantization int4 --out "$R/b2_int4_fused"
+  step pdl_check 120 python3 benchmarks/pdl_check.py
+  step b2_fp8_pdl 40 env CORMORANT_PDL=1 $B b2 --quick --no-peer --quantization fp8 \
+    --out "$R/b2_fp8_pdl"
+  step b2_int4_magic_pdl 40 env CORMORANT_PDL=1 CORMORANT_INT_MAGIC=1 $B b2 --quick --no-peer \
+    --quantization int4 --out "$R/b2_int4_magic_pdl"
+  step b2_fp8_acc2d 40 env CORMORANT_FP8_ACC2D=1 $B b2 --quick --no-peer --quantization fp8 \
+    --out "$R/b2_fp8_acc2d"
+  step int_tests 60 python3 -m pytest -q -rf tests/kernels/test_int_gemm.py -k "bits or gemv"
+  step cvt_probe 60 python3 benchmarks/cvt_probe.py --out "$R/cvt_probe.json"
   step b3_bf16 70 $B b3 --quick --no-peer --out "$R/b3_bf16"
   step b3_fp8 70 $B b3 --quick --no-peer --quantization fp8 --out "$R/b3_fp8"
-  step a8_tests 40 python3 -m pytest -q -rf tests/kernels/test_fp8_gemm.py -k "scaled_gemm or routes"
-  grep -E "^FAILED|^E  " "$OUT/a8_tests.log" | sort | uniq -c | sort -rn | head -8
   ;;
 next)  # the call after diag: the FP8 GEMV reducing once (ACC2D) swept per projection and in
   # B2; the int GEMV's launch settings with MAGIC; B2 int4 with MAGIC beside bf16

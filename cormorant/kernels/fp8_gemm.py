@@ -23,7 +23,7 @@ in layers.fp8_linear).
 Accumulation is fp32; per-channel scales are applied once at the end (PER_ROW), block scales
 per K step. References in plain PyTorch are beside them.
 Imports torch, triton and kernels.gemv (its prologue helpers and codes), kernels.int_gemm (the
-split-K finish, its counters) and kernels.e4m3.
+split-K finish, its counters), kernels.e4m3 and kernels.pdl.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from cormorant.kernels import e4m3
+from cormorant.kernels import e4m3, pdl
 from cormorant.kernels.e4m3 import e4m3_to_bf16
 from cormorant.kernels.gemv import (PROLOGUE_ADD_NORM, PROLOGUE_NONE, PROLOGUE_SILU_MUL,
                                     _input_sum, _row_input)
@@ -59,11 +59,14 @@ def _fp8_gemv_kernel(x_ptr, r_ptr, nw_ptr, res_out_ptr, w_ptr, s_ptr, b_ptr, y_p
                      SCALE_N: tl.constexpr, GROUP_K: tl.constexpr, PER_ROW: tl.constexpr,
                      PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
                      HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_K: tl.constexpr, ACC2D: tl.constexpr):
+                     BLOCK_K: tl.constexpr, ACC2D: tl.constexpr, PDL: tl.constexpr,
+                     PF_LINES: tl.constexpr):
     """ACC2D (one row): products accumulate elementwise in fp32 [BLOCK_N, BLOCK_K] and are
     summed across threads once at the end, not once per K step (a shared-memory reduction
     with barriers each step: 300 -> 236 instructions a step on sm_90, but 63 -> 123
-    registers, so half the programs per SM)."""
+    registers, so half the programs per SM). PDL (kernels.pdl): the program's weight rows
+    (PF_LINES lines of 128 bytes each) are asked of the L2 before waiting for the previous
+    kernel, whose output is the input."""
     pid = tl.program_id(0)
     dtype = y_ptr.dtype.element_ty
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -71,6 +74,11 @@ def _fp8_gemv_kernel(x_ptr, r_ptr, nw_ptr, res_out_ptr, w_ptr, s_ptr, b_ptr, y_p
     offs_m = tl.arange(0, BLOCK_M)
     mask_n = offs_n < N
     mask_m = offs_m < M
+    if PDL:
+        lines = tl.minimum(tl.arange(0, PF_LINES) * 128, K - 1)
+        pdl.prefetch_l2(w_ptr + tl.minimum(offs_n, N - 1)[:, None].to(tl.int64) * stride_wn
+                        + lines[None, :], PDL)
+    pdl.wait(PDL)
     if PROLOGUE == 1:  # RMSNorm statistics first, as kernels.gemv does
         sq = tl.zeros((BLOCK_M,), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
@@ -115,6 +123,7 @@ def _fp8_gemv_kernel(x_ptr, r_ptr, nw_ptr, res_out_ptr, w_ptr, s_ptr, b_ptr, y_p
         else:
             acc += tl.sum(w[None, :, :] * x[:, None, :], axis=2)
         w_ptrs += BLOCK_K
+    pdl.launch_dependents(PDL)
     if BLOCK_M == 1 and ACC2D:
         acc = tl.sum(acc_1, axis=1)[None, :]
     if PER_ROW:
@@ -348,7 +357,8 @@ def _launch_gemv(prologue: int, x: torch.Tensor, k: int, weight: torch.Tensor,
         weight.stride(0), scale.stride(0), y.stride(0), eps, SCALE_N=scale_n,
         GROUP_K=group_k, PER_ROW=per_row, PROLOGUE=prologue,
         HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
-        ACC2D=acc2d and m == 1, **cfg)
+        ACC2D=acc2d and m == 1, PF_LINES=min(128, triton.next_power_of_2(triton.cdiv(k, 128))),
+        **pdl.launch_options(x.device), **cfg)
     return y
 
 

@@ -20,13 +20,15 @@ BLOCK_K] tile; 2 or 4 -> the same over a [BLOCK_M, BLOCK_N, BLOCK_K] broadcast; 
 the rows padded to 16 (tensor cores). Accumulation is fp32; the bias is added in fp32 and the
 result rounded once to y's dtype.
 
-Imports only torch and triton.
+Imports torch, triton and kernels.pdl (launched with PDL where it is on).
 """
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
+
+from cormorant.kernels import pdl
 
 MAX_ROWS = 16  # the largest M this kernel serves (one BLOCK_M = 16 tile)
 PROLOGUE_NONE, PROLOGUE_ADD_NORM, PROLOGUE_SILU_MUL = 0, 1, 2
@@ -78,7 +80,10 @@ def _skinny_gemm_kernel(x_ptr, r_ptr, nw_ptr, res_out_ptr, w_ptr, b_ptr, y_ptr, 
                         stride_xm, stride_rm, stride_om, stride_wn, stride_ym, eps,
                         PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
                         HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                        BLOCK_K: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr):
+                        BLOCK_K: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
+                        PDL: tl.constexpr, PF_LINES: tl.constexpr, LINE: tl.constexpr):
+    """PDL (kernels.pdl): the program's weight rows (PF_LINES lines of LINE elements each)
+    are asked of the L2 before waiting for the previous kernel, whose output is the input."""
     pid = tl.program_id(0)
     dtype = y_ptr.dtype.element_ty
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -86,6 +91,11 @@ def _skinny_gemm_kernel(x_ptr, r_ptr, nw_ptr, res_out_ptr, w_ptr, b_ptr, y_ptr, 
     offs_m = tl.arange(0, BLOCK_M)
     mask_n = offs_n < N
     mask_m = offs_m < M
+    if PDL:
+        lines = tl.minimum(tl.arange(0, PF_LINES) * LINE, K - 1)
+        pdl.prefetch_l2(w_ptr + tl.minimum(offs_n, N - 1)[:, None].to(tl.int64) * stride_wn
+                        + lines[None, :], PDL)
+    pdl.wait(PDL)
     if PROLOGUE == 1:  # RMSNorm statistics first: every program reads the (small) rows
         sq = tl.zeros((BLOCK_M,), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
@@ -127,6 +137,7 @@ def _skinny_gemm_kernel(x_ptr, r_ptr, nw_ptr, res_out_ptr, w_ptr, b_ptr, y_ptr, 
         else:
             acc += tl.dot(x, tl.trans(w))
         w_ptrs += BLOCK_K
+    pdl.launch_dependents(PDL)
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
@@ -181,7 +192,9 @@ def _launch(prologue: int, x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
         residual_out.stride(0) if residual_out is not None else 0,
         weight.stride(0), out.stride(0), eps,
         PROLOGUE=prologue, HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
-        EVEN_N=n % block_n == 0, EVEN_K=k % block_k == 0, **cfg)
+        EVEN_N=n % block_n == 0, EVEN_K=k % block_k == 0, LINE=128 // weight.element_size(),
+        PF_LINES=min(128, triton.next_power_of_2(triton.cdiv(k * weight.element_size(), 128))),
+        **pdl.launch_options(x.device), **cfg)
     return out
 
 

@@ -34,7 +34,8 @@ of the FMA rate. The GEMV does so with MAGIC (CORMORANT_INT_MAGIC=1), off by def
 measured slower with it and the fused prologues on (H100, 2026-12-07; see MAGIC_DEFAULT).
 fp32 inputs use IEEE dots (the parity reference); bf16/fp16 inputs use tensor cores with fp32
 accumulation. `int_gemm_ref` is the PyTorch reference (dequantize, then matmul).
-Imports torch, triton and kernels.gemv (the prologue codes and their input helper).
+Imports torch, triton, kernels.gemv (the prologue codes and their input helper) and
+kernels.pdl.
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ import torch
 import triton
 import triton.language as tl
 
+from cormorant.kernels import pdl
 from cormorant.kernels.gemv import (PROLOGUE_ADD_NORM, PROLOGUE_NONE, PROLOGUE_SILU_MUL,
                                     _row_input)
 
@@ -202,7 +204,8 @@ def _int_gemv_kernel(x_ptr, r_ptr, nw_ptr, res_out_ptr, q_ptr, s_ptr, z_ptr, y_p
                      BITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_K: tl.constexpr, SPLIT_K, TILE_GROUP: tl.constexpr,
                      HAS_ZEROS: tl.constexpr, SUB: tl.constexpr, PROLOGUE: tl.constexpr,
-                     HAS_RESIDUAL: tl.constexpr, MAGIC: tl.constexpr, ASM: tl.constexpr):
+                     HAS_RESIDUAL: tl.constexpr, MAGIC: tl.constexpr, ASM: tl.constexpr,
+                     PDL: tl.constexpr):
     """One row (M = 1), no tensor cores: each K tile's packed words are loaded once as a
     [BLOCK_K / P, BLOCK_N] tile; for each of the P code positions (an unrolled loop) the codes
     are shifted out and multiplied by their inputs (x[k] for k = word * P + j) into an fp32
@@ -221,6 +224,14 @@ def _int_gemv_kernel(x_ptr, r_ptr, nw_ptr, res_out_ptr, q_ptr, s_ptr, z_ptr, y_p
     sq = tl.zeros((WORDS,), dtype=tl.float32)
     k_begin = pid_k * K_PER_SPLIT
     k_end = tl.minimum(k_begin + K_PER_SPLIT, K)
+    if PDL:  # the first loop step's words, asked of the L2 before the input is ready
+        LINE_WORDS: tl.constexpr = 32  # int32 words in a 128-byte line
+        LINES: tl.constexpr = BLOCK_N // LINE_WORDS if BLOCK_N >= LINE_WORDS else 1
+        pf_rows = tl.minimum(k_begin // (32 // BITS) + tl.arange(0, SUB * WORDS),
+                             (k_end - 1) // (32 // BITS))
+        pf_cols = tl.minimum(pid_n * BLOCK_N + tl.arange(0, LINES) * LINE_WORDS, N - 1)
+        pdl.prefetch_l2(q_ptr + pf_rows[:, None] * stride_qk + pf_cols[None, :], PDL)
+    pdl.wait(PDL)
     for k0 in range(k_begin, k_end, BLOCK_K * SUB):
         for t in tl.static_range(SUB):
             part, sq_part = _gemv_tile(
@@ -229,6 +240,7 @@ def _int_gemv_kernel(x_ptr, r_ptr, nw_ptr, res_out_ptr, q_ptr, s_ptr, z_ptr, y_p
                 TILE_GROUP, HAS_ZEROS, PROLOGUE, HAS_RESIDUAL, MAGIC, ASM)
             acc += part
             sq += sq_part
+    pdl.launch_dependents(PDL)
     _finish(tl.sum(acc, axis=0), y_ptr, offs_n, p_ptr, offs_n, N, lock_ptr, pid_n, pid_k,
             mask_n, SPLIT_K, tl.sum(sq, axis=0), sq_ptr, tl.num_programs(0), K, eps,
             PROLOGUE == 1)
@@ -447,7 +459,7 @@ def _gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: t
         residual_out if residual_out is not None else x, qweight, scales, zeros, y, partials,
         squares, _locks(x.device, tiles), n, k, per_split, qweight.stride(0),
         scales.stride(0), eps, PROLOGUE=prologue, HAS_RESIDUAL=residual is not None,
-        ASM=_ptx(x.device), **common, **cfg)
+        ASM=_ptx(x.device), **pdl.launch_options(x.device), **common, **cfg)
     return y
 
 

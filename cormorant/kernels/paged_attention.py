@@ -1,6 +1,6 @@
 """Paged attention in one launch for a packed batch of prefill chunks and decodes.
 
-Imports torch, triton and kernels.e4m3. Layout and conventions are those of
+Imports torch, triton, kernels.e4m3 and kernels.pdl. Layout and conventions are those of
 cormorant.layers.attention: the cache is [2, num_blocks, block_size, num_kv_heads, head_dim]
 (pass its [0] and [1]); sequence i owns query rows query_start_loc[i]:query_start_loc[i+1],
 which are the last query_len tokens of its seq_lens[i]-token context (causal against the tail
@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from cormorant.kernels import e4m3
+from cormorant.kernels import e4m3, pdl
 from cormorant.kernels.e4m3 import e4m3_to_bf16
 
 _LOG2E = 1.4426950408889634
@@ -107,7 +107,9 @@ def _paged_attention_kernel(
         QUERIES_PER_KV: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
         HEAD_DIM_P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr,
         TILE: tl.constexpr, NUM_SEGMENTS: tl.constexpr, DOT_PRECISION: tl.constexpr,
-        KV_FP8: tl.constexpr, KV_BITS: tl.constexpr):
+        KV_FP8: tl.constexpr, KV_BITS: tl.constexpr, PDL: tl.constexpr):
+    pdl.wait(PDL)  # before any load: the previous kernel's writes are visible
+    pdl.launch_dependents(PDL)
     q_block_idx = tl.program_id(0)
     kv_head = tl.program_id(1)
     segment = tl.program_id(2)
@@ -171,7 +173,9 @@ def _paged_attention_kernel(
 def _reduce_segments_kernel(out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr,
                             query_start_loc_ptr, num_seqs, num_heads, stride_ot, stride_oh,
                             HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
-                            NUM_SEGMENTS: tl.constexpr):
+                            NUM_SEGMENTS: tl.constexpr, PDL: tl.constexpr):
+    pdl.wait(PDL)  # before any load: the previous kernel's writes are visible
+    pdl.launch_dependents(PDL)
     tok = tl.program_id(0)
     head = tl.program_id(1)
     # Padding rows after the last sequence were never written by the main kernel.
@@ -288,12 +292,13 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         QUERIES_PER_KV=group, BLOCK_SIZE=block_size, HEAD_DIM=head_dim, HEAD_DIM_P=head_dim_p,
         BLOCK_M=config.block_m, BLOCK_Q=block_q, TILE=config.tile_size,
         NUM_SEGMENTS=segments, DOT_PRECISION=_dot_precision(q.dtype), KV_FP8=fp8,
-        KV_BITS=kv_bits, num_warps=config.num_warps, num_stages=config.num_stages)
+        KV_BITS=kv_bits, num_warps=config.num_warps, num_stages=config.num_stages,
+        **pdl.launch_options(q.device))
     if segments > 1:
         _reduce_segments_kernel[(num_tokens, num_heads)](
             out, part_acc, part_max, part_sum, query_start_loc, num_seqs, num_heads,
             out.stride(0), out.stride(1), HEAD_DIM=head_dim, HEAD_DIM_P=head_dim_p,
-            NUM_SEGMENTS=segments, num_warps=4)
+            NUM_SEGMENTS=segments, num_warps=4, **pdl.launch_options(q.device))
     return out
 
 

@@ -8,7 +8,7 @@ norm's output is rounded to the activation dtype before the weight multiply and 
 it, cos/sin are rounded to the activation dtype, and k reaches the cache through the
 activation dtype. q is rotated in place; k is not written back (attention reads the cache).
 An fp8 cache gets k (through the activation dtype) and v quantized as kernels.kv_cache does.
-`qk_prep_ref` is the PyTorch reference. Imports torch, triton and kernels.kv_cache.
+`qk_prep_ref` is the PyTorch reference. Imports torch, triton, kernels.kv_cache and kernels.pdl.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
+from cormorant.kernels import pdl
 from cormorant.kernels.kv_cache import to_cache
 
 
@@ -48,9 +49,11 @@ def _qk_prep_kernel(q_ptr, k_ptr, v_ptr, positions_ptr, cos_sin_ptr, qw_ptr, kw_
                     NUM_Q_HEADS: tl.constexpr, NUM_K_HEADS: tl.constexpr,
                     BLOCK_QH: tl.constexpr, BLOCK_KH: tl.constexpr, HALF: tl.constexpr,
                     BLOCK_HALF: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-                    HAS_NORM: tl.constexpr, KV_FP8: tl.constexpr):
+                    HAS_NORM: tl.constexpr, KV_FP8: tl.constexpr, PDL: tl.constexpr):
     # Program (token, 0) does q, (token, 1) k and v: at batch 1 the two halves run side by
     # side instead of one after the other in a single program.
+    pdl.wait(PDL)  # before any load: the previous kernel's writes are visible
+    pdl.launch_dependents(PDL)
     tok = tl.program_id(0).to(tl.int64)
     part = tl.program_id(1)
     pos = tl.load(positions_ptr + tok).to(tl.int64)
@@ -125,7 +128,7 @@ def qk_prep(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.
         kv_cache.stride(3), NUM_Q_HEADS=num_q_heads, NUM_K_HEADS=num_k_heads,
         BLOCK_QH=block_qh, BLOCK_KH=block_kh, HALF=half, BLOCK_HALF=block_half,
         BLOCK_SIZE=kv_cache.shape[2], HAS_NORM=has_norm, KV_FP8=fp8,
-        num_warps=max(1, min(8, block_qh * block_half // 256)))
+        num_warps=max(1, min(8, block_qh * block_half // 256)), **pdl.launch_options(q.device))
 
 
 def qk_prep_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,

@@ -1,8 +1,8 @@
 """RMSNorm and residual-add + RMSNorm, one program per row, fp32 statistics.
 
-Imports only torch and triton. Numerics follow HF Llama/Qwen: the sum x + residual is rounded to
-the activation dtype (it is the next residual), the norm is computed in fp32, the normalised
-row is rounded to the activation dtype and then multiplied by the weight.
+Imports torch, triton and kernels.pdl. Numerics follow HF Llama/Qwen: the sum x + residual is
+rounded to the activation dtype (it is the next residual), the norm is computed in fp32, the
+normalised row is rounded to the activation dtype and then multiplied by the weight.
 
 Rows may be a strided 3-D view [T, H, D] (Qwen3 per-head q/k norm on slices of a fused qkv
 projection): row r is (r // H, r % H). Only the last dimension must be contiguous.
@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from cormorant.kernels import pdl
+
 
 @triton.jit
 def _row_offset(row, inner, stride_outer, stride_inner):
@@ -21,7 +23,9 @@ def _row_offset(row, inner, stride_outer, stride_inner):
 
 @triton.jit
 def _rms_norm_kernel(x_ptr, w_ptr, out_ptr, inner, sx_outer, sx_inner, so_outer, so_inner,
-                     eps, N: tl.constexpr, BLOCK: tl.constexpr):
+                     eps, N: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    pdl.wait(PDL)  # before any load: the previous kernel's writes are visible
+    pdl.launch_dependents(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < N
@@ -36,7 +40,9 @@ def _rms_norm_kernel(x_ptr, w_ptr, out_ptr, inner, sx_outer, sx_inner, so_outer,
 
 @triton.jit
 def _add_rms_norm_kernel(x_ptr, res_ptr, w_ptr, stride_x, stride_r, eps,
-                         N: tl.constexpr, BLOCK: tl.constexpr):
+                         N: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    pdl.wait(PDL)  # before any load: the previous kernel's writes are visible
+    pdl.launch_dependents(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < N
@@ -79,7 +85,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
     n = x.shape[-1]
     block = triton.next_power_of_2(n)
     _rms_norm_kernel[(num_rows,)](x, weight, out, inner, sx_outer, sx_inner, so_outer, so_inner,
-                                  eps, N=n, BLOCK=block, num_warps=_warps(block))
+                                  eps, N=n, BLOCK=block, num_warps=_warps(block),
+                                  **pdl.launch_options(x.device))
     return out
 
 
@@ -94,7 +101,8 @@ def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Te
     n = x.shape[1]
     block = triton.next_power_of_2(n)
     _add_rms_norm_kernel[(x.shape[0],)](x, residual, weight, x.stride(0), residual.stride(0),
-                                        eps, N=n, BLOCK=block, num_warps=_warps(block))
+                                        eps, N=n, BLOCK=block, num_warps=_warps(block),
+                                        **pdl.launch_options(x.device))
     return x, residual
 
 

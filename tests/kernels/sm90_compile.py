@@ -37,10 +37,10 @@ class _Recorder:
 
 def _record(launches):
     """Run each (label, thunk) with the kernel modules' kernels replaced by recorders."""
-    from cormorant.kernels import (activation, fp8_gemm, int_gemm, kv_cache, paged_attention,
-                                   qk_prep, rmsnorm, rotary)
-    modules = (activation, fp8_gemm, int_gemm, kv_cache, paged_attention, qk_prep, rmsnorm,
-               rotary)
+    from cormorant.kernels import (activation, fp8_gemm, gemv, int_gemm, kv_cache,
+                                   paged_attention, qk_prep, rmsnorm, rotary)
+    modules = (activation, fp8_gemm, gemv, int_gemm, kv_cache, paged_attention, qk_prep,
+               rmsnorm, rotary)
     recorded = []
     originals = {}
     for module in modules:
@@ -113,13 +113,37 @@ def _launches(full: bool):
         out += _small_kernel_thunks(rotary, rmsnorm, kv_cache, activation, dtype)
     out += _fp8_kv_thunks(paged_attention, kv_cache)
     out += _int_gemm_thunks()
-    return out + _fp8_thunks()
+    return out + _fp8_thunks() + _pdl_thunks(paged_attention, rmsnorm)
+
+
+def _pdl_thunks(pa, rmsnorm):
+    """A decode step's other kernels launched with PDL (kernels.pdl; CUDA sm_90+ only): the
+    bf16 GEMV (skinny_gemm, one row), attention with its segment reduce, qk_prep, the norms."""
+    from cormorant.kernels import gemv, pdl, qk_prep
+    bf16, t = torch.bfloat16, 1
+    x, w = torch.randn(t, 4096, dtype=bf16), torch.randn(4096, 4096, dtype=bf16)
+    qkv = torch.randn(t, 48 * 128, dtype=bf16)
+    q, k = qkv[:, :32 * 128].view(t, 32, 128), qkv[:, 32 * 128:40 * 128].view(t, 8, 128)
+    v = qkv[:, 40 * 128:].view(t, 8, 128)
+    cache = torch.empty(2, 4, 16, 8, 128, dtype=bf16)
+    positions, norm = torch.zeros(t, dtype=torch.int64), torch.ones(128, dtype=bf16)
+    thunks = [
+        ("pdl skinny gemv", lambda: gemv.skinny_gemm(x, w)),
+        ("pdl skinny gemv add_norm", lambda: gemv.add_rms_norm_gemm(x, x, w[0], 1e-6, w)),
+        ("pdl attn decode-split llama-8b", _attention_thunk(pa, [1] * 4, 32, 8, 128, bf16)),
+        ("pdl qk_prep", lambda: qk_prep.qk_prep(q, k, v, positions, torch.randn(64, 128), norm,
+                                                norm, 1e-6, cache, positions)),
+        ("pdl rms_norm", lambda: rmsnorm.rms_norm(x, w[0], 1e-6)),
+        ("pdl add_rms_norm", lambda: rmsnorm.fused_add_rms_norm(x, x.clone(), w[0], 1e-6)),
+    ]
+    return [(label, _patched(pdl, "enabled", lambda device: True, thunk))
+            for label, thunk in thunks]
 
 
 def _fp8_thunks():
     """FP8-weight GEMV (its default tiles, each prologue) and GEMM at Llama-8B sizes, with
     per-channel and 128 x 128 block scales."""
-    from cormorant.kernels import e4m3
+    from cormorant.kernels import e4m3, pdl
     from cormorant.kernels import fp8_gemm as f
     bf16 = torch.bfloat16
     w = torch.empty(6144, 4096, dtype=f.FP8_DTYPE)
@@ -140,6 +164,11 @@ def _fp8_thunks():
             x1, x1, nw, 1e-6, w, row, 1, 4096, config=dict(
                 f.gemv_config(1, 4096, True, 1), ACC2D=True))),
         ("fp8 gemv blocks", lambda: f.fp8_gemv(x1, w, blk, 128, 128)),
+        ("fp8 gemv pdl", _patched(pdl, "enabled", lambda device: True,
+                                  lambda: f.fp8_gemv(x1, w, row, 1, 4096))),
+        ("fp8 gemv silu pdl", _patched(pdl, "enabled", lambda device: True, lambda: (
+            f.fp8_silu_mul_gemv(torch.randn(1, 2 * 14336, dtype=bf16), down,
+                                torch.ones(4096, 1), 1, 14336)))),
         ("fp8 gemv add_norm", lambda: f.fp8_add_rms_norm_gemv(x1, x1, nw, 1e-6, w, row, 1,
                                                               4096)),
         ("fp8 gemv silu", lambda: f.fp8_silu_mul_gemv(torch.randn(1, 2 * 14336, dtype=bf16),
@@ -279,7 +308,7 @@ def _int_gemm_thunks():
     """Llama-8B o_proj-sized int4/int8 weight-only GEMMs: one row (the GEMV kernel, four and
     one K tiles a step), 16 and 256 rows (the tile kernel; at 256 also the dequantization),
     symmetric (no zeros) and asymmetric."""
-    from cormorant.kernels import int_gemm
+    from cormorant.kernels import int_gemm, pdl
     out = []
     for bits, zeros, rows in ((4, False, (1, 16, 256)), (4, True, (1, 256)), (8, False, (1,))):
         q = torch.zeros(4096 * bits // 32, 4096, dtype=torch.int32)
@@ -300,6 +329,11 @@ def _int_gemm_thunks():
                     int_gemm, "_ptx", lambda device: True,
                     lambda x=x, q=q, s=s, z=z, bits=bits, cfg=cfg: int_gemm.int_gemm(
                         x, q, s, z, bits, 128, config=dict(cfg, MAGIC=True)))))
+            if m == 1:  # launched with PDL: the first step's words prefetched to L2
+                out.append((label + " pdl", _patched(
+                    pdl, "enabled", lambda device: True,
+                    lambda x=x, q=q, s=s, z=z, bits=bits, cfg=cfg: int_gemm.int_gemm(
+                        x, q, s, z, bits, 128, config=cfg))))
             if m == 1:  # the GEMV with the norm / SiLU folded in
                 nw = torch.ones(4096, dtype=torch.bfloat16)
                 out.append((label + " add_norm", lambda x=x, q=q, s=s, z=z, bits=bits, nw=nw:

@@ -1,0 +1,75 @@
+"""Programmatic dependent launch (PDL, sm_90+): a decode kernel starts while the one before drains.
+
+In a decode step of batch 1 the kernels run back to back, and each begins by waiting for its
+first memory round trips while the SMs sit idle. Launched with PDL, a kernel's programs may be
+scheduled once every program of the kernel before it has called `launch_dependents` (here:
+after its main loop); they then `wait` (griddepcontrol.wait: the previous grid has completed
+and its writes are visible) before touching anything that kernel writes. What does not
+depend on it may run before the wait: the GEMVs ask the L2 for their slice of the weights
+(`prefetch_l2`), which no earlier kernel writes, so their first tiles are on chip when the
+input is ready.
+
+A kernel may be launched with PDL only if it calls `wait` before its first load or store of
+data another kernel touches; kernels that call neither still run correctly after or before a
+PDL kernel (the launch then waits as usual). `enabled(device)` says whether to use it: CUDA
+sm_90+, not the interpreter, Triton with the `launch_pdl` option, and CORMORANT_PDL=1
+(opt-in until B2 measures it on a card).
+Imports only torch and triton.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+SWITCH = os.environ.get("CORMORANT_PDL", "0") == "1"
+
+
+@triton.jit
+def wait(PDL: tl.constexpr):
+    """Block until the previous grid has completed and its writes are visible (PDL only)."""
+    if PDL:
+        tl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=tl.int32,
+                                  is_pure=False, pack=1)
+
+
+@triton.jit
+def launch_dependents(PDL: tl.constexpr):
+    """Let the next grid be scheduled once every program of this one has called this."""
+    if PDL:
+        tl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [],
+                                  dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def prefetch_l2(ptrs, PDL: tl.constexpr):
+    """Ask the L2 for the 128-byte line of each pointer (no registers written; PDL only)."""
+    if PDL:
+        tl.inline_asm_elementwise("prefetch.global.L2 [$1]; // $0", "=r,l", [ptrs],
+                                  dtype=tl.int32, is_pure=False, pack=1)
+
+
+@functools.cache
+def _triton_has_option() -> bool:
+    try:
+        from triton.backends.nvidia.compiler import CUDAOptions
+    except ImportError:
+        return False
+    return "launch_pdl" in getattr(CUDAOptions, "__dataclass_fields__", {})
+
+
+def enabled(device: torch.device) -> bool:
+    """Whether kernels on `device` launch with PDL (see the module docstring)."""
+    if not SWITCH or device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+        return False
+    return torch.cuda.get_device_capability(device) >= (9, 0) and _triton_has_option()
+
+
+def launch_options(device: torch.device) -> dict:
+    """The keyword arguments a PDL-aware kernel launch adds: its PDL constexpr and, where
+    enabled, Triton's launch_pdl option."""
+    on = enabled(device)
+    return dict(PDL=True, launch_pdl=True) if on else dict(PDL=False)
