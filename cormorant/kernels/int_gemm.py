@@ -74,15 +74,15 @@ def _dot(x, w, IEEE: tl.constexpr):
 
 
 @triton.jit
-def _bits_or_magic(words, mask, ASM: tl.constexpr):
-    """(words & mask) | 0x4B000000. ptxas makes two LOP3s of it (both operands immediates);
-    on CUDA (ASM) one lop3 in inline PTX, its magic in a register."""
+def _bits_or_magic(words, mask, magic, ASM: tl.constexpr):
+    """(words & mask) | magic. ptxas makes two LOP3s of it (both operands immediates); on
+    CUDA (ASM) one lop3 in inline PTX, the magic in a register."""
     if ASM:
         return tl.inline_asm_elementwise("lop3.b32 $0, $1, $2, $3, 0xEA;", "=r,r,r,r",
-                                         [words, mask, 0x4B000000], dtype=tl.int32,
+                                         [words, mask, magic], dtype=tl.int32,
                                          is_pure=True, pack=1)
     else:
-        return (words & mask) | 0x4B000000
+        return (words & mask) | magic
 
 
 @triton.jit
@@ -133,10 +133,11 @@ def _gemv_tile(x_ptr, r_ptr, nw_ptr, res_out_ptr, q_ptr, s_ptr, z_ptr, k0, k_end
     # sixteenth of the FMA rate per SM), which bounded this kernel on the H100.
     OFFSET: tl.constexpr = 8388608.0 if MAGIC else 0.0
     # MAGIC with whole-group tiles masks each code in place instead: position j's code c at
-    # bit sh as the fp32 2^23 + c * 2^sh (one LOP3), less 2^23 + zero * 2^sh, times
-    # x * 2^-sh: all exact. Codes whose bits reach past bit 22 come from the word shifted
-    # right by 16 (once per tile). Asymmetric codes leave their zero to the end of the tile
-    # (z * the sum of the word's inputs), so no per-column offset is made per position.
+    # bit sh, under the exponent of 2^(23 - sh), is the fp32 2^(23 - sh) + c (one LOP3);
+    # less 2^(23 - sh) + zero it is c - zero, exact, with no shift and no scaling. Codes whose
+    # bits reach past bit 22 come from the word shifted right by 16 (once per tile).
+    # Asymmetric codes leave their zero to the end of the tile (z * the sum of the word's
+    # inputs), so no per-column offset is made per position.
     SHIFTED: tl.constexpr = MAGIC and TILE_GROUP
     rows = k0 // PACK + tl.arange(0, WORDS)  # the word rows of this tile
     mask_w = rows * PACK < k_end
@@ -166,12 +167,13 @@ def _gemv_tile(x_ptr, r_ptr, nw_ptr, res_out_ptr, q_ptr, s_ptr, z_ptr, k0, k_end
             low = j * BITS + BITS <= 23  # compile-time, as j is
             sh = j * BITS if low else j * BITS - 16
             zero = 0 if HAS_ZEROS else (1 << (BITS - 1))
+            magic = (150 - sh) << 23  # the exponent field of 2^(23 - sh)
             if low:
-                bits = _bits_or_magic(words, MASK << sh, ASM)
+                bits = _bits_or_magic(words, MASK << sh, magic, ASM)
             else:
-                bits = _bits_or_magic(high, MASK << sh, ASM)
-            codes = bits.to(tl.float32, bitcast=True) - (8388608.0 + zero * (1 << sh))
-            part += codes * (xj * (1.0 / (1 << sh)))[:, None]
+                bits = _bits_or_magic(high, MASK << sh, magic, ASM)
+            codes = bits.to(tl.float32, bitcast=True) - ((1 << (23 - sh)) + zero)
+            part += codes * xj[:, None]
             if HAS_ZEROS:
                 x_words += xj
         else:
