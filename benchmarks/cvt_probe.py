@@ -2,12 +2,13 @@
 
 For each Llama-3.1-8B projection (qkv, o, gate_up, down) at one row, bf16:
   int4 (group 128, symmetric, as --quantization int4 makes it): the GEMV with codes made
-       floats by bits (MAGIC, the default) against the int-to-float conversion (MAGIC=False);
+       floats by bits (MAGIC, CORMORANT_INT_MAGIC=1: each code masked in place under a
+       per-position exponent) against the int-to-float conversion (MAGIC=False, the default);
        and the GEMV with its prologue folded in (add + RMSNorm for qkv and gate_up, SiLU for
        down) against the unfused pair (the norm / activation kernel, then the GEMV);
   FP8 (per-row scales, as --quantization fp8 makes it): the words GEMV (codes made fp32 by
-       integer ops, the default) against the fp8-load GEMV (WORDS=False), plain and with the
-       prologue;
+       integer ops, CORMORANT_FP8_GEMV=words) against the fp8-load GEMV (the default), plain
+       and with the prologue;
   bf16 cuBLAS (F.linear) for scale.
 Each path is checked against its PyTorch reference (relative error), then timed as a decode
 step sees it: weights cold (copies overflowing the L2), calls captured in a CUDA graph
