@@ -1,6 +1,6 @@
 """SiLU-and-multiply of a packed gate/up projection: out = silu(x[:, :I]) * x[:, I:].
 
-Imports only torch and triton. Math is fp32 with one rounding on store (HF rounds twice in
+Imports torch, triton and kernels.pdl. Math is fp32 with one rounding on store (HF rounds twice in
 bf16: after silu and after the product; the difference is within one bf16 ulp).
 """
 from __future__ import annotations
@@ -9,10 +9,14 @@ import torch
 import triton
 import triton.language as tl
 
+from cormorant.kernels import pdl
+
 
 @triton.jit
 def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_o, inter,
-                         BLOCK: tl.constexpr):
+                         BLOCK: tl.constexpr, PDL: tl.constexpr):
+    pdl.wait(PDL)  # before any load: the previous kernel's writes are visible
+    pdl.launch_dependents(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < inter
@@ -35,7 +39,7 @@ def silu_and_mul(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tens
     block = min(1024, triton.next_power_of_2(inter))
     _silu_and_mul_kernel[(num_tokens, triton.cdiv(inter, block))](
         x, out, x.stride(0), out.stride(0), inter, BLOCK=block,
-        num_warps=max(1, min(4, block // 256)))
+        num_warps=max(1, min(4, block // 256)), **pdl.launch_options(x.device))
     return out
 
 

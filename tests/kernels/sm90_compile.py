@@ -118,8 +118,9 @@ def _launches(full: bool):
 
 def _pdl_thunks(pa, rmsnorm):
     """A decode step's other kernels launched with PDL (kernels.pdl; CUDA sm_90+ only): the
-    bf16 GEMV (skinny_gemm, one row), attention with its segment reduce, qk_prep, the norms."""
-    from cormorant.kernels import gemv, pdl, qk_prep
+    bf16 GEMV (skinny_gemm, one row), attention with its segment reduce, qk_prep, the norms,
+    SiLU-and-multiply."""
+    from cormorant.kernels import activation, gemv, pdl, qk_prep
     bf16, t = torch.bfloat16, 1
     x, w = torch.randn(t, 4096, dtype=bf16), torch.randn(4096, 4096, dtype=bf16)
     qkv = torch.randn(t, 48 * 128, dtype=bf16)
@@ -135,6 +136,8 @@ def _pdl_thunks(pa, rmsnorm):
                                                 norm, 1e-6, cache, positions)),
         ("pdl rms_norm", lambda: rmsnorm.rms_norm(x, w[0], 1e-6)),
         ("pdl add_rms_norm", lambda: rmsnorm.fused_add_rms_norm(x, x.clone(), w[0], 1e-6)),
+        ("pdl silu_and_mul", lambda: activation.silu_and_mul(torch.randn(t, 2 * 14336,
+                                                                         dtype=bf16))),
     ]
     return [(label, _patched(pdl, "enabled", lambda device: True, thunk))
             for label, thunk in thunks]
