@@ -7,6 +7,7 @@
 # sweep, cvt_probe with its sweep, B1 through Triton's own e4m3 casts, the int kernels' tests.
 #   bash benchmarks/gpu_wave5.sh first    # ran 2026-12-07 04:24 on an H100 (6 min; RESULTS.md)
 #   bash benchmarks/gpu_wave5.sh diag     # the A/B that run called for (~9 min), not yet run
+#   bash benchmarks/gpu_wave5.sh core     # diag's first part, for a short budget (~6 min)
 #   bash benchmarks/gpu_wave5.sh next     # after diag (~8 min): ACC2D, MAGIC's settings
 #   bash benchmarks/gpu_wave5.sh second   # ~8 min
 source "$(dirname "$0")/gpu_common.sh"
@@ -46,6 +47,21 @@ diag)  # next, in order of worth: B2 at the restored defaults and with each new 
   step cvt_probe 60 python3 benchmarks/cvt_probe.py --out "$R/cvt_probe.json"
   step b3_bf16 70 $B b3 --quick --no-peer --out "$R/b3_bf16"
   step b3_fp8 70 $B b3 --quick --no-peer --quantization fp8 --out "$R/b3_fp8"
+  ;;
+core)  # diag's first part, for a short budget (~6 min)
+  step b2_bf16 40 $B b2 --quick --no-peer --out "$R/b2_bf16"
+  step b2_default 40 $B b2 --quick --no-peer --quantization fp8 --out "$R/b2_default"
+  step b2_int4 40 $B b2 --quick --no-peer --quantization int4 --out "$R/b2_int4"
+  step b2_int4_magic 40 env CORMORANT_INT_MAGIC=1 $B b2 --quick --no-peer --quantization int4 \
+    --out "$R/b2_int4_magic"
+  step magic_tests 40 python3 -m pytest -q -rf tests/kernels/test_int_gemm.py -k "bit_trick"
+  step pdl_check 100 env CORMORANT_INT_MAGIC=1 python3 benchmarks/pdl_check.py
+  step b2_fp8_pdl 40 env CORMORANT_PDL=1 $B b2 --quick --no-peer --quantization fp8 \
+    --out "$R/b2_fp8_pdl"
+  step b2_int4_magic_pdl 40 env CORMORANT_PDL=1 CORMORANT_INT_MAGIC=1 $B b2 --quick --no-peer \
+    --quantization int4 --out "$R/b2_int4_magic_pdl"
+  step b2_fp8_acc2d 40 env CORMORANT_FP8_ACC2D=1 $B b2 --quick --no-peer --quantization fp8 \
+    --out "$R/b2_fp8_acc2d"
   ;;
 next)  # the call after diag: the FP8 GEMV reducing once (ACC2D) swept per projection and in
   # B2; the int GEMV's launch settings with MAGIC; B2 int4 with MAGIC beside bf16
