@@ -6,8 +6,8 @@
 # rows, W8A8 tiles up to 512). `second` attributes it per projection: fp8_probe with the W8A8
 # sweep, cvt_probe with its sweep, B1 through Triton's own e4m3 casts, the int kernels' tests.
 #   bash benchmarks/gpu_wave5.sh first    # ran 2026-12-07 04:24 on an H100 (6 min; RESULTS.md)
-#   bash benchmarks/gpu_wave5.sh diag     # the A/B that run called for (~9 min), not yet run
-#   bash benchmarks/gpu_wave5.sh core     # diag's first part, for a short budget (~6 min)
+#   bash benchmarks/gpu_wave5.sh diag     # ~9 min; its B2 part ran as core, its B3 and W8A8 tests not
+#   bash benchmarks/gpu_wave5.sh core     # ran 2026-12-07 07:50 on an H100 (3.5 min; RESULTS.md)
 #   bash benchmarks/gpu_wave5.sh next     # after diag (~8 min): ACC2D, MAGIC's settings
 #   bash benchmarks/gpu_wave5.sh second   # ~8 min
 source "$(dirname "$0")/gpu_common.sh"

@@ -43,12 +43,13 @@ FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0  # the largest finite e4m3fn value
 FP8_MAX_TL: tl.constexpr = tl.constexpr(448.0)
 # One row runs _fp8_gemv_kernel (fp8 loads, Triton's casts). CORMORANT_FP8_GEMV=words runs
-# _fp8_gemv_words_kernel for per-row scales (codes made floats by integer ops): off because B2
-# with it (and the int GEMV changes) measured slower on an H100 (2026-12-07: 4.55 ms/token
-# against 3.75 on 2026-12-06), each change's share not yet measured (benchmarks/RESULTS.md).
+# _fp8_gemv_words_kernel for per-row scales (codes made floats by integer ops): off, slower on
+# an H100 (2026-12-07, cvt_probe at M = 1: qkv 12.2 against 11.6 us, o 8.9 / 8.0, gate_up
+# 42.5 / 40.2, down 23.6 / 22.2; its sm_90 loop has 437 instructions a step against 300).
 WORDS_GEMV = os.environ.get("CORMORANT_FP8_GEMV", "bytes") == "words"
 # CORMORANT_FP8_ACC2D=1: the one-row GEMV reduces its products once, not per K step (see
-# _fp8_gemv_kernel); opt-in until `fp8_probe.py --sweep-acc2d` and B2 measure it on a card.
+# _fp8_gemv_kernel); off: B2 Llama-3.1-8B FP8 took 4.33 ms/token with it against 3.59 (H100,
+# 2026-12-07): twice the registers, half the programs per SM.
 ACC2D_GEMV = os.environ.get("CORMORANT_FP8_ACC2D", "0") == "1"
 GEMM_SPLIT_ROWS = 64  # rows up to which the GEMM takes 64-wide tiles and splits K
 
@@ -64,9 +65,9 @@ def _fp8_gemv_kernel(x_ptr, r_ptr, nw_ptr, res_out_ptr, w_ptr, s_ptr, b_ptr, y_p
     """ACC2D (one row): products accumulate elementwise in fp32 [BLOCK_N, BLOCK_K] and are
     summed across threads once at the end, not once per K step (a shared-memory reduction
     with barriers each step: 300 -> 236 instructions a step on sm_90, but 63 -> 123
-    registers, so half the programs per SM). PDL (kernels.pdl): the program's weight rows
-    (PF_LINES lines of 128 bytes each) are asked of the L2 before waiting for the previous
-    kernel, whose output is the input."""
+    registers, so half the programs per SM: slower in B2, off). PDL (kernels.pdl): waits for
+    the previous kernel before reading its input; with CORMORANT_PDL_PREFETCH=1 the program's
+    weight rows (PF_LINES lines of 128 bytes each) are asked of the L2 first."""
     pid = tl.program_id(0)
     dtype = y_ptr.dtype.element_ty
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)

@@ -82,8 +82,9 @@ def _skinny_gemm_kernel(x_ptr, r_ptr, nw_ptr, res_out_ptr, w_ptr, b_ptr, y_ptr, 
                         HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                         BLOCK_K: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
                         PDL: tl.constexpr, PF_LINES: tl.constexpr, LINE: tl.constexpr):
-    """PDL (kernels.pdl): the program's weight rows (PF_LINES lines of LINE elements each)
-    are asked of the L2 before waiting for the previous kernel, whose output is the input."""
+    """PDL (kernels.pdl): waits for the previous kernel before reading its input; with
+    CORMORANT_PDL_PREFETCH=1 the program's weight rows (PF_LINES lines of LINE elements each)
+    are asked of the L2 first."""
     pid = tl.program_id(0)
     dtype = y_ptr.dtype.element_ty
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)

@@ -30,8 +30,8 @@ Launch shapes, chosen by `config_for(M, N, K, group, num_sms)`:
           multiplies.
 The tile and dequant kernels turn a code c into a float as the bits 0x4B000000 | c (2^23 + c)
 less 2^23 + zero, exact: two integer ops, where an int-to-float conversion runs at a sixteenth
-of the FMA rate. The GEMV does so with MAGIC (CORMORANT_INT_MAGIC=1), off by default: B2 int4
-measured slower with it and the fused prologues on (H100, 2026-12-07; see MAGIC_DEFAULT).
+of the FMA rate. The GEMV does so too (MAGIC, on by default; CORMORANT_INT_MAGIC=0 for the
+conversion), each code masked in place under a per-position exponent (see _gemv_tile).
 fp32 inputs use IEEE dots (the parity reference); bf16/fp16 inputs use tensor cores with fp32
 accumulation. `int_gemm_ref` is the PyTorch reference (dequantize, then matmul).
 Imports torch, triton, kernels.gemv (the prologue codes and their input helper) and
@@ -51,10 +51,11 @@ from cormorant.kernels.gemv import (PROLOGUE_ADD_NORM, PROLOGUE_NONE, PROLOGUE_S
                                     _row_input)
 
 DECODE_ROWS = 16  # M up to which the split-K decode shape runs
-# The GEMV makes codes floats by bits (see _gemv_tile) with CORMORANT_INT_MAGIC=1; off by
-# default since B2 int4 measured slower with it and the fused prologues on (H100, 2026-12-07:
-# 4.67 ms/token against 3.38 on 2026-12-06; the share of each not yet measured).
-MAGIC_DEFAULT = os.environ.get("CORMORANT_INT_MAGIC", "0") == "1"
+# The GEMV makes codes floats by bits (see _gemv_tile): B2 Llama-3.1-8B int4 3.37 -> 3.05
+# ms/token on an H100 (2026-12-07; per projection at M = 1: qkv 10.9 -> 9.7 us, o 9.0 -> 8.6,
+# gate_up 36.1 -> 31.3, down 20.6 -> 17.9), bit-identical for symmetric weights on the card.
+# CORMORANT_INT_MAGIC=0 keeps the int-to-float conversion.
+MAGIC_DEFAULT = os.environ.get("CORMORANT_INT_MAGIC", "1") == "1"
 # Rows from which, on CUDA, W is dequantized per call for a dense (cuBLAS) matmul instead
 # (`benchmarks/int4_probe.py --ms 64,...,4096`, H100, 2026-12-06, Llama-3.1-8B, group 128:
 # at 64 rows qkv 61.6 -> 38.7 us, o 63.6 -> 22.6, down 205 -> 100; at 1,024 rows 2.5-2.8x
@@ -226,7 +227,7 @@ def _int_gemv_kernel(x_ptr, r_ptr, nw_ptr, res_out_ptr, q_ptr, s_ptr, z_ptr, y_p
     sq = tl.zeros((WORDS,), dtype=tl.float32)
     k_begin = pid_k * K_PER_SPLIT
     k_end = tl.minimum(k_begin + K_PER_SPLIT, K)
-    if PDL:  # the first loop step's words, asked of the L2 before the input is ready
+    if PDL:  # CORMORANT_PDL_PREFETCH=1: the first step's words asked of the L2 before the wait
         LINE_WORDS: tl.constexpr = 32  # int32 words in a 128-byte line
         LINES: tl.constexpr = BLOCK_N // LINE_WORDS if BLOCK_N >= LINE_WORDS else 1
         pf_rows = tl.minimum(k_begin // (32 // BITS) + tl.arange(0, SUB * WORDS),

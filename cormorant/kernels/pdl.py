@@ -1,19 +1,23 @@
 """Programmatic dependent launch (PDL, sm_90+): a decode kernel starts while the one before drains.
 
-In a decode step of batch 1 the kernels run back to back, and each begins by waiting for its
-first memory round trips while the SMs sit idle. Launched with PDL, a kernel's programs may be
-scheduled once every program of the kernel before it has called `launch_dependents` (here:
-after its main loop); they then `wait` (griddepcontrol.wait: the previous grid has completed
-and its writes are visible) before touching anything that kernel writes. What does not
-depend on it may run before the wait: the GEMVs ask the L2 for their slice of the weights
-(`prefetch_l2`), which no earlier kernel writes, so their first tiles are on chip when the
-input is ready.
+In a decode step of batch 1 the kernels run back to back. Launched with PDL, a kernel's
+programs may be scheduled once every program of the kernel before it has called
+`launch_dependents` (the GEMVs: after their main loop; the small kernels: at their start);
+they then `wait` (griddepcontrol.wait: the previous grid has completed and its writes are
+visible) before touching anything that kernel writes, so the launch and scheduling of one
+kernel overlap the tail of the one before.
 
 A kernel may be launched with PDL only if it calls `wait` before its first load or store of
 data another kernel touches; kernels that call neither still run correctly after or before a
 PDL kernel (the launch then waits as usual). `enabled(device)` says whether to use it: CUDA
-sm_90+, not the interpreter, Triton with the `launch_pdl` option, and CORMORANT_PDL=1
-(opt-in until B2 measures it on a card).
+sm_90+, not the interpreter, Triton with the `launch_pdl` option, and CORMORANT_PDL not 0.
+Measured on an H100 (2026-12-07, B2, benchmarks/RESULTS.md): Llama-3.1-8B FP8 3.59 -> 3.51
+ms/token, int4 3.05 -> 2.89, bf16 unchanged (5.66 / 5.65); greedy tokens identical with it
+on and off (benchmarks/pdl_check.py, CUDA graphs, bf16 / FP8 / int4). On by default.
+
+`prefetch_l2` (CORMORANT_PDL_PREFETCH=1, off): the GEMVs ask the L2 for their first weight
+lines before the wait. It measured slower (FP8 3.97 ms/token, int4 3.20) and stays for A/B
+runs only.
 Imports only torch and triton.
 """
 from __future__ import annotations
@@ -25,7 +29,9 @@ import torch
 import triton
 import triton.language as tl
 
-SWITCH = os.environ.get("CORMORANT_PDL", "0") == "1"
+SWITCH = os.environ.get("CORMORANT_PDL", "1") == "1"
+# CORMORANT_PDL_PREFETCH=1: the GEMVs' L2 prefetch before the wait (measured slower)
+PREFETCH: tl.constexpr = tl.constexpr(os.environ.get("CORMORANT_PDL_PREFETCH", "0") == "1")
 
 
 @triton.jit
@@ -47,7 +53,7 @@ def launch_dependents(PDL: tl.constexpr):
 @triton.jit
 def prefetch_l2(ptrs, PDL: tl.constexpr):
     """Ask the L2 for the 128-byte line of each pointer (no registers written; PDL only)."""
-    if PDL:
+    if PDL and PREFETCH:
         tl.inline_asm_elementwise("prefetch.global.L2 [$1]; // $0", "=r,l", [ptrs],
                                   dtype=tl.int32, is_pure=False, pack=1)
 
