@@ -6,9 +6,10 @@
 # rows, W8A8 tiles up to 512). `second` attributes it per projection: fp8_probe with the W8A8
 # sweep, cvt_probe with its sweep, B1 through Triton's own e4m3 casts, the int kernels' tests.
 #   bash benchmarks/gpu_wave5.sh first    # ran 2026-12-07 04:24 on an H100 (6 min; RESULTS.md)
-#   bash benchmarks/gpu_wave5.sh diag     # ~9 min; its B2 part ran as core, its B3 and W8A8 tests not
-#   bash benchmarks/gpu_wave5.sh core     # ran 2026-12-07 07:50 on an H100 (3.5 min; RESULTS.md)
-#   bash benchmarks/gpu_wave5.sh next     # after diag (~8 min): ACC2D, MAGIC's settings
+#   bash benchmarks/gpu_wave5.sh core     # its first form ran 2026-12-07 07:50 on an H100
+#                                           (results/2026-12-07-h100-wave6/calls.md)
+#   bash benchmarks/gpu_wave5.sh diag     # B3, W8A8 tests, B1 FP8 KV (~6 min), not yet run
+#   bash benchmarks/gpu_wave5.sh next     # ACC2D and int GEMV sweeps (~6 min)
 #   bash benchmarks/gpu_wave5.sh second   # ~8 min
 source "$(dirname "$0")/gpu_common.sh"
 TRITON_PATHS="env CORMORANT_E4M3_CVT=bits CORMORANT_FP8_GEMM_ROWS=64 CORMORANT_FP8_A8_ROWS=512"
@@ -28,52 +29,34 @@ first)
   step fp8_rows_short 70 env CORMORANT_E4M3_CVT=bits python3 benchmarks/fp8_probe.py \
     --ms 32,128,256 --out "$OUT/fp8_rows_short.json"
   ;;
-diag)  # next, in order of worth: B2 at the restored defaults and with each new switch on
-  # (MAGIC masks each code in place; PDL after its token check; ACC2D), the int GEMV's card
-  # tests, cvt_probe per projection, B3 with W8A16 alone, the fixed W8A8 tests
+core)  # the B2 A/B of 07:50 at today's defaults (MAGIC and PDL on; each switched off alone),
+  # MAGIC's card test and the PDL token check (~4 min)
   step b2_bf16 40 $B b2 --quick --no-peer --out "$R/b2_bf16"
-  step b2_default 40 $B b2 --quick --no-peer --quantization fp8 --out "$R/b2_default"
+  step b2_fp8 40 $B b2 --quick --no-peer --quantization fp8 --out "$R/b2_fp8"
+  step b2_fp8_no_pdl 40 env CORMORANT_PDL=0 $B b2 --quick --no-peer --quantization fp8 \
+    --out "$R/b2_fp8_no_pdl"
   step b2_int4 40 $B b2 --quick --no-peer --quantization int4 --out "$R/b2_int4"
-  step b2_int4_magic 40 env CORMORANT_INT_MAGIC=1 $B b2 --quick --no-peer --quantization int4 \
-    --out "$R/b2_int4_magic"
-  step pdl_check 120 python3 benchmarks/pdl_check.py
-  step b2_fp8_pdl 40 env CORMORANT_PDL=1 $B b2 --quick --no-peer --quantization fp8 \
-    --out "$R/b2_fp8_pdl"
-  step b2_int4_magic_pdl 40 env CORMORANT_PDL=1 CORMORANT_INT_MAGIC=1 $B b2 --quick --no-peer \
-    --quantization int4 --out "$R/b2_int4_magic_pdl"
-  step b2_fp8_acc2d 40 env CORMORANT_FP8_ACC2D=1 $B b2 --quick --no-peer --quantization fp8 \
-    --out "$R/b2_fp8_acc2d"
-  step int_tests 60 python3 -m pytest -q -rf tests/kernels/test_int_gemm.py -k "bits or gemv"
-  step cvt_probe 60 python3 benchmarks/cvt_probe.py --out "$R/cvt_probe.json"
+  step b2_int4_no_pdl 40 env CORMORANT_PDL=0 $B b2 --quick --no-peer --quantization int4 \
+    --out "$R/b2_int4_no_pdl"
+  step b2_int4_no_magic 40 env CORMORANT_INT_MAGIC=0 $B b2 --quick --no-peer \
+    --quantization int4 --out "$R/b2_int4_no_magic"
+  step magic_tests 40 python3 -m pytest -q -rf tests/kernels/test_int_gemm.py -k "bit_trick"
+  step pdl_check 150 python3 benchmarks/pdl_check.py
+  ;;
+diag)  # what the 07:50 call left: B3 bf16 and FP8 (W8A16 up to 64 rows alone), the fixed
+  # W8A8 tests, B1 with the FP8 KV cache beside bf16 (~6 min)
   step b3_bf16 70 $B b3 --quick --no-peer --out "$R/b3_bf16"
   step b3_fp8 70 $B b3 --quick --no-peer --quantization fp8 --out "$R/b3_fp8"
+  step a8_tests 40 python3 -m pytest -q -rf tests/kernels/test_fp8_gemm.py -k "scaled_gemm or routes"
+  grep -E "^FAILED|^E  " "$OUT/a8_tests.log" | sort | uniq -c | sort -rn | head -8
+  step b1_bf16kv 50 $B b1 --quick --no-peer --out "$R/b1_bf16kv"
+  step b1_fp8kv 50 $B b1 --quick --no-peer --kv-cache-dtype fp8 --out "$R/b1_fp8kv"
   ;;
-core)  # diag's first part, for a short budget (~6 min)
-  step b2_bf16 40 $B b2 --quick --no-peer --out "$R/b2_bf16"
-  step b2_default 40 $B b2 --quick --no-peer --quantization fp8 --out "$R/b2_default"
-  step b2_int4 40 $B b2 --quick --no-peer --quantization int4 --out "$R/b2_int4"
-  step b2_int4_magic 40 env CORMORANT_INT_MAGIC=1 $B b2 --quick --no-peer --quantization int4 \
-    --out "$R/b2_int4_magic"
-  step magic_tests 40 python3 -m pytest -q -rf tests/kernels/test_int_gemm.py -k "bit_trick"
-  step pdl_check 100 env CORMORANT_INT_MAGIC=1 python3 benchmarks/pdl_check.py
-  step b2_fp8_pdl 40 env CORMORANT_PDL=1 $B b2 --quick --no-peer --quantization fp8 \
-    --out "$R/b2_fp8_pdl"
-  step b2_int4_magic_pdl 40 env CORMORANT_PDL=1 CORMORANT_INT_MAGIC=1 $B b2 --quick --no-peer \
-    --quantization int4 --out "$R/b2_int4_magic_pdl"
-  step b2_fp8_acc2d 40 env CORMORANT_FP8_ACC2D=1 $B b2 --quick --no-peer --quantization fp8 \
-    --out "$R/b2_fp8_acc2d"
-  ;;
-next)  # the call after diag: the FP8 GEMV reducing once (ACC2D) swept per projection and in
-  # B2; the int GEMV's launch settings with MAGIC; B2 int4 with MAGIC beside bf16
-  step b2_bf16 40 $B b2 --quick --no-peer --out "$R/b2_bf16"
+next)  # tuning: the FP8 GEMV reducing once (ACC2D) swept per projection, the int GEMV's
+  # launch settings
   step fp8_acc2d 220 python3 benchmarks/fp8_probe.py --ms 1 --sweep-acc2d --out "$OUT/fp8_acc2d.json"
   grep sweep_acc2d "$OUT/fp8_acc2d.log"
-  step b2_fp8_acc2d 40 env CORMORANT_FP8_ACC2D=1 $B b2 --quick --no-peer --quantization fp8 \
-    --out "$R/b2_fp8_acc2d"
-  step int4_magic_sweep 150 env CORMORANT_INT_MAGIC=1 python3 benchmarks/int4_probe.py --ms 1 \
-    --sweep --out "$OUT/int4_magic_sweep.json"
-  step b2_int4_magic 40 env CORMORANT_INT_MAGIC=1 $B b2 --quick --no-peer --quantization int4 \
-    --out "$R/b2_int4_magic"
+  step int4_sweep 150 python3 benchmarks/int4_probe.py --ms 1 --sweep --out "$OUT/int4_sweep.json"
   ;;
 second)
   step fp8_rows 200 env CORMORANT_E4M3_CVT=bits python3 benchmarks/fp8_probe.py \
