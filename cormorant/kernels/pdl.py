@@ -71,7 +71,13 @@ def enabled(device: torch.device) -> bool:
     """Whether kernels on `device` launch with PDL (see the module docstring)."""
     if not SWITCH or device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
         return False
-    return torch.cuda.get_device_capability(device) >= (9, 0) and _triton_has_option()
+    return _capable(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.cache
+def _capable(index: int) -> bool:
+    """sm_90+ and a Triton with the launch option (asked once per card: launches are hot)."""
+    return torch.cuda.get_device_capability(index) >= (9, 0) and _triton_has_option()
 
 
 def launch_options(device: torch.device) -> dict:
