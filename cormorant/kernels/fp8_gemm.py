@@ -61,13 +61,13 @@ def _fp8_gemv_kernel(x_ptr, r_ptr, nw_ptr, res_out_ptr, w_ptr, s_ptr, b_ptr, y_p
                      PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
                      HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_K: tl.constexpr, ACC2D: tl.constexpr, PDL: tl.constexpr,
-                     PF_LINES: tl.constexpr):
+                     PF_LINES: tl.constexpr, LINE: tl.constexpr):
     """ACC2D (one row): products accumulate elementwise in fp32 [BLOCK_N, BLOCK_K] and are
     summed across threads once at the end, not once per K step (a shared-memory reduction
     with barriers each step: 300 -> 236 instructions a step on sm_90, but 63 -> 123
     registers, so half the programs per SM: slower in B2, off). PDL (kernels.pdl): waits for
     the previous kernel before reading its input; with CORMORANT_PDL_PREFETCH=1 the program's
-    weight rows (PF_LINES lines of 128 bytes each) are asked of the L2 first."""
+    weight rows (PF_LINES lines of LINE bytes each) are asked of the L2 first."""
     pid = tl.program_id(0)
     dtype = y_ptr.dtype.element_ty
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -75,10 +75,7 @@ def _fp8_gemv_kernel(x_ptr, r_ptr, nw_ptr, res_out_ptr, w_ptr, s_ptr, b_ptr, y_p
     offs_m = tl.arange(0, BLOCK_M)
     mask_n = offs_n < N
     mask_m = offs_m < M
-    if PDL:
-        lines = tl.minimum(tl.arange(0, PF_LINES) * 128, K - 1)
-        pdl.prefetch_l2(w_ptr + tl.minimum(offs_n, N - 1)[:, None].to(tl.int64) * stride_wn
-                        + lines[None, :], PDL)
+    pdl.prefetch_rows(w_ptr, offs_n, N, K, stride_wn, PF_LINES, LINE, PDL)
     pdl.wait(PDL)
     if PROLOGUE == 1:  # RMSNorm statistics first, as kernels.gemv does
         sq = tl.zeros((BLOCK_M,), dtype=tl.float32)
@@ -358,8 +355,7 @@ def _launch_gemv(prologue: int, x: torch.Tensor, k: int, weight: torch.Tensor,
         weight.stride(0), scale.stride(0), y.stride(0), eps, SCALE_N=scale_n,
         GROUP_K=group_k, PER_ROW=per_row, PROLOGUE=prologue,
         HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
-        ACC2D=acc2d and m == 1, PF_LINES=min(128, triton.next_power_of_2(triton.cdiv(k, 128))),
-        **pdl.launch_options(x.device), **cfg)
+        ACC2D=acc2d and m == 1, **pdl.row_lines(k, 1), **pdl.launch_options(x.device), **cfg)
     return y
 
 

@@ -92,10 +92,7 @@ def _skinny_gemm_kernel(x_ptr, r_ptr, nw_ptr, res_out_ptr, w_ptr, b_ptr, y_ptr, 
     offs_m = tl.arange(0, BLOCK_M)
     mask_n = offs_n < N
     mask_m = offs_m < M
-    if PDL:
-        lines = tl.minimum(tl.arange(0, PF_LINES) * LINE, K - 1)
-        pdl.prefetch_l2(w_ptr + tl.minimum(offs_n, N - 1)[:, None].to(tl.int64) * stride_wn
-                        + lines[None, :], PDL)
+    pdl.prefetch_rows(w_ptr, offs_n, N, K, stride_wn, PF_LINES, LINE, PDL)
     pdl.wait(PDL)
     if PROLOGUE == 1:  # RMSNorm statistics first: every program reads the (small) rows
         sq = tl.zeros((BLOCK_M,), dtype=tl.float32)
@@ -193,9 +190,8 @@ def _launch(prologue: int, x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
         residual_out.stride(0) if residual_out is not None else 0,
         weight.stride(0), out.stride(0), eps,
         PROLOGUE=prologue, HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
-        EVEN_N=n % block_n == 0, EVEN_K=k % block_k == 0, LINE=128 // weight.element_size(),
-        PF_LINES=min(128, triton.next_power_of_2(triton.cdiv(k * weight.element_size(), 128))),
-        **pdl.launch_options(x.device), **cfg)
+        EVEN_N=n % block_n == 0, EVEN_K=k % block_k == 0,
+        **pdl.row_lines(k, weight.element_size()), **pdl.launch_options(x.device), **cfg)
     return out
 
 

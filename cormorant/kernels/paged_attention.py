@@ -283,6 +283,7 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     else:
         part_acc = part_max = part_sum = out  # unused by the kernel when NUM_SEGMENTS == 1
     grid = (num_tokens // block_q + num_seqs, num_kv_heads, segments)
+    launch = pdl.launch_options(q.device)
     _paged_attention_kernel[grid](
         out, part_acc, part_max, part_sum, q, k_cache, v_cache, block_tables, seq_lens,
         query_start_loc, k_scale if fp8 else q, v_scale if fp8 else q, scale * _LOG2E,
@@ -292,13 +293,12 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         QUERIES_PER_KV=group, BLOCK_SIZE=block_size, HEAD_DIM=head_dim, HEAD_DIM_P=head_dim_p,
         BLOCK_M=config.block_m, BLOCK_Q=block_q, TILE=config.tile_size,
         NUM_SEGMENTS=segments, DOT_PRECISION=_dot_precision(q.dtype), KV_FP8=fp8,
-        KV_BITS=kv_bits, num_warps=config.num_warps, num_stages=config.num_stages,
-        **pdl.launch_options(q.device))
+        KV_BITS=kv_bits, num_warps=config.num_warps, num_stages=config.num_stages, **launch)
     if segments > 1:
         _reduce_segments_kernel[(num_tokens, num_heads)](
             out, part_acc, part_max, part_sum, query_start_loc, num_seqs, num_heads,
             out.stride(0), out.stride(1), HEAD_DIM=head_dim, HEAD_DIM_P=head_dim_p,
-            NUM_SEGMENTS=segments, num_warps=4, **pdl.launch_options(q.device))
+            NUM_SEGMENTS=segments, num_warps=4, **launch)
     return out
 
 

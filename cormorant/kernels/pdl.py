@@ -58,6 +58,23 @@ def prefetch_l2(ptrs, PDL: tl.constexpr):
                                   dtype=tl.int32, is_pure=False, pack=1)
 
 
+@triton.jit
+def prefetch_rows(w_ptr, offs_n, N, K, stride_wn, PF_LINES: tl.constexpr, LINE: tl.constexpr,
+                  PDL: tl.constexpr):
+    """prefetch_l2 of the first PF_LINES lines (LINE elements each) of weight rows offs_n of
+    a row-major [N, K] weight: the one-row GEMVs' (row_lines gives the two sizes)."""
+    if PDL and PREFETCH:
+        lines = tl.minimum(tl.arange(0, PF_LINES) * LINE, K - 1)
+        prefetch_l2(w_ptr + tl.minimum(offs_n, N - 1)[:, None].to(tl.int64) * stride_wn
+                    + lines[None, :], PDL)
+
+
+def row_lines(k: int, element_size: int) -> dict:
+    """prefetch_rows' sizes for rows of k elements: at most 128 lines of 128 bytes."""
+    return dict(PF_LINES=min(128, triton.next_power_of_2(triton.cdiv(k * element_size, 128))),
+                LINE=128 // element_size)
+
+
 @functools.cache
 def _triton_has_option() -> bool:
     try:
