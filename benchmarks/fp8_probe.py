@@ -16,9 +16,10 @@ L2), calls captured in a CUDA graph, median of 5 replays. GB/s counts weight byt
 decision it informs is layers.fp8_linear's FP8_GEMV_MAX_ROWS and the _scaled_mm / Triton split.
 One command on the GPU machine, from the repository root:
     python benchmarks/fp8_probe.py [--ms 1,2,4,16,64,256,1024,4096] [--sweep] [--sweep-a8]
-                                   [--sweep-acc2d] [--out FILE]
+                                   [--sweep-acc2d] [--sweep-w8a16] [--out FILE]
 (--sweep: the M = 1 GEMV's launch settings, plain and with the add + RMSNorm prologue;
  --sweep-a8: the W8A8 GEMM's tiles at 32-512 rows against its defaults and _scaled_mm;
+ --sweep-w8a16: the W8A16 GEMM's tiles, plain and transposed (SWAP), at 8-128 rows;
  --sweep-acc2d: the M = 1 GEMV with its products reduced once (ACC2D), plain and with the
  projection's prologue, against the default.)
 On the CPU it runs tiny shapes under TRITON_INTERPRET=1 as a smoke test (times meaningless).
@@ -123,6 +124,28 @@ def probe_shape(name: str, n: int, k: int, ms: list[int], cuda: bool) -> list[di
     return rows
 
 
+def _cold_weights(n: int, k: int, seed: int) -> tuple[torch.Generator, int, list]:
+    """A seeded CUDA generator, and enough (codes, per-row scales) copies of a random [n, k]
+    weight to overflow the L2, as the probe times them."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    copies = max(1, min(16, -(-256 * 2**20 // (n * k))))
+    return gen, copies, [quantize_rows(torch.randn(n, k, device="cuda", generator=gen) * 0.02)
+                         for _ in range(copies)]
+
+
+def _splits(k: int, tiles: int, least_steps: int) -> list[dict]:
+    """K splits of 128-wide steps to try for `tiles` output tiles: none, and about one and two
+    programs per SM, each split at least least_steps steps long."""
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    k_tiles = -(-k // 128)
+    out = []
+    for split in sorted({1, max(1, min(k_tiles // least_steps, -(-sms // tiles))),
+                         max(1, min(k_tiles // least_steps, -(-2 * sms // tiles)))}):
+        per = -(-k_tiles // split) * 128
+        out.append(dict(SPLIT_K=-(-k // per), K_PER_SPLIT=per))
+    return out
+
+
 SWEEP = [(bn, bk, w, st) for bn in (1, 2, 4, 8) for bk in (1024, 2048, 4096)
          for w in (2, 4, 8) for st in (2, 4)]
 
@@ -130,10 +153,7 @@ SWEEP = [(bn, bk, w, st) for bn in (1, 2, 4, 8) for bk in (1024, 2048, 4096)
 def sweep_gemv(name: str, n: int, k: int) -> dict:
     """M = 1: the fastest GEMV settings, plain and with the add + RMSNorm prologue (the
     defaults are kernels.gemv's bf16 ones; FP8 rows are half the bytes)."""
-    gen = torch.Generator(device="cuda").manual_seed(1)
-    copies = max(1, min(16, -(-256 * 2**20 // (n * k))))
-    ws = [quantize_rows(torch.randn(n, k, device="cuda", generator=gen) * 0.02)
-          for _ in range(copies)]
+    gen, copies, ws = _cold_weights(n, k, 1)
     x = torch.randn(1, k, device="cuda", generator=gen).to(torch.bfloat16)
     nw = torch.ones(k, device="cuda", dtype=torch.bfloat16)
     best = {}
@@ -165,10 +185,7 @@ def sweep_acc2d(name: str, n: int, k: int) -> dict:
     """M = 1, per-row scales: the GEMV accumulating [BLOCK_N, BLOCK_K] products elementwise
     (ACC2D, one reduction at the end) against the default (one reduction per K step), plain
     and with the projection's prologue (add + RMSNorm for K = 4096, SiLU for down)."""
-    gen = torch.Generator(device="cuda").manual_seed(1)
-    copies = max(1, min(16, -(-256 * 2**20 // (n * k))))
-    ws = [quantize_rows(torch.randn(n, k, device="cuda", generator=gen) * 0.02)
-          for _ in range(copies)]
+    gen, copies, ws = _cold_weights(n, k, 1)
     x = torch.randn(1, k, device="cuda", generator=gen).to(torch.bfloat16)
     gate_up = torch.randn(1, 2 * k, device="cuda", generator=gen).to(torch.bfloat16)
     nw = torch.ones(k, device="cuda", dtype=torch.bfloat16)
@@ -203,44 +220,93 @@ def sweep_acc2d(name: str, n: int, k: int) -> dict:
     return out
 
 
+def _sweep_row(name: str, m: int, k: int, gen: torch.Generator, ws: list, copies: int,
+               default: dict, run) -> tuple[torch.Tensor, dict]:
+    """m random bf16 rows, and a sweep's row: run(x, (codes, scales)) at its default tiles
+    and _scaled_mm, timed."""
+    x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
+    return x, {"shape": name, "M": m, "default": default,
+               "default_us": graph_time_us(lambda i: run(x, ws[i]), copies),
+               "scaled_mm_us": graph_time_us(
+                   lambda i: scaled_mm(x, ws[i][0], ws[i][1], None, None), copies)}
+
+
+def _try_time(fn, copies: int, cfg: dict, check=None) -> float | None:
+    """graph_time_us(fn) of one sweep setting; None where it does not compile or launch, -1.0
+    where check() says its result is wrong."""
+    try:
+        if check is not None and not check():
+            print("WRONG", cfg, flush=True)
+            return -1.0
+        return graph_time_us(fn, copies)
+    except Exception as e:  # noqa: BLE001 - a setting that does not fit
+        print("skip", cfg, type(e).__name__, flush=True)
+        return None
+
+
 def sweep_a8(name: str, n: int, k: int, ms: tuple[int, ...] = (32, 64, 128, 256, 512)
              ) -> list[dict]:
     """The W8A8 GEMM's tiles per rows: BLOCK_M, BLOCK_N, stages, warps and K splits (half,
     as chosen, double) around a8_config's, timed as the probe times; _scaled_mm beside it."""
-    gen = torch.Generator(device="cuda").manual_seed(2)
-    copies = max(1, min(16, -(-256 * 2**20 // (n * k))))
-    ws = [quantize_rows(torch.randn(n, k, device="cuda", generator=gen) * 0.02)
-          for _ in range(copies)]
+    gen, copies, ws = _cold_weights(n, k, 2)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    k_tiles = -(-k // 128)
     out = []
     for m in ms:
-        x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
-        default = a8_config(m, n, k, k, True, sms)
-        row = {"shape": name, "M": m, "default": default,
-               "default_us": graph_time_us(lambda i: a8(x, *ws[i], 1, k), copies),
-               "scaled_mm_us": graph_time_us(
-                   lambda i: scaled_mm(x, ws[i][0], ws[i][1], None, None), copies)}
+        x, row = _sweep_row(name, m, k, gen, ws, copies, a8_config(m, n, k, k, True, sms),
+                            lambda x, w: a8(x, *w, 1, k))
         times = []
         for bm in (64, 128):
             for bn in (64, 128, 256):
                 for stages, warps in ((3, 4), (4, 4), (5, 4), (4, 8)):
-                    tiles = -(-m // bm) * -(-n // bn)
-                    for split in sorted({1, max(1, min(k_tiles // 2, -(-sms // tiles))),
-                                         max(1, min(k_tiles // 2, -(-2 * sms // tiles)))}):
-                        per = -(-k_tiles // split) * 128
-                        cfg = dict(default, BLOCK_M=bm, BLOCK_N=bn, num_stages=stages,
-                                   num_warps=warps, SPLIT_K=-(-k // per), K_PER_SPLIT=per)
-                        try:
-                            t = graph_time_us(lambda i, c=cfg: a8(x, *ws[i], 1, k, dict(c)),
-                                              copies)
-                        except Exception as e:  # noqa: BLE001 - a setting that does not fit
-                            print("skip", cfg, type(e).__name__, flush=True)
-                            continue
-                        times.append((t, cfg))
+                    for split in _splits(k, -(-m // bm) * -(-n // bn), 2):
+                        cfg = dict(row["default"], BLOCK_M=bm, BLOCK_N=bn,
+                                   num_stages=stages, num_warps=warps, **split)
+                        t = _try_time(lambda i, c=cfg: a8(x, *ws[i], 1, k, dict(c)), copies,
+                                      cfg)
+                        if t is not None:
+                            times.append((t, cfg))
         t, cfg = min(times, key=lambda tc: tc[0])
         row.update(best_us=t, best=cfg, best_GBps=n * k / t / 1e3)
         print("sweep_a8", json.dumps(row), flush=True)
+        out.append(row)
+    return out
+
+
+def sweep_w8a16(name: str, n: int, k: int, ms: tuple[int, ...] = (8, 16, 32, 64, 128)
+                ) -> list[dict]:
+    """The W8A16 GEMM's tiles per rows (per-channel scales): plain and transposed (SWAP)
+    tiles, BLOCK_N, stages and K splits (none, about one and two programs per SM) around
+    gemm_config's, each checked against the reference before it is timed; _scaled_mm beside."""
+    gen, copies, ws = _cold_weights(n, k, 3)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    out = []
+    for m in ms:
+        x, row = _sweep_row(name, m, k, gen, ws, copies, gemm_config(m, n, k, k, True, sms),
+                            lambda x, w: fp8_gemm(x, *w, 1, k))
+        ref = fp8_matmul_ref(x, ws[0][0], ws[0][1], 1, k)
+        fit = max(16, 1 << (m - 1).bit_length())
+        times, wrong = [], 0
+        for swap in (False, True):
+            for bm in sorted({min(fit, 64 if not swap else 128), min(fit, 64)}):
+                for bn in (64, 128):
+                    for stages, warps in ((3, 4), (4, 4), (4, 8)):
+                        if warps == 8 and bn == 64:
+                            continue
+                        for split in _splits(k, -(-m // bm) * -(-n // bn), 4):
+                            cfg = dict(row["default"], BLOCK_M=bm, BLOCK_N=bn,
+                                       num_stages=stages, num_warps=warps, SWAP=swap, **split)
+                            run = lambda i, c=cfg: fp8_gemm(x, *ws[i], 1, k, config=dict(c))
+                            t = _try_time(run, copies, cfg, lambda: rel_err(run(0), ref) < 1e-2)
+                            if t is None or t < 0:
+                                wrong += t is not None
+                                continue
+                            times.append((t, cfg))
+        t, cfg = min(times, key=lambda tc: tc[0])
+        swapped = [tc for tc in times if tc[1]["SWAP"]]
+        t_swap, cfg_swap = min(swapped, key=lambda tc: tc[0])
+        row.update(best_us=t, best=cfg, best_GBps=n * k / t / 1e3, best_swap_us=t_swap,
+                   best_swap=cfg_swap, wrong=wrong)
+        print("sweep_w8a16", json.dumps(row), flush=True)
         out.append(row)
     return out
 
@@ -255,6 +321,8 @@ def main() -> int:
                         help="also time the M = 1 GEMV with its products reduced once (ACC2D)")
     parser.add_argument("--sweep-a8", action="store_true",
                         help="also sweep the W8A8 GEMM's tiles at 32-512 rows")
+    parser.add_argument("--sweep-w8a16", action="store_true",
+                        help="also sweep the W8A16 GEMM's tiles (plain and SWAP) at 8-128 rows")
     args = parser.parse_args()
     cuda = torch.cuda.is_available()
     ms = [int(v) for v in args.ms.split(",")] if cuda else [1, 3, 20]
@@ -266,6 +334,9 @@ def main() -> int:
         rows += probe_shape(name, n, k, ms, cuda)
     if cuda and args.sweep_a8:
         rows += [{"shape": name, "sweep_a8": sweep_a8(name, n, k)}
+                 for name, (n, k) in SHAPES.items()]
+    if cuda and args.sweep_w8a16:
+        rows += [{"shape": name, "sweep_w8a16": sweep_w8a16(name, n, k)}
                  for name, (n, k) in SHAPES.items()]
     if cuda and args.sweep_acc2d:
         rows += [{"shape": name, "sweep_acc2d": sweep_acc2d(name, n, k)}

@@ -8,7 +8,11 @@
 #   bash benchmarks/gpu_wave5.sh first    # ran 2026-12-07 04:24 on an H100 (6 min; RESULTS.md)
 #   bash benchmarks/gpu_wave5.sh core     # its first form ran 2026-12-07 07:50 on an H100
 #                                           (results/2026-12-07-h100-wave6/calls.md)
-#   bash benchmarks/gpu_wave5.sh diag     # B3, W8A8 tests, B1 FP8 KV (~6 min), not yet run
+#   bash benchmarks/gpu_wave5.sh diag     # B3, W8A8 tests, B1 FP8 KV, int4 pdl_check (~7 min)
+#   bash benchmarks/gpu_wave5.sh prof     # B3 profiles, FP8 paths at 1-128 rows (~5 min)
+#   bash benchmarks/gpu_wave5.sh w8a16    # W8A16 tile sweep, B3 FP8 profiles (~6 min)
+#   bash benchmarks/gpu_wave5.sh b3       # B3 bf16 / FP8, FP8 card tests (~5 min)
+#   bash benchmarks/gpu_wave5.sh b2prof   # B2 FP8 / int4 profiles, PDL off (~2 min)
 #   bash benchmarks/gpu_wave5.sh next     # ACC2D and int GEMV sweeps (~6 min)
 #   bash benchmarks/gpu_wave5.sh second   # ~8 min
 source "$(dirname "$0")/gpu_common.sh"
@@ -51,6 +55,36 @@ diag)  # what the 07:50 call left: B3 bf16 and FP8 (W8A16 up to 64 rows alone), 
   grep -E "^FAILED|^E  " "$OUT/a8_tests.log" | sort | uniq -c | sort -rn | head -8
   step b1_bf16kv 50 $B b1 --quick --no-peer --out "$R/b1_bf16kv"
   step b1_fp8kv 50 $B b1 --quick --no-peer --kv-cache-dtype fp8 --out "$R/b1_fp8kv"
+  step pdl_int4 80 env PDL_CHECK_QUANTS=int4 python3 benchmarks/pdl_check.py
+  ;;
+prof)  # where B3's FP8 time goes: B3 bf16 and FP8 with --profile (OUT/*_profile.txt), and the
+  # FP8 paths per projection at B3's decode batches (~5 min)
+  step b3_bf16_prof 120 $B b3 --quick --no-peer --profile --out "$OUT/b3_bf16"
+  step b3_fp8_prof 120 $B b3 --quick --no-peer --quantization fp8 --profile --out "$OUT/b3_fp8"
+  step fp8_rows 150 python3 benchmarks/fp8_probe.py --ms 1,8,16,32,64,128 --out "$OUT/fp8_rows.json"
+  ;;
+w8a16)  # the W8A16 GEMM's tiles (plain and SWAP) at 8-128 rows; B3 FP8 profiled with PDL off
+  # (a PDL kernel's profiled time starts at its early launch); only the profiles come back
+  step w8a16_sweep 300 python3 benchmarks/fp8_probe.py --ms 16 --sweep-w8a16 \
+    --out "$OUT/w8a16_sweep.json"
+  grep -c WRONG "$OUT/w8a16_sweep.log"
+  step b3_fp8_nopdl_prof 120 env CORMORANT_PDL=0 $B b3 --quick --no-peer --quantization fp8 \
+    --profile --out "$OUT/b3_fp8_nopdl"
+  rm -f "$OUT"/b3_fp8_nopdl/*.json "$OUT"/b3_fp8_nopdl/b3-2048_128_profile.txt
+  ;;
+b3)  # B3 bf16 and FP8 side by side after the one-pass quantize_rows and the W8A16 cap of 32
+  # rows; the FP8 kernels' card tests (SWAP tiles, quantize_rows bit for bit, W8A8) (~5 min)
+  step fp8_tests 150 python3 -m pytest -q -rf tests/kernels/test_fp8_gemm.py
+  step fp8_rows 90 python3 benchmarks/fp8_probe.py --ms 32,64,128 --out "$OUT/fp8_rows.json"
+  step b3_bf16 70 $B b3 --quick --no-peer --out "$R/b3_bf16"
+  step b3_fp8 70 $B b3 --quick --no-peer --quantization fp8 --out "$R/b3_fp8"
+  ;;
+b2prof)  # where B2's FP8 and int4 decode step goes, PDL off (~2 min)
+  step b2_fp8_prof 60 env CORMORANT_PDL=0 $B b2 --quick --no-peer --quantization fp8 --profile \
+    --out "$OUT/b2_fp8"
+  step b2_int4_prof 60 env CORMORANT_PDL=0 $B b2 --quick --no-peer --quantization int4 \
+    --profile --out "$OUT/b2_int4"
+  rm -f "$OUT"/b2_*/*.json
   ;;
 next)  # tuning: the FP8 GEMV reducing once (ACC2D) swept per projection, the int GEMV's
   # launch settings

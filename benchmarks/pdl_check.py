@@ -9,6 +9,7 @@ and CORMORANT_PDL=1. Five prompts batched (decode graphs of 8, 4, 2, 1 rows) and
 (batch 1: the GEMV paths), greedy, 48 new tokens each. Every token must match.
     python benchmarks/pdl_check.py            (CUDA sm_90+, about a minute)
     PDL_CHECK_DEVICE=cpu python benchmarks/pdl_check.py   (smoke test of the script: PDL off)
+    PDL_CHECK_QUANTS=int4 python benchmarks/pdl_check.py  (only some of none,fp8,int4)
 Exit status 1 on any difference. Imports torch, cormorant and tests/tiny (repo on path).
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = [[5, 6, 7], [11, 200, 37, 45, 99, 8, 301, 17, 64], list(range(30, 70)),
            [400, 3, 3, 3, 9], list(range(100, 400, 7))]
-QUANTS = ("none", "fp8", "int4")
+QUANTS = tuple(os.environ.get("PDL_CHECK_QUANTS", "none,fp8,int4").split(","))
 
 
 def child(path: str, quant: str) -> None:

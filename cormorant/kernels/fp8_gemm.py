@@ -51,6 +51,10 @@ WORDS_GEMV = os.environ.get("CORMORANT_FP8_GEMV", "bytes") == "words"
 # _fp8_gemv_kernel); off: B2 Llama-3.1-8B FP8 took 4.33 ms/token with it against 3.59 (H100,
 # 2026-12-07): twice the registers, half the programs per SM.
 ACC2D_GEMV = os.environ.get("CORMORANT_FP8_ACC2D", "0") == "1"
+# quantize_rows reads a row once where it has up to this many inputs (held in registers: 64
+# floats a thread at 8 warps); longer rows are read twice. The two-pass form took 4.8 us a call
+# at 128 rows of 4096 in B3 128/128 (H100, 2026-12-07), 0.7 ms of a 6.9 ms decode step.
+QUANT_ONE_PASS_K = 16384
 GEMM_SPLIT_ROWS = 64  # rows up to which the GEMM takes 64-wide tiles and splits K
 
 
@@ -190,12 +194,15 @@ def _fp8_gemm_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, b_ptr, y_ptr, p_ptr, lock_ptr,
                      SCALE_N: tl.constexpr, GROUP_K: tl.constexpr, PER_ROW: tl.constexpr,
                      HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, SPLIT_K, IEEE: tl.constexpr,
-                     BITS: tl.constexpr, A8: tl.constexpr):
+                     BITS: tl.constexpr, A8: tl.constexpr, SWAP: tl.constexpr = False):
     """[BLOCK_M, BLOCK_N] tiles over K_PER_SPLIT of K (split-K: the partials are summed in the
     launch by int_gemm's _finish, in split order). BITS: W's codes are read as uint8 and made
     bf16 by kernels.e4m3 (exact; bf16 x on Hopper), instead of Triton's conversions. A8: x is
     e4m3 codes too, with one scale per row at xs_ptr: FP8 x FP8 tensor-core products, fp32
-    sums of one K step, no conversion at all (W8A8)."""
+    sums of one K step, no conversion at all (W8A8). SWAP (weight-only): the tile is computed
+    transposed, acc[BLOCK_N, BLOCK_M] = W_tile @ x_tile^T, so the dequantized weights are the
+    dot's first operand (on sm_90 a wgmma reads that one from registers, where the conversion
+    left it; as the second it goes through shared memory) and a few rows fill its N side."""
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     num_m, num_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
@@ -211,17 +218,35 @@ def _fp8_gemm_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, b_ptr, y_ptr, p_ptr, lock_ptr,
     offs_k = k_begin + tl.arange(0, BLOCK_K)
     mask_m, mask_n = offs_m < M, offs_n < N
     s_cols = s_ptr + (offs_n // SCALE_N) * stride_sn  # [BN]
-    x_ptrs = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + offs_k[None, :]
-    w_ptrs = w_ptr + offs_n[None, :].to(tl.int64) * stride_wn + offs_k[:, None]  # [BK, BN]
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if SWAP:  # x^T [BK, BM] and W [BN, BK]
+        x_ptrs = x_ptr + offs_m[None, :].to(tl.int64) * stride_xm + offs_k[:, None]
+        w_ptrs = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :]
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    else:  # x [BM, BK] and W^T [BK, BN]
+        x_ptrs = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + offs_k[None, :]
+        w_ptrs = w_ptr + offs_n[None, :].to(tl.int64) * stride_wn + offs_k[:, None]
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(k_begin, k_end, BLOCK_K):
         kmask = (k0 + tl.arange(0, BLOCK_K)) < k_end
-        x = tl.load(x_ptrs, mask=mask_m[:, None] & kmask[None, :], other=0.0)
-        if BITS:
-            w = e4m3_to_bf16(tl.load(w_ptrs, mask=kmask[:, None] & mask_n[None, :], other=0))
+        if SWAP:
+            x = tl.load(x_ptrs, mask=kmask[:, None] & mask_m[None, :], other=0.0)
+            w_mask = mask_n[:, None] & kmask[None, :]
         else:
-            w = tl.load(w_ptrs, mask=kmask[:, None] & mask_n[None, :], other=0.0)
-        if A8:  # each step's products summed apart, then added to acc in fp32 (on sm_90
+            x = tl.load(x_ptrs, mask=mask_m[:, None] & kmask[None, :], other=0.0)
+            w_mask = kmask[:, None] & mask_n[None, :]
+        if BITS:
+            w = e4m3_to_bf16(tl.load(w_ptrs, mask=w_mask, other=0))
+        else:
+            w = tl.load(w_ptrs, mask=w_mask, other=0.0)
+        if SWAP:
+            if not PER_ROW:
+                w = w.to(tl.float32) * tl.load(s_cols + k0 // GROUP_K, mask=mask_n,
+                                                other=0.0)[:, None]
+            if IEEE:
+                acc += tl.dot(w.to(tl.float32), x, input_precision="ieee")
+            else:
+                acc += tl.dot(w.to(x.dtype), x)
+        elif A8:  # each step's products summed apart, then added to acc in fp32 (on sm_90
             # Triton otherwise lets the FP8 tensor cores accumulate all of K in their
             # reduced-precision adders: 2.7e-2 relative error, measured on an H100)
             step = tl.dot(x, w, max_num_imprecise_acc=BLOCK_K)
@@ -239,25 +264,47 @@ def _fp8_gemm_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, b_ptr, y_ptr, p_ptr, lock_ptr,
                 acc += tl.dot(x, w.to(x.dtype))
         x_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
-    if PER_ROW:
-        acc = acc * tl.load(s_cols, mask=mask_n, other=0.0)[None, :]
-    if A8:
-        acc = acc * tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0)[:, None]
-    if HAS_BIAS:  # added by the first split only: the partials' sum counts it once
-        acc += tl.load(b_ptr + offs_n, mask=mask_n & (pid_k == 0), other=0.0).to(
-            tl.float32)[None, :]
-    _finish(acc, y_ptr, offs_m[:, None] * stride_ym + offs_n[None, :], p_ptr,
-            offs_m[:, None] * N + offs_n[None, :], M * N, lock_ptr, pid, pid_k,
-            mask_m[:, None] & mask_n[None, :], SPLIT_K, 0.0, p_ptr, 0, K, 0.0, False)
+    if SWAP:
+        if PER_ROW:
+            acc = acc * tl.load(s_cols, mask=mask_n, other=0.0)[:, None]
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + offs_n, mask=mask_n & (pid_k == 0), other=0.0).to(
+                tl.float32)[:, None]
+        _finish(acc, y_ptr, offs_m[None, :] * stride_ym + offs_n[:, None], p_ptr,
+                offs_m[None, :] * N + offs_n[:, None], M * N, lock_ptr, pid, pid_k,
+                mask_n[:, None] & mask_m[None, :], SPLIT_K, 0.0, p_ptr, 0, K, 0.0, False)
+    else:
+        if PER_ROW:
+            acc = acc * tl.load(s_cols, mask=mask_n, other=0.0)[None, :]
+        if A8:
+            acc = acc * tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0)[:, None]
+        if HAS_BIAS:  # added by the first split only: the partials' sum counts it once
+            acc += tl.load(b_ptr + offs_n, mask=mask_n & (pid_k == 0), other=0.0).to(
+                tl.float32)[None, :]
+        _finish(acc, y_ptr, offs_m[:, None] * stride_ym + offs_n[None, :], p_ptr,
+                offs_m[:, None] * N + offs_n[None, :], M * N, lock_ptr, pid, pid_k,
+                mask_m[:, None] & mask_n[None, :], SPLIT_K, 0.0, p_ptr, 0, K, 0.0, False)
 
 
 @triton.jit
 def _quantize_rows_kernel(x_ptr, q_ptr, s_in_ptr, s_out_ptr, K, stride_xm, stride_qm,
                           STATIC: tl.constexpr, BLOCK_K: tl.constexpr):
-    """One row: its scale (amax / 448, or the static input scale) and its e4m3 codes."""
+    """One row: its scale (amax / 448, or the static input scale) and its e4m3 codes. Where
+    BLOCK_K covers K the row is read once and kept in registers; else twice, in BLOCK_K steps."""
     row = tl.program_id(0)
     offs = tl.arange(0, BLOCK_K)
     x_row = x_ptr + row.to(tl.int64) * stride_xm
+    q_row = q_ptr + row.to(tl.int64) * stride_qm
+    if BLOCK_K >= K:
+        v = tl.load(x_row + offs, mask=offs < K, other=0.0).to(tl.float32)
+        if STATIC:
+            scale = tl.load(s_in_ptr)
+        else:
+            scale = tl.maximum(tl.math.div_rn(tl.max(tl.abs(v), axis=0), FP8_MAX_TL), 1e-12)
+        tl.store(s_out_ptr + row, scale)
+        q = tl.minimum(tl.maximum(tl.math.div_rn(v, scale), -FP8_MAX_TL), FP8_MAX_TL)
+        tl.store(q_row + offs, q.to(q_ptr.dtype.element_ty), mask=offs < K)
+        return
     if STATIC:
         scale = tl.load(s_in_ptr)
     else:
@@ -267,7 +314,6 @@ def _quantize_rows_kernel(x_ptr, q_ptr, s_in_ptr, s_out_ptr, K, stride_xm, strid
             amax = tl.maximum(amax, tl.abs(v))
         scale = tl.maximum(tl.math.div_rn(tl.max(amax, axis=0), FP8_MAX_TL), 1e-12)
     tl.store(s_out_ptr + row, scale)
-    q_row = q_ptr + row.to(tl.int64) * stride_qm
     for k0 in range(0, K, BLOCK_K):
         mask = k0 + offs < K
         v = tl.load(x_row + k0 + offs, mask=mask, other=0.0).to(tl.float32)
@@ -285,9 +331,10 @@ def quantize_rows(x: torch.Tensor, input_scale: torch.Tensor | None = None
     q = torch.empty(m, k, dtype=FP8_DTYPE, device=x.device)
     scales = torch.empty(m, 1, dtype=torch.float32, device=x.device)
     static = input_scale is not None
+    block_k = min(QUANT_ONE_PASS_K, triton.next_power_of_2(k))  # one pass up to 16384 inputs
     _quantize_rows_kernel[(m,)](x, q, input_scale.float() if static else scales, scales, k,
-                                x.stride(0), q.stride(0), STATIC=static,
-                                BLOCK_K=min(1024, triton.next_power_of_2(k)), num_warps=4)
+                                x.stride(0), q.stride(0), STATIC=static, BLOCK_K=block_k,
+                                num_warps=4 if block_k <= 4096 else 8)
     return q, scales
 
 
@@ -438,6 +485,7 @@ def _launch_gemm(x: torch.Tensor, x_scale: torch.Tensor | None, weight: torch.Te
     assert per_row or group_k % cfg["BLOCK_K"] == 0, (group_k, cfg)
     assert cfg["K_PER_SPLIT"] % cfg["BLOCK_K"] == 0, cfg
     assert cfg["SPLIT_K"] * cfg["K_PER_SPLIT"] >= k, cfg
+    assert not (a8 and cfg.get("SWAP")), "SWAP is weight-only (W8A16)"
     bits = not a8 and x.dtype == torch.bfloat16 and e4m3.available(x.device)
     y = torch.empty(m, n, dtype=out_dtype, device=x.device)
     tiles = triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"])

@@ -45,10 +45,12 @@ FP8_MAX = 448.0
 FP8_GEMV_MAX_ROWS = 1
 # Rows up to which bf16/fp16 activations stay unquantized through kernels.fp8_gemm (W8A16,
 # split-K tiles, codes made bf16 by kernels.e4m3) rather than torch._scaled_mm, whose FP8
-# tiles read few-row weights slowly. H100, 2026-12-07 (fp8_probe): at 32 rows qkv / o /
-# gate_up / down took 18 / 14 / 51 / 33 us against _scaled_mm's 21 / 18 / 54 / 55; at 128 rows
-# 56 / 55 / 102 / 185 against 19 / 18 / 55 / 51. CORMORANT_FP8_GEMM_ROWS=1 turns it off.
-FP8_GEMM_MAX_ROWS = int(os.environ.get("CORMORANT_FP8_GEMM_ROWS", "64"))
+# tiles read few-row weights slowly. H100, 2026-12-07 (fp8_probe --sweep-w8a16): at 32 rows
+# qkv / o / gate_up / down took 18 / 14 / 51 / 32 us against _scaled_mm's 21 / 18 / 56 / 54;
+# at 64 rows (64-row tiles from 33 rows on) 30 / 21 / 71 / 56 against 20 / 18 / 52 / 52, and
+# the best tiles of the sweep, transposed ones (SWAP) included, 24 / 18 / 59 / 44 (141 in all,
+# as _scaled_mm). CORMORANT_FP8_GEMM_ROWS=1 turns it off.
+FP8_GEMM_MAX_ROWS = int(os.environ.get("CORMORANT_FP8_GEMM_ROWS", "32"))
 # Rows up to which quantized activations go through kernels.fp8_gemm.fp8_scaled_gemm (W8A8
 # Triton tiles, split-K) rather than torch._scaled_mm. Off (0): on the H100 (2026-12-07) its
 # tiles took 57 / 54 / 82 / 87 us at 128 rows where _scaled_mm took 19 / 18 / 55 / 51, and

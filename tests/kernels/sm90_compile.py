@@ -179,6 +179,15 @@ def _fp8_thunks():
         ("fp8 gemm", lambda: f.fp8_gemm(x256, w, row, 1, 4096)),
         ("fp8 quantize rows", lambda: f.quantize_rows(x256)),
         ("fp8 quantize rows static", lambda: f.quantize_rows(x256, torch.ones(1))),
+        ("fp8 quantize rows K=14336", lambda: f.quantize_rows(torch.randn(4, 14336,
+                                                                          dtype=bf16))),
+        ("fp8 quantize rows two passes", lambda: f.quantize_rows(torch.randn(4, 20000,
+                                                                             dtype=bf16))),
+        ("fp8 gemm M=32 split swap", _available_as(e4m3, True, lambda: f.fp8_gemm(
+            x256[:32], w, row, 1, 4096, config=dict(split, SWAP=True)))),
+        ("fp8 gemm blocks swap", _available_as(e4m3, True, lambda: f.fp8_gemm(
+            x256[:64], w, blk, 128, 128, config=dict(f.gemm_config(64, 6144, 4096, 128, False,
+                                                                   132), SWAP=True)))),
         ("fp8 gemm blocks", lambda: f.fp8_gemm(x256, w, blk, 128, 128)),
         ("fp8 gemm M=32 split", lambda: f.fp8_gemm(x256[:32], w, row, 1, 4096, config=split)),
         ("fp8 gemm M=32 split bits", _available_as(e4m3, True, lambda: f.fp8_gemm(

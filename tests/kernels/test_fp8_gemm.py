@@ -61,12 +61,13 @@ def test_the_words_gemv_reads_every_e4m3_code_exactly(device):
 @pytest.mark.parametrize("m", [5, 33])
 @pytest.mark.parametrize("scale_n,group_k", LAYOUTS)
 @pytest.mark.parametrize("split", [1, 3])  # split-K: partials summed in the launch
-def test_fp8_gemm_matches_the_dequantized_reference(m, scale_n, group_k, split, device):
+@pytest.mark.parametrize("swap", [False, True])  # the tile computed transposed (W @ x^T)
+def test_fp8_gemm_matches_the_dequantized_reference(m, scale_n, group_k, split, swap, device):
     n, k = 40, 80
     group_k = group_k or k
     x, w, s, b = _inputs(m, n, k, scale_n, group_k, device, 3 * m + group_k)
     cfg = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2, num_warps=4, num_stages=1,
-               SPLIT_K=split, K_PER_SPLIT=-(-80 // (16 * split)) * 16)
+               SPLIT_K=split, K_PER_SPLIT=-(-80 // (16 * split)) * 16, SWAP=swap)
     y = fp8_gemm.fp8_gemm(x, w, s, scale_n, group_k, b, config=cfg)
     torch.testing.assert_close(y, fp8_gemm.fp8_matmul_ref(x, w, s, scale_n, group_k, b),
                                atol=1e-3, rtol=1e-4)
@@ -175,7 +176,12 @@ def test_fp8_layer_routes_rows_to_the_w8a8_kernel_when_asked(strategy, block, de
     ref = fp8_gemm.fp8_scaled_gemm_ref(xq, xs, layer.weight, layer.weight_scale,
                                        method.scale_n, method.group_k, None, x.dtype)
     assert not calls  # not the W8A16 tiles
-    torch.testing.assert_close(y, ref, atol=1e-4, rtol=1e-4)
+    # on the GPU the FP8 tensor cores sum each K step in their reduced-precision adders (the
+    # H100 gave 2.5e-2 relative error on an element near zero): checked there as a whole
+    if y.device.type == "cuda":
+        assert ((y - ref).norm() / ref.norm()) < 2e-3
+    else:
+        torch.testing.assert_close(y, ref, atol=1e-4, rtol=1e-4)
     exact = method.apply(layer.cpu(), x.cpu(), None)  # unquantized activations: FP8 noise
     assert ((y.cpu() - exact).norm() / exact.norm()) < 0.05
 
@@ -244,12 +250,15 @@ def test_fp8_gemv_silu_mul_prologue_matches_activation_then_gemv(scale_n, group_
 
 @pytest.mark.parametrize("static", [False, True])
 @pytest.mark.parametrize("k", [64, 1500])  # one block; several blocks with a ragged end
-def test_quantize_rows_kernel_equals_the_pytorch_quantization(static, k, device):
+@pytest.mark.parametrize("one_pass", [True, False])  # the row held in registers, or read twice
+def test_quantize_rows_kernel_equals_the_pytorch_quantization(static, k, one_pass, device,
+                                                               monkeypatch):
     """The one-launch activation quantization of the _scaled_mm path: the same scales and the
     same e4m3 codes as quantize_activations (its reference), bit for bit; a zero row gets the
     floor scale, the static scale clips the large rows."""
     from cormorant.layers.fp8_linear import quantize_activations
 
+    monkeypatch.setattr(fp8_gemm, "QUANT_ONE_PASS_K", 2048 if one_pass else 32)
     gen = torch.Generator().manual_seed(k)
     x = torch.randn(6, k, generator=gen) * torch.tensor([1, 10, 300, 0.01, 0, 1e4])[:, None]
     x = x.to(device)
