@@ -13,6 +13,8 @@
 #   bash benchmarks/gpu_wave5.sh w8a16    # W8A16 tile sweep, B3 FP8 profiles (~6 min)
 #   bash benchmarks/gpu_wave5.sh b3       # B3 bf16 / FP8, FP8 card tests (~5 min)
 #   bash benchmarks/gpu_wave5.sh b2prof   # B2 FP8 / int4 profiles, PDL off (~2 min)
+#   bash benchmarks/gpu_wave5.sh final    # B2 x3 and B3 x2 at the defaults (~4 min)
+#   bash benchmarks/gpu_wave5.sh fold     # norm / SiLU folded into FP8 quantization (~4 min)
 #   bash benchmarks/gpu_wave5.sh next     # ACC2D and int GEMV sweeps (~6 min)
 #   bash benchmarks/gpu_wave5.sh second   # ~8 min
 source "$(dirname "$0")/gpu_common.sh"
@@ -85,6 +87,26 @@ b2prof)  # where B2's FP8 and int4 decode step goes, PDL off (~2 min)
   step b2_int4_prof 60 env CORMORANT_PDL=0 $B b2 --quick --no-peer --quantization int4 \
     --profile --out "$OUT/b2_int4"
   rm -f "$OUT"/b2_*/*.json
+  ;;
+final)  # the session's defaults: B2 bf16 / FP8 / int4 and B3 bf16 / FP8 side by side (~4 min).
+  # Its 09:34 run also tried a two-step greedy argmax (sampler.greedy_ids, then reverted: on
+  # the H100 it took 11.5 us against torch.argmax's 26.9 for 128,256 logits, but 14.4 against
+  # 9.4 for 151,936); results/2026-12-07-h100-wave7/final has those logs.
+  step b2_bf16 40 $B b2 --quick --no-peer --out "$R/b2_bf16"
+  step b2_fp8 40 $B b2 --quick --no-peer --quantization fp8 --out "$R/b2_fp8"
+  step b2_int4 40 $B b2 --quick --no-peer --quantization int4 --out "$R/b2_int4"
+  step b3_bf16 70 $B b3 --quick --no-peer --out "$R/b3_bf16"
+  step b3_fp8 70 $B b3 --quick --no-peer --quantization fp8 --out "$R/b3_fp8"
+  ;;
+fold)  # the norm / SiLU folded into the activations' quantization of _scaled_mm rows: card
+  # tests (codes bit for bit), tokens with it on and off (every multi-row step on _scaled_mm),
+  # B3 FP8 with it on and off (~4 min)
+  step fold_tests 60 python3 -m pytest -q -rf tests/kernels/test_fp8_gemm.py -k "quantize"
+  step fold_tokens 120 env PDL_CHECK_SWITCH=CORMORANT_FP8_QUANT_PROLOGUE PDL_CHECK_QUANTS=fp8 \
+    CORMORANT_FP8_GEMM_ROWS=1 python3 benchmarks/pdl_check.py
+  step b3_fp8 70 $B b3 --quick --no-peer --quantization fp8 --out "$R/b3_fp8"
+  step b3_fp8_unfolded 70 env CORMORANT_FP8_QUANT_PROLOGUE=0 $B b3 --quick --no-peer \
+    --quantization fp8 --out "$R/b3_fp8_unfolded"
   ;;
 next)  # tuning: the FP8 GEMV reducing once (ACC2D) swept per projection, the int GEMV's
   # launch settings

@@ -10,6 +10,7 @@ and CORMORANT_PDL=1. Five prompts batched (decode graphs of 8, 4, 2, 1 rows) and
     python benchmarks/pdl_check.py            (CUDA sm_90+, about a minute)
     PDL_CHECK_DEVICE=cpu python benchmarks/pdl_check.py   (smoke test of the script: PDL off)
     PDL_CHECK_QUANTS=int4 python benchmarks/pdl_check.py  (only some of none,fp8,int4)
+    PDL_CHECK_SWITCH=CORMORANT_FP8_QUANT_PROLOGUE ...     (another switch flipped instead)
 Exit status 1 on any difference. Imports torch, cormorant and tests/tiny (repo on path).
 """
 from __future__ import annotations
@@ -25,6 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = [[5, 6, 7], [11, 200, 37, 45, 99, 8, 301, 17, 64], list(range(30, 70)),
            [400, 3, 3, 3, 9], list(range(100, 400, 7))]
 QUANTS = tuple(os.environ.get("PDL_CHECK_QUANTS", "none,fp8,int4").split(","))
+# the switch flipped between the two runs: PDL by default; any other 0/1 switch of the decode
+# path may be checked the same way (e.g. CORMORANT_FP8_QUANT_PROLOGUE)
+SWITCH = os.environ.get("PDL_CHECK_SWITCH", "CORMORANT_PDL")
 
 
 def child(path: str, quant: str) -> None:
@@ -58,12 +62,13 @@ def main() -> int:
     for quant in QUANTS:
         runs = {}
         for flag in ("0", "1"):
-            env = dict(os.environ, CORMORANT_PDL=flag)
+            env = dict(os.environ, **{SWITCH: flag})
             proc = subprocess.run([sys.executable, __file__, "--child", str(path), quant],
                                   env=env, capture_output=True, text=True, timeout=600)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
             if proc.returncode or not lines:
-                print(f"{quant} PDL={flag}: FAILED (rc {proc.returncode})\n{proc.stderr[-3000:]}")
+                print(f"{quant} {SWITCH}={flag}: FAILED (rc {proc.returncode})\n"
+                      f"{proc.stderr[-3000:]}")
                 failed += 1
                 break
             runs[flag] = json.loads(lines[-1])
@@ -71,9 +76,9 @@ def main() -> int:
             continue
         off, on = runs["0"], runs["1"]
         same = off["tokens"] == on["tokens"]
-        failed += not same or not on["pdl"]
+        failed += not same or (SWITCH == "CORMORANT_PDL" and not on["pdl"])
         diffs = [i for i, (a, b) in enumerate(zip(off["tokens"], on["tokens"])) if a != b]
-        print(f"{quant}: PDL on={on['pdl']} graphs={on['graphs']}: "
+        print(f"{quant}: {SWITCH} on, PDL={on['pdl']} graphs={on['graphs']}: "
               f"{'identical' if same else f'DIFFERENT in prompts {diffs}'} "
               f"({sum(len(t) for t in on['tokens'])} tokens)")
     print("pdl_check:", "ok" if not failed else f"FAILED ({failed})")

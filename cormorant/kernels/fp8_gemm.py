@@ -287,16 +287,48 @@ def _fp8_gemm_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, b_ptr, y_ptr, p_ptr, lock_ptr,
 
 
 @triton.jit
-def _quantize_rows_kernel(x_ptr, q_ptr, s_in_ptr, s_out_ptr, K, stride_xm, stride_qm,
-                          STATIC: tl.constexpr, BLOCK_K: tl.constexpr):
+def _prologue_row(x_row, r_row, nw_ptr, res_out_row, offs, K, eps, PROLOGUE: tl.constexpr,
+                  HAS_RESIDUAL: tl.constexpr):
+    """fp32 values of one whole row of the quantizer's input, rounded as the unfused kernels
+    round them: PROLOGUE_NONE x; PROLOGUE_ADD_NORM RMSNorm(hidden + residual) as
+    kernels.rmsnorm computes it (the sum, rounded to the dtype, written to res_out_row);
+    PROLOGUE_SILU_MUL silu(gate) * up as kernels.activation computes it."""
+    mask = offs < K
+    if PROLOGUE == 1:  # PROLOGUE_ADD_NORM
+        s = tl.load(x_row + offs, mask=mask, other=0.0)
+        if HAS_RESIDUAL:
+            s = (s.to(tl.float32) + tl.load(r_row + offs, mask=mask, other=0.0).to(
+                tl.float32)).to(s.dtype)
+            tl.store(res_out_row + offs, s, mask=mask)
+        s32 = s.to(tl.float32)
+        rstd = tl.rsqrt(tl.sum(s32 * s32, axis=0) / K + eps)
+        nw = tl.load(nw_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        return ((s32 * rstd).to(s.dtype).to(tl.float32) * nw).to(s.dtype).to(tl.float32)
+    elif PROLOGUE == 2:  # PROLOGUE_SILU_MUL
+        gate = tl.load(x_row + offs, mask=mask, other=0.0).to(tl.float32)
+        up = tl.load(x_row + K + offs, mask=mask, other=0.0)
+        return (gate / (1.0 + tl.exp(-gate)) * up.to(tl.float32)).to(up.dtype).to(tl.float32)
+    else:
+        return tl.load(x_row + offs, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _quantize_rows_kernel(x_ptr, q_ptr, s_in_ptr, s_out_ptr, r_ptr, nw_ptr, res_out_ptr, K,
+                          stride_xm, stride_qm, stride_rm, eps, STATIC: tl.constexpr,
+                          BLOCK_K: tl.constexpr, PROLOGUE: tl.constexpr = 0,
+                          HAS_RESIDUAL: tl.constexpr = False):
     """One row: its scale (amax / 448, or the static input scale) and its e4m3 codes. Where
-    BLOCK_K covers K the row is read once and kept in registers; else twice, in BLOCK_K steps."""
+    BLOCK_K covers K the row is read once and kept in registers, and its input may be made on
+    the fly (PROLOGUE, see _prologue_row; K is then the output width); else read twice, in
+    BLOCK_K steps."""
     row = tl.program_id(0)
     offs = tl.arange(0, BLOCK_K)
     x_row = x_ptr + row.to(tl.int64) * stride_xm
     q_row = q_ptr + row.to(tl.int64) * stride_qm
     if BLOCK_K >= K:
-        v = tl.load(x_row + offs, mask=offs < K, other=0.0).to(tl.float32)
+        v = _prologue_row(x_row, r_ptr + row.to(tl.int64) * stride_rm, nw_ptr,
+                          res_out_ptr + row.to(tl.int64) * stride_rm, offs, K, eps, PROLOGUE,
+                          HAS_RESIDUAL)
         if STATIC:
             scale = tl.load(s_in_ptr)
         else:
@@ -321,20 +353,60 @@ def _quantize_rows_kernel(x_ptr, q_ptr, s_in_ptr, s_out_ptr, K, stride_xm, strid
         tl.store(q_row + k0 + offs, q.to(q_ptr.dtype.element_ty), mask=mask)
 
 
+def _launch_quantize(x: torch.Tensor, k: int, input_scale: torch.Tensor | None,
+                     prologue: int = PROLOGUE_NONE, residual: torch.Tensor | None = None,
+                     norm_weight: torch.Tensor | None = None, eps: float = 0.0
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(codes [M, k], scales [M, 1], hidden + residual or None) of _quantize_rows_kernel."""
+    m = x.shape[0]
+    assert x.stride(1) == 1
+    q = torch.empty(m, k, dtype=FP8_DTYPE, device=x.device)
+    scales = torch.empty(m, 1, dtype=torch.float32, device=x.device)
+    total = torch.empty_like(x) if residual is not None else None
+    if residual is not None:  # one row stride for the three of them
+        assert x.is_contiguous() and residual.is_contiguous(), (x.stride(), residual.stride())
+    static = input_scale is not None
+    block_k = min(QUANT_ONE_PASS_K, triton.next_power_of_2(k))  # one pass up to 16384 inputs
+    assert prologue == PROLOGUE_NONE or block_k >= k, "a prologue needs the row in one pass"
+    # the norm's warps as kernels.rmsnorm takes them: its sum of squares in the same order
+    warps = (max(1, min(16, block_k // 256)) if prologue == PROLOGUE_ADD_NORM
+             else 4 if block_k <= 4096 else 8)
+    _quantize_rows_kernel[(m,)](
+        x, q, input_scale.float() if static else scales, scales,
+        residual if residual is not None else x,
+        norm_weight if norm_weight is not None else x, total if total is not None else x, k,
+        x.stride(0), q.stride(0), x.stride(0), eps, STATIC=static, BLOCK_K=block_k,
+        PROLOGUE=prologue, HAS_RESIDUAL=residual is not None, num_warps=warps)
+    return q, scales, total
+
+
 def quantize_rows(x: torch.Tensor, input_scale: torch.Tensor | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """x [M, K] -> (e4m3 codes [M, K], fp32 scales [M, 1]) in one launch: per row amax / 448
     (clamped at 1e-12), or the static per-tensor input_scale; layers.fp8_linear's
     quantize_activations is the reference (same divisions, same rounding)."""
-    m, k = x.shape
-    assert x.stride(1) == 1
-    q = torch.empty(m, k, dtype=FP8_DTYPE, device=x.device)
-    scales = torch.empty(m, 1, dtype=torch.float32, device=x.device)
-    static = input_scale is not None
-    block_k = min(QUANT_ONE_PASS_K, triton.next_power_of_2(k))  # one pass up to 16384 inputs
-    _quantize_rows_kernel[(m,)](x, q, input_scale.float() if static else scales, scales, k,
-                                x.stride(0), q.stride(0), STATIC=static, BLOCK_K=block_k,
-                                num_warps=4 if block_k <= 4096 else 8)
+    q, scales, _ = _launch_quantize(x, x.shape[1], input_scale)
+    return q, scales
+
+
+def add_rms_norm_quantize(hidden: torch.Tensor, residual: torch.Tensor | None,
+                          norm_weight: torch.Tensor, eps: float,
+                          input_scale: torch.Tensor | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """quantize_rows(RMSNorm(hidden + residual)) and hidden + residual (hidden itself when
+    residual is None) in one launch, for rows up to QUANT_ONE_PASS_K wide: the codes and
+    scales the unfused kernels.rmsnorm then quantize_rows give. Inputs are not modified."""
+    q, scales, total = _launch_quantize(hidden, hidden.shape[1], input_scale, PROLOGUE_ADD_NORM,
+                                        residual, norm_weight, eps)
+    return q, scales, hidden if total is None else total
+
+
+def silu_mul_quantize(gate_up: torch.Tensor, input_scale: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """quantize_rows(silu(gate) * up) of gate_up [M, 2 * I] in one launch (I up to
+    QUANT_ONE_PASS_K): the codes and scales of kernels.activation then quantize_rows."""
+    q, scales, _ = _launch_quantize(gate_up, gate_up.shape[1] // 2, input_scale,
+                                    PROLOGUE_SILU_MUL)
     return q, scales
 
 

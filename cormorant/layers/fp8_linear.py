@@ -23,7 +23,8 @@ The matmul, by where it runs:
   CUDA, M <= FP8_A8_MAX_ROWS      kernels.fp8_gemm.fp8_scaled_gemm (W8A8 Triton tiles):
                                   activations quantized per token as for _scaled_mm below.
   CUDA, per-channel scales        torch._scaled_mm: activations quantized per token (or by the
-                                  static input scale), FP8 tensor cores, rowwise scales (sm89+).
+                                  static input scale), FP8 tensor cores, rowwise scales (sm89+);
+                                  the deferred norm / SiLU folded into the quantization.
   CUDA, block scales (or no rowwise _scaled_mm)  kernels.fp8_gemm.fp8_gemm (W8A16 tiles).
 Imports: torch, cormorant.layers.linear, cormorant.kernels (lazily).
 """
@@ -57,6 +58,11 @@ FP8_GEMM_MAX_ROWS = int(os.environ.get("CORMORANT_FP8_GEMM_ROWS", "32"))
 # that run accumulated in Triton's imprecise FP8 mode (fixed since, not yet re-measured).
 # CORMORANT_FP8_A8_ROWS=512 routes rows to it, for tuning.
 FP8_A8_MAX_ROWS = int(os.environ.get("CORMORANT_FP8_A8_ROWS", "0"))
+# Rows that take torch._scaled_mm get the deferred residual-add + RMSNorm or SiLU-and-multiply
+# folded into the activations' quantization (kernels.fp8_gemm.add_rms_norm_quantize,
+# silu_mul_quantize: one launch instead of two, the same codes). CORMORANT_FP8_QUANT_PROLOGUE=0
+# turns it off. Inputs up to the quantizer's one-pass width (QUANT_ONE_PASS_K).
+QUANT_PROLOGUE = os.environ.get("CORMORANT_FP8_QUANT_PROLOGUE", "1") != "0"
 # Where the kernels run and for which activation dtypes (tests widen these to the CPU in fp32,
 # under TRITON_INTERPRET); elsewhere the dequantize-then-matmul reference runs.
 KERNEL_DEVICE_TYPES = ("cuda",)
@@ -209,36 +215,68 @@ class Fp8LinearMethod(LinearMethod):
         return y.reshape(*shape[:-1], y.shape[-1])
 
     def offers_fused_prologue(self, layer: nn.Module, x: torch.Tensor) -> bool:
-        """The decode GEMV folds the norm / SiLU in where it runs: CUDA, bf16/fp16 rows."""
-        return (x.device.type in KERNEL_DEVICE_TYPES and x.dim() == 2
-                and x.shape[0] <= FP8_GEMV_MAX_ROWS and x.dtype in GEMV_DTYPES
-                and x.stride(1) == 1
-                and load_kernels("fp8_gemm") is not None)
+        """The norm / SiLU is folded in where rows of x take the decode GEMV (into its loads)
+        or torch._scaled_mm (into the activations' quantization, QUANT_PROLOGUE): CUDA,
+        bf16/fp16 rows."""
+        kernels = load_kernels("fp8_gemm")
+        if not (x.device.type in KERNEL_DEVICE_TYPES and x.dim() == 2 and x.stride(1) == 1
+                and x.dtype in GEMV_DTYPES and kernels is not None):
+            return False
+        route = self._route(layer, x)
+        return route == "gemv" or (route == "scaled_mm" and QUANT_PROLOGUE
+                                   and layer.weight.shape[1] <= kernels.QUANT_ONE_PASS_K)
 
     def apply_add_norm(self, layer: nn.Module, hidden: torch.Tensor,
                        residual: torch.Tensor | None, norm: nn.Module,
                        bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        return load_kernels("fp8_gemm").fp8_add_rms_norm_gemv(
-            hidden, residual, norm.weight, norm.eps, layer.weight, layer.weight_scale,
-            self.scale_n, self.group_k, bias)
+        kernels = load_kernels("fp8_gemm")
+        if self._route(layer, hidden) == "gemv":
+            return kernels.fp8_add_rms_norm_gemv(
+                hidden, residual, norm.weight, norm.eps, layer.weight, layer.weight_scale,
+                self.scale_n, self.group_k, bias)
+        xq, x_scale, total = kernels.add_rms_norm_quantize(
+            hidden.contiguous(), None if residual is None else residual.contiguous(),
+            norm.weight, norm.eps, getattr(layer, "input_scale", None))
+        return scaled_mm_codes(xq, x_scale, layer.weight, layer.weight_scale, bias,
+                               hidden.dtype), total
 
     def apply_silu_mul(self, layer: nn.Module, gate_up: torch.Tensor,
                        bias: torch.Tensor | None) -> torch.Tensor:
-        return load_kernels("fp8_gemm").fp8_silu_mul_gemv(
-            gate_up, layer.weight, layer.weight_scale, self.scale_n, self.group_k, bias)
+        kernels = load_kernels("fp8_gemm")
+        if self._route(layer, gate_up) == "gemv":
+            return kernels.fp8_silu_mul_gemv(
+                gate_up, layer.weight, layer.weight_scale, self.scale_n, self.group_k, bias)
+        xq, x_scale = kernels.silu_mul_quantize(gate_up.contiguous(),
+                                                getattr(layer, "input_scale", None))
+        return scaled_mm_codes(xq, x_scale, layer.weight, layer.weight_scale, bias,
+                               gate_up.dtype)
+
+    def _route(self, layer: nn.Module, x: torch.Tensor) -> str:
+        """Which CUDA matmul rows of x (the layer's input, or the packed gate_up) take: "gemv",
+        "gemm" (W8A16 tiles), "w8a8" (Triton W8A8 tiles) or "scaled_mm"."""
+        rows = x.shape[0]
+        if rows <= FP8_GEMV_MAX_ROWS:
+            return "gemv"
+        if rows <= FP8_GEMM_MAX_ROWS and x.dtype in GEMV_DTYPES:
+            return "gemm"
+        if rows <= FP8_A8_MAX_ROWS and x.dtype in GEMV_DTYPES and self.group_k >= 32:
+            return "w8a8"
+        n, k = layer.weight.shape
+        if (layer.weight_scale.shape[1] == 1 and self.scale_n == 1 and scaled_mm_rowwise(x)
+                and k % 16 == 0 and n % 16 == 0):  # its tiles
+            return "scaled_mm"
+        return "gemm"
 
     def _cuda_matmul(self, kernels: Any, layer: nn.Module, x: torch.Tensor,
                      bias: torch.Tensor | None) -> torch.Tensor:
         args = (layer.weight, layer.weight_scale, self.scale_n, self.group_k, bias)
-        if x.shape[0] <= FP8_GEMV_MAX_ROWS:
+        route = self._route(layer, x)
+        if route == "gemv":
             return kernels.fp8_gemv(x, *args)
-        if x.shape[0] <= FP8_GEMM_MAX_ROWS and x.dtype in GEMV_DTYPES:
-            return kernels.fp8_gemm(x, *args)
-        if x.shape[0] <= FP8_A8_MAX_ROWS and x.dtype in GEMV_DTYPES and self.group_k >= 32:
+        if route == "w8a8":
             return w8a8_gemm(x, layer.weight, layer.weight_scale, self.scale_n, self.group_k,
                              getattr(layer, "input_scale", None), bias)
-        if (layer.weight_scale.shape[1] == 1 and self.scale_n == 1 and scaled_mm_rowwise(x)
-                and x.shape[1] % 16 == 0 and layer.weight.shape[0] % 16 == 0):  # its tiles
+        if route == "scaled_mm":
             return scaled_mm(x, layer.weight, layer.weight_scale,
                              getattr(layer, "input_scale", None), bias)
         return kernels.fp8_gemm(x, *args)
@@ -269,8 +307,16 @@ def scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
     """x [M, K] (bf16) @ (weight [N, K] fp8 * weight_scale [N, 1])^T on FP8 tensor cores; the
     activations are quantized in one kernel launch (kernels.fp8_gemm.quantize_rows)."""
     xq, x_scale = load_kernels("fp8_gemm").quantize_rows(x, input_scale)
+    return scaled_mm_codes(xq, x_scale, weight, weight_scale, bias, x.dtype)
+
+
+def scaled_mm_codes(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor,
+                    weight_scale: torch.Tensor, bias: torch.Tensor | None,
+                    out_dtype: torch.dtype) -> torch.Tensor:
+    """(xq [M, K] e4m3 * x_scale [M, 1]) @ (weight * weight_scale [N, 1])^T by
+    torch._scaled_mm, in out_dtype (+ bias)."""
     y = torch._scaled_mm(xq, weight.t(), scale_a=x_scale, scale_b=weight_scale.view(1, -1),
-                         out_dtype=x.dtype)
+                         out_dtype=out_dtype)
     return y if bias is None else y + bias
 
 

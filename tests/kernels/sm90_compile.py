@@ -181,6 +181,12 @@ def _fp8_thunks():
         ("fp8 quantize rows static", lambda: f.quantize_rows(x256, torch.ones(1))),
         ("fp8 quantize rows K=14336", lambda: f.quantize_rows(torch.randn(4, 14336,
                                                                           dtype=bf16))),
+        ("fp8 add_rms_norm_quantize", lambda: f.add_rms_norm_quantize(
+            x256, x256.clone(), nw, 1e-6)),
+        ("fp8 rms_norm_quantize static", lambda: f.add_rms_norm_quantize(
+            x256, None, nw, 1e-6, torch.ones(1))),
+        ("fp8 silu_mul_quantize", lambda: f.silu_mul_quantize(torch.randn(64, 2 * 14336,
+                                                                          dtype=bf16))),
         ("fp8 quantize rows two passes", lambda: f.quantize_rows(torch.randn(4, 20000,
                                                                              dtype=bf16))),
         ("fp8 gemm M=32 split swap", _available_as(e4m3, True, lambda: f.fp8_gemm(

@@ -60,3 +60,47 @@ def test_fp8_model_through_the_kernels_matches_its_reference_path(monkeypatch):
     assert calls.count(("fp8_silu_mul_gemv", 1)) == layers  # down
     assert calls.count(("fp8_gemv", 1)) == layers  # o_proj
     assert {m for name, m in calls if name == "fp8_gemm"} == {9, 3}  # prefill, 3-row step
+
+
+def test_rows_for_scaled_mm_fold_the_norm_and_silu_into_the_quantization(monkeypatch):
+    """Rows that take torch._scaled_mm (here every multi-row step: the W8A16 tiles are capped
+    at one row, and _scaled_mm's rowwise check widened to the CPU, where it runs for real) get
+    the residual add + RMSNorm and SiLU-and-multiply folded into their activation quantization
+    (add_rms_norm_quantize, silu_mul_quantize): the logits of the unfused path (the norm, then
+    quantize_rows), which CORMORANT_FP8_QUANT_PROLOGUE=0 keeps, within 1e-4 (on the CPU the
+    unfused norm is PyTorch's, whose fp32 sums round differently: 5e-6 apart here; on the GPU
+    both are kernels.rmsnorm's numerics, and the kernel test compares the codes bit for bit)."""
+    config = ModelConfig(architecture="Qwen3ForCausalLM", qk_norm=True, vocab_size=96,
+                         hidden_size=64, intermediate_size=80, num_layers=2, num_heads=4,
+                         num_kv_heads=2, head_dim=16, max_position_embeddings=128)
+    model = build_random_model(config, torch.float32, "cpu", seed=2, std=0.2,
+                               attn_backend=TorchAttention())
+    quantization.quantize_dense(model, quantization.plan(None, "fp8"))
+    kernels = load_kernels("fp8_gemm")
+    results = {}
+    for fold in (False, True):
+        monkeypatch.setattr(fp8_linear, "FP8_GEMM_MAX_ROWS", 1)
+        monkeypatch.setattr(fp8_linear, "scaled_mm_rowwise", lambda x: True)
+        monkeypatch.setattr(fp8_linear, "QUANT_PROLOGUE", fold)
+        quantized = []
+        for name in ("quantize_rows", "add_rms_norm_quantize", "silu_mul_quantize"):
+            real = getattr(kernels, name)
+
+            def spy(*args, _real=real, _name=name, **kwargs):
+                quantized.append((_name, args[0].shape[0]))
+                return _real(*args, **kwargs)
+            monkeypatch.setattr(kernels, name, spy)
+        out, calls = _run(model, config, monkeypatch, widen=True)
+        results[fold] = out, calls, quantized
+    (plain, plain_calls, plain_q), (folded, calls, q) = results[False], results[True]
+    for ref_step, step in zip(plain, folded):
+        for seq in ref_step:
+            torch.testing.assert_close(step[seq], ref_step[seq], atol=1e-4, rtol=1e-4)
+    layers = config.num_layers
+    assert not any(name == "fp8_gemm" for name, _ in calls)  # many rows: _scaled_mm
+    for rows in (9, 3):  # the prefill and the 3-row step
+        assert q.count(("add_rms_norm_quantize", rows)) == 2 * layers  # qkv and gate_up
+        assert q.count(("silu_mul_quantize", rows)) == layers  # down
+        assert q.count(("quantize_rows", rows)) == layers  # o_proj: its input is attention's
+        assert plain_q.count(("quantize_rows", rows)) == 4 * layers
+    assert ("fp8_add_rms_norm_gemv", 1) in calls  # one row: still the GEMV's prologue

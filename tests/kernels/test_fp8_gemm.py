@@ -278,3 +278,48 @@ def test_quantize_rows_kernel_equals_the_pytorch_quantization(static, k, one_pas
         assert ((got.abs() < want.abs()) & (got * want >= 0)).all()
         assert ((got.abs() >= want.abs() / 2) | (want.abs() <= 2.0 ** -9)).all()
         assert differ.float().mean() < 0.1
+
+
+@pytest.mark.parametrize("static", [False, True])
+@pytest.mark.parametrize("with_residual", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_add_rms_norm_quantize_equals_the_norm_then_quantize_rows(static, with_residual, dtype,
+                                                                 device):
+    """The fused prologue of the FP8 layer's many-row path: the codes and scales that
+    kernels.rmsnorm followed by quantize_rows give, bit for bit, and hidden + residual as the
+    unfused kernel leaves it; the inputs are not modified."""
+    from cormorant.kernels import rmsnorm
+
+    gen = torch.Generator().manual_seed(7)
+    k = 160  # not a power of two: a masked tail
+    hidden = (torch.randn(5, k, generator=gen) * 3).to(dtype).to(device)
+    residual = (torch.randn(5, k, generator=gen) * 3).to(dtype).to(device)
+    weight = (torch.rand(k, generator=gen) + 0.5).to(dtype).to(device)
+    input_scale = torch.tensor([0.02], device=device) if static else None
+    before = hidden.clone(), residual.clone()
+    q, s, total = fp8_gemm.add_rms_norm_quantize(
+        hidden, residual if with_residual else None, weight, 1e-6, input_scale)
+    assert torch.equal(hidden, before[0]) and torch.equal(residual, before[1])
+    h, r = hidden.clone(), residual.clone()
+    if with_residual:
+        rmsnorm.fused_add_rms_norm(h, r, weight, 1e-6)  # h: the normed rows, r: the sum
+        assert torch.equal(total, r)
+    else:
+        h = rmsnorm.rms_norm(h, weight, 1e-6)
+        assert total is hidden
+    q_ref, s_ref = fp8_gemm.quantize_rows(h, input_scale)
+    assert torch.equal(s, s_ref)
+    assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_silu_mul_quantize_equals_the_activation_then_quantize_rows(static, device):
+    from cormorant.kernels import activation
+
+    gen = torch.Generator().manual_seed(8)
+    gate_up = (torch.randn(4, 2 * 96, generator=gen) * 4).to(torch.bfloat16).to(device)
+    input_scale = torch.tensor([0.05], device=device) if static else None
+    q, s = fp8_gemm.silu_mul_quantize(gate_up, input_scale)
+    q_ref, s_ref = fp8_gemm.quantize_rows(activation.silu_and_mul(gate_up), input_scale)
+    assert torch.equal(s, s_ref)
+    assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
