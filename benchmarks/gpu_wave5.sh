@@ -15,6 +15,7 @@
 #   bash benchmarks/gpu_wave5.sh b2prof   # B2 FP8 / int4 profiles, PDL off (~2 min)
 #   bash benchmarks/gpu_wave5.sh final    # B2 x3 and B3 x2 at the defaults (~4 min)
 #   bash benchmarks/gpu_wave5.sh fold     # norm / SiLU folded into FP8 quantization (~4 min)
+#   bash benchmarks/gpu_wave5.sh persm    # W8A16 K split per SM, 16/32 rows, B3 (~3 min)
 #   bash benchmarks/gpu_wave5.sh next     # ACC2D and int GEMV sweeps (~6 min)
 #   bash benchmarks/gpu_wave5.sh second   # ~8 min
 source "$(dirname "$0")/gpu_common.sh"
@@ -107,6 +108,16 @@ fold)  # the norm / SiLU folded into the activations' quantization of _scaled_mm
   step b3_fp8 70 $B b3 --quick --no-peer --quantization fp8 --out "$R/b3_fp8"
   step b3_fp8_unfolded 70 env CORMORANT_FP8_QUANT_PROLOGUE=0 $B b3 --quick --no-peer \
     --quantization fp8 --out "$R/b3_fp8_unfolded"
+  ;;
+persm)  # the few-row W8A16 GEMM's K split: about 2 (default), 4 and 6 programs per SM, per
+  # projection at 16 and 32 rows, and B3 FP8 at 2 and 4 (~3 min)
+  for p in 2 4 6; do
+    step fp8_rows_persm$p 60 env CORMORANT_FP8_GEMM_PER_SM=$p python3 benchmarks/fp8_probe.py \
+      --ms 16,32 --out "$OUT/fp8_rows_persm$p.json"
+  done
+  step b3_fp8_persm4 70 env CORMORANT_FP8_GEMM_PER_SM=4 $B b3 --quick --no-peer \
+    --quantization fp8 --out "$R/b3_fp8_persm4"
+  step b3_fp8 70 $B b3 --quick --no-peer --quantization fp8 --out "$R/b3_fp8"
   ;;
 next)  # tuning: the FP8 GEMV reducing once (ACC2D) swept per projection, the int GEMV's
   # launch settings

@@ -55,7 +55,12 @@ ACC2D_GEMV = os.environ.get("CORMORANT_FP8_ACC2D", "0") == "1"
 # floats a thread at 8 warps); longer rows are read twice. The two-pass form took 4.8 us a call
 # at 128 rows of 4096 in B3 128/128 (H100, 2026-12-07), 0.7 ms of a 6.9 ms decode step.
 QUANT_ONE_PASS_K = 16384
-GEMM_SPLIT_ROWS = 64  # rows up to which the GEMM takes 64-wide tiles and splits K
+GEMM_SPLIT_ROWS = 64
+# The few-row W8A16 GEMM splits K until about this many programs per SM run (each split at
+# least 4 K steps long). CORMORANT_FP8_GEMM_PER_SM sets it, for tuning: not yet measured
+# against 2 on a card (the 09:10 sweep found the most-split tiles it tried best for qkv and o
+# at 16-32 rows; `gpu_wave5.sh persm` is the measurement).
+GEMM_PROGRAMS_PER_SM = int(os.environ.get("CORMORANT_FP8_GEMM_PER_SM", "2"))  # rows up to which the GEMM takes 64-wide tiles and splits K
 
 
 @triton.jit
@@ -514,7 +519,7 @@ def fp8_silu_mul_gemv(gate_up: torch.Tensor, weight: torch.Tensor, scale: torch.
 def gemm_config(m: int, n: int, k: int, group_k: int, per_row: bool, num_sms: int) -> dict:
     """Tiles of the GEMM; BLOCK_K divides group_k where scales change along K. A few hundred
     rows or fewer do not fill the device with 128-wide tiles: from GEMM_SPLIT_ROWS down, 64
-    columns a tile and K split until about two programs per SM run."""
+    columns a tile and K split until about GEMM_PROGRAMS_PER_SM programs per SM run."""
     block_k = 128 if per_row else min(128, group_k)
     block_m = 16 if m <= 16 else 32 if m <= 32 else 64 if m <= 64 else 128
     block_n = 64 if m <= GEMM_SPLIT_ROWS else 128
@@ -522,7 +527,7 @@ def gemm_config(m: int, n: int, k: int, group_k: int, per_row: bool, num_sms: in
     k_tiles = triton.cdiv(k, block_k)
     split = 1
     if m <= GEMM_SPLIT_ROWS:
-        split = max(1, min(k_tiles // 4, triton.cdiv(2 * num_sms, tiles)))
+        split = max(1, min(k_tiles // 4, triton.cdiv(GEMM_PROGRAMS_PER_SM * num_sms, tiles)))
     per_split = triton.cdiv(k_tiles, split) * block_k
     return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8,
                 SPLIT_K=triton.cdiv(k, per_split), K_PER_SPLIT=per_split,
