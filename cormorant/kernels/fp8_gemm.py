@@ -14,12 +14,15 @@ in layers.fp8_linear).
             like kernels.gemv it may make its input on the fly (fp8_add_rms_norm_gemv: the
             residual add + RMSNorm; fp8_silu_mul_gemv: SiLU-and-multiply), one launch for two.
   fp8_gemm  any M: [BLOCK_M, BLOCK_N] tiles, tl.dot on the dequantized [BLOCK_K, BLOCK_N]
-            tile; BLOCK_K divides group_k, so each K step has one scale per output column.
+            tile; BLOCK_K divides group_k, so each K step has one scale per output column
+            (SWAP, opt-in: the tile computed transposed, the weights as the first operand).
   fp8_scaled_gemm  the same tiles with the activations quantized too (W8A8): FP8 x FP8
             tensor-core products, the row scales applied at the end, split-K; opt-in for
             tuning (on the H100 it took ~3x torch._scaled_mm's time at 128-256 rows).
   quantize_rows  the activations' per-token FP8 quantization for torch._scaled_mm, one launch
-            (in PyTorch ops it is five, which cost more than the matmul at a few hundred rows).
+            (in PyTorch ops it is five, which cost more than the matmul at a few hundred rows);
+            add_rms_norm_quantize / silu_mul_quantize make its input on the fly as well (the
+            residual add + RMSNorm, SiLU-and-multiply), the same codes in one launch for two.
 Accumulation is fp32; per-channel scales are applied once at the end (PER_ROW), block scales
 per K step. References in plain PyTorch are beside them.
 Imports torch, triton and kernels.gemv (its prologue helpers and codes), kernels.int_gemm (the
@@ -55,12 +58,12 @@ ACC2D_GEMV = os.environ.get("CORMORANT_FP8_ACC2D", "0") == "1"
 # floats a thread at 8 warps); longer rows are read twice. The two-pass form took 4.8 us a call
 # at 128 rows of 4096 in B3 128/128 (H100, 2026-12-07), 0.7 ms of a 6.9 ms decode step.
 QUANT_ONE_PASS_K = 16384
-GEMM_SPLIT_ROWS = 64
+GEMM_SPLIT_ROWS = 64  # rows up to which the GEMM takes 64-wide tiles and splits K
 # The few-row W8A16 GEMM splits K until about this many programs per SM run (each split at
 # least 4 K steps long). CORMORANT_FP8_GEMM_PER_SM sets it, for tuning: not yet measured
 # against 2 on a card (the 09:10 sweep found the most-split tiles it tried best for qkv and o
 # at 16-32 rows; `gpu_wave5.sh persm` is the measurement).
-GEMM_PROGRAMS_PER_SM = int(os.environ.get("CORMORANT_FP8_GEMM_PER_SM", "2"))  # rows up to which the GEMM takes 64-wide tiles and splits K
+GEMM_PROGRAMS_PER_SM = int(os.environ.get("CORMORANT_FP8_GEMM_PER_SM", "2"))
 
 
 @triton.jit
