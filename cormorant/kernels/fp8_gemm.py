@@ -26,7 +26,7 @@ in layers.fp8_linear).
 Accumulation is fp32; per-channel scales are applied once at the end (PER_ROW), block scales
 per K step. References in plain PyTorch are beside them.
 Imports torch, triton and kernels.gemv (its prologue helpers and codes), kernels.int_gemm (the
-split-K finish, its counters), kernels.e4m3 and kernels.pdl.
+split-K finish, its counters), kernels.e4m3, kernels.pdl and kernels.rmsnorm (its warps).
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from cormorant.kernels import e4m3, pdl
+from cormorant.kernels import e4m3, pdl, rmsnorm
 from cormorant.kernels.e4m3 import e4m3_to_bf16
 from cormorant.kernels.gemv import (PROLOGUE_ADD_NORM, PROLOGUE_NONE, PROLOGUE_SILU_MUL,
                                     _input_sum, _row_input)
@@ -273,51 +273,48 @@ def _fp8_gemm_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, b_ptr, y_ptr, p_ptr, lock_ptr,
         x_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
     if SWAP:
-        if PER_ROW:
-            acc = acc * tl.load(s_cols, mask=mask_n, other=0.0)[:, None]
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + offs_n, mask=mask_n & (pid_k == 0), other=0.0).to(
-                tl.float32)[:, None]
-        _finish(acc, y_ptr, offs_m[None, :] * stride_ym + offs_n[:, None], p_ptr,
-                offs_m[None, :] * N + offs_n[:, None], M * N, lock_ptr, pid, pid_k,
-                mask_n[:, None] & mask_m[None, :], SPLIT_K, 0.0, p_ptr, 0, K, 0.0, False)
-    else:
-        if PER_ROW:
-            acc = acc * tl.load(s_cols, mask=mask_n, other=0.0)[None, :]
-        if A8:
-            acc = acc * tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0)[:, None]
-        if HAS_BIAS:  # added by the first split only: the partials' sum counts it once
-            acc += tl.load(b_ptr + offs_n, mask=mask_n & (pid_k == 0), other=0.0).to(
-                tl.float32)[None, :]
-        _finish(acc, y_ptr, offs_m[:, None] * stride_ym + offs_n[None, :], p_ptr,
-                offs_m[:, None] * N + offs_n[None, :], M * N, lock_ptr, pid, pid_k,
-                mask_m[:, None] & mask_n[None, :], SPLIT_K, 0.0, p_ptr, 0, K, 0.0, False)
+        acc = tl.trans(acc)  # [BLOCK_M, BLOCK_N], as the plain tiles leave it
+    if PER_ROW:
+        acc = acc * tl.load(s_cols, mask=mask_n, other=0.0)[None, :]
+    if A8:
+        acc = acc * tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0)[:, None]
+    if HAS_BIAS:  # added by the first split only: the partials' sum counts it once
+        acc += tl.load(b_ptr + offs_n, mask=mask_n & (pid_k == 0), other=0.0).to(
+            tl.float32)[None, :]
+    _finish(acc, y_ptr, offs_m[:, None] * stride_ym + offs_n[None, :], p_ptr,
+            offs_m[:, None] * N + offs_n[None, :], M * N, lock_ptr, pid, pid_k,
+            mask_m[:, None] & mask_n[None, :], SPLIT_K, 0.0, p_ptr, 0, K, 0.0, False)
 
 
 @triton.jit
 def _prologue_row(x_row, r_row, nw_ptr, res_out_row, offs, K, eps, PROLOGUE: tl.constexpr,
                   HAS_RESIDUAL: tl.constexpr):
-    """fp32 values of one whole row of the quantizer's input, rounded as the unfused kernels
-    round them: PROLOGUE_NONE x; PROLOGUE_ADD_NORM RMSNorm(hidden + residual) as
-    kernels.rmsnorm computes it (the sum, rounded to the dtype, written to res_out_row);
-    PROLOGUE_SILU_MUL silu(gate) * up as kernels.activation computes it."""
+    """fp32 values of one whole row of the quantizer's input, as kernels.gemv's _row_input
+    makes them (the sum hidden + residual written to res_out_row), the norm then computed
+    over the row as kernels.rmsnorm computes and rounds it."""
     mask = offs < K
-    if PROLOGUE == 1:  # PROLOGUE_ADD_NORM
-        s = tl.load(x_row + offs, mask=mask, other=0.0)
-        if HAS_RESIDUAL:
-            s = (s.to(tl.float32) + tl.load(r_row + offs, mask=mask, other=0.0).to(
-                tl.float32)).to(s.dtype)
-            tl.store(res_out_row + offs, s, mask=mask)
-        s32 = s.to(tl.float32)
-        rstd = tl.rsqrt(tl.sum(s32 * s32, axis=0) / K + eps)
+    v, s = _row_input(x_row, r_row, nw_ptr, res_out_row, offs, mask, 0.0, True, K, PROLOGUE,
+                      HAS_RESIDUAL, False)
+    if PROLOGUE == 1:  # PROLOGUE_ADD_NORM: v is s * weight so far
+        dtype = x_row.dtype.element_ty
+        rstd = tl.rsqrt(tl.sum(s * s, axis=0) / K + eps)
         nw = tl.load(nw_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        return ((s32 * rstd).to(s.dtype).to(tl.float32) * nw).to(s.dtype).to(tl.float32)
-    elif PROLOGUE == 2:  # PROLOGUE_SILU_MUL
-        gate = tl.load(x_row + offs, mask=mask, other=0.0).to(tl.float32)
-        up = tl.load(x_row + K + offs, mask=mask, other=0.0)
-        return (gate / (1.0 + tl.exp(-gate)) * up.to(tl.float32)).to(up.dtype).to(tl.float32)
-    else:
-        return tl.load(x_row + offs, mask=mask, other=0.0).to(tl.float32)
+        v = ((s * rstd).to(dtype).to(tl.float32) * nw).to(dtype).to(tl.float32)
+    return v
+
+
+@triton.jit
+def _row_scale(amax, s_in_ptr, STATIC: tl.constexpr):
+    """A row's scale: its amax / 448 (at least 1e-12), or the static input scale."""
+    if STATIC:
+        return tl.load(s_in_ptr)
+    return tl.maximum(tl.math.div_rn(amax, FP8_MAX_TL), 1e-12)
+
+
+@triton.jit
+def _codes(v, scale, dtype: tl.constexpr):
+    """v / scale clamped to +-448, as e4m3 codes."""
+    return tl.minimum(tl.maximum(tl.math.div_rn(v, scale), -FP8_MAX_TL), FP8_MAX_TL).to(dtype)
 
 
 @triton.jit
@@ -337,28 +334,21 @@ def _quantize_rows_kernel(x_ptr, q_ptr, s_in_ptr, s_out_ptr, r_ptr, nw_ptr, res_
         v = _prologue_row(x_row, r_ptr + row.to(tl.int64) * stride_rm, nw_ptr,
                           res_out_ptr + row.to(tl.int64) * stride_rm, offs, K, eps, PROLOGUE,
                           HAS_RESIDUAL)
-        if STATIC:
-            scale = tl.load(s_in_ptr)
-        else:
-            scale = tl.maximum(tl.math.div_rn(tl.max(tl.abs(v), axis=0), FP8_MAX_TL), 1e-12)
+        scale = _row_scale(tl.max(tl.abs(v), axis=0), s_in_ptr, STATIC)
         tl.store(s_out_ptr + row, scale)
-        q = tl.minimum(tl.maximum(tl.math.div_rn(v, scale), -FP8_MAX_TL), FP8_MAX_TL)
-        tl.store(q_row + offs, q.to(q_ptr.dtype.element_ty), mask=offs < K)
+        tl.store(q_row + offs, _codes(v, scale, q_ptr.dtype.element_ty), mask=offs < K)
         return
-    if STATIC:
-        scale = tl.load(s_in_ptr)
-    else:
-        amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
+    amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
+    if not STATIC:
         for k0 in range(0, K, BLOCK_K):
             v = tl.load(x_row + k0 + offs, mask=k0 + offs < K, other=0.0).to(tl.float32)
             amax = tl.maximum(amax, tl.abs(v))
-        scale = tl.maximum(tl.math.div_rn(tl.max(amax, axis=0), FP8_MAX_TL), 1e-12)
+    scale = _row_scale(tl.max(amax, axis=0), s_in_ptr, STATIC)
     tl.store(s_out_ptr + row, scale)
     for k0 in range(0, K, BLOCK_K):
         mask = k0 + offs < K
         v = tl.load(x_row + k0 + offs, mask=mask, other=0.0).to(tl.float32)
-        q = tl.minimum(tl.maximum(tl.math.div_rn(v, scale), -FP8_MAX_TL), FP8_MAX_TL)
-        tl.store(q_row + k0 + offs, q.to(q_ptr.dtype.element_ty), mask=mask)
+        tl.store(q_row + k0 + offs, _codes(v, scale, q_ptr.dtype.element_ty), mask=mask)
 
 
 def _launch_quantize(x: torch.Tensor, k: int, input_scale: torch.Tensor | None,
@@ -377,7 +367,7 @@ def _launch_quantize(x: torch.Tensor, k: int, input_scale: torch.Tensor | None,
     block_k = min(QUANT_ONE_PASS_K, triton.next_power_of_2(k))  # one pass up to 16384 inputs
     assert prologue == PROLOGUE_NONE or block_k >= k, "a prologue needs the row in one pass"
     # the norm's warps as kernels.rmsnorm takes them: its sum of squares in the same order
-    warps = (max(1, min(16, block_k // 256)) if prologue == PROLOGUE_ADD_NORM
+    warps = (rmsnorm._warps(block_k) if prologue == PROLOGUE_ADD_NORM
              else 4 if block_k <= 4096 else 8)
     _quantize_rows_kernel[(m,)](
         x, q, input_scale.float() if static else scales, scales,

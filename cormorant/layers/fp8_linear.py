@@ -30,6 +30,7 @@ Imports: torch, cormorant.layers.linear, cormorant.kernels (lazily).
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -286,8 +287,13 @@ def scaled_mm_rowwise(x: torch.Tensor) -> bool:
     """Whether torch._scaled_mm with rowwise scales runs for x: CUDA sm89+ (Ada, Hopper),
     bf16 output."""
     return (x.device.type == "cuda" and x.dtype == torch.bfloat16
-            and hasattr(torch, "_scaled_mm")
-            and torch.cuda.get_device_capability(x.device) >= (8, 9))
+            and hasattr(torch, "_scaled_mm") and _sm89(x.device.index))
+
+
+@functools.cache
+def _sm89(index: int | None) -> bool:
+    """Compute capability 8.9+ (asked once per card: the layers ask per matmul)."""
+    return torch.cuda.get_device_capability(index) >= (8, 9)
 
 
 def quantize_activations(x: torch.Tensor, input_scale: torch.Tensor | None
