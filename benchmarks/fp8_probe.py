@@ -18,7 +18,8 @@ One command on the GPU machine, from the repository root:
     python benchmarks/fp8_probe.py [--ms 1,2,4,16,64,256,1024,4096] [--sweep] [--sweep-a8]
                                    [--sweep-acc2d] [--sweep-w8a16] [--out FILE]
 (--sweep: the M = 1 GEMV's launch settings, plain and with the add + RMSNorm prologue;
- --sweep-a8: the W8A8 GEMM's tiles at 32-512 rows against its defaults and _scaled_mm;
+ --sweep-a8: the W8A8 GEMM's tiles, plain and transposed (SWAP), at the --ms rows, against
+   its defaults and _scaled_mm;
  --sweep-w8a16: the W8A16 GEMM's tiles, plain and transposed (SWAP), at 8-128 rows;
  --sweep-acc2d: the M = 1 GEMV with its products reduced once (ACC2D), plain and with the
  projection's prologue, against the default.)
@@ -41,7 +42,8 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")
 from benchmarks.gemv_probe import cpu_time_us, graph_time_us  # noqa: E402
 from cormorant.kernels.fp8_gemm import (a8_config, fp8_add_rms_norm_gemv,  # noqa: E402
                                         fp8_gemm, fp8_gemv, fp8_matmul_ref, fp8_scaled_gemm,
-                                        fp8_silu_mul_gemv, gemm_config, gemv_config)
+                                        fp8_scaled_gemm_ref, fp8_silu_mul_gemv, gemm_config,
+                                        gemv_config)
 from cormorant.kernels.gemv import (PROLOGUE_ADD_NORM, PROLOGUE_NONE,  # noqa: E402
                                     PROLOGUE_SILU_MUL)
 from cormorant.layers.fp8_linear import (quantize_rows, scaled_mm, scaled_mm_ref,  # noqa: E402
@@ -244,29 +246,42 @@ def _try_time(fn, copies: int, cfg: dict, check=None) -> float | None:
         return None
 
 
-def sweep_a8(name: str, n: int, k: int, ms: tuple[int, ...] = (32, 64, 128, 256, 512)
-             ) -> list[dict]:
-    """The W8A8 GEMM's tiles per rows: BLOCK_M, BLOCK_N, stages, warps and K splits (half,
-    as chosen, double) around a8_config's, timed as the probe times; _scaled_mm beside it."""
+def sweep_a8(name: str, n: int, k: int, ms: tuple[int, ...] = (16, 32, 128)) -> list[dict]:
+    """The W8A8 GEMM's tiles per rows: plain and transposed (SWAP) tiles, BLOCK_M, BLOCK_N,
+    stages, warps and K splits (none, about one and two programs per SM) around a8_config's,
+    each checked against the W8A8 reference before it is timed; _scaled_mm beside it."""
     gen, copies, ws = _cold_weights(n, k, 2)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     out = []
     for m in ms:
         x, row = _sweep_row(name, m, k, gen, ws, copies, a8_config(m, n, k, k, True, sms),
                             lambda x, w: a8(x, *w, 1, k))
-        times = []
-        for bm in (64, 128):
-            for bn in (64, 128, 256):
-                for stages, warps in ((3, 4), (4, 4), (5, 4), (4, 8)):
-                    for split in _splits(k, -(-m // bm) * -(-n // bn), 2):
-                        cfg = dict(row["default"], BLOCK_M=bm, BLOCK_N=bn,
-                                   num_stages=stages, num_warps=warps, **split)
-                        t = _try_time(lambda i, c=cfg: a8(x, *ws[i], 1, k, dict(c)), copies,
-                                      cfg)
-                        if t is not None:
+        xq, xs = quantize_rows(x)
+        ref = fp8_scaled_gemm_ref(xq, xs, ws[0][0], ws[0][1], 1, k, out_dtype=torch.float32)
+        fit = max(16, 1 << (m - 1).bit_length())
+        times, wrong = [], 0
+        for swap in (False, True):
+            # plain tiles: a wgmma's M side (the rows) is 64 at least; transposed: the rows
+            # are its N side (16 at least) and the weights its M side
+            bms = {max(64, min(fit, 128)), 64 if m > 64 else fit} if not swap else {
+                min(fit, 64), min(fit, 128)}
+            for bm in sorted(bms):
+                for bn in ((64, 128) if not swap else (64, 128, 256)):
+                    for stages, warps in ((3, 4), (4, 4), (4, 8) if not swap else (6, 4)):
+                        for split in _splits(k, -(-m // bm) * -(-n // bn), 2):
+                            cfg = dict(row["default"], BLOCK_M=bm, BLOCK_N=bn, SWAP=swap,
+                                       num_stages=stages, num_warps=warps, **split)
+                            run = lambda i, c=cfg: a8(x, *ws[i], 1, k, dict(c))
+                            t = _try_time(run, copies, cfg, lambda: rel_err(run(0), ref) < 4e-3)
+                            if t is None or t < 0:
+                                wrong += t is not None
+                                continue
                             times.append((t, cfg))
         t, cfg = min(times, key=lambda tc: tc[0])
-        row.update(best_us=t, best=cfg, best_GBps=n * k / t / 1e3)
+        swapped = [tc for tc in times if tc[1]["SWAP"]]
+        t_swap, cfg_swap = min(swapped, key=lambda tc: tc[0])
+        row.update(best_us=t, best=cfg, best_GBps=n * k / t / 1e3, best_swap_us=t_swap,
+                   best_swap=cfg_swap, wrong=wrong)
         print("sweep_a8", json.dumps(row), flush=True)
         out.append(row)
     return out
@@ -320,7 +335,7 @@ def main() -> int:
     parser.add_argument("--sweep-acc2d", action="store_true",
                         help="also time the M = 1 GEMV with its products reduced once (ACC2D)")
     parser.add_argument("--sweep-a8", action="store_true",
-                        help="also sweep the W8A8 GEMM's tiles at 32-512 rows")
+                        help="also sweep the W8A8 GEMM's tiles (plain and SWAP) at the --ms rows")
     parser.add_argument("--sweep-w8a16", action="store_true",
                         help="also sweep the W8A16 GEMM's tiles (plain and SWAP) at 8-128 rows")
     args = parser.parse_args()
@@ -333,7 +348,7 @@ def main() -> int:
     for name, (n, k) in (SHAPES if cuda else TINY).items():
         rows += probe_shape(name, n, k, ms, cuda)
     if cuda and args.sweep_a8:
-        rows += [{"shape": name, "sweep_a8": sweep_a8(name, n, k)}
+        rows += [{"shape": name, "sweep_a8": sweep_a8(name, n, k, tuple(ms))}
                  for name, (n, k) in SHAPES.items()]
     if cuda and args.sweep_w8a16:
         rows += [{"shape": name, "sweep_w8a16": sweep_w8a16(name, n, k)}

@@ -207,10 +207,11 @@ def _fp8_gemm_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, b_ptr, y_ptr, p_ptr, lock_ptr,
     launch by int_gemm's _finish, in split order). BITS: W's codes are read as uint8 and made
     bf16 by kernels.e4m3 (exact; bf16 x on Hopper), instead of Triton's conversions. A8: x is
     e4m3 codes too, with one scale per row at xs_ptr: FP8 x FP8 tensor-core products, fp32
-    sums of one K step, no conversion at all (W8A8). SWAP (weight-only): the tile is computed
-    transposed, acc[BLOCK_N, BLOCK_M] = W_tile @ x_tile^T, so the dequantized weights are the
-    dot's first operand (on sm_90 a wgmma reads that one from registers, where the conversion
-    left it; as the second it goes through shared memory) and a few rows fill its N side."""
+    sums of one K step, no conversion at all (W8A8). SWAP: the tile is computed transposed,
+    acc[BLOCK_N, BLOCK_M] = W_tile @ x_tile^T, so the weights are the dot's first operand (on
+    sm_90 a wgmma reads that one from registers, where the conversion left it; as the second
+    it goes through shared memory) and a few rows fill its N side (a wgmma's M side is at
+    least 64; its N side may be 16)."""
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     num_m, num_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
@@ -246,7 +247,13 @@ def _fp8_gemm_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, b_ptr, y_ptr, p_ptr, lock_ptr,
             w = e4m3_to_bf16(tl.load(w_ptrs, mask=w_mask, other=0))
         else:
             w = tl.load(w_ptrs, mask=w_mask, other=0.0)
-        if SWAP:
+        if SWAP and A8:  # acc[BN, BM]: a step's sums apart, as below
+            step = tl.dot(w, x, max_num_imprecise_acc=BLOCK_K)
+            if PER_ROW:
+                acc += step
+            else:
+                acc += step * tl.load(s_cols + k0 // GROUP_K, mask=mask_n, other=0.0)[:, None]
+        elif SWAP:
             if not PER_ROW:
                 w = w.to(tl.float32) * tl.load(s_cols + k0 // GROUP_K, mask=mask_n,
                                                 other=0.0)[:, None]
@@ -555,7 +562,6 @@ def _launch_gemm(x: torch.Tensor, x_scale: torch.Tensor | None, weight: torch.Te
     assert per_row or group_k % cfg["BLOCK_K"] == 0, (group_k, cfg)
     assert cfg["K_PER_SPLIT"] % cfg["BLOCK_K"] == 0, cfg
     assert cfg["SPLIT_K"] * cfg["K_PER_SPLIT"] >= k, cfg
-    assert not (a8 and cfg.get("SWAP")), "SWAP is weight-only (W8A16)"
     bits = not a8 and x.dtype == torch.bfloat16 and e4m3.available(x.device)
     y = torch.empty(m, n, dtype=out_dtype, device=x.device)
     tiles = triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"])

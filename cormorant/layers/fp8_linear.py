@@ -224,33 +224,43 @@ class Fp8LinearMethod(LinearMethod):
                 and x.dtype in GEMV_DTYPES and kernels is not None):
             return False
         route = self._route(layer, x)
-        return route == "gemv" or (route == "scaled_mm" and QUANT_PROLOGUE
+        return route == "gemv" or (route in ("scaled_mm", "w8a8") and QUANT_PROLOGUE
                                    and layer.weight.shape[1] <= kernels.QUANT_ONE_PASS_K)
 
     def apply_add_norm(self, layer: nn.Module, hidden: torch.Tensor,
                        residual: torch.Tensor | None, norm: nn.Module,
                        bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         kernels = load_kernels("fp8_gemm")
-        if self._route(layer, hidden) == "gemv":
+        route = self._route(layer, hidden)
+        if route == "gemv":
             return kernels.fp8_add_rms_norm_gemv(
                 hidden, residual, norm.weight, norm.eps, layer.weight, layer.weight_scale,
                 self.scale_n, self.group_k, bias)
         xq, x_scale, total = kernels.add_rms_norm_quantize(
             hidden.contiguous(), None if residual is None else residual.contiguous(),
             norm.weight, norm.eps, getattr(layer, "input_scale", None))
-        return scaled_mm_codes(xq, x_scale, layer.weight, layer.weight_scale, bias,
-                               hidden.dtype), total
+        return self._codes_matmul(kernels, route, layer, xq, x_scale, bias, hidden.dtype), total
 
     def apply_silu_mul(self, layer: nn.Module, gate_up: torch.Tensor,
                        bias: torch.Tensor | None) -> torch.Tensor:
         kernels = load_kernels("fp8_gemm")
-        if self._route(layer, gate_up) == "gemv":
+        route = self._route(layer, gate_up)
+        if route == "gemv":
             return kernels.fp8_silu_mul_gemv(
                 gate_up, layer.weight, layer.weight_scale, self.scale_n, self.group_k, bias)
         xq, x_scale = kernels.silu_mul_quantize(gate_up.contiguous(),
                                                 getattr(layer, "input_scale", None))
-        return scaled_mm_codes(xq, x_scale, layer.weight, layer.weight_scale, bias,
-                               gate_up.dtype)
+        return self._codes_matmul(kernels, route, layer, xq, x_scale, bias, gate_up.dtype)
+
+    def _codes_matmul(self, kernels: Any, route: str, layer: nn.Module, xq: torch.Tensor,
+                      x_scale: torch.Tensor, bias: torch.Tensor | None,
+                      out_dtype: torch.dtype) -> torch.Tensor:
+        """Quantized activations (codes, a scale per row) times the weight, by the route's
+        FP8 tensor-core matmul: torch._scaled_mm or the Triton W8A8 tiles."""
+        if route == "w8a8":
+            return kernels.fp8_scaled_gemm(xq, x_scale, layer.weight, layer.weight_scale,
+                                           self.scale_n, self.group_k, bias, out_dtype)
+        return scaled_mm_codes(xq, x_scale, layer.weight, layer.weight_scale, bias, out_dtype)
 
     def _route(self, layer: nn.Module, x: torch.Tensor) -> str:
         """Which CUDA matmul rows of x (the layer's input, or the packed gate_up) take: "gemv",

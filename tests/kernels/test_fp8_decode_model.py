@@ -7,6 +7,7 @@ GEMM (the GPU would take _scaled_mm for these per-channel scales: its activation
 is checked against its reference in test_fp8_gemm.py and on the GPU by benchmarks/fp8_probe.py)."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from cormorant.config import ModelConfig
@@ -62,10 +63,13 @@ def test_fp8_model_through_the_kernels_matches_its_reference_path(monkeypatch):
     assert {m for name, m in calls if name == "fp8_gemm"} == {9, 3}  # prefill, 3-row step
 
 
-def test_rows_for_scaled_mm_fold_the_norm_and_silu_into_the_quantization(monkeypatch):
-    """Rows that take torch._scaled_mm (here every multi-row step: the W8A16 tiles are capped
-    at one row, and _scaled_mm's rowwise check widened to the CPU, where it runs for real) get
-    the residual add + RMSNorm and SiLU-and-multiply folded into their activation quantization
+@pytest.mark.parametrize("route", ["scaled_mm", "w8a8"])
+def test_rows_for_fp8_tensor_cores_fold_the_norm_and_silu_into_the_quantization(monkeypatch,
+                                                                                route):
+    """Rows that take torch._scaled_mm or the Triton W8A8 tiles (here every multi-row step: the
+    W8A16 tiles are capped at one row; _scaled_mm's rowwise check is widened to the CPU, where
+    it runs for real, or CORMORANT_FP8_A8_ROWS routes the rows to fp8_scaled_gemm) get the
+    residual add + RMSNorm and SiLU-and-multiply folded into their activation quantization
     (add_rms_norm_quantize, silu_mul_quantize): the logits of the unfused path (the norm, then
     quantize_rows), which CORMORANT_FP8_QUANT_PROLOGUE=0 keeps, within 1e-4 (on the CPU the
     unfused norm is PyTorch's, whose fp32 sums round differently: 5e-6 apart here; on the GPU
@@ -80,10 +84,14 @@ def test_rows_for_scaled_mm_fold_the_norm_and_silu_into_the_quantization(monkeyp
     results = {}
     for fold in (False, True):
         monkeypatch.setattr(fp8_linear, "FP8_GEMM_MAX_ROWS", 1)
-        monkeypatch.setattr(fp8_linear, "scaled_mm_rowwise", lambda x: True)
+        if route == "w8a8":
+            monkeypatch.setattr(fp8_linear, "FP8_A8_MAX_ROWS", 512)
+        else:
+            monkeypatch.setattr(fp8_linear, "scaled_mm_rowwise", lambda x: True)
         monkeypatch.setattr(fp8_linear, "QUANT_PROLOGUE", fold)
         quantized = []
-        for name in ("quantize_rows", "add_rms_norm_quantize", "silu_mul_quantize"):
+        for name in ("quantize_rows", "add_rms_norm_quantize", "silu_mul_quantize",
+                     "fp8_scaled_gemm"):
             real = getattr(kernels, name)
 
             def spy(*args, _real=real, _name=name, **kwargs):
@@ -97,8 +105,11 @@ def test_rows_for_scaled_mm_fold_the_norm_and_silu_into_the_quantization(monkeyp
         for seq in ref_step:
             torch.testing.assert_close(step[seq], ref_step[seq], atol=1e-4, rtol=1e-4)
     layers = config.num_layers
-    assert not any(name == "fp8_gemm" for name, _ in calls)  # many rows: _scaled_mm
+    assert not any(name == "fp8_gemm" for name, _ in calls)  # many rows: FP8 tensor cores
+    a8_calls = 4 * layers if route == "w8a8" else 0
     for rows in (9, 3):  # the prefill and the 3-row step
+        assert q.count(("fp8_scaled_gemm", rows)) == plain_q.count(("fp8_scaled_gemm", rows))
+        assert q.count(("fp8_scaled_gemm", rows)) == a8_calls
         assert q.count(("add_rms_norm_quantize", rows)) == 2 * layers  # qkv and gate_up
         assert q.count(("silu_mul_quantize", rows)) == layers  # down
         assert q.count(("quantize_rows", rows)) == layers  # o_proj: its input is attention's

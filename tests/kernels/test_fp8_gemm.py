@@ -77,8 +77,9 @@ def test_fp8_gemm_matches_the_dequantized_reference(m, scale_n, group_k, split, 
 @pytest.mark.parametrize("scale_n,group_k", LAYOUTS)
 @pytest.mark.parametrize("split", [1, 3])
 @pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("swap", [False, True])
 def test_fp8_scaled_gemm_matches_the_dequantized_w8a8_reference(m, scale_n, group_k, split,
-                                                                bias, device):
+                                                                bias, swap, device):
     """W8A8: e4m3 activations with a scale per row times e4m3 weights (per-channel and block
     scales, ragged edges, split-K) equal the dequantized operands' fp32 product."""
     n, k = 40, 80
@@ -89,7 +90,7 @@ def test_fp8_scaled_gemm_matches_the_dequantized_w8a8_reference(m, scale_n, grou
     group_k = max(group_k, 32) if group_k != k else k
     s = s[:, :-(-k // group_k)].contiguous()
     cfg = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, GROUP_M=2, num_warps=4, num_stages=1,
-               SPLIT_K=split, K_PER_SPLIT=-(-80 // (32 * split)) * 32)
+               SPLIT_K=split, K_PER_SPLIT=-(-80 // (32 * split)) * 32, SWAP=swap)
     b = b if bias else None
     y = fp8_gemm.fp8_scaled_gemm(xq, xs, w, s, scale_n, group_k, b, torch.float32, config=cfg)
     ref = fp8_gemm.fp8_scaled_gemm_ref(xq, xs, w, s, scale_n, group_k, b, torch.float32)
