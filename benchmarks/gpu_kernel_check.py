@@ -129,6 +129,9 @@ def attention_cases(gen: torch.Generator):
         "decode b4 ctx8k": ([1] * 4, ctx(4, 7000, 9000)),
         "mixed 4x256+pfx1k,32dec": ([256] * 4 + [1] * 32, [1280] * 4 + dec),
         "prefill 2x1024": ([1024, 1024], [1024, 1024]),
+        # B3's decode batches: 128/128 (128 rows, context 128-256), 128/2048 (16 rows, ~1k)
+        "decode b128 ctx~192": ([1] * 128, ctx(128, 129, 256)),
+        "decode b16 ctx~1k": ([1] * 16, ctx(16, 1000, 1300)),
     }
 
 
@@ -435,7 +438,10 @@ def sweep_configs(m: Model):
     single = [pa.PagedAttentionConfig(bm, t, g, w, 2) for t in (32, 64) for g in (1, 2, 4, 8, 16)
               for w in (2, 4)]
     return {"decode b1 ctx256": single, "decode b1 ctx2k": single, "decode b64 ctx~2k": decode,
-            "decode b4 ctx8k": split, "prefill 2x1024": prefill}
+            "decode b4 ctx8k": split, "prefill 2x1024": prefill,
+            "decode b128 ctx~192": decode + [pa.PagedAttentionConfig(bm, t, 2, 4, 2)
+                                             for t in (32, 64)],
+            "decode b16 ctx~1k": split + decode}
 
 
 def check_model(runner: Runner, name: str, m: Model, dtype, copy_gbps: float, tokens: int):

@@ -16,7 +16,7 @@
 #   bash benchmarks/gpu_wave5.sh final    # B2 x3 and B3 x2 at the defaults (~4 min)
 #   bash benchmarks/gpu_wave5.sh fold     # norm / SiLU folded into FP8 quantization (~4 min)
 #   bash benchmarks/gpu_wave5.sh persm    # W8A16 K split per SM, 16/32 rows, B3 (~3 min)
-#   bash benchmarks/gpu_wave5.sh a8       # W8A8 tests and tile sweep at 16/32/128 rows (~9 min)
+#   bash benchmarks/gpu_wave5.sh a8       # W8A8 tests and tile sweep at 16/32/128 rows, attention sweep (~9 min)
 #   bash benchmarks/gpu_wave5.sh next     # ACC2D and int GEMV sweeps (~6 min)
 #   bash benchmarks/gpu_wave5.sh second   # ~8 min
 source "$(dirname "$0")/gpu_common.sh"
@@ -123,12 +123,14 @@ persm)  # the few-row W8A16 GEMM's K split: about 2 (default), 4 and 6 programs 
 a8)  # the W8A8 GEMM (fp8_scaled_gemm) again, now that it sums each K step in fp32: its card
   # tests (transposed tiles too), and its tiles swept at 16, 32 and 128 rows against _scaled_mm
   # and the W8A16 tiles (~9 min)
-  step a8_tests 90 python3 -m pytest -q -rf tests/kernels/test_fp8_gemm.py -k "scaled_gemm or routes"
-  step a8_sweep_few 260 python3 benchmarks/fp8_probe.py --ms 16,32 --sweep-a8 \
+  step a8_tests 60 python3 -m pytest -q -rf tests/kernels/test_fp8_gemm.py -k "scaled_gemm or routes"
+  step a8_sweep_few 210 python3 benchmarks/fp8_probe.py --ms 16,32 --sweep-a8 \
     --out "$OUT/a8_sweep_few.json"
-  step a8_sweep_128 220 python3 benchmarks/fp8_probe.py --ms 128 --sweep-a8 \
+  step a8_sweep_128 170 python3 benchmarks/fp8_probe.py --ms 128 --sweep-a8 \
     --out "$OUT/a8_sweep_128.json"
   grep -c WRONG "$OUT"/a8_sweep_*.log
+  # decode attention's launch shapes at B3's batches (128 rows at ~192, 16 at ~1k; ~1 min)
+  step attn_sweep 100 python3 benchmarks/gpu_kernel_check.py --quick --sweep --only "ctx~"
   ;;
 next)  # tuning: the FP8 GEMV reducing once (ACC2D) swept per projection, the int GEMV's
   # launch settings
