@@ -16,11 +16,13 @@ L2), calls captured in a CUDA graph, median of 5 replays. GB/s counts weight byt
 decision it informs is layers.fp8_linear's FP8_GEMV_MAX_ROWS and the _scaled_mm / Triton split.
 One command on the GPU machine, from the repository root:
     python benchmarks/fp8_probe.py [--ms 1,2,4,16,64,256,1024,4096] [--sweep] [--sweep-a8]
-                                   [--sweep-acc2d] [--sweep-w8a16] [--out FILE]
+                                   [--sweep-acc2d] [--sweep-w8a16] [--fast-acc] [--out FILE]
 (--sweep: the M = 1 GEMV's launch settings, plain and with the add + RMSNorm prologue;
  --sweep-a8: the W8A8 GEMM's tiles, plain and transposed (SWAP), at the --ms rows, against
    its defaults and _scaled_mm;
  --sweep-w8a16: the W8A16 GEMM's tiles, plain and transposed (SWAP), at 8-128 rows;
+ --fast-acc: FP8 tensor cores accumulating all of K (cuBLAS's use_fast_accum, Triton's
+   FAST_ACC) against summing each K step in fp32, time and error, at the --ms rows;
  --sweep-acc2d: the M = 1 GEMV with its products reduced once (ACC2D), plain and with the
  projection's prologue, against the default.)
 On the CPU it runs tiny shapes under TRITON_INTERPRET=1 as a smoke test (times meaningless).
@@ -326,6 +328,43 @@ def sweep_w8a16(name: str, n: int, k: int, ms: tuple[int, ...] = (8, 16, 32, 64,
     return out
 
 
+def probe_fast_acc(name: str, n: int, k: int, ms: tuple[int, ...]) -> list[dict]:
+    """What accumulating all of K in the FP8 tensor cores' adders buys and costs: time and
+    error (against the W8A8 reference, fp32) of _scaled_mm with and without use_fast_accum,
+    and of the Triton W8A8 tiles (the sweep's best small tiles, and a8_config's) with each K
+    step summed in fp32 and with FAST_ACC; the W8A16 tiles beside them."""
+    gen, copies, ws = _cold_weights(n, k, 4)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    out = []
+    for m in ms:
+        x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
+        xq, xs = quantize_rows(x)
+        ref = fp8_scaled_gemm_ref(xq, xs, ws[0][0], ws[0][1], 1, k, out_dtype=torch.float32)
+        fit = max(16, 1 << (m - 1).bit_length())
+        small = dict(BLOCK_M=min(fit, 64), BLOCK_N=64, BLOCK_K=128, GROUP_M=8, num_warps=4,
+                     num_stages=6, SWAP=True)
+        tiles = a8_config(m, n, k, k, True, sms)
+
+        def smm(i, fast):
+            q, s = quantize_rows(x)
+            return torch._scaled_mm(q, ws[i][0].t(), scale_a=s, scale_b=ws[i][1].view(1, -1),
+                                    out_dtype=torch.bfloat16, use_fast_accum=fast)
+        runs = {"w8a16": lambda i: fp8_gemm(x, *ws[i], 1, k),
+                "scaled_mm": lambda i: smm(i, False), "scaled_mm_fast": lambda i: smm(i, True)}
+        for tag, cfg in (("a8_small", small), ("a8_tiles", tiles)):
+            for fast in (False, True):
+                c = dict(cfg, FAST_ACC=fast)
+                runs[tag + ("_fast" if fast else "")] = lambda i, c=c: a8(x, *ws[i], 1, k, dict(c))
+        row = {"shape": name, "M": m}
+        exact = fp8_matmul_ref(x.float(), ws[0][0], ws[0][1], 1, k)
+        for tag, run in runs.items():
+            row[f"{tag}_err"] = rel_err(run(0), exact if tag == "w8a16" else ref)
+            row[f"{tag}_us"] = _try_time(run, copies, {"path": tag})
+        print("fast_acc", json.dumps(row), flush=True)
+        out.append(row)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ms", default="1,2,4,8,16,64,256,1024,4096")
@@ -336,6 +375,8 @@ def main() -> int:
                         help="also time the M = 1 GEMV with its products reduced once (ACC2D)")
     parser.add_argument("--sweep-a8", action="store_true",
                         help="also sweep the W8A8 GEMM's tiles (plain and SWAP) at the --ms rows")
+    parser.add_argument("--fast-acc", action="store_true",
+                        help="also time and check FP8 fast accumulation at the --ms rows")
     parser.add_argument("--sweep-w8a16", action="store_true",
                         help="also sweep the W8A16 GEMM's tiles (plain and SWAP) at 8-128 rows")
     args = parser.parse_args()
@@ -349,6 +390,9 @@ def main() -> int:
         rows += probe_shape(name, n, k, ms, cuda)
     if cuda and args.sweep_a8:
         rows += [{"shape": name, "sweep_a8": sweep_a8(name, n, k, tuple(ms))}
+                 for name, (n, k) in SHAPES.items()]
+    if cuda and args.fast_acc:
+        rows += [{"shape": name, "fast_acc": probe_fast_acc(name, n, k, tuple(ms))}
                  for name, (n, k) in SHAPES.items()]
     if cuda and args.sweep_w8a16:
         rows += [{"shape": name, "sweep_w8a16": sweep_w8a16(name, n, k)}

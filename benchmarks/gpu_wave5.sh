@@ -17,6 +17,7 @@
 #   bash benchmarks/gpu_wave5.sh fold     # norm / SiLU folded into FP8 quantization (~4 min)
 #   bash benchmarks/gpu_wave5.sh persm    # W8A16 K split per SM, 16/32 rows, B3 (~3 min)
 #   bash benchmarks/gpu_wave5.sh a8       # W8A8 tests and tile sweep at 16/32/128 rows, attention sweep (~9 min)
+#   bash benchmarks/gpu_wave5.sh fastacc  # FP8 fast accumulation: time and error (~2 min)
 #   bash benchmarks/gpu_wave5.sh next     # ACC2D and int GEMV sweeps (~6 min)
 #   bash benchmarks/gpu_wave5.sh second   # ~8 min
 source "$(dirname "$0")/gpu_common.sh"
@@ -131,6 +132,13 @@ a8)  # the W8A8 GEMM (fp8_scaled_gemm) again, now that it sums each K step in fp
   grep -c WRONG "$OUT"/a8_sweep_*.log
   # decode attention's launch shapes at B3's batches (128 rows at ~192, 16 at ~1k; ~1 min)
   step attn_sweep 100 python3 benchmarks/gpu_kernel_check.py --quick --sweep --only "ctx~"
+  ;;
+fastacc)  # FP8 tensor cores accumulating all of K (cuBLAS use_fast_accum, Triton FAST_ACC)
+  # against each K step summed in fp32: card tests, time and error per projection (~2 min)
+  step fastacc_tests 60 python3 -m pytest -q -rf tests/kernels/test_fp8_gemm.py -k "fast_acc"
+  step fastacc 200 python3 benchmarks/fp8_probe.py --ms 16,32,128 --fast-acc \
+    --out "$OUT/fastacc.json"
+  grep fast_acc "$OUT/fastacc.log" | cut -c1-900
   ;;
 next)  # tuning: the FP8 GEMV reducing once (ACC2D) swept per projection, the int GEMV's
   # launch settings

@@ -202,7 +202,8 @@ def _fp8_gemm_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, b_ptr, y_ptr, p_ptr, lock_ptr,
                      SCALE_N: tl.constexpr, GROUP_K: tl.constexpr, PER_ROW: tl.constexpr,
                      HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, SPLIT_K, IEEE: tl.constexpr,
-                     BITS: tl.constexpr, A8: tl.constexpr, SWAP: tl.constexpr = False):
+                     BITS: tl.constexpr, A8: tl.constexpr, SWAP: tl.constexpr = False,
+                     FAST_ACC: tl.constexpr = False):
     """[BLOCK_M, BLOCK_N] tiles over K_PER_SPLIT of K (split-K: the partials are summed in the
     launch by int_gemm's _finish, in split order). BITS: W's codes are read as uint8 and made
     bf16 by kernels.e4m3 (exact; bf16 x on Hopper), instead of Triton's conversions. A8: x is
@@ -211,7 +212,9 @@ def _fp8_gemm_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, b_ptr, y_ptr, p_ptr, lock_ptr,
     acc[BLOCK_N, BLOCK_M] = W_tile @ x_tile^T, so the weights are the dot's first operand (on
     sm_90 a wgmma reads that one from registers, where the conversion left it; as the second
     it goes through shared memory) and a few rows fill its N side (a wgmma's M side is at
-    least 64; its N side may be 16)."""
+    least 64; its N side may be 16). FAST_ACC (W8A8, per-row scales; opt-in, for measuring):
+    the FP8 tensor cores accumulate all of K in their reduced-precision adders, as cuBLAS's
+    fast accumulation does, instead of each K step's sums being added in fp32."""
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     num_m, num_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
@@ -247,7 +250,12 @@ def _fp8_gemm_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, b_ptr, y_ptr, p_ptr, lock_ptr,
             w = e4m3_to_bf16(tl.load(w_ptrs, mask=w_mask, other=0))
         else:
             w = tl.load(w_ptrs, mask=w_mask, other=0.0)
-        if SWAP and A8:  # acc[BN, BM]: a step's sums apart, as below
+        if A8 and FAST_ACC:  # per-row scales: the tensor cores keep all of K in acc
+            if SWAP:
+                acc = tl.dot(w, x, acc)
+            else:
+                acc = tl.dot(x, w, acc)
+        elif SWAP and A8:  # acc[BN, BM]: a step's sums apart, as below
             step = tl.dot(w, x, max_num_imprecise_acc=BLOCK_K)
             if PER_ROW:
                 acc += step
@@ -562,6 +570,7 @@ def _launch_gemm(x: torch.Tensor, x_scale: torch.Tensor | None, weight: torch.Te
     assert per_row or group_k % cfg["BLOCK_K"] == 0, (group_k, cfg)
     assert cfg["K_PER_SPLIT"] % cfg["BLOCK_K"] == 0, cfg
     assert cfg["SPLIT_K"] * cfg["K_PER_SPLIT"] >= k, cfg
+    assert not cfg.get("FAST_ACC") or (a8 and per_row), "FAST_ACC: W8A8, per-row scales"
     bits = not a8 and x.dtype == torch.bfloat16 and e4m3.available(x.device)
     y = torch.empty(m, n, dtype=out_dtype, device=x.device)
     tiles = triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"])

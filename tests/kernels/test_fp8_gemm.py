@@ -98,6 +98,25 @@ def test_fp8_scaled_gemm_matches_the_dequantized_w8a8_reference(m, scale_n, grou
     torch.testing.assert_close(y, ref, atol=1e-3, rtol=1e-4)
 
 
+@pytest.mark.parametrize("swap", [False, True])
+def test_fp8_scaled_gemm_fast_accumulation_keeps_the_sums(swap, device):
+    """FAST_ACC (opt-in, per-row scales): one accumulator through all of K. Exact on the CPU;
+    on the GPU the FP8 tensor cores add in reduced precision, so the whole is compared."""
+    m, n, k = 20, 48, 256
+    x, w, s, _ = _inputs(m, n, k, 1, k, device, 11)
+    xq, xs = fp8_gemm.quantize_rows(x)
+    cfg = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, GROUP_M=2, num_warps=4, num_stages=1,
+               SPLIT_K=2, K_PER_SPLIT=128, SWAP=swap, FAST_ACC=True)
+    y = fp8_gemm.fp8_scaled_gemm(xq, xs, w, s, 1, k, None, torch.float32, config=cfg)
+    ref = fp8_gemm.fp8_scaled_gemm_ref(xq, xs, w, s, 1, k, None, torch.float32)
+    if device == "cpu":
+        torch.testing.assert_close(y, ref, atol=1e-3, rtol=1e-4)
+    else:
+        assert float((y - ref).norm() / ref.norm()) < 1e-2
+    with pytest.raises(AssertionError, match="FAST_ACC"):
+        fp8_gemm.fp8_scaled_gemm(xq, xs, w, s.repeat(1, 2), 1, k // 2, config=cfg)
+
+
 def test_a8_config_splits_k_where_the_tiles_leave_sms_idle():
     qkv = fp8_gemm.a8_config(128, 6144, 4096, 4096, True, 132)  # 48 tiles: K split 3 ways
     assert qkv["SPLIT_K"] == 3 and qkv["SPLIT_K"] * qkv["K_PER_SPLIT"] >= 4096
