@@ -18,7 +18,8 @@ in layers.fp8_linear).
             (SWAP, opt-in: the tile computed transposed, the weights as the first operand).
   fp8_scaled_gemm  the same tiles with the activations quantized too (W8A8): FP8 x FP8
             tensor-core products, the row scales applied at the end, split-K; opt-in for
-            tuning (on the H100 it took ~3x torch._scaled_mm's time at 128-256 rows).
+            tuning (on the H100 its best swept tiles took 1.5-2.3x torch._scaled_mm's time
+            at 128 rows, 0.9-1.9x at 16, and 1.3-2.8x the W8A16 tiles' at 16-32).
   quantize_rows  the activations' per-token FP8 quantization for torch._scaled_mm, one launch
             (in PyTorch ops it is five, which cost more than the matmul at a few hundred rows);
             add_rms_norm_quantize / silu_mul_quantize make its input on the fly as well (the
@@ -60,9 +61,9 @@ ACC2D_GEMV = os.environ.get("CORMORANT_FP8_ACC2D", "0") == "1"
 QUANT_ONE_PASS_K = 16384
 GEMM_SPLIT_ROWS = 64  # rows up to which the GEMM takes 64-wide tiles and splits K
 # The few-row W8A16 GEMM splits K until about this many programs per SM run (each split at
-# least 4 K steps long). CORMORANT_FP8_GEMM_PER_SM sets it, for tuning: not yet measured
-# against 2 on a card (the 09:10 sweep found the most-split tiles it tried best for qkv and o
-# at 16-32 rows; `gpu_wave5.sh persm` is the measurement).
+# least 4 K steps long). CORMORANT_FP8_GEMM_PER_SM sets it, for tuning. 2 measured best (H100,
+# 2026-12-07 11:30, `gpu_wave5.sh persm`): 4 gained 1 us on qkv at 16 rows but lost 11 on
+# gate_up at 32 (55.6 -> 66.9 us), and B3 1000/1000 fell from 4,222 to 3,964 tok/s.
 GEMM_PROGRAMS_PER_SM = int(os.environ.get("CORMORANT_FP8_GEMM_PER_SM", "2"))
 
 

@@ -54,9 +54,10 @@ FP8_GEMV_MAX_ROWS = 1
 # as _scaled_mm). CORMORANT_FP8_GEMM_ROWS=1 turns it off.
 FP8_GEMM_MAX_ROWS = int(os.environ.get("CORMORANT_FP8_GEMM_ROWS", "32"))
 # Rows up to which quantized activations go through kernels.fp8_gemm.fp8_scaled_gemm (W8A8
-# Triton tiles, split-K) rather than torch._scaled_mm. Off (0): on the H100 (2026-12-07) its
-# tiles took 57 / 54 / 82 / 87 us at 128 rows where _scaled_mm took 19 / 18 / 55 / 51, and
-# that run accumulated in Triton's imprecise FP8 mode (fixed since, not yet re-measured).
+# Triton tiles, split-K) rather than torch._scaled_mm. Off (0): on the H100 (2026-12-07
+# 11:27, fp8_probe --sweep-a8, plain and transposed tiles) its best tiles took qkv / o /
+# gate_up / down 42 / 37 / 80 / 67 us at 128 rows where _scaled_mm took 18 / 17 / 53 / 45,
+# and 35 / 32 / 66 / 46 at 16 rows where the W8A16 tiles took 16 / 12 / 51 / 29.
 # CORMORANT_FP8_A8_ROWS=512 routes rows to it, for tuning.
 FP8_A8_MAX_ROWS = int(os.environ.get("CORMORANT_FP8_A8_ROWS", "0"))
 # Rows that take torch._scaled_mm get the deferred residual-add + RMSNorm or SiLU-and-multiply
