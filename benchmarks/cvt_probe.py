@@ -1,19 +1,18 @@
-"""Decode GEMV probe for the integer-op conversions (issue #12): int4 and FP8 weights at M = 1.
+"""Decode GEMV probe for the integer-op conversions (issue #12): int4 weights at M = 1.
 
 For each Llama-3.1-8B projection (qkv, o, gate_up, down) at one row, bf16:
   int4 (group 128, symmetric, as --quantization int4 makes it): the GEMV with codes made
-       floats by bits (MAGIC, CORMORANT_INT_MAGIC=1: each code masked in place under a
-       per-position exponent) against the int-to-float conversion (MAGIC=False, the default);
-       and the GEMV with its prologue folded in (add + RMSNorm for qkv and gate_up, SiLU for
-       down) against the unfused pair (the norm / activation kernel, then the GEMV);
-  FP8 (per-row scales, as --quantization fp8 makes it): the words GEMV (codes made fp32 by
-       integer ops, CORMORANT_FP8_GEMV=words) against the fp8-load GEMV (the default), plain
-       and with the prologue;
+       floats by bits (MAGIC, the default: each code masked in place under a per-position
+       exponent) against the int-to-float conversion (CORMORANT_INT_MAGIC=0); and the GEMV
+       with its prologue folded in (add + RMSNorm for qkv and gate_up, SiLU for down) against
+       the unfused pair (the norm / activation kernel, then the GEMV);
   bf16 cuBLAS (F.linear) for scale.
+(Its FP8 half, the GEMV reading int32 words of codes, went with that kernel: slower at every
+projection on an H100, 2026-12-07; RESULTS.md has the figures.)
 Each path is checked against its PyTorch reference (relative error), then timed as a decode
 step sees it: weights cold (copies overflowing the L2), calls captured in a CUDA graph
-(int4_probe.graph_time). `--sweep` also times a small grid of launch settings of the two new
-kernels per shape and prints the best five.
+(int4_probe.graph_time). `--sweep` also times a small grid of the int4 GEMV's launch settings
+per shape and prints the best five.
 Run from the repository root on a CUDA machine:
     python benchmarks/cvt_probe.py [--sweep] [--out FILE.json]
 Imports torch, triton and cormorant (repo on path).
@@ -34,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from int4_probe import GROUP, L2_BYTES, SHAPES, graph_time  # noqa: E402
 
-from cormorant.kernels import fp8_gemm, int_gemm  # noqa: E402
+from cormorant.kernels import int_gemm  # noqa: E402
 from cormorant.kernels.activation import silu_and_mul, silu_and_mul_ref  # noqa: E402
 from cormorant.kernels.rmsnorm import (fused_add_rms_norm,  # noqa: E402
                                        fused_add_rms_norm_ref)
@@ -72,15 +71,6 @@ def int4_weights(n: int, k: int, copies: int) -> list:
     return out
 
 
-def fp8_weights(n: int, k: int, copies: int) -> list:
-    out = []
-    for i in range(copies):
-        gen = torch.Generator(device=DEVICE).manual_seed(100 + i)
-        w = torch.randn(n, k, device=DEVICE, generator=gen) * 0.02
-        out.append(fp8_gemm.quantize_rows(w))  # (codes [N, K], scales [N, 1])
-    return out
-
-
 def probe(name: str, n: int, k: int, sweep: bool) -> dict:
     bf16 = torch.bfloat16
     kind = PROLOGUE[name]
@@ -110,25 +100,10 @@ def probe(name: str, n: int, k: int, sweep: bool) -> dict:
     if sweep:
         row["int4_sweep"] = _sweep_int4(x, iw, n, k)
     del iw
-    # -- FP8 ---------------------------------------------------------------------------------
-    fw = fp8_weights(n, k, copies(n * k))
-    ref = fp8_gemm.fp8_matmul_ref(x, fw[0][0], fw[0][1], 1, k)
-    for words in (True, False):
-        cfg = dict(fp8_gemm.gemv_config(1, k, True), WORDS=words)
-        tag = "fp8_words" if words else "fp8_bytes"
-        row[f"{tag}_err"] = rel(fp8_gemm.fp8_gemv(x, *fw[0], 1, k, config=dict(cfg)), ref)
-        row[f"{tag}_us"] = us([lambda w=w, c=cfg: fp8_gemm.fp8_gemv(x, *w, 1, k, config=dict(c))
-                               for w in fw])
-        row[f"{tag}_GBps"] = n * k / row[f"{tag}_us"] / 1e3
-    if kind is not None:
-        row.update(_fp8_prologue(kind, x, res, nw, gate_up, fw, k))
-    if sweep:
-        row["fp8_sweep"] = _sweep_fp8(x, fw, k)
-    del fw
     torch.cuda.empty_cache()
     print(" | ".join(f"{key} {val:.4g}" if isinstance(val, float) else f"{key} {val}"
                      for key, val in row.items() if not key.endswith("sweep")), flush=True)
-    for key in ("int4_sweep", "fp8_sweep"):
+    for key in ("int4_sweep",):
         for r in row.get(key, [])[:3]:
             print(f"  {key} {r}", flush=True)
     return row
@@ -156,28 +131,6 @@ def _int_prologue(kind, x, res, nw, gate_up, iw) -> dict:
     return out
 
 
-def _fp8_prologue(kind, x, res, nw, gate_up, fw, k) -> dict:
-    out = {}
-    for words in (True, False):
-        cfg = dict(fp8_gemm.gemv_config(1, k, True, 1 if kind == "add_norm" else 2),
-                   WORDS=words)
-        tag = "fp8_words_fused" if words else "fp8_bytes_fused"
-        if kind == "add_norm":
-            y, _ = fp8_gemm.fp8_add_rms_norm_gemv(x, res, nw, 1e-6, *fw[0], 1, k,
-                                                  config=dict(cfg))
-            ref, _ = fp8_gemm.fp8_add_rms_norm_gemv_ref(x, res, nw, 1e-6, *fw[0], 1, k)
-            calls = [lambda w=w, c=cfg: fp8_gemm.fp8_add_rms_norm_gemv(
-                x, res, nw, 1e-6, *w, 1, k, config=dict(c)) for w in fw]
-        else:
-            y = fp8_gemm.fp8_silu_mul_gemv(gate_up, *fw[0], 1, k, config=dict(cfg))
-            ref = fp8_gemm.fp8_silu_mul_gemv_ref(gate_up, *fw[0], 1, k)
-            calls = [lambda w=w, c=cfg: fp8_gemm.fp8_silu_mul_gemv(
-                gate_up, *w, 1, k, config=dict(c)) for w in fw]
-        out[f"{tag}_err"] = rel(y, ref)
-        out[f"{tag}_us"] = us(calls)
-    return out
-
-
 def _best(results: list) -> list:
     return sorted((r for r in results if "us" in r), key=lambda r: r["us"])[:5]
 
@@ -193,19 +146,6 @@ def _sweep_int4(x, iw, n, k) -> list:
                     for w in iw])
             results.append({"config": {**cfg, "per_sm": per_sm}, "us": t})
         except Exception as e:  # noqa: BLE001 - a setting that does not compile is skipped
-            results.append({"config": cfg, "error": type(e).__name__})
-    return _best(results)
-
-
-def _sweep_fp8(x, fw, k) -> list:
-    results = []
-    for bn, bk, warps, stages in itertools.product([4, 8], [1024, 2048, 4096], [4, 8], [3]):
-        cfg = dict(BLOCK_M=1, BLOCK_N=bn, BLOCK_K=min(bk, k), num_warps=warps,
-                   num_stages=stages, WORDS=True)
-        try:
-            t = us([lambda w=w: fp8_gemm.fp8_gemv(x, *w, 1, k, config=dict(cfg)) for w in fw])
-            results.append({"config": cfg, "us": t})
-        except Exception as e:  # noqa: BLE001
             results.append({"config": cfg, "error": type(e).__name__})
     return _best(results)
 

@@ -1,6 +1,6 @@
 """Triton kernels for the GPU fast path, each with a plain PyTorch reference beside it.
 
-Modules (each imports only torch and triton; fp8_gemm also gemv's prologue helper):
+Modules (each imports torch and triton; some also a sibling's helpers, as their docstrings say):
   paged_attention  one-launch paged attention for packed prefill-with-prefix + decode batches
                    (GQA-grouped tiles, optional split-KV with a reduction pass)
   kv_cache         scatter of this step's keys and values into the paged cache
@@ -10,6 +10,8 @@ Modules (each imports only torch and triton; fp8_gemm also gemv's prologue helpe
   qk_prep          q/k RMSNorm + rotary + KV-cache write in one launch
   gemv             batch-1 decode GEMV, optionally with an add + RMSNorm or SiLU prologue
   fp8_gemm         FP8-weight GEMV (same prologues) and GEMM, per-channel or block scales
+  fp8_quant        per-token FP8 quantization of activations (optionally after add + RMSNorm
+                   or SiLU-and-multiply), for the FP8 tensor-core matmuls
   int_gemm         int4/int8 weight-only GEMM and GEMV, dequantized inside the matmul
 
 and one CPU module, no Triton: cpu_decode builds and loads the compiled CPU decode step

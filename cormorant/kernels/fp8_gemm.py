@@ -20,14 +20,11 @@ in layers.fp8_linear).
             tensor-core products, the row scales applied at the end, split-K; opt-in for
             tuning (on the H100 its best swept tiles took 1.5-2.3x torch._scaled_mm's time
             at 128 rows, 0.9-1.9x at 16, and 1.3-2.8x the W8A16 tiles' at 16-32).
-  quantize_rows  the activations' per-token FP8 quantization for torch._scaled_mm, one launch
-            (in PyTorch ops it is five, which cost more than the matmul at a few hundred rows);
-            add_rms_norm_quantize / silu_mul_quantize make its input on the fly as well (the
-            residual add + RMSNorm, SiLU-and-multiply), the same codes in one launch for two.
+The activations of the W8A8 paths are quantized by kernels.fp8_quant.
 Accumulation is fp32; per-channel scales are applied once at the end (PER_ROW), block scales
 per K step. References in plain PyTorch are beside them.
-Imports torch, triton and kernels.gemv (its prologue helpers and codes), kernels.int_gemm (the
-split-K finish, its counters), kernels.e4m3, kernels.pdl and kernels.rmsnorm (its warps).
+Imports torch, triton and kernels.gemv (its prologue helper and codes), kernels.int_gemm (the
+split-K finish, its counters), kernels.e4m3, kernels.pdl and kernels.fp8_quant (the dtype).
 """
 from __future__ import annotations
 
@@ -37,28 +34,17 @@ import torch
 import triton
 import triton.language as tl
 
-from cormorant.kernels import e4m3, pdl, rmsnorm
+from cormorant.kernels import e4m3, pdl
 from cormorant.kernels.e4m3 import e4m3_to_bf16
+from cormorant.kernels.fp8_quant import FP8_DTYPE
 from cormorant.kernels.gemv import (PROLOGUE_ADD_NORM, PROLOGUE_NONE, PROLOGUE_SILU_MUL,
-                                    _input_sum, _row_input)
+                                    _input_sum)
 from cormorant.kernels.int_gemm import _finish, _locks, _num_sms
 
-FP8_DTYPE = torch.float8_e4m3fn
-FP8_MAX = 448.0  # the largest finite e4m3fn value
-FP8_MAX_TL: tl.constexpr = tl.constexpr(448.0)
-# One row runs _fp8_gemv_kernel (fp8 loads, Triton's casts). CORMORANT_FP8_GEMV=words runs
-# _fp8_gemv_words_kernel for per-row scales (codes made floats by integer ops): off, slower on
-# an H100 (2026-12-07, cvt_probe at M = 1: qkv 12.2 against 11.6 us, o 8.9 / 8.0, gate_up
-# 42.5 / 40.2, down 23.6 / 22.2; its sm_90 loop has 437 instructions a step against 300).
-WORDS_GEMV = os.environ.get("CORMORANT_FP8_GEMV", "bytes") == "words"
 # CORMORANT_FP8_ACC2D=1: the one-row GEMV reduces its products once, not per K step (see
 # _fp8_gemv_kernel); off: B2 Llama-3.1-8B FP8 took 4.33 ms/token with it against 3.59 (H100,
 # 2026-12-07): twice the registers, half the programs per SM.
 ACC2D_GEMV = os.environ.get("CORMORANT_FP8_ACC2D", "0") == "1"
-# quantize_rows reads a row once where it has up to this many inputs (held in registers: 64
-# floats a thread at 8 warps); longer rows are read twice. The two-pass form took 4.8 us a call
-# at 128 rows of 4096 in B3 128/128 (H100, 2026-12-07), 0.7 ms of a 6.9 ms decode step.
-QUANT_ONE_PASS_K = 16384
 GEMM_SPLIT_ROWS = 64  # rows up to which the GEMM takes 64-wide tiles and splits K
 # The few-row W8A16 GEMM splits K until about this many programs per SM run (each split at
 # least 4 K steps long). CORMORANT_FP8_GEMM_PER_SM sets it, for tuning. 2 measured best (H100,
@@ -143,58 +129,6 @@ def _fp8_gemv_kernel(x_ptr, r_ptr, nw_ptr, res_out_ptr, w_ptr, s_ptr, b_ptr, y_p
         acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
     tl.store(y_ptrs, acc.to(dtype), mask=mask_m[:, None] & mask_n[None, :])
-
-
-@triton.jit
-def _fp8_gemv_words_kernel(x_ptr, r_ptr, nw_ptr, res_out_ptr, w_ptr, s_ptr, b_ptr, y_ptr, N,
-                           K, stride_wn, eps, PROLOGUE: tl.constexpr,
-                           HAS_RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr,
-                           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """One row, per-row scales: the GEMV reading W as int32 words of 4 e4m3 codes, each code
-    made an fp32 by integer ops instead of the fp8 -> f16 -> f32 conversions (which run at a
-    sixteenth of the FMA rate). Byte j of a word, shifted to the top, then arithmetic-shifted
-    right by 4 and masked with 0x87F00000, is the fp32 with the code's sign, exponent field
-    0000eeee and mantissa mmm: the code's value times 2^-120, exactly (subnormal codes too).
-    The inputs are scaled by 2^60 (exact) so that no product is subnormal, and the sums by
-    the other 2^60 with the row's scale. Products accumulate in fp32 [BLOCK_N, words] and
-    are reduced once at the end."""
-    pid = tl.program_id(0)
-    BW: tl.constexpr = BLOCK_K // 4
-    offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_w = tl.arange(0, BW)
-    mask_n = offs_n < N
-    rstd = 0.0
-    if PROLOGUE == 1:  # RMSNorm statistics first, as kernels.gemv does
-        sq = tl.zeros((1, BLOCK_K), dtype=tl.float32)
-        offs_k = tl.arange(0, BLOCK_K)
-        zero_m = tl.zeros((1,), dtype=tl.int32)
-        for k0 in range(0, K, BLOCK_K):
-            ks = k0 + offs_k
-            v = _input_sum(x_ptr, r_ptr, zero_m, ks, (ks < K)[None, :], 0, 0, HAS_RESIDUAL)
-            sq += v * v
-        rstd = tl.rsqrt(tl.sum(sq) / K + eps)
-    w_ptrs = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn + offs_w[None, :]
-    acc = tl.zeros((BLOCK_N, BW), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        wmask = (k0 // 4 + offs_w) * 4 < K
-        words = tl.load(w_ptrs, mask=mask_n[:, None] & wmask[None, :], other=0)
-        for j in tl.static_range(4):
-            ks = k0 + offs_w * 4 + j
-            xj, _ = _row_input(x_ptr, r_ptr, nw_ptr, res_out_ptr, ks, wmask, rstd, pid == 0, K,
-                               PROLOGUE, HAS_RESIDUAL, True)
-            xj = xj * 1.152921504606846976e18  # 2^60
-            if j < 3:
-                t = words << (24 - 8 * j)
-            else:
-                t = words
-            f = ((t >> 4) & -2014314496).to(tl.float32, bitcast=True)  # 0x87F00000
-            acc += f * xj[None, :]
-        w_ptrs += BW
-    row = tl.sum(acc, axis=1) * 1.152921504606846976e18  # the other 2^60 of 2^120
-    row = row * tl.load(s_ptr + offs_n, mask=mask_n, other=0.0)
-    if HAS_BIAS:
-        row += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-    tl.store(y_ptr + offs_n, row.to(y_ptr.dtype.element_ty), mask=mask_n)
 
 
 @triton.jit
@@ -302,128 +236,6 @@ def _fp8_gemm_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, b_ptr, y_ptr, p_ptr, lock_ptr,
             mask_m[:, None] & mask_n[None, :], SPLIT_K, 0.0, p_ptr, 0, K, 0.0, False)
 
 
-@triton.jit
-def _prologue_row(x_row, r_row, nw_ptr, res_out_row, offs, K, eps, PROLOGUE: tl.constexpr,
-                  HAS_RESIDUAL: tl.constexpr):
-    """fp32 values of one whole row of the quantizer's input, as kernels.gemv's _row_input
-    makes them (the sum hidden + residual written to res_out_row), the norm then computed
-    over the row as kernels.rmsnorm computes and rounds it."""
-    mask = offs < K
-    v, s = _row_input(x_row, r_row, nw_ptr, res_out_row, offs, mask, 0.0, True, K, PROLOGUE,
-                      HAS_RESIDUAL, False)
-    if PROLOGUE == 1:  # PROLOGUE_ADD_NORM: v is s * weight so far
-        dtype = x_row.dtype.element_ty
-        rstd = tl.rsqrt(tl.sum(s * s, axis=0) / K + eps)
-        nw = tl.load(nw_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        v = ((s * rstd).to(dtype).to(tl.float32) * nw).to(dtype).to(tl.float32)
-    return v
-
-
-@triton.jit
-def _row_scale(amax, s_in_ptr, STATIC: tl.constexpr):
-    """A row's scale: its amax / 448 (at least 1e-12), or the static input scale."""
-    if STATIC:
-        return tl.load(s_in_ptr)
-    return tl.maximum(tl.math.div_rn(amax, FP8_MAX_TL), 1e-12)
-
-
-@triton.jit
-def _codes(v, scale, dtype: tl.constexpr):
-    """v / scale clamped to +-448, as e4m3 codes."""
-    return tl.minimum(tl.maximum(tl.math.div_rn(v, scale), -FP8_MAX_TL), FP8_MAX_TL).to(dtype)
-
-
-@triton.jit
-def _quantize_rows_kernel(x_ptr, q_ptr, s_in_ptr, s_out_ptr, r_ptr, nw_ptr, res_out_ptr, K,
-                          stride_xm, stride_qm, stride_rm, eps, STATIC: tl.constexpr,
-                          BLOCK_K: tl.constexpr, PROLOGUE: tl.constexpr = 0,
-                          HAS_RESIDUAL: tl.constexpr = False):
-    """One row: its scale (amax / 448, or the static input scale) and its e4m3 codes. Where
-    BLOCK_K covers K the row is read once and kept in registers, and its input may be made on
-    the fly (PROLOGUE, see _prologue_row; K is then the output width); else read twice, in
-    BLOCK_K steps."""
-    row = tl.program_id(0)
-    offs = tl.arange(0, BLOCK_K)
-    x_row = x_ptr + row.to(tl.int64) * stride_xm
-    q_row = q_ptr + row.to(tl.int64) * stride_qm
-    if BLOCK_K >= K:
-        v = _prologue_row(x_row, r_ptr + row.to(tl.int64) * stride_rm, nw_ptr,
-                          res_out_ptr + row.to(tl.int64) * stride_rm, offs, K, eps, PROLOGUE,
-                          HAS_RESIDUAL)
-        scale = _row_scale(tl.max(tl.abs(v), axis=0), s_in_ptr, STATIC)
-        tl.store(s_out_ptr + row, scale)
-        tl.store(q_row + offs, _codes(v, scale, q_ptr.dtype.element_ty), mask=offs < K)
-        return
-    amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
-    if not STATIC:
-        for k0 in range(0, K, BLOCK_K):
-            v = tl.load(x_row + k0 + offs, mask=k0 + offs < K, other=0.0).to(tl.float32)
-            amax = tl.maximum(amax, tl.abs(v))
-    scale = _row_scale(tl.max(amax, axis=0), s_in_ptr, STATIC)
-    tl.store(s_out_ptr + row, scale)
-    for k0 in range(0, K, BLOCK_K):
-        mask = k0 + offs < K
-        v = tl.load(x_row + k0 + offs, mask=mask, other=0.0).to(tl.float32)
-        tl.store(q_row + k0 + offs, _codes(v, scale, q_ptr.dtype.element_ty), mask=mask)
-
-
-def _launch_quantize(x: torch.Tensor, k: int, input_scale: torch.Tensor | None,
-                     prologue: int = PROLOGUE_NONE, residual: torch.Tensor | None = None,
-                     norm_weight: torch.Tensor | None = None, eps: float = 0.0
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(codes [M, k], scales [M, 1], hidden + residual or None) of _quantize_rows_kernel."""
-    m = x.shape[0]
-    assert x.stride(1) == 1
-    q = torch.empty(m, k, dtype=FP8_DTYPE, device=x.device)
-    scales = torch.empty(m, 1, dtype=torch.float32, device=x.device)
-    total = torch.empty_like(x) if residual is not None else None
-    if residual is not None:  # one row stride for the three of them
-        assert x.is_contiguous() and residual.is_contiguous(), (x.stride(), residual.stride())
-    static = input_scale is not None
-    block_k = min(QUANT_ONE_PASS_K, triton.next_power_of_2(k))  # one pass up to 16384 inputs
-    assert prologue == PROLOGUE_NONE or block_k >= k, "a prologue needs the row in one pass"
-    # the norm's warps as kernels.rmsnorm takes them: its sum of squares in the same order
-    warps = (rmsnorm._warps(block_k) if prologue == PROLOGUE_ADD_NORM
-             else 4 if block_k <= 4096 else 8)
-    _quantize_rows_kernel[(m,)](
-        x, q, input_scale.float() if static else scales, scales,
-        residual if residual is not None else x,
-        norm_weight if norm_weight is not None else x, total if total is not None else x, k,
-        x.stride(0), q.stride(0), x.stride(0), eps, STATIC=static, BLOCK_K=block_k,
-        PROLOGUE=prologue, HAS_RESIDUAL=residual is not None, num_warps=warps)
-    return q, scales, total
-
-
-def quantize_rows(x: torch.Tensor, input_scale: torch.Tensor | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [M, K] -> (e4m3 codes [M, K], fp32 scales [M, 1]) in one launch: per row amax / 448
-    (clamped at 1e-12), or the static per-tensor input_scale; layers.fp8_linear's
-    quantize_activations is the reference (same divisions, same rounding)."""
-    q, scales, _ = _launch_quantize(x, x.shape[1], input_scale)
-    return q, scales
-
-
-def add_rms_norm_quantize(hidden: torch.Tensor, residual: torch.Tensor | None,
-                          norm_weight: torch.Tensor, eps: float,
-                          input_scale: torch.Tensor | None = None
-                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """quantize_rows(RMSNorm(hidden + residual)) and hidden + residual (hidden itself when
-    residual is None) in one launch, for rows up to QUANT_ONE_PASS_K wide: the codes and
-    scales the unfused kernels.rmsnorm then quantize_rows give. Inputs are not modified."""
-    q, scales, total = _launch_quantize(hidden, hidden.shape[1], input_scale, PROLOGUE_ADD_NORM,
-                                        residual, norm_weight, eps)
-    return q, scales, hidden if total is None else total
-
-
-def silu_mul_quantize(gate_up: torch.Tensor, input_scale: torch.Tensor | None = None
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """quantize_rows(silu(gate) * up) of gate_up [M, 2 * I] in one launch (I up to
-    QUANT_ONE_PASS_K): the codes and scales of kernels.activation then quantize_rows."""
-    q, scales, _ = _launch_quantize(gate_up, gate_up.shape[1] // 2, input_scale,
-                                    PROLOGUE_SILU_MUL)
-    return q, scales
-
-
 def _check(x: torch.Tensor, k: int, weight: torch.Tensor, scale: torch.Tensor, scale_n: int,
            group_k: int) -> None:
     n = weight.shape[0]
@@ -466,18 +278,6 @@ def _launch_gemv(prologue: int, x: torch.Tensor, k: int, weight: torch.Tensor,
     acc2d = cfg.pop("ACC2D", ACC2D_GEMV)
     assert cfg["BLOCK_M"] >= m
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
-    if (cfg.pop("WORDS", WORDS_GEMV) and m == 1 and per_row and scale_n == 1 and k % 4 == 0
-            and weight.stride(0) % 4 == 0 and weight.storage_offset() % 4 == 0
-            and x.is_contiguous() and (residual is None or residual.is_contiguous())):
-        del cfg["BLOCK_M"]
-        _fp8_gemv_words_kernel[(triton.cdiv(n, cfg["BLOCK_N"]),)](
-            x, residual if residual is not None else x,
-            norm_weight if norm_weight is not None else scale,
-            residual_out if residual_out is not None else y, weight.view(torch.int32), scale,
-            bias if bias is not None else scale, y, n, k, weight.stride(0) // 4, eps,
-            PROLOGUE=prologue, HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
-            **cfg)
-        return y
     _fp8_gemv_kernel[(triton.cdiv(n, cfg["BLOCK_N"]),)](
         x, residual if residual is not None else x,
         norm_weight if norm_weight is not None else scale,

@@ -23,8 +23,9 @@ The matmul, by where it runs:
   CUDA, M <= FP8_A8_MAX_ROWS      kernels.fp8_gemm.fp8_scaled_gemm (W8A8 Triton tiles):
                                   activations quantized per token as for _scaled_mm below.
   CUDA, per-channel scales        torch._scaled_mm: activations quantized per token (or by the
-                                  static input scale), FP8 tensor cores, rowwise scales (sm89+);
-                                  the deferred norm / SiLU folded into the quantization.
+                                  static input scale, kernels.fp8_quant), FP8 tensor cores,
+                                  rowwise scales (sm89+); the deferred norm / SiLU folded into
+                                  the quantization.
   CUDA, block scales (or no rowwise _scaled_mm)  kernels.fp8_gemm.fp8_gemm (W8A16 tiles).
 Imports: torch, cormorant.layers.linear, cormorant.kernels (lazily).
 """
@@ -61,7 +62,7 @@ FP8_GEMM_MAX_ROWS = int(os.environ.get("CORMORANT_FP8_GEMM_ROWS", "32"))
 # CORMORANT_FP8_A8_ROWS=512 routes rows to it, for tuning.
 FP8_A8_MAX_ROWS = int(os.environ.get("CORMORANT_FP8_A8_ROWS", "0"))
 # Rows that take torch._scaled_mm get the deferred residual-add + RMSNorm or SiLU-and-multiply
-# folded into the activations' quantization (kernels.fp8_gemm.add_rms_norm_quantize,
+# folded into the activations' quantization (kernels.fp8_quant.add_rms_norm_quantize,
 # silu_mul_quantize: one launch instead of two, the same codes). CORMORANT_FP8_QUANT_PROLOGUE=0
 # turns it off. Inputs up to the quantizer's one-pass width (QUANT_ONE_PASS_K).
 QUANT_PROLOGUE = os.environ.get("CORMORANT_FP8_QUANT_PROLOGUE", "1") != "0"
@@ -220,13 +221,13 @@ class Fp8LinearMethod(LinearMethod):
         """The norm / SiLU is folded in where rows of x take the decode GEMV (into its loads)
         or torch._scaled_mm (into the activations' quantization, QUANT_PROLOGUE): CUDA,
         bf16/fp16 rows."""
-        kernels = load_kernels("fp8_gemm")
+        quant = load_kernels("fp8_quant")
         if not (x.device.type in KERNEL_DEVICE_TYPES and x.dim() == 2 and x.stride(1) == 1
-                and x.dtype in GEMV_DTYPES and kernels is not None):
+                and x.dtype in GEMV_DTYPES and quant is not None):
             return False
         route = self._route(layer, x)
         return route == "gemv" or (route in ("scaled_mm", "w8a8") and QUANT_PROLOGUE
-                                   and layer.weight.shape[1] <= kernels.QUANT_ONE_PASS_K)
+                                   and layer.weight.shape[1] <= quant.QUANT_ONE_PASS_K)
 
     def apply_add_norm(self, layer: nn.Module, hidden: torch.Tensor,
                        residual: torch.Tensor | None, norm: nn.Module,
@@ -237,7 +238,7 @@ class Fp8LinearMethod(LinearMethod):
             return kernels.fp8_add_rms_norm_gemv(
                 hidden, residual, norm.weight, norm.eps, layer.weight, layer.weight_scale,
                 self.scale_n, self.group_k, bias)
-        xq, x_scale, total = kernels.add_rms_norm_quantize(
+        xq, x_scale, total = load_kernels("fp8_quant").add_rms_norm_quantize(
             hidden.contiguous(), None if residual is None else residual.contiguous(),
             norm.weight, norm.eps, getattr(layer, "input_scale", None))
         return self._codes_matmul(kernels, route, layer, xq, x_scale, bias, hidden.dtype), total
@@ -249,8 +250,8 @@ class Fp8LinearMethod(LinearMethod):
         if route == "gemv":
             return kernels.fp8_silu_mul_gemv(
                 gate_up, layer.weight, layer.weight_scale, self.scale_n, self.group_k, bias)
-        xq, x_scale = kernels.silu_mul_quantize(gate_up.contiguous(),
-                                                getattr(layer, "input_scale", None))
+        xq, x_scale = load_kernels("fp8_quant").silu_mul_quantize(
+            gate_up.contiguous(), getattr(layer, "input_scale", None))
         return self._codes_matmul(kernels, route, layer, xq, x_scale, bias, gate_up.dtype)
 
     def _codes_matmul(self, kernels: Any, route: str, layer: nn.Module, xq: torch.Tensor,
@@ -322,8 +323,8 @@ def quantize_activations(x: torch.Tensor, input_scale: torch.Tensor | None
 def scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
               input_scale: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
     """x [M, K] (bf16) @ (weight [N, K] fp8 * weight_scale [N, 1])^T on FP8 tensor cores; the
-    activations are quantized in one kernel launch (kernels.fp8_gemm.quantize_rows)."""
-    xq, x_scale = load_kernels("fp8_gemm").quantize_rows(x, input_scale)
+    activations are quantized in one kernel launch (kernels.fp8_quant.quantize_rows)."""
+    xq, x_scale = load_kernels("fp8_quant").quantize_rows(x, input_scale)
     return scaled_mm_codes(xq, x_scale, weight, weight_scale, bias, x.dtype)
 
 
@@ -342,10 +343,10 @@ def w8a8_gemm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
               config: dict | None = None) -> torch.Tensor:
     """x [M, K] quantized per token (or by the static input scale), then the Triton W8A8 GEMM
     (kernels.fp8_gemm.fp8_scaled_gemm) against the FP8 weight in any scale layout."""
-    kernels = load_kernels("fp8_gemm")
-    xq, x_scale = kernels.quantize_rows(x, input_scale)
-    return kernels.fp8_scaled_gemm(xq, x_scale, weight, weight_scale, scale_n, group_k, bias,
-                                   out_dtype=x.dtype, config=config)
+    xq, x_scale = load_kernels("fp8_quant").quantize_rows(x, input_scale)
+    return load_kernels("fp8_gemm").fp8_scaled_gemm(xq, x_scale, weight, weight_scale, scale_n,
+                                                    group_k, bias, out_dtype=x.dtype,
+                                                    config=config)
 
 
 def scaled_mm_ref(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,

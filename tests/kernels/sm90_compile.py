@@ -37,10 +37,10 @@ class _Recorder:
 
 def _record(launches):
     """Run each (label, thunk) with the kernel modules' kernels replaced by recorders."""
-    from cormorant.kernels import (activation, fp8_gemm, gemv, int_gemm, kv_cache,
+    from cormorant.kernels import (activation, fp8_gemm, fp8_quant, gemv, int_gemm, kv_cache,
                                    paged_attention, qk_prep, rmsnorm, rotary)
-    modules = (activation, fp8_gemm, gemv, int_gemm, kv_cache, paged_attention, qk_prep,
-               rmsnorm, rotary)
+    modules = (activation, fp8_gemm, fp8_quant, gemv, int_gemm, kv_cache, paged_attention,
+               qk_prep, rmsnorm, rotary)
     recorded = []
     originals = {}
     for module in modules:
@@ -148,21 +148,20 @@ def _fp8_thunks():
     per-channel and 128 x 128 block scales."""
     from cormorant.kernels import e4m3, pdl
     from cormorant.kernels import fp8_gemm as f
+    from cormorant.kernels import fp8_quant as q
     bf16 = torch.bfloat16
     w = torch.empty(6144, 4096, dtype=f.FP8_DTYPE)
     down = torch.empty(4096, 14336, dtype=f.FP8_DTYPE)
     row, blk = torch.ones(6144, 1), torch.ones(48, 32)
     x1, x256 = torch.randn(1, 4096, dtype=bf16), torch.randn(256, 4096, dtype=bf16)
     nw = torch.ones(4096, dtype=bf16)
-    bytes_cfg = dict(f.gemv_config(1, 4096, True), WORDS=False)
     split = f.gemm_config(32, 6144, 4096, 4096, True, num_sms=132)  # an H100's split-K
     a8_64 = f.a8_config(64, 6144, 4096, 4096, True, num_sms=132)
     q256, s256 = torch.empty(256, 4096, dtype=f.FP8_DTYPE), torch.ones(256, 1)
     return [
         ("fp8 gemv", lambda: f.fp8_gemv(x1, w, row, 1, 4096)),
-        ("fp8 gemv bytes", lambda: f.fp8_gemv(x1, w, row, 1, 4096, config=bytes_cfg)),
-        ("fp8 gemv acc2d", lambda: f.fp8_gemv(x1, w, row, 1, 4096,
-                                              config=dict(bytes_cfg, ACC2D=True))),
+        ("fp8 gemv acc2d", lambda: f.fp8_gemv(x1, w, row, 1, 4096, config=dict(
+            f.gemv_config(1, 4096, True), ACC2D=True))),
         ("fp8 gemv add_norm acc2d", lambda: f.fp8_add_rms_norm_gemv(
             x1, x1, nw, 1e-6, w, row, 1, 4096, config=dict(
                 f.gemv_config(1, 4096, True, 1), ACC2D=True))),
@@ -177,17 +176,17 @@ def _fp8_thunks():
         ("fp8 gemv silu", lambda: f.fp8_silu_mul_gemv(torch.randn(1, 2 * 14336, dtype=bf16),
                                                       down, torch.ones(4096, 1), 1, 14336)),
         ("fp8 gemm", lambda: f.fp8_gemm(x256, w, row, 1, 4096)),
-        ("fp8 quantize rows", lambda: f.quantize_rows(x256)),
-        ("fp8 quantize rows static", lambda: f.quantize_rows(x256, torch.ones(1))),
-        ("fp8 quantize rows K=14336", lambda: f.quantize_rows(torch.randn(4, 14336,
+        ("fp8 quantize rows", lambda: q.quantize_rows(x256)),
+        ("fp8 quantize rows static", lambda: q.quantize_rows(x256, torch.ones(1))),
+        ("fp8 quantize rows K=14336", lambda: q.quantize_rows(torch.randn(4, 14336,
                                                                           dtype=bf16))),
-        ("fp8 add_rms_norm_quantize", lambda: f.add_rms_norm_quantize(
+        ("fp8 add_rms_norm_quantize", lambda: q.add_rms_norm_quantize(
             x256, x256.clone(), nw, 1e-6)),
-        ("fp8 rms_norm_quantize static", lambda: f.add_rms_norm_quantize(
+        ("fp8 rms_norm_quantize static", lambda: q.add_rms_norm_quantize(
             x256, None, nw, 1e-6, torch.ones(1))),
-        ("fp8 silu_mul_quantize", lambda: f.silu_mul_quantize(torch.randn(64, 2 * 14336,
+        ("fp8 silu_mul_quantize", lambda: q.silu_mul_quantize(torch.randn(64, 2 * 14336,
                                                                           dtype=bf16))),
-        ("fp8 quantize rows two passes", lambda: f.quantize_rows(torch.randn(4, 20000,
+        ("fp8 quantize rows two passes", lambda: q.quantize_rows(torch.randn(4, 20000,
                                                                              dtype=bf16))),
         ("fp8 gemm M=32 split swap", _available_as(e4m3, True, lambda: f.fp8_gemm(
             x256[:32], w, row, 1, 4096, config=dict(split, SWAP=True)))),
@@ -205,6 +204,11 @@ def _fp8_thunks():
         ("fp8 w8a8 M=64 split", lambda: f.fp8_scaled_gemm(q256[:64], s256[:64], w, row, 1,
                                                           4096, config=a8_64)),
         ("fp8 w8a8 blocks", lambda: f.fp8_scaled_gemm(q256, s256, w, blk, 128, 128)),
+        ("fp8 w8a8 M=16 swap", lambda: f.fp8_scaled_gemm(q256[:16], s256[:16], w, row, 1, 4096,
+                                                         config=dict(a8_64, BLOCK_M=16,
+                                                                     BLOCK_N=64, SWAP=True))),
+        ("fp8 w8a8 fast acc", lambda: f.fp8_scaled_gemm(q256, s256, w, row, 1, 4096, config=dict(
+            f.a8_config(256, 6144, 4096, 4096, True, 132), FAST_ACC=True))),
     ]
 
 

@@ -80,7 +80,7 @@ def test_rows_for_fp8_tensor_cores_fold_the_norm_and_silu_into_the_quantization(
     model = build_random_model(config, torch.float32, "cpu", seed=2, std=0.2,
                                attn_backend=TorchAttention())
     quantization.quantize_dense(model, quantization.plan(None, "fp8"))
-    kernels = load_kernels("fp8_gemm")
+    quant, gemm = load_kernels("fp8_quant"), load_kernels("fp8_gemm")
     results = {}
     for fold in (False, True):
         monkeypatch.setattr(fp8_linear, "FP8_GEMM_MAX_ROWS", 1)
@@ -90,14 +90,14 @@ def test_rows_for_fp8_tensor_cores_fold_the_norm_and_silu_into_the_quantization(
             monkeypatch.setattr(fp8_linear, "scaled_mm_rowwise", lambda x: True)
         monkeypatch.setattr(fp8_linear, "QUANT_PROLOGUE", fold)
         quantized = []
-        for name in ("quantize_rows", "add_rms_norm_quantize", "silu_mul_quantize",
-                     "fp8_scaled_gemm"):
-            real = getattr(kernels, name)
+        for module, name in ((quant, "quantize_rows"), (quant, "add_rms_norm_quantize"),
+                             (quant, "silu_mul_quantize"), (gemm, "fp8_scaled_gemm")):
+            real = getattr(module, name)
 
             def spy(*args, _real=real, _name=name, **kwargs):
                 quantized.append((_name, args[0].shape[0]))
                 return _real(*args, **kwargs)
-            monkeypatch.setattr(kernels, name, spy)
+            monkeypatch.setattr(module, name, spy)
         out, calls = _run(model, config, monkeypatch, widen=True)
         results[fold] = out, calls, quantized
     (plain, plain_calls, plain_q), (folded, calls, q) = results[False], results[True]
