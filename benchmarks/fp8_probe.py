@@ -248,6 +248,28 @@ def _try_time(fn, copies: int, cfg: dict, check=None) -> float | None:
         return None
 
 
+def _sweep_tiles(row: dict, n: int, k: int, copies: int, grid: list, least_steps: int,
+                 run, ok) -> None:
+    """Times run(i, cfg) for each (SWAP, BLOCK_M, BLOCK_N, stages, warps) of grid and each K
+    split (_splits) around row["default"], each setting checked by ok(cfg) first; the
+    fastest, the fastest transposed and how many were wrong go into row."""
+    times, wrong = [], 0
+    for swap, bm, bn, stages, warps in grid:
+        for split in _splits(k, -(-row["M"] // bm) * -(-n // bn), least_steps):
+            cfg = dict(row["default"], BLOCK_M=bm, BLOCK_N=bn, num_stages=stages,
+                       num_warps=warps, SWAP=swap, **split)
+            t = _try_time(lambda i, c=cfg: run(i, dict(c)), copies, cfg,
+                          lambda c=cfg: ok(dict(c)))
+            if t is None or t < 0:
+                wrong += t is not None
+                continue
+            times.append((t, cfg))
+    t, cfg = min(times, key=lambda tc: tc[0])
+    t_swap, cfg_swap = min((tc for tc in times if tc[1]["SWAP"]), key=lambda tc: tc[0])
+    row.update(best_us=t, best=cfg, best_GBps=n * k / t / 1e3, best_swap_us=t_swap,
+               best_swap=cfg_swap, wrong=wrong)
+
+
 def sweep_a8(name: str, n: int, k: int, ms: tuple[int, ...] = (16, 32, 128)) -> list[dict]:
     """The W8A8 GEMM's tiles per rows: plain and transposed (SWAP) tiles, BLOCK_M, BLOCK_N,
     stages, warps and K splits (none, about one and two programs per SM) around a8_config's,
@@ -261,29 +283,16 @@ def sweep_a8(name: str, n: int, k: int, ms: tuple[int, ...] = (16, 32, 128)) -> 
         xq, xs = quantize_rows(x)
         ref = fp8_scaled_gemm_ref(xq, xs, ws[0][0], ws[0][1], 1, k, out_dtype=torch.float32)
         fit = max(16, 1 << (m - 1).bit_length())
-        times, wrong = [], 0
-        for swap in (False, True):
-            # plain tiles: a wgmma's M side (the rows) is 64 at least; transposed: the rows
-            # are its N side (16 at least) and the weights its M side
-            bms = {max(64, min(fit, 128)), 64 if m > 64 else fit} if not swap else {
-                min(fit, 64), min(fit, 128)}
-            for bm in sorted(bms):
-                for bn in ((64, 128) if not swap else (64, 128, 256)):
-                    for stages, warps in ((3, 4), (4, 4), (4, 8) if not swap else (6, 4)):
-                        for split in _splits(k, -(-m // bm) * -(-n // bn), 2):
-                            cfg = dict(row["default"], BLOCK_M=bm, BLOCK_N=bn, SWAP=swap,
-                                       num_stages=stages, num_warps=warps, **split)
-                            run = lambda i, c=cfg: a8(x, *ws[i], 1, k, dict(c))
-                            t = _try_time(run, copies, cfg, lambda: rel_err(run(0), ref) < 4e-3)
-                            if t is None or t < 0:
-                                wrong += t is not None
-                                continue
-                            times.append((t, cfg))
-        t, cfg = min(times, key=lambda tc: tc[0])
-        swapped = [tc for tc in times if tc[1]["SWAP"]]
-        t_swap, cfg_swap = min(swapped, key=lambda tc: tc[0])
-        row.update(best_us=t, best=cfg, best_GBps=n * k / t / 1e3, best_swap_us=t_swap,
-                   best_swap=cfg_swap, wrong=wrong)
+        # plain tiles: a wgmma's M side (the rows) is 64 at least; transposed: the rows are
+        # its N side (16 at least) and the weights its M side
+        plain = [(False, bm, bn, st, w) for bm in sorted({max(64, min(fit, 128)),
+                                                          64 if m > 64 else fit})
+                 for bn in (64, 128) for st, w in ((3, 4), (4, 4), (4, 8))]
+        swapped = [(True, bm, bn, st, w) for bm in sorted({min(fit, 64), min(fit, 128)})
+                   for bn in (64, 128, 256) for st, w in ((3, 4), (4, 4), (6, 4))]
+        _sweep_tiles(row, n, k, copies, plain + swapped, 2,
+                     lambda i, c: a8(x, *ws[i], 1, k, c),
+                     lambda c: rel_err(a8(x, *ws[0], 1, k, c), ref) < 4e-3)
         print("sweep_a8", json.dumps(row), flush=True)
         out.append(row)
     return out
@@ -302,27 +311,13 @@ def sweep_w8a16(name: str, n: int, k: int, ms: tuple[int, ...] = (8, 16, 32, 64,
                             lambda x, w: fp8_gemm(x, *w, 1, k))
         ref = fp8_matmul_ref(x, ws[0][0], ws[0][1], 1, k)
         fit = max(16, 1 << (m - 1).bit_length())
-        times, wrong = [], 0
-        for swap in (False, True):
-            for bm in sorted({min(fit, 64 if not swap else 128), min(fit, 64)}):
-                for bn in (64, 128):
-                    for stages, warps in ((3, 4), (4, 4), (4, 8)):
-                        if warps == 8 and bn == 64:
-                            continue
-                        for split in _splits(k, -(-m // bm) * -(-n // bn), 4):
-                            cfg = dict(row["default"], BLOCK_M=bm, BLOCK_N=bn,
-                                       num_stages=stages, num_warps=warps, SWAP=swap, **split)
-                            run = lambda i, c=cfg: fp8_gemm(x, *ws[i], 1, k, config=dict(c))
-                            t = _try_time(run, copies, cfg, lambda: rel_err(run(0), ref) < 1e-2)
-                            if t is None or t < 0:
-                                wrong += t is not None
-                                continue
-                            times.append((t, cfg))
-        t, cfg = min(times, key=lambda tc: tc[0])
-        swapped = [tc for tc in times if tc[1]["SWAP"]]
-        t_swap, cfg_swap = min(swapped, key=lambda tc: tc[0])
-        row.update(best_us=t, best=cfg, best_GBps=n * k / t / 1e3, best_swap_us=t_swap,
-                   best_swap=cfg_swap, wrong=wrong)
+        grid = [(swap, bm, bn, st, w) for swap in (False, True)
+                for bm in sorted({min(fit, 64 if not swap else 128), min(fit, 64)})
+                for bn in (64, 128) for st, w in ((3, 4), (4, 4), (4, 8))
+                if not (w == 8 and bn == 64)]
+        _sweep_tiles(row, n, k, copies, grid, 4,
+                     lambda i, c: fp8_gemm(x, *ws[i], 1, k, config=c),
+                     lambda c: rel_err(fp8_gemm(x, *ws[0], 1, k, config=c), ref) < 1e-2)
         print("sweep_w8a16", json.dumps(row), flush=True)
         out.append(row)
     return out

@@ -185,17 +185,26 @@ def _fp8_gemm_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, b_ptr, y_ptr, p_ptr, lock_ptr,
             w = e4m3_to_bf16(tl.load(w_ptrs, mask=w_mask, other=0))
         else:
             w = tl.load(w_ptrs, mask=w_mask, other=0.0)
-        if A8 and FAST_ACC:  # per-row scales: the tensor cores keep all of K in acc
-            if SWAP:
-                acc = tl.dot(w, x, acc)
-            else:
-                acc = tl.dot(x, w, acc)
-        elif SWAP and A8:  # acc[BN, BM]: a step's sums apart, as below
-            step = tl.dot(w, x, max_num_imprecise_acc=BLOCK_K)
-            if PER_ROW:
+        if A8:  # W8A8: FP8 x FP8 products; SWAP gives acc[BN, BM]
+            if FAST_ACC:  # per-row scales: the tensor cores keep all of K in acc
+                if SWAP:
+                    acc = tl.dot(w, x, acc)
+                else:
+                    acc = tl.dot(x, w, acc)
+            else:  # each step's sums apart, then added to acc in fp32 (on sm_90 Triton
+                # otherwise lets the tensor cores keep all of K in their reduced-precision
+                # adders, as FAST_ACC does)
+                if SWAP:
+                    step = tl.dot(w, x, max_num_imprecise_acc=BLOCK_K)
+                else:
+                    step = tl.dot(x, w, max_num_imprecise_acc=BLOCK_K)
+                if not PER_ROW:
+                    s_k = tl.load(s_cols + k0 // GROUP_K, mask=mask_n, other=0.0)
+                    if SWAP:
+                        step = step * s_k[:, None]
+                    else:
+                        step = step * s_k[None, :]
                 acc += step
-            else:
-                acc += step * tl.load(s_cols + k0 // GROUP_K, mask=mask_n, other=0.0)[:, None]
         elif SWAP:
             if not PER_ROW:
                 w = w.to(tl.float32) * tl.load(s_cols + k0 // GROUP_K, mask=mask_n,
@@ -204,14 +213,6 @@ def _fp8_gemm_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, b_ptr, y_ptr, p_ptr, lock_ptr,
                 acc += tl.dot(w.to(tl.float32), x, input_precision="ieee")
             else:
                 acc += tl.dot(w.to(x.dtype), x)
-        elif A8:  # each step's products summed apart, then added to acc in fp32 (on sm_90
-            # Triton otherwise lets the FP8 tensor cores accumulate all of K in their
-            # reduced-precision adders: 2.7e-2 relative error, measured on an H100)
-            step = tl.dot(x, w, max_num_imprecise_acc=BLOCK_K)
-            if PER_ROW:
-                acc += step
-            else:
-                acc += step * tl.load(s_cols + k0 // GROUP_K, mask=mask_n, other=0.0)[None, :]
         else:
             if not PER_ROW:
                 w = w.to(tl.float32) * tl.load(s_cols + k0 // GROUP_K, mask=mask_n,
