@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from int4_probe import GROUP, L2_BYTES, SHAPES, graph_time  # noqa: E402
 
-from cormorant.kernels import int_gemm  # noqa: E402
+from cormorant.kernels import int_gemm, split_k  # noqa: E402
 from cormorant.kernels.activation import silu_and_mul, silu_and_mul_ref  # noqa: E402
 from cormorant.kernels.rmsnorm import (fused_add_rms_norm,  # noqa: E402
                                        fused_add_rms_norm_ref)
@@ -89,7 +89,7 @@ def probe(name: str, n: int, k: int, sweep: bool) -> dict:
     iw = int4_weights(n, k, copies(q_bytes))
     ref = int_gemm.int_gemm_ref(x.float(), *iw[0], 4, GROUP)
     for magic in (True, False):
-        cfg = dict(int_gemm.config_for(1, n, k, GROUP, int_gemm._num_sms(x.device)), MAGIC=magic)
+        cfg = dict(int_gemm.config_for(1, n, k, GROUP, split_k.num_sms(x.device)), MAGIC=magic)
         tag = "int4_bits" if magic else "int4_cvt"
         row[f"{tag}_err"] = rel(int_gemm.int_gemm(x, *iw[0], 4, GROUP, config=dict(cfg)), ref)
         row[f"{tag}_us"] = us([lambda w=w, c=cfg: int_gemm.int_gemm(x, *w, 4, GROUP, config=dict(c))
@@ -137,10 +137,10 @@ def _best(results: list) -> list:
 
 def _sweep_int4(x, iw, n, k) -> list:
     results = []
-    sms = int_gemm._num_sms(x.device)
+    sms = split_k.num_sms(x.device)
     for bn, sub, per_sm, warps in itertools.product([64, 128], [2, 4], [4, 8, 16], [4]):
         cfg = dict(BLOCK_M=1, BLOCK_N=bn, BLOCK_K=128, SUB=sub, num_warps=warps, num_stages=2,
-                   **int_gemm._split_k(n, k, bn, 128 * sub, per_sm, sms))
+                   **split_k.split_k(n, k, bn, 128 * sub, per_sm, sms))
         try:
             t = us([lambda w=w: int_gemm.int_gemm(x, *w, 4, GROUP, config=dict(cfg))
                     for w in iw])

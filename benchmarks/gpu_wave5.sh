@@ -18,6 +18,9 @@
 #   bash benchmarks/gpu_wave5.sh persm    # W8A16 K split per SM, 16/32 rows, B3 (~3 min)
 #   bash benchmarks/gpu_wave5.sh a8       # W8A8 tests and tile sweep at 16/32/128 rows, attention sweep (~9 min)
 #   bash benchmarks/gpu_wave5.sh fastacc  # FP8 fast accumulation: time and error (~2 min)
+#   bash benchmarks/gpu_wave5.sh mma      # int4 on tensor cores (kernels.int4_mma): card tests,
+#                                           per projection at 1 and 16 rows with its sweep, B2
+#                                           int4 with it and without (~7 min)
 #   bash benchmarks/gpu_wave5.sh next     # ACC2D and int GEMV sweeps (~6 min)
 #   bash benchmarks/gpu_wave5.sh second   # ~8 min
 source "$(dirname "$0")/gpu_common.sh"
@@ -139,6 +142,14 @@ fastacc)  # FP8 tensor cores accumulating all of K (cuBLAS use_fast_accum, Trito
   step fastacc 200 python3 benchmarks/fp8_probe.py --ms 16,32,128 --fast-acc \
     --out "$OUT/fastacc.json"
   grep fast_acc "$OUT/fastacc.log" | cut -c1-900
+  ;;
+mma)  # kernels.int4_mma against the GEMV (1 row) and the tile kernel (16 rows), then B2 int4
+  step mma_tests 120 python3 -m pytest -q -rf tests/kernels/test_int4_mma.py \
+    tests/kernels/test_int_gemm.py
+  step mma_probe 260 python3 benchmarks/int4_probe.py --ms 1,16 --mma --out "$OUT/mma_probe.json"
+  step b2_int4_mma 60 $B b2 --quick --no-peer --quantization int4 --out "$R/b2_int4_mma"
+  step b2_int4_gemv 60 env CORMORANT_INT4_MMA_ROWS=0 $B b2 --quick --no-peer \
+    --quantization int4 --out "$R/b2_int4_gemv"
   ;;
 next)  # tuning: the FP8 GEMV reducing once (ACC2D) swept per projection, the int GEMV's
   # launch settings

@@ -28,8 +28,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
-from cormorant.kernels.int_gemm import (_num_sms, _split_k, config_for,  # noqa: E402
-                                        int_dequant, int_gemm, int_gemm_ref)
+from cormorant.kernels.int_gemm import (config_for, int_dequant, int_gemm,  # noqa: E402
+                                        int_gemm_ref)
+from cormorant.kernels import int4_mma as mma  # noqa: E402
+from cormorant.kernels.split_k import num_sms as _num_sms, split_k as _split_k  # noqa: E402
 from cormorant.layers.int_packing import pack  # noqa: E402
 
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096),
@@ -69,7 +71,8 @@ def graph_time(calls: list, reps: int = 20) -> float:
     return statistics.median(times)
 
 
-def probe(name: str, n: int, k: int, m: int, sweep: bool) -> dict:
+def probe(name: str, n: int, k: int, m: int, sweep: bool,
+          compare_mma: bool = False) -> dict:
     q_bytes = k * n // 2 + 2 * (k // GROUP) * n
     weights = int4_weights(n, k, max(2, -(-2 * L2_BYTES // q_bytes)))
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
@@ -94,6 +97,8 @@ def probe(name: str, n: int, k: int, m: int, sweep: bool) -> dict:
         row.update(dequant_us=t_deq * 1e6, dequant_rel_err=deq_err)
     if sweep:
         row["sweep"] = sweep_configs(x, weights, m, n, k)
+    if compare_mma and m <= mma.MAX_ROWS:
+        row.update(compare_mma_forms(x, weights, ref, m, n, k))
     del weights, dense
     torch.cuda.empty_cache()
     return row
@@ -120,6 +125,40 @@ def _candidates(m: int, n: int, k: int, num_sms: int) -> list[dict]:
     return out
 
 
+def compare_mma_forms(x, weights, ref, m: int, n: int, k: int) -> dict:
+    """kernels.int4_mma (tensor cores) beside the form it replaces (the GEMV at one row, the
+    tile kernel at a few): each checked against the reference, timed, and int4_mma's launch
+    settings swept (BLOCK_N, programs per SM, stages)."""
+    sms = _num_sms(x.device)
+    old_cfg = config_for(m, n, k, GROUP, sms)
+    old = graph_time([lambda w=w: int_gemm(x, *w, BITS, GROUP, config=old_cfg)
+                      for w in weights])
+    out = {"old_us": old * 1e6}
+    y = mma.int4_mma(x, *weights[0], GROUP)
+    out["mma_rel_err"] = float((y.float() - ref).norm() / ref.norm())
+    out["mma_us"] = graph_time([lambda w=w: mma.int4_mma(x, *w, GROUP) for w in weights]) * 1e6
+    sweep = []
+    for bn, per_sm, stages, warps in itertools.product([64, 128, 256], [2, 4, 8], [2, 3, 4],
+                                                       [4, 8]):
+        if warps == 8 and bn < 128:
+            continue
+        cfg = dict(BLOCK_N=bn, WORDS=16, num_warps=warps, num_stages=stages,
+                   **_split_k(n, k, bn, 128, per_sm, sms))
+        try:
+            y = mma.int4_mma(x, *weights[0], GROUP, config=cfg)
+            err = float((y.float() - ref).norm() / ref.norm())
+            t = graph_time([lambda w=w: mma.int4_mma(x, *w, GROUP, config=cfg)
+                            for w in weights], reps=10)
+        except Exception as e:  # noqa: BLE001 - a config that does not compile is skipped
+            sweep.append({"config": cfg, "error": type(e).__name__})
+            continue
+        sweep.append({"config": cfg, "us": t * 1e6, "rel_err": err})
+    timed = sorted((r for r in sweep if "us" in r), key=lambda r: r["us"])
+    out["mma_sweep"] = timed[:5]
+    out["mma_sweep_wrong"] = sum(r["rel_err"] > 1e-2 for r in timed)
+    return out
+
+
 def sweep_configs(x, weights, m: int, n: int, k: int) -> list:
     results = []
     for cfg in _candidates(m, n, k, _num_sms(x.device)):
@@ -138,6 +177,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ms", default="1,16,256")
     parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--mma", action="store_true",
+                        help="kernels.int4_mma beside the GEMV / tile kernel, and its sweep")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     rows = []
@@ -145,12 +186,17 @@ def main() -> None:
           f"{'int4 GB/s':>9} {'bf16 GB/s':>9}")
     for m in [int(v) for v in args.ms.split(",")]:
         for name, (n, k) in SHAPES.items():
-            r = probe(name, n, k, m, args.sweep)
+            r = probe(name, n, k, m, args.sweep, args.mma)
             rows.append(r)
             print(f"{name:8} {m:4} {r['rel_err']:9.2e} {r['int4_us']:9.1f} {r['bf16_us']:9.1f} "
                   f"{r['speedup']:5.2f} {r['int4_GBps']:9.0f} {r['bf16_GBps']:9.0f}"
                   + (f"  dequant+cuBLAS {r['dequant_us']:.1f} us (err {r['dequant_rel_err']:.1e})"
                      if "dequant_us" in r else ""), flush=True)
+            if "mma_us" in r:
+                print(f"    mma {r['mma_us']:.1f} us (err {r['mma_rel_err']:.1e}) vs "
+                      f"old {r['old_us']:.1f}; wrong in sweep {r['mma_sweep_wrong']}")
+                for best in r["mma_sweep"][:3]:
+                    print(f"    mma sweep {best['us']:8.1f} us  {best['config']}")
             for best in r.get("sweep", [])[:3]:
                 print(f"    sweep {best['us']:8.1f} us  {best['config']}")
     if args.out:

@@ -23,8 +23,8 @@ in layers.fp8_linear).
 The activations of the W8A8 paths are quantized by kernels.fp8_quant.
 Accumulation is fp32; per-channel scales are applied once at the end (PER_ROW), block scales
 per K step. References in plain PyTorch are beside them.
-Imports torch, triton and kernels.gemv (its prologue helper and codes), kernels.int_gemm (the
-split-K finish, its counters), kernels.e4m3, kernels.pdl and kernels.fp8_quant (the dtype).
+Imports torch, triton and kernels.gemv (its prologue helper and codes), kernels.split_k (the
+in-launch reduction, its counters), kernels.e4m3, kernels.pdl and kernels.fp8_quant (the dtype).
 """
 from __future__ import annotations
 
@@ -34,12 +34,11 @@ import torch
 import triton
 import triton.language as tl
 
-from cormorant.kernels import e4m3, pdl
+from cormorant.kernels import e4m3, pdl, split_k
 from cormorant.kernels.e4m3 import e4m3_to_bf16
 from cormorant.kernels.fp8_quant import FP8_DTYPE
 from cormorant.kernels.gemv import (PROLOGUE_ADD_NORM, PROLOGUE_NONE, PROLOGUE_SILU_MUL,
                                     _input_sum)
-from cormorant.kernels.int_gemm import _finish, _locks, _num_sms
 
 # CORMORANT_FP8_ACC2D=1: the one-row GEMV reduces its products once, not per K step (see
 # _fp8_gemv_kernel); off: B2 Llama-3.1-8B FP8 took 4.33 ms/token with it against 3.59 (H100,
@@ -140,7 +139,7 @@ def _fp8_gemm_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, b_ptr, y_ptr, p_ptr, lock_ptr,
                      BITS: tl.constexpr, A8: tl.constexpr, SWAP: tl.constexpr = False,
                      FAST_ACC: tl.constexpr = False):
     """[BLOCK_M, BLOCK_N] tiles over K_PER_SPLIT of K (split-K: the partials are summed in the
-    launch by int_gemm's _finish, in split order). BITS: W's codes are read as uint8 and made
+    launch by split_k.finish, in split order). BITS: W's codes are read as uint8 and made
     bf16 by kernels.e4m3 (exact; bf16 x on Hopper), instead of Triton's conversions. A8: x is
     e4m3 codes too, with one scale per row at xs_ptr: FP8 x FP8 tensor-core products, fp32
     sums of one K step, no conversion at all (W8A8). SWAP: the tile is computed transposed,
@@ -232,7 +231,7 @@ def _fp8_gemm_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, b_ptr, y_ptr, p_ptr, lock_ptr,
     if HAS_BIAS:  # added by the first split only: the partials' sum counts it once
         acc += tl.load(b_ptr + offs_n, mask=mask_n & (pid_k == 0), other=0.0).to(
             tl.float32)[None, :]
-    _finish(acc, y_ptr, offs_m[:, None] * stride_ym + offs_n[None, :], p_ptr,
+    split_k.finish(acc, y_ptr, offs_m[:, None] * stride_ym + offs_n[None, :], p_ptr,
             offs_m[:, None] * N + offs_n[None, :], M * N, lock_ptr, pid, pid_k,
             mask_m[:, None] & mask_n[None, :], SPLIT_K, 0.0, p_ptr, 0, K, 0.0, False)
 
@@ -366,7 +365,7 @@ def _launch_gemm(x: torch.Tensor, x_scale: torch.Tensor | None, weight: torch.Te
     _check(x, k, weight, scale, scale_n, group_k)
     per_row, a8 = scale.shape[1] == 1, x_scale is not None
     pick = a8_config if a8 else gemm_config
-    cfg = dict(config or pick(m, n, k, group_k, per_row, _num_sms(x.device)))
+    cfg = dict(config or pick(m, n, k, group_k, per_row, split_k.num_sms(x.device)))
     cfg.setdefault("SPLIT_K", 1)
     cfg.setdefault("K_PER_SPLIT", triton.cdiv(k, cfg["BLOCK_K"]) * cfg["BLOCK_K"])
     assert per_row or group_k % cfg["BLOCK_K"] == 0, (group_k, cfg)
@@ -380,8 +379,8 @@ def _launch_gemm(x: torch.Tensor, x_scale: torch.Tensor | None, weight: torch.Te
                 if cfg["SPLIT_K"] > 1 else y)
     _fp8_gemm_kernel[(tiles, cfg["SPLIT_K"])](
         x, x_scale if a8 else scale, weight.view(torch.uint8) if bits else weight, scale,
-        bias if bias is not None else scale, y, partials, _locks(x.device, tiles), m, n, k,
-        cfg.pop("K_PER_SPLIT"), x.stride(0), weight.stride(0), scale.stride(0), y.stride(0),
+        bias if bias is not None else scale, y, partials, split_k.locks(x.device, tiles), m, n,
+        k, cfg.pop("K_PER_SPLIT"), x.stride(0), weight.stride(0), scale.stride(0), y.stride(0),
         SCALE_N=scale_n, GROUP_K=group_k, PER_ROW=per_row, HAS_BIAS=bias is not None,
         IEEE=x.dtype == torch.float32, BITS=bits, A8=a8, **cfg)
     return y

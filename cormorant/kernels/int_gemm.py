@@ -19,8 +19,11 @@ Launch shapes, chosen by `config_for(M, N, K, group, num_sms)`:
           int_silu_mul_gemv): one launch where there were two. (Earlier forms,
           measured on the H100 at M = 1: unpacking along a middle axis [BLOCK_K / P, P,
           BLOCK_N] read at ~170 GB/s; a pointer per code at 700-870 GB/s, load-issue bound.)
-  decode (2 <= M <= 16): the tile kernel with BLOCK_M 16 (tl.dot), the codes unpacked by a
-          reshape of [BLOCK_K / P, P, BLOCK_N] (a pointer per code measured slower here);
+  decode (2 <= M <= 16): int4 with groups of a multiple of 64 (the usual checkpoints) goes
+          to kernels.int4_mma (tensor cores, two codes per lop3; 1.1-1.5x faster on the H100
+          at 16 rows; MMA_ROWS); otherwise the tile kernel with BLOCK_M 16 (tl.dot), the
+          codes unpacked by a reshape of [BLOCK_K / P, P, BLOCK_N] (a pointer per code
+          measured slower here);
   both split K so that several programs per SM stream the weight at once (about 8 for the
           GEMV, 2 for the tile kernel, from the H100 sweeps): each split
           writes fp32 partials, summed in the same launch by the last split of each output
@@ -34,19 +37,18 @@ of the FMA rate. The GEMV does so too (MAGIC, on by default; CORMORANT_INT_MAGIC
 conversion), each code masked in place under a per-position exponent (see _gemv_tile).
 fp32 inputs use IEEE dots (the parity reference); bf16/fp16 inputs use tensor cores with fp32
 accumulation. `int_gemm_ref` is the PyTorch reference (dequantize, then matmul).
-Imports torch, triton, kernels.gemv (the prologue codes and their input helper) and
-kernels.pdl.
+Imports torch, triton, kernels.gemv (the prologue codes and their input helper), kernels.pdl,
+kernels.split_k (the in-launch split-K reduction) and kernels.int4_mma.
 """
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
 import triton
 import triton.language as tl
 
-from cormorant.kernels import pdl
+from cormorant.kernels import int4_mma, pdl, split_k
 from cormorant.kernels.gemv import (PROLOGUE_ADD_NORM, PROLOGUE_NONE, PROLOGUE_SILU_MUL,
                                     _row_input)
 
@@ -63,6 +65,14 @@ MAGIC_DEFAULT = os.environ.get("CORMORANT_INT_MAGIC", "1") == "1"
 # (117 M weights) 82 -> 194 us at 64 rows, 160 -> 196 at 128, 291 -> 212 at 256.
 DEQUANT_MIN_ROWS = 64
 DEQUANT_LARGE_WEIGHTS = 1 << 26  # weights above which dequantizing waits for 256 rows
+# Rows up to which int4 weights (groups of a multiple of 64) go through kernels.int4_mma,
+# the tensor-core form, from 2 rows (instead of the decode tile kernel); 0 or 1: never.
+MMA_ROWS = int(os.environ.get("CORMORANT_INT4_MMA_ROWS", "16"))
+
+
+def _mma(m: int, bits: int, group: int, x: torch.Tensor, config: dict | None) -> bool:
+    """Whether a call goes to kernels.int4_mma: no explicit config, int4, few rows."""
+    return config is None and m <= MMA_ROWS and int4_mma.supports(m, bits, group, x)
 
 
 @triton.jit
@@ -84,39 +94,6 @@ def _bits_or_magic(words, mask, magic, ASM: tl.constexpr):
                                          is_pure=True, pack=1)
     else:
         return (words & mask) | magic
-
-
-@triton.jit
-def _finish(acc, y_ptr, y_offs, p_ptr, p_offs, p_stride, lock_ptr, lock_id, pid_k, mask,
-            SPLIT_K, sq, sq_ptr, sq_stride, K, eps, NORM: tl.constexpr):
-    """Store a program's fp32 result: straight to y without split-K; else as a partial, and the
-    last split of this output tile to finish (a counter per tile, acquire/release atomics after
-    a CTA barrier, so every thread's partial is published) sums all partials in split order
-    (deterministic), writes y and resets the counter for the next launch. NORM (the GEMV's
-    add + RMSNorm prologue): sq is this split's sum of squared inputs, kept beside its partial
-    (at sq_ptr + pid_k * sq_stride + lock_id), and the result is scaled by 1 / rms of the sum."""
-    if SPLIT_K == 1:
-        if NORM:
-            acc = acc * tl.rsqrt(sq / K + eps)
-        tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=mask)
-    else:
-        tl.store(p_ptr + pid_k * p_stride + p_offs, acc, mask=mask)
-        if NORM:
-            tl.store(sq_ptr + pid_k * sq_stride + lock_id, sq)
-        tl.debug_barrier()
-        done = tl.atomic_add(lock_ptr + lock_id, 1, sem="acq_rel")
-        if done == SPLIT_K - 1:
-            total = tl.zeros_like(acc)
-            total_sq = 0.0
-            for i in range(SPLIT_K):
-                total += tl.load(p_ptr + i * p_stride + p_offs, mask=mask, other=0.0,
-                                 cache_modifier=".cg")
-                if NORM:
-                    total_sq += tl.load(sq_ptr + i * sq_stride + lock_id, cache_modifier=".cg")
-            if NORM:
-                total = total * tl.rsqrt(total_sq / K + eps)
-            tl.store(y_ptr + y_offs, total.to(y_ptr.dtype.element_ty), mask=mask)
-            tl.atomic_xchg(lock_ptr + lock_id, 0)
 
 
 @triton.jit
@@ -244,8 +221,8 @@ def _int_gemv_kernel(x_ptr, r_ptr, nw_ptr, res_out_ptr, q_ptr, s_ptr, z_ptr, y_p
             acc += part
             sq += sq_part
     pdl.launch_dependents(PDL)
-    _finish(tl.sum(acc, axis=0), y_ptr, offs_n, p_ptr, offs_n, N, lock_ptr, pid_n, pid_k,
-            mask_n, SPLIT_K, tl.sum(sq, axis=0), sq_ptr, tl.num_programs(0), K, eps,
+    split_k.finish(tl.sum(acc, axis=0), y_ptr, offs_n, p_ptr, offs_n, N, lock_ptr, pid_n,
+                   pid_k, mask_n, SPLIT_K, tl.sum(sq, axis=0), sq_ptr, tl.num_programs(0), K, eps,
             PROLOGUE == 1)
 
 
@@ -300,7 +277,7 @@ def _int_gemm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, p_ptr, lock_ptr, M, N, K
             else:
                 z2 = (1 << (BITS - 1))
             acc += _dot(x, ((codes - (z2 + 8388608.0)) * s2.to(tl.float32)).to(x.dtype), IEEE)
-    _finish(acc, y_ptr, offs_m[:, None] * stride_ym + offs_n[None, :], p_ptr,
+    split_k.finish(acc, y_ptr, offs_m[:, None] * stride_ym + offs_n[None, :], p_ptr,
             offs_m[:, None] * N + offs_n[None, :], M * N, lock_ptr,
             pid_m * tl.num_programs(1) + pid_n, pid_k, mask_m[:, None] & mask_n[None, :],
             SPLIT_K, 0.0, p_ptr, 0, K, 0.0, False)
@@ -347,28 +324,6 @@ def int_dequant(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor
     return w
 
 
-def _ptx(device: torch.device) -> bool:
-    """Whether kernels may use inline PTX: CUDA, not under the interpreter."""
-    return device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1"
-
-
-@functools.cache
-def _num_sms(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4
-
-
-def _split_k(n: int, k: int, block_n: int, block_k: int, programs_per_sm: int,
-             num_sms: int) -> dict:
-    """SPLIT_K and K_PER_SPLIT so that about programs_per_sm programs per SM stream W."""
-    programs = triton.cdiv(n, block_n)
-    k_tiles = triton.cdiv(k, block_k)
-    split = max(1, min(k_tiles, triton.cdiv(programs_per_sm * num_sms, programs)))
-    per_split = triton.cdiv(k_tiles, split) * block_k
-    return dict(SPLIT_K=triton.cdiv(k, per_split), K_PER_SPLIT=per_split)
-
-
 def config_for(m: int, n: int, k: int, group: int, num_sms: int) -> dict:
     """Tile sizes and split-K for one call on a device of num_sms multiprocessors (see the
     module docstring): the decode shapes split K until a few programs per SM run."""
@@ -379,29 +334,16 @@ def config_for(m: int, n: int, k: int, group: int, num_sms: int) -> dict:
         # H100 sweep (int4_probe, 2026-12-06): four tiles a step and ~8 programs per SM
         # were best on every Llama-3.1-8B projection (1.3-1.6 TB/s of int4 weight)
         return dict(BLOCK_M=1, BLOCK_N=64, BLOCK_K=block_k, SUB=4, num_warps=4, num_stages=2,
-                    **_split_k(n, k, 64, 4 * block_k, 8, num_sms))
+                    **split_k.split_k(n, k, 64, 4 * block_k, 8, num_sms))
     if m <= DECODE_ROWS:
         block_k = 128
         while group % block_k and block_k > 32:
             block_k //= 2
         return dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=block_k, num_warps=4, num_stages=3,
-                    **_split_k(n, k, 64, block_k, 2, num_sms))
+                    **split_k.split_k(n, k, 64, block_k, 2, num_sms))
     block_k = 64 if group % 64 == 0 else 32
     return dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=block_k, SPLIT_K=1,
                 K_PER_SPLIT=triton.cdiv(k, block_k) * block_k, num_warps=4, num_stages=3)
-
-
-_LOCKS: dict[torch.device, torch.Tensor] = {}  # per device: a zeroed counter per column tile
-
-
-def _locks(device: torch.device, tiles: int) -> torch.Tensor:
-    """The GEMV's split-K counters (each launch leaves them at zero); allocated once per device,
-    so CUDA graphs capture a fixed address."""
-    locks = _LOCKS.get(device)
-    if locks is None or locks.numel() < tiles:
-        locks = _LOCKS[device] = torch.zeros(max(tiles, 4096), dtype=torch.int32,
-                                             device=device)
-    return locks
 
 
 def int_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
@@ -414,10 +356,12 @@ def int_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
         raise ValueError(f"int_gemm: x {tuple(x.shape)} does not match qweight "
                          f"{tuple(qweight.shape)} / scales {tuple(scales.shape)} ({bits} bits, "
                          f"group {group})")
+    if _mma(m, bits, group, x, config):
+        return int4_mma.int4_mma(x, qweight, scales, zeros, group)
     if config is None and x.device.type == "cuda" and m >= DEQUANT_MIN_ROWS and (
             n * k <= DEQUANT_LARGE_WEIGHTS or m >= 4 * DEQUANT_MIN_ROWS):
         return x.contiguous() @ int_dequant(qweight, scales, zeros, bits, group, x.dtype)
-    cfg = dict(config or config_for(m, n, k, group, _num_sms(x.device)))
+    cfg = dict(config or config_for(m, n, k, group, split_k.num_sms(x.device)))
     if cfg["K_PER_SPLIT"] % cfg["BLOCK_K"] or cfg["SPLIT_K"] * cfg["K_PER_SPLIT"] < k:
         raise ValueError("K_PER_SPLIT must be a multiple of BLOCK_K, and the splits cover K")
     x = x.contiguous()
@@ -433,7 +377,7 @@ def int_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     y = torch.empty(m, n, device=x.device, dtype=x.dtype)
     partials = torch.empty(cfg["SPLIT_K"], m, n, device=x.device, dtype=torch.float32)
     _int_gemm_kernel[grid](x, qweight, scales, zeros_arg, y, partials,
-                           _locks(x.device, grid[0] * grid[1]), m, n, k, per_split,
+                           split_k.locks(x.device, grid[0] * grid[1]), m, n, k, per_split,
                            x.stride(0), qweight.stride(0), scales.stride(0), y.stride(0),
                            IEEE=x.dtype == torch.float32, **common, **cfg)
     return y
@@ -460,9 +404,9 @@ def _gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: t
         x, residual if residual is not None else x,
         norm_weight if norm_weight is not None else x,
         residual_out if residual_out is not None else x, qweight, scales, zeros, y, partials,
-        squares, _locks(x.device, tiles), n, k, per_split, qweight.stride(0),
+        squares, split_k.locks(x.device, tiles), n, k, per_split, qweight.stride(0),
         scales.stride(0), eps, PROLOGUE=prologue, HAS_RESIDUAL=residual is not None,
-        ASM=_ptx(x.device), **pdl.launch_options(x.device), **common, **cfg)
+        ASM=split_k.inline_ptx(x.device), **pdl.launch_options(x.device), **common, **cfg)
     return y
 
 
@@ -476,7 +420,7 @@ def _gemv_prologue_args(x: torch.Tensor, k: int, qweight: torch.Tensor, scales: 
     if qweight.shape[0] * (32 // bits) != k or scales.shape != (k // group, n):
         raise ValueError(f"int GEMV: K {k} does not match qweight {tuple(qweight.shape)} / "
                          f"scales {tuple(scales.shape)} ({bits} bits, group {group})")
-    cfg = dict(config or config_for(1, n, k, group, _num_sms(x.device)))
+    cfg = dict(config or config_for(1, n, k, group, split_k.num_sms(x.device)))
     common = dict(BITS=bits, GROUP=group, TILE_GROUP=group % cfg["BLOCK_K"] == 0,
                   HAS_ZEROS=zeros is not None)
     return cfg, common, scales if zeros is None else zeros

@@ -37,10 +37,10 @@ class _Recorder:
 
 def _record(launches):
     """Run each (label, thunk) with the kernel modules' kernels replaced by recorders."""
-    from cormorant.kernels import (activation, fp8_gemm, fp8_quant, gemv, int_gemm, kv_cache,
-                                   paged_attention, qk_prep, rmsnorm, rotary)
-    modules = (activation, fp8_gemm, fp8_quant, gemv, int_gemm, kv_cache, paged_attention,
-               qk_prep, rmsnorm, rotary)
+    from cormorant.kernels import (activation, fp8_gemm, fp8_quant, gemv, int4_mma, int_gemm,
+                                   kv_cache, paged_attention, qk_prep, rmsnorm, rotary)
+    modules = (activation, fp8_gemm, fp8_quant, gemv, int4_mma, int_gemm, kv_cache,
+               paged_attention, qk_prep, rmsnorm, rotary)
     recorded = []
     originals = {}
     for module in modules:
@@ -327,11 +327,21 @@ def main() -> int:
 
 
 def _int_gemm_thunks():
-    """Llama-8B o_proj-sized int4/int8 weight-only GEMMs: one row (the GEMV kernel, four and
-    one K tiles a step), 16 and 256 rows (the tile kernel; at 256 also the dequantization),
-    symmetric (no zeros) and asymmetric."""
-    from cormorant.kernels import int_gemm, pdl
+    """Llama-8B o_proj-sized int4/int8 weight-only GEMMs: int4_mma (bf16 and fp16, its 8- and
+    4-warp settings); one row (the GEMV kernel, four and one K tiles a step), 16 and 256 rows
+    (the tile kernel; at 256 also the dequantization), symmetric (no zeros) and asymmetric."""
+    from cormorant.kernels import int4_mma, int_gemm, pdl, split_k
     out = []
+    for dtype, zeros, m, n in ((torch.bfloat16, False, 16, 4096), (torch.bfloat16, True, 2, 4096),
+                               (torch.bfloat16, False, 16, 28672), (torch.float16, True, 8, 4096)):
+        q = torch.zeros(512, n, dtype=torch.int32)  # K 4096
+        s = torch.ones(32, n, dtype=dtype)
+        z = s.clone() if zeros else None
+        x = torch.randn(m, 4096, dtype=dtype)
+        out.append((f"int4 mma M={m} N={n} {dtype}{' zeros' if zeros else ''}", _patched(
+            split_k, "inline_ptx", lambda device: True,
+            lambda x=x, q=q, s=s, z=z, m=m, n=n: int4_mma.int4_mma(
+                x, q, s, z, 128, config=int4_mma.config_for(m, n, 4096, 128, 132)))))
     for bits, zeros, rows in ((4, False, (1, 16, 256)), (4, True, (1, 256)), (8, False, (1,))):
         q = torch.zeros(4096 * bits // 32, 4096, dtype=torch.int32)
         s = torch.ones(32, 4096, dtype=torch.bfloat16)
@@ -348,7 +358,7 @@ def _int_gemm_thunks():
                                 cfg, SUB=1, K_PER_SPLIT=512, SPLIT_K=8))))
             if m == 1:  # codes made floats by bits, masked in place by inline PTX (CUDA)
                 out.append((label + " magic ptx", _patched(
-                    int_gemm, "_ptx", lambda device: True,
+                    split_k, "inline_ptx", lambda device: True,
                     lambda x=x, q=q, s=s, z=z, bits=bits, cfg=cfg: int_gemm.int_gemm(
                         x, q, s, z, bits, 128, config=dict(cfg, MAGIC=True)))))
             if m == 1:  # launched with PDL: the first step's words prefetched to L2

@@ -13,7 +13,7 @@ import torch
 
 pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
 
-from cormorant.kernels import int_gemm  # noqa: E402
+from cormorant.kernels import int_gemm, split_k  # noqa: E402
 from cormorant.layers import int_packing  # noqa: E402
 
 
@@ -53,7 +53,7 @@ def test_int_gemm_matches_the_reference(bits, m, n, k, group, config, symmetric,
     ref = int_gemm.int_gemm_ref(x, qweight, scales, zeros, bits, group)
     assert y.shape == (m, n) and y.dtype == x.dtype
     torch.testing.assert_close(y, ref, atol=1e-3, rtol=1e-4)
-    locks = int_gemm._LOCKS.get(x.device)
+    locks = split_k.LOCKS.get(x.device)
     assert locks is None or not locks.any()  # split-K counters reset for the next launch
     dense = int_packing.dequantize(qweight.cpu(), scales.cpu(),
                                    None if zeros is None else zeros.cpu(), bits, group)
@@ -102,7 +102,7 @@ def test_the_gemv_kernel_in_bf16(symmetric, device):
     assert y.dtype == torch.bfloat16
     assert ((y.float() - ref).abs() <= ref.abs() * 2 ** -7 + 1e-3).all()
     # the split-K counters are left at zero: the next launch reduces as well
-    assert not int_gemm._LOCKS[x.device].any()
+    assert not split_k.LOCKS[x.device].any()
     assert torch.equal(int_gemm.int_gemm(x, qweight, scales, zeros, 4, 128, config=cfg), y)
 
 
@@ -227,7 +227,7 @@ def test_the_gemv_folds_in_the_residual_add_and_rms_norm(config, dtype, with_res
     tol = 2 ** -5 if dtype == torch.bfloat16 else 1e-5
     scale = ref.abs().max()
     assert ((y.float() - ref).abs() <= ref.abs() * tol + scale * tol).all()
-    assert not int_gemm._LOCKS[hidden.device].any()
+    assert not split_k.LOCKS[hidden.device].any()
     again, _ = int_gemm.int_add_rms_norm_gemv(hidden, residual, norm_w, 1e-6, qweight, scales,
                                               zeros, 4, 64, config=dict(config))
     assert torch.equal(again, y)  # the split order is fixed: deterministic

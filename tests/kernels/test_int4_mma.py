@@ -1,0 +1,117 @@
+"""kernels/int4_mma.py (int4 weight-only matmul of 2-16 rows on tensor cores) against
+kernels.int_gemm's PyTorch reference: 2 to 16 rows, groups of 64 and 128, with zero points and
+symmetric, ragged N and K, split K reduced in the launch, and int_gemm routing int4 calls to
+it. Under the interpreter (CPU) in fp32: the interpreter's bf16 tl.dot is wrong (see
+test_gemv.py), so the bf16 / fp16 forms (one lop3 and a packed subtract per two codes, inline
+PTX) are tested on a CUDA card only."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
+
+from cormorant.kernels import int4_mma, int_gemm, split_k  # noqa: E402
+from cormorant.layers import int_packing  # noqa: E402
+
+ON_CUDA = torch.cuda.is_available()
+
+
+def _weights(k, n, group, device, seed, symmetric):
+    gen = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, 16, (k, n), generator=gen, dtype=torch.int32)
+    scales = torch.rand(k // group, n, generator=gen) * 0.02 + 0.001
+    zeros = torch.randint(0, 16, (k // group, n), generator=gen).float()
+    return (int_packing.pack(codes, 4, 0).to(device), scales.to(device),
+            None if symmetric else zeros.to(device), gen)
+
+
+def _config(words, split, per_split, block_n=32):
+    return dict(BLOCK_N=block_n, WORDS=words, SPLIT_K=split, K_PER_SPLIT=per_split,
+                num_warps=4, num_stages=1)
+
+
+@pytest.mark.parametrize("m,n,k,group,config", [
+    (2, 40, 256, 128, _config(16, 2, 128)),  # two rows, two splits, ragged N
+    (2, 64, 384, 64, _config(8, 2, 256)),  # groups of 64; the last split ragged in K
+    (3, 40, 256, 128, _config(16, 1, 256)),  # a few rows, one split
+    (16, 72, 512, 128, _config(16, 3, 256, 64)),  # 16 rows; a split with no tile left
+    (5, 96, 256, 64, None),  # the default launch settings
+])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_int4_mma_matches_the_reference(m, n, k, group, config, symmetric, device):
+    qweight, scales, zeros, gen = _weights(k, n, group, device, m + n + k, symmetric)
+    x = torch.randn(m, k, generator=gen).to(device)
+    y = int4_mma.int4_mma(x, qweight, scales, zeros, group, config=config)
+    ref = int_gemm.int_gemm_ref(x, qweight, scales, zeros, 4, group)
+    assert y.shape == (m, n) and y.dtype == x.dtype
+    torch.testing.assert_close(y, ref, atol=1e-4, rtol=1e-4)
+    assert not split_k.LOCKS[x.device].any()  # the counters are left at zero
+    again = int4_mma.int4_mma(x, qweight, scales, zeros, group, config=config)
+    assert torch.equal(again, y)  # splits summed in a fixed order
+
+
+def test_int_gemm_routes_int4_rows_to_it(monkeypatch, device):
+    """Without an explicit config, int4 calls of 2 to MMA_ROWS rows run int4_mma; one row (the
+    GEMV, with or without a prologue), 8 bits and 17 rows keep int_gemm's kernels; MMA_ROWS 0
+    turns it off."""
+    calls = []
+    real = int4_mma.int4_mma
+    monkeypatch.setattr(int4_mma, "int4_mma", lambda *a, **kw: calls.append(a[0].shape)
+                        or real(*a, **kw))
+    k, n = 256, 40
+    qweight, scales, zeros, gen = _weights(k, n, 128, device, 23, True)
+    x = torch.randn(2, k, generator=gen).to(device)
+    ref = int_gemm.int_gemm_ref(x, qweight, scales, zeros, 4, 128)
+    torch.testing.assert_close(int_gemm.int_gemm(x, qweight, scales, zeros, 4, 128), ref,
+                               atol=1e-4, rtol=1e-4)
+    assert calls == [(2, k)]
+    norm_w = torch.ones(k, device=device)
+    int_gemm.int_gemm(x[:1], qweight, scales, zeros, 4, 128)
+    int_gemm.int_add_rms_norm_gemv(x[:1], None, norm_w, 1e-6, qweight, scales, zeros, 4, 128)
+    int_gemm.int_silu_mul_gemv(torch.randn(1, 2 * k, device=device), qweight, scales, zeros,
+                               4, 128)
+    int_gemm.int_gemm(torch.randn(17, k, device=device), qweight, scales, zeros, 4, 128)
+    q8 = int_packing.pack(torch.randint(0, 256, (k, n), dtype=torch.int32), 8, 0).to(device)
+    int_gemm.int_gemm(x, q8, scales, None, 8, 128)  # 8 bits: the tile kernel
+    assert calls == [(2, k)]
+    monkeypatch.setattr(int_gemm, "MMA_ROWS", 0)
+    torch.testing.assert_close(int_gemm.int_gemm(x, qweight, scales, zeros, 4, 128), ref,
+                               atol=1e-4, rtol=1e-4)
+    assert calls == [(2, k)]
+
+
+def test_bad_settings_are_refused(device):
+    qweight, scales, zeros, gen = _weights(256, 32, 64, device, 24, True)
+    x = torch.randn(2, 256, generator=gen).to(device)
+    with pytest.raises(ValueError, match="one group"):  # a 128-code tile across two groups
+        int4_mma.int4_mma(x, qweight, scales, zeros, 64, config=_config(16, 1, 256))
+    assert int4_mma.supports(16, 4, 128, x) and int4_mma.supports(2, 4, 64, x)
+    assert not int4_mma.supports(1, 4, 128, x) and not int4_mma.supports(17, 4, 128, x)
+    assert not int4_mma.supports(2, 8, 128, x)
+    assert not int4_mma.supports(2, 4, 32, x)
+
+
+@pytest.mark.skipif(not ON_CUDA, reason="needs CUDA (the bf16 / fp16 forms: inline PTX)")
+def test_the_half_precision_forms_on_the_card():
+    """The codes made by lop3 + packed subtract are exact, so the error is the inputs'
+    rounding and the fp32 sums': within 2^-8 of the fp32 reference; bf16 and fp16, 2, 7 and
+    16 rows, with zero points and symmetric; int_gemm routes the call here (the same bits)."""
+    for dtype in (torch.bfloat16, torch.float16):
+        for m in (2, 7, 16):
+            for symmetric in (False, True):
+                _half_precision_case(dtype, m, symmetric)
+
+
+def _half_precision_case(dtype, m, symmetric):
+    k, n, group = 4096, 1024, 128
+    qweight, scales, zeros, gen = _weights(k, n, group, "cuda", 25 + m, symmetric)
+    x = torch.randn(m, k, generator=gen).to("cuda", dtype)
+    scales = scales.to(dtype)
+    zeros = None if zeros is None else zeros.to(dtype)
+    y = int4_mma.int4_mma(x, qweight, scales, zeros, group)
+    ref = int_gemm.int_gemm_ref(x.float(), qweight, scales, zeros, 4, group)
+    assert y.dtype == dtype
+    assert float((y.float() - ref).norm() / ref.norm()) < 2 ** -8
+    routed = int_gemm.int_gemm(x, qweight, scales, zeros, 4, group)
+    assert torch.equal(routed, y)
