@@ -138,10 +138,10 @@ def compare_mma_forms(x, weights, ref, m: int, n: int, k: int) -> dict:
     out["mma_rel_err"] = float((y.float() - ref).norm() / ref.norm())
     out["mma_us"] = graph_time([lambda w=w: mma.int4_mma(x, *w, GROUP) for w in weights]) * 1e6
     sweep = []
-    for bn, per_sm, stages, warps in itertools.product([64, 128, 256], [2, 4, 8], [2, 3, 4],
-                                                       [4, 8]):
-        if warps == 8 and bn < 128:
-            continue
+    for bn, per_sm, stages, warps in itertools.product([32, 64, 128, 256], [2, 4, 8],
+                                                       [2, 3, 4], [2, 4, 8]):
+        if (warps == 8 and bn < 128) or (warps == 2) != (bn == 32):
+            continue  # two warps (mma.sync, not wgmma) only with 32 columns
         cfg = dict(BLOCK_N=bn, WORDS=16, num_warps=warps, num_stages=stages,
                    **_split_k(n, k, bn, 128, per_sm, sms))
         try:
