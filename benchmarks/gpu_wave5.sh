@@ -21,8 +21,8 @@
 #   bash benchmarks/gpu_wave5.sh mma      # int4 on tensor cores (kernels.int4_mma): card tests,
 #                                           per projection at 1 and 16 rows with its sweep, B2
 #                                           int4 with it and without (~7 min)
-#   bash benchmarks/gpu_wave5.sh mma2     # int4_mma at its tuned defaults: card tests, 1/2/16
-#                                           rows with the sweep (two warps too), B3 int4 with it and without (~7 min)
+#   bash benchmarks/gpu_wave5.sh mma2     # int4_mma at its tuned defaults: card tests, 1-16
+#                                           rows, B3 int4 with it and without (~5 min)
 #   bash benchmarks/gpu_wave5.sh next     # ACC2D and int GEMV sweeps (~6 min)
 #   bash benchmarks/gpu_wave5.sh second   # ~8 min
 source "$(dirname "$0")/gpu_common.sh"
@@ -146,9 +146,11 @@ fastacc)  # FP8 tensor cores accumulating all of K (cuBLAS use_fast_accum, Trito
   grep fast_acc "$OUT/fastacc.log" | cut -c1-900
   ;;
 mma)  # kernels.int4_mma against the GEMV (1 row) and the tile kernel (16 rows), then B2 int4
+  # (ran 2026-12-07 13:34 before 564904f, when int4_mma also took one row: B2 compared that)
   step mma_tests 120 python3 -m pytest -q -rf tests/kernels/test_int4_mma.py \
     tests/kernels/test_int_gemm.py
-  step mma_probe 260 python3 benchmarks/int4_probe.py --ms 1,16 --mma --out "$OUT/mma_probe.json"
+  step mma_probe 400 python3 benchmarks/int4_probe.py --ms 1,16 --mma --sweep \
+    --out "$OUT/mma_probe.json"
   step b2_int4_mma 60 $B b2 --quick --no-peer --quantization int4 --out "$R/b2_int4_mma"
   step b2_int4_gemv 60 env CORMORANT_INT4_MMA_ROWS=0 $B b2 --quick --no-peer \
     --quantization int4 --out "$R/b2_int4_gemv"
@@ -156,7 +158,7 @@ mma)  # kernels.int4_mma against the GEMV (1 row) and the tile kernel (16 rows),
 mma2)  # kernels.int4_mma routed from 2 rows at config_for's tuned settings
   step mma_tests 120 python3 -m pytest -q -rf tests/kernels/test_int4_mma.py \
     tests/kernels/test_int_gemm.py
-  step mma_probe 240 python3 benchmarks/int4_probe.py --ms 1,2,16 --mma --out "$OUT/mma_probe.json"
+  step mma_probe 150 python3 benchmarks/int4_probe.py --ms 1,2,8,16 --mma --out "$OUT/mma_probe.json"
   step b3_int4_mma 100 $B b3 --quick --no-peer --quantization int4 --out "$R/b3_int4_mma"
   step b3_int4_tiles 100 env CORMORANT_INT4_MMA_ROWS=0 $B b3 --quick --no-peer \
     --quantization int4 --out "$R/b3_int4_tiles"

@@ -98,7 +98,7 @@ def probe(name: str, n: int, k: int, m: int, sweep: bool,
     if sweep:
         row["sweep"] = sweep_configs(x, weights, m, n, k)
     if compare_mma and m <= mma.MAX_ROWS:
-        row.update(compare_mma_forms(x, weights, ref, m, n, k))
+        row.update(compare_mma_forms(x, weights, ref, m, n, k, sweep))
     del weights, dense
     torch.cuda.empty_cache()
     return row
@@ -125,10 +125,10 @@ def _candidates(m: int, n: int, k: int, num_sms: int) -> list[dict]:
     return out
 
 
-def compare_mma_forms(x, weights, ref, m: int, n: int, k: int) -> dict:
+def compare_mma_forms(x, weights, ref, m: int, n: int, k: int, sweep: bool) -> dict:
     """kernels.int4_mma (tensor cores) beside the form it replaces (the GEMV at one row, the
-    tile kernel at a few): each checked against the reference, timed, and int4_mma's launch
-    settings swept (BLOCK_N, programs per SM, stages)."""
+    tile kernel at a few): each checked against the reference and timed; with sweep,
+    int4_mma's launch settings swept too (BLOCK_N, warps, programs per SM, stages)."""
     sms = _num_sms(x.device)
     old_cfg = config_for(m, n, k, GROUP, sms)
     old = graph_time([lambda w=w: int_gemm(x, *w, BITS, GROUP, config=old_cfg)
@@ -137,6 +137,8 @@ def compare_mma_forms(x, weights, ref, m: int, n: int, k: int) -> dict:
     y = mma.int4_mma(x, *weights[0], GROUP)
     out["mma_rel_err"] = float((y.float() - ref).norm() / ref.norm())
     out["mma_us"] = graph_time([lambda w=w: mma.int4_mma(x, *w, GROUP) for w in weights]) * 1e6
+    if not sweep:
+        return out
     sweep = []
     for bn, per_sm, stages, warps in itertools.product([32, 64, 128, 256], [2, 4, 8],
                                                        [2, 3, 4], [2, 4, 8]):
@@ -178,7 +180,7 @@ def main() -> None:
     parser.add_argument("--ms", default="1,16,256")
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--mma", action="store_true",
-                        help="kernels.int4_mma beside the GEMV / tile kernel, and its sweep")
+                        help="kernels.int4_mma beside the GEMV / tile kernel (--sweep: its sweep)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     rows = []
@@ -194,8 +196,8 @@ def main() -> None:
                      if "dequant_us" in r else ""), flush=True)
             if "mma_us" in r:
                 print(f"    mma {r['mma_us']:.1f} us (err {r['mma_rel_err']:.1e}) vs "
-                      f"old {r['old_us']:.1f}; wrong in sweep {r['mma_sweep_wrong']}")
-                for best in r["mma_sweep"][:3]:
+                      f"old {r['old_us']:.1f}; wrong in sweep {r.get('mma_sweep_wrong')}")
+                for best in r.get("mma_sweep", [])[:3]:
                     print(f"    mma sweep {best['us']:8.1f} us  {best['config']}")
             for best in r.get("sweep", [])[:3]:
                 print(f"    sweep {best['us']:8.1f} us  {best['config']}")
