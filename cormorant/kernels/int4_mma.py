@@ -17,9 +17,10 @@ unpacking codes (a reshape of [K / 8, 8, N] through shared memory, fp32 arithmet
     one lop3's output (no repacking), and x is read at the same permuted positions;
   - K is split so that a few programs per SM stream W; the splits are reduced in the launch
     (kernels.split_k).
-About 3.4 SASS instructions a code against the tile kernel's ~4.7. H100, Llama-3.1-8B
-projections at 16 rows (int4_probe --mma, 2026-12-07): qkv 20.4 -> 14.4 us, o 13.4 -> 11.8,
-gate_up 65.7 -> 43.7, down 37.1 -> 24.8. At one row it lost to int_gemm's GEMV (qkv 10.1 ->
+About 3.4 sm_90 instructions a code. H100, Llama-3.1-8B projections against the tile kernel
+(int4_probe --mma, 2026-12-07): at 2 rows qkv 20.2 -> 13.6 us, o 13.2 -> 10.4, gate_up
+65.6 -> 40.9, down 36.6 -> 23.4; at 16 rows 20.4 -> 14.4, 13.3 -> 11.7, 65.1 -> 43.7,
+36.3 -> 25.1; B3 int4 128/2048 (batches of 16) 2,435 -> 3,150 tok/s. At one row it lost to int_gemm's GEMV (qkv 10.1 ->
 13.9 us at its best settings, gate_up 30.5 -> 40.6; B2 int4 2.89 -> 3.85 ms/token), so one
 row stays there.
 fp32 inputs (the CPU parity path under the interpreter) use the same K order, with the codes

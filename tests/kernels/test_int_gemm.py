@@ -160,9 +160,10 @@ def test_an_int4_layer_folds_a_pending_norm_and_silu_into_its_gemv(monkeypatch, 
     residual = torch.randn(1, 256, generator=gen).to(device, torch.bfloat16)
     gate_up = torch.randn(1, 512, generator=gen).to(device, torch.bfloat16)
     monkeypatch.setattr(int_linear, "INT_KERNEL_DEVICE_TYPES", ("cpu", "cuda"))
-    unfused_in = NormedInput(norm, hidden, residual)
+    # on CUDA the unfused norm overwrites its inputs (layers.norm): it gets copies
+    unfused_in = NormedInput(norm, hidden.clone(), residual.clone())
     unfused = layer(unfused_in.tensor())
-    silu_unfused = layer(SiluAndMul().compute(gate_up))
+    silu_unfused = layer(SiluAndMul().compute(gate_up.clone()))
     monkeypatch.setattr(norm, "compute", lambda *a: pytest.fail("the norm ran unfused"))
     fused_in = NormedInput(norm, hidden, residual)
     fused = layer(fused_in)
