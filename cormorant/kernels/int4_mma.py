@@ -42,13 +42,15 @@ MIN_ROWS, MAX_ROWS = 2, 16  # one row keeps int_gemm's GEMV; 16 is the dot's sma
 @triton.jit
 def _code_pairs(words, j: tl.constexpr, zz, z, DT: tl.constexpr, ASM: tl.constexpr):
     """The codes j and j + 4 of each word, less their zero, in DT (exact). ASM: one lop3 and
-    one packed subtract per word (zz: the packed bits of 128 + zero, or 1024 + zero in fp16);
+    one packed subtract per word (zz: the packed bits of 128 + zero, or 1024 + zero in fp16;
+    negated for bf16, whose subtract is an fma by 1.0: sub.bf16x2 needs sm_90, fma sm_80);
     otherwise shifts and fp32 arithmetic (z: the zero as a float)."""
     if ASM:
         if DT == tl.bfloat16:
             lo, hi = tl.inline_asm_elementwise(
-                "{ .reg .b32 t; lop3.b32 t, $2, 0x000F000F, 0x43004300, 0xEA; "
-                "sub.rn.bf16x2 t, t, $3; mov.b32 {$0, $1}, t; }",
+                "{ .reg .b32 t, one; mov.b32 one, 0x3F803F80; "
+                "lop3.b32 t, $2, 0x000F000F, 0x43004300, 0xEA; "
+                "fma.rn.bf16x2 t, t, one, $3; mov.b32 {$0, $1}, t; }",
                 "=h,=h,r,r", [words >> (4 * j), zz], dtype=(tl.bfloat16, tl.bfloat16),
                 is_pure=True, pack=1)
         else:
@@ -98,8 +100,9 @@ def _int4_mma_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, p_ptr, lock_ptr, M, N, K
             z = tl.load(z_ptr + g * stride_sg + offs_n, mask=mask_n, other=0.0)[:, None]
         else:
             z = tl.full((BLOCK_N, 1), 8.0, tl.float32)
-        if ASM:  # 128 + z (1024 + z in fp16) as packed bits: 0x4300 | z twice
-            base = 0x43004300 if DT == tl.bfloat16 else 0x64006400
+        if ASM:  # -(128 + z) as packed bf16 bits, 0xC300 | z twice (0xC300C300 as an int32);
+            # 1024 + z in fp16, 0x6400 | z
+            base = -1023360256 if DT == tl.bfloat16 else 0x64006400
             zz = base + z.to(tl.int32) * 0x10001 + tl.zeros((BLOCK_N, WORDS), tl.int32)
         else:
             zz = 0
