@@ -232,8 +232,8 @@ def _fp8_gemm_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, b_ptr, y_ptr, p_ptr, lock_ptr,
         acc += tl.load(b_ptr + offs_n, mask=mask_n & (pid_k == 0), other=0.0).to(
             tl.float32)[None, :]
     split_k.finish(acc, y_ptr, offs_m[:, None] * stride_ym + offs_n[None, :], p_ptr,
-            offs_m[:, None] * N + offs_n[None, :], M * N, lock_ptr, pid, pid_k,
-            mask_m[:, None] & mask_n[None, :], SPLIT_K, 0.0, p_ptr, 0, K, 0.0, False)
+                   offs_m[:, None] * N + offs_n[None, :], M * N, lock_ptr, pid, pid_k,
+                   mask_m[:, None] & mask_n[None, :], SPLIT_K, 0.0, p_ptr, 0, K, 0.0, False)
 
 
 def _check(x: torch.Tensor, k: int, weight: torch.Tensor, scale: torch.Tensor, scale_n: int,

@@ -2,8 +2,8 @@
 
 Same runtime layout as kernels.int_gemm (qweight int32 [K / 8, N], codes packed along K,
 lowest bits first; scales [K / GROUP, N]; zeros likewise or None for symmetric weights).
-int_gemm sends it int4 calls of 2-16 rows, where its tile kernel spent most of its time
-unpacking codes (a reshape of [K / 8, 8, N] through shared memory, fp32 arithmetic). Here:
+int_gemm sends it int4 calls of 2-16 rows, which its tile kernel served at about the cost
+of 16 (codes unpacked by a reshape of [K / 8, 8, N], made floats in fp32). Here:
   - the product is computed transposed, acc[BLOCK_N, 16] = W_tile^T @ x_tile^T, so the
     dequantized weights are the dot's first operand and stay in registers (on Hopper a
     wgmma reads its first operand from registers; x, the second, goes through shared
@@ -20,9 +20,9 @@ unpacking codes (a reshape of [K / 8, 8, N] through shared memory, fp32 arithmet
 About 3.4 sm_90 instructions a code. H100, Llama-3.1-8B projections against the tile kernel
 (int4_probe --mma, 2026-12-07): at 2 rows qkv 20.2 -> 13.6 us, o 13.2 -> 10.4, gate_up
 65.6 -> 40.9, down 36.6 -> 23.4; at 16 rows 20.4 -> 14.4, 13.3 -> 11.7, 65.1 -> 43.7,
-36.3 -> 25.1; B3 int4 128/2048 (batches of 16) 2,435 -> 3,150 tok/s. At one row it lost to int_gemm's GEMV (qkv 10.1 ->
-13.9 us at its best settings, gate_up 30.5 -> 40.6; B2 int4 2.89 -> 3.85 ms/token), so one
-row stays there.
+36.3 -> 25.1; B3 int4 128/2048 (batches of 16) 2,435 -> 3,150 tok/s. At one row it lost
+to int_gemm's GEMV (qkv 10.1 -> 13.9 us at its best settings, gate_up 30.5 -> 40.6; B2 int4
+2.89 -> 3.85 ms/token), so one row stays there.
 fp32 inputs (the CPU parity path under the interpreter) use the same K order, with the codes
 made by shifts and IEEE dots. Only int4 with groups of a multiple of 64 (one group per K tile
 of 64 or 128 codes).

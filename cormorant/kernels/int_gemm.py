@@ -222,8 +222,8 @@ def _int_gemv_kernel(x_ptr, r_ptr, nw_ptr, res_out_ptr, q_ptr, s_ptr, z_ptr, y_p
             sq += sq_part
     pdl.launch_dependents(PDL)
     split_k.finish(tl.sum(acc, axis=0), y_ptr, offs_n, p_ptr, offs_n, N, lock_ptr, pid_n,
-                   pid_k, mask_n, SPLIT_K, tl.sum(sq, axis=0), sq_ptr, tl.num_programs(0), K, eps,
-            PROLOGUE == 1)
+                   pid_k, mask_n, SPLIT_K, tl.sum(sq, axis=0), sq_ptr, tl.num_programs(0), K,
+                   eps, PROLOGUE == 1)
 
 
 @triton.jit
@@ -278,9 +278,9 @@ def _int_gemm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, p_ptr, lock_ptr, M, N, K
                 z2 = (1 << (BITS - 1))
             acc += _dot(x, ((codes - (z2 + 8388608.0)) * s2.to(tl.float32)).to(x.dtype), IEEE)
     split_k.finish(acc, y_ptr, offs_m[:, None] * stride_ym + offs_n[None, :], p_ptr,
-            offs_m[:, None] * N + offs_n[None, :], M * N, lock_ptr,
-            pid_m * tl.num_programs(1) + pid_n, pid_k, mask_m[:, None] & mask_n[None, :],
-            SPLIT_K, 0.0, p_ptr, 0, K, 0.0, False)
+                   offs_m[:, None] * N + offs_n[None, :], M * N, lock_ptr,
+                   pid_m * tl.num_programs(1) + pid_n, pid_k,
+                   mask_m[:, None] & mask_n[None, :], SPLIT_K, 0.0, p_ptr, 0, K, 0.0, False)
 
 
 @triton.jit

@@ -1,8 +1,9 @@
 """Split K across programs, reduced inside the same launch (the int and FP8 weight kernels).
 
 How many splits fill the device (split_k), the per-tile counters (locks) and the reduction
-(finish) that the weight-only int and FP8 kernels share. Each split writes fp32 partials; the last split of an output tile to
-finish sums them in split order (deterministic), so a projection stays one launch.
+(finish) that the weight-only int and FP8 kernels share. Each split writes fp32 partials;
+the last split of an output tile to finish sums them in split order (deterministic), so a
+projection stays one launch.
 Imports torch and triton.
 """
 from __future__ import annotations
