@@ -294,6 +294,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="fp32 variants too")
     parser.add_argument("--arch", type=int, default=90)
+    parser.add_argument("--only", action="append", default=[],
+                        help="compile only the launches whose label contains this (repeatable)")
     args = parser.parse_args()
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("unset TRITON_INTERPRET: this compiles real kernels")
@@ -309,6 +311,8 @@ def main() -> int:
     failures = 0
     print(f"triton {triton.__version__}, target sm_{args.arch}")
     for label, jit_fn, grid, kargs, kwargs in _record(_launches(args.full)):
+        if args.only and not any(part in label for part in args.only):
+            continue
         start = time.time()
         try:
             kernel = _compile(jit_fn, kargs, kwargs, target)
