@@ -139,7 +139,7 @@ def compare_mma_forms(x, weights, ref, m: int, n: int, k: int, sweep: bool) -> d
     out["mma_us"] = graph_time([lambda w=w: mma.int4_mma(x, *w, GROUP) for w in weights]) * 1e6
     if not sweep:
         return out
-    sweep = []
+    tried = []
     for bn, per_sm, stages, warps in itertools.product([32, 64, 128, 256], [2, 4, 8],
                                                        [2, 3, 4], [2, 4, 8]):
         if (warps == 8 and bn < 128) or (warps == 2) != (bn == 32):
@@ -152,10 +152,10 @@ def compare_mma_forms(x, weights, ref, m: int, n: int, k: int, sweep: bool) -> d
             t = graph_time([lambda w=w: mma.int4_mma(x, *w, GROUP, config=cfg)
                             for w in weights], reps=10)
         except Exception as e:  # noqa: BLE001 - a config that does not compile is skipped
-            sweep.append({"config": cfg, "error": type(e).__name__})
+            tried.append({"config": cfg, "error": type(e).__name__})
             continue
-        sweep.append({"config": cfg, "us": t * 1e6, "rel_err": err})
-    timed = sorted((r for r in sweep if "us" in r), key=lambda r: r["us"])
+        tried.append({"config": cfg, "us": t * 1e6, "rel_err": err})
+    timed = sorted((r for r in tried if "us" in r), key=lambda r: r["us"])
     out["mma_sweep"] = timed[:5]
     out["mma_sweep_wrong"] = sum(r["rel_err"] > 1e-2 for r in timed)
     return out

@@ -13,17 +13,9 @@ pytest.importorskip("triton", reason="triton is not installed (pip install trito
 
 from cormorant.kernels import int4_mma, int_gemm, split_k  # noqa: E402
 from cormorant.layers import int_packing  # noqa: E402
+from test_int_gemm import _weights  # noqa: E402 (the same packed random weights)
 
 ON_CUDA = torch.cuda.is_available()
-
-
-def _weights(k, n, group, device, seed, symmetric):
-    gen = torch.Generator().manual_seed(seed)
-    codes = torch.randint(0, 16, (k, n), generator=gen, dtype=torch.int32)
-    scales = torch.rand(k // group, n, generator=gen) * 0.02 + 0.001
-    zeros = torch.randint(0, 16, (k // group, n), generator=gen).float()
-    return (int_packing.pack(codes, 4, 0).to(device), scales.to(device),
-            None if symmetric else zeros.to(device), gen)
 
 
 def _config(words, split, per_split, block_n=32):
@@ -40,7 +32,7 @@ def _config(words, split, per_split, block_n=32):
 ])
 @pytest.mark.parametrize("symmetric", [False, True])
 def test_int4_mma_matches_the_reference(m, n, k, group, config, symmetric, device):
-    qweight, scales, zeros, gen = _weights(k, n, group, device, m + n + k, symmetric)
+    qweight, scales, zeros, gen = _weights(k, n, 4, group, device, m + n + k, symmetric)
     x = torch.randn(m, k, generator=gen).to(device)
     y = int4_mma.int4_mma(x, qweight, scales, zeros, group, config=config)
     ref = int_gemm.int_gemm_ref(x, qweight, scales, zeros, 4, group)
@@ -60,7 +52,7 @@ def test_int_gemm_routes_int4_rows_to_it(monkeypatch, device):
     monkeypatch.setattr(int4_mma, "int4_mma", lambda *a, **kw: calls.append(a[0].shape)
                         or real(*a, **kw))
     k, n = 256, 40
-    qweight, scales, zeros, gen = _weights(k, n, 128, device, 23, True)
+    qweight, scales, zeros, gen = _weights(k, n, 4, 128, device, 23, True)
     x = torch.randn(2, k, generator=gen).to(device)
     ref = int_gemm.int_gemm_ref(x, qweight, scales, zeros, 4, 128)
     torch.testing.assert_close(int_gemm.int_gemm(x, qweight, scales, zeros, 4, 128), ref,
@@ -82,7 +74,7 @@ def test_int_gemm_routes_int4_rows_to_it(monkeypatch, device):
 
 
 def test_bad_settings_are_refused(device):
-    qweight, scales, zeros, gen = _weights(256, 32, 64, device, 24, True)
+    qweight, scales, zeros, gen = _weights(256, 32, 4, 64, device, 24, True)
     x = torch.randn(2, 256, generator=gen).to(device)
     with pytest.raises(ValueError, match="one group"):  # a 128-code tile across two groups
         int4_mma.int4_mma(x, qweight, scales, zeros, 64, config=_config(16, 1, 256))
@@ -105,7 +97,7 @@ def test_the_half_precision_forms_on_the_card():
 
 def _half_precision_case(dtype, m, symmetric):
     k, n, group = 4096, 1024, 128
-    qweight, scales, zeros, gen = _weights(k, n, group, "cuda", 25 + m, symmetric)
+    qweight, scales, zeros, gen = _weights(k, n, 4, group, "cuda", 25 + m, symmetric)
     x = torch.randn(m, k, generator=gen).to("cuda", dtype)
     scales = scales.to(dtype)
     zeros = None if zeros is None else zeros.to(dtype)
