@@ -23,6 +23,9 @@
 #                                           int4 with it and without (~7 min)
 #   bash benchmarks/gpu_wave5.sh mma2     # int4_mma at its tuned defaults: card tests, 1-16
 #                                           rows, B3 int4 with it and without (~5 min)
+#   bash benchmarks/gpu_wave5.sh packed   # the int4 GEMV's packed-bf16 sums and attention's
+#                                           in-launch segment merge: card tests, per projection,
+#                                           B2 int4 with the sums and without, FP8, bf16 (~9 min)
 #   bash benchmarks/gpu_wave5.sh next     # ACC2D and int GEMV sweeps (~6 min)
 #   bash benchmarks/gpu_wave5.sh second   # ~8 min
 source "$(dirname "$0")/gpu_common.sh"
@@ -162,6 +165,19 @@ mma2)  # kernels.int4_mma routed from 2 rows at config_for's tuned settings
   step b3_int4_mma 100 $B b3 --quick --no-peer --quantization int4 --out "$R/b3_int4_mma"
   step b3_int4_tiles 100 env CORMORANT_INT4_MMA_ROWS=0 $B b3 --quick --no-peer \
     --quantization int4 --out "$R/b3_int4_tiles"
+  ;;
+packed)  # the one-row int4 GEMV summing each word's products in packed bf16; attention's
+  # split-KV segments merged in the same launch
+  step packed_tests 170 python3 -m pytest -q -rf tests/kernels/test_int_gemm.py \
+    tests/kernels/test_int4_mma.py tests/kernels/test_paged_attention_kernel.py \
+    tests/kernels/test_fp8_kv_kernels.py
+  step packed_probe 100 python3 benchmarks/int4_probe.py --ms 1 --packed \
+    --out "$OUT/packed_probe.json"
+  step b2_int4_packed 75 $B b2 --quick --no-peer --quantization int4 --out "$R/b2_int4_packed"
+  step b2_int4_fp32 75 env CORMORANT_INT_PACKED=0 $B b2 --quick --no-peer --quantization int4 \
+    --out "$R/b2_int4_fp32"
+  step b2_fp8 75 $B b2 --quick --no-peer --quantization fp8 --out "$R/b2_fp8"
+  step b2_bf16 75 $B b2 --quick --no-peer --out "$R/b2_bf16"
   ;;
 next)  # tuning: the FP8 GEMV reducing once (ACC2D) swept per projection, the int GEMV's
   # launch settings

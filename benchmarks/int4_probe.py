@@ -9,9 +9,10 @@ and replayed, time per call = replay / R (median of 5). GB/s counts the weight's
 codes + bf16 scales, symmetric as --quantization int4 makes them, for the kernel; bf16 for
 cuBLAS). `--sweep` also times a grid of
 launch settings at every M (8-36 per shape, a few minutes) and prints the best per shape, to
-tune config_for.
+tune config_for. `--packed` times the one-row GEMV's packed-bf16 sums (the default) against
+its fp32 form; `--mma` kernels.int4_mma against the forms it replaces.
 Run from the repository root on a CUDA machine, in one command:
-    python benchmarks/int4_probe.py [--ms 1,16,256] [--sweep] [--out FILE.json]
+    python benchmarks/int4_probe.py [--ms 1,16,256] [--sweep] [--packed] [--mma] [--out F]
 Imports torch, triton and cormorant (repo on path).
 """
 from __future__ import annotations
@@ -72,7 +73,7 @@ def graph_time(calls: list, reps: int = 20) -> float:
 
 
 def probe(name: str, n: int, k: int, m: int, sweep: bool,
-          compare_mma: bool = False) -> dict:
+          compare_mma: bool = False, compare_packed: bool = False) -> dict:
     q_bytes = k * n // 2 + 2 * (k // GROUP) * n
     weights = int4_weights(n, k, max(2, -(-2 * L2_BYTES // q_bytes)))
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
@@ -99,6 +100,8 @@ def probe(name: str, n: int, k: int, m: int, sweep: bool,
         row["sweep"] = sweep_configs(x, weights, m, n, k)
     if compare_mma and m <= mma.MAX_ROWS:
         row.update(compare_mma_forms(x, weights, ref, m, n, k, sweep))
+    if compare_packed and m == 1:
+        row.update(compare_packed_forms(x, weights, ref, n, k))
     del weights, dense
     torch.cuda.empty_cache()
     return row
@@ -110,7 +113,8 @@ def _candidates(m: int, n: int, k: int, num_sms: int) -> list[dict]:
     instead of a reshape, measured slower at 16 and 256 rows and was removed.)"""
     out = []
     if m == 1:
-        for bn, sub, per_sm, stages in itertools.product([64, 128], [1, 2, 4], [4, 8], [2, 3]):
+        for bn, sub, per_sm, stages in itertools.product([64, 128], [1, 2, 4], [4, 8, 16],
+                                                         [2, 3]):
             out.append(dict(BLOCK_M=1, BLOCK_N=bn, BLOCK_K=128, SUB=sub, num_warps=4,
                             num_stages=stages,
                             **_split_k(n, k, bn, 128 * sub, per_sm, num_sms)))
@@ -161,6 +165,20 @@ def compare_mma_forms(x, weights, ref, m: int, n: int, k: int, sweep: bool) -> d
     return out
 
 
+def compare_packed_forms(x, weights, ref, n: int, k: int) -> dict:
+    """The one-row GEMV's two forms at config_for's settings: each word's products summed in
+    packed bf16 (PACKED, the default on CUDA) and in fp32; error and time of each."""
+    out = {}
+    for packed in (True, False):
+        cfg = dict(config_for(1, n, k, GROUP, _num_sms(x.device)), PACKED=packed)
+        y = int_gemm(x, *weights[0], BITS, GROUP, config=cfg)
+        key = "packed" if packed else "fp32"
+        out[f"{key}_rel_err"] = float((y.float() - ref).norm() / ref.norm())
+        out[f"{key}_us"] = graph_time([lambda w=w: int_gemm(x, *w, BITS, GROUP, config=cfg)
+                                       for w in weights]) * 1e6
+    return out
+
+
 def sweep_configs(x, weights, m: int, n: int, k: int) -> list:
     results = []
     for cfg in _candidates(m, n, k, _num_sms(x.device)):
@@ -181,6 +199,8 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--mma", action="store_true",
                         help="kernels.int4_mma beside the GEMV / tile kernel (--sweep: its sweep)")
+    parser.add_argument("--packed", action="store_true",
+                        help="one row: the GEMV's packed-bf16 sums against its fp32 form")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     rows = []
@@ -188,7 +208,7 @@ def main() -> None:
           f"{'int4 GB/s':>9} {'bf16 GB/s':>9}")
     for m in [int(v) for v in args.ms.split(",")]:
         for name, (n, k) in SHAPES.items():
-            r = probe(name, n, k, m, args.sweep, args.mma)
+            r = probe(name, n, k, m, args.sweep, args.mma, args.packed)
             rows.append(r)
             print(f"{name:8} {m:4} {r['rel_err']:9.2e} {r['int4_us']:9.1f} {r['bf16_us']:9.1f} "
                   f"{r['speedup']:5.2f} {r['int4_GBps']:9.0f} {r['bf16_GBps']:9.0f}"
@@ -199,6 +219,9 @@ def main() -> None:
                       f"old {r['old_us']:.1f}; wrong in sweep {r.get('mma_sweep_wrong')}")
                 for best in r.get("mma_sweep", [])[:3]:
                     print(f"    mma sweep {best['us']:8.1f} us  {best['config']}")
+            if "packed_us" in r:
+                print(f"    packed {r['packed_us']:.1f} us (err {r['packed_rel_err']:.1e}) vs "
+                      f"fp32 {r['fp32_us']:.1f} us (err {r['fp32_rel_err']:.1e})")
             for best in r.get("sweep", [])[:3]:
                 print(f"    sweep {best['us']:8.1f} us  {best['config']}")
     if args.out:

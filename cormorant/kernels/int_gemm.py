@@ -58,6 +58,9 @@ DECODE_ROWS = 16  # M up to which the split-K decode shape runs
 # gate_up 36.1 -> 31.3, down 20.6 -> 17.9), bit-identical for symmetric weights on the card.
 # CORMORANT_INT_MAGIC=0 keeps the int-to-float conversion.
 MAGIC_DEFAULT = os.environ.get("CORMORANT_INT_MAGIC", "1") == "1"
+# The int4 GEMV sums each word's products in packed bf16 (_packed_word_sums: bf16 inputs on
+# CUDA, whole-group tiles, no prologue); CORMORANT_INT_PACKED=0 keeps the fp32 form.
+PACKED_DEFAULT = os.environ.get("CORMORANT_INT_PACKED", "1") == "1"
 # Rows from which, on CUDA, W is dequantized per call for a dense (cuBLAS) matmul instead
 # (`benchmarks/int4_probe.py --ms 64,...,4096`, H100, 2026-12-06, Llama-3.1-8B, group 128:
 # at 64 rows qkv 61.6 -> 38.7 us, o 63.6 -> 22.6, down 205 -> 100; at 1,024 rows 2.5-2.8x
@@ -96,15 +99,80 @@ def _bits_or_magic(words, mask, magic, ASM: tl.constexpr):
         return (words & mask) | magic
 
 
+# -(128 + zero) as packed bf16 bits, 0xC300 | zero in both halves (see _packed_word_sums)
+_NEG_128_BF16X2 = tl.constexpr(-1023360256)  # 0xC300C300 as an int32
+
+
+@triton.jit
+def _x_pairs(r_lo, r_hi):
+    """From two int32 words of packed bf16 inputs (x[i], x[i + 1]) and (x[i + 4], x[i + 5]),
+    the pairs (x[i], x[i + 4]) and (x[i + 1], x[i + 5]): one prmt each."""
+    return tl.inline_asm_elementwise(
+        "prmt.b32 $0, $2, $3, 0x5410; prmt.b32 $1, $2, $3, 0x7632;", "=r,=r,r,r",
+        [r_lo, r_hi], dtype=(tl.int32, tl.int32), is_pure=True, pack=1)
+
+
+@triton.jit
+def _packed_word_sums(words, zz, xp0, xp1, xp2, xp3):
+    """sum over a word's 8 int4 codes of (code - zero) * x, in packed bf16 (inline PTX): for
+    j in 0..3 one lop3 makes the word's codes j and j + 4 the bf16 pair (128 + c_j,
+    128 + c_j+4) (they lie at bits 4j and 4j + 16), one packed fma by 1.0 adds zz, the pair
+    -(128 + zero), leaving the exact small integers c - zero, and one packed fma multiplies
+    them by the inputs' pair xp_j = (x[8w + j], x[8w + j + 4]) into a bf16 pair of sums; the
+    two halves are added in fp32. 19 sm_90 instructions for 8 codes where the fp32 form
+    takes 24 (lop3, subtract, fma a code)."""
+    return tl.inline_asm_elementwise(
+        "{ .reg .b32 t, d, a, one, nz, l, h; .reg .f32 fl, fh; "
+        "mov.b32 one, 0x3F803F80; mov.b32 nz, 0x80008000; "
+        "lop3.b32 t, $1, 0x000F000F, 0x43004300, 0xEA; "
+        "fma.rn.bf16x2 d, t, one, $2; fma.rn.bf16x2 a, d, $3, nz; "
+        "shr.u32 t, $1, 4; lop3.b32 t, t, 0x000F000F, 0x43004300, 0xEA; "
+        "fma.rn.bf16x2 d, t, one, $2; fma.rn.bf16x2 a, d, $4, a; "
+        "shr.u32 t, $1, 8; lop3.b32 t, t, 0x000F000F, 0x43004300, 0xEA; "
+        "fma.rn.bf16x2 d, t, one, $2; fma.rn.bf16x2 a, d, $5, a; "
+        "shr.u32 t, $1, 12; lop3.b32 t, t, 0x000F000F, 0x43004300, 0xEA; "
+        "fma.rn.bf16x2 d, t, one, $2; fma.rn.bf16x2 a, d, $6, a; "
+        "shl.b32 l, a, 16; and.b32 h, a, 0xFFFF0000; mov.b32 fl, l; mov.b32 fh, h; "
+        "add.f32 $0, fl, fh; }",
+        "=f,r,r,r,r,r,r", [words, zz, xp0, xp1, xp2, xp3], dtype=tl.float32, is_pure=True,
+        pack=1)
+
+
 @triton.jit
 def _gemv_tile(x_ptr, r_ptr, nw_ptr, res_out_ptr, q_ptr, s_ptr, z_ptr, k0, k_end, K, offs_n,
                mask_n, write_residual, stride_qk, stride_sg, BITS: tl.constexpr,
                GROUP: tl.constexpr, WORDS: tl.constexpr, TILE_GROUP: tl.constexpr,
                HAS_ZEROS: tl.constexpr, PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-               MAGIC: tl.constexpr, ASM: tl.constexpr):
+               MAGIC: tl.constexpr, ASM: tl.constexpr, PACKED: tl.constexpr):
     """[WORDS, BLOCK_N] fp32 products of one K tile of WORDS * P inputs (see the GEMV), and
-    the [WORDS] sums of the squared norm inputs (PROLOGUE 1; zeros otherwise)."""
+    the [WORDS] sums of the squared norm inputs (PROLOGUE 1; zeros otherwise). PACKED (int4,
+    whole-group tiles, bf16 x read as it is, inline PTX): each word's 8 products summed in
+    packed bf16 (_packed_word_sums)."""
     PACK: tl.constexpr = 32 // BITS
+    if PACKED:
+        rows = k0 // 8 + tl.arange(0, WORDS)
+        mask_w = rows * 8 < k_end
+        words = tl.load(q_ptr + rows[:, None] * stride_qk + offs_n[None, :],
+                        mask=mask_w[:, None] & mask_n[None, :], other=0)
+        g = k0 // GROUP
+        mask_g = mask_n & (k0 < k_end)
+        s = tl.load(s_ptr + g * stride_sg + offs_n, mask=mask_g, other=0.0).to(tl.float32)
+        if HAS_ZEROS:
+            z = tl.load(z_ptr + g * stride_sg + offs_n, mask=mask_g, other=0.0)
+            zz = _NEG_128_BF16X2 + z.to(tl.int32)[None, :] * 0x10001
+        else:
+            zz = (offs_n * 0 + (_NEG_128_BF16X2 + 8 * 0x10001))[None, :]  # zero 8
+        # the word's 8 inputs x[8w .. 8w + 7] as 4 words of bf16 pairs, regrouped (j, j + 4)
+        x_words = x_ptr.to(tl.pointer_type(tl.int32)) + rows * 4
+        r0 = tl.load(x_words, mask=mask_w, other=0)
+        r1 = tl.load(x_words + 1, mask=mask_w, other=0)
+        r2 = tl.load(x_words + 2, mask=mask_w, other=0)
+        r3 = tl.load(x_words + 3, mask=mask_w, other=0)
+        xp0, xp1 = _x_pairs(r0, r2)
+        xp2, xp3 = _x_pairs(r1, r3)
+        part = _packed_word_sums(words, zz, xp0[:, None], xp1[:, None], xp2[:, None],
+                                 xp3[:, None])
+        return part * s[None, :], tl.zeros((WORDS,), dtype=tl.float32)
     MASK: tl.constexpr = (1 << BITS) - 1
     # MAGIC: code c as the fp32 whose bits are 0x4B000000 | c, i.e. 2^23 + c, then minus
     # (2^23 + zero): exact, and two integer ops instead of an int-to-float conversion (a
@@ -185,7 +253,7 @@ def _int_gemv_kernel(x_ptr, r_ptr, nw_ptr, res_out_ptr, q_ptr, s_ptr, z_ptr, y_p
                      BLOCK_K: tl.constexpr, SPLIT_K, TILE_GROUP: tl.constexpr,
                      HAS_ZEROS: tl.constexpr, SUB: tl.constexpr, PROLOGUE: tl.constexpr,
                      HAS_RESIDUAL: tl.constexpr, MAGIC: tl.constexpr, ASM: tl.constexpr,
-                     PDL: tl.constexpr):
+                     PACKED: tl.constexpr, PDL: tl.constexpr):
     """One row (M = 1), no tensor cores: each K tile's packed words are loaded once as a
     [BLOCK_K / P, BLOCK_N] tile; for each of the P code positions (an unrolled loop) the codes
     are shifted out and multiplied by their inputs (x[k] for k = word * P + j) into an fp32
@@ -217,7 +285,7 @@ def _int_gemv_kernel(x_ptr, r_ptr, nw_ptr, res_out_ptr, q_ptr, s_ptr, z_ptr, y_p
             part, sq_part = _gemv_tile(
                 x_ptr, r_ptr, nw_ptr, res_out_ptr, q_ptr, s_ptr, z_ptr, k0 + t * BLOCK_K,
                 k_end, K, offs_n, mask_n, pid_n == 0, stride_qk, stride_sg, BITS, GROUP, WORDS,
-                TILE_GROUP, HAS_ZEROS, PROLOGUE, HAS_RESIDUAL, MAGIC, ASM)
+                TILE_GROUP, HAS_ZEROS, PROLOGUE, HAS_RESIDUAL, MAGIC, ASM, PACKED)
             acc += part
             sq += sq_part
     pdl.launch_dependents(PDL)
@@ -393,6 +461,10 @@ def _gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: t
     per_split = cfg.pop("K_PER_SPLIT")
     cfg.setdefault("SUB", 1)
     cfg.setdefault("MAGIC", MAGIC_DEFAULT)
+    asm = split_k.inline_ptx(x.device)
+    cfg["PACKED"] = bool(cfg.get("PACKED", PACKED_DEFAULT) and asm and common["BITS"] == 4
+                         and common["TILE_GROUP"] and prologue == PROLOGUE_NONE
+                         and x.dtype == torch.bfloat16 and x.data_ptr() % 16 == 0)
     if per_split % (cfg["BLOCK_K"] * cfg["SUB"]):
         raise ValueError("the GEMV's K_PER_SPLIT must be a multiple of BLOCK_K * SUB")
     tiles = triton.cdiv(n, cfg["BLOCK_N"])
@@ -406,7 +478,7 @@ def _gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: t
         residual_out if residual_out is not None else x, qweight, scales, zeros, y, partials,
         squares, split_k.locks(x.device, tiles), n, k, per_split, qweight.stride(0),
         scales.stride(0), eps, PROLOGUE=prologue, HAS_RESIDUAL=residual is not None,
-        ASM=split_k.inline_ptx(x.device), **pdl.launch_options(x.device), **common, **cfg)
+        ASM=asm, **pdl.launch_options(x.device), **common, **cfg)
     return y
 
 

@@ -332,7 +332,8 @@ def main() -> int:
 
 def _int_gemm_thunks():
     """Llama-8B o_proj-sized int4/int8 weight-only GEMMs: int4_mma (bf16 and fp16, its 8- and
-    4-warp settings); one row (the GEMV kernel, four and one K tiles a step), 16 and 256 rows
+    4-warp settings); one row (the GEMV kernel, four and one K tiles a step, fp32 and packed
+    bf16 sums), 16 and 256 rows
     (the tile kernel; at 256 also the dequantization), symmetric (no zeros) and asymmetric."""
     from cormorant.kernels import int4_mma, int_gemm, pdl, split_k
     out = []
@@ -364,7 +365,12 @@ def _int_gemm_thunks():
                 out.append((label + " magic ptx", _patched(
                     split_k, "inline_ptx", lambda device: True,
                     lambda x=x, q=q, s=s, z=z, bits=bits, cfg=cfg: int_gemm.int_gemm(
-                        x, q, s, z, bits, 128, config=dict(cfg, MAGIC=True)))))
+                        x, q, s, z, bits, 128, config=dict(cfg, MAGIC=True, PACKED=False)))))
+            if m == 1 and bits == 4:  # int4's default on CUDA: products summed in packed bf16
+                out.append((label + " packed ptx", _patched(
+                    split_k, "inline_ptx", lambda device: True,
+                    lambda x=x, q=q, s=s, z=z, cfg=cfg: int_gemm.int_gemm(
+                        x, q, s, z, 4, 128, config=dict(cfg, PACKED=True)))))
             if m == 1:  # launched with PDL: the first step's words prefetched to L2
                 out.append((label + " pdl", _patched(
                     pdl, "enabled", lambda device: True,
