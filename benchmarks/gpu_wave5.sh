@@ -26,6 +26,7 @@
 #   bash benchmarks/gpu_wave5.sh packed   # the int4 GEMV's packed-bf16 sums and attention's
 #                                           in-launch segment merge: card tests, per projection,
 #                                           B2 int4 with the sums and without, FP8, bf16 (~9 min)
+#   bash benchmarks/gpu_wave5.sh psweep   # its launch settings swept, B2 bf16 / int4 (~7 min)
 #   bash benchmarks/gpu_wave5.sh next     # ACC2D and int GEMV sweeps (~6 min)
 #   bash benchmarks/gpu_wave5.sh second   # ~8 min
 source "$(dirname "$0")/gpu_common.sh"
@@ -178,6 +179,13 @@ packed)  # the one-row int4 GEMV summing each word's products in packed bf16; at
     --out "$R/b2_int4_fp32"
   step b2_fp8 75 $B b2 --quick --no-peer --quantization fp8 --out "$R/b2_fp8"
   step b2_bf16 75 $B b2 --quick --no-peer --out "$R/b2_bf16"
+  ;;
+psweep)  # the packed int4 GEMV's launch settings swept per projection; B2 int4 and bf16
+  # (attention's in-launch merge of 6c350e0 reverted: B2 bf16 5.83 with it, 5.64 before)
+  step psweep 300 python3 benchmarks/int4_probe.py --ms 1 --packed --sweep \
+    --out "$OUT/psweep.json"
+  step b2_bf16 75 $B b2 --quick --no-peer --out "$R/b2_bf16"
+  step b2_int4 75 $B b2 --quick --no-peer --quantization int4 --out "$R/b2_int4"
   ;;
 next)  # tuning: the FP8 GEMV reducing once (ACC2D) swept per projection, the int GEMV's
   # launch settings

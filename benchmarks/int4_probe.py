@@ -113,11 +113,9 @@ def _candidates(m: int, n: int, k: int, num_sms: int) -> list[dict]:
     instead of a reshape, measured slower at 16 and 256 rows and was removed.)"""
     out = []
     if m == 1:
-        for bn, sub, per_sm, stages in itertools.product([64, 128], [1, 2, 4], [4, 8, 16],
-                                                         [2, 3]):
-            out.append(dict(BLOCK_M=1, BLOCK_N=bn, BLOCK_K=128, SUB=sub, num_warps=4,
-                            num_stages=stages,
-                            **_split_k(n, k, bn, 128 * sub, per_sm, num_sms)))
+        for bn, sub, per_sm, warps in itertools.product([64, 128], [2, 4], [4, 8, 16], [4, 8]):
+            out.append(dict(BLOCK_M=1, BLOCK_N=bn, BLOCK_K=128, SUB=sub, num_warps=warps,
+                            num_stages=2, **_split_k(n, k, bn, 128 * sub, per_sm, num_sms)))
     elif m <= 16:
         for bn, per_sm, stages in itertools.product([64, 128], [1, 2, 4], [3, 4]):
             out.append(dict(BLOCK_M=16, BLOCK_N=bn, BLOCK_K=128, num_warps=4,

@@ -16,9 +16,8 @@ Design (the "unified" layout of vLLM's Triton backend, own code):
 - Online softmax (base 2) over KV tiles of TILE keys gathered through the block table, so TILE
   need not equal the cache block size.
 - Split-KV (flash-decoding): with NUM_SEGMENTS > 1 a third grid axis splits each program's KV
-  tiles into segments that write unnormalised partials; the last segment of each (query
-  block, KV head) to finish merges them in the same launch (a counter per pair, as
-  kernels.split_k does for GEMMs). Used for decode batches too small to fill the GPU.
+  tiles into segments that write unnormalised partials; `_reduce_segments_kernel` merges them.
+  Used for decode batches too small to fill the GPU.
 - An fp8 cache (float8_e4m3fn, kernels.kv_cache) is read as fp8 and cast to the query's dtype
   for the dots (exact: every e4m3 value is a bf16/fp16/fp32 value). With bf16 queries on
   Hopper (kernels.e4m3.available) the codes are read as bytes and made bf16 by integer ops,
@@ -101,7 +100,7 @@ def _attend_tiles(acc, m_i, l_i, Q, q_pos, k_cache_ptr, v_cache_ptr, bt_row_ptr,
 # spent 2.3 s of 2.9 s compiling, which read as an async-scheduling regression).
 @triton.jit(do_not_specialize=["num_seqs", "stride_bt"])
 def _paged_attention_kernel(
-        out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, lock_ptr,
+        out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr,
         q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_loc_ptr,
         k_scale_ptr, v_scale_ptr, scale_log2, num_seqs, num_heads,
         stride_qt, stride_qh, stride_ot, stride_oh, stride_cb, stride_cs, stride_ch, stride_bt,
@@ -168,31 +167,32 @@ def _paged_attention_kernel(
         tl.store(part_max_ptr + part, m_i, mask=row_ok)
         tl.store(part_sum_ptr + part, l_i, mask=row_ok)
         tl.store(part_acc_ptr + part[:, None] * HEAD_DIM_P + dims[None, :], acc, mask=store_ok)
-        # The last segment of this (query block, KV head) to finish merges all of them, in
-        # segment order (deterministic), and resets the counter for the next launch: a CTA
-        # barrier, so every thread's partials are stored, then an acquire/release atomic.
-        tl.debug_barrier()
-        lock = lock_ptr + q_block_idx * tl.num_programs(1) + kv_head
-        if tl.atomic_add(lock, 1, sem="acq_rel") == NUM_SEGMENTS - 1:
-            part0 = (tok * num_heads + head) * NUM_SEGMENTS  # [BLOCK_M]
-            m_max = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
-            for i in range(NUM_SEGMENTS):
-                m_max = tl.maximum(m_max, tl.load(part_max_ptr + part0 + i, mask=row_ok,
-                                                  other=-1.0e30, cache_modifier=".cg"))
-            total = tl.zeros([BLOCK_M, HEAD_DIM_P], dtype=tl.float32)
-            denom = tl.zeros([BLOCK_M], dtype=tl.float32)
-            for i in range(NUM_SEGMENTS):  # empty segments: m = -1e30 -> weight 0
-                weight = tl.exp2(tl.load(part_max_ptr + part0 + i, mask=row_ok,
-                                         other=-1.0e30, cache_modifier=".cg") - m_max)
-                denom += weight * tl.load(part_sum_ptr + part0 + i, mask=row_ok, other=0.0,
-                                          cache_modifier=".cg")
-                total += weight[:, None] * tl.load(
-                    part_acc_ptr + (part0 + i)[:, None] * HEAD_DIM_P + dims[None, :],
-                    mask=store_ok, other=0.0, cache_modifier=".cg")
-            out = total / tl.where(denom == 0.0, 1.0, denom)[:, None]
-            tl.store(out_ptr + tok[:, None] * stride_ot + head[:, None] * stride_oh
-                     + dims[None, :], out.to(out_ptr.dtype.element_ty), mask=store_ok)
-            tl.atomic_xchg(lock, 0)
+
+
+@triton.jit(do_not_specialize=["num_seqs"])
+def _reduce_segments_kernel(out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr,
+                            query_start_loc_ptr, num_seqs, num_heads, stride_ot, stride_oh,
+                            HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
+                            NUM_SEGMENTS: tl.constexpr, PDL: tl.constexpr):
+    pdl.wait(PDL)  # before any load: the previous kernel's writes are visible
+    pdl.launch_dependents(PDL)
+    tok = tl.program_id(0)
+    head = tl.program_id(1)
+    # Padding rows after the last sequence were never written by the main kernel.
+    if tok >= tl.load(query_start_loc_ptr + num_seqs):
+        return
+    segs = tl.arange(0, NUM_SEGMENTS)
+    dims = tl.arange(0, HEAD_DIM_P)
+    part = (tok.to(tl.int64) * num_heads + head) * NUM_SEGMENTS + segs  # [NUM_SEGMENTS]
+    m = tl.load(part_max_ptr + part)
+    weight = tl.exp2(m - tl.max(m, axis=0))  # empty segments: m = -1e30 -> weight 0
+    denom = tl.sum(weight * tl.load(part_sum_ptr + part), axis=0)
+    # Padding dims (head_dim not a power of 2) were never written: mask them.
+    acc = tl.load(part_acc_ptr + part[:, None] * HEAD_DIM_P + dims[None, :],
+                  mask=(dims < HEAD_DIM)[None, :], other=0.0)
+    out = tl.sum(acc * weight[:, None], axis=0) / tl.where(denom == 0.0, 1.0, denom)
+    tl.store(out_ptr + tok.to(tl.int64) * stride_ot + head * stride_oh + dims,
+             out.to(out_ptr.dtype.element_ty), mask=dims < HEAD_DIM)
 
 
 @dataclass(frozen=True)
@@ -284,9 +284,8 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         part_acc = part_max = part_sum = out  # unused by the kernel when NUM_SEGMENTS == 1
     grid = (num_tokens // block_q + num_seqs, num_kv_heads, segments)
     launch = pdl.launch_options(q.device)
-    locks = _segment_locks(q.device, grid[0] * grid[1]) if segments > 1 else out
     _paged_attention_kernel[grid](
-        out, part_acc, part_max, part_sum, locks, q, k_cache, v_cache, block_tables, seq_lens,
+        out, part_acc, part_max, part_sum, q, k_cache, v_cache, block_tables, seq_lens,
         query_start_loc, k_scale if fp8 else q, v_scale if fp8 else q, scale * _LOG2E,
         num_seqs, num_heads,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
@@ -295,21 +294,12 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         BLOCK_M=config.block_m, BLOCK_Q=block_q, TILE=config.tile_size,
         NUM_SEGMENTS=segments, DOT_PRECISION=_dot_precision(q.dtype), KV_FP8=fp8,
         KV_BITS=kv_bits, num_warps=config.num_warps, num_stages=config.num_stages, **launch)
+    if segments > 1:
+        _reduce_segments_kernel[(num_tokens, num_heads)](
+            out, part_acc, part_max, part_sum, query_start_loc, num_seqs, num_heads,
+            out.stride(0), out.stride(1), HEAD_DIM=head_dim, HEAD_DIM_P=head_dim_p,
+            NUM_SEGMENTS=segments, num_warps=4, **launch)
     return out
-
-
-_LOCKS: dict[torch.device, torch.Tensor] = {}
-
-
-def _segment_locks(device: torch.device, count: int) -> torch.Tensor:
-    """Zeroed counters, one per (query block, KV head) of a split-KV launch; each launch
-    leaves them at zero. Allocated once per device at 4,096 (a split launch has fewer than
-    2 * 2 * num_sms programs before the split), so CUDA graphs capture a fixed address."""
-    counters = _LOCKS.get(device)
-    if counters is None or counters.numel() < count:
-        counters = _LOCKS[device] = torch.zeros(max(count, 4096), dtype=torch.int32,
-                                                device=device)
-    return counters
 
 
 def _dot_precision(dtype: torch.dtype) -> str:

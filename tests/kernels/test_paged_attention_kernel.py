@@ -64,21 +64,6 @@ def test_decode_batch_auto_and_split(heads, device, make_batch, rel_err):
         assert rel_err(_run(batch, 0.09, config), ref) < TOL
 
 
-def test_split_segments_merge_in_the_same_launch(device, make_batch, rel_err):
-    """Split-KV: the last segment of each (query block, KV head) to finish merges the
-    partials (no second kernel), leaves its counter at zero for the next launch, and merges
-    in segment order: the same bits each launch, a prefill chunk in the batch included."""
-    from cormorant.kernels import paged_attention as pa
-
-    batch = make_batch([1, 1, 3, 1], [9, 300, 40, 77], 8, 2, 64, device=device, seed=5)
-    ref = _ref(batch, 0.125)
-    config = PagedAttentionConfig(block_m=16, tile_size=16, num_segments=8)
-    first = _run(batch, 0.125, config)
-    assert rel_err(first, ref) < TOL
-    assert not pa._LOCKS[batch.q.device].any()
-    assert torch.equal(_run(batch, 0.125, config), first)
-
-
 @pytest.mark.parametrize("config", [SMALL_TILES, SPLIT], ids=["tile16", "split4"])
 def test_padding_rows_untouched_and_empty_sequences(config, device, make_batch, rel_err):
     # A sequence with no query rows (query_len 0) and three trailing rows owned by nobody.
