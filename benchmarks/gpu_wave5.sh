@@ -27,6 +27,7 @@
 #                                           in-launch segment merge: card tests, per projection,
 #                                           B2 int4 with the sums and without, FP8, bf16 (~9 min)
 #   bash benchmarks/gpu_wave5.sh psweep   # its launch settings swept, B2 bf16 / int4 (~7 min)
+#   bash benchmarks/gpu_wave5.sh pfinal   # at its tuned split: card tests, B2 x4 (~6 min)
 #   bash benchmarks/gpu_wave5.sh next     # ACC2D and int GEMV sweeps (~6 min)
 #   bash benchmarks/gpu_wave5.sh second   # ~8 min
 source "$(dirname "$0")/gpu_common.sh"
@@ -186,6 +187,17 @@ psweep)  # the packed int4 GEMV's launch settings swept per projection; B2 int4 
     --out "$OUT/psweep.json"
   step b2_bf16 75 $B b2 --quick --no-peer --out "$R/b2_bf16"
   step b2_int4 75 $B b2 --quick --no-peer --quantization int4 --out "$R/b2_int4"
+  ;;
+pfinal)  # the packed GEMV at its tuned split (at most 8 programs a SM): card tests, per
+  # projection, B2 int4 with it and without, FP8, bf16
+  step pfinal_tests 120 python3 -m pytest -q -rf tests/kernels/test_int_gemm.py
+  step pfinal_probe 60 python3 benchmarks/int4_probe.py --ms 1 --packed \
+    --out "$OUT/pfinal_probe.json"
+  step b2_int4 75 $B b2 --quick --no-peer --quantization int4 --out "$R/b2_int4"
+  step b2_bf16 75 $B b2 --quick --no-peer --out "$R/b2_bf16"
+  step b2_fp8 75 $B b2 --quick --no-peer --quantization fp8 --out "$R/b2_fp8"
+  step b2_int4_fp32 75 env CORMORANT_INT_PACKED=0 $B b2 --quick --no-peer --quantization int4 \
+    --out "$R/b2_int4_fp32"
   ;;
 next)  # tuning: the FP8 GEMV reducing once (ACC2D) swept per projection, the int GEMV's
   # launch settings

@@ -164,11 +164,12 @@ def compare_mma_forms(x, weights, ref, m: int, n: int, k: int, sweep: bool) -> d
 
 
 def compare_packed_forms(x, weights, ref, n: int, k: int) -> dict:
-    """The one-row GEMV's two forms at config_for's settings: each word's products summed in
-    packed bf16 (PACKED, the default on CUDA) and in fp32; error and time of each."""
+    """The one-row GEMV's two forms, each at config_for's settings for it: each word's
+    products summed in packed bf16 (PACKED, the default on CUDA) and in fp32; error and time
+    of each."""
     out = {}
     for packed in (True, False):
-        cfg = dict(config_for(1, n, k, GROUP, _num_sms(x.device)), PACKED=packed)
+        cfg = dict(config_for(1, n, k, GROUP, _num_sms(x.device), packed), PACKED=packed)
         y = int_gemm(x, *weights[0], BITS, GROUP, config=cfg)
         key = "packed" if packed else "fp32"
         out[f"{key}_rel_err"] = float((y.float() - ref).norm() / ref.norm())

@@ -62,11 +62,13 @@ def num_sms(device: torch.device) -> int:
 
 
 def split_k(n: int, k: int, block_n: int, block_k: int, programs_per_sm: int,
-             num_sms: int) -> dict:
-    """SPLIT_K and K_PER_SPLIT so that about programs_per_sm programs per SM stream W."""
+             num_sms: int, at_most: bool = False) -> dict:
+    """SPLIT_K and K_PER_SPLIT so that about programs_per_sm programs per SM stream W; with
+    at_most, no more than that (the split rounded down: one wave where that many fit)."""
     programs = triton.cdiv(n, block_n)
     k_tiles = triton.cdiv(k, block_k)
-    split = max(1, min(k_tiles, triton.cdiv(programs_per_sm * num_sms, programs)))
+    target = programs_per_sm * num_sms
+    split = max(1, min(k_tiles, target // programs if at_most else triton.cdiv(target, programs)))
     per_split = triton.cdiv(k_tiles, split) * block_k
     return dict(SPLIT_K=triton.cdiv(k, per_split), K_PER_SPLIT=per_split)
 

@@ -115,6 +115,15 @@ def test_decode_configs_split_k_to_fill_the_device():
         assert cfg["K_PER_SPLIT"] % cfg["BLOCK_K"] == 0
         assert cfg["SPLIT_K"] * cfg["K_PER_SPLIT"] >= 14336
     assert int_gemm.config_for(256, 4096, 4096, 128, num_sms=132)["SPLIT_K"] == 1
+    # the packed GEMV: at most 8 programs per SM (Llama-8B gate_up: 448 column tiles x 2)
+    for n, k in ((28672, 4096), (6144, 4096), (4096, 14336)):
+        fp32 = int_gemm.config_for(1, n, k, 128, num_sms=132)
+        packed = int_gemm.config_for(1, n, k, 128, num_sms=132, packed=True)
+        assert (n // 64) * packed["SPLIT_K"] <= 8 * 132
+        assert packed["SPLIT_K"] * packed["K_PER_SPLIT"] >= k
+        assert packed["SPLIT_K"] <= fp32["SPLIT_K"]
+    assert int_gemm.config_for(1, 28672, 4096, 128, num_sms=132, packed=True)["SPLIT_K"] == 2
+    assert int_gemm.config_for(1, 28672, 4096, 128, num_sms=132)["SPLIT_K"] == 3
 
 
 def test_an_int4_layer_runs_the_kernel_as_its_cpu_reference(monkeypatch, device):
