@@ -18,8 +18,9 @@ Launch shapes, chosen by `config_for(M, N, K, group, num_sms)`:
           be made on the fly, as kernels.gemv's prologues do (int_add_rms_norm_gemv,
           int_silu_mul_gemv): one launch where there were two. int4 bf16 rows on CUDA
           without a prologue (the default path) sum each word's 8 products in packed bf16
-          instead (PACKED, _packed_word_sums): 10-18% faster per projection on the H100,
-          relative error 3.1e-3 against 1.7e-3. (Earlier forms,
+          instead (PACKED, _packed_word_sums): 11-18% less time per projection on the
+          H100 (gate_up with its one-wave split), relative error 3.1e-3 against 1.7e-3;
+          B2 int4 2.90 -> 2.63 ms/token. (Earlier forms,
           measured on the H100 at M = 1: unpacking along a middle axis [BLOCK_K / P, P,
           BLOCK_N] read at ~170 GB/s; a pointer per code at 700-870 GB/s, load-issue bound.)
   decode (2 <= M <= 16): int4 with groups of a multiple of 64 (the usual checkpoints) goes
