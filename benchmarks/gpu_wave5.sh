@@ -28,6 +28,7 @@
 #                                           B2 int4 with the sums and without, FP8, bf16 (~9 min)
 #   bash benchmarks/gpu_wave5.sh psweep   # its launch settings swept, B2 bf16 / int4 (~7 min)
 #   bash benchmarks/gpu_wave5.sh pfinal   # at its tuned split: card tests, B2 x4 (~6 min)
+#   bash benchmarks/gpu_wave5.sh mma64    # int4_mma at 17-64 rows: tests, sweep, B3 (not run yet)
 #   bash benchmarks/gpu_wave5.sh next     # ACC2D and int GEMV sweeps (~6 min)
 #   bash benchmarks/gpu_wave5.sh second   # ~8 min
 source "$(dirname "$0")/gpu_common.sh"
@@ -198,6 +199,15 @@ pfinal)  # the packed GEMV at its tuned split (at most 8 programs a SM): card te
   step b2_fp8 75 $B b2 --quick --no-peer --quantization fp8 --out "$R/b2_fp8"
   step b2_int4_fp32 75 env CORMORANT_INT_PACKED=0 $B b2 --quick --no-peer --quantization int4 \
     --out "$R/b2_int4_fp32"
+  ;;
+mma64)  # int4_mma at 17-64 rows (x padded to 32 / 64; not routed yet): card tests, per
+  # projection against the tile kernel with its sweep, B3 int4 routed up to 64 rows and not
+  step mma64_tests 120 python3 -m pytest -q -rf tests/kernels/test_int4_mma.py
+  step mma64_probe 240 python3 benchmarks/int4_probe.py --ms 16,32,48,64 --mma --sweep \
+    --out "$OUT/mma64_probe.json"
+  step b3_int4_mma64 100 env CORMORANT_INT4_MMA_ROWS=64 $B b3 --quick --no-peer \
+    --quantization int4 --out "$R/b3_int4_mma64"
+  step b3_int4_mma16 100 $B b3 --quick --no-peer --quantization int4 --out "$R/b3_int4_mma16"
   ;;
 next)  # tuning: the FP8 GEMV reducing once (ACC2D) swept per projection, the int GEMV's
   # launch settings

@@ -1,13 +1,14 @@
-"""int4 weight-only matmul of a few rows (2-16) on tensor cores: y = x @ dequant(W).
+"""int4 weight-only matmul of a few rows (2-64) on tensor cores: y = x @ dequant(W).
 
 Same runtime layout as kernels.int_gemm (qweight int32 [K / 8, N], codes packed along K,
 lowest bits first; scales [K / GROUP, N]; zeros likewise or None for symmetric weights).
-int_gemm sends it int4 calls of 2-16 rows, which its tile kernel served at about the cost
-of 16 (codes unpacked by a reshape of [K / 8, 8, N], made floats in fp32). Here:
-  - the product is computed transposed, acc[BLOCK_N, 16] = W_tile^T @ x_tile^T, so the
+int_gemm sends it int4 calls of 2 to MMA_ROWS (16) rows, which its tile kernel served at
+about the cost of 16 (codes unpacked by a reshape of [K / 8, 8, N], made floats in fp32);
+17-64 rows run here too (BLOCK_M 32 / 64) but are not routed until timed on a card. Here:
+  - the product is computed transposed, acc[BLOCK_N, BLOCK_M] = W_tile^T @ x_tile^T, so the
     dequantized weights are the dot's first operand and stay in registers (on Hopper a
     wgmma reads its first operand from registers; x, the second, goes through shared
-    memory); the rows of x are padded to 16, the dot's smallest side;
+    memory); the rows of x are padded to BLOCK_M (16, the dot's smallest side, 32 or 64);
   - one lop3 makes two codes bf16 (or fp16) at once: the word's codes j and j + 4 lie at
     bits 4j and 4j + 16, so (word >> 4j) & 0x000F000F | 0x43004300 is the bf16 pair
     (128 + c_j, 128 + c_j+4), and one packed subtract of 128 + zero makes them c - zero,
@@ -36,7 +37,7 @@ import triton.language as tl
 
 from cormorant.kernels import pdl, split_k
 
-MIN_ROWS, MAX_ROWS = 2, 16  # one row keeps int_gemm's GEMV; 16 is the dot's smallest side
+MIN_ROWS, MAX_ROWS = 2, 64  # one row keeps int_gemm's GEMV; rows padded to 16, 32 or 64
 
 
 @triton.jit
@@ -68,22 +69,23 @@ def _code_pairs(words, j: tl.constexpr, zz, z, DT: tl.constexpr, ASM: tl.constex
 
 @triton.jit
 def _int4_mma_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, p_ptr, lock_ptr, M, N, K, K_PER_SPLIT,
-                     stride_xm, stride_qk, stride_sg, stride_ym, BLOCK_N: tl.constexpr,
-                     WORDS: tl.constexpr, SPLIT_K, HAS_ZEROS: tl.constexpr, EVEN: tl.constexpr,
-                     IEEE: tl.constexpr, ASM: tl.constexpr, PDL: tl.constexpr):
-    """acc[BLOCK_N, 16] over K_PER_SPLIT of K in tiles of WORDS words (8 * WORDS codes, one
-    group): four dots a tile, of 2 * WORDS positions each (see the module docstring). EVEN:
+                     stride_xm, stride_qk, stride_sg, stride_ym, BLOCK_M: tl.constexpr,
+                     BLOCK_N: tl.constexpr, WORDS: tl.constexpr, SPLIT_K,
+                     HAS_ZEROS: tl.constexpr, EVEN: tl.constexpr, IEEE: tl.constexpr,
+                     ASM: tl.constexpr, PDL: tl.constexpr):
+    """acc[BLOCK_N, BLOCK_M] over K_PER_SPLIT of K in tiles of WORDS words (8 * WORDS codes,
+    one group): four dots a tile, of 2 * WORDS positions each (see the module docstring). EVEN:
     N and K are whole tiles and splits, so nothing is masked but the rows of x."""
     DT: tl.constexpr = y_ptr.dtype.element_ty
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
-    offs_m = tl.arange(0, 16)
+    offs_m = tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
     kk = tl.arange(0, 2 * WORDS)
     k_perm = (kk // 2) * 8 + 4 * (kk % 2)  # dot position -> code within the tile, less j
-    acc = tl.zeros((BLOCK_N, 16), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     k_begin = pid_k * K_PER_SPLIT
     k_end = tl.minimum(k_begin + K_PER_SPLIT, K)
     pdl.wait(PDL)
@@ -106,7 +108,7 @@ def _int4_mma_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, p_ptr, lock_ptr, M, N, K
             zz = base + z.to(tl.int32) * 0x10001 + tl.zeros((BLOCK_N, WORDS), tl.int32)
         else:
             zz = 0
-        tile = tl.zeros((BLOCK_N, 16), dtype=tl.float32)
+        tile = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
         for j in tl.static_range(4):
             ks = k0 + k_perm + j
             if EVEN:  # a constant mask: no compare
@@ -129,7 +131,7 @@ def _int4_mma_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, p_ptr, lock_ptr, M, N, K
 
 
 def supports(m: int, bits: int, group: int, x: torch.Tensor) -> bool:
-    """Whether this kernel takes the call: int4, 2-16 rows, groups of a multiple of 64; bf16
+    """Whether this kernel takes the call: int4, 2-64 rows, groups of a multiple of 64; bf16
     and fp16 where the kernel is compiled (the interpreter's bf16 dot is wrong), fp32 too."""
     compiled = x.device.type == "cuda" and split_k.inline_ptx(x.device)
     return bits == 4 and MIN_ROWS <= m <= MAX_ROWS and group % 64 == 0 and (
@@ -142,22 +144,26 @@ def config_for(m: int, n: int, k: int, group: int, num_sms: int) -> dict:
     (gate_up) 4 warps, 3 stages and K split for ~2 programs per SM; with fewer (qkv, o, down)
     8 warps, 2 stages and ~4 programs per SM."""
     words = 16 if group % 128 == 0 else 8
+    block_m = max(16, triton.next_power_of_2(m))  # 17-64 rows: not yet timed on a card
     if triton.cdiv(n, 128) >= num_sms:
-        return dict(BLOCK_N=128, WORDS=words, num_warps=4, num_stages=3,
+        return dict(BLOCK_M=block_m, BLOCK_N=128, WORDS=words, num_warps=4, num_stages=3,
                     **split_k.split_k(n, k, 128, 8 * words, 2, num_sms))
-    return dict(BLOCK_N=128, WORDS=words, num_warps=8, num_stages=2,
+    return dict(BLOCK_M=block_m, BLOCK_N=128, WORDS=words, num_warps=8, num_stages=2,
                 **split_k.split_k(n, k, 128, 8 * words, 4, num_sms))
 
 
 def int4_mma(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
              zeros: torch.Tensor | None, group: int, config: dict | None = None
              ) -> torch.Tensor:
-    """x [M <= 16, K] @ the int4 weight -> [M, N] in x's dtype (int_gemm checked the shapes)."""
+    """x [M <= 64, K] @ the int4 weight -> [M, N] in x's dtype (int_gemm checked the shapes)."""
     m, k = x.shape
     n = qweight.shape[1]
     cfg = dict(config or config_for(m, n, k, group, split_k.num_sms(x.device)))
+    cfg.setdefault("BLOCK_M", max(16, triton.next_power_of_2(m)))
     if group % (8 * cfg["WORDS"]) or cfg["K_PER_SPLIT"] % (8 * cfg["WORDS"]):
         raise ValueError("int4_mma: a K tile is one group, and a split whole tiles")
+    if not m <= cfg["BLOCK_M"] <= 64:
+        raise ValueError(f"int4_mma: BLOCK_M {cfg['BLOCK_M']} must hold the {m} rows (<= 64)")
     x = x.contiguous()
     tiles = triton.cdiv(n, cfg["BLOCK_N"])
     per_split = cfg.pop("K_PER_SPLIT")

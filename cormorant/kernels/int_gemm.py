@@ -73,7 +73,8 @@ PACKED_DEFAULT = os.environ.get("CORMORANT_INT_PACKED", "1") == "1"
 DEQUANT_MIN_ROWS = 64
 DEQUANT_LARGE_WEIGHTS = 1 << 26  # weights above which dequantizing waits for 256 rows
 # Rows up to which int4 weights (groups of a multiple of 64) go through kernels.int4_mma,
-# the tensor-core form, from 2 rows (instead of the decode tile kernel); 0 or 1: never.
+# the tensor-core form, from 2 rows (instead of the decode tile kernel); 0 or 1: never. It
+# takes up to 64 rows, but 17-64 have not been timed on a card: 16 until they are.
 MMA_ROWS = int(os.environ.get("CORMORANT_INT4_MMA_ROWS", "16"))
 
 

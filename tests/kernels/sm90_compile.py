@@ -332,13 +332,15 @@ def main() -> int:
 
 def _int_gemm_thunks():
     """Llama-8B o_proj-sized int4/int8 weight-only GEMMs: int4_mma (bf16 and fp16, its 8- and
-    4-warp settings); one row (the GEMV kernel, four and one K tiles a step, fp32 and packed
-    bf16 sums), 16 and 256 rows
-    (the tile kernel; at 256 also the dequantization), symmetric (no zeros) and asymmetric."""
+    4-warp settings, x padded to 16, 64 rows); one row (the GEMV kernel, four and one K tiles
+    a step, fp32 and packed bf16 sums), 16 and 256 rows (the tile kernel; at 256 also the
+    dequantization), symmetric (no zeros) and asymmetric."""
     from cormorant.kernels import int4_mma, int_gemm, pdl, split_k
     out = []
-    for dtype, zeros, m, n in ((torch.bfloat16, False, 16, 4096), (torch.bfloat16, True, 2, 4096),
-                               (torch.bfloat16, False, 16, 28672), (torch.float16, True, 8, 4096)):
+    bf16 = torch.bfloat16
+    for dtype, zeros, m, n in ((bf16, False, 16, 4096), (bf16, True, 2, 4096),
+                               (bf16, False, 16, 28672), (torch.float16, True, 8, 4096),
+                               (bf16, True, 33, 4096), (bf16, False, 64, 28672)):
         q = torch.zeros(512, n, dtype=torch.int32)  # K 4096
         s = torch.ones(32, n, dtype=dtype)
         z = s.clone() if zeros else None

@@ -1,5 +1,6 @@
-"""kernels/int4_mma.py (int4 weight-only matmul of 2-16 rows on tensor cores) against
-kernels.int_gemm's PyTorch reference: 2 to 16 rows, groups of 64 and 128, with zero points and
+"""kernels/int4_mma.py (int4 weight-only matmul of 2-64 rows on tensor cores) against
+kernels.int_gemm's PyTorch reference: 2 to 64 rows (x padded to 16, 32, 64), groups of 64 and
+128, with zero points and
 symmetric, ragged N and K, split K reduced in the launch, and int_gemm routing int4 calls to
 it. Under the interpreter (CPU) in fp32: the interpreter's bf16 tl.dot is wrong (see
 test_gemv.py), so the bf16 / fp16 forms (one lop3 and a packed subtract per two codes, inline
@@ -18,9 +19,9 @@ from test_int_gemm import _weights  # noqa: E402 (the same packed random weights
 ON_CUDA = torch.cuda.is_available()
 
 
-def _config(words, split, per_split, block_n=32):
-    return dict(BLOCK_N=block_n, WORDS=words, SPLIT_K=split, K_PER_SPLIT=per_split,
-                num_warps=4, num_stages=1)
+def _config(words, split, per_split, block_n=32, block_m=16):
+    return dict(BLOCK_M=block_m, BLOCK_N=block_n, WORDS=words, SPLIT_K=split,
+                K_PER_SPLIT=per_split, num_warps=4, num_stages=1)
 
 
 @pytest.mark.parametrize("m,n,k,group,config", [
@@ -29,6 +30,9 @@ def _config(words, split, per_split, block_n=32):
     (3, 40, 256, 128, _config(16, 1, 256)),  # a few rows, one split
     (16, 72, 512, 128, _config(16, 3, 256, 64)),  # 16 rows; a split with no tile left
     (5, 96, 256, 64, None),  # the default launch settings
+    (33, 40, 256, 128, _config(16, 2, 128, block_m=64)),  # 33 rows in a 64-row dot
+    (20, 40, 256, 64, None),  # 17-32 rows: the default pads x to 32
+    (64, 32, 128, 64, _config(8, 1, 128, block_m=64)),  # 64 rows, the most it takes
 ])
 @pytest.mark.parametrize("symmetric", [False, True])
 def test_int4_mma_matches_the_reference(m, n, k, group, config, symmetric, device):
@@ -46,7 +50,7 @@ def test_int4_mma_matches_the_reference(m, n, k, group, config, symmetric, devic
 def test_int_gemm_routes_int4_rows_to_it(monkeypatch, device):
     """Without an explicit config, int4 calls of 2 to MMA_ROWS rows run int4_mma; one row (the
     GEMV, with or without a prologue), 8 bits and 17 rows keep int_gemm's kernels; MMA_ROWS 0
-    turns it off."""
+    turns it off, 64 sends it up to 64 rows."""
     calls = []
     real = int4_mma.int4_mma
     monkeypatch.setattr(int4_mma, "int4_mma", lambda *a, **kw: calls.append(a[0].shape)
@@ -71,6 +75,12 @@ def test_int_gemm_routes_int4_rows_to_it(monkeypatch, device):
     torch.testing.assert_close(int_gemm.int_gemm(x, qweight, scales, zeros, 4, 128), ref,
                                atol=1e-4, rtol=1e-4)
     assert calls == [(2, k)]
+    monkeypatch.setattr(int_gemm, "MMA_ROWS", 64)  # CORMORANT_INT4_MMA_ROWS=64: up to 64 rows
+    x33 = torch.randn(33, k, generator=gen).to(device)
+    torch.testing.assert_close(int_gemm.int_gemm(x33, qweight, scales, zeros, 4, 128),
+                               int_gemm.int_gemm_ref(x33, qweight, scales, zeros, 4, 128),
+                               atol=1e-4, rtol=1e-4)
+    assert calls == [(2, k), (33, k)]
 
 
 def test_bad_settings_are_refused(device):
@@ -78,8 +88,12 @@ def test_bad_settings_are_refused(device):
     x = torch.randn(2, 256, generator=gen).to(device)
     with pytest.raises(ValueError, match="one group"):  # a 128-code tile across two groups
         int4_mma.int4_mma(x, qweight, scales, zeros, 64, config=_config(16, 1, 256))
+    with pytest.raises(ValueError, match="must hold"):  # 17 rows in a 16-row dot
+        int4_mma.int4_mma(torch.randn(17, 256, generator=gen).to(device), qweight, scales,
+                          zeros, 64, config=_config(8, 1, 256))
     assert int4_mma.supports(16, 4, 128, x) and int4_mma.supports(2, 4, 64, x)
-    assert not int4_mma.supports(1, 4, 128, x) and not int4_mma.supports(17, 4, 128, x)
+    assert int4_mma.supports(64, 4, 128, x)
+    assert not int4_mma.supports(1, 4, 128, x) and not int4_mma.supports(65, 4, 128, x)
     assert not int4_mma.supports(2, 8, 128, x)
     assert not int4_mma.supports(2, 4, 32, x)
 
@@ -87,10 +101,10 @@ def test_bad_settings_are_refused(device):
 @pytest.mark.skipif(not ON_CUDA, reason="needs CUDA (the bf16 / fp16 forms: inline PTX)")
 def test_the_half_precision_forms_on_the_card():
     """The codes made by lop3 + packed subtract are exact, so the error is the inputs'
-    rounding and the fp32 sums': within 2^-8 of the fp32 reference; bf16 and fp16, 2, 7 and
-    16 rows, with zero points and symmetric; int_gemm routes the call here (the same bits)."""
+    rounding and the fp32 sums': within 2^-8 of the fp32 reference; bf16 and fp16, 2 to 64
+    rows, with zero points and symmetric; int_gemm routes the call here (the same bits)."""
     for dtype in (torch.bfloat16, torch.float16):
-        for m in (2, 7, 16):
+        for m in (2, 7, 16, 33, 64):
             for symmetric in (False, True):
                 _half_precision_case(dtype, m, symmetric)
 
@@ -105,5 +119,5 @@ def _half_precision_case(dtype, m, symmetric):
     ref = int_gemm.int_gemm_ref(x.float(), qweight, scales, zeros, 4, group)
     assert y.dtype == dtype
     assert float((y.float() - ref).norm() / ref.norm()) < 2 ** -8
-    routed = int_gemm.int_gemm(x, qweight, scales, zeros, 4, group)
-    assert torch.equal(routed, y)
+    if m <= int_gemm.MMA_ROWS:  # rows that int_gemm routes here (16 by default)
+        assert torch.equal(int_gemm.int_gemm(x, qweight, scales, zeros, 4, group), y)
