@@ -132,10 +132,12 @@ def _int4_mma_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, p_ptr, lock_ptr, M, N, K
 
 def supports(m: int, bits: int, group: int, x: torch.Tensor) -> bool:
     """Whether this kernel takes the call: int4, 2-64 rows, groups of a multiple of 64; bf16
-    and fp16 where the kernel is compiled (the interpreter's bf16 dot is wrong), fp32 too."""
+    (sm_80 and later) and fp16 where the kernel is compiled (the interpreter's bf16 dot is
+    wrong), fp32 too."""
     compiled = x.device.type == "cuda" and split_k.inline_ptx(x.device)
     return bits == 4 and MIN_ROWS <= m <= MAX_ROWS and group % 64 == 0 and (
-        x.dtype == torch.float32 or (compiled and x.dtype in (torch.bfloat16, torch.float16)))
+        x.dtype == torch.float32 or (compiled and x.dtype == torch.float16)
+        or (compiled and x.dtype == torch.bfloat16 and split_k.has_bf16x2(x.device)))
 
 
 def config_for(m: int, n: int, k: int, group: int, num_sms: int) -> dict:

@@ -463,9 +463,10 @@ def int_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
 
 def _can_pack(x: torch.Tensor, bits: int, prologue: int) -> bool:
     """Whether the GEMV may sum in packed bf16 (given whole-group tiles): int4, bf16 x read
-    as it is (no prologue) from a 16-byte aligned row, inline PTX (CUDA)."""
+    as it is (no prologue) from a 16-byte aligned row, inline PTX (CUDA, sm_80 and later)."""
     return (bits == 4 and prologue == PROLOGUE_NONE and x.dtype == torch.bfloat16
-            and x.data_ptr() % 16 == 0 and split_k.inline_ptx(x.device))
+            and x.data_ptr() % 16 == 0 and split_k.inline_ptx(x.device)
+            and split_k.has_bf16x2(x.device))
 
 
 def _gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,

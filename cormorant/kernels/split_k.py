@@ -54,6 +54,18 @@ def inline_ptx(device: torch.device) -> bool:
     return device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1"
 
 
+def has_bf16x2(device: torch.device) -> bool:
+    """Whether inline PTX may use packed bf16 arithmetic (fma.rn.bf16x2: sm_80 and later).
+    Devices other than CUDA answer True: inline_ptx already refuses them, except where a test
+    compiles for a chosen architecture (tests/kernels/sm90_compile.py)."""
+    return device.type != "cuda" or _capability(device.index) >= (8, 0)
+
+
+@functools.cache
+def _capability(index: int | None) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
 @functools.cache
 def num_sms(device: torch.device) -> int:
     if device.type == "cuda":

@@ -284,8 +284,9 @@ def test_the_bit_trick_gives_what_the_conversion_gives(symmetric, device):
 
 
 def test_the_int4_gemv_sums_in_packed_bf16_where_it_can(monkeypatch):
-    """PACKED (_packed_word_sums, inline PTX) is chosen for int4 bf16 rows on CUDA with whole
-    groups per tile and no prologue, x 16-byte aligned; every other call keeps the fp32 form.
+    """PACKED (_packed_word_sums, inline PTX) is chosen for int4 bf16 rows on CUDA (sm_80+)
+    with whole groups per tile and no prologue, x 16-byte aligned; every other call keeps
+    the fp32 form.
     Launches recorded, not run (the interpreter has no PTX); the card test below runs it."""
     launches = []
 
@@ -321,6 +322,13 @@ def test_the_int4_gemv_sums_in_packed_bf16_where_it_can(monkeypatch):
     for expected, call in calls:
         call()
         assert launches[-1] is expected
+    for capability, packs in (((7, 5), False), ((8, 0), True), ((9, 0), True)):
+        monkeypatch.setattr(split_k, "_capability", lambda index, c=capability: c)
+        assert split_k.has_bf16x2(torch.device("cuda", 0)) is packs
+    monkeypatch.setattr(split_k, "has_bf16x2", lambda device: False)  # a card before sm_80
+    int_gemm.int_gemm(aligned, q, s.to(torch.bfloat16), None, 4, 128)
+    assert launches[-1] is False
+    monkeypatch.setattr(split_k, "has_bf16x2", lambda device: True)
     monkeypatch.setattr(split_k, "inline_ptx", lambda device: False)  # the CPU, interpreted
     int_gemm.int_gemm(aligned, q, s.to(torch.bfloat16), None, 4, 128)
     assert launches[-1] is False
