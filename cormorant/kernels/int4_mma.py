@@ -38,6 +38,8 @@ import triton.language as tl
 from cormorant.kernels import pdl, split_k
 
 MIN_ROWS, MAX_ROWS = 2, 64  # one row keeps int_gemm's GEMV; rows padded to 16, 32 or 64
+# -(128 + zero) as packed bf16 bits is 0xC300 | zero in both halves: this plus zero * 0x10001
+NEG_128_BF16X2 = tl.constexpr(-1023360256)  # 0xC300C300 as an int32 (also kernels.int_gemm's)
 
 
 @triton.jit
@@ -102,9 +104,8 @@ def _int4_mma_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, p_ptr, lock_ptr, M, N, K
             z = tl.load(z_ptr + g * stride_sg + offs_n, mask=mask_n, other=0.0)[:, None]
         else:
             z = tl.full((BLOCK_N, 1), 8.0, tl.float32)
-        if ASM:  # -(128 + z) as packed bf16 bits, 0xC300 | z twice (0xC300C300 as an int32);
-            # 1024 + z in fp16, 0x6400 | z
-            base = -1023360256 if DT == tl.bfloat16 else 0x64006400
+        if ASM:  # -(128 + z) as packed bf16 bits; 1024 + z in fp16, 0x6400 | z
+            base = NEG_128_BF16X2 if DT == tl.bfloat16 else 0x64006400
             zz = base + z.to(tl.int32) * 0x10001 + tl.zeros((BLOCK_N, WORDS), tl.int32)
         else:
             zz = 0
@@ -146,12 +147,17 @@ def config_for(m: int, n: int, k: int, group: int, num_sms: int) -> dict:
     (gate_up) 4 warps, 3 stages and K split for ~2 programs per SM; with fewer (qkv, o, down)
     8 warps, 2 stages and ~4 programs per SM."""
     words = 16 if group % 128 == 0 else 8
-    block_m = max(16, triton.next_power_of_2(m))  # 17-64 rows: not yet timed on a card
+    block_m = _block_m(m)  # 17-64 rows: not yet timed on a card
     if triton.cdiv(n, 128) >= num_sms:
         return dict(BLOCK_M=block_m, BLOCK_N=128, WORDS=words, num_warps=4, num_stages=3,
                     **split_k.split_k(n, k, 128, 8 * words, 2, num_sms))
     return dict(BLOCK_M=block_m, BLOCK_N=128, WORDS=words, num_warps=8, num_stages=2,
                 **split_k.split_k(n, k, 128, 8 * words, 4, num_sms))
+
+
+def _block_m(m: int) -> int:
+    """The dot's row side for m rows of x: 16 (its smallest), 32 or 64."""
+    return max(16, triton.next_power_of_2(m))
 
 
 def int4_mma(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
@@ -161,7 +167,7 @@ def int4_mma(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     m, k = x.shape
     n = qweight.shape[1]
     cfg = dict(config or config_for(m, n, k, group, split_k.num_sms(x.device)))
-    cfg.setdefault("BLOCK_M", max(16, triton.next_power_of_2(m)))
+    cfg.setdefault("BLOCK_M", _block_m(m))
     if group % (8 * cfg["WORDS"]) or cfg["K_PER_SPLIT"] % (8 * cfg["WORDS"]):
         raise ValueError("int4_mma: a K tile is one group, and a split whole tiles")
     if not m <= cfg["BLOCK_M"] <= 64:

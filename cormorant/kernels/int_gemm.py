@@ -55,6 +55,7 @@ import triton.language as tl
 from cormorant.kernels import int4_mma, pdl, split_k
 from cormorant.kernels.gemv import (PROLOGUE_ADD_NORM, PROLOGUE_NONE, PROLOGUE_SILU_MUL,
                                     _row_input)
+from cormorant.kernels.int4_mma import NEG_128_BF16X2
 
 DECODE_ROWS = 16  # M up to which the split-K decode shape runs
 # The GEMV makes codes floats by bits (see _gemv_tile): B2 Llama-3.1-8B int4 3.37 -> 3.05
@@ -102,10 +103,6 @@ def _bits_or_magic(words, mask, magic, ASM: tl.constexpr):
                                          is_pure=True, pack=1)
     else:
         return (words & mask) | magic
-
-
-# -(128 + zero) as packed bf16 bits, 0xC300 | zero in both halves (see _packed_word_sums)
-_NEG_128_BF16X2 = tl.constexpr(-1023360256)  # 0xC300C300 as an int32
 
 
 @triton.jit
@@ -164,9 +161,9 @@ def _gemv_tile(x_ptr, r_ptr, nw_ptr, res_out_ptr, q_ptr, s_ptr, z_ptr, k0, k_end
         s = tl.load(s_ptr + g * stride_sg + offs_n, mask=mask_g, other=0.0).to(tl.float32)
         if HAS_ZEROS:
             z = tl.load(z_ptr + g * stride_sg + offs_n, mask=mask_g, other=0.0)
-            zz = _NEG_128_BF16X2 + z.to(tl.int32)[None, :] * 0x10001
+            zz = NEG_128_BF16X2 + z.to(tl.int32)[None, :] * 0x10001
         else:
-            zz = (offs_n * 0 + (_NEG_128_BF16X2 + 8 * 0x10001))[None, :]  # zero 8
+            zz = (offs_n * 0 + (NEG_128_BF16X2 + 8 * 0x10001))[None, :]  # zero 8
         # the word's 8 inputs x[8w .. 8w + 7] as 4 words of bf16 pairs, regrouped (j, j + 4)
         x_words = x_ptr.to(tl.pointer_type(tl.int32)) + rows * 4
         r0 = tl.load(x_words, mask=mask_w, other=0)

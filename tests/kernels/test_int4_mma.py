@@ -1,10 +1,9 @@
 """kernels/int4_mma.py (int4 weight-only matmul of 2-64 rows on tensor cores) against
 kernels.int_gemm's PyTorch reference: 2 to 64 rows (x padded to 16, 32, 64), groups of 64 and
-128, with zero points and
-symmetric, ragged N and K, split K reduced in the launch, and int_gemm routing int4 calls to
-it. Under the interpreter (CPU) in fp32: the interpreter's bf16 tl.dot is wrong (see
-test_gemv.py), so the bf16 / fp16 forms (one lop3 and a packed subtract per two codes, inline
-PTX) are tested on a CUDA card only."""
+128, with zero points and symmetric, ragged N and K, split K reduced in the launch, and
+int_gemm routing int4 calls to it. Under the interpreter (CPU) in fp32: the interpreter's bf16
+tl.dot is wrong (see test_gemv.py), so the bf16 / fp16 forms (one lop3 and a packed subtract
+per two codes, inline PTX) are tested on a CUDA card only."""
 from __future__ import annotations
 
 import pytest
