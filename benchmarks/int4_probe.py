@@ -9,9 +9,8 @@ and replayed, time per call = replay / R (median of 5). GB/s counts the weight's
 codes + bf16 scales, symmetric as --quantization int4 makes them, for the kernel; bf16 for
 cuBLAS). `--sweep` also times a grid of
 launch settings at every M (8-36 per shape, a few minutes) and prints the best per shape, to
-tune config_for. `--packed` times the one-row GEMV's forms side by side (PACKED_FORMS: the
-packed-bf16 sums, the default; the fp32 form; the first step loaded before the PDL wait; 64
-registers); `--mma` kernels.int4_mma against the forms it replaces.
+tune config_for. `--packed` times the one-row GEMV's packed-bf16 sums (the default) against
+its fp32 form; `--mma` kernels.int4_mma against the forms it replaces.
 Run from the repository root on a CUDA machine, in one command:
     python benchmarks/int4_probe.py [--ms 1,16,256] [--sweep] [--packed] [--mma] [--out F]
 Imports torch, triton and cormorant (repo on path).
@@ -164,29 +163,18 @@ def compare_mma_forms(x, weights, ref, m: int, n: int, k: int, sweep: bool) -> d
     return out
 
 
-PACKED_FORMS = {  # --packed: the one-row GEMV's forms, each on config_for's settings for it
-    "packed": dict(PACKED=True),  # products summed in packed bf16 (the default on CUDA)
-    "fp32": dict(PACKED=False),
-    "preload": dict(PACKED=True, PRELOAD=True),  # first step's weights before the PDL wait
-    "reg64": dict(PACKED=True, maxnreg=64),  # 64 registers: 8 programs a SM, not 6
-    "preload_reg64": dict(PACKED=True, PRELOAD=True, maxnreg=64),
-}
-
-
 def compare_packed_forms(x, weights, ref, n: int, k: int) -> dict:
-    """The one-row GEMV's forms (PACKED_FORMS), each checked (relative error) and timed."""
+    """The one-row GEMV's two forms, each at config_for's settings for it: each word's
+    products summed in packed bf16 (PACKED, the default on CUDA) and in fp32; error and time
+    of each."""
     out = {}
-    for key, form in PACKED_FORMS.items():
-        cfg = dict(config_for(1, n, k, GROUP, _num_sms(x.device), form["PACKED"]), **form)
-        try:
-            y = int_gemm(x, *weights[0], BITS, GROUP, config=cfg)
-            out[f"{key}_us"] = graph_time([lambda w=w: int_gemm(x, *w, BITS, GROUP, config=cfg)
-                                           for w in weights]) * 1e6
-        except Exception as e:  # noqa: BLE001 - a form that does not compile is reported
-            print(f"    {key}: {type(e).__name__}: {e}"[:300])
-            out[f"{key}_us"], out[f"{key}_rel_err"] = float("nan"), float("nan")
-            continue
+    for packed in (True, False):
+        cfg = dict(config_for(1, n, k, GROUP, _num_sms(x.device), packed), PACKED=packed)
+        y = int_gemm(x, *weights[0], BITS, GROUP, config=cfg)
+        key = "packed" if packed else "fp32"
         out[f"{key}_rel_err"] = float((y.float() - ref).norm() / ref.norm())
+        out[f"{key}_us"] = graph_time([lambda w=w: int_gemm(x, *w, BITS, GROUP, config=cfg)
+                                       for w in weights]) * 1e6
     return out
 
 
@@ -211,7 +199,7 @@ def main() -> None:
     parser.add_argument("--mma", action="store_true",
                         help="kernels.int4_mma beside the GEMV / tile kernel (--sweep: its sweep)")
     parser.add_argument("--packed", action="store_true",
-                        help="one row: the GEMV's forms (PACKED_FORMS) side by side")
+                        help="one row: the GEMV's packed-bf16 sums against its fp32 form")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     rows = []
@@ -231,8 +219,8 @@ def main() -> None:
                 for best in r.get("mma_sweep", [])[:3]:
                     print(f"    mma sweep {best['us']:8.1f} us  {best['config']}")
             if "packed_us" in r:
-                print("    " + ", ".join(f"{key} {r[key + '_us']:.1f} us (err "
-                                         f"{r[key + '_rel_err']:.1e})" for key in PACKED_FORMS))
+                print(f"    packed {r['packed_us']:.1f} us (err {r['packed_rel_err']:.1e}) vs "
+                      f"fp32 {r['fp32_us']:.1f} us (err {r['fp32_rel_err']:.1e})")
             for best in r.get("sweep", [])[:3]:
                 print(f"    sweep {best['us']:8.1f} us  {best['config']}")
     if args.out:

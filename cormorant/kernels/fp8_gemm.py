@@ -53,63 +53,19 @@ GEMM_PROGRAMS_PER_SM = int(os.environ.get("CORMORANT_FP8_GEMM_PER_SM", "2"))
 
 
 @triton.jit
-def _fp8_gemv_input(x_ptr, r_ptr, nw_ptr, res_out_ptr, offs_m, ks, kmask, mask_m, rstd, pid,
-                    stride_xm, stride_rm, stride_om, K, dtype: tl.constexpr,
-                    PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
-    """The GEMV's input rows at ks in fp32 [BLOCK_M, BLOCK_K], made by its prologue: as read
-    (0), RMSNorm(x + residual) (1; program 0 writes the sum), SiLU(gate) * up (2)."""
-    xmask = mask_m[:, None] & kmask[None, :]
-    if PROLOGUE == 0:
-        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + ks[None, :], mask=xmask, other=0.0)
-    elif PROLOGUE == 1:
-        s = _input_sum(x_ptr, r_ptr, offs_m, ks, xmask, stride_xm, stride_rm, HAS_RESIDUAL)
-        if HAS_RESIDUAL:  # program 0 writes the sum: the next layer's residual
-            tl.store(res_out_ptr + offs_m[:, None] * stride_om + ks[None, :], s.to(dtype),
-                     mask=xmask & (pid == 0))
-        nw = tl.load(nw_ptr + ks, mask=kmask, other=0.0).to(tl.float32)
-        x = ((s * rstd[:, None]).to(dtype).to(tl.float32) * nw[None, :]).to(dtype)
-    else:
-        g_ptrs = x_ptr + offs_m[:, None] * stride_xm + ks[None, :]
-        g = tl.load(g_ptrs, mask=xmask, other=0.0).to(tl.float32)
-        u = tl.load(g_ptrs + K, mask=xmask, other=0.0).to(tl.float32)
-        x = (g / (1.0 + tl.exp(-g)) * u).to(dtype)
-    return x.to(tl.float32)
-
-
-@triton.jit
-def _fp8_gemv_step(acc, acc_1, x, w, s_rows, mask_n, ks, kmask, GROUP_K: tl.constexpr,
-                   PER_ROW: tl.constexpr, BLOCK_M: tl.constexpr, ACC2D: tl.constexpr):
-    """acc (and acc_1) plus the products of one K step: x [BLOCK_M, BLOCK_K] fp32 and the raw
-    FP8 weight tile w [BLOCK_N, BLOCK_K] (block scales applied per element)."""
-    w = w.to(tl.float32)
-    if not PER_ROW:
-        s = tl.load(s_rows[:, None] + (ks // GROUP_K)[None, :],
-                    mask=mask_n[:, None] & kmask[None, :], other=0.0)
-        w = w * s
-    if BLOCK_M == 1 and ACC2D:
-        acc_1 += w * x
-    elif BLOCK_M == 1:
-        acc += tl.sum(w * x, axis=1)[None, :]
-    else:
-        acc += tl.sum(w[None, :, :] * x[:, None, :], axis=2)
-    return acc, acc_1
-
-
-@triton.jit
 def _fp8_gemv_kernel(x_ptr, r_ptr, nw_ptr, res_out_ptr, w_ptr, s_ptr, b_ptr, y_ptr, M, N, K,
                      stride_xm, stride_rm, stride_om, stride_wn, stride_sn, stride_ym, eps,
                      SCALE_N: tl.constexpr, GROUP_K: tl.constexpr, PER_ROW: tl.constexpr,
                      PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
                      HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_K: tl.constexpr, ACC2D: tl.constexpr, PDL: tl.constexpr,
-                     PF_LINES: tl.constexpr, LINE: tl.constexpr, PRELOAD: tl.constexpr):
+                     PF_LINES: tl.constexpr, LINE: tl.constexpr):
     """ACC2D (one row): products accumulate elementwise in fp32 [BLOCK_N, BLOCK_K] and are
     summed across threads once at the end, not once per K step (a shared-memory reduction
     with barriers each step: 300 -> 236 instructions a step on sm_90, but 63 -> 123
     registers, so half the programs per SM: slower in B2, off). PDL (kernels.pdl): waits for
     the previous kernel before reading its input; with CORMORANT_PDL_PREFETCH=1 the program's
-    weight rows (PF_LINES lines of LINE bytes each) are asked of the L2 first; with PRELOAD
-    the first K step's weight tile is loaded into registers before the wait."""
+    weight rows (PF_LINES lines of LINE bytes each) are asked of the L2 first."""
     pid = tl.program_id(0)
     dtype = y_ptr.dtype.element_ty
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -117,12 +73,8 @@ def _fp8_gemv_kernel(x_ptr, r_ptr, nw_ptr, res_out_ptr, w_ptr, s_ptr, b_ptr, y_p
     offs_m = tl.arange(0, BLOCK_M)
     mask_n = offs_n < N
     mask_m = offs_m < M
-    w_ptrs = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :]
     pdl.prefetch_rows(w_ptr, offs_n, N, K, stride_wn, PF_LINES, LINE, PDL)
-    if PRELOAD:  # weights only: nothing another kernel writes
-        w_first = tl.load(w_ptrs, mask=mask_n[:, None] & (offs_k < K)[None, :], other=0.0)
     pdl.wait(PDL)
-    rstd = tl.zeros((BLOCK_M,), dtype=tl.float32)
     if PROLOGUE == 1:  # RMSNorm statistics first, as kernels.gemv does
         sq = tl.zeros((BLOCK_M,), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
@@ -132,27 +84,40 @@ def _fp8_gemv_kernel(x_ptr, r_ptr, nw_ptr, res_out_ptr, w_ptr, s_ptr, b_ptr, y_p
             sq += tl.sum(s * s, axis=1)
         rstd = tl.rsqrt(sq / K + eps)
     s_rows = s_ptr + (offs_n // SCALE_N) * stride_sn  # [BN]
+    w_ptrs = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_1 = tl.zeros((BLOCK_N, BLOCK_K if ACC2D else 1), dtype=tl.float32)
-    k_loop = 0
-    if PRELOAD:
-        kmask = offs_k < K
-        x = _fp8_gemv_input(x_ptr, r_ptr, nw_ptr, res_out_ptr, offs_m, offs_k, kmask, mask_m,
-                            rstd, pid, stride_xm, stride_rm, stride_om, K, dtype, PROLOGUE,
-                            HAS_RESIDUAL)
-        acc, acc_1 = _fp8_gemv_step(acc, acc_1, x, w_first, s_rows, mask_n, offs_k, kmask,
-                                    GROUP_K, PER_ROW, BLOCK_M, ACC2D)
-        k_loop = BLOCK_K
-        w_ptrs += BLOCK_K
-    for k0 in range(k_loop, K, BLOCK_K):
+    for k0 in range(0, K, BLOCK_K):
         ks = k0 + offs_k
         kmask = ks < K
-        x = _fp8_gemv_input(x_ptr, r_ptr, nw_ptr, res_out_ptr, offs_m, ks, kmask, mask_m,
-                            rstd, pid, stride_xm, stride_rm, stride_om, K, dtype, PROLOGUE,
-                            HAS_RESIDUAL)
-        w = tl.load(w_ptrs, mask=mask_n[:, None] & kmask[None, :], other=0.0)
-        acc, acc_1 = _fp8_gemv_step(acc, acc_1, x, w, s_rows, mask_n, ks, kmask, GROUP_K,
-                                    PER_ROW, BLOCK_M, ACC2D)
+        xmask = mask_m[:, None] & kmask[None, :]
+        if PROLOGUE == 0:
+            x = tl.load(x_ptr + offs_m[:, None] * stride_xm + ks[None, :], mask=xmask,
+                        other=0.0)
+        elif PROLOGUE == 1:
+            s = _input_sum(x_ptr, r_ptr, offs_m, ks, xmask, stride_xm, stride_rm, HAS_RESIDUAL)
+            if HAS_RESIDUAL:  # program 0 writes the sum: the next layer's residual
+                tl.store(res_out_ptr + offs_m[:, None] * stride_om + ks[None, :], s.to(dtype),
+                         mask=xmask & (pid == 0))
+            nw = tl.load(nw_ptr + ks, mask=kmask, other=0.0).to(tl.float32)
+            x = ((s * rstd[:, None]).to(dtype).to(tl.float32) * nw[None, :]).to(dtype)
+        else:
+            g_ptrs = x_ptr + offs_m[:, None] * stride_xm + ks[None, :]
+            g = tl.load(g_ptrs, mask=xmask, other=0.0).to(tl.float32)
+            u = tl.load(g_ptrs + K, mask=xmask, other=0.0).to(tl.float32)
+            x = (g / (1.0 + tl.exp(-g)) * u).to(dtype)
+        x = x.to(tl.float32)
+        w = tl.load(w_ptrs, mask=mask_n[:, None] & kmask[None, :], other=0.0).to(tl.float32)
+        if not PER_ROW:
+            s = tl.load(s_rows[:, None] + (ks // GROUP_K)[None, :],
+                        mask=mask_n[:, None] & kmask[None, :], other=0.0)
+            w = w * s
+        if BLOCK_M == 1 and ACC2D:
+            acc_1 += w * x
+        elif BLOCK_M == 1:
+            acc += tl.sum(w * x, axis=1)[None, :]
+        else:
+            acc += tl.sum(w[None, :, :] * x[:, None, :], axis=2)
         w_ptrs += BLOCK_K
     pdl.launch_dependents(PDL)
     if BLOCK_M == 1 and ACC2D:
@@ -311,7 +276,6 @@ def _launch_gemv(prologue: int, x: torch.Tensor, k: int, weight: torch.Tensor,
     per_row = scale.shape[1] == 1
     cfg = dict(config or gemv_config(m, k, per_row, prologue))
     acc2d = cfg.pop("ACC2D", ACC2D_GEMV)
-    cfg.setdefault("PRELOAD", pdl.PRELOAD)
     assert cfg["BLOCK_M"] >= m
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     _fp8_gemv_kernel[(triton.cdiv(n, cfg["BLOCK_N"]),)](

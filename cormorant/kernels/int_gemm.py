@@ -141,45 +141,6 @@ def _packed_word_sums(words, zz, xp0, xp1, xp2, xp3):
 
 
 @triton.jit
-def _packed_weights(q_ptr, s_ptr, z_ptr, k0, k_end, offs_n, mask_n, stride_qk, stride_sg,
-                    GROUP: tl.constexpr, WORDS: tl.constexpr, HAS_ZEROS: tl.constexpr):
-    """The packed GEMV's weights for the K tile at k0 (one group): the [WORDS, BLOCK_N] words,
-    the scales [BLOCK_N] in fp32 and zz, the bf16 pair -(128 + zero) [1, BLOCK_N]. They read
-    nothing another kernel writes, so PRELOAD loads them before the PDL wait."""
-    rows = k0 // 8 + tl.arange(0, WORDS)
-    words = tl.load(q_ptr + rows[:, None] * stride_qk + offs_n[None, :],
-                    mask=(rows * 8 < k_end)[:, None] & mask_n[None, :], other=0)
-    g = k0 // GROUP
-    mask_g = mask_n & (k0 < k_end)
-    s = tl.load(s_ptr + g * stride_sg + offs_n, mask=mask_g, other=0.0).to(tl.float32)
-    if HAS_ZEROS:
-        z = tl.load(z_ptr + g * stride_sg + offs_n, mask=mask_g, other=0.0)
-        zz = NEG_128_BF16X2 + z.to(tl.int32)[None, :] * 0x10001
-    else:
-        zz = (offs_n * 0 + (NEG_128_BF16X2 + 8 * 0x10001))[None, :]  # zero 8
-    return words, s, zz
-
-
-@triton.jit
-def _packed_tile(words, s, zz, x_ptr, k0, k_end, WORDS: tl.constexpr):
-    """[WORDS, BLOCK_N] fp32 sums of the K tile at k0 from its _packed_weights: each word's 8
-    products summed in packed bf16 (_packed_word_sums), times the group's scale."""
-    rows = k0 // 8 + tl.arange(0, WORDS)
-    mask_w = rows * 8 < k_end
-    # the word's 8 inputs x[8w .. 8w + 7] as 4 words of bf16 pairs, regrouped (j, j + 4)
-    x_words = x_ptr.to(tl.pointer_type(tl.int32)) + rows * 4
-    r0 = tl.load(x_words, mask=mask_w, other=0)
-    r1 = tl.load(x_words + 1, mask=mask_w, other=0)
-    r2 = tl.load(x_words + 2, mask=mask_w, other=0)
-    r3 = tl.load(x_words + 3, mask=mask_w, other=0)
-    xp0, xp1 = _x_pairs(r0, r2)
-    xp2, xp3 = _x_pairs(r1, r3)
-    part = _packed_word_sums(words, zz, xp0[:, None], xp1[:, None], xp2[:, None],
-                             xp3[:, None])
-    return part * s[None, :]
-
-
-@triton.jit
 def _gemv_tile(x_ptr, r_ptr, nw_ptr, res_out_ptr, q_ptr, s_ptr, z_ptr, k0, k_end, K, offs_n,
                mask_n, write_residual, stride_qk, stride_sg, BITS: tl.constexpr,
                GROUP: tl.constexpr, WORDS: tl.constexpr, TILE_GROUP: tl.constexpr,
@@ -191,10 +152,29 @@ def _gemv_tile(x_ptr, r_ptr, nw_ptr, res_out_ptr, q_ptr, s_ptr, z_ptr, k0, k_end
     packed bf16 (_packed_word_sums)."""
     PACK: tl.constexpr = 32 // BITS
     if PACKED:
-        words, s, zz = _packed_weights(q_ptr, s_ptr, z_ptr, k0, k_end, offs_n, mask_n,
-                                       stride_qk, stride_sg, GROUP, WORDS, HAS_ZEROS)
-        return (_packed_tile(words, s, zz, x_ptr, k0, k_end, WORDS),
-                tl.zeros((WORDS,), dtype=tl.float32))
+        rows = k0 // 8 + tl.arange(0, WORDS)
+        mask_w = rows * 8 < k_end
+        words = tl.load(q_ptr + rows[:, None] * stride_qk + offs_n[None, :],
+                        mask=mask_w[:, None] & mask_n[None, :], other=0)
+        g = k0 // GROUP
+        mask_g = mask_n & (k0 < k_end)
+        s = tl.load(s_ptr + g * stride_sg + offs_n, mask=mask_g, other=0.0).to(tl.float32)
+        if HAS_ZEROS:
+            z = tl.load(z_ptr + g * stride_sg + offs_n, mask=mask_g, other=0.0)
+            zz = NEG_128_BF16X2 + z.to(tl.int32)[None, :] * 0x10001
+        else:
+            zz = (offs_n * 0 + (NEG_128_BF16X2 + 8 * 0x10001))[None, :]  # zero 8
+        # the word's 8 inputs x[8w .. 8w + 7] as 4 words of bf16 pairs, regrouped (j, j + 4)
+        x_words = x_ptr.to(tl.pointer_type(tl.int32)) + rows * 4
+        r0 = tl.load(x_words, mask=mask_w, other=0)
+        r1 = tl.load(x_words + 1, mask=mask_w, other=0)
+        r2 = tl.load(x_words + 2, mask=mask_w, other=0)
+        r3 = tl.load(x_words + 3, mask=mask_w, other=0)
+        xp0, xp1 = _x_pairs(r0, r2)
+        xp2, xp3 = _x_pairs(r1, r3)
+        part = _packed_word_sums(words, zz, xp0[:, None], xp1[:, None], xp2[:, None],
+                                 xp3[:, None])
+        return part * s[None, :], tl.zeros((WORDS,), dtype=tl.float32)
     MASK: tl.constexpr = (1 << BITS) - 1
     # MAGIC: code c as the fp32 whose bits are 0x4B000000 | c, i.e. 2^23 + c, then minus
     # (2^23 + zero): exact, and two integer ops instead of an int-to-float conversion (a
@@ -275,7 +255,7 @@ def _int_gemv_kernel(x_ptr, r_ptr, nw_ptr, res_out_ptr, q_ptr, s_ptr, z_ptr, y_p
                      BLOCK_K: tl.constexpr, SPLIT_K, TILE_GROUP: tl.constexpr,
                      HAS_ZEROS: tl.constexpr, SUB: tl.constexpr, PROLOGUE: tl.constexpr,
                      HAS_RESIDUAL: tl.constexpr, MAGIC: tl.constexpr, ASM: tl.constexpr,
-                     PACKED: tl.constexpr, PDL: tl.constexpr, PRELOAD: tl.constexpr):
+                     PACKED: tl.constexpr, PDL: tl.constexpr):
     """One row (M = 1), no tensor cores: each K tile's packed words are loaded once as a
     [BLOCK_K / P, BLOCK_N] tile; for each of the P code positions (an unrolled loop) the codes
     are shifted out and multiplied by their inputs (x[k] for k = word * P + j) into an fp32
@@ -301,20 +281,8 @@ def _int_gemv_kernel(x_ptr, r_ptr, nw_ptr, res_out_ptr, q_ptr, s_ptr, z_ptr, y_p
                              (k_end - 1) // (32 // BITS))
         pf_cols = tl.minimum(pid_n * BLOCK_N + tl.arange(0, LINES) * LINE_WORDS, N - 1)
         pdl.prefetch_l2(q_ptr + pf_rows[:, None] * stride_qk + pf_cols[None, :], PDL)
-    if PACKED and PRELOAD:  # the first step's weights, loaded while the kernel before drains
-        first = ()
-        for t in tl.static_range(SUB):
-            first = first + (_packed_weights(q_ptr, s_ptr, z_ptr, k_begin + t * BLOCK_K, k_end,
-                                             offs_n, mask_n, stride_qk, stride_sg, GROUP,
-                                             WORDS, HAS_ZEROS),)
     pdl.wait(PDL)
-    k_loop = k_begin
-    if PACKED and PRELOAD:
-        for t in tl.static_range(SUB):
-            words, s, zz = first[t]
-            acc += _packed_tile(words, s, zz, x_ptr, k_begin + t * BLOCK_K, k_end, WORDS)
-        k_loop = k_begin + BLOCK_K * SUB
-    for k0 in range(k_loop, k_end, BLOCK_K * SUB):
+    for k0 in range(k_begin, k_end, BLOCK_K * SUB):
         for t in tl.static_range(SUB):
             part, sq_part = _gemv_tile(
                 x_ptr, r_ptr, nw_ptr, res_out_ptr, q_ptr, s_ptr, z_ptr, k0 + t * BLOCK_K,
@@ -510,7 +478,6 @@ def _gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: t
     cfg.setdefault("MAGIC", MAGIC_DEFAULT)
     cfg["PACKED"] = bool(cfg.get("PACKED", PACKED_DEFAULT) and common["TILE_GROUP"]
                          and _can_pack(x, common["BITS"], prologue))
-    cfg.setdefault("PRELOAD", pdl.PRELOAD)
     if per_split % (cfg["BLOCK_K"] * cfg["SUB"]):
         raise ValueError("the GEMV's K_PER_SPLIT must be a multiple of BLOCK_K * SUB")
     tiles = triton.cdiv(n, cfg["BLOCK_N"])

@@ -32,9 +32,6 @@ import triton.language as tl
 SWITCH = os.environ.get("CORMORANT_PDL", "1") == "1"
 # CORMORANT_PDL_PREFETCH=1: the GEMVs' L2 prefetch before the wait (measured slower)
 PREFETCH: tl.constexpr = tl.constexpr(os.environ.get("CORMORANT_PDL_PREFETCH", "0") == "1")
-# CORMORANT_PDL_PRELOAD=1: the GEMVs load their first K step's weights into registers before
-# the wait (the int4 packed GEMV, the FP8 GEMV)
-PRELOAD = os.environ.get("CORMORANT_PDL_PRELOAD", "0") == "1"
 
 
 @triton.jit

@@ -173,18 +173,6 @@ def _fp8_thunks():
                                 torch.ones(4096, 1), 1, 14336)))),
         ("fp8 gemv add_norm", lambda: f.fp8_add_rms_norm_gemv(x1, x1, nw, 1e-6, w, row, 1,
                                                               4096)),
-        # the first K step's weights loaded before the PDL wait (CORMORANT_PDL_PRELOAD=1)
-        ("fp8 gemv preload pdl", _patched(pdl, "enabled", lambda device: True, lambda: (
-            f.fp8_gemv(x1, w, row, 1, 4096, config=dict(f.gemv_config(1, 4096, True),
-                                                        PRELOAD=True))))),
-        ("fp8 gemv add_norm preload pdl", _patched(pdl, "enabled", lambda device: True,
-                                                   lambda: f.fp8_add_rms_norm_gemv(
-            x1, x1, nw, 1e-6, w, row, 1, 4096, config=dict(f.gemv_config(1, 4096, True, 1),
-                                                           PRELOAD=True)))),
-        ("fp8 gemv silu preload pdl", _patched(pdl, "enabled", lambda device: True, lambda: (
-            f.fp8_silu_mul_gemv(torch.randn(1, 2 * 14336, dtype=bf16), down,
-                                torch.ones(4096, 1), 1, 14336, config=dict(
-                                    f.gemv_config(1, 14336, True, 2), PRELOAD=True))))),
         ("fp8 gemv silu", lambda: f.fp8_silu_mul_gemv(torch.randn(1, 2 * 14336, dtype=bf16),
                                                       down, torch.ones(4096, 1), 1, 14336)),
         ("fp8 gemm", lambda: f.fp8_gemm(x256, w, row, 1, 4096)),
@@ -385,12 +373,6 @@ def _int_gemm_thunks():
                     split_k, "inline_ptx", lambda device: True,
                     lambda x=x, q=q, s=s, z=z, cfg=cfg: int_gemm.int_gemm(
                         x, q, s, z, 4, 128, config=dict(cfg, PACKED=True)))))
-                out.append((label + " packed ptx preload pdl", _patched(
-                    split_k, "inline_ptx", lambda device: True, _patched(
-                        pdl, "enabled", lambda device: True,
-                        lambda x=x, q=q, s=s, z=z, cfg=cfg: int_gemm.int_gemm(
-                            x, q, s, z, 4, 128, config=dict(cfg, PACKED=True,
-                                                            PRELOAD=True))))))
             if m == 1:  # launched with PDL: the first step's words prefetched to L2
                 out.append((label + " pdl", _patched(
                     pdl, "enabled", lambda device: True,

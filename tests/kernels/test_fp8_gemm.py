@@ -27,14 +27,14 @@ LAYOUTS = [(1, None), (16, 32), (8, 16)]  # (scale_n, group_k): per-channel, blo
 @pytest.mark.parametrize("m", [1, 3])
 @pytest.mark.parametrize("scale_n,group_k", LAYOUTS)
 @pytest.mark.parametrize("bias", [False, True])
-@pytest.mark.parametrize("kernel", ["bytes", "acc2d", "preload"])  # one row: which form
+@pytest.mark.parametrize("kernel", ["bytes", "acc2d"])  # one row: which reduction
 def test_fp8_gemv_matches_the_dequantized_reference(m, scale_n, group_k, bias, kernel, device):
     n, k = 40, 72  # neither a multiple of the block: the last blocks are partial
     group_k = group_k or k
     x, w, s, b = _inputs(m, n, k, scale_n, group_k, device, m + n + scale_n)
     b = b if bias else None
     cfg = dict(BLOCK_M=1 if m == 1 else 4, BLOCK_N=8, BLOCK_K=32, num_warps=4, num_stages=1,
-               ACC2D=kernel == "acc2d", PRELOAD=kernel == "preload")
+               ACC2D=kernel == "acc2d")
     y = fp8_gemm.fp8_gemv(x, w, s, scale_n, group_k, b, config=cfg)
     ref = fp8_gemm.fp8_matmul_ref(x, w, s, scale_n, group_k, b)
     torch.testing.assert_close(y, ref, atol=1e-4, rtol=1e-4)
@@ -233,7 +233,7 @@ def test_scaled_mm_reference_quantizes_activations_per_token():
 
 @pytest.mark.parametrize("scale_n,group_k", [(1, None), (8, 16)])
 @pytest.mark.parametrize("with_residual", [False, True])
-@pytest.mark.parametrize("kernel", ["bytes", "acc2d", "preload"])
+@pytest.mark.parametrize("kernel", ["bytes", "acc2d"])
 def test_fp8_gemv_add_norm_prologue_matches_norm_then_gemv(scale_n, group_k, with_residual,
                                                           kernel, device):
     n, k = 40, 96
@@ -243,7 +243,7 @@ def test_fp8_gemv_add_norm_prologue_matches_norm_then_gemv(scale_n, group_k, wit
     residual = torch.randn(1, k, generator=gen).to(device) if with_residual else None
     norm_w = (torch.rand(k, generator=gen) + 0.5).to(device)
     cfg = dict(BLOCK_M=1, BLOCK_N=8, BLOCK_K=32, num_warps=4, num_stages=1,
-               ACC2D=kernel == "acc2d", PRELOAD=kernel == "preload")
+               ACC2D=kernel == "acc2d")
     y, total = fp8_gemm.fp8_add_rms_norm_gemv(x, residual, norm_w, 1e-6, w, s, scale_n,
                                               group_k, b, config=cfg)
     ref_y, ref_total = fp8_gemm.fp8_add_rms_norm_gemv_ref(x, residual, norm_w, 1e-6, w, s,
@@ -253,7 +253,7 @@ def test_fp8_gemv_add_norm_prologue_matches_norm_then_gemv(scale_n, group_k, wit
 
 
 @pytest.mark.parametrize("scale_n,group_k", [(1, None), (8, 16)])
-@pytest.mark.parametrize("kernel", ["bytes", "acc2d", "preload"])
+@pytest.mark.parametrize("kernel", ["bytes", "acc2d"])
 def test_fp8_gemv_silu_mul_prologue_matches_activation_then_gemv(scale_n, group_k, kernel,
                                                                  device):
     n, k = 48, 80
@@ -261,7 +261,7 @@ def test_fp8_gemv_silu_mul_prologue_matches_activation_then_gemv(scale_n, group_
     _, w, s, b = _inputs(1, n, k, scale_n, group_k, device, 6)
     gate_up = (torch.randn(1, 2 * k, generator=torch.Generator().manual_seed(2)) * 2).to(device)
     cfg = dict(BLOCK_M=1, BLOCK_N=8, BLOCK_K=32, num_warps=4, num_stages=1,
-               ACC2D=kernel == "acc2d", PRELOAD=kernel == "preload")
+               ACC2D=kernel == "acc2d")
     y = fp8_gemm.fp8_silu_mul_gemv(gate_up, w, s, scale_n, group_k, b, config=cfg)
     torch.testing.assert_close(
         y, fp8_gemm.fp8_silu_mul_gemv_ref(gate_up, w, s, scale_n, group_k, b),
