@@ -2,9 +2,9 @@
 
 Same runtime layout as kernels.int_gemm (qweight int32 [K / 8, N], codes packed along K,
 lowest bits first; scales [K / GROUP, N]; zeros likewise or None for symmetric weights).
-int_gemm sends it int4 calls of 2 to MMA_ROWS (16) rows, which its tile kernel served at
-about the cost of 16 (codes unpacked by a reshape of [K / 8, 8, N], made floats in fp32);
-17-64 rows run here too (BLOCK_M 32 / 64) but are not routed until timed on a card. Here:
+int_gemm sends it int4 calls of 2 to MMA_ROWS (64) rows, which its tile kernel served at
+about the cost of 16 (codes unpacked by a reshape of [K / 8, 8, N], made floats in fp32),
+or, from 17 rows, at 64 rows' cost (BLOCK_M 64). Here:
   - the product is computed transposed, acc[BLOCK_N, BLOCK_M] = W_tile^T @ x_tile^T, so the
     dequantized weights are the dot's first operand and stay in registers (on Hopper a
     wgmma reads its first operand from registers; x, the second, goes through shared
@@ -21,7 +21,10 @@ about the cost of 16 (codes unpacked by a reshape of [K / 8, 8, N], made floats 
 About 3.4 sm_90 instructions a code. H100, Llama-3.1-8B projections against the tile kernel
 (int4_probe --mma, 2026-12-07): at 2 rows qkv 20.2 -> 13.6 us, o 13.2 -> 10.4, gate_up
 65.6 -> 40.9, down 36.6 -> 23.4; at 16 rows 20.4 -> 14.4, 13.3 -> 11.7, 65.1 -> 43.7,
-36.3 -> 25.1; B3 int4 128/2048 (batches of 16) 2,435 -> 3,150 tok/s. At one row it lost
+36.3 -> 25.1; B3 int4 128/2048 (batches of 16) 2,435 -> 3,150 tok/s. At 32 rows (BLOCK_M
+32, config_for's 17-64 row settings, from the sweep of 19:48) qkv 58.7 -> 18.5, o 59.5 ->
+14.6, gate_up 86.8 -> 66.7, down 200.1 -> 37.7; B3 int4 1000/1000 (batches of 32) 1,845 ->
+3,483 tok/s with the settings before that sweep. At one row it lost
 to int_gemm's GEMV (qkv 10.1 -> 13.9 us at its best settings, gate_up 30.5 -> 40.6; B2 int4
 2.89 -> 3.85 ms/token), so one row stays there.
 fp32 inputs (the CPU parity path under the interpreter) use the same K order, with the codes
@@ -142,13 +145,20 @@ def supports(m: int, bits: int, group: int, x: torch.Tensor) -> bool:
 
 
 def config_for(m: int, n: int, k: int, group: int, num_sms: int) -> dict:
-    """A K tile of one group (up to 128 codes), 128 columns a program. From the H100 sweep at
-    16 rows (int4_probe --mma, 2026-12-07, Llama-3.1-8B): with at least a column tile per SM
-    (gate_up) 4 warps, 3 stages and K split for ~2 programs per SM; with fewer (qkv, o, down)
-    8 warps, 2 stages and ~4 programs per SM."""
+    """A K tile of one group (up to 128 codes), 128 columns a program. From the H100 sweeps
+    (int4_probe --mma --sweep, 2026-12-07, Llama-3.1-8B). Up to 16 rows: with at least a
+    column tile per SM (gate_up) 4 warps, 3 stages and K split for ~2 programs per SM; with
+    fewer (qkv, o, down) 8 warps, 2 stages and ~4 programs per SM. 17-64 rows (BLOCK_M 32 or
+    64): 8 warps and 3 stages everywhere, K split for ~2 programs per SM, ~4 where K is long
+    (down: 32 K tiles or more)."""
     words = 16 if group % 128 == 0 else 8
-    block_m = _block_m(m)  # 17-64 rows: not yet timed on a card
-    if triton.cdiv(n, 128) >= num_sms:
+    block_m = _block_m(m)
+    wide = triton.cdiv(n, 128) >= num_sms
+    if block_m > 16:
+        per_sm = 2 if wide or triton.cdiv(k, 8 * words) <= 32 else 4
+        return dict(BLOCK_M=block_m, BLOCK_N=128, WORDS=words, num_warps=8, num_stages=3,
+                    **split_k.split_k(n, k, 128, 8 * words, per_sm, num_sms))
+    if wide:
         return dict(BLOCK_M=block_m, BLOCK_N=128, WORDS=words, num_warps=4, num_stages=3,
                     **split_k.split_k(n, k, 128, 8 * words, 2, num_sms))
     return dict(BLOCK_M=block_m, BLOCK_N=128, WORDS=words, num_warps=8, num_stages=2,

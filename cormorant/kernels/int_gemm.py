@@ -23,9 +23,10 @@ Launch shapes, chosen by `config_for(M, N, K, group, num_sms)`:
           B2 int4 2.90 -> 2.63 ms/token. (Earlier forms,
           measured on the H100 at M = 1: unpacking along a middle axis [BLOCK_K / P, P,
           BLOCK_N] read at ~170 GB/s; a pointer per code at 700-870 GB/s, load-issue bound.)
-  decode (2 <= M <= 16): int4 with groups of a multiple of 64 (the usual checkpoints) goes
+  decode (2 <= M <= 64): int4 with groups of a multiple of 64 (the usual checkpoints) goes
           to kernels.int4_mma (tensor cores, two codes per lop3; 1.1-1.5x faster on the H100
-          at 16 rows; MMA_ROWS); otherwise the tile kernel with BLOCK_M 16 (tl.dot), the
+          at 16 rows, 1.3-2.9x at 32; MMA_ROWS); otherwise, up to 16 rows, the tile kernel
+          with BLOCK_M 16 (tl.dot), the
           codes unpacked by a reshape of [BLOCK_K / P, P, BLOCK_N] (a pointer per code
           measured slower here);
   both split K so that several programs per SM stream the weight at once (about 8 for the
@@ -74,9 +75,12 @@ PACKED_DEFAULT = os.environ.get("CORMORANT_INT_PACKED", "1") == "1"
 DEQUANT_MIN_ROWS = 64
 DEQUANT_LARGE_WEIGHTS = 1 << 26  # weights above which dequantizing waits for 256 rows
 # Rows up to which int4 weights (groups of a multiple of 64) go through kernels.int4_mma,
-# the tensor-core form, from 2 rows (instead of the decode tile kernel); 0 or 1: never. It
-# takes up to 64 rows, but 17-64 have not been timed on a card: 16 until they are.
-MMA_ROWS = int(os.environ.get("CORMORANT_INT4_MMA_ROWS", "16"))
+# the tensor-core form, from 2 rows (instead of the decode tile kernel, and at 64 rows the
+# dequantization); 0 or 1: never. 64, its most: on an H100 (2026-12-07) a Llama-3.1-8B
+# layer's four projections at 32 rows took 138 us against 406 before (the tile kernel), at
+# 64 rows 189 against 250 (dequant + cuBLAS for three, the tile kernel for gate_up); B3
+# int4 2048/128 1,045 -> 1,417 tok/s, 1000/1000 1,845 -> 3,483 (decode batches of 32).
+MMA_ROWS = int(os.environ.get("CORMORANT_INT4_MMA_ROWS", "64"))
 
 
 def _mma(m: int, bits: int, group: int, x: torch.Tensor, config: dict | None) -> bool:

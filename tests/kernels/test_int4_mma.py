@@ -47,9 +47,9 @@ def test_int4_mma_matches_the_reference(m, n, k, group, config, symmetric, devic
 
 
 def test_int_gemm_routes_int4_rows_to_it(monkeypatch, device):
-    """Without an explicit config, int4 calls of 2 to MMA_ROWS rows run int4_mma; one row (the
-    GEMV, with or without a prologue), 8 bits and 17 rows keep int_gemm's kernels; MMA_ROWS 0
-    turns it off, 64 sends it up to 64 rows."""
+    """Without an explicit config, int4 calls of 2 to MMA_ROWS (64) rows run int4_mma; one
+    row (the GEMV, with or without a prologue), 8 bits and 65 rows keep int_gemm's kernels;
+    MMA_ROWS 0 turns it off, 16 keeps 17 rows on the tile kernel."""
     calls = []
     real = int4_mma.int4_mma
     monkeypatch.setattr(int4_mma, "int4_mma", lambda *a, **kw: calls.append(a[0].shape)
@@ -66,19 +66,20 @@ def test_int_gemm_routes_int4_rows_to_it(monkeypatch, device):
     int_gemm.int_add_rms_norm_gemv(x[:1], None, norm_w, 1e-6, qweight, scales, zeros, 4, 128)
     int_gemm.int_silu_mul_gemv(torch.randn(1, 2 * k, device=device), qweight, scales, zeros,
                                4, 128)
-    int_gemm.int_gemm(torch.randn(17, k, device=device), qweight, scales, zeros, 4, 128)
     q8 = int_packing.pack(torch.randint(0, 256, (k, n), dtype=torch.int32), 8, 0).to(device)
     int_gemm.int_gemm(x, q8, scales, None, 8, 128)  # 8 bits: the tile kernel
+    int_gemm.int_gemm(torch.randn(65, k, device=device), qweight, scales, zeros, 4, 128)
     assert calls == [(2, k)]
-    monkeypatch.setattr(int_gemm, "MMA_ROWS", 0)
-    torch.testing.assert_close(int_gemm.int_gemm(x, qweight, scales, zeros, 4, 128), ref,
-                               atol=1e-4, rtol=1e-4)
-    assert calls == [(2, k)]
-    monkeypatch.setattr(int_gemm, "MMA_ROWS", 64)  # CORMORANT_INT4_MMA_ROWS=64: up to 64 rows
     x33 = torch.randn(33, k, generator=gen).to(device)
     torch.testing.assert_close(int_gemm.int_gemm(x33, qweight, scales, zeros, 4, 128),
                                int_gemm.int_gemm_ref(x33, qweight, scales, zeros, 4, 128),
                                atol=1e-4, rtol=1e-4)
+    assert calls == [(2, k), (33, k)]
+    monkeypatch.setattr(int_gemm, "MMA_ROWS", 0)
+    torch.testing.assert_close(int_gemm.int_gemm(x, qweight, scales, zeros, 4, 128), ref,
+                               atol=1e-4, rtol=1e-4)
+    monkeypatch.setattr(int_gemm, "MMA_ROWS", 16)  # CORMORANT_INT4_MMA_ROWS=16: 17 rows stay
+    int_gemm.int_gemm(torch.randn(17, k, device=device), qweight, scales, zeros, 4, 128)
     assert calls == [(2, k), (33, k)]
 
 
@@ -118,5 +119,5 @@ def _half_precision_case(dtype, m, symmetric):
     ref = int_gemm.int_gemm_ref(x.float(), qweight, scales, zeros, 4, group)
     assert y.dtype == dtype
     assert float((y.float() - ref).norm() / ref.norm()) < 2 ** -8
-    if m <= int_gemm.MMA_ROWS:  # rows that int_gemm routes here (16 by default)
+    if m <= int_gemm.MMA_ROWS:  # rows that int_gemm routes here (64 by default)
         assert torch.equal(int_gemm.int_gemm(x, qweight, scales, zeros, 4, group), y)
