@@ -24,11 +24,10 @@ Launch shapes, chosen by `config_for(M, N, K, group, num_sms)`:
           measured on the H100 at M = 1: unpacking along a middle axis [BLOCK_K / P, P,
           BLOCK_N] read at ~170 GB/s; a pointer per code at 700-870 GB/s, load-issue bound.)
   decode (2 <= M <= 64): int4 with groups of a multiple of 64 (the usual checkpoints) goes
-          to kernels.int4_mma (tensor cores, two codes per lop3; 1.1-1.5x faster on the H100
-          at 16 rows, 1.3-2.9x at 32; MMA_ROWS); otherwise, up to 16 rows, the tile kernel
-          with BLOCK_M 16 (tl.dot), the
-          codes unpacked by a reshape of [BLOCK_K / P, P, BLOCK_N] (a pointer per code
-          measured slower here);
+          to kernels.int4_mma (tensor cores, two codes per lop3; on the H100 1.1-1.5x
+          faster per projection at 16 rows, 1.3-5.3x at 32; MMA_ROWS); otherwise, up to 16
+          rows, the tile kernel with BLOCK_M 16 (tl.dot), the codes unpacked by a reshape
+          of [BLOCK_K / P, P, BLOCK_N] (a pointer per code measured slower here);
   both split K so that several programs per SM stream the weight at once (about 8 for the
           GEMV, 2 for the tile kernel, from the H100 sweeps): each split
           writes fp32 partials, summed in the same launch by the last split of each output
