@@ -2,9 +2,9 @@
 
 Same runtime layout as kernels.int_gemm (qweight int32 [K / 8, N], codes packed along K,
 lowest bits first; scales [K / GROUP, N]; zeros likewise or None for symmetric weights).
-int_gemm sends it int4 calls of 2 to MMA_ROWS (64) rows, which its tile kernel served at
-about the cost of 16 (codes unpacked by a reshape of [K / 8, 8, N], made floats in fp32),
-or, from 17 rows, at 64 rows' cost (BLOCK_M 64). Here:
+int_gemm sends it int4 calls of 2 to MMA_ROWS (64) rows. Its tile kernel (codes unpacked by
+a reshape of [K / 8, 8, N], made floats in fp32) served 2-16 rows at about the cost of 16
+and 17-63 at the cost of 64 (one 64-row tile). Here:
   - the product is computed transposed, acc[BLOCK_N, BLOCK_M] = W_tile^T @ x_tile^T, so the
     dequantized weights are the dot's first operand and stay in registers (on Hopper a
     wgmma reads its first operand from registers; x, the second, goes through shared
@@ -150,12 +150,12 @@ def config_for(m: int, n: int, k: int, group: int, num_sms: int) -> dict:
     column tile per SM (gate_up) 4 warps, 3 stages and K split for ~2 programs per SM; with
     fewer (qkv, o, down) 8 warps, 2 stages and ~4 programs per SM. 17-64 rows (BLOCK_M 32 or
     64): 8 warps and 3 stages everywhere, K split for ~2 programs per SM, ~4 where K is long
-    (down: 32 K tiles or more)."""
+    (down's 14,336; qkv's and o's 4,096 took 2)."""
     words = 16 if group % 128 == 0 else 8
     block_m = _block_m(m)
     wide = triton.cdiv(n, 128) >= num_sms
     if block_m > 16:
-        per_sm = 2 if wide or triton.cdiv(k, 8 * words) <= 32 else 4
+        per_sm = 2 if wide or k <= 8192 else 4
         return dict(BLOCK_M=block_m, BLOCK_N=128, WORDS=words, num_warps=8, num_stages=3,
                     **split_k.split_k(n, k, 128, 8 * words, per_sm, num_sms))
     if wide:

@@ -76,7 +76,7 @@ DEQUANT_LARGE_WEIGHTS = 1 << 26  # weights above which dequantizing waits for 25
 # Rows up to which int4 weights (groups of a multiple of 64) go through kernels.int4_mma,
 # the tensor-core form, from 2 rows (instead of the decode tile kernel, and at 64 rows the
 # dequantization); 0 or 1: never. 64, its most: on an H100 (2026-12-07) a Llama-3.1-8B
-# layer's four projections at 32 rows took 138 us against 406 before (the tile kernel), at
+# layer's four projections at 32 rows took 138 us against 405 before (the tile kernel), at
 # 64 rows 189 against 250 (dequant + cuBLAS for three, the tile kernel for gate_up); B3
 # int4 2048/128 1,045 -> 1,417 tok/s, 1000/1000 1,845 -> 3,483 (decode batches of 32).
 MMA_ROWS = int(os.environ.get("CORMORANT_INT4_MMA_ROWS", "64"))
