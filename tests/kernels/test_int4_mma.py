@@ -83,6 +83,25 @@ def test_int_gemm_routes_int4_rows_to_it(monkeypatch, device):
     assert calls == [(2, k), (33, k)]
 
 
+def test_configs_follow_the_h100_sweeps():
+    """config_for's settings are the H100 sweeps' best (int4_probe --mma --sweep, Llama-3.1-8B,
+    benchmarks/RESULTS.md): 16 rows as swept at 14:12, 17-64 rows as swept at 19:48 (BLOCK_M
+    32 / 64, 8 warps, 3 stages; qkv split 6, o 8, gate_up 2, down 16)."""
+    shapes = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096),
+              "down": (4096, 14336)}
+    swept = {"qkv": 6, "o": 8, "gate_up": 2, "down": 16}
+    for m, block_m in ((17, 32), (32, 32), (48, 64), (64, 64)):
+        for name, (n, k) in shapes.items():
+            cfg = int4_mma.config_for(m, n, k, 128, 132)
+            assert (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["num_warps"], cfg["num_stages"]) == (
+                block_m, 128, 8, 3), (m, name, cfg)
+            assert cfg["SPLIT_K"] == swept[name], (m, name, cfg)
+            assert cfg["SPLIT_K"] * cfg["K_PER_SPLIT"] >= k
+    sixteen = {name: int4_mma.config_for(16, n, k, 128, 132) for name, (n, k) in shapes.items()}
+    assert [(c["num_warps"], c["num_stages"]) for c in sixteen.values()] == [
+        (8, 2), (8, 2), (4, 3), (8, 2)]
+
+
 def test_bad_settings_are_refused(device):
     qweight, scales, zeros, gen = _weights(256, 32, 4, 64, device, 24, True)
     x = torch.randn(2, 256, generator=gen).to(device)
