@@ -6,7 +6,7 @@
 #                                           FP8 / int4 with PRELOAD on and off, tokens (~5 min)
 #   bash benchmarks/gpu_wave6.sh mma64    # int4_mma at 17-64 rows: card tests, per projection
 #                                           with its sweep, B3 int4 routed up to 64 rows (~6 min;
-#                                           ran 19:48 at b9e937f)
+#                                           ran 19:48 at e022ede)
 #   bash benchmarks/gpu_wave6.sh mma64b   # at the new defaults (up to 64 rows, config_for's
 #                                           17-64 row settings): card tests, 32 / 64 rows, B3
 #                                           int4 (~3 min)
