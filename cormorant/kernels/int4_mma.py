@@ -155,14 +155,13 @@ def config_for(m: int, n: int, k: int, group: int, num_sms: int) -> dict:
     block_m = _block_m(m)
     wide = triton.cdiv(n, 128) >= num_sms
     if block_m > 16:
-        per_sm = 2 if wide or k <= 8192 else 4
-        return dict(BLOCK_M=block_m, BLOCK_N=128, WORDS=words, num_warps=8, num_stages=3,
-                    **split_k.split_k(n, k, 128, 8 * words, per_sm, num_sms))
-    if wide:
-        return dict(BLOCK_M=block_m, BLOCK_N=128, WORDS=words, num_warps=4, num_stages=3,
-                    **split_k.split_k(n, k, 128, 8 * words, 2, num_sms))
-    return dict(BLOCK_M=block_m, BLOCK_N=128, WORDS=words, num_warps=8, num_stages=2,
-                **split_k.split_k(n, k, 128, 8 * words, 4, num_sms))
+        warps, stages, per_sm = 8, 3, 2 if wide or k <= 8192 else 4
+    elif wide:
+        warps, stages, per_sm = 4, 3, 2
+    else:
+        warps, stages, per_sm = 8, 2, 4
+    return dict(BLOCK_M=block_m, BLOCK_N=128, WORDS=words, num_warps=warps, num_stages=stages,
+                **split_k.split_k(n, k, 128, 8 * words, per_sm, num_sms))
 
 
 def _block_m(m: int) -> int:

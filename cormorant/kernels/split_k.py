@@ -58,11 +58,15 @@ def has_bf16x2(device: torch.device) -> bool:
     """Whether inline PTX may use packed bf16 arithmetic (fma.rn.bf16x2: sm_80 and later).
     Devices other than CUDA answer True: inline_ptx already refuses them, except where a test
     compiles for a chosen architecture (tests/kernels/sm90_compile.py)."""
-    return device.type != "cuda" or _capability(device.index) >= (8, 0)
+    if device.type != "cuda":
+        return True
+    return _capability(device.index if device.index is not None
+                       else torch.cuda.current_device()) >= (8, 0)
 
 
 @functools.cache
-def _capability(index: int | None) -> tuple[int, int]:
+def _capability(index: int) -> tuple[int, int]:
+    """The card's compute capability (asked once per card: launches are hot)."""
     return torch.cuda.get_device_capability(index)
 
 
