@@ -16,11 +16,13 @@ L2), calls captured in a CUDA graph, median of 5 replays. GB/s counts weight byt
 decision it informs is layers.fp8_linear's FP8_GEMV_MAX_ROWS and the _scaled_mm / Triton split.
 One command on the GPU machine, from the repository root:
     python benchmarks/fp8_probe.py [--ms 1,2,4,16,64,256,1024,4096] [--sweep] [--sweep-a8]
-                                   [--sweep-acc2d] [--sweep-w8a16] [--fast-acc] [--out FILE]
+                                   [--sweep-acc2d] [--sweep-w8a16] [--fast-acc] [--swap-smm]
+                                   [--out FILE]
 (--sweep: the M = 1 GEMV's launch settings, plain and with the add + RMSNorm prologue;
  --sweep-a8: the W8A8 GEMM's tiles, plain and transposed (SWAP), at the --ms rows, against
    its defaults and _scaled_mm;
  --sweep-w8a16: the W8A16 GEMM's tiles, plain and transposed (SWAP), at 8-128 rows;
+ --swap-smm: torch._scaled_mm with its operands swapped (y^T = W @ xq^T), at the --ms rows;
  --fast-acc: FP8 tensor cores accumulating all of K (cuBLAS's use_fast_accum, Triton's
    FAST_ACC) against summing each K step in fp32, time and error, at the --ms rows;
  --sweep-acc2d: the M = 1 GEMV with its products reduced once (ACC2D), plain and with the
@@ -360,6 +362,36 @@ def probe_fast_acc(name: str, n: int, k: int, ms: tuple[int, ...]) -> list[dict]
     return out
 
 
+def probe_swap_smm(name: str, n: int, k: int, ms: tuple[int, ...]) -> list[dict]:
+    """torch._scaled_mm with its operands swapped (layers.fp8_linear's SMM_SWAP_ROWS): y^T
+    [N, M] = W @ xq^T, so that cuBLAS tiles the weight's N as its long side; timed with the
+    copy back to [M, N] (swap), without it (swap_view: y^T.t(), strided) and with
+    use_fast_accum (swap_fast), against the default order (scaled_mm), activations'
+    quantization included in each. Errors are against the default order's output."""
+    gen, copies, ws = _cold_weights(n, k, 5)
+    out = []
+    for m in ms:
+        x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
+
+        def swapped(i, back=True, fast=False):
+            q, s = quantize_rows(x)
+            yt = torch._scaled_mm(ws[i][0], q.t(), scale_a=ws[i][1].view(-1, 1),
+                                  scale_b=s.reshape(1, -1), out_dtype=torch.bfloat16,
+                                  use_fast_accum=fast)
+            return yt.t().contiguous() if back else yt.t()
+        runs = {"scaled_mm": lambda i: scaled_mm(x, ws[i][0], ws[i][1], None, None),
+                "swap": swapped, "swap_view": lambda i: swapped(i, back=False),
+                "swap_fast": lambda i: swapped(i, fast=True)}
+        ref = runs["scaled_mm"](0).float()
+        row = {"shape": name, "M": m}
+        for tag, run in runs.items():
+            row[f"{tag}_err"] = rel_err(run(0).float(), ref) if tag != "scaled_mm" else 0.0
+            row[f"{tag}_us"] = _try_time(run, copies, {"path": tag})
+        print("swap_smm", json.dumps(row), flush=True)
+        out.append(row)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ms", default="1,2,4,8,16,64,256,1024,4096")
@@ -372,6 +404,8 @@ def main() -> int:
                         help="also sweep the W8A8 GEMM's tiles (plain and SWAP) at the --ms rows")
     parser.add_argument("--fast-acc", action="store_true",
                         help="also time and check FP8 fast accumulation at the --ms rows")
+    parser.add_argument("--swap-smm", action="store_true",
+                        help="also time _scaled_mm with its operands swapped at the --ms rows")
     parser.add_argument("--sweep-w8a16", action="store_true",
                         help="also sweep the W8A16 GEMM's tiles (plain and SWAP) at 8-128 rows")
     args = parser.parse_args()
@@ -388,6 +422,9 @@ def main() -> int:
                  for name, (n, k) in SHAPES.items()]
     if cuda and args.fast_acc:
         rows += [{"shape": name, "fast_acc": probe_fast_acc(name, n, k, tuple(ms))}
+                 for name, (n, k) in SHAPES.items()]
+    if cuda and args.swap_smm:
+        rows += [{"shape": name, "swap_smm": probe_swap_smm(name, n, k, tuple(ms))}
                  for name, (n, k) in SHAPES.items()]
     if cuda and args.sweep_w8a16:
         rows += [{"shape": name, "sweep_w8a16": sweep_w8a16(name, n, k)}

@@ -1,0 +1,39 @@
+#!/bin/bash
+# Device calls of 2026-12-07, fourth session (issue #12).
+#   bash benchmarks/gpu_wave7.sh swap   # torch._scaled_mm with its operands swapped
+#                                         (CORMORANT_FP8_SMM_SWAP): its card test, fp8_probe
+#                                         --swap-smm at 32-256 rows, then B3 FP8 with it on
+#                                         and off where the probe says it is faster at 128
+#                                         rows; B1 bf16 / FP8 KV profiled (~8 min)
+source "$(dirname "$0")/gpu_common.sh"
+case "$1" in
+swap)
+  step swap_tests 120 python3 -m pytest -q -rf tests/kernels/test_fp8_gemm.py -k swapped
+  step swap_probe 200 python3 benchmarks/fp8_probe.py --ms 32,64,128,256 --swap-smm \
+    --out "$OUT/swap_probe.json"
+  grep swap_smm "$OUT/swap_probe.log" | cut -c1-400
+  # B3 FP8 with the swap from 64 rows, where it beats the default order at 128 rows over
+  # the four projections (errors checked: each below 1e-2 of the default order's output)
+  if python3 - "$OUT/swap_probe.json" <<'PY'
+import json, sys
+rows = [r for e in json.load(open(sys.argv[1])) if "swap_smm" in e for r in e["swap_smm"]]
+at = [r for r in rows if r["M"] == 128 and r["swap_us"] and r["swap_us"] > 0]
+ok = all(r["swap_err"] < 1e-2 for r in rows if r["swap_us"])
+base, swap = sum(r["scaled_mm_us"] for r in at), sum(r["swap_us"] for r in at)
+print(f"128 rows: default {base:.1f} us, swapped {swap:.1f} us a layer; errors ok: {ok}")
+sys.exit(0 if ok and len(at) == 4 and swap < 0.97 * base else 1)
+PY
+  then
+    step b3_fp8 90 $B b3 --quick --no-peer --quantization fp8 --out "$R/b3_fp8"
+    step b3_fp8_swap 90 env CORMORANT_FP8_SMM_SWAP=64 $B b3 --quick --no-peer \
+      --quantization fp8 --out "$R/b3_fp8_swap"
+  fi
+  step b1_prof 120 bash -c "$B b1 --quick --no-peer --profile --out $R/b1 && \
+    cat $R/b1/*profile*.txt"
+  step b1_fp8kv_prof 120 bash -c "$B b1 --quick --no-peer --profile --kv-cache-dtype fp8 \
+    --out $R/b1_fp8kv && cat $R/b1_fp8kv/*profile*.txt"
+  ;;
+*)
+  echo "usage: $0 swap" >&2; exit 2
+  ;;
+esac
