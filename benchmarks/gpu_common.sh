@@ -16,7 +16,7 @@ step() {  # name timeout command...
   timeout "$t" "$@" > "$OUT/$name.log" 2>&1
   echo "rc=$? $(date -u +%T)"
   grep -E "ms/tok|tok/s|of floor|b1s |passed|failed|sweep|^shape|^qkv|^o |^gate|^down|Error\
-|^(none|fp8|int4): |pdl_check" \
+|^(none|fp8|int4): |pdl_check| top-1 " \
     "$OUT/$name.log" | tail -40
 }
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader

@@ -5,6 +5,9 @@
 #                                         --swap-smm at 32-256 rows, then B3 FP8 with it on
 #                                         and off where the probe says it is faster at 128
 #                                         rows; B1 bf16 / FP8 KV profiled (~8 min)
+#   bash benchmarks/gpu_wave7.sh quality  # int4_quality.py (fp8, int4 against bf16 through
+#                                           the decode kernels): 4 sequences (int4_mma, W8A16
+#                                           tiles), 1 sequence (the GEMVs); B3 int4 (~7 min)
 source "$(dirname "$0")/gpu_common.sh"
 case "$1" in
 swap)
@@ -33,7 +36,14 @@ PY
   step b1_fp8kv_prof 120 bash -c "$B b1 --quick --no-peer --profile --kv-cache-dtype fp8 \
     --out $R/b1_fp8kv && cat $R/b1_fp8kv/*profile*.txt"
   ;;
+quality)
+  step quality4 240 python3 benchmarks/int4_quality.py --schemes fp8,int4 --num 4 \
+    --out "$OUT/quality4.json"
+  step quality1 200 python3 benchmarks/int4_quality.py --schemes fp8,int4 --num 1 \
+    --out "$OUT/quality1.json"
+  step b3_int4 100 $B b3 --quick --no-peer --quantization int4 --out "$R/b3_int4"
+  ;;
 *)
-  echo "usage: $0 swap" >&2; exit 2
+  echo "usage: $0 swap|quality" >&2; exit 2
   ;;
 esac

@@ -1,13 +1,16 @@
-"""Int4 / int8 weight quality on a Llama-3.1-8B configuration: top-1 agreement with bf16 logits.
+"""Quantized weight quality on a Llama-3.1-8B configuration: top-1 agreement with bf16 logits.
 
 The bf16 model (seeded random weights of bench.configs' llama-3.1-8b, load_format random) and
-the same weights quantized at load (`--quantization int4`: symmetric, group 128; and int8)
-score the same random token sequences under teacher forcing: a 32-token prefill, then 256
-decode steps, one token per sequence per step through the paged KV cache (bench.fidelity's
-paged_logits). Reported per scheme over the decode positions: top-1 agreement with bf16's
-argmax and KL(bf16 || scheme); an fp32 run of the same weights gives bf16's own agreement
-with fp32 for scale. On the GPU (one command, ~2-3 min on an H100):
-    python benchmarks/int4_quality.py [--schemes int4,int8] [--num 4] [--out FILE.json]
+the same weights quantized at load (`--quantization int4`: symmetric, group 128; int8; fp8:
+e4m3, per-channel scales) score the same random token sequences under teacher forcing: a
+32-token prefill, then 256 decode steps, one token per sequence per step through the paged KV
+cache (bench.fidelity's paged_logits), so the decode kernels run: with `--num 1` the one-row
+GEMVs (B2's), with 2-32 sequences int4_mma and the FP8 W8A16 tiles. Reported per scheme over
+the decode positions: top-1 agreement with bf16's argmax and KL(bf16 || scheme); an fp32 run
+of the same weights gives bf16's own agreement with fp32 for scale. Random weights give
+nearly flat logits, so top-1 reads low for every scheme; KL is the finer measure. On the
+GPU (one command, ~2-3 min on an H100):
+    python benchmarks/int4_quality.py [--schemes int4,int8,fp8] [--num 4] [--out FILE.json]
 CPU smoke: `--tiny` (the tiny-llama stand-in, 32 decode steps).
 Imports torch and cormorant (repo on path).
 """
