@@ -4,7 +4,8 @@
 #                                         (CORMORANT_FP8_SMM_SWAP): its card test, fp8_probe
 #                                         --swap-smm at 32-256 rows, then B3 FP8 with it on
 #                                         and off where the probe says it is faster at 128
-#                                         rows; B1 bf16 / FP8 KV profiled (~8 min)
+#                                         rows; decode attention over an FP8 KV cache
+#                                         (kv_fp8_probe.py); B1 bf16 / FP8 KV profiled (~9 min)
 #   bash benchmarks/gpu_wave7.sh quality  # int4_quality.py (fp8, int4 against bf16 through
 #                                           the decode kernels): 4 sequences (int4_mma, W8A16
 #                                           tiles), 1 sequence (the GEMVs); B3 int4 (~7 min)
@@ -31,6 +32,7 @@ PY
     step b3_fp8_swap 90 env CORMORANT_FP8_SMM_SWAP=64 $B b3 --quick --no-peer \
       --quantization fp8 --out "$R/b3_fp8_swap"
   fi
+  step kv_fp8_probe 150 python3 benchmarks/kv_fp8_probe.py --out "$OUT/kv_fp8_probe.json"
   step b1_prof 120 bash -c "$B b1 --quick --no-peer --profile --out $R/b1 && \
     cat $R/b1/*profile*.txt"
   step b1_fp8kv_prof 120 bash -c "$B b1 --quick --no-peer --profile --kv-cache-dtype fp8 \

@@ -1,0 +1,104 @@
+"""Decode attention over an FP8 KV cache against a bf16 one, at B1's batch (issue #12).
+
+B1 (Qwen3-0.6B: 16 query heads, 8 KV heads, head_dim 128) decodes 256 sequences at a mean
+context of about 820 tokens; an FP8 cache halves the bytes each step's attention reads. This
+times kernels.paged_attention on the same random batch three ways: bf16 cache, FP8 cache with
+the codes made bf16 by integer ops (kernels.e4m3, the default on sm_90), FP8 cache with
+Triton's casts (CORMORANT_E4M3_CVT=hw), each at choose_config's launch shape and over a sweep
+of tile sizes, warps and stages; each output is checked against paged_attention_ref first.
+Times: triton.testing.do_bench medians (L2 flushed), GB/s of KV actually read.
+One command on the GPU machine, from the repository root:
+    python benchmarks/kv_fp8_probe.py [--seqs 256] [--lo 100 --hi 1540] [--out FILE.json]
+Imports torch, triton and cormorant (repo on path).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+from triton.testing import do_bench
+
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+
+from cormorant.kernels import paged_attention as pa  # noqa: E402
+
+HEADS, KV_HEADS, HEAD_DIM, BLOCK = 16, 8, 128, 16
+
+
+def batch(seqs: int, lo: int, hi: int, seed: int = 0) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    lens = torch.randint(lo, hi, (seqs,), generator=gen).tolist()
+    per = [-(-n // BLOCK) for n in lens]
+    width = max(per)
+    blocks = width * seqs + 16
+    tables = torch.randperm(blocks, generator=gen)[:width * seqs].view(seqs, width)
+    cache = torch.randn(2, blocks, BLOCK, KV_HEADS, HEAD_DIM, generator=gen)
+    scales = cache.abs().amax(dim=(1, 2, 3, 4)) / 448
+    fp8 = (cache / scales.view(2, 1, 1, 1, 1)).to(torch.float8_e4m3fn)
+    return dict(lens=lens, q=torch.randn(seqs, HEADS, HEAD_DIM, generator=gen).cuda().bfloat16(),
+                bf16=cache.cuda().bfloat16(), fp8=fp8.cuda(), scales=scales.cuda(),
+                tables=tables.to(torch.int32).cuda(),
+                seq_lens=torch.tensor(lens, dtype=torch.int32).cuda(),
+                starts=torch.arange(seqs + 1, dtype=torch.int32).cuda())
+
+
+def run(b: dict, kind: str, config: pa.PagedAttentionConfig | None) -> dict:
+    os.environ["CORMORANT_E4M3_CVT"] = "hw" if kind == "fp8_hw" else "bits"
+    cache = b["bf16"] if kind == "bf16" else b["fp8"]
+    ks = vs = None
+    if kind != "bf16":
+        ks, vs = b["scales"][0:1], b["scales"][1:2]
+    scale = HEAD_DIM ** -0.5
+
+    def call():
+        return pa.paged_attention(b["q"], cache[0], cache[1], b["starts"], b["seq_lens"],
+                                  b["tables"], scale, 1, config=config, k_scale=ks, v_scale=vs)
+    out = call().float()
+    ref = pa.paged_attention_ref(b["q"], cache[0], cache[1], b["starts"], b["seq_lens"],
+                                 b["tables"], scale, k_scale=ks, v_scale=vs).float()
+    err = float((out - ref).norm() / ref.norm())
+    ms = do_bench(call)
+    nbytes = sum(b["lens"]) * KV_HEADS * HEAD_DIM * 2 * cache.element_size()
+    return {"kind": kind, "config": None if config is None else vars(config), "err": err,
+            "us": ms * 1e3, "GBps": nbytes / ms / 1e6}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seqs", type=int, default=256)
+    parser.add_argument("--lo", type=int, default=100)
+    parser.add_argument("--hi", type=int, default=1540)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    b = batch(args.seqs, args.lo, args.hi)
+    print(torch.cuda.get_device_name(), "seqs", args.seqs, "mean context",
+          sum(b["lens"]) / len(b["lens"]), flush=True)
+    sweep = [None] + [pa.PagedAttentionConfig(16, t, 1, w, s) for t in (32, 64, 128)
+                      for w in (4, 8) for s in (2, 3, 4)]
+    rows, bad = [], 0
+    for kind in ("bf16", "fp8_bits", "fp8_hw"):
+        for config in sweep:
+            try:
+                row = run(b, kind, config)
+            except Exception as e:  # noqa: BLE001 - a launch shape that does not fit
+                print("skip", kind, config, type(e).__name__, flush=True)
+                continue
+            bad += not row["err"] < 2e-2
+            rows.append(row)
+            print("kv_fp8", json.dumps(row), flush=True)
+        best = min((r for r in rows if r["kind"] == kind), key=lambda r: r["us"])
+        default = next(r for r in rows if r["kind"] == kind and r["config"] is None)
+        print(f"{kind}: default {default['us']:.1f} us ({default['GBps']:.0f} GB/s), best "
+              f"{best['us']:.1f} us ({best['GBps']:.0f} GB/s) at {best['config']}", flush=True)
+    print("correctness:", "all within 2e-2 of the reference" if not bad else f"{bad} FAILED")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
