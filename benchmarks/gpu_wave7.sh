@@ -12,7 +12,9 @@
 source "$(dirname "$0")/gpu_common.sh"
 case "$1" in
 swap)
-  step swap_tests 120 python3 -m pytest -q -rf tests/kernels/test_fp8_gemm.py -k swapped
+  step swap_tests 150 python3 -m pytest -q -rf tests/kernels/test_fp8_gemm.py \
+    tests/kernels/test_paged_attention_kernel.py tests/kernels/test_fp8_kv_kernels.py \
+    -k "swapped or cores"
   step swap_probe 200 python3 benchmarks/fp8_probe.py --ms 32,64,128,256 --swap-smm \
     --out "$OUT/swap_probe.json"
   grep swap_smm "$OUT/swap_probe.log" | cut -c1-400
