@@ -347,7 +347,8 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         QUERIES_PER_KV=group, BLOCK_SIZE=block_size, HEAD_DIM=head_dim, HEAD_DIM_P=head_dim_p,
         BLOCK_M=config.block_m, BLOCK_Q=block_q, TILE=config.tile_size,
         NUM_SEGMENTS=segments, DOT_PRECISION=_dot_precision(q.dtype), KV_FP8=fp8,
-        KV_BITS=kv_bits, CORES=config.cores, num_warps=config.num_warps, num_stages=config.num_stages, **launch)
+        KV_BITS=kv_bits, CORES=config.cores, num_warps=config.num_warps,
+        num_stages=config.num_stages, **launch)
     if segments > 1:
         _reduce_segments_kernel[(num_tokens, num_heads)](
             out, part_acc, part_max, part_sum, query_start_loc, num_seqs, num_heads,
