@@ -1,11 +1,12 @@
 #!/bin/bash
 # Device calls of 2026-12-07, fourth session (issue #12).
-#   bash benchmarks/gpu_wave7.sh swap   # torch._scaled_mm with its operands swapped
-#                                         (CORMORANT_FP8_SMM_SWAP): its card test, fp8_probe
-#                                         --swap-smm at 32-256 rows, then B3 FP8 with it on
-#                                         and off where the probe says it is faster at 128
-#                                         rows; decode attention over an FP8 KV cache
-#                                         (kv_fp8_probe.py); B1 bf16 / FP8 KV profiled (~9 min)
+#   bash benchmarks/gpu_wave7.sh swap   # card tests of the swapped _scaled_mm
+#                                         (CORMORANT_FP8_SMM_SWAP) and of attention's dots on
+#                                         CUDA cores (CORMORANT_ATTN_CORES); fp8_probe
+#                                         --swap-smm at 64 / 128 rows; kv_fp8_probe.py; B1
+#                                         FP8 KV / bf16 profiled; B1 FP8 KV on CUDA cores and
+#                                         B3 FP8 swapped and not, each where its probe won
+#                                         (~6-9 min)
 #   bash benchmarks/gpu_wave7.sh quality  # int4_quality.py (fp8, int4 against bf16 through
 #                                           the decode kernels): 4 sequences (int4_mma, W8A16
 #                                           tiles), 1 sequence (the GEMVs); B3 int4 (~7 min)
@@ -15,12 +16,22 @@ swap)
   step swap_tests 150 python3 -m pytest -q -rf tests/kernels/test_fp8_gemm.py \
     tests/kernels/test_paged_attention_kernel.py tests/kernels/test_fp8_kv_kernels.py \
     -k "swapped or cores"
-  step swap_probe 200 python3 benchmarks/fp8_probe.py --ms 32,64,128,256 --swap-smm \
+  step swap_probe 150 python3 benchmarks/fp8_probe.py --ms 64,128 --swap-smm \
     --out "$OUT/swap_probe.json"
   grep swap_smm "$OUT/swap_probe.log" | cut -c1-400
+  step kv_fp8_probe 150 python3 benchmarks/kv_fp8_probe.py --out "$OUT/kv_fp8_probe.json"
+  step b1_fp8kv_prof 100 bash -c "$B b1 --quick --no-peer --profile --kv-cache-dtype fp8 \
+    --out $R/b1_fp8kv && cat $R/b1_fp8kv/*profile*.txt"
+  step b1_prof 100 bash -c "$B b1 --quick --no-peer --profile --out $R/b1 && \
+    cat $R/b1/*profile*.txt"
+  # B1 with the decode dots on CUDA cores, where the probe found them faster for FP8 KV
+  if grep -q "^fp8_bits: .*'cores': True" "$OUT/kv_fp8_probe.log"; then
+    step b1_fp8kv_cores 80 env CORMORANT_ATTN_CORES=8 $B b1 --quick --no-peer \
+      --kv-cache-dtype fp8 --out "$R/b1_fp8kv_cores"
+  fi
   # B3 FP8 with the swap from 64 rows, where it beats the default order at 128 rows over
-  # the four projections (errors checked: each below 1e-2 of the default order's output)
-  if python3 - "$OUT/swap_probe.json" <<'PY'
+  # the four projections (errors: each below 1e-2 of the default order's output)
+  if [ "$SECONDS" -lt 380 ] && python3 - "$OUT/swap_probe.json" <<'PY'
 import json, sys
 rows = [r for e in json.load(open(sys.argv[1])) if "swap_smm" in e for r in e["swap_smm"]]
 at = [r for r in rows if r["M"] == 128 and r["swap_us"] and r["swap_us"] > 0]
@@ -34,11 +45,7 @@ PY
     step b3_fp8_swap 90 env CORMORANT_FP8_SMM_SWAP=64 $B b3 --quick --no-peer \
       --quantization fp8 --out "$R/b3_fp8_swap"
   fi
-  step kv_fp8_probe 150 python3 benchmarks/kv_fp8_probe.py --out "$OUT/kv_fp8_probe.json"
-  step b1_prof 120 bash -c "$B b1 --quick --no-peer --profile --out $R/b1 && \
-    cat $R/b1/*profile*.txt"
-  step b1_fp8kv_prof 120 bash -c "$B b1 --quick --no-peer --profile --kv-cache-dtype fp8 \
-    --out $R/b1_fp8kv && cat $R/b1_fp8kv/*profile*.txt"
+  echo "elapsed $SECONDS s"
   ;;
 quality)
   step quality4 240 python3 benchmarks/int4_quality.py --schemes fp8,int4 --num 4 \

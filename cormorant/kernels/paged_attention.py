@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +45,10 @@ from cormorant.kernels import e4m3, pdl
 from cormorant.kernels.e4m3 import e4m3_to_bf16
 
 _LOG2E = 1.4426950408889634
+# Decode batches take the dots on CUDA cores (PagedAttentionConfig.cores) where the GQA group
+# is at most this; 0 (the default): never, until an H100 measures it faster
+# (benchmarks/kv_fp8_probe.py). CORMORANT_ATTN_CORES=8 turns it on for the A/B.
+CORES_MAX_GROUP = int(os.environ.get("CORMORANT_ATTN_CORES", "0"))
 
 
 @triton.jit
@@ -271,6 +276,10 @@ def choose_config(num_heads: int, num_kv_heads: int, max_query_len: int, num_seq
         segments = 1
         while programs * segments < 2 * num_sms and segments < 16:
             segments *= 2
+        if group <= CORES_MAX_GROUP:
+            return PagedAttentionConfig(block_m=triton.next_power_of_2(group), tile_size=32,
+                                        num_segments=segments, num_warps=4, num_stages=2,
+                                        cores=True)
         return PagedAttentionConfig(block_m=min_m, tile_size=64 if dtype != torch.float32
                                     else 32, num_segments=segments, num_warps=4, num_stages=2)
     if dtype == torch.float32:

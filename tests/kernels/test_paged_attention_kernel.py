@@ -77,6 +77,20 @@ def test_decode_on_cuda_cores_matches_reference(heads, segments, device, make_ba
     assert rel_err(_run(batch, 0.11, config), _ref(batch, 0.11)) < TOL
 
 
+def test_choose_config_sends_small_groups_to_cuda_cores_when_asked(monkeypatch):
+    from cormorant.kernels import paged_attention as pa
+
+    monkeypatch.setattr(pa, "CORES_MAX_GROUP", 0)  # the default
+    assert not choose_config(16, 8, 1, 256).cores
+    monkeypatch.setattr(pa, "CORES_MAX_GROUP", 4)
+    cores = choose_config(16, 8, 1, 256)
+    assert cores.cores and cores.block_m == 2 and cores.num_segments == 1
+    assert choose_config(9, 3, 1, 4).block_m == 4  # split-KV kept for a small batch
+    assert choose_config(9, 3, 1, 4).num_segments > 1
+    assert not choose_config(32, 4, 1, 256).cores  # a group of 8: tensor cores
+    assert not choose_config(16, 8, 7, 256).cores  # not decode
+
+
 @pytest.mark.parametrize("config", [SMALL_TILES, SPLIT], ids=["tile16", "split4"])
 def test_padding_rows_untouched_and_empty_sequences(config, device, make_batch, rel_err):
     # A sequence with no query rows (query_len 0) and three trailing rows owned by nobody.
