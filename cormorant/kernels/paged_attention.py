@@ -72,9 +72,13 @@ def _find_seq(query_start_loc_ptr, q_block_idx, num_seqs, BLOCK_Q: tl.constexpr)
 def _attend_tiles(acc, m_i, l_i, Q, q_pos, k_cache_ptr, v_cache_ptr, bt_row_ptr, kv_head,
                   tile_lo, tile_hi, kv_end, scale_log2, stride_cb, stride_cs, stride_ch,
                   BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
-                  TILE: tl.constexpr, DOT_PRECISION: tl.constexpr, KV_BITS: tl.constexpr):
+                  TILE: tl.constexpr, DOT_PRECISION: tl.constexpr, KV_BITS: tl.constexpr,
+                  CORES: tl.constexpr):
     """Online-softmax accumulation of KV tiles [tile_lo, tile_hi) into (acc, m_i, l_i).
-    KV_BITS: the cache holds e4m3 codes read as uint8, made bf16 by kernels.e4m3 (exact)."""
+    KV_BITS: the cache holds e4m3 codes read as uint8, made bf16 by kernels.e4m3 (exact).
+    CORES: the dots as fp32 products summed over the head dimension (decode rows: one query
+    token, BLOCK_M the GQA group), so K and V stay in registers as loaded (and converted) and
+    never pass through shared memory."""
     dims = tl.arange(0, HEAD_DIM_P)
     dim_ok = dims < HEAD_DIM
     for tile in range(tile_lo, tile_hi):
@@ -84,58 +88,33 @@ def _attend_tiles(acc, m_i, l_i, Q, q_pos, k_cache_ptr, v_cache_ptr, bt_row_ptr,
         # int64: caches over 2**31 elements are routine on 80 GB cards.
         slot_offs = (block_ids.to(tl.int64) * stride_cb + (keys % BLOCK_SIZE) * stride_cs
                      + kv_head * stride_ch)  # [TILE]
-        K = tl.load(k_cache_ptr + slot_offs[None, :] + dims[:, None],
-                    mask=key_ok[None, :] & dim_ok[:, None], other=0.0)  # [HEAD_DIM_P, TILE]
+        if CORES:  # [TILE, HEAD_DIM_P], as V
+            K = tl.load(k_cache_ptr + slot_offs[:, None] + dims[None, :],
+                        mask=key_ok[:, None] & dim_ok[None, :], other=0.0)
+        else:  # [HEAD_DIM_P, TILE], the dot's second operand
+            K = tl.load(k_cache_ptr + slot_offs[None, :] + dims[:, None],
+                        mask=key_ok[None, :] & dim_ok[:, None], other=0.0)
         V = tl.load(v_cache_ptr + slot_offs[:, None] + dims[None, :],
                     mask=key_ok[:, None] & dim_ok[None, :], other=0.0)  # [TILE, HEAD_DIM_P]
         if KV_BITS:
             K = e4m3_to_bf16(K)
             V = e4m3_to_bf16(V)
-        S = tl.dot(Q, K.to(Q.dtype), input_precision=DOT_PRECISION) * scale_log2
+        if CORES:
+            S = tl.sum(Q.to(tl.float32)[:, None, :] * K.to(tl.float32)[None, :, :],
+                       axis=2) * scale_log2
+        else:
+            S = tl.dot(Q, K.to(Q.dtype), input_precision=DOT_PRECISION) * scale_log2
         visible = key_ok[None, :] & (keys[None, :] <= q_pos[:, None])
         S = tl.where(visible, S, float("-inf"))  # [BLOCK_M, TILE]
         m_new = tl.maximum(m_i, tl.max(S, axis=1))
         P = tl.exp2(S - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(P, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(P.to(Q.dtype), V.to(Q.dtype),
-                                            input_precision=DOT_PRECISION)
-        m_i = m_new
-    return acc, m_i, l_i
-
-
-@triton.jit
-def _attend_tiles_cores(acc, m_i, l_i, Q, q_pos, k_cache_ptr, v_cache_ptr, bt_row_ptr, kv_head,
-                        tile_lo, tile_hi, kv_end, scale_log2, stride_cb, stride_cs, stride_ch,
-                        BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
-                        HEAD_DIM_P: tl.constexpr, TILE: tl.constexpr, KV_BITS: tl.constexpr):
-    """_attend_tiles without tensor cores (CORES): the dots as fp32 products summed over the
-    head dimension, for decode rows (one query token, BLOCK_M the GQA group), so the K and V
-    tiles stay in registers where they were loaded (and converted) and never pass through
-    shared memory."""
-    dims = tl.arange(0, HEAD_DIM_P)
-    dim_ok = dims < HEAD_DIM
-    qf = Q.to(tl.float32)
-    for tile in range(tile_lo, tile_hi):
-        keys = tile * TILE + tl.arange(0, TILE)
-        key_ok = keys < kv_end
-        block_ids = tl.load(bt_row_ptr + keys // BLOCK_SIZE, mask=key_ok, other=0)
-        slot_offs = (block_ids.to(tl.int64) * stride_cb + (keys % BLOCK_SIZE) * stride_cs
-                     + kv_head * stride_ch)  # [TILE]
-        tile_ok = key_ok[:, None] & dim_ok[None, :]
-        K = tl.load(k_cache_ptr + slot_offs[:, None] + dims[None, :], mask=tile_ok, other=0.0)
-        V = tl.load(v_cache_ptr + slot_offs[:, None] + dims[None, :], mask=tile_ok, other=0.0)
-        if KV_BITS:
-            K = e4m3_to_bf16(K)
-            V = e4m3_to_bf16(V)
-        S = tl.sum(qf[:, None, :] * K.to(tl.float32)[None, :, :], axis=2) * scale_log2
-        visible = key_ok[None, :] & (keys[None, :] <= q_pos[:, None])
-        S = tl.where(visible, S, float("-inf"))  # [BLOCK_M, TILE]
-        m_new = tl.maximum(m_i, tl.max(S, axis=1))
-        P = tl.exp2(S - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(P, axis=1)
-        acc = acc * alpha[:, None] + tl.sum(P[:, :, None] * V.to(tl.float32)[None, :, :], axis=1)
+        if CORES:
+            pv = tl.sum(P[:, :, None] * V.to(tl.float32)[None, :, :], axis=1)
+        else:
+            pv = tl.dot(P.to(Q.dtype), V.to(Q.dtype), input_precision=DOT_PRECISION)
+        acc = acc * alpha[:, None] + pv
         m_i = m_new
     return acc, m_i, l_i
 
@@ -194,17 +173,11 @@ def _paged_attention_kernel(
     bt_row_ptr = block_tables_ptr + seq.to(tl.int64) * stride_bt
     if KV_FP8:  # Q.K = Q.(K8 * k_scale): k_scale joins the softmax scale
         scale_log2 = scale_log2 * tl.load(k_scale_ptr)
-    if CORES:
-        acc, m_i, l_i = _attend_tiles_cores(acc, m_i, l_i, Q, q_pos, k_cache_ptr, v_cache_ptr,
-                                            bt_row_ptr, kv_head, tile_lo, tile_hi, kv_end,
-                                            scale_log2, stride_cb, stride_cs, stride_ch,
-                                            BLOCK_SIZE, HEAD_DIM, HEAD_DIM_P, TILE, KV_BITS)
-    else:
-        acc, m_i, l_i = _attend_tiles(acc, m_i, l_i, Q, q_pos, k_cache_ptr, v_cache_ptr,
-                                      bt_row_ptr, kv_head, tile_lo, tile_hi, kv_end, scale_log2,
-                                      stride_cb, stride_cs, stride_ch,
-                                      BLOCK_SIZE, HEAD_DIM, HEAD_DIM_P, TILE, DOT_PRECISION,
-                                      KV_BITS)
+    acc, m_i, l_i = _attend_tiles(acc, m_i, l_i, Q, q_pos, k_cache_ptr, v_cache_ptr, bt_row_ptr,
+                                  kv_head, tile_lo, tile_hi, kv_end, scale_log2,
+                                  stride_cb, stride_cs, stride_ch,
+                                  BLOCK_SIZE, HEAD_DIM, HEAD_DIM_P, TILE, DOT_PRECISION,
+                                  KV_BITS, CORES)
     if KV_FP8:  # P.V = (P.V8) * v_scale
         acc = acc * tl.load(v_scale_ptr)
 
@@ -251,7 +224,7 @@ def _reduce_segments_kernel(out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr,
 class PagedAttentionConfig:
     """Launch shape. block_m: query rows per tile (tokens x GQA group); tile_size: keys per
     inner step; num_segments: split-KV factor (1 = no split, no reduction pass); cores: the
-    dots on CUDA cores (_attend_tiles_cores; decode only: block_m the GQA group, a power of 2,
+    dots on CUDA cores (_attend_tiles' CORES; decode only: block_m the GQA group, a power of 2,
     so one query token a program)."""
 
     block_m: int = 16
