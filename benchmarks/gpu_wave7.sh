@@ -4,7 +4,7 @@
 #                                         (CORMORANT_FP8_SMM_SWAP) and of attention's dots on
 #                                         CUDA cores (CORMORANT_ATTN_CORES); fp8_probe
 #                                         --swap-smm at 64 / 128 rows; kv_fp8_probe.py; B1
-#                                         FP8 KV / bf16 profiled; B1 FP8 KV on CUDA cores and
+#                                         bf16 / FP8 KV; B1 FP8 KV on CUDA cores and
 #                                         B3 FP8 swapped and not, each where its probe won
 #                                         (~6-9 min)
 #   bash benchmarks/gpu_wave7.sh quality  # int4_quality.py (fp8, int4 against bf16 through
@@ -17,10 +17,8 @@ swap)  # most telling first: what a call cut short returns still counts
   step swap_probe 150 python3 benchmarks/fp8_probe.py --ms 64,128 --swap-smm \
     --out "$OUT/swap_probe.json"
   grep swap_smm "$OUT/swap_probe.log" | cut -c1-400
-  step b1_fp8kv_prof 100 bash -c "$B b1 --quick --no-peer --profile --kv-cache-dtype fp8 \
-    --out $R/b1_fp8kv && cat $R/b1_fp8kv/*profile*.txt"
-  step b1_prof 100 bash -c "$B b1 --quick --no-peer --profile --out $R/b1 && \
-    cat $R/b1/*profile*.txt"
+  step b1 80 $B b1 --quick --no-peer --out "$R/b1"
+  step b1_fp8kv 80 $B b1 --quick --no-peer --kv-cache-dtype fp8 --out "$R/b1_fp8kv"
   # B1 with the decode dots on CUDA cores, where the probe found them faster for FP8 KV
   if grep -q "^fp8_bits: .*'cores': True" "$OUT/kv_fp8_probe.log"; then
     step b1_fp8kv_cores 80 env CORMORANT_ATTN_CORES=8 $B b1 --quick --no-peer \
