@@ -22,7 +22,8 @@ One command on the GPU machine, from the repository root:
  --sweep-a8: the W8A8 GEMM's tiles, plain and transposed (SWAP), at the --ms rows, against
    its defaults and _scaled_mm;
  --sweep-w8a16: the W8A16 GEMM's tiles, plain and transposed (SWAP), at 8-128 rows;
- --swap-smm: torch._scaled_mm with its operands swapped (y^T = W @ xq^T), at the --ms rows;
+ --swap-smm: torch._scaled_mm with its operands swapped (y^T = W @ xq^T), at the --ms rows
+   (H100, 2026-12-07: 1.5-2.7x slower than the default order at 64 and 128 rows);
  --fast-acc: FP8 tensor cores accumulating all of K (cuBLAS's use_fast_accum, Triton's
    FAST_ACC) against summing each K step in fp32, time and error, at the --ms rows;
  --sweep-acc2d: the M = 1 GEMV with its products reduced once (ACC2D), plain and with the

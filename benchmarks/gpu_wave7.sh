@@ -1,15 +1,18 @@
 #!/bin/bash
 # Device calls of 2026-12-07, fourth session (issue #12).
-#   bash benchmarks/gpu_wave7.sh swap   # card tests of the swapped _scaled_mm
-#                                         (CORMORANT_FP8_SMM_SWAP) and of attention's dots on
-#                                         CUDA cores (CORMORANT_ATTN_CORES); fp8_probe
-#                                         --swap-smm at 64 / 128 rows; kv_fp8_probe.py; B1
-#                                         bf16 / FP8 KV; B1 FP8 KV on CUDA cores and
-#                                         B3 FP8 swapped and not, each where its probe won
-#                                         (~6-9 min)
-#   bash benchmarks/gpu_wave7.sh quality  # int4_quality.py (fp8, int4 against bf16 through
-#                                           the decode kernels): 4 sequences (int4_mma, W8A16
-#                                           tiles), 1 sequence (the GEMVs); B3 int4 (~7 min)
+#   bash benchmarks/gpu_wave7.sh swap   # ran 23:48 at cd06179 on an H100, after ~18 failed
+#                                         or refused starts: kv_fp8_probe.py (with a sweep
+#                                         of attention's dots on CUDA cores, then
+#                                         PagedAttentionConfig.cores, since reverted);
+#                                         fp8_probe --swap-smm at 64 / 128 rows (the swapped
+#                                         _scaled_mm, CORMORANT_FP8_SMM_SWAP, since
+#                                         reverted); B1 bf16 / FP8 KV; the A/Bs each probe
+#                                         gated did not run (both lost); their card tests
+#                                         (13) passed. The body is kept as it ran.
+#   bash benchmarks/gpu_wave7.sh quality  # unrun (no device budget left): int4_quality.py
+#                                           (fp8, int4 against bf16 through the decode
+#                                           kernels): 4 sequences (int4_mma, W8A16 tiles), 1
+#                                           sequence (the GEMVs); B3 int4 (~7 min)
 source "$(dirname "$0")/gpu_common.sh"
 case "$1" in
 swap)  # most telling first: what a call cut short returns still counts

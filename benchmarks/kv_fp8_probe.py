@@ -5,8 +5,9 @@ context of about 820 tokens; an FP8 cache halves the bytes each step's attention
 times kernels.paged_attention on the same random batch three ways: bf16 cache, FP8 cache with
 the codes made bf16 by integer ops (kernels.e4m3, the default on sm_90), FP8 cache with
 Triton's casts (CORMORANT_E4M3_CVT=hw), each at choose_config's launch shape, the first two
-also over a sweep of tile sizes, warps and stages, with the dots on tensor cores and on CUDA
-cores (PagedAttentionConfig.cores); each output is checked against paged_attention_ref first.
+also over a sweep of tile sizes, warps and stages; each output is checked against
+paged_attention_ref first. (On 2026-12-07 it also swept a form with the dots on CUDA cores,
+since reverted: 3x slower; benchmarks/RESULTS.md.)
 Times: triton.testing.do_bench medians (L2 flushed), GB/s of KV actually read.
 One command on the GPU machine, from the repository root:
     python benchmarks/kv_fp8_probe.py [--seqs 256] [--lo 100 --hi 1540] [--out FILE.json]
@@ -77,10 +78,8 @@ def main() -> int:
     b = batch(args.seqs, args.lo, args.hi)
     print(torch.cuda.get_device_name(), "seqs", args.seqs, "mean context",
           sum(b["lens"]) / len(b["lens"]), flush=True)
-    cores = [pa.PagedAttentionConfig(2, t, 1, w, s, cores=True)
-             for t, w, s in ((16, 4, 2), (32, 4, 2), (32, 4, 3), (32, 8, 2), (64, 8, 2))]
     sweep = [None] + [pa.PagedAttentionConfig(16, t, 1, w, s) for t in (64, 128)
-                      for w in (4, 8) for s in (2, 3)] + cores
+                      for w in (4, 8) for s in (2, 3)]
     rows, bad = [], 0
     for kind in ("bf16", "fp8_bits", "fp8_hw"):
         for config in sweep if kind != "fp8_hw" else [None]:

@@ -18,11 +18,6 @@ Design (the "unified" layout of vLLM's Triton backend, own code):
 - Split-KV (flash-decoding): with NUM_SEGMENTS > 1 a third grid axis splits each program's KV
   tiles into segments that write unnormalised partials; `_reduce_segments_kernel` merges them.
   Used for decode batches too small to fill the GPU.
-- Decode rows may take the dots on CUDA cores instead (PagedAttentionConfig.cores: fp32
-  products summed over the head dimension, one query token a program, the GQA group as its
-  rows): K and V stay in registers as loaded, with no trip through shared memory, where the
-  tensor cores' 16-row minimum would be mostly padding for a small group. Off unless a
-  config asks (benchmarks/kv_fp8_probe.py times it).
 - An fp8 cache (float8_e4m3fn, kernels.kv_cache) is read as fp8 and cast to the query's dtype
   for the dots (exact: every e4m3 value is a bf16/fp16/fp32 value). With bf16 queries on
   Hopper (kernels.e4m3.available) the codes are read as bytes and made bf16 by integer ops,
@@ -34,7 +29,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from dataclasses import dataclass
 
 import torch
@@ -45,10 +39,6 @@ from cormorant.kernels import e4m3, pdl
 from cormorant.kernels.e4m3 import e4m3_to_bf16
 
 _LOG2E = 1.4426950408889634
-# Decode batches take the dots on CUDA cores (PagedAttentionConfig.cores) where the GQA group
-# is at most this; 0 (the default): never, until an H100 measures it faster
-# (benchmarks/kv_fp8_probe.py). CORMORANT_ATTN_CORES=8 turns it on for the A/B.
-CORES_MAX_GROUP = int(os.environ.get("CORMORANT_ATTN_CORES", "0"))
 
 
 @triton.jit
@@ -72,13 +62,9 @@ def _find_seq(query_start_loc_ptr, q_block_idx, num_seqs, BLOCK_Q: tl.constexpr)
 def _attend_tiles(acc, m_i, l_i, Q, q_pos, k_cache_ptr, v_cache_ptr, bt_row_ptr, kv_head,
                   tile_lo, tile_hi, kv_end, scale_log2, stride_cb, stride_cs, stride_ch,
                   BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
-                  TILE: tl.constexpr, DOT_PRECISION: tl.constexpr, KV_BITS: tl.constexpr,
-                  CORES: tl.constexpr):
+                  TILE: tl.constexpr, DOT_PRECISION: tl.constexpr, KV_BITS: tl.constexpr):
     """Online-softmax accumulation of KV tiles [tile_lo, tile_hi) into (acc, m_i, l_i).
-    KV_BITS: the cache holds e4m3 codes read as uint8, made bf16 by kernels.e4m3 (exact).
-    CORES: the dots as fp32 products summed over the head dimension (decode rows: one query
-    token, BLOCK_M the GQA group), so K and V stay in registers as loaded (and converted) and
-    never pass through shared memory."""
+    KV_BITS: the cache holds e4m3 codes read as uint8, made bf16 by kernels.e4m3 (exact)."""
     dims = tl.arange(0, HEAD_DIM_P)
     dim_ok = dims < HEAD_DIM
     for tile in range(tile_lo, tile_hi):
@@ -88,33 +74,22 @@ def _attend_tiles(acc, m_i, l_i, Q, q_pos, k_cache_ptr, v_cache_ptr, bt_row_ptr,
         # int64: caches over 2**31 elements are routine on 80 GB cards.
         slot_offs = (block_ids.to(tl.int64) * stride_cb + (keys % BLOCK_SIZE) * stride_cs
                      + kv_head * stride_ch)  # [TILE]
-        if CORES:  # [TILE, HEAD_DIM_P], as V
-            K = tl.load(k_cache_ptr + slot_offs[:, None] + dims[None, :],
-                        mask=key_ok[:, None] & dim_ok[None, :], other=0.0)
-        else:  # [HEAD_DIM_P, TILE], the dot's second operand
-            K = tl.load(k_cache_ptr + slot_offs[None, :] + dims[:, None],
-                        mask=key_ok[None, :] & dim_ok[:, None], other=0.0)
+        K = tl.load(k_cache_ptr + slot_offs[None, :] + dims[:, None],
+                    mask=key_ok[None, :] & dim_ok[:, None], other=0.0)  # [HEAD_DIM_P, TILE]
         V = tl.load(v_cache_ptr + slot_offs[:, None] + dims[None, :],
                     mask=key_ok[:, None] & dim_ok[None, :], other=0.0)  # [TILE, HEAD_DIM_P]
         if KV_BITS:
             K = e4m3_to_bf16(K)
             V = e4m3_to_bf16(V)
-        if CORES:
-            S = tl.sum(Q.to(tl.float32)[:, None, :] * K.to(tl.float32)[None, :, :],
-                       axis=2) * scale_log2
-        else:
-            S = tl.dot(Q, K.to(Q.dtype), input_precision=DOT_PRECISION) * scale_log2
+        S = tl.dot(Q, K.to(Q.dtype), input_precision=DOT_PRECISION) * scale_log2
         visible = key_ok[None, :] & (keys[None, :] <= q_pos[:, None])
         S = tl.where(visible, S, float("-inf"))  # [BLOCK_M, TILE]
         m_new = tl.maximum(m_i, tl.max(S, axis=1))
         P = tl.exp2(S - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(P, axis=1)
-        if CORES:
-            pv = tl.sum(P[:, :, None] * V.to(tl.float32)[None, :, :], axis=1)
-        else:
-            pv = tl.dot(P.to(Q.dtype), V.to(Q.dtype), input_precision=DOT_PRECISION)
-        acc = acc * alpha[:, None] + pv
+        acc = acc * alpha[:, None] + tl.dot(P.to(Q.dtype), V.to(Q.dtype),
+                                            input_precision=DOT_PRECISION)
         m_i = m_new
     return acc, m_i, l_i
 
@@ -132,7 +107,7 @@ def _paged_attention_kernel(
         QUERIES_PER_KV: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
         HEAD_DIM_P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr,
         TILE: tl.constexpr, NUM_SEGMENTS: tl.constexpr, DOT_PRECISION: tl.constexpr,
-        KV_FP8: tl.constexpr, KV_BITS: tl.constexpr, CORES: tl.constexpr, PDL: tl.constexpr):
+        KV_FP8: tl.constexpr, KV_BITS: tl.constexpr, PDL: tl.constexpr):
     pdl.wait(PDL)  # before any load: the previous kernel's writes are visible
     pdl.launch_dependents(PDL)
     q_block_idx = tl.program_id(0)
@@ -177,7 +152,7 @@ def _paged_attention_kernel(
                                   kv_head, tile_lo, tile_hi, kv_end, scale_log2,
                                   stride_cb, stride_cs, stride_ch,
                                   BLOCK_SIZE, HEAD_DIM, HEAD_DIM_P, TILE, DOT_PRECISION,
-                                  KV_BITS, CORES)
+                                  KV_BITS)
     if KV_FP8:  # P.V = (P.V8) * v_scale
         acc = acc * tl.load(v_scale_ptr)
 
@@ -223,16 +198,13 @@ def _reduce_segments_kernel(out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr,
 @dataclass(frozen=True)
 class PagedAttentionConfig:
     """Launch shape. block_m: query rows per tile (tokens x GQA group); tile_size: keys per
-    inner step; num_segments: split-KV factor (1 = no split, no reduction pass); cores: the
-    dots on CUDA cores (_attend_tiles' CORES; decode only: block_m the GQA group, a power of 2,
-    so one query token a program)."""
+    inner step; num_segments: split-KV factor (1 = no split, no reduction pass)."""
 
     block_m: int = 16
     tile_size: int = 32
     num_segments: int = 1
     num_warps: int = 4
     num_stages: int = 2
-    cores: bool = False
 
 
 def choose_config(num_heads: int, num_kv_heads: int, max_query_len: int, num_seqs: int,
@@ -249,10 +221,6 @@ def choose_config(num_heads: int, num_kv_heads: int, max_query_len: int, num_seq
         segments = 1
         while programs * segments < 2 * num_sms and segments < 16:
             segments *= 2
-        if group <= CORES_MAX_GROUP:
-            return PagedAttentionConfig(block_m=triton.next_power_of_2(group), tile_size=32,
-                                        num_segments=segments, num_warps=4, num_stages=2,
-                                        cores=True)
         return PagedAttentionConfig(block_m=min_m, tile_size=64 if dtype != torch.float32
                                     else 32, num_segments=segments, num_warps=4, num_stages=2)
     if dtype == torch.float32:
@@ -300,11 +268,7 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     kv_bits = fp8 and q.dtype == torch.bfloat16 and e4m3.available(q.device)
     if kv_bits:
         k_cache, v_cache = k_cache.view(torch.uint8), v_cache.view(torch.uint8)
-    assert config.block_m >= group
-    if config.cores:
-        assert max_query_len <= 1 and config.block_m < 2 * group, "cores: decode, one token"
-    else:
-        assert config.tile_size >= 16  # tl.dot needs 16+ per dim
+    assert config.block_m >= group and config.tile_size >= 16  # tl.dot needs 16+ per dim
     for n in (config.block_m, config.tile_size, config.num_segments):
         assert n & (n - 1) == 0, f"launch sizes must be powers of 2: {config}"
     block_q = config.block_m // group
@@ -329,8 +293,7 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         QUERIES_PER_KV=group, BLOCK_SIZE=block_size, HEAD_DIM=head_dim, HEAD_DIM_P=head_dim_p,
         BLOCK_M=config.block_m, BLOCK_Q=block_q, TILE=config.tile_size,
         NUM_SEGMENTS=segments, DOT_PRECISION=_dot_precision(q.dtype), KV_FP8=fp8,
-        KV_BITS=kv_bits, CORES=config.cores, num_warps=config.num_warps,
-        num_stages=config.num_stages, **launch)
+        KV_BITS=kv_bits, num_warps=config.num_warps, num_stages=config.num_stages, **launch)
     if segments > 1:
         _reduce_segments_kernel[(num_tokens, num_heads)](
             out, part_acc, part_max, part_sum, query_start_loc, num_seqs, num_heads,

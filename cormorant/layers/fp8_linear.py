@@ -66,12 +66,6 @@ FP8_A8_MAX_ROWS = int(os.environ.get("CORMORANT_FP8_A8_ROWS", "0"))
 # silu_mul_quantize: one launch instead of two, the same codes). CORMORANT_FP8_QUANT_PROLOGUE=0
 # turns it off. Inputs up to the quantizer's one-pass width (QUANT_ONE_PASS_K).
 QUANT_PROLOGUE = os.environ.get("CORMORANT_FP8_QUANT_PROLOGUE", "1") != "0"
-# Rows from which torch._scaled_mm runs with its operands swapped, y^T = W @ xq^T, so that
-# cuBLAS picks its tiles with the weight's N as the long side, then y^T is copied back to
-# [M, N] (rows a multiple of 16, as its FP8 tiles need). 0: never, the default until measured
-# (CORMORANT_FP8_SMM_SWAP=64 swaps from 64 rows, for the A/B of benchmarks/fp8_probe.py
-# --swap-smm).
-SMM_SWAP_ROWS = int(os.environ.get("CORMORANT_FP8_SMM_SWAP", "0"))
 # Where the kernels run and for which activation dtypes (tests widen these to the CPU in fp32,
 # under TRITON_INTERPRET); elsewhere the dequantize-then-matmul reference runs.
 KERNEL_DEVICE_TYPES = ("cuda",)
@@ -339,13 +333,8 @@ def scaled_mm_codes(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tenso
                     out_dtype: torch.dtype) -> torch.Tensor:
     """(xq [M, K] e4m3 * x_scale [M, 1]) @ (weight * weight_scale [N, 1])^T by
     torch._scaled_mm, in out_dtype (+ bias)."""
-    rows = xq.shape[0]
-    if 0 < SMM_SWAP_ROWS <= rows and rows % 16 == 0:
-        y = torch._scaled_mm(weight, xq.t(), scale_a=weight_scale.view(-1, 1),
-                             scale_b=x_scale.reshape(1, -1), out_dtype=out_dtype).t().contiguous()
-    else:
-        y = torch._scaled_mm(xq, weight.t(), scale_a=x_scale,
-                             scale_b=weight_scale.view(1, -1), out_dtype=out_dtype)
+    y = torch._scaled_mm(xq, weight.t(), scale_a=x_scale, scale_b=weight_scale.view(1, -1),
+                         out_dtype=out_dtype)
     return y if bias is None else y + bias
 
 

@@ -224,12 +224,6 @@ def _fp8_kv_thunks(pa, kv_cache):
                                      torch.float8_e4m3fn)
             out.append((f"attn {mode} qwen3-0.6b fp8kv{' bits' if bits else ''}",
                         _available_as(e4m3, bits, thunk)))
-        for tile, warps in ((32, 4), (64, 4), (64, 8)):  # the dots on CUDA cores (decode)
-            cores = pa.PagedAttentionConfig(2, tile, 1, warps, 2, cores=True)
-            thunk = _attention_thunk(pa, [1] * 64, 16, 8, 128, torch.bfloat16,
-                                     torch.float8_e4m3fn, cores)
-            out.append((f"attn decode qwen3-0.6b fp8kv{' bits' if bits else ''} cores t{tile} "
-                        f"w{warps}", _available_as(e4m3, bits, thunk)))
     t = 8
     qkv = torch.randn(t, 48 * 128, dtype=torch.bfloat16)
     q, k = qkv[:, :32 * 128].view(t, 32, 128), qkv[:, 32 * 128:40 * 128].view(t, 8, 128)
@@ -284,8 +278,7 @@ def _small_kernel_thunks(rotary, rmsnorm, kv_cache, activation, dtype):
     ]
 
 
-def _attention_thunk(pa, query_lens, heads, kv_heads, head_dim, dtype, cache_dtype=None,
-                     config=None):
+def _attention_thunk(pa, query_lens, heads, kv_heads, head_dim, dtype, cache_dtype=None):
     num_seqs, num_tokens = len(query_lens), sum(query_lens)
     q = torch.randn(num_tokens, heads, head_dim, dtype=dtype)
     cache = torch.empty(2, 64, 16, kv_heads, head_dim, dtype=cache_dtype or dtype)
@@ -294,8 +287,7 @@ def _attention_thunk(pa, query_lens, heads, kv_heads, head_dim, dtype, cache_dty
     seq_lens = torch.full((num_seqs,), 600, dtype=torch.int32)
     tables = torch.zeros(num_seqs, 40, dtype=torch.int32)
     return lambda: pa.paged_attention(q, cache[0], cache[1], starts, seq_lens, tables,
-                                      head_dim ** -0.5, max(query_lens), config=config,
-                                      **scales)
+                                      head_dim ** -0.5, max(query_lens), **scales)
 
 
 def main() -> int:

@@ -231,35 +231,6 @@ def test_scaled_mm_reference_quantizes_activations_per_token():
     assert err[2] > 0.3 and err[3] < 0.05  # the x100 token clips, the x0.1 token fits
 
 
-@pytest.mark.skipif(not (torch.cuda.is_available()
-                         and torch.cuda.get_device_capability() >= (8, 9)),
-                    reason="needs CUDA on an sm_89+ card (torch._scaled_mm, rowwise scales)")
-@pytest.mark.parametrize("m,swapped", [(64, True), (48, True), (40, False)])
-def test_scaled_mm_with_its_operands_swapped_computes_the_same_product(m, swapped,
-                                                                       monkeypatch):
-    """SMM_SWAP_ROWS: y^T = W @ xq^T by cuBLAS, copied back to [M, N]; rows that are not a
-    multiple of 16 keep the default order. Both within rounding of the default order, with
-    bias."""
-    from cormorant.layers import fp8_linear
-
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    x = torch.randn(m, 256, device="cuda", generator=gen).to(torch.bfloat16)
-    codes, scale = fp8_linear.quantize_rows(torch.randn(96, 256, device="cuda",
-                                                        generator=gen) * 0.05)
-    bias = torch.randn(96, device="cuda", generator=gen).to(torch.bfloat16)
-    monkeypatch.setattr(fp8_linear, "SMM_SWAP_ROWS", 0)
-    plain = fp8_linear.scaled_mm(x, codes, scale, None, bias)
-    monkeypatch.setattr(fp8_linear, "SMM_SWAP_ROWS", 32)
-    calls = []
-    real = torch._scaled_mm
-    monkeypatch.setattr(torch, "_scaled_mm", lambda a, b, **kw: calls.append(a.shape) or
-                        real(a, b, **kw))
-    swap = fp8_linear.scaled_mm(x, codes, scale, None, bias)
-    assert calls == [torch.Size([96, 256]) if swapped else torch.Size([m, 256])]
-    assert swap.shape == (m, 96) and swap.is_contiguous()
-    assert ((swap.float() - plain.float()).norm() / plain.float().norm()) < 1e-2
-
-
 @pytest.mark.parametrize("scale_n,group_k", [(1, None), (8, 16)])
 @pytest.mark.parametrize("with_residual", [False, True])
 @pytest.mark.parametrize("kernel", ["bytes", "acc2d"])

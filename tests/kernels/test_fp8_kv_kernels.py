@@ -111,14 +111,11 @@ def test_qk_prep_writes_fp8_like_the_unfused_path(norm, device):
 
 SPLIT = PagedAttentionConfig(block_m=16, tile_size=16, num_segments=4)
 CASES = [((9, 3), MIXED, None), ((4, 4), MIXED, PagedAttentionConfig(block_m=16, tile_size=16)),
-         ((9, 3), ([1, 1, 1], [40, 17, 3]), SPLIT),  # split-KV: its partials get v_scale too
-         ((8, 4), ([1, 1, 1], [40, 17, 3]),  # the dots on CUDA cores (decode)
-          PagedAttentionConfig(block_m=2, tile_size=16, num_segments=2, cores=True))]
+         ((9, 3), ([1, 1, 1], [40, 17, 3]), SPLIT)]  # split-KV: its partials get v_scale too
 
 
 @pytest.mark.parametrize("heads,lens,config", CASES, ids=["gqa3-auto", "mha-tile16",
-                                                          "gqa3-split4-decode",
-                                                          "gqa2-cores-decode"])
+                                                          "gqa3-split4-decode"])
 def test_paged_attention_reads_fp8_with_scales(heads, lens, config, device, make_batch,
                                                rel_err):
     batch = make_batch(*lens, *heads, 64, device=device, seed=7)

@@ -64,33 +64,6 @@ def test_decode_batch_auto_and_split(heads, device, make_batch, rel_err):
         assert rel_err(_run(batch, 0.09, config), ref) < TOL
 
 
-@pytest.mark.parametrize("heads", [(2, 2), (6, 2), (8, 2), (16, 2)],
-                         ids=["mha", "gqa3", "gqa4", "gqa8"])
-@pytest.mark.parametrize("segments", [1, 4])
-def test_decode_on_cuda_cores_matches_reference(heads, segments, device, make_batch, rel_err):
-    # PagedAttentionConfig.cores: the GQA group as the rows (a power of 2), one token each.
-    seq_lens = [1, 16, 17, 130, 64, 200]
-    batch = make_batch([1] * len(seq_lens), seq_lens, *heads, 64, device=device, seed=5)
-    group = heads[0] // heads[1]
-    config = PagedAttentionConfig(block_m=1 << (group - 1).bit_length(), tile_size=32,
-                                  num_segments=segments, cores=True)
-    assert rel_err(_run(batch, 0.11, config), _ref(batch, 0.11)) < TOL
-
-
-def test_choose_config_sends_small_groups_to_cuda_cores_when_asked(monkeypatch):
-    from cormorant.kernels import paged_attention as pa
-
-    monkeypatch.setattr(pa, "CORES_MAX_GROUP", 0)  # the default
-    assert not choose_config(16, 8, 1, 256).cores
-    monkeypatch.setattr(pa, "CORES_MAX_GROUP", 4)
-    cores = choose_config(16, 8, 1, 256)
-    assert cores.cores and cores.block_m == 2 and cores.num_segments == 1
-    assert choose_config(9, 3, 1, 4).block_m == 4  # split-KV kept for a small batch
-    assert choose_config(9, 3, 1, 4).num_segments > 1
-    assert not choose_config(32, 4, 1, 256).cores  # a group of 8: tensor cores
-    assert not choose_config(16, 8, 7, 256).cores  # not decode
-
-
 @pytest.mark.parametrize("config", [SMALL_TILES, SPLIT], ids=["tile16", "split4"])
 def test_padding_rows_untouched_and_empty_sequences(config, device, make_batch, rel_err):
     # A sequence with no query rows (query_len 0) and three trailing rows owned by nobody.
