@@ -2,12 +2,14 @@
 
 B1 (Qwen3-0.6B: 16 query heads, 8 KV heads, head_dim 128) decodes 256 sequences at a mean
 context of about 820 tokens; an FP8 cache halves the bytes each step's attention reads. This
-times kernels.paged_attention on the same random batch three ways: bf16 cache, FP8 cache with
-the codes made bf16 by integer ops (kernels.e4m3, the default on sm_90), FP8 cache with
-Triton's casts (CORMORANT_E4M3_CVT=hw), each at choose_config's launch shape, the first two
-also over a sweep of tile sizes, warps and stages; each output is checked against
-paged_attention_ref first. (On 2026-12-07 it also swept a form with the dots on CUDA cores,
-since reverted: 3x slower; benchmarks/RESULTS.md.)
+times kernels.paged_attention on the same random batch: the bf16 cache, and the FP8 cache read
+each way CORMORANT_KV_FP8_CVT offers (bf16 dots with the codes made bf16 by integer ops, the
+default on sm_90; fp16 dots with the codes cast, made fp16 by integer ops, or keys cast and
+values by integer ops; Triton's casts to bf16), each at choose_config's launch shape and over
+a sweep of tile sizes, stages and register caps; each output is checked against
+paged_attention_ref first. The two fastest FP8 settings are printed as the switches that
+give them to B1 (fp8_pickN lines). (On 2026-12-07 it also swept a form with the dots on CUDA
+cores, since reverted: 3x slower; benchmarks/RESULTS.md.)
 Times: triton.testing.do_bench medians (L2 flushed), GB/s of KV actually read.
 One command on the GPU machine, from the repository root:
     python benchmarks/kv_fp8_probe.py [--seqs 256] [--lo 100 --hi 1540] [--out FILE.json]
@@ -48,7 +50,7 @@ def batch(seqs: int, lo: int, hi: int, seed: int = 0) -> dict:
 
 
 def _cache(b: dict, kind: str) -> tuple:
-    """(cache, k_scale, v_scale) that `kind` reads: both FP8 kinds read the same codes."""
+    """(cache, k_scale, v_scale) that `kind` reads: every FP8 kind reads the same codes."""
     if kind == "bf16":
         return b["bf16"], None, None
     return b["fp8"], b["scales"][0:1], b["scales"][1:2]
@@ -63,9 +65,12 @@ def reference(b: dict, kind: str) -> torch.Tensor:
                                   v_scale=vs).float()
 
 
+FP8_KINDS = ("fp8_bits", "fp8_f16_cast", "fp8_f16_bits", "fp8_f16_mixed", "fp8_cast")
+
+
 def run(b: dict, kind: str, config: pa.PagedAttentionConfig | None,
         ref: torch.Tensor) -> dict:
-    os.environ["CORMORANT_E4M3_CVT"] = "hw" if kind == "fp8_hw" else "bits"
+    os.environ["CORMORANT_KV_FP8_CVT"] = kind[4:] if kind != "bf16" else "bits"
     cache, ks, vs = _cache(b, kind)
     scale = HEAD_DIM ** -0.5
 
@@ -89,17 +94,20 @@ def main() -> int:
     b = batch(args.seqs, args.lo, args.hi)
     print(torch.cuda.get_device_name(), "seqs", args.seqs, "mean context",
           sum(b["lens"]) / len(b["lens"]), flush=True)
-    sweep = [None] + [pa.PagedAttentionConfig(16, t, 1, w, s) for t in (64, 128)
-                      for w in (4, 8) for s in (2, 3)]
+    shapes = [(64, 2), (64, 3), (128, 2)]
+    sweeps = {"bf16": [pa.PagedAttentionConfig(16, t, 1, 4, s, r) for t, s in shapes + [(128, 3)]
+                       for r in (0, 80)],
+              "fp8": [pa.PagedAttentionConfig(16, t, 1, 4, s, r) for t, s in shapes
+                      for r in (0, 128, 96)]}
     refs = {"bf16": reference(b, "bf16"), "fp8": reference(b, "fp8_bits")}
     rows, bad = [], 0
-    for kind in ("bf16", "fp8_bits", "fp8_hw"):
-        ref = refs["bf16" if kind == "bf16" else "fp8"]
-        for config in sweep if kind != "fp8_hw" else [None]:
+    for kind in ("bf16",) + FP8_KINDS:
+        group = "bf16" if kind == "bf16" else "fp8"
+        for config in [None] + sweeps[group]:
             try:
-                row = run(b, kind, config, ref)
+                row = run(b, kind, config, refs[group])
             except Exception as e:  # noqa: BLE001 - a launch shape that does not fit
-                print("skip", kind, config, type(e).__name__, flush=True)
+                print("skip", kind, config, type(e).__name__, str(e)[:200], flush=True)
                 continue
             bad += not row["err"] < 2e-2
             rows.append(row)
@@ -108,6 +116,13 @@ def main() -> int:
         default = next(r for r in rows if r["kind"] == kind and r["config"] is None)
         print(f"{kind}: default {default['us']:.1f} us ({default['GBps']:.0f} GB/s), best "
               f"{best['us']:.1f} us ({best['GBps']:.0f} GB/s) at {best['config']}", flush=True)
+    fp8 = [r for r in rows if r["kind"] != "bf16" and r["config"] and r["err"] < 2e-2]
+    for i, r in enumerate(sorted(fp8, key=lambda r: r["us"])[:2]):
+        c = r["config"]
+        # For the device script: the switches that give B1 this kernel.
+        print(f"fp8_pick{i} CORMORANT_KV_FP8_CVT={r['kind'][4:]} CORMORANT_ATTN_DECODE="
+              f"tile={c['tile_size']},warps={c['num_warps']},stages={c['num_stages']},"
+              f"regs={c['max_registers']} {r['us']:.1f}")
     print("correctness:", "all within 2e-2 of the reference" if not bad else f"{bad} FAILED")
     if args.out:
         with open(args.out, "w") as f:

@@ -12,6 +12,9 @@ passed on an H100 (2026-12-07: every code equal to the cast, paged attention ove
 cache and the W8A16 GEMM byte-identical both ways), and B1 with an FP8 KV cache went from
 0.92x to 1.08x the bf16 cache's tok/s. CORMORANT_E4M3_CVT=hw keeps Triton's casts (A/B).
 
+`e4m3_to_f16_scaled(codes)` is the same for fp16 dots, one multiply cheaper: the bits alone
+make fp16 of the value times 2^-8, and the caller folds 2^8 into a scale.
+
 `e4m3_to_bf16(codes)` takes the codes loaded as uint8 (view the tensor as torch.uint8) and
 needs CUDA sm_90+ (inline PTX: `mul.bf16x2`); `available(device)` says where it runs (not
 under the CPU interpreter). `bits_ref` is the same bit construction in PyTorch, for tests.
@@ -46,11 +49,37 @@ mul.rn.bf16x2 $1, $1, c;
 # per half, (h >> 4) & 0x07F0 is c's eeeemmm as bf16 exponent-low-bits and mantissa, h & 0x8000
 # its sign; 0x7B80 is 2^120 in bf16.
 
+_ASM_F16 = tl.constexpr("""{
+.reg .b32 a, b, z;
+mov.b32 z, 0;
+prmt.b32 a, $2, z, 0x1404;
+prmt.b32 b, $2, z, 0x3424;
+shr.b32 $0, a, 1;
+and.b32 $0, $0, 0x3F803F80;
+and.b32 a, a, 0x80008000;
+or.b32 $0, $0, a;
+shr.b32 $1, b, 1;
+and.b32 $1, $1, 0x3F803F80;
+and.b32 b, b, 0x80008000;
+or.b32 $1, $1, b;
+}""")
+# Per half h = c << 8: (h >> 1) & 0x3F80 puts c's eeeemmm in fp16's exponent-low-bits and
+# mantissa, h & 0x8000 its sign: fp16 of the code's value times 2^-8 (subnormals too), no
+# multiply (the caller folds 2^8 into a scale it applies anyway).
+
 
 @triton.jit
 def e4m3_to_bf16(codes):
     """e4m3 codes (a uint8 tensor) -> bf16 values, exact (see the module docstring)."""
     return tl.inline_asm_elementwise(_ASM, "=r,=r,r", [codes], dtype=tl.bfloat16,
+                                     is_pure=True, pack=4)
+
+
+@triton.jit
+def e4m3_to_f16_scaled(codes):
+    """e4m3 codes (a uint8 tensor) -> fp16 values times 2^-8, exact (every e4m3 value times
+    2^-8 is an fp16 value, the subnormal codes included); the caller multiplies by 2^8."""
+    return tl.inline_asm_elementwise(_ASM_F16, "=r,=r,r", [codes], dtype=tl.float16,
                                      is_pure=True, pack=4)
 
 
@@ -70,3 +99,10 @@ def bits_ref(codes: torch.Tensor) -> torch.Tensor:
     c = codes.to(torch.int32)
     h = ((c << 8) >> 4) & 0x07F0 | (c << 8) & 0x8000
     return h.to(torch.int16).view(torch.bfloat16)
+
+
+def f16_bits_ref(codes: torch.Tensor) -> torch.Tensor:
+    """e4m3_to_f16_scaled's construction in PyTorch: uint8 codes -> fp16 of the value times
+    2^-8."""
+    h = codes.to(torch.int32) << 8
+    return ((h >> 1) & 0x3F80 | h & 0x8000).to(torch.int16).view(torch.float16)

@@ -27,16 +27,17 @@ Design (the "unified" layout of vLLM's Triton backend, own code):
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
-from dataclasses import dataclass
+import os
 
 import torch
 import triton
 import triton.language as tl
 
 from cormorant.kernels import e4m3, pdl
-from cormorant.kernels.e4m3 import e4m3_to_bf16
+from cormorant.kernels.e4m3 import e4m3_to_bf16, e4m3_to_f16_scaled
 
 _LOG2E = 1.4426950408889634
 
@@ -58,13 +59,35 @@ def _find_seq(query_start_loc_ptr, q_block_idx, num_seqs, BLOCK_Q: tl.constexpr)
     return lo - 1
 
 
+# How the dots read an fp8 cache (KV_CVT): the codes cast to the query's dtype; made bf16 by
+# integer ops (kernels.e4m3); or, with the queries cast to fp16 once per program, made fp16 by
+# Triton's cast, by integer ops (value times 2^-8, folded back into the scales), or keys by
+# the cast and values by integer ops (their conversions then run on two different units).
+CVT_CAST, CVT_BITS, CVT_F16_CAST, CVT_F16_BITS, CVT_F16_MIXED = range(5)
+CONVERSIONS = {"cast": CVT_CAST, "bits": CVT_BITS, "f16_cast": CVT_F16_CAST,
+               "f16_bits": CVT_F16_BITS, "f16_mixed": CVT_F16_MIXED}
+# The kernels' view of them (Triton reads only constexpr globals).
+_BITS, _F16_CAST = tl.constexpr(CVT_BITS), tl.constexpr(CVT_F16_CAST)
+_F16_BITS, _F16_MIXED = tl.constexpr(CVT_F16_BITS), tl.constexpr(CVT_F16_MIXED)
+
+
+@triton.jit
+def _to_dot(x, KIND: tl.constexpr, BITS: tl.constexpr, F16_BITS: tl.constexpr):
+    """A K or V tile as the dots read it (KV_CVT above; KIND: the dots' dtype)."""
+    if BITS:
+        return e4m3_to_bf16(x)
+    if F16_BITS:
+        return e4m3_to_f16_scaled(x)
+    return x.to(KIND)
+
+
 @triton.jit
 def _attend_tiles(acc, m_i, l_i, Q, q_pos, k_cache_ptr, v_cache_ptr, bt_row_ptr, kv_head,
                   tile_lo, tile_hi, kv_end, scale_log2, stride_cb, stride_cs, stride_ch,
                   BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
-                  TILE: tl.constexpr, DOT_PRECISION: tl.constexpr, KV_BITS: tl.constexpr):
+                  TILE: tl.constexpr, DOT_PRECISION: tl.constexpr, KV_CVT: tl.constexpr):
     """Online-softmax accumulation of KV tiles [tile_lo, tile_hi) into (acc, m_i, l_i).
-    KV_BITS: the cache holds e4m3 codes read as uint8, made bf16 by kernels.e4m3 (exact)."""
+    Q is in the dots' dtype; KV_CVT says how the cache's tiles become it (see CVT_*)."""
     dims = tl.arange(0, HEAD_DIM_P)
     dim_ok = dims < HEAD_DIM
     for tile in range(tile_lo, tile_hi):
@@ -78,18 +101,17 @@ def _attend_tiles(acc, m_i, l_i, Q, q_pos, k_cache_ptr, v_cache_ptr, bt_row_ptr,
                     mask=key_ok[None, :] & dim_ok[:, None], other=0.0)  # [HEAD_DIM_P, TILE]
         V = tl.load(v_cache_ptr + slot_offs[:, None] + dims[None, :],
                     mask=key_ok[:, None] & dim_ok[None, :], other=0.0)  # [TILE, HEAD_DIM_P]
-        if KV_BITS:
-            K = e4m3_to_bf16(K)
-            V = e4m3_to_bf16(V)
-        S = tl.dot(Q, K.to(Q.dtype), input_precision=DOT_PRECISION) * scale_log2
+        K = _to_dot(K, Q.dtype, KV_CVT == _BITS, KV_CVT == _F16_BITS)
+        V = _to_dot(V, Q.dtype, KV_CVT == _BITS,
+                    (KV_CVT == _F16_BITS) | (KV_CVT == _F16_MIXED))
+        S = tl.dot(Q, K, input_precision=DOT_PRECISION) * scale_log2
         visible = key_ok[None, :] & (keys[None, :] <= q_pos[:, None])
         S = tl.where(visible, S, float("-inf"))  # [BLOCK_M, TILE]
         m_new = tl.maximum(m_i, tl.max(S, axis=1))
         P = tl.exp2(S - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(P, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(P.to(Q.dtype), V.to(Q.dtype),
-                                            input_precision=DOT_PRECISION)
+        acc = acc * alpha[:, None] + tl.dot(P.to(Q.dtype), V, input_precision=DOT_PRECISION)
         m_i = m_new
     return acc, m_i, l_i
 
@@ -107,7 +129,7 @@ def _paged_attention_kernel(
         QUERIES_PER_KV: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
         HEAD_DIM_P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr,
         TILE: tl.constexpr, NUM_SEGMENTS: tl.constexpr, DOT_PRECISION: tl.constexpr,
-        KV_FP8: tl.constexpr, KV_BITS: tl.constexpr, PDL: tl.constexpr):
+        KV_FP8: tl.constexpr, KV_CVT: tl.constexpr, PDL: tl.constexpr):
     pdl.wait(PDL)  # before any load: the previous kernel's writes are visible
     pdl.launch_dependents(PDL)
     q_block_idx = tl.program_id(0)
@@ -148,13 +170,20 @@ def _paged_attention_kernel(
     bt_row_ptr = block_tables_ptr + seq.to(tl.int64) * stride_bt
     if KV_FP8:  # Q.K = Q.(K8 * k_scale): k_scale joins the softmax scale
         scale_log2 = scale_log2 * tl.load(k_scale_ptr)
+        if KV_CVT == _F16_BITS:  # the keys come as their values times 2^-8
+            scale_log2 = scale_log2 * 256.0
+    if KV_CVT >= _F16_CAST:  # fp16 dots: clamped, as fp16 overflows past 65504
+        Q = tl.minimum(tl.maximum(Q.to(tl.float32), -65504.0), 65504.0).to(tl.float16)
     acc, m_i, l_i = _attend_tiles(acc, m_i, l_i, Q, q_pos, k_cache_ptr, v_cache_ptr, bt_row_ptr,
                                   kv_head, tile_lo, tile_hi, kv_end, scale_log2,
                                   stride_cb, stride_cs, stride_ch,
                                   BLOCK_SIZE, HEAD_DIM, HEAD_DIM_P, TILE, DOT_PRECISION,
-                                  KV_BITS)
+                                  KV_CVT)
     if KV_FP8:  # P.V = (P.V8) * v_scale
-        acc = acc * tl.load(v_scale_ptr)
+        v_scale = tl.load(v_scale_ptr)
+        if (KV_CVT == _F16_BITS) | (KV_CVT == _F16_MIXED):  # values times 2^-8
+            v_scale = v_scale * 256.0
+        acc = acc * v_scale
 
     store_ok = row_ok[:, None] & dim_ok[None, :]
     if NUM_SEGMENTS == 1:
@@ -195,16 +224,18 @@ def _reduce_segments_kernel(out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr,
              out.to(out_ptr.dtype.element_ty), mask=dims < HEAD_DIM)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class PagedAttentionConfig:
     """Launch shape. block_m: query rows per tile (tokens x GQA group); tile_size: keys per
-    inner step; num_segments: split-KV factor (1 = no split, no reduction pass)."""
+    inner step; num_segments: split-KV factor (1 = no split, no reduction pass);
+    max_registers: a per-thread register cap for ptxas (0: its own choice)."""
 
     block_m: int = 16
     tile_size: int = 32
     num_segments: int = 1
     num_warps: int = 4
     num_stages: int = 2
+    max_registers: int = 0
 
 
 def choose_config(num_heads: int, num_kv_heads: int, max_query_len: int, num_seqs: int,
@@ -221,8 +252,10 @@ def choose_config(num_heads: int, num_kv_heads: int, max_query_len: int, num_seq
         segments = 1
         while programs * segments < 2 * num_sms and segments < 16:
             segments *= 2
-        return PagedAttentionConfig(block_m=min_m, tile_size=64 if dtype != torch.float32
-                                    else 32, num_segments=segments, num_warps=4, num_stages=2)
+        config = PagedAttentionConfig(block_m=min_m, tile_size=64 if dtype != torch.float32
+                                      else 32, num_segments=segments, num_warps=4,
+                                      num_stages=2)
+        return _decode_override(config)
     if dtype == torch.float32:
         # IEEE fp32 dots run on FMA units with blocked layouts: big tiles spill registers.
         return PagedAttentionConfig(block_m=max(32, min_m), tile_size=32, num_warps=8)
@@ -231,6 +264,26 @@ def choose_config(num_heads: int, num_kv_heads: int, max_query_len: int, num_seq
                                     num_stages=2)
     return PagedAttentionConfig(block_m=max(64, min_m), tile_size=64, num_warps=4,
                                 num_stages=2)
+
+
+_OVERRIDE_KEYS = {"tile": "tile_size", "warps": "num_warps", "stages": "num_stages",
+                  "regs": "max_registers"}
+
+
+def _decode_override(config: PagedAttentionConfig) -> PagedAttentionConfig:
+    """CORMORANT_ATTN_DECODE="tile=128,stages=3,regs=96" (any of tile, warps, stages, regs)
+    replaces those fields of the decode launch shape: an A/B switch for benchmarks."""
+    spec = os.environ.get("CORMORANT_ATTN_DECODE", "")
+    if not spec:
+        return config
+    fields = {}
+    for item in spec.split(","):
+        key, _, value = item.partition("=")
+        if key.strip() not in _OVERRIDE_KEYS or not value.strip().isdigit():
+            raise ValueError(f"CORMORANT_ATTN_DECODE={spec!r}: comma-separated key=int, keys "
+                             f"{', '.join(_OVERRIDE_KEYS)}")
+        fields[_OVERRIDE_KEYS[key.strip()]] = int(value)
+    return dataclasses.replace(config, **fields)
 
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -264,10 +317,11 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     group = num_heads // num_kv_heads
     fp8 = k_cache.dtype == torch.float8_e4m3fn
     assert not fp8 or (k_scale is not None and v_scale is not None), "fp8 cache needs scales"
-    # bf16 queries read an fp8 cache's codes as bytes and make them bf16 by integer ops
-    kv_bits = fp8 and q.dtype == torch.bfloat16 and e4m3.available(q.device)
-    if kv_bits:
-        k_cache, v_cache = k_cache.view(torch.uint8), v_cache.view(torch.uint8)
+    cvt = kv_conversion(q.dtype, q.device) if fp8 else CVT_CAST
+    if cvt in (CVT_BITS, CVT_F16_BITS):  # the codes as bytes, for integer ops
+        k_cache = k_cache.view(torch.uint8)
+    if cvt in (CVT_BITS, CVT_F16_BITS, CVT_F16_MIXED):
+        v_cache = v_cache.view(torch.uint8)
     assert config.block_m >= group and config.tile_size >= 16  # tl.dot needs 16+ per dim
     for n in (config.block_m, config.tile_size, config.num_segments):
         assert n & (n - 1) == 0, f"launch sizes must be powers of 2: {config}"
@@ -293,13 +347,32 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         QUERIES_PER_KV=group, BLOCK_SIZE=block_size, HEAD_DIM=head_dim, HEAD_DIM_P=head_dim_p,
         BLOCK_M=config.block_m, BLOCK_Q=block_q, TILE=config.tile_size,
         NUM_SEGMENTS=segments, DOT_PRECISION=_dot_precision(q.dtype), KV_FP8=fp8,
-        KV_BITS=kv_bits, num_warps=config.num_warps, num_stages=config.num_stages, **launch)
+        KV_CVT=cvt, num_warps=config.num_warps, num_stages=config.num_stages,
+        **({"maxnreg": config.max_registers} if config.max_registers else {}), **launch)
     if segments > 1:
         _reduce_segments_kernel[(num_tokens, num_heads)](
             out, part_acc, part_max, part_sum, query_start_loc, num_seqs, num_heads,
             out.stride(0), out.stride(1), HEAD_DIM=head_dim, HEAD_DIM_P=head_dim_p,
             NUM_SEGMENTS=segments, num_warps=4, **launch)
     return out
+
+
+def kv_conversion(q_dtype: torch.dtype, device: torch.device) -> int:
+    """How the dots read an fp8 cache (CVT_*). Only bf16 queries have a choice: fp16 ones
+    cast the codes to fp16 and fp32 ones to fp32. CORMORANT_KV_FP8_CVT names it (cast, bits,
+    f16_cast, f16_bits, f16_mixed); the integer-op ones need kernels.e4m3.available (CUDA
+    sm_90+, not switched off), else the cast. Default: bits where available."""
+    name = os.environ.get("CORMORANT_KV_FP8_CVT", "")
+    if name and name not in CONVERSIONS:
+        raise ValueError(f"CORMORANT_KV_FP8_CVT={name!r}: one of {', '.join(CONVERSIONS)}")
+    if q_dtype != torch.bfloat16:
+        return CVT_CAST
+    ints = e4m3.available(device)  # CORMORANT_E4M3_CVT=hw turns the integer ops off
+    if not name:
+        return CVT_BITS if ints else CVT_CAST
+    if name in ("bits", "f16_bits", "f16_mixed") and not ints:
+        return CVT_CAST
+    return CONVERSIONS[name]
 
 
 def _dot_precision(dtype: torch.dtype) -> str:

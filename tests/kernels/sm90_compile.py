@@ -217,13 +217,14 @@ def _fp8_kv_thunks(pa, kv_cache):
     from cormorant.kernels import qk_prep
     from cormorant.kernels import e4m3
     out = []
-    for bits in (False, True):  # Triton's casts; the codes made bf16 by integer ops (CUDA)
+    # Each way the dots read the codes (pa.CONVERSIONS; the integer-op ones are CUDA-only).
+    for cvt in pa.CONVERSIONS:
         for mode, q_lens in (("decode-split", [1] * 4), ("decode", [1] * 64),
                              ("mixed", [1] * 8 + [100]), ("prefill", [512])):
             thunk = _attention_thunk(pa, q_lens, 16, 8, 128, torch.bfloat16,
                                      torch.float8_e4m3fn)
-            out.append((f"attn {mode} qwen3-0.6b fp8kv{' bits' if bits else ''}",
-                        _available_as(e4m3, bits, thunk)))
+            out.append((f"attn {mode} qwen3-0.6b fp8kv {cvt}",
+                        _env(("CORMORANT_KV_FP8_CVT", cvt), _available_as(e4m3, True, thunk))))
     t = 8
     qkv = torch.randn(t, 48 * 128, dtype=torch.bfloat16)
     q, k = qkv[:, :32 * 128].view(t, 32, 128), qkv[:, 32 * 128:40 * 128].view(t, 8, 128)
@@ -237,6 +238,21 @@ def _fp8_kv_thunks(pa, kv_cache):
                                                   norm, norm, 1e-6, cache, positions,
                                                   scale, scale)),
     ]
+
+
+def _env(pair: tuple[str, str], thunk):
+    """thunk run with one environment variable set."""
+    def run():
+        old = os.environ.get(pair[0])
+        os.environ[pair[0]] = pair[1]
+        try:
+            return thunk()
+        finally:
+            if old is None:
+                del os.environ[pair[0]]
+            else:
+                os.environ[pair[0]] = old
+    return run
 
 
 def _available_as(module, value: bool, thunk):

@@ -4,7 +4,8 @@ On every machine: the bit construction (in PyTorch, `bits_ref`) gives each of th
 codes' value times 2^-120, subnormals included. On a CUDA sm_90+ card (skipped elsewhere: the
 inline PTX does not run under the interpreter; tests/kernels/sm90_compile.py compiles it for
 sm_90 in CI): the kernel equals Triton's cast for every code, and paged attention over an fp8
-cache gives the same bytes with the integer path as with Triton's casts.
+cache gives the same bytes with the integer path as with Triton's casts; the same for the
+fp16 form (the codes times 2^-8) and paged attention's fp16 dots.
 """
 from __future__ import annotations
 
@@ -31,6 +32,12 @@ def test_the_bit_construction_is_each_code_times_2_to_the_minus_120():
     assert (want[FINITE].abs() < 2 ** -6).sum() == 16  # +-0 and the 14 subnormals among them
 
 
+def test_the_f16_construction_is_each_code_times_2_to_the_minus_8():
+    got = e4m3.f16_bits_ref(ALL_CODES).float() * 2.0 ** 8
+    want = ALL_CODES.view(torch.float8_e4m3fn).float()
+    assert torch.equal(got[FINITE], want[FINITE])
+
+
 def test_on_by_default_on_hopper_off_when_switched_off_and_never_off_cuda(monkeypatch):
     monkeypatch.delenv("CORMORANT_E4M3_CVT", raising=False)
     assert e4m3.available(torch.device("cuda")) == ON_HOPPER
@@ -44,6 +51,23 @@ def _convert_kernel(src_ptr, dst_ptr, n, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     codes = tl.load(src_ptr + offs, mask=offs < n, other=0)
     tl.store(dst_ptr + offs, e4m3.e4m3_to_bf16(codes), mask=offs < n)
+
+
+@triton.jit
+def _convert_f16_kernel(src_ptr, dst_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    codes = tl.load(src_ptr + offs, mask=offs < n, other=0)
+    tl.store(dst_ptr + offs, e4m3.e4m3_to_f16_scaled(codes), mask=offs < n)
+
+
+@needs_hopper
+def test_the_f16_kernel_is_the_cast_times_2_to_the_minus_8_for_every_code():
+    codes = ALL_CODES.repeat(8).cuda()
+    out = torch.empty(codes.numel(), dtype=torch.float16, device="cuda")
+    _convert_f16_kernel[(2,)](codes, out, codes.numel(), BLOCK=1024)
+    want = codes.view(torch.float8_e4m3fn).to(torch.float16) * 2.0 ** -8  # exact
+    finite = FINITE.repeat(8).cuda()
+    assert torch.equal(out[finite].view(torch.int16), want[finite].view(torch.int16))
 
 
 @needs_hopper
@@ -60,7 +84,8 @@ def test_the_kernel_equals_the_cast_for_every_code():
 @pytest.mark.parametrize("lens", [([1] * 6, [70, 3, 129, 40, 1, 64]),  # decodes
                                   ([5, 1, 20], [37, 50, 20])])  # a chunk, a decode, a prefill
 def test_paged_attention_reads_the_fp8_cache_alike_both_ways(lens, make_batch, monkeypatch):
-    from cormorant.kernels.paged_attention import paged_attention
+    from cormorant.kernels.paged_attention import paged_attention, paged_attention_ref
+    monkeypatch.delenv("CORMORANT_KV_FP8_CVT", raising=False)
     batch = make_batch(*lens, 16, 8, 128, dtype=torch.bfloat16, device="cuda", seed=3)
     k_scale = torch.tensor(0.05, device="cuda")
     v_scale = torch.tensor(0.3, device="cuda")
@@ -76,6 +101,19 @@ def test_paged_attention_reads_the_fp8_cache_alike_both_ways(lens, make_batch, m
     cast = paged_attention(*args, max(batch.query_lens), k_scale=k_scale, v_scale=v_scale)
     assert torch.equal(bits, cast)
     assert bits.float().abs().sum() > 0
+    # fp16 dots (CORMORANT_KV_FP8_CVT): the three forms read the same fp16 values (the
+    # integer ones times 2^-8, folded back exactly in fp32), so give the same bytes, and
+    # are as close to the reference as the bf16 dots.
+    monkeypatch.setenv("CORMORANT_E4M3_CVT", "bits")
+    f16 = []
+    for name in ("f16_cast", "f16_bits", "f16_mixed"):
+        monkeypatch.setenv("CORMORANT_KV_FP8_CVT", name)
+        f16.append(paged_attention(*args, max(batch.query_lens), k_scale=k_scale,
+                                   v_scale=v_scale))
+    assert torch.equal(f16[0], f16[1]) and torch.equal(f16[0], f16[2])
+    ref = paged_attention_ref(*args, k_scale=k_scale, v_scale=v_scale).float()
+    for out in (bits, f16[0]):
+        assert (out.float() - ref).norm() / ref.norm() < 1e-2
 
 
 @needs_hopper

@@ -14,6 +14,7 @@ import torch
 pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
 
 from cormorant.kernels.kv_cache import store_kv_cache, store_kv_cache_ref  # noqa: E402
+from cormorant.kernels import paged_attention as pa  # noqa: E402
 from cormorant.kernels.paged_attention import (  # noqa: E402
     PagedAttentionConfig, paged_attention, paged_attention_ref)
 from cormorant.kernels.qk_prep import qk_prep, qk_prep_ref  # noqa: E402
@@ -145,6 +146,44 @@ def test_fp8_attention_close_to_full_precision(device, make_batch, rel_err):
     err = rel_err(out, exact)
     print(f"fp8 vs fp32 history: relative error {err:.4f}")
     assert rel_err(out, exact) < 0.06  # measured 0.03: e4m3 keeps 3 mantissa bits
+
+
+def test_the_conversion_switch(monkeypatch):
+    """CORMORANT_KV_FP8_CVT picks how bf16 queries' dots read the codes; the integer-op forms
+    fall back to the cast where they cannot run (here: no CUDA), other query dtypes always
+    cast, and a name that is not one is an error naming the choices."""
+    cpu, bf16 = torch.device("cpu"), torch.bfloat16
+    monkeypatch.delenv("CORMORANT_KV_FP8_CVT", raising=False)
+    assert pa.kv_conversion(bf16, cpu) == pa.CVT_CAST
+    for name, want in (("f16_cast", pa.CVT_F16_CAST), ("bits", pa.CVT_CAST),
+                       ("f16_bits", pa.CVT_CAST), ("f16_mixed", pa.CVT_CAST)):
+        monkeypatch.setenv("CORMORANT_KV_FP8_CVT", name)
+        assert pa.kv_conversion(bf16, cpu) == want
+        assert pa.kv_conversion(torch.float32, cpu) == pa.CVT_CAST
+        assert pa.kv_conversion(torch.float16, cpu) == pa.CVT_CAST
+    monkeypatch.setenv("CORMORANT_KV_FP8_CVT", "e5m2")
+    with pytest.raises(ValueError, match="f16_cast"):
+        pa.kv_conversion(bf16, cpu)
+
+
+def test_fp16_dots_for_bf16_queries(device, make_batch, rel_err, monkeypatch):
+    """f16_cast: bf16 queries cast to fp16 once per program, the codes cast to fp16, the dots
+    in fp16 (B1's decode shape; interpreter on the CPU). Against the reference, and with a
+    query past fp16's range clamped to 65504, not turned into inf."""
+    batch = make_batch([1] * 5 + [9], [70, 3, 129, 40, 1, 30], 16, 8, 64, device=device,
+                       dtype=torch.bfloat16, seed=4)
+    k_scale, v_scale = _scales(0.02, 0.3, device)
+    cache = _fp8_cache(batch, k_scale, v_scale)
+    q = batch.q.clone()
+    q[0, 3, 5] = 1e6  # past fp16's 65504
+    args = (cache[0], cache[1], batch.query_start_loc, batch.seq_lens, batch.block_tables,
+            0.125)
+    monkeypatch.setenv("CORMORANT_KV_FP8_CVT", "f16_cast")
+    out = paged_attention(q, *args, max(batch.query_lens), k_scale=k_scale, v_scale=v_scale)
+    clamped = q.float().clamp(-65504, 65504)
+    ref = paged_attention_ref(clamped, *args, k_scale=k_scale, v_scale=v_scale)
+    assert out.isfinite().all()  # unclamped, the row's fp16 inf meets keys of both signs
+    assert rel_err(out.float(), ref.float()) < 1e-2  # bf16 output, fp16 operands
 
 
 def test_triton_backend_matches_torch_backend_on_fp8(device, make_batch, rel_err):

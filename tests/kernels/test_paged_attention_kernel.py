@@ -64,6 +64,20 @@ def test_decode_batch_auto_and_split(heads, device, make_batch, rel_err):
         assert rel_err(_run(batch, 0.09, config), ref) < TOL
 
 
+def test_decode_launch_override(device, make_batch, rel_err, monkeypatch):
+    """CORMORANT_ATTN_DECODE replaces fields of the decode launch (an A/B switch): the shape
+    changes, prefill shapes do not, answers stay right, a malformed value is an error."""
+    monkeypatch.setenv("CORMORANT_ATTN_DECODE", "tile=32,stages=3,regs=255")
+    auto = choose_config(8, 2, 1, 6)
+    assert (auto.tile_size, auto.num_stages, auto.max_registers) == (32, 3, 255)
+    assert choose_config(8, 2, 40, 6).max_registers == 0
+    batch = make_batch([1] * 4, [1, 17, 130, 64], 8, 2, 64, device=device, seed=2)
+    assert rel_err(_run(batch, 0.09, None), _ref(batch, 0.09)) < TOL
+    monkeypatch.setenv("CORMORANT_ATTN_DECODE", "tiles=32")
+    with pytest.raises(ValueError, match="tile, warps, stages, regs"):
+        choose_config(8, 2, 1, 6)
+
+
 @pytest.mark.parametrize("config", [SMALL_TILES, SPLIT], ids=["tile16", "split4"])
 def test_padding_rows_untouched_and_empty_sequences(config, device, make_batch, rel_err):
     # A sequence with no query rows (query_len 0) and three trailing rows owned by nobody.

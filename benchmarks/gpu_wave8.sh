@@ -1,0 +1,30 @@
+#!/bin/bash
+# Device calls of 2026-12-08 (issue #12).
+#   bash benchmarks/gpu_wave8.sh kvcvt   # FP8 KV decode attention: kv_fp8_probe.py over every
+#                                          CORMORANT_KV_FP8_CVT form x launch sweep (register
+#                                          caps included); B1 bf16 / FP8 KV at the defaults
+#                                          and at the probe's two fastest FP8 settings; the
+#                                          attention card tests
+source "$(dirname "$0")/gpu_common.sh"
+case "$1" in
+kvcvt)  # most telling first: what a call cut short returns still counts
+  step kv_fp8_probe 300 python3 benchmarks/kv_fp8_probe.py --out "$OUT/kv_fp8_probe.json"
+  grep "^fp8_pick" "$OUT/kv_fp8_probe.log"
+  step b1 80 $B b1 --quick --no-peer --out "$R/b1"
+  step b1_fp8kv 80 $B b1 --quick --no-peer --kv-cache-dtype fp8 --out "$R/b1_fp8kv"
+  for i in 0 1; do
+    pick=$(grep "^fp8_pick$i " "$OUT/kv_fp8_probe.log" | cut -d' ' -f2,3)
+    if [ -n "$pick" ]; then
+      echo "pick$i: $pick"
+      step b1_fp8kv_pick$i 80 env $pick $B b1 --quick --no-peer --kv-cache-dtype fp8 \
+        --out "$R/b1_pick$i"
+    fi
+  done
+  step kv_tests 150 python3 -m pytest -q -rf tests/kernels/test_e4m3.py \
+    tests/kernels/test_fp8_kv_kernels.py tests/kernels/test_paged_attention_kernel.py
+  echo "elapsed $SECONDS s"
+  ;;
+*)
+  echo "usage: $0 kvcvt" >&2; exit 2
+  ;;
+esac
