@@ -8,6 +8,8 @@
 #   bash benchmarks/gpu_wave8.sh quality # gpu_wave7.sh's unrun `quality`: int4_quality.py (fp8,
 #                                          int4 against bf16 through the decode kernels) at
 #                                          4 sequences and at 1 (the GEMVs); B3 int4 (~7 min)
+# gpu_wave7.sh's call as it stands (it sets itself up)
+[ "$1" = quality ] && exec bash "$(dirname "$0")/gpu_wave7.sh" quality
 source "$(dirname "$0")/gpu_common.sh"
 case "$1" in
 kvcvt)  # most telling first: what a call cut short returns still counts
@@ -25,14 +27,6 @@ kvcvt)  # most telling first: what a call cut short returns still counts
   done
   step kv_tests 150 python3 -m pytest -q -rf tests/kernels/test_e4m3.py \
     tests/kernels/test_fp8_kv_kernels.py tests/kernels/test_paged_attention_kernel.py
-  echo "elapsed $SECONDS s"
-  ;;
-quality)
-  step quality4 240 python3 benchmarks/int4_quality.py --schemes fp8,int4 --num 4 \
-    --out "$OUT/quality4.json"
-  step quality1 200 python3 benchmarks/int4_quality.py --schemes fp8,int4 --num 1 \
-    --out "$OUT/quality1.json"
-  step b3_int4 100 $B b3 --quick --no-peer --quantization int4 --out "$R/b3_int4"
   echo "elapsed $SECONDS s"
   ;;
 *)

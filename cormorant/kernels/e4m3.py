@@ -28,44 +28,26 @@ import torch
 import triton
 import triton.language as tl
 
-_ASM = tl.constexpr("""{
-.reg .b32 a, b, z, c;
-mov.b32 z, 0;
-mov.b32 c, 0x7B807B80;
-prmt.b32 a, $2, z, 0x1404;
-prmt.b32 b, $2, z, 0x3424;
-shr.b32 $0, a, 4;
-and.b32 $0, $0, 0x07F007F0;
-and.b32 a, a, 0x80008000;
-or.b32 $0, $0, a;
-mul.rn.bf16x2 $0, $0, c;
-shr.b32 $1, b, 4;
-and.b32 $1, $1, 0x07F007F0;
-and.b32 b, b, 0x80008000;
-or.b32 $1, $1, b;
-mul.rn.bf16x2 $1, $1, c;
-}""")
-# prmt 0x1404: bytes [0, c0, 0, c1] (c0 the high byte of the low half), 0x3424: [0, c2, 0, c3];
-# per half, (h >> 4) & 0x07F0 is c's eeeemmm as bf16 exponent-low-bits and mantissa, h & 0x8000
-# its sign; 0x7B80 is 2^120 in bf16.
+def _ptx(shift: int, mask: str, scale: str = "") -> str:
+    """Four codes in $2 -> two 16-bit pairs in $0, $1: per half h = c << 8 (prmt 0x1404 makes
+    bytes [0, c0, 0, c1], c0 the high byte of the low half; 0x3424 the same for c2, c3),
+    (h >> shift) & mask places c's eeeemmm in the target's exponent-low-bits and mantissa,
+    h & 0x8000 its sign; then, if given, a multiply by `scale` (a 16-bit pair's bits)."""
+    lines = ["{", ".reg .b32 a, b, z, c;", "mov.b32 z, 0;", "prmt.b32 a, $2, z, 0x1404;",
+             "prmt.b32 b, $2, z, 0x3424;"]
+    for out, reg in (("$0", "a"), ("$1", "b")):
+        lines += [f"shr.b32 {out}, {reg}, {shift};", f"and.b32 {out}, {out}, {mask};",
+                  f"and.b32 {reg}, {reg}, 0x80008000;", f"or.b32 {out}, {out}, {reg};"]
+        if scale:
+            lines += [f"mov.b32 c, {scale};", f"mul.rn.bf16x2 {out}, {out}, c;"]
+    return "\n".join(lines + ["}"])
 
-_ASM_F16 = tl.constexpr("""{
-.reg .b32 a, b, z;
-mov.b32 z, 0;
-prmt.b32 a, $2, z, 0x1404;
-prmt.b32 b, $2, z, 0x3424;
-shr.b32 $0, a, 1;
-and.b32 $0, $0, 0x3F803F80;
-and.b32 a, a, 0x80008000;
-or.b32 $0, $0, a;
-shr.b32 $1, b, 1;
-and.b32 $1, $1, 0x3F803F80;
-and.b32 b, b, 0x80008000;
-or.b32 $1, $1, b;
-}""")
-# Per half h = c << 8: (h >> 1) & 0x3F80 puts c's eeeemmm in fp16's exponent-low-bits and
-# mantissa, h & 0x8000 its sign: fp16 of the code's value times 2^-8 (subnormals too), no
-# multiply (the caller folds 2^8 into a scale it applies anyway).
+
+# bf16: the code's value times 2^-120 (its exponent field lands as is), times 2^120 (0x7B80).
+_ASM = tl.constexpr(_ptx(4, "0x07F007F0", "0x7B807B80"))
+# fp16: the code's value times 2^-8 (subnormals too), no multiply: the caller folds 2^8 into
+# a scale it applies anyway.
+_ASM_F16 = tl.constexpr(_ptx(1, "0x3F803F80"))
 
 
 @triton.jit

@@ -21,7 +21,9 @@ Design (the "unified" layout of vLLM's Triton backend, own code):
 - An fp8 cache (float8_e4m3fn, kernels.kv_cache) is read as fp8 and cast to the query's dtype
   for the dots (exact: every e4m3 value is a bf16/fp16/fp32 value). With bf16 queries on
   Hopper (kernels.e4m3.available) the codes are read as bytes and made bf16 by integer ops,
-  bit for bit the same: Triton's casts run at the conversion rate. The
+  bit for bit the same: Triton's casts run at the conversion rate. CORMORANT_KV_FP8_CVT
+  picks another way (kv_conversion; fp16 dots among them: the queries cast to fp16 once per
+  program, the codes need no bf16 step). The
   dequantization's multiply by the layer's scales is folded in, k_scale into the softmax scale
   and v_scale into the output, both in fp32 and read from device tensors (CUDA-graph safe).
 """

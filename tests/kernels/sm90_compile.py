@@ -95,6 +95,40 @@ def _ptxas_usage(ptx: str) -> str:
     return f"regs {regs.group(1) if regs else '?'}, spill {spill.group(1) if spill else '?'}B"
 
 
+def _loop_profile(ptx: str) -> str:
+    """The SASS of the longest loop (the biggest backward branch): its instruction count and
+    most common opcodes, from the bundled ptxas and cuobjdump; '' if they cannot run. A
+    per-iteration cost to compare kernel forms without a GPU (issue/latency, not time)."""
+    import collections
+    import triton
+    bins = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(tmp, "k.ptx"), "w") as f:
+            f.write(ptx)
+        try:
+            subprocess.run([os.path.join(bins, "ptxas"), "-arch=sm_90a", f.name, "-o",
+                            os.path.join(tmp, "k.cubin")], check=True, capture_output=True,
+                           timeout=120)
+            sass = subprocess.run([os.path.join(bins, "cuobjdump"), "-sass",
+                                   os.path.join(tmp, "k.cubin")], capture_output=True,
+                                  text=True, timeout=120).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    code = [(int(m.group(1), 16), m.group(2).split()) for m in
+            re.finditer(r"/\*([0-9a-f]{4,})\*/\s+(.*?);", sass)]
+    span = (0, 0)
+    for addr, words in code:
+        target = re.search(r"BRA (0x[0-9a-f]+)", " ".join(words))
+        if target and int(target.group(1), 16) < addr and \
+                addr - int(target.group(1), 16) > span[1] - span[0]:
+            span = (int(target.group(1), 16), addr)
+    ops = collections.Counter(
+        (words[1] if words[0].startswith("@") else words[0]).split(".")[0]
+        for addr, words in code if span[0] <= addr <= span[1] and span[1])
+    return (f"loop {sum(ops.values())}: " + " ".join(f"{o} {n}" for o, n in ops.most_common(8))
+            if ops else "no loop")
+
+
 def _launches(full: bool):
     from cormorant.kernels import activation, kv_cache, paged_attention, rmsnorm, rotary
     models = [("qwen3-0.6b", 16, 8, 128), ("llama-8b", 32, 8, 128), ("smollm2", 9, 3, 64)]
@@ -310,6 +344,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="fp32 variants too")
     parser.add_argument("--arch", type=int, default=90)
+    parser.add_argument("--loop", action="store_true",
+                        help="also profile each kernel's main loop in SASS (per iteration)")
     parser.add_argument("--only", action="append", default=[],
                         help="compile only the launches whose label contains this (repeatable)")
     args = parser.parse_args()
@@ -342,6 +378,8 @@ def main() -> int:
         print(f"{'FAIL' if too_big else 'ok  '} {label:34s} {jit_fn.__name__:26s} "
               f"smem {shared / 1024:6.1f} KiB  {_ptxas_usage(kernel.asm['ptx']):22s} "
               f"grid {grid}  {time.time() - start:.1f}s")
+        if args.loop:
+            print(f"     {_loop_profile(kernel.asm['ptx'])}")
     print("all compiled" if not failures else f"{failures} failure(s)")
     return 1 if failures else 0
 

@@ -41,3 +41,11 @@ def test_the_int4_tensor_core_kernel_compiles_for_ampere():
     out = _compile_check("--arch", "80", "--only", "int4 mma")
     # every launch shape of sm90_compile's int4_mma list, x padded to 16 and to 64 rows
     assert out.count("ok   int4 mma") == 6 and "ok   int4 mma M=64" in out, out
+
+
+def test_the_loop_profile_counts_the_decode_loop():
+    """--loop prints each kernel's main loop in SASS: the FP8 decode's fp16 dots have no bf16
+    step (no F2F), and their loop holds the tile's 32 tensor-core instructions."""
+    out = _compile_check("--loop", "--only", "attn decode qwen3-0.6b fp8kv f16_cast")
+    loops = [line for line in out.splitlines() if line.strip().startswith("loop ")]
+    assert len(loops) == 1 and "HMMA 32" in loops[0] and "F2F " not in loops[0], out
