@@ -4,11 +4,11 @@ B1 (Qwen3-0.6B: 16 query heads, 8 KV heads, head_dim 128) decodes 256 sequences 
 context of about 820 tokens; an FP8 cache halves the bytes each step's attention reads. This
 times kernels.paged_attention on the same random batch: the bf16 cache, and the FP8 cache read
 each way CORMORANT_KV_FP8_CVT offers (bf16 dots with the codes made bf16 by integer ops, the
-default on sm_90; fp16 dots with the codes cast, made fp16 by integer ops, or keys cast and
-values by integer ops; Triton's casts to bf16), each at choose_config's launch shape and over
-a sweep of tile sizes, stages and register caps; each output is checked against
-paged_attention_ref first. The two fastest FP8 settings are printed as the switches that
-give them to B1 (fp8_pickN lines). (On 2026-12-07 it also swept a form with the dots on CUDA
+default on sm_90; fp16 dots with the codes made fp16 by the hardware conversion, values read
+as code pairs, or by integer ops; Triton's casts to bf16), each at choose_config's launch
+shape and over a sweep of tile sizes, warps, stages and register caps; each output is checked
+against paged_attention_ref first. The two fastest FP8 settings are printed as the switches
+that give them to B1 (fp8_pickN lines). (On 2026-12-07 it also swept a form with the dots on CUDA
 cores, since reverted: 3x slower; benchmarks/RESULTS.md.)
 Times: triton.testing.do_bench medians (L2 flushed), GB/s of KV actually read.
 One command on the GPU machine, from the repository root:
@@ -65,7 +65,7 @@ def reference(b: dict, kind: str) -> torch.Tensor:
                                   v_scale=vs).float()
 
 
-FP8_KINDS = ("fp8_bits", "fp8_f16_cast", "fp8_f16_bits", "fp8_f16_mixed", "fp8_cast")
+FP8_KINDS = ("fp8_bits", "fp8_f16_cast", "fp8_f16_bits", "fp8_cast")
 
 
 def run(b: dict, kind: str, config: pa.PagedAttentionConfig | None,

@@ -65,6 +65,16 @@ def e4m3_to_f16_scaled(codes):
                                      is_pure=True, pack=4)
 
 
+@triton.jit
+def e4m3x2_to_f16x2(pairs):
+    """uint16 pairs of e4m3 codes -> (fp16 of the low byte's code, fp16 of the high byte's),
+    exact: one hardware conversion per pair (cvt.rn.f16x2.e4m3x2, sm_89+; inline PTX, so not
+    under the interpreter)."""
+    return tl.inline_asm_elementwise(
+        "{ .reg .b32 r; cvt.rn.f16x2.e4m3x2 r, $2; mov.b32 {$0, $1}, r; }", "=h,=h,h",
+        [pairs], dtype=(tl.float16, tl.float16), is_pure=True, pack=1)
+
+
 def available(device: torch.device) -> bool:
     """Whether e4m3_to_bf16 runs for tensors on `device`: CUDA sm_90+, not interpreted, not
     switched off (CORMORANT_E4M3_CVT=hw)."""

@@ -39,7 +39,7 @@ import triton
 import triton.language as tl
 
 from cormorant.kernels import e4m3, pdl
-from cormorant.kernels.e4m3 import e4m3_to_bf16, e4m3_to_f16_scaled
+from cormorant.kernels.e4m3 import e4m3_to_bf16, e4m3_to_f16_scaled, e4m3x2_to_f16x2
 
 _LOG2E = 1.4426950408889634
 
@@ -62,15 +62,15 @@ def _find_seq(query_start_loc_ptr, q_block_idx, num_seqs, BLOCK_Q: tl.constexpr)
 
 
 # How the dots read an fp8 cache (KV_CVT): the codes cast to the query's dtype; made bf16 by
-# integer ops (kernels.e4m3); or, with the queries cast to fp16 once per program, made fp16 by
-# Triton's cast, by integer ops (value times 2^-8, folded back into the scales), or keys by
-# the cast and values by integer ops (their conversions then run on two different units).
-CVT_CAST, CVT_BITS, CVT_F16_CAST, CVT_F16_BITS, CVT_F16_MIXED = range(5)
+# integer ops (kernels.e4m3); or fp16 dots (the queries cast to fp16 once per program), the
+# codes made fp16 by the hardware conversion (keys) and _values_f16 (values), or by integer
+# ops (the value times 2^-8, folded back into the scales).
+CVT_CAST, CVT_BITS, CVT_F16_CAST, CVT_F16_BITS = range(4)
 CONVERSIONS = {"cast": CVT_CAST, "bits": CVT_BITS, "f16_cast": CVT_F16_CAST,
-               "f16_bits": CVT_F16_BITS, "f16_mixed": CVT_F16_MIXED}
+               "f16_bits": CVT_F16_BITS}
 # The kernels' view of them (Triton reads only constexpr globals).
-_BITS, _F16_CAST = tl.constexpr(CVT_BITS), tl.constexpr(CVT_F16_CAST)
-_F16_BITS, _F16_MIXED = tl.constexpr(CVT_F16_BITS), tl.constexpr(CVT_F16_MIXED)
+_BITS, _F16_CAST, _F16_BITS = (tl.constexpr(CVT_BITS), tl.constexpr(CVT_F16_CAST),
+                               tl.constexpr(CVT_F16_BITS))
 
 
 @triton.jit
@@ -84,12 +84,37 @@ def _to_dot(x, KIND: tl.constexpr, BITS: tl.constexpr, F16_BITS: tl.constexpr):
 
 
 @triton.jit
+def _values_f16(v_cache_ptr, slot_offs, key_ok, TILE: tl.constexpr, HEAD_DIM: tl.constexpr,
+                HEAD_DIM_P: tl.constexpr, PTX: tl.constexpr):
+    """An fp8 cache's V tile [TILE, HEAD_DIM_P] as fp16, read as pairs of codes.
+
+    P.V sums over keys, but a cache row is contiguous over dims: the tensor cores want each
+    register to hold two keys of one dim, which `ldmatrix.trans` gives 16-bit data and has
+    no 8-bit form for, so an fp8 tile left to Triton is read from shared memory byte by
+    byte. Here each uint16 pair of codes becomes two fp16 in the row (one conversion on the
+    card, kernels.e4m3.e4m3x2_to_f16x2; Triton's casts in the interpreter), and the join
+    keeps that conversion before shared memory: the fp16 tile then takes `ldmatrix.trans`.
+    On sm_90 the loop is 560 instructions against 743 with the bytes (HEAD_DIM even)."""
+    pairs = tl.arange(0, HEAD_DIM_P // 2)
+    ptr = (v_cache_ptr + slot_offs[:, None]).to(tl.pointer_type(tl.uint16)) + pairs[None, :]
+    codes = tl.load(ptr, mask=key_ok[:, None] & (pairs < HEAD_DIM // 2)[None, :], other=0)
+    if PTX:
+        lo, hi = e4m3x2_to_f16x2(codes)
+    else:
+        lo = codes.to(tl.uint8).to(tl.float8e4nv, bitcast=True).to(tl.float16)
+        hi = (codes >> 8).to(tl.uint8).to(tl.float8e4nv, bitcast=True).to(tl.float16)
+    return tl.reshape(tl.join(lo, hi), [TILE, HEAD_DIM_P])
+
+
+@triton.jit
 def _attend_tiles(acc, m_i, l_i, Q, q_pos, k_cache_ptr, v_cache_ptr, bt_row_ptr, kv_head,
                   tile_lo, tile_hi, kv_end, scale_log2, stride_cb, stride_cs, stride_ch,
                   BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
-                  TILE: tl.constexpr, DOT_PRECISION: tl.constexpr, KV_CVT: tl.constexpr):
+                  TILE: tl.constexpr, DOT_PRECISION: tl.constexpr, KV_CVT: tl.constexpr,
+                  PTX: tl.constexpr):
     """Online-softmax accumulation of KV tiles [tile_lo, tile_hi) into (acc, m_i, l_i).
-    Q is in the dots' dtype; KV_CVT says how the cache's tiles become it (see CVT_*)."""
+    Q is in the dots' dtype; KV_CVT says how the cache's tiles become it (see CVT_*); PTX:
+    inline PTX may run (a card, not the interpreter)."""
     dims = tl.arange(0, HEAD_DIM_P)
     dim_ok = dims < HEAD_DIM
     for tile in range(tile_lo, tile_hi):
@@ -101,11 +126,13 @@ def _attend_tiles(acc, m_i, l_i, Q, q_pos, k_cache_ptr, v_cache_ptr, bt_row_ptr,
                      + kv_head * stride_ch)  # [TILE]
         K = tl.load(k_cache_ptr + slot_offs[None, :] + dims[:, None],
                     mask=key_ok[None, :] & dim_ok[:, None], other=0.0)  # [HEAD_DIM_P, TILE]
-        V = tl.load(v_cache_ptr + slot_offs[:, None] + dims[None, :],
-                    mask=key_ok[:, None] & dim_ok[None, :], other=0.0)  # [TILE, HEAD_DIM_P]
         K = _to_dot(K, Q.dtype, KV_CVT == _BITS, KV_CVT == _F16_BITS)
-        V = _to_dot(V, Q.dtype, KV_CVT == _BITS,
-                    (KV_CVT == _F16_BITS) | (KV_CVT == _F16_MIXED))
+        if KV_CVT == _F16_CAST:
+            V = _values_f16(v_cache_ptr, slot_offs, key_ok, TILE, HEAD_DIM, HEAD_DIM_P, PTX)
+        else:
+            V = tl.load(v_cache_ptr + slot_offs[:, None] + dims[None, :],
+                        mask=key_ok[:, None] & dim_ok[None, :], other=0.0)  # [TILE, HEAD_DIM_P]
+            V = _to_dot(V, Q.dtype, KV_CVT == _BITS, KV_CVT == _F16_BITS)
         S = tl.dot(Q, K, input_precision=DOT_PRECISION) * scale_log2
         visible = key_ok[None, :] & (keys[None, :] <= q_pos[:, None])
         S = tl.where(visible, S, float("-inf"))  # [BLOCK_M, TILE]
@@ -131,7 +158,8 @@ def _paged_attention_kernel(
         QUERIES_PER_KV: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
         HEAD_DIM_P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr,
         TILE: tl.constexpr, NUM_SEGMENTS: tl.constexpr, DOT_PRECISION: tl.constexpr,
-        KV_FP8: tl.constexpr, KV_CVT: tl.constexpr, PDL: tl.constexpr):
+        KV_FP8: tl.constexpr, KV_CVT: tl.constexpr, PTX: tl.constexpr,
+        PDL: tl.constexpr):
     pdl.wait(PDL)  # before any load: the previous kernel's writes are visible
     pdl.launch_dependents(PDL)
     q_block_idx = tl.program_id(0)
@@ -180,10 +208,10 @@ def _paged_attention_kernel(
                                   kv_head, tile_lo, tile_hi, kv_end, scale_log2,
                                   stride_cb, stride_cs, stride_ch,
                                   BLOCK_SIZE, HEAD_DIM, HEAD_DIM_P, TILE, DOT_PRECISION,
-                                  KV_CVT)
+                                  KV_CVT, PTX)
     if KV_FP8:  # P.V = (P.V8) * v_scale
         v_scale = tl.load(v_scale_ptr)
-        if (KV_CVT == _F16_BITS) | (KV_CVT == _F16_MIXED):  # values times 2^-8
+        if KV_CVT == _F16_BITS:  # the values come as their values times 2^-8
             v_scale = v_scale * 256.0
         acc = acc * v_scale
 
@@ -320,10 +348,10 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     fp8 = k_cache.dtype == torch.float8_e4m3fn
     assert not fp8 or (k_scale is not None and v_scale is not None), "fp8 cache needs scales"
     cvt = kv_conversion(q.dtype, q.device) if fp8 else CVT_CAST
+    if cvt == CVT_F16_CAST and head_dim % 2:
+        cvt = CVT_CAST  # _values_f16 reads pairs of codes
     if cvt in (CVT_BITS, CVT_F16_BITS):  # the codes as bytes, for integer ops
-        k_cache = k_cache.view(torch.uint8)
-    if cvt in (CVT_BITS, CVT_F16_BITS, CVT_F16_MIXED):
-        v_cache = v_cache.view(torch.uint8)
+        k_cache, v_cache = k_cache.view(torch.uint8), v_cache.view(torch.uint8)
     assert config.block_m >= group and config.tile_size >= 16  # tl.dot needs 16+ per dim
     for n in (config.block_m, config.tile_size, config.num_segments):
         assert n & (n - 1) == 0, f"launch sizes must be powers of 2: {config}"
@@ -349,7 +377,8 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         QUERIES_PER_KV=group, BLOCK_SIZE=block_size, HEAD_DIM=head_dim, HEAD_DIM_P=head_dim_p,
         BLOCK_M=config.block_m, BLOCK_Q=block_q, TILE=config.tile_size,
         NUM_SEGMENTS=segments, DOT_PRECISION=_dot_precision(q.dtype), KV_FP8=fp8,
-        KV_CVT=cvt, num_warps=config.num_warps, num_stages=config.num_stages,
+        KV_CVT=cvt, PTX=inline_ptx(q),
+        num_warps=config.num_warps, num_stages=config.num_stages,
         **({"maxnreg": config.max_registers} if config.max_registers else {}), **launch)
     if segments > 1:
         _reduce_segments_kernel[(num_tokens, num_heads)](
@@ -359,10 +388,15 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     return out
 
 
+def inline_ptx(t: torch.Tensor) -> bool:
+    """Whether kernels reading `t` may use inline PTX: on a card, not under the interpreter."""
+    return t.is_cuda and os.environ.get("TRITON_INTERPRET") != "1"
+
+
 def kv_conversion(q_dtype: torch.dtype, device: torch.device) -> int:
     """How the dots read an fp8 cache (CVT_*). Only bf16 queries have a choice: fp16 ones
     cast the codes to fp16 and fp32 ones to fp32. CORMORANT_KV_FP8_CVT names it (cast, bits,
-    f16_cast, f16_bits, f16_mixed); the integer-op ones need kernels.e4m3.available (CUDA
+    f16_cast, f16_bits); the integer-op ones need kernels.e4m3.available (CUDA
     sm_90+, not switched off), else the cast. Default: bits where available."""
     name = os.environ.get("CORMORANT_KV_FP8_CVT", "")
     if name and name not in CONVERSIONS:
@@ -372,7 +406,7 @@ def kv_conversion(q_dtype: torch.dtype, device: torch.device) -> int:
     ints = e4m3.available(device)  # CORMORANT_E4M3_CVT=hw turns the integer ops off
     if not name:
         return CVT_BITS if ints else CVT_CAST
-    if name in ("bits", "f16_bits", "f16_mixed") and not ints:
+    if name in ("bits", "f16_bits") and not ints:
         return CVT_CAST
     return CONVERSIONS[name]
 

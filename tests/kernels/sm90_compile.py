@@ -257,6 +257,7 @@ def _fp8_kv_thunks(pa, kv_cache):
                              ("mixed", [1] * 8 + [100]), ("prefill", [512])):
             thunk = _attention_thunk(pa, q_lens, 16, 8, 128, torch.bfloat16,
                                      torch.float8_e4m3fn)
+            thunk = _patched(pa, "inline_ptx", lambda t: True, thunk)
             out.append((f"attn {mode} qwen3-0.6b fp8kv {cvt}",
                         _env(("CORMORANT_KV_FP8_CVT", cvt), _available_as(e4m3, True, thunk))))
     t = 8

@@ -156,7 +156,7 @@ def test_the_conversion_switch(monkeypatch):
     monkeypatch.delenv("CORMORANT_KV_FP8_CVT", raising=False)
     assert pa.kv_conversion(bf16, cpu) == pa.CVT_CAST
     for name, want in (("f16_cast", pa.CVT_F16_CAST), ("bits", pa.CVT_CAST),
-                       ("f16_bits", pa.CVT_CAST), ("f16_mixed", pa.CVT_CAST)):
+                       ("f16_bits", pa.CVT_CAST)):
         monkeypatch.setenv("CORMORANT_KV_FP8_CVT", name)
         assert pa.kv_conversion(bf16, cpu) == want
         assert pa.kv_conversion(torch.float32, cpu) == pa.CVT_CAST
@@ -166,12 +166,14 @@ def test_the_conversion_switch(monkeypatch):
         pa.kv_conversion(bf16, cpu)
 
 
-def test_fp16_dots_for_bf16_queries(device, make_batch, rel_err, monkeypatch):
-    """f16_cast: bf16 queries cast to fp16 once per program, the codes cast to fp16, the dots
-    in fp16 (B1's decode shape; interpreter on the CPU). Against the reference, and with a
-    query past fp16's range clamped to 65504, not turned into inf."""
-    batch = make_batch([1] * 5 + [9], [70, 3, 129, 40, 1, 30], 16, 8, 64, device=device,
-                       dtype=torch.bfloat16, seed=4)
+@pytest.mark.parametrize("head_dim", [64, 80])
+def test_fp16_dots_for_bf16_queries(head_dim, device, make_batch, rel_err, monkeypatch):
+    """f16_cast: bf16 queries cast to fp16 once per program, keys cast to fp16, values read as
+    pairs of codes (80: half the pairs of the padded 128 masked), the dots in fp16 (B1's
+    decode heads, a chunk among the decodes; interpreter on the CPU). Against the reference,
+    and with a query past fp16's range clamped to 65504, not turned into inf."""
+    batch = make_batch([1] * 5 + [9], [70, 3, 129, 40, 1, 30], 16, 8, head_dim,
+                       device=device, dtype=torch.bfloat16, seed=4)
     k_scale, v_scale = _scales(0.02, 0.3, device)
     cache = _fp8_cache(batch, k_scale, v_scale)
     q = batch.q.clone()
