@@ -2,9 +2,9 @@
 # Device calls of 2026-12-08 (issue #12).
 #   bash benchmarks/gpu_wave8.sh kvcvt   # FP8 KV decode attention: kv_fp8_probe.py over every
 #                                          CORMORANT_KV_FP8_CVT form x launch sweep (register
-#                                          caps included); B1 bf16 / FP8 KV at the defaults
-#                                          and at the probe's two fastest FP8 settings; the
-#                                          attention card tests
+#                                          caps included); B1 bf16 / FP8 KV at the defaults,
+#                                          with f16_cast, and at the probe's two fastest FP8
+#                                          settings; the attention card tests
 #   bash benchmarks/gpu_wave8.sh quality # gpu_wave7.sh's unrun `quality`: int4_quality.py (fp8,
 #                                          int4 against bf16 through the decode kernels) at
 #                                          4 sequences and at 1 (the GEMVs); B3 int4 (~7 min)
@@ -17,6 +17,8 @@ kvcvt)  # most telling first: what a call cut short returns still counts
   grep "^fp8_pick" "$OUT/kv_fp8_probe.log"
   step b1 80 $B b1 --quick --no-peer --out "$R/b1"
   step b1_fp8kv 80 $B b1 --quick --no-peer --kv-cache-dtype fp8 --out "$R/b1_fp8kv"
+  step b1_fp8kv_f16 80 env CORMORANT_KV_FP8_CVT=f16_cast $B b1 --quick --no-peer \
+    --kv-cache-dtype fp8 --out "$R/b1_f16"
   for i in 0 1; do
     pick=$(grep "^fp8_pick$i " "$OUT/kv_fp8_probe.log" | cut -d' ' -f2,3)
     if [ -n "$pick" ]; then

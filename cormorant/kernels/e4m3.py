@@ -15,6 +15,10 @@ cache and the W8A16 GEMM byte-identical both ways), and B1 with an FP8 KV cache 
 `e4m3_to_f16_scaled(codes)` is the same for fp16 dots, one multiply cheaper: the bits alone
 make fp16 of the value times 2^-8, and the caller folds 2^8 into a scale.
 
+`e4m3_to_f16(codes)` is the hardware conversion to fp16 for tensor-core operands (inline PTX,
+declared impure so that Triton lays the dots out for 16-bit data; see its docstring);
+`e4m3x2_to_f16x2` the same for codes read as uint16 pairs.
+
 `e4m3_to_bf16(codes)` takes the codes loaded as uint8 (view the tensor as torch.uint8) and
 needs CUDA sm_90+ (inline PTX: `mul.bf16x2`); `available(device)` says where it runs (not
 under the CPU interpreter). `bits_ref` is the same bit construction in PyTorch, for tests.
@@ -73,6 +77,32 @@ def e4m3x2_to_f16x2(pairs):
     return tl.inline_asm_elementwise(
         "{ .reg .b32 r; cvt.rn.f16x2.e4m3x2 r, $2; mov.b32 {$0, $1}, r; }", "=h,=h,h",
         [pairs], dtype=(tl.float16, tl.float16), is_pure=True, pack=1)
+
+
+@triton.jit
+def e4m3_to_f16(codes):
+    """e4m3 codes (a uint8 or fp8 tensor) -> fp16 values, exact: two hardware conversions
+    per four codes (cvt.rn.f16x2.e4m3x2, sm_89+; inline PTX, so not under the interpreter).
+
+    Declared impure on purpose: Triton picks a dot's operand layout (kWidth) from the
+    narrowest load it can trace back through pure elementwise ops. Seeing the 8-bit codes,
+    it gives both operands of an mma-v2 dot four elements of K per thread, and the other
+    operand (the attention's queries) is then reloaded every iteration with 64-bit shared
+    loads and register moves (sm_90: 120 moves a tile). The impure conversion hides the codes:
+    16-bit layouts, ldmatrix for both operands (kernels.paged_attention, CVT_F16_CAST)."""
+    return tl.inline_asm_elementwise(
+        "{ .reg .b16 lo, hi; mov.b32 {lo, hi}, $2; cvt.rn.f16x2.e4m3x2 $0, lo; "
+        "cvt.rn.f16x2.e4m3x2 $1, hi; }", "=r,=r,r", [codes], dtype=tl.float16,
+        is_pure=False, pack=4)
+
+
+@triton.jit
+def opaque_f16(x):
+    """x (fp16), unchanged, behind an impure no-op that Triton's dot-layout choice cannot see
+    through (e4m3_to_f16 says why): for a dot operand built by tl.join, whose presence makes
+    Triton halve its guess of the loaded width. ptxas removes the move."""
+    return tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [x], dtype=tl.float16,
+                                     is_pure=False, pack=2)
 
 
 def available(device: torch.device) -> bool:

@@ -39,7 +39,8 @@ import triton
 import triton.language as tl
 
 from cormorant.kernels import e4m3, pdl
-from cormorant.kernels.e4m3 import e4m3_to_bf16, e4m3_to_f16_scaled, e4m3x2_to_f16x2
+from cormorant.kernels.e4m3 import (e4m3_to_bf16, e4m3_to_f16, e4m3_to_f16_scaled,
+                                    e4m3x2_to_f16x2, opaque_f16)
 
 _LOG2E = 1.4426950408889634
 
@@ -74,12 +75,14 @@ _BITS, _F16_CAST, _F16_BITS = (tl.constexpr(CVT_BITS), tl.constexpr(CVT_F16_CAST
 
 
 @triton.jit
-def _to_dot(x, KIND: tl.constexpr, BITS: tl.constexpr, F16_BITS: tl.constexpr):
+def _to_dot(x, KIND: tl.constexpr, KV_CVT: tl.constexpr, PTX: tl.constexpr):
     """A K or V tile as the dots read it (KV_CVT above; KIND: the dots' dtype)."""
-    if BITS:
+    if KV_CVT == _BITS:
         return e4m3_to_bf16(x)
-    if F16_BITS:
+    if KV_CVT == _F16_BITS:
         return e4m3_to_f16_scaled(x)
+    if KV_CVT == _F16_CAST and PTX:  # impure on purpose: 16-bit dot layouts (kernels.e4m3)
+        return e4m3_to_f16(x)
     return x.to(KIND)
 
 
@@ -94,7 +97,9 @@ def _values_f16(v_cache_ptr, slot_offs, key_ok, TILE: tl.constexpr, HEAD_DIM: tl
     byte. Here each uint16 pair of codes becomes two fp16 in the row (one conversion on the
     card, kernels.e4m3.e4m3x2_to_f16x2; Triton's casts in the interpreter), and the join
     keeps that conversion before shared memory: the fp16 tile then takes `ldmatrix.trans`.
-    On sm_90 the loop is 560 instructions against 743 with the bytes (HEAD_DIM even)."""
+    The join would make Triton lay the dot out for 8-bit data (four elements of K per thread:
+    P reloaded with 64-bit loads and register moves), hence the opaque no-op after it.
+    On sm_90 the loop is 472 instructions against 743 with the bytes (HEAD_DIM even)."""
     pairs = tl.arange(0, HEAD_DIM_P // 2)
     ptr = (v_cache_ptr + slot_offs[:, None]).to(tl.pointer_type(tl.uint16)) + pairs[None, :]
     codes = tl.load(ptr, mask=key_ok[:, None] & (pairs < HEAD_DIM // 2)[None, :], other=0)
@@ -103,7 +108,10 @@ def _values_f16(v_cache_ptr, slot_offs, key_ok, TILE: tl.constexpr, HEAD_DIM: tl
     else:
         lo = codes.to(tl.uint8).to(tl.float8e4nv, bitcast=True).to(tl.float16)
         hi = (codes >> 8).to(tl.uint8).to(tl.float8e4nv, bitcast=True).to(tl.float16)
-    return tl.reshape(tl.join(lo, hi), [TILE, HEAD_DIM_P])
+    V = tl.reshape(tl.join(lo, hi), [TILE, HEAD_DIM_P])
+    if PTX:
+        V = opaque_f16(V)
+    return V
 
 
 @triton.jit
@@ -126,13 +134,13 @@ def _attend_tiles(acc, m_i, l_i, Q, q_pos, k_cache_ptr, v_cache_ptr, bt_row_ptr,
                      + kv_head * stride_ch)  # [TILE]
         K = tl.load(k_cache_ptr + slot_offs[None, :] + dims[:, None],
                     mask=key_ok[None, :] & dim_ok[:, None], other=0.0)  # [HEAD_DIM_P, TILE]
-        K = _to_dot(K, Q.dtype, KV_CVT == _BITS, KV_CVT == _F16_BITS)
+        K = _to_dot(K, Q.dtype, KV_CVT, PTX)
         if KV_CVT == _F16_CAST:
             V = _values_f16(v_cache_ptr, slot_offs, key_ok, TILE, HEAD_DIM, HEAD_DIM_P, PTX)
         else:
             V = tl.load(v_cache_ptr + slot_offs[:, None] + dims[None, :],
                         mask=key_ok[:, None] & dim_ok[None, :], other=0.0)  # [TILE, HEAD_DIM_P]
-            V = _to_dot(V, Q.dtype, KV_CVT == _BITS, KV_CVT == _F16_BITS)
+            V = _to_dot(V, Q.dtype, KV_CVT, PTX)
         S = tl.dot(Q, K, input_precision=DOT_PRECISION) * scale_log2
         visible = key_ok[None, :] & (keys[None, :] <= q_pos[:, None])
         S = tl.where(visible, S, float("-inf"))  # [BLOCK_M, TILE]
@@ -269,11 +277,12 @@ class PagedAttentionConfig:
 
 
 def choose_config(num_heads: int, num_kv_heads: int, max_query_len: int, num_seqs: int,
-                  num_sms: int = 132, dtype: torch.dtype = torch.bfloat16
-                  ) -> PagedAttentionConfig:
+                  num_sms: int = 132, dtype: torch.dtype = torch.bfloat16,
+                  kv_cvt: int = CVT_CAST) -> PagedAttentionConfig:
     """Heuristic launch shape from host-known facts only, so a captured CUDA graph (fixed
     num_seqs, max_query_len 1) always gets the same choice. Not tuned yet on an H100:
-    benchmarks/gpu_kernel_check.py --sweep compares the alternatives."""
+    benchmarks/gpu_kernel_check.py --sweep compares the alternatives. kv_cvt: how the dots
+    read an fp8 cache (CVT_*; the f16_cast decode launch takes a register cap)."""
     group = num_heads // num_kv_heads
     min_m = max(16, triton.next_power_of_2(group))
     if max_query_len <= 1:
@@ -284,7 +293,10 @@ def choose_config(num_heads: int, num_kv_heads: int, max_query_len: int, num_seq
             segments *= 2
         config = PagedAttentionConfig(block_m=min_m, tile_size=64 if dtype != torch.float32
                                       else 32, num_segments=segments, num_warps=4,
-                                      num_stages=2)
+                                      num_stages=2,
+                                      # sm_90, Triton 3.6: 146 registers (3 blocks an SM);
+                                      # capped, 4 blocks, no spill, 472 loop instructions
+                                      max_registers=128 if kv_cvt == CVT_F16_CAST else 0)
         return _decode_override(config)
     if dtype == torch.float32:
         # IEEE fp32 dots run on FMA units with blocked layouts: big tiles spill registers.
@@ -341,15 +353,15 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     assert out.shape == q.shape and out.stride(2) == 1
     if num_tokens == 0 or num_seqs == 0:
         return out
-    if config is None:
-        config = choose_config(num_heads, num_kv_heads, max_query_len, num_seqs, _num_sms(q),
-                               q.dtype)
-    group = num_heads // num_kv_heads
     fp8 = k_cache.dtype == torch.float8_e4m3fn
     assert not fp8 or (k_scale is not None and v_scale is not None), "fp8 cache needs scales"
     cvt = kv_conversion(q.dtype, q.device) if fp8 else CVT_CAST
     if cvt == CVT_F16_CAST and head_dim % 2:
         cvt = CVT_CAST  # _values_f16 reads pairs of codes
+    if config is None:
+        config = choose_config(num_heads, num_kv_heads, max_query_len, num_seqs, _num_sms(q),
+                               q.dtype, cvt)
+    group = num_heads // num_kv_heads
     if cvt in (CVT_BITS, CVT_F16_BITS):  # the codes as bytes, for integer ops
         k_cache, v_cache = k_cache.view(torch.uint8), v_cache.view(torch.uint8)
     assert config.block_m >= group and config.tile_size >= 16  # tl.dot needs 16+ per dim

@@ -138,6 +138,30 @@ def test_the_pair_conversion_is_the_cast_for_every_pair_of_codes():
     assert torch.equal(hi[finite].view(torch.int16), want[finite, 1].view(torch.int16))
 
 
+@triton.jit
+def _f16_kernel(src_ptr, dst_ptr, same_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    f16 = e4m3.e4m3_to_f16(tl.load(src_ptr + offs, mask=offs < n, other=0))
+    tl.store(dst_ptr + offs, f16, mask=offs < n)
+    tl.store(same_ptr + offs, e4m3.opaque_f16(f16), mask=offs < n)
+
+
+@needs_hopper
+def test_the_f16_conversion_is_the_cast_for_every_code():
+    """e4m3_to_f16 (four codes a register, two conversions) gives each code's own fp16 (the
+    packing keeps the order), and opaque_f16 hands its input back unchanged."""
+    # 1,024 codes, every code once at each of a register's 4 slots, its neighbours different
+    slots = (torch.arange(256)[:, None] + 67 * torch.arange(4)[None, :]) % 256
+    codes = slots.to(torch.uint8).flatten().cuda()
+    out = torch.empty(codes.numel(), dtype=torch.float16, device="cuda")
+    same = torch.empty_like(out)
+    _f16_kernel[(1,)](codes, out, same, codes.numel(), BLOCK=1024)
+    want = codes.view(torch.float8_e4m3fn).to(torch.float16)
+    finite = want.isfinite()
+    assert torch.equal(out[finite].view(torch.int16), want[finite].view(torch.int16))
+    assert torch.equal(same.view(torch.int16), out.view(torch.int16))
+
+
 @needs_hopper
 @pytest.mark.parametrize("m,scale_n,group_k", [(32, 1, 512), (7, 128, 128), (200, 1, 512)])
 def test_the_fp8_gemm_reads_codes_alike_both_ways(m, scale_n, group_k, monkeypatch):

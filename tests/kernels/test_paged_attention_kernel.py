@@ -12,7 +12,8 @@ import torch
 pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
 
 from cormorant.kernels.paged_attention import (  # noqa: E402
-    PagedAttentionConfig, choose_config, paged_attention, paged_attention_ref)
+    CVT_BITS, CVT_F16_CAST, PagedAttentionConfig, choose_config, paged_attention,
+    paged_attention_ref)
 from cormorant.layers.attention import AttentionMetadata, TorchAttention  # noqa: E402
 from cormorant.layers.triton_attention import TritonAttention  # noqa: E402
 
@@ -62,6 +63,17 @@ def test_decode_batch_auto_and_split(heads, device, make_batch, rel_err):
     assert auto.num_segments > 1  # a small batch takes the split-KV path
     for config in (None, SMALL_TILES, SPLIT):
         assert rel_err(_run(batch, 0.09, config), ref) < TOL
+
+
+def test_the_f16_cast_decode_launch_caps_registers(monkeypatch):
+    """The fp16-dot decode launch over an fp8 cache takes a register cap (128: four blocks an
+    SM on sm_90); other launches keep ptxas's choice, and CORMORANT_ATTN_DECODE wins."""
+    monkeypatch.delenv("CORMORANT_ATTN_DECODE", raising=False)
+    assert choose_config(16, 8, 1, 256, kv_cvt=CVT_F16_CAST).max_registers == 128
+    assert choose_config(16, 8, 1, 256, kv_cvt=CVT_BITS).max_registers == 0
+    assert choose_config(16, 8, 300, 2, kv_cvt=CVT_F16_CAST).max_registers == 0
+    monkeypatch.setenv("CORMORANT_ATTN_DECODE", "regs=0")
+    assert choose_config(16, 8, 1, 256, kv_cvt=CVT_F16_CAST).max_registers == 0
 
 
 def test_decode_launch_override(device, make_batch, rel_err, monkeypatch):
