@@ -16,12 +16,14 @@ L2), calls captured in a CUDA graph, median of 5 replays. GB/s counts weight byt
 decision it informs is layers.fp8_linear's FP8_GEMV_MAX_ROWS and the _scaled_mm / Triton split.
 One command on the GPU machine, from the repository root:
     python benchmarks/fp8_probe.py [--ms 1,2,4,16,64,256,1024,4096] [--sweep] [--sweep-a8]
-                                   [--sweep-acc2d] [--sweep-w8a16] [--fast-acc] [--swap-smm]
-                                   [--out FILE]
+                                   [--sweep-acc2d] [--sweep-w8a16] [--opaque] [--fast-acc]
+                                   [--swap-smm] [--out FILE]
 (--sweep: the M = 1 GEMV's launch settings, plain and with the add + RMSNorm prologue;
  --sweep-a8: the W8A8 GEMM's tiles, plain and transposed (SWAP), at the --ms rows, against
    its defaults and _scaled_mm;
  --sweep-w8a16: the W8A16 GEMM's tiles, plain and transposed (SWAP), at 8-128 rows;
+ --opaque: the W8A16 tiles at their defaults with OPAQUE (kernels.fp8_gemm) off and on, at
+   the --ms rows;
  --swap-smm: torch._scaled_mm with its operands swapped (y^T = W @ xq^T), at the --ms rows
    (H100, 2026-12-07: 1.5-2.7x slower than the default order at 64 and 128 rows);
  --fast-acc: FP8 tensor cores accumulating all of K (cuBLAS's use_fast_accum, Triton's
@@ -326,6 +328,31 @@ def sweep_w8a16(name: str, n: int, k: int, ms: tuple[int, ...] = (8, 16, 32, 64,
     return out
 
 
+def probe_opaque(name: str, n: int, k: int, ms: tuple[int, ...]) -> list[dict]:
+    """The W8A16 tiles at gemm_config's settings with the codes' conversion pure (default)
+    and declared impure (OPAQUE: 16-bit dot layouts), per-channel scales; each checked
+    against the reference first, and the two against each other."""
+    gen, copies, ws = _cold_weights(n, k, 6)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    out = []
+    for m in ms:
+        x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
+        ref = fp8_matmul_ref(x, ws[0][0], ws[0][1], 1, k)
+        cfg = gemm_config(m, n, k, k, True, sms)
+        row = {"shape": name, "M": m, "config": cfg}
+        outs = {}
+        for tag, opaque in (("pure", False), ("opaque", True)):
+            c = dict(cfg, OPAQUE=opaque)
+            outs[tag] = fp8_gemm(x, *ws[0], 1, k, config=dict(c)).float()
+            row[f"{tag}_err"] = rel_err(outs[tag], ref)
+            row[f"{tag}_us"] = _try_time(lambda i, c=c: fp8_gemm(x, *ws[i], 1, k, config=dict(c)),
+                                         copies, c)
+        row["opaque_vs_pure_max_abs"] = float((outs["opaque"] - outs["pure"]).abs().max())
+        print("opaque", json.dumps(row), flush=True)
+        out.append(row)
+    return out
+
+
 def probe_fast_acc(name: str, n: int, k: int, ms: tuple[int, ...]) -> list[dict]:
     """What accumulating all of K in the FP8 tensor cores' adders buys and costs: time and
     error (against the W8A8 reference, fp32) of _scaled_mm with and without use_fast_accum,
@@ -407,6 +434,8 @@ def main() -> int:
                         help="also time and check FP8 fast accumulation at the --ms rows")
     parser.add_argument("--swap-smm", action="store_true",
                         help="also time _scaled_mm with its operands swapped at the --ms rows")
+    parser.add_argument("--opaque", action="store_true",
+                        help="also time the W8A16 tiles with OPAQUE (16-bit dot layouts)")
     parser.add_argument("--sweep-w8a16", action="store_true",
                         help="also sweep the W8A16 GEMM's tiles (plain and SWAP) at 8-128 rows")
     args = parser.parse_args()
@@ -427,6 +456,9 @@ def main() -> int:
     if cuda and args.swap_smm:
         rows += [{"shape": name, "swap_smm": probe_swap_smm(name, n, k, tuple(ms))}
                  for name, (n, k) in SHAPES.items()]
+    if cuda and args.opaque:
+        rows += [{"shape": name, "opaque": probe_opaque(name, n, k, tuple(ms))}
+                 for name, (n, k) in SHAPES.items()]
     if cuda and args.sweep_w8a16:
         rows += [{"shape": name, "sweep_w8a16": sweep_w8a16(name, n, k)}
                  for name, (n, k) in SHAPES.items()]
@@ -436,7 +468,10 @@ def main() -> int:
     if cuda and args.sweep:
         rows += [{"shape": name, "sweep": sweep_gemv(name, n, k)}
                  for name, (n, k) in SHAPES.items()]
-    bad = [r for r in rows for key, v in r.items() if key.endswith("_err") and not v < 0.05]
+    flat = rows + [sub for r in rows for v in r.values() if isinstance(v, list)
+                   for sub in v if isinstance(sub, dict)]  # the probes' rows per M
+    bad = [r for r in flat for key, v in r.items()
+           if key.endswith("_err") and not (v is not None and v < 0.05)]
     print("correctness:", "all paths within 5e-2 of their references" if not bad else
           f"FAILED on {len(bad)} rows: {bad[:3]}")
     if args.out:

@@ -5,6 +5,9 @@
 #                                          caps included); B1 bf16 / FP8 KV at the defaults,
 #                                          with f16_cast, and at the probe's two fastest FP8
 #                                          settings; the attention card tests
+#   bash benchmarks/gpu_wave8.sh w8a16   # the W8A16 tiles (B3's FP8 decode batches) with
+#                                          OPAQUE off and on: fp8_probe --opaque at 16 and
+#                                          32 rows, B3 FP8 both ways, test_e4m3 (~6 min)
 #   bash benchmarks/gpu_wave8.sh quality # gpu_wave7.sh's unrun `quality`: int4_quality.py (fp8,
 #                                          int4 against bf16 through the decode kernels) at
 #                                          4 sequences and at 1 (the GEMVs); B3 int4 (~7 min)
@@ -31,7 +34,17 @@ kvcvt)  # most telling first: what a call cut short returns still counts
     tests/kernels/test_fp8_kv_kernels.py tests/kernels/test_paged_attention_kernel.py
   echo "elapsed $SECONDS s"
   ;;
+w8a16)
+  step fp8_opaque 200 python3 benchmarks/fp8_probe.py --ms 16,32 --opaque \
+    --out "$OUT/fp8_opaque.json"
+  grep "^opaque" "$OUT/fp8_opaque.log" | cut -c1-400
+  step b3_fp8 100 $B b3 --quick --no-peer --quantization fp8 --out "$R/b3_fp8"
+  step b3_fp8_opaque 100 env CORMORANT_FP8_GEMM_OPAQUE=1 $B b3 --quick --no-peer \
+    --quantization fp8 --out "$R/b3_fp8_opaque"
+  step e4m3_tests 120 python3 -m pytest -q -rf tests/kernels/test_e4m3.py
+  echo "elapsed $SECONDS s"
+  ;;
 *)
-  echo "usage: $0 kvcvt|quality" >&2; exit 2
+  echo "usage: $0 kvcvt|w8a16|quality" >&2; exit 2
   ;;
 esac

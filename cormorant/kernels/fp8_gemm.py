@@ -50,6 +50,9 @@ GEMM_SPLIT_ROWS = 64  # rows up to which the GEMM takes 64-wide tiles and splits
 # 2026-12-07 11:30, `gpu_wave5.sh persm`): 4 gained 1 us on qkv at 16 rows but lost 11 on
 # gate_up at 32 (55.6 -> 66.9 us), and B3 1000/1000 fell from 4,222 to 3,964 tok/s.
 GEMM_PROGRAMS_PER_SM = int(os.environ.get("CORMORANT_FP8_GEMM_PER_SM", "2"))
+# CORMORANT_FP8_GEMM_OPAQUE=1: the W8A16 tiles' conversion declared impure (OPAQUE in
+# _fp8_gemm_kernel; fewer instructions, more registers). Off until a card times it.
+GEMM_OPAQUE = os.environ.get("CORMORANT_FP8_GEMM_OPAQUE", "0") == "1"
 
 
 @triton.jit
@@ -137,7 +140,7 @@ def _fp8_gemm_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, b_ptr, y_ptr, p_ptr, lock_ptr,
                      HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, SPLIT_K, IEEE: tl.constexpr,
                      BITS: tl.constexpr, A8: tl.constexpr, SWAP: tl.constexpr = False,
-                     FAST_ACC: tl.constexpr = False):
+                     FAST_ACC: tl.constexpr = False, OPAQUE: tl.constexpr = False):
     """[BLOCK_M, BLOCK_N] tiles over K_PER_SPLIT of K (split-K: the partials are summed in the
     launch by split_k.finish, in split order). BITS: W's codes are read as uint8 and made
     bf16 by kernels.e4m3 (exact; bf16 x on Hopper), instead of Triton's conversions. A8: x is
@@ -148,7 +151,12 @@ def _fp8_gemm_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, b_ptr, y_ptr, p_ptr, lock_ptr,
     it goes through shared memory) and a few rows fill its N side (a wgmma's M side is at
     least 64; its N side may be 16). FAST_ACC (W8A8, per-row scales; opt-in, for measuring):
     the FP8 tensor cores accumulate all of K in their reduced-precision adders, as cuBLAS's
-    fast accumulation does, instead of each K step's sums being added in fp32."""
+    fast accumulation does, instead of each K step's sums being added in fp32. OPAQUE (BITS;
+    opt-in, for measuring): the conversion is declared impure, so that Triton lays the dot out
+    for 16-bit data rather than for the 8-bit codes it would trace it back to (kernels.e4m3's
+    e4m3_to_f16 says why): x takes ldmatrix instead of 64-bit loads and register moves, W
+    goes through shared memory as bf16 (sm_90, 32 rows: 421 -> 314 loop instructions, 96 ->
+    159 registers)."""
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     num_m, num_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
@@ -181,7 +189,7 @@ def _fp8_gemm_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, b_ptr, y_ptr, p_ptr, lock_ptr,
             x = tl.load(x_ptrs, mask=mask_m[:, None] & kmask[None, :], other=0.0)
             w_mask = kmask[:, None] & mask_n[None, :]
         if BITS:
-            w = e4m3_to_bf16(tl.load(w_ptrs, mask=w_mask, other=0))
+            w = e4m3_to_bf16(tl.load(w_ptrs, mask=w_mask, other=0), OPAQUE)
         else:
             w = tl.load(w_ptrs, mask=w_mask, other=0.0)
         if A8:  # W8A8: FP8 x FP8 products; SWAP gives acc[BN, BM]
@@ -368,6 +376,7 @@ def _launch_gemm(x: torch.Tensor, x_scale: torch.Tensor | None, weight: torch.Te
     cfg = dict(config or pick(m, n, k, group_k, per_row, split_k.num_sms(x.device)))
     cfg.setdefault("SPLIT_K", 1)
     cfg.setdefault("K_PER_SPLIT", triton.cdiv(k, cfg["BLOCK_K"]) * cfg["BLOCK_K"])
+    cfg.setdefault("OPAQUE", GEMM_OPAQUE and not a8 and not cfg.get("SWAP"))
     assert per_row or group_k % cfg["BLOCK_K"] == 0, (group_k, cfg)
     assert cfg["K_PER_SPLIT"] % cfg["BLOCK_K"] == 0, cfg
     assert cfg["SPLIT_K"] * cfg["K_PER_SPLIT"] >= k, cfg

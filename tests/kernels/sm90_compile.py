@@ -231,6 +231,11 @@ def _fp8_thunks():
         ("fp8 gemm M=32 split", lambda: f.fp8_gemm(x256[:32], w, row, 1, 4096, config=split)),
         ("fp8 gemm M=32 split bits", _available_as(e4m3, True, lambda: f.fp8_gemm(
             x256[:32], w, row, 1, 4096, config=split))),
+        ("fp8 gemm M=32 split bits opaque", _available_as(e4m3, True, lambda: f.fp8_gemm(
+            x256[:32], w, row, 1, 4096, config=dict(split, OPAQUE=True)))),
+        ("fp8 gemm blocks M=16 bits opaque", _available_as(e4m3, True, lambda: f.fp8_gemm(
+            x256[:16], w, blk, 128, 128, config=dict(
+                f.gemm_config(16, 6144, 4096, 128, False, 132), OPAQUE=True)))),
         ("fp8 gemm bits", _available_as(e4m3, True, lambda: f.fp8_gemm(x256, w, row, 1, 4096))),
         ("fp8 gemm blocks bits", _available_as(e4m3, True, lambda: f.fp8_gemm(
             x256, w, blk, 128, 128))),

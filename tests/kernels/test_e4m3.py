@@ -166,7 +166,8 @@ def test_the_f16_conversion_is_the_cast_for_every_code():
 @pytest.mark.parametrize("m,scale_n,group_k", [(32, 1, 512), (7, 128, 128), (200, 1, 512)])
 def test_the_fp8_gemm_reads_codes_alike_both_ways(m, scale_n, group_k, monkeypatch):
     """kernels.fp8_gemm with bf16 rows: the integer path gives Triton's cast path's bytes,
-    and both are within bf16 rounding of the dequantized reference (split-K at 7 and 32)."""
+    and both are within bf16 rounding of the dequantized reference (split-K at 7 and 32); the
+    OPAQUE form (the conversion declared impure) is within summation order of them."""
     from cormorant.kernels import fp8_gemm
     gen = torch.Generator(device="cuda").manual_seed(5)
     n, k = 384, 512
@@ -181,3 +182,8 @@ def test_the_fp8_gemm_reads_codes_alike_both_ways(m, scale_n, group_k, monkeypat
     assert torch.equal(bits, cast)
     ref = fp8_gemm.fp8_matmul_ref(x, w, s, scale_n, group_k).float()
     assert ((bits.float() - ref).norm() / ref.norm()) < 1e-2
+    # OPAQUE (16-bit dot layouts): the same products, summed in another order at most
+    monkeypatch.setenv("CORMORANT_E4M3_CVT", "bits")
+    config = fp8_gemm.gemm_config(m, n, k, group_k, s.shape[1] == 1, 132)
+    opaque = fp8_gemm.fp8_gemm(x, w, s, scale_n, group_k, config=dict(config, OPAQUE=True))
+    assert ((opaque.float() - bits.float()).norm() / bits.float().norm()) < 2e-3
