@@ -7,7 +7,9 @@
 #                                          settings; the attention card tests
 #   bash benchmarks/gpu_wave8.sh w8a16   # the W8A16 tiles (B3's FP8 decode batches) with
 #                                          OPAQUE off and on: fp8_probe --opaque at 16 and
-#                                          32 rows, B3 FP8 both ways, test_e4m3 (~6 min)
+#                                          32 rows, B3 FP8 both ways; B2 FP8 with the
+#                                          GEMV's norm / SiLU prologue fused (default) and
+#                                          as their own kernels; test_e4m3 (~8 min)
 #   bash benchmarks/gpu_wave8.sh quality # gpu_wave7.sh's unrun `quality`: int4_quality.py (fp8,
 #                                          int4 against bf16 through the decode kernels) at
 #                                          4 sequences and at 1 (the GEMVs); B3 int4 (~7 min)
@@ -34,8 +36,11 @@ kvcvt)  # most telling first: what a call cut short returns still counts
     tests/kernels/test_fp8_kv_kernels.py tests/kernels/test_paged_attention_kernel.py
   echo "elapsed $SECONDS s"
   ;;
-w8a16)
-  step fp8_opaque 200 python3 benchmarks/fp8_probe.py --ms 16,32 --opaque \
+w8a16)  # B2 first: the cheapest, with a target of its own
+  step b2_fp8 60 $B b2 --quick --no-peer --quantization fp8 --out "$R/b2_fp8"
+  step b2_fp8_unfused 60 env CORMORANT_FP8_GEMV_PROLOGUE=0 $B b2 --quick --no-peer \
+    --quantization fp8 --out "$R/b2_fp8_unfused"
+  step fp8_opaque 150 python3 benchmarks/fp8_probe.py --ms 16,32 --opaque \
     --out "$OUT/fp8_opaque.json"
   grep "^opaque" "$OUT/fp8_opaque.log" | cut -c1-400
   step b3_fp8 100 $B b3 --quick --no-peer --quantization fp8 --out "$R/b3_fp8"

@@ -66,6 +66,11 @@ FP8_A8_MAX_ROWS = int(os.environ.get("CORMORANT_FP8_A8_ROWS", "0"))
 # silu_mul_quantize: one launch instead of two, the same codes). CORMORANT_FP8_QUANT_PROLOGUE=0
 # turns it off. Inputs up to the quantizer's one-pass width (QUANT_ONE_PASS_K).
 QUANT_PROLOGUE = os.environ.get("CORMORANT_FP8_QUANT_PROLOGUE", "1") != "0"
+# The one-row GEMV folds the residual-add + RMSNorm / SiLU-and-multiply into its loads (every
+# program re-reads the input row: about 0.27 ms of B2's 3.5 on the H100, 2026-12-06).
+# CORMORANT_FP8_GEMV_PROLOGUE=0 runs them as their own kernels before the plain GEMV instead,
+# as the int4 GEMV does (there the fused form measured slower); untimed for FP8, for A/B.
+GEMV_PROLOGUE = os.environ.get("CORMORANT_FP8_GEMV_PROLOGUE", "1") != "0"
 # Where the kernels run and for which activation dtypes (tests widen these to the CPU in fp32,
 # under TRITON_INTERPRET); elsewhere the dequantize-then-matmul reference runs.
 KERNEL_DEVICE_TYPES = ("cuda",)
@@ -226,8 +231,9 @@ class Fp8LinearMethod(LinearMethod):
                 and x.dtype in GEMV_DTYPES and quant is not None):
             return False
         route = self._route(layer, x)
-        return route == "gemv" or (route in ("scaled_mm", "w8a8") and QUANT_PROLOGUE
-                                   and layer.weight.shape[1] <= quant.QUANT_ONE_PASS_K)
+        return (route == "gemv" and GEMV_PROLOGUE) or (
+            route in ("scaled_mm", "w8a8") and QUANT_PROLOGUE
+            and layer.weight.shape[1] <= quant.QUANT_ONE_PASS_K)
 
     def apply_add_norm(self, layer: nn.Module, hidden: torch.Tensor,
                        residual: torch.Tensor | None, norm: nn.Module,

@@ -63,6 +63,25 @@ def test_fp8_model_through_the_kernels_matches_its_reference_path(monkeypatch):
     assert {m for name, m in calls if name == "fp8_gemm"} == {9, 3}  # prefill, 3-row step
 
 
+def test_the_gemv_prologue_switch_runs_the_plain_gemv_with_the_same_logits(monkeypatch):
+    """CORMORANT_FP8_GEMV_PROLOGUE=0: batch-1 steps take the norm and SiLU as their own
+    kernels and the plain FP8 GEMV for all four projections, with the fused path's logits."""
+    config = ModelConfig(architecture="Qwen3ForCausalLM", qk_norm=True, vocab_size=96,
+                         hidden_size=64, intermediate_size=80, num_layers=2, num_heads=4,
+                         num_kv_heads=2, head_dim=16, max_position_embeddings=128)
+    model = build_random_model(config, torch.float32, "cpu", seed=3, std=0.2,
+                               attn_backend=TorchAttention())
+    quantization.quantize_dense(model, quantization.plan(None, "fp8"))
+    fused, _ = _run(model, config, monkeypatch, widen=True)
+    monkeypatch.setattr(fp8_linear, "GEMV_PROLOGUE", False)
+    plain, calls = _run(model, config, monkeypatch, widen=True)
+    for ref_step, step in zip(fused, plain):
+        for seq in ref_step:
+            torch.testing.assert_close(step[seq], ref_step[seq], atol=1e-4, rtol=1e-4)
+    assert calls.count(("fp8_gemv", 1)) == 4 * config.num_layers
+    assert not any(name.endswith(("norm_gemv", "mul_gemv")) for name, _ in calls)
+
+
 @pytest.mark.parametrize("route", ["scaled_mm", "w8a8"])
 def test_rows_for_fp8_tensor_cores_fold_the_norm_and_silu_into_the_quantization(monkeypatch,
                                                                                 route):
