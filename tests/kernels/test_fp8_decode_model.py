@@ -43,13 +43,19 @@ def _run(model, config, monkeypatch, widen: bool):
     return out, calls
 
 
-def test_fp8_model_through_the_kernels_matches_its_reference_path(monkeypatch):
+def _fp8_model(seed: int):
+    """A tiny random Qwen3 (fp32, CPU) with its 8 projections quantized to FP8 at load."""
     config = ModelConfig(architecture="Qwen3ForCausalLM", qk_norm=True, vocab_size=96,
                          hidden_size=64, intermediate_size=80, num_layers=2, num_heads=4,
                          num_kv_heads=2, head_dim=16, max_position_embeddings=128)
-    model = build_random_model(config, torch.float32, "cpu", seed=1, std=0.2,
+    model = build_random_model(config, torch.float32, "cpu", seed=seed, std=0.2,
                                attn_backend=TorchAttention())
     assert quantization.quantize_dense(model, quantization.plan(None, "fp8")) == 8
+    return config, model
+
+
+def test_fp8_model_through_the_kernels_matches_its_reference_path(monkeypatch):
+    config, model = _fp8_model(seed=1)
     reference, none = _run(model, config, monkeypatch, widen=False)
     assert none == []  # on the CPU the reference path runs
     fused, calls = _run(model, config, monkeypatch, widen=True)
@@ -66,12 +72,7 @@ def test_fp8_model_through_the_kernels_matches_its_reference_path(monkeypatch):
 def test_the_gemv_prologue_switch_runs_the_plain_gemv_with_the_same_logits(monkeypatch):
     """CORMORANT_FP8_GEMV_PROLOGUE=0: batch-1 steps take the norm and SiLU as their own
     kernels and the plain FP8 GEMV for all four projections, with the fused path's logits."""
-    config = ModelConfig(architecture="Qwen3ForCausalLM", qk_norm=True, vocab_size=96,
-                         hidden_size=64, intermediate_size=80, num_layers=2, num_heads=4,
-                         num_kv_heads=2, head_dim=16, max_position_embeddings=128)
-    model = build_random_model(config, torch.float32, "cpu", seed=3, std=0.2,
-                               attn_backend=TorchAttention())
-    quantization.quantize_dense(model, quantization.plan(None, "fp8"))
+    config, model = _fp8_model(seed=3)
     fused, _ = _run(model, config, monkeypatch, widen=True)
     monkeypatch.setattr(fp8_linear, "GEMV_PROLOGUE", False)
     plain, calls = _run(model, config, monkeypatch, widen=True)
@@ -93,12 +94,7 @@ def test_rows_for_fp8_tensor_cores_fold_the_norm_and_silu_into_the_quantization(
     quantize_rows), which CORMORANT_FP8_QUANT_PROLOGUE=0 keeps, within 1e-4 (on the CPU the
     unfused norm is PyTorch's, whose fp32 sums round differently: 5e-6 apart here; on the GPU
     both are kernels.rmsnorm's numerics, and the kernel test compares the codes bit for bit)."""
-    config = ModelConfig(architecture="Qwen3ForCausalLM", qk_norm=True, vocab_size=96,
-                         hidden_size=64, intermediate_size=80, num_layers=2, num_heads=4,
-                         num_kv_heads=2, head_dim=16, max_position_embeddings=128)
-    model = build_random_model(config, torch.float32, "cpu", seed=2, std=0.2,
-                               attn_backend=TorchAttention())
-    quantization.quantize_dense(model, quantization.plan(None, "fp8"))
+    config, model = _fp8_model(seed=2)
     quant, gemm = load_kernels("fp8_quant"), load_kernels("fp8_gemm")
     results = {}
     for fold in (False, True):
