@@ -114,9 +114,15 @@ def main() -> int:
             bad += not row["err"] < 2e-2
             rows.append(row)
             print("kv_fp8", json.dumps(row), flush=True)
-        best = min((r for r in rows if r["kind"] == kind), key=lambda r: r["us"])
-        default = next(r for r in rows if r["kind"] == kind and r["config"] is None)
-        print(f"{kind}: default {default['us']:.1f} us ({default['GBps']:.0f} GB/s), best "
+        mine = [r for r in rows if r["kind"] == kind]
+        default = next((r for r in mine if r["config"] is None), None)
+        if default is None:  # its default launch failed: the sweep's rows still count
+            bad += 1
+            print(f"{kind}: the default launch FAILED", flush=True)
+        if not mine:
+            continue
+        best = min(mine, key=lambda r: r["us"])
+        print(f"{kind}: default {default['us'] if default else float('nan'):.1f} us, best "
               f"{best['us']:.1f} us ({best['GBps']:.0f} GB/s) at {best['config']}", flush=True)
     fp8 = [r for r in rows if r["kind"] != "bf16" and r["config"] and r["err"] < 2e-2]
     for i, r in enumerate(sorted(fp8, key=lambda r: r["us"])[:2]):
