@@ -1,4 +1,5 @@
-# Sourced by the device scripts (benchmarks/gpu_wave*.sh): installs the carried wheels (.whl/)
+# Sourced by the device scripts (benchmarks/gpu_wave*.sh): installs the carried wheels (.whl/,
+# built by benchmarks/device_wheels.sh)
 # and defines `step NAME TIMEOUT CMD...`, which runs CMD into $OUT/NAME.log and prints its
 # exit code and the log's result lines (the logs come back from the device; /tmp/results,
 # $R, holds the full JSON that does not).
