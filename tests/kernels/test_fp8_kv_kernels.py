@@ -166,13 +166,15 @@ def test_the_conversion_switch(monkeypatch):
         pa.kv_conversion(bf16, cpu)
 
 
-@pytest.mark.parametrize("head_dim", [64, 80])
-def test_fp16_dots_for_bf16_queries(head_dim, device, make_batch, rel_err, monkeypatch):
+@pytest.mark.parametrize("head_dim,chunk", [(64, 9), (80, 9), (128, 1)])
+def test_fp16_dots_for_bf16_queries(head_dim, chunk, device, make_batch, rel_err,
+                                    monkeypatch):
     """f16_cast: bf16 queries cast to fp16 once per program, keys cast to fp16, values read as
     pairs of codes (80: half the pairs of the padded 128 masked), the dots in fp16 (B1's
-    decode heads, a chunk among the decodes; interpreter on the CPU). Against the reference,
-    and with a query past fp16's range clamped to 65504, not turned into inf."""
-    batch = make_batch([1] * 5 + [9], [70, 3, 129, 40, 1, 30], 16, 8, head_dim,
+    decode heads; a chunk of 9 among the decodes, or decodes only: the decode launch, on a
+    card with its register cap and impure conversions; interpreter on the CPU). Against the
+    reference, and with a query past fp16's range clamped to 65504, not turned into inf."""
+    batch = make_batch([1] * 5 + [chunk], [70, 3, 129, 40, 1, 30], 16, 8, head_dim,
                        device=device, dtype=torch.bfloat16, seed=4)
     k_scale, v_scale = _scales(0.02, 0.3, device)
     cache = _fp8_cache(batch, k_scale, v_scale)
