@@ -58,11 +58,8 @@ _ASM_F16 = tl.constexpr(_ptx(1, "0x3F803F80"))
 def e4m3_to_bf16(codes, OPAQUE: tl.constexpr = False):
     """e4m3 codes (a uint8 tensor) -> bf16 values, exact (see the module docstring). OPAQUE:
     declared impure, so that a dot fed by it is laid out for 16-bit data (e4m3_to_f16)."""
-    if OPAQUE:
-        return tl.inline_asm_elementwise(_ASM, "=r,=r,r", [codes], dtype=tl.bfloat16,
-                                         is_pure=False, pack=4)
     return tl.inline_asm_elementwise(_ASM, "=r,=r,r", [codes], dtype=tl.bfloat16,
-                                     is_pure=True, pack=4)
+                                     is_pure=not OPAQUE, pack=4)
 
 
 @triton.jit

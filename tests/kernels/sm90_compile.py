@@ -77,43 +77,37 @@ def _compile(jit_fn, args, kwargs, target):
                    options=options.__dict__)
 
 
-def _ptxas_usage(ptx: str) -> str:
-    """'regs N, spill B' from the bundled ptxas -v, or '' if it cannot be run."""
-    import triton
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-    if not os.path.exists(ptxas):
-        return ""
-    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
-        f.write(ptx)
-    try:
-        log = subprocess.run([ptxas, "-arch=sm_90a", "-v", f.name, "-o", os.devnull],
-                             capture_output=True, text=True, timeout=120).stderr
-    finally:
-        os.unlink(f.name)
-    regs = re.search(r"Used (\d+) registers", log)
-    spill = re.search(r"(\d+) bytes spill stores", log)
-    return f"regs {regs.group(1) if regs else '?'}, spill {spill.group(1) if spill else '?'}B"
-
-
-def _loop_profile(ptx: str) -> str:
-    """The SASS of the longest loop (the biggest backward branch): its instruction count and
-    most common opcodes, from the bundled ptxas and cuobjdump; '' if they cannot run. A
-    per-iteration cost to compare kernel forms without a GPU (issue/latency, not time)."""
-    import collections
+def _assemble(ptx: str, sass: bool) -> tuple[str, str]:
+    """One run of the bundled ptxas -v on the kernel: ('regs N, spill B', and with `sass`
+    cuobjdump's SASS of the cubin); ('', '') where they cannot be run."""
     import triton
     bins = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
     with tempfile.TemporaryDirectory() as tmp:
-        with open(os.path.join(tmp, "k.ptx"), "w") as f:
+        src, cubin = os.path.join(tmp, "k.ptx"), os.path.join(tmp, "k.cubin")
+        with open(src, "w") as f:
             f.write(ptx)
         try:
-            subprocess.run([os.path.join(bins, "ptxas"), "-arch=sm_90a", f.name, "-o",
-                            os.path.join(tmp, "k.cubin")], check=True, capture_output=True,
-                           timeout=120)
-            sass = subprocess.run([os.path.join(bins, "cuobjdump"), "-sass",
-                                   os.path.join(tmp, "k.cubin")], capture_output=True,
-                                  text=True, timeout=120).stdout
+            log = subprocess.run([os.path.join(bins, "ptxas"), "-arch=sm_90a", "-v", src,
+                                  "-o", cubin], capture_output=True, text=True,
+                                 timeout=120).stderr
+            code = subprocess.run([os.path.join(bins, "cuobjdump"), "-sass", cubin],
+                                  capture_output=True, text=True,
+                                  timeout=120).stdout if sass else ""
         except (OSError, subprocess.SubprocessError):
-            return ""
+            return "", ""
+    regs = re.search(r"Used (\d+) registers", log)
+    spill = re.search(r"(\d+) bytes spill stores", log)
+    return (f"regs {regs.group(1) if regs else '?'}, spill {spill.group(1) if spill else '?'}B",
+            code)
+
+
+def _loop_profile(sass: str) -> str:
+    """The SASS of the longest loop (the biggest backward branch): its instruction count and
+    most common opcodes ('' without SASS). A per-iteration cost to compare kernel forms
+    without a GPU (issue/latency, not time)."""
+    import collections
+    if not sass:
+        return ""
     code = [(int(m.group(1), 16), m.group(2).split()) for m in
             re.finditer(r"/\*([0-9a-f]{4,})\*/\s+(.*?);", sass)]
     span = (0, 0)
@@ -381,11 +375,12 @@ def main() -> int:
         shared = kernel.metadata.shared
         too_big = shared > MAX_SHARED
         failures += too_big
+        usage, sass = _assemble(kernel.asm["ptx"], args.loop)
         print(f"{'FAIL' if too_big else 'ok  '} {label:34s} {jit_fn.__name__:26s} "
-              f"smem {shared / 1024:6.1f} KiB  {_ptxas_usage(kernel.asm['ptx']):22s} "
-              f"grid {grid}  {time.time() - start:.1f}s")
+              f"smem {shared / 1024:6.1f} KiB  {usage:22s} grid {grid}  "
+              f"{time.time() - start:.1f}s")
         if args.loop:
-            print(f"     {_loop_profile(kernel.asm['ptx'])}")
+            print(f"     {_loop_profile(sass)}")
     print("all compiled" if not failures else f"{failures} failure(s)")
     return 1 if failures else 0
 

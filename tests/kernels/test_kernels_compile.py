@@ -43,6 +43,13 @@ def test_the_int4_tensor_core_kernel_compiles_for_ampere():
     assert out.count("ok   int4 mma") == 6 and "ok   int4 mma M=64" in out, out
 
 
+def _loops(out: str, name) -> dict:
+    """{name(the launch's line): its loop's instruction count} from --loop output."""
+    lines = out.splitlines()
+    return {name(lines[i - 1]): int(line.split()[1].rstrip(":"))
+            for i, line in enumerate(lines) if line.strip().startswith("loop ")}
+
+
 def test_the_loop_profile_counts_the_decode_loop():
     """--loop prints each kernel's main loop in SASS: the FP8 decode's fp16 dots have no bf16
     step (no F2F), and their loop holds the tile's 32 tensor-core instructions. It issues
@@ -52,9 +59,8 @@ def test_the_loop_profile_counts_the_decode_loop():
     out = _compile_check("--loop", "--only", "attn decode qwen3-0.6b fp8kv f16_cast",
                          "--only", "attn decode llama-8b bfloat16")
     lines = out.splitlines()
-    loops = {lines[i - 1].split()[4]: int(line.split()[1].rstrip(":"))
-             for i, line in enumerate(lines) if line.strip().startswith("loop ")}
-    assert set(loops) == {"fp8kv", "bfloat16"}, out  # the label's 4th word: the cache
+    loops = _loops(out, lambda label: label.split()[4])  # the label's 4th word: the cache
+    assert set(loops) == {"fp8kv", "bfloat16"}, out
     f16 = next(line for line in lines if "fp8kv f16_cast _paged" in line)
     loop = lines[lines.index(f16) + 1]
     assert "HMMA 32" in loop and "F2F " not in loop, out
@@ -67,8 +73,6 @@ def test_the_opaque_w8a16_tile_issues_fewer_instructions():
     few-row W8A16 tile's loop loses the activations' register moves (421 -> 314 on Triton
     3.6)."""
     out = _compile_check("--loop", "--only", "fp8 gemm M=32 split bits")
-    lines = out.splitlines()
-    loops = {"opaque" if "opaque" in lines[i - 1] else "bits": int(line.split()[1].rstrip(":"))
-             for i, line in enumerate(lines) if line.strip().startswith("loop ")}
+    loops = _loops(out, lambda label: "opaque" if "opaque" in label else "bits")
     assert len(loops) == 2, out
     assert loops["opaque"] < 0.85 * loops["bits"], out
